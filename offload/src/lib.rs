@@ -1,0 +1,13 @@
+//! The offload engine of the vswitch dataplane: pure functions over frame
+//! bytes. Checksums (scalar and SIMD), parsing views, the virtio-net header,
+//! segmentation, coalescing and RSS hashing. No threads, no I/O, no clocks.
+//!
+//! ```
+//! use vswitch_offload::checksum::checksum;
+//! // RFC 1071 section 3 test vector.
+//! assert_eq!(checksum(&[0x00, 0x01, 0xf2, 0x03, 0xf4, 0xf5, 0xf6, 0xf7]), 0x220d);
+//! ```
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod checksum;

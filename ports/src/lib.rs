@@ -1,0 +1,15 @@
+//! Ports of the vswitch dataplane: what a port is (a trait and its declared
+//! capabilities) and the adapters that connect the switch to the outside
+//! (in-memory channels, TAP devices, virtio-net guests, smoltcp, pcap).
+//!
+//! All unsafe system calls of the project live in this crate's `sys` module.
+//!
+//! ```
+//! // The offload engine is re-exported for port implementers.
+//! use vswitch_ports::offload::checksum::checksum;
+//! assert_eq!(checksum(&[0xff, 0xff]), 0);
+//! ```
+#![deny(unsafe_code)]
+#![warn(missing_docs)]
+
+pub use vswitch_offload as offload;
