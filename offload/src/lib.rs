@@ -10,4 +10,11 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod caps;
 pub mod checksum;
+pub mod layout;
+pub mod virtio;
+
+pub use caps::EgressCapabilities;
+pub use layout::{FrameLayout, L3Kind, L4Kind};
+pub use virtio::VirtioNetHdr;
