@@ -18,3 +18,8 @@ pub mod virtio;
 pub use caps::EgressCapabilities;
 pub use layout::{FrameLayout, L3Kind, L4Kind};
 pub use virtio::VirtioNetHdr;
+pub mod frame;
+pub mod plan;
+
+pub use frame::Packet;
+pub use plan::{GsoKind, OffloadPlan, PartialChecksum};
