@@ -20,9 +20,13 @@
 //! assert_eq!(sum.finish(), 0x220d);
 //! ```
 
+// The kernels are the only unsafe code in the crate: `#[target_feature]`
+// calls and vector loads and stores, each with its SAFETY argument.
+#[allow(unsafe_code)]
 mod kernel;
 
-pub use kernel::Kernel;
+use kernel::SupportedKernel;
+pub use kernel::{Kernel, KERNEL_ENV_VAR};
 
 /// Folds a wide ones'-complement accumulator to 16 bits (end-around carry).
 #[inline]
@@ -55,7 +59,7 @@ pub struct Checksum {
     /// True when an odd number of bytes has been added, so the next byte is
     /// the low half of a 16-bit word.
     odd: bool,
-    kernel: Kernel,
+    kernel: SupportedKernel,
 }
 
 impl Default for Checksum {
@@ -68,7 +72,11 @@ impl Checksum {
     /// An empty accumulator that sums with the kernel detected for this CPU.
     #[inline]
     pub fn new() -> Self {
-        Self::with_kernel(Kernel::detect())
+        Checksum {
+            sum: 0,
+            odd: false,
+            kernel: SupportedKernel::detected(),
+        }
     }
 
     /// An empty accumulator that sums with `kernel` (for tests and benches).
@@ -76,21 +84,16 @@ impl Checksum {
     /// A kernel the CPU does not support is replaced by the scalar kernel.
     #[inline]
     pub fn with_kernel(kernel: Kernel) -> Self {
-        let kernel = if kernel.is_supported() {
-            kernel
-        } else {
-            Kernel::Scalar
-        };
         Checksum {
             sum: 0,
             odd: false,
-            kernel,
+            kernel: SupportedKernel::new(kernel),
         }
     }
 
     /// The kernel this accumulator sums with.
     pub fn kernel(&self) -> Kernel {
-        self.kernel
+        self.kernel.kernel()
     }
 
     /// Adds `data`, continuing at whatever byte position the previous data
@@ -188,6 +191,13 @@ pub fn checksum(data: &[u8]) -> u16 {
     Checksum::new().add_bytes(data).finish()
 }
 
+/// [`checksum`] computed with a given kernel (for tests and benches); a
+/// kernel the CPU does not support is replaced by the scalar kernel.
+#[inline]
+pub fn checksum_with(kernel: Kernel, data: &[u8]) -> u16 {
+    Checksum::with_kernel(kernel).add_bytes(data).finish()
+}
+
 /// Copies `src` into `dst` and returns the checksum of the bytes copied,
 /// reading memory once.
 ///
@@ -196,6 +206,18 @@ pub fn checksum(data: &[u8]) -> u16 {
 #[inline]
 pub fn copy_and_checksum(dst: &mut [u8], src: &[u8]) -> u16 {
     Checksum::new().copy_and_add(dst, src).finish()
+}
+
+/// [`copy_and_checksum`] computed with a given kernel (for tests and
+/// benches); a kernel the CPU does not support is replaced by the scalar kernel.
+///
+/// # Panics
+/// If `dst` and `src` differ in length.
+#[inline]
+pub fn copy_and_checksum_with(kernel: Kernel, dst: &mut [u8], src: &[u8]) -> u16 {
+    Checksum::with_kernel(kernel)
+        .copy_and_add(dst, src)
+        .finish()
 }
 
 /// The pseudo-header sum for TCP or UDP over IPv4 (RFC 793 section 3.1,
@@ -242,3 +264,6 @@ pub fn update_u32(old_checksum: u16, old: u32, new: u32) -> u16 {
     let m_new = u64::from(new >> 16) + u64::from(new & 0xffff);
     !fold(hc + m + m_new)
 }
+
+#[cfg(test)]
+mod tests;
