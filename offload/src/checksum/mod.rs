@@ -29,14 +29,15 @@ use kernel::SupportedKernel;
 pub use kernel::{Kernel, KERNEL_ENV_VAR};
 
 /// Folds a wide ones'-complement accumulator to 16 bits (end-around carry).
+///
+/// Adding a value to itself rotated by half its width puts the sum of its
+/// two halves in the top half, with the carry out of the bottom half already
+/// added in: one end-around-carry addition in three instructions. A non-zero
+/// input never folds to zero, so -0 (0xffff) stays -0.
 #[inline]
-pub(crate) fn fold(mut sum: u64) -> u16 {
-    sum = (sum & 0xffff_ffff) + (sum >> 32);
-    sum = (sum & 0xffff_ffff) + (sum >> 32);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum = (sum & 0xffff) + (sum >> 16);
-    sum as u16
+pub(crate) fn fold(sum: u64) -> u16 {
+    let sum32 = (sum.wrapping_add(sum.rotate_left(32)) >> 32) as u32;
+    (sum32.wrapping_add(sum32.rotate_left(16)) >> 16) as u16
 }
 
 /// Converts a folded sum of native-endian 16-bit words into the sum of

@@ -198,8 +198,44 @@ fn words_equal_their_bytes() {
     assert_eq!(words.finish(), bytes.finish());
 }
 
+/// `fold` read as arithmetic: the residue modulo 0xffff, except that a
+/// non-zero multiple of 0xffff is -0 (0xffff), never +0.
+fn reference_fold(sum: u64) -> u16 {
+    match (sum, sum % 0xffff) {
+        (0, _) => 0,
+        (_, 0) => 0xffff,
+        (_, residue) => residue as u16,
+    }
+}
+
+#[test]
+fn fold_corner_cases() {
+    for sum in [
+        0,
+        1,
+        0xffff,
+        0x1_0000,
+        0x1_fffe,
+        0xffff_ffff,
+        0x1_0000_0000,
+        0xffff_0001,
+        0x0001_ffff_ffff,
+        u64::MAX,
+        u64::MAX - 1,
+        1 << 63,
+    ] {
+        assert_eq!(fold(sum), reference_fold(sum), "{sum:#x}");
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(96))]
+
+    #[test]
+    fn fold_is_end_around_carry(sum in any::<u64>(), small in 0u64..0x3_0000) {
+        prop_assert_eq!(fold(sum), reference_fold(sum));
+        prop_assert_eq!(fold(small), reference_fold(small));
+    }
 
     #[test]
     fn kernels_match_reference_and_etherparse(

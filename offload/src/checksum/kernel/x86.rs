@@ -56,11 +56,26 @@ fn store_avx2(bytes: &mut [u8; 32], v: __m256i) {
     unsafe { _mm256_storeu_si256(bytes.as_mut_ptr().cast(), v) }
 }
 
+/// Bytes 0..32 are zero and 32..64 are 0xff: the 32 bytes starting at
+/// `KEEP_LAST[k]` select the last `k` bytes of a vector.
+static KEEP_LAST: [u8; 64] = {
+    let mut mask = [0u8; 64];
+    let mut i = 32;
+    while i < 64 {
+        mask[i] = 0xff;
+        i += 1;
+    }
+    mask
+};
+
 /// The AVX2 summing kernel.
 #[target_feature(enable = "avx2")]
 pub(super) fn sum_avx2(data: &[u8]) -> u64 {
-    if data.len() < 32 {
+    if data.len() < 64 {
         return sum_scalar(data);
+    }
+    if data.len() <= BLOCK {
+        return sum_block_avx2(data);
     }
     let mut total = 0u64;
     for block in data.chunks(BLOCK) {
@@ -69,6 +84,8 @@ pub(super) fn sum_avx2(data: &[u8]) -> u64 {
     total
 }
 
+/// Sums a block (the tail by a masked overlapping reload when the block has
+/// at least 32 bytes).
 #[inline]
 #[target_feature(enable = "avx2")]
 fn sum_block_avx2(block: &[u8]) -> u64 {
@@ -86,10 +103,37 @@ fn sum_block_avx2(block: &[u8]) -> u64 {
     }
     let (vectors, tail) = rest.as_chunks::<32>();
     for v in vectors {
-        a = lanes_avx2(a, load_avx2(v));
+        b = lanes_avx2(b, load_avx2(v));
     }
+    let tail_sum = match even_tail_avx2(block, tail.len()) {
+        Some(v) => {
+            c = lanes_avx2(c, v);
+            match tail.len() & 1 {
+                1 => block
+                    .last()
+                    .map_or(0, |&byte| u64::from(u16::from_ne_bytes([byte, 0]))),
+                _ => 0,
+            }
+        }
+        None => sum_scalar(tail),
+    };
     let lanes = _mm256_add_epi64(_mm256_add_epi64(a, b), _mm256_add_epi64(c, d));
-    add_carry(reduce_avx2(lanes), sum_scalar(tail))
+    add_carry(reduce_avx2(lanes), tail_sum)
+}
+
+/// The even part of the last `tail_len` (< 32) bytes of `block`, as a vector
+/// whose other bytes are zero: the 32 bytes ending where that part ends (an
+/// even offset from the start, so words keep their pairing) reloaded and
+/// masked. `None` if the block is shorter than 32 bytes; a final odd byte is
+/// left to the caller.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn even_tail_avx2(block: &[u8], tail_len: usize) -> Option<__m256i> {
+    let keep = tail_len & !1;
+    let end = block.len() - (tail_len & 1);
+    let window: &[u8; 32] = block.get(end.checked_sub(32)?..end)?.try_into().ok()?;
+    let mask: &[u8; 32] = KEEP_LAST.get(keep..keep + 32)?.try_into().ok()?;
+    Some(_mm256_and_si256(load_avx2(window), load_avx2(mask)))
 }
 
 /// The AVX2 fused copy-and-sum kernel: each vector is loaded once, stored to
@@ -100,6 +144,9 @@ pub(super) fn copy_and_sum_avx2(dst: &mut [u8], src: &[u8]) -> u64 {
     let (dst, src) = (&mut dst[..len], &src[..len]);
     if len < 32 {
         return super::copy_and_sum_scalar(dst, src);
+    }
+    if len <= BLOCK {
+        return copy_and_sum_block_avx2(dst, src);
     }
     let mut total = 0u64;
     for (dst, src) in dst.chunks_mut(BLOCK).zip(src.chunks(BLOCK)) {
@@ -200,6 +247,9 @@ pub(super) fn sum_avx512(data: &[u8]) -> u64 {
         let lanes = lanes_avx512(_mm512_setzero_si512(), load_tail_avx512(data));
         return _mm512_reduce_add_epi64(lanes) as u64;
     }
+    if data.len() <= BLOCK {
+        return sum_block_avx512(data);
+    }
     let mut total = 0u64;
     for block in data.chunks(BLOCK) {
         total = add_carry(total, sum_block_avx512(block));
@@ -240,6 +290,9 @@ fn sum_block_avx512(block: &[u8]) -> u64 {
 pub(super) fn copy_and_sum_avx512(dst: &mut [u8], src: &[u8]) -> u64 {
     let len = dst.len().min(src.len());
     let (dst, src) = (&mut dst[..len], &src[..len]);
+    if len <= BLOCK {
+        return copy_and_sum_block_avx512(dst, src);
+    }
     let mut total = 0u64;
     for (dst, src) in dst.chunks_mut(BLOCK).zip(src.chunks(BLOCK)) {
         total = add_carry(total, copy_and_sum_block_avx512(dst, src));
