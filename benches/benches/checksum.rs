@@ -12,6 +12,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
+use read_limit::Isa;
 use vswitch_offload::checksum::{
     checksum, checksum_with, copy_and_checksum, copy_and_checksum_with, Kernel,
 };
@@ -47,14 +48,91 @@ fn internet_checksum(data: &[u8]) -> [u8; 2] {
     internet_checksum::checksum(data)
 }
 
-/// The read-bandwidth limit: a wrapping sum of u64 words, no carries (the
-/// compiler may vectorise it, which is what a limit should do).
-fn read_limit(data: &[u8]) -> u64 {
-    let (words, rest) = data.as_chunks::<8>();
-    let sum = words.iter().fold(0u64, |acc, word| {
-        acc.wrapping_add(u64::from_ne_bytes(*word))
-    });
-    sum.wrapping_add(rest.len() as u64)
+/// The read-bandwidth limit: a wrapping sum of u64 words, no carries, which
+/// the compiler vectorises. Compiled for the default target and again for
+/// the widest vector ISA the CPU has, since the kernels use those too.
+#[allow(unsafe_code)]
+mod read_limit {
+    /// Which compilation of the loop to run.
+    #[derive(Clone, Copy, Debug)]
+    pub enum Isa {
+        Baseline,
+        #[cfg(target_arch = "x86_64")]
+        Avx2,
+        #[cfg(target_arch = "x86_64")]
+        Avx512,
+    }
+
+    impl Isa {
+        /// The widest compilation this CPU runs.
+        pub fn widest() -> Isa {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::is_x86_feature_detected!("avx512f") {
+                    return Isa::Avx512;
+                }
+                if std::is_x86_feature_detected!("avx2") {
+                    return Isa::Avx2;
+                }
+            }
+            Isa::Baseline
+        }
+
+        pub fn name(self) -> &'static str {
+            match self {
+                Isa::Baseline => "read-limit/baseline",
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => "read-limit/avx2",
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => "read-limit/avx512",
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn wrapping_sum(data: &[u8]) -> u64 {
+        let (words, rest) = data.as_chunks::<8>();
+        let sum = words.iter().fold(0u64, |acc, word| {
+            acc.wrapping_add(u64::from_ne_bytes(*word))
+        });
+        sum.wrapping_add(rest.len() as u64)
+    }
+
+    #[inline(never)]
+    fn baseline(data: &[u8]) -> u64 {
+        wrapping_sum(data)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(never)]
+    #[target_feature(enable = "avx2")]
+    fn avx2(data: &[u8]) -> u64 {
+        wrapping_sum(data)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[inline(never)]
+    #[target_feature(enable = "avx512f")]
+    fn avx512(data: &[u8]) -> u64 {
+        wrapping_sum(data)
+    }
+
+    /// Sums `data` with the given compilation; an ISA is only ever one that
+    /// [`Isa::widest`] returned or the baseline.
+    #[inline]
+    pub fn run(isa: Isa, data: &[u8]) -> u64 {
+        match isa {
+            Isa::Baseline => baseline(data),
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: Isa::Avx2 comes from Isa::widest, which returns it only
+            // after is_x86_feature_detected!("avx2").
+            Isa::Avx2 => unsafe { avx2(data) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: Isa::Avx512 comes from Isa::widest, which returns it
+            // only after is_x86_feature_detected!("avx512f").
+            Isa::Avx512 => unsafe { avx512(data) },
+        }
+    }
 }
 
 fn memcpy(dst: &mut [u8], src: &[u8]) {
@@ -79,7 +157,13 @@ fn criterion_groups(c: &mut Criterion) {
         group.bench_function("internet-checksum", |b| {
             b.iter(|| internet_checksum(black_box(&src)))
         });
-        group.bench_function("read-limit", |b| b.iter(|| read_limit(black_box(&src))));
+        let mut limits = vec![Isa::Baseline, Isa::widest()];
+        limits.dedup_by_key(|isa| isa.name());
+        for isa in limits {
+            group.bench_function(isa.name(), |b| {
+                b.iter(|| read_limit::run(isa, black_box(&src)))
+            });
+        }
         group.bench_function("memcpy", |b| {
             b.iter(|| memcpy(black_box(&mut dst), black_box(&src)))
         });
@@ -92,22 +176,51 @@ fn criterion_groups(c: &mut Criterion) {
     }
 }
 
-/// Bytes per second of `f` over `bytes`-byte inputs: the best of several
-/// samples, each timing enough calls to last about 2 ms.
-fn throughput(bytes: usize, mut f: impl FnMut()) -> f64 {
-    let calls = (4_000_000 / bytes.max(1)).clamp(64, 1_000_000);
-    for _ in 0..calls {
-        f();
+/// Samples per candidate in the ratio table; the best one counts.
+const ROUNDS: usize = 30;
+
+/// One contender in the ratio table: runs its operation `calls` times.
+type Candidate<'a> = Box<dyn FnMut(usize) + 'a>;
+
+/// Bytes per second of each candidate over `bytes`-byte inputs: the best of
+/// [`ROUNDS`] samples, each timing enough calls to last about 1 ms. The
+/// candidates take turns sample by sample, so a burst of load from other
+/// processes slows all of them rather than skewing one ratio.
+fn throughputs(bytes: usize, candidates: &mut [Candidate<'_>]) -> Vec<f64> {
+    let calls = (2_000_000 / bytes.max(1)).clamp(64, 200_000);
+    for candidate in candidates.iter_mut() {
+        candidate(calls);
     }
-    let mut best = Duration::MAX;
-    for _ in 0..25 {
-        let start = Instant::now();
-        for _ in 0..calls {
-            f();
+    let mut best = vec![Duration::MAX; candidates.len()];
+    for _ in 0..ROUNDS {
+        for (candidate, best) in candidates.iter_mut().zip(&mut best) {
+            let start = Instant::now();
+            candidate(calls);
+            *best = (*best).min(start.elapsed());
         }
-        best = best.min(start.elapsed());
     }
-    (bytes * calls) as f64 / best.as_secs_f64()
+    best.iter()
+        .map(|time| (bytes * calls) as f64 / time.as_secs_f64())
+        .collect()
+}
+
+/// A candidate that checksums (or reads) `src` with `f`.
+fn reader<'a, T>(src: &'a [u8], f: impl Fn(&[u8]) -> T + 'a) -> Candidate<'a> {
+    Box::new(move |calls| {
+        for _ in 0..calls {
+            black_box(f(black_box(src)));
+        }
+    })
+}
+
+/// A candidate that copies `src` into its own buffer with `f`.
+fn copier<'a, T>(src: &'a [u8], f: impl Fn(&mut [u8], &[u8]) -> T + 'a) -> Candidate<'a> {
+    let mut dst = vec![0u8; src.len()];
+    Box::new(move |calls| {
+        for _ in 0..calls {
+            black_box(f(black_box(&mut dst), black_box(src)));
+        }
+    })
 }
 
 fn gbps(bytes_per_second: f64) -> String {
@@ -116,10 +229,12 @@ fn gbps(bytes_per_second: f64) -> String {
 
 fn ratio_table() {
     let kernels: Vec<Kernel> = Kernel::supported().collect();
+    let isa = Isa::widest();
     println!();
     println!(
-        "Ratios (GB/s = 1e9 bytes/s, best of 25 samples; detected kernel: {})",
-        Kernel::detect().name()
+        "Ratios (GB/s = 1e9 bytes/s, best of {ROUNDS} interleaved samples; detected kernel: {}; read limit: {})",
+        Kernel::detect().name(),
+        isa.name()
     );
     println!(
         "{:>6} {:>7} {:>8} {:>11} {:>6} {:>10} {:>6} {:>9} {:>6} {:>8} {:>8} {:>6}",
@@ -138,55 +253,47 @@ fn ratio_table() {
     );
     for &size in &TABLE_SIZES {
         let src = test_data(size);
-        let mut dst = vec![0u8; size];
-        let etherparse = throughput(size, || {
-            black_box(etherparse_checksum(black_box(&src)));
-        });
-        let inet = throughput(size, || {
-            black_box(internet_checksum(black_box(&src)));
-        });
-        let read = throughput(size, || {
-            black_box(read_limit(black_box(&src)));
-        });
-        let copy = throughput(size, || {
-            memcpy(black_box(&mut dst), black_box(&src));
-            black_box(&dst);
-        });
-        // "auto" is the public entry point with the detected kernel.
-        let mut rows: Vec<(&str, f64, f64)> = Vec::new();
+        // Candidates 0..4 are the peers and limits; then, per kernel and
+        // for "auto" (the public entry points with the detected kernel), a
+        // checksum and a copy-and-checksum.
+        let mut candidates: Vec<Candidate<'_>> = vec![
+            reader(&src, etherparse_checksum),
+            reader(&src, internet_checksum),
+            reader(&src, move |data| read_limit::run(isa, data)),
+            copier(&src, memcpy),
+        ];
+        let mut names: Vec<&str> = Vec::new();
         for &kernel in &kernels {
-            let sum = throughput(size, || {
-                black_box(checksum_with(kernel, black_box(&src)));
-            });
-            let fused = throughput(size, || {
-                black_box(copy_and_checksum_with(
-                    kernel,
-                    black_box(&mut dst),
-                    black_box(&src),
-                ));
-            });
-            rows.push((kernel.name(), sum, fused));
+            candidates.push(reader(&src, move |data| checksum_with(kernel, data)));
+            candidates.push(copier(&src, move |dst, src| {
+                copy_and_checksum_with(kernel, dst, src)
+            }));
+            names.push(kernel.name());
         }
-        let auto = throughput(size, || {
-            black_box(checksum(black_box(&src)));
-        });
-        let auto_fused = throughput(size, || {
-            black_box(copy_and_checksum(black_box(&mut dst), black_box(&src)));
-        });
-        rows.push(("auto", auto, auto_fused));
-        for (name, sum, fused) in rows {
+        candidates.push(reader(&src, checksum));
+        candidates.push(copier(&src, copy_and_checksum));
+        names.push("auto");
+
+        let rates = throughputs(size, &mut candidates);
+        let [etherparse, inet, read, copy, ref ours @ ..] = rates[..] else {
+            unreachable!("four peers and limits come first");
+        };
+        for (name, pair) in names.iter().zip(ours.chunks_exact(2)) {
+            let [sum, fused] = pair else {
+                unreachable!("chunks_exact(2)");
+            };
             println!(
                 "{:>6} {:>7} {:>8} {:>11} {:>6.2} {:>10} {:>6.2} {:>9} {:>6.2} {:>8} {:>8} {:>6.2}",
                 size,
                 name,
-                gbps(sum),
+                gbps(*sum),
                 gbps(etherparse),
                 sum / etherparse,
                 gbps(inet),
                 sum / inet,
                 gbps(read),
                 sum / read,
-                gbps(fused),
+                gbps(*fused),
                 gbps(copy),
                 fused / copy,
             );

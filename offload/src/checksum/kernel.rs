@@ -34,6 +34,10 @@ pub enum Kernel {
     Avx512,
 }
 
+/// [`Kernel::is_supported`]'s cached answers: 0 until the CPU was asked,
+/// then bit 0 set and bit [`Kernel::code`] set for each kernel it runs.
+static SUPPORTED: AtomicU8 = AtomicU8::new(0);
+
 /// [`Kernel::detect`]'s cached answer: 0 until the first call, then
 /// [`Kernel::code`] of the chosen kernel.
 static DETECTED: AtomicU8 = AtomicU8::new(0);
@@ -86,8 +90,32 @@ impl Kernel {
             .unwrap_or(Kernel::Scalar)
     }
 
-    /// Whether this CPU can run the kernel.
+    /// Whether this CPU can run the kernel (the CPU is asked once per
+    /// process; later calls cost one atomic load).
+    #[inline]
     pub fn is_supported(self) -> bool {
+        let mut bits = SUPPORTED.load(Ordering::Relaxed);
+        if bits == 0 {
+            bits = Kernel::probe_cpu();
+        }
+        bits & (1 << self.code()) != 0
+    }
+
+    /// Asks the CPU which kernels it runs and caches the answer in
+    /// [`SUPPORTED`].
+    #[cold]
+    #[inline(never)]
+    fn probe_cpu() -> u8 {
+        let bits = Kernel::ALL
+            .iter()
+            .filter(|kernel| kernel.cpu_runs())
+            .fold(1u8, |bits, kernel| bits | (1 << kernel.code()));
+        SUPPORTED.store(bits, Ordering::Relaxed);
+        bits
+    }
+
+    /// Whether the CPU has the features the kernel is compiled for.
+    fn cpu_runs(self) -> bool {
         match self {
             Kernel::Scalar => true,
             #[cfg(target_arch = "x86_64")]
@@ -128,6 +156,7 @@ impl Kernel {
             .find(|kernel| kernel.name().eq_ignore_ascii_case(name))
     }
 
+    #[inline]
     fn code(self) -> u8 {
         match self {
             Kernel::Scalar => 1,
@@ -184,8 +213,9 @@ impl SupportedKernel {
             Kernel::Scalar => sum_scalar(data),
             #[cfg(target_arch = "x86_64")]
             // SAFETY: a SupportedKernel holds Avx2 only if Kernel::is_supported
-            // found AVX2 on this CPU (SupportedKernel::new) or Kernel::detect
-            // chose it after the same check, so the avx2 code may run.
+            // (is_x86_feature_detected!("avx2"), cached by probe_cpu) said yes,
+            // in SupportedKernel::new or in Kernel::detect's choice, so the
+            // avx2 code may run.
             Kernel::Avx2 => unsafe { x86::sum_avx2(data) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: a SupportedKernel holds Avx512 only if
@@ -345,6 +375,14 @@ mod tests {
                 assert_eq!(chosen, Kernel::Scalar);
             }
         }
+    }
+
+    #[test]
+    fn cached_support_matches_the_cpu() {
+        for &kernel in Kernel::ALL {
+            assert_eq!(kernel.is_supported(), kernel.cpu_runs(), "{kernel:?}");
+        }
+        assert_ne!(SUPPORTED.load(Ordering::Relaxed), 0);
     }
 
     #[cfg(target_arch = "x86_64")]

@@ -1,12 +1,16 @@
 //! AVX2 and AVX-512 summing kernels for x86_64.
 //!
-//! Each vector is viewed as 64-bit lanes; every lane adds its low and high
-//! 32-bit halves into a 64-bit accumulator lane. A 32-bit half is two
-//! native-endian 16-bit words and 2^16 is 1 modulo 0xffff, so the lanes hold
-//! the ones'-complement sum without any carry handling; the caller's fold
-//! does the end-around carries once at the end. Each addend is below 2^33, so
-//! a lane cannot overflow within a [`BLOCK`] of input: after each block the
-//! lanes are reduced into a scalar with end-around carry.
+//! Each vector is viewed as 64-bit lanes, and each lane's value `v` stands
+//! for its two 32-bit halves, each two native-endian 16-bit words; since
+//! 2^16 is 1 modulo 0xffff, the ones'-complement sum is (up to the final
+//! fold) the plain integer sum of the halves. Three instructions per vector
+//! keep that sum exactly: `wrap += v` (wrapping 64-bit add) and
+//! `high += v >> 32`. At the end the sum of the low halves is
+//! `wrap - (high << 32)` modulo 2^64, exact because it is below 2^64; the
+//! caller's fold does the end-around carries once.
+//!
+//! Inputs are processed in [`BLOCK`]s so no exact sum can reach 2^64; after
+//! each block the lanes are reduced into a scalar with end-around carry.
 //!
 //! The functions are safe `#[target_feature]` functions: calling one from
 //! code without the feature is `unsafe`, and the caller must have detected
@@ -16,28 +20,62 @@ use core::arch::x86_64::*;
 
 use super::{add_carry, sum_scalar};
 
-/// Bytes summed before the vector lanes are reduced. Every addend is below
-/// 2^33 and covers 8 bytes of input (one 64-bit lane), so all the addends of
-/// a block, over all lanes and accumulators together, total below
-/// 2^33 * 2^29 = 2^62: no lane and no reduction of lanes can overflow.
+/// Bytes summed before the vector lanes are reduced. A block holds at most
+/// 2^29 64-bit lanes' worth of input, each contributing two halves below
+/// 2^32, so the exact sums of low halves and of high halves over all lanes
+/// and accumulators together stay below 2^61 each: nothing overflows.
 const BLOCK: usize = 1 << 32;
 
 // ---------------------------------------------------------------- AVX2
 
-#[inline]
-#[target_feature(enable = "avx2")]
-fn lanes_avx2(acc: __m256i, v: __m256i) -> __m256i {
-    let low = _mm256_and_si256(v, _mm256_set1_epi64x(0xffff_ffff));
-    let high = _mm256_srli_epi64::<32>(v);
-    _mm256_add_epi64(acc, _mm256_add_epi64(low, high))
+/// A 256-bit accumulator: wrapping lane sums and exact high-half sums.
+#[derive(Clone, Copy)]
+struct Acc256 {
+    wrap: __m256i,
+    high: __m256i,
 }
 
-#[inline]
-#[target_feature(enable = "avx2")]
-fn reduce_avx2(v: __m256i) -> u64 {
-    let half = _mm_add_epi64(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-    let both = _mm_add_epi64(half, _mm_unpackhi_epi64(half, half));
-    _mm_cvtsi128_si64(both) as u64
+impl Acc256 {
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn new() -> Acc256 {
+        Acc256 {
+            wrap: _mm256_setzero_si256(),
+            high: _mm256_setzero_si256(),
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn add(self, v: __m256i) -> Acc256 {
+        Acc256 {
+            wrap: _mm256_add_epi64(self.wrap, v),
+            high: _mm256_add_epi64(self.high, _mm256_srli_epi64::<32>(v)),
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn merge(self, other: Acc256) -> Acc256 {
+        Acc256 {
+            wrap: _mm256_add_epi64(self.wrap, other.wrap),
+            high: _mm256_add_epi64(self.high, other.high),
+        }
+    }
+
+    /// The sum of all halves of all lanes (below 2^62 within a block).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn total(self) -> u64 {
+        let low = _mm256_sub_epi64(self.wrap, _mm256_slli_epi64::<32>(self.high));
+        let lanes = _mm256_add_epi64(low, self.high);
+        let half = _mm_add_epi64(
+            _mm256_castsi256_si128(lanes),
+            _mm256_extracti128_si256::<1>(lanes),
+        );
+        let both = _mm_add_epi64(half, _mm_unpackhi_epi64(half, half));
+        _mm_cvtsi128_si64(both) as u64
+    }
 }
 
 #[inline]
@@ -89,25 +127,24 @@ pub(super) fn sum_avx2(data: &[u8]) -> u64 {
 #[inline]
 #[target_feature(enable = "avx2")]
 fn sum_block_avx2(block: &[u8]) -> u64 {
-    let zero = _mm256_setzero_si256();
-    let (mut a, mut b, mut c, mut d) = (zero, zero, zero, zero);
+    let (mut a, mut b, mut c, mut d) = (Acc256::new(), Acc256::new(), Acc256::new(), Acc256::new());
     let (quads, rest) = block.as_chunks::<128>();
     for quad in quads {
         let (vectors, _) = quad.as_chunks::<32>();
         if let [v0, v1, v2, v3] = vectors {
-            a = lanes_avx2(a, load_avx2(v0));
-            b = lanes_avx2(b, load_avx2(v1));
-            c = lanes_avx2(c, load_avx2(v2));
-            d = lanes_avx2(d, load_avx2(v3));
+            a = a.add(load_avx2(v0));
+            b = b.add(load_avx2(v1));
+            c = c.add(load_avx2(v2));
+            d = d.add(load_avx2(v3));
         }
     }
     let (vectors, tail) = rest.as_chunks::<32>();
     for v in vectors {
-        b = lanes_avx2(b, load_avx2(v));
+        b = b.add(load_avx2(v));
     }
     let tail_sum = match even_tail_avx2(block, tail.len()) {
         Some(v) => {
-            c = lanes_avx2(c, v);
+            c = c.add(v);
             match tail.len() & 1 {
                 1 => block
                     .last()
@@ -117,8 +154,7 @@ fn sum_block_avx2(block: &[u8]) -> u64 {
         }
         None => sum_scalar(tail),
     };
-    let lanes = _mm256_add_epi64(_mm256_add_epi64(a, b), _mm256_add_epi64(c, d));
-    add_carry(reduce_avx2(lanes), tail_sum)
+    add_carry(a.merge(b).merge(c.merge(d)).total(), tail_sum)
 }
 
 /// The even part of the last `tail_len` (< 32) bytes of `block`, as a vector
@@ -158,8 +194,7 @@ pub(super) fn copy_and_sum_avx2(dst: &mut [u8], src: &[u8]) -> u64 {
 #[inline]
 #[target_feature(enable = "avx2")]
 fn copy_and_sum_block_avx2(dst: &mut [u8], src: &[u8]) -> u64 {
-    let zero = _mm256_setzero_si256();
-    let (mut a, mut b) = (zero, zero);
+    let (mut a, mut b) = (Acc256::new(), Acc256::new());
     let (dst_pairs, dst_rest) = dst.as_chunks_mut::<64>();
     let (src_pairs, src_rest) = src.as_chunks::<64>();
     for (d, s) in dst_pairs.iter_mut().zip(src_pairs) {
@@ -170,8 +205,8 @@ fn copy_and_sum_block_avx2(dst: &mut [u8], src: &[u8]) -> u64 {
             let v1 = load_avx2(s1);
             store_avx2(d0, v0);
             store_avx2(d1, v1);
-            a = lanes_avx2(a, v0);
-            b = lanes_avx2(b, v1);
+            a = a.add(v0);
+            b = b.add(v1);
         }
     }
     let (dst_vectors, dst_tail) = dst_rest.as_chunks_mut::<32>();
@@ -179,20 +214,56 @@ fn copy_and_sum_block_avx2(dst: &mut [u8], src: &[u8]) -> u64 {
     for (d, s) in dst_vectors.iter_mut().zip(src_vectors) {
         let v = load_avx2(s);
         store_avx2(d, v);
-        a = lanes_avx2(a, v);
+        a = a.add(v);
     }
-    let vector_sum = reduce_avx2(_mm256_add_epi64(a, b));
+    let vector_sum = a.merge(b).total();
     add_carry(vector_sum, super::copy_and_sum_scalar(dst_tail, src_tail))
 }
 
 // ------------------------------------------------------------- AVX-512
 
-#[inline]
-#[target_feature(enable = "avx512f,avx512bw")]
-fn lanes_avx512(acc: __m512i, v: __m512i) -> __m512i {
-    let low = _mm512_and_si512(v, _mm512_set1_epi64(0xffff_ffff));
-    let high = _mm512_srli_epi64::<32>(v);
-    _mm512_add_epi64(acc, _mm512_add_epi64(low, high))
+/// A 512-bit accumulator: wrapping lane sums and exact high-half sums.
+#[derive(Clone, Copy)]
+struct Acc512 {
+    wrap: __m512i,
+    high: __m512i,
+}
+
+impl Acc512 {
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn new() -> Acc512 {
+        Acc512 {
+            wrap: _mm512_setzero_si512(),
+            high: _mm512_setzero_si512(),
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn add(self, v: __m512i) -> Acc512 {
+        Acc512 {
+            wrap: _mm512_add_epi64(self.wrap, v),
+            high: _mm512_add_epi64(self.high, _mm512_srli_epi64::<32>(v)),
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn merge(self, other: Acc512) -> Acc512 {
+        Acc512 {
+            wrap: _mm512_add_epi64(self.wrap, other.wrap),
+            high: _mm512_add_epi64(self.high, other.high),
+        }
+    }
+
+    /// The sum of all halves of all lanes (below 2^62 within a block).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw")]
+    fn total(self) -> u64 {
+        let low = _mm512_sub_epi64(self.wrap, _mm512_slli_epi64::<32>(self.high));
+        _mm512_reduce_add_epi64(_mm512_add_epi64(low, self.high)) as u64
+    }
 }
 
 #[inline]
@@ -244,8 +315,7 @@ fn store_tail_avx512(tail: &mut [u8], v: __m512i) {
 #[target_feature(enable = "avx512f,avx512bw")]
 pub(super) fn sum_avx512(data: &[u8]) -> u64 {
     if data.len() < 64 {
-        let lanes = lanes_avx512(_mm512_setzero_si512(), load_tail_avx512(data));
-        return _mm512_reduce_add_epi64(lanes) as u64;
+        return Acc512::new().add(load_tail_avx512(data)).total();
     }
     if data.len() <= BLOCK {
         return sum_block_avx512(data);
@@ -260,27 +330,25 @@ pub(super) fn sum_avx512(data: &[u8]) -> u64 {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
 fn sum_block_avx512(block: &[u8]) -> u64 {
-    let zero = _mm512_setzero_si512();
-    let (mut a, mut b, mut c, mut d) = (zero, zero, zero, zero);
+    let (mut a, mut b, mut c, mut d) = (Acc512::new(), Acc512::new(), Acc512::new(), Acc512::new());
     let (quads, rest) = block.as_chunks::<256>();
     for quad in quads {
         let (vectors, _) = quad.as_chunks::<64>();
         if let [v0, v1, v2, v3] = vectors {
-            a = lanes_avx512(a, load_avx512(v0));
-            b = lanes_avx512(b, load_avx512(v1));
-            c = lanes_avx512(c, load_avx512(v2));
-            d = lanes_avx512(d, load_avx512(v3));
+            a = a.add(load_avx512(v0));
+            b = b.add(load_avx512(v1));
+            c = c.add(load_avx512(v2));
+            d = d.add(load_avx512(v3));
         }
     }
     let (vectors, tail) = rest.as_chunks::<64>();
     for v in vectors {
-        a = lanes_avx512(a, load_avx512(v));
+        a = a.add(load_avx512(v));
     }
     if !tail.is_empty() {
-        b = lanes_avx512(b, load_tail_avx512(tail));
+        b = b.add(load_tail_avx512(tail));
     }
-    let lanes = _mm512_add_epi64(_mm512_add_epi64(a, b), _mm512_add_epi64(c, d));
-    _mm512_reduce_add_epi64(lanes) as u64
+    a.merge(b).merge(c.merge(d)).total()
 }
 
 /// The AVX-512 fused copy-and-sum kernel: each vector is loaded once, stored
@@ -303,8 +371,7 @@ pub(super) fn copy_and_sum_avx512(dst: &mut [u8], src: &[u8]) -> u64 {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw")]
 fn copy_and_sum_block_avx512(dst: &mut [u8], src: &[u8]) -> u64 {
-    let zero = _mm512_setzero_si512();
-    let (mut a, mut b) = (zero, zero);
+    let (mut a, mut b) = (Acc512::new(), Acc512::new());
     let (dst_pairs, dst_rest) = dst.as_chunks_mut::<128>();
     let (src_pairs, src_rest) = src.as_chunks::<128>();
     for (d, s) in dst_pairs.iter_mut().zip(src_pairs) {
@@ -315,8 +382,8 @@ fn copy_and_sum_block_avx512(dst: &mut [u8], src: &[u8]) -> u64 {
             let v1 = load_avx512(s1);
             store_avx512(d0, v0);
             store_avx512(d1, v1);
-            a = lanes_avx512(a, v0);
-            b = lanes_avx512(b, v1);
+            a = a.add(v0);
+            b = b.add(v1);
         }
     }
     let (dst_vectors, dst_tail) = dst_rest.as_chunks_mut::<64>();
@@ -324,12 +391,12 @@ fn copy_and_sum_block_avx512(dst: &mut [u8], src: &[u8]) -> u64 {
     for (d, s) in dst_vectors.iter_mut().zip(src_vectors) {
         let v = load_avx512(s);
         store_avx512(d, v);
-        a = lanes_avx512(a, v);
+        a = a.add(v);
     }
     if !src_tail.is_empty() {
         let v = load_tail_avx512(src_tail);
         store_tail_avx512(dst_tail, v);
-        b = lanes_avx512(b, v);
+        b = b.add(v);
     }
-    _mm512_reduce_add_epi64(_mm512_add_epi64(a, b)) as u64
+    a.merge(b).total()
 }
