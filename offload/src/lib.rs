@@ -10,9 +10,12 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod adapt;
 pub mod caps;
 pub mod checksum;
+pub mod complete;
 pub mod layout;
+pub mod segment;
 pub mod virtio;
 
 pub use caps::EgressCapabilities;

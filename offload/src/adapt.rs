@@ -1,0 +1,574 @@
+//! The one entry point that makes a frame fit an egress port: pass it
+//! through, complete its checksum, or segment it.
+//!
+//! The rules, in order:
+//! * A GSO frame passes through untouched only if the port completes
+//!   checksums, segments this kind itself (TSO4/TSO6/USO/UFO) and its MTU
+//!   holds the segments the guest asked for. Otherwise the engine segments
+//!   it in software, to `min(gso_size, what the MTU allows)`: a TSO frame
+//!   larger than the egress MTU is re-segmented, never dropped.
+//! * A frame without GSO must fit the MTU (else [`AdaptError::FrameOverMtu`]);
+//!   its partial checksum, if any, is completed unless the port completes it.
+//!   So a partial checksum never reaches a port that cannot complete it.
+//!
+//! The decision ([`decide`]) is separate from the work ([`adapt`]) so that
+//! the switch can count and test decisions without touching bytes.
+//!
+//! ```
+//! use vswitch_offload::adapt::{decide, Action};
+//! use vswitch_offload::{EgressCapabilities, GsoKind, OffloadPlan, PartialChecksum};
+//!
+//! // A plain 100-byte frame with a partial checksum, not IP as far as the
+//! // plan knows.
+//! let frame = [0u8; 100];
+//! let plan = OffloadPlan {
+//!     layout: None,
+//!     gso: GsoKind::None,
+//!     partial_checksum: Some(PartialChecksum { start: 34, offset: 16 }),
+//! };
+//! let to_tap = decide(&frame, &plan, &EgressCapabilities::checksum_only(1500)).unwrap();
+//! assert_eq!(to_tap, Action::PassThrough);
+//! let to_wire = decide(&frame, &plan, &EgressCapabilities::none(1500)).unwrap();
+//! assert_eq!(to_wire, Action::CompleteChecksum(PartialChecksum { start: 34, offset: 16 }));
+//! ```
+
+use bytes::Bytes;
+
+use crate::caps::EgressCapabilities;
+use crate::complete::{complete_checksum_copy, partial_checksum_value, ChecksumError};
+use crate::layout::{FrameLayout, L3Kind};
+use crate::plan::{GsoKind, OffloadPlan, PartialChecksum};
+use crate::segment::{OutputMode, SegmentError, SegmentSink, SegmentSummary, Segmenter, SinkFull};
+
+/// Why a frame could not be adapted to a port. Each variant has a stable
+/// counter name ([`AdaptError::counter`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdaptError {
+    /// A frame without GSO is larger than the egress MTU.
+    #[error("frame of {l3_len} bytes (IP length) must fit the egress MTU {mtu}")]
+    FrameOverMtu {
+        /// The frame's length after the Ethernet header and VLAN tags.
+        l3_len: usize,
+        /// The egress MTU.
+        mtu: u16,
+    },
+    /// The frame is shorter than its Ethernet header.
+    #[error("frame of {len} bytes is shorter than its {l2_len}-byte Ethernet header")]
+    FrameTooShort {
+        /// Length of the frame.
+        len: usize,
+        /// Length of the Ethernet header with VLAN tags.
+        l2_len: usize,
+    },
+    /// A GSO frame came without a parsed layout.
+    #[error("a GSO frame needs a parsed layout, the plan has none")]
+    MissingLayout,
+    /// Segmentation failed.
+    #[error(transparent)]
+    Segment(#[from] SegmentError),
+    /// Checksum completion failed.
+    #[error(transparent)]
+    Checksum(#[from] ChecksumError),
+}
+
+impl AdaptError {
+    /// A stable name for the drop counter of this error.
+    pub fn counter(&self) -> &'static str {
+        match self {
+            AdaptError::FrameOverMtu { .. } => "adapt_frame_over_mtu",
+            AdaptError::FrameTooShort { .. } => "adapt_frame_too_short",
+            AdaptError::MissingLayout => "adapt_missing_layout",
+            AdaptError::Segment(err) => err.counter(),
+            AdaptError::Checksum(err) => err.counter(),
+        }
+    }
+}
+
+/// What to do with a frame for one egress port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Action {
+    /// Send the frame as it is, with its offload metadata: the port does the rest.
+    PassThrough,
+    /// Complete the partial checksum in software; no segmentation.
+    CompleteChecksum(PartialChecksum),
+    /// Segment in software with this (possibly smaller than asked) size.
+    Segment(GsoKind),
+}
+
+/// What [`adapt`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Adapted {
+    /// Nothing was written: send the original frame with its metadata.
+    PassThrough,
+    /// One plain frame with its checksum completed was written to the sink.
+    Checksummed,
+    /// Plain, fully checksummed segments were written to the sink.
+    Segmented(SegmentSummary),
+}
+
+/// Length of the Ethernet header plus up to two VLAN tags, for frames
+/// without a parsed layout.
+fn l2_len(frame: &[u8], layout: Option<&FrameLayout>) -> usize {
+    if let Some(layout) = layout {
+        return layout.l3_offset;
+    }
+    let is_tag = |at: usize| {
+        matches!(
+            frame.get(at..at + 2),
+            Some([0x81, 0x00]) | Some([0x88, 0xa8])
+        )
+    };
+    let mut len = 14;
+    while len < 22 && is_tag(len - 2) {
+        len += 4;
+    }
+    len
+}
+
+/// Decides what a frame needs before it leaves through a port with `caps`.
+pub fn decide(
+    frame: &[u8],
+    plan: &OffloadPlan,
+    caps: &EgressCapabilities,
+) -> Result<Action, AdaptError> {
+    if plan.gso == GsoKind::None {
+        let l2_len = l2_len(frame, plan.layout.as_ref());
+        let l3_len = frame
+            .len()
+            .checked_sub(l2_len)
+            .ok_or(AdaptError::FrameTooShort {
+                len: frame.len(),
+                l2_len,
+            })?;
+        if l3_len > usize::from(caps.mtu) {
+            return Err(AdaptError::FrameOverMtu {
+                l3_len,
+                mtu: caps.mtu,
+            });
+        }
+        return Ok(match plan.partial_checksum {
+            Some(partial) if !caps.checksum => Action::CompleteChecksum(partial),
+            _ => Action::PassThrough,
+        });
+    }
+    let layout = plan.layout.as_ref().ok_or(AdaptError::MissingLayout)?;
+    let fitted = plan.gso.fit_mtu(layout, caps.mtu)?;
+    let port_segments = match (plan.gso, layout.l3) {
+        (GsoKind::Tcp { .. }, L3Kind::Ipv4) => caps.tso4,
+        (GsoKind::Tcp { .. }, L3Kind::Ipv6) => caps.tso6,
+        (GsoKind::UdpL4 { .. }, _) => caps.uso,
+        (GsoKind::Ufo { .. }, _) => caps.ufo,
+        (GsoKind::None, _) => false,
+    };
+    if port_segments && caps.checksum && fitted == plan.gso {
+        Ok(Action::PassThrough)
+    } else {
+        Ok(Action::Segment(fitted))
+    }
+}
+
+/// Adapts `frame` (validated into `plan`) to a port with `caps`: decides
+/// ([`decide`]), then writes what must be sent into `sink`, in zero-copy mode
+/// if the port takes scatter-gather frames, else in copy mode.
+///
+/// On [`Adapted::PassThrough`] nothing is written; send the original frame
+/// with its metadata. Otherwise send what the sink received, as plain frames.
+pub fn adapt<S: SegmentSink + ?Sized>(
+    segmenter: &mut Segmenter,
+    frame: &Bytes,
+    plan: &OffloadPlan,
+    caps: &EgressCapabilities,
+    sink: &mut S,
+) -> Result<Adapted, AdaptError> {
+    let mode = if caps.scatter_gather {
+        OutputMode::ZeroCopy
+    } else {
+        OutputMode::Copy
+    };
+    match decide(frame, plan, caps)? {
+        Action::PassThrough => Ok(Adapted::PassThrough),
+        Action::CompleteChecksum(partial) => {
+            complete_into(segmenter, frame, partial, mode, sink)?;
+            Ok(Adapted::Checksummed)
+        }
+        Action::Segment(gso) => {
+            let layout = plan.layout.as_ref().ok_or(AdaptError::MissingLayout)?;
+            let summary = segmenter.segment(frame, layout, gso, mode, sink)?;
+            Ok(Adapted::Segmented(summary))
+        }
+    }
+}
+
+fn complete_into<S: SegmentSink + ?Sized>(
+    segmenter: &mut Segmenter,
+    frame: &Bytes,
+    partial: PartialChecksum,
+    mode: OutputMode,
+    sink: &mut S,
+) -> Result<(), AdaptError> {
+    let sink_full = |SinkFull| AdaptError::Segment(SegmentError::SinkFull);
+    match mode {
+        OutputMode::Copy => {
+            let buf = sink.contiguous(frame.len()).map_err(sink_full)?;
+            if buf.len() != frame.len() {
+                return Err(SegmentError::SinkBufferLength {
+                    expected: frame.len(),
+                    found: buf.len(),
+                }
+                .into());
+            }
+            complete_checksum_copy(buf, frame, partial)?;
+        }
+        OutputMode::ZeroCopy => {
+            let value = partial_checksum_value(frame, partial)?;
+            // The field ends within the frame: partial_checksum_value checked it.
+            let at = partial.start + partial.offset;
+            let headers = segmenter.scratch();
+            headers.clear();
+            headers.extend_from_slice(frame.get(..at + 2).unwrap_or(&[]));
+            if let Some(field) = headers.get_mut(at..at + 2) {
+                field.copy_from_slice(&value.to_be_bytes());
+            }
+            sink.scatter_gather(headers, frame.slice(at + 2..))
+                .map_err(sink_full)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::L4Kind;
+    use crate::segment::testing::{build, check_segment, FrameSpec, L4Spec};
+    use crate::segment::SegmentList;
+
+    fn tso_plan(built: &crate::segment::testing::Built, mss: u16) -> OffloadPlan {
+        OffloadPlan {
+            layout: Some(built.layout),
+            gso: GsoKind::Tcp { mss, ecn: false },
+            partial_checksum: Some(PartialChecksum {
+                start: built.layout.l4_offset,
+                offset: 16,
+            }),
+        }
+    }
+
+    fn run(
+        frame: &[u8],
+        plan: &OffloadPlan,
+        caps: &EgressCapabilities,
+    ) -> Result<(Adapted, Vec<Vec<u8>>), AdaptError> {
+        let bytes = Bytes::copy_from_slice(frame);
+        let mut outs = Vec::new();
+        let mut result = None;
+        for sg in [false, true] {
+            let caps = EgressCapabilities {
+                scatter_gather: sg,
+                ..*caps
+            };
+            let mut list = SegmentList::new();
+            let adapted = adapt(&mut Segmenter::default(), &bytes, plan, &caps, &mut list)?;
+            let out: Vec<Vec<u8>> = list.iter().map(|s| s.to_vec()).collect();
+            if let Some((prev, prev_out)) = &result {
+                assert_eq!(prev, &adapted);
+                assert_eq!(prev_out, &out, "both modes write the same bytes");
+            }
+            outs = out.clone();
+            result = Some((adapted, out));
+        }
+        Ok((result.map(|r| r.0).unwrap_or(Adapted::PassThrough), outs))
+    }
+
+    fn big_tcp(ipv6: bool) -> crate::segment::testing::Built {
+        build(&FrameSpec {
+            ipv6,
+            vlans: 1,
+            l4: L4Spec::Tcp { options: true },
+            payload_len: 60_000,
+            ..FrameSpec::default()
+        })
+    }
+
+    /// Bug class: forwarding drops a TSO frame larger than the egress MTU
+    /// instead of segmenting it. A port with TSO but a small MTU gets the
+    /// frame re-segmented to fit.
+    #[test]
+    fn tso_frame_to_a_smaller_mtu_is_resegmented_not_dropped() {
+        for ipv6 in [false, true] {
+            let built = big_tcp(ipv6);
+            let mut frame = built.frame.clone();
+            built.seed_partial(&mut frame, true);
+            let plan = tso_plan(&built, 8948);
+            for caps in [
+                EgressCapabilities::full(1280),
+                EgressCapabilities::none(1280),
+            ] {
+                let (adapted, segments) = run(&frame, &plan, &caps).unwrap();
+                let headers = built.layout.payload_offset - built.layout.l3_offset;
+                let mss = 1280 - headers;
+                assert_eq!(
+                    adapted,
+                    Adapted::Segmented(SegmentSummary {
+                        segments: 60_000usize.div_ceil(mss),
+                        bytes: segments.iter().map(Vec::len).sum(),
+                    })
+                );
+                let mut payload = Vec::new();
+                for segment in &segments {
+                    let info = check_segment(segment);
+                    assert!(
+                        info.l3_len <= 1280,
+                        "L3 length {} above the MTU",
+                        info.l3_len
+                    );
+                    payload.extend_from_slice(&info.payload);
+                }
+                assert_eq!(payload, built.payload());
+            }
+        }
+    }
+
+    #[test]
+    fn tso_passes_through_only_to_a_port_that_segments_this_kind() {
+        let v4 = big_tcp(false);
+        let plan = tso_plan(&v4, 1448);
+        let pass = |caps: EgressCapabilities| decide(&v4.frame, &plan, &caps).unwrap();
+        assert_eq!(pass(EgressCapabilities::full(1500)), Action::PassThrough);
+        let no_tso4 = EgressCapabilities {
+            tso4: false,
+            ..EgressCapabilities::full(1500)
+        };
+        assert_eq!(
+            pass(no_tso4),
+            Action::Segment(GsoKind::Tcp {
+                mss: 1448,
+                ecn: false
+            })
+        );
+        let no_csum = EgressCapabilities {
+            checksum: false,
+            ..EgressCapabilities::full(1500)
+        };
+        assert_eq!(
+            pass(no_csum),
+            Action::Segment(GsoKind::Tcp {
+                mss: 1448,
+                ecn: false
+            })
+        );
+        let v6 = big_tcp(true);
+        let plan6 = tso_plan(&v6, 1200);
+        let only_tso4 = EgressCapabilities {
+            tso6: false,
+            ..EgressCapabilities::full(1500)
+        };
+        assert_eq!(
+            decide(&v6.frame, &plan6, &only_tso4).unwrap(),
+            Action::Segment(GsoKind::Tcp {
+                mss: 1200,
+                ecn: false
+            })
+        );
+        let (adapted, segments) = run(&v4.frame, &plan, &EgressCapabilities::full(1500)).unwrap();
+        assert_eq!(adapted, Adapted::PassThrough);
+        assert!(segments.is_empty());
+    }
+
+    /// Bug class: a partial checksum reaching a port that cannot complete it.
+    #[test]
+    fn partial_checksum_is_completed_for_a_port_without_checksum_offload() {
+        for (ipv6, l4) in [(false, L4Spec::Tcp { options: true }), (true, L4Spec::Udp)] {
+            let built = build(&FrameSpec {
+                ipv6,
+                vlans: 2,
+                l4,
+                payload_len: 1000,
+                ..FrameSpec::default()
+            });
+            let frame = built.frame_with_seed(true);
+            let offset = if l4 == L4Spec::Udp { 6 } else { 16 };
+            let plan = OffloadPlan {
+                layout: Some(built.layout),
+                gso: GsoKind::None,
+                partial_checksum: Some(PartialChecksum {
+                    start: built.layout.l4_offset,
+                    offset,
+                }),
+            };
+            let (adapted, out) = run(&frame, &plan, &EgressCapabilities::none(1500)).unwrap();
+            assert_eq!(adapted, Adapted::Checksummed);
+            assert_eq!(out, std::slice::from_ref(&built.frame));
+            assert!(built.l4_checksum_ok(&out[0]));
+            let (adapted, out) =
+                run(&frame, &plan, &EgressCapabilities::checksum_only(1500)).unwrap();
+            assert_eq!(adapted, Adapted::PassThrough);
+            assert!(out.is_empty());
+        }
+    }
+
+    #[test]
+    fn non_gso_frame_over_the_mtu_is_an_error() {
+        let built = build(&FrameSpec {
+            vlans: 2,
+            payload_len: 1460,
+            ..FrameSpec::default()
+        });
+        let plan = OffloadPlan {
+            layout: Some(built.layout),
+            gso: GsoKind::None,
+            partial_checksum: None,
+        };
+        assert_eq!(
+            decide(&built.frame, &plan, &EgressCapabilities::none(1500)).unwrap(),
+            Action::PassThrough
+        );
+        let err = decide(&built.frame, &plan, &EgressCapabilities::full(1499)).unwrap_err();
+        assert_eq!(
+            err,
+            AdaptError::FrameOverMtu {
+                l3_len: 1500,
+                mtu: 1499
+            }
+        );
+        assert_eq!(err.counter(), "adapt_frame_over_mtu");
+        // Without a layout the VLAN tags are still not counted as L3 bytes.
+        let no_layout = OffloadPlan {
+            layout: None,
+            ..plan
+        };
+        assert_eq!(
+            decide(&built.frame, &no_layout, &EgressCapabilities::none(1500)).unwrap(),
+            Action::PassThrough
+        );
+        assert!(decide(&built.frame, &no_layout, &EgressCapabilities::none(1499)).is_err());
+        let err = decide(&[0u8; 10], &no_layout, &EgressCapabilities::none(1500)).unwrap_err();
+        assert_eq!(
+            err,
+            AdaptError::FrameTooShort {
+                len: 10,
+                l2_len: 14
+            }
+        );
+    }
+
+    #[test]
+    fn uso_datagrams_over_the_mtu_are_refused_and_ufo_is_refragmented() {
+        let built = build(&FrameSpec {
+            l4: L4Spec::Udp,
+            payload_len: 20_000,
+            ..FrameSpec::default()
+        });
+        let uso = OffloadPlan {
+            layout: Some(built.layout),
+            gso: GsoKind::UdpL4 { size: 1472 },
+            partial_checksum: Some(PartialChecksum {
+                start: built.layout.l4_offset,
+                offset: 6,
+            }),
+        };
+        let (adapted, out) = run(&built.frame, &uso, &EgressCapabilities::none(1500)).unwrap();
+        assert!(matches!(adapted, Adapted::Segmented(s) if s.segments == 14));
+        out.iter()
+            .for_each(|s| assert!(check_segment(s).l3_len <= 1500));
+        let err = run(&built.frame, &uso, &EgressCapabilities::full(1400)).unwrap_err();
+        assert_eq!(err.counter(), "segment_datagram_over_mtu");
+
+        let ufo = OffloadPlan {
+            gso: GsoKind::Ufo { size: 8000 },
+            ..uso
+        };
+        let (adapted, out) = run(&built.frame, &ufo, &EgressCapabilities::full(1500)).unwrap();
+        assert!(matches!(adapted, Adapted::Segmented(_)));
+        for fragment in &out {
+            let info = check_segment(fragment);
+            assert!(info.l3_len <= 1500);
+        }
+    }
+
+    #[test]
+    fn gso_without_layout_is_an_error() {
+        let plan = OffloadPlan {
+            layout: None,
+            gso: GsoKind::Tcp {
+                mss: 1000,
+                ecn: false,
+            },
+            partial_checksum: None,
+        };
+        let err = decide(&[0; 100], &plan, &EgressCapabilities::none(1500)).unwrap_err();
+        assert_eq!(err, AdaptError::MissingLayout);
+    }
+
+    /// Every error has its own counter name.
+    #[test]
+    fn counter_names_are_distinct() {
+        let errors: Vec<AdaptError> = vec![
+            AdaptError::FrameOverMtu { l3_len: 0, mtu: 0 },
+            AdaptError::FrameTooShort { len: 0, l2_len: 0 },
+            AdaptError::MissingLayout,
+            ChecksumError::FieldOutOfFrame {
+                start: 0,
+                offset: 0,
+                frame_len: 0,
+            }
+            .into(),
+            ChecksumError::LengthMismatch {
+                expected: 0,
+                found: 0,
+            }
+            .into(),
+            SegmentError::NotGso.into(),
+            SegmentError::LayoutMismatch {
+                gso: "",
+                expected: "",
+                found: "",
+            }
+            .into(),
+            SegmentError::HeadersBeyondFrame {
+                l3_offset: 0,
+                l4_offset: 0,
+                payload_offset: 0,
+                frame_len: 0,
+            }
+            .into(),
+            SegmentError::FieldOutOfBounds {
+                offset: 0,
+                width: 0,
+                len: 0,
+            }
+            .into(),
+            SegmentError::SegmentSizeTooSmall { size: 0, min: 0 }.into(),
+            SegmentError::SegmentTooLong {
+                field: "",
+                len: 0,
+                max: 0,
+            }
+            .into(),
+            SegmentError::AlreadyFragmented.into(),
+            SegmentError::Ipv6ChainInconsistent {
+                end: 0,
+                l4_offset: 0,
+            }
+            .into(),
+            SegmentError::FirstFragmentTooSmall {
+                size: 0,
+                headers: 0,
+            }
+            .into(),
+            SegmentError::MtuTooSmall { mtu: 0, headers: 0 }.into(),
+            SegmentError::DatagramOverMtu { l3_len: 0, mtu: 0 }.into(),
+            SegmentError::SinkFull.into(),
+            SegmentError::SinkBufferLength {
+                expected: 0,
+                found: 0,
+            }
+            .into(),
+        ];
+        let mut names: Vec<&str> = errors.iter().map(AdaptError::counter).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), errors.len());
+        let _ = L4Kind::Tcp;
+    }
+}

@@ -1,0 +1,179 @@
+//! TSO and USO: cut the payload into `size`-byte pieces, each with its own
+//! copy of the headers.
+
+use crate::checksum::{checksum, pseudo_header_ipv4, pseudo_header_ipv6, Checksum};
+use crate::layout::{L3Kind, L4Kind};
+
+use super::field::{get_array16, get_array4, get_u16, get_u32, get_u8, set_u16, set_u32, set_u8};
+use super::{
+    fits_u16, ChecksumFixup, Offsets, Output, SegmentError, SegmentParams, SegmentSink,
+    SegmentSummary,
+};
+
+/// TCP flag bits in byte 13 of the TCP header.
+const TCP_FIN: u8 = 0x01;
+const TCP_PSH: u8 = 0x08;
+const TCP_CWR: u8 = 0x80;
+
+/// The pseudo-header sum of a frame's addresses and protocol, without the
+/// length (added per segment).
+pub(crate) fn pseudo_header_base(
+    frame: &[u8],
+    offsets: &Offsets,
+    protocol: u8,
+) -> Result<Checksum, SegmentError> {
+    Ok(match offsets.l3_kind {
+        L3Kind::Ipv4 => pseudo_header_ipv4(
+            get_array4(frame, offsets.l3 + 12)?,
+            get_array4(frame, offsets.l3 + 16)?,
+            protocol,
+            0,
+        ),
+        L3Kind::Ipv6 => pseudo_header_ipv6(
+            get_array16(frame, offsets.l3 + 8)?,
+            get_array16(frame, offsets.l3 + 24)?,
+            protocol,
+            0,
+        ),
+    })
+}
+
+/// Writes the IP length of a packet of `l3_total` bytes into `headers`
+/// (IPv4 total length with a fresh header checksum, optionally a new id; or
+/// IPv6 payload length).
+pub(crate) fn set_ip_length(
+    headers: &mut [u8],
+    offsets: &Offsets,
+    l3_total: usize,
+    ipv4_id: Option<u16>,
+) -> Result<(), SegmentError> {
+    let l3 = offsets.l3;
+    match offsets.l3_kind {
+        L3Kind::Ipv4 => {
+            set_u16(headers, l3 + 2, fits_u16("IPv4 total length", l3_total)?)?;
+            if let Some(id) = ipv4_id {
+                set_u16(headers, l3 + 4, id)?;
+            }
+            refresh_ipv4_checksum(headers, offsets)
+        }
+        L3Kind::Ipv6 => set_u16(
+            headers,
+            l3 + 4,
+            fits_u16("IPv6 payload length", l3_total - 40)?,
+        ),
+    }
+}
+
+/// Recomputes the IPv4 header checksum in `headers`.
+pub(crate) fn refresh_ipv4_checksum(
+    headers: &mut [u8],
+    offsets: &Offsets,
+) -> Result<(), SegmentError> {
+    set_u16(headers, offsets.l3 + 10, 0)?;
+    let ip = headers
+        .get(offsets.l3..offsets.l4)
+        .ok_or(SegmentError::FieldOutOfBounds {
+            offset: offsets.l3,
+            width: offsets.l3_len(),
+            len: headers.len(),
+        })?;
+    let value = checksum(ip);
+    set_u16(headers, offsets.l3 + 10, value)
+}
+
+/// Segments a TCP (TSO) or UDP (USO) frame into pieces of `size` payload bytes.
+pub(super) fn segment<S: SegmentSink + ?Sized>(
+    headers: &mut Vec<u8>,
+    params: SegmentParams,
+    frame: &[u8],
+    offsets: &Offsets,
+    kind: L4Kind,
+    size: usize,
+    out: &mut Output<'_, S>,
+) -> Result<SegmentSummary, SegmentError> {
+    if size == 0 {
+        return Err(SegmentError::SegmentSizeTooSmall { size, min: 1 });
+    }
+    let (protocol, csum_at) = match kind {
+        L4Kind::Tcp => (6u8, offsets.l4 + 16),
+        L4Kind::Udp => (17u8, offsets.l4 + 6),
+    };
+    let header_len = offsets.payload;
+    let l3_len = offsets.l3_len();
+    let l4_header_len = offsets.l4_len();
+    if kind == L4Kind::Udp && l4_header_len != 8 {
+        return Err(SegmentError::LayoutMismatch {
+            gso: "UDP_L4",
+            expected: "an 8-byte UDP header",
+            found: "a transport header of another length",
+        });
+    }
+    let payload_len = frame.len() - header_len;
+    let largest = size.min(payload_len);
+    // The largest segment decides whether every length field can hold it.
+    let largest_l4 = l4_header_len + largest;
+    match offsets.l3_kind {
+        L3Kind::Ipv4 => fits_u16("IPv4 total length", l3_len + largest_l4)?,
+        L3Kind::Ipv6 => fits_u16("IPv6 payload length", l3_len - 40 + largest_l4)?,
+    };
+    if kind == L4Kind::Udp {
+        fits_u16("UDP length", largest_l4)?;
+    }
+
+    let base = pseudo_header_base(frame, offsets, protocol)?;
+    let first_id = match offsets.l3_kind {
+        L3Kind::Ipv4 => get_u16(frame, offsets.l3 + 4)?,
+        L3Kind::Ipv6 => 0,
+    };
+    let (first_seq, flags) = match kind {
+        L4Kind::Tcp => (
+            get_u32(frame, offsets.l4 + 4)?,
+            get_u8(frame, offsets.l4 + 13)?,
+        ),
+        L4Kind::Udp => (0, 0),
+    };
+
+    headers.clear();
+    headers.extend_from_slice(frame.get(..header_len).unwrap_or(&[]));
+
+    let count = payload_len.div_ceil(size).max(1);
+    let mut bytes = 0;
+    for i in 0..count {
+        let start = header_len + i * size;
+        let end = (start + size).min(frame.len());
+        let l4_total = l4_header_len + (end - start);
+        let id = (!params.fixed_ipv4_id).then(|| first_id.wrapping_add(i as u16));
+        set_ip_length(headers, offsets, l3_len + l4_total, id)?;
+        match kind {
+            L4Kind::Tcp => {
+                let seq = first_seq.wrapping_add((i * size) as u32);
+                set_u32(headers, offsets.l4 + 4, seq)?;
+                let mut segment_flags = flags;
+                if i + 1 != count {
+                    segment_flags &= !(TCP_FIN | TCP_PSH);
+                }
+                if i != 0 {
+                    segment_flags &= !TCP_CWR;
+                }
+                set_u8(headers, offsets.l4 + 13, segment_flags)?;
+            }
+            L4Kind::Udp => {
+                set_u16(headers, offsets.l4 + 4, fits_u16("UDP length", l4_total)?)?;
+            }
+        }
+        set_u16(headers, csum_at, 0)?;
+        let mut sum = base;
+        sum.add_u32(l4_total as u32);
+        sum.add_bytes(headers.get(offsets.l4..header_len).unwrap_or(&[]));
+        let fixup = ChecksumFixup {
+            at: csum_at,
+            sum,
+            zero_as_ffff: kind == L4Kind::Udp,
+        };
+        bytes += out.emit(frame, headers, start..end, Some(fixup))?;
+    }
+    Ok(SegmentSummary {
+        segments: count,
+        bytes,
+    })
+}

@@ -1,0 +1,184 @@
+//! A reusable [`SegmentSink`] that keeps every segment of one frame.
+
+use std::ops::Range;
+
+use bytes::Bytes;
+
+use super::{SegmentSink, SinkFull};
+
+/// One segment in a [`SegmentList`].
+#[derive(Debug, Clone)]
+struct Entry {
+    /// The segment's bytes in the arena: the whole frame for a contiguous
+    /// segment, the headers for a scatter-gather one.
+    head: Range<usize>,
+    /// The payload of a scatter-gather segment.
+    payload: Option<Bytes>,
+}
+
+/// A sink that keeps the segments of a frame: contiguous segments in one
+/// reused arena, scatter-gather segments as header bytes in the arena plus a
+/// shared payload slice.
+///
+/// [`clear`](Self::clear) keeps the capacity, so once the list has seen a
+/// frame of a given size, later frames of that size allocate nothing.
+#[derive(Debug, Clone, Default)]
+pub struct SegmentList {
+    arena: Vec<u8>,
+    used: usize,
+    entries: Vec<Entry>,
+}
+
+/// A borrowed segment from a [`SegmentList`]: `head` followed by `payload`
+/// is the frame (for a contiguous segment `payload` is empty).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentRef<'a> {
+    /// The headers (or the whole frame, for a contiguous segment).
+    pub head: &'a [u8],
+    /// The shared payload of a scatter-gather segment, else empty.
+    pub payload: &'a [u8],
+}
+
+impl SegmentRef<'_> {
+    /// Length of the segment in bytes.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.payload.len()
+    }
+
+    /// True for an empty segment (never produced by the segmenter).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// True if the segment was delivered as headers plus a payload slice.
+    pub fn is_scatter_gather(&self) -> bool {
+        !self.payload.is_empty()
+    }
+
+    /// Appends the segment's bytes to `out`.
+    pub fn write_to(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(self.head);
+        out.extend_from_slice(self.payload);
+    }
+
+    /// The segment as one vector (for tests and diagnostics).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.len());
+        self.write_to(&mut out);
+        out
+    }
+}
+
+impl SegmentList {
+    /// An empty list.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// An empty list with room for `bytes` of contiguous segments and
+    /// `segments` entries.
+    pub fn with_capacity(bytes: usize, segments: usize) -> Self {
+        SegmentList {
+            arena: vec![0; bytes],
+            used: 0,
+            entries: Vec::with_capacity(segments),
+        }
+    }
+
+    /// Forgets the segments, keeping the buffers.
+    pub fn clear(&mut self) {
+        self.used = 0;
+        self.entries.clear();
+    }
+
+    /// Number of segments held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True if no segment is held.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The segment at `index`.
+    pub fn get(&self, index: usize) -> Option<SegmentRef<'_>> {
+        self.entries.get(index).map(|entry| self.view(entry))
+    }
+
+    /// The segments in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = SegmentRef<'_>> + '_ {
+        self.entries.iter().map(|entry| self.view(entry))
+    }
+
+    fn view<'a>(&'a self, entry: &'a Entry) -> SegmentRef<'a> {
+        SegmentRef {
+            head: self.arena.get(entry.head.clone()).unwrap_or(&[]),
+            payload: entry.payload.as_deref().unwrap_or(&[]),
+        }
+    }
+
+    /// Reserves `len` bytes of arena and returns their range. The arena only
+    /// grows; bytes past `used` are left as they were, not zeroed again.
+    fn reserve(&mut self, len: usize) -> Range<usize> {
+        let start = self.used;
+        let end = start + len;
+        if self.arena.len() < end {
+            let grown = end.max(self.arena.len() * 2);
+            self.arena.resize(grown, 0);
+        }
+        self.used = end;
+        start..end
+    }
+}
+
+impl SegmentSink for SegmentList {
+    fn contiguous(&mut self, len: usize) -> Result<&mut [u8], SinkFull> {
+        let head = self.reserve(len);
+        self.entries.push(Entry {
+            head: head.clone(),
+            payload: None,
+        });
+        self.arena.get_mut(head).ok_or(SinkFull)
+    }
+
+    fn scatter_gather(&mut self, headers: &[u8], payload: Bytes) -> Result<(), SinkFull> {
+        let head = self.reserve(headers.len());
+        self.arena
+            .get_mut(head.clone())
+            .ok_or(SinkFull)?
+            .copy_from_slice(headers);
+        self.entries.push(Entry {
+            head,
+            payload: (!payload.is_empty()).then_some(payload),
+        });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_both_kinds_in_order_and_reuses_capacity() {
+        let mut list = SegmentList::new();
+        list.contiguous(3).unwrap().copy_from_slice(b"abc");
+        list.scatter_gather(b"hd", Bytes::from_static(b"payload"))
+            .unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list.get(0).unwrap().to_vec(), b"abc");
+        assert!(!list.get(0).unwrap().is_scatter_gather());
+        assert_eq!(list.get(1).unwrap().to_vec(), b"hdpayload");
+        assert!(list.get(1).unwrap().is_scatter_gather());
+        let arena = list.arena.as_ptr();
+        list.clear();
+        assert!(list.is_empty());
+        list.contiguous(5).unwrap().copy_from_slice(b"12345");
+        assert_eq!(list.arena.as_ptr(), arena, "cleared list reuses its arena");
+        assert_eq!(
+            list.iter().map(|s| s.to_vec()).collect::<Vec<_>>(),
+            [b"12345".to_vec()]
+        );
+    }
+}

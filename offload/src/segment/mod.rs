@@ -1,0 +1,622 @@
+//! Software segmentation: one large frame with a [`GsoKind`] in, the frames
+//! the wire would carry out.
+//!
+//! * TSO ([`GsoKind::Tcp`]) over IPv4 and IPv6: every segment gets its own
+//!   IPv4 total length, identification (first id + i, unless
+//!   [`SegmentParams::fixed_ipv4_id`]) and header checksum, or its own IPv6
+//!   payload length (extension headers included); TCP sequence number
+//!   `first + i * mss`, FIN and PSH on the last segment only, CWR on the first
+//!   only, and a checksum over a pseudo-header built from the addresses and
+//!   this segment's length (the guest's seed in the checksum field is ignored).
+//! * USO ([`GsoKind::UdpL4`]): every segment is a datagram with its own UDP
+//!   length and checksum (a computed 0 is sent as 0xffff).
+//! * UFO ([`GsoKind::Ufo`]): the datagram is checksummed whole, then
+//!   IP-fragmented: offsets in 8-byte units, every fragment but the last a
+//!   multiple of 8 bytes, MF on all but the last, one identification. IPv6
+//!   fragments get a fragment header after the unfragmentable part (the IPv6
+//!   header, hop-by-hop options and routing headers) with the identification
+//!   from [`SegmentParams::ipv6_fragment_id`].
+//!
+//! VLAN and QinQ tags are copied onto every segment: all offsets come from the
+//! [`FrameLayout`]. Lengths are computed from the frame, never from the
+//! (possibly stale or zero) length fields of the large frame.
+//!
+//! Two output modes write identical bytes into a caller-owned
+//! [`SegmentSink`]: [`Segmenter::segment_copy`] writes each segment as one
+//! contiguous frame, copying the payload and checksumming it in the same pass;
+//! [`Segmenter::segment_zero_copy`] hands over a small header buffer plus a
+//! [`Bytes`] slice of the original payload (which it still reads to checksum).
+//! The [`Segmenter`] and a [`SegmentList`] sink keep their buffers between
+//! frames, so the steady state allocates nothing per segment.
+//!
+//! ```
+//! use vswitch_offload::segment::{SegmentList, SegmentParams, Segmenter};
+//! use vswitch_offload::{FrameLayout, GsoKind, L3Kind, L4Kind};
+//!
+//! // Ethernet + IPv4 (20) + TCP (20) + 3000 payload bytes.
+//! let mut frame = vec![0u8; 14 + 20 + 20 + 3000];
+//! frame[12..14].copy_from_slice(&[0x08, 0x00]);
+//! frame[14] = 0x45; // version 4, ihl 5
+//! frame[14 + 9] = 6; // TCP
+//! frame[34 + 12] = 5 << 4; // data offset 5
+//! let layout = FrameLayout {
+//!     vlan_tags: 0,
+//!     l3_offset: 14,
+//!     l3: L3Kind::Ipv4,
+//!     l4_offset: 34,
+//!     l4: Some(L4Kind::Tcp),
+//!     payload_offset: 54,
+//!     ipv6_fragment_header: None,
+//!     is_fragment: false,
+//! };
+//! let mut segmenter = Segmenter::new(SegmentParams::default());
+//! let mut out = SegmentList::new();
+//! let gso = GsoKind::Tcp { mss: 1448, ecn: false };
+//! let summary = segmenter.segment_copy(&frame, &layout, gso, &mut out).unwrap();
+//! assert_eq!(summary.segments, 3);
+//! assert_eq!(out.get(0).unwrap().len(), 54 + 1448);
+//! assert_eq!(out.get(2).unwrap().len(), 54 + 3000 - 2 * 1448);
+//! ```
+
+mod field;
+mod l4;
+mod list;
+mod ufo;
+
+#[cfg(test)]
+pub(crate) mod testing;
+#[cfg(test)]
+mod tests;
+
+use std::ops::Range;
+
+use bytes::Bytes;
+
+use crate::checksum::Checksum;
+use crate::layout::{FrameLayout, L3Kind, L4Kind};
+use crate::plan::GsoKind;
+
+pub use list::{SegmentList, SegmentRef};
+
+/// Why a frame could not be segmented. Each variant has a stable counter
+/// name ([`SegmentError::counter`]) for drop statistics.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SegmentError {
+    /// Segmentation was asked for a frame without GSO.
+    #[error("expected a GSO kind (TCP, UDP_L4 or UDP), found none")]
+    NotGso,
+    /// The layout does not carry the protocol the GSO kind needs.
+    #[error("{gso} segmentation needs {expected}, the frame carries {found}")]
+    LayoutMismatch {
+        /// The GSO kind asked for.
+        gso: &'static str,
+        /// What it needs.
+        expected: &'static str,
+        /// What the layout says the frame carries.
+        found: &'static str,
+    },
+    /// The layout's offsets are out of order or beyond the frame.
+    #[error(
+        "headers must end within the frame in order (l3 {l3_offset} <= l4 {l4_offset} <= payload {payload_offset} <= frame length {frame_len})"
+    )]
+    HeadersBeyondFrame {
+        /// Offset of the IP header.
+        l3_offset: usize,
+        /// Offset of the transport header.
+        l4_offset: usize,
+        /// Offset of the transport payload.
+        payload_offset: usize,
+        /// Length of the frame.
+        frame_len: usize,
+    },
+    /// A header field lies beyond its buffer (the layout is inconsistent).
+    #[error("a {width}-byte field at offset {offset} lies beyond the {len}-byte buffer")]
+    FieldOutOfBounds {
+        /// Offset of the field.
+        offset: usize,
+        /// Width of the field in bytes.
+        width: usize,
+        /// Length of the buffer.
+        len: usize,
+    },
+    /// The segment size is too small to make progress.
+    #[error("segment size must be at least {min} bytes, found {size}")]
+    SegmentSizeTooSmall {
+        /// The size asked for.
+        size: usize,
+        /// The smallest usable size.
+        min: usize,
+    },
+    /// A segment would not fit the 16-bit length fields of IP or UDP.
+    #[error("a segment's {field} would be {len}, more than the maximum {max}")]
+    SegmentTooLong {
+        /// The length field (`IPv4 total length`, `IPv6 payload length`, `UDP length`).
+        field: &'static str,
+        /// The length it would need.
+        len: usize,
+        /// The largest value the field holds.
+        max: usize,
+    },
+    /// The frame is already an IP fragment; it cannot be segmented again.
+    #[error("expected an unfragmented IP packet, found a fragment")]
+    AlreadyFragmented,
+    /// The IPv6 extension-header chain does not end at the transport header.
+    #[error("IPv6 extension headers must end at the transport header (offset {l4_offset}), they end at {end}")]
+    Ipv6ChainInconsistent {
+        /// Where the chain ends when walked.
+        end: usize,
+        /// Where the layout says the transport header is.
+        l4_offset: usize,
+    },
+    /// The first IPv6 fragment cannot hold the headers that must be in it.
+    #[error("the first fragment must hold {headers} bytes of headers, it holds {size}")]
+    FirstFragmentTooSmall {
+        /// Fragment payload bytes.
+        size: usize,
+        /// Bytes of extension and UDP headers that must be in the first fragment.
+        headers: usize,
+    },
+    /// The MTU leaves no room for payload after the headers.
+    #[error("MTU {mtu} leaves no payload room after {headers} bytes of IP and transport headers")]
+    MtuTooSmall {
+        /// The egress MTU.
+        mtu: usize,
+        /// IP plus transport header bytes (plus a fragment header for IPv6 UFO).
+        headers: usize,
+    },
+    /// A USO datagram is larger than the MTU: datagram boundaries belong to the
+    /// application and cannot be moved.
+    #[error("UDP datagrams of {l3_len} bytes (IP length) exceed the MTU {mtu}")]
+    DatagramOverMtu {
+        /// IP length of a full-size datagram.
+        l3_len: usize,
+        /// The egress MTU.
+        mtu: usize,
+    },
+    /// The sink had no room for another segment.
+    #[error("the output sink has no room for another segment")]
+    SinkFull,
+    /// The sink returned a buffer of the wrong length.
+    #[error("the output sink returned a {found}-byte buffer, expected {expected}")]
+    SinkBufferLength {
+        /// The length asked for.
+        expected: usize,
+        /// The length returned.
+        found: usize,
+    },
+}
+
+impl SegmentError {
+    /// A stable name for the drop counter of this error.
+    pub fn counter(&self) -> &'static str {
+        match self {
+            SegmentError::NotGso => "segment_not_gso",
+            SegmentError::LayoutMismatch { .. } => "segment_layout_mismatch",
+            SegmentError::HeadersBeyondFrame { .. } => "segment_headers_beyond_frame",
+            SegmentError::FieldOutOfBounds { .. } => "segment_field_out_of_bounds",
+            SegmentError::SegmentSizeTooSmall { .. } => "segment_size_too_small",
+            SegmentError::SegmentTooLong { .. } => "segment_too_long",
+            SegmentError::AlreadyFragmented => "segment_already_fragmented",
+            SegmentError::Ipv6ChainInconsistent { .. } => "segment_ipv6_chain_inconsistent",
+            SegmentError::FirstFragmentTooSmall { .. } => "segment_first_fragment_too_small",
+            SegmentError::MtuTooSmall { .. } => "segment_mtu_too_small",
+            SegmentError::DatagramOverMtu { .. } => "segment_datagram_over_mtu",
+            SegmentError::SinkFull => "segment_sink_full",
+            SegmentError::SinkBufferLength { .. } => "segment_sink_buffer_length",
+        }
+    }
+}
+
+/// The sink had no room for another segment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the output sink has no room for another segment")]
+pub struct SinkFull;
+
+/// Where segments go. The caller owns it and reuses it across frames, so a
+/// sink backed by a pool or a reused buffer allocates nothing per segment.
+///
+/// Segments arrive in order. If segmentation fails half-way, the segments
+/// already delivered are incomplete output and should be discarded.
+pub trait SegmentSink {
+    /// A buffer of exactly `len` bytes for the next segment, written as one
+    /// contiguous frame. The segmenter fills it completely (headers, payload
+    /// and checksums) before it asks for anything else.
+    fn contiguous(&mut self, len: usize) -> Result<&mut [u8], SinkFull>;
+
+    /// The next segment as its headers (complete, checksums included) and a
+    /// slice of the original frame's payload. The sink copies `headers` if it
+    /// keeps them; `payload` shares the original buffer.
+    fn scatter_gather(&mut self, headers: &[u8], payload: Bytes) -> Result<(), SinkFull>;
+}
+
+/// How segments are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OutputMode {
+    /// Each segment is one contiguous frame ([`SegmentSink::contiguous`]);
+    /// the payload is copied and checksummed in the same pass.
+    Copy,
+    /// Each segment is a header buffer plus a slice of the original payload
+    /// ([`SegmentSink::scatter_gather`]); the payload is read, not copied.
+    ZeroCopy,
+}
+
+/// Per-switch choices that the frame does not carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct SegmentParams {
+    /// Keep the IPv4 identification of the large frame on every TSO/USO
+    /// segment (Linux `SKB_GSO_TCP_FIXEDID`) instead of first id + i.
+    pub fixed_ipv4_id: bool,
+    /// The identification written into the fragment header of IPv6 UFO
+    /// fragments. The caller picks it (for example from a per-destination
+    /// counter); the segmenter has no state of its own.
+    pub ipv6_fragment_id: u32,
+}
+
+/// What one call produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SegmentSummary {
+    /// Number of segments delivered to the sink.
+    pub segments: usize,
+    /// Total bytes of all segments (headers and payload).
+    pub bytes: usize,
+}
+
+/// The segmentation engine. It holds scratch header buffers that are reused
+/// from frame to frame; keep one per worker.
+#[derive(Debug, Clone, Default)]
+pub struct Segmenter {
+    params: SegmentParams,
+    headers: Vec<u8>,
+    template: Vec<u8>,
+}
+
+impl Segmenter {
+    /// A segmenter with the given parameters.
+    pub fn new(params: SegmentParams) -> Self {
+        Segmenter {
+            params,
+            headers: Vec::with_capacity(256),
+            template: Vec::with_capacity(256),
+        }
+    }
+
+    /// The parameters in use.
+    pub fn params(&self) -> SegmentParams {
+        self.params
+    }
+
+    /// Changes the parameters (for example the next IPv6 fragment id).
+    pub fn set_params(&mut self, params: SegmentParams) {
+        self.params = params;
+    }
+
+    /// The reusable header buffer, for other single-frame rewrites (checksum
+    /// completion in zero-copy mode).
+    pub(crate) fn scratch(&mut self) -> &mut Vec<u8> {
+        &mut self.headers
+    }
+
+    /// Segments `frame` as `gso` asks, writing every segment as a contiguous
+    /// frame into `sink` (copy fused with checksum).
+    ///
+    /// `layout` must describe `frame` (as produced by the parser); offsets
+    /// that do not fit the frame are reported as errors.
+    pub fn segment_copy<S: SegmentSink + ?Sized>(
+        &mut self,
+        frame: &[u8],
+        layout: &FrameLayout,
+        gso: GsoKind,
+        sink: &mut S,
+    ) -> Result<SegmentSummary, SegmentError> {
+        let mut out = Output::Copy { sink };
+        self.run(frame, layout, gso, &mut out)
+    }
+
+    /// Segments `frame` as `gso` asks, handing every segment to `sink` as a
+    /// header buffer plus a slice of `frame` (no payload copy). The bytes are
+    /// the same as [`segment_copy`](Self::segment_copy) writes.
+    pub fn segment_zero_copy<S: SegmentSink + ?Sized>(
+        &mut self,
+        frame: &Bytes,
+        layout: &FrameLayout,
+        gso: GsoKind,
+        sink: &mut S,
+    ) -> Result<SegmentSummary, SegmentError> {
+        let mut out = Output::ZeroCopy { frame, sink };
+        self.run(frame, layout, gso, &mut out)
+    }
+
+    /// Segments `frame` in the given output mode.
+    pub fn segment<S: SegmentSink + ?Sized>(
+        &mut self,
+        frame: &Bytes,
+        layout: &FrameLayout,
+        gso: GsoKind,
+        mode: OutputMode,
+        sink: &mut S,
+    ) -> Result<SegmentSummary, SegmentError> {
+        match mode {
+            OutputMode::Copy => self.segment_copy(frame, layout, gso, sink),
+            OutputMode::ZeroCopy => self.segment_zero_copy(frame, layout, gso, sink),
+        }
+    }
+
+    fn run<S: SegmentSink + ?Sized>(
+        &mut self,
+        frame: &[u8],
+        layout: &FrameLayout,
+        gso: GsoKind,
+        out: &mut Output<'_, S>,
+    ) -> Result<SegmentSummary, SegmentError> {
+        let offsets = Offsets::check(frame, layout)?;
+        if layout.is_fragment {
+            return Err(SegmentError::AlreadyFragmented);
+        }
+        match gso {
+            GsoKind::None => Err(SegmentError::NotGso),
+            GsoKind::Tcp { mss, .. } => {
+                offsets.expect_l4(L4Kind::Tcp, "TCP")?;
+                l4::segment(
+                    &mut self.headers,
+                    self.params,
+                    frame,
+                    &offsets,
+                    L4Kind::Tcp,
+                    usize::from(mss),
+                    out,
+                )
+            }
+            GsoKind::UdpL4 { size } => {
+                offsets.expect_l4(L4Kind::Udp, "UDP_L4")?;
+                l4::segment(
+                    &mut self.headers,
+                    self.params,
+                    frame,
+                    &offsets,
+                    L4Kind::Udp,
+                    usize::from(size),
+                    out,
+                )
+            }
+            GsoKind::Ufo { size } => {
+                offsets.expect_l4(L4Kind::Udp, "UDP")?;
+                ufo::fragment(
+                    &mut self.headers,
+                    &mut self.template,
+                    self.params,
+                    frame,
+                    &offsets,
+                    usize::from(size),
+                    out,
+                )
+            }
+        }
+    }
+}
+
+impl GsoKind {
+    /// The segmentation to apply so that every segment fits an egress `mtu`
+    /// (largest IP packet): TCP gets a smaller MSS, UFO smaller fragments
+    /// (a multiple of 8, after room for an IPv6 fragment header). USO
+    /// datagrams cannot shrink (their boundaries belong to the application),
+    /// so a USO frame whose datagrams exceed the MTU is an error.
+    pub fn fit_mtu(self, layout: &FrameLayout, mtu: u16) -> Result<GsoKind, SegmentError> {
+        let mtu = usize::from(mtu);
+        let l3_len = layout.l4_offset.checked_sub(layout.l3_offset).ok_or(
+            SegmentError::HeadersBeyondFrame {
+                l3_offset: layout.l3_offset,
+                l4_offset: layout.l4_offset,
+                payload_offset: layout.payload_offset,
+                frame_len: 0,
+            },
+        )?;
+        let l4_len = layout.payload_offset.checked_sub(layout.l4_offset).ok_or(
+            SegmentError::HeadersBeyondFrame {
+                l3_offset: layout.l3_offset,
+                l4_offset: layout.l4_offset,
+                payload_offset: layout.payload_offset,
+                frame_len: 0,
+            },
+        )?;
+        match self {
+            GsoKind::None => Ok(GsoKind::None),
+            GsoKind::Tcp { mss, ecn } => {
+                let headers = l3_len + l4_len;
+                let room = mtu
+                    .checked_sub(headers)
+                    .filter(|room| *room > 0)
+                    .ok_or(SegmentError::MtuTooSmall { mtu, headers })?;
+                let mss = usize::from(mss).min(room);
+                Ok(GsoKind::Tcp {
+                    mss: u16::try_from(mss).unwrap_or(u16::MAX),
+                    ecn,
+                })
+            }
+            GsoKind::UdpL4 { size } => {
+                let datagram = l3_len + 8 + usize::from(size);
+                if datagram > mtu {
+                    Err(SegmentError::DatagramOverMtu {
+                        l3_len: datagram,
+                        mtu,
+                    })
+                } else {
+                    Ok(self)
+                }
+            }
+            GsoKind::Ufo { size } => {
+                let headers = match layout.l3 {
+                    L3Kind::Ipv4 => l3_len,
+                    L3Kind::Ipv6 => l3_len + 8,
+                };
+                let room = mtu.saturating_sub(headers) & !7;
+                if room < 8 {
+                    return Err(SegmentError::MtuTooSmall { mtu, headers });
+                }
+                let size = usize::from(size).min(room);
+                Ok(GsoKind::Ufo {
+                    size: u16::try_from(size).unwrap_or(u16::MAX),
+                })
+            }
+        }
+    }
+}
+
+/// The layout's offsets, checked once against the frame.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Offsets {
+    pub(crate) l3: usize,
+    pub(crate) l4: usize,
+    pub(crate) payload: usize,
+    pub(crate) l3_kind: L3Kind,
+    pub(crate) l4_kind: Option<L4Kind>,
+}
+
+impl Offsets {
+    pub(crate) fn check(frame: &[u8], layout: &FrameLayout) -> Result<Self, SegmentError> {
+        let minimal_ip = match layout.l3 {
+            L3Kind::Ipv4 => 20,
+            L3Kind::Ipv6 => 40,
+        };
+        let in_order = layout.l3_offset.checked_add(minimal_ip) <= Some(layout.l4_offset)
+            && layout.l4_offset <= layout.payload_offset
+            && layout.payload_offset <= frame.len();
+        if !in_order {
+            return Err(SegmentError::HeadersBeyondFrame {
+                l3_offset: layout.l3_offset,
+                l4_offset: layout.l4_offset,
+                payload_offset: layout.payload_offset,
+                frame_len: frame.len(),
+            });
+        }
+        Ok(Offsets {
+            l3: layout.l3_offset,
+            l4: layout.l4_offset,
+            payload: layout.payload_offset,
+            l3_kind: layout.l3,
+            l4_kind: layout.l4,
+        })
+    }
+
+    fn expect_l4(&self, kind: L4Kind, gso: &'static str) -> Result<(), SegmentError> {
+        if self.l4_kind == Some(kind) {
+            return Ok(());
+        }
+        let name = |k: Option<L4Kind>| match k {
+            Some(L4Kind::Tcp) => "TCP",
+            Some(L4Kind::Udp) => "UDP",
+            None => "no TCP or UDP header",
+        };
+        Err(SegmentError::LayoutMismatch {
+            gso,
+            expected: name(Some(kind)),
+            found: name(self.l4_kind),
+        })
+    }
+
+    /// Length of the IP header with options or extension headers.
+    pub(crate) fn l3_len(&self) -> usize {
+        self.l4 - self.l3
+    }
+
+    /// Length of the transport header.
+    pub(crate) fn l4_len(&self) -> usize {
+        self.payload - self.l4
+    }
+}
+
+/// A transport checksum still to be finished once the payload is summed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ChecksumFixup {
+    /// Offset of the checksum field in the segment's headers.
+    pub(crate) at: usize,
+    /// Pseudo-header plus transport header (field zeroed) summed so far.
+    pub(crate) sum: Checksum,
+    /// UDP: a computed 0 is sent as 0xffff (0 means "no checksum").
+    pub(crate) zero_as_ffff: bool,
+}
+
+impl ChecksumFixup {
+    fn finish(mut self, payload: &[u8]) -> u16 {
+        self.sum.add_bytes(payload);
+        finish_l4(self.sum, self.zero_as_ffff)
+    }
+}
+
+/// The value to store for a transport checksum.
+pub(crate) fn finish_l4(sum: Checksum, zero_as_ffff: bool) -> u16 {
+    let value = sum.finish();
+    if value == 0 && zero_as_ffff {
+        0xffff
+    } else {
+        value
+    }
+}
+
+/// The sink plus what the mode needs to deliver a segment.
+pub(crate) enum Output<'a, S: SegmentSink + ?Sized> {
+    Copy { sink: &'a mut S },
+    ZeroCopy { frame: &'a Bytes, sink: &'a mut S },
+}
+
+impl<S: SegmentSink + ?Sized> Output<'_, S> {
+    /// Delivers one segment: `headers` (complete but for the transport
+    /// checksum named by `fixup`) followed by `frame[payload]`. Returns the
+    /// segment's length.
+    pub(crate) fn emit(
+        &mut self,
+        frame: &[u8],
+        headers: &mut [u8],
+        payload: Range<usize>,
+        fixup: Option<ChecksumFixup>,
+    ) -> Result<usize, SegmentError> {
+        let src = frame
+            .get(payload.clone())
+            .ok_or(SegmentError::FieldOutOfBounds {
+                offset: payload.start,
+                width: payload.end.saturating_sub(payload.start),
+                len: frame.len(),
+            })?;
+        let total = headers.len() + src.len();
+        match self {
+            Output::Copy { sink } => {
+                let buf = sink
+                    .contiguous(total)
+                    .map_err(|SinkFull| SegmentError::SinkFull)?;
+                if buf.len() != total {
+                    return Err(SegmentError::SinkBufferLength {
+                        expected: total,
+                        found: buf.len(),
+                    });
+                }
+                let (head, body) = buf.split_at_mut(headers.len());
+                head.copy_from_slice(headers);
+                match fixup {
+                    Some(mut fixup) => {
+                        fixup.sum.copy_and_add(body, src);
+                        let value = finish_l4(fixup.sum, fixup.zero_as_ffff);
+                        field::set_u16(head, fixup.at, value)?;
+                    }
+                    None => body.copy_from_slice(src),
+                }
+            }
+            Output::ZeroCopy { frame: bytes, sink } => {
+                if let Some(fixup) = fixup {
+                    let value = fixup.finish(src);
+                    field::set_u16(headers, fixup.at, value)?;
+                }
+                sink.scatter_gather(headers, bytes.slice(payload))
+                    .map_err(|SinkFull| SegmentError::SinkFull)?;
+            }
+        }
+        Ok(total)
+    }
+}
+
+/// Checks that a length fits its 16-bit field.
+pub(crate) fn fits_u16(field: &'static str, len: usize) -> Result<u16, SegmentError> {
+    u16::try_from(len).map_err(|_| SegmentError::SegmentTooLong {
+        field,
+        len,
+        max: usize::from(u16::MAX),
+    })
+}
