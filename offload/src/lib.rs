@@ -19,6 +19,7 @@ pub use caps::EgressCapabilities;
 pub use layout::{FrameLayout, L3Kind, L4Kind};
 pub use virtio::VirtioNetHdr;
 pub mod frame;
+pub mod gro;
 pub mod plan;
 pub mod rss;
 
