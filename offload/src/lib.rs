@@ -14,16 +14,17 @@ pub mod adapt;
 pub mod caps;
 pub mod checksum;
 pub mod complete;
+pub mod frame;
+pub mod gro;
 pub mod layout;
+pub mod plan;
+pub mod rss;
 pub mod segment;
 pub mod virtio;
-
-pub use caps::EgressCapabilities;
-pub use layout::{FrameLayout, L3Kind, L4Kind};
-pub use virtio::VirtioNetHdr;
-pub mod frame;
-pub mod plan;
 pub mod wire;
 
+pub use caps::EgressCapabilities;
 pub use frame::Packet;
+pub use layout::{FrameLayout, L3Kind, L4Kind};
 pub use plan::{GsoKind, OffloadPlan, PartialChecksum};
+pub use virtio::VirtioNetHdr;
