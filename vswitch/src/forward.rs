@@ -569,3 +569,349 @@ fn classify(port: PortId, mode: &VlanMode, tag: Option<VlanTag>) -> Result<VlanI
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ethernet::{build_frame, TPID_8021AD};
+    use crate::vlan::VlanSet;
+
+    fn mac(last: u8) -> MacAddr {
+        MacAddr([2, 0, 0, 0, 0, last])
+    }
+    fn vlan(id: u16) -> VlanId {
+        VlanId::new(id).unwrap()
+    }
+    fn frame(dst: MacAddr, src: MacAddr) -> bytes::Bytes {
+        build_frame(dst, src, None, 0x0800, &[0; 46])
+    }
+    fn tagged(dst: MacAddr, src: MacAddr, vid: u16) -> bytes::Bytes {
+        build_frame(dst, src, Some(vid), 0x0800, &[0; 46])
+    }
+
+    /// A forwarder and its clock origin, ports 1..=n as access ports of VLAN 1.
+    struct Bench {
+        fwd: Forwarder,
+        t0: Instant,
+        ports: PortSet,
+        out: Vec<Egress>,
+    }
+
+    impl Bench {
+        fn new(access_ports: u32) -> Self {
+            let t0 = Instant::now();
+            let mut ports = PortSet::new();
+            for id in 1..=access_ports {
+                ports.insert(PortId(id), PortProfile::access(VlanId::DEFAULT));
+            }
+            Bench {
+                fwd: Forwarder::new(ForwarderConfig::default(), t0),
+                t0,
+                ports,
+                out: Vec::new(),
+            }
+        }
+
+        fn at(&mut self, secs: u64, ingress: u32, frame: &[u8]) -> Result<Vec<u32>, DropReason> {
+            let now = self.t0 + Duration::from_secs(secs);
+            self.fwd
+                .decide(&self.ports, PortId(ingress), frame, now, &mut self.out)
+                .map(|_| self.out.iter().map(|e| e.port.0).collect())
+                .map_err(|err| err.reason())
+        }
+    }
+
+    #[test]
+    fn unknown_destinations_flood_then_learned_ones_are_unicast() {
+        let mut b = Bench::new(4);
+        assert_eq!(b.at(0, 1, &frame(mac(2), mac(1))), Ok(vec![2, 3, 4]));
+        assert_eq!(b.at(0, 2, &frame(mac(1), mac(2))), Ok(vec![1]));
+        assert_eq!(b.at(0, 1, &frame(mac(2), mac(1))), Ok(vec![2]));
+        // Broadcast and multicast always flood, never back to the ingress.
+        assert_eq!(
+            b.at(0, 3, &frame(MacAddr::BROADCAST, mac(3))),
+            Ok(vec![1, 2, 4])
+        );
+        let group = MacAddr([0x01, 0, 0x5e, 0, 0, 7]);
+        assert_eq!(b.at(0, 4, &frame(group, mac(4))), Ok(vec![1, 2, 3]));
+        // A station that moves is followed.
+        assert_eq!(
+            b.at(1, 4, &frame(MacAddr::BROADCAST, mac(1))),
+            Ok(vec![1, 2, 3])
+        );
+        assert_eq!(b.at(1, 2, &frame(mac(1), mac(2))), Ok(vec![4]));
+    }
+
+    #[test]
+    fn decisions_report_flooding_and_learning() {
+        let b = Bench::new(2);
+        let mut out = Vec::new();
+        let d = b
+            .fwd
+            .decide(&b.ports, PortId(1), &frame(mac(2), mac(1)), b.t0, &mut out)
+            .unwrap();
+        assert_eq!(
+            (d.vlan, d.flooded, d.learned, d.ingress_tag),
+            (vlan(1), true, Learned::New, None)
+        );
+        let d = b
+            .fwd
+            .decide(&b.ports, PortId(2), &frame(mac(1), mac(2)), b.t0, &mut out)
+            .unwrap();
+        assert!(!d.flooded);
+        assert_eq!(
+            out,
+            vec![Egress {
+                port: PortId(1),
+                tag: None
+            }]
+        );
+    }
+
+    #[test]
+    fn entries_age_out_after_300_seconds_of_silence() {
+        let mut b = Bench::new(3);
+        b.at(0, 2, &frame(MacAddr::BROADCAST, mac(2))).unwrap();
+        assert_eq!(b.at(299, 1, &frame(mac(2), mac(1))), Ok(vec![2]));
+        // 300 s after the last frame from mac(2): unknown again.
+        assert_eq!(b.at(300, 1, &frame(mac(2), mac(1))), Ok(vec![2, 3]));
+        // A frame from it refreshes the entry.
+        b.at(400, 2, &frame(MacAddr::BROADCAST, mac(2))).unwrap();
+        assert_eq!(b.at(699, 1, &frame(mac(2), mac(1))), Ok(vec![2]));
+        // The sweep removes aged entries from the table.
+        assert_eq!(b.fwd.table().len(), 2);
+        b.at(2000, 3, &frame(MacAddr::BROADCAST, mac(3))).unwrap();
+        assert_eq!(b.fwd.table().len(), 1);
+    }
+
+    #[test]
+    fn a_frame_to_its_own_port_is_not_sent_back() {
+        let mut b = Bench::new(2);
+        b.at(0, 1, &frame(MacAddr::BROADCAST, mac(1))).unwrap();
+        b.at(0, 1, &frame(MacAddr::BROADCAST, mac(5))).unwrap();
+        assert_eq!(
+            b.at(0, 1, &frame(mac(5), mac(1))),
+            Err(DropReason::DestinationOnIngressPort)
+        );
+    }
+
+    #[test]
+    fn vlans_are_isolated() {
+        let mut b = Bench::new(0);
+        b.ports.insert(PortId(1), PortProfile::access(vlan(10)));
+        b.ports.insert(PortId(2), PortProfile::access(vlan(10)));
+        b.ports.insert(PortId(3), PortProfile::access(vlan(20)));
+        b.ports.insert(PortId(4), PortProfile::access(vlan(20)));
+        let trunk: VlanSet = [vlan(10)].into_iter().collect();
+        b.ports.insert(PortId(5), PortProfile::trunk(trunk, None));
+
+        assert_eq!(
+            b.at(0, 1, &frame(MacAddr::BROADCAST, mac(1))),
+            Ok(vec![2, 5])
+        );
+        assert_eq!(b.at(0, 3, &frame(MacAddr::BROADCAST, mac(3))), Ok(vec![4]));
+        // mac(1) is known in VLAN 10 only: from VLAN 20 it is unknown.
+        assert_eq!(b.at(0, 4, &frame(mac(1), mac(4))), Ok(vec![3]));
+        // The same address may live in two VLANs on two ports.
+        b.at(0, 3, &frame(MacAddr::BROADCAST, mac(1))).unwrap();
+        assert_eq!(b.at(0, 2, &frame(mac(1), mac(2))), Ok(vec![1]));
+        assert_eq!(b.at(0, 4, &frame(mac(1), mac(4))), Ok(vec![3]));
+        // The trunk's frames carry VLAN 10 tags; it cannot reach VLAN 20.
+        assert_eq!(b.at(0, 5, &tagged(mac(1), mac(9), 10)), Ok(vec![1]));
+        assert_eq!(
+            b.at(0, 5, &tagged(mac(3), mac(9), 20)),
+            Err(DropReason::VlanNotAllowed)
+        );
+        let egress_tags: Vec<_> = {
+            b.at(0, 1, &frame(MacAddr::BROADCAST, mac(1))).unwrap();
+            b.out.iter().map(|e| (e.port.0, e.tag)).collect()
+        };
+        assert_eq!(egress_tags, vec![(2, None), (5, Some(vlan(10)))]);
+    }
+
+    #[test]
+    fn tagged_frames_on_access_ports_are_dropped_double_tags_too() {
+        let mut b = Bench::new(2);
+        assert_eq!(
+            b.at(0, 1, &tagged(MacAddr::BROADCAST, mac(1), 1)),
+            Err(DropReason::TaggedOnAccessPort)
+        );
+        // QinQ: an 802.1ad outer tag and an 802.1Q inner one.
+        let mut qinq = vec![0xff; 6];
+        qinq.extend_from_slice(&mac(1).0);
+        qinq.extend_from_slice(&TPID_8021AD.to_be_bytes());
+        qinq.extend_from_slice(&[0, 1, 0x81, 0, 0, 1, 0x08, 0]);
+        qinq.extend_from_slice(&[0; 46]);
+        assert_eq!(b.at(0, 1, &qinq), Err(DropReason::TaggedOnAccessPort));
+        // Two 802.1Q tags.
+        let double = build_frame(
+            MacAddr::BROADCAST,
+            mac(1),
+            Some(1),
+            0x8100,
+            &[0, 1, 8, 0, 0, 0],
+        );
+        assert_eq!(b.at(0, 1, &double), Err(DropReason::TaggedOnAccessPort));
+        // A priority tag (VID 0) is a tag too.
+        assert_eq!(
+            b.at(0, 1, &tagged(MacAddr::BROADCAST, mac(1), 0)),
+            Err(DropReason::TaggedOnAccessPort)
+        );
+        // Nothing was learned from the dropped frames.
+        assert_eq!(b.fwd.table().len(), 0);
+    }
+
+    #[test]
+    fn trunk_ingress_rules() {
+        let mut b = Bench::new(1);
+        let allowed: VlanSet = [vlan(1), vlan(7)].into_iter().collect();
+        b.ports
+            .insert(PortId(2), PortProfile::trunk(allowed.clone(), None));
+        b.ports
+            .insert(PortId(3), PortProfile::trunk(allowed, Some(vlan(1))));
+        b.ports.insert(PortId(4), PortProfile::access(vlan(7)));
+        let bc = MacAddr::BROADCAST;
+        assert_eq!(
+            b.at(0, 2, &frame(bc, mac(2))),
+            Err(DropReason::UntaggedOnTrunk)
+        );
+        assert_eq!(
+            b.at(0, 2, &tagged(bc, mac(2), 0)),
+            Err(DropReason::UntaggedOnTrunk)
+        );
+        assert_eq!(
+            b.at(0, 2, &tagged(bc, mac(2), 4095)),
+            Err(DropReason::InvalidVlanId)
+        );
+        let mut stag = tagged(bc, mac(2), 7).to_vec();
+        stag[12..14].copy_from_slice(&TPID_8021AD.to_be_bytes());
+        assert_eq!(b.at(0, 2, &stag), Err(DropReason::UnsupportedTag));
+        assert_eq!(b.at(0, 2, &tagged(bc, mac(2), 7)), Ok(vec![3, 4]));
+        // Native VLAN: untagged and priority-tagged frames belong to VLAN 1,
+        // and leave untagged on the native trunk but tagged on the other.
+        assert_eq!(b.at(0, 3, &frame(bc, mac(3))), Ok(vec![1, 2]));
+        assert_eq!(b.at(0, 3, &tagged(bc, mac(3), 0)), Ok(vec![1, 2]));
+        let tags: Vec<_> = b.out.iter().map(|e| e.tag).collect();
+        assert_eq!(tags, vec![None, Some(vlan(1))]);
+    }
+
+    #[test]
+    fn one_port_cannot_exhaust_the_table() {
+        let mut b = Bench::new(0);
+        b.ports.insert(
+            PortId(1),
+            PortProfile::access(VlanId::DEFAULT).max_learned(4),
+        );
+        b.ports
+            .insert(PortId(2), PortProfile::access(VlanId::DEFAULT));
+        b.ports
+            .insert(PortId(3), PortProfile::access(VlanId::DEFAULT));
+        for i in 10..60 {
+            // Frames beyond the limit are still forwarded.
+            assert_eq!(
+                b.at(0, 1, &frame(MacAddr::BROADCAST, mac(i))),
+                Ok(vec![2, 3])
+            );
+        }
+        assert_eq!(b.fwd.table().learned_on(PortId(1)), 4);
+        assert_eq!(b.fwd.table().len(), 4);
+        // Learned addresses are unicast to, the others flooded.
+        assert_eq!(b.at(0, 2, &frame(mac(12), mac(2))), Ok(vec![1]));
+        assert_eq!(b.at(0, 2, &frame(mac(50), mac(2))), Ok(vec![1, 3]));
+        // Other ports still learn.
+        assert_eq!(b.at(0, 1, &frame(mac(2), mac(10))), Ok(vec![2]));
+        let mut out = Vec::new();
+        let d = b
+            .fwd
+            .decide(&b.ports, PortId(1), &frame(mac(2), mac(55)), b.t0, &mut out)
+            .unwrap();
+        assert_eq!(d.learned, Learned::LimitReached);
+        // Once entries age out there is room again.
+        assert_eq!(
+            b.at(400, 1, &frame(MacAddr::BROADCAST, mac(55))),
+            Ok(vec![2, 3])
+        );
+        assert_eq!(b.at(400, 2, &frame(mac(55), mac(2))), Ok(vec![1]));
+    }
+
+    #[test]
+    fn source_addresses_are_enforced_when_asked() {
+        let mut b = Bench::new(0);
+        b.ports.insert(
+            PortId(1),
+            PortProfile::access(VlanId::DEFAULT).only_sources([mac(1)]),
+        );
+        b.ports
+            .insert(PortId(2), PortProfile::access(VlanId::DEFAULT));
+        let bc = MacAddr::BROADCAST;
+        assert_eq!(b.at(0, 1, &frame(bc, mac(1))), Ok(vec![2]));
+        assert_eq!(
+            b.at(0, 1, &frame(bc, mac(2))),
+            Err(DropReason::SourceMacNotAllowed)
+        );
+        // The spoofed frame did not move mac(2) to port 1.
+        b.at(0, 2, &frame(bc, mac(2))).unwrap();
+        b.at(0, 1, &frame(bc, mac(2))).unwrap_err();
+        assert_eq!(b.at(0, 1, &frame(mac(2), mac(1))), Ok(vec![2]));
+        // Without enforcement any unicast source goes; group or zero never.
+        assert_eq!(b.at(0, 2, &frame(bc, mac(77))), Ok(vec![1]));
+        assert_eq!(
+            b.at(0, 2, &frame(bc, bc)),
+            Err(DropReason::InvalidSourceMac)
+        );
+        assert_eq!(
+            b.at(0, 2, &frame(bc, MacAddr::ZERO)),
+            Err(DropReason::InvalidSourceMac)
+        );
+    }
+
+    #[test]
+    fn malformed_and_orphan_frames_are_typed_drops() {
+        let mut b = Bench::new(2);
+        let full = frame(MacAddr::BROADCAST, mac(1));
+        for len in 0..14 {
+            assert_eq!(b.at(0, 1, &full[..len]), Err(DropReason::Malformed));
+        }
+        let tag = tagged(MacAddr::BROADCAST, mac(1), 5);
+        let err = b
+            .fwd
+            .decide(&b.ports, PortId(1), &tag[..16], b.t0, &mut b.out)
+            .unwrap_err();
+        assert_eq!(
+            err,
+            ForwardError::Malformed(FrameError::TooShort {
+                layer: "VLAN tag",
+                required_len: 18,
+                len: 16
+            })
+        );
+        assert_eq!(b.at(0, 9, &full), Err(DropReason::UnknownIngressPort));
+        // A lone port has nowhere to send.
+        b.ports.insert(PortId(3), PortProfile::access(vlan(3)));
+        assert_eq!(b.at(0, 3, &full), Err(DropReason::NoDestination));
+        // A bare 14-byte header is enough to switch.
+        assert_eq!(b.at(0, 1, &full[..14]), Ok(vec![2]));
+    }
+
+    #[test]
+    fn forgotten_and_removed_ports_are_not_unicast_to() {
+        let mut b = Bench::new(3);
+        b.at(0, 2, &frame(MacAddr::BROADCAST, mac(2))).unwrap();
+        assert_eq!(b.at(0, 1, &frame(mac(2), mac(1))), Ok(vec![2]));
+        // Removed from the set but still in the table: flooded.
+        b.ports.remove(PortId(2));
+        assert_eq!(b.at(0, 1, &frame(mac(2), mac(1))), Ok(vec![3]));
+        assert_eq!(b.fwd.forget_port(PortId(2)), 1);
+        assert_eq!(b.fwd.table().learned_on(PortId(2)), 0);
+    }
+
+    #[test]
+    fn drop_reasons_have_distinct_indices_and_names() {
+        for (i, reason) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(reason.index(), i);
+        }
+        let names: std::collections::HashSet<_> =
+            DropReason::ALL.iter().map(|r| r.name()).collect();
+        assert_eq!(names.len(), DropReason::COUNT);
+    }
+}
