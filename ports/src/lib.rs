@@ -13,3 +13,9 @@
 #![warn(missing_docs)]
 
 pub use vswitch_offload as offload;
+
+pub mod memory;
+pub mod port;
+
+pub use memory::{memory_port, InjectError, MemoryEndpoint, MemoryPort, MemoryPortConfig};
+pub use port::{Port, PortCapabilities, PortError, SendError};

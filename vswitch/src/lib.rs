@@ -2,14 +2,54 @@
 //! queues, workers, statistics and hot-plug, with the offload engine adapting
 //! every frame to its egress port.
 //!
+//! The decision logic is sans-IO: [`Forwarder::decide`] takes the ingress
+//! port, the frame, the time and the set of ports, and returns the egress
+//! ports or a drop reason. [`Switch`] wraps it in worker threads.
+//!
 //! ```
-//! assert!(!vswitch::VERSION.is_empty());
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//! use vswitch::{PortProfile, Switch, SwitchConfig, VlanId};
+//! use vswitch::ethernet::build_frame;
+//! use vswitch::mac::MacAddr;
+//! use vswitch_ports::{memory_port, MemoryPortConfig};
+//! use vswitch_ports::offload::Packet;
+//!
+//! let switch = Switch::start(SwitchConfig::default().workers(2)).unwrap();
+//! let (a, guest_a) = memory_port(MemoryPortConfig::new("a"));
+//! let (b, guest_b) = memory_port(MemoryPortConfig::new("b"));
+//! switch.add_port(Arc::new(a), PortProfile::access(VlanId::DEFAULT)).unwrap();
+//! switch.add_port(Arc::new(b), PortProfile::access(VlanId::DEFAULT)).unwrap();
+//!
+//! let frame = build_frame(MacAddr::BROADCAST, MacAddr([2, 0, 0, 0, 0, 1]), None, 0x0806, &[0; 46]);
+//! guest_a.try_inject(0, Packet::plain(frame.clone())).unwrap();
+//! let got = guest_b.collect_timeout(Duration::from_secs(5)).unwrap();
+//! assert_eq!(got.data, frame);
 //! ```
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub use vswitch_offload as offload;
 pub use vswitch_ports as ports;
+
+pub mod dispatch;
+pub mod egress;
+pub mod ethernet;
+pub mod fdb;
+pub mod forward;
+pub mod mac;
+pub mod stats;
+pub mod switch;
+pub mod vlan;
+
+pub use forward::{
+    Decision, DropReason, Egress, ForwardError, Forwarder, ForwarderConfig, PortId, PortProfile,
+    PortSet, SourceMacPolicy,
+};
+pub use mac::MacAddr;
+pub use stats::{DropCounts, PortStats, SoftwareWork, WorkerStats};
+pub use switch::{PortReport, Switch, SwitchConfig, SwitchError, SwitchStats};
+pub use vlan::{VlanId, VlanMode, VlanSet};
 
 /// The version of this crate, as published.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

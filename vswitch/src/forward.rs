@@ -1,0 +1,917 @@
+//! The forwarding decision, sans-IO: from (ingress port, frame, time) to a
+//! list of egress ports or a drop reason. No threads, no clocks, no I/O:
+//! the caller supplies the time and the set of ports, so every decision can
+//! be reproduced in a test.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::ethernet::{EthernetHeader, FrameError, VlanTag, TPID_8021Q};
+use crate::fdb::{ForwardingTable, Learned};
+use crate::mac::MacAddr;
+use crate::vlan::{VlanId, VlanMode};
+
+/// A port's identity in the switch. Identifiers are never reused, so a
+/// stale reference to a removed port cannot reach a port added later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortId(pub u32);
+
+impl fmt::Display for PortId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "port {}", self.0)
+    }
+}
+
+/// Which source addresses a port may send from.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SourceMacPolicy {
+    /// Any unicast address (the port may be a bridge or a router).
+    #[default]
+    Any,
+    /// Only these addresses: a guest cannot send as another.
+    Only(Vec<MacAddr>),
+}
+
+/// How the switch treats one port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortProfile {
+    /// VLAN membership and tagging.
+    pub vlan: VlanMode,
+    /// Most addresses learned on this port; frames from further addresses
+    /// are forwarded but their addresses are not learned (so replies to
+    /// them are flooded within the VLAN).
+    pub max_learned: usize,
+    /// Source-address enforcement.
+    pub source_macs: SourceMacPolicy,
+}
+
+impl PortProfile {
+    /// The default limit on learned addresses per port.
+    pub const DEFAULT_MAX_LEARNED: usize = 1024;
+
+    /// An access port of `vlan`, any source address, the default limit.
+    pub fn access(vlan: VlanId) -> Self {
+        PortProfile {
+            vlan: VlanMode::Access(vlan),
+            max_learned: Self::DEFAULT_MAX_LEARNED,
+            source_macs: SourceMacPolicy::Any,
+        }
+    }
+
+    /// A trunk port carrying `allowed`, with an optional native VLAN.
+    pub fn trunk(allowed: crate::vlan::VlanSet, native: Option<VlanId>) -> Self {
+        PortProfile {
+            vlan: VlanMode::Trunk { allowed, native },
+            max_learned: Self::DEFAULT_MAX_LEARNED,
+            source_macs: SourceMacPolicy::Any,
+        }
+    }
+
+    /// Sets the limit on learned addresses.
+    pub fn max_learned(mut self, limit: usize) -> Self {
+        self.max_learned = limit;
+        self
+    }
+
+    /// Allows only these source addresses.
+    pub fn only_sources(mut self, macs: impl IntoIterator<Item = MacAddr>) -> Self {
+        self.source_macs = SourceMacPolicy::Only(macs.into_iter().collect());
+        self
+    }
+}
+
+impl Default for PortProfile {
+    fn default() -> Self {
+        Self::access(VlanId::DEFAULT)
+    }
+}
+
+/// The ports a decision is taken over: an immutable set, sorted by id.
+#[derive(Debug, Clone, Default)]
+pub struct PortSet {
+    ports: Vec<(PortId, PortProfile)>,
+}
+
+impl PortSet {
+    /// An empty set.
+    pub fn new() -> Self {
+        PortSet::default()
+    }
+
+    /// Adds or replaces a port.
+    pub fn insert(&mut self, id: PortId, profile: PortProfile) {
+        match self.ports.binary_search_by_key(&id, |(id, _)| *id) {
+            Ok(index) => {
+                if let Some(slot) = self.ports.get_mut(index) {
+                    slot.1 = profile;
+                }
+            }
+            Err(index) => self.ports.insert(index, (id, profile)),
+        }
+    }
+
+    /// Removes a port; returns its profile if it was present.
+    pub fn remove(&mut self, id: PortId) -> Option<PortProfile> {
+        let index = self.ports.binary_search_by_key(&id, |(id, _)| *id).ok()?;
+        Some(self.ports.remove(index).1)
+    }
+
+    /// The profile of `id`.
+    pub fn get(&self, id: PortId) -> Option<&PortProfile> {
+        let index = self.ports.binary_search_by_key(&id, |(id, _)| *id).ok()?;
+        self.ports.get(index).map(|(_, profile)| profile)
+    }
+
+    /// The ports in id order.
+    pub fn iter(&self) -> impl Iterator<Item = (PortId, &PortProfile)> {
+        self.ports.iter().map(|(id, profile)| (*id, profile))
+    }
+
+    /// Number of ports.
+    pub fn len(&self) -> usize {
+        self.ports.len()
+    }
+
+    /// Whether there are no ports.
+    pub fn is_empty(&self) -> bool {
+        self.ports.is_empty()
+    }
+}
+
+/// Why a frame was dropped: the key of the drop counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// The frame is too short for its Ethernet header or VLAN tag.
+    Malformed,
+    /// The ingress port is not (or no longer) in the switch.
+    UnknownIngressPort,
+    /// A multicast or all-zero source address.
+    InvalidSourceMac,
+    /// A source address the ingress port may not use.
+    SourceMacNotAllowed,
+    /// A tagged frame (single or double) arrived on an access port.
+    TaggedOnAccessPort,
+    /// An untagged frame arrived on a trunk port without a native VLAN.
+    UntaggedOnTrunk,
+    /// A trunk frame whose outer tag is not an 802.1Q tag.
+    UnsupportedTag,
+    /// A trunk frame with VLAN id 4095.
+    InvalidVlanId,
+    /// A trunk frame of a VLAN the port does not carry.
+    VlanNotAllowed,
+    /// The destination was learned on the ingress port itself.
+    DestinationOnIngressPort,
+    /// No other port carries the frame's VLAN.
+    NoDestination,
+    /// The frame needs segmentation or checksumming in software, which
+    /// the egress path cannot do yet, and the port cannot do it itself.
+    NeedsSoftwareOffload,
+    /// A frame with no offload work left is larger than the egress MTU.
+    ExceedsMtu,
+    /// The egress port was removed while the frame was in flight.
+    EgressPortGone,
+    /// The worker queue the frame's flow maps to stayed full.
+    WorkerQueueFull,
+    /// The egress port's transmit queue stayed full.
+    EgressQueueFull,
+    /// The egress port refused the frame (disconnected or bad queue).
+    EgressPortError,
+}
+
+impl DropReason {
+    /// Number of reasons.
+    pub const COUNT: usize = 17;
+
+    /// Every reason, in counter order.
+    pub const ALL: [DropReason; DropReason::COUNT] = [
+        DropReason::Malformed,
+        DropReason::UnknownIngressPort,
+        DropReason::InvalidSourceMac,
+        DropReason::SourceMacNotAllowed,
+        DropReason::TaggedOnAccessPort,
+        DropReason::UntaggedOnTrunk,
+        DropReason::UnsupportedTag,
+        DropReason::InvalidVlanId,
+        DropReason::VlanNotAllowed,
+        DropReason::DestinationOnIngressPort,
+        DropReason::NoDestination,
+        DropReason::NeedsSoftwareOffload,
+        DropReason::ExceedsMtu,
+        DropReason::EgressPortGone,
+        DropReason::WorkerQueueFull,
+        DropReason::EgressQueueFull,
+        DropReason::EgressPortError,
+    ];
+
+    /// The counter index of this reason.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// A short stable name for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::UnknownIngressPort => "unknown-ingress-port",
+            DropReason::InvalidSourceMac => "invalid-source-mac",
+            DropReason::SourceMacNotAllowed => "source-mac-not-allowed",
+            DropReason::TaggedOnAccessPort => "tagged-on-access-port",
+            DropReason::UntaggedOnTrunk => "untagged-on-trunk",
+            DropReason::UnsupportedTag => "unsupported-tag",
+            DropReason::InvalidVlanId => "invalid-vlan-id",
+            DropReason::VlanNotAllowed => "vlan-not-allowed",
+            DropReason::DestinationOnIngressPort => "destination-on-ingress-port",
+            DropReason::NoDestination => "no-destination",
+            DropReason::NeedsSoftwareOffload => "needs-software-offload",
+            DropReason::ExceedsMtu => "exceeds-mtu",
+            DropReason::EgressPortGone => "egress-port-gone",
+            DropReason::WorkerQueueFull => "worker-queue-full",
+            DropReason::EgressQueueFull => "egress-queue-full",
+            DropReason::EgressPortError => "egress-port-error",
+        }
+    }
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why the forwarder dropped a frame, with the details.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ForwardError {
+    /// The Ethernet header could not be read.
+    #[error("malformed frame: {0}")]
+    Malformed(#[from] FrameError),
+    /// The ingress port is not in the port set.
+    #[error("{port} is not in the switch")]
+    UnknownIngressPort {
+        /// The ingress port given.
+        port: PortId,
+    },
+    /// The source address is multicast or all zeros.
+    #[error("source address {mac} on {port} is not a unicast address")]
+    InvalidSourceMac {
+        /// The ingress port.
+        port: PortId,
+        /// The source address found.
+        mac: MacAddr,
+    },
+    /// The source address is not one the port may use.
+    #[error("{port} may not send from {mac}")]
+    SourceMacNotAllowed {
+        /// The ingress port.
+        port: PortId,
+        /// The source address found.
+        mac: MacAddr,
+    },
+    /// A tagged frame on an access port.
+    #[error("{port} is an access port but the frame carries a tag (TPID {tpid:#06x})")]
+    TaggedOnAccessPort {
+        /// The ingress port.
+        port: PortId,
+        /// The outer TPID found.
+        tpid: u16,
+    },
+    /// An untagged frame on a trunk without native VLAN.
+    #[error("{port} is a trunk without a native VLAN but the frame is untagged")]
+    UntaggedOnTrunk {
+        /// The ingress port.
+        port: PortId,
+    },
+    /// The outer tag of a trunk frame is not 802.1Q.
+    #[error("{port} expects 802.1Q tags (TPID 0x8100) but found TPID {tpid:#06x}")]
+    UnsupportedTag {
+        /// The ingress port.
+        port: PortId,
+        /// The outer TPID found.
+        tpid: u16,
+    },
+    /// VLAN id 4095 on a trunk frame.
+    #[error("VLAN id 4095 is reserved (frame on {port})")]
+    InvalidVlanId {
+        /// The ingress port.
+        port: PortId,
+    },
+    /// A trunk frame of a VLAN the port does not carry.
+    #[error("{port} does not carry VLAN {vlan}")]
+    VlanNotAllowed {
+        /// The ingress port.
+        port: PortId,
+        /// The frame's VLAN.
+        vlan: VlanId,
+    },
+    /// The destination is behind the ingress port.
+    #[error("{dst} in VLAN {vlan} is behind the ingress {port}")]
+    DestinationOnIngressPort {
+        /// The ingress port.
+        port: PortId,
+        /// The destination address.
+        dst: MacAddr,
+        /// The frame's VLAN.
+        vlan: VlanId,
+    },
+    /// Nothing else carries the VLAN.
+    #[error("no port other than {port} carries VLAN {vlan}")]
+    NoDestination {
+        /// The ingress port.
+        port: PortId,
+        /// The frame's VLAN.
+        vlan: VlanId,
+    },
+}
+
+impl ForwardError {
+    /// The counter this error is counted under.
+    pub fn reason(&self) -> DropReason {
+        match self {
+            ForwardError::Malformed(_) => DropReason::Malformed,
+            ForwardError::UnknownIngressPort { .. } => DropReason::UnknownIngressPort,
+            ForwardError::InvalidSourceMac { .. } => DropReason::InvalidSourceMac,
+            ForwardError::SourceMacNotAllowed { .. } => DropReason::SourceMacNotAllowed,
+            ForwardError::TaggedOnAccessPort { .. } => DropReason::TaggedOnAccessPort,
+            ForwardError::UntaggedOnTrunk { .. } => DropReason::UntaggedOnTrunk,
+            ForwardError::UnsupportedTag { .. } => DropReason::UnsupportedTag,
+            ForwardError::InvalidVlanId { .. } => DropReason::InvalidVlanId,
+            ForwardError::VlanNotAllowed { .. } => DropReason::VlanNotAllowed,
+            ForwardError::DestinationOnIngressPort { .. } => DropReason::DestinationOnIngressPort,
+            ForwardError::NoDestination { .. } => DropReason::NoDestination,
+        }
+    }
+}
+
+/// One port a frame leaves through, and the tag it carries there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Egress {
+    /// The egress port.
+    pub port: PortId,
+    /// The VLAN tag on that port's wire, `None` for untagged.
+    pub tag: Option<VlanId>,
+}
+
+/// A decision to forward, with what the caller needs to rewrite the frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// The VLAN the frame belongs to.
+    pub vlan: VlanId,
+    /// The frame's outer 802.1Q tag as it arrived (to pop or rewrite).
+    pub ingress_tag: Option<VlanTag>,
+    /// Whether the frame is flooded (broadcast, multicast or unknown
+    /// destination) rather than sent to a learned port.
+    pub flooded: bool,
+    /// What learning the source address did.
+    pub learned: Learned,
+}
+
+/// Settings of a [`Forwarder`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ForwarderConfig {
+    /// How long a learned address stays without a frame from it.
+    pub aging: Duration,
+    /// How often aged entries are removed from the table (they are ignored
+    /// by lookups as soon as they age).
+    pub sweep_interval: Duration,
+}
+
+impl Default for ForwarderConfig {
+    fn default() -> Self {
+        ForwarderConfig {
+            aging: Duration::from_secs(300),
+            sweep_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The learning forwarder: a forwarding table and the decision logic. Safe
+/// to share between threads (`&self` everywhere).
+#[derive(Debug)]
+pub struct Forwarder {
+    table: ForwardingTable,
+    epoch: Instant,
+    sweep_ms: u64,
+    next_sweep_ms: AtomicU64,
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Forwarder {
+    /// A forwarder with an empty table. `epoch` is the origin of the clock
+    /// the caller will pass to [`Forwarder::decide`]; earlier times count as
+    /// the epoch itself.
+    pub fn new(config: ForwarderConfig, epoch: Instant) -> Self {
+        let sweep_ms = millis(config.sweep_interval).max(1);
+        Forwarder {
+            table: ForwardingTable::new(millis(config.aging)),
+            epoch,
+            sweep_ms,
+            next_sweep_ms: AtomicU64::new(sweep_ms),
+        }
+    }
+
+    /// The forwarding table.
+    pub fn table(&self) -> &ForwardingTable {
+        &self.table
+    }
+
+    fn now_ms(&self, now: Instant) -> u64 {
+        millis(now.saturating_duration_since(self.epoch))
+    }
+
+    /// Forgets every address learned on `port` (call when it is removed).
+    pub fn forget_port(&self, port: PortId) -> usize {
+        self.table.forget_port(port)
+    }
+
+    /// Removes aged entries if the sweep interval has passed since the last
+    /// sweep; one caller wins the sweep when several race.
+    fn maybe_sweep(&self, now_ms: u64) {
+        let due = self.next_sweep_ms.load(Ordering::Relaxed);
+        if now_ms >= due
+            && self
+                .next_sweep_ms
+                .compare_exchange(
+                    due,
+                    now_ms + self.sweep_ms,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok()
+        {
+            self.table.expire(now_ms);
+        }
+    }
+
+    /// Decides where the frame `frame`, received on `ingress` at `now`,
+    /// goes among `ports`. The egress ports are appended to `out` (cleared
+    /// first), in port id order when flooding; the ingress port is never
+    /// among them.
+    pub fn decide(
+        &self,
+        ports: &PortSet,
+        ingress: PortId,
+        frame: &[u8],
+        now: Instant,
+        out: &mut Vec<Egress>,
+    ) -> Result<Decision, ForwardError> {
+        out.clear();
+        let Some(profile) = ports.get(ingress) else {
+            return Err(ForwardError::UnknownIngressPort { port: ingress });
+        };
+        let header = EthernetHeader::parse(frame)?;
+        let src = header.src;
+        if !src.is_valid_source() {
+            return Err(ForwardError::InvalidSourceMac {
+                port: ingress,
+                mac: src,
+            });
+        }
+        if let SourceMacPolicy::Only(allowed) = &profile.source_macs {
+            if !allowed.contains(&src) {
+                return Err(ForwardError::SourceMacNotAllowed {
+                    port: ingress,
+                    mac: src,
+                });
+            }
+        }
+        let vlan = classify(ingress, &profile.vlan, header.outer_tag)?;
+
+        let now_ms = self.now_ms(now);
+        self.maybe_sweep(now_ms);
+        let learned = self
+            .table
+            .learn(vlan, src, ingress, profile.max_learned, now_ms);
+
+        let dst = header.dst;
+        let known = if dst.is_multicast() {
+            None
+        } else {
+            self.table.lookup(vlan, dst, now_ms)
+        };
+        let unicast_to = known.and_then(|port| {
+            let egress = ports.get(port)?;
+            egress.vlan.carries(vlan).then_some((port, egress))
+        });
+        let flooded = match unicast_to {
+            Some((port, _)) if port == ingress => {
+                return Err(ForwardError::DestinationOnIngressPort {
+                    port: ingress,
+                    dst,
+                    vlan,
+                })
+            }
+            Some((port, egress)) => {
+                out.push(Egress {
+                    port,
+                    tag: egress.vlan.egress_tag(vlan),
+                });
+                false
+            }
+            None => {
+                out.extend(
+                    ports
+                        .iter()
+                        .filter(|(id, egress)| *id != ingress && egress.vlan.carries(vlan))
+                        .map(|(port, egress)| Egress {
+                            port,
+                            tag: egress.vlan.egress_tag(vlan),
+                        }),
+                );
+                if out.is_empty() {
+                    return Err(ForwardError::NoDestination {
+                        port: ingress,
+                        vlan,
+                    });
+                }
+                true
+            }
+        };
+        Ok(Decision {
+            vlan,
+            ingress_tag: header.outer_tag,
+            flooded,
+            learned,
+        })
+    }
+}
+
+/// The VLAN of a frame arriving on a port in `mode`.
+fn classify(port: PortId, mode: &VlanMode, tag: Option<VlanTag>) -> Result<VlanId, ForwardError> {
+    match (mode, tag) {
+        (VlanMode::Access(vlan), None) => Ok(*vlan),
+        (VlanMode::Access(_), Some(tag)) => Err(ForwardError::TaggedOnAccessPort {
+            port,
+            tpid: tag.tpid,
+        }),
+        (VlanMode::Trunk { native, .. }, None) => {
+            native.ok_or(ForwardError::UntaggedOnTrunk { port })
+        }
+        (VlanMode::Trunk { .. }, Some(tag)) if tag.tpid != TPID_8021Q => {
+            Err(ForwardError::UnsupportedTag {
+                port,
+                tpid: tag.tpid,
+            })
+        }
+        (VlanMode::Trunk { native, .. }, Some(tag)) if tag.vid() == 0 => {
+            // A priority tag: the frame belongs to the native VLAN.
+            native.ok_or(ForwardError::UntaggedOnTrunk { port })
+        }
+        (VlanMode::Trunk { .. }, Some(tag)) => {
+            let vlan = VlanId::new(tag.vid()).map_err(|_| ForwardError::InvalidVlanId { port })?;
+            if mode.carries(vlan) {
+                Ok(vlan)
+            } else {
+                Err(ForwardError::VlanNotAllowed { port, vlan })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ethernet::{build_frame, TPID_8021AD};
+    use crate::vlan::VlanSet;
+
+    fn mac(last: u8) -> MacAddr {
+        MacAddr([2, 0, 0, 0, 0, last])
+    }
+    fn vlan(id: u16) -> VlanId {
+        VlanId::new(id).unwrap()
+    }
+    fn frame(dst: MacAddr, src: MacAddr) -> bytes::Bytes {
+        build_frame(dst, src, None, 0x0800, &[0; 46])
+    }
+    fn tagged(dst: MacAddr, src: MacAddr, vid: u16) -> bytes::Bytes {
+        build_frame(dst, src, Some(vid), 0x0800, &[0; 46])
+    }
+
+    /// A forwarder and its clock origin, ports 1..=n as access ports of VLAN 1.
+    struct Bench {
+        fwd: Forwarder,
+        t0: Instant,
+        ports: PortSet,
+        out: Vec<Egress>,
+    }
+
+    impl Bench {
+        fn new(access_ports: u32) -> Self {
+            let t0 = Instant::now();
+            let mut ports = PortSet::new();
+            for id in 1..=access_ports {
+                ports.insert(PortId(id), PortProfile::access(VlanId::DEFAULT));
+            }
+            Bench {
+                fwd: Forwarder::new(ForwarderConfig::default(), t0),
+                t0,
+                ports,
+                out: Vec::new(),
+            }
+        }
+
+        fn at(&mut self, secs: u64, ingress: u32, frame: &[u8]) -> Result<Vec<u32>, DropReason> {
+            let now = self.t0 + Duration::from_secs(secs);
+            self.fwd
+                .decide(&self.ports, PortId(ingress), frame, now, &mut self.out)
+                .map(|_| self.out.iter().map(|e| e.port.0).collect())
+                .map_err(|err| err.reason())
+        }
+    }
+
+    #[test]
+    fn unknown_destinations_flood_then_learned_ones_are_unicast() {
+        let mut b = Bench::new(4);
+        assert_eq!(b.at(0, 1, &frame(mac(2), mac(1))), Ok(vec![2, 3, 4]));
+        assert_eq!(b.at(0, 2, &frame(mac(1), mac(2))), Ok(vec![1]));
+        assert_eq!(b.at(0, 1, &frame(mac(2), mac(1))), Ok(vec![2]));
+        // Broadcast and multicast always flood, never back to the ingress.
+        assert_eq!(
+            b.at(0, 3, &frame(MacAddr::BROADCAST, mac(3))),
+            Ok(vec![1, 2, 4])
+        );
+        let group = MacAddr([0x01, 0, 0x5e, 0, 0, 7]);
+        assert_eq!(b.at(0, 4, &frame(group, mac(4))), Ok(vec![1, 2, 3]));
+        // A station that moves is followed.
+        assert_eq!(
+            b.at(1, 4, &frame(MacAddr::BROADCAST, mac(1))),
+            Ok(vec![1, 2, 3])
+        );
+        assert_eq!(b.at(1, 2, &frame(mac(1), mac(2))), Ok(vec![4]));
+    }
+
+    #[test]
+    fn decisions_report_flooding_and_learning() {
+        let b = Bench::new(2);
+        let mut out = Vec::new();
+        let d = b
+            .fwd
+            .decide(&b.ports, PortId(1), &frame(mac(2), mac(1)), b.t0, &mut out)
+            .unwrap();
+        assert_eq!(
+            (d.vlan, d.flooded, d.learned, d.ingress_tag),
+            (vlan(1), true, Learned::New, None)
+        );
+        let d = b
+            .fwd
+            .decide(&b.ports, PortId(2), &frame(mac(1), mac(2)), b.t0, &mut out)
+            .unwrap();
+        assert!(!d.flooded);
+        assert_eq!(
+            out,
+            vec![Egress {
+                port: PortId(1),
+                tag: None
+            }]
+        );
+    }
+
+    #[test]
+    fn entries_age_out_after_300_seconds_of_silence() {
+        let mut b = Bench::new(3);
+        b.at(0, 2, &frame(MacAddr::BROADCAST, mac(2))).unwrap();
+        assert_eq!(b.at(299, 1, &frame(mac(2), mac(1))), Ok(vec![2]));
+        // 300 s after the last frame from mac(2): unknown again.
+        assert_eq!(b.at(300, 1, &frame(mac(2), mac(1))), Ok(vec![2, 3]));
+        // A frame from it refreshes the entry.
+        b.at(400, 2, &frame(MacAddr::BROADCAST, mac(2))).unwrap();
+        assert_eq!(b.at(699, 1, &frame(mac(2), mac(1))), Ok(vec![2]));
+        // The sweep removes aged entries from the table.
+        assert_eq!(b.fwd.table().len(), 2);
+        b.at(2000, 3, &frame(MacAddr::BROADCAST, mac(3))).unwrap();
+        assert_eq!(b.fwd.table().len(), 1);
+    }
+
+    #[test]
+    fn a_frame_to_its_own_port_is_not_sent_back() {
+        let mut b = Bench::new(2);
+        b.at(0, 1, &frame(MacAddr::BROADCAST, mac(1))).unwrap();
+        b.at(0, 1, &frame(MacAddr::BROADCAST, mac(5))).unwrap();
+        assert_eq!(
+            b.at(0, 1, &frame(mac(5), mac(1))),
+            Err(DropReason::DestinationOnIngressPort)
+        );
+    }
+
+    #[test]
+    fn vlans_are_isolated() {
+        let mut b = Bench::new(0);
+        b.ports.insert(PortId(1), PortProfile::access(vlan(10)));
+        b.ports.insert(PortId(2), PortProfile::access(vlan(10)));
+        b.ports.insert(PortId(3), PortProfile::access(vlan(20)));
+        b.ports.insert(PortId(4), PortProfile::access(vlan(20)));
+        let trunk: VlanSet = [vlan(10)].into_iter().collect();
+        b.ports.insert(PortId(5), PortProfile::trunk(trunk, None));
+
+        assert_eq!(
+            b.at(0, 1, &frame(MacAddr::BROADCAST, mac(1))),
+            Ok(vec![2, 5])
+        );
+        assert_eq!(b.at(0, 3, &frame(MacAddr::BROADCAST, mac(3))), Ok(vec![4]));
+        // mac(1) is known in VLAN 10 only: from VLAN 20 it is unknown.
+        assert_eq!(b.at(0, 4, &frame(mac(1), mac(4))), Ok(vec![3]));
+        // The same address may live in two VLANs on two ports.
+        b.at(0, 3, &frame(MacAddr::BROADCAST, mac(1))).unwrap();
+        assert_eq!(b.at(0, 2, &frame(mac(1), mac(2))), Ok(vec![1]));
+        assert_eq!(b.at(0, 4, &frame(mac(1), mac(4))), Ok(vec![3]));
+        // The trunk's frames carry VLAN 10 tags; it cannot reach VLAN 20.
+        assert_eq!(b.at(0, 5, &tagged(mac(1), mac(9), 10)), Ok(vec![1]));
+        assert_eq!(
+            b.at(0, 5, &tagged(mac(3), mac(9), 20)),
+            Err(DropReason::VlanNotAllowed)
+        );
+        let egress_tags: Vec<_> = {
+            b.at(0, 1, &frame(MacAddr::BROADCAST, mac(1))).unwrap();
+            b.out.iter().map(|e| (e.port.0, e.tag)).collect()
+        };
+        assert_eq!(egress_tags, vec![(2, None), (5, Some(vlan(10)))]);
+    }
+
+    #[test]
+    fn tagged_frames_on_access_ports_are_dropped_double_tags_too() {
+        let mut b = Bench::new(2);
+        assert_eq!(
+            b.at(0, 1, &tagged(MacAddr::BROADCAST, mac(1), 1)),
+            Err(DropReason::TaggedOnAccessPort)
+        );
+        // QinQ: an 802.1ad outer tag and an 802.1Q inner one.
+        let mut qinq = vec![0xff; 6];
+        qinq.extend_from_slice(&mac(1).0);
+        qinq.extend_from_slice(&TPID_8021AD.to_be_bytes());
+        qinq.extend_from_slice(&[0, 1, 0x81, 0, 0, 1, 0x08, 0]);
+        qinq.extend_from_slice(&[0; 46]);
+        assert_eq!(b.at(0, 1, &qinq), Err(DropReason::TaggedOnAccessPort));
+        // Two 802.1Q tags.
+        let double = build_frame(
+            MacAddr::BROADCAST,
+            mac(1),
+            Some(1),
+            0x8100,
+            &[0, 1, 8, 0, 0, 0],
+        );
+        assert_eq!(b.at(0, 1, &double), Err(DropReason::TaggedOnAccessPort));
+        // A priority tag (VID 0) is a tag too.
+        assert_eq!(
+            b.at(0, 1, &tagged(MacAddr::BROADCAST, mac(1), 0)),
+            Err(DropReason::TaggedOnAccessPort)
+        );
+        // Nothing was learned from the dropped frames.
+        assert_eq!(b.fwd.table().len(), 0);
+    }
+
+    #[test]
+    fn trunk_ingress_rules() {
+        let mut b = Bench::new(1);
+        let allowed: VlanSet = [vlan(1), vlan(7)].into_iter().collect();
+        b.ports
+            .insert(PortId(2), PortProfile::trunk(allowed.clone(), None));
+        b.ports
+            .insert(PortId(3), PortProfile::trunk(allowed, Some(vlan(1))));
+        b.ports.insert(PortId(4), PortProfile::access(vlan(7)));
+        let bc = MacAddr::BROADCAST;
+        assert_eq!(
+            b.at(0, 2, &frame(bc, mac(2))),
+            Err(DropReason::UntaggedOnTrunk)
+        );
+        assert_eq!(
+            b.at(0, 2, &tagged(bc, mac(2), 0)),
+            Err(DropReason::UntaggedOnTrunk)
+        );
+        assert_eq!(
+            b.at(0, 2, &tagged(bc, mac(2), 4095)),
+            Err(DropReason::InvalidVlanId)
+        );
+        let mut stag = tagged(bc, mac(2), 7).to_vec();
+        stag[12..14].copy_from_slice(&TPID_8021AD.to_be_bytes());
+        assert_eq!(b.at(0, 2, &stag), Err(DropReason::UnsupportedTag));
+        assert_eq!(b.at(0, 2, &tagged(bc, mac(2), 7)), Ok(vec![3, 4]));
+        // Native VLAN: untagged and priority-tagged frames belong to VLAN 1,
+        // and leave untagged on the native trunk but tagged on the other.
+        assert_eq!(b.at(0, 3, &frame(bc, mac(3))), Ok(vec![1, 2]));
+        assert_eq!(b.at(0, 3, &tagged(bc, mac(3), 0)), Ok(vec![1, 2]));
+        let tags: Vec<_> = b.out.iter().map(|e| e.tag).collect();
+        assert_eq!(tags, vec![None, Some(vlan(1))]);
+    }
+
+    #[test]
+    fn one_port_cannot_exhaust_the_table() {
+        let mut b = Bench::new(0);
+        b.ports.insert(
+            PortId(1),
+            PortProfile::access(VlanId::DEFAULT).max_learned(4),
+        );
+        b.ports
+            .insert(PortId(2), PortProfile::access(VlanId::DEFAULT));
+        b.ports
+            .insert(PortId(3), PortProfile::access(VlanId::DEFAULT));
+        for i in 10..60 {
+            // Frames beyond the limit are still forwarded.
+            assert_eq!(
+                b.at(0, 1, &frame(MacAddr::BROADCAST, mac(i))),
+                Ok(vec![2, 3])
+            );
+        }
+        assert_eq!(b.fwd.table().learned_on(PortId(1)), 4);
+        assert_eq!(b.fwd.table().len(), 4);
+        // Learned addresses are unicast to, the others flooded.
+        assert_eq!(b.at(0, 2, &frame(mac(12), mac(2))), Ok(vec![1]));
+        assert_eq!(b.at(0, 2, &frame(mac(50), mac(2))), Ok(vec![1, 3]));
+        // Other ports still learn.
+        assert_eq!(b.at(0, 1, &frame(mac(2), mac(10))), Ok(vec![2]));
+        let mut out = Vec::new();
+        let d = b
+            .fwd
+            .decide(&b.ports, PortId(1), &frame(mac(2), mac(55)), b.t0, &mut out)
+            .unwrap();
+        assert_eq!(d.learned, Learned::LimitReached);
+        // Once entries age out there is room again.
+        assert_eq!(
+            b.at(400, 1, &frame(MacAddr::BROADCAST, mac(55))),
+            Ok(vec![2, 3])
+        );
+        assert_eq!(b.at(400, 2, &frame(mac(55), mac(2))), Ok(vec![1]));
+    }
+
+    #[test]
+    fn source_addresses_are_enforced_when_asked() {
+        let mut b = Bench::new(0);
+        b.ports.insert(
+            PortId(1),
+            PortProfile::access(VlanId::DEFAULT).only_sources([mac(1)]),
+        );
+        b.ports
+            .insert(PortId(2), PortProfile::access(VlanId::DEFAULT));
+        let bc = MacAddr::BROADCAST;
+        assert_eq!(b.at(0, 1, &frame(bc, mac(1))), Ok(vec![2]));
+        assert_eq!(
+            b.at(0, 1, &frame(bc, mac(2))),
+            Err(DropReason::SourceMacNotAllowed)
+        );
+        // The spoofed frame did not move mac(2) to port 1.
+        b.at(0, 2, &frame(bc, mac(2))).unwrap();
+        b.at(0, 1, &frame(bc, mac(2))).unwrap_err();
+        assert_eq!(b.at(0, 1, &frame(mac(2), mac(1))), Ok(vec![2]));
+        // Without enforcement any unicast source goes; group or zero never.
+        assert_eq!(b.at(0, 2, &frame(bc, mac(77))), Ok(vec![1]));
+        assert_eq!(
+            b.at(0, 2, &frame(bc, bc)),
+            Err(DropReason::InvalidSourceMac)
+        );
+        assert_eq!(
+            b.at(0, 2, &frame(bc, MacAddr::ZERO)),
+            Err(DropReason::InvalidSourceMac)
+        );
+    }
+
+    #[test]
+    fn malformed_and_orphan_frames_are_typed_drops() {
+        let mut b = Bench::new(2);
+        let full = frame(MacAddr::BROADCAST, mac(1));
+        for len in 0..14 {
+            assert_eq!(b.at(0, 1, &full[..len]), Err(DropReason::Malformed));
+        }
+        let tag = tagged(MacAddr::BROADCAST, mac(1), 5);
+        let err = b
+            .fwd
+            .decide(&b.ports, PortId(1), &tag[..16], b.t0, &mut b.out)
+            .unwrap_err();
+        assert_eq!(
+            err,
+            ForwardError::Malformed(FrameError::TooShort {
+                layer: "VLAN tag",
+                required_len: 18,
+                len: 16
+            })
+        );
+        assert_eq!(b.at(0, 9, &full), Err(DropReason::UnknownIngressPort));
+        // A lone port has nowhere to send.
+        b.ports.insert(PortId(3), PortProfile::access(vlan(3)));
+        assert_eq!(b.at(0, 3, &full), Err(DropReason::NoDestination));
+        // A bare 14-byte header is enough to switch.
+        assert_eq!(b.at(0, 1, &full[..14]), Ok(vec![2]));
+    }
+
+    #[test]
+    fn forgotten_and_removed_ports_are_not_unicast_to() {
+        let mut b = Bench::new(3);
+        b.at(0, 2, &frame(MacAddr::BROADCAST, mac(2))).unwrap();
+        assert_eq!(b.at(0, 1, &frame(mac(2), mac(1))), Ok(vec![2]));
+        // Removed from the set but still in the table: flooded.
+        b.ports.remove(PortId(2));
+        assert_eq!(b.at(0, 1, &frame(mac(2), mac(1))), Ok(vec![3]));
+        assert_eq!(b.fwd.forget_port(PortId(2)), 1);
+        assert_eq!(b.fwd.table().learned_on(PortId(2)), 0);
+    }
+
+    #[test]
+    fn drop_reasons_have_distinct_indices_and_names() {
+        for (i, reason) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(reason.index(), i);
+        }
+        let names: std::collections::HashSet<_> =
+            DropReason::ALL.iter().map(|r| r.name()).collect();
+        assert_eq!(names.len(), DropReason::COUNT);
+    }
+}

@@ -1,0 +1,283 @@
+//! Statistics: atomic counters updated by the workers and plain snapshots
+//! read from them.
+//!
+//! Counters are relaxed atomics: each is exact on its own, but a snapshot
+//! taken while traffic runs is not a consistent cut across counters.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::egress::EgressWork;
+use crate::forward::DropReason;
+
+/// Drop counts by reason.
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+pub struct DropCounts {
+    counts: [u64; DropReason::COUNT],
+}
+
+impl DropCounts {
+    /// Frames dropped for `reason`.
+    pub fn get(&self, reason: DropReason) -> u64 {
+        self.counts.get(reason.index()).copied().unwrap_or(0)
+    }
+
+    /// Frames dropped for any reason.
+    pub fn total(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// The reasons with a non-zero count.
+    pub fn nonzero(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
+        DropReason::ALL
+            .into_iter()
+            .map(|reason| (reason, self.get(reason)))
+            .filter(|(_, count)| *count != 0)
+    }
+}
+
+impl fmt::Debug for DropCounts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.nonzero().map(|(reason, count)| (reason.name(), count)))
+            .finish()
+    }
+}
+
+#[derive(Debug)]
+struct AtomicDrops([AtomicU64; DropReason::COUNT]);
+
+impl Default for AtomicDrops {
+    fn default() -> Self {
+        AtomicDrops(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
+impl AtomicDrops {
+    fn add(&self, reason: DropReason, frames: u64) {
+        if let Some(counter) = self.0.get(reason.index()) {
+            counter.fetch_add(frames, Ordering::Relaxed);
+        }
+    }
+
+    fn snapshot(&self) -> DropCounts {
+        DropCounts {
+            counts: std::array::from_fn(|i| self.0.get(i).map_or(0, |c| c.load(Ordering::Relaxed))),
+        }
+    }
+}
+
+/// Software offload work, as counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SoftwareWork {
+    /// Segments made by software segmentation.
+    pub segments: u64,
+    /// Checksums computed in software.
+    pub checksums: u64,
+    /// Frames coalesced into others in software.
+    pub coalesced: u64,
+}
+
+#[derive(Debug, Default)]
+struct AtomicWork {
+    segments: AtomicU64,
+    checksums: AtomicU64,
+    coalesced: AtomicU64,
+}
+
+impl AtomicWork {
+    fn add(&self, work: &EgressWork) {
+        for (counter, value) in [
+            (&self.segments, work.segments),
+            (&self.checksums, work.checksums),
+            (&self.coalesced, work.coalesced),
+        ] {
+            if value != 0 {
+                counter.fetch_add(value, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn snapshot(&self) -> SoftwareWork {
+        SoftwareWork {
+            segments: self.segments.load(Ordering::Relaxed),
+            checksums: self.checksums.load(Ordering::Relaxed),
+            coalesced: self.coalesced.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The live counters of one port.
+#[derive(Debug, Default)]
+pub struct PortCounters {
+    rx_frames: AtomicU64,
+    rx_bytes: AtomicU64,
+    tx_frames: AtomicU64,
+    tx_bytes: AtomicU64,
+    not_learned: AtomicU64,
+    drops: AtomicDrops,
+    work: AtomicWork,
+}
+
+/// A snapshot of one port's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PortStats {
+    /// Frames received from the port.
+    pub rx_frames: u64,
+    /// Bytes received from the port.
+    pub rx_bytes: u64,
+    /// Frames sent to the port.
+    pub tx_frames: u64,
+    /// Bytes sent to the port.
+    pub tx_bytes: u64,
+    /// Frames from the port whose source address was not learned because
+    /// the port had reached its limit.
+    pub not_learned: u64,
+    /// Drops: of frames received from the port (ingress reasons) and of
+    /// frames on their way to it (egress reasons).
+    pub drops: DropCounts,
+    /// Software offload work done on frames sent to the port.
+    pub software: SoftwareWork,
+}
+
+impl PortCounters {
+    /// Counts a frame received.
+    pub fn received(&self, bytes: usize) {
+        self.rx_frames.fetch_add(1, Ordering::Relaxed);
+        self.rx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a frame sent.
+    pub fn sent(&self, bytes: usize) {
+        self.tx_frames.fetch_add(1, Ordering::Relaxed);
+        self.tx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a source address not learned.
+    pub fn not_learned(&self) {
+        self.not_learned.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts `frames` drops for `reason`.
+    pub fn dropped(&self, reason: DropReason, frames: u64) {
+        self.drops.add(reason, frames);
+    }
+
+    /// Counts software offload work.
+    pub fn worked(&self, work: &EgressWork) {
+        self.work.add(work);
+    }
+
+    /// A snapshot.
+    pub fn snapshot(&self) -> PortStats {
+        PortStats {
+            rx_frames: self.rx_frames.load(Ordering::Relaxed),
+            rx_bytes: self.rx_bytes.load(Ordering::Relaxed),
+            tx_frames: self.tx_frames.load(Ordering::Relaxed),
+            tx_bytes: self.tx_bytes.load(Ordering::Relaxed),
+            not_learned: self.not_learned.load(Ordering::Relaxed),
+            drops: self.drops.snapshot(),
+            software: self.work.snapshot(),
+        }
+    }
+}
+
+/// The live counters of one worker.
+#[derive(Debug, Default)]
+pub struct WorkerCounters {
+    frames: AtomicU64,
+    bytes: AtomicU64,
+    handed_off: AtomicU64,
+    sent: AtomicU64,
+    drops: AtomicDrops,
+    work: AtomicWork,
+}
+
+/// A snapshot of one worker's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WorkerStats {
+    /// Frames this worker forwarded or dropped (its share of the flows).
+    pub frames: u64,
+    /// Bytes of those frames.
+    pub bytes: u64,
+    /// Frames this worker received from a port but handed to the worker
+    /// their flow maps to.
+    pub handed_off: u64,
+    /// Frames this worker sent to egress ports.
+    pub sent: u64,
+    /// Frames this worker dropped, by reason.
+    pub drops: DropCounts,
+    /// Software offload work this worker did.
+    pub software: SoftwareWork,
+}
+
+impl WorkerCounters {
+    /// Counts a frame handled.
+    pub fn handled(&self, bytes: usize) {
+        self.frames.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a frame handed to another worker.
+    pub fn handed_off(&self) {
+        self.handed_off.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a frame sent.
+    pub fn sent(&self) {
+        self.sent.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts `frames` drops for `reason`.
+    pub fn dropped(&self, reason: DropReason, frames: u64) {
+        self.drops.add(reason, frames);
+    }
+
+    /// Counts software offload work.
+    pub fn worked(&self, work: &EgressWork) {
+        self.work.add(work);
+    }
+
+    /// A snapshot.
+    pub fn snapshot(&self) -> WorkerStats {
+        WorkerStats {
+            frames: self.frames.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            handed_off: self.handed_off.load(Ordering::Relaxed),
+            sent: self.sent.load(Ordering::Relaxed),
+            drops: self.drops.snapshot(),
+            software: self.work.snapshot(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_snapshot() {
+        let port = PortCounters::default();
+        port.received(60);
+        port.received(1514);
+        port.sent(60);
+        port.dropped(DropReason::Malformed, 2);
+        port.dropped(DropReason::EgressQueueFull, 1);
+        port.worked(&EgressWork {
+            segments: 45,
+            checksums: 45,
+            coalesced: 0,
+        });
+        let stats = port.snapshot();
+        assert_eq!((stats.rx_frames, stats.rx_bytes), (2, 1574));
+        assert_eq!((stats.tx_frames, stats.tx_bytes), (1, 60));
+        assert_eq!(stats.drops.get(DropReason::Malformed), 2);
+        assert_eq!(stats.drops.total(), 3);
+        assert_eq!(stats.drops.nonzero().count(), 2);
+        assert_eq!(stats.software.segments, 45);
+        assert_eq!(
+            format!("{:?}", stats.drops),
+            r#"{"malformed": 2, "egress-queue-full": 1}"#
+        );
+    }
+}
