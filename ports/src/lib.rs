@@ -13,3 +13,8 @@
 #![warn(missing_docs)]
 
 pub use vswitch_offload as offload;
+
+#[cfg(target_os = "linux")]
+pub mod sys;
+#[cfg(target_os = "linux")]
+pub mod tap;
