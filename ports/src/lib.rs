@@ -14,6 +14,7 @@
 
 pub use vswitch_offload as offload;
 
+pub mod features;
 #[cfg(target_os = "linux")]
 pub mod sys;
 #[cfg(target_os = "linux")]

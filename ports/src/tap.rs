@@ -11,6 +11,7 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
+use crate::features::GuestOffloads;
 use crate::sys::{self, tun_flags};
 
 /// Size of the virtio-net header this module configures on every TAP queue.
@@ -91,6 +92,23 @@ impl TapOffloads {
             uso: checksum
                 && flags & (tun_flags::USO4 | tun_flags::USO6)
                     == (tun_flags::USO4 | tun_flags::USO6),
+        }
+    }
+}
+
+impl From<GuestOffloads> for TapOffloads {
+    /// The one place where a guest's receive offloads (GUEST_* features)
+    /// become TAP offload flags: a TAP that feeds a guest directly may hand
+    /// over exactly what the guest's receive path accepts. USO is asked only
+    /// when the guest takes it over both IPv4 and IPv6 (the TAP sets both
+    /// flags together here).
+    fn from(guest: GuestOffloads) -> Self {
+        TapOffloads {
+            checksum: guest.checksum,
+            tso4: guest.checksum && guest.tso4,
+            tso6: guest.checksum && guest.tso6,
+            tso_ecn: guest.checksum && guest.ecn && (guest.tso4 || guest.tso6),
+            uso: guest.checksum && guest.uso4 && guest.uso6,
         }
     }
 }
@@ -234,6 +252,26 @@ mod tests {
                 offloads
             );
         }
+    }
+
+    #[test]
+    fn guest_features_map_to_tun_flags() {
+        use crate::features::Features;
+        let guest = GuestOffloads::from_features(
+            Features::GUEST_CSUM
+                .or(Features::GUEST_TSO4)
+                .or(Features::GUEST_ECN)
+                .or(Features::GUEST_USO4),
+        );
+        let flags = TapOffloads::from(guest).to_tun_flags();
+        assert_eq!(
+            flags,
+            tun_flags::CSUM | tun_flags::TSO4 | tun_flags::TSO_ECN
+        );
+        assert_eq!(
+            TapOffloads::from(GuestOffloads::default()).to_tun_flags(),
+            0
+        );
     }
 
     #[test]
