@@ -14,8 +14,13 @@
 
 pub use vswitch_offload as offload;
 
+pub mod features;
 pub mod memory;
 pub mod port;
+#[cfg(target_os = "linux")]
+pub mod sys;
+#[cfg(target_os = "linux")]
+pub mod tap;
 
 pub use memory::{memory_port, InjectError, MemoryEndpoint, MemoryPort, MemoryPortConfig};
 pub use port::{Port, PortCapabilities, PortError, SendError};

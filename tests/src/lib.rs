@@ -15,3 +15,92 @@ pub fn is_root() -> bool {
         })
         .unwrap_or(false)
 }
+
+use std::process::Command;
+
+/// Why an end-to-end test cannot run here, or `None` when it can: it needs
+/// root, the `ip` command and `/dev/net/tun`.
+pub fn netns_unavailable() -> Option<String> {
+    if !is_root() {
+        return Some("needs root (network namespaces and TAP devices)".into());
+    }
+    if Command::new("ip").arg("-V").output().is_err() {
+        return Some("needs the `ip` command (iproute2)".into());
+    }
+    if !std::path::Path::new("/dev/net/tun").exists() {
+        return Some("needs /dev/net/tun".into());
+    }
+    None
+}
+
+/// Skips the calling test with a printed reason when namespaces are
+/// unavailable (CI runs as root, so there the test runs).
+#[macro_export]
+macro_rules! require_netns {
+    () => {
+        if let Some(reason) = $crate::netns_unavailable() {
+            eprintln!("skipping {}: {reason}", module_path!());
+            return;
+        }
+    };
+}
+
+/// A network namespace made for one test, deleted (with every interface in
+/// it) when dropped, also when the test fails.
+#[derive(Debug)]
+pub struct NetNs {
+    name: String,
+}
+
+impl NetNs {
+    /// Creates a namespace named `{prefix}{pid}`, removing a stale one of the
+    /// same name first, and brings its loopback up.
+    pub fn new(prefix: &str) -> std::io::Result<Self> {
+        let name = format!("{prefix}{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        run(Command::new("ip").args(["netns", "add", &name]))?;
+        let ns = NetNs { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs a command inside the namespace; fails with its stderr when it
+    /// exits non-zero. Returns its stdout.
+    pub fn exec(&self, argv: &[&str]) -> std::io::Result<String> {
+        run(Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(argv))
+    }
+
+    /// Moves interface `ifname` from the current namespace into this one.
+    pub fn adopt(&self, ifname: &str) -> std::io::Result<()> {
+        run(Command::new("ip").args(["link", "set", ifname, "netns", &self.name])).map(|_| ())
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// Runs a command; a non-zero exit becomes an error carrying its stderr.
+pub fn run(command: &mut Command) -> std::io::Result<String> {
+    let output = command.output()?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(std::io::Error::other(format!(
+            "{command:?} exited with {}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        )))
+    }
+}

@@ -1,0 +1,535 @@
+//! Typed virtio-net feature negotiation (virtio 1.2, section 5.1.3).
+//!
+//! A device model offers feature bits, the guest acknowledges a subset, and
+//! from then on the acknowledged set decides what may cross: which offloads a
+//! guest's transmitted frames may ask of the host ([`HostOffloads`]), and what
+//! the guest's receive path accepts ([`GuestOffloads`]). This module turns
+//! raw bits into those two typed views, checks the dependency rules the
+//! specification sets between bits, and handles the control queue's
+//! `VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET`, which changes the receive offloads at
+//! run time.
+
+use thiserror::Error;
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_net as vn;
+use vswitch_offload::virtio::{self as hdr, VirtioNetHdr};
+use vswitch_offload::EgressCapabilities;
+
+/// The mask of one feature bit number.
+const fn bit(n: u32) -> u64 {
+    1 << n
+}
+
+/// A set of virtio-net feature bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Features(pub u64);
+
+impl Features {
+    /// The device handles packets with a partial checksum (guest transmit).
+    pub const CSUM: Features = Features(bit(vn::VIRTIO_NET_F_CSUM));
+    /// The guest handles packets with a partial checksum (guest receive).
+    pub const GUEST_CSUM: Features = Features(bit(vn::VIRTIO_NET_F_GUEST_CSUM));
+    /// Receive offloads can be changed through the control queue.
+    pub const CTRL_GUEST_OFFLOADS: Features = Features(bit(vn::VIRTIO_NET_F_CTRL_GUEST_OFFLOADS));
+    /// The device reports a maximum MTU.
+    pub const MTU: Features = Features(bit(vn::VIRTIO_NET_F_MTU));
+    /// The device has a MAC address.
+    pub const MAC: Features = Features(bit(vn::VIRTIO_NET_F_MAC));
+    /// The guest receives TSO frames over IPv4.
+    pub const GUEST_TSO4: Features = Features(bit(vn::VIRTIO_NET_F_GUEST_TSO4));
+    /// The guest receives TSO frames over IPv6.
+    pub const GUEST_TSO6: Features = Features(bit(vn::VIRTIO_NET_F_GUEST_TSO6));
+    /// The guest receives TSO frames with ECN.
+    pub const GUEST_ECN: Features = Features(bit(vn::VIRTIO_NET_F_GUEST_ECN));
+    /// The guest receives UFO frames.
+    pub const GUEST_UFO: Features = Features(bit(vn::VIRTIO_NET_F_GUEST_UFO));
+    /// The guest may send TSO frames over IPv4.
+    pub const HOST_TSO4: Features = Features(bit(vn::VIRTIO_NET_F_HOST_TSO4));
+    /// The guest may send TSO frames over IPv6.
+    pub const HOST_TSO6: Features = Features(bit(vn::VIRTIO_NET_F_HOST_TSO6));
+    /// The guest may send TSO frames with ECN.
+    pub const HOST_ECN: Features = Features(bit(vn::VIRTIO_NET_F_HOST_ECN));
+    /// The guest may send UFO frames.
+    pub const HOST_UFO: Features = Features(bit(vn::VIRTIO_NET_F_HOST_UFO));
+    /// The guest merges receive buffers (the header carries `num_buffers`).
+    pub const MRG_RXBUF: Features = Features(bit(vn::VIRTIO_NET_F_MRG_RXBUF));
+    /// The device has a control virtqueue.
+    pub const CTRL_VQ: Features = Features(bit(vn::VIRTIO_NET_F_CTRL_VQ));
+    /// The device has several queue pairs.
+    pub const MQ: Features = Features(bit(vn::VIRTIO_NET_F_MQ));
+    /// The guest receives USO frames over IPv4.
+    pub const GUEST_USO4: Features = Features(bit(vn::VIRTIO_NET_F_GUEST_USO4));
+    /// The guest receives USO frames over IPv6.
+    pub const GUEST_USO6: Features = Features(bit(vn::VIRTIO_NET_F_GUEST_USO6));
+    /// The guest may send USO frames.
+    pub const HOST_USO: Features = Features(bit(vn::VIRTIO_NET_F_HOST_USO));
+    /// Virtio 1.0 or later (the 12-byte header in every case).
+    pub const VERSION_1: Features = Features(bit(VIRTIO_F_VERSION_1));
+
+    /// The receive-offload bits the control queue may change.
+    pub const GUEST_OFFLOAD_BITS: Features = Features(
+        Self::GUEST_CSUM.0
+            | Self::GUEST_TSO4.0
+            | Self::GUEST_TSO6.0
+            | Self::GUEST_ECN.0
+            | Self::GUEST_UFO.0
+            | Self::GUEST_USO4.0
+            | Self::GUEST_USO6.0,
+    );
+
+    /// Whether every bit of `other` is set here.
+    pub const fn contains(self, other: Features) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// Whether any bit of `other` is set here.
+    pub const fn intersects(self, other: Features) -> bool {
+        self.0 & other.0 != 0
+    }
+
+    /// The bits set in both.
+    pub const fn and(self, other: Features) -> Features {
+        Features(self.0 & other.0)
+    }
+
+    /// The bits set in either.
+    pub const fn or(self, other: Features) -> Features {
+        Features(self.0 | other.0)
+    }
+
+    /// The bits set here but not in `other`.
+    pub const fn without(self, other: Features) -> Features {
+        Features(self.0 & !other.0)
+    }
+}
+
+/// The dependency rules of virtio 1.2 section 5.1.3.1: a feature the guest
+/// acknowledges without what it requires is refused.
+const REQUIREMENTS: &[(Features, Features, &str)] = &[
+    (Features::GUEST_TSO4, Features::GUEST_CSUM, "GUEST_CSUM"),
+    (Features::GUEST_TSO6, Features::GUEST_CSUM, "GUEST_CSUM"),
+    (Features::GUEST_UFO, Features::GUEST_CSUM, "GUEST_CSUM"),
+    (Features::GUEST_USO4, Features::GUEST_CSUM, "GUEST_CSUM"),
+    (Features::GUEST_USO6, Features::GUEST_CSUM, "GUEST_CSUM"),
+    (Features::HOST_TSO4, Features::CSUM, "CSUM"),
+    (Features::HOST_TSO6, Features::CSUM, "CSUM"),
+    (Features::HOST_UFO, Features::CSUM, "CSUM"),
+    (Features::HOST_USO, Features::CSUM, "CSUM"),
+    (Features::CTRL_GUEST_OFFLOADS, Features::CTRL_VQ, "CTRL_VQ"),
+    (Features::MQ, Features::CTRL_VQ, "CTRL_VQ"),
+];
+
+/// Why a feature set or a header is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum FeatureError {
+    /// The guest acknowledged bits the device did not offer.
+    #[error("the guest acknowledged feature bits {bits:#x} that were not offered")]
+    NotOffered {
+        /// The offending bits.
+        bits: u64,
+    },
+    /// A feature was acknowledged without a feature it requires.
+    #[error(
+        "feature bits {feature:#x} need {requires} ({required:#x}), which is not acknowledged"
+    )]
+    MissingDependency {
+        /// The feature acknowledged.
+        feature: u64,
+        /// The bit it needs.
+        required: u64,
+        /// The name of the bit it needs.
+        requires: &'static str,
+    },
+    /// An ECN feature without any TSO feature of the same direction.
+    #[error("feature bits {feature:#x}: ECN needs TSO4 or TSO6 in the same direction")]
+    EcnWithoutTso {
+        /// The ECN bit acknowledged.
+        feature: u64,
+    },
+    /// GUEST_OFFLOADS_SET without CTRL_GUEST_OFFLOADS negotiated.
+    #[error("the guest changed its receive offloads without negotiating CTRL_GUEST_OFFLOADS")]
+    OffloadControlNotNegotiated,
+    /// GUEST_OFFLOADS_SET asked for bits outside the negotiated receive offloads.
+    #[error("receive offloads {bits:#x} asked for at run time were not negotiated")]
+    OffloadNotNegotiated {
+        /// The offending bits.
+        bits: u64,
+    },
+    /// A transmitted frame asks for an offload the guest did not negotiate.
+    #[error("the frame asks for {asked}, which the guest did not negotiate")]
+    OffloadNotPermitted {
+        /// The offload asked for (`partial checksum`, `TSO over IPv4`, ...).
+        asked: &'static str,
+    },
+}
+
+fn check_dependencies(set: Features) -> Result<(), FeatureError> {
+    for &(feature, required, requires) in REQUIREMENTS {
+        if set.contains(feature) && !set.contains(required) {
+            return Err(FeatureError::MissingDependency {
+                feature: feature.0,
+                required: required.0,
+                requires,
+            });
+        }
+    }
+    if set.contains(Features::GUEST_ECN)
+        && !set.intersects(Features::GUEST_TSO4.or(Features::GUEST_TSO6))
+    {
+        return Err(FeatureError::EcnWithoutTso {
+            feature: Features::GUEST_ECN.0,
+        });
+    }
+    if set.contains(Features::HOST_ECN)
+        && !set.intersects(Features::HOST_TSO4.or(Features::HOST_TSO6))
+    {
+        return Err(FeatureError::EcnWithoutTso {
+            feature: Features::HOST_ECN.0,
+        });
+    }
+    Ok(())
+}
+
+/// What a guest's transmitted frames may ask of the host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct HostOffloads {
+    /// Partial checksums (CSUM).
+    pub checksum: bool,
+    /// TSO over IPv4 (HOST_TSO4).
+    pub tso4: bool,
+    /// TSO over IPv6 (HOST_TSO6).
+    pub tso6: bool,
+    /// TSO with ECN (HOST_ECN).
+    pub ecn: bool,
+    /// UFO (HOST_UFO).
+    pub ufo: bool,
+    /// USO (HOST_USO).
+    pub uso: bool,
+}
+
+impl HostOffloads {
+    fn from_features(set: Features) -> Self {
+        HostOffloads {
+            checksum: set.contains(Features::CSUM),
+            tso4: set.contains(Features::HOST_TSO4),
+            tso6: set.contains(Features::HOST_TSO6),
+            ecn: set.contains(Features::HOST_ECN),
+            ufo: set.contains(Features::HOST_UFO),
+            uso: set.contains(Features::HOST_USO),
+        }
+    }
+
+    /// Checks that a header copied from a transmitted descriptor asks only
+    /// for negotiated offloads. (Validating it against the frame is the
+    /// offload engine's job; this is the feature check before it.)
+    pub fn permits(&self, header: &VirtioNetHdr) -> Result<(), FeatureError> {
+        let refuse = |asked| Err(FeatureError::OffloadNotPermitted { asked });
+        if header.flags & hdr::FLAG_NEEDS_CSUM != 0 && !self.checksum {
+            return refuse("a partial checksum");
+        }
+        let ecn = header.gso_type & hdr::GSO_ECN != 0;
+        match header.gso_type & !hdr::GSO_ECN {
+            hdr::GSO_TCPV4 if !self.tso4 => return refuse("TSO over IPv4"),
+            hdr::GSO_TCPV6 if !self.tso6 => return refuse("TSO over IPv6"),
+            hdr::GSO_UDP if !self.ufo => return refuse("UFO"),
+            hdr::GSO_UDP_L4 if !self.uso => return refuse("USO"),
+            _ => {}
+        }
+        if ecn && !self.ecn {
+            return refuse("TSO with ECN");
+        }
+        Ok(())
+    }
+}
+
+/// What a guest's receive path accepts: the offloads frames towards it may
+/// keep.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct GuestOffloads {
+    /// Partial checksums (GUEST_CSUM).
+    pub checksum: bool,
+    /// TSO frames over IPv4 (GUEST_TSO4).
+    pub tso4: bool,
+    /// TSO frames over IPv6 (GUEST_TSO6).
+    pub tso6: bool,
+    /// TSO frames with ECN (GUEST_ECN).
+    pub ecn: bool,
+    /// UFO frames (GUEST_UFO).
+    pub ufo: bool,
+    /// USO frames over IPv4 (GUEST_USO4).
+    pub uso4: bool,
+    /// USO frames over IPv6 (GUEST_USO6).
+    pub uso6: bool,
+}
+
+impl GuestOffloads {
+    /// The receive offloads named by a feature set.
+    pub fn from_features(set: Features) -> Self {
+        GuestOffloads {
+            checksum: set.contains(Features::GUEST_CSUM),
+            tso4: set.contains(Features::GUEST_TSO4),
+            tso6: set.contains(Features::GUEST_TSO6),
+            ecn: set.contains(Features::GUEST_ECN),
+            ufo: set.contains(Features::GUEST_UFO),
+            uso4: set.contains(Features::GUEST_USO4),
+            uso6: set.contains(Features::GUEST_USO6),
+        }
+    }
+
+    /// The feature bits of these receive offloads.
+    pub fn to_features(self) -> Features {
+        let pairs = [
+            (self.checksum, Features::GUEST_CSUM),
+            (self.tso4, Features::GUEST_TSO4),
+            (self.tso6, Features::GUEST_TSO6),
+            (self.ecn, Features::GUEST_ECN),
+            (self.ufo, Features::GUEST_UFO),
+            (self.uso4, Features::GUEST_USO4),
+            (self.uso6, Features::GUEST_USO6),
+        ];
+        pairs
+            .iter()
+            .filter(|(on, _)| *on)
+            .fold(Features::default(), |acc, (_, bit)| acc.or(*bit))
+    }
+
+    /// What the switch must do for this guest at egress: the capabilities
+    /// of a port whose far side is this guest's receive path. USO is used
+    /// only when the guest takes it over both IPv4 and IPv6, since the
+    /// capabilities do not tell the two apart.
+    pub fn egress_capabilities(self, mtu: u16) -> EgressCapabilities {
+        EgressCapabilities {
+            checksum: self.checksum,
+            tso4: self.checksum && self.tso4,
+            tso6: self.checksum && self.tso6,
+            uso: self.checksum && self.uso4 && self.uso6,
+            ufo: self.checksum && self.ufo,
+            scatter_gather: true,
+            mtu,
+        }
+    }
+}
+
+/// The outcome of a successful negotiation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Negotiated {
+    acked: Features,
+    guest: GuestOffloads,
+}
+
+impl Negotiated {
+    /// Checks the guest's acknowledged bits against what was offered and
+    /// against the dependency rules.
+    pub fn new(offered: Features, acked: Features) -> Result<Self, FeatureError> {
+        let extra = acked.without(offered);
+        if extra.0 != 0 {
+            return Err(FeatureError::NotOffered { bits: extra.0 });
+        }
+        check_dependencies(acked)?;
+        Ok(Negotiated {
+            acked,
+            guest: GuestOffloads::from_features(acked),
+        })
+    }
+
+    /// The acknowledged feature bits.
+    pub fn features(&self) -> Features {
+        self.acked
+    }
+
+    /// What the guest's transmitted frames may ask for.
+    pub fn host_offloads(&self) -> HostOffloads {
+        HostOffloads::from_features(self.acked)
+    }
+
+    /// What the guest's receive path currently accepts (changed at run time
+    /// by [`set_guest_offloads`](Self::set_guest_offloads)).
+    pub fn guest_offloads(&self) -> GuestOffloads {
+        self.guest
+    }
+
+    /// Size of the virtio-net header on every buffer: 12 bytes with
+    /// VERSION_1 or MRG_RXBUF, else the 10-byte legacy header.
+    pub fn header_len(&self) -> usize {
+        if self
+            .acked
+            .intersects(Features::VERSION_1.or(Features::MRG_RXBUF))
+        {
+            hdr::HDR_LEN_V1
+        } else {
+            hdr::HDR_LEN_LEGACY
+        }
+    }
+
+    /// Whether received frames may span several buffers (`num_buffers`).
+    pub fn mergeable_rx_buffers(&self) -> bool {
+        self.acked.contains(Features::MRG_RXBUF)
+    }
+
+    /// Handles `VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET`: the guest asks for a new
+    /// set of receive offloads (a subset of those negotiated).
+    pub fn set_guest_offloads(&mut self, bits: u64) -> Result<GuestOffloads, FeatureError> {
+        if !self.acked.contains(Features::CTRL_GUEST_OFFLOADS) {
+            return Err(FeatureError::OffloadControlNotNegotiated);
+        }
+        let asked = Features(bits);
+        let outside = asked.without(self.acked.and(Features::GUEST_OFFLOAD_BITS));
+        if outside.0 != 0 {
+            return Err(FeatureError::OffloadNotNegotiated { bits: outside.0 });
+        }
+        check_dependencies(asked)?;
+        self.guest = GuestOffloads::from_features(asked);
+        Ok(self.guest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn all_offloads() -> Features {
+        [
+            Features::CSUM,
+            Features::GUEST_CSUM,
+            Features::HOST_TSO4,
+            Features::HOST_TSO6,
+            Features::HOST_ECN,
+            Features::HOST_USO,
+            Features::GUEST_TSO4,
+            Features::GUEST_TSO6,
+            Features::GUEST_ECN,
+            Features::GUEST_USO4,
+            Features::GUEST_USO6,
+            Features::CTRL_VQ,
+            Features::CTRL_GUEST_OFFLOADS,
+            Features::MRG_RXBUF,
+            Features::VERSION_1,
+        ]
+        .iter()
+        .fold(Features::default(), |acc, f| acc.or(*f))
+    }
+
+    #[test]
+    fn bit_numbers_follow_the_specification() {
+        assert_eq!(Features::CSUM.0, 1 << 0);
+        assert_eq!(Features::GUEST_TSO4.0, 1 << 7);
+        assert_eq!(Features::HOST_TSO4.0, 1 << 11);
+        assert_eq!(Features::MRG_RXBUF.0, 1 << 15);
+        assert_eq!(Features::HOST_USO.0, 1 << 56);
+        assert_eq!(Features::VERSION_1.0, 1 << 32);
+    }
+
+    #[test]
+    fn full_offer_full_ack_is_accepted() {
+        let n = Negotiated::new(all_offloads(), all_offloads()).unwrap();
+        assert_eq!(n.header_len(), 12);
+        assert!(n.mergeable_rx_buffers());
+        let host = n.host_offloads();
+        assert!(host.checksum && host.tso4 && host.tso6 && host.ecn && host.uso && !host.ufo);
+        let caps = n.guest_offloads().egress_capabilities(1500);
+        assert!(caps.checksum && caps.tso4 && caps.tso6 && caps.uso && !caps.ufo);
+    }
+
+    #[test]
+    fn bits_not_offered_are_refused() {
+        let err =
+            Negotiated::new(Features::CSUM, Features::CSUM.or(Features::HOST_TSO4)).unwrap_err();
+        assert_eq!(
+            err,
+            FeatureError::NotOffered {
+                bits: Features::HOST_TSO4.0
+            }
+        );
+    }
+
+    #[test]
+    fn every_dependency_rule_is_enforced() {
+        for &(feature, required, _) in REQUIREMENTS {
+            let err = Negotiated::new(Features(u64::MAX), feature).unwrap_err();
+            assert!(
+                matches!(err, FeatureError::MissingDependency { feature: f, required: r, .. } if f == feature.0 && r == required.0),
+                "{feature:?} without {required:?}: {err:?}"
+            );
+            assert!(Negotiated::new(Features(u64::MAX), feature.or(required)).is_ok());
+        }
+        let ecn_alone = Features::GUEST_CSUM.or(Features::GUEST_ECN);
+        assert!(matches!(
+            Negotiated::new(all_offloads(), ecn_alone),
+            Err(FeatureError::EcnWithoutTso { .. })
+        ));
+        let host_ecn_alone = Features::CSUM.or(Features::HOST_ECN);
+        assert!(matches!(
+            Negotiated::new(all_offloads(), host_ecn_alone),
+            Err(FeatureError::EcnWithoutTso { .. })
+        ));
+    }
+
+    #[test]
+    fn legacy_header_without_version_1_or_mergeable_buffers() {
+        let n = Negotiated::new(all_offloads(), Features::CSUM).unwrap();
+        assert_eq!(n.header_len(), 10);
+        let n = Negotiated::new(all_offloads(), Features::MRG_RXBUF).unwrap();
+        assert_eq!(n.header_len(), 12);
+    }
+
+    #[test]
+    fn guest_offloads_change_at_run_time_within_the_negotiated_set() {
+        let mut n = Negotiated::new(all_offloads(), all_offloads()).unwrap();
+        let only_csum = n.set_guest_offloads(Features::GUEST_CSUM.0).unwrap();
+        assert!(only_csum.checksum && !only_csum.tso4);
+        assert!(!n.guest_offloads().egress_capabilities(1500).tso4);
+        assert!(matches!(
+            n.set_guest_offloads(Features::GUEST_UFO.or(Features::GUEST_CSUM).0),
+            Err(FeatureError::OffloadNotNegotiated { .. })
+        ));
+        assert!(matches!(
+            n.set_guest_offloads(Features::GUEST_TSO4.0),
+            Err(FeatureError::MissingDependency { .. })
+        ));
+        let back = n
+            .set_guest_offloads(all_offloads().and(Features::GUEST_OFFLOAD_BITS).0)
+            .unwrap();
+        assert_eq!(back, GuestOffloads::from_features(all_offloads()));
+
+        let mut no_ctrl = Negotiated::new(all_offloads(), Features::GUEST_CSUM).unwrap();
+        assert_eq!(
+            no_ctrl.set_guest_offloads(0),
+            Err(FeatureError::OffloadControlNotNegotiated)
+        );
+    }
+
+    #[test]
+    fn transmitted_headers_are_checked_against_host_offloads() {
+        let n = Negotiated::new(all_offloads(), Features::CSUM.or(Features::HOST_TSO4)).unwrap();
+        let host = n.host_offloads();
+        let tso4 = VirtioNetHdr {
+            flags: hdr::FLAG_NEEDS_CSUM,
+            gso_type: hdr::GSO_TCPV4,
+            gso_size: 1448,
+            ..VirtioNetHdr::default()
+        };
+        assert_eq!(host.permits(&tso4), Ok(()));
+        let tso6 = VirtioNetHdr {
+            gso_type: hdr::GSO_TCPV6,
+            ..tso4
+        };
+        assert!(host.permits(&tso6).is_err());
+        let ecn = VirtioNetHdr {
+            gso_type: hdr::GSO_TCPV4 | hdr::GSO_ECN,
+            ..tso4
+        };
+        assert!(host.permits(&ecn).is_err());
+        let plain = Negotiated::new(all_offloads(), Features::default())
+            .unwrap()
+            .host_offloads();
+        assert!(plain.permits(&tso4).is_err());
+        assert_eq!(plain.permits(&VirtioNetHdr::default()), Ok(()));
+    }
+
+    #[test]
+    fn guest_offload_bits_round_trip() {
+        let all = GuestOffloads::from_features(Features::GUEST_OFFLOAD_BITS);
+        assert_eq!(all.to_features(), Features::GUEST_OFFLOAD_BITS);
+        assert_eq!(GuestOffloads::default().to_features(), Features::default());
+    }
+}

@@ -1,0 +1,266 @@
+//! Every system call of the project, wrapped once. Linux only.
+//!
+//! Each wrapper checks what the kernel needs (buffer lengths, NUL-terminated
+//! names, open descriptors) before the call and turns the C error convention
+//! into `io::Result`. The rest of the crate stays in safe code.
+#![allow(unsafe_code)]
+
+use std::ffi::CStr;
+use std::fs::OpenOptions;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::time::Duration;
+
+/// Longest interface name the kernel takes, without the terminating NUL.
+pub const IFNAME_MAX: usize = libc::IFNAMSIZ - 1;
+
+/// TUNSETOFFLOAD flags (linux/if_tun.h).
+pub mod tun_flags {
+    /// The kernel may hand over frames with a partial checksum, and we may
+    /// hand over frames with one.
+    pub const CSUM: u32 = libc::TUN_F_CSUM;
+    /// TCP over IPv4 segmentation offload.
+    pub const TSO4: u32 = libc::TUN_F_TSO4;
+    /// TCP over IPv6 segmentation offload.
+    pub const TSO6: u32 = libc::TUN_F_TSO6;
+    /// TSO frames may carry ECN (CWR).
+    pub const TSO_ECN: u32 = libc::TUN_F_TSO_ECN;
+    /// UDP fragmentation offload (obsolete in Linux, kept for old peers).
+    pub const UFO: u32 = libc::TUN_F_UFO;
+    /// UDP segmentation offload over IPv4 (Linux 6.2 and later).
+    pub const USO4: u32 = libc::TUN_F_USO4;
+    /// UDP segmentation offload over IPv6 (Linux 6.2 and later).
+    pub const USO6: u32 = libc::TUN_F_USO6;
+}
+
+/// Checks an interface name and returns it as the fixed-size, NUL-padded
+/// array `struct ifreq` holds.
+fn ifname_bytes(name: &str) -> io::Result<[libc::c_char; libc::IFNAMSIZ]> {
+    if name.is_empty() || name.len() > IFNAME_MAX || name.bytes().any(|b| b == 0 || b == b'/') {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("interface name {name:?}: expected 1 to {IFNAME_MAX} bytes without NUL or '/'"),
+        ));
+    }
+    let mut out = [0 as libc::c_char; libc::IFNAMSIZ];
+    for (dst, src) in out.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    Ok(out)
+}
+
+fn zeroed_ifreq(name: &str) -> io::Result<libc::ifreq> {
+    // SAFETY: `ifreq` is a plain C struct (a name array and a union of
+    // integers, addresses and pointers); all-zero is a valid value of it.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    ifr.ifr_name = ifname_bytes(name)?;
+    Ok(ifr)
+}
+
+fn ifreq_name(ifr: &libc::ifreq) -> String {
+    let bytes: Vec<u8> = ifr
+        .ifr_name
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Result of a system call that returns -1 and sets errno on failure.
+fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Opens `/dev/net/tun` (non-blocking, close-on-exec) and attaches it to the
+/// TAP device `name`, creating the device if it does not exist. Frames carry
+/// a virtio-net header (IFF_VNET_HDR) and no packet-information prefix
+/// (IFF_NO_PI). With `multi_queue`, each call attaches one more queue of the
+/// same device. Returns the descriptor and the name the kernel used.
+pub fn open_tap(name: &str, multi_queue: bool) -> io::Result<(OwnedFd, String)> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open("/dev/net/tun")?;
+    let fd = OwnedFd::from(file);
+    let mut ifr = zeroed_ifreq(name)?;
+    let mut flags = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
+    if multi_queue {
+        flags |= libc::IFF_MULTI_QUEUE;
+    }
+    ifr.ifr_ifru.ifru_flags = flags as libc::c_short;
+    // SAFETY: `fd` is an open descriptor of /dev/net/tun owned above;
+    // TUNSETIFF reads and writes one `struct ifreq`, and `ifr` is a valid,
+    // exclusively borrowed one whose name is NUL-terminated (ifname_bytes
+    // keeps the last byte zero).
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut ifr) })?;
+    let actual = ifreq_name(&ifr);
+    Ok((fd, actual))
+}
+
+/// Sets the size of the virtio-net header the device reads and writes
+/// before every frame (10 for the legacy header, 12 for `virtio_net_hdr_v1`).
+pub fn set_vnet_hdr_size(fd: BorrowedFd<'_>, size: usize) -> io::Result<()> {
+    let size = libc::c_int::try_from(size)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "vnet header size too large"))?;
+    // SAFETY: `fd` is borrowed, so open for the call; TUNSETVNETHDRSZ reads
+    // one c_int through the pointer, which points at `size` on this stack.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETVNETHDRSZ, &size) })?;
+    Ok(())
+}
+
+/// Tells the kernel which offloads this side of the TAP handles (TUN_F_*):
+/// what the kernel may hand us still unsegmented or with partial checksums.
+/// The kernel answers EINVAL for flags it does not know.
+pub fn set_offload(fd: BorrowedFd<'_>, flags: u32) -> io::Result<()> {
+    // SAFETY: `fd` is open for the call; TUNSETOFFLOAD takes the flags as the
+    // integer argument itself, not through a pointer.
+    check(unsafe {
+        libc::ioctl(
+            fd.as_raw_fd(),
+            libc::TUNSETOFFLOAD,
+            libc::c_ulong::from(flags),
+        )
+    })?;
+    Ok(())
+}
+
+/// The IFF_* features this kernel's TUN driver supports.
+pub fn tun_features(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    let mut features: libc::c_uint = 0;
+    // SAFETY: `fd` is open for the call; TUNGETFEATURES writes one
+    // c_uint through the pointer, which points at `features` on this stack.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNGETFEATURES, &mut features) })?;
+    Ok(features)
+}
+
+/// Reads one frame (header and data) into `bufs` without blocking.
+/// Returns `ErrorKind::WouldBlock` when nothing is queued.
+pub fn readv(fd: BorrowedFd<'_>, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
+    let count = libc::c_int::try_from(bufs.len().min(1024)).unwrap_or(1024);
+    // SAFETY: `IoSliceMut` is ABI-compatible with `struct iovec` (std
+    // guarantees it on Unix); each one describes a live, exclusively
+    // borrowed buffer, and `count` does not exceed `bufs.len()`.
+    let ret = unsafe { libc::readv(fd.as_raw_fd(), bufs.as_mut_ptr().cast(), count) };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// Writes one frame (header and data, gathered from `bufs`) without blocking.
+pub fn writev(fd: BorrowedFd<'_>, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    let count = libc::c_int::try_from(bufs.len().min(1024)).unwrap_or(1024);
+    // SAFETY: `IoSlice` is ABI-compatible with `struct iovec`; each one
+    // describes a live borrowed buffer the kernel only reads, and `count`
+    // does not exceed `bufs.len()`.
+    let ret = unsafe { libc::writev(fd.as_raw_fd(), bufs.as_ptr().cast(), count) };
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// Waits until `fd` is readable or `timeout` passes. Returns whether it is
+/// readable. An interrupted wait returns `Ok(false)`.
+pub fn wait_readable(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<bool> {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `pfd` is one valid pollfd on this stack and the count is 1.
+    let ret = unsafe { libc::poll(&mut pfd, 1, millis) };
+    if ret < 0 {
+        let err = io::Error::last_os_error();
+        return if err.kind() == io::ErrorKind::Interrupted {
+            Ok(false)
+        } else {
+            Err(err)
+        };
+    }
+    Ok(ret > 0 && pfd.revents & libc::POLLIN != 0)
+}
+
+/// A datagram socket used only as a handle for interface ioctls.
+fn control_socket() -> io::Result<OwnedFd> {
+    // SAFETY: socket() takes no pointers; the result is checked below.
+    let raw =
+        check(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
+    // SAFETY: `raw` was just returned by socket(), is open, and nothing else
+    // owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Sets the MTU of interface `name` (SIOCSIFMTU).
+pub fn set_mtu(name: &str, mtu: u32) -> io::Result<()> {
+    let sock = control_socket()?;
+    let mut ifr = zeroed_ifreq(name)?;
+    ifr.ifr_ifru.ifru_mtu = libc::c_int::try_from(mtu)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "MTU too large"))?;
+    // SAFETY: `sock` is an open socket; SIOCSIFMTU reads one `struct ifreq`
+    // with a NUL-terminated name, which `ifr` is.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFMTU, &ifr) })?;
+    Ok(())
+}
+
+/// Brings interface `name` up (sets IFF_UP with SIOCGIFFLAGS/SIOCSIFFLAGS).
+pub fn set_up(name: &str) -> io::Result<()> {
+    let sock = control_socket()?;
+    let mut ifr = zeroed_ifreq(name)?;
+    // SAFETY: `sock` is open; SIOCGIFFLAGS fills the flags of the valid,
+    // exclusively borrowed `ifr`, whose name is NUL-terminated.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) })?;
+    // SAFETY: reading the union field SIOCGIFFLAGS just wrote.
+    let flags = unsafe { ifr.ifr_ifru.ifru_flags };
+    ifr.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
+    // SAFETY: as above; SIOCSIFFLAGS only reads `ifr`.
+    check(unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &ifr) })?;
+    Ok(())
+}
+
+/// The index of interface `name`, or an error if there is none.
+pub fn ifindex(name: &str) -> io::Result<u32> {
+    let bytes = ifname_bytes(name)?;
+    // SAFETY: `bytes` is NUL-terminated (ifname_bytes leaves the last of
+    // IFNAMSIZ bytes zero) and lives across the call.
+    let cstr = unsafe { CStr::from_ptr(bytes.as_ptr()) };
+    // SAFETY: `cstr` points at a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(cstr.as_ptr()) };
+    if index == 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(index)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names_are_checked() {
+        assert!(ifname_bytes("tap0").is_ok());
+        assert!(ifname_bytes("").is_err());
+        assert!(ifname_bytes("a-name-that-is-too-long").is_err());
+        assert!(ifname_bytes("bad/name").is_err());
+        assert!(ifname_bytes("nul\0").is_err());
+        let bytes = ifname_bytes("x".repeat(IFNAME_MAX).as_str()).unwrap();
+        assert_eq!(bytes[IFNAME_MAX], 0, "the last byte stays NUL");
+    }
+
+    #[test]
+    fn loopback_has_an_index() {
+        assert!(ifindex("lo").unwrap() > 0);
+        assert!(ifindex("no-such-if0").is_err());
+    }
+}

@@ -1,0 +1,286 @@
+//! A Linux TAP device opened with a virtio-net header on every frame.
+//!
+//! The device is the host kernel's side of a virtual cable: what we write
+//! comes out of the interface into the kernel's stack, what the kernel sends
+//! through the interface we read. With IFF_VNET_HDR both directions carry a
+//! `virtio_net_hdr_v1` (12 bytes), so large TSO frames and partial checksums
+//! cross without being cut or completed, as far as the offloads set with
+//! TUNSETOFFLOAD allow.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Duration;
+
+use crate::features::GuestOffloads;
+use crate::sys::{self, tun_flags};
+
+/// Size of the virtio-net header this module configures on every TAP queue.
+pub const TAP_VNET_HDR_LEN: usize = 12;
+
+/// The offloads asked of a TAP device: what the kernel may hand us without
+/// doing the work itself (and, symmetrically, what we may hand it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct TapOffloads {
+    /// Partial checksums (TUN_F_CSUM). Every other offload needs this one.
+    pub checksum: bool,
+    /// TCP over IPv4 segmentation (TUN_F_TSO4).
+    pub tso4: bool,
+    /// TCP over IPv6 segmentation (TUN_F_TSO6).
+    pub tso6: bool,
+    /// TSO with ECN (TUN_F_TSO_ECN).
+    pub tso_ecn: bool,
+    /// UDP segmentation over IPv4 and IPv6 (TUN_F_USO4 | TUN_F_USO6).
+    pub uso: bool,
+}
+
+impl TapOffloads {
+    /// No offload: the kernel completes checksums and segments before
+    /// handing frames over.
+    pub const NONE: TapOffloads = TapOffloads {
+        checksum: false,
+        tso4: false,
+        tso6: false,
+        tso_ecn: false,
+        uso: false,
+    };
+
+    /// Checksum offload only.
+    pub const CHECKSUM: TapOffloads = TapOffloads {
+        checksum: true,
+        ..TapOffloads::NONE
+    };
+
+    /// Everything: checksums, TSO over IPv4 and IPv6 with ECN, USO.
+    pub const FULL: TapOffloads = TapOffloads {
+        checksum: true,
+        tso4: true,
+        tso6: true,
+        tso_ecn: true,
+        uso: true,
+    };
+
+    /// The TUN_F_* bits for these offloads. Segmentation without checksum
+    /// offload is meaningless (the kernel refuses it), so it is dropped.
+    pub fn to_tun_flags(self) -> u32 {
+        if !self.checksum {
+            return 0;
+        }
+        let mut flags = tun_flags::CSUM;
+        if self.tso4 {
+            flags |= tun_flags::TSO4;
+        }
+        if self.tso6 {
+            flags |= tun_flags::TSO6;
+        }
+        if self.tso_ecn && (self.tso4 || self.tso6) {
+            flags |= tun_flags::TSO_ECN;
+        }
+        if self.uso {
+            flags |= tun_flags::USO4 | tun_flags::USO6;
+        }
+        flags
+    }
+
+    /// The offloads that TUN_F_* bits stand for.
+    pub fn from_tun_flags(flags: u32) -> Self {
+        let checksum = flags & tun_flags::CSUM != 0;
+        TapOffloads {
+            checksum,
+            tso4: checksum && flags & tun_flags::TSO4 != 0,
+            tso6: checksum && flags & tun_flags::TSO6 != 0,
+            tso_ecn: checksum && flags & tun_flags::TSO_ECN != 0,
+            uso: checksum
+                && flags & (tun_flags::USO4 | tun_flags::USO6)
+                    == (tun_flags::USO4 | tun_flags::USO6),
+        }
+    }
+}
+
+impl From<GuestOffloads> for TapOffloads {
+    /// The one place where a guest's receive offloads (GUEST_* features)
+    /// become TAP offload flags: a TAP that feeds a guest directly may hand
+    /// over exactly what the guest's receive path accepts. USO is asked only
+    /// when the guest takes it over both IPv4 and IPv6 (the TAP sets both
+    /// flags together here).
+    fn from(guest: GuestOffloads) -> Self {
+        TapOffloads {
+            checksum: guest.checksum,
+            tso4: guest.checksum && guest.tso4,
+            tso6: guest.checksum && guest.tso6,
+            tso_ecn: guest.checksum && guest.ecn && (guest.tso4 || guest.tso6),
+            uso: guest.checksum && guest.uso4 && guest.uso6,
+        }
+    }
+}
+
+/// One queue of a TAP device, with a 12-byte virtio-net header on every frame.
+#[derive(Debug)]
+pub struct TapQueue {
+    fd: OwnedFd,
+    name: String,
+    offloads: TapOffloads,
+}
+
+impl TapQueue {
+    /// Opens (creating if needed) the TAP device `name` and asks for
+    /// `offloads`. Flags the kernel does not know (USO before Linux 6.2) are
+    /// dropped and the rest asked again; [`offloads`](Self::offloads) says
+    /// what the kernel accepted. With `multi_queue` the device is opened with
+    /// IFF_MULTI_QUEUE and every call attaches one more queue.
+    pub fn open(name: &str, offloads: TapOffloads, multi_queue: bool) -> io::Result<Self> {
+        let (fd, name) = sys::open_tap(name, multi_queue)?;
+        Self::configure(fd, name, offloads)
+    }
+
+    /// Takes a TAP descriptor a VMM already opened and attached with
+    /// IFF_TAP | IFF_NO_PI | IFF_VNET_HDR (a jailed VMM cannot open
+    /// /dev/net/tun itself), sets the header size and asks for `offloads`.
+    /// The descriptor should be non-blocking.
+    pub fn from_fd(
+        fd: OwnedFd,
+        name: impl Into<String>,
+        offloads: TapOffloads,
+    ) -> io::Result<Self> {
+        Self::configure(fd, name.into(), offloads)
+    }
+
+    fn configure(fd: OwnedFd, name: String, offloads: TapOffloads) -> io::Result<Self> {
+        sys::set_vnet_hdr_size(fd.as_fd(), TAP_VNET_HDR_LEN)?;
+        let wanted = offloads.to_tun_flags();
+        let accepted = match sys::set_offload(fd.as_fd(), wanted) {
+            Ok(()) => wanted,
+            Err(err) if err.raw_os_error() == Some(libc::EINVAL) => {
+                let without_uso = wanted & !(tun_flags::USO4 | tun_flags::USO6);
+                sys::set_offload(fd.as_fd(), without_uso)?;
+                without_uso
+            }
+            Err(err) => return Err(err),
+        };
+        Ok(TapQueue {
+            fd,
+            name,
+            offloads: TapOffloads::from_tun_flags(accepted),
+        })
+    }
+
+    /// The interface name the kernel gave the device.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The offloads the kernel accepted.
+    pub fn offloads(&self) -> TapOffloads {
+        self.offloads
+    }
+
+    /// Changes the offloads at run time (a guest's GUEST_OFFLOADS_SET).
+    pub fn set_offloads(&mut self, offloads: TapOffloads) -> io::Result<()> {
+        sys::set_offload(self.fd.as_fd(), offloads.to_tun_flags())?;
+        self.offloads = offloads;
+        Ok(())
+    }
+
+    /// Reads one frame without blocking: the virtio-net header into `hdr`,
+    /// the frame into `frame`. Returns the frame length, or `None` when
+    /// nothing is queued. A frame longer than `frame` is truncated by the
+    /// kernel: size `frame` for the largest GSO frame (65550 bytes or more).
+    pub fn recv(
+        &self,
+        hdr: &mut [u8; TAP_VNET_HDR_LEN],
+        frame: &mut [u8],
+    ) -> io::Result<Option<usize>> {
+        let mut bufs = [IoSliceMut::new(hdr), IoSliceMut::new(frame)];
+        match sys::readv(self.fd.as_fd(), &mut bufs) {
+            Ok(n) if n < TAP_VNET_HDR_LEN => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("TAP read of {n} bytes is shorter than the {TAP_VNET_HDR_LEN}-byte header"),
+            )),
+            Ok(n) => Ok(Some(n - TAP_VNET_HDR_LEN)),
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Writes one frame without blocking: the header, then the frame
+    /// gathered from `parts` (header buffer and payload slices of a
+    /// zero-copy segment go out as they are). Returns `false` when the
+    /// device's queue is full and nothing was written.
+    pub fn send(&self, hdr: &[u8; TAP_VNET_HDR_LEN], parts: &[&[u8]]) -> io::Result<bool> {
+        let mut iov: [IoSlice<'_>; 8] = [IoSlice::new(&[]); 8];
+        if parts.len() + 1 > iov.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "a frame in {} parts: at most {} are supported",
+                    parts.len(),
+                    iov.len() - 1
+                ),
+            ));
+        }
+        iov[0] = IoSlice::new(hdr);
+        for (slot, part) in iov[1..].iter_mut().zip(parts) {
+            *slot = IoSlice::new(part);
+        }
+        match sys::writev(self.fd.as_fd(), &iov[..parts.len() + 1]) {
+            Ok(_) => Ok(true),
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Waits until a frame can be read or `timeout` passes.
+    pub fn wait_readable(&self, timeout: Duration) -> io::Result<bool> {
+        sys::wait_readable(self.fd.as_fd(), timeout)
+    }
+}
+
+impl AsFd for TapQueue {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offload_flags_round_trip() {
+        for offloads in [TapOffloads::NONE, TapOffloads::CHECKSUM, TapOffloads::FULL] {
+            assert_eq!(
+                TapOffloads::from_tun_flags(offloads.to_tun_flags()),
+                offloads
+            );
+        }
+    }
+
+    #[test]
+    fn guest_features_map_to_tun_flags() {
+        use crate::features::Features;
+        let guest = GuestOffloads::from_features(
+            Features::GUEST_CSUM
+                .or(Features::GUEST_TSO4)
+                .or(Features::GUEST_ECN)
+                .or(Features::GUEST_USO4),
+        );
+        let flags = TapOffloads::from(guest).to_tun_flags();
+        assert_eq!(
+            flags,
+            tun_flags::CSUM | tun_flags::TSO4 | tun_flags::TSO_ECN
+        );
+        assert_eq!(
+            TapOffloads::from(GuestOffloads::default()).to_tun_flags(),
+            0
+        );
+    }
+
+    #[test]
+    fn segmentation_without_checksum_is_not_asked() {
+        let odd = TapOffloads {
+            checksum: false,
+            tso4: true,
+            ..TapOffloads::NONE
+        };
+        assert_eq!(odd.to_tun_flags(), 0);
+    }
+}

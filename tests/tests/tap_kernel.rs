@@ -1,0 +1,70 @@
+//! The TAP device against the real kernel: a frame written into the TAP
+//! reaches a network namespace's stack, and its answer comes back out.
+
+use std::time::{Duration, Instant};
+
+use vswitch_ports::tap::{TapOffloads, TapQueue, TAP_VNET_HDR_LEN};
+use vswitch_tests::{require_netns, NetNs};
+
+const OUR_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x02];
+const OUR_IP: [u8; 4] = [198, 18, 0, 2];
+const KERNEL_IP: [u8; 4] = [198, 18, 0, 1];
+
+/// An ARP request (RFC 826) from OUR_MAC/OUR_IP asking for KERNEL_IP.
+fn arp_request() -> Vec<u8> {
+    let mut frame = Vec::with_capacity(42);
+    frame.extend_from_slice(&[0xff; 6]);
+    frame.extend_from_slice(&OUR_MAC);
+    frame.extend_from_slice(&[0x08, 0x06]);
+    frame.extend_from_slice(&[0x00, 0x01, 0x08, 0x00, 6, 4, 0x00, 0x01]);
+    frame.extend_from_slice(&OUR_MAC);
+    frame.extend_from_slice(&OUR_IP);
+    frame.extend_from_slice(&[0; 6]);
+    frame.extend_from_slice(&KERNEL_IP);
+    frame
+}
+
+#[test]
+fn tap_carries_frames_to_and_from_a_namespace() {
+    require_netns!();
+    let ns = NetNs::new("vswt-tap").expect("create namespace");
+    let ifname = format!("vswt{}", std::process::id() % 100_000);
+    let tap = TapQueue::open(&ifname, TapOffloads::FULL, false).expect("open TAP");
+    assert!(
+        tap.offloads().checksum && tap.offloads().tso4,
+        "kernel refused csum/TSO4: {:?}",
+        tap.offloads()
+    );
+    ns.adopt(tap.name()).expect("move TAP into namespace");
+    ns.exec(&["ip", "addr", "add", "198.18.0.1/24", "dev", tap.name()])
+        .unwrap();
+    ns.exec(&["ip", "link", "set", tap.name(), "up"]).unwrap();
+
+    let request = arp_request();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut hdr = [0u8; TAP_VNET_HDR_LEN];
+    let mut buf = vec![0u8; 65_550];
+    let mut sent = false;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "no ARP reply from the kernel within 5 s"
+        );
+        if !sent {
+            sent = tap
+                .send(&[0; TAP_VNET_HDR_LEN], &[&request[..14], &request[14..]])
+                .unwrap();
+        }
+        tap.wait_readable(Duration::from_millis(100)).unwrap();
+        while let Some(len) = tap.recv(&mut hdr, &mut buf).unwrap() {
+            let frame = &buf[..len];
+            // An ARP reply (opcode 2) to us from the kernel's address.
+            if len >= 42 && frame[12..14] == [0x08, 0x06] && frame[20..22] == [0, 2] {
+                assert_eq!(&frame[0..6], &OUR_MAC, "reply addressed to us");
+                assert_eq!(&frame[28..32], &KERNEL_IP, "sender is the kernel's address");
+                assert_eq!(&frame[38..42], &OUR_IP, "target is our address");
+                return;
+            }
+        }
+    }
+}
