@@ -2,6 +2,39 @@
 //! 5.1.6) that travels before every frame between a guest and the host.
 //!
 //! Field values here are in host order; the wire format is little-endian.
+//!
+//! Copy once, validate the copy: a guest can rewrite its memory while the
+//! host reads it, so a header checked in guest memory and read again when
+//! used can pass the check with one value and be used with another.
+//! [`VirtioNetHdr::parse`] copies the fields out of the guest's bytes in one
+//! pass into a host-owned value; [`VirtioNetHdr::validate`] takes that copy
+//! (`&self`, never guest memory) with the frame and returns an
+//! [`OffloadPlan`] built only from the two. The frame too must be in host
+//! memory before it is validated.
+//!
+//! ```
+//! use vswitch_offload::virtio::{HdrFormat, GSO_TCPV4, FLAG_NEEDS_CSUM};
+//! use vswitch_offload::{GsoKind, VirtioNetHdr};
+//!
+//! // A guest's TCP/IPv4 TSO frame: MSS 1448, checksum left partial.
+//! let guest_bytes = [FLAG_NEEDS_CSUM, GSO_TCPV4, 54, 0, 0xa8, 0x05, 34, 0, 16, 0, 0, 0];
+//! let mut frame = vec![0u8; 54 + 4000];
+//! frame[12..14].copy_from_slice(&[0x08, 0x00]); // IPv4
+//! frame[14] = 0x45;
+//! frame[14 + 9] = 6; // TCP
+//! frame[34 + 12] = 5 << 4;
+//!
+//! let (hdr, used) = VirtioNetHdr::parse(&guest_bytes, HdrFormat::V1).unwrap();
+//! assert_eq!(used, 12);
+//! let plan = hdr.validate(&frame).unwrap();
+//! assert_eq!(plan.gso, GsoKind::Tcp { mss: 1448, ecn: false });
+//! assert_eq!(plan.layout.unwrap().payload_offset, 54);
+//!
+//! // gso_size 0 would divide by zero in a segmenter: it is rejected.
+//! let mut bad = hdr;
+//! bad.gso_size = 0;
+//! assert_eq!(bad.validate(&frame).unwrap_err().reason().name(), "bad_gso_size");
+//! ```
 
 /// `flags`: the checksum is partial (start at `csum_start`, store at
 /// `csum_start + csum_offset`).
@@ -53,18 +86,9 @@ pub struct VirtioNetHdr {
 }
 
 // ---------------------------------------------------------------------------
-// Parsing, emitting and validating the header.
-//
-// The rule this code is built around: copy once, validate the copy. A guest
-// can rewrite its memory while the host reads it, so a header read field by
-// field from guest memory, checked, then read again when used, can pass the
-// check with one value and be used with another (a double fetch). Here
-// `VirtioNetHdr::parse` copies every field out of the guest's bytes into a
-// host-owned `VirtioNetHdr` in one pass; `validate` takes that copy by
-// reference and the frame it describes, and returns an `OffloadPlan` built
-// only from the copy and the frame. Nothing after `parse` looks at the
-// guest's header bytes again. The frame itself must likewise be in host
-// memory (copied out of the guest) before it is validated and segmented.
+// Parsing, emitting and validating the header (copy once, validate the copy:
+// see the module documentation). Nothing after `parse` reads the guest's
+// header bytes again.
 // ---------------------------------------------------------------------------
 
 use thiserror::Error;
@@ -93,17 +117,11 @@ pub enum HdrFormat {
 
 impl HdrFormat {
     /// Size of the header in this format.
-    pub const fn len(self) -> usize {
+    pub const fn size(self) -> usize {
         match self {
             HdrFormat::V1 => HDR_LEN_V1,
             HdrFormat::Legacy => HDR_LEN_LEGACY,
         }
-    }
-
-    /// Always false: a header is never empty (present for clippy's
-    /// `len_without_is_empty`).
-    pub const fn is_empty(self) -> bool {
-        false
     }
 }
 
@@ -446,7 +464,7 @@ impl VirtioNetHdr {
     /// [`VirtioNetHdr::validate`] checks and everything after it uses.
     /// `num_buffers` is 0 for [`HdrFormat::Legacy`].
     pub fn parse(bytes: &[u8], format: HdrFormat) -> Result<(VirtioNetHdr, usize), HdrError> {
-        let n = format.len();
+        let n = format.size();
         let b = bytes.get(..n).ok_or(HdrError::ShortHeader {
             required_len: n,
             len: bytes.len(),
@@ -467,7 +485,7 @@ impl VirtioNetHdr {
     /// Writes the header (little-endian) at the start of `buf`; returns the
     /// number of bytes written. [`HdrFormat::Legacy`] leaves out `num_buffers`.
     pub fn emit(&self, buf: &mut [u8], format: HdrFormat) -> Result<usize, BufferTooShort> {
-        let n = format.len();
+        let n = format.size();
         let len = buf.len();
         let out = buf.get_mut(..n).ok_or(BufferTooShort {
             required_len: n,
