@@ -315,7 +315,8 @@ pub enum HdrError {
         frame_len: usize,
     },
     /// Rule 4: a partial TCP checksum with `csum_offset` other than 16, or a
-    /// partial UDP checksum with `csum_offset` other than 6.
+    /// partial UDP checksum (`GSO_UDP_L4`, `GSO_UDP`, or a non-GSO frame
+    /// whose `csum_start` is its UDP header) with `csum_offset` other than 6.
     #[error("csum_offset for {}: expected {expected}, found {found}", l4_name(*l4))]
     BadCsumOffset {
         /// The transport protocol the checksum belongs to.
@@ -565,11 +566,13 @@ impl VirtioNetHdr {
         } else {
             None
         };
+        // Rule 4. With GSO, rule 6 pins csum_start to the transport header,
+        // so the field must be that header's checksum; this holds for UFO
+        // too (Linux leaves UFO unchecked, but its guests always send 6).
         if let (Some(p), Some(t)) = (partial, gso) {
             let (l4, expected) = match t {
                 GSO_TCPV4 | GSO_TCPV6 => (L4Kind::Tcp, tcp::CHECKSUM_OFFSET),
-                GSO_UDP_L4 => (L4Kind::Udp, udp::CHECKSUM_OFFSET),
-                _ => (L4Kind::Udp, p.offset),
+                _ => (L4Kind::Udp, udp::CHECKSUM_OFFSET),
             };
             if p.offset != expected {
                 return Err(HdrError::BadCsumOffset {
@@ -948,6 +951,21 @@ mod tests {
                 found: 16,
             },
         ));
+        let ufo = csum_hdr(&u4, GSO_UDP, 1400);
+        assert!(ufo.validate(&u4).is_ok());
+        cases.push((
+            "4: UFO csum_offset",
+            VirtioNetHdr {
+                csum_offset: 16,
+                ..ufo
+            },
+            u4.clone(),
+            HdrError::BadCsumOffset {
+                l4: L4Kind::Udp,
+                expected: 6,
+                found: 16,
+            },
+        ));
         cases.push((
             "4: UDP_L4 without NEEDS_CSUM",
             VirtioNetHdr { flags: 0, ..uso },
@@ -1270,6 +1288,17 @@ mod tests {
         let frame = udp4(10);
         let plan = csum_hdr(&frame, GSO_UDP_L4, 1400).validate(&frame).unwrap();
         assert_eq!(plan.gso, GsoKind::UdpL4 { size: 1400 });
+        // The largest usable gso_size (bug class: huge gso_size values) is
+        // accepted; it is the segmenter's job to cut to the egress MTU.
+        let frame = tcp4(60000);
+        let plan = csum_hdr(&frame, GSO_TCPV4, 65534).validate(&frame).unwrap();
+        assert_eq!(
+            plan.gso,
+            GsoKind::Tcp {
+                mss: 65534,
+                ecn: false
+            }
+        );
     }
 
     #[test]
