@@ -10,14 +10,42 @@
 //!
 //! ```
 //! use vswitch_offload::gro::{Coalescer, GroConfig};
-//! use vswitch_offload::VirtioNetHdr;
+//! use vswitch_offload::virtio::{FLAG_NEEDS_CSUM, GSO_TCPV4};
+//! use vswitch_offload::{FrameLayout, L3Kind, L4Kind, VirtioNetHdr};
+//!
+//! // Two in-order segments of one flow (IPv4 id and sequence advancing).
+//! let segment = |id: u16, seq: u32, payload: &[u8]| {
+//!     let mut ip = etherparse::Ipv4Header::new(
+//!         0, 64, etherparse::IpNumber::TCP, [10, 0, 0, 1], [10, 0, 0, 2],
+//!     ).unwrap();
+//!     ip.identification = id;
+//!     let mut tcp = etherparse::TcpHeader::new(40000, 443, seq, 512);
+//!     tcp.ack = true;
+//!     let mut frame = Vec::new();
+//!     etherparse::PacketBuilder::ethernet2([2; 6], [4; 6])
+//!         .ip(etherparse::IpHeaders::Ipv4(ip, Default::default()))
+//!         .tcp_header(tcp)
+//!         .write(&mut frame, payload)
+//!         .unwrap();
+//!     frame
+//! };
+//! let layout = FrameLayout {
+//!     vlan_tags: 0, l3_offset: 14, l3: L3Kind::Ipv4, l4_offset: 34,
+//!     l4: Some(L4Kind::Tcp), payload_offset: 54,
+//!     ipv6_fragment_header: None, is_fragment: false,
+//! };
 //!
 //! let mut gro = Coalescer::new(GroConfig::default()).unwrap();
 //! let mut delivered: Vec<(VirtioNetHdr, Vec<u8>)> = Vec::new();
 //! let mut sink = |hdr: &VirtioNetHdr, frame: &[u8]| delivered.push((*hdr, frame.to_vec()));
-//! // for (frame, layout) in batch { gro.push(frame, &layout, &mut sink); }
-//! gro.flush_all(&mut sink);
-//! assert!(delivered.is_empty());
+//! gro.push(&segment(1, 1000, &[0xaa; 1000]), &layout, &mut sink);
+//! gro.push(&segment(2, 2000, &[0xbb; 1000]), &layout, &mut sink);
+//! gro.flush_all(&mut sink); // end of the batch
+//!
+//! let (hdr, frame) = &delivered[0];
+//! assert_eq!(delivered.len(), 1);
+//! assert_eq!((hdr.gso_type, hdr.gso_size, hdr.flags), (GSO_TCPV4, 1000, FLAG_NEEDS_CSUM));
+//! assert_eq!(frame.len(), 54 + 2000);
 //! ```
 //!
 //! # Merge rules
