@@ -738,6 +738,8 @@ mod tests {
     struct Spec {
         v6: bool,
         vlan: Option<u16>,
+        /// A second (inner) tag after `vlan`: QinQ.
+        inner_vlan: Option<u16>,
         timestamps: Option<(u32, u32)>,
         sport: u16,
         seq: u32,
@@ -757,6 +759,7 @@ mod tests {
             Spec {
                 v6: false,
                 vlan: None,
+                inner_vlan: None,
                 timestamps: Some((1000, 2000)),
                 sport: 40000,
                 seq: 1,
@@ -775,7 +778,11 @@ mod tests {
 
     fn spec_strategy() -> impl Strategy<Value = Spec> {
         (
-            (any::<bool>(), proptest::option::of(1u16..4095)),
+            (
+                any::<bool>(),
+                proptest::option::of(1u16..4095),
+                proptest::option::of(1u16..4095),
+            ),
             proptest::option::of(any::<(u32, u32)>()),
             (any::<u16>(), any::<u32>(), any::<u32>(), any::<u16>()),
             (any::<bool>(), any::<u8>(), any::<u8>(), any::<u16>()),
@@ -783,7 +790,7 @@ mod tests {
         )
             .prop_map(
                 |(
-                    (v6, vlan),
+                    (v6, vlan, inner_vlan),
                     timestamps,
                     (sport, seq, ack, window),
                     (psh, ttl, tos, ip_id),
@@ -792,6 +799,7 @@ mod tests {
                     Spec {
                         v6,
                         vlan,
+                        inner_vlan,
                         timestamps,
                         sport,
                         seq,
@@ -850,13 +858,21 @@ mod tests {
         };
         let eth = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
         let mut out = Vec::new();
-        match spec.vlan {
-            Some(id) => eth
+        match (spec.vlan, spec.inner_vlan) {
+            (Some(outer), Some(inner)) => eth
+                .double_vlan(
+                    VlanId::try_new(outer).unwrap(),
+                    VlanId::try_new(inner).unwrap(),
+                )
+                .ip(ip)
+                .tcp_header(tcp)
+                .write(&mut out, payload),
+            (Some(id), None) => eth
                 .single_vlan(VlanId::try_new(id).unwrap())
                 .ip(ip)
                 .tcp_header(tcp)
                 .write(&mut out, payload),
-            None => eth.ip(ip).tcp_header(tcp).write(&mut out, payload),
+            (None, _) => eth.ip(ip).tcp_header(tcp).write(&mut out, payload),
         }
         .unwrap();
         out
@@ -1036,11 +1052,17 @@ mod tests {
     }
 
     #[test]
-    fn round_trip_of_a_full_64k_frame_both_families_with_vlan() {
-        for v6 in [false, true] {
+    fn round_trip_of_a_full_64k_frame_both_families_with_vlans() {
+        for (v6, inner_vlan) in [
+            (false, None),
+            (true, None),
+            (false, Some(7)),
+            (true, Some(8)),
+        ] {
             let spec = Spec {
                 v6,
                 vlan: Some(100),
+                inner_vlan,
                 psh: true,
                 seq: u32::MAX - 5000, // sequence numbers wrap inside the frame
                 ..Spec::default()
