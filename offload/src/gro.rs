@@ -82,6 +82,9 @@
 //! (`tcp_gro_complete` leaves a partial checksum), and what a guest's stack
 //! and its own TSO/GSO path expect from a GSO frame: a guest that forwards
 //! the frame can re-segment it and must fix each segment's checksum anyway.
+//! A Linux guest maps `NEEDS_CSUM` straight onto its partial-checksum state
+//! (`virtio_net_hdr_to_skb`), while a GSO frame without it takes a probing
+//! path meant for unusual input.
 //! [`GroChecksum::Complete`] instead writes the full TCP checksum and sets
 //! `DATA_VALID`, for consumers that want a self-contained frame; it costs
 //! nothing extra because the payload sums were taken while verifying.
