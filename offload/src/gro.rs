@@ -10,14 +10,42 @@
 //!
 //! ```
 //! use vswitch_offload::gro::{Coalescer, GroConfig};
-//! use vswitch_offload::VirtioNetHdr;
+//! use vswitch_offload::virtio::{FLAG_NEEDS_CSUM, GSO_TCPV4};
+//! use vswitch_offload::{FrameLayout, L3Kind, L4Kind, VirtioNetHdr};
+//!
+//! // Two in-order segments of one flow (IPv4 id and sequence advancing).
+//! let segment = |id: u16, seq: u32, payload: &[u8]| {
+//!     let mut ip = etherparse::Ipv4Header::new(
+//!         0, 64, etherparse::IpNumber::TCP, [10, 0, 0, 1], [10, 0, 0, 2],
+//!     ).unwrap();
+//!     ip.identification = id;
+//!     let mut tcp = etherparse::TcpHeader::new(40000, 443, seq, 512);
+//!     tcp.ack = true;
+//!     let mut frame = Vec::new();
+//!     etherparse::PacketBuilder::ethernet2([2; 6], [4; 6])
+//!         .ip(etherparse::IpHeaders::Ipv4(ip, Default::default()))
+//!         .tcp_header(tcp)
+//!         .write(&mut frame, payload)
+//!         .unwrap();
+//!     frame
+//! };
+//! let layout = FrameLayout {
+//!     vlan_tags: 0, l3_offset: 14, l3: L3Kind::Ipv4, l4_offset: 34,
+//!     l4: Some(L4Kind::Tcp), payload_offset: 54,
+//!     ipv6_fragment_header: None, is_fragment: false,
+//! };
 //!
 //! let mut gro = Coalescer::new(GroConfig::default()).unwrap();
 //! let mut delivered: Vec<(VirtioNetHdr, Vec<u8>)> = Vec::new();
 //! let mut sink = |hdr: &VirtioNetHdr, frame: &[u8]| delivered.push((*hdr, frame.to_vec()));
-//! // for (frame, layout) in batch { gro.push(frame, &layout, &mut sink); }
-//! gro.flush_all(&mut sink);
-//! assert!(delivered.is_empty());
+//! gro.push(&segment(1, 1000, &[0xaa; 1000]), &layout, &mut sink);
+//! gro.push(&segment(2, 2000, &[0xbb; 1000]), &layout, &mut sink);
+//! gro.flush_all(&mut sink); // end of the batch
+//!
+//! let (hdr, frame) = &delivered[0];
+//! assert_eq!(delivered.len(), 1);
+//! assert_eq!((hdr.gso_type, hdr.gso_size, hdr.flags), (GSO_TCPV4, 1000, FLAG_NEEDS_CSUM));
+//! assert_eq!(frame.len(), 54 + 2000);
 //! ```
 //!
 //! # Merge rules
@@ -54,6 +82,9 @@
 //! (`tcp_gro_complete` leaves a partial checksum), and what a guest's stack
 //! and its own TSO/GSO path expect from a GSO frame: a guest that forwards
 //! the frame can re-segment it and must fix each segment's checksum anyway.
+//! A Linux guest maps `NEEDS_CSUM` straight onto its partial-checksum state
+//! (`virtio_net_hdr_to_skb`), while a GSO frame without it takes a probing
+//! path meant for unusual input.
 //! [`GroChecksum::Complete`] instead writes the full TCP checksum and sets
 //! `DATA_VALID`, for consumers that want a self-contained frame; it costs
 //! nothing extra because the payload sums were taken while verifying.
@@ -710,6 +741,8 @@ mod tests {
     struct Spec {
         v6: bool,
         vlan: Option<u16>,
+        /// A second (inner) tag after `vlan`: QinQ.
+        inner_vlan: Option<u16>,
         timestamps: Option<(u32, u32)>,
         sport: u16,
         seq: u32,
@@ -729,6 +762,7 @@ mod tests {
             Spec {
                 v6: false,
                 vlan: None,
+                inner_vlan: None,
                 timestamps: Some((1000, 2000)),
                 sport: 40000,
                 seq: 1,
@@ -747,7 +781,11 @@ mod tests {
 
     fn spec_strategy() -> impl Strategy<Value = Spec> {
         (
-            (any::<bool>(), proptest::option::of(1u16..4095)),
+            (
+                any::<bool>(),
+                proptest::option::of(1u16..4095),
+                proptest::option::of(1u16..4095),
+            ),
             proptest::option::of(any::<(u32, u32)>()),
             (any::<u16>(), any::<u32>(), any::<u32>(), any::<u16>()),
             (any::<bool>(), any::<u8>(), any::<u8>(), any::<u16>()),
@@ -755,7 +793,7 @@ mod tests {
         )
             .prop_map(
                 |(
-                    (v6, vlan),
+                    (v6, vlan, inner_vlan),
                     timestamps,
                     (sport, seq, ack, window),
                     (psh, ttl, tos, ip_id),
@@ -764,6 +802,7 @@ mod tests {
                     Spec {
                         v6,
                         vlan,
+                        inner_vlan,
                         timestamps,
                         sport,
                         seq,
@@ -822,13 +861,21 @@ mod tests {
         };
         let eth = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
         let mut out = Vec::new();
-        match spec.vlan {
-            Some(id) => eth
+        match (spec.vlan, spec.inner_vlan) {
+            (Some(outer), Some(inner)) => eth
+                .double_vlan(
+                    VlanId::try_new(outer).unwrap(),
+                    VlanId::try_new(inner).unwrap(),
+                )
+                .ip(ip)
+                .tcp_header(tcp)
+                .write(&mut out, payload),
+            (Some(id), None) => eth
                 .single_vlan(VlanId::try_new(id).unwrap())
                 .ip(ip)
                 .tcp_header(tcp)
                 .write(&mut out, payload),
-            None => eth.ip(ip).tcp_header(tcp).write(&mut out, payload),
+            (None, _) => eth.ip(ip).tcp_header(tcp).write(&mut out, payload),
         }
         .unwrap();
         out
@@ -1008,11 +1055,17 @@ mod tests {
     }
 
     #[test]
-    fn round_trip_of_a_full_64k_frame_both_families_with_vlan() {
-        for v6 in [false, true] {
+    fn round_trip_of_a_full_64k_frame_both_families_with_vlans() {
+        for (v6, inner_vlan) in [
+            (false, None),
+            (true, None),
+            (false, Some(7)),
+            (true, Some(8)),
+        ] {
             let spec = Spec {
                 v6,
                 vlan: Some(100),
+                inner_vlan,
                 psh: true,
                 seq: u32::MAX - 5000, // sequence numbers wrap inside the frame
                 ..Spec::default()

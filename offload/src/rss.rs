@@ -739,6 +739,36 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn ports_are_read_after_ipv4_options_and_vlan_tags() {
+        let (src, sport, dst, dport, _, ports) = IPV4_TABLE[2];
+        let src: Ipv4Addr = src.parse().unwrap();
+        let dst: Ipv4Addr = dst.parse().unwrap();
+        let mut ip = etherparse::Ipv4Header::new(
+            0,
+            64,
+            etherparse::IpNumber::TCP,
+            src.octets(),
+            dst.octets(),
+        )
+        .unwrap();
+        ip.options = etherparse::Ipv4Options::try_from(&[1u8, 1, 1, 1, 1, 1, 1, 0][..]).unwrap();
+        let mut frame = Vec::new();
+        etherparse::PacketBuilder::ethernet2([1; 6], [2; 6])
+            .double_vlan(
+                etherparse::VlanId::try_new(1).unwrap(),
+                etherparse::VlanId::try_new(2).unwrap(),
+            )
+            .ip(etherparse::IpHeaders::Ipv4(ip, Default::default()))
+            .tcp(sport, dport, 1, 100)
+            .write(&mut frame, &[])
+            .unwrap();
+        let layout = layout_of(&frame);
+        assert_eq!((layout.l3_offset, layout.l4_offset), (22, 22 + 28));
+        let key = FlowKey::from_frame(&frame, &layout).unwrap();
+        assert_eq!(toeplitz_hash(&DEFAULT_KEY, key.as_bytes()), ports);
+    }
+
+    #[test]
     fn flow_key_of_ipv6_udp_and_other_protocols() {
         for (src, sport, dst, dport, no_ports, ports) in IPV6_TABLE {
             let src: Ipv6Addr = src.parse().unwrap();

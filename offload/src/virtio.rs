@@ -2,6 +2,39 @@
 //! 5.1.6) that travels before every frame between a guest and the host.
 //!
 //! Field values here are in host order; the wire format is little-endian.
+//!
+//! Copy once, validate the copy: a guest can rewrite its memory while the
+//! host reads it, so a header checked in guest memory and read again when
+//! used can pass the check with one value and be used with another.
+//! [`VirtioNetHdr::parse`] copies the fields out of the guest's bytes in one
+//! pass into a host-owned value; [`VirtioNetHdr::validate`] takes that copy
+//! (`&self`, never guest memory) with the frame and returns an
+//! [`OffloadPlan`] built only from the two. The frame too must be in host
+//! memory before it is validated.
+//!
+//! ```
+//! use vswitch_offload::virtio::{HdrFormat, GSO_TCPV4, FLAG_NEEDS_CSUM};
+//! use vswitch_offload::{GsoKind, VirtioNetHdr};
+//!
+//! // A guest's TCP/IPv4 TSO frame: MSS 1448, checksum left partial.
+//! let guest_bytes = [FLAG_NEEDS_CSUM, GSO_TCPV4, 54, 0, 0xa8, 0x05, 34, 0, 16, 0, 0, 0];
+//! let mut frame = vec![0u8; 54 + 4000];
+//! frame[12..14].copy_from_slice(&[0x08, 0x00]); // IPv4
+//! frame[14] = 0x45;
+//! frame[14 + 9] = 6; // TCP
+//! frame[34 + 12] = 5 << 4;
+//!
+//! let (hdr, used) = VirtioNetHdr::parse(&guest_bytes, HdrFormat::V1).unwrap();
+//! assert_eq!(used, 12);
+//! let plan = hdr.validate(&frame).unwrap();
+//! assert_eq!(plan.gso, GsoKind::Tcp { mss: 1448, ecn: false });
+//! assert_eq!(plan.layout.unwrap().payload_offset, 54);
+//!
+//! // gso_size 0 would divide by zero in a segmenter: it is rejected.
+//! let mut bad = hdr;
+//! bad.gso_size = 0;
+//! assert_eq!(bad.validate(&frame).unwrap_err().reason().name(), "bad_gso_size");
+//! ```
 
 /// `flags`: the checksum is partial (start at `csum_start`, store at
 /// `csum_start + csum_offset`).
@@ -53,18 +86,9 @@ pub struct VirtioNetHdr {
 }
 
 // ---------------------------------------------------------------------------
-// Parsing, emitting and validating the header.
-//
-// The rule this code is built around: copy once, validate the copy. A guest
-// can rewrite its memory while the host reads it, so a header read field by
-// field from guest memory, checked, then read again when used, can pass the
-// check with one value and be used with another (a double fetch). Here
-// `VirtioNetHdr::parse` copies every field out of the guest's bytes into a
-// host-owned `VirtioNetHdr` in one pass; `validate` takes that copy by
-// reference and the frame it describes, and returns an `OffloadPlan` built
-// only from the copy and the frame. Nothing after `parse` looks at the
-// guest's header bytes again. The frame itself must likewise be in host
-// memory (copied out of the guest) before it is validated and segmented.
+// Parsing, emitting and validating the header (copy once, validate the copy:
+// see the module documentation). Nothing after `parse` reads the guest's
+// header bytes again.
 // ---------------------------------------------------------------------------
 
 use thiserror::Error;
@@ -93,17 +117,11 @@ pub enum HdrFormat {
 
 impl HdrFormat {
     /// Size of the header in this format.
-    pub const fn len(self) -> usize {
+    pub const fn size(self) -> usize {
         match self {
             HdrFormat::V1 => HDR_LEN_V1,
             HdrFormat::Legacy => HDR_LEN_LEGACY,
         }
-    }
-
-    /// Always false: a header is never empty (present for clippy's
-    /// `len_without_is_empty`).
-    pub const fn is_empty(self) -> bool {
-        false
     }
 }
 
@@ -297,7 +315,8 @@ pub enum HdrError {
         frame_len: usize,
     },
     /// Rule 4: a partial TCP checksum with `csum_offset` other than 16, or a
-    /// partial UDP checksum with `csum_offset` other than 6.
+    /// partial UDP checksum (`GSO_UDP_L4`, `GSO_UDP`, or a non-GSO frame
+    /// whose `csum_start` is its UDP header) with `csum_offset` other than 6.
     #[error("csum_offset for {}: expected {expected}, found {found}", l4_name(*l4))]
     BadCsumOffset {
         /// The transport protocol the checksum belongs to.
@@ -446,7 +465,7 @@ impl VirtioNetHdr {
     /// [`VirtioNetHdr::validate`] checks and everything after it uses.
     /// `num_buffers` is 0 for [`HdrFormat::Legacy`].
     pub fn parse(bytes: &[u8], format: HdrFormat) -> Result<(VirtioNetHdr, usize), HdrError> {
-        let n = format.len();
+        let n = format.size();
         let b = bytes.get(..n).ok_or(HdrError::ShortHeader {
             required_len: n,
             len: bytes.len(),
@@ -467,7 +486,7 @@ impl VirtioNetHdr {
     /// Writes the header (little-endian) at the start of `buf`; returns the
     /// number of bytes written. [`HdrFormat::Legacy`] leaves out `num_buffers`.
     pub fn emit(&self, buf: &mut [u8], format: HdrFormat) -> Result<usize, BufferTooShort> {
-        let n = format.len();
+        let n = format.size();
         let len = buf.len();
         let out = buf.get_mut(..n).ok_or(BufferTooShort {
             required_len: n,
@@ -547,11 +566,13 @@ impl VirtioNetHdr {
         } else {
             None
         };
+        // Rule 4. With GSO, rule 6 pins csum_start to the transport header,
+        // so the field must be that header's checksum; this holds for UFO
+        // too (Linux leaves UFO unchecked, but its guests always send 6).
         if let (Some(p), Some(t)) = (partial, gso) {
             let (l4, expected) = match t {
                 GSO_TCPV4 | GSO_TCPV6 => (L4Kind::Tcp, tcp::CHECKSUM_OFFSET),
-                GSO_UDP_L4 => (L4Kind::Udp, udp::CHECKSUM_OFFSET),
-                _ => (L4Kind::Udp, p.offset),
+                _ => (L4Kind::Udp, udp::CHECKSUM_OFFSET),
             };
             if p.offset != expected {
                 return Err(HdrError::BadCsumOffset {
@@ -930,6 +951,21 @@ mod tests {
                 found: 16,
             },
         ));
+        let ufo = csum_hdr(&u4, GSO_UDP, 1400);
+        assert!(ufo.validate(&u4).is_ok());
+        cases.push((
+            "4: UFO csum_offset",
+            VirtioNetHdr {
+                csum_offset: 16,
+                ..ufo
+            },
+            u4.clone(),
+            HdrError::BadCsumOffset {
+                l4: L4Kind::Udp,
+                expected: 6,
+                found: 16,
+            },
+        ));
         cases.push((
             "4: UDP_L4 without NEEDS_CSUM",
             VirtioNetHdr { flags: 0, ..uso },
@@ -1252,6 +1288,17 @@ mod tests {
         let frame = udp4(10);
         let plan = csum_hdr(&frame, GSO_UDP_L4, 1400).validate(&frame).unwrap();
         assert_eq!(plan.gso, GsoKind::UdpL4 { size: 1400 });
+        // The largest usable gso_size (bug class: huge gso_size values) is
+        // accepted; it is the segmenter's job to cut to the egress MTU.
+        let frame = tcp4(60000);
+        let plan = csum_hdr(&frame, GSO_TCPV4, 65534).validate(&frame).unwrap();
+        assert_eq!(
+            plan.gso,
+            GsoKind::Tcp {
+                mss: 65534,
+                ecn: false
+            }
+        );
     }
 
     #[test]

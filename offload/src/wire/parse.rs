@@ -373,6 +373,158 @@ mod tests {
         }
     }
 
+    /// Every getter agrees with etherparse on a built frame; every setter
+    /// writes what etherparse then reads back.
+    fn views_agree_with_etherparse(spec: &FrameSpec, seed: u32) {
+        use crate::wire::{EthernetFrame, VlanTag};
+        use etherparse::{LinkExtHeader, NetHeaders, PacketHeaders, TransportHeader};
+
+        let (mut frame, _) = spec.build();
+        let l = FrameLayout::parse(&frame).unwrap();
+        let h = PacketHeaders::from_ethernet_slice(&frame).unwrap();
+        let eth = EthernetFrame::new_checked(&frame[..]).unwrap();
+        let Some(etherparse::LinkHeader::Ethernet2(eh)) = &h.link else {
+            panic!("no Ethernet header")
+        };
+        assert_eq!(eth.dst_addr(), eh.destination);
+        assert_eq!(eth.src_addr(), eh.source);
+        assert_eq!(eth.ethertype(), eh.ether_type.0);
+        for (i, ext) in h.link_exts.iter().enumerate() {
+            let LinkExtHeader::Vlan(v) = ext else {
+                panic!("not a VLAN tag")
+            };
+            let tag = VlanTag::new_checked(&frame[14 + 4 * i..]).unwrap();
+            assert_eq!(tag.vlan_id(), v.vlan_id.value());
+            assert_eq!(tag.pcp(), v.pcp.value());
+            assert_eq!(tag.dei(), v.drop_eligible_indicator);
+            assert_eq!(tag.ethertype(), v.ether_type.0);
+        }
+        match h.net.as_ref().unwrap() {
+            NetHeaders::Ipv4(ih, _) => {
+                let ip = Ipv4Packet::new_checked(&frame[l.l3_offset..]).unwrap();
+                assert_eq!(ip.header_len(), ih.header_len());
+                assert_eq!(ip.options(), ih.options.as_slice());
+                assert_eq!(ip.total_len(), ih.total_len);
+                assert_eq!(ip.ident(), ih.identification);
+                assert_eq!(ip.dont_frag(), ih.dont_fragment);
+                assert_eq!(ip.more_frags(), ih.more_fragments);
+                assert_eq!(ip.frag_offset(), ih.fragment_offset.value() * 8);
+                assert_eq!(ip.ttl(), ih.time_to_live);
+                assert_eq!(ip.protocol(), ih.protocol.0);
+                assert_eq!(ip.checksum(), ih.header_checksum);
+                assert_eq!(ip.src_addr(), ih.source);
+                assert_eq!(ip.dst_addr(), ih.destination);
+                assert_eq!(ip.dscp(), ih.dscp.value());
+                assert_eq!(ip.ecn(), ih.ecn.value());
+                assert!(ip.verify_checksum());
+            }
+            NetHeaders::Ipv6(ih, _) => {
+                let ip = Ipv6Packet::new_checked(&frame[l.l3_offset..]).unwrap();
+                assert_eq!(ip.traffic_class(), ih.traffic_class);
+                assert_eq!(ip.flow_label(), ih.flow_label.value());
+                assert_eq!(ip.payload_len(), ih.payload_length);
+                assert_eq!(ip.next_header(), ih.next_header.0);
+                assert_eq!(ip.hop_limit(), ih.hop_limit);
+                assert_eq!(ip.src_addr(), ih.source);
+                assert_eq!(ip.dst_addr(), ih.destination);
+            }
+            NetHeaders::Arp(_) => panic!("not IP"),
+        }
+        match h.transport.as_ref().unwrap() {
+            TransportHeader::Tcp(th) => {
+                let tcp = TcpSegment::new_checked(&frame[l.l4_offset..]).unwrap();
+                assert_eq!(tcp.src_port(), th.source_port);
+                assert_eq!(tcp.dst_port(), th.destination_port);
+                assert_eq!(tcp.seq(), th.sequence_number);
+                assert_eq!(tcp.ack(), th.acknowledgment_number);
+                assert_eq!(tcp.header_len(), th.header_len());
+                assert_eq!(tcp.options(), th.options.as_slice());
+                assert_eq!(tcp.window(), th.window_size);
+                assert_eq!(tcp.checksum(), th.checksum);
+                assert_eq!(tcp.urgent(), th.urgent_pointer);
+                assert_eq!(tcp.flags() & crate::wire::tcp::flags::ACK != 0, th.ack);
+                assert_eq!(tcp.payload(), &spec.payload[..]);
+            }
+            TransportHeader::Udp(uh) => {
+                let udp = UdpDatagram::new_checked(&frame[l.l4_offset..]).unwrap();
+                assert_eq!(udp.src_port(), uh.source_port);
+                assert_eq!(udp.dst_port(), uh.destination_port);
+                assert_eq!(udp.len(), uh.length);
+                assert_eq!(udp.checksum(), uh.checksum);
+                assert_eq!(udp.payload(), &spec.payload[..]);
+            }
+            _ => panic!("not TCP/UDP"),
+        }
+
+        // Setters: write the fields segmentation rewrites, read them back
+        // with etherparse.
+        let v16 = seed as u16;
+        match l.l3 {
+            L3Kind::Ipv4 => {
+                let mut ip = Ipv4Packet::new_checked(&mut frame[l.l3_offset..]).unwrap();
+                ip.set_total_len(v16 | 0x100);
+                ip.set_ident(v16.rotate_left(3));
+                ip.set_dont_frag(seed & 1 != 0);
+                ip.set_ttl(seed as u8);
+                ip.fill_checksum();
+            }
+            L3Kind::Ipv6 => {
+                let mut ip = Ipv6Packet::new_checked(&mut frame[l.l3_offset..]).unwrap();
+                ip.set_payload_len(v16);
+                ip.set_hop_limit(seed as u8);
+                ip.set_traffic_class((seed >> 8) as u8);
+            }
+        }
+        match l.l4 {
+            Some(L4Kind::Tcp) => {
+                let mut tcp = TcpSegment::new_checked(&mut frame[l.l4_offset..]).unwrap();
+                tcp.set_seq(seed.wrapping_mul(2654435761));
+                tcp.set_ack(!seed);
+                tcp.set_flags(crate::wire::tcp::flags::FIN | crate::wire::tcp::flags::CWR);
+                tcp.set_checksum(v16 ^ 0x5555);
+            }
+            Some(L4Kind::Udp) => {
+                let mut udp = UdpDatagram::new_checked(&mut frame[l.l4_offset..]).unwrap();
+                udp.set_len(v16);
+                udp.set_checksum(v16 ^ 0x5555);
+            }
+            None => unreachable!("built frames carry TCP or UDP"),
+        }
+        let l3 = &frame[l.l3_offset..];
+        match l.l3 {
+            L3Kind::Ipv4 => {
+                let (ih, _) = etherparse::Ipv4Header::from_slice(l3).unwrap();
+                assert_eq!(ih.total_len, v16 | 0x100);
+                assert_eq!(ih.identification, v16.rotate_left(3));
+                assert_eq!(ih.dont_fragment, seed & 1 != 0);
+                assert_eq!(ih.time_to_live, seed as u8);
+                assert_eq!(ih.header_checksum, ih.calc_header_checksum());
+            }
+            L3Kind::Ipv6 => {
+                let (ih, _) = etherparse::Ipv6Header::from_slice(l3).unwrap();
+                assert_eq!(ih.payload_length, v16);
+                assert_eq!(ih.hop_limit, seed as u8);
+                assert_eq!(ih.traffic_class, (seed >> 8) as u8);
+            }
+        }
+        let l4 = &frame[l.l4_offset..];
+        match l.l4 {
+            Some(L4Kind::Tcp) => {
+                let (th, _) = etherparse::TcpHeader::from_slice(l4).unwrap();
+                assert_eq!(th.sequence_number, seed.wrapping_mul(2654435761));
+                assert_eq!(th.acknowledgment_number, !seed);
+                assert!(th.fin && th.cwr && !th.ack && !th.psh && !th.syn);
+                assert_eq!(th.checksum, v16 ^ 0x5555);
+            }
+            _ => {
+                let (uh, _) = etherparse::UdpHeader::from_slice(l4).unwrap();
+                assert_eq!(uh.length, v16);
+                assert_eq!(uh.checksum, v16 ^ 0x5555);
+            }
+        }
+        assert_eq!(FrameLayout::parse(&frame), Ok(l));
+    }
+
     proptest! {
         #[test]
         fn parse_never_panics_on_arbitrary_bytes(
@@ -402,6 +554,11 @@ mod tests {
         #[test]
         fn offsets_match_etherparse(spec in frame_spec(300)) {
             check_against_etherparse(&spec);
+        }
+
+        #[test]
+        fn views_read_and_write_what_etherparse_does(spec in frame_spec(64), seed in any::<u32>()) {
+            views_agree_with_etherparse(&spec, seed);
         }
 
         #[test]
