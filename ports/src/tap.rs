@@ -9,7 +9,15 @@
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
+
+use bytes::BytesMut;
+use vswitch_offload::virtio::{HdrFormat, VirtioNetHdr};
+use vswitch_offload::{EgressCapabilities, Packet};
+
+use crate::port::{Port, PortCapabilities, PortError, SendError};
 
 use crate::features::GuestOffloads;
 use crate::sys::{self, tun_flags};
@@ -237,6 +245,196 @@ impl TapQueue {
 impl AsFd for TapQueue {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
+    }
+}
+
+/// Largest frame a TAP hands over: a 64 KiB IP packet with Ethernet and
+/// two VLAN tags.
+pub const TAP_MAX_FRAME: usize = 65_535 + 22;
+
+/// Receive buffers are carved out of chunks of this size, so a burst of
+/// small frames costs one allocation, not one per frame.
+const RX_CHUNK: usize = 1 << 20;
+
+/// Counters of a [`TapPort`] that the switch's statistics do not see.
+#[derive(Debug, Default)]
+struct TapCounters {
+    rx_errors: AtomicU64,
+    tx_errors: AtomicU64,
+}
+
+/// A TAP device as a switch port: one [`TapQueue`] per queue pair.
+///
+/// Frames read from the device carry the kernel's virtio-net header
+/// (partial checksums and GSO frames as far as the offloads allow); frames
+/// sent to it carry theirs. The egress capabilities are what the kernel
+/// accepted, so the switch segments and checksums in software exactly
+/// what the kernel was not asked to take.
+#[derive(Debug)]
+pub struct TapPort {
+    name: String,
+    queues: Vec<TapQueue>,
+    rx_buffers: Vec<Mutex<BytesMut>>,
+    caps: PortCapabilities,
+    counters: TapCounters,
+}
+
+impl TapPort {
+    /// Opens (creating if needed) TAP device `name` with `queues` queue
+    /// pairs (IFF_MULTI_QUEUE when more than one) and the offloads asked
+    /// for. `mtu` is what the switch assumes the device carries: it does not
+    /// change the interface, whose MTU the caller sets where the interface
+    /// lives (see [`sys::set_mtu`]).
+    pub fn open(name: &str, offloads: TapOffloads, queues: usize, mtu: u16) -> io::Result<Self> {
+        let count = queues.max(1);
+        let mut opened = Vec::with_capacity(count);
+        let mut actual = name.to_string();
+        for _ in 0..count {
+            let queue = TapQueue::open(&actual, offloads, count > 1)?;
+            actual = queue.name().to_string();
+            opened.push(queue);
+        }
+        Ok(Self::from_queues(opened, mtu))
+    }
+
+    /// Builds a port from queues already opened (for example from
+    /// descriptors a VMM passed in, see [`TapQueue::from_fd`]). The port's
+    /// offloads are those the first queue's kernel accepted.
+    ///
+    /// # Panics
+    /// If `queues` is empty.
+    pub fn from_queues(queues: Vec<TapQueue>, mtu: u16) -> Self {
+        assert!(!queues.is_empty(), "a TAP port needs at least one queue");
+        let offloads = queues[0].offloads();
+        let caps = PortCapabilities {
+            egress: EgressCapabilities {
+                checksum: offloads.checksum,
+                tso4: offloads.tso4,
+                tso6: offloads.tso6,
+                uso: offloads.uso,
+                ufo: false,
+                scatter_gather: false,
+                mtu,
+            },
+            rx_queues: queues.len(),
+            tx_queues: queues.len(),
+        };
+        TapPort {
+            name: queues[0].name().to_string(),
+            rx_buffers: queues.iter().map(|_| Mutex::new(BytesMut::new())).collect(),
+            queues,
+            caps,
+            counters: TapCounters::default(),
+        }
+    }
+
+    /// The offloads the kernel accepted.
+    pub fn offloads(&self) -> TapOffloads {
+        self.queues[0].offloads()
+    }
+
+    /// The queues, to wait on their descriptors (for example with poll or
+    /// an eventfd-driven loop).
+    pub fn queues(&self) -> &[TapQueue] {
+        &self.queues
+    }
+
+    /// Reads that failed or returned a malformed frame (shorter than its
+    /// header).
+    pub fn rx_errors(&self) -> u64 {
+        self.counters.rx_errors.load(Ordering::Relaxed)
+    }
+
+    /// Writes the kernel refused (other than a full queue).
+    pub fn tx_errors(&self) -> u64 {
+        self.counters.tx_errors.load(Ordering::Relaxed)
+    }
+
+    fn queue(&self, direction: &'static str, queue: usize) -> Result<&TapQueue, PortError> {
+        self.queues.get(queue).ok_or(PortError::NoSuchQueue {
+            direction,
+            queue,
+            queues: self.queues.len(),
+        })
+    }
+}
+
+impl Port for TapPort {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn capabilities(&self) -> PortCapabilities {
+        self.caps
+    }
+
+    fn receive(
+        &self,
+        queue: usize,
+        batch: &mut Vec<Packet>,
+        max: usize,
+    ) -> Result<usize, PortError> {
+        let tap = self.queue("rx", queue)?;
+        let mut chunk = self.rx_buffers[queue]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut moved = 0;
+        while moved < max {
+            if chunk.len() < TAP_MAX_FRAME {
+                // A fresh chunk; the old one lives on in the frames cut from it.
+                *chunk = BytesMut::zeroed(RX_CHUNK);
+            }
+            let mut hdr = [0u8; TAP_VNET_HDR_LEN];
+            match tap.recv(&mut hdr, &mut chunk[..TAP_MAX_FRAME]) {
+                Ok(Some(len)) => {
+                    let data = chunk.split_to(len).freeze();
+                    match VirtioNetHdr::parse(&hdr, HdrFormat::V1) {
+                        Ok((hdr, _)) => {
+                            batch.push(Packet { hdr, data });
+                            moved += 1;
+                        }
+                        Err(_) => {
+                            self.counters.rx_errors.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    self.counters.rx_errors.fetch_add(1, Ordering::Relaxed);
+                    break;
+                }
+            }
+        }
+        Ok(moved)
+    }
+
+    fn send(&self, queue: usize, packet: Packet) -> Result<(), SendError> {
+        let Some(tap) = self.queues.get(queue) else {
+            return Err(SendError::NoSuchQueue {
+                queue,
+                queues: self.queues.len(),
+                packet,
+            });
+        };
+        let mut hdr = [0u8; TAP_VNET_HDR_LEN];
+        if packet.hdr.emit(&mut hdr, HdrFormat::V1).is_err() {
+            self.counters.tx_errors.fetch_add(1, Ordering::Relaxed);
+            return Ok(());
+        }
+        match tap.send(&hdr, &[&packet.data]) {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(SendError::Full {
+                queue,
+                capacity: 0,
+                packet,
+            }),
+            Err(_) => {
+                // The kernel refused this frame (for example a header it
+                // does not accept); the frame is dropped and counted here.
+                self.counters.tx_errors.fetch_add(1, Ordering::Relaxed);
+                Ok(())
+            }
+        }
     }
 }
 

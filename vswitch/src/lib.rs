@@ -38,6 +38,8 @@ pub mod ethernet;
 pub mod fdb;
 pub mod forward;
 pub mod mac;
+#[cfg(target_os = "linux")]
+pub mod run_tap;
 pub mod stats;
 pub mod switch;
 pub mod vlan;
