@@ -297,7 +297,7 @@ impl Switch {
             name: port.name().to_owned(),
             port,
             caps,
-            counters: PortCounters::default(),
+            counters: PortCounters::new(self.shared.workers.len()),
             removed: AtomicBool::new(false),
             congested: AtomicBool::new(false),
         });
@@ -452,11 +452,27 @@ struct Worker {
     /// (port, receive queue) pairs this worker polls.
     owned: Vec<(Arc<LivePort>, usize)>,
     rx_batch: Vec<Packet>,
+    scratch: Scratch,
+}
+
+/// Vectors reused from frame to frame, so the frame path does not allocate.
+struct Scratch {
     egress: Vec<Egress>,
     adapted: Vec<Packet>,
     /// Inboxes of other workers that timed out and have not accepted a
     /// frame since.
     congested: Vec<bool>,
+}
+
+/// What a worker reads while it handles one round of frames. Everything is
+/// borrowed: the frame path touches no reference count.
+struct Round<'a> {
+    index: usize,
+    shared: &'a Shared,
+    counters: &'a WorkerCounters,
+    inbox: &'a Receiver<Handoff>,
+    table: &'a PortTable,
+    now: Instant,
 }
 
 impl Worker {
@@ -475,15 +491,12 @@ impl Worker {
             table,
             owned: Vec::new(),
             rx_batch: Vec::with_capacity(burst),
-            egress: Vec::new(),
-            adapted: Vec::new(),
-            congested: vec![false; workers],
+            scratch: Scratch {
+                egress: Vec::new(),
+                adapted: Vec::new(),
+                congested: vec![false; workers],
+            },
         }
-    }
-
-    fn counters(&self) -> &WorkerCounters {
-        // `index < workers.len()` by construction in `Switch::start`.
-        &self.shared.workers[self.index].counters
     }
 
     fn refresh_table(&mut self) {
@@ -501,19 +514,31 @@ impl Worker {
                 }
             }
         }
-        self.shared.workers[self.index]
-            .seen_generation
-            .store(self.table.generation, Ordering::Release);
+        if let Some(handle) = self.shared.workers.get(self.index) {
+            handle
+                .seen_generation
+                .store(self.table.generation, Ordering::Release);
+        }
     }
 
     fn run(mut self) {
         let mut idle_rounds = 0u32;
         while !self.shared.stop.load(Ordering::Acquire) {
             self.refresh_table();
-            let now = Instant::now();
-            let mut handled = self.drain_inbox(now);
-            for slot in 0..self.owned.len() {
-                handled += self.poll(slot, now);
+            let Some(handle) = self.shared.workers.get(self.index) else {
+                return;
+            };
+            let round = Round {
+                index: self.index,
+                shared: &self.shared,
+                counters: &handle.counters,
+                inbox: &self.inbox,
+                table: &self.table,
+                now: Instant::now(),
+            };
+            let mut handled = round.drain_inbox(&mut self.scratch);
+            for (port, queue) in &self.owned {
+                handled += round.poll(&mut self.scratch, &mut self.rx_batch, port, *queue);
             }
             if handled > 0 {
                 idle_rounds = 0;
@@ -523,14 +548,16 @@ impl Worker {
             }
         }
     }
+}
 
+impl Round<'_> {
     /// Handles up to a burst of frames other workers handed over.
-    fn drain_inbox(&mut self, now: Instant) -> usize {
+    fn drain_inbox(&self, scratch: &mut Scratch) -> usize {
         let mut handled = 0;
         while handled < self.shared.config.burst {
             match self.inbox.try_recv() {
                 Ok((ingress, packet)) => {
-                    self.forward(ingress, packet, now);
+                    self.forward(scratch, ingress, packet);
                     handled += 1;
                 }
                 Err(_) => break,
@@ -539,41 +566,42 @@ impl Worker {
         handled
     }
 
-    /// Takes a burst from one owned receive queue and dispatches it.
-    fn poll(&mut self, slot: usize, now: Instant) -> usize {
-        let Some((port, queue)) = self.owned.get(slot).cloned() else {
-            return 0;
-        };
-        let mut batch = std::mem::take(&mut self.rx_batch);
+    /// Takes a burst from one owned receive queue and dispatches it by flow.
+    fn poll(
+        &self,
+        scratch: &mut Scratch,
+        batch: &mut Vec<Packet>,
+        port: &LivePort,
+        queue: usize,
+    ) -> usize {
         batch.clear();
         // An error here is an outside end that went away: nothing to poll.
         let received = port
             .port
-            .receive(queue, &mut batch, self.shared.config.burst)
+            .receive(queue, batch, self.shared.config.burst)
             .unwrap_or(0);
         let workers = self.shared.workers.len();
         for packet in batch.drain(..) {
-            port.counters.received(packet.data.len());
+            port.counters.received(self.index, packet.data.len());
             let target = if workers == 1 {
                 self.index
             } else {
                 worker_for_hash(flow_hash(&packet.data), workers)
             };
             if target == self.index {
-                self.forward(port.id, packet, now);
+                self.forward(scratch, port.id, packet);
             } else {
-                self.hand_off(target, &port, packet, now);
+                self.hand_off(scratch, target, port, packet);
             }
         }
-        self.rx_batch = batch;
         received
     }
 
     /// Passes a frame to the worker of its flow, waiting a bounded time for
     /// room in its inbox and handling this worker's own inbox meanwhile.
-    fn hand_off(&mut self, target: usize, ingress: &LivePort, packet: Packet, now: Instant) {
-        let Some(inbox) = self.shared.workers.get(target).map(|w| w.inbox.clone()) else {
-            self.drop_at_ingress(ingress, DropReason::WorkerQueueFull);
+    fn hand_off(&self, scratch: &mut Scratch, target: usize, ingress: &LivePort, packet: Packet) {
+        let Some(inbox) = self.shared.workers.get(target).map(|w| &w.inbox) else {
+            self.drop_at(ingress, DropReason::WorkerQueueFull);
             return;
         };
         let mut item = (ingress.id, packet);
@@ -582,115 +610,108 @@ impl Worker {
         loop {
             match inbox.try_send(item) {
                 Ok(()) => {
-                    self.counters().handed_off();
-                    if let Some(flag) = self.congested.get_mut(target) {
+                    self.counters.handed_off();
+                    if let Some(flag) = scratch.congested.get_mut(target) {
                         *flag = false;
                     }
                     return;
                 }
                 Err(TrySendError::Full(back)) => {
-                    let congested = self.congested.get(target).copied().unwrap_or(true);
+                    let congested = scratch.congested.get(target).copied().unwrap_or(true);
                     let deadline = *deadline.get_or_insert_with(|| Instant::now() + wait);
                     if congested || wait.is_zero() || Instant::now() >= deadline {
-                        if let Some(flag) = self.congested.get_mut(target) {
+                        if let Some(flag) = scratch.congested.get_mut(target) {
                             *flag = true;
                         }
-                        self.drop_at_ingress(ingress, DropReason::WorkerQueueFull);
+                        self.drop_at(ingress, DropReason::WorkerQueueFull);
                         return;
                     }
                     item = back;
-                    if self.drain_inbox(now) == 0 {
+                    if self.drain_inbox(scratch) == 0 {
                         thread::yield_now();
                     }
                 }
                 Err(TrySendError::Disconnected(_)) => {
-                    self.drop_at_ingress(ingress, DropReason::WorkerQueueFull);
+                    self.drop_at(ingress, DropReason::WorkerQueueFull);
                     return;
                 }
             }
         }
     }
 
-    fn drop_at_ingress(&self, ingress: &LivePort, reason: DropReason) {
-        ingress.counters.dropped(reason, 1);
-        self.counters().dropped(reason, 1);
+    /// Counts a drop on a port and on this worker.
+    fn drop_at(&self, port: &LivePort, reason: DropReason) {
+        port.counters.dropped(self.index, reason, 1);
+        self.counters.dropped(reason, 1);
     }
 
     /// Forwards one frame of a flow this worker owns.
-    fn forward(&mut self, ingress: PortId, packet: Packet, now: Instant) {
-        self.counters().handled(packet.data.len());
-        let table = self.table.clone();
-        let mut egress = std::mem::take(&mut self.egress);
-        let decision =
-            self.shared
-                .forwarder
-                .decide(&table.profiles, ingress, &packet.data, now, &mut egress);
-        match decision {
+    fn forward(&self, scratch: &mut Scratch, ingress: PortId, packet: Packet) {
+        self.counters.handled(packet.data.len());
+        let table = self.table;
+        let decision = self.shared.forwarder.decide(
+            &table.profiles,
+            ingress,
+            &packet.data,
+            self.now,
+            &mut scratch.egress,
+        );
+        let decision = match decision {
+            Ok(decision) => decision,
             Err(err) => {
-                let reason = err.reason();
-                if let Some(port) = table.live(ingress) {
-                    port.counters.dropped(reason, 1);
+                match table.live(ingress) {
+                    Some(port) => self.drop_at(port, err.reason()),
+                    None => self.counters.dropped(err.reason(), 1),
                 }
-                self.counters().dropped(reason, 1);
+                return;
             }
-            Ok(decision) => {
-                if decision.learned == Learned::LimitReached {
-                    if let Some(port) = table.live(ingress) {
-                        port.counters.not_learned();
-                    }
-                }
-                // At most two versions of the frame: untagged and tagged
-                // with its VLAN; every port of a kind shares one buffer.
-                let mut untagged: Option<Packet> = None;
-                let mut tagged: Option<Packet> = None;
-                for out in &egress {
-                    let version = match out.tag {
-                        None => untagged
-                            .get_or_insert_with(|| retag(&packet, decision.ingress_tag, None)),
-                        Some(vlan) => tagged.get_or_insert_with(|| {
-                            retag(&packet, decision.ingress_tag, Some(vlan))
-                        }),
-                    }
-                    .clone();
-                    match table.live(out.port) {
-                        Some(port) => self.transmit(port, version),
-                        None => self.counters().dropped(DropReason::EgressPortGone, 1),
-                    }
-                }
+        };
+        if decision.learned == Learned::LimitReached {
+            if let Some(port) = table.live(ingress) {
+                port.counters.not_learned(self.index);
             }
         }
-        self.egress = egress;
+        // At most two versions of the frame: untagged and tagged with its
+        // VLAN; every port of a kind shares one buffer.
+        let mut untagged: Option<Packet> = None;
+        let mut tagged: Option<Packet> = None;
+        for out in &scratch.egress {
+            let version = match out.tag {
+                None => untagged.get_or_insert_with(|| retag(&packet, decision.ingress_tag, None)),
+                Some(vlan) => {
+                    tagged.get_or_insert_with(|| retag(&packet, decision.ingress_tag, Some(vlan)))
+                }
+            }
+            .clone();
+            match table.live(out.port) {
+                Some(port) => self.transmit(&mut scratch.adapted, port, version),
+                None => self.counters.dropped(DropReason::EgressPortGone, 1),
+            }
+        }
     }
 
     /// The egress path of one frame to one port: the adaptation seam, then
     /// the port's send.
-    fn transmit(&mut self, port: &LivePort, packet: Packet) {
+    fn transmit(&self, adapted: &mut Vec<Packet>, port: &LivePort, packet: Packet) {
         if port.removed.load(Ordering::Acquire) {
-            self.drop_at_egress(port, DropReason::EgressPortGone, 1);
+            self.drop_at(port, DropReason::EgressPortGone);
             return;
         }
-        let mut adapted = std::mem::take(&mut self.adapted);
         adapted.clear();
-        match adapt_for_egress(packet, &port.caps.egress, &mut adapted) {
-            Err(err) => self.drop_at_egress(port, err.reason(), 1),
+        match adapt_for_egress(packet, &port.caps.egress, adapted) {
+            Err(err) => self.drop_at(port, err.reason()),
             Ok(work) => {
-                port.counters.worked(&work);
-                self.counters().worked(&work);
+                port.counters.worked(self.index, &work);
+                self.counters.worked(&work);
                 for packet in adapted.drain(..) {
                     self.send(port, packet);
                 }
             }
         }
-        self.adapted = adapted;
-    }
-
-    fn drop_at_egress(&self, port: &LivePort, reason: DropReason, frames: u64) {
-        port.counters.dropped(reason, frames);
-        self.counters().dropped(reason, frames);
     }
 
     /// Sends one frame, retrying a full queue for a bounded time.
-    fn send(&mut self, port: &LivePort, packet: Packet) {
+    fn send(&self, port: &LivePort, packet: Packet) {
         let queue = self.index % port.caps.tx_queues.max(1);
         let bytes = packet.data.len();
         let wait = self.shared.config.queue_full_wait;
@@ -699,8 +720,8 @@ impl Worker {
         loop {
             match port.port.send(queue, packet) {
                 Ok(()) => {
-                    port.counters.sent(bytes);
-                    self.counters().sent();
+                    port.counters.sent(self.index, bytes);
+                    self.counters.sent();
                     if port.congested.load(Ordering::Relaxed) {
                         port.congested.store(false, Ordering::Relaxed);
                     }
@@ -713,20 +734,20 @@ impl Worker {
                         || Instant::now() >= deadline
                     {
                         port.congested.store(true, Ordering::Relaxed);
-                        self.drop_at_egress(port, DropReason::EgressQueueFull, 1);
+                        self.drop_at(port, DropReason::EgressQueueFull);
                         return;
                     }
                     if port.removed.load(Ordering::Acquire)
                         || self.shared.stop.load(Ordering::Acquire)
                     {
-                        self.drop_at_egress(port, DropReason::EgressPortGone, 1);
+                        self.drop_at(port, DropReason::EgressPortGone);
                         return;
                     }
                     packet = err.into_packet();
                     thread::yield_now();
                 }
                 Err(_) => {
-                    self.drop_at_egress(port, DropReason::EgressPortError, 1);
+                    self.drop_at(port, DropReason::EgressPortError);
                     return;
                 }
             }
