@@ -45,7 +45,7 @@ use vswitch_ports::{Port, PortCapabilities, SendError};
 use crate::dispatch::{flow_hash, worker_for_hash};
 use crate::egress::adapt_for_egress;
 use crate::ethernet::retag;
-use crate::fdb::Learned;
+use crate::fdb::{Learned, LookupCache};
 use crate::forward::{
     DropReason, Egress, Forwarder, ForwarderConfig, PortId, PortProfile, PortSet,
 };
@@ -457,6 +457,8 @@ struct Worker {
 
 /// Vectors reused from frame to frame, so the frame path does not allocate.
 struct Scratch {
+    /// This worker's memory of recent forwarding-table answers.
+    cache: LookupCache,
     egress: Vec<Egress>,
     adapted: Vec<Packet>,
     /// Inboxes of other workers that timed out and have not accepted a
@@ -484,6 +486,7 @@ impl Worker {
     ) -> Self {
         let burst = shared.config.burst;
         let workers = shared.workers.len();
+        let cache = shared.forwarder.new_cache();
         Worker {
             index,
             shared,
@@ -492,6 +495,7 @@ impl Worker {
             owned: Vec::new(),
             rx_batch: Vec::with_capacity(burst),
             scratch: Scratch {
+                cache,
                 egress: Vec::new(),
                 adapted: Vec::new(),
                 congested: vec![false; workers],
@@ -649,7 +653,8 @@ impl Round<'_> {
     fn forward(&self, scratch: &mut Scratch, ingress: PortId, packet: Packet) {
         self.counters.handled(packet.data.len());
         let table = self.table;
-        let decision = self.shared.forwarder.decide(
+        let decision = self.shared.forwarder.decide_cached(
+            &mut scratch.cache,
             &table.profiles,
             ingress,
             &packet.data,
