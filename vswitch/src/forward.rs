@@ -1006,3 +1006,115 @@ mod tests {
         assert_eq!(names.len(), DropReason::COUNT);
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use std::collections::HashSet;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::ethernet::build_frame;
+    use crate::vlan::VlanSet;
+
+    /// Port modes over VLANs 1..=3, so that ports share VLANs often.
+    fn profile() -> impl Strategy<Value = PortProfile> {
+        let vlan = (1u16..=3).prop_map(|v| VlanId::new(v).unwrap());
+        prop_oneof![
+            vlan.clone().prop_map(PortProfile::access),
+            (
+                proptest::collection::vec(vlan.clone(), 0..3),
+                proptest::option::of(vlan)
+            )
+                .prop_map(|(allowed, native)| {
+                    PortProfile::trunk(allowed.into_iter().collect::<VlanSet>(), native)
+                }),
+        ]
+        .prop_flat_map(|p| (Just(p), 1usize..4))
+        .prop_map(|(p, limit)| p.max_learned(limit))
+    }
+
+    /// A frame: ingress port, destination and source host numbers (0 is
+    /// broadcast as destination), an optional tag VID, and a clock step.
+    fn event() -> impl Strategy<Value = (u32, u8, u8, Option<u16>, u64)> {
+        (
+            0u32..5,
+            0u8..6,
+            1u8..6,
+            proptest::option::of(0u16..5),
+            0u64..3,
+        )
+    }
+
+    fn host(n: u8) -> MacAddr {
+        if n == 0 {
+            MacAddr::BROADCAST
+        } else {
+            MacAddr([2, 0, 0, 0, 0, n])
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn decisions_keep_the_switch_invariants(
+            profiles in proptest::collection::vec(profile(), 1..5),
+            events in proptest::collection::vec(event(), 1..60),
+        ) {
+            let mut ports = PortSet::new();
+            for (i, p) in profiles.iter().enumerate() {
+                ports.insert(PortId(i as u32), p.clone());
+            }
+            let t0 = Instant::now();
+            let config = ForwarderConfig {
+                aging: Duration::from_secs(5),
+                sweep_interval: Duration::from_secs(1),
+            };
+            let exact = Forwarder::new(config, t0);
+            let cached = Forwarder::new(config, t0);
+            let mut cache = cached.new_cache();
+            let (mut out, mut out_cached) = (Vec::new(), Vec::new());
+            let mut secs = 0;
+            for (ingress, dst, src, vid, step) in events {
+                secs += step * 10;
+                let now = t0 + Duration::from_secs(secs);
+                let frame = build_frame(host(dst), host(src), vid, 0x0800, &[0; 46]);
+                let ingress = PortId(ingress);
+                let decision = exact.decide(&ports, ingress, &frame, now, &mut out);
+                let decision_cached =
+                    cached.decide_cached(&mut cache, &ports, ingress, &frame, now, &mut out_cached);
+                // Whole seconds apart and aging far from a boundary... the
+                // cache gives the same answers as the table.
+                prop_assert_eq!(&decision, &decision_cached);
+                prop_assert_eq!(&out, &out_cached);
+                match decision {
+                    Ok(d) => {
+                        let profile = ports.get(ingress).unwrap();
+                        prop_assert!(profile.vlan.carries(d.vlan));
+                        prop_assert!(!out.is_empty());
+                        let mut seen = HashSet::new();
+                        for e in &out {
+                            prop_assert!(e.port != ingress);
+                            prop_assert!(seen.insert(e.port));
+                            let egress = ports.get(e.port).unwrap();
+                            prop_assert!(egress.vlan.carries(d.vlan));
+                            prop_assert_eq!(e.tag, egress.vlan.egress_tag(d.vlan));
+                        }
+                        if let VlanMode::Access(_) = profile.vlan {
+                            prop_assert!(vid.is_none());
+                        }
+                    }
+                    Err(err) => {
+                        if let Some(profile) = ports.get(ingress) {
+                            if let (VlanMode::Access(_), Some(_)) = (&profile.vlan, vid) {
+                                prop_assert_eq!(err.reason(), DropReason::TaggedOnAccessPort);
+                            }
+                        }
+                    }
+                }
+                for (id, profile) in ports.iter() {
+                    prop_assert!(exact.table().learned_on(id) <= profile.max_learned);
+                }
+            }
+        }
+    }
+}

@@ -111,6 +111,9 @@ pub enum SwitchError {
         /// Its transmit queues.
         tx_queues: usize,
     },
+    /// Every port id was used once already (ids are never reused).
+    #[error("all {} port ids have been used", u32::MAX)]
+    PortIdsExhausted,
     /// A worker thread could not be started.
     #[error("cannot start worker thread {index}: {source}")]
     Spawn {
@@ -291,7 +294,9 @@ impl Switch {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let id = PortId(*next_id);
-        *next_id += 1;
+        *next_id = next_id
+            .checked_add(1)
+            .ok_or(SwitchError::PortIdsExhausted)?;
         let live = Arc::new(LivePort {
             id,
             name: port.name().to_owned(),
