@@ -22,6 +22,9 @@
 //! until it accepts a frame again, so one stuck consumer cannot slow a
 //! worker down for everyone else.
 //!
+//! A worker without work yields, then parks for at most a millisecond; a
+//! worker that hands it frames wakes it at the end of its burst.
+//!
 //! # Hot-plug
 //!
 //! The ports live in an immutable table behind `RwLock<Arc<_>>`; adding or
@@ -33,9 +36,9 @@
 //! worker runs on the new table, and then forgets the addresses learned on
 //! it.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::thread::{self, JoinHandle};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::thread::{self, JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
@@ -160,6 +163,22 @@ struct WorkerHandle {
     inbox: Sender<Handoff>,
     counters: WorkerCounters,
     seen_generation: AtomicU64,
+    /// The worker is (about to be) parked for lack of work; a worker that
+    /// hands it a frame unparks it.
+    parked: AtomicBool,
+    thread: OnceLock<Thread>,
+}
+
+impl WorkerHandle {
+    /// Wakes the worker if it is parked, after a frame was put in its inbox.
+    fn wake(&self) {
+        fence(Ordering::SeqCst);
+        if self.parked.load(Ordering::Relaxed) {
+            if let Some(thread) = self.thread.get() {
+                thread.unpark();
+            }
+        }
+    }
 }
 
 struct Shared {
@@ -235,6 +254,8 @@ impl Switch {
                     inbox: tx,
                     counters: WorkerCounters::default(),
                     seen_generation: AtomicU64::new(0),
+                    parked: AtomicBool::new(false),
+                    thread: OnceLock::new(),
                 };
                 (handle, rx)
             })
@@ -263,6 +284,10 @@ impl Switch {
                 .name(format!("vswitch-worker-{index}"))
                 .spawn(move || worker.run())
                 .map_err(|source| SwitchError::Spawn { index, source })?;
+            if let Some(handle) = shared.workers.get(index) {
+                // Set once, before any frame can be handed to this worker.
+                let _ = handle.thread.set(thread.thread().clone());
+            }
             switch.threads.push(thread);
         }
         Ok(switch)
@@ -434,6 +459,11 @@ impl Switch {
 
     fn stop_and_join(&mut self) {
         self.shared.stop.store(true, Ordering::Release);
+        for worker in &self.shared.workers {
+            if let Some(thread) = worker.thread.get() {
+                thread.unpark();
+            }
+        }
         for thread in self.threads.drain(..) {
             // A worker that panicked has nothing left to clean up.
             let _ = thread.join();
@@ -469,6 +499,8 @@ struct Scratch {
     /// Inboxes of other workers that timed out and have not accepted a
     /// frame since.
     congested: Vec<bool>,
+    /// Workers handed frames during this burst, to wake once at its end.
+    to_wake: Vec<bool>,
 }
 
 /// What a worker reads while it handles one round of frames. Everything is
@@ -504,6 +536,7 @@ impl Worker {
                 egress: Vec::new(),
                 adapted: Vec::new(),
                 congested: vec![false; workers],
+                to_wake: vec![false; workers],
             },
         }
     }
@@ -553,9 +586,32 @@ impl Worker {
                 idle_rounds = 0;
             } else {
                 idle_rounds = idle_rounds.saturating_add(1);
-                idle(idle_rounds);
+                self.idle(idle_rounds);
             }
         }
+    }
+}
+
+impl Worker {
+    /// Backs off when a round found no work: yield first, then park for up
+    /// to a millisecond (woken early by a hand-off), so idle workers leave
+    /// the CPU to others. Frames arriving on the ports themselves are seen
+    /// within that millisecond.
+    fn idle(&self, rounds: u32) {
+        if rounds < 16 {
+            thread::yield_now();
+            return;
+        }
+        let Some(handle) = self.shared.workers.get(self.index) else {
+            return;
+        };
+        let micros = (50u64 << (rounds - 16).min(5)).min(1000);
+        handle.parked.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        if self.inbox.is_empty() && !self.shared.stop.load(Ordering::Acquire) {
+            thread::park_timeout(Duration::from_micros(micros));
+        }
+        handle.parked.store(false, Ordering::Relaxed);
     }
 }
 
@@ -603,6 +659,13 @@ impl Round<'_> {
                 self.hand_off(scratch, target, port, packet);
             }
         }
+        for (target, flag) in scratch.to_wake.iter_mut().enumerate() {
+            if std::mem::take(flag) {
+                if let Some(handle) = self.shared.workers.get(target) {
+                    handle.wake();
+                }
+            }
+        }
         received
     }
 
@@ -620,6 +683,9 @@ impl Round<'_> {
             match inbox.try_send(item) {
                 Ok(()) => {
                     self.counters.handed_off();
+                    if let Some(flag) = scratch.to_wake.get_mut(target) {
+                        *flag = true;
+                    }
                     if let Some(flag) = scratch.congested.get_mut(target) {
                         *flag = false;
                     }
@@ -762,16 +828,5 @@ impl Round<'_> {
                 }
             }
         }
-    }
-}
-
-/// Backs off when a round found no work: yield first, then sleep for up to
-/// a millisecond, so idle workers leave the CPU to others.
-fn idle(rounds: u32) {
-    if rounds < 16 {
-        thread::yield_now();
-    } else {
-        let micros = 50u64 << (rounds - 16).min(5);
-        thread::sleep(Duration::from_micros(micros.min(1000)));
     }
 }
