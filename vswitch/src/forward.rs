@@ -167,7 +167,8 @@ pub enum DropReason {
     /// The frame needs segmentation or checksumming in software, which
     /// the egress path cannot do yet, and the port cannot do it itself.
     NeedsSoftwareOffload,
-    /// A frame with no offload work left is larger than the egress MTU.
+    /// A frame with no offload work left is larger than the egress MTU, or
+    /// the segments of a GSO frame the port would cut itself would be.
     ExceedsMtu,
     /// The egress port was removed while the frame was in flight.
     EgressPortGone,
