@@ -178,11 +178,13 @@ pub enum DropReason {
     EgressQueueFull,
     /// The egress port refused the frame (disconnected or bad queue).
     EgressPortError,
+    /// The switch stopped while the frame waited for a full queue.
+    Shutdown,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 17;
+    pub const COUNT: usize = 18;
 
     /// Every reason, in counter order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
@@ -203,6 +205,7 @@ impl DropReason {
         DropReason::WorkerQueueFull,
         DropReason::EgressQueueFull,
         DropReason::EgressPortError,
+        DropReason::Shutdown,
     ];
 
     /// The counter index of this reason.
@@ -230,6 +233,7 @@ impl DropReason {
             DropReason::WorkerQueueFull => "worker-queue-full",
             DropReason::EgressQueueFull => "egress-queue-full",
             DropReason::EgressPortError => "egress-port-error",
+            DropReason::Shutdown => "shutdown",
         }
     }
 }

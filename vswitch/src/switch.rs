@@ -36,7 +36,7 @@
 //! worker runs on the new table, and then forgets the addresses learned on
 //! it.
 
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::thread::{self, JoinHandle, Thread};
 use std::time::{Duration, Instant};
@@ -189,6 +189,8 @@ struct Shared {
     /// Serialises add and remove.
     update: Mutex<u32>,
     stop: AtomicBool,
+    /// Workers still in their polling loop (see `Worker::finish`).
+    polling: AtomicUsize,
     workers: Vec<WorkerHandle>,
 }
 
@@ -272,6 +274,7 @@ impl Switch {
             generation: AtomicU64::new(0),
             update: Mutex::new(0),
             stop: AtomicBool::new(false),
+            polling: AtomicUsize::new(config.workers),
             workers: handles,
         });
         let mut switch = Switch {
@@ -451,7 +454,9 @@ impl Switch {
     }
 
     /// Stops the workers, waits for them, and returns the final statistics.
-    /// Frames still in worker inboxes are not forwarded.
+    /// Ports are no longer polled; frames already taken from them are
+    /// forwarded first (without waiting on full transmit queues: those are
+    /// counted as [`DropReason::Shutdown`]).
     pub fn shutdown(mut self) -> SwitchStats {
         self.stop_and_join();
         self.stats()
@@ -564,6 +569,8 @@ impl Worker {
     }
 
     fn run(mut self) {
+        let shared = self.shared.clone();
+        let polling = PollingGuard(&shared);
         let mut idle_rounds = 0u32;
         while !self.shared.stop.load(Ordering::Acquire) {
             self.refresh_table();
@@ -589,6 +596,44 @@ impl Worker {
                 self.idle(idle_rounds);
             }
         }
+        drop(polling);
+        self.finish();
+    }
+
+    /// After the stop: ports are no longer polled, so frames are handed
+    /// over only until every worker has left its polling loop. Until then,
+    /// and until the inbox is empty, the frames already handed over are
+    /// forwarded, so none is left behind uncounted.
+    fn finish(mut self) {
+        loop {
+            let Some(handle) = self.shared.workers.get(self.index) else {
+                return;
+            };
+            let round = Round {
+                index: self.index,
+                shared: &self.shared,
+                counters: &handle.counters,
+                inbox: &self.inbox,
+                table: &self.table,
+                now: Instant::now(),
+            };
+            if round.drain_inbox(&mut self.scratch) == 0 {
+                if self.shared.polling.load(Ordering::Acquire) == 0 && self.inbox.is_empty() {
+                    return;
+                }
+                thread::yield_now();
+            }
+        }
+    }
+}
+
+/// Counts a worker out of the polling workers when it leaves its polling
+/// loop, by returning or by unwinding, so the others do not wait for it.
+struct PollingGuard<'a>(&'a Shared);
+
+impl Drop for PollingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.polling.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -813,10 +858,12 @@ impl Round<'_> {
                         self.drop_at(port, DropReason::EgressQueueFull);
                         return;
                     }
-                    if port.removed.load(Ordering::Acquire)
-                        || self.shared.stop.load(Ordering::Acquire)
-                    {
+                    if port.removed.load(Ordering::Acquire) {
                         self.drop_at(port, DropReason::EgressPortGone);
+                        return;
+                    }
+                    if self.shared.stop.load(Ordering::Acquire) {
+                        self.drop_at(port, DropReason::Shutdown);
                         return;
                     }
                     packet = err.into_packet();
