@@ -8,7 +8,7 @@ use std::thread;
 use std::time::Duration;
 
 use switch_support::*;
-use vswitch::{PortProfile, VlanId};
+use vswitch::{DropReason, PortProfile, VlanId};
 use vswitch_ports::{memory_port, MemoryPortConfig};
 
 const FLOWS: u16 = 64;
@@ -94,4 +94,40 @@ fn many_flows_keep_their_order_and_spread_over_workers() {
     assert_eq!(handled.iter().sum::<u64>(), 2 * expected + 2);
     assert!(handled.iter().all(|&n| n > expected / 8), "{handled:?}");
     assert!(stats.workers.iter().map(|w| w.handed_off).sum::<u64>() > 0);
+}
+
+#[test]
+fn shutdown_leaves_no_frame_taken_from_a_port_uncounted() {
+    let switch = vswitch::Switch::start(vswitch::SwitchConfig::default().workers(4)).unwrap();
+    let (a, guest_a) = memory_port(MemoryPortConfig::new("a").queues(2, 1).queue_len(4096));
+    let (b, guest_b) = memory_port(MemoryPortConfig::new("b").queues(1, 4).queue_len(512));
+    let profile = PortProfile::access(VlanId::DEFAULT);
+    let id_a = switch.add_port(Arc::new(a), profile.clone()).unwrap();
+    let id_b = switch.add_port(Arc::new(b), profile).unwrap();
+    let (mac_a, mac_b) = (mac(1, 1), mac(2, 1));
+    guest_b.try_inject(0, hello(mac_b)).unwrap();
+    expect_one(&guest_a);
+    // Nobody collects at b: its queues fill and the rest is dropped.
+    for seq in 0..2000 {
+        for flow in 0..8 {
+            let frame = flow_frame(mac_b, mac_a, flow, seq);
+            guest_a.try_inject(usize::from(flow % 2), frame).ok();
+        }
+    }
+    let stats = switch.shutdown();
+    let port = |id| stats.ports.iter().find(|p| p.id == id).unwrap().stats;
+    let (at_a, at_b) = (port(id_a), port(id_b));
+    assert!(at_a.rx_frames > 0);
+    // Every frame taken from a was sent to b or counted as dropped.
+    assert_eq!(
+        at_a.rx_frames,
+        at_b.tx_frames + at_a.drops.total() + at_b.drops.total(),
+        "a: {at_a:?}, b: {at_b:?}"
+    );
+    // Each worker sends on its own queue of b; the frames that found it
+    // full were counted.
+    assert!(at_b.tx_frames <= 4 * 512);
+    assert!(at_b.drops.get(DropReason::EgressQueueFull) > 0);
+    let mut left = Vec::new();
+    assert_eq!(guest_b.drain(&mut left) as u64, at_b.tx_frames);
 }

@@ -238,3 +238,45 @@ mod tests {
         assert_eq!(worker_for_hash(u32::MAX, 8), 7);
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn any_bytes_hash_without_panicking(frame in proptest::collection::vec(any::<u8>(), 0..120)) {
+            let hash = flow_hash(&frame);
+            prop_assert!(worker_for_hash(hash, 3) < 3);
+        }
+
+        #[test]
+        fn the_payload_does_not_change_the_hash(
+            sport in any::<u16>(),
+            tags in 0usize..3,
+            tail_a in proptest::collection::vec(any::<u8>(), 0..64),
+            tail_b in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let mut frame = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1];
+            for _ in 0..tags {
+                frame.extend_from_slice(&[0x81, 0x00, 0x00, 0x05]);
+            }
+            frame.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0, 0, 20, 17, 64]);
+            frame.extend_from_slice(&[0xfd; 32]);
+            frame.extend_from_slice(&sport.to_be_bytes());
+            frame.extend_from_slice(&[0, 53, 0, 20, 0, 0]);
+            let (mut a, mut b) = (frame.clone(), frame);
+            a.extend_from_slice(&tail_a);
+            b.extend_from_slice(&tail_b);
+            prop_assert_eq!(flow_hash(&a), flow_hash(&b));
+            let key = flow_key(&a);
+            let ports = match key {
+                FlowKey::Ip { ports, .. } => ports,
+                _ => None,
+            };
+            prop_assert_eq!(ports, Some((sport, 53)));
+        }
+    }
+}

@@ -6,7 +6,8 @@
 //! the port declares it does itself (checksum completion, TSO, USO, UFO)
 //! passes with its virtio-net header, for the port to act on; anything else
 //! is refused with [`EgressError::NeedsSoftwareOffload`] (or
-//! [`EgressError::ExceedsMtu`] for a finished frame that is too large).
+//! [`EgressError::ExceedsMtu`] for a finished frame that is too large, or
+//! a GSO frame whose segments would not fit the port's MTU).
 //! The software segmentation and checksum engine replaces that refusal by
 //! doing the work, through this same function.
 
@@ -43,7 +44,8 @@ pub enum EgressError {
         /// The frame's virtio-net `flags`.
         flags: u8,
     },
-    /// A frame with nothing left to do is larger than the port's MTU.
+    /// A frame with nothing left to do, or a segment the port would cut
+    /// from a GSO frame, is larger than the port's MTU.
     #[error("IP packet of {l3_len} bytes exceeds the egress MTU of {mtu}")]
     ExceedsMtu {
         /// Length from the IP header on.
@@ -71,6 +73,17 @@ fn port_segments(gso_type: u8, caps: &EgressCapabilities) -> bool {
         GSO_UDP_L4 => caps.uso,
         GSO_UDP => caps.ufo,
         _ => false,
+    }
+}
+
+/// The smallest IP and transport headers a segment of `gso_type` carries.
+fn min_segment_headers(gso_type: u8) -> usize {
+    match gso_type & !GSO_ECN {
+        GSO_TCPV4 => 20 + 20,
+        GSO_TCPV6 => 40 + 20,
+        GSO_UDP_L4 => 20 + 8,
+        // UFO: gso_size is the IP payload of each fragment.
+        _ => 20,
     }
 }
 
@@ -104,6 +117,17 @@ pub fn adapt_for_egress(
             gso_type: hdr.gso_type,
             flags: hdr.flags,
         });
+    } else {
+        // The port cuts segments of gso_size payload bytes; with the
+        // smallest headers of that kind they must still fit its MTU (as
+        // Linux checks GSO frames before a bridge forwards them).
+        let l3_len = usize::from(hdr.gso_size) + min_segment_headers(hdr.gso_type);
+        if l3_len > usize::from(caps.mtu) {
+            return Err(EgressError::ExceedsMtu {
+                l3_len,
+                mtu: caps.mtu,
+            });
+        }
     }
     out.push(packet);
     Ok(EgressWork::default())
@@ -184,6 +208,17 @@ mod tests {
                 "{caps:?}"
             );
         }
+        // Segments the port would cut must fit its MTU.
+        let mut jumbo_mss = tso4.clone();
+        jumbo_mss.hdr.gso_size = 1461;
+        assert_eq!(
+            adapt(jumbo_mss.clone(), EgressCapabilities::full(1500)),
+            Err(EgressError::ExceedsMtu {
+                l3_len: 1501,
+                mtu: 1500
+            })
+        );
+        assert_eq!(adapt(jumbo_mss, EgressCapabilities::full(9000)), Ok(1));
         let ufo = Packet::with_hdr(hdr(0, GSO_UDP), frame(9000));
         assert!(adapt(ufo.clone(), EgressCapabilities::full(1500)).is_err());
         let with_ufo = EgressCapabilities {

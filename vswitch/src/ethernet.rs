@@ -285,3 +285,45 @@ mod tests {
         assert_eq!(untagged, plain);
     }
 }
+
+#[cfg(test)]
+mod proptests {
+    use proptest::prelude::*;
+
+    use super::*;
+    use vswitch_offload::VirtioNetHdr;
+
+    proptest! {
+        #[test]
+        fn parsing_never_panics(frame in proptest::collection::vec(any::<u8>(), 0..40)) {
+            let _ = EthernetHeader::parse(&frame);
+            prop_assert!(l2_header_len(&frame) <= frame.len());
+        }
+
+        #[test]
+        fn push_then_pop_gives_the_frame_back(
+            body in proptest::collection::vec(any::<u8>(), 14..200),
+            vid in 1u16..4095,
+            csum_start in 14u16..1000,
+        ) {
+            let mut body = body;
+            // An untagged frame: the EtherType must not be a TPID.
+            body[12] = 0x08;
+            body[13] = 0x00;
+            let hdr = VirtioNetHdr {
+                flags: FLAG_NEEDS_CSUM,
+                csum_start,
+                csum_offset: 6,
+                ..VirtioNetHdr::default()
+            };
+            let packet = Packet::with_hdr(hdr, body);
+            let vlan = VlanId::new(vid).unwrap();
+            let tagged = retag(&packet, None, Some(vlan));
+            let header = EthernetHeader::parse(&tagged.data).unwrap();
+            prop_assert_eq!(header.outer_tag.map(VlanTag::vid), Some(vid));
+            prop_assert_eq!(tagged.hdr.csum_start, csum_start + 4);
+            let back = retag(&tagged, header.outer_tag, None);
+            prop_assert_eq!(back, packet);
+        }
+    }
+}

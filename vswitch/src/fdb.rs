@@ -10,6 +10,12 @@
 //! path never takes a write lock and workers do not serialise on learning.
 //! Write locks are taken only to add, move or remove an entry.
 //!
+//! Each worker also keeps a [`LookupCache`] of recent answers, valid while
+//! the table's change counter (bumped on every add, move and removal) stays
+//! the same and for at most a second, so the frames of a busy address take
+//! no lock at all and write its entry about once a second per worker. The
+//! price is aging accuracy: within one refresh interval.
+//!
 //! Per-worker tables with learning broadcast were the alternative; they
 //! multiply memory by the number of workers and leave a window in which
 //! workers disagree on where an address is, which shows up as reordering
@@ -51,6 +57,16 @@ pub enum Learned {
 struct Entry {
     port: PortId,
     last_seen_ms: AtomicU64,
+}
+
+impl Entry {
+    /// Records a frame at `now_ms`. Writes only when the time moved, so
+    /// workers refreshing the same address mostly share the line read-only.
+    fn touch(&self, now_ms: u64) {
+        if self.last_seen_ms.load(Ordering::Relaxed) < now_ms {
+            self.last_seen_ms.fetch_max(now_ms, Ordering::Relaxed);
+        }
+    }
 }
 
 /// A keyed hash for table keys (VLAN and MAC packed in a `u64`), seeded per
@@ -106,6 +122,9 @@ pub struct ForwardingTable {
     /// held (shard first, then this), so the limit is exact.
     learned: Mutex<HashMap<PortId, usize>>,
     aging_ms: u64,
+    /// Bumped on every insertion, move and removal, so that a
+    /// [`LookupCache`] knows when what it remembers may be wrong.
+    epoch: AtomicU64,
 }
 
 fn key(vlan: VlanId, mac: MacAddr) -> u64 {
@@ -125,7 +144,65 @@ impl ForwardingTable {
             hasher,
             learned: Mutex::new(HashMap::new()),
             aging_ms,
+            epoch: AtomicU64::new(0),
         }
+    }
+
+    /// Like [`ForwardingTable::learn`], answered from `cache` when the cache
+    /// saw the same answer less than its refresh interval ago and the table
+    /// has not changed since. An entry's age is then refreshed at most once
+    /// per interval per cache, so it may age out up to one interval early.
+    pub fn learn_cached(
+        &self,
+        cache: &mut LookupCache,
+        vlan: VlanId,
+        mac: MacAddr,
+        port: PortId,
+        limit: usize,
+        now_ms: u64,
+    ) -> Learned {
+        cache.validate(self.epoch.load(Ordering::Acquire));
+        let key = key(vlan, mac);
+        if let Some(known) = cache.fresh(key, now_ms) {
+            match known {
+                Cached::At(at) if at == port => return Learned::Refreshed,
+                Cached::Refused(at) if at == port => return Learned::LimitReached,
+                _ => {}
+            }
+        }
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let learned = self.learn(vlan, mac, port, limit, now_ms);
+        let value = match learned {
+            Learned::LimitReached => Cached::Refused(port),
+            _ => Cached::At(port),
+        };
+        cache.remember(epoch, key, value, now_ms);
+        learned
+    }
+
+    /// Like [`ForwardingTable::lookup`], answered from `cache` when the
+    /// cache looked the address up less than its refresh interval ago and
+    /// the table has not changed since. An aged entry may then be reported
+    /// for up to one interval (until the sweep removes it).
+    pub fn lookup_cached(
+        &self,
+        cache: &mut LookupCache,
+        vlan: VlanId,
+        mac: MacAddr,
+        now_ms: u64,
+    ) -> Option<PortId> {
+        cache.validate(self.epoch.load(Ordering::Acquire));
+        let key = key(vlan, mac);
+        match cache.fresh(key, now_ms) {
+            Some(Cached::At(port)) => return Some(port),
+            Some(Cached::Absent) => return None,
+            _ => {}
+        }
+        let epoch = self.epoch.load(Ordering::Acquire);
+        let found = self.lookup(vlan, mac, now_ms);
+        let value = found.map_or(Cached::Absent, Cached::At);
+        cache.remember(epoch, key, value, now_ms);
+        found
     }
 
     fn shard(&self, key: u64) -> &Shard {
@@ -166,7 +243,7 @@ impl ForwardingTable {
             let map = shard.read().unwrap_or_else(PoisonError::into_inner);
             if let Some(entry) = map.get(&key) {
                 if entry.port == port {
-                    entry.last_seen_ms.fetch_max(now_ms, Ordering::Relaxed);
+                    entry.touch(now_ms);
                     return Learned::Refreshed;
                 }
             }
@@ -175,7 +252,7 @@ impl ForwardingTable {
         let mut learned = self.learned.lock().unwrap_or_else(PoisonError::into_inner);
         let previous = match map.get(&key) {
             Some(entry) if entry.port == port => {
-                entry.last_seen_ms.fetch_max(now_ms, Ordering::Relaxed);
+                entry.touch(now_ms);
                 return Learned::Refreshed;
             }
             Some(entry) => Some(entry.port),
@@ -184,6 +261,7 @@ impl ForwardingTable {
         if let Some(from) = previous {
             map.remove(&key);
             decrement(&mut learned, from);
+            self.epoch.fetch_add(1, Ordering::Release);
         }
         let count = learned.entry(port).or_insert(0);
         if *count >= limit {
@@ -193,6 +271,7 @@ impl ForwardingTable {
             return Learned::LimitReached;
         }
         *count += 1;
+        self.epoch.fetch_add(1, Ordering::Release);
         map.insert(
             key,
             Entry {
@@ -222,6 +301,7 @@ impl ForwardingTable {
         for shard in self.shards.iter() {
             let mut map = shard.write().unwrap_or_else(PoisonError::into_inner);
             let mut learned = self.learned.lock().unwrap_or_else(PoisonError::into_inner);
+            let before = removed;
             map.retain(|_, entry| {
                 if doomed(entry) {
                     decrement(&mut learned, entry.port);
@@ -231,6 +311,9 @@ impl ForwardingTable {
                     true
                 }
             });
+            if removed != before {
+                self.epoch.fetch_add(1, Ordering::Release);
+            }
         }
         removed
     }
@@ -253,6 +336,68 @@ impl ForwardingTable {
     pub fn learned_on(&self, port: PortId) -> usize {
         let learned = self.learned.lock().unwrap_or_else(PoisonError::into_inner);
         learned.get(&port).copied().unwrap_or(0)
+    }
+}
+
+/// What a [`LookupCache`] remembers about one (VLAN, MAC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cached {
+    /// The table had it on this port.
+    At(PortId),
+    /// The table did not have it.
+    Absent,
+    /// This port was at its limit and could not learn it.
+    Refused(PortId),
+}
+
+/// One worker's memory of recent table answers, so that the frames of a
+/// busy address do not all take the shared table's locks and write its
+/// entry. Every answer is dropped as soon as the table changes (any entry
+/// added, moved or removed) and is trusted for at most the refresh
+/// interval otherwise.
+#[derive(Debug)]
+pub struct LookupCache {
+    epoch: u64,
+    refresh_ms: u64,
+    entries: HashMap<u64, (Cached, u64), KeyHasherBuilder>,
+}
+
+impl LookupCache {
+    /// Most entries kept; the cache starts over when it would grow beyond.
+    pub const CAPACITY: usize = 4096;
+
+    /// An empty cache trusting answers for `refresh_ms` milliseconds.
+    pub fn new(refresh_ms: u64) -> Self {
+        let seed = RandomState::new().hash_one(0xcac4e_u64);
+        LookupCache {
+            epoch: u64::MAX,
+            refresh_ms,
+            entries: HashMap::with_capacity_and_hasher(64, KeyHasherBuilder { seed }),
+        }
+    }
+
+    fn validate(&mut self, epoch: u64) {
+        if epoch != self.epoch {
+            self.entries.clear();
+            self.epoch = epoch;
+        }
+    }
+
+    fn fresh(&self, key: u64, now_ms: u64) -> Option<Cached> {
+        let (value, at_ms) = self.entries.get(&key)?;
+        (now_ms.saturating_sub(*at_ms) < self.refresh_ms && *at_ms <= now_ms).then_some(*value)
+    }
+
+    /// Remembers an answer read from the table at `epoch` (read before the
+    /// table was consulted, so a change in between invalidates it).
+    fn remember(&mut self, epoch: u64, key: u64, value: Cached, now_ms: u64) {
+        if epoch != self.epoch {
+            return;
+        }
+        if self.entries.len() >= Self::CAPACITY {
+            self.entries.clear();
+        }
+        self.entries.insert(key, (value, now_ms));
     }
 }
 
@@ -311,5 +456,67 @@ mod tests {
         assert_eq!(table.forget_port(p1), 3);
         assert_eq!(table.learned_on(p1), 0);
         assert_eq!(table.learn(V1, mac(9), p1, 3, 0), Learned::New);
+    }
+
+    #[test]
+    fn caches_follow_changes_made_through_other_caches() {
+        let table = ForwardingTable::new(300_000);
+        let (p1, p2) = (PortId(1), PortId(2));
+        let (mut one, mut two) = (LookupCache::new(1000), LookupCache::new(1000));
+        assert_eq!(table.lookup_cached(&mut one, V1, mac(1), 0), None);
+        assert_eq!(
+            table.learn_cached(&mut two, V1, mac(1), p1, 10, 0),
+            Learned::New
+        );
+        // The negative answer in `one` is gone with the insertion.
+        assert_eq!(table.lookup_cached(&mut one, V1, mac(1), 1), Some(p1));
+        assert_eq!(
+            table.learn_cached(&mut two, V1, mac(1), p1, 10, 2),
+            Learned::Refreshed
+        );
+        // A station move through `two` is seen by `one`.
+        assert_eq!(
+            table.learn_cached(&mut two, V1, mac(1), p2, 10, 3),
+            Learned::Moved { from: p1 }
+        );
+        assert_eq!(table.lookup_cached(&mut one, V1, mac(1), 4), Some(p2));
+        // Removal too.
+        table.forget_port(p2);
+        assert_eq!(table.lookup_cached(&mut one, V1, mac(1), 5), None);
+        // Refusals are remembered, and forgotten when room is made.
+        assert_eq!(
+            table.learn_cached(&mut one, V1, mac(2), p1, 1, 6),
+            Learned::New
+        );
+        assert_eq!(
+            table.learn_cached(&mut one, V1, mac(3), p1, 1, 7),
+            Learned::LimitReached
+        );
+        assert_eq!(
+            table.learn_cached(&mut one, V1, mac(3), p1, 1, 8),
+            Learned::LimitReached
+        );
+        table.forget_port(p1);
+        assert_eq!(
+            table.learn_cached(&mut one, V1, mac(3), p1, 1, 9),
+            Learned::New
+        );
+    }
+
+    #[test]
+    fn cached_refreshes_reach_the_table_once_per_interval() {
+        let table = ForwardingTable::new(10_000);
+        let mut cache = LookupCache::new(1000);
+        let p1 = PortId(1);
+        table.learn_cached(&mut cache, V1, mac(1), p1, 10, 0);
+        // Frames every 500 ms keep the entry alive far past the aging time.
+        for t in (500..30_000).step_by(500) {
+            assert_eq!(
+                table.learn_cached(&mut cache, V1, mac(1), p1, 10, t),
+                Learned::Refreshed
+            );
+        }
+        assert_eq!(table.lookup(V1, mac(1), 30_000), Some(p1));
+        assert_eq!(table.lookup(V1, mac(1), 39_500), None);
     }
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::ethernet::{EthernetHeader, FrameError, VlanTag, TPID_8021Q};
-use crate::fdb::{ForwardingTable, Learned};
+use crate::fdb::{ForwardingTable, Learned, LookupCache};
 use crate::mac::MacAddr;
 use crate::vlan::{VlanId, VlanMode};
 
@@ -167,7 +167,8 @@ pub enum DropReason {
     /// The frame needs segmentation or checksumming in software, which
     /// the egress path cannot do yet, and the port cannot do it itself.
     NeedsSoftwareOffload,
-    /// A frame with no offload work left is larger than the egress MTU.
+    /// A frame with no offload work left is larger than the egress MTU, or
+    /// the segments of a GSO frame the port would cut itself would be.
     ExceedsMtu,
     /// The egress port was removed while the frame was in flight.
     EgressPortGone,
@@ -177,11 +178,13 @@ pub enum DropReason {
     EgressQueueFull,
     /// The egress port refused the frame (disconnected or bad queue).
     EgressPortError,
+    /// The switch stopped while the frame waited for a full queue.
+    Shutdown,
 }
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 17;
+    pub const COUNT: usize = 18;
 
     /// Every reason, in counter order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
@@ -202,6 +205,7 @@ impl DropReason {
         DropReason::WorkerQueueFull,
         DropReason::EgressQueueFull,
         DropReason::EgressPortError,
+        DropReason::Shutdown,
     ];
 
     /// The counter index of this reason.
@@ -229,6 +233,7 @@ impl DropReason {
             DropReason::WorkerQueueFull => "worker-queue-full",
             DropReason::EgressQueueFull => "egress-queue-full",
             DropReason::EgressPortError => "egress-port-error",
+            DropReason::Shutdown => "shutdown",
         }
     }
 }
@@ -390,6 +395,7 @@ impl Default for ForwarderConfig {
 pub struct Forwarder {
     table: ForwardingTable,
     epoch: Instant,
+    aging_ms: u64,
     sweep_ms: u64,
     next_sweep_ms: AtomicU64,
 }
@@ -404,9 +410,11 @@ impl Forwarder {
     /// the epoch itself.
     pub fn new(config: ForwarderConfig, epoch: Instant) -> Self {
         let sweep_ms = millis(config.sweep_interval).max(1);
+        let aging_ms = millis(config.aging);
         Forwarder {
-            table: ForwardingTable::new(millis(config.aging)),
+            table: ForwardingTable::new(aging_ms),
             epoch,
+            aging_ms,
             sweep_ms,
             next_sweep_ms: AtomicU64::new(sweep_ms),
         }
@@ -457,6 +465,40 @@ impl Forwarder {
         now: Instant,
         out: &mut Vec<Egress>,
     ) -> Result<Decision, ForwardError> {
+        self.decide_inner(None, ports, ingress, frame, now, out)
+    }
+
+    /// A cache for [`Forwarder::decide_cached`], one per thread.
+    pub fn new_cache(&self) -> LookupCache {
+        LookupCache::new((self.aging_ms / 8).clamp(1, 1000))
+    }
+
+    /// [`Forwarder::decide`] with table answers remembered in `cache` (see
+    /// [`LookupCache`]): the same decisions, except that an address may age
+    /// out up to one refresh interval (at most a second) early or late.
+    /// This is what the workers use, so that busy addresses do not make
+    /// every frame take the shared table's locks.
+    pub fn decide_cached(
+        &self,
+        cache: &mut LookupCache,
+        ports: &PortSet,
+        ingress: PortId,
+        frame: &[u8],
+        now: Instant,
+        out: &mut Vec<Egress>,
+    ) -> Result<Decision, ForwardError> {
+        self.decide_inner(Some(cache), ports, ingress, frame, now, out)
+    }
+
+    fn decide_inner(
+        &self,
+        mut cache: Option<&mut LookupCache>,
+        ports: &PortSet,
+        ingress: PortId,
+        frame: &[u8],
+        now: Instant,
+        out: &mut Vec<Egress>,
+    ) -> Result<Decision, ForwardError> {
         out.clear();
         let Some(profile) = ports.get(ingress) else {
             return Err(ForwardError::UnknownIngressPort { port: ingress });
@@ -481,15 +523,19 @@ impl Forwarder {
 
         let now_ms = self.now_ms(now);
         self.maybe_sweep(now_ms);
-        let learned = self
-            .table
-            .learn(vlan, src, ingress, profile.max_learned, now_ms);
+        let limit = profile.max_learned;
+        let learned = match cache.as_deref_mut() {
+            Some(cache) => self
+                .table
+                .learn_cached(cache, vlan, src, ingress, limit, now_ms),
+            None => self.table.learn(vlan, src, ingress, limit, now_ms),
+        };
 
         let dst = header.dst;
-        let known = if dst.is_multicast() {
-            None
-        } else {
-            self.table.lookup(vlan, dst, now_ms)
+        let known = match cache {
+            _ if dst.is_multicast() => None,
+            Some(cache) => self.table.lookup_cached(cache, vlan, dst, now_ms),
+            None => self.table.lookup(vlan, dst, now_ms),
         };
         let unicast_to = known.and_then(|port| {
             let egress = ports.get(port)?;
@@ -595,9 +641,19 @@ mod tests {
         t0: Instant,
         ports: PortSet,
         out: Vec<Egress>,
+        cache: Option<LookupCache>,
     }
 
     impl Bench {
+        /// The same bench, deciding through a worker's lookup cache if
+        /// `cached`: the decisions must be the same.
+        fn cached_if(mut self, cached: bool) -> Self {
+            if cached {
+                self.cache = Some(self.fwd.new_cache());
+            }
+            self
+        }
+
         fn new(access_ports: u32) -> Self {
             let t0 = Instant::now();
             let mut ports = PortSet::new();
@@ -609,37 +665,48 @@ mod tests {
                 t0,
                 ports,
                 out: Vec::new(),
+                cache: None,
             }
         }
 
         fn at(&mut self, secs: u64, ingress: u32, frame: &[u8]) -> Result<Vec<u32>, DropReason> {
             let now = self.t0 + Duration::from_secs(secs);
-            self.fwd
-                .decide(&self.ports, PortId(ingress), frame, now, &mut self.out)
-                .map(|_| self.out.iter().map(|e| e.port.0).collect())
-                .map_err(|err| err.reason())
+            let port = PortId(ingress);
+            match &mut self.cache {
+                Some(cache) => {
+                    self.fwd
+                        .decide_cached(cache, &self.ports, port, frame, now, &mut self.out)
+                }
+                None => self
+                    .fwd
+                    .decide(&self.ports, port, frame, now, &mut self.out),
+            }
+            .map(|_| self.out.iter().map(|e| e.port.0).collect())
+            .map_err(|err| err.reason())
         }
     }
 
     #[test]
     fn unknown_destinations_flood_then_learned_ones_are_unicast() {
-        let mut b = Bench::new(4);
-        assert_eq!(b.at(0, 1, &frame(mac(2), mac(1))), Ok(vec![2, 3, 4]));
-        assert_eq!(b.at(0, 2, &frame(mac(1), mac(2))), Ok(vec![1]));
-        assert_eq!(b.at(0, 1, &frame(mac(2), mac(1))), Ok(vec![2]));
-        // Broadcast and multicast always flood, never back to the ingress.
-        assert_eq!(
-            b.at(0, 3, &frame(MacAddr::BROADCAST, mac(3))),
-            Ok(vec![1, 2, 4])
-        );
-        let group = MacAddr([0x01, 0, 0x5e, 0, 0, 7]);
-        assert_eq!(b.at(0, 4, &frame(group, mac(4))), Ok(vec![1, 2, 3]));
-        // A station that moves is followed.
-        assert_eq!(
-            b.at(1, 4, &frame(MacAddr::BROADCAST, mac(1))),
-            Ok(vec![1, 2, 3])
-        );
-        assert_eq!(b.at(1, 2, &frame(mac(1), mac(2))), Ok(vec![4]));
+        for cached in [false, true] {
+            let mut b = Bench::new(4).cached_if(cached);
+            assert_eq!(b.at(0, 1, &frame(mac(2), mac(1))), Ok(vec![2, 3, 4]));
+            assert_eq!(b.at(0, 2, &frame(mac(1), mac(2))), Ok(vec![1]));
+            assert_eq!(b.at(0, 1, &frame(mac(2), mac(1))), Ok(vec![2]));
+            // Broadcast and multicast always flood, never back to the ingress.
+            assert_eq!(
+                b.at(0, 3, &frame(MacAddr::BROADCAST, mac(3))),
+                Ok(vec![1, 2, 4])
+            );
+            let group = MacAddr([0x01, 0, 0x5e, 0, 0, 7]);
+            assert_eq!(b.at(0, 4, &frame(group, mac(4))), Ok(vec![1, 2, 3]));
+            // A station that moves is followed.
+            assert_eq!(
+                b.at(1, 4, &frame(MacAddr::BROADCAST, mac(1))),
+                Ok(vec![1, 2, 3])
+            );
+            assert_eq!(b.at(1, 2, &frame(mac(1), mac(2))), Ok(vec![4]));
+        }
     }
 
     #[test]
@@ -685,224 +752,253 @@ mod tests {
     }
 
     #[test]
+    fn cached_decisions_age_within_one_second() {
+        let mut b = Bench::new(3).cached_if(true);
+        b.at(0, 2, &frame(MacAddr::BROADCAST, mac(2))).unwrap();
+        assert_eq!(b.at(299, 1, &frame(mac(2), mac(1))), Ok(vec![2]));
+        // The cache may answer for up to a second past the aging time, no more.
+        assert_eq!(b.at(301, 1, &frame(mac(2), mac(1))), Ok(vec![2, 3]));
+        // A frame from mac(2) is learned again and seen at once, although the
+        // cache had it as unknown.
+        b.at(302, 2, &frame(MacAddr::BROADCAST, mac(2))).unwrap();
+        assert_eq!(b.at(302, 1, &frame(mac(2), mac(1))), Ok(vec![2]));
+    }
+
+    #[test]
     fn a_frame_to_its_own_port_is_not_sent_back() {
-        let mut b = Bench::new(2);
-        b.at(0, 1, &frame(MacAddr::BROADCAST, mac(1))).unwrap();
-        b.at(0, 1, &frame(MacAddr::BROADCAST, mac(5))).unwrap();
-        assert_eq!(
-            b.at(0, 1, &frame(mac(5), mac(1))),
-            Err(DropReason::DestinationOnIngressPort)
-        );
+        for cached in [false, true] {
+            let mut b = Bench::new(2).cached_if(cached);
+            b.at(0, 1, &frame(MacAddr::BROADCAST, mac(1))).unwrap();
+            b.at(0, 1, &frame(MacAddr::BROADCAST, mac(5))).unwrap();
+            assert_eq!(
+                b.at(0, 1, &frame(mac(5), mac(1))),
+                Err(DropReason::DestinationOnIngressPort)
+            );
+        }
     }
 
     #[test]
     fn vlans_are_isolated() {
-        let mut b = Bench::new(0);
-        b.ports.insert(PortId(1), PortProfile::access(vlan(10)));
-        b.ports.insert(PortId(2), PortProfile::access(vlan(10)));
-        b.ports.insert(PortId(3), PortProfile::access(vlan(20)));
-        b.ports.insert(PortId(4), PortProfile::access(vlan(20)));
-        let trunk: VlanSet = [vlan(10)].into_iter().collect();
-        b.ports.insert(PortId(5), PortProfile::trunk(trunk, None));
+        for cached in [false, true] {
+            let mut b = Bench::new(0).cached_if(cached);
+            b.ports.insert(PortId(1), PortProfile::access(vlan(10)));
+            b.ports.insert(PortId(2), PortProfile::access(vlan(10)));
+            b.ports.insert(PortId(3), PortProfile::access(vlan(20)));
+            b.ports.insert(PortId(4), PortProfile::access(vlan(20)));
+            let trunk: VlanSet = [vlan(10)].into_iter().collect();
+            b.ports.insert(PortId(5), PortProfile::trunk(trunk, None));
 
-        assert_eq!(
-            b.at(0, 1, &frame(MacAddr::BROADCAST, mac(1))),
-            Ok(vec![2, 5])
-        );
-        assert_eq!(b.at(0, 3, &frame(MacAddr::BROADCAST, mac(3))), Ok(vec![4]));
-        // mac(1) is known in VLAN 10 only: from VLAN 20 it is unknown.
-        assert_eq!(b.at(0, 4, &frame(mac(1), mac(4))), Ok(vec![3]));
-        // The same address may live in two VLANs on two ports.
-        b.at(0, 3, &frame(MacAddr::BROADCAST, mac(1))).unwrap();
-        assert_eq!(b.at(0, 2, &frame(mac(1), mac(2))), Ok(vec![1]));
-        assert_eq!(b.at(0, 4, &frame(mac(1), mac(4))), Ok(vec![3]));
-        // The trunk's frames carry VLAN 10 tags; it cannot reach VLAN 20.
-        assert_eq!(b.at(0, 5, &tagged(mac(1), mac(9), 10)), Ok(vec![1]));
-        assert_eq!(
-            b.at(0, 5, &tagged(mac(3), mac(9), 20)),
-            Err(DropReason::VlanNotAllowed)
-        );
-        let egress_tags: Vec<_> = {
-            b.at(0, 1, &frame(MacAddr::BROADCAST, mac(1))).unwrap();
-            b.out.iter().map(|e| (e.port.0, e.tag)).collect()
-        };
-        assert_eq!(egress_tags, vec![(2, None), (5, Some(vlan(10)))]);
+            assert_eq!(
+                b.at(0, 1, &frame(MacAddr::BROADCAST, mac(1))),
+                Ok(vec![2, 5])
+            );
+            assert_eq!(b.at(0, 3, &frame(MacAddr::BROADCAST, mac(3))), Ok(vec![4]));
+            // mac(1) is known in VLAN 10 only: from VLAN 20 it is unknown.
+            assert_eq!(b.at(0, 4, &frame(mac(1), mac(4))), Ok(vec![3]));
+            // The same address may live in two VLANs on two ports.
+            b.at(0, 3, &frame(MacAddr::BROADCAST, mac(1))).unwrap();
+            assert_eq!(b.at(0, 2, &frame(mac(1), mac(2))), Ok(vec![1]));
+            assert_eq!(b.at(0, 4, &frame(mac(1), mac(4))), Ok(vec![3]));
+            // The trunk's frames carry VLAN 10 tags; it cannot reach VLAN 20.
+            assert_eq!(b.at(0, 5, &tagged(mac(1), mac(9), 10)), Ok(vec![1]));
+            assert_eq!(
+                b.at(0, 5, &tagged(mac(3), mac(9), 20)),
+                Err(DropReason::VlanNotAllowed)
+            );
+            let egress_tags: Vec<_> = {
+                b.at(0, 1, &frame(MacAddr::BROADCAST, mac(1))).unwrap();
+                b.out.iter().map(|e| (e.port.0, e.tag)).collect()
+            };
+            assert_eq!(egress_tags, vec![(2, None), (5, Some(vlan(10)))]);
+        }
     }
 
     #[test]
     fn tagged_frames_on_access_ports_are_dropped_double_tags_too() {
-        let mut b = Bench::new(2);
-        assert_eq!(
-            b.at(0, 1, &tagged(MacAddr::BROADCAST, mac(1), 1)),
-            Err(DropReason::TaggedOnAccessPort)
-        );
-        // QinQ: an 802.1ad outer tag and an 802.1Q inner one.
-        let mut qinq = vec![0xff; 6];
-        qinq.extend_from_slice(&mac(1).0);
-        qinq.extend_from_slice(&TPID_8021AD.to_be_bytes());
-        qinq.extend_from_slice(&[0, 1, 0x81, 0, 0, 1, 0x08, 0]);
-        qinq.extend_from_slice(&[0; 46]);
-        assert_eq!(b.at(0, 1, &qinq), Err(DropReason::TaggedOnAccessPort));
-        // Two 802.1Q tags.
-        let double = build_frame(
-            MacAddr::BROADCAST,
-            mac(1),
-            Some(1),
-            0x8100,
-            &[0, 1, 8, 0, 0, 0],
-        );
-        assert_eq!(b.at(0, 1, &double), Err(DropReason::TaggedOnAccessPort));
-        // A priority tag (VID 0) is a tag too.
-        assert_eq!(
-            b.at(0, 1, &tagged(MacAddr::BROADCAST, mac(1), 0)),
-            Err(DropReason::TaggedOnAccessPort)
-        );
-        // Nothing was learned from the dropped frames.
-        assert_eq!(b.fwd.table().len(), 0);
+        for cached in [false, true] {
+            let mut b = Bench::new(2).cached_if(cached);
+            assert_eq!(
+                b.at(0, 1, &tagged(MacAddr::BROADCAST, mac(1), 1)),
+                Err(DropReason::TaggedOnAccessPort)
+            );
+            // QinQ: an 802.1ad outer tag and an 802.1Q inner one.
+            let mut qinq = vec![0xff; 6];
+            qinq.extend_from_slice(&mac(1).0);
+            qinq.extend_from_slice(&TPID_8021AD.to_be_bytes());
+            qinq.extend_from_slice(&[0, 1, 0x81, 0, 0, 1, 0x08, 0]);
+            qinq.extend_from_slice(&[0; 46]);
+            assert_eq!(b.at(0, 1, &qinq), Err(DropReason::TaggedOnAccessPort));
+            // Two 802.1Q tags.
+            let double = build_frame(
+                MacAddr::BROADCAST,
+                mac(1),
+                Some(1),
+                0x8100,
+                &[0, 1, 8, 0, 0, 0],
+            );
+            assert_eq!(b.at(0, 1, &double), Err(DropReason::TaggedOnAccessPort));
+            // A priority tag (VID 0) is a tag too.
+            assert_eq!(
+                b.at(0, 1, &tagged(MacAddr::BROADCAST, mac(1), 0)),
+                Err(DropReason::TaggedOnAccessPort)
+            );
+            // Nothing was learned from the dropped frames.
+            assert_eq!(b.fwd.table().len(), 0);
+        }
     }
 
     #[test]
     fn trunk_ingress_rules() {
-        let mut b = Bench::new(1);
-        let allowed: VlanSet = [vlan(1), vlan(7)].into_iter().collect();
-        b.ports
-            .insert(PortId(2), PortProfile::trunk(allowed.clone(), None));
-        b.ports
-            .insert(PortId(3), PortProfile::trunk(allowed, Some(vlan(1))));
-        b.ports.insert(PortId(4), PortProfile::access(vlan(7)));
-        let bc = MacAddr::BROADCAST;
-        assert_eq!(
-            b.at(0, 2, &frame(bc, mac(2))),
-            Err(DropReason::UntaggedOnTrunk)
-        );
-        assert_eq!(
-            b.at(0, 2, &tagged(bc, mac(2), 0)),
-            Err(DropReason::UntaggedOnTrunk)
-        );
-        assert_eq!(
-            b.at(0, 2, &tagged(bc, mac(2), 4095)),
-            Err(DropReason::InvalidVlanId)
-        );
-        let mut stag = tagged(bc, mac(2), 7).to_vec();
-        stag[12..14].copy_from_slice(&TPID_8021AD.to_be_bytes());
-        assert_eq!(b.at(0, 2, &stag), Err(DropReason::UnsupportedTag));
-        assert_eq!(b.at(0, 2, &tagged(bc, mac(2), 7)), Ok(vec![3, 4]));
-        // Native VLAN: untagged and priority-tagged frames belong to VLAN 1,
-        // and leave untagged on the native trunk but tagged on the other.
-        assert_eq!(b.at(0, 3, &frame(bc, mac(3))), Ok(vec![1, 2]));
-        assert_eq!(b.at(0, 3, &tagged(bc, mac(3), 0)), Ok(vec![1, 2]));
-        let tags: Vec<_> = b.out.iter().map(|e| e.tag).collect();
-        assert_eq!(tags, vec![None, Some(vlan(1))]);
+        for cached in [false, true] {
+            let mut b = Bench::new(1).cached_if(cached);
+            let allowed: VlanSet = [vlan(1), vlan(7)].into_iter().collect();
+            b.ports
+                .insert(PortId(2), PortProfile::trunk(allowed.clone(), None));
+            b.ports
+                .insert(PortId(3), PortProfile::trunk(allowed, Some(vlan(1))));
+            b.ports.insert(PortId(4), PortProfile::access(vlan(7)));
+            let bc = MacAddr::BROADCAST;
+            assert_eq!(
+                b.at(0, 2, &frame(bc, mac(2))),
+                Err(DropReason::UntaggedOnTrunk)
+            );
+            assert_eq!(
+                b.at(0, 2, &tagged(bc, mac(2), 0)),
+                Err(DropReason::UntaggedOnTrunk)
+            );
+            assert_eq!(
+                b.at(0, 2, &tagged(bc, mac(2), 4095)),
+                Err(DropReason::InvalidVlanId)
+            );
+            let mut stag = tagged(bc, mac(2), 7).to_vec();
+            stag[12..14].copy_from_slice(&TPID_8021AD.to_be_bytes());
+            assert_eq!(b.at(0, 2, &stag), Err(DropReason::UnsupportedTag));
+            assert_eq!(b.at(0, 2, &tagged(bc, mac(2), 7)), Ok(vec![3, 4]));
+            // Native VLAN: untagged and priority-tagged frames belong to VLAN 1,
+            // and leave untagged on the native trunk but tagged on the other.
+            assert_eq!(b.at(0, 3, &frame(bc, mac(3))), Ok(vec![1, 2]));
+            assert_eq!(b.at(0, 3, &tagged(bc, mac(3), 0)), Ok(vec![1, 2]));
+            let tags: Vec<_> = b.out.iter().map(|e| e.tag).collect();
+            assert_eq!(tags, vec![None, Some(vlan(1))]);
+        }
     }
 
     #[test]
     fn one_port_cannot_exhaust_the_table() {
-        let mut b = Bench::new(0);
-        b.ports.insert(
-            PortId(1),
-            PortProfile::access(VlanId::DEFAULT).max_learned(4),
-        );
-        b.ports
-            .insert(PortId(2), PortProfile::access(VlanId::DEFAULT));
-        b.ports
-            .insert(PortId(3), PortProfile::access(VlanId::DEFAULT));
-        for i in 10..60 {
-            // Frames beyond the limit are still forwarded.
+        for cached in [false, true] {
+            let mut b = Bench::new(0).cached_if(cached);
+            b.ports.insert(
+                PortId(1),
+                PortProfile::access(VlanId::DEFAULT).max_learned(4),
+            );
+            b.ports
+                .insert(PortId(2), PortProfile::access(VlanId::DEFAULT));
+            b.ports
+                .insert(PortId(3), PortProfile::access(VlanId::DEFAULT));
+            for i in 10..60 {
+                // Frames beyond the limit are still forwarded.
+                assert_eq!(
+                    b.at(0, 1, &frame(MacAddr::BROADCAST, mac(i))),
+                    Ok(vec![2, 3])
+                );
+            }
+            assert_eq!(b.fwd.table().learned_on(PortId(1)), 4);
+            assert_eq!(b.fwd.table().len(), 4);
+            // Learned addresses are unicast to, the others flooded.
+            assert_eq!(b.at(0, 2, &frame(mac(12), mac(2))), Ok(vec![1]));
+            assert_eq!(b.at(0, 2, &frame(mac(50), mac(2))), Ok(vec![1, 3]));
+            // Other ports still learn.
+            assert_eq!(b.at(0, 1, &frame(mac(2), mac(10))), Ok(vec![2]));
+            let mut out = Vec::new();
+            let d = b
+                .fwd
+                .decide(&b.ports, PortId(1), &frame(mac(2), mac(55)), b.t0, &mut out)
+                .unwrap();
+            assert_eq!(d.learned, Learned::LimitReached);
+            // Once entries age out there is room again.
             assert_eq!(
-                b.at(0, 1, &frame(MacAddr::BROADCAST, mac(i))),
+                b.at(400, 1, &frame(MacAddr::BROADCAST, mac(55))),
                 Ok(vec![2, 3])
             );
+            assert_eq!(b.at(400, 2, &frame(mac(55), mac(2))), Ok(vec![1]));
         }
-        assert_eq!(b.fwd.table().learned_on(PortId(1)), 4);
-        assert_eq!(b.fwd.table().len(), 4);
-        // Learned addresses are unicast to, the others flooded.
-        assert_eq!(b.at(0, 2, &frame(mac(12), mac(2))), Ok(vec![1]));
-        assert_eq!(b.at(0, 2, &frame(mac(50), mac(2))), Ok(vec![1, 3]));
-        // Other ports still learn.
-        assert_eq!(b.at(0, 1, &frame(mac(2), mac(10))), Ok(vec![2]));
-        let mut out = Vec::new();
-        let d = b
-            .fwd
-            .decide(&b.ports, PortId(1), &frame(mac(2), mac(55)), b.t0, &mut out)
-            .unwrap();
-        assert_eq!(d.learned, Learned::LimitReached);
-        // Once entries age out there is room again.
-        assert_eq!(
-            b.at(400, 1, &frame(MacAddr::BROADCAST, mac(55))),
-            Ok(vec![2, 3])
-        );
-        assert_eq!(b.at(400, 2, &frame(mac(55), mac(2))), Ok(vec![1]));
     }
 
     #[test]
     fn source_addresses_are_enforced_when_asked() {
-        let mut b = Bench::new(0);
-        b.ports.insert(
-            PortId(1),
-            PortProfile::access(VlanId::DEFAULT).only_sources([mac(1)]),
-        );
-        b.ports
-            .insert(PortId(2), PortProfile::access(VlanId::DEFAULT));
-        let bc = MacAddr::BROADCAST;
-        assert_eq!(b.at(0, 1, &frame(bc, mac(1))), Ok(vec![2]));
-        assert_eq!(
-            b.at(0, 1, &frame(bc, mac(2))),
-            Err(DropReason::SourceMacNotAllowed)
-        );
-        // The spoofed frame did not move mac(2) to port 1.
-        b.at(0, 2, &frame(bc, mac(2))).unwrap();
-        b.at(0, 1, &frame(bc, mac(2))).unwrap_err();
-        assert_eq!(b.at(0, 1, &frame(mac(2), mac(1))), Ok(vec![2]));
-        // Without enforcement any unicast source goes; group or zero never.
-        assert_eq!(b.at(0, 2, &frame(bc, mac(77))), Ok(vec![1]));
-        assert_eq!(
-            b.at(0, 2, &frame(bc, bc)),
-            Err(DropReason::InvalidSourceMac)
-        );
-        assert_eq!(
-            b.at(0, 2, &frame(bc, MacAddr::ZERO)),
-            Err(DropReason::InvalidSourceMac)
-        );
+        for cached in [false, true] {
+            let mut b = Bench::new(0).cached_if(cached);
+            b.ports.insert(
+                PortId(1),
+                PortProfile::access(VlanId::DEFAULT).only_sources([mac(1)]),
+            );
+            b.ports
+                .insert(PortId(2), PortProfile::access(VlanId::DEFAULT));
+            let bc = MacAddr::BROADCAST;
+            assert_eq!(b.at(0, 1, &frame(bc, mac(1))), Ok(vec![2]));
+            assert_eq!(
+                b.at(0, 1, &frame(bc, mac(2))),
+                Err(DropReason::SourceMacNotAllowed)
+            );
+            // The spoofed frame did not move mac(2) to port 1.
+            b.at(0, 2, &frame(bc, mac(2))).unwrap();
+            b.at(0, 1, &frame(bc, mac(2))).unwrap_err();
+            assert_eq!(b.at(0, 1, &frame(mac(2), mac(1))), Ok(vec![2]));
+            // Without enforcement any unicast source goes; group or zero never.
+            assert_eq!(b.at(0, 2, &frame(bc, mac(77))), Ok(vec![1]));
+            assert_eq!(
+                b.at(0, 2, &frame(bc, bc)),
+                Err(DropReason::InvalidSourceMac)
+            );
+            assert_eq!(
+                b.at(0, 2, &frame(bc, MacAddr::ZERO)),
+                Err(DropReason::InvalidSourceMac)
+            );
+        }
     }
 
     #[test]
     fn malformed_and_orphan_frames_are_typed_drops() {
-        let mut b = Bench::new(2);
-        let full = frame(MacAddr::BROADCAST, mac(1));
-        for len in 0..14 {
-            assert_eq!(b.at(0, 1, &full[..len]), Err(DropReason::Malformed));
+        for cached in [false, true] {
+            let mut b = Bench::new(2).cached_if(cached);
+            let full = frame(MacAddr::BROADCAST, mac(1));
+            for len in 0..14 {
+                assert_eq!(b.at(0, 1, &full[..len]), Err(DropReason::Malformed));
+            }
+            let tag = tagged(MacAddr::BROADCAST, mac(1), 5);
+            let err = b
+                .fwd
+                .decide(&b.ports, PortId(1), &tag[..16], b.t0, &mut b.out)
+                .unwrap_err();
+            assert_eq!(
+                err,
+                ForwardError::Malformed(FrameError::TooShort {
+                    layer: "VLAN tag",
+                    required_len: 18,
+                    len: 16
+                })
+            );
+            assert_eq!(b.at(0, 9, &full), Err(DropReason::UnknownIngressPort));
+            // A lone port has nowhere to send.
+            b.ports.insert(PortId(3), PortProfile::access(vlan(3)));
+            assert_eq!(b.at(0, 3, &full), Err(DropReason::NoDestination));
+            // A bare 14-byte header is enough to switch.
+            assert_eq!(b.at(0, 1, &full[..14]), Ok(vec![2]));
         }
-        let tag = tagged(MacAddr::BROADCAST, mac(1), 5);
-        let err = b
-            .fwd
-            .decide(&b.ports, PortId(1), &tag[..16], b.t0, &mut b.out)
-            .unwrap_err();
-        assert_eq!(
-            err,
-            ForwardError::Malformed(FrameError::TooShort {
-                layer: "VLAN tag",
-                required_len: 18,
-                len: 16
-            })
-        );
-        assert_eq!(b.at(0, 9, &full), Err(DropReason::UnknownIngressPort));
-        // A lone port has nowhere to send.
-        b.ports.insert(PortId(3), PortProfile::access(vlan(3)));
-        assert_eq!(b.at(0, 3, &full), Err(DropReason::NoDestination));
-        // A bare 14-byte header is enough to switch.
-        assert_eq!(b.at(0, 1, &full[..14]), Ok(vec![2]));
     }
 
     #[test]
     fn forgotten_and_removed_ports_are_not_unicast_to() {
-        let mut b = Bench::new(3);
-        b.at(0, 2, &frame(MacAddr::BROADCAST, mac(2))).unwrap();
-        assert_eq!(b.at(0, 1, &frame(mac(2), mac(1))), Ok(vec![2]));
-        // Removed from the set but still in the table: flooded.
-        b.ports.remove(PortId(2));
-        assert_eq!(b.at(0, 1, &frame(mac(2), mac(1))), Ok(vec![3]));
-        assert_eq!(b.fwd.forget_port(PortId(2)), 1);
-        assert_eq!(b.fwd.table().learned_on(PortId(2)), 0);
+        for cached in [false, true] {
+            let mut b = Bench::new(3).cached_if(cached);
+            b.at(0, 2, &frame(MacAddr::BROADCAST, mac(2))).unwrap();
+            assert_eq!(b.at(0, 1, &frame(mac(2), mac(1))), Ok(vec![2]));
+            // Removed from the set but still in the table: flooded.
+            b.ports.remove(PortId(2));
+            assert_eq!(b.at(0, 1, &frame(mac(2), mac(1))), Ok(vec![3]));
+            assert_eq!(b.fwd.forget_port(PortId(2)), 1);
+            assert_eq!(b.fwd.table().learned_on(PortId(2)), 0);
+        }
     }
 
     #[test]
@@ -913,5 +1009,117 @@ mod tests {
         let names: std::collections::HashSet<_> =
             DropReason::ALL.iter().map(|r| r.name()).collect();
         assert_eq!(names.len(), DropReason::COUNT);
+    }
+}
+
+#[cfg(test)]
+mod proptests {
+    use std::collections::HashSet;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::ethernet::build_frame;
+    use crate::vlan::VlanSet;
+
+    /// Port modes over VLANs 1..=3, so that ports share VLANs often.
+    fn profile() -> impl Strategy<Value = PortProfile> {
+        let vlan = (1u16..=3).prop_map(|v| VlanId::new(v).unwrap());
+        prop_oneof![
+            vlan.clone().prop_map(PortProfile::access),
+            (
+                proptest::collection::vec(vlan.clone(), 0..3),
+                proptest::option::of(vlan)
+            )
+                .prop_map(|(allowed, native)| {
+                    PortProfile::trunk(allowed.into_iter().collect::<VlanSet>(), native)
+                }),
+        ]
+        .prop_flat_map(|p| (Just(p), 1usize..4))
+        .prop_map(|(p, limit)| p.max_learned(limit))
+    }
+
+    /// A frame: ingress port, destination and source host numbers (0 is
+    /// broadcast as destination), an optional tag VID, and a clock step.
+    fn event() -> impl Strategy<Value = (u32, u8, u8, Option<u16>, u64)> {
+        (
+            0u32..5,
+            0u8..6,
+            1u8..6,
+            proptest::option::of(0u16..5),
+            0u64..3,
+        )
+    }
+
+    fn host(n: u8) -> MacAddr {
+        if n == 0 {
+            MacAddr::BROADCAST
+        } else {
+            MacAddr([2, 0, 0, 0, 0, n])
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn decisions_keep_the_switch_invariants(
+            profiles in proptest::collection::vec(profile(), 1..5),
+            events in proptest::collection::vec(event(), 1..60),
+        ) {
+            let mut ports = PortSet::new();
+            for (i, p) in profiles.iter().enumerate() {
+                ports.insert(PortId(i as u32), p.clone());
+            }
+            let t0 = Instant::now();
+            let config = ForwarderConfig {
+                aging: Duration::from_secs(5),
+                sweep_interval: Duration::from_secs(1),
+            };
+            let exact = Forwarder::new(config, t0);
+            let cached = Forwarder::new(config, t0);
+            let mut cache = cached.new_cache();
+            let (mut out, mut out_cached) = (Vec::new(), Vec::new());
+            let mut secs = 0;
+            for (ingress, dst, src, vid, step) in events {
+                secs += step * 10;
+                let now = t0 + Duration::from_secs(secs);
+                let frame = build_frame(host(dst), host(src), vid, 0x0800, &[0; 46]);
+                let ingress = PortId(ingress);
+                let decision = exact.decide(&ports, ingress, &frame, now, &mut out);
+                let decision_cached =
+                    cached.decide_cached(&mut cache, &ports, ingress, &frame, now, &mut out_cached);
+                // Whole seconds apart and aging far from a boundary... the
+                // cache gives the same answers as the table.
+                prop_assert_eq!(&decision, &decision_cached);
+                prop_assert_eq!(&out, &out_cached);
+                match decision {
+                    Ok(d) => {
+                        let profile = ports.get(ingress).unwrap();
+                        prop_assert!(profile.vlan.carries(d.vlan));
+                        prop_assert!(!out.is_empty());
+                        let mut seen = HashSet::new();
+                        for e in &out {
+                            prop_assert!(e.port != ingress);
+                            prop_assert!(seen.insert(e.port));
+                            let egress = ports.get(e.port).unwrap();
+                            prop_assert!(egress.vlan.carries(d.vlan));
+                            prop_assert_eq!(e.tag, egress.vlan.egress_tag(d.vlan));
+                        }
+                        if let VlanMode::Access(_) = profile.vlan {
+                            prop_assert!(vid.is_none());
+                        }
+                    }
+                    Err(err) => {
+                        if let Some(profile) = ports.get(ingress) {
+                            if let (VlanMode::Access(_), Some(_)) = (&profile.vlan, vid) {
+                                prop_assert_eq!(err.reason(), DropReason::TaggedOnAccessPort);
+                            }
+                        }
+                    }
+                }
+                for (id, profile) in ports.iter() {
+                    prop_assert!(exact.table().learned_on(id) <= profile.max_learned);
+                }
+            }
+        }
     }
 }

@@ -107,9 +107,11 @@ impl AtomicWork {
     }
 }
 
-/// The live counters of one port.
+/// One worker's share of a port's counters, alone on its cache lines so
+/// workers counting for the same port do not contend.
 #[derive(Debug, Default)]
-pub struct PortCounters {
+#[repr(align(128))]
+struct PortLane {
     rx_frames: AtomicU64,
     rx_bytes: AtomicU64,
     tx_frames: AtomicU64,
@@ -117,6 +119,12 @@ pub struct PortCounters {
     not_learned: AtomicU64,
     drops: AtomicDrops,
     work: AtomicWork,
+}
+
+/// The live counters of one port: one lane per worker, summed when read.
+#[derive(Debug)]
+pub struct PortCounters {
+    lanes: Box<[PortLane]>,
 }
 
 /// A snapshot of one port's counters.
@@ -141,49 +149,72 @@ pub struct PortStats {
 }
 
 impl PortCounters {
-    /// Counts a frame received.
-    pub fn received(&self, bytes: usize) {
-        self.rx_frames.fetch_add(1, Ordering::Relaxed);
-        self.rx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-    }
-
-    /// Counts a frame sent.
-    pub fn sent(&self, bytes: usize) {
-        self.tx_frames.fetch_add(1, Ordering::Relaxed);
-        self.tx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-    }
-
-    /// Counts a source address not learned.
-    pub fn not_learned(&self) {
-        self.not_learned.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Counts `frames` drops for `reason`.
-    pub fn dropped(&self, reason: DropReason, frames: u64) {
-        self.drops.add(reason, frames);
-    }
-
-    /// Counts software offload work.
-    pub fn worked(&self, work: &EgressWork) {
-        self.work.add(work);
-    }
-
-    /// A snapshot.
-    pub fn snapshot(&self) -> PortStats {
-        PortStats {
-            rx_frames: self.rx_frames.load(Ordering::Relaxed),
-            rx_bytes: self.rx_bytes.load(Ordering::Relaxed),
-            tx_frames: self.tx_frames.load(Ordering::Relaxed),
-            tx_bytes: self.tx_bytes.load(Ordering::Relaxed),
-            not_learned: self.not_learned.load(Ordering::Relaxed),
-            drops: self.drops.snapshot(),
-            software: self.work.snapshot(),
+    /// Counters with `lanes` lanes (one per worker; at least one).
+    pub fn new(lanes: usize) -> Self {
+        PortCounters {
+            lanes: (0..lanes.max(1)).map(|_| PortLane::default()).collect(),
         }
+    }
+
+    fn lane(&self, lane: usize) -> &PortLane {
+        // `lanes` is never empty, so the remainder is a valid index.
+        &self.lanes[lane % self.lanes.len()]
+    }
+
+    /// Counts a frame received, in lane `lane`.
+    pub fn received(&self, lane: usize, bytes: usize) {
+        let lane = self.lane(lane);
+        lane.rx_frames.fetch_add(1, Ordering::Relaxed);
+        lane.rx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a frame sent, in lane `lane`.
+    pub fn sent(&self, lane: usize, bytes: usize) {
+        let lane = self.lane(lane);
+        lane.tx_frames.fetch_add(1, Ordering::Relaxed);
+        lane.tx_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Counts a source address not learned, in lane `lane`.
+    pub fn not_learned(&self, lane: usize) {
+        self.lane(lane).not_learned.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts `frames` drops for `reason`, in lane `lane`.
+    pub fn dropped(&self, lane: usize, reason: DropReason, frames: u64) {
+        self.lane(lane).drops.add(reason, frames);
+    }
+
+    /// Counts software offload work, in lane `lane`.
+    pub fn worked(&self, lane: usize, work: &EgressWork) {
+        self.lane(lane).work.add(work);
+    }
+
+    /// A snapshot: the sum of the lanes.
+    pub fn snapshot(&self) -> PortStats {
+        let mut stats = PortStats::default();
+        for lane in self.lanes.iter() {
+            stats.rx_frames += lane.rx_frames.load(Ordering::Relaxed);
+            stats.rx_bytes += lane.rx_bytes.load(Ordering::Relaxed);
+            stats.tx_frames += lane.tx_frames.load(Ordering::Relaxed);
+            stats.tx_bytes += lane.tx_bytes.load(Ordering::Relaxed);
+            stats.not_learned += lane.not_learned.load(Ordering::Relaxed);
+            let drops = lane.drops.snapshot();
+            for (total, count) in stats.drops.counts.iter_mut().zip(drops.counts) {
+                *total += count;
+            }
+            let work = lane.work.snapshot();
+            stats.software.segments += work.segments;
+            stats.software.checksums += work.checksums;
+            stats.software.coalesced += work.coalesced;
+        }
+        stats
     }
 }
 
-/// The live counters of one worker.
+/// The live counters of one worker, alone on its cache lines.
 #[derive(Debug, Default)]
+#[repr(align(128))]
 pub struct WorkerCounters {
     frames: AtomicU64,
     bytes: AtomicU64,
@@ -257,17 +288,20 @@ mod tests {
 
     #[test]
     fn counters_snapshot() {
-        let port = PortCounters::default();
-        port.received(60);
-        port.received(1514);
-        port.sent(60);
-        port.dropped(DropReason::Malformed, 2);
-        port.dropped(DropReason::EgressQueueFull, 1);
-        port.worked(&EgressWork {
-            segments: 45,
-            checksums: 45,
-            coalesced: 0,
-        });
+        let port = PortCounters::new(3);
+        port.received(0, 60);
+        port.received(4, 1514);
+        port.sent(2, 60);
+        port.dropped(1, DropReason::Malformed, 2);
+        port.dropped(2, DropReason::EgressQueueFull, 1);
+        port.worked(
+            0,
+            &EgressWork {
+                segments: 45,
+                checksums: 45,
+                coalesced: 0,
+            },
+        );
         let stats = port.snapshot();
         assert_eq!((stats.rx_frames, stats.rx_bytes), (2, 1574));
         assert_eq!((stats.tx_frames, stats.tx_bytes), (1, 60));

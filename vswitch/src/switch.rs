@@ -22,6 +22,9 @@
 //! until it accepts a frame again, so one stuck consumer cannot slow a
 //! worker down for everyone else.
 //!
+//! A worker without work yields, then parks for at most a millisecond; a
+//! worker that hands it frames wakes it at the end of its burst.
+//!
 //! # Hot-plug
 //!
 //! The ports live in an immutable table behind `RwLock<Arc<_>>`; adding or
@@ -33,9 +36,9 @@
 //! worker runs on the new table, and then forgets the addresses learned on
 //! it.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::thread::{self, JoinHandle};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::thread::{self, JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
@@ -45,7 +48,7 @@ use vswitch_ports::{Port, PortCapabilities, SendError};
 use crate::dispatch::{flow_hash, worker_for_hash};
 use crate::egress::adapt_for_egress;
 use crate::ethernet::retag;
-use crate::fdb::Learned;
+use crate::fdb::{Learned, LookupCache};
 use crate::forward::{
     DropReason, Egress, Forwarder, ForwarderConfig, PortId, PortProfile, PortSet,
 };
@@ -111,6 +114,9 @@ pub enum SwitchError {
         /// Its transmit queues.
         tx_queues: usize,
     },
+    /// Every port id was used once already (ids are never reused).
+    #[error("all {} port ids have been used", u32::MAX)]
+    PortIdsExhausted,
     /// A worker thread could not be started.
     #[error("cannot start worker thread {index}: {source}")]
     Spawn {
@@ -157,6 +163,22 @@ struct WorkerHandle {
     inbox: Sender<Handoff>,
     counters: WorkerCounters,
     seen_generation: AtomicU64,
+    /// The worker is (about to be) parked for lack of work; a worker that
+    /// hands it a frame unparks it.
+    parked: AtomicBool,
+    thread: OnceLock<Thread>,
+}
+
+impl WorkerHandle {
+    /// Wakes the worker if it is parked, after a frame was put in its inbox.
+    fn wake(&self) {
+        fence(Ordering::SeqCst);
+        if self.parked.load(Ordering::Relaxed) {
+            if let Some(thread) = self.thread.get() {
+                thread.unpark();
+            }
+        }
+    }
 }
 
 struct Shared {
@@ -167,6 +189,8 @@ struct Shared {
     /// Serialises add and remove.
     update: Mutex<u32>,
     stop: AtomicBool,
+    /// Workers still in their polling loop (see `Worker::finish`).
+    polling: AtomicUsize,
     workers: Vec<WorkerHandle>,
 }
 
@@ -232,6 +256,8 @@ impl Switch {
                     inbox: tx,
                     counters: WorkerCounters::default(),
                     seen_generation: AtomicU64::new(0),
+                    parked: AtomicBool::new(false),
+                    thread: OnceLock::new(),
                 };
                 (handle, rx)
             })
@@ -248,6 +274,7 @@ impl Switch {
             generation: AtomicU64::new(0),
             update: Mutex::new(0),
             stop: AtomicBool::new(false),
+            polling: AtomicUsize::new(config.workers),
             workers: handles,
         });
         let mut switch = Switch {
@@ -260,6 +287,10 @@ impl Switch {
                 .name(format!("vswitch-worker-{index}"))
                 .spawn(move || worker.run())
                 .map_err(|source| SwitchError::Spawn { index, source })?;
+            if let Some(handle) = shared.workers.get(index) {
+                // Set once, before any frame can be handed to this worker.
+                let _ = handle.thread.set(thread.thread().clone());
+            }
             switch.threads.push(thread);
         }
         Ok(switch)
@@ -291,13 +322,15 @@ impl Switch {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         let id = PortId(*next_id);
-        *next_id += 1;
+        *next_id = next_id
+            .checked_add(1)
+            .ok_or(SwitchError::PortIdsExhausted)?;
         let live = Arc::new(LivePort {
             id,
             name: port.name().to_owned(),
             port,
             caps,
-            counters: PortCounters::default(),
+            counters: PortCounters::new(self.shared.workers.len()),
             removed: AtomicBool::new(false),
             congested: AtomicBool::new(false),
         });
@@ -421,7 +454,9 @@ impl Switch {
     }
 
     /// Stops the workers, waits for them, and returns the final statistics.
-    /// Frames still in worker inboxes are not forwarded.
+    /// Ports are no longer polled; frames already taken from them are
+    /// forwarded first (without waiting on full transmit queues: those are
+    /// counted as [`DropReason::Shutdown`]).
     pub fn shutdown(mut self) -> SwitchStats {
         self.stop_and_join();
         self.stats()
@@ -429,6 +464,11 @@ impl Switch {
 
     fn stop_and_join(&mut self) {
         self.shared.stop.store(true, Ordering::Release);
+        for worker in &self.shared.workers {
+            if let Some(thread) = worker.thread.get() {
+                thread.unpark();
+            }
+        }
         for thread in self.threads.drain(..) {
             // A worker that panicked has nothing left to clean up.
             let _ = thread.join();
@@ -452,11 +492,31 @@ struct Worker {
     /// (port, receive queue) pairs this worker polls.
     owned: Vec<(Arc<LivePort>, usize)>,
     rx_batch: Vec<Packet>,
+    scratch: Scratch,
+}
+
+/// Vectors reused from frame to frame, so the frame path does not allocate.
+struct Scratch {
+    /// This worker's memory of recent forwarding-table answers.
+    cache: LookupCache,
     egress: Vec<Egress>,
     adapted: Vec<Packet>,
     /// Inboxes of other workers that timed out and have not accepted a
     /// frame since.
     congested: Vec<bool>,
+    /// Workers handed frames during this burst, to wake once at its end.
+    to_wake: Vec<bool>,
+}
+
+/// What a worker reads while it handles one round of frames. Everything is
+/// borrowed: the frame path touches no reference count.
+struct Round<'a> {
+    index: usize,
+    shared: &'a Shared,
+    counters: &'a WorkerCounters,
+    inbox: &'a Receiver<Handoff>,
+    table: &'a PortTable,
+    now: Instant,
 }
 
 impl Worker {
@@ -468,6 +528,7 @@ impl Worker {
     ) -> Self {
         let burst = shared.config.burst;
         let workers = shared.workers.len();
+        let cache = shared.forwarder.new_cache();
         Worker {
             index,
             shared,
@@ -475,15 +536,14 @@ impl Worker {
             table,
             owned: Vec::new(),
             rx_batch: Vec::with_capacity(burst),
-            egress: Vec::new(),
-            adapted: Vec::new(),
-            congested: vec![false; workers],
+            scratch: Scratch {
+                cache,
+                egress: Vec::new(),
+                adapted: Vec::new(),
+                congested: vec![false; workers],
+                to_wake: vec![false; workers],
+            },
         }
-    }
-
-    fn counters(&self) -> &WorkerCounters {
-        // `index < workers.len()` by construction in `Switch::start`.
-        &self.shared.workers[self.index].counters
     }
 
     fn refresh_table(&mut self) {
@@ -501,36 +561,113 @@ impl Worker {
                 }
             }
         }
-        self.shared.workers[self.index]
-            .seen_generation
-            .store(self.table.generation, Ordering::Release);
+        if let Some(handle) = self.shared.workers.get(self.index) {
+            handle
+                .seen_generation
+                .store(self.table.generation, Ordering::Release);
+        }
     }
 
     fn run(mut self) {
+        let shared = self.shared.clone();
+        let polling = PollingGuard(&shared);
         let mut idle_rounds = 0u32;
         while !self.shared.stop.load(Ordering::Acquire) {
             self.refresh_table();
-            let now = Instant::now();
-            let mut handled = self.drain_inbox(now);
-            for slot in 0..self.owned.len() {
-                handled += self.poll(slot, now);
+            let Some(handle) = self.shared.workers.get(self.index) else {
+                return;
+            };
+            let round = Round {
+                index: self.index,
+                shared: &self.shared,
+                counters: &handle.counters,
+                inbox: &self.inbox,
+                table: &self.table,
+                now: Instant::now(),
+            };
+            let mut handled = round.drain_inbox(&mut self.scratch);
+            for (port, queue) in &self.owned {
+                handled += round.poll(&mut self.scratch, &mut self.rx_batch, port, *queue);
             }
             if handled > 0 {
                 idle_rounds = 0;
             } else {
                 idle_rounds = idle_rounds.saturating_add(1);
-                idle(idle_rounds);
+                self.idle(idle_rounds);
+            }
+        }
+        drop(polling);
+        self.finish();
+    }
+
+    /// After the stop: ports are no longer polled, so frames are handed
+    /// over only until every worker has left its polling loop. Until then,
+    /// and until the inbox is empty, the frames already handed over are
+    /// forwarded, so none is left behind uncounted.
+    fn finish(mut self) {
+        loop {
+            let Some(handle) = self.shared.workers.get(self.index) else {
+                return;
+            };
+            let round = Round {
+                index: self.index,
+                shared: &self.shared,
+                counters: &handle.counters,
+                inbox: &self.inbox,
+                table: &self.table,
+                now: Instant::now(),
+            };
+            if round.drain_inbox(&mut self.scratch) == 0 {
+                if self.shared.polling.load(Ordering::Acquire) == 0 && self.inbox.is_empty() {
+                    return;
+                }
+                thread::yield_now();
             }
         }
     }
+}
 
+/// Counts a worker out of the polling workers when it leaves its polling
+/// loop, by returning or by unwinding, so the others do not wait for it.
+struct PollingGuard<'a>(&'a Shared);
+
+impl Drop for PollingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.polling.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Worker {
+    /// Backs off when a round found no work: yield first, then park for up
+    /// to a millisecond (woken early by a hand-off), so idle workers leave
+    /// the CPU to others. Frames arriving on the ports themselves are seen
+    /// within that millisecond.
+    fn idle(&self, rounds: u32) {
+        if rounds < 16 {
+            thread::yield_now();
+            return;
+        }
+        let Some(handle) = self.shared.workers.get(self.index) else {
+            return;
+        };
+        let micros = (50u64 << (rounds - 16).min(5)).min(1000);
+        handle.parked.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        if self.inbox.is_empty() && !self.shared.stop.load(Ordering::Acquire) {
+            thread::park_timeout(Duration::from_micros(micros));
+        }
+        handle.parked.store(false, Ordering::Relaxed);
+    }
+}
+
+impl Round<'_> {
     /// Handles up to a burst of frames other workers handed over.
-    fn drain_inbox(&mut self, now: Instant) -> usize {
+    fn drain_inbox(&self, scratch: &mut Scratch) -> usize {
         let mut handled = 0;
         while handled < self.shared.config.burst {
             match self.inbox.try_recv() {
                 Ok((ingress, packet)) => {
-                    self.forward(ingress, packet, now);
+                    self.forward(scratch, ingress, packet);
                     handled += 1;
                 }
                 Err(_) => break,
@@ -539,41 +676,49 @@ impl Worker {
         handled
     }
 
-    /// Takes a burst from one owned receive queue and dispatches it.
-    fn poll(&mut self, slot: usize, now: Instant) -> usize {
-        let Some((port, queue)) = self.owned.get(slot).cloned() else {
-            return 0;
-        };
-        let mut batch = std::mem::take(&mut self.rx_batch);
+    /// Takes a burst from one owned receive queue and dispatches it by flow.
+    fn poll(
+        &self,
+        scratch: &mut Scratch,
+        batch: &mut Vec<Packet>,
+        port: &LivePort,
+        queue: usize,
+    ) -> usize {
         batch.clear();
         // An error here is an outside end that went away: nothing to poll.
         let received = port
             .port
-            .receive(queue, &mut batch, self.shared.config.burst)
+            .receive(queue, batch, self.shared.config.burst)
             .unwrap_or(0);
         let workers = self.shared.workers.len();
         for packet in batch.drain(..) {
-            port.counters.received(packet.data.len());
+            port.counters.received(self.index, packet.data.len());
             let target = if workers == 1 {
                 self.index
             } else {
                 worker_for_hash(flow_hash(&packet.data), workers)
             };
             if target == self.index {
-                self.forward(port.id, packet, now);
+                self.forward(scratch, port.id, packet);
             } else {
-                self.hand_off(target, &port, packet, now);
+                self.hand_off(scratch, target, port, packet);
             }
         }
-        self.rx_batch = batch;
+        for (target, flag) in scratch.to_wake.iter_mut().enumerate() {
+            if std::mem::take(flag) {
+                if let Some(handle) = self.shared.workers.get(target) {
+                    handle.wake();
+                }
+            }
+        }
         received
     }
 
     /// Passes a frame to the worker of its flow, waiting a bounded time for
     /// room in its inbox and handling this worker's own inbox meanwhile.
-    fn hand_off(&mut self, target: usize, ingress: &LivePort, packet: Packet, now: Instant) {
-        let Some(inbox) = self.shared.workers.get(target).map(|w| w.inbox.clone()) else {
-            self.drop_at_ingress(ingress, DropReason::WorkerQueueFull);
+    fn hand_off(&self, scratch: &mut Scratch, target: usize, ingress: &LivePort, packet: Packet) {
+        let Some(inbox) = self.shared.workers.get(target).map(|w| &w.inbox) else {
+            self.drop_at(ingress, DropReason::WorkerQueueFull);
             return;
         };
         let mut item = (ingress.id, packet);
@@ -582,115 +727,112 @@ impl Worker {
         loop {
             match inbox.try_send(item) {
                 Ok(()) => {
-                    self.counters().handed_off();
-                    if let Some(flag) = self.congested.get_mut(target) {
+                    self.counters.handed_off();
+                    if let Some(flag) = scratch.to_wake.get_mut(target) {
+                        *flag = true;
+                    }
+                    if let Some(flag) = scratch.congested.get_mut(target) {
                         *flag = false;
                     }
                     return;
                 }
                 Err(TrySendError::Full(back)) => {
-                    let congested = self.congested.get(target).copied().unwrap_or(true);
+                    let congested = scratch.congested.get(target).copied().unwrap_or(true);
                     let deadline = *deadline.get_or_insert_with(|| Instant::now() + wait);
                     if congested || wait.is_zero() || Instant::now() >= deadline {
-                        if let Some(flag) = self.congested.get_mut(target) {
+                        if let Some(flag) = scratch.congested.get_mut(target) {
                             *flag = true;
                         }
-                        self.drop_at_ingress(ingress, DropReason::WorkerQueueFull);
+                        self.drop_at(ingress, DropReason::WorkerQueueFull);
                         return;
                     }
                     item = back;
-                    if self.drain_inbox(now) == 0 {
+                    if self.drain_inbox(scratch) == 0 {
                         thread::yield_now();
                     }
                 }
                 Err(TrySendError::Disconnected(_)) => {
-                    self.drop_at_ingress(ingress, DropReason::WorkerQueueFull);
+                    self.drop_at(ingress, DropReason::WorkerQueueFull);
                     return;
                 }
             }
         }
     }
 
-    fn drop_at_ingress(&self, ingress: &LivePort, reason: DropReason) {
-        ingress.counters.dropped(reason, 1);
-        self.counters().dropped(reason, 1);
+    /// Counts a drop on a port and on this worker.
+    fn drop_at(&self, port: &LivePort, reason: DropReason) {
+        port.counters.dropped(self.index, reason, 1);
+        self.counters.dropped(reason, 1);
     }
 
     /// Forwards one frame of a flow this worker owns.
-    fn forward(&mut self, ingress: PortId, packet: Packet, now: Instant) {
-        self.counters().handled(packet.data.len());
-        let table = self.table.clone();
-        let mut egress = std::mem::take(&mut self.egress);
-        let decision =
-            self.shared
-                .forwarder
-                .decide(&table.profiles, ingress, &packet.data, now, &mut egress);
-        match decision {
+    fn forward(&self, scratch: &mut Scratch, ingress: PortId, packet: Packet) {
+        self.counters.handled(packet.data.len());
+        let table = self.table;
+        let decision = self.shared.forwarder.decide_cached(
+            &mut scratch.cache,
+            &table.profiles,
+            ingress,
+            &packet.data,
+            self.now,
+            &mut scratch.egress,
+        );
+        let decision = match decision {
+            Ok(decision) => decision,
             Err(err) => {
-                let reason = err.reason();
-                if let Some(port) = table.live(ingress) {
-                    port.counters.dropped(reason, 1);
+                match table.live(ingress) {
+                    Some(port) => self.drop_at(port, err.reason()),
+                    None => self.counters.dropped(err.reason(), 1),
                 }
-                self.counters().dropped(reason, 1);
+                return;
             }
-            Ok(decision) => {
-                if decision.learned == Learned::LimitReached {
-                    if let Some(port) = table.live(ingress) {
-                        port.counters.not_learned();
-                    }
-                }
-                // At most two versions of the frame: untagged and tagged
-                // with its VLAN; every port of a kind shares one buffer.
-                let mut untagged: Option<Packet> = None;
-                let mut tagged: Option<Packet> = None;
-                for out in &egress {
-                    let version = match out.tag {
-                        None => untagged
-                            .get_or_insert_with(|| retag(&packet, decision.ingress_tag, None)),
-                        Some(vlan) => tagged.get_or_insert_with(|| {
-                            retag(&packet, decision.ingress_tag, Some(vlan))
-                        }),
-                    }
-                    .clone();
-                    match table.live(out.port) {
-                        Some(port) => self.transmit(port, version),
-                        None => self.counters().dropped(DropReason::EgressPortGone, 1),
-                    }
-                }
+        };
+        if decision.learned == Learned::LimitReached {
+            if let Some(port) = table.live(ingress) {
+                port.counters.not_learned(self.index);
             }
         }
-        self.egress = egress;
+        // At most two versions of the frame: untagged and tagged with its
+        // VLAN; every port of a kind shares one buffer.
+        let mut untagged: Option<Packet> = None;
+        let mut tagged: Option<Packet> = None;
+        for out in &scratch.egress {
+            let version = match out.tag {
+                None => untagged.get_or_insert_with(|| retag(&packet, decision.ingress_tag, None)),
+                Some(vlan) => {
+                    tagged.get_or_insert_with(|| retag(&packet, decision.ingress_tag, Some(vlan)))
+                }
+            }
+            .clone();
+            match table.live(out.port) {
+                Some(port) => self.transmit(&mut scratch.adapted, port, version),
+                None => self.counters.dropped(DropReason::EgressPortGone, 1),
+            }
+        }
     }
 
     /// The egress path of one frame to one port: the adaptation seam, then
     /// the port's send.
-    fn transmit(&mut self, port: &LivePort, packet: Packet) {
+    fn transmit(&self, adapted: &mut Vec<Packet>, port: &LivePort, packet: Packet) {
         if port.removed.load(Ordering::Acquire) {
-            self.drop_at_egress(port, DropReason::EgressPortGone, 1);
+            self.drop_at(port, DropReason::EgressPortGone);
             return;
         }
-        let mut adapted = std::mem::take(&mut self.adapted);
         adapted.clear();
-        match adapt_for_egress(packet, &port.caps.egress, &mut adapted) {
-            Err(err) => self.drop_at_egress(port, err.reason(), 1),
+        match adapt_for_egress(packet, &port.caps.egress, adapted) {
+            Err(err) => self.drop_at(port, err.reason()),
             Ok(work) => {
-                port.counters.worked(&work);
-                self.counters().worked(&work);
+                port.counters.worked(self.index, &work);
+                self.counters.worked(&work);
                 for packet in adapted.drain(..) {
                     self.send(port, packet);
                 }
             }
         }
-        self.adapted = adapted;
-    }
-
-    fn drop_at_egress(&self, port: &LivePort, reason: DropReason, frames: u64) {
-        port.counters.dropped(reason, frames);
-        self.counters().dropped(reason, frames);
     }
 
     /// Sends one frame, retrying a full queue for a bounded time.
-    fn send(&mut self, port: &LivePort, packet: Packet) {
+    fn send(&self, port: &LivePort, packet: Packet) {
         let queue = self.index % port.caps.tx_queues.max(1);
         let bytes = packet.data.len();
         let wait = self.shared.config.queue_full_wait;
@@ -699,8 +841,8 @@ impl Worker {
         loop {
             match port.port.send(queue, packet) {
                 Ok(()) => {
-                    port.counters.sent(bytes);
-                    self.counters().sent();
+                    port.counters.sent(self.index, bytes);
+                    self.counters.sent();
                     if port.congested.load(Ordering::Relaxed) {
                         port.congested.store(false, Ordering::Relaxed);
                     }
@@ -713,34 +855,25 @@ impl Worker {
                         || Instant::now() >= deadline
                     {
                         port.congested.store(true, Ordering::Relaxed);
-                        self.drop_at_egress(port, DropReason::EgressQueueFull, 1);
+                        self.drop_at(port, DropReason::EgressQueueFull);
                         return;
                     }
-                    if port.removed.load(Ordering::Acquire)
-                        || self.shared.stop.load(Ordering::Acquire)
-                    {
-                        self.drop_at_egress(port, DropReason::EgressPortGone, 1);
+                    if port.removed.load(Ordering::Acquire) {
+                        self.drop_at(port, DropReason::EgressPortGone);
+                        return;
+                    }
+                    if self.shared.stop.load(Ordering::Acquire) {
+                        self.drop_at(port, DropReason::Shutdown);
                         return;
                     }
                     packet = err.into_packet();
                     thread::yield_now();
                 }
                 Err(_) => {
-                    self.drop_at_egress(port, DropReason::EgressPortError, 1);
+                    self.drop_at(port, DropReason::EgressPortError);
                     return;
                 }
             }
         }
-    }
-}
-
-/// Backs off when a round found no work: yield first, then sleep for up to
-/// a millisecond, so idle workers leave the CPU to others.
-fn idle(rounds: u32) {
-    if rounds < 16 {
-        thread::yield_now();
-    } else {
-        let micros = 50u64 << (rounds - 16).min(5);
-        thread::sleep(Duration::from_micros(micros.min(1000)));
     }
 }
