@@ -304,8 +304,8 @@ impl Sender {
         let window = WINDOW_FRAMES * self.options.frame_payload() as u32;
         while !stop.load(Ordering::Relaxed) {
             let mut sent_any = false;
-            for flow in 0..usize::from(self.options.flows) {
-                let acked = shared[flow].acked.load(Ordering::Acquire);
+            for (flow, flow_shared) in shared.iter().enumerate() {
+                let acked = flow_shared.acked.load(Ordering::Acquire);
                 if self.next_seq[flow].wrapping_sub(acked) >= window {
                     continue;
                 }
@@ -613,7 +613,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         .ports
         .iter()
         .find(|p| p.id == id_b)
-        .map(|p| p.stats.clone());
+        .map(|p| p.stats);
     let software = port_b_stats.map(|s| s.software).unwrap_or_default();
     let _ = id_a;
     let worker_frames: u64 = stats.workers.iter().map(|w| w.frames).sum();
