@@ -32,6 +32,7 @@
 pub use vswitch_offload as offload;
 pub use vswitch_ports as ports;
 
+pub mod demo;
 pub mod dispatch;
 pub mod egress;
 pub mod ethernet;

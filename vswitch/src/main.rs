@@ -7,24 +7,49 @@ const USAGE: &str = "\
 usage: vswitch <command> [options]
 
 commands:
+  demo        push TCP traffic between two in-memory guests through the switch
+  run         switch between TAP devices (Linux)
   help        print this message
   version     print the version
+
+`vswitch <command> --help` describes a command's options.
 ";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
+    let rest = args.get(1..).unwrap_or(&[]);
+    let wants_help = rest.iter().any(|a| a == "-h" || a == "--help");
+    let result = match args.first().map(String::as_str) {
         None | Some("help" | "-h" | "--help") => {
             print!("{USAGE}");
-            ExitCode::SUCCESS
+            Ok(())
         }
         Some("version" | "-V" | "--version") => {
             println!("vswitch {}", vswitch::VERSION);
-            ExitCode::SUCCESS
+            Ok(())
         }
+        Some("demo") if wants_help => {
+            print!("{}", vswitch::demo::USAGE);
+            Ok(())
+        }
+        Some("demo") => vswitch::demo::run(rest),
+        #[cfg(target_os = "linux")]
+        Some("run") if wants_help => {
+            print!("{}", vswitch::run_tap::USAGE);
+            Ok(())
+        }
+        #[cfg(target_os = "linux")]
+        Some("run") => vswitch::run_tap::run(rest),
         Some(other) => {
             eprintln!("vswitch: unknown command '{other}'\n\n{USAGE}");
-            ExitCode::from(2)
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("vswitch: {message}");
+            ExitCode::FAILURE
         }
     }
 }
