@@ -94,7 +94,7 @@ fn frames_are_tagged_and_untagged_at_the_edges_and_never_cross_vlans() {
 }
 
 #[test]
-fn egress_passes_what_a_port_can_finish_and_counts_the_rest() {
+fn egress_passes_what_a_port_can_finish_and_segments_the_rest() {
     let switch = patient_switch(2);
     let (g, guest) = memory_port(MemoryPortConfig::new("guest"));
     let (f, full) =
@@ -121,13 +121,17 @@ fn egress_passes_what_a_port_can_finish_and_counts_the_rest() {
         csum_offset: 16,
         num_buffers: 0,
     };
-    let tso = build_frame(
-        MacAddr::BROADCAST,
-        mac(1, 1),
-        None,
-        0x0800,
-        &vec![0; 65_000],
-    );
+    // IPv4 (20 bytes) + TCP (20 bytes) + payload: 65 000 bytes of IP packet.
+    let mut ip = vec![0u8; 65_000];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&65_000u16.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 6;
+    ip[12..16].copy_from_slice(&[198, 18, 0, 1]);
+    ip[16..20].copy_from_slice(&[198, 18, 0, 2]);
+    ip[32] = 5 << 4;
+    ip[33] = 0x10;
+    let tso = build_frame(MacAddr::BROADCAST, mac(1, 1), None, 0x0800, &ip);
     guest.try_inject(0, Packet::with_hdr(hdr, tso)).unwrap();
     let got = expect_one(&full);
     // The trunk port got it tagged, with the offsets moved by the tag.
@@ -136,6 +140,22 @@ fn egress_passes_what_a_port_can_finish_and_counts_the_rest() {
         (got.hdr.csum_start, got.hdr.hdr_len, got.hdr.gso_size),
         (38, 58, 1448)
     );
+    // The port without offloads got it cut to its MTU in software: 64 960
+    // payload bytes in segments of 1448.
+    let mut segments = 0;
+    while let Some(segment) = bare.collect_timeout(std::time::Duration::from_millis(500)) {
+        assert_eq!(
+            segment.hdr,
+            VirtioNetHdr::default(),
+            "segments are finished frames"
+        );
+        assert!(segment.data.len() <= 14 + 1500);
+        segments += 1;
+        if segments == 45 {
+            break;
+        }
+    }
+    assert_eq!(segments, 45);
     nothing_arrives(&bare);
 
     // A finished frame that fits goes everywhere; one over the MTU does not.
@@ -149,9 +169,9 @@ fn egress_passes_what_a_port_can_finish_and_counts_the_rest() {
     nothing_arrives(&full);
 
     let bare_stats = switch.port_stats(id_bare).unwrap();
-    assert_eq!(bare_stats.drops.get(DropReason::NeedsSoftwareOffload), 1);
     assert_eq!(bare_stats.drops.get(DropReason::ExceedsMtu), 1);
-    assert_eq!(bare_stats.tx_frames, 1);
+    assert_eq!(bare_stats.tx_frames, 45 + 1);
+    assert_eq!(bare_stats.software.segments, 45);
     let full_stats = switch.port_stats(id_full).unwrap();
     assert_eq!(full_stats.drops.get(DropReason::ExceedsMtu), 1);
     assert_eq!(full_stats.tx_frames, 2);

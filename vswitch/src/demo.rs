@@ -609,11 +609,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let elapsed = send_elapsed.as_secs_f64();
 
     let drops: u64 = stats.ports.iter().map(|p| p.stats.drops.total()).sum();
-    let port_b_stats = stats
-        .ports
-        .iter()
-        .find(|p| p.id == id_b)
-        .map(|p| p.stats);
+    let port_b_stats = stats.ports.iter().find(|p| p.id == id_b).map(|p| p.stats);
     let software = port_b_stats.map(|s| s.software).unwrap_or_default();
     let _ = id_a;
     let worker_frames: u64 = stats.workers.iter().map(|w| w.frames).sum();

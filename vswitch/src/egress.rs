@@ -1,19 +1,23 @@
 //! The egress adaptation: the one function every frame passes through
 //! before a port's send, which makes the frame fit what that port takes.
 //!
-//! What it does now: a frame with no offload work left (no GSO, no partial
-//! checksum) that fits the port's MTU passes; a frame whose remaining work
-//! the port declares it does itself (checksum completion, TSO, USO, UFO)
-//! passes with its virtio-net header, for the port to act on; anything else
-//! is refused with [`EgressError::NeedsSoftwareOffload`] (or
-//! [`EgressError::ExceedsMtu`] for a finished frame that is too large, or
-//! a GSO frame whose segments would not fit the port's MTU).
-//! The software segmentation and checksum engine replaces that refusal by
-//! doing the work, through this same function.
+//! A frame with no offload work left (no GSO, no partial checksum) only has
+//! to fit the port's MTU. Any other frame has its virtio-net header
+//! validated against its bytes and goes through the offload engine
+//! ([`vswitch_offload::adapt`]): it passes through with its header when the
+//! port does the remaining work itself, has its checksum completed when the
+//! port cannot complete it, or is segmented to the port's MTU with every
+//! checksum computed in software. So a partial checksum never reaches a port
+//! that cannot complete it, and a TSO frame larger than the egress MTU is
+//! segmented, never dropped.
+//!
+//! Segments are written into large shared buffers that they are cut from as
+//! [`Bytes`], so a 64 KiB frame cut in 45 costs no allocation per segment.
 
-use vswitch_offload::virtio::{
-    FLAG_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP, GSO_UDP_L4,
-};
+use bytes::{Bytes, BytesMut};
+use vswitch_offload::adapt::{adapt, AdaptError, Adapted};
+use vswitch_offload::segment::{SegmentSink, Segmenter, SinkFull};
+use vswitch_offload::virtio::{HdrError, FLAG_NEEDS_CSUM, GSO_ECN, GSO_NONE};
 use vswitch_offload::{EgressCapabilities, Packet};
 
 use crate::ethernet::l2_header_len;
@@ -31,21 +35,9 @@ pub struct EgressWork {
 }
 
 /// Why a frame cannot leave through a port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EgressError {
-    /// The frame needs work in software that the port cannot do.
-    #[error(
-        "frame needs software offload (gso_type {gso_type:#04x}, flags {flags:#04x}) \
-         that the port cannot do itself"
-    )]
-    NeedsSoftwareOffload {
-        /// The frame's `gso_type`.
-        gso_type: u8,
-        /// The frame's virtio-net `flags`.
-        flags: u8,
-    },
-    /// A frame with nothing left to do, or a segment the port would cut
-    /// from a GSO frame, is larger than the port's MTU.
+    /// A frame with nothing left to do is larger than the port's MTU.
     #[error("IP packet of {l3_len} bytes exceeds the egress MTU of {mtu}")]
     ExceedsMtu {
         /// Length from the IP header on.
@@ -53,58 +45,103 @@ pub enum EgressError {
         /// The port's MTU.
         mtu: u16,
     },
+    /// The frame's virtio-net header does not hold for its bytes.
+    #[error("invalid offload header: {0}")]
+    InvalidHeader(#[from] HdrError),
+    /// The offload engine refused the frame.
+    #[error("offload failed: {0}")]
+    Offload(#[from] AdaptError),
 }
 
 impl EgressError {
     /// The counter this error is counted under.
     pub fn reason(&self) -> DropReason {
         match self {
-            EgressError::NeedsSoftwareOffload { .. } => DropReason::NeedsSoftwareOffload,
-            EgressError::ExceedsMtu { .. } => DropReason::ExceedsMtu,
+            EgressError::ExceedsMtu { .. }
+            | EgressError::Offload(AdaptError::FrameOverMtu { .. }) => DropReason::ExceedsMtu,
+            EgressError::InvalidHeader(_) => DropReason::InvalidOffloadHeader,
+            EgressError::Offload(_) => DropReason::OffloadFailed,
         }
     }
 }
 
-/// Whether the port completes the segmentation `gso_type` asks for.
-fn port_segments(gso_type: u8, caps: &EgressCapabilities) -> bool {
-    match gso_type & !GSO_ECN {
-        GSO_TCPV4 => caps.tso4,
-        GSO_TCPV6 => caps.tso6,
-        GSO_UDP_L4 => caps.uso,
-        GSO_UDP => caps.ufo,
-        _ => false,
+/// Whether a frame carries offload work (a partial checksum or GSO).
+pub fn has_offload_work(packet: &Packet) -> bool {
+    packet.hdr.flags & FLAG_NEEDS_CSUM != 0 || packet.hdr.gso_type & !GSO_ECN != GSO_NONE
+}
+
+/// Size of the shared buffers segments are cut from.
+const SEGMENT_CHUNK: usize = 256 * 1024;
+
+/// A [`SegmentSink`] that turns every segment into a plain [`Packet`] cut
+/// from a shared buffer.
+#[derive(Debug, Default)]
+struct PacketSink {
+    /// The rest of the current shared buffer, initialised.
+    chunk: BytesMut,
+    /// Length of the segment handed out last and not yet cut off.
+    pending: Option<usize>,
+    out: Vec<Packet>,
+}
+
+impl PacketSink {
+    fn seal(&mut self) {
+        if let Some(len) = self.pending.take() {
+            let frame = self.chunk.split_to(len).freeze();
+            self.out.push(Packet::plain(frame));
+        }
+    }
+
+    fn reserve(&mut self, len: usize) -> &mut [u8] {
+        self.seal();
+        if self.chunk.len() < len {
+            self.chunk = BytesMut::zeroed(SEGMENT_CHUNK.max(len));
+        }
+        self.pending = Some(len);
+        &mut self.chunk[..len]
     }
 }
 
-/// The smallest IP and transport headers a segment of `gso_type` carries.
-fn min_segment_headers(gso_type: u8) -> usize {
-    match gso_type & !GSO_ECN {
-        GSO_TCPV4 => 20 + 20,
-        GSO_TCPV6 => 40 + 20,
-        GSO_UDP_L4 => 20 + 8,
-        // UFO: gso_size is the IP payload of each fragment.
-        _ => 20,
+impl SegmentSink for PacketSink {
+    fn contiguous(&mut self, len: usize) -> Result<&mut [u8], SinkFull> {
+        Ok(self.reserve(len))
+    }
+
+    /// Ports take contiguous frames, so a scatter-gather segment is
+    /// gathered here (one copy of the payload).
+    fn scatter_gather(&mut self, headers: &[u8], payload: Bytes) -> Result<(), SinkFull> {
+        let buf = self.reserve(headers.len() + payload.len());
+        buf[..headers.len()].copy_from_slice(headers);
+        buf[headers.len()..].copy_from_slice(&payload);
+        Ok(())
+    }
+}
+
+/// The per-worker state of the egress path: the segmenter's scratch
+/// buffers and the shared segment buffer. Keep one per worker thread.
+#[derive(Debug, Default)]
+pub struct EgressEngine {
+    segmenter: Segmenter,
+    sink: PacketSink,
+}
+
+impl EgressEngine {
+    /// A fresh engine.
+    pub fn new() -> Self {
+        Self::default()
     }
 }
 
 /// Adapts `packet` to an egress port with capabilities `caps`. The frames
-/// to send are appended to `out` (one today; several once software
-/// segmentation runs here). Returns the software work done.
+/// to send are appended to `out`: the packet itself, or the plain frames
+/// made from it. Returns the software work done.
 pub fn adapt_for_egress(
+    engine: &mut EgressEngine,
     packet: Packet,
     caps: &EgressCapabilities,
     out: &mut Vec<Packet>,
 ) -> Result<EgressWork, EgressError> {
-    let hdr = packet.hdr;
-    let gso = hdr.gso_type & !GSO_ECN != GSO_NONE;
-    let needs_csum = hdr.flags & FLAG_NEEDS_CSUM != 0;
-    if !gso {
-        if needs_csum && !caps.checksum {
-            return Err(EgressError::NeedsSoftwareOffload {
-                gso_type: hdr.gso_type,
-                flags: hdr.flags,
-            });
-        }
+    if !has_offload_work(&packet) {
         let l3_len = packet.data.len() - l2_header_len(&packet.data);
         if l3_len > usize::from(caps.mtu) {
             return Err(EgressError::ExceedsMtu {
@@ -112,121 +149,228 @@ pub fn adapt_for_egress(
                 mtu: caps.mtu,
             });
         }
-    } else if !port_segments(hdr.gso_type, caps) || (needs_csum && !caps.checksum) {
-        return Err(EgressError::NeedsSoftwareOffload {
-            gso_type: hdr.gso_type,
-            flags: hdr.flags,
-        });
-    } else {
-        // The port cuts segments of gso_size payload bytes; with the
-        // smallest headers of that kind they must still fit its MTU (as
-        // Linux checks GSO frames before a bridge forwards them).
-        let l3_len = usize::from(hdr.gso_size) + min_segment_headers(hdr.gso_type);
-        if l3_len > usize::from(caps.mtu) {
-            return Err(EgressError::ExceedsMtu {
-                l3_len,
-                mtu: caps.mtu,
-            });
+        out.push(packet);
+        return Ok(EgressWork::default());
+    }
+    let plan = packet.hdr.validate(&packet.data)?;
+    let EgressEngine { segmenter, sink } = engine;
+    sink.out.clear();
+    let result = adapt(segmenter, &packet.data, &plan, caps, sink);
+    sink.seal();
+    match result {
+        Ok(Adapted::PassThrough) => {
+            out.push(packet);
+            Ok(EgressWork::default())
+        }
+        Ok(Adapted::Checksummed) => {
+            out.append(&mut sink.out);
+            Ok(EgressWork {
+                checksums: 1,
+                ..EgressWork::default()
+            })
+        }
+        Ok(Adapted::Segmented(summary)) => {
+            out.append(&mut sink.out);
+            Ok(EgressWork {
+                segments: summary.segments as u64,
+                // Every segment has its transport checksum (and, over IPv4,
+                // its header checksum) computed in software.
+                checksums: summary.segments as u64,
+                coalesced: 0,
+            })
+        }
+        Err(err) => {
+            // Segments written before the failure are incomplete: discard.
+            sink.out.clear();
+            Err(err.into())
         }
     }
-    out.push(packet);
-    Ok(EgressWork::default())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vswitch_offload::VirtioNetHdr;
+    use vswitch_offload::checksum::{pseudo_header_ipv4, Checksum};
+    use vswitch_offload::virtio::GSO_TCPV4;
+    use vswitch_offload::{FrameLayout, VirtioNetHdr};
 
-    fn frame(l3_len: usize) -> Vec<u8> {
-        let mut frame = vec![0u8; 14 + l3_len];
-        frame[12] = 0x08;
-        frame
-    }
-
-    fn hdr(flags: u8, gso_type: u8) -> VirtioNetHdr {
-        VirtioNetHdr {
-            flags,
-            gso_type,
-            gso_size: 1448,
-            csum_start: 34,
-            csum_offset: 16,
-            ..VirtioNetHdr::default()
+    /// An untagged TCP/IPv4 frame with `payload` bytes, its checksum partial
+    /// (seeded with the pseudo-header sum over the full TCP length).
+    fn tcp_frame(payload: usize) -> Vec<u8> {
+        let tcp_len = 20 + payload;
+        let ip_len = 20 + tcp_len;
+        let mut f = vec![0u8; 14 + ip_len];
+        f[12] = 0x08;
+        f[14] = 0x45;
+        f[16..18].copy_from_slice(&(ip_len as u16).to_be_bytes());
+        f[22] = 64;
+        f[23] = 6;
+        f[26..30].copy_from_slice(&[198, 18, 0, 1]);
+        f[30..34].copy_from_slice(&[198, 18, 0, 2]);
+        let ip_csum = vswitch_offload::checksum::checksum(&f[14..34]);
+        f[24..26].copy_from_slice(&ip_csum.to_be_bytes());
+        f[34..36].copy_from_slice(&1000u16.to_be_bytes());
+        f[36..38].copy_from_slice(&2000u16.to_be_bytes());
+        f[46] = 5 << 4;
+        f[47] = 0x18;
+        let seed = pseudo_header_ipv4([198, 18, 0, 1], [198, 18, 0, 2], 6, tcp_len as u16).sum();
+        f[50..52].copy_from_slice(&seed.to_be_bytes());
+        for (i, b) in f[54..].iter_mut().enumerate() {
+            *b = (i * 7 % 251) as u8;
         }
+        f
     }
 
-    fn adapt(packet: Packet, caps: EgressCapabilities) -> Result<usize, EgressError> {
-        let mut out = Vec::new();
-        adapt_for_egress(packet, &caps, &mut out)?;
-        Ok(out.len())
+    fn tso(payload: usize, mss: u16) -> Packet {
+        Packet::with_hdr(
+            VirtioNetHdr {
+                flags: FLAG_NEEDS_CSUM,
+                gso_type: GSO_TCPV4,
+                hdr_len: 54,
+                gso_size: mss,
+                csum_start: 34,
+                csum_offset: 16,
+                num_buffers: 0,
+            },
+            tcp_frame(payload),
+        )
+    }
+
+    fn tcp_checksum_ok(frame: &[u8]) -> bool {
+        let layout = FrameLayout::parse(frame).unwrap();
+        let tcp = &frame[layout.l4_offset..];
+        let mut sum = pseudo_header_ipv4([198, 18, 0, 1], [198, 18, 0, 2], 6, tcp.len() as u16);
+        sum.add_bytes(tcp);
+        sum.finish() == 0
     }
 
     #[test]
-    fn finished_frames_pass_when_they_fit() {
+    fn plain_frames_pass_when_they_fit() {
+        let mut engine = EgressEngine::new();
         let none = EgressCapabilities::none(1500);
-        assert_eq!(adapt(Packet::plain(frame(1500)), none), Ok(1));
-        assert_eq!(
-            adapt(Packet::plain(frame(1501)), none),
-            Err(EgressError::ExceedsMtu {
-                l3_len: 1501,
-                mtu: 1500
-            })
-        );
-        // A tag does not count against the MTU.
-        let mut tagged = frame(1504);
-        tagged[12..14].copy_from_slice(&[0x81, 0]);
-        assert_eq!(adapt(Packet::plain(tagged), none), Ok(1));
+        let mut out = Vec::new();
+        let mut frame = vec![0u8; 14 + 1500];
+        frame[12] = 0x08;
+        adapt_for_egress(&mut engine, Packet::plain(frame.clone()), &none, &mut out).unwrap();
+        assert_eq!(out.len(), 1);
+        frame.push(0);
+        let err = adapt_for_egress(&mut engine, Packet::plain(frame), &none, &mut out).unwrap_err();
+        assert_eq!(err.reason(), DropReason::ExceedsMtu);
     }
 
     #[test]
-    fn work_the_port_does_passes_other_work_is_refused() {
-        let partial = Packet::with_hdr(hdr(FLAG_NEEDS_CSUM, GSO_NONE), frame(100));
-        assert_eq!(
-            adapt(partial.clone(), EgressCapabilities::checksum_only(1500)),
-            Ok(1)
-        );
-        let refused = adapt(partial, EgressCapabilities::none(1500)).unwrap_err();
-        assert_eq!(refused.reason(), DropReason::NeedsSoftwareOffload);
-
-        let tso4 = Packet::with_hdr(hdr(FLAG_NEEDS_CSUM, GSO_TCPV4 | GSO_ECN), frame(65000));
-        assert_eq!(adapt(tso4.clone(), EgressCapabilities::full(1500)), Ok(1));
-        for caps in [
-            EgressCapabilities::none(1500),
-            EgressCapabilities::checksum_only(9000),
-            EgressCapabilities {
-                tso4: false,
-                ..EgressCapabilities::full(1500)
-            },
-            EgressCapabilities {
-                checksum: false,
-                ..EgressCapabilities::full(1500)
-            },
-        ] {
+    fn tso_frames_are_segmented_for_a_port_without_offloads() {
+        let mut engine = EgressEngine::new();
+        let mut out = Vec::new();
+        let work = adapt_for_egress(
+            &mut engine,
+            tso(10_000, 1460),
+            &EgressCapabilities::none(1500),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(work.segments, 7);
+        assert_eq!(out.len(), 7);
+        let mut payload = 0;
+        for seg in &out {
             assert_eq!(
-                adapt(tso4.clone(), caps).unwrap_err().reason(),
-                DropReason::NeedsSoftwareOffload,
-                "{caps:?}"
+                seg.hdr,
+                VirtioNetHdr::default(),
+                "segments are plain frames"
             );
+            assert!(seg.data.len() - 14 <= 1500);
+            assert!(tcp_checksum_ok(&seg.data));
+            assert_eq!(Checksum::new().add_bytes(&seg.data[14..34]).finish(), 0);
+            payload += seg.data.len() - 54;
         }
-        // Segments the port would cut must fit its MTU.
-        let mut jumbo_mss = tso4.clone();
-        jumbo_mss.hdr.gso_size = 1461;
-        assert_eq!(
-            adapt(jumbo_mss.clone(), EgressCapabilities::full(1500)),
-            Err(EgressError::ExceedsMtu {
-                l3_len: 1501,
-                mtu: 1500
-            })
-        );
-        assert_eq!(adapt(jumbo_mss, EgressCapabilities::full(9000)), Ok(1));
-        let ufo = Packet::with_hdr(hdr(0, GSO_UDP), frame(9000));
-        assert!(adapt(ufo.clone(), EgressCapabilities::full(1500)).is_err());
-        let with_ufo = EgressCapabilities {
-            ufo: true,
-            ..EgressCapabilities::full(1500)
-        };
-        assert_eq!(adapt(ufo, with_ufo), Ok(1));
-        let unknown = Packet::with_hdr(hdr(0, 0x42), frame(100));
-        assert!(adapt(unknown, EgressCapabilities::full(1500)).is_err());
+        assert_eq!(payload, 10_000);
+    }
+
+    #[test]
+    fn tso_frames_pass_to_a_port_that_segments() {
+        let mut engine = EgressEngine::new();
+        let mut out = Vec::new();
+        let work = adapt_for_egress(
+            &mut engine,
+            tso(10_000, 1448),
+            &EgressCapabilities::full(1500),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(work, EgressWork::default());
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].hdr.gso_type, GSO_TCPV4);
+    }
+
+    #[test]
+    fn a_smaller_egress_mtu_resegments_instead_of_dropping() {
+        let mut engine = EgressEngine::new();
+        let mut out = Vec::new();
+        adapt_for_egress(
+            &mut engine,
+            tso(9000, 8960),
+            &EgressCapabilities::full(1500),
+            &mut out,
+        )
+        .unwrap();
+        assert!(out.len() >= 7);
+        assert!(out
+            .iter()
+            .all(|p| p.data.len() - 14 <= 1500 && tcp_checksum_ok(&p.data)));
+    }
+
+    #[test]
+    fn a_partial_checksum_is_completed_for_a_port_that_cannot() {
+        let mut engine = EgressEngine::new();
+        let mut out = Vec::new();
+        let mut packet = tso(1000, 1448);
+        packet.hdr.gso_type = GSO_NONE;
+        packet.hdr.gso_size = 0;
+        let work = adapt_for_egress(
+            &mut engine,
+            packet.clone(),
+            &EgressCapabilities::none(1500),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(work.checksums, 1);
+        assert!(tcp_checksum_ok(&out[0].data));
+        assert_eq!(out[0].hdr, VirtioNetHdr::default());
+        out.clear();
+        adapt_for_egress(
+            &mut engine,
+            packet,
+            &EgressCapabilities::checksum_only(1500),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out[0].hdr.flags, FLAG_NEEDS_CSUM, "the port completes it");
+    }
+
+    #[test]
+    fn a_header_that_does_not_hold_is_refused_with_its_reason() {
+        let mut engine = EgressEngine::new();
+        let mut out = Vec::new();
+        let mut packet = tso(3000, 1448);
+        packet.hdr.gso_size = 0;
+        let err = adapt_for_egress(
+            &mut engine,
+            packet,
+            &EgressCapabilities::none(1500),
+            &mut out,
+        )
+        .unwrap_err();
+        assert_eq!(err.reason(), DropReason::InvalidOffloadHeader);
+        let mut packet = tso(3000, 1448);
+        packet.hdr.csum_start = 60_000;
+        let err = adapt_for_egress(
+            &mut engine,
+            packet,
+            &EgressCapabilities::none(1500),
+            &mut out,
+        )
+        .unwrap_err();
+        assert_eq!(err.reason(), DropReason::InvalidOffloadHeader);
+        assert!(out.is_empty());
     }
 }

@@ -164,9 +164,14 @@ pub enum DropReason {
     DestinationOnIngressPort,
     /// No other port carries the frame's VLAN.
     NoDestination,
-    /// The frame needs segmentation or checksumming in software, which
-    /// the egress path cannot do yet, and the port cannot do it itself.
-    NeedsSoftwareOffload,
+    /// The frame's virtio-net header asks for offload work the frame does
+    /// not support (the offload engine's reject list: a bad gso_type or
+    /// gso_size, a checksum position outside the frame, a mismatched
+    /// protocol, truncated headers, ...).
+    InvalidOffloadHeader,
+    /// The offload engine could not adapt the frame to the egress port
+    /// (for example a segment that cannot fit the egress MTU).
+    OffloadFailed,
     /// A frame with no offload work left is larger than the egress MTU, or
     /// the segments of a GSO frame the port would cut itself would be.
     ExceedsMtu,
@@ -184,7 +189,7 @@ pub enum DropReason {
 
 impl DropReason {
     /// Number of reasons.
-    pub const COUNT: usize = 18;
+    pub const COUNT: usize = 19;
 
     /// Every reason, in counter order.
     pub const ALL: [DropReason; DropReason::COUNT] = [
@@ -199,7 +204,8 @@ impl DropReason {
         DropReason::VlanNotAllowed,
         DropReason::DestinationOnIngressPort,
         DropReason::NoDestination,
-        DropReason::NeedsSoftwareOffload,
+        DropReason::InvalidOffloadHeader,
+        DropReason::OffloadFailed,
         DropReason::ExceedsMtu,
         DropReason::EgressPortGone,
         DropReason::WorkerQueueFull,
@@ -227,7 +233,8 @@ impl DropReason {
             DropReason::VlanNotAllowed => "vlan-not-allowed",
             DropReason::DestinationOnIngressPort => "destination-on-ingress-port",
             DropReason::NoDestination => "no-destination",
-            DropReason::NeedsSoftwareOffload => "needs-software-offload",
+            DropReason::InvalidOffloadHeader => "invalid-offload-header",
+            DropReason::OffloadFailed => "offload-failed",
             DropReason::ExceedsMtu => "exceeds-mtu",
             DropReason::EgressPortGone => "egress-port-gone",
             DropReason::WorkerQueueFull => "worker-queue-full",

@@ -46,7 +46,7 @@ use vswitch_offload::Packet;
 use vswitch_ports::{Port, PortCapabilities, SendError};
 
 use crate::dispatch::{flow_hash, worker_for_hash};
-use crate::egress::adapt_for_egress;
+use crate::egress::{adapt_for_egress, has_offload_work, EgressEngine};
 use crate::ethernet::retag;
 use crate::fdb::{Learned, LookupCache};
 use crate::forward::{
@@ -501,6 +501,8 @@ struct Scratch {
     cache: LookupCache,
     egress: Vec<Egress>,
     adapted: Vec<Packet>,
+    /// The offload engine's per-worker buffers.
+    engine: EgressEngine,
     /// Inboxes of other workers that timed out and have not accepted a
     /// frame since.
     congested: Vec<bool>,
@@ -540,6 +542,7 @@ impl Worker {
                 cache,
                 egress: Vec::new(),
                 adapted: Vec::new(),
+                engine: EgressEngine::new(),
                 congested: vec![false; workers],
                 to_wake: vec![false; workers],
             },
@@ -769,6 +772,15 @@ impl Round<'_> {
     fn forward(&self, scratch: &mut Scratch, ingress: PortId, packet: Packet) {
         self.counters.handled(packet.data.len());
         let table = self.table;
+        // A guest's offload request is checked against its frame once, at
+        // ingress, so a bad one is counted on the port that sent it.
+        if has_offload_work(&packet) && packet.hdr.validate(&packet.data).is_err() {
+            match table.live(ingress) {
+                Some(port) => self.drop_at(port, DropReason::InvalidOffloadHeader),
+                None => self.counters.dropped(DropReason::InvalidOffloadHeader, 1),
+            }
+            return;
+        }
         let decision = self.shared.forwarder.decide_cached(
             &mut scratch.cache,
             &table.profiles,
@@ -805,7 +817,9 @@ impl Round<'_> {
             }
             .clone();
             match table.live(out.port) {
-                Some(port) => self.transmit(&mut scratch.adapted, port, version),
+                Some(port) => {
+                    self.transmit(&mut scratch.engine, &mut scratch.adapted, port, version)
+                }
                 None => self.counters.dropped(DropReason::EgressPortGone, 1),
             }
         }
@@ -813,13 +827,19 @@ impl Round<'_> {
 
     /// The egress path of one frame to one port: the adaptation seam, then
     /// the port's send.
-    fn transmit(&self, adapted: &mut Vec<Packet>, port: &LivePort, packet: Packet) {
+    fn transmit(
+        &self,
+        engine: &mut EgressEngine,
+        adapted: &mut Vec<Packet>,
+        port: &LivePort,
+        packet: Packet,
+    ) {
         if port.removed.load(Ordering::Acquire) {
             self.drop_at(port, DropReason::EgressPortGone);
             return;
         }
         adapted.clear();
-        match adapt_for_egress(packet, &port.caps.egress, adapted) {
+        match adapt_for_egress(engine, packet, &port.caps.egress, adapted) {
             Err(err) => self.drop_at(port, err.reason()),
             Ok(work) => {
                 port.counters.worked(self.index, &work);
