@@ -571,4 +571,69 @@ mod tests {
         assert_eq!(names.len(), errors.len());
         let _ = L4Kind::Tcp;
     }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+
+        /// Whatever the port, what leaves fits its MTU, carries complete
+        /// checksums, and loses no payload; pass-through happens only when
+        /// the port can finish the job itself.
+        #[test]
+        fn adapted_output_always_fits_the_port(
+            vlans in 0u8..=2,
+            ipv6 in proptest::prelude::any::<bool>(),
+            kind in 0u8..4,
+            payload_len in 0usize..=30_000,
+            gso_size in 1u16..=9000,
+            mtu in 200u16..=9000,
+            caps_bits in 0u8..64,
+        ) {
+            let l4 = if kind < 2 { L4Spec::Tcp { options: kind == 1 } } else { L4Spec::Udp };
+            let built = build(&FrameSpec { vlans, ipv6, l4, payload_len, ..FrameSpec::default() });
+            let frame = built.frame_with_seed(true);
+            let gso = match kind {
+                0 | 1 => GsoKind::Tcp { mss: gso_size, ecn: false },
+                2 => GsoKind::UdpL4 { size: gso_size.max((payload_len / 128) as u16 + 1) },
+                _ => GsoKind::Ufo { size: gso_size.max(64) },
+            };
+            let offset = if kind < 2 { 16 } else { 6 };
+            let plan = OffloadPlan {
+                layout: Some(built.layout),
+                gso,
+                partial_checksum: Some(PartialChecksum { start: built.layout.l4_offset, offset }),
+            };
+            let bit = |n: u8| caps_bits & (1 << n) != 0;
+            let caps = EgressCapabilities {
+                checksum: bit(0), tso4: bit(1), tso6: bit(2), uso: bit(3), ufo: bit(4),
+                scatter_gather: bit(5), mtu,
+            };
+            match run(&frame, &plan, &caps) {
+                Ok((Adapted::PassThrough, out)) => {
+                    proptest::prop_assert!(out.is_empty());
+                    proptest::prop_assert!(caps.checksum);
+                    proptest::prop_assert_eq!(gso.fit_mtu(&built.layout, mtu).unwrap(), gso);
+                }
+                Ok((Adapted::Segmented(_), out)) => {
+                    let mut data = Vec::new();
+                    for segment in &out {
+                        let info = check_segment(segment);
+                        proptest::prop_assert!(info.l3_len <= usize::from(mtu));
+                        data.extend_from_slice(&info.payload);
+                    }
+                    if kind < 3 {
+                        proptest::prop_assert_eq!(&data[..], built.payload());
+                    }
+                }
+                Ok((Adapted::Checksummed, _)) => proptest::prop_assert!(false, "GSO frame only checksummed"),
+                Err(err) => {
+                    let name = err.counter();
+                    proptest::prop_assert!(
+                        name == "segment_datagram_over_mtu" || name == "segment_mtu_too_small"
+                            || name == "segment_first_fragment_too_small",
+                        "{}", err
+                    );
+                }
+            }
+        }
+    }
 }

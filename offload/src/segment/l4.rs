@@ -136,14 +136,62 @@ pub(super) fn segment<S: SegmentSink + ?Sized>(
     headers.clear();
     headers.extend_from_slice(frame.get(..header_len).unwrap_or(&[]));
 
+    // The fields that change per segment are zeroed in the template and
+    // summed once; each segment then adds only its own values (RFC 1071:
+    // the sum is independent of the order of the words).
+    let ipv4_base = match offsets.l3_kind {
+        L3Kind::Ipv4 => {
+            for at in [offsets.l3 + 2, offsets.l3 + 4, offsets.l3 + 10] {
+                set_u16(headers, at, 0)?;
+            }
+            let mut sum = Checksum::new();
+            sum.add_bytes(headers.get(offsets.l3..offsets.l4).unwrap_or(&[]));
+            Some(sum)
+        }
+        L3Kind::Ipv6 => None,
+    };
+    // TCP: sequence number and the data-offset/flags word; UDP: the length.
+    let (changing, word_at) = match kind {
+        L4Kind::Tcp => (
+            [offsets.l4 + 4, offsets.l4 + 6, offsets.l4 + 12],
+            offsets.l4 + 12,
+        ),
+        L4Kind::Udp => ([offsets.l4 + 4; 3], offsets.l4 + 4),
+    };
+    let data_offset = match kind {
+        L4Kind::Tcp => get_u8(frame, offsets.l4 + 12)?,
+        L4Kind::Udp => 0,
+    };
+    for at in changing.into_iter().chain([csum_at]) {
+        set_u16(headers, at, 0)?;
+    }
+    let mut l4_base = base;
+    l4_base.add_bytes(headers.get(offsets.l4..header_len).unwrap_or(&[]));
+
     let count = payload_len.div_ceil(size).max(1);
     let mut bytes = 0;
     for i in 0..count {
         let start = header_len + i * size;
         let end = (start + size).min(frame.len());
         let l4_total = l4_header_len + (end - start);
-        let id = (!params.fixed_ipv4_id).then(|| first_id.wrapping_add(i as u16));
-        set_ip_length(headers, offsets, l3_len + l4_total, id)?;
+        let l3_total = l3_len + l4_total;
+        match ipv4_base {
+            Some(mut ip_sum) => {
+                let total = fits_u16("IPv4 total length", l3_total)?;
+                let id = if params.fixed_ipv4_id {
+                    first_id
+                } else {
+                    first_id.wrapping_add(i as u16)
+                };
+                set_u16(headers, offsets.l3 + 2, total)?;
+                set_u16(headers, offsets.l3 + 4, id)?;
+                ip_sum.add_u16(total).add_u16(id);
+                set_u16(headers, offsets.l3 + 10, ip_sum.finish())?;
+            }
+            None => set_ip_length(headers, offsets, l3_total, None)?,
+        }
+        let mut sum = l4_base;
+        sum.add_u32(l4_total as u32);
         match kind {
             L4Kind::Tcp => {
                 let seq = first_seq.wrapping_add((i * size) as u32);
@@ -155,16 +203,18 @@ pub(super) fn segment<S: SegmentSink + ?Sized>(
                 if i != 0 {
                     segment_flags &= !TCP_CWR;
                 }
-                set_u8(headers, offsets.l4 + 13, segment_flags)?;
+                set_u8(headers, word_at, data_offset)?;
+                set_u8(headers, word_at + 1, segment_flags)?;
+                sum.add_u32(seq)
+                    .add_u16(u16::from_be_bytes([data_offset, segment_flags]));
             }
             L4Kind::Udp => {
-                set_u16(headers, offsets.l4 + 4, fits_u16("UDP length", l4_total)?)?;
+                let udp_len = fits_u16("UDP length", l4_total)?;
+                set_u16(headers, word_at, udp_len)?;
+                sum.add_u16(udp_len);
             }
         }
         set_u16(headers, csum_at, 0)?;
-        let mut sum = base;
-        sum.add_u32(l4_total as u32);
-        sum.add_bytes(headers.get(offsets.l4..header_len).unwrap_or(&[]));
         let fixup = ChecksumFixup {
             at: csum_at,
             sum,
