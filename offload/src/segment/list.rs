@@ -144,10 +144,7 @@ impl SegmentSink for SegmentList {
 
     fn scatter_gather(&mut self, headers: &[u8], payload: Bytes) -> Result<(), SinkFull> {
         let head = self.reserve(headers.len());
-        self.arena
-            .get_mut(head.clone())
-            .ok_or(SinkFull)?
-            .copy_from_slice(headers);
+        super::copy_headers(self.arena.get_mut(head.clone()).ok_or(SinkFull)?, headers);
         self.entries.push(Entry {
             head,
             payload: (!payload.is_empty()).then_some(payload),

@@ -642,7 +642,7 @@ impl<S: SegmentSink + ?Sized> Output<'_, S> {
                     });
                 }
                 let (head, body) = buf.split_at_mut(headers.len());
-                head.copy_from_slice(headers);
+                copy_headers(head, headers);
                 match fixup {
                     Some(mut fixup) => {
                         fixup.sum.copy_and_add(body, src);
@@ -662,6 +662,33 @@ impl<S: SegmentSink + ?Sized> Output<'_, S> {
             }
         }
         Ok(total)
+    }
+}
+
+/// Copies a header block (tens of bytes) with fixed-size moves the compiler
+/// inlines, instead of a call to the general `memcpy`: two overlapping
+/// copies cover any length in a power-of-two band.
+///
+/// # Panics
+/// If `dst` and `src` differ in length (as `copy_from_slice` does).
+#[inline]
+pub(crate) fn copy_headers(dst: &mut [u8], src: &[u8]) {
+    let len = src.len();
+    if dst.len() != len {
+        dst.copy_from_slice(src);
+        return;
+    }
+    macro_rules! overlapping {
+        ($width:literal) => {{
+            dst[..$width].copy_from_slice(&src[..$width]);
+            dst[len - $width..].copy_from_slice(&src[len - $width..]);
+        }};
+    }
+    match len {
+        16..=32 => overlapping!(16),
+        33..=64 => overlapping!(32),
+        65..=128 => overlapping!(64),
+        _ => dst.copy_from_slice(src),
     }
 }
 

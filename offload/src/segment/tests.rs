@@ -854,3 +854,13 @@ proptest! {
         let _ = gso.fit_mtu(&layout, mtu);
     }
 }
+
+#[test]
+fn copy_headers_copies_every_length() {
+    for len in 0..300 {
+        let src: Vec<u8> = (0..len).map(|i| (i * 7 + 1) as u8).collect();
+        let mut dst = vec![0u8; len];
+        copy_headers(&mut dst, &src);
+        assert_eq!(dst, src, "length {len}");
+    }
+}
