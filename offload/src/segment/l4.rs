@@ -4,7 +4,7 @@
 use crate::checksum::{checksum, pseudo_header_ipv4, pseudo_header_ipv6, Checksum};
 use crate::layout::{L3Kind, L4Kind};
 
-use super::field::{get_array16, get_array4, get_u16, get_u32, get_u8, set_u16, set_u32, set_u8};
+use super::field::{get_array16, get_array4, get_u16, get_u32, get_u8, set_u16};
 use super::{
     fits_u16, ChecksumFixup, Offsets, Output, SegmentError, SegmentParams, SegmentSink,
     SegmentSummary,
@@ -36,32 +36,6 @@ pub(crate) fn pseudo_header_base(
             0,
         ),
     })
-}
-
-/// Writes the IP length of a packet of `l3_total` bytes into `headers`
-/// (IPv4 total length with a fresh header checksum, optionally a new id; or
-/// IPv6 payload length).
-pub(crate) fn set_ip_length(
-    headers: &mut [u8],
-    offsets: &Offsets,
-    l3_total: usize,
-    ipv4_id: Option<u16>,
-) -> Result<(), SegmentError> {
-    let l3 = offsets.l3;
-    match offsets.l3_kind {
-        L3Kind::Ipv4 => {
-            set_u16(headers, l3 + 2, fits_u16("IPv4 total length", l3_total)?)?;
-            if let Some(id) = ipv4_id {
-                set_u16(headers, l3 + 4, id)?;
-            }
-            refresh_ipv4_checksum(headers, offsets)
-        }
-        L3Kind::Ipv6 => set_u16(
-            headers,
-            l3 + 4,
-            fits_u16("IPv6 payload length", l3_total - 40)?,
-        ),
-    }
 }
 
 /// Recomputes the IPv4 header checksum in `headers`.
@@ -175,6 +149,14 @@ pub(super) fn segment<S: SegmentSink + ?Sized>(
         let end = (start + size).min(frame.len());
         let l4_total = l4_header_len + (end - start);
         let l3_total = l3_len + l4_total;
+        // This segment's fields: (offset, value) pairs written into the
+        // copy of the template, and their sums.
+        let mut words = [(0usize, 0u16); 6];
+        let mut n = 0;
+        let mut push = |at: usize, value: u16| {
+            words[n] = (at, value);
+            n += 1;
+        };
         match ipv4_base {
             Some(mut ip_sum) => {
                 let total = fits_u16("IPv4 total length", l3_total)?;
@@ -183,19 +165,21 @@ pub(super) fn segment<S: SegmentSink + ?Sized>(
                 } else {
                     first_id.wrapping_add(i as u16)
                 };
-                set_u16(headers, offsets.l3 + 2, total)?;
-                set_u16(headers, offsets.l3 + 4, id)?;
                 ip_sum.add_u16(total).add_u16(id);
-                set_u16(headers, offsets.l3 + 10, ip_sum.finish())?;
+                push(offsets.l3 + 2, total);
+                push(offsets.l3 + 4, id);
+                push(offsets.l3 + 10, ip_sum.finish());
             }
-            None => set_ip_length(headers, offsets, l3_total, None)?,
+            None => push(
+                offsets.l3 + 4,
+                fits_u16("IPv6 payload length", l3_total - 40)?,
+            ),
         }
         let mut sum = l4_base;
         sum.add_u32(l4_total as u32);
         match kind {
             L4Kind::Tcp => {
                 let seq = first_seq.wrapping_add((i * size) as u32);
-                set_u32(headers, offsets.l4 + 4, seq)?;
                 let mut segment_flags = flags;
                 if i + 1 != count {
                     segment_flags &= !(TCP_FIN | TCP_PSH);
@@ -203,24 +187,30 @@ pub(super) fn segment<S: SegmentSink + ?Sized>(
                 if i != 0 {
                     segment_flags &= !TCP_CWR;
                 }
-                set_u8(headers, word_at, data_offset)?;
-                set_u8(headers, word_at + 1, segment_flags)?;
-                sum.add_u32(seq)
-                    .add_u16(u16::from_be_bytes([data_offset, segment_flags]));
+                let word = u16::from_be_bytes([data_offset, segment_flags]);
+                sum.add_u32(seq).add_u16(word);
+                push(offsets.l4 + 4, (seq >> 16) as u16);
+                push(offsets.l4 + 6, seq as u16);
+                push(word_at, word);
             }
             L4Kind::Udp => {
                 let udp_len = fits_u16("UDP length", l4_total)?;
-                set_u16(headers, word_at, udp_len)?;
                 sum.add_u16(udp_len);
+                push(word_at, udp_len);
             }
         }
-        set_u16(headers, csum_at, 0)?;
         let fixup = ChecksumFixup {
             at: csum_at,
             sum,
             zero_as_ffff: kind == L4Kind::Udp,
         };
-        bytes += out.emit(frame, headers, start..end, Some(fixup))?;
+        let words = &words[..n];
+        let patch = |head: &mut [u8]| {
+            words
+                .iter()
+                .try_for_each(|&(at, value)| set_u16(head, at, value))
+        };
+        bytes += out.emit(frame, headers, patch, start..end, Some(fixup))?;
     }
     Ok(SegmentSummary {
         segments: count,
