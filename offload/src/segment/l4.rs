@@ -4,7 +4,7 @@
 use crate::checksum::{checksum, pseudo_header_ipv4, pseudo_header_ipv6, Checksum};
 use crate::layout::{L3Kind, L4Kind};
 
-use super::field::{get_array16, get_array4, get_u16, get_u32, get_u8, set_u16};
+use super::field::{get_array16, get_array4, get_u16, get_u32, get_u8, set_u16, set_u32};
 use super::{
     fits_u16, ChecksumFixup, Offsets, Output, SegmentError, SegmentParams, SegmentSink,
     SegmentSummary,
@@ -149,15 +149,9 @@ pub(super) fn segment<S: SegmentSink + ?Sized>(
         let end = (start + size).min(frame.len());
         let l4_total = l4_header_len + (end - start);
         let l3_total = l3_len + l4_total;
-        // This segment's fields: (offset, value) pairs written into the
-        // copy of the template, and their sums.
-        let mut words = [(0usize, 0u16); 6];
-        let mut n = 0;
-        let mut push = |at: usize, value: u16| {
-            words[n] = (at, value);
-            n += 1;
-        };
-        match ipv4_base {
+        // This segment's field values and their sums; `patch` writes them
+        // into the copy of the template.
+        let (ip_words, ip_count) = match ipv4_base {
             Some(mut ip_sum) => {
                 let total = fits_u16("IPv4 total length", l3_total)?;
                 let id = if params.fixed_ipv4_id {
@@ -166,18 +160,13 @@ pub(super) fn segment<S: SegmentSink + ?Sized>(
                     first_id.wrapping_add(i as u16)
                 };
                 ip_sum.add_u16(total).add_u16(id);
-                push(offsets.l3 + 2, total);
-                push(offsets.l3 + 4, id);
-                push(offsets.l3 + 10, ip_sum.finish());
+                ([total, id, ip_sum.finish()], 3)
             }
-            None => push(
-                offsets.l3 + 4,
-                fits_u16("IPv6 payload length", l3_total - 40)?,
-            ),
-        }
+            None => ([fits_u16("IPv6 payload length", l3_total - 40)?, 0, 0], 1),
+        };
         let mut sum = l4_base;
         sum.add_u32(l4_total as u32);
-        match kind {
+        let (seq, word) = match kind {
             L4Kind::Tcp => {
                 let seq = first_seq.wrapping_add((i * size) as u32);
                 let mut segment_flags = flags;
@@ -189,26 +178,33 @@ pub(super) fn segment<S: SegmentSink + ?Sized>(
                 }
                 let word = u16::from_be_bytes([data_offset, segment_flags]);
                 sum.add_u32(seq).add_u16(word);
-                push(offsets.l4 + 4, (seq >> 16) as u16);
-                push(offsets.l4 + 6, seq as u16);
-                push(word_at, word);
+                (Some(seq), word)
             }
             L4Kind::Udp => {
                 let udp_len = fits_u16("UDP length", l4_total)?;
                 sum.add_u16(udp_len);
-                push(word_at, udp_len);
+                (None, udp_len)
             }
-        }
+        };
         let fixup = ChecksumFixup {
             at: csum_at,
             sum,
             zero_as_ffff: kind == L4Kind::Udp,
         };
-        let words = &words[..n];
+        let l3 = offsets.l3;
+        let l4 = offsets.l4;
         let patch = |head: &mut [u8]| {
-            words
-                .iter()
-                .try_for_each(|&(at, value)| set_u16(head, at, value))
+            if ip_count == 3 {
+                set_u16(head, l3 + 2, ip_words[0])?;
+                set_u16(head, l3 + 4, ip_words[1])?;
+                set_u16(head, l3 + 10, ip_words[2])?;
+            } else {
+                set_u16(head, l3 + 4, ip_words[0])?;
+            }
+            if let Some(seq) = seq {
+                set_u32(head, l4 + 4, seq)?;
+            }
+            set_u16(head, word_at, word)
         };
         bytes += out.emit(frame, headers, patch, start..end, Some(fixup))?;
     }
