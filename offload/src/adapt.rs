@@ -188,7 +188,7 @@ pub fn adapt<S: SegmentSink + ?Sized>(
     match decide(frame, plan, caps)? {
         Action::PassThrough => Ok(Adapted::PassThrough),
         Action::CompleteChecksum(partial) => {
-            complete_into(segmenter, frame, partial, mode, sink)?;
+            complete_into(frame, partial, mode, sink)?;
             Ok(Adapted::Checksummed)
         }
         Action::Segment(gso) => {
@@ -200,7 +200,6 @@ pub fn adapt<S: SegmentSink + ?Sized>(
 }
 
 fn complete_into<S: SegmentSink + ?Sized>(
-    segmenter: &mut Segmenter,
     frame: &Bytes,
     partial: PartialChecksum,
     mode: OutputMode,
@@ -223,14 +222,21 @@ fn complete_into<S: SegmentSink + ?Sized>(
             let value = partial_checksum_value(frame, partial)?;
             // The field ends within the frame: partial_checksum_value checked it.
             let at = partial.start + partial.offset;
-            let headers = segmenter.scratch();
-            headers.clear();
-            headers.extend_from_slice(frame.get(..at + 2).unwrap_or(&[]));
-            if let Some(field) = headers.get_mut(at..at + 2) {
+            let header = frame.get(..at + 2).unwrap_or(&[]);
+            let head = sink
+                .scatter_gather(header.len(), frame.slice(header.len()..))
+                .map_err(sink_full)?;
+            if head.len() != header.len() {
+                return Err(SegmentError::SinkBufferLength {
+                    expected: header.len(),
+                    found: head.len(),
+                }
+                .into());
+            }
+            head.copy_from_slice(header);
+            if let Some(field) = head.get_mut(at..at + 2) {
                 field.copy_from_slice(&value.to_be_bytes());
             }
-            sink.scatter_gather(headers, frame.slice(at + 2..))
-                .map_err(sink_full)?;
         }
     }
     Ok(())
@@ -538,6 +544,14 @@ mod tests {
                 len: 0,
             }
             .into(),
+            SegmentError::HeaderLength {
+                header: "",
+                len: 0,
+                min: 0,
+                max: 0,
+                step: 0,
+            }
+            .into(),
             SegmentError::SegmentSizeTooSmall { size: 0, min: 0 }.into(),
             SegmentError::SegmentTooLong {
                 field: "",
@@ -570,5 +584,70 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), errors.len());
         let _ = L4Kind::Tcp;
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 64, ..Default::default() })]
+
+        /// Whatever the port, what leaves fits its MTU, carries complete
+        /// checksums, and loses no payload; pass-through happens only when
+        /// the port can finish the job itself.
+        #[test]
+        fn adapted_output_always_fits_the_port(
+            vlans in 0u8..=2,
+            ipv6 in proptest::prelude::any::<bool>(),
+            kind in 0u8..4,
+            payload_len in 0usize..=30_000,
+            gso_size in 1u16..=9000,
+            mtu in 200u16..=9000,
+            caps_bits in 0u8..64,
+        ) {
+            let l4 = if kind < 2 { L4Spec::Tcp { options: kind == 1 } } else { L4Spec::Udp };
+            let built = build(&FrameSpec { vlans, ipv6, l4, payload_len, ..FrameSpec::default() });
+            let frame = built.frame_with_seed(true);
+            let gso = match kind {
+                0 | 1 => GsoKind::Tcp { mss: gso_size, ecn: false },
+                2 => GsoKind::UdpL4 { size: gso_size.max((payload_len / 128) as u16 + 1) },
+                _ => GsoKind::Ufo { size: gso_size.max(64) },
+            };
+            let offset = if kind < 2 { 16 } else { 6 };
+            let plan = OffloadPlan {
+                layout: Some(built.layout),
+                gso,
+                partial_checksum: Some(PartialChecksum { start: built.layout.l4_offset, offset }),
+            };
+            let bit = |n: u8| caps_bits & (1 << n) != 0;
+            let caps = EgressCapabilities {
+                checksum: bit(0), tso4: bit(1), tso6: bit(2), uso: bit(3), ufo: bit(4),
+                scatter_gather: bit(5), mtu,
+            };
+            match run(&frame, &plan, &caps) {
+                Ok((Adapted::PassThrough, out)) => {
+                    proptest::prop_assert!(out.is_empty());
+                    proptest::prop_assert!(caps.checksum);
+                    proptest::prop_assert_eq!(gso.fit_mtu(&built.layout, mtu).unwrap(), gso);
+                }
+                Ok((Adapted::Segmented(_), out)) => {
+                    let mut data = Vec::new();
+                    for segment in &out {
+                        let info = check_segment(segment);
+                        proptest::prop_assert!(info.l3_len <= usize::from(mtu));
+                        data.extend_from_slice(&info.payload);
+                    }
+                    if kind < 3 {
+                        proptest::prop_assert_eq!(&data[..], built.payload());
+                    }
+                }
+                Ok((Adapted::Checksummed, _)) => proptest::prop_assert!(false, "GSO frame only checksummed"),
+                Err(err) => {
+                    let name = err.counter();
+                    proptest::prop_assert!(
+                        name == "segment_datagram_over_mtu" || name == "segment_mtu_too_small"
+                            || name == "segment_first_fragment_too_small",
+                        "{}", err
+                    );
+                }
+            }
+        }
     }
 }

@@ -6,8 +6,11 @@
 //!   [`SegmentParams::fixed_ipv4_id`]) and header checksum, or its own IPv6
 //!   payload length (extension headers included); TCP sequence number
 //!   `first + i * mss`, FIN and PSH on the last segment only, CWR on the first
-//!   only, and a checksum over a pseudo-header built from the addresses and
-//!   this segment's length (the guest's seed in the checksum field is ignored).
+//!   only (whether or not the guest set the ECN bit, as Linux's
+//!   `tcp_gso_segment` does), and a checksum over a pseudo-header built from
+//!   the addresses and this segment's length (the guest's seed in the
+//!   checksum field is ignored, so the Linux and DPDK seed conventions both
+//!   work).
 //! * USO ([`GsoKind::UdpL4`]): every segment is a datagram with its own UDP
 //!   length and checksum (a computed 0 is sent as 0xffff).
 //! * UFO ([`GsoKind::Ufo`]): the datagram is checksummed whole, then
@@ -109,6 +112,22 @@ pub enum SegmentError {
         /// Length of the frame.
         frame_len: usize,
     },
+    /// A header length the layout gives is impossible for its protocol.
+    #[error(
+        "expected a {header} header of {min} to {max} bytes in steps of {step}, found {len} bytes"
+    )]
+    HeaderLength {
+        /// The header (`IPv4`, `IPv6 with extensions`, `TCP`, `UDP`).
+        header: &'static str,
+        /// The length the layout gives.
+        len: usize,
+        /// The smallest valid length.
+        min: usize,
+        /// The largest valid length.
+        max: usize,
+        /// Valid lengths are multiples of this.
+        step: usize,
+    },
     /// A header field lies beyond its buffer (the layout is inconsistent).
     #[error("a {width}-byte field at offset {offset} lies beyond the {len}-byte buffer")]
     FieldOutOfBounds {
@@ -193,6 +212,7 @@ impl SegmentError {
             SegmentError::NotGso => "segment_not_gso",
             SegmentError::LayoutMismatch { .. } => "segment_layout_mismatch",
             SegmentError::HeadersBeyondFrame { .. } => "segment_headers_beyond_frame",
+            SegmentError::HeaderLength { .. } => "segment_header_length",
             SegmentError::FieldOutOfBounds { .. } => "segment_field_out_of_bounds",
             SegmentError::SegmentSizeTooSmall { .. } => "segment_size_too_small",
             SegmentError::SegmentTooLong { .. } => "segment_too_long",
@@ -223,10 +243,12 @@ pub trait SegmentSink {
     /// and checksums) before it asks for anything else.
     fn contiguous(&mut self, len: usize) -> Result<&mut [u8], SinkFull>;
 
-    /// The next segment as its headers (complete, checksums included) and a
-    /// slice of the original frame's payload. The sink copies `headers` if it
-    /// keeps them; `payload` shares the original buffer.
-    fn scatter_gather(&mut self, headers: &[u8], payload: Bytes) -> Result<(), SinkFull>;
+    /// The next segment as `header_len` bytes of headers followed by
+    /// `payload`, a slice of the original frame (shared, not copied). Returns
+    /// a buffer of exactly `header_len` bytes that the sink keeps for the
+    /// headers; the segmenter fills it completely (checksums included) before
+    /// it asks for anything else.
+    fn scatter_gather(&mut self, header_len: usize, payload: Bytes) -> Result<&mut [u8], SinkFull>;
 }
 
 /// How segments are written.
@@ -288,12 +310,6 @@ impl Segmenter {
     /// Changes the parameters (for example the next IPv6 fragment id).
     pub fn set_params(&mut self, params: SegmentParams) {
         self.params = params;
-    }
-
-    /// The reusable header buffer, for other single-frame rewrites (checksum
-    /// completion in zero-copy mode).
-    pub(crate) fn scratch(&mut self) -> &mut Vec<u8> {
-        &mut self.headers
     }
 
     /// Segments `frame` as `gso` asks, writing every segment as a contiguous
@@ -488,6 +504,20 @@ impl Offsets {
                 frame_len: frame.len(),
             });
         }
+        // Header sums are added as 16-bit words, so every header must have
+        // the even length its protocol guarantees.
+        let l3_len = layout.l4_offset - layout.l3_offset;
+        let (header, max, step) = match layout.l3 {
+            L3Kind::Ipv4 => ("IPv4", 60, 4),
+            L3Kind::Ipv6 => ("IPv6 with extensions", usize::MAX, 8),
+        };
+        check_header_len(header, l3_len, minimal_ip, max, step)?;
+        let l4_len = layout.payload_offset - layout.l4_offset;
+        match layout.l4 {
+            Some(L4Kind::Tcp) => check_header_len("TCP", l4_len, 20, 60, 4)?,
+            Some(L4Kind::Udp) => check_header_len("UDP", l4_len, 8, 8, 8)?,
+            None => {}
+        }
         Ok(Offsets {
             l3: layout.l3_offset,
             l4: layout.l4_offset,
@@ -522,6 +552,25 @@ impl Offsets {
     pub(crate) fn l4_len(&self) -> usize {
         self.payload - self.l4
     }
+}
+
+fn check_header_len(
+    header: &'static str,
+    len: usize,
+    min: usize,
+    max: usize,
+    step: usize,
+) -> Result<(), SegmentError> {
+    if len < min || len > max || len % step != 0 {
+        return Err(SegmentError::HeaderLength {
+            header,
+            len,
+            min,
+            max,
+            step,
+        });
+    }
+    Ok(())
 }
 
 /// A transport checksum still to be finished once the payload is summed.
@@ -559,13 +608,19 @@ pub(crate) enum Output<'a, S: SegmentSink + ?Sized> {
 }
 
 impl<S: SegmentSink + ?Sized> Output<'_, S> {
-    /// Delivers one segment: `headers` (complete but for the transport
-    /// checksum named by `fixup`) followed by `frame[payload]`. Returns the
-    /// segment's length.
+    /// Delivers one segment: `template` copied into the sink's buffer, then
+    /// `patch` writes this segment's fields into that copy, then
+    /// `frame[payload]` follows, and the transport checksum named by
+    /// `fixup` is finished over the payload. Returns the segment's length.
+    ///
+    /// The fields are written into the destination, never into a scratch
+    /// buffer that is then copied: reading back bytes just written with
+    /// narrow stores stalls the wide loads of the copy.
     pub(crate) fn emit(
         &mut self,
         frame: &[u8],
-        headers: &mut [u8],
+        template: &[u8],
+        patch: impl FnOnce(&mut [u8]) -> Result<(), SegmentError>,
         payload: Range<usize>,
         fixup: Option<ChecksumFixup>,
     ) -> Result<usize, SegmentError> {
@@ -576,7 +631,8 @@ impl<S: SegmentSink + ?Sized> Output<'_, S> {
                 width: payload.end.saturating_sub(payload.start),
                 len: frame.len(),
             })?;
-        let total = headers.len() + src.len();
+        let header_len = template.len();
+        let total = header_len + src.len();
         match self {
             Output::Copy { sink } => {
                 let buf = sink
@@ -588,8 +644,9 @@ impl<S: SegmentSink + ?Sized> Output<'_, S> {
                         found: buf.len(),
                     });
                 }
-                let (head, body) = buf.split_at_mut(headers.len());
-                head.copy_from_slice(headers);
+                let (head, body) = buf.split_at_mut(header_len);
+                copy_headers(head, template);
+                patch(head)?;
                 match fixup {
                     Some(mut fixup) => {
                         fixup.sum.copy_and_add(body, src);
@@ -600,15 +657,51 @@ impl<S: SegmentSink + ?Sized> Output<'_, S> {
                 }
             }
             Output::ZeroCopy { frame: bytes, sink } => {
-                if let Some(fixup) = fixup {
-                    let value = fixup.finish(src);
-                    field::set_u16(headers, fixup.at, value)?;
-                }
-                sink.scatter_gather(headers, bytes.slice(payload))
+                let checksum = fixup.map(|fixup| (fixup.at, fixup.finish(src)));
+                let head = sink
+                    .scatter_gather(header_len, bytes.slice(payload))
                     .map_err(|SinkFull| SegmentError::SinkFull)?;
+                if head.len() != header_len {
+                    return Err(SegmentError::SinkBufferLength {
+                        expected: header_len,
+                        found: head.len(),
+                    });
+                }
+                copy_headers(head, template);
+                patch(head)?;
+                if let Some((at, value)) = checksum {
+                    field::set_u16(head, at, value)?;
+                }
             }
         }
         Ok(total)
+    }
+}
+
+/// Copies a header block (tens of bytes) with fixed-size moves the compiler
+/// inlines, instead of a call to the general `memcpy`: two overlapping
+/// copies cover any length in a power-of-two band.
+///
+/// # Panics
+/// If `dst` and `src` differ in length (as `copy_from_slice` does).
+#[inline]
+pub(crate) fn copy_headers(dst: &mut [u8], src: &[u8]) {
+    let len = src.len();
+    if dst.len() != len {
+        dst.copy_from_slice(src);
+        return;
+    }
+    macro_rules! overlapping {
+        ($width:literal) => {{
+            dst[..$width].copy_from_slice(&src[..$width]);
+            dst[len - $width..].copy_from_slice(&src[len - $width..]);
+        }};
+    }
+    match len {
+        16..=32 => overlapping!(16),
+        33..=64 => overlapping!(32),
+        65..=128 => overlapping!(64),
+        _ => dst.copy_from_slice(src),
     }
 }
 
