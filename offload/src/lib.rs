@@ -23,6 +23,7 @@ pub use layout::{FrameLayout, L3Kind, L4Kind};
 pub use virtio::VirtioNetHdr;
 pub mod frame;
 pub mod plan;
+pub mod wire;
 
 pub use frame::Packet;
 pub use plan::{GsoKind, OffloadPlan, PartialChecksum};
