@@ -6,8 +6,11 @@
 //!   [`SegmentParams::fixed_ipv4_id`]) and header checksum, or its own IPv6
 //!   payload length (extension headers included); TCP sequence number
 //!   `first + i * mss`, FIN and PSH on the last segment only, CWR on the first
-//!   only, and a checksum over a pseudo-header built from the addresses and
-//!   this segment's length (the guest's seed in the checksum field is ignored).
+//!   only (whether or not the guest set the ECN bit, as Linux's
+//!   `tcp_gso_segment` does), and a checksum over a pseudo-header built from
+//!   the addresses and this segment's length (the guest's seed in the
+//!   checksum field is ignored, so the Linux and DPDK seed conventions both
+//!   work).
 //! * USO ([`GsoKind::UdpL4`]): every segment is a datagram with its own UDP
 //!   length and checksum (a computed 0 is sent as 0xffff).
 //! * UFO ([`GsoKind::Ufo`]): the datagram is checksummed whole, then

@@ -813,3 +813,44 @@ fn steady_state_reuses_buffers() {
     }
     let _ = payload_bytes(1, 0);
 }
+
+fn any_gso() -> impl Strategy<Value = GsoKind> {
+    prop_oneof![
+        Just(GsoKind::None),
+        (any::<u16>(), any::<bool>()).prop_map(|(mss, ecn)| GsoKind::Tcp { mss, ecn }),
+        any::<u16>().prop_map(|size| GsoKind::UdpL4 { size }),
+        any::<u16>().prop_map(|size| GsoKind::Ufo { size }),
+    ]
+}
+
+proptest! {
+    /// Whatever the bytes and however wrong the layout, segmentation returns
+    /// a value or an error, never a panic, and both modes agree.
+    #[test]
+    fn inconsistent_layouts_are_errors_not_panics(
+        frame in proptest::collection::vec(any::<u8>(), 0..400),
+        l3_offset in 0usize..420,
+        l4_extra in 0usize..120,
+        payload_extra in 0usize..80,
+        ipv6 in any::<bool>(),
+        l4 in prop_oneof![Just(None), Just(Some(L4Kind::Tcp)), Just(Some(L4Kind::Udp))],
+        gso in any_gso(),
+        mtu in any::<u16>(),
+    ) {
+        let layout = FrameLayout {
+            vlan_tags: 0,
+            l3_offset,
+            l3: if ipv6 { L3Kind::Ipv6 } else { L3Kind::Ipv4 },
+            l4_offset: l3_offset + l4_extra,
+            l4,
+            payload_offset: l3_offset + l4_extra + payload_extra,
+            ipv6_fragment_header: None,
+            is_fragment: false,
+        };
+        let copy = segment_both(&frame, &layout, gso, SegmentParams::default());
+        if let Ok(segments) = copy {
+            prop_assert!(!segments.is_empty());
+        }
+        let _ = gso.fit_mtu(&layout, mtu);
+    }
+}

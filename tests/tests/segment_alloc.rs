@@ -1,0 +1,174 @@
+//! The steady state of segmentation allocates nothing per segment: a
+//! counting global allocator watches the segmenter, the adapt entry point
+//! and a reused `SegmentList`, in copy and zero-copy modes.
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use etherparse::{PacketBuilder, PacketHeaders, TcpHeader};
+use vswitch_offload::adapt::{adapt, Adapted};
+use vswitch_offload::segment::{SegmentList, SegmentParams, Segmenter};
+use vswitch_offload::{
+    EgressCapabilities, FrameLayout, GsoKind, L3Kind, L4Kind, OffloadPlan, PartialChecksum,
+};
+
+/// Counts every allocation and reallocation; frees are not counted.
+struct Counting;
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every method forwards to `System` with the caller's arguments
+// unchanged, so `System` upholds the `GlobalAlloc` contract; the counter is
+// an atomic and does not allocate.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller's `layout` obligations are passed on unchanged.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` came from `System` through `alloc`/`realloc` above
+        // with this `layout`, as the caller guarantees.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: as for `dealloc`; `new_size` is passed on as given.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations_during(f: impl FnOnce()) -> usize {
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    f();
+    ALLOCATIONS.load(Ordering::Relaxed) - before
+}
+
+fn tso_frame(ipv6: bool) -> (Vec<u8>, FrameLayout) {
+    let mut tcp = TcpHeader::new(1, 2, 3, 4);
+    tcp.ack = true;
+    let payload: Vec<u8> = (0..60_000).map(|i| i as u8).collect();
+    let mut frame = Vec::new();
+    let builder = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
+        .single_vlan(5.try_into().unwrap());
+    let builder = if ipv6 {
+        builder.ipv6([1; 16], [2; 16], 64)
+    } else {
+        builder.ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+    };
+    builder
+        .tcp_header(tcp)
+        .write_to_vec(&mut frame, &payload)
+        .unwrap();
+    let headers = PacketHeaders::from_ethernet_slice(&frame).unwrap();
+    let l3_len = match headers.net.unwrap() {
+        etherparse::NetHeaders::Ipv4(h, _) => h.header_len(),
+        _ => 40,
+    };
+    let l4_len = headers.transport.unwrap().header_len();
+    let layout = FrameLayout {
+        vlan_tags: 1,
+        l3_offset: 18,
+        l3: if ipv6 { L3Kind::Ipv6 } else { L3Kind::Ipv4 },
+        l4_offset: 18 + l3_len,
+        l4: Some(L4Kind::Tcp),
+        payload_offset: 18 + l3_len + l4_len,
+        ipv6_fragment_header: None,
+        is_fragment: false,
+    };
+    (frame, layout)
+}
+
+/// One test only: the counter is global, and tests in one binary run in
+/// parallel.
+#[test]
+fn segmentation_allocates_nothing_per_segment_once_warm() {
+    // The counter sees allocations at all.
+    assert_eq!(
+        allocations_during(|| drop(std::hint::black_box(vec![0u8; 100]))),
+        1
+    );
+    for ipv6 in [false, true] {
+        let (frame, layout) = tso_frame(ipv6);
+        let bytes = Bytes::from(frame.clone());
+        let gso = GsoKind::Tcp {
+            mss: 1448,
+            ecn: false,
+        };
+        let mut segmenter = Segmenter::new(SegmentParams::default());
+        let mut list = SegmentList::new();
+        // Warm up: buffers grow to their working size, the frame's shared
+        // handle is created on its first slice.
+        segmenter
+            .segment_copy(&frame, &layout, gso, &mut list)
+            .unwrap();
+        list.clear();
+        segmenter
+            .segment_zero_copy(&bytes, &layout, gso, &mut list)
+            .unwrap();
+
+        let copy = allocations_during(|| {
+            for _ in 0..10 {
+                list.clear();
+                let summary = segmenter
+                    .segment_copy(&frame, &layout, gso, &mut list)
+                    .unwrap();
+                assert_eq!(summary.segments, 42);
+            }
+        });
+        assert_eq!(copy, 0, "copy mode allocated");
+        let zero_copy = allocations_during(|| {
+            for _ in 0..10 {
+                list.clear();
+                segmenter
+                    .segment_zero_copy(&bytes, &layout, gso, &mut list)
+                    .unwrap();
+            }
+        });
+        assert_eq!(zero_copy, 0, "zero-copy mode allocated");
+
+        // Through the entry point, to a port that needs segmentation.
+        let plan = OffloadPlan {
+            layout: Some(layout),
+            gso: GsoKind::Tcp {
+                mss: 8000,
+                ecn: false,
+            },
+            partial_checksum: Some(PartialChecksum {
+                start: layout.l4_offset,
+                offset: 16,
+            }),
+        };
+        for caps in [
+            EgressCapabilities::none(1500),
+            EgressCapabilities::full(1280),
+        ] {
+            list.clear();
+            adapt(&mut segmenter, &bytes, &plan, &caps, &mut list).unwrap();
+            let adapted = allocations_during(|| {
+                list.clear();
+                let done = adapt(&mut segmenter, &bytes, &plan, &caps, &mut list).unwrap();
+                assert!(matches!(done, Adapted::Segmented(_)));
+            });
+            assert_eq!(adapted, 0, "adapt allocated for {caps:?}");
+        }
+
+        // A new frame costs at most one allocation (its shared handle on
+        // the first zero-copy slice), however many segments it has.
+        let fresh = Bytes::from(frame.clone());
+        let per_frame = allocations_during(|| {
+            list.clear();
+            segmenter
+                .segment_zero_copy(&fresh, &layout, gso, &mut list)
+                .unwrap();
+        });
+        assert!(per_frame <= 1, "{per_frame} allocations for one new frame");
+    }
+}
