@@ -538,6 +538,14 @@ mod tests {
                 len: 0,
             }
             .into(),
+            SegmentError::HeaderLength {
+                header: "",
+                len: 0,
+                min: 0,
+                max: 0,
+                step: 0,
+            }
+            .into(),
             SegmentError::SegmentSizeTooSmall { size: 0, min: 0 }.into(),
             SegmentError::SegmentTooLong {
                 field: "",

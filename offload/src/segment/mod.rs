@@ -112,6 +112,22 @@ pub enum SegmentError {
         /// Length of the frame.
         frame_len: usize,
     },
+    /// A header length the layout gives is impossible for its protocol.
+    #[error(
+        "expected a {header} header of {min} to {max} bytes in steps of {step}, found {len} bytes"
+    )]
+    HeaderLength {
+        /// The header (`IPv4`, `IPv6 with extensions`, `TCP`, `UDP`).
+        header: &'static str,
+        /// The length the layout gives.
+        len: usize,
+        /// The smallest valid length.
+        min: usize,
+        /// The largest valid length.
+        max: usize,
+        /// Valid lengths are multiples of this.
+        step: usize,
+    },
     /// A header field lies beyond its buffer (the layout is inconsistent).
     #[error("a {width}-byte field at offset {offset} lies beyond the {len}-byte buffer")]
     FieldOutOfBounds {
@@ -196,6 +212,7 @@ impl SegmentError {
             SegmentError::NotGso => "segment_not_gso",
             SegmentError::LayoutMismatch { .. } => "segment_layout_mismatch",
             SegmentError::HeadersBeyondFrame { .. } => "segment_headers_beyond_frame",
+            SegmentError::HeaderLength { .. } => "segment_header_length",
             SegmentError::FieldOutOfBounds { .. } => "segment_field_out_of_bounds",
             SegmentError::SegmentSizeTooSmall { .. } => "segment_size_too_small",
             SegmentError::SegmentTooLong { .. } => "segment_too_long",
@@ -491,6 +508,20 @@ impl Offsets {
                 frame_len: frame.len(),
             });
         }
+        // Header sums are added as 16-bit words, so every header must have
+        // the even length its protocol guarantees.
+        let l3_len = layout.l4_offset - layout.l3_offset;
+        let (header, max, step) = match layout.l3 {
+            L3Kind::Ipv4 => ("IPv4", 60, 4),
+            L3Kind::Ipv6 => ("IPv6 with extensions", usize::MAX, 8),
+        };
+        check_header_len(header, l3_len, minimal_ip, max, step)?;
+        let l4_len = layout.payload_offset - layout.l4_offset;
+        match layout.l4 {
+            Some(L4Kind::Tcp) => check_header_len("TCP", l4_len, 20, 60, 4)?,
+            Some(L4Kind::Udp) => check_header_len("UDP", l4_len, 8, 8, 8)?,
+            None => {}
+        }
         Ok(Offsets {
             l3: layout.l3_offset,
             l4: layout.l4_offset,
@@ -525,6 +556,25 @@ impl Offsets {
     pub(crate) fn l4_len(&self) -> usize {
         self.payload - self.l4
     }
+}
+
+fn check_header_len(
+    header: &'static str,
+    len: usize,
+    min: usize,
+    max: usize,
+    step: usize,
+) -> Result<(), SegmentError> {
+    if len < min || len > max || len % step != 0 {
+        return Err(SegmentError::HeaderLength {
+            header,
+            len,
+            min,
+            max,
+            step,
+        });
+    }
+    Ok(())
 }
 
 /// A transport checksum still to be finished once the payload is summed.

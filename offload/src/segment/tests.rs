@@ -830,8 +830,8 @@ proptest! {
     fn inconsistent_layouts_are_errors_not_panics(
         frame in proptest::collection::vec(any::<u8>(), 0..400),
         l3_offset in 0usize..420,
-        l4_extra in 0usize..120,
-        payload_extra in 0usize..80,
+        l4_extra in prop_oneof![0usize..120, (5usize..=15).prop_map(|w| w * 4), (5usize..=9).prop_map(|w| w * 8)],
+        payload_extra in prop_oneof![0usize..80, Just(8usize), (5usize..=15).prop_map(|w| w * 4)],
         ipv6 in any::<bool>(),
         l4 in prop_oneof![Just(None), Just(Some(L4Kind::Tcp)), Just(Some(L4Kind::Udp))],
         gso in any_gso(),
