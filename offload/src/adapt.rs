@@ -188,7 +188,7 @@ pub fn adapt<S: SegmentSink + ?Sized>(
     match decide(frame, plan, caps)? {
         Action::PassThrough => Ok(Adapted::PassThrough),
         Action::CompleteChecksum(partial) => {
-            complete_into(segmenter, frame, partial, mode, sink)?;
+            complete_into(frame, partial, mode, sink)?;
             Ok(Adapted::Checksummed)
         }
         Action::Segment(gso) => {
@@ -200,7 +200,6 @@ pub fn adapt<S: SegmentSink + ?Sized>(
 }
 
 fn complete_into<S: SegmentSink + ?Sized>(
-    segmenter: &mut Segmenter,
     frame: &Bytes,
     partial: PartialChecksum,
     mode: OutputMode,
@@ -223,14 +222,21 @@ fn complete_into<S: SegmentSink + ?Sized>(
             let value = partial_checksum_value(frame, partial)?;
             // The field ends within the frame: partial_checksum_value checked it.
             let at = partial.start + partial.offset;
-            let headers = segmenter.scratch();
-            headers.clear();
-            headers.extend_from_slice(frame.get(..at + 2).unwrap_or(&[]));
-            if let Some(field) = headers.get_mut(at..at + 2) {
+            let header = frame.get(..at + 2).unwrap_or(&[]);
+            let head = sink
+                .scatter_gather(header.len(), frame.slice(header.len()..))
+                .map_err(sink_full)?;
+            if head.len() != header.len() {
+                return Err(SegmentError::SinkBufferLength {
+                    expected: header.len(),
+                    found: head.len(),
+                }
+                .into());
+            }
+            head.copy_from_slice(header);
+            if let Some(field) = head.get_mut(at..at + 2) {
                 field.copy_from_slice(&value.to_be_bytes());
             }
-            sink.scatter_gather(headers, frame.slice(at + 2..))
-                .map_err(sink_full)?;
         }
     }
     Ok(())

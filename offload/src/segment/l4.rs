@@ -4,7 +4,7 @@
 use crate::checksum::{checksum, pseudo_header_ipv4, pseudo_header_ipv6, Checksum};
 use crate::layout::{L3Kind, L4Kind};
 
-use super::field::{get_array16, get_array4, get_u16, get_u32, get_u8, set_u16, set_u32, set_u8};
+use super::field::{get_array16, get_array4, get_u16, get_u32, get_u8, set_u16, set_u32};
 use super::{
     fits_u16, ChecksumFixup, Offsets, Output, SegmentError, SegmentParams, SegmentSink,
     SegmentSummary,
@@ -36,32 +36,6 @@ pub(crate) fn pseudo_header_base(
             0,
         ),
     })
-}
-
-/// Writes the IP length of a packet of `l3_total` bytes into `headers`
-/// (IPv4 total length with a fresh header checksum, optionally a new id; or
-/// IPv6 payload length).
-pub(crate) fn set_ip_length(
-    headers: &mut [u8],
-    offsets: &Offsets,
-    l3_total: usize,
-    ipv4_id: Option<u16>,
-) -> Result<(), SegmentError> {
-    let l3 = offsets.l3;
-    match offsets.l3_kind {
-        L3Kind::Ipv4 => {
-            set_u16(headers, l3 + 2, fits_u16("IPv4 total length", l3_total)?)?;
-            if let Some(id) = ipv4_id {
-                set_u16(headers, l3 + 4, id)?;
-            }
-            refresh_ipv4_checksum(headers, offsets)
-        }
-        L3Kind::Ipv6 => set_u16(
-            headers,
-            l3 + 4,
-            fits_u16("IPv6 payload length", l3_total - 40)?,
-        ),
-    }
 }
 
 /// Recomputes the IPv4 header checksum in `headers`.
@@ -175,7 +149,9 @@ pub(super) fn segment<S: SegmentSink + ?Sized>(
         let end = (start + size).min(frame.len());
         let l4_total = l4_header_len + (end - start);
         let l3_total = l3_len + l4_total;
-        match ipv4_base {
+        // This segment's field values and their sums; `patch` writes them
+        // into the copy of the template.
+        let (ip_words, ip_count) = match ipv4_base {
             Some(mut ip_sum) => {
                 let total = fits_u16("IPv4 total length", l3_total)?;
                 let id = if params.fixed_ipv4_id {
@@ -183,19 +159,16 @@ pub(super) fn segment<S: SegmentSink + ?Sized>(
                 } else {
                     first_id.wrapping_add(i as u16)
                 };
-                set_u16(headers, offsets.l3 + 2, total)?;
-                set_u16(headers, offsets.l3 + 4, id)?;
                 ip_sum.add_u16(total).add_u16(id);
-                set_u16(headers, offsets.l3 + 10, ip_sum.finish())?;
+                ([total, id, ip_sum.finish()], 3)
             }
-            None => set_ip_length(headers, offsets, l3_total, None)?,
-        }
+            None => ([fits_u16("IPv6 payload length", l3_total - 40)?, 0, 0], 1),
+        };
         let mut sum = l4_base;
         sum.add_u32(l4_total as u32);
-        match kind {
+        let (seq, word) = match kind {
             L4Kind::Tcp => {
                 let seq = first_seq.wrapping_add((i * size) as u32);
-                set_u32(headers, offsets.l4 + 4, seq)?;
                 let mut segment_flags = flags;
                 if i + 1 != count {
                     segment_flags &= !(TCP_FIN | TCP_PSH);
@@ -203,24 +176,37 @@ pub(super) fn segment<S: SegmentSink + ?Sized>(
                 if i != 0 {
                     segment_flags &= !TCP_CWR;
                 }
-                set_u8(headers, word_at, data_offset)?;
-                set_u8(headers, word_at + 1, segment_flags)?;
-                sum.add_u32(seq)
-                    .add_u16(u16::from_be_bytes([data_offset, segment_flags]));
+                let word = u16::from_be_bytes([data_offset, segment_flags]);
+                sum.add_u32(seq).add_u16(word);
+                (Some(seq), word)
             }
             L4Kind::Udp => {
                 let udp_len = fits_u16("UDP length", l4_total)?;
-                set_u16(headers, word_at, udp_len)?;
                 sum.add_u16(udp_len);
+                (None, udp_len)
             }
-        }
-        set_u16(headers, csum_at, 0)?;
+        };
         let fixup = ChecksumFixup {
             at: csum_at,
             sum,
             zero_as_ffff: kind == L4Kind::Udp,
         };
-        bytes += out.emit(frame, headers, start..end, Some(fixup))?;
+        let l3 = offsets.l3;
+        let l4 = offsets.l4;
+        let patch = |head: &mut [u8]| {
+            if ip_count == 3 {
+                set_u16(head, l3 + 2, ip_words[0])?;
+                set_u16(head, l3 + 4, ip_words[1])?;
+                set_u16(head, l3 + 10, ip_words[2])?;
+            } else {
+                set_u16(head, l3 + 4, ip_words[0])?;
+            }
+            if let Some(seq) = seq {
+                set_u32(head, l4 + 4, seq)?;
+            }
+            set_u16(head, word_at, word)
+        };
+        bytes += out.emit(frame, headers, patch, start..end, Some(fixup))?;
     }
     Ok(SegmentSummary {
         segments: count,

@@ -142,17 +142,13 @@ impl SegmentSink for SegmentList {
         self.arena.get_mut(head).ok_or(SinkFull)
     }
 
-    fn scatter_gather(&mut self, headers: &[u8], payload: Bytes) -> Result<(), SinkFull> {
-        let head = self.reserve(headers.len());
-        self.arena
-            .get_mut(head.clone())
-            .ok_or(SinkFull)?
-            .copy_from_slice(headers);
+    fn scatter_gather(&mut self, header_len: usize, payload: Bytes) -> Result<&mut [u8], SinkFull> {
+        let head = self.reserve(header_len);
         self.entries.push(Entry {
-            head,
+            head: head.clone(),
             payload: (!payload.is_empty()).then_some(payload),
         });
-        Ok(())
+        self.arena.get_mut(head).ok_or(SinkFull)
     }
 }
 
@@ -164,8 +160,9 @@ mod tests {
     fn keeps_both_kinds_in_order_and_reuses_capacity() {
         let mut list = SegmentList::new();
         list.contiguous(3).unwrap().copy_from_slice(b"abc");
-        list.scatter_gather(b"hd", Bytes::from_static(b"payload"))
-            .unwrap();
+        list.scatter_gather(2, Bytes::from_static(b"payload"))
+            .unwrap()
+            .copy_from_slice(b"hd");
         assert_eq!(list.len(), 2);
         assert_eq!(list.get(0).unwrap().to_vec(), b"abc");
         assert!(!list.get(0).unwrap().is_scatter_gather());

@@ -243,10 +243,12 @@ pub trait SegmentSink {
     /// and checksums) before it asks for anything else.
     fn contiguous(&mut self, len: usize) -> Result<&mut [u8], SinkFull>;
 
-    /// The next segment as its headers (complete, checksums included) and a
-    /// slice of the original frame's payload. The sink copies `headers` if it
-    /// keeps them; `payload` shares the original buffer.
-    fn scatter_gather(&mut self, headers: &[u8], payload: Bytes) -> Result<(), SinkFull>;
+    /// The next segment as `header_len` bytes of headers followed by
+    /// `payload`, a slice of the original frame (shared, not copied). Returns
+    /// a buffer of exactly `header_len` bytes that the sink keeps for the
+    /// headers; the segmenter fills it completely (checksums included) before
+    /// it asks for anything else.
+    fn scatter_gather(&mut self, header_len: usize, payload: Bytes) -> Result<&mut [u8], SinkFull>;
 }
 
 /// How segments are written.
@@ -308,12 +310,6 @@ impl Segmenter {
     /// Changes the parameters (for example the next IPv6 fragment id).
     pub fn set_params(&mut self, params: SegmentParams) {
         self.params = params;
-    }
-
-    /// The reusable header buffer, for other single-frame rewrites (checksum
-    /// completion in zero-copy mode).
-    pub(crate) fn scratch(&mut self) -> &mut Vec<u8> {
-        &mut self.headers
     }
 
     /// Segments `frame` as `gso` asks, writing every segment as a contiguous
@@ -612,13 +608,19 @@ pub(crate) enum Output<'a, S: SegmentSink + ?Sized> {
 }
 
 impl<S: SegmentSink + ?Sized> Output<'_, S> {
-    /// Delivers one segment: `headers` (complete but for the transport
-    /// checksum named by `fixup`) followed by `frame[payload]`. Returns the
-    /// segment's length.
+    /// Delivers one segment: `template` copied into the sink's buffer, then
+    /// `patch` writes this segment's fields into that copy, then
+    /// `frame[payload]` follows, and the transport checksum named by
+    /// `fixup` is finished over the payload. Returns the segment's length.
+    ///
+    /// The fields are written into the destination, never into a scratch
+    /// buffer that is then copied: reading back bytes just written with
+    /// narrow stores stalls the wide loads of the copy.
     pub(crate) fn emit(
         &mut self,
         frame: &[u8],
-        headers: &mut [u8],
+        template: &[u8],
+        patch: impl FnOnce(&mut [u8]) -> Result<(), SegmentError>,
         payload: Range<usize>,
         fixup: Option<ChecksumFixup>,
     ) -> Result<usize, SegmentError> {
@@ -629,7 +631,8 @@ impl<S: SegmentSink + ?Sized> Output<'_, S> {
                 width: payload.end.saturating_sub(payload.start),
                 len: frame.len(),
             })?;
-        let total = headers.len() + src.len();
+        let header_len = template.len();
+        let total = header_len + src.len();
         match self {
             Output::Copy { sink } => {
                 let buf = sink
@@ -641,8 +644,9 @@ impl<S: SegmentSink + ?Sized> Output<'_, S> {
                         found: buf.len(),
                     });
                 }
-                let (head, body) = buf.split_at_mut(headers.len());
-                head.copy_from_slice(headers);
+                let (head, body) = buf.split_at_mut(header_len);
+                copy_headers(head, template);
+                patch(head)?;
                 match fixup {
                     Some(mut fixup) => {
                         fixup.sum.copy_and_add(body, src);
@@ -653,15 +657,51 @@ impl<S: SegmentSink + ?Sized> Output<'_, S> {
                 }
             }
             Output::ZeroCopy { frame: bytes, sink } => {
-                if let Some(fixup) = fixup {
-                    let value = fixup.finish(src);
-                    field::set_u16(headers, fixup.at, value)?;
-                }
-                sink.scatter_gather(headers, bytes.slice(payload))
+                let checksum = fixup.map(|fixup| (fixup.at, fixup.finish(src)));
+                let head = sink
+                    .scatter_gather(header_len, bytes.slice(payload))
                     .map_err(|SinkFull| SegmentError::SinkFull)?;
+                if head.len() != header_len {
+                    return Err(SegmentError::SinkBufferLength {
+                        expected: header_len,
+                        found: head.len(),
+                    });
+                }
+                copy_headers(head, template);
+                patch(head)?;
+                if let Some((at, value)) = checksum {
+                    field::set_u16(head, at, value)?;
+                }
             }
         }
         Ok(total)
+    }
+}
+
+/// Copies a header block (tens of bytes) with fixed-size moves the compiler
+/// inlines, instead of a call to the general `memcpy`: two overlapping
+/// copies cover any length in a power-of-two band.
+///
+/// # Panics
+/// If `dst` and `src` differ in length (as `copy_from_slice` does).
+#[inline]
+pub(crate) fn copy_headers(dst: &mut [u8], src: &[u8]) {
+    let len = src.len();
+    if dst.len() != len {
+        dst.copy_from_slice(src);
+        return;
+    }
+    macro_rules! overlapping {
+        ($width:literal) => {{
+            dst[..$width].copy_from_slice(&src[..$width]);
+            dst[len - $width..].copy_from_slice(&src[len - $width..]);
+        }};
+    }
+    match len {
+        16..=32 => overlapping!(16),
+        33..=64 => overlapping!(32),
+        65..=128 => overlapping!(64),
+        _ => dst.copy_from_slice(src),
     }
 }
 

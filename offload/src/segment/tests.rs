@@ -690,7 +690,7 @@ fn a_full_sink_stops_segmentation_with_an_error() {
             self.0.resize(len, 0);
             Ok(&mut self.0)
         }
-        fn scatter_gather(&mut self, _: &[u8], _: Bytes) -> Result<(), SinkFull> {
+        fn scatter_gather(&mut self, _: usize, _: Bytes) -> Result<&mut [u8], SinkFull> {
             Err(SinkFull)
         }
     }
@@ -852,5 +852,15 @@ proptest! {
             prop_assert!(!segments.is_empty());
         }
         let _ = gso.fit_mtu(&layout, mtu);
+    }
+}
+
+#[test]
+fn copy_headers_copies_every_length() {
+    for len in 0..300 {
+        let src: Vec<u8> = (0..len).map(|i| (i * 7 + 1) as u8).collect();
+        let mut dst = vec![0u8; len];
+        copy_headers(&mut dst, &src);
+        assert_eq!(dst, src, "length {len}");
     }
 }

@@ -157,7 +157,7 @@ pub(super) fn fragment<S: SegmentSink + ?Sized>(
                 fits_u16("IPv6 payload length", l3_total - 40)?,
             )?,
         }
-        let bytes = out.emit(frame, headers, udp_end..frame.len(), None)?;
+        let bytes = out.emit(frame, headers, |_| Ok(()), udp_end..frame.len(), None)?;
         return Ok(SegmentSummary { segments: 1, bytes });
     }
 
@@ -240,7 +240,7 @@ pub(super) fn fragment<S: SegmentSink + ?Sized>(
                 set_u32(hdr, frag_header_at + 4, params.ipv6_fragment_id)?;
             }
         }
-        bytes += out.emit(frame, hdr, payload, None)?;
+        bytes += out.emit(frame, hdr, |_| Ok(()), payload, None)?;
     }
     Ok(SegmentSummary {
         segments: count,
