@@ -109,11 +109,11 @@ impl SegmentSink for PacketSink {
 
     /// Ports take contiguous frames, so a scatter-gather segment is
     /// gathered here (one copy of the payload).
-    fn scatter_gather(&mut self, headers: &[u8], payload: Bytes) -> Result<(), SinkFull> {
-        let buf = self.reserve(headers.len() + payload.len());
-        buf[..headers.len()].copy_from_slice(headers);
-        buf[headers.len()..].copy_from_slice(&payload);
-        Ok(())
+    fn scatter_gather(&mut self, header_len: usize, payload: Bytes) -> Result<&mut [u8], SinkFull> {
+        let buf = self.reserve(header_len + payload.len());
+        let (headers, rest) = buf.split_at_mut(header_len);
+        rest.copy_from_slice(&payload);
+        Ok(headers)
     }
 }
 

@@ -29,6 +29,8 @@
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod pcap_segment;
+
 pub use vswitch_offload as offload;
 pub use vswitch_ports as ports;
 

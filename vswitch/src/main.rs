@@ -11,6 +11,8 @@ commands:
   run         switch between TAP devices (Linux)
   help        print this message
   version     print the version
+  segment     --mtu N IN.pcap OUT.pcap: cut oversized TCP frames of a capture
+              to the MTU and recompute every IPv4, TCP and UDP checksum
 
 `vswitch <command> --help` describes a command's options.
 ";
@@ -40,6 +42,17 @@ fn main() -> ExitCode {
         }
         #[cfg(target_os = "linux")]
         Some("run") => vswitch::run_tap::run(rest),
+        Some("segment") => match vswitch::pcap_segment::main(&args[1..]) {
+            Ok(stats) => {
+                println!("vswitch segment: {stats}");
+                Ok(())
+            }
+            Err(err @ vswitch::pcap_segment::PcapSegmentError::Usage { .. }) => {
+                eprintln!("vswitch segment: {err}");
+                return ExitCode::from(2);
+            }
+            Err(err) => Err(format!("segment: {err}")),
+        },
         Some(other) => {
             eprintln!("vswitch: unknown command '{other}'\n\n{USAGE}");
             return ExitCode::from(2);
