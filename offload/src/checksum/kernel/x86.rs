@@ -186,6 +186,19 @@ pub(super) fn copy_and_sum_avx2(dst: &mut [u8], src: &[u8]) -> u64 {
     total
 }
 
+/// Whether the fused copy should walk its data from the end: when `dst`
+/// lies a little (under 1 KiB) after `src` modulo 4 KiB, a forward walk's
+/// loads share address bits 0..12 with stores it issued a few vectors
+/// earlier, and the CPU stalls them as possible store-to-load forwarding
+/// ("4K aliasing"; measured at 64 KiB: 35 instead of 56 GB/s). Walking
+/// backward moves those stores behind the loads. The sum does not depend on
+/// the order.
+#[inline]
+fn copies_backward(dst: &[u8], src: &[u8]) -> bool {
+    let distance = (dst.as_ptr() as usize).wrapping_sub(src.as_ptr() as usize) & 4095;
+    (1..1024).contains(&distance)
+}
+
 /// How many bytes (0..64) come before the first 64-byte boundary in `dst`.
 #[inline]
 fn aligning_head(dst: &[u8]) -> usize {
@@ -208,9 +221,10 @@ fn shift_by_head(sum: u64, head: usize) -> u64 {
 #[target_feature(enable = "avx2")]
 fn copy_and_sum_block_avx2(dst: &mut [u8], src: &[u8]) -> u64 {
     let (mut a, mut b) = (Acc256::new(), Acc256::new());
+    let backward = copies_backward(dst, src);
     let (dst_pairs, dst_rest) = dst.as_chunks_mut::<64>();
     let (src_pairs, src_rest) = src.as_chunks::<64>();
-    for (d, s) in dst_pairs.iter_mut().zip(src_pairs) {
+    let mut step = |d: &mut [u8; 64], s: &[u8; 64]| {
         let (dv, _) = d.as_chunks_mut::<32>();
         let (sv, _) = s.as_chunks::<32>();
         if let ([d0, d1], [s0, s1]) = (dv, sv) {
@@ -221,6 +235,12 @@ fn copy_and_sum_block_avx2(dst: &mut [u8], src: &[u8]) -> u64 {
             a = a.add(v0);
             b = b.add(v1);
         }
+    };
+    let pairs = dst_pairs.iter_mut().zip(src_pairs);
+    if backward {
+        pairs.rev().for_each(|(d, s)| step(d, s));
+    } else {
+        pairs.for_each(|(d, s)| step(d, s));
     }
     let (dst_vectors, dst_tail) = dst_rest.as_chunks_mut::<32>();
     let (src_vectors, src_tail) = src_rest.as_chunks::<32>();
@@ -395,9 +415,10 @@ pub(super) fn copy_and_sum_avx512(dst: &mut [u8], src: &[u8]) -> u64 {
 #[target_feature(enable = "avx512f,avx512bw")]
 fn copy_and_sum_block_avx512(dst: &mut [u8], src: &[u8]) -> u64 {
     let (mut a, mut b) = (Acc512::new(), Acc512::new());
+    let backward = copies_backward(dst, src);
     let (dst_pairs, dst_rest) = dst.as_chunks_mut::<128>();
     let (src_pairs, src_rest) = src.as_chunks::<128>();
-    for (d, s) in dst_pairs.iter_mut().zip(src_pairs) {
+    let mut step = |d: &mut [u8; 128], s: &[u8; 128]| {
         let (dv, _) = d.as_chunks_mut::<64>();
         let (sv, _) = s.as_chunks::<64>();
         if let ([d0, d1], [s0, s1]) = (dv, sv) {
@@ -408,6 +429,12 @@ fn copy_and_sum_block_avx512(dst: &mut [u8], src: &[u8]) -> u64 {
             a = a.add(v0);
             b = b.add(v1);
         }
+    };
+    let pairs = dst_pairs.iter_mut().zip(src_pairs);
+    if backward {
+        pairs.rev().for_each(|(d, s)| step(d, s));
+    } else {
+        pairs.for_each(|(d, s)| step(d, s));
     }
     let (dst_vectors, dst_tail) = dst_rest.as_chunks_mut::<64>();
     let (src_vectors, src_tail) = src_rest.as_chunks::<64>();
@@ -467,6 +494,41 @@ mod tests {
                     let sum = unsafe { copy_and_sum_avx512(&mut dst, data) };
                     assert_eq!(fold(sum), expected, "avx512 copy +{offset} len {len}");
                     assert_eq!(dst, data);
+                }
+            }
+        }
+    }
+
+    /// The fused copies walk backward when the destination sits just after
+    /// the source modulo 4 KiB; cover both directions and the boundaries.
+    #[test]
+    fn copies_match_in_both_directions() {
+        let avx2 = std::is_x86_feature_detected!("avx2");
+        let avx512 =
+            std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("avx512bw");
+        for len in [0usize, 1, 127, 128, 129, 1000, 4000, 9001] {
+            for distance in [0, 1, 2, 63, 64, 100, 256, 1023, 1024, 4095] {
+                let base = len.next_multiple_of(4096) + distance;
+                let mut buffer = vec![0u8; base + len];
+                let (src_part, dst_part) = buffer.split_at_mut(base);
+                src_part[..len].copy_from_slice(&bytes(len));
+                let src = &src_part[..len];
+                let dst = &mut dst_part[..len];
+                assert_eq!(copies_backward(dst, src), (1..1024).contains(&distance));
+                let expected = fold(sum_scalar(src));
+                if avx2 {
+                    dst.fill(0);
+                    // SAFETY: avx2 was detected at the top of the test.
+                    let sum = unsafe { copy_and_sum_avx2(dst, src) };
+                    assert_eq!(fold(sum), expected, "avx2 len {len} distance {distance}");
+                    assert_eq!(&*dst, src);
+                }
+                if avx512 {
+                    dst.fill(0);
+                    // SAFETY: avx512f and avx512bw were detected at the top.
+                    let sum = unsafe { copy_and_sum_avx512(dst, src) };
+                    assert_eq!(fold(sum), expected, "avx512 len {len} distance {distance}");
+                    assert_eq!(&*dst, src);
                 }
             }
         }
