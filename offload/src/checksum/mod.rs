@@ -5,6 +5,13 @@
 //! once at run time (see [`Kernel`]), while the arithmetic that glues pieces
 //! together (odd lengths, split buffers, pseudo-headers) lives here, in safe code.
 //!
+//! Kernels: [`Kernel::Scalar`] everywhere; [`Kernel::Avx2`] and
+//! [`Kernel::Avx512`] on x86_64 CPUs that have those features, detected on
+//! first use without needing `-C target-cpu`. The environment variable
+//! `VSWITCH_CHECKSUM_KERNEL=scalar|avx2|avx512` ([`KERNEL_ENV_VAR`]) forces
+//! one for the whole process; [`Checksum::with_kernel`], [`checksum_with`]
+//! and [`copy_and_checksum_with`] pick one per call, for tests and benches.
+//!
 //! ```
 //! use vswitch_offload::checksum::{checksum, Checksum};
 //!
