@@ -294,6 +294,13 @@ fn sum_short_tail(rest: &[u8]) -> u64 {
 /// Adds 64-bit words with end-around carry, four independent accumulators
 /// so the carry chains overlap.
 pub(super) fn sum_scalar(data: &[u8]) -> u64 {
+    if data.len() < 64 {
+        // Headers: up to seven words and a short tail, one carry chain.
+        let (words, tail) = data.as_chunks::<8>();
+        return words.iter().fold(sum_short_tail(tail), |acc, word| {
+            add_carry(acc, ne_u64(word))
+        });
+    }
     let (blocks, rest) = data.as_chunks::<32>();
     let (mut a, mut b, mut c, mut d) = (0u64, 0u64, 0u64, 0u64);
     for block in blocks {

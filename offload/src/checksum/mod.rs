@@ -196,14 +196,22 @@ impl Checksum {
 /// padded with zero (RFC 1071).
 #[inline]
 pub fn checksum(data: &[u8]) -> u16 {
-    Checksum::new().add_bytes(data).finish()
+    one_shot(SupportedKernel::detected().sum_native(data))
+}
+
+/// The stored checksum of a whole buffer from its kernel sum: one fold and
+/// one swap, without the accumulator's bookkeeping (the most frequent call
+/// is a 20..60-byte header).
+#[inline]
+fn one_shot(native_sum: u64) -> u16 {
+    !native_to_network(fold(native_sum))
 }
 
 /// [`checksum`] computed with a given kernel (for tests and benches); a
 /// kernel the CPU does not support is replaced by the scalar kernel.
 #[inline]
 pub fn checksum_with(kernel: Kernel, data: &[u8]) -> u16 {
-    Checksum::with_kernel(kernel).add_bytes(data).finish()
+    one_shot(SupportedKernel::new(kernel).sum_native(data))
 }
 
 /// Copies `src` into `dst` and returns the checksum of the bytes copied,
