@@ -5,6 +5,13 @@
 //! once at run time (see [`Kernel`]), while the arithmetic that glues pieces
 //! together (odd lengths, split buffers, pseudo-headers) lives here, in safe code.
 //!
+//! Kernels: [`Kernel::Scalar`] everywhere; [`Kernel::Avx2`] and
+//! [`Kernel::Avx512`] on x86_64 CPUs that have those features, detected on
+//! first use without needing `-C target-cpu`. The environment variable
+//! `VSWITCH_CHECKSUM_KERNEL=scalar|avx2|avx512` ([`KERNEL_ENV_VAR`]) forces
+//! one for the whole process; [`Checksum::with_kernel`], [`checksum_with`]
+//! and [`copy_and_checksum_with`] pick one per call, for tests and benches.
+//!
 //! ```
 //! use vswitch_offload::checksum::{checksum, Checksum};
 //!
@@ -189,14 +196,22 @@ impl Checksum {
 /// padded with zero (RFC 1071).
 #[inline]
 pub fn checksum(data: &[u8]) -> u16 {
-    Checksum::new().add_bytes(data).finish()
+    one_shot(SupportedKernel::detected().sum_native(data))
+}
+
+/// The stored checksum of a whole buffer from its kernel sum: one fold and
+/// one swap, without the accumulator's bookkeeping (the most frequent call
+/// is a 20..60-byte header).
+#[inline]
+fn one_shot(native_sum: u64) -> u16 {
+    !native_to_network(fold(native_sum))
 }
 
 /// [`checksum`] computed with a given kernel (for tests and benches); a
 /// kernel the CPU does not support is replaced by the scalar kernel.
 #[inline]
 pub fn checksum_with(kernel: Kernel, data: &[u8]) -> u16 {
-    Checksum::with_kernel(kernel).add_bytes(data).finish()
+    one_shot(SupportedKernel::new(kernel).sum_native(data))
 }
 
 /// Copies `src` into `dst` and returns the checksum of the bytes copied,

@@ -112,6 +112,30 @@ fn every_length_up_to_600_at_every_alignment() {
 }
 
 #[test]
+fn copy_at_every_destination_alignment() {
+    // The vector kernels align their stores with a head of 0..63 bytes, odd
+    // ones included; cover each head with lengths around the vector widths.
+    let src_buffer = offset_buffer(0xc0b1, 64, 1600);
+    for kernel in kernels() {
+        for src_offset in [0, 1, 2, 5] {
+            for dst_offset in 0..64 {
+                for len in [0, 1, 31, 32, 33, 63, 64, 65, 127, 128, 129, 200, 255, 1500] {
+                    let src = &src_buffer[src_offset..src_offset + len];
+                    let mut dst_buffer = vec![0u8; dst_offset + len];
+                    let dst = &mut dst_buffer[dst_offset..];
+                    assert_eq!(
+                        copy_and_checksum_with(kernel, dst, src),
+                        reference_checksum(src),
+                        "{kernel:?} src+{src_offset} dst+{dst_offset} len {len}"
+                    );
+                    assert_eq!(&dst_buffer[dst_offset..], src);
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn carry_storms_all_ones() {
     let big = vec![0xffu8; 3 * 65536 + 7];
     let mut lengths: Vec<usize> = (0..300).collect();
