@@ -561,7 +561,7 @@ fn check_header_len(
     max: usize,
     step: usize,
 ) -> Result<(), SegmentError> {
-    if len < min || len > max || len % step != 0 {
+    if len < min || len > max || !len.is_multiple_of(step) {
         return Err(SegmentError::HeaderLength {
             header,
             len,

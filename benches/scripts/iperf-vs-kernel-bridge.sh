@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# iperf3 -P 16 between two network namespaces, in one run:
+#   1. through the Linux kernel bridge over veth (the peer),
+#   2. through `vswitch run` over TAP devices with offloads on both sides,
+#   3. through `vswitch run` with the receiving TAP at offload=none, so the
+#      switch segments and checksums every frame in software.
+# Prints Gbit/s for each and the ratio to the kernel bridge, and the TCP/UDP
+# checksum errors the receiving kernel counted (must be 0). Needs root.
+#
+#   bash benches/scripts/iperf-vs-kernel-bridge.sh [SECONDS] [STREAMS]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+seconds="${1:-5}"
+streams="${2:-16}"
+
+if [ "$(id -u)" != 0 ]; then
+    echo "needs root (network namespaces and TAP devices)" >&2
+    exit 1
+fi
+command -v iperf3 >/dev/null || { echo "needs iperf3 (bash .ci/install-deps)" >&2; exit 1; }
+
+. benches/scripts/netns-lib.sh
+switch_pid=""
+cleanup() {
+    [ -n "$switch_pid" ] && kill "$switch_pid" 2>/dev/null && wait "$switch_pid" 2>/dev/null || true
+    vsw_cleanup
+}
+trap cleanup EXIT
+
+cargo build --release -q -p vswitch
+bin=target/release/vswitch
+
+# 1. Kernel bridge.
+vsw_kernel_bridge
+ip netns exec "$VSW_NS_A" ping -c 1 -W 2 "$VSW_IP_B" >/dev/null
+kernel=$(vsw_iperf "$streams" "$seconds")
+kernel_errors=$(vsw_csum_errors "$VSW_NS_B")
+vsw_cleanup
+
+# 2 and 3. The switch between two TAPs.
+through_switch() {
+    local receiver_offload="$1"
+    local tap_a="${VSW_PREFIX}ta" tap_b="${VSW_PREFIX}tb"
+    vsw_make_ns "$VSW_NS_A"; vsw_make_ns "$VSW_NS_B"
+    "$bin" run --tap "$tap_a:offload=tso" --tap "$tap_b:offload=$receiver_offload" \
+        --stats-interval 0 >"/tmp/${VSW_PREFIX}-switch.log" 2>&1 &
+    switch_pid=$!
+    for _ in $(seq 100); do
+        ip link show "$tap_b" >/dev/null 2>&1 && break
+        sleep 0.05
+    done
+    ip link set "$tap_a" netns "$VSW_NS_A"
+    ip link set "$tap_b" netns "$VSW_NS_B"
+    ip -n "$VSW_NS_A" addr add "$VSW_IP_A/24" dev "$tap_a"
+    ip -n "$VSW_NS_B" addr add "$VSW_IP_B/24" dev "$tap_b"
+    ip -n "$VSW_NS_A" link set "$tap_a" up
+    ip -n "$VSW_NS_B" link set "$tap_b" up
+    ip netns exec "$VSW_NS_A" ping -c 1 -W 2 "$VSW_IP_B" >/dev/null
+    local rate errors
+    rate=$(vsw_iperf "$streams" "$seconds")
+    errors=$(vsw_csum_errors "$VSW_NS_B")
+    kill -TERM "$switch_pid"; wait "$switch_pid" || true; switch_pid=""
+    vsw_cleanup
+    echo "$rate $errors"
+}
+read -r offloaded offloaded_errors < <(through_switch tso)
+read -r software software_errors < <(through_switch none)
+
+ratio() { python3 -c "print('%.2f' % ($1 / $2))"; }
+printf '%-44s %8s %8s %12s\n' "path (iperf3 -P $streams, ${seconds}s)" "Gbit/s" "ratio" "csum errors"
+printf '%-44s %8s %8s %12s\n' "Linux bridge over veth" "$kernel" "1.00" "$kernel_errors"
+printf '%-44s %8s %8s %12s\n' "vswitch over TAP, offloads both sides" "$offloaded" "$(ratio "$offloaded" "$kernel")" "$offloaded_errors"
+printf '%-44s %8s %8s %12s\n' "vswitch over TAP, receiver offload=none" "$software" "$(ratio "$software" "$kernel")" "$software_errors"
