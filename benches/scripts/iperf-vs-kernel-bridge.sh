@@ -3,7 +3,9 @@
 #   1. through the Linux kernel bridge over veth (the peer),
 #   2. through `vswitch run` over TAP devices with offloads on both sides,
 #   3. through `vswitch run` with the receiving TAP at offload=none, so the
-#      switch segments and checksums every frame in software.
+#      switch segments and checksums every frame in software; its peer is the
+#      kernel bridge with offloads off on the port towards B, where the
+#      kernel segments and checksums in software.
 # Prints Gbit/s for each and the ratio to the kernel bridge, and the TCP/UDP
 # checksum errors the receiving kernel counted (must be 0). Needs root.
 #
@@ -35,6 +37,16 @@ vsw_kernel_bridge
 ip netns exec "$VSW_NS_A" ping -c 1 -W 2 "$VSW_IP_B" >/dev/null
 kernel=$(vsw_iperf "$streams" "$seconds")
 kernel_errors=$(vsw_csum_errors "$VSW_NS_B")
+vsw_cleanup
+
+# 1b. Kernel bridge whose port towards B takes no offloads: the kernel
+# segments and checksums in software before that port, as the switch does
+# for a TAP with offload=none.
+vsw_kernel_bridge
+ip netns exec "$VSW_NS_BR" ethtool -K pb tso off gso off tx off >/dev/null 2>&1
+ip netns exec "$VSW_NS_A" ping -c 1 -W 2 "$VSW_IP_B" >/dev/null
+kernel_sw=$(vsw_iperf "$streams" "$seconds")
+kernel_sw_errors=$(vsw_csum_errors "$VSW_NS_B")
 vsw_cleanup
 
 # 2 and 3. The switch between two TAPs.
@@ -70,4 +82,6 @@ ratio() { python3 -c "print('%.2f' % ($1 / $2))"; }
 printf '%-44s %8s %8s %12s\n' "path (iperf3 -P $streams, ${seconds}s)" "Gbit/s" "ratio" "csum errors"
 printf '%-44s %8s %8s %12s\n' "Linux bridge over veth" "$kernel" "1.00" "$kernel_errors"
 printf '%-44s %8s %8s %12s\n' "vswitch over TAP, offloads both sides" "$offloaded" "$(ratio "$offloaded" "$kernel")" "$offloaded_errors"
+printf '%-44s %8s %8s %12s\n' "Linux bridge, port to B without offloads" "$kernel_sw" "$(ratio "$kernel_sw" "$kernel")" "$kernel_sw_errors"
 printf '%-44s %8s %8s %12s\n' "vswitch over TAP, receiver offload=none" "$software" "$(ratio "$software" "$kernel")" "$software_errors"
+echo "software segmentation, vswitch vs kernel: $(ratio "$software" "$kernel_sw")"
