@@ -68,3 +68,25 @@ fn tap_carries_frames_to_and_from_a_namespace() {
         }
     }
 }
+
+#[test]
+fn a_multi_queue_tap_port_opens_one_queue_per_worker() {
+    require_netns!();
+    let ns = NetNs::new("vswt-mq").expect("create namespace");
+    let ifname = format!("vswq{}", std::process::id() % 100_000);
+    let port = vswitch_ports::tap::TapPort::open(&ifname, TapOffloads::CHECKSUM, 3, 1500).unwrap();
+    assert_eq!(port.queues().len(), 3);
+    let caps = vswitch_ports::Port::capabilities(&port);
+    assert_eq!((caps.rx_queues, caps.tx_queues), (3, 3));
+    assert!(caps.egress.checksum && !caps.egress.tso4, "{caps:?}");
+    // The kernel's own view of the device: three attached queues.
+    let details =
+        vswitch_tests::run(std::process::Command::new("ip").args(["-d", "link", "show", &ifname]))
+            .unwrap();
+    assert!(details.contains("multi_queue numqueues 3"), "{details}");
+    ns.adopt(&ifname).unwrap();
+    drop(port);
+    // Closing every queue removes the (non-persistent) device with it.
+    let gone = ns.exec(&["ip", "link", "show", &ifname]);
+    assert!(gone.is_err(), "the device outlived its queues: {gone:?}");
+}
