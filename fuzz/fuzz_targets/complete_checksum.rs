@@ -93,7 +93,7 @@ fuzz_target!(|data: &[u8]| {
         v => v,
     };
     assert_eq!(stored, expected, "the complement of the sum with the seed");
-    if partial.offset % 2 == 0 {
+    if partial.offset.is_multiple_of(2) {
         let seed = u16::from_be_bytes([frame[at], frame[at + 1]]);
         let after = ones_sum(&in_place[partial.start..]);
         assert_eq!(

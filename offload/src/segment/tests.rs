@@ -296,7 +296,7 @@ proptest! {
 }
 
 fn frame_seed_with_len(seq: u32) -> bool {
-    seq % 2 == 0
+    seq.is_multiple_of(2)
 }
 
 fn tso(spec: &FrameSpec, mss: u16) -> (Built, Vec<Vec<u8>>) {
