@@ -5,7 +5,14 @@
 //! one would write without this library).
 //!
 //! Besides criterion's report, a best-of-N table with the ratios is printed
-//! first. Nothing here asserts a time.
+//! first. It adds the floors each mode cannot go below, measured the same
+//! way: summing each segment's payload (`checksum_per_seg`), copying and
+//! summing it in one fused pass (`copy_sum_per_seg`, the floor of copy
+//! mode), and summing it plus taking one `Bytes` slice per segment
+//! (`slice_sum_per_seg`, the floor of zero-copy mode behind a sink that
+//! takes a `Bytes` per segment); and the `PacketBuilder` segmenter writing
+//! into reused vectors (`builder_reuse`), to show how much of its time is
+//! the allocator. Nothing here asserts a time.
 //!
 //! ```text
 //! cargo bench -p vswitch-benches --bench segment -- --warm-up-time 1 --measurement-time 3
@@ -139,6 +146,19 @@ fn run_memcpy(dst: &mut [u8], case: &Case) -> usize {
 /// checksums) into a fresh vector.
 fn run_packet_builder(out: &mut Vec<Vec<u8>>, case: &Case) -> usize {
     out.clear();
+    build_segments(out, case)
+}
+
+/// The same, but writing into the vectors of the previous call (cleared,
+/// capacity kept): a user who also avoids the allocator. Shows how much of
+/// the builder's time is allocation rather than building.
+fn run_packet_builder_reuse(out: &mut Vec<Vec<u8>>, case: &Case) -> usize {
+    build_segments(out, case)
+}
+
+/// Builds every segment with `PacketBuilder`; segment `i` goes into `out[i]`
+/// (cleared first) when it exists, else into a new vector.
+fn build_segments(out: &mut Vec<Vec<u8>>, case: &Case) -> usize {
     let sliced = SlicedPacket::from_ethernet(black_box(&case.frame)).expect("parses");
     let Some(TransportSlice::Tcp(tcp)) = &sliced.transport else {
         panic!("TCP");
@@ -168,11 +188,15 @@ fn run_packet_builder(out: &mut Vec<Vec<u8>>, case: &Case) -> usize {
             _ => panic!("IP"),
         };
         let builder = builder.tcp_header(header);
-        let mut segment = Vec::with_capacity(builder.size(chunk.len()));
-        builder.write(&mut segment, chunk).expect("builds");
+        if out.len() == i {
+            out.push(Vec::with_capacity(builder.size(chunk.len())));
+        }
+        let segment = &mut out[i];
+        segment.clear();
+        builder.write(segment, chunk).expect("builds");
         total += segment.len();
-        out.push(segment);
     }
+    out.truncate(count);
     total
 }
 
@@ -195,7 +219,7 @@ fn print_table(cases: &[Case]) {
         Kernel::detect().name()
     );
     println!(
-        "{:<6} {:<16} {:>10} {:>10} {:>10} {:>12}",
+        "{:<6} {:<17} {:>10} {:>10} {:>10} {:>12}",
         "ip", "variant", "time", "GB/s", "x memcpy", "x builder"
     );
     for case in cases {
@@ -230,20 +254,57 @@ fn print_table(cases: &[Case]) {
             }
             acc
         });
+        // Copying and summing each segment payload into its place (one fused
+        // pass): the floor for copy mode, which must at least do this.
+        let mut copy_dst = vec![0u8; len];
+        let copy_sum_per_segment = best_of(15, 50, || {
+            let mut acc = 0usize;
+            let src = black_box(&case.frame[payload_at..]);
+            let dst = &mut copy_dst[payload_at..];
+            for (d, s) in dst
+                .chunks_mut(usize::from(MSS))
+                .zip(src.chunks(usize::from(MSS)))
+            {
+                acc += usize::from(vswitch_offload::checksum::copy_and_checksum(d, s));
+            }
+            acc
+        });
+        // Summing each segment payload and taking a `Bytes` slice of it (a
+        // reference count up, and down when the list is cleared): the floor
+        // for zero-copy mode behind a sink that takes one `Bytes` per segment.
+        let mut slices: Vec<Bytes> = Vec::with_capacity(64);
+        let slice_sum_per_segment = best_of(15, 50, || {
+            slices.clear();
+            let mut acc = 0usize;
+            let frame = black_box(&case.frame);
+            let mut start = payload_at;
+            while start < len {
+                let end = (start + usize::from(MSS)).min(len);
+                acc += usize::from(vswitch_offload::checksum::checksum(&frame[start..end]));
+                slices.push(frame.slice(start..end));
+                start = end;
+            }
+            acc
+        });
         let builder = best_of(15, 10, || run_packet_builder(&mut built, case));
+        let mut reused = Vec::new();
+        let builder_reuse = best_of(15, 10, || run_packet_builder_reuse(&mut reused, case));
         let copy = best_of(15, 50, || run_copy(&mut segmenter, &mut list, case));
         let zero = best_of(15, 50, || run_zero_copy(&mut segmenter, &mut list, case));
         for (variant, time) in [
             ("memcpy", memcpy),
             ("checksum_only", sum_only),
             ("checksum_per_seg", sum_per_segment),
+            ("copy_sum_per_seg", copy_sum_per_segment),
+            ("slice_sum_per_seg", slice_sum_per_segment),
             ("packet_builder", builder),
+            ("builder_reuse", builder_reuse),
             ("copy", copy),
             ("zero_copy", zero),
         ] {
             let gbps = len as f64 / time.as_secs_f64() / 1e9;
             println!(
-                "{:<6} {:<16} {:>8.1}us {:>10.2} {:>10.2} {:>12.1}",
+                "{:<6} {:<17} {:>8.2}us {:>10.2} {:>10.2} {:>12.1}",
                 case.name,
                 variant,
                 time.as_secs_f64() * 1e6,

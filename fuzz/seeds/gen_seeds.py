@@ -5,6 +5,10 @@ carry them.
 
     parse_frame/NAME.bin   an Ethernet frame
     validate_hdr/NAME.bin  a 12-byte virtio_net_hdr_v1 followed by the frame
+    segment/NAME.bin       a 2-byte little-endian egress MTU (0: none), then
+                           a validate_hdr input
+    complete_checksum/NAME.bin  csum_start and csum_offset (little-endian
+                           u32 each), then a frame with a partial checksum
 
 Run from anywhere: python3 fuzz/seeds/gen_seeds.py. The output is committed;
 .ci/fuzz copies it into fuzz/corpus/ before fuzzing.
@@ -155,7 +159,25 @@ def main():
         "plain_arp": vnet(0, GSO_NONE, 0, 0, 0, 0) + frames["arp"],
         "csum_bad_offset": vnet(NEEDS_CSUM, GSO_TCPV4, 0, 1448, 38, 6) + tso4,
     }
-    for target, items in (("parse_frame", frames), ("validate_hdr", requests)):
+    ufo4 = udp4_frame(3000, partial=True)
+    segment_requests = dict(requests)
+    segment_requests["ufo4"] = vnet(NEEDS_CSUM, GSO_UDP, 42, 1480, 34, 6) + ufo4
+    segment_requests["uso4_vlan"] = (
+        vnet(NEEDS_CSUM, GSO_UDP_L4, 0, 1000, 38, 6)
+        + udp4_frame(2500, tags=[(0x8100, 9)], partial=True))
+    segments = {}
+    for name, request in segment_requests.items():
+        for mtu in (0, 1500, 1280, 576):
+            segments["%s_mtu%d" % (name, mtu)] = struct.pack("<H", mtu) + request
+    completions = {
+        "udp4": struct.pack("<II", 34, 6) + csum4,
+        "tcp4_vlan": struct.pack("<II", 38, 16) + tso4,
+        "tcp6_ext": struct.pack("<II", 14 + 40 + 16, 16) + tso6,
+        "udp6": struct.pack("<II", 54, 6) + ufo6,
+        "field_at_end": struct.pack("<II", 34, len(csum4) - 36) + csum4,
+    }
+    for target, items in (("parse_frame", frames), ("validate_hdr", requests),
+                          ("segment", segments), ("complete_checksum", completions)):
         d = os.path.join(HERE, target)
         os.makedirs(d, exist_ok=True)
         for name, data in items.items():

@@ -726,8 +726,11 @@ fn pseudo_header(v: &TcpView<'_>) -> Checksum {
 mod tests {
     use super::*;
     use crate::checksum::checksum;
+    use crate::plan::GsoKind;
     use crate::rss::tests::layout_of;
+    use crate::segment::{SegmentList, SegmentParams, Segmenter};
     use crate::virtio::GSO_NONE;
+    use bytes::Bytes;
     use etherparse::{
         IpDscp, IpEcn, IpHeaders, IpNumber, Ipv4Header, Ipv4Options, Ipv6FlowLabel, Ipv6Header,
         PacketBuilder, TcpHeader, TcpOptionElement, VlanId,
@@ -917,51 +920,28 @@ mod tests {
         sum.finish()
     }
 
-    /// A minimal segmenter for the tests (the crate's own lives elsewhere):
-    /// cuts a large TCP frame into `mss`-byte segments following the rules
-    /// in OFFLOAD_RULES.md "What changes on each segment".
+    /// Cuts a large TCP frame into `mss`-byte segments with the crate's
+    /// segmenter, in copy mode and in zero-copy mode (which must agree), so
+    /// the round trips below run against the real engine.
     fn cut(frame: &[u8], mss: usize) -> Vec<Vec<u8>> {
-        let l = layout_of(frame);
-        let (l3, l4, pl) = (l.l3_offset, l.l4_offset, l.payload_offset);
-        let payload = &frame[pl..];
-        let chunks: Vec<&[u8]> = payload.chunks(mss).collect();
-        let seq0 = rd32(frame, l4 + 4);
-        let id0 = rd16(frame, l3 + 4);
-        let flags = frame[l4 + 13];
-        chunks
-            .iter()
-            .enumerate()
-            .map(|(i, chunk)| {
-                let mut seg = frame[..pl].to_vec();
-                seg.extend_from_slice(chunk);
-                let last = i + 1 == chunks.len();
-                let mut f = flags;
-                if !last {
-                    f &= !(TCP_FLAG_PSH | 0x01);
-                }
-                if i != 0 {
-                    f &= !0x80;
-                }
-                seg[l4 + 13] = f;
-                seg[l4 + 4..l4 + 8]
-                    .copy_from_slice(&seq0.wrapping_add((i * mss) as u32).to_be_bytes());
-                if l.l3 == L3Kind::Ipv4 {
-                    let total = (seg.len() - l3) as u16;
-                    seg[l3 + 2..l3 + 4].copy_from_slice(&total.to_be_bytes());
-                    seg[l3 + 4..l3 + 6].copy_from_slice(&id0.wrapping_add(i as u16).to_be_bytes());
-                    seg[l3 + 10..l3 + 12].fill(0);
-                    let c = checksum(&seg[l3..l4]);
-                    seg[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
-                } else {
-                    let plen = (seg.len() - l3 - 40) as u16;
-                    seg[l3 + 4..l3 + 6].copy_from_slice(&plen.to_be_bytes());
-                }
-                let sl = layout_of(&seg);
-                let c = tcp_checksum(&mut seg, &sl);
-                seg[l4 + 16..l4 + 18].copy_from_slice(&c.to_be_bytes());
-                seg
-            })
-            .collect()
+        let layout = layout_of(frame);
+        let gso = GsoKind::Tcp {
+            mss: u16::try_from(mss).unwrap(),
+            ecn: false,
+        };
+        let mut segmenter = Segmenter::new(SegmentParams::default());
+        let mut copied = SegmentList::new();
+        segmenter
+            .segment_copy(frame, &layout, gso, &mut copied)
+            .unwrap();
+        let mut shared = SegmentList::new();
+        segmenter
+            .segment_zero_copy(&Bytes::copy_from_slice(frame), &layout, gso, &mut shared)
+            .unwrap();
+        let segments: Vec<Vec<u8>> = copied.iter().map(|s| s.to_vec()).collect();
+        let zero_copy: Vec<Vec<u8>> = shared.iter().map(|s| s.to_vec()).collect();
+        assert_eq!(segments, zero_copy, "copy and zero-copy modes disagree");
+        segments
     }
 
     /// Completes a NEEDS_CSUM frame as a device would.

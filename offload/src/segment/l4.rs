@@ -6,8 +6,7 @@ use crate::layout::{L3Kind, L4Kind};
 
 use super::field::{get_array16, get_array4, get_u16, get_u32, get_u8, set_u16, set_u32};
 use super::{
-    fits_u16, ChecksumFixup, Offsets, Output, SegmentError, SegmentParams, SegmentSink,
-    SegmentSummary,
+    fits_u16, ChecksumFixup, Offsets, Output, SegmentError, SegmentSink, SegmentSummary, Segmenter,
 };
 
 /// TCP flag bits in byte 13 of the TCP header.
@@ -57,8 +56,7 @@ pub(crate) fn refresh_ipv4_checksum(
 
 /// Segments a TCP (TSO) or UDP (USO) frame into pieces of `size` payload bytes.
 pub(super) fn segment<S: SegmentSink + ?Sized>(
-    headers: &mut Vec<u8>,
-    params: SegmentParams,
+    segmenter: &mut Segmenter,
     frame: &[u8],
     offsets: &Offsets,
     kind: L4Kind,
@@ -68,6 +66,13 @@ pub(super) fn segment<S: SegmentSink + ?Sized>(
     if size == 0 {
         return Err(SegmentError::SegmentSizeTooSmall { size, min: 1 });
     }
+    let Segmenter {
+        params,
+        headers,
+        payload_sums,
+        ..
+    } = segmenter;
+    let params = *params;
     let (protocol, csum_at) = match kind {
         L4Kind::Tcp => (6u8, offsets.l4 + 16),
         L4Kind::Udp => (17u8, offsets.l4 + 6),
@@ -143,6 +148,18 @@ pub(super) fn segment<S: SegmentSink + ?Sized>(
     l4_base.add_bytes(headers.get(offsets.l4..header_len).unwrap_or(&[]));
 
     let count = payload_len.div_ceil(size).max(1);
+    // Zero-copy mode reads the payload only to sum it: one tight pass over
+    // the segments' payloads, kept apart from the header writes, runs the
+    // summing kernel back to back. Copy mode sums while it copies instead.
+    payload_sums.clear();
+    if out.is_zero_copy() {
+        let payload = frame.get(header_len..).unwrap_or(&[]);
+        payload_sums.extend(
+            payload
+                .chunks(size)
+                .map(|chunk| Checksum::new().add_bytes(chunk).sum()),
+        );
+    }
     let mut bytes = 0;
     for i in 0..count {
         let start = header_len + i * size;
@@ -166,6 +183,10 @@ pub(super) fn segment<S: SegmentSink + ?Sized>(
         };
         let mut sum = l4_base;
         sum.add_u32(l4_total as u32);
+        let payload_sum = payload_sums.get(i).copied();
+        if let Some(payload_sum) = payload_sum {
+            sum.add_u16(payload_sum);
+        }
         let (seq, word) = match kind {
             L4Kind::Tcp => {
                 let seq = first_seq.wrapping_add((i * size) as u32);
@@ -190,6 +211,7 @@ pub(super) fn segment<S: SegmentSink + ?Sized>(
             at: csum_at,
             sum,
             zero_as_ffff: kind == L4Kind::Udp,
+            payload_summed: payload_sum.is_some(),
         };
         let l3 = offsets.l3;
         let l4 = offsets.l4;

@@ -290,6 +290,9 @@ pub struct Segmenter {
     params: SegmentParams,
     headers: Vec<u8>,
     template: Vec<u8>,
+    /// Zero-copy mode: the folded sum of each segment's payload, computed in
+    /// one pass before the headers are written.
+    payload_sums: Vec<u16>,
 }
 
 impl Segmenter {
@@ -299,6 +302,7 @@ impl Segmenter {
             params,
             headers: Vec::with_capacity(256),
             template: Vec::with_capacity(256),
+            payload_sums: Vec::with_capacity(64),
         }
     }
 
@@ -372,27 +376,11 @@ impl Segmenter {
             GsoKind::None => Err(SegmentError::NotGso),
             GsoKind::Tcp { mss, .. } => {
                 offsets.expect_l4(L4Kind::Tcp, "TCP")?;
-                l4::segment(
-                    &mut self.headers,
-                    self.params,
-                    frame,
-                    &offsets,
-                    L4Kind::Tcp,
-                    usize::from(mss),
-                    out,
-                )
+                l4::segment(self, frame, &offsets, L4Kind::Tcp, usize::from(mss), out)
             }
             GsoKind::UdpL4 { size } => {
                 offsets.expect_l4(L4Kind::Udp, "UDP_L4")?;
-                l4::segment(
-                    &mut self.headers,
-                    self.params,
-                    frame,
-                    &offsets,
-                    L4Kind::Udp,
-                    usize::from(size),
-                    out,
-                )
+                l4::segment(self, frame, &offsets, L4Kind::Udp, usize::from(size), out)
             }
             GsoKind::Ufo { size } => {
                 offsets.expect_l4(L4Kind::Udp, "UDP")?;
@@ -582,11 +570,15 @@ pub(crate) struct ChecksumFixup {
     pub(crate) sum: Checksum,
     /// UDP: a computed 0 is sent as 0xffff (0 means "no checksum").
     pub(crate) zero_as_ffff: bool,
+    /// `sum` already includes the payload (summed ahead in zero-copy mode).
+    pub(crate) payload_summed: bool,
 }
 
 impl ChecksumFixup {
     fn finish(mut self, payload: &[u8]) -> u16 {
-        self.sum.add_bytes(payload);
+        if !self.payload_summed {
+            self.sum.add_bytes(payload);
+        }
         finish_l4(self.sum, self.zero_as_ffff)
     }
 }
@@ -608,6 +600,11 @@ pub(crate) enum Output<'a, S: SegmentSink + ?Sized> {
 }
 
 impl<S: SegmentSink + ?Sized> Output<'_, S> {
+    /// True if payloads are handed over as slices, not copied.
+    pub(crate) fn is_zero_copy(&self) -> bool {
+        matches!(self, Output::ZeroCopy { .. })
+    }
+
     /// Delivers one segment: `template` copied into the sink's buffer, then
     /// `patch` writes this segment's fields into that copy, then
     /// `frame[payload]` follows, and the transport checksum named by
@@ -648,6 +645,10 @@ impl<S: SegmentSink + ?Sized> Output<'_, S> {
                 copy_headers(head, template);
                 patch(head)?;
                 match fixup {
+                    Some(fixup) if fixup.payload_summed => {
+                        body.copy_from_slice(src);
+                        field::set_u16(head, fixup.at, fixup.finish(src))?;
+                    }
                     Some(mut fixup) => {
                         fixup.sum.copy_and_add(body, src);
                         let value = finish_l4(fixup.sum, fixup.zero_as_ffff);
