@@ -15,6 +15,7 @@
 pub use vswitch_offload as offload;
 
 pub mod features;
+pub mod guest;
 pub mod memory;
 pub mod port;
 #[cfg(target_os = "linux")]
