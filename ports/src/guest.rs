@@ -20,7 +20,11 @@
 //! * Notification: when the switch queues frames for the guest, the port
 //!   calls its [`Notifier`] (an eventfd write in a real VMM, a
 //!   [`CondvarNotifier`] in portable code) once until the device model has
-//!   drained the queue again.
+//!   drained the queue again. It also calls it when the switch takes frames
+//!   from a transmit queue the device model found full
+//!   ([`GuestPort::tx_room`] returned 0, or a transmit failed with
+//!   [`GuestTxError::QueueFull`]), so the device loop resumes the guest's
+//!   transmit virtqueue.
 //!
 //! # Receive offloads that change at run time
 //!
@@ -341,6 +345,9 @@ pub struct GuestPort {
     rx: Mutex<RxState>,
     notifier: Arc<dyn Notifier>,
     notified: AtomicBool,
+    /// The device model found the transmit queue full: notify it when the
+    /// switch makes room.
+    tx_blocked: AtomicBool,
     counters: Counters,
 }
 
@@ -421,6 +428,7 @@ impl GuestPort {
             rx: Mutex::new(RxState::default()),
             notifier,
             notified: AtomicBool::new(false),
+            tx_blocked: AtomicBool::new(false),
             counters: Counters::default(),
         }
     }
@@ -466,9 +474,17 @@ impl GuestPort {
 
     /// How many more transmitted frames the port can queue for the switch
     /// now. A device model stops popping the transmit virtqueue at 0 and
-    /// retries later, so the guest is held back instead of losing frames.
+    /// waits for the notifier, which fires once the switch has taken
+    /// frames again: the guest is held back instead of losing frames.
     pub fn tx_room(&self) -> usize {
-        self.tx_capacity.saturating_sub(self.from_guest_rx.len())
+        let room = self.tx_capacity.saturating_sub(self.from_guest_rx.len());
+        if room == 0 {
+            self.tx_blocked.store(true, Ordering::SeqCst);
+            // The switch may have taken frames between the length check and
+            // the store, without seeing the flag: look again.
+            return self.tx_capacity.saturating_sub(self.from_guest_rx.len());
+        }
+        room
     }
 
     /// Whether frames for the guest are waiting.
@@ -564,6 +580,7 @@ impl GuestPort {
                 Ok(())
             }
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.tx_blocked.store(true, Ordering::SeqCst);
                 Err(GuestTxError::QueueFull {
                     capacity: self.tx_capacity,
                 })
@@ -776,7 +793,11 @@ impl Port for GuestPort {
         }
         let before = batch.len();
         batch.extend(self.from_guest_rx.try_iter().take(max));
-        Ok(batch.len() - before)
+        let moved = batch.len() - before;
+        if moved > 0 && self.tx_blocked.swap(false, Ordering::SeqCst) {
+            self.notifier.notify();
+        }
+        Ok(moved)
     }
 
     fn send(&self, queue: usize, packet: Packet) -> Result<(), SendError> {
@@ -995,6 +1016,35 @@ mod tests {
     }
 
     #[test]
+    fn the_switch_taking_frames_from_a_full_transmit_queue_notifies() {
+        let negotiated = Negotiated::new(all_offloads(), Features::VERSION_1).unwrap();
+        let notifier = Arc::new(Counting(AtomicUsize::new(0)));
+        let port = GuestPort::new(
+            GuestPortConfig::new("g").queue_len(1),
+            negotiated,
+            notifier.clone(),
+        );
+        let chain: [&[u8]; 2] = [&[0u8; 12], &[0u8; 60]];
+        port.transmit(&chain).unwrap();
+        // Taking frames from a queue nobody found full notifies nobody.
+        assert_eq!(port.receive(0, &mut Vec::new(), 8).unwrap(), 1);
+        assert_eq!(notifier.0.load(Ordering::SeqCst), 0);
+        port.transmit(&chain).unwrap();
+        assert_eq!(port.tx_room(), 0);
+        assert_eq!(port.receive(0, &mut Vec::new(), 8).unwrap(), 1);
+        assert_eq!(notifier.0.load(Ordering::SeqCst), 1);
+        assert_eq!(port.tx_room(), 1);
+        port.transmit(&chain).unwrap();
+        assert!(port.transmit(&chain).is_err());
+        assert_eq!(port.receive(0, &mut Vec::new(), 8).unwrap(), 1);
+        assert_eq!(notifier.0.load(Ordering::SeqCst), 2);
+        // Once only.
+        port.transmit(&chain).unwrap();
+        assert_eq!(port.receive(0, &mut Vec::new(), 8).unwrap(), 1);
+        assert_eq!(notifier.0.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
     fn one_buffer_per_frame_without_mergeable_buffers() {
         let (port, notifier) = port_with(Features::VERSION_1);
         port.send(0, Packet::plain(vec![7u8; 100])).unwrap();
@@ -1171,5 +1221,113 @@ mod tests {
             port.send(1, Packet::plain(vec![0u8; 60])),
             Err(SendError::NoSuchQueue { .. })
         ));
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn split_chain(bytes: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+            let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+            cuts.sort_unstable();
+            let mut pieces = Vec::new();
+            let mut at = 0;
+            for cut in cuts {
+                pieces.push(bytes[at..cut].to_vec());
+                at = cut;
+            }
+            pieces.push(bytes[at..].to_vec());
+            pieces
+        }
+
+        proptest! {
+            /// Any bytes, split anywhere: no panic, the split does not
+            /// matter, and an accepted frame is the chain minus the header
+            /// copied once.
+            #[test]
+            fn transmit_takes_any_chain_without_panicking(
+                mut header in proptest::collection::vec(any::<u8>(), 12),
+                flags in 0u8..3,
+                gso_type in proptest::sample::select(vec![0u8, 0, 0, 1, 3, 4, 5, 0x80, 0x81, 9]),
+                frame in proptest::collection::vec(any::<u8>(), 0..2000),
+                cuts in proptest::collection::vec(any::<usize>(), 0..6),
+            ) {
+                // Mostly plausible flags and types, so both outcomes occur.
+                header[0] = flags;
+                header[1] = gso_type;
+                let (port, _) = port_with(all_offloads());
+                let mut chain = header.clone();
+                chain.extend_from_slice(&frame);
+                let pieces = split_chain(&chain, &cuts);
+                let iovecs: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
+                let split = port.transmit(&iovecs);
+                let whole = port.transmit_bytes(Bytes::from(chain.clone()));
+                prop_assert_eq!(&split, &whole);
+                let mut batch = Vec::new();
+                port.receive(0, &mut batch, 8).unwrap();
+                if split.is_ok() {
+                    let (mut hdr, _) = VirtioNetHdr::parse(&header, HdrFormat::V1).unwrap();
+                    hdr.num_buffers = 0;
+                    prop_assert_eq!(batch.len(), 2);
+                    for packet in &batch {
+                        prop_assert_eq!(packet.hdr, hdr);
+                        prop_assert_eq!(&packet.data[..], &frame[..]);
+                    }
+                } else {
+                    prop_assert!(batch.is_empty());
+                }
+            }
+
+            /// Any frame length and buffer sizes: no panic; a delivered
+            /// frame reads back as header plus frame across the buffers it
+            /// used, every one but the last full.
+            #[test]
+            fn receive_fills_any_buffers_consistently(
+                mergeable in any::<bool>(),
+                len in 14usize..1514,
+                sizes in proptest::collection::vec(1usize..3000, 0..12),
+            ) {
+                let acked = if mergeable { all_offloads() } else { Features::VERSION_1 };
+                let (port, _) = port_with(acked);
+                let frame: Vec<u8> = (0..len).map(|i| (i % 255) as u8 + 1).collect();
+                port.send(0, Packet::plain(frame.clone())).unwrap();
+                let mut memory: Vec<Vec<u8>> = sizes.iter().map(|&n| vec![0u8; n]).collect();
+                let mut buffers: Vec<&mut [u8]> = memory.iter_mut().map(|b| &mut b[..]).collect();
+                let result = port.receive_into(&mut buffers);
+                let available: usize = sizes.iter().sum();
+                let required = 12 + len;
+                match result {
+                    Ok(Some(delivered)) => {
+                        prop_assert_eq!(delivered.bytes, required);
+                        let used = &memory[..delivered.buffers];
+                        let written: usize = used[..used.len() - 1].iter().map(Vec::len).sum::<usize>()
+                            + delivered.last_len;
+                        prop_assert_eq!(written, required);
+                        let joined: Vec<u8> = used.concat();
+                        let (hdr, _) = VirtioNetHdr::parse(&joined, HdrFormat::V1).unwrap();
+                        prop_assert_eq!(usize::from(hdr.num_buffers), delivered.buffers);
+                        prop_assert_eq!(&joined[12..required], &frame[..]);
+                        if !mergeable {
+                            prop_assert_eq!(delivered.buffers, 1);
+                        }
+                        prop_assert!(!port.rx_pending());
+                    }
+                    Ok(None) => prop_assert!(false, "a frame was queued"),
+                    Err(GuestRxError::OutOfBuffers { required_len, available: found }) => {
+                        prop_assert_eq!(required_len, required);
+                        prop_assert_eq!(found, if mergeable { available } else { 0 });
+                        prop_assert!(port.rx_pending(), "the frame is kept");
+                    }
+                    Err(GuestRxError::BufferTooSmall { required_len, len: found }) => {
+                        prop_assert!(!mergeable);
+                        prop_assert_eq!(required_len, required);
+                        prop_assert_eq!(found, sizes[0]);
+                        prop_assert!(found < required);
+                        prop_assert_eq!(port.stats().rx_dropped, 1);
+                    }
+                    Err(other) => prop_assert!(false, "unexpected {other}"),
+                }
+            }
+        }
     }
 }
