@@ -16,7 +16,8 @@
 //! * Receive (switch to guest): [`GuestPort::receive_into`] writes the next
 //!   frame with the header the negotiated features call for into the guest's
 //!   receive buffers: one buffer per frame, or with `VIRTIO_NET_F_MRG_RXBUF`
-//!   as many as needed, counted in `num_buffers`.
+//!   as many as needed, counted in `num_buffers`. A buffer is one slice, or
+//!   with [`GuestPort::receive_into_chains`] a descriptor chain of several.
 //! * Notification: when the switch queues frames for the guest, the port
 //!   calls its [`Notifier`] (an eventfd write in a real VMM, a
 //!   [`CondvarNotifier`] in portable code) once until the device model has
@@ -600,6 +601,25 @@ impl GuestPort {
         &self,
         buffers: &mut [&mut [u8]],
     ) -> Result<Option<Delivered>, GuestRxError> {
+        self.receive_into_buffers(buffers)
+    }
+
+    /// Like [`receive_into`](Self::receive_into) for buffers that are
+    /// descriptor chains of several writable descriptors each (for example
+    /// a legacy driver that posts the header in a descriptor of its own):
+    /// each element of `chains` is one buffer, written across its slices
+    /// in order.
+    pub fn receive_into_chains(
+        &self,
+        chains: &mut [&mut [&mut [u8]]],
+    ) -> Result<Option<Delivered>, GuestRxError> {
+        self.receive_into_buffers(chains)
+    }
+
+    fn receive_into_buffers<B: GuestBuffer>(
+        &self,
+        buffers: &mut [B],
+    ) -> Result<Option<Delivered>, GuestRxError> {
         let mut rx = self.rx.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(packet) = self.next_for_guest(&mut rx)? else {
             return Ok(None);
@@ -683,10 +703,10 @@ impl GuestPort {
         Ok(())
     }
 
-    fn write_frame(
+    fn write_frame<B: GuestBuffer>(
         &self,
         packet: &Packet,
-        buffers: &mut [&mut [u8]],
+        buffers: &mut [B],
     ) -> Result<Delivered, GuestRxError> {
         let header_len = self.format.size();
         let required_len = header_len + packet.data.len();
@@ -694,8 +714,8 @@ impl GuestPort {
         let buffers_needed = if self.mergeable {
             let available = buffers
                 .iter()
-                .fold(0usize, |n, b| n.saturating_add(b.len()));
-            let first = buffers.first().map_or(0, |b| b.len());
+                .fold(0usize, |n, b| n.saturating_add(b.capacity()));
+            let first = buffers.first().map_or(0, |b| b.capacity());
             if first < header_len || available < required_len {
                 return Err(GuestRxError::OutOfBuffers {
                     required_len,
@@ -708,7 +728,7 @@ impl GuestPort {
                 if left == 0 {
                     break;
                 }
-                left = left.saturating_sub(buffer.len());
+                left = left.saturating_sub(buffer.capacity());
                 count += 1;
             }
             count
@@ -719,10 +739,10 @@ impl GuestPort {
                     available: 0,
                 });
             };
-            if first.len() < required_len {
+            if first.capacity() < required_len {
                 return Err(GuestRxError::BufferTooSmall {
                     required_len,
-                    len: first.len(),
+                    len: first.capacity(),
                 });
             }
             1
@@ -738,13 +758,51 @@ impl GuestPort {
         let mut sources = [&raw[..], &packet.data[..]];
         let mut last_len = 0;
         for buffer in buffers.iter_mut().take(buffers_needed) {
-            last_len = fill(buffer, &mut sources);
+            last_len = buffer.fill_from(&mut sources);
         }
         Ok(Delivered {
             buffers: buffers_needed,
             last_len,
             bytes: required_len,
         })
+    }
+}
+
+/// One receive buffer of the guest: a slice, or a descriptor chain of
+/// slices.
+trait GuestBuffer {
+    /// Bytes it holds.
+    fn capacity(&self) -> usize;
+    /// Copies from the front of `sources` until it is full or they run out,
+    /// advancing the sources; returns the bytes written.
+    fn fill_from(&mut self, sources: &mut [&[u8]]) -> usize;
+}
+
+impl GuestBuffer for &mut [u8] {
+    fn capacity(&self) -> usize {
+        self.len()
+    }
+
+    fn fill_from(&mut self, sources: &mut [&[u8]]) -> usize {
+        fill(self, sources)
+    }
+}
+
+impl GuestBuffer for &mut [&mut [u8]] {
+    fn capacity(&self) -> usize {
+        self.iter().fold(0usize, |n, s| n.saturating_add(s.len()))
+    }
+
+    fn fill_from(&mut self, sources: &mut [&[u8]]) -> usize {
+        let mut written = 0;
+        for segment in self.iter_mut() {
+            let n = fill(segment, sources);
+            written += n;
+            if n < segment.len() {
+                break;
+            }
+        }
+        written
     }
 }
 
@@ -1080,6 +1138,46 @@ mod tests {
         port.send(0, Packet::plain(vec![9u8; 100])).unwrap();
         assert_eq!(notifier.0.load(Ordering::SeqCst), 2);
         assert!(port.rx_pending());
+    }
+
+    #[test]
+    fn descriptor_chains_take_the_header_and_frame_across_descriptors() {
+        for acked in [Features::VERSION_1, all_offloads()] {
+            let (port, _) = port_with(acked);
+            let frame: Vec<u8> = (0..1400u32).map(|i| i as u8).collect();
+            port.send(0, Packet::plain(frame.clone())).unwrap();
+            // Header alone in a 12-byte descriptor, the frame across two.
+            let (mut h, mut d1, mut d2) = (vec![0u8; 12], vec![0u8; 1000], vec![0u8; 1000]);
+            let mut chain: Vec<&mut [u8]> = vec![&mut h, &mut d1, &mut d2];
+            let got = port
+                .receive_into_chains(&mut [&mut chain[..]])
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                got,
+                Delivered {
+                    buffers: 1,
+                    last_len: 1412,
+                    bytes: 1412
+                }
+            );
+            assert_eq!(u16::from_le_bytes([h[10], h[11]]), 1);
+            assert_eq!([&d1[..], &d2[..400]].concat(), frame);
+            assert!(d2[400..].iter().all(|&b| b == 0));
+            // A chain too short for the frame, without mergeable buffers.
+            if acked == Features::VERSION_1 {
+                port.send(0, Packet::plain(frame.clone())).unwrap();
+                let (mut h, mut d) = (vec![0u8; 12], vec![0u8; 1000]);
+                let mut chain: Vec<&mut [u8]> = vec![&mut h, &mut d];
+                assert_eq!(
+                    port.receive_into_chains(&mut [&mut chain[..]]),
+                    Err(GuestRxError::BufferTooSmall {
+                        required_len: 1412,
+                        len: 1012
+                    })
+                );
+            }
+        }
     }
 
     #[test]
