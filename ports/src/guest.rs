@@ -263,7 +263,31 @@ pub enum GuestRxError {
     Adapt(#[from] AdaptError),
 }
 
+impl GuestTxError {
+    /// A stable name for the error counter of this error.
+    pub fn counter(&self) -> &'static str {
+        match self {
+            GuestTxError::ShortChain { .. } => "guest_tx_short_chain",
+            GuestTxError::FrameTooLong { .. } => "guest_tx_frame_too_long",
+            GuestTxError::NotNegotiated(_) => "guest_tx_offload_not_negotiated",
+            GuestTxError::InvalidHeader(err) => err.reason().name(),
+            GuestTxError::QueueFull { .. } => "guest_tx_queue_full",
+        }
+    }
+}
+
 impl GuestRxError {
+    /// A stable name for the error counter of this error.
+    pub fn counter(&self) -> &'static str {
+        match self {
+            GuestRxError::BufferTooSmall { .. } => "guest_rx_buffer_too_small",
+            GuestRxError::OutOfBuffers { .. } => "guest_rx_out_of_buffers",
+            GuestRxError::TooManyBuffers { .. } => "guest_rx_too_many_buffers",
+            GuestRxError::InvalidHeader(err) => err.reason().name(),
+            GuestRxError::Adapt(err) => err.counter(),
+        }
+    }
+
     /// Whether the frame was dropped (every error but
     /// [`GuestRxError::OutOfBuffers`]).
     pub fn dropped_frame(&self) -> bool {
@@ -1049,7 +1073,11 @@ mod tests {
             port.transmit(&[&[0u8; 12], &huge]),
             Err(GuestTxError::FrameTooLong { .. })
         ));
-        assert_eq!(port.stats().tx_errors, 3);
+        let err = port.transmit(&[&[0u8; 12], &[0u8; 13]]).unwrap_err();
+        assert_eq!(err.counter(), "guest_tx_short_chain");
+        let err = full.transmit(&[&wrong_l3, &frame]).unwrap_err();
+        assert_eq!(err.counter(), "gso_l3_mismatch");
+        assert_eq!(port.stats().tx_errors, 4);
         assert_eq!(port.stats().tx_frames, 0);
         assert_eq!(port.receive(0, &mut Vec::new(), 8).unwrap(), 0);
     }
