@@ -26,6 +26,13 @@
 //!   ([`GuestPort::tx_room`] returned 0, or a transmit failed with
 //!   [`GuestTxError::QueueFull`]), so the device loop resumes the guest's
 //!   transmit virtqueue.
+//! * Several queue pairs (`VIRTIO_NET_F_MQ`): the port has one switch
+//!   receive and transmit queue per pair, so the switch spreads the guest's
+//!   flows over its workers; [`GuestPort::queue`] gives the calls above for
+//!   one pair, each pair with its own notifier
+//!   ([`GuestPort::with_queue_notifiers`]), and
+//!   [`GuestPort::set_active_queue_pairs`] handles the control queue's
+//!   `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET`.
 //!
 //! # Receive offloads that change at run time
 //!
@@ -72,7 +79,7 @@
 //! ```
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -85,7 +92,7 @@ use vswitch_offload::virtio::{
 };
 use vswitch_offload::{EgressCapabilities, Packet, VirtioNetHdr};
 
-use crate::features::{FeatureError, GuestOffloads, HostOffloads, Negotiated};
+use crate::features::{FeatureError, Features, GuestOffloads, HostOffloads, Negotiated};
 use crate::port::{Port, PortCapabilities, PortError, SendError};
 
 /// Longest frame a guest may transmit: the largest IP packet of a GSO frame
@@ -163,17 +170,27 @@ pub struct GuestPortConfig {
     pub tx_queue_len: usize,
     /// Frames the switch sent that wait for the guest's buffers, at least 1.
     pub rx_queue_len: usize,
+    /// Queue pairs, used when the guest negotiated `VIRTIO_NET_F_MQ`; at
+    /// least 1.
+    pub queue_pairs: usize,
 }
 
 impl GuestPortConfig {
-    /// MTU 1500, 1024 frames each way.
+    /// MTU 1500, 1024 frames each way, one queue pair.
     pub fn new(name: impl Into<String>) -> Self {
         GuestPortConfig {
             name: name.into(),
             mtu: 1500,
             tx_queue_len: 1024,
             rx_queue_len: 1024,
+            queue_pairs: 1,
         }
+    }
+
+    /// Sets the number of queue pairs.
+    pub fn queue_pairs(mut self, pairs: usize) -> Self {
+        self.queue_pairs = pairs;
+        self
     }
 
     /// Sets the MTU.
@@ -351,6 +368,51 @@ struct RxState {
     segments: SegmentList,
 }
 
+/// One transmit and one receive virtqueue of the guest, with the frames in
+/// between.
+struct QueuePair {
+    from_guest_tx: Sender<Packet>,
+    from_guest_rx: Receiver<Packet>,
+    to_guest_tx: Sender<Packet>,
+    to_guest_rx: Receiver<Packet>,
+    rx: Mutex<RxState>,
+    notifier: Arc<dyn Notifier>,
+    /// The notifier fired and the device model has not drained the receive
+    /// queue since.
+    notified: AtomicBool,
+    /// The device model found the transmit queue full: notify it when the
+    /// switch makes room.
+    tx_blocked: AtomicBool,
+}
+
+impl QueuePair {
+    fn new(tx_capacity: usize, rx_capacity: usize, notifier: Arc<dyn Notifier>) -> Self {
+        let (from_guest_tx, from_guest_rx) = bounded(tx_capacity);
+        let (to_guest_tx, to_guest_rx) = bounded(rx_capacity);
+        QueuePair {
+            from_guest_tx,
+            from_guest_rx,
+            to_guest_tx,
+            to_guest_rx,
+            rx: Mutex::new(RxState::default()),
+            notifier,
+            notified: AtomicBool::new(false),
+            tx_blocked: AtomicBool::new(false),
+        }
+    }
+}
+
+/// `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET` asked for a number of queue pairs the
+/// port does not have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("queue pairs: expected 1 to {max}, found {asked}")]
+pub struct QueuePairsError {
+    /// Queue pairs the port has.
+    pub max: usize,
+    /// The number asked for.
+    pub asked: usize,
+}
+
 /// A switch port whose far side is a virtio-net guest. See the module
 /// documentation.
 pub struct GuestPort {
@@ -361,18 +423,11 @@ pub struct GuestPort {
     mergeable: bool,
     host: HostOffloads,
     negotiated: Mutex<Negotiated>,
-    from_guest_tx: Sender<Packet>,
-    from_guest_rx: Receiver<Packet>,
     tx_capacity: usize,
-    to_guest_tx: Sender<Packet>,
-    to_guest_rx: Receiver<Packet>,
     rx_capacity: usize,
-    rx: Mutex<RxState>,
-    notifier: Arc<dyn Notifier>,
-    notified: AtomicBool,
-    /// The device model found the transmit queue full: notify it when the
-    /// switch makes room.
-    tx_blocked: AtomicBool,
+    first_pair: QueuePair,
+    more_pairs: Vec<QueuePair>,
+    active_pairs: AtomicUsize,
     counters: Counters,
 }
 
@@ -383,6 +438,24 @@ impl std::fmt::Debug for GuestPort {
             .field("caps", &self.caps)
             .field("format", &self.format)
             .field("mergeable", &self.mergeable)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One queue pair of a [`GuestPort`], for a device model with several
+/// (`VIRTIO_NET_F_MQ`): the same calls as on the port, on this pair's
+/// virtqueues. [`GuestPort`]'s own calls use pair 0.
+#[derive(Debug, Clone, Copy)]
+pub struct GuestQueue<'a> {
+    port: &'a GuestPort,
+    pair: &'a QueuePair,
+}
+
+impl std::fmt::Debug for QueuePair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueuePair")
+            .field("from_guest", &self.from_guest_rx.len())
+            .field("to_guest", &self.to_guest_rx.len())
             .finish_non_exhaustive()
     }
 }
@@ -417,45 +490,97 @@ impl GuestPort {
     /// A port for a guest that negotiated `negotiated`. Its egress
     /// capabilities are the guest's receive offloads as negotiated, with
     /// the configured MTU; `notifier` is called when frames for the guest
-    /// arrive.
+    /// arrive (on any queue pair).
     pub fn new(
         config: GuestPortConfig,
         negotiated: Negotiated,
         notifier: Arc<dyn Notifier>,
     ) -> Self {
+        Self::with_queue_notifiers(config, negotiated, |_| notifier.clone())
+    }
+
+    /// Like [`new`](Self::new) with one notifier per queue pair (an
+    /// eventfd per receive virtqueue): `notifier_for(i)` gives pair `i`'s.
+    /// The port has [`GuestPortConfig::queue_pairs`] pairs if the guest
+    /// negotiated `VIRTIO_NET_F_MQ`, else one.
+    pub fn with_queue_notifiers(
+        config: GuestPortConfig,
+        negotiated: Negotiated,
+        mut notifier_for: impl FnMut(usize) -> Arc<dyn Notifier>,
+    ) -> Self {
         let tx_capacity = config.tx_queue_len.max(1);
         let rx_capacity = config.rx_queue_len.max(1);
-        let (from_guest_tx, from_guest_rx) = bounded(tx_capacity);
-        let (to_guest_tx, to_guest_rx) = bounded(rx_capacity);
+        let pairs = if negotiated.features().contains(Features::MQ) {
+            config.queue_pairs.max(1)
+        } else {
+            1
+        };
         let format = if negotiated.header_len() == HDR_LEN_V1 {
             HdrFormat::V1
         } else {
             HdrFormat::Legacy
         };
+        let first_pair = QueuePair::new(tx_capacity, rx_capacity, notifier_for(0));
+        let more_pairs = (1..pairs)
+            .map(|i| QueuePair::new(tx_capacity, rx_capacity, notifier_for(i)))
+            .collect();
         GuestPort {
             name: config.name,
             caps: PortCapabilities {
                 egress: negotiated.guest_offloads().egress_capabilities(config.mtu),
-                rx_queues: 1,
-                tx_queues: 1,
+                rx_queues: pairs,
+                tx_queues: pairs,
             },
             mtu: config.mtu,
             format,
             mergeable: negotiated.mergeable_rx_buffers(),
             host: negotiated.host_offloads(),
             negotiated: Mutex::new(negotiated),
-            from_guest_tx,
-            from_guest_rx,
             tx_capacity,
-            to_guest_tx,
-            to_guest_rx,
             rx_capacity,
-            rx: Mutex::new(RxState::default()),
-            notifier,
-            notified: AtomicBool::new(false),
-            tx_blocked: AtomicBool::new(false),
+            first_pair,
+            more_pairs,
+            active_pairs: AtomicUsize::new(pairs),
             counters: Counters::default(),
         }
+    }
+
+    fn pair(&self, index: usize) -> Option<&QueuePair> {
+        match index.checked_sub(1) {
+            None => Some(&self.first_pair),
+            Some(more) => self.more_pairs.get(more),
+        }
+    }
+
+    fn pairs(&self) -> usize {
+        1 + self.more_pairs.len()
+    }
+
+    /// Queue pair `index`, if the port has it.
+    pub fn queue(&self, index: usize) -> Option<GuestQueue<'_>> {
+        self.pair(index).map(|pair| GuestQueue { port: self, pair })
+    }
+
+    fn first_queue(&self) -> GuestQueue<'_> {
+        GuestQueue {
+            port: self,
+            pair: &self.first_pair,
+        }
+    }
+
+    /// Handles the control queue's `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET`: the
+    /// switch's frames go to the first `pairs` queue pairs from now on.
+    /// Frames already waiting on a pair that is no longer used stay there
+    /// for the device model to deliver or discard.
+    pub fn set_active_queue_pairs(&self, pairs: usize) -> Result<(), QueuePairsError> {
+        if pairs == 0 || pairs > self.pairs() {
+            return Err(QueuePairsError {
+                max: self.pairs(),
+                asked: pairs,
+            });
+        }
+        self.active_pairs.store(pairs, Ordering::Relaxed);
+        Ok(())
     }
 
     /// The virtio-net header layout on every buffer of this guest.
@@ -482,7 +607,7 @@ impl GuestPort {
             .set_guest_offloads(bits)
     }
 
-    /// The counters so far.
+    /// The counters so far (all queue pairs).
     pub fn stats(&self) -> GuestPortStats {
         let c = &self.counters;
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
@@ -497,69 +622,40 @@ impl GuestPort {
         }
     }
 
-    /// How many more transmitted frames the port can queue for the switch
-    /// now. A device model stops popping the transmit virtqueue at 0 and
-    /// waits for the notifier, which fires once the switch has taken
-    /// frames again: the guest is held back instead of losing frames.
+    /// [`GuestQueue::tx_room`] of queue pair 0.
     pub fn tx_room(&self) -> usize {
-        let room = self.tx_capacity.saturating_sub(self.from_guest_rx.len());
-        if room == 0 {
-            self.tx_blocked.store(true, Ordering::SeqCst);
-            // The switch may have taken frames between the length check and
-            // the store, without seeing the flag: look again.
-            return self.tx_capacity.saturating_sub(self.from_guest_rx.len());
-        }
-        room
+        self.first_queue().tx_room()
     }
 
-    /// Whether frames for the guest are waiting.
+    /// [`GuestQueue::rx_pending`] of queue pair 0.
     pub fn rx_pending(&self) -> bool {
-        if !self.to_guest_rx.is_empty() {
-            return true;
-        }
-        !self
-            .rx
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .ready
-            .is_empty()
+        self.first_queue().rx_pending()
     }
 
-    /// Takes one transmitted descriptor chain: the virtio-net header
-    /// followed by the frame, as iovecs of any split. The header is copied
-    /// once, checked against the negotiated host offloads and, with the
-    /// frame copied into host memory, against the frame; then the frame is
-    /// queued for the switch.
+    /// [`GuestQueue::transmit`] on queue pair 0.
     pub fn transmit(&self, chain: &[&[u8]]) -> Result<(), GuestTxError> {
-        let result = self.transmit_chain(chain);
-        if result.is_err() {
-            bump(&self.counters.tx_errors, 1);
-        }
-        result
+        self.first_queue().transmit(chain)
     }
 
-    /// Like [`transmit`](Self::transmit) for a chain already in host memory
-    /// as one buffer: the frame is sliced out of it, not copied.
+    /// [`GuestQueue::transmit_bytes`] on queue pair 0.
     pub fn transmit_bytes(&self, chain: Bytes) -> Result<(), GuestTxError> {
-        let result = self
-            .parse_header(&[&chain], chain.len())
-            .and_then(|(hdr, header_len)| self.queue(hdr, chain.slice(header_len..)));
-        if result.is_err() {
-            bump(&self.counters.tx_errors, 1);
-        }
-        result
+        self.first_queue().transmit_bytes(chain)
     }
 
-    fn transmit_chain(&self, chain: &[&[u8]]) -> Result<(), GuestTxError> {
-        let total = chain
-            .iter()
-            .fold(0usize, |n, iov| n.saturating_add(iov.len()));
-        let (hdr, header_len) = self.parse_header(chain, total)?;
-        let frame_len = total - header_len;
-        let mut frame = BytesMut::zeroed(frame_len);
-        let copied = gather(chain, header_len, &mut frame);
-        frame.truncate(copied);
-        self.queue(hdr, frame.freeze())
+    /// [`GuestQueue::receive_into`] on queue pair 0.
+    pub fn receive_into(
+        &self,
+        buffers: &mut [&mut [u8]],
+    ) -> Result<Option<Delivered>, GuestRxError> {
+        self.first_queue().receive_into(buffers)
+    }
+
+    /// [`GuestQueue::receive_into_chains`] on queue pair 0.
+    pub fn receive_into_chains(
+        &self,
+        chains: &mut [&mut [&mut [u8]]],
+    ) -> Result<Option<Delivered>, GuestRxError> {
+        self.first_queue().receive_into_chains(chains)
     }
 
     /// Copies the header out of the chain (once) and checks the lengths and
@@ -591,112 +687,6 @@ impl GuestPort {
         hdr.num_buffers = 0;
         self.host.permits(&hdr)?;
         Ok((hdr, header_len))
-    }
-
-    fn queue(&self, hdr: VirtioNetHdr, frame: Bytes) -> Result<(), GuestTxError> {
-        if has_offload_work(&hdr) {
-            hdr.validate(&frame)?;
-        }
-        let len = frame.len();
-        match self.from_guest_tx.try_send(Packet::with_hdr(hdr, frame)) {
-            Ok(()) => {
-                bump(&self.counters.tx_frames, 1);
-                bump(&self.counters.tx_bytes, len);
-                Ok(())
-            }
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.tx_blocked.store(true, Ordering::SeqCst);
-                Err(GuestTxError::QueueFull {
-                    capacity: self.tx_capacity,
-                })
-            }
-        }
-    }
-
-    /// Writes the next frame for the guest into `buffers` (the guest's
-    /// receive buffers, in the order popped from the receive virtqueue),
-    /// with the header its negotiated features call for. Returns `None`
-    /// when no frame is waiting; the notifier fires again when one arrives.
-    ///
-    /// Without mergeable receive buffers only the first buffer is used and
-    /// must hold header and frame. With them, the frame spans as many
-    /// buffers as it needs and `num_buffers` says how many.
-    pub fn receive_into(
-        &self,
-        buffers: &mut [&mut [u8]],
-    ) -> Result<Option<Delivered>, GuestRxError> {
-        self.receive_into_buffers(buffers)
-    }
-
-    /// Like [`receive_into`](Self::receive_into) for buffers that are
-    /// descriptor chains of several writable descriptors each (for example
-    /// a legacy driver that posts the header in a descriptor of its own):
-    /// each element of `chains` is one buffer, written across its slices
-    /// in order.
-    pub fn receive_into_chains(
-        &self,
-        chains: &mut [&mut [&mut [u8]]],
-    ) -> Result<Option<Delivered>, GuestRxError> {
-        self.receive_into_buffers(chains)
-    }
-
-    fn receive_into_buffers<B: GuestBuffer>(
-        &self,
-        buffers: &mut [B],
-    ) -> Result<Option<Delivered>, GuestRxError> {
-        let mut rx = self.rx.lock().unwrap_or_else(PoisonError::into_inner);
-        let Some(packet) = self.next_for_guest(&mut rx)? else {
-            return Ok(None);
-        };
-        match self.write_frame(&packet, buffers) {
-            Ok(delivered) => {
-                bump(&self.counters.rx_frames, 1);
-                bump(&self.counters.rx_bytes, packet.data.len());
-                Ok(Some(delivered))
-            }
-            Err(err) => {
-                if err.dropped_frame() {
-                    bump(&self.counters.rx_dropped, 1);
-                } else {
-                    rx.ready.push_front(packet);
-                }
-                Err(err)
-            }
-        }
-    }
-
-    /// The next frame for the guest, checked against the receive offloads
-    /// in force now. Re-arms the notifier when the queue is empty.
-    fn next_for_guest(&self, rx: &mut RxState) -> Result<Option<Packet>, GuestRxError> {
-        loop {
-            if let Some(packet) = rx.ready.pop_front() {
-                return Ok(Some(packet));
-            }
-            let packet = match self.to_guest_rx.try_recv() {
-                Ok(packet) => packet,
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => {
-                    // Re-arm before looking again: a frame queued after this
-                    // store notifies; one queued before it is seen below.
-                    self.notified.store(false, Ordering::SeqCst);
-                    match self.to_guest_rx.try_recv() {
-                        Ok(packet) => packet,
-                        Err(_) => return Ok(None),
-                    }
-                }
-            };
-            if !has_offload_work(&packet.hdr) {
-                return Ok(Some(packet));
-            }
-            let caps = EgressCapabilities {
-                // The segments are copied into guest memory anyway.
-                scatter_gather: false,
-                ..self.guest_offloads().egress_capabilities(self.mtu)
-            };
-            if let Err(err) = self.adapt_to_guest(rx, packet, &caps) {
-                bump(&self.counters.rx_dropped, 1);
-                return Err(err);
-            }
-        }
     }
 
     /// Queues `packet` on `rx.ready` as the guest may receive it now.
@@ -792,6 +782,191 @@ impl GuestPort {
     }
 }
 
+impl GuestQueue<'_> {
+    /// How many more transmitted frames this pair can queue for the switch
+    /// now. A device model stops popping the transmit virtqueue at 0 and
+    /// waits for the notifier, which fires once the switch has taken
+    /// frames again: the guest is held back instead of losing frames.
+    pub fn tx_room(&self) -> usize {
+        let capacity = self.port.tx_capacity;
+        let room = capacity.saturating_sub(self.pair.from_guest_rx.len());
+        if room == 0 {
+            self.pair.tx_blocked.store(true, Ordering::SeqCst);
+            // The switch may have taken frames between the length check and
+            // the store, without seeing the flag: look again.
+            return capacity.saturating_sub(self.pair.from_guest_rx.len());
+        }
+        room
+    }
+
+    /// Whether frames for the guest are waiting on this pair.
+    pub fn rx_pending(&self) -> bool {
+        if !self.pair.to_guest_rx.is_empty() {
+            return true;
+        }
+        !self
+            .pair
+            .rx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .ready
+            .is_empty()
+    }
+
+    /// Takes one transmitted descriptor chain: the virtio-net header
+    /// followed by the frame, as iovecs of any split. The header is copied
+    /// once, checked against the negotiated host offloads and, with the
+    /// frame copied into host memory, against the frame; then the frame is
+    /// queued for the switch.
+    pub fn transmit(&self, chain: &[&[u8]]) -> Result<(), GuestTxError> {
+        let result = self.transmit_chain(chain);
+        if result.is_err() {
+            bump(&self.port.counters.tx_errors, 1);
+        }
+        result
+    }
+
+    /// Like [`transmit`](Self::transmit) for a chain already in host memory
+    /// as one buffer: the frame is sliced out of it, not copied.
+    pub fn transmit_bytes(&self, chain: Bytes) -> Result<(), GuestTxError> {
+        let result = self
+            .port
+            .parse_header(&[&chain], chain.len())
+            .and_then(|(hdr, header_len)| self.queue(hdr, chain.slice(header_len..)));
+        if result.is_err() {
+            bump(&self.port.counters.tx_errors, 1);
+        }
+        result
+    }
+
+    fn transmit_chain(&self, chain: &[&[u8]]) -> Result<(), GuestTxError> {
+        let total = chain
+            .iter()
+            .fold(0usize, |n, iov| n.saturating_add(iov.len()));
+        let (hdr, header_len) = self.port.parse_header(chain, total)?;
+        let frame_len = total - header_len;
+        let mut frame = BytesMut::zeroed(frame_len);
+        let copied = gather(chain, header_len, &mut frame);
+        frame.truncate(copied);
+        self.queue(hdr, frame.freeze())
+    }
+
+    fn queue(&self, hdr: VirtioNetHdr, frame: Bytes) -> Result<(), GuestTxError> {
+        if has_offload_work(&hdr) {
+            hdr.validate(&frame)?;
+        }
+        let len = frame.len();
+        match self
+            .pair
+            .from_guest_tx
+            .try_send(Packet::with_hdr(hdr, frame))
+        {
+            Ok(()) => {
+                bump(&self.port.counters.tx_frames, 1);
+                bump(&self.port.counters.tx_bytes, len);
+                Ok(())
+            }
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.pair.tx_blocked.store(true, Ordering::SeqCst);
+                Err(GuestTxError::QueueFull {
+                    capacity: self.port.tx_capacity,
+                })
+            }
+        }
+    }
+
+    /// Writes the next frame for the guest into `buffers` (the guest's
+    /// receive buffers, in the order popped from the receive virtqueue),
+    /// with the header its negotiated features call for. Returns `None`
+    /// when no frame is waiting; the notifier fires again when one arrives.
+    ///
+    /// Without mergeable receive buffers only the first buffer is used and
+    /// must hold header and frame. With them, the frame spans as many
+    /// buffers as it needs and `num_buffers` says how many.
+    pub fn receive_into(
+        &self,
+        buffers: &mut [&mut [u8]],
+    ) -> Result<Option<Delivered>, GuestRxError> {
+        self.receive_into_buffers(buffers)
+    }
+
+    /// Like [`receive_into`](Self::receive_into) for buffers that are
+    /// descriptor chains of several writable descriptors each (for example
+    /// a legacy driver that posts the header in a descriptor of its own):
+    /// each element of `chains` is one buffer, written across its slices
+    /// in order.
+    pub fn receive_into_chains(
+        &self,
+        chains: &mut [&mut [&mut [u8]]],
+    ) -> Result<Option<Delivered>, GuestRxError> {
+        self.receive_into_buffers(chains)
+    }
+
+    fn receive_into_buffers<B: GuestBuffer>(
+        &self,
+        buffers: &mut [B],
+    ) -> Result<Option<Delivered>, GuestRxError> {
+        let counters = &self.port.counters;
+        let mut rx = self.pair.rx.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(packet) = self.next_for_guest(&mut rx)? else {
+            return Ok(None);
+        };
+        match self.port.write_frame(&packet, buffers) {
+            Ok(delivered) => {
+                bump(&counters.rx_frames, 1);
+                bump(&counters.rx_bytes, packet.data.len());
+                Ok(Some(delivered))
+            }
+            Err(err) => {
+                if err.dropped_frame() {
+                    bump(&counters.rx_dropped, 1);
+                } else {
+                    rx.ready.push_front(packet);
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// The next frame for the guest, checked against the receive offloads
+    /// in force now. Re-arms the notifier when the queue is empty.
+    fn next_for_guest(&self, rx: &mut RxState) -> Result<Option<Packet>, GuestRxError> {
+        let pair = self.pair;
+        loop {
+            if let Some(packet) = rx.ready.pop_front() {
+                return Ok(Some(packet));
+            }
+            let packet = match pair.to_guest_rx.try_recv() {
+                Ok(packet) => packet,
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => {
+                    // Re-arm before looking again: a frame queued after this
+                    // store notifies; one queued before it is seen below.
+                    pair.notified.store(false, Ordering::SeqCst);
+                    match pair.to_guest_rx.try_recv() {
+                        Ok(packet) => packet,
+                        Err(_) => return Ok(None),
+                    }
+                }
+            };
+            if !has_offload_work(&packet.hdr) {
+                return Ok(Some(packet));
+            }
+            let caps = EgressCapabilities {
+                // The segments are copied into guest memory anyway.
+                scatter_gather: false,
+                ..self
+                    .port
+                    .guest_offloads()
+                    .egress_capabilities(self.port.mtu)
+            };
+            if let Err(err) = self.port.adapt_to_guest(rx, packet, &caps) {
+                bump(&self.port.counters.rx_dropped, 1);
+                return Err(err);
+            }
+        }
+    }
+}
+
 /// One receive buffer of the guest: a slice, or a descriptor chain of
 /// slices.
 trait GuestBuffer {
@@ -866,34 +1041,43 @@ impl Port for GuestPort {
         batch: &mut Vec<Packet>,
         max: usize,
     ) -> Result<usize, PortError> {
-        if queue != 0 {
-            return Err(PortError::NoSuchQueue {
-                direction: "rx",
-                queue,
-                queues: 1,
-            });
-        }
+        let pair = self.pair(queue).ok_or(PortError::NoSuchQueue {
+            direction: "rx",
+            queue,
+            queues: self.pairs(),
+        })?;
         let before = batch.len();
-        batch.extend(self.from_guest_rx.try_iter().take(max));
+        batch.extend(pair.from_guest_rx.try_iter().take(max));
         let moved = batch.len() - before;
-        if moved > 0 && self.tx_blocked.swap(false, Ordering::SeqCst) {
-            self.notifier.notify();
+        if moved > 0 && pair.tx_blocked.swap(false, Ordering::SeqCst) {
+            pair.notifier.notify();
         }
         Ok(moved)
     }
 
+    /// Queues a frame on receive queue `queue` of the guest, folded onto
+    /// the queue pairs the guest uses now
+    /// ([`GuestPort::set_active_queue_pairs`]).
     fn send(&self, queue: usize, packet: Packet) -> Result<(), SendError> {
-        if queue != 0 {
+        if queue >= self.pairs() {
             return Err(SendError::NoSuchQueue {
                 queue,
-                queues: 1,
+                queues: self.pairs(),
                 packet,
             });
         }
-        match self.to_guest_tx.try_send(packet) {
+        let active = self.active_pairs.load(Ordering::Relaxed).max(1);
+        let Some(pair) = self.pair(queue % active) else {
+            return Err(SendError::NoSuchQueue {
+                queue,
+                queues: self.pairs(),
+                packet,
+            });
+        };
+        match pair.to_guest_tx.try_send(packet) {
             Ok(()) => {
-                if !self.notified.swap(true, Ordering::SeqCst) {
-                    self.notifier.notify();
+                if !pair.notified.swap(true, Ordering::SeqCst) {
+                    pair.notifier.notify();
                 }
                 Ok(())
             }
@@ -1205,6 +1389,84 @@ mod tests {
                     })
                 );
             }
+        }
+    }
+
+    #[test]
+    fn queue_pairs_need_mq_and_each_has_its_own_queues_and_notifier() {
+        let single = GuestPort::new(
+            GuestPortConfig::new("g").queue_pairs(4),
+            Negotiated::new(all_offloads(), Features::VERSION_1).unwrap(),
+            Arc::new(|| {}),
+        );
+        assert_eq!(single.capabilities().rx_queues, 1);
+        assert!(single.queue(1).is_none());
+
+        let offered = all_offloads().or(Features::MQ);
+        let negotiated = Negotiated::new(
+            offered,
+            Features::VERSION_1.or(Features::CTRL_VQ).or(Features::MQ),
+        )
+        .unwrap();
+        let notifiers: Vec<Arc<Counting>> = (0..3)
+            .map(|_| Arc::new(Counting(AtomicUsize::new(0))))
+            .collect();
+        let port = GuestPort::with_queue_notifiers(
+            GuestPortConfig::new("mq").queue_pairs(3),
+            negotiated,
+            |i| notifiers[i].clone(),
+        );
+        let caps = port.capabilities();
+        assert_eq!((caps.rx_queues, caps.tx_queues), (3, 3));
+        let fired = || -> Vec<usize> {
+            notifiers
+                .iter()
+                .map(|n| n.0.load(Ordering::SeqCst))
+                .collect()
+        };
+
+        // The switch's transmit queue q is the guest's receive queue q.
+        port.send(2, Packet::plain(vec![2u8; 60])).unwrap();
+        assert_eq!(fired(), [0, 0, 1]);
+        assert!(!port.rx_pending());
+        let mut buf = vec![0u8; 100];
+        assert_eq!(
+            port.queue(1)
+                .unwrap()
+                .receive_into(&mut [&mut buf])
+                .unwrap(),
+            None
+        );
+        let got = port
+            .queue(2)
+            .unwrap()
+            .receive_into(&mut [&mut buf])
+            .unwrap();
+        assert_eq!(got.map(|d| d.bytes), Some(72));
+        assert_eq!(buf[12], 2);
+
+        // The guest's transmit queue q is the switch's receive queue q.
+        let chain: [&[u8]; 2] = [&[0u8; 12], &[1u8; 60]];
+        port.queue(1).unwrap().transmit(&chain).unwrap();
+        assert_eq!(port.receive(0, &mut Vec::new(), 8).unwrap(), 0);
+        assert_eq!(port.receive(1, &mut Vec::new(), 8).unwrap(), 1);
+        assert!(port.receive(3, &mut Vec::new(), 8).is_err());
+        assert!(port.send(3, Packet::plain(vec![0u8; 60])).is_err());
+
+        // The guest uses one pair only: everything folds onto pair 0.
+        assert_eq!(
+            port.set_active_queue_pairs(4),
+            Err(QueuePairsError { max: 3, asked: 4 })
+        );
+        assert!(port.set_active_queue_pairs(0).is_err());
+        port.set_active_queue_pairs(1).unwrap();
+        port.send(2, Packet::plain(vec![3u8; 60])).unwrap();
+        port.send(1, Packet::plain(vec![4u8; 60])).unwrap();
+        assert_eq!(fired(), [1, 0, 1]);
+        for tag in [3u8, 4] {
+            let got = port.receive_into(&mut [&mut buf]).unwrap();
+            assert!(got.is_some());
+            assert_eq!(buf[12], tag);
         }
     }
 
