@@ -364,3 +364,76 @@ fn a_pcap_port_around_a_guest_port_records_both_directions() {
     expected.extend(at_b.into_iter().map(|r| r.frame));
     assert_eq!(frames, expected);
 }
+
+#[test]
+fn a_multi_queue_guest_gets_its_flows_spread_over_its_queue_pairs_in_order() {
+    const FLOWS: u16 = 32;
+    const PER_FLOW: u32 = 50;
+    let switch = switch();
+    let mq = all_offloads().or(Features::MQ);
+    let notifiers: Vec<Arc<CondvarNotifier>> =
+        (0..2).map(|_| Arc::new(CondvarNotifier::new())).collect();
+    let multi_queue = |name: &str| {
+        Arc::new(GuestPort::with_queue_notifiers(
+            GuestPortConfig::new(name).queue_pairs(2).queue_len(4096),
+            Negotiated::new(mq, mq).unwrap(),
+            |i| notifiers[i].clone(),
+        ))
+    };
+    let a = multi_queue("a");
+    let b = multi_queue("b");
+    plug(&switch, a.clone());
+    plug(&switch, b.clone());
+    assert_eq!(b.capabilities().tx_queues, 2);
+
+    // Flow f leaves guest A on queue pair f % 2; frames are plain.
+    for seq in 0..PER_FLOW {
+        for flow in 0..FLOWS {
+            let mut frame = tcp_frame(addr(1), addr(2), seq, &[0u8; 64]);
+            frame[34..36].copy_from_slice(&(1000 + flow).to_be_bytes());
+            let mut header = [0u8; 12];
+            VirtioNetHdr::default()
+                .emit(&mut header, HdrFormat::V1)
+                .unwrap();
+            let queue = a.queue(usize::from(flow % 2)).unwrap();
+            queue.transmit(&[&header, &frame]).unwrap();
+        }
+    }
+
+    // B's device loop serves both receive queues.
+    let total = usize::from(FLOWS) * PER_FLOW as usize;
+    let mut seen: Vec<Vec<(usize, u32)>> = vec![Vec::new(); usize::from(FLOWS)];
+    let mut received = 0;
+    let deadline = Instant::now() + WAIT;
+    let mut buf = vec![0u8; 2048];
+    while received < total {
+        assert!(Instant::now() < deadline, "{received} of {total} frames");
+        let mut idle = true;
+        for pair in 0..2 {
+            let queue = b.queue(pair).unwrap();
+            while let Some(got) = queue.receive_into(&mut [&mut buf]).unwrap() {
+                idle = false;
+                let frame = &buf[12..got.bytes];
+                let flow = u16::from_be_bytes([frame[34], frame[35]]) - 1000;
+                seen[usize::from(flow)].push((pair, payload_of(frame).0));
+                received += 1;
+            }
+        }
+        if idle {
+            notifiers[0].wait_timeout(Duration::from_millis(1));
+        }
+    }
+    let mut pairs_used = [false; 2];
+    for (flow, frames) in seen.iter().enumerate() {
+        let pair = frames[0].0;
+        pairs_used[pair] = true;
+        assert!(
+            frames.iter().all(|&(p, _)| p == pair),
+            "flow {flow} crossed queue pairs"
+        );
+        let seqs: Vec<u32> = frames.iter().map(|&(_, s)| s).collect();
+        assert_eq!(seqs, (0..PER_FLOW).collect::<Vec<_>>(), "flow {flow}");
+    }
+    assert_eq!(pairs_used, [true, true], "flows spread over both pairs");
+    switch.shutdown();
+}
