@@ -38,8 +38,8 @@
 //!
 //! The switch adapts each frame to the [`PortCapabilities`] a port declares,
 //! and those are constant for the life of the port. A guest port declares
-//! the receive offloads acknowledged at negotiation (the most the guest can
-//! ever turn on). When the guest later turns some of them off with the
+//! the receive offloads in force when it is built: right after negotiation,
+//! all those acknowledged, the most the guest can ever turn on. When the guest later turns some of them off with the
 //! control queue's `VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET`
 //! ([`GuestPort::set_guest_offloads`]), frames the switch adapted to the
 //! declared capabilities may still carry a partial checksum or GSO the guest
