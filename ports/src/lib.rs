@@ -15,8 +15,11 @@
 pub use vswitch_offload as offload;
 
 pub mod features;
+pub mod guest;
 pub mod memory;
+pub mod pcap;
 pub mod port;
+pub mod smoltcp_port;
 #[cfg(target_os = "linux")]
 pub mod sys;
 #[cfg(target_os = "linux")]

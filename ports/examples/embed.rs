@@ -1,0 +1,313 @@
+//! A VMM's virtio-net device loop in miniature: two guests on one switch.
+//!
+//! Each "guest" is a block of fake guest memory (a `Vec<u8>`) with transmit
+//! and receive buffers in it, as a driver would post them on its
+//! virtqueues. The device model negotiates features with the guest, builds
+//! a [`GuestPort`] from the result and puts it on the switch; then it
+//! resolves descriptors to slices of guest memory and hands them to the
+//! port, and waits on a notifier (an eventfd in a real VMM) for frames the
+//! switch sends to the guest.
+//!
+//! * Guest A negotiates every offload and mergeable receive buffers. It
+//!   sends one 20 000-byte TCP segmentation (TSO) frame with a partial
+//!   checksum.
+//! * Guest B negotiates no receive offload: the switch segments A's frame
+//!   and computes every checksum before B sees it.
+//! * B answers with a frame whose checksum it leaves to the host (CSUM);
+//!   A accepts partial checksums, so it arrives as it is. Then A turns its
+//!   receive offloads off through the control queue, and the port completes
+//!   the next such frame itself.
+//!
+//! Run with `cargo run -p vswitch-ports --example embed`.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use vswitch::{PortProfile, Switch, SwitchConfig, VlanId};
+use vswitch_ports::features::{Features, Negotiated};
+use vswitch_ports::guest::{CondvarNotifier, GuestPort, GuestPortConfig};
+use vswitch_ports::offload::checksum::{checksum, pseudo_header_ipv4};
+use vswitch_ports::offload::virtio::{FLAG_NEEDS_CSUM, GSO_TCPV4};
+use vswitch_ports::offload::VirtioNetHdr;
+
+/// Size of each receive buffer a guest driver posts when it merges
+/// buffers (frames may span several) and when it does not (a frame and its
+/// header must fit one).
+const RX_BUFFER_MERGEABLE: usize = 1024;
+const RX_BUFFER_SINGLE: usize = 2048;
+/// Receive buffers per guest.
+const RX_BUFFERS: usize = 64;
+/// Room for one transmitted chain.
+const TX_AREA: usize = 70_000;
+
+/// What a device offers.
+fn offered() -> Features {
+    [
+        Features::VERSION_1,
+        Features::CSUM,
+        Features::GUEST_CSUM,
+        Features::HOST_TSO4,
+        Features::HOST_TSO6,
+        Features::GUEST_TSO4,
+        Features::GUEST_TSO6,
+        Features::MRG_RXBUF,
+        Features::CTRL_VQ,
+        Features::CTRL_GUEST_OFFLOADS,
+        Features::MTU,
+        Features::MAC,
+    ]
+    .iter()
+    .fold(Features::default(), |set, f| set.or(*f))
+}
+
+/// One guest: its memory, and the device model's state for it.
+struct Vm {
+    name: &'static str,
+    mac: [u8; 6],
+    ip: [u8; 4],
+    /// Guest memory: the transmit area, then the receive buffers.
+    memory: Vec<u8>,
+    port: Arc<GuestPort>,
+    notifier: Arc<CondvarNotifier>,
+    rx_buffer: usize,
+}
+
+impl Vm {
+    fn new(name: &'static str, host: u8, acked: Features, switch: &Switch) -> Vm {
+        let negotiated = Negotiated::new(offered(), acked).expect("the guest acks a valid set");
+        println!(
+            "{name}: acked {:#x}, header {} bytes, mergeable rx buffers: {}",
+            acked.0,
+            negotiated.header_len(),
+            negotiated.mergeable_rx_buffers()
+        );
+        let notifier = Arc::new(CondvarNotifier::new());
+        let port = Arc::new(GuestPort::new(
+            GuestPortConfig::new(name),
+            negotiated,
+            notifier.clone(),
+        ));
+        let rx_buffer = if negotiated.mergeable_rx_buffers() {
+            RX_BUFFER_MERGEABLE
+        } else {
+            RX_BUFFER_SINGLE
+        };
+        println!("{name}: egress capabilities {:?}", port_caps(&port));
+        switch
+            .add_port(port.clone(), PortProfile::access(VlanId::DEFAULT))
+            .expect("port added");
+        Vm {
+            name,
+            mac: [2, 0, 0, 0, 0, host],
+            ip: [10, 0, 0, host],
+            memory: vec![0; TX_AREA + RX_BUFFERS * rx_buffer],
+            port,
+            notifier,
+            rx_buffer,
+        }
+    }
+
+    /// The guest driver writes a header and a frame into its transmit
+    /// area; the device model finds two descriptors (header, frame) and
+    /// hands the port the slices they point to.
+    fn guest_transmit(&mut self, hdr: VirtioNetHdr, frame: &[u8]) {
+        let header_len = self.port.header_format().size();
+        let header: Range<usize> = 0..header_len;
+        let data = header_len..header_len + frame.len();
+        hdr.emit(&mut self.memory[header.clone()], self.port.header_format())
+            .expect("room for the header");
+        self.memory[data.clone()].copy_from_slice(frame);
+        let chain = [&self.memory[header], &self.memory[data]];
+        match self.port.transmit(&chain) {
+            Ok(()) => println!(
+                "{}: transmitted {} bytes (gso_type {}, gso_size {}, needs_csum {})",
+                self.name,
+                frame.len(),
+                hdr.gso_type,
+                hdr.gso_size,
+                hdr.flags & FLAG_NEEDS_CSUM != 0
+            ),
+            Err(err) => println!("{}: transmit refused: {err}", self.name),
+        }
+    }
+
+    /// The device loop's receive side: wait for the notifier, then fill
+    /// the posted receive buffers until the port has no more frames. The
+    /// guest driver then reads header and frame out of the buffers.
+    fn device_receive(&mut self, wait: Duration) -> Vec<(VirtioNetHdr, Vec<u8>)> {
+        let mut frames = Vec::new();
+        while self.notifier.wait_timeout(wait) || self.port.rx_pending() {
+            let rx_area = &mut self.memory[TX_AREA..];
+            let mut buffers: Vec<&mut [u8]> = rx_area.chunks_mut(self.rx_buffer).collect();
+            let mut used = 0;
+            let mut completions = Vec::new();
+            loop {
+                match self.port.receive_into(&mut buffers[used..]) {
+                    Ok(Some(delivered)) => {
+                        completions.push((used, delivered));
+                        used += delivered.buffers;
+                    }
+                    Ok(None) => break,
+                    Err(err) if err.dropped_frame() => println!("{}: {err}", self.name),
+                    // Out of posted buffers: hand these to the guest first.
+                    Err(_) => break,
+                }
+            }
+            drop(buffers);
+            // The guest driver side: one frame per completion, possibly
+            // spread over several buffers (num_buffers).
+            for (first, delivered) in completions {
+                let start = TX_AREA + first * self.rx_buffer;
+                let bytes = &self.memory[start..start + delivered.bytes];
+                let format = self.port.header_format();
+                let (hdr, header_len) = VirtioNetHdr::parse(bytes, format).expect("header");
+                frames.push((hdr, bytes[header_len..].to_vec()));
+            }
+        }
+        frames
+    }
+}
+
+fn port_caps(port: &GuestPort) -> vswitch_ports::PortCapabilities {
+    use vswitch_ports::Port;
+    port.capabilities()
+}
+
+/// A TCP/IPv4 frame from `from` to `to` with `payload_len` bytes; the TCP
+/// checksum is left partial (pseudo-header seed) when `partial`.
+fn tcp_frame(from: &Vm, to: &Vm, payload_len: usize, partial: bool) -> Vec<u8> {
+    let tcp_len = 20 + payload_len;
+    let mut f = vec![0u8; 34 + tcp_len];
+    f[0..6].copy_from_slice(&to.mac);
+    f[6..12].copy_from_slice(&from.mac);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    f[14] = 0x45;
+    f[16..18].copy_from_slice(&u16::try_from(20 + tcp_len).unwrap().to_be_bytes());
+    f[22] = 64;
+    f[23] = 6;
+    f[26..30].copy_from_slice(&from.ip);
+    f[30..34].copy_from_slice(&to.ip);
+    let ip_checksum = checksum(&f[14..34]);
+    f[24..26].copy_from_slice(&ip_checksum.to_be_bytes());
+    f[34..36].copy_from_slice(&40000u16.to_be_bytes());
+    f[36..38].copy_from_slice(&5201u16.to_be_bytes());
+    f[46] = 5 << 4;
+    f[47] = 0x18; // PSH, ACK
+    for (i, byte) in f[54..].iter_mut().enumerate() {
+        *byte = (i % 256) as u8;
+    }
+    let mut sum = pseudo_header_ipv4(from.ip, to.ip, 6, u16::try_from(tcp_len).unwrap());
+    if partial {
+        f[50..52].copy_from_slice(&sum.sum().to_be_bytes());
+    } else {
+        sum.add_bytes(&f[34..]);
+        f[50..52].copy_from_slice(&sum.finish().to_be_bytes());
+    }
+    f
+}
+
+/// Whether a received TCP/IPv4 frame's checksums are complete and right.
+fn checksums_ok(frame: &[u8]) -> bool {
+    let (Some(ip), Some(tcp)) = (frame.get(14..34), frame.get(34..)) else {
+        return false;
+    };
+    let src = [ip[12], ip[13], ip[14], ip[15]];
+    let dst = [ip[16], ip[17], ip[18], ip[19]];
+    let Ok(tcp_len) = u16::try_from(tcp.len()) else {
+        return false;
+    };
+    let mut sum = pseudo_header_ipv4(src, dst, 6, tcp_len);
+    sum.add_bytes(tcp);
+    checksum(ip) == 0 && sum.finish() == 0
+}
+
+fn describe(name: &str, frames: &[(VirtioNetHdr, Vec<u8>)]) {
+    let ok = frames.iter().filter(|(_, f)| checksums_ok(f)).count();
+    let partial = frames
+        .iter()
+        .filter(|(h, _)| h.flags & FLAG_NEEDS_CSUM != 0)
+        .count();
+    let largest = frames.iter().map(|(_, f)| f.len()).max().unwrap_or(0);
+    println!(
+        "{name}: received {} frames (largest {largest} bytes), {ok} with complete checksums, {partial} with NEEDS_CSUM",
+        frames.len()
+    );
+}
+
+fn main() {
+    let switch = Switch::start(SwitchConfig::default().workers(2)).expect("switch starts");
+    let mut a = Vm::new("vm-a", 1, offered(), &switch);
+    let mut b = Vm::new("vm-b", 2, Features::VERSION_1.or(Features::CSUM), &switch);
+    let wait = Duration::from_millis(200);
+
+    // A sends a 20 000-byte TSO frame; B cannot take TSO or partial
+    // checksums, so the switch cuts and checksums it.
+    let big = tcp_frame(&a, &b, 20_000, true);
+    let tso = VirtioNetHdr {
+        flags: FLAG_NEEDS_CSUM,
+        gso_type: GSO_TCPV4,
+        hdr_len: 54,
+        gso_size: 1448,
+        csum_start: 34,
+        csum_offset: 16,
+        num_buffers: 0,
+    };
+    a.guest_transmit(tso, &big);
+    let at_b = b.device_receive(wait);
+    describe(b.name, &at_b);
+    let payload: Vec<u8> = at_b.iter().flat_map(|(_, f)| f[54..].to_vec()).collect();
+    println!(
+        "{}: reassembled payload matches: {}",
+        b.name,
+        payload == big[54..]
+    );
+
+    // B may not send TSO (it did not negotiate HOST_TSO4): refused.
+    b.guest_transmit(tso, &tcp_frame(&b, &a, 5_000, true));
+
+    // B answers with a partial checksum; A takes it as it is.
+    let partial = VirtioNetHdr {
+        flags: FLAG_NEEDS_CSUM,
+        csum_start: 34,
+        csum_offset: 16,
+        ..VirtioNetHdr::default()
+    };
+    b.guest_transmit(partial, &tcp_frame(&b, &a, 1_400, true));
+    let at_a = a.device_receive(wait);
+    describe(a.name, &at_a);
+    if let Some((hdr, _)) = at_a.first() {
+        println!(
+            "{}: num_buffers {} for a {}-byte frame in {}-byte buffers",
+            a.name,
+            hdr.num_buffers,
+            at_a[0].1.len(),
+            a.rx_buffer
+        );
+    }
+
+    // A turns its receive offloads off (control queue GUEST_OFFLOADS_SET
+    // with 0); the port completes the checksum of the next frame itself.
+    let now = a
+        .port
+        .set_guest_offloads(0)
+        .expect("offload control negotiated");
+    println!("{}: receive offloads now {now:?}", a.name);
+    b.guest_transmit(partial, &tcp_frame(&b, &a, 1_000, true));
+    let at_a = a.device_receive(wait);
+    describe(a.name, &at_a);
+
+    for vm in [&a, &b] {
+        println!("{}: {:?}", vm.name, vm.port.stats());
+    }
+    let stats = switch.shutdown();
+    for port in &stats.ports {
+        println!(
+            "switch port {}: rx {} tx {} frames, drops {}",
+            port.name,
+            port.stats.rx_frames,
+            port.stats.tx_frames,
+            port.stats.drops.total()
+        );
+    }
+}

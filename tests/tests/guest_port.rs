@@ -1,0 +1,439 @@
+//! Guest ports on the threaded switch: TSO frames from a guest with every
+//! offload reach a guest without any as checked segments, a guest turning
+//! its receive offloads off and on again while frames are on their way gets
+//! only what it accepts at each moment, and a pcap port around a guest port
+//! records what crosses it.
+
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use pcap_file::pcap::PcapReader;
+use vswitch::{PortProfile, Switch, SwitchConfig, VlanId};
+use vswitch_offload::checksum::{checksum, pseudo_header_ipv4};
+use vswitch_offload::virtio::{HdrFormat, FLAG_NEEDS_CSUM, GSO_NONE, GSO_TCPV4};
+use vswitch_offload::VirtioNetHdr;
+use vswitch_ports::features::{Features, Negotiated};
+use vswitch_ports::guest::{CondvarNotifier, GuestPort, GuestPortConfig};
+use vswitch_ports::pcap::PcapPort;
+use vswitch_ports::Port;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn all_offloads() -> Features {
+    [
+        Features::VERSION_1,
+        Features::CSUM,
+        Features::GUEST_CSUM,
+        Features::HOST_TSO4,
+        Features::HOST_TSO6,
+        Features::GUEST_TSO4,
+        Features::GUEST_TSO6,
+        Features::MRG_RXBUF,
+        Features::CTRL_VQ,
+        Features::CTRL_GUEST_OFFLOADS,
+    ]
+    .iter()
+    .fold(Features::default(), |set, f| set.or(*f))
+}
+
+#[derive(Clone, Copy)]
+struct Addr {
+    mac: [u8; 6],
+    ip: [u8; 4],
+}
+
+fn addr(host: u8) -> Addr {
+    Addr {
+        mac: [2, 0, 0, 0, 0, host],
+        ip: [10, 0, 0, host],
+    }
+}
+
+struct Guest {
+    port: Arc<GuestPort>,
+    notifier: Arc<CondvarNotifier>,
+}
+
+fn guest_port(name: &str, acked: Features) -> (GuestPort, Arc<CondvarNotifier>) {
+    let negotiated = Negotiated::new(all_offloads(), acked).unwrap();
+    let notifier = Arc::new(CondvarNotifier::new());
+    let port = GuestPort::new(
+        GuestPortConfig::new(name).queue_len(4096),
+        negotiated,
+        notifier.clone(),
+    );
+    (port, notifier)
+}
+
+fn guest(name: &str, acked: Features) -> Guest {
+    let (port, notifier) = guest_port(name, acked);
+    Guest {
+        port: Arc::new(port),
+        notifier,
+    }
+}
+
+fn switch() -> Switch {
+    Switch::start(SwitchConfig {
+        queue_full_wait: Duration::from_secs(2),
+        ..SwitchConfig::default().workers(2)
+    })
+    .unwrap()
+}
+
+fn plug(switch: &Switch, port: Arc<dyn Port>) {
+    switch
+        .add_port(port, PortProfile::access(VlanId::DEFAULT))
+        .unwrap();
+}
+
+/// A TCP/IPv4 frame from `from` to `to`, sequence number `seq`, with
+/// `payload` and a partial TCP checksum.
+fn tcp_frame(from: Addr, to: Addr, seq: u32, payload: &[u8]) -> Vec<u8> {
+    let tcp_len = 20 + payload.len();
+    let mut f = vec![0u8; 34 + tcp_len];
+    f[0..6].copy_from_slice(&to.mac);
+    f[6..12].copy_from_slice(&from.mac);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    f[14] = 0x45;
+    f[16..18].copy_from_slice(&((20 + tcp_len) as u16).to_be_bytes());
+    f[22] = 64;
+    f[23] = 6;
+    f[26..30].copy_from_slice(&from.ip);
+    f[30..34].copy_from_slice(&to.ip);
+    let ip_sum = checksum(&f[14..34]);
+    f[24..26].copy_from_slice(&ip_sum.to_be_bytes());
+    f[34..36].copy_from_slice(&40000u16.to_be_bytes());
+    f[36..38].copy_from_slice(&5201u16.to_be_bytes());
+    f[38..42].copy_from_slice(&seq.to_be_bytes());
+    f[46] = 5 << 4;
+    f[47] = 0x10;
+    f[54..].copy_from_slice(payload);
+    let seed = pseudo_header_ipv4(from.ip, to.ip, 6, tcp_len as u16);
+    f[50..52].copy_from_slice(&seed.sum().to_be_bytes());
+    f
+}
+
+fn tso_hdr(mss: u16) -> VirtioNetHdr {
+    VirtioNetHdr {
+        flags: FLAG_NEEDS_CSUM,
+        gso_type: GSO_TCPV4,
+        hdr_len: 54,
+        gso_size: mss,
+        csum_start: 34,
+        csum_offset: 16,
+        num_buffers: 0,
+    }
+}
+
+fn complete_checksums(frame: &[u8]) -> bool {
+    let ip = &frame[14..34];
+    let src = [ip[12], ip[13], ip[14], ip[15]];
+    let dst = [ip[16], ip[17], ip[18], ip[19]];
+    let mut sum = pseudo_header_ipv4(src, dst, 6, (frame.len() - 34) as u16);
+    sum.add_bytes(&frame[34..]);
+    checksum(ip) == 0 && sum.finish() == 0
+}
+
+/// The guest transmits: header and frame as two iovecs.
+fn transmit(port: &GuestPort, hdr: VirtioNetHdr, frame: &[u8]) {
+    let mut header = [0u8; 12];
+    hdr.emit(&mut header, HdrFormat::V1).unwrap();
+    port.transmit(&[&header, frame]).unwrap();
+}
+
+/// One frame as the guest driver reads it out of its receive buffers.
+struct Received {
+    hdr: VirtioNetHdr,
+    frame: Vec<u8>,
+}
+
+/// The device loop: waits on the notifier and fills posted buffers of
+/// `buffer_len` bytes until `until` says it has enough or `WAIT` passes.
+fn device_loop(
+    port: &GuestPort,
+    notifier: &CondvarNotifier,
+    buffer_len: usize,
+    mut until: impl FnMut(&[Received]) -> bool,
+) -> Vec<Received> {
+    let deadline = Instant::now() + WAIT;
+    let mut memory = vec![0u8; 64 * buffer_len];
+    let mut out = Vec::new();
+    while !until(&out) && Instant::now() < deadline {
+        if !port.rx_pending() {
+            notifier.wait_timeout(Duration::from_millis(50));
+        }
+        let mut buffers: Vec<&mut [u8]> = memory.chunks_mut(buffer_len).collect();
+        let mut spans = Vec::new();
+        let mut used = 0;
+        loop {
+            match port.receive_into(&mut buffers[used..]) {
+                Ok(Some(delivered)) => {
+                    spans.push((used * buffer_len, delivered.bytes));
+                    used += delivered.buffers;
+                }
+                Ok(None) => break,
+                // All posted buffers used: hand them to the guest, repost.
+                Err(err) if !err.dropped_frame() => break,
+                Err(err) => panic!("frame dropped: {err}"),
+            }
+        }
+        for (start, len) in spans {
+            let bytes = &memory[start..start + len];
+            let (hdr, header_len) = VirtioNetHdr::parse(bytes, HdrFormat::V1).unwrap();
+            out.push(Received {
+                hdr,
+                frame: bytes[header_len..].to_vec(),
+            });
+        }
+    }
+    out
+}
+
+fn payload_of(frame: &[u8]) -> (u32, &[u8]) {
+    let seq = u32::from_be_bytes([frame[38], frame[39], frame[40], frame[41]]);
+    (seq, &frame[54..])
+}
+
+fn stream(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 % 253) as u8).collect()
+}
+
+#[test]
+fn tso_from_a_full_offload_guest_reaches_a_plain_guest_as_checked_segments() {
+    let switch = switch();
+    let a = guest("a", all_offloads());
+    let b = guest("b", Features::VERSION_1.or(Features::CSUM));
+    plug(&switch, a.port.clone());
+    plug(&switch, b.port.clone());
+    assert!(!b.port.capabilities().egress.checksum);
+
+    const FRAMES: usize = 40;
+    const PAYLOAD: usize = 30_000;
+    let data = stream(FRAMES * PAYLOAD);
+    let (b_port, b_notifier) = (b.port.clone(), b.notifier.clone());
+    let receiver = thread::spawn(move || {
+        device_loop(&b_port, &b_notifier, 2048, |got| {
+            got.iter().map(|r| r.frame.len() - 54).sum::<usize>() >= FRAMES * PAYLOAD
+        })
+    });
+    for (i, chunk) in data.chunks(PAYLOAD).enumerate() {
+        let frame = tcp_frame(addr(1), addr(2), (i * PAYLOAD) as u32, chunk);
+        transmit(&a.port, tso_hdr(1448), &frame);
+    }
+    let got = receiver.join().unwrap();
+
+    let mut reassembled = vec![0u8; data.len()];
+    for r in &got {
+        assert_eq!(r.hdr.flags & FLAG_NEEDS_CSUM, 0);
+        assert_eq!(r.hdr.gso_type, GSO_NONE);
+        assert_eq!(r.hdr.num_buffers, 1);
+        assert!(r.frame.len() <= 1514);
+        assert!(complete_checksums(&r.frame), "bad checksum");
+        let (seq, payload) = payload_of(&r.frame);
+        reassembled[seq as usize..seq as usize + payload.len()].copy_from_slice(payload);
+    }
+    assert_eq!(got.len(), FRAMES * PAYLOAD.div_ceil(1448));
+    assert!(reassembled == data, "payload differs");
+    assert_eq!(a.port.stats().tx_frames, FRAMES as u64);
+    assert_eq!(b.port.stats().rx_frames, got.len() as u64);
+    switch.shutdown();
+}
+
+fn switch_tx(switch: &Switch, name: &str) -> u64 {
+    switch
+        .stats()
+        .ports
+        .iter()
+        .find(|p| p.name == name)
+        .map_or(0, |p| p.stats.tx_frames)
+}
+
+#[test]
+fn receive_offloads_changed_at_run_time_are_respected_frame_by_frame() {
+    let switch = switch();
+    let sender = guest("s", all_offloads());
+    let receiver = guest("r", all_offloads());
+    plug(&switch, sender.port.clone());
+    plug(&switch, receiver.port.clone());
+    assert!(receiver.port.capabilities().egress.tso4);
+
+    let send_batch = |first_seq: u32, frames: usize| {
+        for i in 0..frames {
+            let seq = first_seq + (i * 10_000) as u32;
+            let frame = tcp_frame(addr(1), addr(2), seq, &stream(10_000));
+            transmit(&sender.port, tso_hdr(1000), &frame);
+        }
+    };
+    let wait_queued = |frames: u64| {
+        // The switch forwards GSO frames untouched to this port: wait until
+        // they are all queued on it, before the offload change.
+        let deadline = Instant::now() + WAIT;
+        while switch_tx(&switch, "r") < frames {
+            assert!(Instant::now() < deadline, "frames did not reach the port");
+            thread::sleep(Duration::from_millis(2));
+        }
+    };
+    let read = |enough: usize| {
+        device_loop(&receiver.port, &receiver.notifier, 4096, |got| {
+            got.len() >= enough
+        })
+    };
+
+    // 1. With offloads on, TSO frames arrive whole, over three mergeable
+    // buffers each.
+    send_batch(0, 5);
+    wait_queued(5);
+    let on = read(5);
+    assert_eq!(on.len(), 5);
+    for r in &on {
+        assert_eq!(r.hdr.gso_type, GSO_TCPV4);
+        assert_eq!(r.frame.len(), 10_054);
+        assert_eq!(r.hdr.num_buffers, 3);
+    }
+
+    // 2. Frames queued under the old offloads, then offloads off: the port
+    // segments them and completes their checksums itself.
+    send_batch(50_000, 5);
+    wait_queued(10);
+    receiver.port.set_guest_offloads(0).unwrap();
+    let off = read(50);
+    assert_eq!(off.len(), 50);
+    for r in &off {
+        assert_eq!(r.hdr.gso_type, GSO_NONE);
+        assert_eq!(r.hdr.flags & FLAG_NEEDS_CSUM, 0);
+        assert!(complete_checksums(&r.frame));
+        assert_eq!(r.frame.len(), 1054);
+    }
+    let seqs: Vec<u32> = off.iter().map(|r| payload_of(&r.frame).0).collect();
+    let expected: Vec<u32> = (0..50).map(|i| 50_000 + i * 1000).collect();
+    assert_eq!(seqs, expected, "segments in order");
+    assert_eq!(receiver.port.stats().rx_adapted, 5);
+
+    // 3. Back on: whole frames again.
+    receiver
+        .port
+        .set_guest_offloads(all_offloads().and(Features::GUEST_OFFLOAD_BITS).0)
+        .unwrap();
+    send_batch(100_000, 2);
+    let back = read(2);
+    assert_eq!(back.len(), 2);
+    assert!(back.iter().all(|r| r.hdr.gso_type == GSO_TCPV4));
+    assert_eq!(receiver.port.stats().rx_dropped, 0);
+    switch.shutdown();
+}
+
+#[test]
+fn a_pcap_port_around_a_guest_port_records_both_directions() {
+    let switch = switch();
+    let a = guest("a", all_offloads());
+    let (b_port, b_notifier) = guest_port("b", Features::VERSION_1.or(Features::CSUM));
+    let recorded = Arc::new(PcapPort::new(b_port, Vec::new()).unwrap());
+    plug(&switch, a.port.clone());
+    plug(&switch, recorded.clone());
+    let b = recorded.inner();
+
+    // b -> a: one plain frame (recorded as received from b's port).
+    let mut hello = tcp_frame(addr(2), addr(1), 7, b"hello");
+    let mut sum = pseudo_header_ipv4(addr(2).ip, addr(1).ip, 6, (hello.len() - 34) as u16);
+    hello[50..52].fill(0);
+    sum.add_bytes(&hello[34..]);
+    hello[50..52].copy_from_slice(&sum.finish().to_be_bytes());
+    assert!(complete_checksums(&hello));
+    transmit(b, VirtioNetHdr::default(), &hello);
+    let at_a = device_loop(&a.port, &a.notifier, 2048, |got| !got.is_empty());
+    assert_eq!(at_a.len(), 1);
+    assert_eq!(at_a[0].frame, hello);
+
+    // a -> b: a TSO frame, cut by the switch (recorded as sent to b).
+    let frame = tcp_frame(addr(1), addr(2), 0, &stream(5000));
+    transmit(&a.port, tso_hdr(1448), &frame);
+    let at_b = device_loop(b, &b_notifier, 2048, |got| got.len() >= 4);
+    assert_eq!(at_b.len(), 4);
+
+    switch.shutdown();
+    let recorded = Arc::try_unwrap(recorded).expect("the switch let go of the port");
+    let (_, file) = recorded.into_parts();
+    let mut reader = PcapReader::new(&file[..]).unwrap();
+    let mut frames = Vec::new();
+    while let Some(packet) = reader.next_packet() {
+        frames.push(packet.unwrap().data.into_owned());
+    }
+    let mut expected = vec![hello];
+    expected.extend(at_b.into_iter().map(|r| r.frame));
+    assert_eq!(frames, expected);
+}
+
+#[test]
+fn a_multi_queue_guest_gets_its_flows_spread_over_its_queue_pairs_in_order() {
+    const FLOWS: u16 = 32;
+    const PER_FLOW: u32 = 50;
+    let switch = switch();
+    let mq = all_offloads().or(Features::MQ);
+    let notifiers: Vec<Arc<CondvarNotifier>> =
+        (0..2).map(|_| Arc::new(CondvarNotifier::new())).collect();
+    let multi_queue = |name: &str| {
+        Arc::new(GuestPort::with_queue_notifiers(
+            GuestPortConfig::new(name).queue_pairs(2).queue_len(4096),
+            Negotiated::new(mq, mq).unwrap(),
+            |i| notifiers[i].clone(),
+        ))
+    };
+    let a = multi_queue("a");
+    let b = multi_queue("b");
+    plug(&switch, a.clone());
+    plug(&switch, b.clone());
+    assert_eq!(b.capabilities().tx_queues, 2);
+
+    // Flow f leaves guest A on queue pair f % 2; frames are plain.
+    for seq in 0..PER_FLOW {
+        for flow in 0..FLOWS {
+            let mut frame = tcp_frame(addr(1), addr(2), seq, &[0u8; 64]);
+            frame[34..36].copy_from_slice(&(1000 + flow).to_be_bytes());
+            let mut header = [0u8; 12];
+            VirtioNetHdr::default()
+                .emit(&mut header, HdrFormat::V1)
+                .unwrap();
+            let queue = a.queue(usize::from(flow % 2)).unwrap();
+            queue.transmit(&[&header, &frame]).unwrap();
+        }
+    }
+
+    // B's device loop serves both receive queues.
+    let total = usize::from(FLOWS) * PER_FLOW as usize;
+    let mut seen: Vec<Vec<(usize, u32)>> = vec![Vec::new(); usize::from(FLOWS)];
+    let mut received = 0;
+    let deadline = Instant::now() + WAIT;
+    let mut buf = vec![0u8; 2048];
+    while received < total {
+        assert!(Instant::now() < deadline, "{received} of {total} frames");
+        let mut idle = true;
+        for pair in 0..2 {
+            let queue = b.queue(pair).unwrap();
+            while let Some(got) = queue.receive_into(&mut [&mut buf]).unwrap() {
+                idle = false;
+                let frame = &buf[12..got.bytes];
+                let flow = u16::from_be_bytes([frame[34], frame[35]]) - 1000;
+                seen[usize::from(flow)].push((pair, payload_of(frame).0));
+                received += 1;
+            }
+        }
+        if idle {
+            notifiers[0].wait_timeout(Duration::from_millis(1));
+        }
+    }
+    let mut pairs_used = [false; 2];
+    for (flow, frames) in seen.iter().enumerate() {
+        let pair = frames[0].0;
+        pairs_used[pair] = true;
+        assert!(
+            frames.iter().all(|&(p, _)| p == pair),
+            "flow {flow} crossed queue pairs"
+        );
+        let seqs: Vec<u32> = frames.iter().map(|&(_, s)| s).collect();
+        assert_eq!(seqs, (0..PER_FLOW).collect::<Vec<_>>(), "flow {flow}");
+    }
+    assert_eq!(pairs_used, [true, true], "flows spread over both pairs");
+    switch.shutdown();
+}
