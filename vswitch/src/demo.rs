@@ -19,7 +19,7 @@
 
 use std::collections::VecDeque;
 use std::io::{IsTerminal, Write as _};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -175,6 +175,38 @@ struct FlowShared {
     acked: AtomicU32,
 }
 
+/// How A waits for acknowledgements when every flow's window is full: it
+/// yields a few times, then parks until B acknowledges (or a short
+/// timeout), so a blocked sender leaves the CPU to the switch and to B.
+#[derive(Debug, Default)]
+struct SenderWait {
+    /// A is parked or about to park.
+    parked: AtomicBool,
+    thread: std::sync::OnceLock<std::thread::Thread>,
+}
+
+impl SenderWait {
+    /// Rounds without a frame to send before A parks.
+    const SPIN_ROUNDS: u32 = 8;
+
+    fn park(&self, stop: &AtomicBool) {
+        self.parked.store(true, Ordering::SeqCst);
+        if !stop.load(Ordering::SeqCst) {
+            std::thread::park_timeout(Duration::from_micros(500));
+        }
+        self.parked.store(false, Ordering::Relaxed);
+    }
+
+    /// Wakes A if it is parked (after B acknowledged, or at the stop).
+    fn wake(&self) {
+        if self.parked.load(Ordering::SeqCst) {
+            if let Some(thread) = self.thread.get() {
+                thread.unpark();
+            }
+        }
+    }
+}
+
 /// The first sequence number of flow `flow`.
 fn initial_seq(flow: u16) -> u32 {
     0x1000_0000_u32.wrapping_mul(u32::from(flow) + 1) ^ 0x5a5a_1234
@@ -299,9 +331,11 @@ impl Sender {
         a: &MemoryEndpoint,
         shared: &[FlowShared],
         stop: &AtomicBool,
+        wait: &SenderWait,
         start: Instant,
     ) {
         let window = WINDOW_FRAMES * self.options.frame_payload() as u32;
+        let mut idle_rounds = 0u32;
         while !stop.load(Ordering::Relaxed) {
             let mut sent_any = false;
             for (flow, flow_shared) in shared.iter().enumerate() {
@@ -338,8 +372,15 @@ impl Sender {
                 self.frames += 1;
                 sent_any = true;
             }
-            if !sent_any {
-                std::thread::yield_now();
+            if sent_any {
+                idle_rounds = 0;
+            } else {
+                idle_rounds += 1;
+                if idle_rounds < SenderWait::SPIN_ROUNDS {
+                    std::thread::yield_now();
+                } else {
+                    wait.park(stop);
+                }
             }
         }
     }
@@ -456,8 +497,19 @@ impl Receiver {
             .store(self.expected[flow], Ordering::Release);
     }
 
-    fn run(&mut self, b: &MemoryEndpoint, shared: &[FlowShared], done: &AtomicBool) {
+    /// Verifies frames until the switch is done. An idle B yields a few
+    /// times before it blocks on its queue, so a switch worker sending to a
+    /// busy B does not pay for a wake-up with every frame.
+    fn run(
+        &mut self,
+        b: &MemoryEndpoint,
+        shared: &[FlowShared],
+        done: &AtomicBool,
+        sender: &SenderWait,
+    ) {
+        const SPIN_ROUNDS: u32 = 32;
         let mut batch = Vec::with_capacity(1024);
+        let mut idle_rounds = 0u32;
         loop {
             batch.clear();
             if b.drain(&mut batch) == 0 {
@@ -466,13 +518,19 @@ impl Receiver {
                     if b.drain(&mut batch) == 0 {
                         return;
                     }
+                } else if idle_rounds < SPIN_ROUNDS {
+                    idle_rounds += 1;
+                    std::thread::yield_now();
+                    continue;
                 } else if let Some(packet) = b.collect_timeout(Duration::from_millis(5)) {
                     batch.push(packet);
                 }
             }
-            for packet in &batch {
-                self.check(packet, shared);
+            idle_rounds = 0;
+            for packet in batch.drain(..) {
+                self.check(&packet, shared);
             }
+            sender.wake();
         }
     }
 }
@@ -487,10 +545,124 @@ fn progress(line: &str, tty: bool) {
     let _ = err.flush();
 }
 
-/// Runs the demo and prints the result. Returns an error when any frame
-/// failed verification or was dropped.
-pub fn run(args: &[String]) -> Result<(), String> {
-    let options = DemoOptions::parse(args)?;
+/// CPU time one thread of the process used, from the kernel's accounting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadCpu {
+    /// The thread's name (`vswitch-worker-0`, `demo-guest-a`, ...).
+    pub name: String,
+    /// CPU time it ran while A was sending.
+    pub cpu: Duration,
+}
+
+/// The run time of every thread of this process, by name, from
+/// `/proc/self/task/*/schedstat` (nanoseconds on the CPU). Empty where the
+/// file is not available.
+fn thread_times() -> Vec<(u64, String, Duration)> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for task in tasks.flatten() {
+        let Some(tid) = task
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let path = task.path();
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let ns = std::fs::read_to_string(path.join("schedstat"))
+            .ok()
+            .and_then(|text| text.split_whitespace().next()?.parse::<u64>().ok());
+        if let Some(ns) = ns {
+            out.push((tid, name.trim().to_owned(), Duration::from_nanos(ns)));
+        }
+    }
+    out
+}
+
+/// CPU time of each thread between two [`thread_times`] readings, for the
+/// threads present in both, busiest first.
+fn thread_cpu_between(
+    before: &[(u64, String, Duration)],
+    after: &[(u64, String, Duration)],
+) -> Vec<ThreadCpu> {
+    let mut out: Vec<ThreadCpu> = after
+        .iter()
+        .filter_map(|(tid, name, end)| {
+            let start = before.iter().find(|(t, _, _)| t == tid)?.2;
+            Some(ThreadCpu {
+                name: name.clone(),
+                cpu: end.saturating_sub(start),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| b.cpu.cmp(&a.cpu).then_with(|| a.name.cmp(&b.name)));
+    out
+}
+
+/// What a run of the demo measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DemoReport {
+    /// The options it ran with.
+    pub options: DemoOptions,
+    /// How long A sent.
+    pub elapsed: Duration,
+    /// TCP payload bytes B verified and received in order.
+    pub payload_bytes: u64,
+    /// Frame bytes B received.
+    pub frame_bytes: u64,
+    /// Frames B received.
+    pub received_frames: u64,
+    /// TSO frames A sent.
+    pub sent_frames: u64,
+    /// A's frame buffers reused after the switch and B were done with them.
+    pub recycled: u64,
+    /// Segments the switch made in software for B.
+    pub segments: u64,
+    /// Checksums the switch computed in software for B.
+    pub checksums: u64,
+    /// Frames each worker handled, in worker order.
+    pub worker_frames: Vec<u64>,
+    /// Frames dropped anywhere in the switch.
+    pub drops: u64,
+    /// Frames that failed B's verification.
+    pub errors: u64,
+    /// What the first failing frame failed on.
+    pub first_error: Option<&'static str>,
+    /// CPU time of each thread while A sent (empty where the system does
+    /// not say).
+    pub threads: Vec<ThreadCpu>,
+}
+
+impl DemoReport {
+    /// Gbit/s of TCP payload delivered in order.
+    pub fn gbits(&self) -> f64 {
+        self.payload_bytes as f64 * 8.0 / self.elapsed.as_secs_f64().max(1e-9) / 1e9
+    }
+
+    /// CPU time of the threads whose name starts with `prefix`.
+    pub fn cpu_of(&self, prefix: &str) -> Duration {
+        self.threads
+            .iter()
+            .filter(|t| t.name.starts_with(prefix))
+            .map(|t| t.cpu)
+            .sum()
+    }
+
+    /// Nanoseconds of worker CPU per payload byte delivered: the switch's
+    /// own cost, apart from the guests'.
+    pub fn worker_ns_per_byte(&self) -> f64 {
+        self.cpu_of("vswitch-worker").as_nanos() as f64 / self.payload_bytes.max(1) as f64
+    }
+}
+
+/// Runs the demo with `options` and returns what it measured. With
+/// `show_progress`, a progress line is drawn on standard error. An `Err`
+/// is a setup failure; verification errors and drops are in the report.
+pub fn run_demo(options: &DemoOptions, show_progress: bool) -> Result<DemoReport, String> {
+    let options = options.clone();
     let switch = Switch::start(SwitchConfig::default().workers(options.workers))
         .map_err(|e| format!("cannot start the switch: {e}"))?;
     let queue_len = usize::from(options.flows) * WINDOW_FRAMES as usize * 64 + 1024;
@@ -504,7 +676,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
             .queue_len(queue_len)
             .egress(options.egress_caps()),
     );
-    let id_a = switch
+    switch
         .add_port(Arc::new(port_a), PortProfile::access(VlanId::DEFAULT))
         .map_err(|e| e.to_string())?;
     let id_b = switch
@@ -520,44 +692,45 @@ pub fn run(args: &[String]) -> Result<(), String> {
     );
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicBool::new(false));
-    let delivered = Arc::new(AtomicU64::new(0));
+    let sender_waiting = Arc::new(SenderWait::default());
     let start = Instant::now();
 
-    let receiver = {
-        let (shared, done, options) = (shared.clone(), done.clone(), options.clone());
-        std::thread::Builder::new()
-            .name("demo-guest-b".into())
-            .spawn(move || {
-                let mut receiver = Receiver::new(&options);
-                receiver.run(&b, &shared, &done);
-                receiver.report
-            })
-            .map_err(|e| e.to_string())?
-    };
     let sender = {
-        let (shared, stop, options) = (shared.clone(), stop.clone(), options.clone());
+        let (shared, stop, options, wait) = (
+            shared.clone(),
+            stop.clone(),
+            options.clone(),
+            sender_waiting.clone(),
+        );
         std::thread::Builder::new()
             .name("demo-guest-a".into())
             .spawn(move || {
+                let _ = wait.thread.set(std::thread::current());
                 let mut sender = Sender::new(&options);
-                sender.run(&a, &shared, &stop, start);
+                sender.run(&a, &shared, &stop, &wait, start);
                 (sender.frames, sender.recycled, a)
             })
             .map_err(|e| e.to_string())?
     };
+    let receiver = {
+        let (shared, done, options, wait) = (
+            shared.clone(),
+            done.clone(),
+            options.clone(),
+            sender_waiting.clone(),
+        );
+        std::thread::Builder::new()
+            .name("demo-guest-b".into())
+            .spawn(move || {
+                let mut receiver = Receiver::new(&options);
+                receiver.run(&b, &shared, &done, &wait);
+                receiver.report
+            })
+            .map_err(|e| e.to_string())?
+    };
+    let times_at_start = thread_times();
 
-    println!(
-        "vswitch demo: {} TCP flows of {} KiB TSO frames (MSS {}) from guest A to guest B, \
-         B's port offload {:?} at MTU {}, {} worker(s), {:.1} s",
-        options.flows,
-        (options.frame_payload() + HEADER_LEN) / 1024,
-        options.mss(),
-        options.egress_offload,
-        options.mtu,
-        switch.workers(),
-        options.seconds
-    );
-    let tty = std::io::stderr().is_terminal();
+    let tty = show_progress && std::io::stderr().is_terminal();
     let total = Duration::from_secs_f64(options.seconds);
     let tick = if tty {
         Duration::from_millis(200)
@@ -566,10 +739,11 @@ pub fn run(args: &[String]) -> Result<(), String> {
     };
     while start.elapsed() < total {
         std::thread::sleep(tick.min(total.saturating_sub(start.elapsed())));
+        if !show_progress {
+            continue;
+        }
         let elapsed = start.elapsed().as_secs_f64();
-        let stats = switch.port_stats(id_b);
-        let bytes = stats.map_or(0, |s| s.tx_bytes);
-        delivered.store(bytes, Ordering::Relaxed);
+        let bytes = switch.port_stats(id_b).map_or(0, |s| s.tx_bytes);
         let filled = ((elapsed / options.seconds) * 30.0).min(30.0) as usize;
         progress(
             &format!(
@@ -586,7 +760,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
     if tty {
         eprintln!();
     }
+    let times_at_end = thread_times();
     stop.store(true, Ordering::Relaxed);
+    sender_waiting.wake();
     let (sent_frames, recycled, a) = sender.join().map_err(|_| "guest A panicked".to_string())?;
     let send_elapsed = start.elapsed();
     // Let the switch empty its queues, then stop it and let B finish.
@@ -606,44 +782,101 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let report = receiver
         .join()
         .map_err(|_| "guest B panicked".to_string())?;
-    let elapsed = send_elapsed.as_secs_f64();
 
-    let drops: u64 = stats.ports.iter().map(|p| p.stats.drops.total()).sum();
-    let port_b_stats = stats.ports.iter().find(|p| p.id == id_b).map(|p| p.stats);
-    let software = port_b_stats.map(|s| s.software).unwrap_or_default();
-    let _ = id_a;
-    let worker_frames: u64 = stats.workers.iter().map(|w| w.frames).sum();
-    let shares: Vec<String> = stats
-        .workers
+    let software = stats
+        .ports
+        .iter()
+        .find(|p| p.id == id_b)
+        .map(|p| p.stats.software)
+        .unwrap_or_default();
+    Ok(DemoReport {
+        options,
+        elapsed: send_elapsed,
+        payload_bytes: report.payload_bytes,
+        frame_bytes: report.frame_bytes,
+        received_frames: report.frames,
+        sent_frames,
+        recycled,
+        segments: software.segments,
+        checksums: software.checksums,
+        worker_frames: stats.workers.iter().map(|w| w.frames).collect(),
+        drops: stats.ports.iter().map(|p| p.stats.drops.total()).sum(),
+        errors: report.errors,
+        first_error: report.first_error,
+        threads: thread_cpu_between(&times_at_start, &times_at_end),
+    })
+}
+
+/// Runs the demo and prints the result. Returns an error when any frame
+/// failed verification or was dropped.
+pub fn run(args: &[String]) -> Result<(), String> {
+    let options = DemoOptions::parse(args)?;
+    println!(
+        "vswitch demo: {} TCP flows of {} KiB TSO frames (MSS {}) from guest A to guest B, \
+         B's port offload {:?} at MTU {}, {} worker(s), {:.1} s",
+        options.flows,
+        (options.frame_payload() + HEADER_LEN) / 1024,
+        options.mss(),
+        options.egress_offload,
+        options.mtu,
+        options.workers,
+        options.seconds
+    );
+    let report = run_demo(&options, true)?;
+    let elapsed = report.elapsed.as_secs_f64();
+    let worker_frames: u64 = report.worker_frames.iter().sum();
+    let shares: Vec<String> = report
+        .worker_frames
         .iter()
         .enumerate()
-        .map(|(i, w)| {
+        .map(|(i, frames)| {
             format!(
                 "worker {i}: {:.1}%",
-                100.0 * w.frames as f64 / worker_frames.max(1) as f64
+                100.0 * *frames as f64 / worker_frames.max(1) as f64
             )
         })
         .collect();
-    let gbits = report.payload_bytes as f64 * 8.0 / elapsed / 1e9;
     println!(
-        "  throughput  {gbits:.2} Gbit/s of TCP payload delivered in order \
+        "  throughput  {:.2} Gbit/s of TCP payload delivered in order \
          ({:.2} GB in {elapsed:.2} s; {:.2} Gbit/s of frames at B)",
+        report.gbits(),
         report.payload_bytes as f64 / 1e9,
         report.frame_bytes as f64 * 8.0 / elapsed / 1e9
     );
     println!(
-        "  frames      A sent {sent_frames} TSO frames ({:.0}/s, {recycled} buffers recycled); \
+        "  frames      A sent {} TSO frames ({:.0}/s, {} buffers recycled); \
          B received {} frames ({:.2} M/s)",
-        sent_frames as f64 / elapsed,
-        report.frames,
-        report.frames as f64 / elapsed / 1e6
+        report.sent_frames,
+        report.sent_frames as f64 / elapsed,
+        report.recycled,
+        report.received_frames,
+        report.received_frames as f64 / elapsed / 1e6
     );
     println!(
         "  software    {} segments and {} checksums made by the switch",
-        software.segments, software.checksums
+        report.segments, report.checksums
     );
     println!("  workers     {}", shares.join(", "));
-    println!("  drops       {drops} (expected 0)");
+    if !report.threads.is_empty() {
+        let cpu: Vec<String> = report
+            .threads
+            .iter()
+            .filter(|t| t.name.starts_with("vswitch-worker") || t.name.starts_with("demo-guest"))
+            .map(|t| format!("{} {:.0}%", t.name, 100.0 * t.cpu.as_secs_f64() / elapsed))
+            .collect();
+        println!("  cpu         {} (of one core each)", cpu.join(", "));
+        let worker_cpu = report.cpu_of("vswitch-worker").as_secs_f64();
+        if report.segments > 0 && worker_cpu > 0.0 {
+            println!(
+                "  switch cost {:.3} ns of worker CPU per payload byte, {:.0} ns per segment \
+                 ({:.1} Gbit/s per busy worker core)",
+                report.worker_ns_per_byte(),
+                worker_cpu * 1e9 / report.segments as f64,
+                report.payload_bytes as f64 * 8.0 / worker_cpu / 1e9
+            );
+        }
+    }
+    println!("  drops       {} (expected 0)", report.drops);
     match report.first_error {
         None => println!(
             "  verified    every frame at B: checksums, MTU, per-flow order, payload bytes: 0 errors"
@@ -653,10 +886,10 @@ pub fn run(args: &[String]) -> Result<(), String> {
             report.errors
         ),
     }
-    if report.errors > 0 || drops > 0 {
+    if report.errors > 0 || report.drops > 0 {
         return Err(format!(
-            "{} verification errors, {drops} drops",
-            report.errors
+            "{} verification errors, {} drops",
+            report.errors, report.drops
         ));
     }
     if report.payload_bytes == 0 {
