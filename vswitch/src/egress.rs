@@ -383,6 +383,40 @@ mod tests {
     }
 
     #[test]
+    fn a_chunk_is_reused_once_its_segments_are_gone_and_never_before() {
+        let mut engine = EgressEngine::new();
+        let none = EgressCapabilities::none(1500);
+        let mut first = Vec::new();
+        adapt_for_egress(&mut engine, tso(20_000, 1448), &none, &mut first).unwrap();
+        let copy: Vec<Vec<u8>> = first.iter().map(|p| p.data.to_vec()).collect();
+        // While the first frame's segments live, a second frame gets other
+        // memory and leaves them as they were.
+        let mut second = Vec::new();
+        let mut other = tso(20_000, 1448);
+        let mut bytes = other.data.to_vec();
+        for b in &mut bytes[54..] {
+            *b ^= 0xff;
+        }
+        other.data = bytes.into();
+        adapt_for_egress(&mut engine, other, &none, &mut second).unwrap();
+        assert_ne!(first[0].data.as_ptr(), second[0].data.as_ptr());
+        for (seg, was) in first.iter().zip(&copy) {
+            assert_eq!(&seg.data[..], &was[..]);
+        }
+        // Once they are dropped, the first chunk is taken back as it is.
+        let reused = first[0].data.as_ptr();
+        drop(first);
+        let mut third = Vec::new();
+        adapt_for_egress(&mut engine, tso(20_000, 1448), &none, &mut third).unwrap();
+        assert_eq!(third[0].data.as_ptr(), reused);
+        assert_eq!(third.len(), copy.len());
+        for (seg, was) in third.iter().zip(&copy) {
+            assert_eq!(&seg.data[..], &was[..]);
+            assert!(tcp_checksum_ok(&seg.data));
+        }
+    }
+
+    #[test]
     fn tso_frames_pass_to_a_port_that_segments() {
         let mut engine = EgressEngine::new();
         let mut out = Vec::new();
