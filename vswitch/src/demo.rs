@@ -29,7 +29,8 @@ use vswitch_offload::virtio::{FLAG_NEEDS_CSUM, GSO_NONE, GSO_TCPV4};
 use vswitch_offload::{EgressCapabilities, FrameLayout, L4Kind, Packet, VirtioNetHdr};
 use vswitch_ports::memory::{memory_port, MemoryEndpoint, MemoryPortConfig};
 
-use crate::{PortProfile, Switch, SwitchConfig, VlanId};
+use crate::dispatch::{flow_hash, worker_for_hash};
+use crate::{PortId, PortProfile, Switch, SwitchConfig, VlanId};
 
 /// Usage text of `vswitch demo`.
 pub const USAGE: &str = "\
@@ -278,12 +279,29 @@ struct Sender {
     ip_id: u16,
     frames: u64,
     recycled: u64,
+    /// The receive queue each flow is sent on.
+    queue_of_flow: Vec<usize>,
+}
+
+/// The receive queue of port `port` that the worker handling flow `flow`
+/// polls: a guest steering each flow to one queue, as RSS would, so the
+/// switch need not hand the flow's frames from worker to worker. Queue `q`
+/// of port `p` is polled by worker `(p + q) % workers`.
+fn queue_for_flow(flow: u16, port: PortId, workers: usize) -> usize {
+    let mut headers = [0u8; HEADER_LEN];
+    write_headers(&mut headers, flow, 0, 0, 0);
+    let worker = worker_for_hash(flow_hash(&headers), workers);
+    let workers = workers.max(1);
+    (worker + workers - (port.0 as usize % workers)) % workers
 }
 
 impl Sender {
-    fn new(options: &DemoOptions) -> Self {
+    fn new(options: &DemoOptions, port: PortId) -> Self {
         let payload = options.frame_payload();
         Sender {
+            queue_of_flow: (0..options.flows)
+                .map(|f| queue_for_flow(f, port, options.workers))
+                .collect(),
             options: options.clone(),
             hdr: VirtioNetHdr {
                 flags: FLAG_NEEDS_CSUM,
@@ -356,7 +374,8 @@ impl Sender {
                 let packet = Packet::with_hdr(self.hdr, frame.clone());
                 let mut packet = Some(packet);
                 while let Some(p) = packet.take() {
-                    match a.inject_timeout(0, p, Duration::from_millis(50)) {
+                    let queue = self.queue_of_flow.get(flow).copied().unwrap_or(0);
+                    match a.inject_timeout(queue, p, Duration::from_millis(50)) {
                         Ok(()) => {}
                         Err(err @ vswitch_ports::InjectError::Full { .. })
                             if !stop.load(Ordering::Relaxed) =>
@@ -625,6 +644,9 @@ pub struct DemoReport {
     pub checksums: u64,
     /// Frames each worker handled, in worker order.
     pub worker_frames: Vec<u64>,
+    /// Frames a worker took from a queue but handed to the worker of
+    /// their flow.
+    pub handed_off: u64,
     /// Frames dropped anywhere in the switch.
     pub drops: u64,
     /// Frames that failed B's verification.
@@ -666,17 +688,22 @@ pub fn run_demo(options: &DemoOptions, show_progress: bool) -> Result<DemoReport
     let switch = Switch::start(SwitchConfig::default().workers(options.workers))
         .map_err(|e| format!("cannot start the switch: {e}"))?;
     let queue_len = usize::from(options.flows) * WINDOW_FRAMES as usize * 64 + 1024;
+    // Both guests have a queue pair per worker, as multi-queue virtio-net
+    // guests do, so each worker polls and sends on queues of its own.
+    let queues = options.workers.max(1);
     let (port_a, a) = memory_port(
         MemoryPortConfig::new("guest-a")
+            .queues(queues, queues)
             .queue_len(queue_len)
             .egress(EgressCapabilities::full(options.mtu)),
     );
     let (port_b, b) = memory_port(
         MemoryPortConfig::new("guest-b")
+            .queues(queues, queues)
             .queue_len(queue_len)
             .egress(options.egress_caps()),
     );
-    switch
+    let id_a = switch
         .add_port(Arc::new(port_a), PortProfile::access(VlanId::DEFAULT))
         .map_err(|e| e.to_string())?;
     let id_b = switch
@@ -706,7 +733,7 @@ pub fn run_demo(options: &DemoOptions, show_progress: bool) -> Result<DemoReport
             .name("demo-guest-a".into())
             .spawn(move || {
                 let _ = wait.thread.set(std::thread::current());
-                let mut sender = Sender::new(&options);
+                let mut sender = Sender::new(&options, id_a);
                 sender.run(&a, &shared, &stop, &wait, start);
                 (sender.frames, sender.recycled, a)
             })
@@ -800,6 +827,7 @@ pub fn run_demo(options: &DemoOptions, show_progress: bool) -> Result<DemoReport
         segments: software.segments,
         checksums: software.checksums,
         worker_frames: stats.workers.iter().map(|w| w.frames).collect(),
+        handed_off: stats.workers.iter().map(|w| w.handed_off).sum(),
         drops: stats.ports.iter().map(|p| p.stats.drops.total()).sum(),
         errors: report.errors,
         first_error: report.first_error,
@@ -856,14 +884,29 @@ pub fn run(args: &[String]) -> Result<(), String> {
         "  software    {} segments and {} checksums made by the switch",
         report.segments, report.checksums
     );
-    println!("  workers     {}", shares.join(", "));
+    println!(
+        "  workers     {} ({} frames handed between workers)",
+        shares.join(", "),
+        report.handed_off
+    );
     if !report.threads.is_empty() {
-        let cpu: Vec<String> = report
+        let percent = |cpu: Duration| 100.0 * cpu.as_secs_f64() / elapsed;
+        // Thread names are cut to 15 characters by the system, so the
+        // workers are told apart by position only.
+        let workers: Vec<String> = report
             .threads
             .iter()
-            .filter(|t| t.name.starts_with("vswitch-worker") || t.name.starts_with("demo-guest"))
-            .map(|t| format!("{} {:.0}%", t.name, 100.0 * t.cpu.as_secs_f64() / elapsed))
+            .filter(|t| t.name.starts_with("vswitch-worker"))
+            .map(|t| format!("{:.0}%", percent(t.cpu)))
             .collect();
+        let cpu = [
+            format!("workers {}", workers.join(" + ")),
+            format!("guest A {:.0}%", percent(report.cpu_of("demo-guest-a"))),
+            format!(
+                "guest B (verifying) {:.0}%",
+                percent(report.cpu_of("demo-guest-b"))
+            ),
+        ];
         println!("  cpu         {} (of one core each)", cpu.join(", "));
         let worker_cpu = report.cpu_of("vswitch-worker").as_secs_f64();
         if report.segments > 0 && worker_cpu > 0.0 {
@@ -931,6 +974,22 @@ mod tests {
         assert_eq!(o.mss(), 1448);
         assert_eq!(o.frame_payload() % o.mss(), 0);
         assert!(o.frame_payload() + 52 <= 65_535);
+    }
+
+    #[test]
+    fn each_flow_is_sent_on_the_queue_its_worker_polls() {
+        for workers in 1..=4 {
+            for port in 0..3 {
+                for flow in 0..16 {
+                    let queue = queue_for_flow(flow, PortId(port), workers);
+                    assert!(queue < workers);
+                    let mut frame = vec![0u8; HEADER_LEN + 100];
+                    write_headers(&mut frame, flow, 1234, 9, 5);
+                    let worker = worker_for_hash(flow_hash(&frame), workers);
+                    assert_eq!((port as usize + queue) % workers, worker);
+                }
+            }
+        }
     }
 
     #[test]
