@@ -165,6 +165,53 @@ fn machine_speedup(threads: usize) -> f64 {
     threads as f64 * one / many
 }
 
+/// Bytes per second of the demo's data path without the switch: one thread
+/// copies a 64 KiB block into a buffer, another reads and checksums it
+/// (as the worker writes segments and B verifies them), buffers cycling
+/// between them through channels. With `threads` false, one thread does
+/// both. Where the two threads land on different cores, every byte
+/// crosses between them: the cost the demo pays too.
+fn copy_then_verify_bytes_per_second(threads: bool) -> f64 {
+    const BLOCK: usize = 64 * 1024;
+    const ROUNDS: usize = 20_000;
+    let source = vec![0x6bu8; BLOCK];
+    if !threads {
+        let mut buf = vec![0u8; BLOCK];
+        let start = Instant::now();
+        for _ in 0..ROUNDS {
+            buf.copy_from_slice(black_box(&source));
+            black_box(checksum(black_box(&buf)));
+        }
+        return (ROUNDS * BLOCK) as f64 / start.elapsed().as_secs_f64();
+    }
+    let (full_tx, full_rx) = crossbeam_channel::bounded::<Vec<u8>>(16);
+    let (empty_tx, empty_rx) = crossbeam_channel::bounded::<Vec<u8>>(16);
+    for _ in 0..16 {
+        let _ = empty_tx.send(vec![0u8; BLOCK]);
+    }
+    let start = Instant::now();
+    let reader = std::thread::spawn(move || {
+        while let Ok(buf) = full_rx.recv() {
+            black_box(checksum(black_box(&buf)));
+            if empty_tx.send(buf).is_err() {
+                break;
+            }
+        }
+    });
+    for _ in 0..ROUNDS {
+        let Ok(mut buf) = empty_rx.recv() else {
+            break;
+        };
+        buf.copy_from_slice(black_box(&source));
+        if full_tx.send(buf).is_err() {
+            break;
+        }
+    }
+    drop(full_tx);
+    let _ = reader.join();
+    (ROUNDS * BLOCK) as f64 / start.elapsed().as_secs_f64()
+}
+
 /// (a) The demo with 1..N workers.
 fn demo_scaling() {
     let seconds: f64 = std::env::var("SWITCH_BENCH_SECONDS")
@@ -174,6 +221,8 @@ fn demo_scaling() {
     let max_workers = cores().max(2);
     let memcpy = memcpy_bytes_per_second();
     let parallel = machine_speedup(max_workers);
+    let one_thread = copy_then_verify_bytes_per_second(false);
+    let two_threads = copy_then_verify_bytes_per_second(true);
     println!();
     println!(
         "demo: 16 flows of 64 KiB TSO frames, B without offloads (software segmentation and \
@@ -230,6 +279,12 @@ fn demo_scaling() {
     println!(
         "  peer: {max_workers} threads of plain CPU work ran {parallel:.2}x as fast as one in \
          this run (the machine's own scaling ceiling right now)"
+    );
+    println!(
+        "  peer: copy a 64 KiB block then checksum it: {:.1} Gbit/s on one thread, {:.1} Gbit/s \
+         with the copy and the checksum on two threads (the data crosses between cores)",
+        one_thread * 8.0 / 1e9,
+        two_threads * 8.0 / 1e9
     );
     println!(
         "  memcpy of 64 KiB on one core: {:.1} GB/s ({:.4} ns/byte); the switch's work per \
