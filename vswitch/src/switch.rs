@@ -12,7 +12,10 @@
 //! it when the flow is its own. A flow therefore always takes the same path
 //! through one worker, so its frames never reorder, while many flows spread
 //! over all workers. A worker sends to transmit queue `worker % tx_queues`
-//! of each egress port.
+//! of each egress port. A port with a queue per worker whose outside puts
+//! each flow on the queue its worker polls (as RSS in a NIC or a
+//! multi-queue guest does) needs no hand-off at all, and each worker then
+//! sends on a transmit queue of its own.
 //!
 //! Queues are bounded and the switch never blocks on one for long: when an
 //! inbox or a transmit queue is full, the worker retries for at most
