@@ -431,6 +431,8 @@ struct Receiver {
     /// `expected`, which wraps at 4 GiB while this does not).
     position: Vec<u64>,
     report: ReceiverReport,
+    /// A whole TSO frame of some flow was verified since A was last woken.
+    frame_done: bool,
 }
 
 impl Receiver {
@@ -444,6 +446,7 @@ impl Receiver {
             expected: (0..options.flows).map(initial_seq).collect(),
             position: vec![0; usize::from(options.flows)],
             report: ReceiverReport::default(),
+            frame_done: false,
         }
     }
 
@@ -509,7 +512,12 @@ impl Receiver {
             return self.report.fail("payload bytes");
         }
         self.expected[flow] = seq.wrapping_add(payload.len() as u32);
+        let frame_payload = self.options.frame_payload() as u64;
+        let before = self.position[flow] / frame_payload;
         self.position[flow] += payload.len() as u64;
+        if self.position[flow] / frame_payload != before {
+            self.frame_done = true;
+        }
         self.report.payload_bytes += payload.len() as u64;
         shared[flow]
             .acked
@@ -549,7 +557,11 @@ impl Receiver {
             for packet in batch.drain(..) {
                 self.check(&packet, shared);
             }
-            sender.wake();
+            // A can only use a whole frame's room: wake it once per
+            // frame verified, not once per segment.
+            if std::mem::take(&mut self.frame_done) {
+                sender.wake();
+            }
         }
     }
 }
