@@ -73,9 +73,11 @@ pub fn has_offload_work(packet: &Packet) -> bool {
 /// Size of the shared buffers the segments of small frames are cut from.
 const SEGMENT_CHUNK: usize = 256 * 1024;
 
-/// Frames at least this long (TSO frames) have their segments written into
-/// a recycled chunk of their own instead.
-const POOLED_FRAME: usize = 8 * 1024;
+/// GSO frames at least this long have their segments written into a
+/// recycled chunk of their own instead. Below it (and for frames that are
+/// only checksummed) a chunk would be mostly empty while the frame is in
+/// flight, so those share the cut buffers.
+const POOLED_FRAME: usize = 32 * 1024;
 
 /// Size of a recycled chunk: the segments of one 64 KiB TSO frame at any
 /// MTU from 576 up (45 segments of 1514 bytes at MTU 1500, 125 of 590 at
@@ -119,9 +121,10 @@ struct PacketSink {
 }
 
 impl PacketSink {
-    /// Prepares for the output of a frame of `frame_len` bytes.
-    fn begin(&mut self, frame_len: usize) {
-        self.large = frame_len >= POOLED_FRAME;
+    /// Prepares for the output of `packet`.
+    fn begin(&mut self, packet: &Packet) {
+        let gso = packet.hdr.gso_type & !GSO_ECN != GSO_NONE;
+        self.large = gso && packet.data.len() >= POOLED_FRAME;
     }
 
     /// Cuts off every segment written so far into `out`.
@@ -197,6 +200,7 @@ impl PacketSink {
         &mut chunk[start..end]
     }
 }
+
 impl SegmentSink for PacketSink {
     fn contiguous(&mut self, len: usize) -> Result<&mut [u8], SinkFull> {
         Ok(self.reserve(len))
@@ -250,7 +254,7 @@ pub fn adapt_for_egress(
     let plan = packet.hdr.validate(&packet.data)?;
     let EgressEngine { segmenter, sink } = engine;
     sink.out.clear();
-    sink.begin(packet.data.len());
+    sink.begin(&packet);
     let result = adapt(segmenter, &packet.data, &plan, caps, sink);
     sink.seal();
     match result {
@@ -387,12 +391,12 @@ mod tests {
         let mut engine = EgressEngine::new();
         let none = EgressCapabilities::none(1500);
         let mut first = Vec::new();
-        adapt_for_egress(&mut engine, tso(20_000, 1448), &none, &mut first).unwrap();
+        adapt_for_egress(&mut engine, tso(40_000, 1448), &none, &mut first).unwrap();
         let copy: Vec<Vec<u8>> = first.iter().map(|p| p.data.to_vec()).collect();
         // While the first frame's segments live, a second frame gets other
         // memory and leaves them as they were.
         let mut second = Vec::new();
-        let mut other = tso(20_000, 1448);
+        let mut other = tso(40_000, 1448);
         let mut bytes = other.data.to_vec();
         for b in &mut bytes[54..] {
             *b ^= 0xff;
@@ -407,7 +411,7 @@ mod tests {
         let reused = first[0].data.as_ptr();
         drop(first);
         let mut third = Vec::new();
-        adapt_for_egress(&mut engine, tso(20_000, 1448), &none, &mut third).unwrap();
+        adapt_for_egress(&mut engine, tso(40_000, 1448), &none, &mut third).unwrap();
         assert_eq!(third[0].data.as_ptr(), reused);
         assert_eq!(third.len(), copy.len());
         for (seg, was) in third.iter().zip(&copy) {
