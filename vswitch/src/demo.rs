@@ -19,7 +19,7 @@
 
 use std::collections::VecDeque;
 use std::io::{IsTerminal, Write as _};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,7 +29,8 @@ use vswitch_offload::virtio::{FLAG_NEEDS_CSUM, GSO_NONE, GSO_TCPV4};
 use vswitch_offload::{EgressCapabilities, FrameLayout, L4Kind, Packet, VirtioNetHdr};
 use vswitch_ports::memory::{memory_port, MemoryEndpoint, MemoryPortConfig};
 
-use crate::{PortProfile, Switch, SwitchConfig, VlanId};
+use crate::dispatch::{flow_hash, worker_for_hash};
+use crate::{PortId, PortProfile, Switch, SwitchConfig, VlanId};
 
 /// Usage text of `vswitch demo`.
 pub const USAGE: &str = "\
@@ -175,6 +176,38 @@ struct FlowShared {
     acked: AtomicU32,
 }
 
+/// How A waits for acknowledgements when every flow's window is full: it
+/// yields a few times, then parks until B acknowledges (or a short
+/// timeout), so a blocked sender leaves the CPU to the switch and to B.
+#[derive(Debug, Default)]
+struct SenderWait {
+    /// A is parked or about to park.
+    parked: AtomicBool,
+    thread: std::sync::OnceLock<std::thread::Thread>,
+}
+
+impl SenderWait {
+    /// Rounds without a frame to send before A parks.
+    const SPIN_ROUNDS: u32 = 8;
+
+    fn park(&self, stop: &AtomicBool) {
+        self.parked.store(true, Ordering::SeqCst);
+        if !stop.load(Ordering::SeqCst) {
+            std::thread::park_timeout(Duration::from_micros(500));
+        }
+        self.parked.store(false, Ordering::Relaxed);
+    }
+
+    /// Wakes A if it is parked (after B acknowledged, or at the stop).
+    fn wake(&self) {
+        if self.parked.load(Ordering::SeqCst) {
+            if let Some(thread) = self.thread.get() {
+                thread.unpark();
+            }
+        }
+    }
+}
+
 /// The first sequence number of flow `flow`.
 fn initial_seq(flow: u16) -> u32 {
     0x1000_0000_u32.wrapping_mul(u32::from(flow) + 1) ^ 0x5a5a_1234
@@ -246,12 +279,29 @@ struct Sender {
     ip_id: u16,
     frames: u64,
     recycled: u64,
+    /// The receive queue each flow is sent on.
+    queue_of_flow: Vec<usize>,
+}
+
+/// The receive queue of port `port` that the worker handling flow `flow`
+/// polls: a guest steering each flow to one queue, as RSS would, so the
+/// switch need not hand the flow's frames from worker to worker. Queue `q`
+/// of port `p` is polled by worker `(p + q) % workers`.
+fn queue_for_flow(flow: u16, port: PortId, workers: usize) -> usize {
+    let mut headers = [0u8; HEADER_LEN];
+    write_headers(&mut headers, flow, 0, 0, 0);
+    let worker = worker_for_hash(flow_hash(&headers), workers);
+    let workers = workers.max(1);
+    (worker + workers - (port.0 as usize % workers)) % workers
 }
 
 impl Sender {
-    fn new(options: &DemoOptions) -> Self {
+    fn new(options: &DemoOptions, port: PortId) -> Self {
         let payload = options.frame_payload();
         Sender {
+            queue_of_flow: (0..options.flows)
+                .map(|f| queue_for_flow(f, port, options.workers))
+                .collect(),
             options: options.clone(),
             hdr: VirtioNetHdr {
                 flags: FLAG_NEEDS_CSUM,
@@ -299,9 +349,11 @@ impl Sender {
         a: &MemoryEndpoint,
         shared: &[FlowShared],
         stop: &AtomicBool,
+        wait: &SenderWait,
         start: Instant,
     ) {
         let window = WINDOW_FRAMES * self.options.frame_payload() as u32;
+        let mut idle_rounds = 0u32;
         while !stop.load(Ordering::Relaxed) {
             let mut sent_any = false;
             for (flow, flow_shared) in shared.iter().enumerate() {
@@ -322,7 +374,8 @@ impl Sender {
                 let packet = Packet::with_hdr(self.hdr, frame.clone());
                 let mut packet = Some(packet);
                 while let Some(p) = packet.take() {
-                    match a.inject_timeout(0, p, Duration::from_millis(50)) {
+                    let queue = self.queue_of_flow.get(flow).copied().unwrap_or(0);
+                    match a.inject_timeout(queue, p, Duration::from_millis(50)) {
                         Ok(()) => {}
                         Err(err @ vswitch_ports::InjectError::Full { .. })
                             if !stop.load(Ordering::Relaxed) =>
@@ -338,8 +391,15 @@ impl Sender {
                 self.frames += 1;
                 sent_any = true;
             }
-            if !sent_any {
-                std::thread::yield_now();
+            if sent_any {
+                idle_rounds = 0;
+            } else {
+                idle_rounds += 1;
+                if idle_rounds < SenderWait::SPIN_ROUNDS {
+                    std::thread::yield_now();
+                } else {
+                    wait.park(stop);
+                }
             }
         }
     }
@@ -371,6 +431,8 @@ struct Receiver {
     /// `expected`, which wraps at 4 GiB while this does not).
     position: Vec<u64>,
     report: ReceiverReport,
+    /// A whole TSO frame of some flow was verified since A was last woken.
+    frame_done: bool,
 }
 
 impl Receiver {
@@ -384,6 +446,7 @@ impl Receiver {
             expected: (0..options.flows).map(initial_seq).collect(),
             position: vec![0; usize::from(options.flows)],
             report: ReceiverReport::default(),
+            frame_done: false,
         }
     }
 
@@ -449,15 +512,31 @@ impl Receiver {
             return self.report.fail("payload bytes");
         }
         self.expected[flow] = seq.wrapping_add(payload.len() as u32);
+        let frame_payload = self.options.frame_payload() as u64;
+        let before = self.position[flow] / frame_payload;
         self.position[flow] += payload.len() as u64;
+        if self.position[flow] / frame_payload != before {
+            self.frame_done = true;
+        }
         self.report.payload_bytes += payload.len() as u64;
         shared[flow]
             .acked
             .store(self.expected[flow], Ordering::Release);
     }
 
-    fn run(&mut self, b: &MemoryEndpoint, shared: &[FlowShared], done: &AtomicBool) {
+    /// Verifies frames until the switch is done. An idle B yields a few
+    /// times before it blocks on its queue, so a switch worker sending to a
+    /// busy B does not pay for a wake-up with every frame.
+    fn run(
+        &mut self,
+        b: &MemoryEndpoint,
+        shared: &[FlowShared],
+        done: &AtomicBool,
+        sender: &SenderWait,
+    ) {
+        const SPIN_ROUNDS: u32 = 32;
         let mut batch = Vec::with_capacity(1024);
+        let mut idle_rounds = 0u32;
         loop {
             batch.clear();
             if b.drain(&mut batch) == 0 {
@@ -466,12 +545,22 @@ impl Receiver {
                     if b.drain(&mut batch) == 0 {
                         return;
                     }
+                } else if idle_rounds < SPIN_ROUNDS {
+                    idle_rounds += 1;
+                    std::thread::yield_now();
+                    continue;
                 } else if let Some(packet) = b.collect_timeout(Duration::from_millis(5)) {
                     batch.push(packet);
                 }
             }
-            for packet in &batch {
-                self.check(packet, shared);
+            idle_rounds = 0;
+            for packet in batch.drain(..) {
+                self.check(&packet, shared);
+            }
+            // A can only use a whole frame's room: wake it once per
+            // frame verified, not once per segment.
+            if std::mem::take(&mut self.frame_done) {
+                sender.wake();
             }
         }
     }
@@ -487,20 +576,142 @@ fn progress(line: &str, tty: bool) {
     let _ = err.flush();
 }
 
-/// Runs the demo and prints the result. Returns an error when any frame
-/// failed verification or was dropped.
-pub fn run(args: &[String]) -> Result<(), String> {
-    let options = DemoOptions::parse(args)?;
+/// CPU time one thread of the process used, from the kernel's accounting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ThreadCpu {
+    /// The thread's name (`vswitch-worker-0`, `demo-guest-a`, ...).
+    pub name: String,
+    /// CPU time it ran while A was sending.
+    pub cpu: Duration,
+}
+
+/// The run time of every thread of this process, by name, from
+/// `/proc/self/task/*/schedstat` (nanoseconds on the CPU). Empty where the
+/// file is not available.
+fn thread_times() -> Vec<(u64, String, Duration)> {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for task in tasks.flatten() {
+        let Some(tid) = task
+            .file_name()
+            .to_str()
+            .and_then(|t| t.parse::<u64>().ok())
+        else {
+            continue;
+        };
+        let path = task.path();
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        let ns = std::fs::read_to_string(path.join("schedstat"))
+            .ok()
+            .and_then(|text| text.split_whitespace().next()?.parse::<u64>().ok());
+        if let Some(ns) = ns {
+            out.push((tid, name.trim().to_owned(), Duration::from_nanos(ns)));
+        }
+    }
+    out
+}
+
+/// CPU time of each thread between two [`thread_times`] readings, for the
+/// threads present in both, busiest first.
+fn thread_cpu_between(
+    before: &[(u64, String, Duration)],
+    after: &[(u64, String, Duration)],
+) -> Vec<ThreadCpu> {
+    let mut out: Vec<ThreadCpu> = after
+        .iter()
+        .filter_map(|(tid, name, end)| {
+            let start = before.iter().find(|(t, _, _)| t == tid)?.2;
+            Some(ThreadCpu {
+                name: name.clone(),
+                cpu: end.saturating_sub(start),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| b.cpu.cmp(&a.cpu).then_with(|| a.name.cmp(&b.name)));
+    out
+}
+
+/// What a run of the demo measured.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DemoReport {
+    /// The options it ran with.
+    pub options: DemoOptions,
+    /// How long A sent.
+    pub elapsed: Duration,
+    /// TCP payload bytes B verified and received in order.
+    pub payload_bytes: u64,
+    /// Frame bytes B received.
+    pub frame_bytes: u64,
+    /// Frames B received.
+    pub received_frames: u64,
+    /// TSO frames A sent.
+    pub sent_frames: u64,
+    /// A's frame buffers reused after the switch and B were done with them.
+    pub recycled: u64,
+    /// Segments the switch made in software for B.
+    pub segments: u64,
+    /// Checksums the switch computed in software for B.
+    pub checksums: u64,
+    /// Frames each worker handled, in worker order.
+    pub worker_frames: Vec<u64>,
+    /// Frames a worker took from a queue but handed to the worker of
+    /// their flow.
+    pub handed_off: u64,
+    /// Frames dropped anywhere in the switch.
+    pub drops: u64,
+    /// Frames that failed B's verification.
+    pub errors: u64,
+    /// What the first failing frame failed on.
+    pub first_error: Option<&'static str>,
+    /// CPU time of each thread while A sent (empty where the system does
+    /// not say).
+    pub threads: Vec<ThreadCpu>,
+}
+
+impl DemoReport {
+    /// Gbit/s of TCP payload delivered in order.
+    pub fn gbits(&self) -> f64 {
+        self.payload_bytes as f64 * 8.0 / self.elapsed.as_secs_f64().max(1e-9) / 1e9
+    }
+
+    /// CPU time of the threads whose name starts with `prefix`.
+    pub fn cpu_of(&self, prefix: &str) -> Duration {
+        self.threads
+            .iter()
+            .filter(|t| t.name.starts_with(prefix))
+            .map(|t| t.cpu)
+            .sum()
+    }
+
+    /// Nanoseconds of worker CPU per payload byte delivered: the switch's
+    /// own cost, apart from the guests'.
+    pub fn worker_ns_per_byte(&self) -> f64 {
+        self.cpu_of("vswitch-worker").as_nanos() as f64 / self.payload_bytes.max(1) as f64
+    }
+}
+
+/// Runs the demo with `options` and returns what it measured. With
+/// `show_progress`, a progress line is drawn on standard error. An `Err`
+/// is a setup failure; verification errors and drops are in the report.
+pub fn run_demo(options: &DemoOptions, show_progress: bool) -> Result<DemoReport, String> {
+    let options = options.clone();
     let switch = Switch::start(SwitchConfig::default().workers(options.workers))
         .map_err(|e| format!("cannot start the switch: {e}"))?;
     let queue_len = usize::from(options.flows) * WINDOW_FRAMES as usize * 64 + 1024;
+    // Both guests have a queue pair per worker, as multi-queue virtio-net
+    // guests do, so each worker polls and sends on queues of its own.
+    let queues = options.workers.max(1);
     let (port_a, a) = memory_port(
         MemoryPortConfig::new("guest-a")
+            .queues(queues, queues)
             .queue_len(queue_len)
             .egress(EgressCapabilities::full(options.mtu)),
     );
     let (port_b, b) = memory_port(
         MemoryPortConfig::new("guest-b")
+            .queues(queues, queues)
             .queue_len(queue_len)
             .egress(options.egress_caps()),
     );
@@ -520,44 +731,45 @@ pub fn run(args: &[String]) -> Result<(), String> {
     );
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicBool::new(false));
-    let delivered = Arc::new(AtomicU64::new(0));
+    let sender_waiting = Arc::new(SenderWait::default());
     let start = Instant::now();
 
-    let receiver = {
-        let (shared, done, options) = (shared.clone(), done.clone(), options.clone());
-        std::thread::Builder::new()
-            .name("demo-guest-b".into())
-            .spawn(move || {
-                let mut receiver = Receiver::new(&options);
-                receiver.run(&b, &shared, &done);
-                receiver.report
-            })
-            .map_err(|e| e.to_string())?
-    };
     let sender = {
-        let (shared, stop, options) = (shared.clone(), stop.clone(), options.clone());
+        let (shared, stop, options, wait) = (
+            shared.clone(),
+            stop.clone(),
+            options.clone(),
+            sender_waiting.clone(),
+        );
         std::thread::Builder::new()
             .name("demo-guest-a".into())
             .spawn(move || {
-                let mut sender = Sender::new(&options);
-                sender.run(&a, &shared, &stop, start);
+                let _ = wait.thread.set(std::thread::current());
+                let mut sender = Sender::new(&options, id_a);
+                sender.run(&a, &shared, &stop, &wait, start);
                 (sender.frames, sender.recycled, a)
             })
             .map_err(|e| e.to_string())?
     };
+    let receiver = {
+        let (shared, done, options, wait) = (
+            shared.clone(),
+            done.clone(),
+            options.clone(),
+            sender_waiting.clone(),
+        );
+        std::thread::Builder::new()
+            .name("demo-guest-b".into())
+            .spawn(move || {
+                let mut receiver = Receiver::new(&options);
+                receiver.run(&b, &shared, &done, &wait);
+                receiver.report
+            })
+            .map_err(|e| e.to_string())?
+    };
+    let times_at_start = thread_times();
 
-    println!(
-        "vswitch demo: {} TCP flows of {} KiB TSO frames (MSS {}) from guest A to guest B, \
-         B's port offload {:?} at MTU {}, {} worker(s), {:.1} s",
-        options.flows,
-        (options.frame_payload() + HEADER_LEN) / 1024,
-        options.mss(),
-        options.egress_offload,
-        options.mtu,
-        switch.workers(),
-        options.seconds
-    );
-    let tty = std::io::stderr().is_terminal();
+    let tty = show_progress && std::io::stderr().is_terminal();
     let total = Duration::from_secs_f64(options.seconds);
     let tick = if tty {
         Duration::from_millis(200)
@@ -566,10 +778,11 @@ pub fn run(args: &[String]) -> Result<(), String> {
     };
     while start.elapsed() < total {
         std::thread::sleep(tick.min(total.saturating_sub(start.elapsed())));
+        if !show_progress {
+            continue;
+        }
         let elapsed = start.elapsed().as_secs_f64();
-        let stats = switch.port_stats(id_b);
-        let bytes = stats.map_or(0, |s| s.tx_bytes);
-        delivered.store(bytes, Ordering::Relaxed);
+        let bytes = switch.port_stats(id_b).map_or(0, |s| s.tx_bytes);
         let filled = ((elapsed / options.seconds) * 30.0).min(30.0) as usize;
         progress(
             &format!(
@@ -586,7 +799,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
     if tty {
         eprintln!();
     }
+    let times_at_end = thread_times();
     stop.store(true, Ordering::Relaxed);
+    sender_waiting.wake();
     let (sent_frames, recycled, a) = sender.join().map_err(|_| "guest A panicked".to_string())?;
     let send_elapsed = start.elapsed();
     // Let the switch empty its queues, then stop it and let B finish.
@@ -606,44 +821,117 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let report = receiver
         .join()
         .map_err(|_| "guest B panicked".to_string())?;
-    let elapsed = send_elapsed.as_secs_f64();
 
-    let drops: u64 = stats.ports.iter().map(|p| p.stats.drops.total()).sum();
-    let port_b_stats = stats.ports.iter().find(|p| p.id == id_b).map(|p| p.stats);
-    let software = port_b_stats.map(|s| s.software).unwrap_or_default();
-    let _ = id_a;
-    let worker_frames: u64 = stats.workers.iter().map(|w| w.frames).sum();
-    let shares: Vec<String> = stats
-        .workers
+    let software = stats
+        .ports
+        .iter()
+        .find(|p| p.id == id_b)
+        .map(|p| p.stats.software)
+        .unwrap_or_default();
+    Ok(DemoReport {
+        options,
+        elapsed: send_elapsed,
+        payload_bytes: report.payload_bytes,
+        frame_bytes: report.frame_bytes,
+        received_frames: report.frames,
+        sent_frames,
+        recycled,
+        segments: software.segments,
+        checksums: software.checksums,
+        worker_frames: stats.workers.iter().map(|w| w.frames).collect(),
+        handed_off: stats.workers.iter().map(|w| w.handed_off).sum(),
+        drops: stats.ports.iter().map(|p| p.stats.drops.total()).sum(),
+        errors: report.errors,
+        first_error: report.first_error,
+        threads: thread_cpu_between(&times_at_start, &times_at_end),
+    })
+}
+
+/// Runs the demo and prints the result. Returns an error when any frame
+/// failed verification or was dropped.
+pub fn run(args: &[String]) -> Result<(), String> {
+    let options = DemoOptions::parse(args)?;
+    println!(
+        "vswitch demo: {} TCP flows of {} KiB TSO frames (MSS {}) from guest A to guest B, \
+         B's port offload {:?} at MTU {}, {} worker(s), {:.1} s",
+        options.flows,
+        (options.frame_payload() + HEADER_LEN) / 1024,
+        options.mss(),
+        options.egress_offload,
+        options.mtu,
+        options.workers,
+        options.seconds
+    );
+    let report = run_demo(&options, true)?;
+    let elapsed = report.elapsed.as_secs_f64();
+    let worker_frames: u64 = report.worker_frames.iter().sum();
+    let shares: Vec<String> = report
+        .worker_frames
         .iter()
         .enumerate()
-        .map(|(i, w)| {
+        .map(|(i, frames)| {
             format!(
                 "worker {i}: {:.1}%",
-                100.0 * w.frames as f64 / worker_frames.max(1) as f64
+                100.0 * *frames as f64 / worker_frames.max(1) as f64
             )
         })
         .collect();
-    let gbits = report.payload_bytes as f64 * 8.0 / elapsed / 1e9;
     println!(
-        "  throughput  {gbits:.2} Gbit/s of TCP payload delivered in order \
+        "  throughput  {:.2} Gbit/s of TCP payload delivered in order \
          ({:.2} GB in {elapsed:.2} s; {:.2} Gbit/s of frames at B)",
+        report.gbits(),
         report.payload_bytes as f64 / 1e9,
         report.frame_bytes as f64 * 8.0 / elapsed / 1e9
     );
     println!(
-        "  frames      A sent {sent_frames} TSO frames ({:.0}/s, {recycled} buffers recycled); \
+        "  frames      A sent {} TSO frames ({:.0}/s, {} buffers recycled); \
          B received {} frames ({:.2} M/s)",
-        sent_frames as f64 / elapsed,
-        report.frames,
-        report.frames as f64 / elapsed / 1e6
+        report.sent_frames,
+        report.sent_frames as f64 / elapsed,
+        report.recycled,
+        report.received_frames,
+        report.received_frames as f64 / elapsed / 1e6
     );
     println!(
         "  software    {} segments and {} checksums made by the switch",
-        software.segments, software.checksums
+        report.segments, report.checksums
     );
-    println!("  workers     {}", shares.join(", "));
-    println!("  drops       {drops} (expected 0)");
+    println!(
+        "  workers     {} ({} frames handed between workers)",
+        shares.join(", "),
+        report.handed_off
+    );
+    if !report.threads.is_empty() {
+        let percent = |cpu: Duration| 100.0 * cpu.as_secs_f64() / elapsed;
+        // Thread names are cut to 15 characters by the system, so the
+        // workers are told apart by position only.
+        let workers: Vec<String> = report
+            .threads
+            .iter()
+            .filter(|t| t.name.starts_with("vswitch-worker"))
+            .map(|t| format!("{:.0}%", percent(t.cpu)))
+            .collect();
+        let cpu = [
+            format!("workers {}", workers.join(" + ")),
+            format!("guest A {:.0}%", percent(report.cpu_of("demo-guest-a"))),
+            format!(
+                "guest B (verifying) {:.0}%",
+                percent(report.cpu_of("demo-guest-b"))
+            ),
+        ];
+        println!("  cpu         {} (of one core each)", cpu.join(", "));
+        let worker_cpu = report.cpu_of("vswitch-worker").as_secs_f64();
+        if report.segments > 0 && worker_cpu > 0.0 {
+            println!(
+                "  switch cost {:.3} ns of worker CPU per payload byte, {:.0} ns per segment \
+                 ({:.1} Gbit/s per busy worker core)",
+                report.worker_ns_per_byte(),
+                worker_cpu * 1e9 / report.segments as f64,
+                report.payload_bytes as f64 * 8.0 / worker_cpu / 1e9
+            );
+        }
+    }
+    println!("  drops       {} (expected 0)", report.drops);
     match report.first_error {
         None => println!(
             "  verified    every frame at B: checksums, MTU, per-flow order, payload bytes: 0 errors"
@@ -653,10 +941,10 @@ pub fn run(args: &[String]) -> Result<(), String> {
             report.errors
         ),
     }
-    if report.errors > 0 || drops > 0 {
+    if report.errors > 0 || report.drops > 0 {
         return Err(format!(
-            "{} verification errors, {drops} drops",
-            report.errors
+            "{} verification errors, {} drops",
+            report.errors, report.drops
         ));
     }
     if report.payload_bytes == 0 {
@@ -698,6 +986,22 @@ mod tests {
         assert_eq!(o.mss(), 1448);
         assert_eq!(o.frame_payload() % o.mss(), 0);
         assert!(o.frame_payload() + 52 <= 65_535);
+    }
+
+    #[test]
+    fn each_flow_is_sent_on_the_queue_its_worker_polls() {
+        for workers in 1..=4 {
+            for port in 0..3 {
+                for flow in 0..16 {
+                    let queue = queue_for_flow(flow, PortId(port), workers);
+                    assert!(queue < workers);
+                    let mut frame = vec![0u8; HEADER_LEN + 100];
+                    write_headers(&mut frame, flow, 1234, 9, 5);
+                    let worker = worker_for_hash(flow_hash(&frame), workers);
+                    assert_eq!((port as usize + queue) % workers, worker);
+                }
+            }
+        }
     }
 
     #[test]

@@ -2,6 +2,10 @@
 //! one flow is handled by the same worker (no reordering) while many flows
 //! spread over all workers.
 
+use std::sync::OnceLock;
+
+use vswitch_offload::rss::{ToeplitzTable, DEFAULT_KEY};
+
 /// EtherType of IPv4.
 const ETHERTYPE_IPV4: u16 = 0x0800;
 /// EtherType of IPv6.
@@ -109,45 +113,46 @@ fn transport_ports(frame: &[u8], l4: usize) -> Option<(u16, u16)> {
     Some((be16(frame, l4)?, be16(frame, l4 + 2)?))
 }
 
-/// FNV-1a over bytes, 32-bit.
-fn fnv1a(mut hash: u32, bytes: &[u8]) -> u32 {
-    for &byte in bytes {
-        hash ^= u32::from(byte);
-        hash = hash.wrapping_mul(0x0100_0193);
-    }
-    hash
+/// The Toeplitz table of the default RSS key, built on first use.
+fn rss_table() -> &'static ToeplitzTable {
+    static TABLE: OnceLock<ToeplitzTable> = OnceLock::new();
+    TABLE.get_or_init(|| ToeplitzTable::new(&DEFAULT_KEY))
 }
 
 /// The flow hash of a frame, from which its worker is chosen.
 ///
-/// It hashes the [`FlowKey`] (addresses and ports, as RSS does) with
-/// FNV-1a followed by the MurmurHash3 finaliser to spread the bits. It is
-/// the one place the switch hashes flows: it will be replaced by the
-/// Toeplitz hash of the RSS specification over the same key, so that the
-/// switch and a NIC or guest doing RSS agree on a flow's queue. Any frame,
-/// even a runt, gets a hash; this never panics.
+/// It is the RSS hash: Toeplitz with the default key over the
+/// [`FlowKey`] in the order the RSS specification gives (source address,
+/// destination address, then source and destination port when present),
+/// so the switch and a NIC or guest doing RSS with the same key agree on a
+/// flow's hash. Frames that are not IP hash their MAC addresses and
+/// EtherType the same way. Any frame, even a runt, gets a hash; this
+/// never panics.
 pub fn flow_hash(frame: &[u8]) -> u32 {
-    let mut hash = 0x811c_9dc5;
+    let mut input = [0u8; 36];
+    let mut len = 0;
+    let mut push = |bytes: &[u8]| {
+        if let Some(slot) = input.get_mut(len..len + bytes.len()) {
+            slot.copy_from_slice(bytes);
+            len += bytes.len();
+        }
+    };
     match flow_key(frame) {
         FlowKey::Ip { src, dst, ports } => {
-            hash = fnv1a(hash, src);
-            hash = fnv1a(hash, dst);
+            push(src);
+            push(dst);
             if let Some((sport, dport)) = ports {
-                hash = fnv1a(hash, &sport.to_be_bytes());
-                hash = fnv1a(hash, &dport.to_be_bytes());
+                push(&sport.to_be_bytes());
+                push(&dport.to_be_bytes());
             }
         }
         FlowKey::Ethernet { macs, ethertype } => {
-            hash = fnv1a(hash, macs);
-            hash = fnv1a(hash, &ethertype.to_be_bytes());
+            push(macs);
+            push(&ethertype.to_be_bytes());
         }
         FlowKey::Runt => {}
     }
-    hash ^= hash >> 16;
-    hash = hash.wrapping_mul(0x85eb_ca6b);
-    hash ^= hash >> 13;
-    hash = hash.wrapping_mul(0xc2b2_ae35);
-    hash ^ (hash >> 16)
+    rss_table().hash(input.get(..len).unwrap_or(&[]))
 }
 
 /// The worker, out of `workers`, that handles flows with hash `hash`.
@@ -217,6 +222,21 @@ mod tests {
             per_worker[worker] += 1;
         }
         assert!(per_worker.iter().all(|&n| n > 800), "{per_worker:?}");
+    }
+
+    #[test]
+    fn the_hash_is_the_rss_hash_of_the_flow() {
+        use vswitch_offload::rss::toeplitz_hash;
+        let frame = ipv4_tcp(1234, 1, false);
+        let mut input = vec![10, 0, 0, 1, 10, 0, 0, 2];
+        input.extend_from_slice(&1234u16.to_be_bytes());
+        input.extend_from_slice(&80u16.to_be_bytes());
+        assert_eq!(flow_hash(&frame), toeplitz_hash(&DEFAULT_KEY, &input));
+        let fragment = ipv4_tcp(1234, 0, true);
+        assert_eq!(
+            flow_hash(&fragment),
+            toeplitz_hash(&DEFAULT_KEY, &input[..8])
+        );
     }
 
     #[test]

@@ -70,35 +70,134 @@ pub fn has_offload_work(packet: &Packet) -> bool {
     packet.hdr.flags & FLAG_NEEDS_CSUM != 0 || packet.hdr.gso_type & !GSO_ECN != GSO_NONE
 }
 
-/// Size of the shared buffers segments are cut from.
+/// Size of the shared buffers the segments of small frames are cut from.
 const SEGMENT_CHUNK: usize = 256 * 1024;
+
+/// GSO frames at least this long have their segments written into a
+/// recycled chunk of their own instead. Below it (and for frames that are
+/// only checksummed) a chunk would be mostly empty while the frame is in
+/// flight, so those share the cut buffers.
+const POOLED_FRAME: usize = 32 * 1024;
+
+/// Size of a recycled chunk: the segments of one 64 KiB TSO frame at any
+/// MTU from 576 up (45 segments of 1514 bytes at MTU 1500, 125 of 590 at
+/// 576). A frame whose segments do not fit spills into a second chunk.
+const POOLED_CHUNK: usize = 80 * 1024;
+
+/// Most chunks a worker keeps for recycling: enough for the frames in
+/// flight at a receiver that keeps up; beyond that the oldest is let go
+/// (freed when its last segment is).
+const POOL_LIMIT: usize = 64;
+
+/// Chunks tried for recycling before a new one is allocated.
+const POOL_PROBES: usize = 4;
 
 /// A [`SegmentSink`] that turns every segment into a plain [`Packet`] cut
 /// from a shared buffer.
+///
+/// Small frames (a checksum completed into a copy) are cut one by one from
+/// a large shared buffer. The segments of a large frame are written into a
+/// chunk that is frozen once, after the frame, and sliced: so once every
+/// segment of a chunk has been dropped by whoever received it, the chunk is
+/// unique again and is taken back whole and still initialised
+/// ([`Bytes::try_into_mut`]), with no allocation, page faults or zeroing.
 #[derive(Debug, Default)]
 struct PacketSink {
-    /// The rest of the current shared buffer, initialised.
+    /// The rest of the current shared buffer for small frames, initialised.
     chunk: BytesMut,
     /// Length of the segment handed out last and not yet cut off.
     pending: Option<usize>,
+    /// The frame being adapted is large: write into `pooled`.
+    large: bool,
+    /// The chunk the segments of the current large frame are written into
+    /// (full length, initialised), and how much of it is used.
+    pooled: Option<BytesMut>,
+    pooled_used: usize,
+    /// Where in `pooled` each segment written so far lies.
+    ranges: Vec<(usize, usize)>,
+    /// Frozen chunks whose segments may still be in flight, oldest first.
+    pool: std::collections::VecDeque<Bytes>,
     out: Vec<Packet>,
 }
 
 impl PacketSink {
+    /// Prepares for the output of `packet`.
+    fn begin(&mut self, packet: &Packet) {
+        let gso = packet.hdr.gso_type & !GSO_ECN != GSO_NONE;
+        self.large = gso && packet.data.len() >= POOLED_FRAME;
+    }
+
+    /// Cuts off every segment written so far into `out`.
     fn seal(&mut self) {
         if let Some(len) = self.pending.take() {
             let frame = self.chunk.split_to(len).freeze();
             self.out.push(Packet::plain(frame));
         }
+        if !self.ranges.is_empty() {
+            if let Some(chunk) = self.pooled.take() {
+                let whole = chunk.freeze();
+                for (start, end) in self.ranges.drain(..) {
+                    self.out.push(Packet::plain(whole.slice(start..end)));
+                }
+                if self.pool.len() >= POOL_LIMIT {
+                    self.pool.pop_front();
+                }
+                self.pool.push_back(whole);
+            }
+            self.ranges.clear();
+            self.pooled_used = 0;
+        }
+    }
+
+    /// A full-length, initialised chunk of at least `len` bytes: a recycled
+    /// one whose segments are all gone if there is one, else a new one.
+    fn fresh_chunk(&mut self, len: usize) -> BytesMut {
+        for _ in 0..POOL_PROBES.min(self.pool.len()) {
+            let Some(candidate) = self.pool.pop_front() else {
+                break;
+            };
+            if candidate.is_unique() && candidate.len() >= len {
+                match candidate.try_into_mut() {
+                    Ok(chunk) => return chunk,
+                    Err(candidate) => self.pool.push_back(candidate),
+                }
+            } else {
+                self.pool.push_back(candidate);
+            }
+        }
+        BytesMut::zeroed(POOLED_CHUNK.max(len))
     }
 
     fn reserve(&mut self, len: usize) -> &mut [u8] {
-        self.seal();
-        if self.chunk.len() < len {
-            self.chunk = BytesMut::zeroed(SEGMENT_CHUNK.max(len));
+        if self.pending.is_some() || !self.large {
+            self.seal();
         }
-        self.pending = Some(len);
-        &mut self.chunk[..len]
+        if !self.large {
+            if self.chunk.len() < len {
+                self.chunk = BytesMut::zeroed(SEGMENT_CHUNK.max(len));
+            }
+            self.pending = Some(len);
+            return &mut self.chunk[..len];
+        }
+        let room = self
+            .pooled
+            .as_ref()
+            .map_or(0, |chunk| chunk.len() - self.pooled_used);
+        if room < len {
+            // The current chunk is full: hand out what it holds, take another.
+            self.seal();
+            let chunk = self.fresh_chunk(len);
+            self.pooled = Some(chunk);
+            self.pooled_used = 0;
+        }
+        let start = self.pooled_used;
+        let end = start + len;
+        self.pooled_used = end;
+        self.ranges.push((start, end));
+        let chunk = self
+            .pooled
+            .get_or_insert_with(|| BytesMut::zeroed(POOLED_CHUNK.max(len)));
+        &mut chunk[start..end]
     }
 }
 
@@ -155,6 +254,7 @@ pub fn adapt_for_egress(
     let plan = packet.hdr.validate(&packet.data)?;
     let EgressEngine { segmenter, sink } = engine;
     sink.out.clear();
+    sink.begin(&packet);
     let result = adapt(segmenter, &packet.data, &plan, caps, sink);
     sink.seal();
     match result {
@@ -284,6 +384,40 @@ mod tests {
             payload += seg.data.len() - 54;
         }
         assert_eq!(payload, 10_000);
+    }
+
+    #[test]
+    fn a_chunk_is_reused_once_its_segments_are_gone_and_never_before() {
+        let mut engine = EgressEngine::new();
+        let none = EgressCapabilities::none(1500);
+        let mut first = Vec::new();
+        adapt_for_egress(&mut engine, tso(40_000, 1448), &none, &mut first).unwrap();
+        let copy: Vec<Vec<u8>> = first.iter().map(|p| p.data.to_vec()).collect();
+        // While the first frame's segments live, a second frame gets other
+        // memory and leaves them as they were.
+        let mut second = Vec::new();
+        let mut other = tso(40_000, 1448);
+        let mut bytes = other.data.to_vec();
+        for b in &mut bytes[54..] {
+            *b ^= 0xff;
+        }
+        other.data = bytes.into();
+        adapt_for_egress(&mut engine, other, &none, &mut second).unwrap();
+        assert_ne!(first[0].data.as_ptr(), second[0].data.as_ptr());
+        for (seg, was) in first.iter().zip(&copy) {
+            assert_eq!(&seg.data[..], &was[..]);
+        }
+        // Once they are dropped, the first chunk is taken back as it is.
+        let reused = first[0].data.as_ptr();
+        drop(first);
+        let mut third = Vec::new();
+        adapt_for_egress(&mut engine, tso(40_000, 1448), &none, &mut third).unwrap();
+        assert_eq!(third[0].data.as_ptr(), reused);
+        assert_eq!(third.len(), copy.len());
+        for (seg, was) in third.iter().zip(&copy) {
+            assert_eq!(&seg.data[..], &was[..]);
+            assert!(tcp_checksum_ok(&seg.data));
+        }
     }
 
     #[test]

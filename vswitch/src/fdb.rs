@@ -350,54 +350,96 @@ enum Cached {
     Refused(PortId),
 }
 
+/// One remembered answer of a [`LookupCache`].
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    key: u64,
+    /// The table epoch the answer was read at; a slot of another epoch is
+    /// empty.
+    epoch: u64,
+    at_ms: u64,
+    value: Cached,
+}
+
+/// The epoch of a slot that never held an answer (the table's epoch would
+/// need 2^64 changes to reach it).
+const NO_EPOCH: u64 = u64::MAX;
+
 /// One worker's memory of recent table answers, so that the frames of a
 /// busy address do not all take the shared table's locks and write its
 /// entry. Every answer is dropped as soon as the table changes (any entry
 /// added, moved or removed) and is trusted for at most the refresh
 /// interval otherwise.
+///
+/// It is direct-mapped: each key has one slot, chosen by a seeded hash,
+/// so a lookup is one multiply and one compare, and an address whose slot
+/// another took is simply asked of the table again. Slots carry the table
+/// epoch they were filled at, so a change of the table empties them all
+/// without touching them.
 #[derive(Debug)]
 pub struct LookupCache {
     epoch: u64,
     refresh_ms: u64,
-    entries: HashMap<u64, (Cached, u64), KeyHasherBuilder>,
+    seed: u64,
+    slots: Box<[Slot]>,
 }
 
 impl LookupCache {
-    /// Most entries kept; the cache starts over when it would grow beyond.
-    pub const CAPACITY: usize = 4096;
+    /// Most entries kept (one per slot).
+    pub const CAPACITY: usize = 512;
 
     /// An empty cache trusting answers for `refresh_ms` milliseconds.
     pub fn new(refresh_ms: u64) -> Self {
         let seed = RandomState::new().hash_one(0xcac4e_u64);
+        let empty = Slot {
+            key: 0,
+            epoch: NO_EPOCH,
+            at_ms: 0,
+            value: Cached::Absent,
+        };
         LookupCache {
-            epoch: u64::MAX,
+            epoch: NO_EPOCH,
             refresh_ms,
-            entries: HashMap::with_capacity_and_hasher(64, KeyHasherBuilder { seed }),
+            seed,
+            slots: vec![empty; Self::CAPACITY].into_boxed_slice(),
         }
+    }
+
+    fn slot_index(&self, key: u64) -> usize {
+        let mixed = (key ^ self.seed).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        // The top bits of the product depend on every bit of the key.
+        (mixed >> 55) as usize % Self::CAPACITY
     }
 
     fn validate(&mut self, epoch: u64) {
-        if epoch != self.epoch {
-            self.entries.clear();
-            self.epoch = epoch;
-        }
+        self.epoch = epoch;
     }
 
     fn fresh(&self, key: u64, now_ms: u64) -> Option<Cached> {
-        let (value, at_ms) = self.entries.get(&key)?;
-        (now_ms.saturating_sub(*at_ms) < self.refresh_ms && *at_ms <= now_ms).then_some(*value)
+        let slot = self.slots.get(self.slot_index(key))?;
+        (slot.epoch == self.epoch
+            && slot.epoch != NO_EPOCH
+            && slot.key == key
+            && now_ms.saturating_sub(slot.at_ms) < self.refresh_ms
+            && slot.at_ms <= now_ms)
+            .then_some(slot.value)
     }
 
     /// Remembers an answer read from the table at `epoch` (read before the
     /// table was consulted, so a change in between invalidates it).
     fn remember(&mut self, epoch: u64, key: u64, value: Cached, now_ms: u64) {
-        if epoch != self.epoch {
+        if epoch != self.epoch || epoch == NO_EPOCH {
             return;
         }
-        if self.entries.len() >= Self::CAPACITY {
-            self.entries.clear();
+        let index = self.slot_index(key);
+        if let Some(slot) = self.slots.get_mut(index) {
+            *slot = Slot {
+                key,
+                epoch,
+                at_ms: now_ms,
+                value,
+            };
         }
-        self.entries.insert(key, (value, now_ms));
     }
 }
 

@@ -12,7 +12,10 @@
 //! it when the flow is its own. A flow therefore always takes the same path
 //! through one worker, so its frames never reorder, while many flows spread
 //! over all workers. A worker sends to transmit queue `worker % tx_queues`
-//! of each egress port.
+//! of each egress port. A port with a queue per worker whose outside puts
+//! each flow on the queue its worker polls (as RSS in a NIC or a
+//! multi-queue guest does) needs no hand-off at all, and each worker then
+//! sends on a transmit queue of its own.
 //!
 //! Queues are bounded and the switch never blocks on one for long: when an
 //! inbox or a transmit queue is full, the worker retries for at most
@@ -47,12 +50,13 @@ use vswitch_ports::{Port, PortCapabilities, SendError};
 
 use crate::dispatch::{flow_hash, worker_for_hash};
 use crate::egress::{adapt_for_egress, has_offload_work, EgressEngine};
-use crate::ethernet::retag;
+use crate::ethernet::{retag, VlanTag};
 use crate::fdb::{Learned, LookupCache};
 use crate::forward::{
     DropReason, Egress, Forwarder, ForwarderConfig, PortId, PortProfile, PortSet,
 };
 use crate::stats::{PortCounters, PortStats, WorkerCounters, WorkerStats};
+use crate::vlan::VlanId;
 
 /// Settings of a [`Switch`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -630,6 +634,16 @@ impl Worker {
     }
 }
 
+/// Whether [`retag`] leaves a frame that arrived with `ingress_tag` as it
+/// is when it leaves with `tag`.
+fn unchanged_by(ingress_tag: Option<VlanTag>, tag: Option<VlanId>) -> bool {
+    match (ingress_tag, tag) {
+        (None, None) => true,
+        (Some(current), Some(vlan)) => current.vid() == vlan.get(),
+        _ => false,
+    }
+}
+
 /// Counts a worker out of the polling workers when it leaves its polling
 /// loop, by returning or by unwinding, so the others do not wait for it.
 struct PollingGuard<'a>(&'a Shared);
@@ -805,17 +819,37 @@ impl Round<'_> {
             }
         }
         // At most two versions of the frame: untagged and tagged with its
-        // VLAN; every port of a kind shares one buffer.
+        // VLAN; every port of a kind shares one buffer. A frame that leaves
+        // unchanged through its last egress port is moved there, not cloned
+        // (the common case of one unicast destination).
+        let mut original = Some(packet);
         let mut untagged: Option<Packet> = None;
         let mut tagged: Option<Packet> = None;
-        for out in &scratch.egress {
-            let version = match out.tag {
-                None => untagged.get_or_insert_with(|| retag(&packet, decision.ingress_tag, None)),
-                Some(vlan) => {
-                    tagged.get_or_insert_with(|| retag(&packet, decision.ingress_tag, Some(vlan)))
+        let count = scratch.egress.len();
+        for (i, out) in scratch.egress.iter().enumerate() {
+            let version = if unchanged_by(decision.ingress_tag, out.tag) {
+                let moved = if i + 1 == count {
+                    original.take()
+                } else {
+                    None
+                };
+                match moved.or_else(|| original.clone()) {
+                    Some(packet) => packet,
+                    None => continue,
                 }
-            }
-            .clone();
+            } else {
+                let Some(packet) = original.as_ref() else {
+                    continue;
+                };
+                match out.tag {
+                    None => {
+                        untagged.get_or_insert_with(|| retag(packet, decision.ingress_tag, None))
+                    }
+                    Some(vlan) => tagged
+                        .get_or_insert_with(|| retag(packet, decision.ingress_tag, Some(vlan))),
+                }
+                .clone()
+            };
             match table.live(out.port) {
                 Some(port) => {
                     self.transmit(&mut scratch.engine, &mut scratch.adapted, port, version)
