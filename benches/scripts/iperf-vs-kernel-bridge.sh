@@ -10,6 +10,7 @@
 # checksum errors the receiving kernel counted (must be 0). Needs root.
 #
 #   bash benches/scripts/iperf-vs-kernel-bridge.sh [SECONDS] [STREAMS]
+#   VSW_QUEUES=N opens each TAP with N queues (IFF_MULTI_QUEUE).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 seconds="${1:-5}"
@@ -55,7 +56,7 @@ through_switch() {
     local tap_a="${VSW_PREFIX}ta" tap_b="${VSW_PREFIX}tb"
     vsw_make_ns "$VSW_NS_A"; vsw_make_ns "$VSW_NS_B"
     "$bin" run --tap "$tap_a:offload=tso" --tap "$tap_b:offload=$receiver_offload" \
-        --stats-interval 0 >"/tmp/${VSW_PREFIX}-switch.log" 2>&1 &
+        --queues "${VSW_QUEUES:-1}" --stats-interval 0 >"/tmp/${VSW_PREFIX}-switch.log" 2>&1 &
     switch_pid=$!
     for _ in $(seq 100); do
         ip link show "$tap_b" >/dev/null 2>&1 && break

@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
 use vswitch_offload::virtio::{HdrFormat, VirtioNetHdr};
 use vswitch_offload::{EgressCapabilities, Packet};
 
@@ -253,8 +255,95 @@ impl AsFd for TapQueue {
 pub const TAP_MAX_FRAME: usize = 65_535 + 22;
 
 /// Receive buffers are carved out of chunks of this size, so a burst of
-/// small frames costs one allocation, not one per frame.
-const RX_CHUNK: usize = 1 << 20;
+/// frames costs no allocation per frame.
+const RX_CHUNK: usize = 256 * 1024;
+
+/// Most frozen chunks a queue keeps for recycling.
+const RX_POOL_LIMIT: usize = 64;
+
+/// Chunks tried for recycling before a new one is allocated.
+const RX_POOL_PROBES: usize = 4;
+
+/// Receive buffers of one queue.
+///
+/// Frames are read into a full-length, initialised chunk; at the end of a
+/// burst the chunk is frozen once and each frame is a slice of it. The
+/// frozen chunks are kept: once every frame cut from one has been dropped
+/// (sent, or delivered and released), it is unique again and is taken back
+/// whole and still initialised, so steady-state receive allocates, zeroes
+/// and page-faults nothing.
+#[derive(Debug, Default)]
+struct RxBuffers {
+    chunk: Option<BytesMut>,
+    used: usize,
+    ranges: Vec<(usize, usize, VirtioNetHdr)>,
+    pool: VecDeque<Bytes>,
+}
+
+impl RxBuffers {
+    /// Room for one more frame of up to [`TAP_MAX_FRAME`] bytes, sealing the
+    /// current chunk into `batch` when it has too little.
+    fn room(&mut self, batch: &mut Vec<Packet>) -> &mut [u8] {
+        let enough = self
+            .chunk
+            .as_ref()
+            .is_some_and(|chunk| chunk.len() - self.used >= TAP_MAX_FRAME);
+        if !enough {
+            self.seal(batch);
+            self.chunk = Some(self.fresh_chunk());
+            self.used = 0;
+        }
+        let used = self.used;
+        let chunk = self.chunk.get_or_insert_with(|| BytesMut::zeroed(RX_CHUNK));
+        &mut chunk[used..used + TAP_MAX_FRAME]
+    }
+
+    /// Records the frame of `len` bytes just read into [`room`](Self::room).
+    fn commit(&mut self, len: usize, hdr: VirtioNetHdr) {
+        let start = self.used;
+        self.used += len;
+        self.ranges.push((start, start + len, hdr));
+    }
+
+    /// Freezes the current chunk and appends its frames to `batch`.
+    fn seal(&mut self, batch: &mut Vec<Packet>) {
+        if self.ranges.is_empty() {
+            return;
+        }
+        if let Some(chunk) = self.chunk.take() {
+            let whole = chunk.freeze();
+            for (start, end, hdr) in self.ranges.drain(..) {
+                batch.push(Packet {
+                    hdr,
+                    data: whole.slice(start..end),
+                });
+            }
+            if self.pool.len() >= RX_POOL_LIMIT {
+                self.pool.pop_front();
+            }
+            self.pool.push_back(whole);
+        }
+        self.ranges.clear();
+        self.used = 0;
+    }
+
+    fn fresh_chunk(&mut self) -> BytesMut {
+        for _ in 0..RX_POOL_PROBES.min(self.pool.len()) {
+            let Some(candidate) = self.pool.pop_front() else {
+                break;
+            };
+            if candidate.is_unique() {
+                match candidate.try_into_mut() {
+                    Ok(chunk) => return chunk,
+                    Err(candidate) => self.pool.push_back(candidate),
+                }
+            } else {
+                self.pool.push_back(candidate);
+            }
+        }
+        BytesMut::zeroed(RX_CHUNK)
+    }
+}
 
 /// Counters of a [`TapPort`] that the switch's statistics do not see.
 #[derive(Debug, Default)]
@@ -274,7 +363,7 @@ struct TapCounters {
 pub struct TapPort {
     name: String,
     queues: Vec<TapQueue>,
-    rx_buffers: Vec<Mutex<BytesMut>>,
+    rx_buffers: Vec<Mutex<RxBuffers>>,
     caps: PortCapabilities,
     counters: TapCounters,
 }
@@ -321,7 +410,10 @@ impl TapPort {
         };
         TapPort {
             name: queues[0].name().to_string(),
-            rx_buffers: queues.iter().map(|_| Mutex::new(BytesMut::new())).collect(),
+            rx_buffers: queues
+                .iter()
+                .map(|_| Mutex::new(RxBuffers::default()))
+                .collect(),
             queues,
             caps,
             counters: TapCounters::default(),
@@ -375,29 +467,23 @@ impl Port for TapPort {
         max: usize,
     ) -> Result<usize, PortError> {
         let tap = self.queue("rx", queue)?;
-        let mut chunk = self.rx_buffers[queue]
+        let mut buffers = self.rx_buffers[queue]
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let mut moved = 0;
-        while moved < max {
-            if chunk.len() < TAP_MAX_FRAME {
-                // A fresh chunk; the old one lives on in the frames cut from it.
-                *chunk = BytesMut::zeroed(RX_CHUNK);
-            }
+        let before = batch.len();
+        let mut read = 0;
+        while read < max {
             let mut hdr = [0u8; TAP_VNET_HDR_LEN];
-            match tap.recv(&mut hdr, &mut chunk[..TAP_MAX_FRAME]) {
-                Ok(Some(len)) => {
-                    let data = chunk.split_to(len).freeze();
-                    match VirtioNetHdr::parse(&hdr, HdrFormat::V1) {
-                        Ok((hdr, _)) => {
-                            batch.push(Packet { hdr, data });
-                            moved += 1;
-                        }
-                        Err(_) => {
-                            self.counters.rx_errors.fetch_add(1, Ordering::Relaxed);
-                        }
+            match tap.recv(&mut hdr, buffers.room(batch)) {
+                Ok(Some(len)) => match VirtioNetHdr::parse(&hdr, HdrFormat::V1) {
+                    Ok((hdr, _)) => {
+                        buffers.commit(len, hdr);
+                        read += 1;
                     }
-                }
+                    Err(_) => {
+                        self.counters.rx_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                },
                 Ok(None) => break,
                 Err(_) => {
                     self.counters.rx_errors.fetch_add(1, Ordering::Relaxed);
@@ -405,7 +491,8 @@ impl Port for TapPort {
                 }
             }
         }
-        Ok(moved)
+        buffers.seal(batch);
+        Ok(batch.len() - before)
     }
 
     fn send(&self, queue: usize, packet: Packet) -> Result<(), SendError> {
