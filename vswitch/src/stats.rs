@@ -6,7 +6,7 @@
 //!
 //! Every counter has one writer: a port's counters have a lane per worker
 //! and a worker's counters are its own, so a count is a plain load and
-//! store ([`bump`]) rather than a locked read-modify-write, which would cost
+//! store (`bump`) rather than a locked read-modify-write, which would cost
 //! more than the rest of a small frame's bookkeeping. Readers still see
 //! every value whole. Counting into one lane from two threads at once would
 //! lose counts: only the worker a lane belongs to counts in it.
