@@ -29,6 +29,7 @@ use vswitch_offload::virtio::{FLAG_NEEDS_CSUM, GSO_NONE, GSO_TCPV4};
 use vswitch_offload::{EgressCapabilities, FrameLayout, L4Kind, Packet, VirtioNetHdr};
 use vswitch_ports::memory::{memory_port, MemoryEndpoint, MemoryPortConfig};
 
+use crate::cli::{number, value};
 use crate::dispatch::{flow_hash, worker_for_hash};
 use crate::{PortId, PortProfile, Switch, SwitchConfig, VlanId};
 
@@ -92,17 +93,6 @@ impl Default for DemoOptions {
             egress_offload: EgressOffload::None,
         }
     }
-}
-
-fn value<'a>(args: &mut impl Iterator<Item = &'a String>, flag: &str) -> Result<&'a str, String> {
-    args.next()
-        .map(String::as_str)
-        .ok_or_else(|| format!("{flag} needs a value"))
-}
-
-fn number<T: std::str::FromStr>(text: &str, flag: &str) -> Result<T, String> {
-    text.parse()
-        .map_err(|_| format!("{flag}: expected a number, found {text:?}"))
 }
 
 impl DemoOptions {

@@ -34,6 +34,7 @@ pub mod pcap_segment;
 pub use vswitch_offload as offload;
 pub use vswitch_ports as ports;
 
+mod cli;
 pub mod demo;
 pub mod dispatch;
 pub mod egress;

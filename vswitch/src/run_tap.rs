@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use vswitch_ports::sys;
 use vswitch_ports::tap::{TapOffloads, TapPort};
 
+use crate::cli::{number, value};
 use crate::{PortProfile, Switch, SwitchConfig, SwitchStats, VlanId};
 
 /// Usage text of `vswitch run`.
@@ -101,17 +102,6 @@ pub struct RunOptions {
     pub mtu: u16,
     /// Seconds between statistics lines; zero for none until exit.
     pub stats_interval: f64,
-}
-
-fn value<'a>(args: &mut impl Iterator<Item = &'a String>, flag: &str) -> Result<&'a str, String> {
-    args.next()
-        .map(String::as_str)
-        .ok_or_else(|| format!("{flag} needs a value"))
-}
-
-fn number<T: std::str::FromStr>(text: &str, flag: &str) -> Result<T, String> {
-    text.parse()
-        .map_err(|_| format!("{flag}: expected a number, found {text:?}"))
 }
 
 impl RunOptions {
