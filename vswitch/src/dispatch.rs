@@ -4,114 +4,9 @@
 
 use std::sync::OnceLock;
 
-use vswitch_offload::rss::{ToeplitzTable, DEFAULT_KEY};
-
-/// EtherType of IPv4.
-const ETHERTYPE_IPV4: u16 = 0x0800;
-/// EtherType of IPv6.
-const ETHERTYPE_IPV6: u16 = 0x86dd;
-const PROTO_TCP: u8 = 6;
-const PROTO_UDP: u8 = 17;
-
-/// The flow key of a frame: what [`flow_hash`] hashes.
-///
-/// For IPv4 and IPv6 carrying TCP or UDP: source and destination address
-/// and port (the 4-tuple RSS hashes). For other IP packets, and for IPv4
-/// fragments (whose later pieces have no ports): the two addresses. For
-/// anything else: the two MAC addresses and the EtherType.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FlowKey<'a> {
-    /// Addresses (4 or 16 bytes each) and, when the transport header is
-    /// present, source and destination port.
-    Ip {
-        /// Source address bytes.
-        src: &'a [u8],
-        /// Destination address bytes.
-        dst: &'a [u8],
-        /// Source and destination port.
-        ports: Option<(u16, u16)>,
-    },
-    /// A non-IP frame: destination and source MAC, EtherType.
-    Ethernet {
-        /// The first 12 bytes of the frame.
-        macs: &'a [u8],
-        /// The EtherType after the VLAN tags.
-        ethertype: u16,
-    },
-    /// Fewer than 14 bytes: nothing to key on.
-    Runt,
-}
-
-fn be16(frame: &[u8], at: usize) -> Option<u16> {
-    let bytes = frame.get(at..at.checked_add(2)?)?;
-    Some(u16::from_be_bytes([*bytes.first()?, *bytes.get(1)?]))
-}
-
-/// Reads the flow key of a frame. Every read is bounds-checked; a frame too
-/// short for a header falls back to the key of the layer below.
-pub fn flow_key(frame: &[u8]) -> FlowKey<'_> {
-    let Some(macs) = frame.get(..12) else {
-        return FlowKey::Runt;
-    };
-    let mut offset = 12;
-    let mut ethertype = match be16(frame, offset) {
-        Some(value) => value,
-        None => return FlowKey::Runt,
-    };
-    // Up to two VLAN tags (802.1Q, 802.1ad, or the older QinQ TPID).
-    for _ in 0..2 {
-        if !crate::ethernet::is_vlan_tpid(ethertype) {
-            break;
-        }
-        offset += 4;
-        match be16(frame, offset) {
-            Some(value) => ethertype = value,
-            None => return FlowKey::Ethernet { macs, ethertype },
-        }
-    }
-    let l3 = offset + 2;
-    let ip = match ethertype {
-        ETHERTYPE_IPV4 => ipv4_key(frame, l3),
-        ETHERTYPE_IPV6 => ipv6_key(frame, l3),
-        _ => None,
-    };
-    ip.unwrap_or(FlowKey::Ethernet { macs, ethertype })
-}
-
-fn ipv4_key(frame: &[u8], l3: usize) -> Option<FlowKey<'_>> {
-    let header = frame.get(l3..l3 + 20)?;
-    let ihl = usize::from(header.first()? & 0x0f) * 4;
-    let src = header.get(12..16)?;
-    let dst = header.get(16..20)?;
-    let flags_fragment = be16(header, 6)?;
-    let fragment = flags_fragment & 0x3fff != 0; // MF or a non-zero offset
-    let protocol = *header.get(9)?;
-    let ports = if ihl >= 20 && !fragment && matches!(protocol, PROTO_TCP | PROTO_UDP) {
-        transport_ports(frame, l3 + ihl)
-    } else {
-        None
-    };
-    Some(FlowKey::Ip { src, dst, ports })
-}
-
-fn ipv6_key(frame: &[u8], l3: usize) -> Option<FlowKey<'_>> {
-    let header = frame.get(l3..l3 + 40)?;
-    let next_header = *header.get(6)?;
-    let src = header.get(8..24)?;
-    let dst = header.get(24..40)?;
-    // Ports only when TCP or UDP follows the fixed header directly; with
-    // extension headers in between the two addresses are the key.
-    let ports = if matches!(next_header, PROTO_TCP | PROTO_UDP) {
-        transport_ports(frame, l3 + 40)
-    } else {
-        None
-    };
-    Some(FlowKey::Ip { src, dst, ports })
-}
-
-fn transport_ports(frame: &[u8], l4: usize) -> Option<(u16, u16)> {
-    Some((be16(frame, l4)?, be16(frame, l4 + 2)?))
-}
+use vswitch_offload::rss::{FlowKey, ToeplitzTable, DEFAULT_KEY};
+use vswitch_offload::wire::L2Header;
+use vswitch_offload::FrameLayout;
 
 /// The Toeplitz table of the default RSS key, built on first use.
 fn rss_table() -> &'static ToeplitzTable {
@@ -121,38 +16,31 @@ fn rss_table() -> &'static ToeplitzTable {
 
 /// The flow hash of a frame, from which its worker is chosen.
 ///
-/// It is the RSS hash: Toeplitz with the default key over the
-/// [`FlowKey`] in the order the RSS specification gives (source address,
-/// destination address, then source and destination port when present),
-/// so the switch and a NIC or guest doing RSS with the same key agree on a
-/// flow's hash. Frames that are not IP hash their MAC addresses and
-/// EtherType the same way. Any frame, even a runt, gets a hash; this
-/// never panics.
+/// It is the RSS hash: Toeplitz with the default key over the flow key of
+/// [`vswitch_offload::rss`] (source and destination address, then source
+/// and destination port for TCP and UDP that are not fragments), so the
+/// switch and a NIC or guest doing RSS with the same key agree on a flow's
+/// hash. Frames that are not IP, or whose headers do not parse, hash their
+/// MAC addresses and EtherType the same way. Any frame, even a runt, gets
+/// a hash; this never panics.
 pub fn flow_hash(frame: &[u8]) -> u32 {
-    let mut input = [0u8; 36];
-    let mut len = 0;
-    let mut push = |bytes: &[u8]| {
-        if let Some(slot) = input.get_mut(len..len + bytes.len()) {
-            slot.copy_from_slice(bytes);
-            len += bytes.len();
-        }
-    };
-    match flow_key(frame) {
-        FlowKey::Ip { src, dst, ports } => {
-            push(src);
-            push(dst);
-            if let Some((sport, dport)) = ports {
-                push(&sport.to_be_bytes());
-                push(&dport.to_be_bytes());
-            }
-        }
-        FlowKey::Ethernet { macs, ethertype } => {
-            push(macs);
-            push(&ethertype.to_be_bytes());
-        }
-        FlowKey::Runt => {}
+    let ip_key = FrameLayout::parse(frame)
+        .ok()
+        .and_then(|layout| FlowKey::from_frame(frame, &layout).ok());
+    if let Some(key) = ip_key {
+        return rss_table().hash(key.as_bytes());
     }
-    rss_table().hash(input.get(..len).unwrap_or(&[]))
+    let mut input = [0u8; 14];
+    let macs = frame.get(..12).unwrap_or(&[]);
+    input[..macs.len()].copy_from_slice(macs);
+    let len = match L2Header::parse(frame) {
+        Ok(l2) => {
+            input[12..14].copy_from_slice(&l2.ethertype.to_be_bytes());
+            14
+        }
+        Err(_) => macs.len(),
+    };
+    rss_table().hash(&input[..len])
 }
 
 /// The worker, out of `workers`, that handles flows with hash `hash`.
@@ -178,34 +66,37 @@ mod tests {
         if fragment {
             ip[6] = 0x20; // MF
         }
-        ip[9] = PROTO_TCP;
+        ip[9] = 6; // TCP
         ip[12..16].copy_from_slice(&[10, 0, 0, 1]);
         ip[16..20].copy_from_slice(&[10, 0, 0, 2]);
         frame.extend_from_slice(&ip);
         frame.extend_from_slice(&src_port.to_be_bytes());
         frame.extend_from_slice(&80u16.to_be_bytes());
-        frame.extend_from_slice(&[0; 16]);
+        let mut rest = [0u8; 16];
+        rest[8] = 5 << 4; // data offset: a 20-byte TCP header
+        frame.extend_from_slice(&rest);
         frame
+    }
+
+    /// The RSS hash of the test flow's addresses, then ports if given.
+    fn rss_of(ports: Option<(u16, u16)>) -> u32 {
+        use vswitch_offload::rss::toeplitz_hash;
+        let mut input = vec![10, 0, 0, 1, 10, 0, 0, 2];
+        if let Some((sport, dport)) = ports {
+            input.extend_from_slice(&sport.to_be_bytes());
+            input.extend_from_slice(&dport.to_be_bytes());
+        }
+        toeplitz_hash(&DEFAULT_KEY, &input)
     }
 
     #[test]
     fn key_reads_addresses_and_ports_through_tags() {
         for tags in 0..=2 {
             let frame = ipv4_tcp(1234, tags, false);
-            assert_eq!(
-                flow_key(&frame),
-                FlowKey::Ip {
-                    src: &[10, 0, 0, 1],
-                    dst: &[10, 0, 0, 2],
-                    ports: Some((1234, 80))
-                }
-            );
+            assert_eq!(flow_hash(&frame), rss_of(Some((1234, 80))));
         }
         let fragment = ipv4_tcp(1234, 0, true);
-        assert!(matches!(
-            flow_key(&fragment),
-            FlowKey::Ip { ports: None, .. }
-        ));
+        assert_eq!(flow_hash(&fragment), rss_of(None));
     }
 
     #[test]
@@ -241,19 +132,20 @@ mod tests {
 
     #[test]
     fn truncated_frames_fall_back_without_panicking() {
+        use vswitch_offload::rss::toeplitz_hash;
         let full = ipv4_tcp(1, 2, false);
         for len in 0..full.len() {
             let _ = flow_hash(&full[..len]);
-            let _ = flow_key(&full[..len]);
         }
-        assert_eq!(flow_key(&full[..5]), FlowKey::Runt);
-        assert!(matches!(
-            flow_key(&full[..30]),
-            FlowKey::Ethernet {
-                ethertype: 0x0800,
-                ..
-            }
-        ));
+        // A runt has nothing to key on.
+        assert_eq!(flow_hash(&full[..5]), toeplitz_hash(&DEFAULT_KEY, &[]));
+        // Tags but no complete IP header: the MACs and the inner EtherType.
+        let mut macs_and_type = full[..12].to_vec();
+        macs_and_type.extend_from_slice(&0x0800u16.to_be_bytes());
+        assert_eq!(
+            flow_hash(&full[..30]),
+            toeplitz_hash(&DEFAULT_KEY, &macs_and_type)
+        );
         assert_eq!(worker_for_hash(u32::MAX, 0), 0);
         assert_eq!(worker_for_hash(u32::MAX, 8), 7);
     }
@@ -291,12 +183,14 @@ mod proptests {
             a.extend_from_slice(&tail_a);
             b.extend_from_slice(&tail_b);
             prop_assert_eq!(flow_hash(&a), flow_hash(&b));
-            let key = flow_key(&a);
-            let ports = match key {
-                FlowKey::Ip { ports, .. } => ports,
-                _ => None,
-            };
-            prop_assert_eq!(ports, Some((sport, 53)));
+            // The ports are part of the key: the hash is the 4-tuple's.
+            let mut input = vec![0xfd; 32];
+            input.extend_from_slice(&sport.to_be_bytes());
+            input.extend_from_slice(&53u16.to_be_bytes());
+            prop_assert_eq!(
+                flow_hash(&a),
+                vswitch_offload::rss::toeplitz_hash(&DEFAULT_KEY, &input)
+            );
         }
     }
 }
