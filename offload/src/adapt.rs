@@ -39,6 +39,7 @@ use crate::complete::{complete_checksum_copy, partial_checksum_value, ChecksumEr
 use crate::layout::{FrameLayout, L3Kind};
 use crate::plan::{GsoKind, OffloadPlan, PartialChecksum};
 use crate::segment::{OutputMode, SegmentError, SegmentSink, SegmentSummary, Segmenter, SinkFull};
+use crate::wire::{EthernetError, L2Header, ParseError, VlanError};
 
 /// Why a frame could not be adapted to a port. Each variant has a stable
 /// counter name ([`AdaptError::counter`]).
@@ -106,23 +107,35 @@ pub enum Adapted {
     Segmented(SegmentSummary),
 }
 
-/// Length of the Ethernet header plus up to two VLAN tags, for frames
-/// without a parsed layout.
-fn l2_len(frame: &[u8], layout: Option<&FrameLayout>) -> usize {
+/// Length of the Ethernet header with its VLAN tags: from the layout when
+/// the plan has one, else from walking the tags ([`L2Header::parse`]).
+fn l2_len(frame: &[u8], layout: Option<&FrameLayout>) -> Result<usize, AdaptError> {
     if let Some(layout) = layout {
-        return layout.l3_offset;
+        return Ok(layout.l3_offset);
     }
-    let is_tag = |at: usize| {
-        matches!(
-            frame.get(at..at + 2),
-            Some([0x81, 0x00]) | Some([0x88, 0xa8])
-        )
-    };
-    let mut len = 14;
-    while len < 22 && is_tag(len - 2) {
-        len += 4;
+    match L2Header::parse(frame) {
+        Ok(l2) => Ok(l2.l3_offset),
+        // The walk fails only on a header or tag cut short by the frame's end.
+        Err(err) => {
+            let l2_len = match err {
+                ParseError::Ethernet(EthernetError::Truncated {
+                    offset,
+                    required_len,
+                    ..
+                })
+                | ParseError::Vlan(VlanError::Truncated {
+                    offset,
+                    required_len,
+                    ..
+                }) => offset + required_len,
+                other => other.offset(),
+            };
+            Err(AdaptError::FrameTooShort {
+                len: frame.len(),
+                l2_len,
+            })
+        }
     }
-    len
 }
 
 /// Decides what a frame needs before it leaves through a port with `caps`.
@@ -132,7 +145,7 @@ pub fn decide(
     caps: &EgressCapabilities,
 ) -> Result<Action, AdaptError> {
     if plan.gso == GsoKind::None {
-        let l2_len = l2_len(frame, plan.layout.as_ref());
+        let l2_len = l2_len(frame, plan.layout.as_ref())?;
         let l3_len = frame
             .len()
             .checked_sub(l2_len)
