@@ -18,7 +18,7 @@ use bytes::{Bytes, BytesMut};
 use vswitch_offload::adapt::{adapt, AdaptError, Adapted};
 use vswitch_offload::segment::{SegmentSink, Segmenter, SinkFull};
 use vswitch_offload::virtio::{HdrError, FLAG_NEEDS_CSUM, GSO_ECN, GSO_NONE};
-use vswitch_offload::{EgressCapabilities, Packet};
+use vswitch_offload::{EgressCapabilities, OffloadPlan, Packet};
 
 use crate::ethernet::l2_header_len;
 use crate::forward::DropReason;
@@ -240,6 +240,20 @@ pub fn adapt_for_egress(
     caps: &EgressCapabilities,
     out: &mut Vec<Packet>,
 ) -> Result<EgressWork, EgressError> {
+    adapt_with_plan(engine, packet, None, caps, out)
+}
+
+/// [`adapt_for_egress`] for a caller that already validated the packet's
+/// header against exactly these bytes (the switch does at ingress): `plan`
+/// is that result, reused instead of parsing the headers again. Without a
+/// plan, a packet with offload work is validated here.
+pub fn adapt_with_plan(
+    engine: &mut EgressEngine,
+    packet: Packet,
+    plan: Option<&OffloadPlan>,
+    caps: &EgressCapabilities,
+    out: &mut Vec<Packet>,
+) -> Result<EgressWork, EgressError> {
     if !has_offload_work(&packet) {
         let l3_len = packet.data.len() - l2_header_len(&packet.data);
         if l3_len > usize::from(caps.mtu) {
@@ -251,7 +265,10 @@ pub fn adapt_for_egress(
         out.push(packet);
         return Ok(EgressWork::default());
     }
-    let plan = packet.hdr.validate(&packet.data)?;
+    let plan = match plan {
+        Some(plan) => *plan,
+        None => packet.hdr.validate(&packet.data)?,
+    };
     let EgressEngine { segmenter, sink } = engine;
     sink.out.clear();
     sink.begin(&packet);

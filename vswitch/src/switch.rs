@@ -45,11 +45,11 @@ use std::thread::{self, JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
-use vswitch_offload::Packet;
+use vswitch_offload::{OffloadPlan, Packet};
 use vswitch_ports::{Port, PortCapabilities, SendError};
 
 use crate::dispatch::{flow_hash, worker_for_hash};
-use crate::egress::{adapt_for_egress, has_offload_work, EgressEngine};
+use crate::egress::{adapt_with_plan, has_offload_work, EgressEngine};
 use crate::ethernet::{retag, VlanTag};
 use crate::fdb::{Learned, LookupCache};
 use crate::forward::{
@@ -787,14 +787,23 @@ impl Round<'_> {
         self.counters.handled(packet.data.len());
         let table = self.table;
         // A guest's offload request is checked against its frame once, at
-        // ingress, so a bad one is counted on the port that sent it.
-        if has_offload_work(&packet) && packet.hdr.validate(&packet.data).is_err() {
-            match table.live(ingress) {
-                Some(port) => self.drop_at(port, DropReason::InvalidOffloadHeader),
-                None => self.counters.dropped(DropReason::InvalidOffloadHeader, 1),
+        // ingress, so a bad one is counted on the port that sent it. The
+        // plan is reused at egress for the frame as it is; a retagged copy
+        // (offsets moved by the tag) is checked again there.
+        let plan = if has_offload_work(&packet) {
+            match packet.hdr.validate(&packet.data) {
+                Ok(plan) => Some(plan),
+                Err(_) => {
+                    match table.live(ingress) {
+                        Some(port) => self.drop_at(port, DropReason::InvalidOffloadHeader),
+                        None => self.counters.dropped(DropReason::InvalidOffloadHeader, 1),
+                    }
+                    return;
+                }
             }
-            return;
-        }
+        } else {
+            None
+        };
         let decision = self.shared.forwarder.decide_cached(
             &mut scratch.cache,
             &table.profiles,
@@ -827,7 +836,8 @@ impl Round<'_> {
         let mut tagged: Option<Packet> = None;
         let count = scratch.egress.len();
         for (i, out) in scratch.egress.iter().enumerate() {
-            let version = if unchanged_by(decision.ingress_tag, out.tag) {
+            let unchanged = unchanged_by(decision.ingress_tag, out.tag);
+            let version = if unchanged {
                 let moved = if i + 1 == count {
                     original.take()
                 } else {
@@ -852,7 +862,14 @@ impl Round<'_> {
             };
             match table.live(out.port) {
                 Some(port) => {
-                    self.transmit(&mut scratch.engine, &mut scratch.adapted, port, version)
+                    let plan = if unchanged { plan.as_ref() } else { None };
+                    self.transmit(
+                        &mut scratch.engine,
+                        &mut scratch.adapted,
+                        port,
+                        version,
+                        plan,
+                    )
                 }
                 None => self.counters.dropped(DropReason::EgressPortGone, 1),
             }
@@ -860,20 +877,22 @@ impl Round<'_> {
     }
 
     /// The egress path of one frame to one port: the adaptation seam, then
-    /// the port's send.
+    /// the port's send. `plan` is the frame's validated offload plan when
+    /// the frame is byte for byte the one validated at ingress.
     fn transmit(
         &self,
         engine: &mut EgressEngine,
         adapted: &mut Vec<Packet>,
         port: &LivePort,
         packet: Packet,
+        plan: Option<&OffloadPlan>,
     ) {
         if port.removed.load(Ordering::Acquire) {
             self.drop_at(port, DropReason::EgressPortGone);
             return;
         }
         adapted.clear();
-        match adapt_for_egress(engine, packet, &port.caps.egress, adapted) {
+        match adapt_with_plan(engine, packet, plan, &port.caps.egress, adapted) {
             Err(err) => self.drop_at(port, err.reason()),
             Ok(work) => {
                 port.counters.worked(self.index, &work);
