@@ -727,7 +727,7 @@ mod tests {
     use super::*;
     use crate::checksum::checksum;
     use crate::plan::GsoKind;
-    use crate::rss::tests::layout_of;
+    use crate::segment::testing::layout_of;
     use crate::segment::{SegmentList, SegmentParams, Segmenter};
     use crate::virtio::GSO_NONE;
     use bytes::Bytes;

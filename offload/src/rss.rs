@@ -495,8 +495,9 @@ impl Rss {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
+    use crate::segment::testing::layout_of;
     use proptest::prelude::*;
     use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -647,47 +648,6 @@ pub(crate) mod tests {
         assert_eq!(t.entries(), &[7, 6, 5, 4]);
         t.spread(2).unwrap();
         assert_eq!(t.entries(), &[0, 1, 0, 1]);
-    }
-
-    /// The layout of a test frame, derived from etherparse's slicing (the
-    /// crate's own parser is not used here, so the tests cross-check it).
-    pub(crate) fn layout_of(frame: &[u8]) -> FrameLayout {
-        use etherparse::{NetSlice, SlicedPacket, TransportSlice};
-        let sliced = SlicedPacket::from_ethernet(frame).expect("test frame parses");
-        let offset = |s: &[u8]| s.as_ptr() as usize - frame.as_ptr() as usize;
-        let vlan_tags = sliced.link_exts.len() as u8;
-        let l3_offset = 14 + 4 * usize::from(vlan_tags);
-        let (l3, payload, fragment, ipv6_fragment_header) = match sliced.net.as_ref().unwrap() {
-            NetSlice::Ipv4(ip) => (
-                L3Kind::Ipv4,
-                ip.payload().clone(),
-                ip.is_payload_fragmented(),
-                None,
-            ),
-            NetSlice::Ipv6(ip) => (
-                L3Kind::Ipv6,
-                ip.payload().clone(),
-                ip.is_payload_fragmented(),
-                None,
-            ),
-            NetSlice::Arp(_) => panic!("not IP"),
-        };
-        let l4_offset = offset(payload.payload);
-        let (l4, payload_offset) = match &sliced.transport {
-            Some(TransportSlice::Tcp(tcp)) => (Some(L4Kind::Tcp), l4_offset + tcp.header_len()),
-            Some(TransportSlice::Udp(_)) => (Some(L4Kind::Udp), l4_offset + 8),
-            _ => (None, l4_offset),
-        };
-        FrameLayout {
-            vlan_tags,
-            l3_offset,
-            l3,
-            l4_offset,
-            l4,
-            payload_offset,
-            ipv6_fragment_header,
-            is_fragment: fragment,
-        }
     }
 
     fn tcp4_frame(
