@@ -10,7 +10,7 @@ use std::time::Duration;
 use switch_support::*;
 use vswitch::ethernet::build_frame;
 use vswitch::{DropReason, MacAddr, PortProfile, VlanId};
-use vswitch_offload::virtio::{FLAG_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6};
+use vswitch_offload::virtio::GSO_TCPV6;
 use vswitch_offload::{Packet, VirtioNetHdr};
 use vswitch_ports::{memory_port, MemoryPortConfig};
 
@@ -44,23 +44,8 @@ fn bad_frames_are_dropped_and_counted_while_flows_keep_moving() {
     let good = flow_frame(mac_b, mac_a, 0, 0).data;
     // A well-formed TCP/IPv4 frame from A to B with a TSO header, for
     // headers that lie about it.
-    let mut ip = vec![0u8; 20 + 20 + 3000];
-    ip[0] = 0x45;
-    ip[8] = 64;
-    ip[9] = 6;
-    ip[12..16].copy_from_slice(&[198, 18, 0, 1]);
-    ip[16..20].copy_from_slice(&[198, 18, 0, 2]);
-    ip[32] = 5 << 4;
-    let tcp_frame = build_frame(mac_b, mac_a, None, 0x0800, &ip);
-    let tso = VirtioNetHdr {
-        flags: FLAG_NEEDS_CSUM,
-        gso_type: GSO_TCPV4,
-        hdr_len: 54,
-        gso_size: 1448,
-        csum_start: 34,
-        csum_offset: 16,
-        num_buffers: 0,
-    };
+    let tcp_frame = tcp4_frame(mac_b, mac_a, 20 + 20 + 3000);
+    let tso = TSO4;
     let lying = |hdr: VirtioNetHdr| Packet::with_hdr(hdr, tcp_frame.clone());
     let bad: Vec<(Packet, DropReason)> = vec![
         (

@@ -9,7 +9,7 @@ use std::time::Duration;
 use switch_support::*;
 use vswitch::ethernet::{build_frame, EthernetHeader};
 use vswitch::{DropReason, MacAddr, PortProfile, VlanId, VlanSet};
-use vswitch_offload::virtio::{FLAG_NEEDS_CSUM, GSO_TCPV4};
+
 use vswitch_offload::{EgressCapabilities, Packet, VirtioNetHdr};
 use vswitch_ports::{memory_port, MemoryPortConfig};
 
@@ -112,26 +112,9 @@ fn egress_passes_what_a_port_can_finish_and_segments_the_rest() {
         .unwrap();
 
     // A 64 KiB TSO frame with a partial checksum, flooded to both.
-    let hdr = VirtioNetHdr {
-        flags: FLAG_NEEDS_CSUM,
-        gso_type: GSO_TCPV4,
-        hdr_len: 54,
-        gso_size: 1448,
-        csum_start: 34,
-        csum_offset: 16,
-        num_buffers: 0,
-    };
     // IPv4 (20 bytes) + TCP (20 bytes) + payload: 65 000 bytes of IP packet.
-    let mut ip = vec![0u8; 65_000];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&65_000u16.to_be_bytes());
-    ip[8] = 64;
-    ip[9] = 6;
-    ip[12..16].copy_from_slice(&[198, 18, 0, 1]);
-    ip[16..20].copy_from_slice(&[198, 18, 0, 2]);
-    ip[32] = 5 << 4;
-    ip[33] = 0x10;
-    let tso = build_frame(MacAddr::BROADCAST, mac(1, 1), None, 0x0800, &ip);
+    let hdr = TSO4;
+    let tso = tcp4_frame(MacAddr::BROADCAST, mac(1, 1), 65_000);
     guest.try_inject(0, Packet::with_hdr(hdr, tso)).unwrap();
     let got = expect_one(&full);
     // The trunk port got it tagged, with the offsets moved by the tag.

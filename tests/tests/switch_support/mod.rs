@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use vswitch::ethernet::build_frame;
 use vswitch::{MacAddr, Switch, SwitchConfig};
-use vswitch_offload::Packet;
+use vswitch_offload::virtio::{FLAG_NEEDS_CSUM, GSO_TCPV4};
+use vswitch_offload::{Packet, VirtioNetHdr};
 use vswitch_ports::MemoryEndpoint;
 
 /// The marker at the start of every flow frame's payload.
@@ -195,4 +196,31 @@ pub fn expect_one(endpoint: &MemoryEndpoint) -> Packet {
     endpoint
         .collect_timeout(Duration::from_secs(10))
         .expect("a frame arrives")
+}
+
+/// The virtio-net header of a TSO request for an untagged TCP/IPv4 frame
+/// with 20-byte headers: partial checksum at the TCP header, MSS 1448.
+pub const TSO4: VirtioNetHdr = VirtioNetHdr {
+    flags: FLAG_NEEDS_CSUM,
+    gso_type: GSO_TCPV4,
+    hdr_len: 54,
+    gso_size: 1448,
+    csum_start: 34,
+    csum_offset: 16,
+    num_buffers: 0,
+};
+
+/// An untagged TCP/IPv4 frame (198.18.0.1 to 198.18.0.2, ACK, 20-byte IP
+/// and TCP headers) whose IP packet is `ip_len` bytes, the payload zeros.
+pub fn tcp4_frame(dst: MacAddr, src: MacAddr, ip_len: u16) -> bytes::Bytes {
+    let mut ip = vec![0u8; usize::from(ip_len)];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 6;
+    ip[12..16].copy_from_slice(&[198, 18, 0, 1]);
+    ip[16..20].copy_from_slice(&[198, 18, 0, 2]);
+    ip[32] = 5 << 4;
+    ip[33] = 0x10;
+    build_frame(dst, src, None, 0x0800, &ip)
 }
