@@ -509,6 +509,18 @@ impl VirtioNetHdr {
         self.flags & FLAG_NEEDS_CSUM != 0
     }
 
+    /// Whether the header asks for segmentation (any GSO type, the ECN bit
+    /// aside).
+    pub const fn is_gso(&self) -> bool {
+        self.gso_type & !GSO_ECN != GSO_NONE
+    }
+
+    /// Whether the frame still has offload work: a partial checksum or
+    /// segmentation. A header without either describes a finished frame.
+    pub const fn has_offload_work(&self) -> bool {
+        self.needs_csum() || self.is_gso()
+    }
+
     /// Checks this header against the frame it came with, applying every
     /// rule of the reject list, and says what to do with the frame.
     ///

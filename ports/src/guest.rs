@@ -87,9 +87,7 @@ use bytes::{Bytes, BytesMut};
 use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError, TrySendError};
 use vswitch_offload::adapt::{adapt, AdaptError, Adapted};
 use vswitch_offload::segment::{SegmentList, Segmenter};
-use vswitch_offload::virtio::{
-    HdrError, HdrFormat, FLAG_NEEDS_CSUM, GSO_ECN, GSO_NONE, HDR_LEN_V1, MAX_L3_LEN,
-};
+use vswitch_offload::virtio::{HdrError, HdrFormat, HDR_LEN_V1, MAX_L3_LEN};
 use vswitch_offload::{EgressCapabilities, Packet, VirtioNetHdr};
 
 use crate::features::{FeatureError, Features, GuestOffloads, HostOffloads, Negotiated};
@@ -482,10 +480,6 @@ fn gather(chain: &[&[u8]], mut skip: usize, out: &mut [u8]) -> usize {
     filled
 }
 
-fn has_offload_work(hdr: &VirtioNetHdr) -> bool {
-    hdr.flags & FLAG_NEEDS_CSUM != 0 || hdr.gso_type & !GSO_ECN != GSO_NONE
-}
-
 impl GuestPort {
     /// A port for a guest that negotiated `negotiated`. Its egress
     /// capabilities are the guest's receive offloads as negotiated, with
@@ -852,7 +846,7 @@ impl GuestQueue<'_> {
     }
 
     fn queue(&self, hdr: VirtioNetHdr, frame: Bytes) -> Result<(), GuestTxError> {
-        if has_offload_work(&hdr) {
+        if hdr.has_offload_work() {
             hdr.validate(&frame)?;
         }
         let len = frame.len();
@@ -948,7 +942,7 @@ impl GuestQueue<'_> {
                     }
                 }
             };
-            if !has_offload_work(&packet.hdr) {
+            if !packet.hdr.has_offload_work() {
                 return Ok(Some(packet));
             }
             let caps = EgressCapabilities {
@@ -1099,6 +1093,7 @@ mod tests {
     use crate::features::Features;
     use std::sync::atomic::AtomicUsize;
     use vswitch_offload::checksum::{checksum, pseudo_header_ipv4};
+    use vswitch_offload::virtio::{FLAG_NEEDS_CSUM, GSO_NONE};
     use vswitch_offload::virtio::{GSO_TCPV4, GSO_TCPV6};
 
     fn all_offloads() -> Features {

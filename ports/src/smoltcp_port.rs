@@ -29,7 +29,6 @@ pub use smoltcp;
 use bytes::BytesMut;
 use smoltcp::phy::{self, ChecksumCapabilities, DeviceCapabilities, Medium};
 use smoltcp::time::Instant;
-use vswitch_offload::virtio::{FLAG_NEEDS_CSUM, GSO_ECN, GSO_NONE};
 use vswitch_offload::{EgressCapabilities, Packet};
 
 use crate::memory::{memory_port, MemoryEndpoint, MemoryPort, MemoryPortConfig};
@@ -107,7 +106,7 @@ impl SmoltcpDevice {
                 .take()
                 .or_else(|| self.endpoint.try_collect())?;
             let hdr = packet.hdr;
-            if hdr.flags & FLAG_NEEDS_CSUM != 0 || hdr.gso_type & !GSO_ECN != GSO_NONE {
+            if hdr.has_offload_work() {
                 self.stats.rx_offload_dropped += 1;
                 continue;
             }
@@ -191,6 +190,7 @@ mod tests {
     use super::*;
     use crate::port::Port;
     use smoltcp::phy::{Device, RxToken, TxToken};
+    use vswitch_offload::virtio::FLAG_NEEDS_CSUM;
     use vswitch_offload::VirtioNetHdr;
 
     #[test]

@@ -17,7 +17,7 @@
 use bytes::{Bytes, BytesMut};
 use vswitch_offload::adapt::{adapt, AdaptError, Adapted};
 use vswitch_offload::segment::{SegmentSink, Segmenter, SinkFull};
-use vswitch_offload::virtio::{HdrError, FLAG_NEEDS_CSUM, GSO_ECN, GSO_NONE};
+use vswitch_offload::virtio::HdrError;
 use vswitch_offload::{EgressCapabilities, OffloadPlan, Packet};
 
 use crate::ethernet::l2_header_len;
@@ -63,11 +63,6 @@ impl EgressError {
             EgressError::Offload(_) => DropReason::OffloadFailed,
         }
     }
-}
-
-/// Whether a frame carries offload work (a partial checksum or GSO).
-pub fn has_offload_work(packet: &Packet) -> bool {
-    packet.hdr.flags & FLAG_NEEDS_CSUM != 0 || packet.hdr.gso_type & !GSO_ECN != GSO_NONE
 }
 
 /// Size of the shared buffers the segments of small frames are cut from.
@@ -123,8 +118,7 @@ struct PacketSink {
 impl PacketSink {
     /// Prepares for the output of `packet`.
     fn begin(&mut self, packet: &Packet) {
-        let gso = packet.hdr.gso_type & !GSO_ECN != GSO_NONE;
-        self.large = gso && packet.data.len() >= POOLED_FRAME;
+        self.large = packet.hdr.is_gso() && packet.data.len() >= POOLED_FRAME;
     }
 
     /// Cuts off every segment written so far into `out`.
@@ -254,7 +248,7 @@ pub fn adapt_with_plan(
     caps: &EgressCapabilities,
     out: &mut Vec<Packet>,
 ) -> Result<EgressWork, EgressError> {
-    if !has_offload_work(&packet) {
+    if !packet.hdr.has_offload_work() {
         let l3_len = packet.data.len() - l2_header_len(&packet.data);
         if l3_len > usize::from(caps.mtu) {
             return Err(EgressError::ExceedsMtu {
@@ -309,6 +303,7 @@ mod tests {
     use super::*;
     use vswitch_offload::checksum::{pseudo_header_ipv4, Checksum};
     use vswitch_offload::virtio::GSO_TCPV4;
+    use vswitch_offload::virtio::{FLAG_NEEDS_CSUM, GSO_NONE};
     use vswitch_offload::{FrameLayout, VirtioNetHdr};
 
     /// An untagged TCP/IPv4 frame with `payload` bytes, its checksum partial

@@ -5,7 +5,6 @@
 //! outer tag is the offload engine's business.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use vswitch_offload::virtio::{FLAG_NEEDS_CSUM, GSO_ECN, GSO_NONE};
 use vswitch_offload::Packet;
 
 use crate::mac::MacAddr;
@@ -182,10 +181,10 @@ fn shift_offsets(packet: &Packet, pushed: bool) -> vswitch_offload::VirtioNetHdr
             value.saturating_sub(VLAN_TAG_LEN as u16)
         }
     };
-    if hdr.flags & FLAG_NEEDS_CSUM != 0 {
+    if hdr.needs_csum() {
         hdr.csum_start = shift(hdr.csum_start);
     }
-    if hdr.gso_type & !GSO_ECN != GSO_NONE || hdr.hdr_len != 0 {
+    if hdr.is_gso() || hdr.hdr_len != 0 {
         hdr.hdr_len = shift(hdr.hdr_len);
     }
     hdr
@@ -215,6 +214,7 @@ pub fn build_frame(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vswitch_offload::virtio::FLAG_NEEDS_CSUM;
     use vswitch_offload::VirtioNetHdr;
 
     const A: MacAddr = MacAddr([2, 0, 0, 0, 0, 0xa]);
@@ -289,6 +289,7 @@ mod tests {
 #[cfg(test)]
 mod proptests {
     use proptest::prelude::*;
+    use vswitch_offload::virtio::FLAG_NEEDS_CSUM;
 
     use super::*;
     use vswitch_offload::VirtioNetHdr;

@@ -49,7 +49,7 @@ use vswitch_offload::{OffloadPlan, Packet};
 use vswitch_ports::{Port, PortCapabilities, SendError};
 
 use crate::dispatch::{flow_hash, worker_for_hash};
-use crate::egress::{adapt_with_plan, has_offload_work, EgressEngine};
+use crate::egress::{adapt_with_plan, EgressEngine};
 use crate::ethernet::{retag, VlanTag};
 use crate::fdb::{Learned, LookupCache};
 use crate::forward::{
@@ -790,7 +790,7 @@ impl Round<'_> {
         // ingress, so a bad one is counted on the port that sent it. The
         // plan is reused at egress for the frame as it is; a retagged copy
         // (offsets moved by the tag) is checked again there.
-        let plan = if has_offload_work(&packet) {
+        let plan = if packet.hdr.has_offload_work() {
             match packet.hdr.validate(&packet.data) {
                 Ok(plan) => Some(plan),
                 Err(_) => {
