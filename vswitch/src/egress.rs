@@ -200,8 +200,9 @@ impl SegmentSink for PacketSink {
         Ok(self.reserve(len))
     }
 
-    /// Ports take contiguous frames, so a scatter-gather segment is
-    /// gathered here (one copy of the payload).
+    /// Ports take contiguous frames, so a scatter-gather segment would be
+    /// gathered here (one copy of the payload). [`adapt_with_plan`] asks for
+    /// copy mode, so it does not reach this; the trait requires it.
     fn scatter_gather(&mut self, header_len: usize, payload: Bytes) -> Result<&mut [u8], SinkFull> {
         let buf = self.reserve(header_len + payload.len());
         let (headers, rest) = buf.split_at_mut(header_len);
@@ -263,10 +264,18 @@ pub fn adapt_with_plan(
         Some(plan) => *plan,
         None => packet.hdr.validate(&packet.data)?,
     };
+    // Ports take each frame as one buffer (`Packet`), so segments are
+    // written whole: copy mode copies and checksums the payload in one
+    // pass, where zero-copy output would be summed, then gathered by a
+    // second pass over it.
+    let caps = EgressCapabilities {
+        scatter_gather: false,
+        ..*caps
+    };
     let EgressEngine { segmenter, sink } = engine;
     sink.out.clear();
     sink.begin(&packet);
-    let result = adapt(segmenter, &packet.data, &plan, caps, sink);
+    let result = adapt(segmenter, &packet.data, &plan, &caps, sink);
     sink.seal();
     match result {
         Ok(Adapted::PassThrough) => {
