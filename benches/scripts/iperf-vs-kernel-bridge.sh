@@ -5,7 +5,9 @@
 #   3. through `vswitch run` with the receiving TAP at offload=none, so the
 #      switch segments and checksums every frame in software; its peer is the
 #      kernel bridge with offloads off on the port towards B, where the
-#      kernel segments and checksums in software.
+#      kernel segments and checksums in software. Once with the TAP's
+#      default kernel receive (NAPI and GRO, gro=1000) and once with gro=off
+#      (every written frame through the receiving stack on its own).
 # Prints Gbit/s for each and the ratio to the kernel bridge, and the TCP/UDP
 # checksum errors the receiving kernel counted (must be 0). Needs root.
 #
@@ -50,12 +52,23 @@ kernel_sw=$(vsw_iperf "$streams" "$seconds")
 kernel_sw_errors=$(vsw_csum_errors "$VSW_NS_B")
 vsw_cleanup
 
+# 1c. The same with GRO on B's veth (off by default), so B's kernel merges
+# the segments before its TCP, as it does behind the switch's TAP with its
+# default NAPI receive: the like-for-like peer of row 3.
+vsw_kernel_bridge
+ip netns exec "$VSW_NS_BR" ethtool -K pb tso off gso off tx off >/dev/null 2>&1
+ip netns exec "$VSW_NS_B" ethtool -K eth0 gro on >/dev/null 2>&1
+ip netns exec "$VSW_NS_A" ping -c 1 -W 2 "$VSW_IP_B" >/dev/null
+kernel_gro=$(vsw_iperf "$streams" "$seconds")
+kernel_gro_errors=$(vsw_csum_errors "$VSW_NS_B")
+vsw_cleanup
+
 # 2 and 3. The switch between two TAPs.
 through_switch() {
-    local receiver_offload="$1"
+    local receiver="$1"
     local tap_a="${VSW_PREFIX}ta" tap_b="${VSW_PREFIX}tb"
     vsw_make_ns "$VSW_NS_A"; vsw_make_ns "$VSW_NS_B"
-    "$bin" run --tap "$tap_a:offload=tso" --tap "$tap_b:offload=$receiver_offload" \
+    "$bin" run --tap "$tap_a:offload=tso" --tap "$tap_b:$receiver" \
         --queues "${VSW_QUEUES:-1}" --stats-interval 0 >"/tmp/${VSW_PREFIX}-switch.log" 2>&1 &
     switch_pid=$!
     for _ in $(seq 100); do
@@ -76,13 +89,16 @@ through_switch() {
     vsw_cleanup
     echo "$rate $errors"
 }
-read -r offloaded offloaded_errors < <(through_switch tso)
-read -r software software_errors < <(through_switch none)
+read -r offloaded offloaded_errors < <(through_switch offload=tso)
+read -r software software_errors < <(through_switch offload=none)
+read -r per_frame per_frame_errors < <(through_switch offload=none:gro=off)
 
 ratio() { python3 -c "print('%.2f' % ($1 / $2))"; }
 printf '%-44s %8s %8s %12s\n' "path (iperf3 -P $streams, ${seconds}s)" "Gbit/s" "ratio" "csum errors"
 printf '%-44s %8s %8s %12s\n' "Linux bridge over veth" "$kernel" "1.00" "$kernel_errors"
 printf '%-44s %8s %8s %12s\n' "vswitch over TAP, offloads both sides" "$offloaded" "$(ratio "$offloaded" "$kernel")" "$offloaded_errors"
 printf '%-44s %8s %8s %12s\n' "Linux bridge, port to B without offloads" "$kernel_sw" "$(ratio "$kernel_sw" "$kernel")" "$kernel_sw_errors"
+printf '%-44s %8s %8s %12s\n' "  the same, GRO on B's veth" "$kernel_gro" "$(ratio "$kernel_gro" "$kernel")" "$kernel_gro_errors"
 printf '%-44s %8s %8s %12s\n' "vswitch over TAP, receiver offload=none" "$software" "$(ratio "$software" "$kernel")" "$software_errors"
-echo "software segmentation, vswitch vs kernel: $(ratio "$software" "$kernel_sw")"
+printf '%-44s %8s %8s %12s\n' "  the same, receiver TAP gro=off" "$per_frame" "$(ratio "$per_frame" "$kernel")" "$per_frame_errors"
+echo "software segmentation, vswitch vs kernel: $(ratio "$software" "$kernel_sw") (gro=off: $(ratio "$per_frame" "$kernel_sw")); both receivers with GRO: $(ratio "$software" "$kernel_gro")"

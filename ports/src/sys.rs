@@ -8,7 +8,7 @@
 use std::ffi::CStr;
 use std::fs::OpenOptions;
 use std::io::{self, IoSlice, IoSliceMut};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::time::Duration;
 
@@ -77,12 +77,23 @@ fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
+/// How [`open_tap`] attaches to the device.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TapFlags {
+    /// IFF_MULTI_QUEUE: each open attaches one more queue of the device.
+    pub multi_queue: bool,
+    /// IFF_NAPI: frames written to this queue enter the kernel's stack
+    /// through a NAPI context, so GRO can coalesce them.
+    pub napi: bool,
+}
+
 /// Opens `/dev/net/tun` (non-blocking, close-on-exec) and attaches it to the
 /// TAP device `name`, creating the device if it does not exist. Frames carry
 /// a virtio-net header (IFF_VNET_HDR) and no packet-information prefix
-/// (IFF_NO_PI). With `multi_queue`, each call attaches one more queue of the
-/// same device. Returns the descriptor and the name the kernel used.
-pub fn open_tap(name: &str, multi_queue: bool) -> io::Result<(OwnedFd, String)> {
+/// (IFF_NO_PI). IFF_NAPI is asked only when the kernel lists it among the
+/// driver's features (Linux 4.15 and later). Returns the descriptor, the
+/// name the kernel used and the flags in effect.
+pub fn open_tap(name: &str, asked: TapFlags) -> io::Result<(OwnedFd, String, TapFlags)> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -91,8 +102,12 @@ pub fn open_tap(name: &str, multi_queue: bool) -> io::Result<(OwnedFd, String)> 
     let fd = OwnedFd::from(file);
     let mut ifr = zeroed_ifreq(name)?;
     let mut flags = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
-    if multi_queue {
+    if asked.multi_queue {
         flags |= libc::IFF_MULTI_QUEUE;
+    }
+    let napi = asked.napi && tun_features(fd.as_fd())? & libc::IFF_NAPI as u32 != 0;
+    if napi {
+        flags |= libc::IFF_NAPI;
     }
     ifr.ifr_ifru.ifru_flags = flags as libc::c_short;
     // SAFETY: `fd` is an open descriptor of /dev/net/tun owned above;
@@ -101,7 +116,43 @@ pub fn open_tap(name: &str, multi_queue: bool) -> io::Result<(OwnedFd, String)> 
     // keeps the last byte zero).
     check(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TUNSETIFF, &mut ifr) })?;
     let actual = ifreq_name(&ifr);
-    Ok((fd, actual))
+    Ok((
+        fd,
+        actual,
+        TapFlags {
+            multi_queue: asked.multi_queue,
+            napi,
+        },
+    ))
+}
+
+fn gro_flush_timeout_path(name: &str) -> io::Result<String> {
+    ifname_bytes(name)?;
+    Ok(format!("/sys/class/net/{name}/gro_flush_timeout"))
+}
+
+/// Sets how long the NAPI contexts of interface `name` may hold segments
+/// for GRO when no more frames follow (sysfs `gro_flush_timeout`, in
+/// nanoseconds). The interface must be visible in this network namespace.
+pub fn set_gro_flush_timeout(name: &str, timeout: Duration) -> io::Result<()> {
+    let path = gro_flush_timeout_path(name)?;
+    let nanos = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
+    std::fs::write(&path, format!("{nanos}\n"))
+        .map_err(|err| io::Error::new(err.kind(), format!("{path}: {err}")))
+}
+
+/// The `gro_flush_timeout` of interface `name`.
+pub fn gro_flush_timeout(name: &str) -> io::Result<Duration> {
+    let path = gro_flush_timeout_path(name)?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|err| io::Error::new(err.kind(), format!("{path}: {err}")))?;
+    let nanos = text.trim().parse::<u64>().map_err(|err| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{path}: {:?} is not a number: {err}", text.trim()),
+        )
+    })?;
+    Ok(Duration::from_nanos(nanos))
 }
 
 /// Sets the size of the virtio-net header the device reads and writes

@@ -5,13 +5,14 @@
 //!
 //! (a) both TAPs take offloads: 64 KiB TSO frames cross the switch whole.
 //! (b) the receiving TAP takes none: the switch segments and checksums every
-//!     frame in software.
+//!     frame in software; the kernel takes them in through GRO (the default
+//!     coalesced receive) or (c) one by one.
 
 use std::process::Command;
 use std::sync::Arc;
 
 use vswitch::{PortProfile, Switch, SwitchConfig, VlanId};
-use vswitch_ports::tap::{TapOffloads, TapPort};
+use vswitch_ports::tap::{KernelReceive, TapConfig, TapOffloads, TapPort};
 use vswitch_tests::{require_netns, run, NetNs};
 
 const IP_A: &str = "198.18.0.1";
@@ -39,7 +40,7 @@ fn received_bytes(json: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
-fn iperf_through_switch(label: &str, receiver: TapOffloads) {
+fn iperf_through_switch(label: &str, receiver: TapOffloads, receive: KernelReceive) {
     if Command::new("iperf3").arg("--version").output().is_err() {
         eprintln!("skipping {label}: iperf3 is not installed (.ci/install-deps installs it)");
         return;
@@ -48,7 +49,12 @@ fn iperf_through_switch(label: &str, receiver: TapOffloads) {
     let ns_b = NetNs::new(&format!("vswe{label}b")).unwrap();
     let id = std::process::id() % 10_000;
     let tap_a = TapPort::open(&format!("vse{label}a{id}"), TapOffloads::FULL, 1, 1500).unwrap();
-    let tap_b = TapPort::open(&format!("vse{label}b{id}"), receiver, 1, 1500).unwrap();
+    let tap_b = TapPort::open_with(
+        &format!("vse{label}b{id}"),
+        TapConfig::new(receiver).receive(receive),
+    )
+    .unwrap();
+    assert_eq!(tap_b.kernel_receive(), receive);
     let (name_a, name_b) = (
         vswitch_ports::Port::name(&tap_a).to_string(),
         vswitch_ports::Port::name(&tap_b).to_string(),
@@ -125,11 +131,17 @@ fn iperf_through_switch(label: &str, receiver: TapOffloads) {
 #[test]
 fn iperf3_with_offloads_on_both_taps() {
     require_netns!();
-    iperf_through_switch("o", TapOffloads::FULL);
+    iperf_through_switch("o", TapOffloads::FULL, KernelReceive::default());
 }
 
 #[test]
 fn iperf3_to_a_tap_without_offloads() {
     require_netns!();
-    iperf_through_switch("n", TapOffloads::NONE);
+    iperf_through_switch("n", TapOffloads::NONE, KernelReceive::default());
+}
+
+#[test]
+fn iperf3_to_a_tap_without_offloads_taking_frames_one_by_one() {
+    require_netns!();
+    iperf_through_switch("p", TapOffloads::NONE, KernelReceive::PerFrame);
 }

@@ -3,7 +3,10 @@
 
 use std::time::{Duration, Instant};
 
-use vswitch_ports::tap::{TapOffloads, TapQueue, TAP_VNET_HDR_LEN};
+use vswitch_ports::sys::TapFlags;
+use vswitch_ports::tap::{
+    KernelReceive, TapConfig, TapOffloads, TapPort, TapQueue, TAP_VNET_HDR_LEN,
+};
 use vswitch_tests::{require_netns, NetNs};
 
 const OUR_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x02];
@@ -27,9 +30,27 @@ fn arp_request() -> Vec<u8> {
 #[test]
 fn tap_carries_frames_to_and_from_a_namespace() {
     require_netns!();
-    let ns = NetNs::new("vswt-tap").expect("create namespace");
-    let ifname = format!("vswt{}", std::process::id() % 100_000);
-    let tap = TapQueue::open(&ifname, TapOffloads::FULL, false).expect("open TAP");
+    arp_round_trip("vswt-tap", "vswt", false);
+}
+
+#[test]
+fn a_napi_tap_carries_frames_to_and_from_a_namespace() {
+    require_netns!();
+    arp_round_trip("vswt-napi", "vswn", true);
+}
+
+/// Writes an ARP request into a TAP whose other side is a namespace and
+/// waits for the kernel's reply, with the queue attached with or without
+/// IFF_NAPI (the frames then enter the kernel through GRO).
+fn arp_round_trip(ns_name: &str, prefix: &str, napi: bool) {
+    let ns = NetNs::new(ns_name).expect("create namespace");
+    let ifname = format!("{prefix}{}", std::process::id() % 100_000);
+    let flags = TapFlags {
+        multi_queue: false,
+        napi,
+    };
+    let tap = TapQueue::open_with(&ifname, TapOffloads::FULL, flags).expect("open TAP");
+    assert_eq!(tap.napi(), napi, "IFF_NAPI is in every kernel since 4.15");
     assert!(
         tap.offloads().checksum && tap.offloads().tso4,
         "kernel refused csum/TSO4: {:?}",
@@ -89,4 +110,31 @@ fn a_multi_queue_tap_port_opens_one_queue_per_worker() {
     // Closing every queue removes the (non-persistent) device with it.
     let gone = ns.exec(&["ip", "link", "show", &ifname]);
     assert!(gone.is_err(), "the device outlived its queues: {gone:?}");
+}
+
+#[test]
+fn coalesced_kernel_receive_sets_napi_and_the_flush_timeout() {
+    require_netns!();
+    let ns = NetNs::new("vswt-gro").expect("create namespace");
+    let ifname = format!("vswg{}", std::process::id() % 100_000);
+    let flush = Duration::from_micros(750);
+    let config = TapConfig::new(TapOffloads::NONE)
+        .queues(2)
+        .receive(KernelReceive::Coalesced { flush });
+    let port = TapPort::open_with(&ifname, config).unwrap();
+    assert_eq!(port.kernel_receive(), KernelReceive::Coalesced { flush });
+    assert!(port.queues().iter().all(TapQueue::napi));
+    // What the kernel itself reports for the device, in nanoseconds.
+    let sysfs =
+        std::fs::read_to_string(format!("/sys/class/net/{ifname}/gro_flush_timeout")).unwrap();
+    assert_eq!(sysfs.trim(), "750000");
+    ns.adopt(&ifname).unwrap();
+    drop(port);
+
+    let ifname = format!("vswp{}", std::process::id() % 100_000);
+    let config = TapConfig::new(TapOffloads::NONE).receive(KernelReceive::PerFrame);
+    let port = TapPort::open_with(&ifname, config).unwrap();
+    assert_eq!(port.kernel_receive(), KernelReceive::PerFrame);
+    assert!(!port.queues()[0].napi());
+    ns.adopt(&ifname).unwrap();
 }

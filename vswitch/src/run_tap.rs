@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vswitch_ports::sys;
-use vswitch_ports::tap::{TapOffloads, TapPort};
+use vswitch_ports::tap::{KernelReceive, TapConfig, TapOffloads, TapPort};
 
 use crate::cli::{number, value};
 use crate::{PortProfile, Switch, SwitchConfig, SwitchStats, VlanId};
 
 /// Usage text of `vswitch run`.
 pub const USAGE: &str = "\
-usage: vswitch run --tap NAME[:offload=none|csum|tso] [--tap ...]
+usage: vswitch run --tap NAME[:offload=none|csum|tso][:gro=USEC|off] [--tap ...]
                    [--workers N] [--queues N] [--mtu N] [--stats-interval S]
 
 Creates (or attaches to) each TAP device with a virtio-net header and
@@ -24,6 +24,11 @@ switches frames between them until SIGINT or SIGTERM.
   offload=csum  partial checksums only: the switch segments
   offload=none  only plain, checksummed, MTU-sized frames: the switch
                 segments and checksums in software
+  gro=USEC      (default 1000) the kernel takes in what the switch writes
+                through NAPI and GRO, merging a flow's TCP segments before
+                its stack; a merge is flushed at the latest USEC
+                microseconds after the last write
+  gro=off       every frame written runs through the kernel's stack alone
   --queues N    open each device with N queues (IFF_MULTI_QUEUE), default 1
   --mtu N       the MTU the switch segments to for these devices, default 1500
   --stats-interval S   print statistics every S seconds (0: only at exit)
@@ -58,6 +63,8 @@ pub struct TapSpec {
     pub name: String,
     /// What it offloads.
     pub offload: TapOffloadMode,
+    /// How the kernel takes in what the switch writes to it.
+    pub receive: KernelReceive,
 }
 
 impl std::str::FromStr for TapSpec {
@@ -73,19 +80,41 @@ impl std::str::FromStr for TapSpec {
             ));
         }
         let mut offload = TapOffloadMode::Tso;
+        let mut receive = KernelReceive::default();
         for option in parts {
-            offload = match option {
-                "offload=none" => TapOffloadMode::None,
-                "offload=csum" => TapOffloadMode::Checksum,
-                "offload=tso" => TapOffloadMode::Tso,
+            match option {
+                "offload=none" => offload = TapOffloadMode::None,
+                "offload=csum" => offload = TapOffloadMode::Checksum,
+                "offload=tso" => offload = TapOffloadMode::Tso,
+                "gro=off" => receive = KernelReceive::PerFrame,
+                other if other.starts_with("gro=") => {
+                    let micros = other["gro=".len()..]
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|&micros| (1..=1_000_000).contains(&micros))
+                        .ok_or_else(|| {
+                            format!(
+                                "--tap {spec:?}: {other:?} expects off or a flush timeout \
+                                 of 1 to 1000000 microseconds"
+                            )
+                        })?;
+                    receive = KernelReceive::Coalesced {
+                        flush: Duration::from_micros(micros),
+                    };
+                }
                 other => {
                     return Err(format!(
-                        "--tap {spec:?}: unknown option {other:?}, expected offload=none|csum|tso"
+                        "--tap {spec:?}: unknown option {other:?}, expected \
+                         offload=none|csum|tso or gro=USEC|off"
                     ))
                 }
-            };
+            }
         }
-        Ok(TapSpec { name, offload })
+        Ok(TapSpec {
+            name,
+            offload,
+            receive,
+        })
     }
 }
 
@@ -172,17 +201,22 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let switch = Switch::start(SwitchConfig::default().workers(options.workers))
         .map_err(|e| format!("cannot start the switch: {e}"))?;
     for spec in &options.taps {
-        let port = TapPort::open(
-            &spec.name,
-            spec.offload.offloads(),
-            options.queues,
-            options.mtu,
-        )
-        .map_err(|e| format!("cannot open TAP {}: {e}", spec.name))?;
+        let config = TapConfig::new(spec.offload.offloads())
+            .queues(options.queues)
+            .mtu(options.mtu)
+            .receive(spec.receive);
+        let port = TapPort::open_with(&spec.name, config)
+            .map_err(|e| format!("cannot open TAP {}: {e}", spec.name))?;
         // The device may already be up or live in another namespace by now.
         let _ = sys::set_up(vswitch_ports::Port::name(&port));
+        let receive = match port.kernel_receive() {
+            KernelReceive::PerFrame => "per frame".to_string(),
+            KernelReceive::Coalesced { flush } => {
+                format!("GRO, flushed within {} us", flush.as_micros())
+            }
+        };
         println!(
-            "{}: {} queue(s), kernel accepted offloads {:?}",
+            "{}: {} queue(s), kernel accepted offloads {:?}, kernel receive {receive}",
             vswitch_ports::Port::name(&port),
             port.queues().len(),
             port.offloads()
@@ -227,14 +261,28 @@ mod tests {
             "tap0".parse::<TapSpec>().unwrap(),
             TapSpec {
                 name: "tap0".into(),
-                offload: TapOffloadMode::Tso
+                offload: TapOffloadMode::Tso,
+                receive: KernelReceive::default(),
             }
         );
         assert_eq!(
-            "tap1:offload=none".parse::<TapSpec>().unwrap().offload,
-            TapOffloadMode::None
+            "tap1:offload=none:gro=250".parse::<TapSpec>().unwrap(),
+            TapSpec {
+                name: "tap1".into(),
+                offload: TapOffloadMode::None,
+                receive: KernelReceive::Coalesced {
+                    flush: Duration::from_micros(250)
+                },
+            }
+        );
+        assert_eq!(
+            "tap1:gro=off".parse::<TapSpec>().unwrap().receive,
+            KernelReceive::PerFrame
         );
         assert!("tap1:offload=fast".parse::<TapSpec>().is_err());
+        for bad in ["gro=", "gro=0", "gro=-5", "gro=1000001", "gro=on"] {
+            assert!(format!("tap1:{bad}").parse::<TapSpec>().is_err(), "{bad}");
+        }
         assert!("".parse::<TapSpec>().is_err());
         assert!("a-name-far-too-long-for-linux".parse::<TapSpec>().is_err());
     }
