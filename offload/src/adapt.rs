@@ -237,7 +237,7 @@ fn complete_into<S: SegmentSink + ?Sized>(
             let at = partial.start + partial.offset;
             let header = frame.get(..at + 2).unwrap_or(&[]);
             let head = sink
-                .scatter_gather(header.len(), frame.slice(header.len()..))
+                .scatter_gather(header.len(), frame, header.len()..frame.len())
                 .map_err(sink_full)?;
             if head.len() != header.len() {
                 return Err(SegmentError::SinkBufferLength {

@@ -203,10 +203,16 @@ impl SegmentSink for PacketSink {
     /// Ports take contiguous frames, so a scatter-gather segment would be
     /// gathered here (one copy of the payload). [`adapt_with_plan`] asks for
     /// copy mode, so it does not reach this; the trait requires it.
-    fn scatter_gather(&mut self, header_len: usize, payload: Bytes) -> Result<&mut [u8], SinkFull> {
+    fn scatter_gather(
+        &mut self,
+        header_len: usize,
+        frame: &Bytes,
+        payload: std::ops::Range<usize>,
+    ) -> Result<&mut [u8], SinkFull> {
+        let payload = frame.get(payload).ok_or(SinkFull)?;
         let buf = self.reserve(header_len + payload.len());
         let (headers, rest) = buf.split_at_mut(header_len);
-        rest.copy_from_slice(&payload);
+        rest.copy_from_slice(payload);
         Ok(headers)
     }
 }

@@ -12,13 +12,20 @@ struct Entry {
     /// The segment's bytes in the arena: the whole frame for a contiguous
     /// segment, the headers for a scatter-gather one.
     head: Range<usize>,
-    /// The payload of a scatter-gather segment.
-    payload: Option<Bytes>,
+    /// The payload of a scatter-gather segment: this range of
+    /// `sources[source]`. Empty for a contiguous segment.
+    payload: Range<usize>,
+    source: usize,
 }
 
 /// A sink that keeps the segments of a frame: contiguous segments in one
 /// reused arena, scatter-gather segments as header bytes in the arena plus a
-/// shared payload slice.
+/// range of the original frame.
+///
+/// The list keeps one reference to each source frame, not one per segment:
+/// a 64 KiB frame cut into 45 segments costs one reference count, not 45.
+/// [`payload_bytes`](Self::payload_bytes) hands out a segment's payload as
+/// its own [`Bytes`] when it must outlive the list.
 ///
 /// [`clear`](Self::clear) keeps the capacity, so once the list has seen a
 /// frame of a given size, later frames of that size allocate nothing.
@@ -27,6 +34,7 @@ pub struct SegmentList {
     arena: Vec<u8>,
     used: usize,
     entries: Vec<Entry>,
+    sources: Vec<Bytes>,
 }
 
 /// A borrowed segment from a [`SegmentList`]: `head` followed by `payload`
@@ -82,13 +90,16 @@ impl SegmentList {
             arena: vec![0; bytes],
             used: 0,
             entries: Vec::with_capacity(segments),
+            sources: Vec::with_capacity(1),
         }
     }
 
-    /// Forgets the segments, keeping the buffers.
+    /// Forgets the segments (and releases the source frames), keeping the
+    /// buffers.
     pub fn clear(&mut self) {
         self.used = 0;
         self.entries.clear();
+        self.sources.clear();
     }
 
     /// Number of segments held.
@@ -111,10 +122,39 @@ impl SegmentList {
         self.entries.iter().map(|entry| self.view(entry))
     }
 
+    /// The payload of the scatter-gather segment at `index` as a [`Bytes`]
+    /// slice of the original frame (one reference count): `None` for a
+    /// contiguous segment or an index past the end.
+    pub fn payload_bytes(&self, index: usize) -> Option<Bytes> {
+        let entry = self.entries.get(index)?;
+        if entry.payload.is_empty() {
+            return None;
+        }
+        Some(self.sources.get(entry.source)?.slice(entry.payload.clone()))
+    }
+
     fn view<'a>(&'a self, entry: &'a Entry) -> SegmentRef<'a> {
+        let payload = match self.sources.get(entry.source) {
+            Some(source) => source.get(entry.payload.clone()).unwrap_or(&[]),
+            None => &[],
+        };
         SegmentRef {
             head: self.arena.get(entry.head.clone()).unwrap_or(&[]),
-            payload: entry.payload.as_deref().unwrap_or(&[]),
+            payload,
+        }
+    }
+
+    /// The index of `frame` in `sources`, adding a reference to it if it is
+    /// not the most recent source.
+    fn source_of(&mut self, frame: &Bytes) -> usize {
+        match self.sources.last() {
+            Some(last) if last.as_ptr() == frame.as_ptr() && last.len() == frame.len() => {
+                self.sources.len() - 1
+            }
+            _ => {
+                self.sources.push(frame.clone());
+                self.sources.len() - 1
+            }
         }
     }
 
@@ -137,16 +177,27 @@ impl SegmentSink for SegmentList {
         let head = self.reserve(len);
         self.entries.push(Entry {
             head: head.clone(),
-            payload: None,
+            payload: 0..0,
+            source: usize::MAX,
         });
         self.arena.get_mut(head).ok_or(SinkFull)
     }
 
-    fn scatter_gather(&mut self, header_len: usize, payload: Bytes) -> Result<&mut [u8], SinkFull> {
+    fn scatter_gather(
+        &mut self,
+        header_len: usize,
+        frame: &Bytes,
+        payload: Range<usize>,
+    ) -> Result<&mut [u8], SinkFull> {
+        if frame.get(payload.clone()).is_none() {
+            return Err(SinkFull);
+        }
+        let source = self.source_of(frame);
         let head = self.reserve(header_len);
         self.entries.push(Entry {
             head: head.clone(),
-            payload: (!payload.is_empty()).then_some(payload),
+            payload,
+            source,
         });
         self.arena.get_mut(head).ok_or(SinkFull)
     }
@@ -160,7 +211,8 @@ mod tests {
     fn keeps_both_kinds_in_order_and_reuses_capacity() {
         let mut list = SegmentList::new();
         list.contiguous(3).unwrap().copy_from_slice(b"abc");
-        list.scatter_gather(2, Bytes::from_static(b"payload"))
+        let frame = Bytes::from_static(b"--payload");
+        list.scatter_gather(2, &frame, 2..9)
             .unwrap()
             .copy_from_slice(b"hd");
         assert_eq!(list.len(), 2);
@@ -168,6 +220,12 @@ mod tests {
         assert!(!list.get(0).unwrap().is_scatter_gather());
         assert_eq!(list.get(1).unwrap().to_vec(), b"hdpayload");
         assert!(list.get(1).unwrap().is_scatter_gather());
+        assert_eq!(list.payload_bytes(1).unwrap(), &b"payload"[..]);
+        assert_eq!(list.payload_bytes(0), None);
+        assert!(
+            list.scatter_gather(2, &frame, 5..10).is_err(),
+            "range past the frame"
+        );
         let arena = list.arena.as_ptr();
         list.clear();
         assert!(list.is_empty());

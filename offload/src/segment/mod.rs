@@ -244,11 +244,19 @@ pub trait SegmentSink {
     fn contiguous(&mut self, len: usize) -> Result<&mut [u8], SinkFull>;
 
     /// The next segment as `header_len` bytes of headers followed by
-    /// `payload`, a slice of the original frame (shared, not copied). Returns
-    /// a buffer of exactly `header_len` bytes that the sink keeps for the
-    /// headers; the segmenter fills it completely (checksums included) before
-    /// it asks for anything else.
-    fn scatter_gather(&mut self, header_len: usize, payload: Bytes) -> Result<&mut [u8], SinkFull>;
+    /// `frame[payload]`, bytes of the original frame (shared, not copied;
+    /// the range lies within `frame`). A sink that keeps the payload takes
+    /// `frame.slice(payload)` (one reference count per segment) or one clone
+    /// of `frame` for all the segments cut from it. Returns a buffer of
+    /// exactly `header_len` bytes that the sink keeps for the headers; the
+    /// segmenter fills it completely (checksums included) before it asks for
+    /// anything else.
+    fn scatter_gather(
+        &mut self,
+        header_len: usize,
+        frame: &Bytes,
+        payload: Range<usize>,
+    ) -> Result<&mut [u8], SinkFull>;
 }
 
 /// How segments are written.
@@ -660,7 +668,7 @@ impl<S: SegmentSink + ?Sized> Output<'_, S> {
             Output::ZeroCopy { frame: bytes, sink } => {
                 let checksum = fixup.map(|fixup| (fixup.at, fixup.finish(src)));
                 let head = sink
-                    .scatter_gather(header_len, bytes.slice(payload))
+                    .scatter_gather(header_len, bytes, payload)
                     .map_err(|SinkFull| SegmentError::SinkFull)?;
                 if head.len() != header_len {
                     return Err(SegmentError::SinkBufferLength {

@@ -690,7 +690,12 @@ fn a_full_sink_stops_segmentation_with_an_error() {
             self.0.resize(len, 0);
             Ok(&mut self.0)
         }
-        fn scatter_gather(&mut self, _: usize, _: Bytes) -> Result<&mut [u8], SinkFull> {
+        fn scatter_gather(
+            &mut self,
+            _: usize,
+            _: &Bytes,
+            _: std::ops::Range<usize>,
+        ) -> Result<&mut [u8], SinkFull> {
             Err(SinkFull)
         }
     }
