@@ -154,9 +154,7 @@ impl TapQueue {
     /// [`napi`](Self::napi) says whether it is in effect.
     pub fn open_with(name: &str, offloads: TapOffloads, flags: sys::TapFlags) -> io::Result<Self> {
         let (fd, name, flags) = sys::open_tap(name, flags)?;
-        let mut queue = Self::configure(fd, name, offloads)?;
-        queue.napi = flags.napi;
-        Ok(queue)
+        Self::configure(fd, name, offloads, flags.napi)
     }
 
     /// Takes a TAP descriptor a VMM already opened and attached with
@@ -170,10 +168,10 @@ impl TapQueue {
         name: impl Into<String>,
         offloads: TapOffloads,
     ) -> io::Result<Self> {
-        Self::configure(fd, name.into(), offloads)
+        Self::configure(fd, name.into(), offloads, false)
     }
 
-    fn configure(fd: OwnedFd, name: String, offloads: TapOffloads) -> io::Result<Self> {
+    fn configure(fd: OwnedFd, name: String, offloads: TapOffloads, napi: bool) -> io::Result<Self> {
         sys::set_vnet_hdr_size(fd.as_fd(), TAP_VNET_HDR_LEN)?;
         let wanted = offloads.to_tun_flags();
         let accepted = match sys::set_offload(fd.as_fd(), wanted) {
@@ -189,7 +187,7 @@ impl TapQueue {
             fd,
             name,
             offloads: TapOffloads::from_tun_flags(accepted),
-            napi: false,
+            napi,
         })
     }
 
