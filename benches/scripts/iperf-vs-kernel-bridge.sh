@@ -35,33 +35,36 @@ trap cleanup EXIT
 cargo build --release -q -p vswitch
 bin=target/release/vswitch
 
-# 1. Kernel bridge.
-vsw_kernel_bridge
-ip netns exec "$VSW_NS_A" ping -c 1 -W 2 "$VSW_IP_B" >/dev/null
-kernel=$(vsw_iperf "$streams" "$seconds")
-kernel_errors=$(vsw_csum_errors "$VSW_NS_B")
-vsw_cleanup
-
-# 1b. Kernel bridge whose port towards B takes no offloads: the kernel
-# segments and checksums in software before that port, as the switch does
-# for a TAP with offload=none.
-vsw_kernel_bridge
-ip netns exec "$VSW_NS_BR" ethtool -K pb tso off gso off tx off >/dev/null 2>&1
-ip netns exec "$VSW_NS_A" ping -c 1 -W 2 "$VSW_IP_B" >/dev/null
-kernel_sw=$(vsw_iperf "$streams" "$seconds")
-kernel_sw_errors=$(vsw_csum_errors "$VSW_NS_B")
-vsw_cleanup
-
-# 1c. The same with GRO on B's veth (off by default), so B's kernel merges
-# the segments before its TCP, as it does behind the switch's TAP with its
+# iperf3 through the kernel bridge, after the setup command given (if any)
+# has adjusted it; prints "Gbit/s checksum-errors".
+through_bridge() {
+    vsw_kernel_bridge
+    "$@"
+    ip netns exec "$VSW_NS_A" ping -c 1 -W 2 "$VSW_IP_B" >/dev/null
+    local rate errors
+    rate=$(vsw_iperf "$streams" "$seconds")
+    errors=$(vsw_csum_errors "$VSW_NS_B")
+    vsw_cleanup
+    echo "$rate $errors"
+}
+# The bridge's port towards B takes no offloads: the kernel segments and
+# checksums in software before that port, as the switch does for a TAP
+# with offload=none.
+no_offloads_towards_b() {
+    ip netns exec "$VSW_NS_BR" ethtool -K pb tso off gso off tx off >/dev/null 2>&1
+}
+# The same with GRO on B's veth (off by default), so B's kernel merges the
+# segments before its TCP, as it does behind the switch's TAP with its
 # default NAPI receive: the like-for-like peer of row 3.
-vsw_kernel_bridge
-ip netns exec "$VSW_NS_BR" ethtool -K pb tso off gso off tx off >/dev/null 2>&1
-ip netns exec "$VSW_NS_B" ethtool -K eth0 gro on >/dev/null 2>&1
-ip netns exec "$VSW_NS_A" ping -c 1 -W 2 "$VSW_IP_B" >/dev/null
-kernel_gro=$(vsw_iperf "$streams" "$seconds")
-kernel_gro_errors=$(vsw_csum_errors "$VSW_NS_B")
-vsw_cleanup
+no_offloads_towards_b_gro_at_b() {
+    no_offloads_towards_b
+    ip netns exec "$VSW_NS_B" ethtool -K eth0 gro on >/dev/null 2>&1
+}
+
+# 1. Kernel bridge, as configured by default; 1b and 1c as above.
+read -r kernel kernel_errors < <(through_bridge)
+read -r kernel_sw kernel_sw_errors < <(through_bridge no_offloads_towards_b)
+read -r kernel_gro kernel_gro_errors < <(through_bridge no_offloads_towards_b_gro_at_b)
 
 # 2 and 3. The switch between two TAPs.
 through_switch() {
