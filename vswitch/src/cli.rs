@@ -16,6 +16,12 @@ pub(crate) fn number<T: std::str::FromStr>(text: &str, flag: &str) -> Result<T, 
         .map_err(|_| format!("{flag}: expected a number, found {text:?}"))
 }
 
+/// A command line as the parsers receive it (for tests).
+#[cfg(test)]
+pub(crate) fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -405,29 +405,26 @@ fn fix_ipv4_header_checksum(frame: &mut [u8], layout: &FrameLayout) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn strings(args: &[&str]) -> Vec<String> {
-        args.iter().map(|s| s.to_string()).collect()
-    }
+    use crate::cli::args;
 
     #[test]
     fn parses_the_command_line() {
-        let args = parse_args(&strings(&["--mtu", "1500", "in.pcap", "out.pcap"])).unwrap();
+        let parsed = parse_args(&args(&["--mtu", "1500", "in.pcap", "out.pcap"])).unwrap();
         assert_eq!(
-            args,
+            parsed,
             Args {
                 mtu: 1500,
                 input: "in.pcap".into(),
                 output: "out.pcap".into()
             }
         );
-        let args = parse_args(&strings(&["in.pcap", "--mtu=9000", "out.pcap"])).unwrap();
-        assert_eq!(args.mtu, 9000);
+        let parsed = parse_args(&args(&["in.pcap", "--mtu=9000", "out.pcap"])).unwrap();
+        assert_eq!(parsed.mtu, 9000);
     }
 
     #[test]
     fn rejects_bad_command_lines_with_a_reason() {
-        for (args, expect) in [
+        for (list, expect) in [
             (&["in.pcap", "out.pcap"][..], "--mtu N is required"),
             (&["--mtu"][..], "--mtu needs a value"),
             (&["--mtu", "big", "a", "b"][..], "found 'big'"),
@@ -439,8 +436,8 @@ mod tests {
                 "unknown option '--fast'",
             ),
         ] {
-            let err = parse_args(&strings(args)).unwrap_err().to_string();
-            assert!(err.contains(expect), "{args:?}: {err}");
+            let err = parse_args(&args(list)).unwrap_err().to_string();
+            assert!(err.contains(expect), "{list:?}: {err}");
             assert!(err.contains(USAGE));
         }
     }
