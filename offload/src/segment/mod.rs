@@ -414,22 +414,20 @@ impl GsoKind {
     /// so a USO frame whose datagrams exceed the MTU is an error.
     pub fn fit_mtu(self, layout: &FrameLayout, mtu: u16) -> Result<GsoKind, SegmentError> {
         let mtu = usize::from(mtu);
-        let l3_len = layout.l4_offset.checked_sub(layout.l3_offset).ok_or(
-            SegmentError::HeadersBeyondFrame {
-                l3_offset: layout.l3_offset,
-                l4_offset: layout.l4_offset,
-                payload_offset: layout.payload_offset,
-                frame_len: 0,
-            },
-        )?;
-        let l4_len = layout.payload_offset.checked_sub(layout.l4_offset).ok_or(
-            SegmentError::HeadersBeyondFrame {
-                l3_offset: layout.l3_offset,
-                l4_offset: layout.l4_offset,
-                payload_offset: layout.payload_offset,
-                frame_len: 0,
-            },
-        )?;
+        let out_of_order = || SegmentError::HeadersBeyondFrame {
+            l3_offset: layout.l3_offset,
+            l4_offset: layout.l4_offset,
+            payload_offset: layout.payload_offset,
+            frame_len: 0,
+        };
+        let l3_len = layout
+            .l4_offset
+            .checked_sub(layout.l3_offset)
+            .ok_or_else(out_of_order)?;
+        let l4_len = layout
+            .payload_offset
+            .checked_sub(layout.l4_offset)
+            .ok_or_else(out_of_order)?;
         match self {
             GsoKind::None => Ok(GsoKind::None),
             GsoKind::Tcp { mss, ecn } => {
