@@ -19,7 +19,7 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use vswitch_offload::segment::{SegmentList, SegmentParams, Segmenter};
+use vswitch_offload::segment::{SegmentList, SegmentParams, SegmentSink, Segmenter, SinkFull};
 use vswitch_offload::virtio::HdrFormat;
 use vswitch_offload::{FrameLayout, GsoKind, L3Kind, VirtioNetHdr};
 
@@ -260,6 +260,25 @@ fn l3_limit(layout: &FrameLayout, gso: GsoKind, mtu: u16) -> usize {
     }
 }
 
+/// A [`SegmentList`] behind a sink that takes one segment per call (the
+/// trait's default for runs).
+struct OneByOne(SegmentList);
+
+impl SegmentSink for OneByOne {
+    fn contiguous(&mut self, len: usize) -> Result<&mut [u8], SinkFull> {
+        self.0.contiguous(len)
+    }
+
+    fn scatter_gather(
+        &mut self,
+        header_len: usize,
+        frame: &Bytes,
+        payload: std::ops::Range<usize>,
+    ) -> Result<&mut [u8], SinkFull> {
+        self.0.scatter_gather(header_len, frame, payload)
+    }
+}
+
 fuzz_target!(|data: &[u8]| {
     let Some((mtu, rest)) = data.split_first_chunk::<2>() else {
         return;
@@ -297,6 +316,20 @@ fuzz_target!(|data: &[u8]| {
     let copy_result = segmenter.segment_copy(&frame, &layout, gso, &mut copied);
     let zero_result = segmenter.segment_zero_copy(&frame, &layout, gso, &mut shared);
     assert_eq!(copy_result, zero_result, "both modes agree");
+    // The same two modes through sinks that take one segment per call
+    // instead of a run.
+    let mut copied_singly = OneByOne(SegmentList::new());
+    let mut shared_singly = OneByOne(SegmentList::new());
+    assert_eq!(
+        segmenter.segment_copy(&frame, &layout, gso, &mut copied_singly),
+        copy_result,
+        "copy mode agrees with and without runs"
+    );
+    assert_eq!(
+        segmenter.segment_zero_copy(&frame, &layout, gso, &mut shared_singly),
+        copy_result,
+        "zero-copy mode agrees with and without runs"
+    );
     let summary = match copy_result {
         Ok(summary) => summary,
         Err(e) => {
@@ -313,6 +346,13 @@ fuzz_target!(|data: &[u8]| {
         copies, zeros,
         "copy and zero-copy segments are byte-identical"
     );
+    for singly in [&copied_singly.0, &shared_singly.0] {
+        let segments: Vec<Vec<u8>> = singly.iter().map(|s| s.to_vec()).collect();
+        assert_eq!(
+            copies, segments,
+            "runs and single segments are byte-identical"
+        );
+    }
     assert_eq!(summary.segments, copies.len());
     assert_eq!(summary.bytes, copies.iter().map(Vec::len).sum::<usize>());
     let limit = l3_limit(&layout, gso, mtu);

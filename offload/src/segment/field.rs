@@ -82,6 +82,19 @@ pub(crate) fn get_array16(buf: &[u8], at: usize) -> Result<[u8; 16], SegmentErro
         .ok_or_else(|| out_of_bounds(at, 16, buf.len()))
 }
 
+/// The `N` bytes at `at` as an array, so that the fields inside it are
+/// written at constant offsets with no further checks.
+#[inline]
+pub(crate) fn window<const N: usize>(
+    buf: &mut [u8],
+    at: usize,
+) -> Result<&mut [u8; N], SegmentError> {
+    let len = buf.len();
+    buf.get_mut(at..at.wrapping_add(N))
+        .and_then(|s| <&mut [u8; N]>::try_from(s).ok())
+        .ok_or_else(|| out_of_bounds(at, N, len))
+}
+
 fn out_of_bounds(at: usize, width: usize, len: usize) -> SegmentError {
     SegmentError::FieldOutOfBounds {
         offset: at,
@@ -103,6 +116,9 @@ mod tests {
         assert_eq!(get_u16(&buf, 0).unwrap(), 0x1234);
         assert_eq!(get_u32(&buf, 2).unwrap(), 0xdead_beef);
         assert_eq!(get_array4(&buf, 2).unwrap(), [0xde, 0xad, 0xbe, 0xef]);
+        let field: &mut [u8; 2] = window(&mut buf, 4).unwrap();
+        *field = [1, 2];
+        assert_eq!(buf[4..], [1, 2]);
     }
 
     #[test]
@@ -114,5 +130,7 @@ mod tests {
         assert!(set_u16(&mut buf, 2, 1).is_err());
         assert!(set_u8(&mut buf, 3, 1).is_err());
         assert!(get_array16(&buf, 0).is_err());
+        assert!(window::<2>(&mut buf, 2).is_err());
+        assert!(window::<2>(&mut buf, usize::MAX).is_err());
     }
 }

@@ -4,9 +4,10 @@
 use crate::checksum::{checksum, pseudo_header_ipv4, pseudo_header_ipv6, Checksum};
 use crate::layout::{L3Kind, L4Kind};
 
-use super::field::{get_array16, get_array4, get_u16, get_u32, get_u8, set_u16, set_u32};
+use super::field::{get_array16, get_array4, get_u16, get_u32, get_u8, set_u16, window};
 use super::{
-    fits_u16, ChecksumFixup, Offsets, Output, SegmentError, SegmentSink, SegmentSummary, Segmenter,
+    copy_headers, finish_l4, fits_u16, Offsets, Output, PayloadSum, Run, SegmentError, SegmentSink,
+    SegmentSummary, Segmenter,
 };
 
 /// TCP flag bits in byte 13 of the TCP header.
@@ -54,6 +55,138 @@ pub(crate) fn refresh_ipv4_checksum(
     set_u16(headers, offsets.l3 + 10, value)
 }
 
+/// The IP fields that change from segment to segment.
+#[derive(Debug, Clone, Copy)]
+enum IpFields {
+    /// Total length, identification and header checksum.
+    V4 {
+        /// The header's sum with those three fields zeroed.
+        base: Checksum,
+        first_id: u16,
+        fixed_id: bool,
+    },
+    /// Payload length (extension headers included).
+    V6,
+}
+
+/// The transport fields that change from segment to segment.
+#[derive(Debug, Clone, Copy)]
+enum TransportFields {
+    /// Sequence number, flags and checksum.
+    Tcp {
+        first_seq: u32,
+        data_offset: u8,
+        flags: u8,
+    },
+    /// Length and checksum.
+    Udp,
+}
+
+/// Everything about a frame's TSO/USO segments that is known before the
+/// first one is written; [`write`](Self::write) patches one segment's copy
+/// of the template. Building it checks every length and offset the writes
+/// depend on, so the per-segment work is arithmetic and stores.
+#[derive(Debug, Clone, Copy)]
+struct SegmentFields {
+    l3: usize,
+    l4: usize,
+    l3_len: usize,
+    l4_header_len: usize,
+    size: usize,
+    count: usize,
+    ip: IpFields,
+    transport: TransportFields,
+    /// The pseudo-header (addresses and protocol) plus the transport header
+    /// with its changing fields zeroed.
+    l4_base: Checksum,
+}
+
+impl SegmentFields {
+    /// Payload length of segment `i` of a payload of `payload_len` bytes.
+    #[inline(always)]
+    fn payload_len(&self, i: usize, payload_len: usize) -> usize {
+        if i + 1 == self.count {
+            payload_len - i * self.size
+        } else {
+            self.size
+        }
+    }
+
+    /// Writes segment `i`'s fields into `head`, a copy of the template whose
+    /// changing fields are zero; `payload_sum` is the folded sum of its
+    /// `payload_len` payload bytes.
+    ///
+    /// Every segment's lengths fit their fields (checked on the largest one
+    /// when `self` was built), so the narrowing casts below are exact.
+    #[inline(always)]
+    fn write(
+        &self,
+        head: &mut [u8],
+        i: usize,
+        payload_len: usize,
+        payload_sum: u16,
+    ) -> Result<(), SegmentError> {
+        let l4_total = self.l4_header_len + payload_len;
+        let l3_total = self.l3_len + l4_total;
+        match self.ip {
+            IpFields::V4 {
+                mut base,
+                first_id,
+                fixed_id,
+            } => {
+                let ip: &mut [u8; 12] = window(head, self.l3)?;
+                let total = l3_total as u16;
+                let id = if fixed_id {
+                    first_id
+                } else {
+                    first_id.wrapping_add(i as u16)
+                };
+                ip[2..4].copy_from_slice(&total.to_be_bytes());
+                ip[4..6].copy_from_slice(&id.to_be_bytes());
+                let checksum = base.add_u16(total).add_u16(id).finish();
+                ip[10..12].copy_from_slice(&checksum.to_be_bytes());
+            }
+            IpFields::V6 => {
+                let ip: &mut [u8; 6] = window(head, self.l3)?;
+                ip[4..6].copy_from_slice(&((l3_total - 40) as u16).to_be_bytes());
+            }
+        }
+        let mut sum = self.l4_base;
+        sum.add_u32(l4_total as u32).add_u16(payload_sum);
+        match self.transport {
+            TransportFields::Tcp {
+                first_seq,
+                data_offset,
+                flags,
+            } => {
+                let tcp: &mut [u8; 18] = window(head, self.l4)?;
+                let seq = first_seq.wrapping_add((i * self.size) as u32);
+                let mut segment_flags = flags;
+                if i + 1 != self.count {
+                    segment_flags &= !(TCP_FIN | TCP_PSH);
+                }
+                if i != 0 {
+                    segment_flags &= !TCP_CWR;
+                }
+                let word = u16::from_be_bytes([data_offset, segment_flags]);
+                let checksum = sum.add_u32(seq).add_u16(word).finish();
+                tcp[4..8].copy_from_slice(&seq.to_be_bytes());
+                tcp[12] = data_offset;
+                tcp[13] = segment_flags;
+                tcp[16..18].copy_from_slice(&checksum.to_be_bytes());
+            }
+            TransportFields::Udp => {
+                let udp: &mut [u8; 8] = window(head, self.l4)?;
+                let udp_len = l4_total as u16;
+                let checksum = finish_l4(*sum.add_u16(udp_len), true);
+                udp[4..6].copy_from_slice(&udp_len.to_be_bytes());
+                udp[6..8].copy_from_slice(&checksum.to_be_bytes());
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Segments a TCP (TSO) or UDP (USO) frame into pieces of `size` payload bytes.
 pub(super) fn segment<S: SegmentSink + ?Sized>(
     segmenter: &mut Segmenter,
@@ -73,10 +206,6 @@ pub(super) fn segment<S: SegmentSink + ?Sized>(
         ..
     } = segmenter;
     let params = *params;
-    let (protocol, csum_at) = match kind {
-        L4Kind::Tcp => (6u8, offsets.l4 + 16),
-        L4Kind::Udp => (17u8, offsets.l4 + 6),
-    };
     let header_len = offsets.payload;
     let l3_len = offsets.l3_len();
     let l4_header_len = offsets.l4_len();
@@ -99,139 +228,125 @@ pub(super) fn segment<S: SegmentSink + ?Sized>(
         fits_u16("UDP length", largest_l4)?;
     }
 
-    let base = pseudo_header_base(frame, offsets, protocol)?;
-    let first_id = match offsets.l3_kind {
-        L3Kind::Ipv4 => get_u16(frame, offsets.l3 + 4)?,
-        L3Kind::Ipv6 => 0,
-    };
-    let (first_seq, flags) = match kind {
-        L4Kind::Tcp => (
-            get_u32(frame, offsets.l4 + 4)?,
-            get_u8(frame, offsets.l4 + 13)?,
-        ),
-        L4Kind::Udp => (0, 0),
-    };
-
     headers.clear();
     headers.extend_from_slice(frame.get(..header_len).unwrap_or(&[]));
 
     // The fields that change per segment are zeroed in the template and
     // summed once; each segment then adds only its own values (RFC 1071:
     // the sum is independent of the order of the words).
-    let ipv4_base = match offsets.l3_kind {
+    let ip = match offsets.l3_kind {
         L3Kind::Ipv4 => {
+            let first_id = get_u16(frame, offsets.l3 + 4)?;
             for at in [offsets.l3 + 2, offsets.l3 + 4, offsets.l3 + 10] {
                 set_u16(headers, at, 0)?;
             }
-            let mut sum = Checksum::new();
-            sum.add_bytes(headers.get(offsets.l3..offsets.l4).unwrap_or(&[]));
-            Some(sum)
+            let mut base = Checksum::new();
+            base.add_bytes(headers.get(offsets.l3..offsets.l4).unwrap_or(&[]));
+            IpFields::V4 {
+                base,
+                first_id,
+                fixed_id: params.fixed_ipv4_id,
+            }
         }
-        L3Kind::Ipv6 => None,
+        L3Kind::Ipv6 => {
+            set_u16(headers, offsets.l3 + 4, 0)?;
+            IpFields::V6
+        }
     };
-    // TCP: sequence number and the data-offset/flags word; UDP: the length.
-    let (changing, word_at) = match kind {
+    // TCP: sequence number, data offset and flags, checksum; UDP: length
+    // and checksum.
+    let (protocol, transport, changing) = match kind {
         L4Kind::Tcp => (
-            [offsets.l4 + 4, offsets.l4 + 6, offsets.l4 + 12],
-            offsets.l4 + 12,
+            6u8,
+            TransportFields::Tcp {
+                first_seq: get_u32(frame, offsets.l4 + 4)?,
+                data_offset: get_u8(frame, offsets.l4 + 12)?,
+                flags: get_u8(frame, offsets.l4 + 13)?,
+            },
+            [4, 6, 12, 16],
         ),
-        L4Kind::Udp => ([offsets.l4 + 4; 3], offsets.l4 + 4),
+        L4Kind::Udp => (17u8, TransportFields::Udp, [4, 6, 6, 6]),
     };
-    let data_offset = match kind {
-        L4Kind::Tcp => get_u8(frame, offsets.l4 + 12)?,
-        L4Kind::Udp => 0,
-    };
-    for at in changing.into_iter().chain([csum_at]) {
-        set_u16(headers, at, 0)?;
+    for at in changing {
+        set_u16(headers, offsets.l4 + at, 0)?;
     }
-    let mut l4_base = base;
+    let mut l4_base = pseudo_header_base(frame, offsets, protocol)?;
     l4_base.add_bytes(headers.get(offsets.l4..header_len).unwrap_or(&[]));
 
-    let count = payload_len.div_ceil(size).max(1);
+    let fields = SegmentFields {
+        l3: offsets.l3,
+        l4: offsets.l4,
+        l3_len,
+        l4_header_len,
+        size,
+        count: payload_len.div_ceil(size).max(1),
+        ip,
+        transport,
+        l4_base,
+    };
+    let payload = frame.get(header_len..).unwrap_or(&[]);
     // Zero-copy mode reads the payload only to sum it: one tight pass over
     // the segments' payloads, kept apart from the header writes, runs the
     // summing kernel back to back. Copy mode sums while it copies instead.
     payload_sums.clear();
     if out.is_zero_copy() {
-        let payload = frame.get(header_len..).unwrap_or(&[]);
         payload_sums.extend(
             payload
                 .chunks(size)
                 .map(|chunk| Checksum::new().add_bytes(chunk).sum()),
         );
     }
-    let mut bytes = 0;
-    for i in 0..count {
-        let start = header_len + i * size;
-        let end = (start + size).min(frame.len());
-        let l4_total = l4_header_len + (end - start);
-        let l3_total = l3_len + l4_total;
-        // This segment's field values and their sums; `patch` writes them
-        // into the copy of the template.
-        let (ip_words, ip_count) = match ipv4_base {
-            Some(mut ip_sum) => {
-                let total = fits_u16("IPv4 total length", l3_total)?;
-                let id = if params.fixed_ipv4_id {
-                    first_id
-                } else {
-                    first_id.wrapping_add(i as u16)
-                };
-                ip_sum.add_u16(total).add_u16(id);
-                ([total, id, ip_sum.finish()], 3)
+    let summary = SegmentSummary {
+        segments: fields.count,
+        bytes: fields.count * header_len + payload_len,
+    };
+
+    // A sink that takes the whole run gets it in one buffer, filled segment
+    // after segment with nothing else in the loop.
+    match out.run(header_len, header_len..frame.len(), size)? {
+        Some(Run::Headers(heads)) => {
+            for ((i, head), &payload_sum) in heads
+                .chunks_exact_mut(header_len)
+                .enumerate()
+                .zip(payload_sums.iter())
+            {
+                copy_headers(head, headers);
+                fields.write(head, i, fields.payload_len(i, payload_len), payload_sum)?;
             }
-            None => ([fits_u16("IPv6 payload length", l3_total - 40)?, 0, 0], 1),
-        };
-        let mut sum = l4_base;
-        sum.add_u32(l4_total as u32);
-        let payload_sum = payload_sums.get(i).copied();
-        if let Some(payload_sum) = payload_sum {
-            sum.add_u16(payload_sum);
+            return Ok(summary);
         }
-        let (seq, word) = match kind {
-            L4Kind::Tcp => {
-                let seq = first_seq.wrapping_add((i * size) as u32);
-                let mut segment_flags = flags;
-                if i + 1 != count {
-                    segment_flags &= !(TCP_FIN | TCP_PSH);
-                }
-                if i != 0 {
-                    segment_flags &= !TCP_CWR;
-                }
-                let word = u16::from_be_bytes([data_offset, segment_flags]);
-                sum.add_u32(seq).add_u16(word);
-                (Some(seq), word)
+        Some(Run::Frames(frames)) => {
+            for ((i, segment), piece) in frames
+                .chunks_mut(header_len + size)
+                .enumerate()
+                .zip(payload.chunks(size))
+            {
+                // `run` checked the buffer's length, so every segment holds
+                // its headers and exactly `piece.len()` payload bytes.
+                let (head, body) = segment.split_at_mut(header_len);
+                copy_headers(head, headers);
+                let payload_sum = Checksum::new().copy_and_add(body, piece).sum();
+                fields.write(head, i, piece.len(), payload_sum)?;
             }
-            L4Kind::Udp => {
-                let udp_len = fits_u16("UDP length", l4_total)?;
-                sum.add_u16(udp_len);
-                (None, udp_len)
-            }
-        };
-        let fixup = ChecksumFixup {
-            at: csum_at,
-            sum,
-            zero_as_ffff: kind == L4Kind::Udp,
-            payload_summed: payload_sum.is_some(),
-        };
-        let l3 = offsets.l3;
-        let l4 = offsets.l4;
-        let patch = |head: &mut [u8]| {
-            if ip_count == 3 {
-                set_u16(head, l3 + 2, ip_words[0])?;
-                set_u16(head, l3 + 4, ip_words[1])?;
-                set_u16(head, l3 + 10, ip_words[2])?;
-            } else {
-                set_u16(head, l3 + 4, ip_words[0])?;
-            }
-            if let Some(seq) = seq {
-                set_u32(head, l4 + 4, seq)?;
-            }
-            set_u16(head, word_at, word)
-        };
-        bytes += out.emit(frame, headers, patch, start..end, Some(fixup))?;
+            return Ok(summary);
+        }
+        None => {}
     }
-    Ok(SegmentSummary {
-        segments: count,
-        bytes,
-    })
+
+    for i in 0..fields.count {
+        let start = header_len + i * size;
+        let len = fields.payload_len(i, payload_len);
+        let sum = match payload_sums.get(i) {
+            Some(&known) => PayloadSum::Known(known),
+            None => PayloadSum::Compute,
+        };
+        out.emit(
+            frame,
+            headers,
+            start..start + len,
+            sum,
+            |head, payload_sum| fields.write(head, i, len, payload_sum),
+        )?;
+    }
+    Ok(summary)
 }

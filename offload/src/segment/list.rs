@@ -201,6 +201,58 @@ impl SegmentSink for SegmentList {
         });
         self.arena.get_mut(head).ok_or(SinkFull)
     }
+
+    /// Keeps the whole run's frames back to back in the arena and one entry
+    /// per segment, without a call per segment.
+    fn contiguous_run(
+        &mut self,
+        header_len: usize,
+        payload_len: usize,
+        size: usize,
+    ) -> Result<Option<&mut [u8]>, SinkFull> {
+        if size == 0 || payload_len == 0 {
+            return Err(SinkFull);
+        }
+        let count = payload_len.div_ceil(size);
+        let frames = self.reserve(count * header_len + payload_len);
+        let stride = header_len + size;
+        self.entries.extend((0..count).map(|i| {
+            let start = frames.start + i * stride;
+            Entry {
+                head: start..(start + stride).min(frames.end),
+                payload: 0..0,
+                source: usize::MAX,
+            }
+        }));
+        self.arena.get_mut(frames).map(Some).ok_or(SinkFull)
+    }
+
+    /// Keeps the whole run's headers back to back in the arena and one
+    /// entry per segment, without a call per segment.
+    fn scatter_gather_run(
+        &mut self,
+        header_len: usize,
+        frame: &Bytes,
+        payload: Range<usize>,
+        size: usize,
+    ) -> Result<Option<&mut [u8]>, SinkFull> {
+        if size == 0 || payload.is_empty() || frame.get(payload.clone()).is_none() {
+            return Err(SinkFull);
+        }
+        let source = self.source_of(frame);
+        let count = payload.len().div_ceil(size);
+        let heads = self.reserve(count * header_len);
+        self.entries.extend((0..count).map(|i| {
+            let head = heads.start + i * header_len;
+            let start = payload.start + i * size;
+            Entry {
+                head: head..head + header_len,
+                payload: start..(start + size).min(payload.end),
+                source,
+            }
+        }));
+        self.arena.get_mut(heads).map(Some).ok_or(SinkFull)
+    }
 }
 
 #[cfg(test)]
@@ -235,5 +287,38 @@ mod tests {
             list.iter().map(|s| s.to_vec()).collect::<Vec<_>>(),
             [b"12345".to_vec()]
         );
+    }
+
+    #[test]
+    fn a_run_holds_the_same_segments_as_one_call_each() {
+        let frame = Bytes::from_static(b"HDRabcdefghij");
+        let mut run = SegmentList::new();
+        run.contiguous(1).unwrap().copy_from_slice(b"x");
+        let heads = run
+            .scatter_gather_run(2, &frame, 3..13, 4)
+            .unwrap()
+            .unwrap();
+        assert_eq!(heads.len(), 3 * 2, "three segments of 4, 4 and 2 bytes");
+        heads.copy_from_slice(b"h0h1h2");
+        let mut single = SegmentList::new();
+        single.contiguous(1).unwrap().copy_from_slice(b"x");
+        for (i, piece) in [3..7, 7..11, 11..13].into_iter().enumerate() {
+            let head = single.scatter_gather(2, &frame, piece).unwrap();
+            head.copy_from_slice(format!("h{i}").as_bytes());
+        }
+        let all = |list: &SegmentList| list.iter().map(|s| s.to_vec()).collect::<Vec<_>>();
+        assert_eq!(all(&run), all(&single));
+        assert_eq!(all(&run)[3], b"h2ij");
+        assert_eq!(run.payload_bytes(2).unwrap(), &b"efgh"[..]);
+        assert_eq!(run.sources.len(), 1, "one reference to the frame");
+
+        for (payload, size) in [(3..14, 4), (3..3, 4), (3..13, 0)] {
+            assert!(
+                run.scatter_gather_run(2, &frame, payload.clone(), size)
+                    .is_err(),
+                "{payload:?} in pieces of {size}"
+            );
+        }
+        assert_eq!(run.len(), 4, "a refused run adds nothing");
     }
 }

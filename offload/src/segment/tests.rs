@@ -26,19 +26,47 @@ pub(crate) fn segment_both(
     let bytes = Bytes::copy_from_slice(frame);
     let mut gathered = SegmentList::new();
     let sg_summary = segmenter.segment_zero_copy(&bytes, layout, gso, &mut gathered)?;
+    // A sink without runs: zero-copy mode asks for one segment at a time.
+    let mut one_by_one = OneByOne(SegmentList::new());
+    let single_summary = segmenter.segment_zero_copy(&bytes, layout, gso, &mut one_by_one)?;
     assert_eq!(copy_summary, sg_summary);
+    assert_eq!(copy_summary, single_summary);
     assert_eq!(copied.len(), copy_summary.segments);
     let copy_out: Vec<Vec<u8>> = copied.iter().map(|s| s.to_vec()).collect();
     let sg_out: Vec<Vec<u8>> = gathered.iter().map(|s| s.to_vec()).collect();
+    let single_out: Vec<Vec<u8>> = one_by_one.0.iter().map(|s| s.to_vec()).collect();
     assert_eq!(
         copy_out, sg_out,
         "copy and zero-copy modes write the same bytes"
+    );
+    assert_eq!(
+        sg_out, single_out,
+        "zero-copy writes the same bytes with and without runs"
     );
     assert_eq!(
         copy_summary.bytes,
         copy_out.iter().map(Vec::len).sum::<usize>()
     );
     Ok(copy_out)
+}
+
+/// A [`SegmentList`] behind a sink that takes one segment per call (the
+/// trait's default for runs).
+struct OneByOne(SegmentList);
+
+impl SegmentSink for OneByOne {
+    fn contiguous(&mut self, len: usize) -> Result<&mut [u8], SinkFull> {
+        self.0.contiguous(len)
+    }
+
+    fn scatter_gather(
+        &mut self,
+        header_len: usize,
+        frame: &Bytes,
+        payload: std::ops::Range<usize>,
+    ) -> Result<&mut [u8], SinkFull> {
+        self.0.scatter_gather(header_len, frame, payload)
+    }
 }
 
 /// Checks TSO/USO output against the per-segment rules.

@@ -5,7 +5,8 @@ use crate::layout::L3Kind;
 use super::field::{get_u16, get_u8, set_u16, set_u32, set_u8};
 use super::l4::{pseudo_header_base, refresh_ipv4_checksum};
 use super::{
-    finish_l4, fits_u16, Offsets, Output, SegmentError, SegmentParams, SegmentSink, SegmentSummary,
+    finish_l4, fits_u16, Offsets, Output, PayloadSum, SegmentError, SegmentParams, SegmentSink,
+    SegmentSummary,
 };
 
 /// IPv4 flags/fragment-offset field: more fragments.
@@ -157,7 +158,13 @@ pub(super) fn fragment<S: SegmentSink + ?Sized>(
                 fits_u16("IPv6 payload length", l3_total - 40)?,
             )?,
         }
-        let bytes = out.emit(frame, headers, |_| Ok(()), udp_end..frame.len(), None)?;
+        let bytes = out.emit(
+            frame,
+            headers,
+            udp_end..frame.len(),
+            PayloadSum::Unused,
+            |_, _| Ok(()),
+        )?;
         return Ok(SegmentSummary { segments: 1, bytes });
     }
 
@@ -240,7 +247,7 @@ pub(super) fn fragment<S: SegmentSink + ?Sized>(
                 set_u32(hdr, frag_header_at + 4, params.ipv6_fragment_id)?;
             }
         }
-        bytes += out.emit(frame, hdr, |_| Ok(()), payload, None)?;
+        bytes += out.emit(frame, hdr, payload, PayloadSum::Unused, |_, _| Ok(()))?;
     }
     Ok(SegmentSummary {
         segments: count,
