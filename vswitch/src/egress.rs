@@ -173,6 +173,14 @@ impl PacketSink {
             self.pending = Some(len);
             return &mut self.chunk[..len];
         }
+        let start = self.claim_pooled(len);
+        self.ranges.push((start, start + len));
+        self.pooled_bytes(start, len)
+    }
+
+    /// Claims `len` bytes of the current large frame's chunk, taking a new
+    /// chunk when this one is too full, and returns where they start.
+    fn claim_pooled(&mut self, len: usize) -> usize {
         let room = self
             .pooled
             .as_ref()
@@ -185,19 +193,48 @@ impl PacketSink {
             self.pooled_used = 0;
         }
         let start = self.pooled_used;
-        let end = start + len;
-        self.pooled_used = end;
-        self.ranges.push((start, end));
+        self.pooled_used = start + len;
+        start
+    }
+
+    /// The claimed bytes `start..start + len` of the current chunk.
+    fn pooled_bytes(&mut self, start: usize, len: usize) -> &mut [u8] {
         let chunk = self
             .pooled
-            .get_or_insert_with(|| BytesMut::zeroed(POOLED_CHUNK.max(len)));
-        &mut chunk[start..end]
+            .get_or_insert_with(|| BytesMut::zeroed(POOLED_CHUNK.max(start + len)));
+        &mut chunk[start..start + len]
     }
 }
 
 impl SegmentSink for PacketSink {
     fn contiguous(&mut self, len: usize) -> Result<&mut [u8], SinkFull> {
         Ok(self.reserve(len))
+    }
+
+    /// The segments of a large frame go into its chunk back to back, so the
+    /// whole run is claimed at once; small frames are cut one by one.
+    fn contiguous_run(
+        &mut self,
+        header_len: usize,
+        payload_len: usize,
+        size: usize,
+    ) -> Result<Option<&mut [u8]>, SinkFull> {
+        if !self.large || size == 0 || payload_len == 0 {
+            return Ok(None);
+        }
+        if self.pending.is_some() {
+            self.seal();
+        }
+        let count = payload_len.div_ceil(size);
+        let len = count * header_len + payload_len;
+        let start = self.claim_pooled(len);
+        let end = start + len;
+        let stride = header_len + size;
+        self.ranges.extend((0..count).map(|i| {
+            let first = start + i * stride;
+            (first, (first + stride).min(end))
+        }));
+        Ok(Some(self.pooled_bytes(start, len)))
     }
 
     /// Ports take contiguous frames, so a scatter-gather segment would be
@@ -411,6 +448,37 @@ mod tests {
             payload += seg.data.len() - 54;
         }
         assert_eq!(payload, 10_000);
+    }
+
+    #[test]
+    fn a_large_frame_is_written_as_one_run_and_cut_per_segment() {
+        // 44 full segments and a short one in an 80 KiB chunk; then 650
+        // segments whose run needs more than a chunk holds.
+        for (payload_len, mss) in [(44 * 1448 + 700, 1448u16), (65_000, 100)] {
+            let mut engine = EgressEngine::new();
+            let mut out = Vec::new();
+            let packet = tso(payload_len, mss);
+            let original = packet.data.clone();
+            let work = adapt_for_egress(
+                &mut engine,
+                packet,
+                &EgressCapabilities::none(1500),
+                &mut out,
+            )
+            .unwrap();
+            let count = payload_len.div_ceil(usize::from(mss));
+            assert_eq!(work.segments, count as u64);
+            assert_eq!(out.len(), count);
+            let mut joined = Vec::with_capacity(payload_len);
+            for (i, seg) in out.iter().enumerate() {
+                let expected = usize::from(mss).min(payload_len - i * usize::from(mss));
+                assert_eq!(seg.data.len(), 54 + expected, "segment {i} of mss {mss}");
+                assert!(tcp_checksum_ok(&seg.data), "segment {i} of mss {mss}");
+                assert_eq!(Checksum::new().add_bytes(&seg.data[14..34]).finish(), 0);
+                joined.extend_from_slice(&seg.data[54..]);
+            }
+            assert_eq!(joined, original[54..], "payload conserved");
+        }
     }
 
     #[test]
