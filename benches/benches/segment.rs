@@ -5,10 +5,12 @@
 //! one would write without this library).
 //!
 //! Besides criterion's report, a best-of-N table with the ratios is printed
-//! first. It adds the floors each mode cannot go below, measured the same
-//! way: summing each segment's payload (`checksum_per_seg`), copying and
-//! summing it in one fused pass (`copy_sum_per_seg`, the floor of copy
-//! mode), and summing it plus taking one `Bytes` slice per segment
+//! first, its candidates measured in turns so that load from other
+//! processes slows them all alike. It adds the floors each mode cannot go
+//! below, measured the same way: summing each segment's payload
+//! (`checksum_per_seg`), copying and summing it in one fused pass to where
+//! copy mode puts it, after its segment's headers (`copy_sum_per_seg`, the
+//! floor of copy mode), and summing it plus taking one `Bytes` slice per segment
 //! (`slice_sum_per_seg`, the floor of zero-copy mode behind a sink that
 //! takes a `Bytes` per segment; `SegmentList` keeps one reference to the
 //! frame instead, so its floor is `checksum_per_seg`); memcpy is the best
@@ -202,22 +204,51 @@ fn build_segments(out: &mut Vec<Vec<u8>>, case: &Case) -> usize {
     total
 }
 
-/// Best time per call over `rounds` batches of `batch` calls.
-fn best_of(rounds: usize, batch: usize, mut f: impl FnMut() -> usize) -> Duration {
-    let mut best = Duration::MAX;
-    for _ in 0..rounds {
-        let start = Instant::now();
-        for _ in 0..batch {
-            black_box(f());
+/// Samples per candidate in the table.
+const ROUNDS: usize = 30;
+
+/// One contender in the table: a name, how many calls one sample times, and
+/// the call.
+struct Candidate<'a> {
+    name: &'static str,
+    batch: usize,
+    call: Box<dyn FnMut() -> usize + 'a>,
+}
+
+impl<'a> Candidate<'a> {
+    fn new(name: &'static str, batch: usize, call: impl FnMut() -> usize + 'a) -> Self {
+        Candidate {
+            name,
+            batch,
+            call: Box::new(call),
         }
-        best = best.min(start.elapsed() / batch as u32);
+    }
+}
+
+/// The best time per call of each candidate over [`ROUNDS`] samples. The
+/// candidates take turns sample by sample, so a burst of load from other
+/// processes on this shared machine slows all of them rather than skewing
+/// one ratio.
+fn race(candidates: &mut [Candidate<'_>]) -> Vec<Duration> {
+    for candidate in candidates.iter_mut() {
+        black_box((candidate.call)());
+    }
+    let mut best = vec![Duration::MAX; candidates.len()];
+    for _ in 0..ROUNDS {
+        for (candidate, best) in candidates.iter_mut().zip(&mut best) {
+            let start = Instant::now();
+            for _ in 0..candidate.batch {
+                black_box((candidate.call)());
+            }
+            *best = (*best).min(start.elapsed() / candidate.batch as u32);
+        }
     }
     best
 }
 
 fn print_table(cases: &[Case]) {
     println!(
-        "\nsegment: 64 KiB TCP frame, MSS {MSS}, checksum kernel {} (best of 15 batches)",
+        "\nsegment: 64 KiB TCP frame, MSS {MSS}, checksum kernel {} (best of {ROUNDS} interleaved samples)",
         Kernel::detect().name()
     );
     println!(
@@ -226,14 +257,17 @@ fn print_table(cases: &[Case]) {
     );
     for case in cases {
         let len = case.frame.len();
-        let mut segmenter = Segmenter::new(SegmentParams::default());
-        let mut list = SegmentList::with_capacity(2 * len, 64);
+        let mss = usize::from(MSS);
+        let payload_at = case.layout.payload_offset;
+        let new_list = || SegmentList::with_capacity(2 * len, 64);
+        let (mut copy_segmenter, mut copy_list) = (Segmenter::default(), new_list());
+        let (mut zero_segmenter, mut zero_list) = (Segmenter::default(), new_list());
         let mut built = Vec::new();
         // The peer must produce the very same segments, or the comparison
         // would be meaningless.
         run_packet_builder(&mut built, case);
-        run_copy(&mut segmenter, &mut list, case);
-        let ours: Vec<Vec<u8>> = list.iter().map(|s| s.to_vec()).collect();
+        run_copy(&mut copy_segmenter, &mut copy_list, case);
+        let ours: Vec<Vec<u8>> = copy_list.iter().map(|s| s.to_vec()).collect();
         assert_eq!(
             ours, built,
             "{}: PacketBuilder and copy mode disagree",
@@ -242,84 +276,105 @@ fn print_table(cases: &[Case]) {
         // The copy's speed depends on where the destination lies relative to
         // the source (4 KiB aliasing): the limit is the best of a few
         // placements, not whichever one the allocator happened to give.
-        let mut placed = vec![0u8; len + 4096];
-        let memcpy = [0usize, 64, 1024, 2048, 3072]
-            .into_iter()
-            .map(|offset| {
-                best_of(15, 200, || {
-                    run_memcpy(&mut placed[offset..offset + len], case)
+        let placements = [0usize, 64, 1024, 2048, 3072];
+        let mut placed: Vec<Vec<u8>> = placements.iter().map(|_| vec![0; len + 4096]).collect();
+        let segments = (len - payload_at).div_ceil(mss);
+        let mut copy_dst = vec![0u8; segments * payload_at + len - payload_at];
+        let mut slices: Vec<Bytes> = Vec::with_capacity(64);
+        let mut reused = Vec::new();
+        let mut candidates: Vec<Candidate<'_>> = placed
+            .iter_mut()
+            .zip(placements)
+            .map(|(buf, offset)| {
+                Candidate::new("memcpy", 200, move || {
+                    run_memcpy(&mut buf[offset..offset + len], case)
                 })
             })
-            .min()
-            .unwrap_or(Duration::MAX);
-        // Reading and summing every byte once: the floor for zero-copy mode,
-        // which must still checksum the payload.
-        let sum_only = best_of(15, 50, || {
-            usize::from(vswitch_offload::checksum::checksum(black_box(&case.frame)))
-        });
-        // The same, one sum per segment payload: what any segmenter that
-        // checksums each segment must at least do.
-        let payload_at = case.layout.payload_offset;
-        let sum_per_segment = best_of(15, 50, || {
-            let mut acc = 0usize;
-            for chunk in black_box(&case.frame[payload_at..]).chunks(usize::from(MSS)) {
-                acc += usize::from(vswitch_offload::checksum::checksum(chunk));
+            .collect();
+        candidates.extend([
+            // Reading and summing every byte once: the floor for zero-copy
+            // mode, which must still checksum the payload.
+            Candidate::new("checksum_only", 50, || {
+                usize::from(vswitch_offload::checksum::checksum(black_box(&case.frame)))
+            }),
+            // The same, one sum per segment payload: what any segmenter that
+            // checksums each segment must at least do.
+            Candidate::new("checksum_per_seg", 50, || {
+                black_box(&case.frame[payload_at..])
+                    .chunks(mss)
+                    .map(|chunk| usize::from(vswitch_offload::checksum::checksum(chunk)))
+                    .sum()
+            }),
+            // Copying and summing each segment payload into its place, after
+            // its segment's headers (one fused pass): the floor for copy
+            // mode, which must at least do this.
+            Candidate::new("copy_sum_per_seg", 50, || {
+                let src = black_box(&case.frame[payload_at..]);
+                copy_dst
+                    .chunks_mut(payload_at + mss)
+                    .zip(src.chunks(mss))
+                    .map(|(segment, s)| {
+                        let d = &mut segment[payload_at..];
+                        usize::from(vswitch_offload::checksum::copy_and_checksum(d, s))
+                    })
+                    .sum()
+            }),
+            // Summing each segment payload and taking a `Bytes` slice of it (a
+            // reference count up, and down when the list is cleared): the
+            // floor for zero-copy mode behind a sink that takes one `Bytes`
+            // per segment.
+            Candidate::new("slice_sum_per_seg", 50, || {
+                slices.clear();
+                let mut acc = 0usize;
+                let frame = black_box(&case.frame);
+                let mut start = payload_at;
+                while start < len {
+                    let end = (start + mss).min(len);
+                    acc += usize::from(vswitch_offload::checksum::checksum(&frame[start..end]));
+                    slices.push(frame.slice(start..end));
+                    start = end;
+                }
+                acc
+            }),
+            Candidate::new("packet_builder", 10, || {
+                run_packet_builder(&mut built, case)
+            }),
+            Candidate::new("builder_reuse", 10, || {
+                run_packet_builder_reuse(&mut reused, case)
+            }),
+            Candidate::new("copy", 50, || {
+                run_copy(&mut copy_segmenter, &mut copy_list, case)
+            }),
+            Candidate::new("zero_copy", 50, || {
+                run_zero_copy(&mut zero_segmenter, &mut zero_list, case)
+            }),
+        ]);
+        let times = race(&mut candidates);
+        let names: Vec<&str> = candidates.iter().map(|c| c.name).collect();
+        drop(candidates);
+        let best = |name: &str| {
+            names
+                .iter()
+                .zip(&times)
+                .filter(|(n, _)| **n == name)
+                .map(|(_, time)| *time)
+                .min()
+                .unwrap_or(Duration::MAX)
+        };
+        let memcpy = best("memcpy");
+        let builder = best("packet_builder");
+        let mut shown: Vec<&str> = Vec::new();
+        for name in names.iter().copied() {
+            if shown.contains(&name) {
+                continue;
             }
-            acc
-        });
-        // Copying and summing each segment payload into its place (one fused
-        // pass): the floor for copy mode, which must at least do this.
-        let mut copy_dst = vec![0u8; len];
-        let copy_sum_per_segment = best_of(15, 50, || {
-            let mut acc = 0usize;
-            let src = black_box(&case.frame[payload_at..]);
-            let dst = &mut copy_dst[payload_at..];
-            for (d, s) in dst
-                .chunks_mut(usize::from(MSS))
-                .zip(src.chunks(usize::from(MSS)))
-            {
-                acc += usize::from(vswitch_offload::checksum::copy_and_checksum(d, s));
-            }
-            acc
-        });
-        // Summing each segment payload and taking a `Bytes` slice of it (a
-        // reference count up, and down when the list is cleared): the floor
-        // for zero-copy mode behind a sink that takes one `Bytes` per segment.
-        let mut slices: Vec<Bytes> = Vec::with_capacity(64);
-        let slice_sum_per_segment = best_of(15, 50, || {
-            slices.clear();
-            let mut acc = 0usize;
-            let frame = black_box(&case.frame);
-            let mut start = payload_at;
-            while start < len {
-                let end = (start + usize::from(MSS)).min(len);
-                acc += usize::from(vswitch_offload::checksum::checksum(&frame[start..end]));
-                slices.push(frame.slice(start..end));
-                start = end;
-            }
-            acc
-        });
-        let builder = best_of(15, 10, || run_packet_builder(&mut built, case));
-        let mut reused = Vec::new();
-        let builder_reuse = best_of(15, 10, || run_packet_builder_reuse(&mut reused, case));
-        let copy = best_of(15, 50, || run_copy(&mut segmenter, &mut list, case));
-        let zero = best_of(15, 50, || run_zero_copy(&mut segmenter, &mut list, case));
-        for (variant, time) in [
-            ("memcpy", memcpy),
-            ("checksum_only", sum_only),
-            ("checksum_per_seg", sum_per_segment),
-            ("copy_sum_per_seg", copy_sum_per_segment),
-            ("slice_sum_per_seg", slice_sum_per_segment),
-            ("packet_builder", builder),
-            ("builder_reuse", builder_reuse),
-            ("copy", copy),
-            ("zero_copy", zero),
-        ] {
+            shown.push(name);
+            let time = best(name);
             let gbps = len as f64 / time.as_secs_f64() / 1e9;
             println!(
                 "{:<6} {:<17} {:>8.2}us {:>10.2} {:>10.2} {:>12.1}",
                 case.name,
-                variant,
+                name,
                 time.as_secs_f64() * 1e6,
                 gbps,
                 memcpy.as_secs_f64() / time.as_secs_f64(),
