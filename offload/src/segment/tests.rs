@@ -26,22 +26,28 @@ pub(crate) fn segment_both(
     let bytes = Bytes::copy_from_slice(frame);
     let mut gathered = SegmentList::new();
     let sg_summary = segmenter.segment_zero_copy(&bytes, layout, gso, &mut gathered)?;
-    // A sink without runs: zero-copy mode asks for one segment at a time.
-    let mut one_by_one = OneByOne(SegmentList::new());
-    let single_summary = segmenter.segment_zero_copy(&bytes, layout, gso, &mut one_by_one)?;
+    // Sinks without runs: both modes ask for one segment at a time.
+    let mut copied_singly = OneByOne(SegmentList::new());
+    let copy_single_summary = segmenter.segment_copy(frame, layout, gso, &mut copied_singly)?;
+    let mut gathered_singly = OneByOne(SegmentList::new());
+    let sg_single_summary =
+        segmenter.segment_zero_copy(&bytes, layout, gso, &mut gathered_singly)?;
     assert_eq!(copy_summary, sg_summary);
-    assert_eq!(copy_summary, single_summary);
+    assert_eq!(copy_summary, copy_single_summary);
+    assert_eq!(copy_summary, sg_single_summary);
     assert_eq!(copied.len(), copy_summary.segments);
-    let copy_out: Vec<Vec<u8>> = copied.iter().map(|s| s.to_vec()).collect();
-    let sg_out: Vec<Vec<u8>> = gathered.iter().map(|s| s.to_vec()).collect();
-    let single_out: Vec<Vec<u8>> = one_by_one.0.iter().map(|s| s.to_vec()).collect();
+    let all = |list: &SegmentList| list.iter().map(|s| s.to_vec()).collect::<Vec<_>>();
+    let copy_out = all(&copied);
     assert_eq!(
-        copy_out, sg_out,
+        copy_out,
+        all(&gathered),
         "copy and zero-copy modes write the same bytes"
     );
+    assert_eq!(copy_out, all(&copied_singly.0), "copy mode without runs");
     assert_eq!(
-        sg_out, single_out,
-        "zero-copy writes the same bytes with and without runs"
+        copy_out,
+        all(&gathered_singly.0),
+        "zero-copy mode without runs"
     );
     assert_eq!(
         copy_summary.bytes,
