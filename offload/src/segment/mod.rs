@@ -353,8 +353,8 @@ pub struct Segmenter {
     params: SegmentParams,
     headers: Vec<u8>,
     template: Vec<u8>,
-    /// Zero-copy mode: the folded sum of each segment's payload, computed in
-    /// one pass before the headers are written.
+    /// Zero-copy mode into a header run: the folded sum of each segment's
+    /// payload, computed in one pass before the headers are written.
     payload_sums: Vec<u16>,
 }
 
@@ -632,14 +632,12 @@ pub(crate) fn finish_l4(sum: Checksum, zero_as_ffff: bool) -> u16 {
     }
 }
 
-/// What [`Output::emit`] should know of a segment's payload sum.
-#[derive(Debug, Clone, Copy)]
+/// Whether [`Output::emit`] sums a segment's payload for its headers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PayloadSum {
     /// The headers do not depend on the payload (IP fragments).
     Unused,
-    /// Summed already (the folded sum of the payload's big-endian words).
-    Known(u16),
-    /// To be summed while the payload is copied (or read).
+    /// Summed while the payload is copied (or, in zero-copy mode, read).
     Compute,
 }
 
@@ -650,11 +648,6 @@ pub(crate) enum Output<'a, S: SegmentSink + ?Sized> {
 }
 
 impl<S: SegmentSink + ?Sized> Output<'_, S> {
-    /// True if payloads are handed over as slices, not copied.
-    pub(crate) fn is_zero_copy(&self) -> bool {
-        matches!(self, Output::ZeroCopy { .. })
-    }
-
     /// Delivers one segment: `template` copied into the sink's buffer, then
     /// `frame[payload]` follows, and `patch` writes this segment's fields
     /// into the copied headers, given the folded sum of the payload (0 for
@@ -695,10 +688,6 @@ impl<S: SegmentSink + ?Sized> Output<'_, S> {
                 copy_headers(head, template);
                 let payload_sum = match sum {
                     PayloadSum::Compute => Checksum::new().copy_and_add(body, src).sum(),
-                    PayloadSum::Known(value) => {
-                        body.copy_from_slice(src);
-                        value
-                    }
                     PayloadSum::Unused => {
                         body.copy_from_slice(src);
                         0
@@ -709,7 +698,6 @@ impl<S: SegmentSink + ?Sized> Output<'_, S> {
             Output::ZeroCopy { frame: bytes, sink } => {
                 let payload_sum = match sum {
                     PayloadSum::Compute => Checksum::new().add_bytes(src).sum(),
-                    PayloadSum::Known(value) => value,
                     PayloadSum::Unused => 0,
                 };
                 let head = sink
