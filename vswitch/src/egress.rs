@@ -163,10 +163,8 @@ impl PacketSink {
     }
 
     fn reserve(&mut self, len: usize) -> &mut [u8] {
-        if self.pending.is_some() || !self.large {
-            self.seal();
-        }
         if !self.large {
+            self.seal();
             if self.chunk.len() < len {
                 self.chunk = BytesMut::zeroed(SEGMENT_CHUNK.max(len));
             }
@@ -179,8 +177,12 @@ impl PacketSink {
     }
 
     /// Claims `len` bytes of the current large frame's chunk, taking a new
-    /// chunk when this one is too full, and returns where they start.
+    /// chunk when this one is too full, and returns where they start. A
+    /// small frame's segment still pending is cut off first.
     fn claim_pooled(&mut self, len: usize) -> usize {
+        if self.pending.is_some() {
+            self.seal();
+        }
         let room = self
             .pooled
             .as_ref()
@@ -221,9 +223,6 @@ impl SegmentSink for PacketSink {
     ) -> Result<Option<&mut [u8]>, SinkFull> {
         if !self.large || size == 0 || payload_len == 0 {
             return Ok(None);
-        }
-        if self.pending.is_some() {
-            self.seal();
         }
         let count = payload_len.div_ceil(size);
         let len = count * header_len + payload_len;
@@ -424,37 +423,10 @@ mod tests {
 
     #[test]
     fn tso_frames_are_segmented_for_a_port_without_offloads() {
-        let mut engine = EgressEngine::new();
-        let mut out = Vec::new();
-        let work = adapt_for_egress(
-            &mut engine,
-            tso(10_000, 1460),
-            &EgressCapabilities::none(1500),
-            &mut out,
-        )
-        .unwrap();
-        assert_eq!(work.segments, 7);
-        assert_eq!(out.len(), 7);
-        let mut payload = 0;
-        for seg in &out {
-            assert_eq!(
-                seg.hdr,
-                VirtioNetHdr::default(),
-                "segments are plain frames"
-            );
-            assert!(seg.data.len() - 14 <= 1500);
-            assert!(tcp_checksum_ok(&seg.data));
-            assert_eq!(Checksum::new().add_bytes(&seg.data[14..34]).finish(), 0);
-            payload += seg.data.len() - 54;
-        }
-        assert_eq!(payload, 10_000);
-    }
-
-    #[test]
-    fn a_large_frame_is_written_as_one_run_and_cut_per_segment() {
-        // 44 full segments and a short one in an 80 KiB chunk; then 650
-        // segments whose run needs more than a chunk holds.
-        for (payload_len, mss) in [(44 * 1448 + 700, 1448u16), (65_000, 100)] {
+        // A frame below POOLED_FRAME, cut one segment at a time into the
+        // shared buffer; a large one written as one run into its own chunk;
+        // and 650 segments whose run needs more than a chunk holds.
+        for (payload_len, mss) in [(10_000, 1460u16), (44 * 1448 + 700, 1448), (65_000, 100)] {
             let mut engine = EgressEngine::new();
             let mut out = Vec::new();
             let packet = tso(payload_len, mss);
@@ -471,8 +443,14 @@ mod tests {
             assert_eq!(out.len(), count);
             let mut joined = Vec::with_capacity(payload_len);
             for (i, seg) in out.iter().enumerate() {
+                assert_eq!(
+                    seg.hdr,
+                    VirtioNetHdr::default(),
+                    "segments are plain frames"
+                );
                 let expected = usize::from(mss).min(payload_len - i * usize::from(mss));
                 assert_eq!(seg.data.len(), 54 + expected, "segment {i} of mss {mss}");
+                assert!(seg.data.len() - 14 <= 1500);
                 assert!(tcp_checksum_ok(&seg.data), "segment {i} of mss {mss}");
                 assert_eq!(Checksum::new().add_bytes(&seg.data[14..34]).finish(), 0);
                 joined.extend_from_slice(&seg.data[54..]);
