@@ -350,26 +350,22 @@ fn print_table(cases: &[Case]) {
             }),
         ]);
         let times = race(&mut candidates);
-        let names: Vec<&str> = candidates.iter().map(|c| c.name).collect();
-        drop(candidates);
-        let best = |name: &str| {
-            names
-                .iter()
-                .zip(&times)
-                .filter(|(n, _)| **n == name)
-                .map(|(_, time)| *time)
-                .min()
-                .unwrap_or(Duration::MAX)
-        };
-        let memcpy = best("memcpy");
-        let builder = best("packet_builder");
-        let mut shown: Vec<&str> = Vec::new();
-        for name in names.iter().copied() {
-            if shown.contains(&name) {
-                continue;
+        // One row per name: the memcpy placements become their best.
+        let mut rows: Vec<(&str, Duration)> = Vec::new();
+        for (candidate, time) in candidates.iter().zip(times) {
+            match rows.iter_mut().find(|(name, _)| *name == candidate.name) {
+                Some((_, best)) => *best = (*best).min(time),
+                None => rows.push((candidate.name, time)),
             }
-            shown.push(name);
-            let time = best(name);
+        }
+        let time_of = |wanted: &str| {
+            rows.iter()
+                .find(|(name, _)| *name == wanted)
+                .map_or(Duration::MAX, |(_, time)| *time)
+        };
+        let memcpy = time_of("memcpy");
+        let builder = time_of("packet_builder");
+        for (name, time) in &rows {
             let gbps = len as f64 / time.as_secs_f64() / 1e9;
             println!(
                 "{:<6} {:<17} {:>8.2}us {:>10.2} {:>10.2} {:>12.1}",
