@@ -72,3 +72,30 @@ impl FrameLayout {
         self.payload_offset
     }
 }
+
+impl FrameLayout {
+    /// The same layout after `delta` bytes were inserted (positive) or
+    /// removed (negative) before the IP header, as pushing or popping one
+    /// VLAN tag does; `tags` is the new number of VLAN tags. Returns `None`
+    /// if an offset would fall below the Ethernet header.
+    pub fn shifted(&self, delta: isize, tags: u8) -> Option<FrameLayout> {
+        let shift = |offset: usize| offset.checked_add_signed(delta);
+        let l3_offset = shift(self.l3_offset)?;
+        if l3_offset < crate::wire::ethernet::HEADER_LEN {
+            return None;
+        }
+        Some(FrameLayout {
+            vlan_tags: tags,
+            l3_offset,
+            l3: self.l3,
+            l4_offset: shift(self.l4_offset)?,
+            l4: self.l4,
+            payload_offset: shift(self.payload_offset)?,
+            ipv6_fragment_header: match self.ipv6_fragment_header {
+                Some(offset) => Some(shift(offset)?),
+                None => None,
+            },
+            is_fragment: self.is_fragment,
+        })
+    }
+}

@@ -24,7 +24,7 @@ pub mod virtio;
 pub mod wire;
 
 pub use caps::EgressCapabilities;
-pub use frame::Packet;
+pub use frame::{CheckError, CheckedFrame, OuterTag, Packet};
 pub use layout::{FrameLayout, L3Kind, L4Kind};
 pub use plan::{GsoKind, OffloadPlan, PartialChecksum};
 pub use virtio::VirtioNetHdr;

@@ -57,3 +57,28 @@ pub struct OffloadPlan {
     /// The checksum left for the host, if any.
     pub partial_checksum: Option<PartialChecksum>,
 }
+
+impl OffloadPlan {
+    /// The same plan for the frame after `delta` bytes were inserted or
+    /// removed before its IP header (a VLAN tag pushed or popped), with
+    /// `tags` VLAN tags now. `None` if an offset would leave the frame's
+    /// start.
+    pub fn shifted(&self, delta: isize, tags: u8) -> Option<OffloadPlan> {
+        let layout = match &self.layout {
+            Some(layout) => Some(layout.shifted(delta, tags)?),
+            None => None,
+        };
+        let partial_checksum = match self.partial_checksum {
+            Some(partial) => Some(PartialChecksum {
+                start: partial.start.checked_add_signed(delta)?,
+                offset: partial.offset,
+            }),
+            None => None,
+        };
+        Some(OffloadPlan {
+            layout,
+            gso: self.gso,
+            partial_checksum,
+        })
+    }
+}
