@@ -26,4 +26,4 @@ pub mod sys;
 pub mod tap;
 
 pub use memory::{memory_port, InjectError, MemoryEndpoint, MemoryPort, MemoryPortConfig};
-pub use port::{Port, PortCapabilities, PortError, SendError};
+pub use port::{BatchSendError, Port, PortCapabilities, PortError, SendError};

@@ -91,6 +91,18 @@ pub enum SendError {
         /// The frame that was not sent.
         packet: Packet,
     },
+    /// The outside refused this one frame (a kernel that rejects its
+    /// virtio-net header, say); the queue itself still works, so the frame
+    /// is dropped and the next one may go.
+    #[error("tx queue {queue} refused the frame: {reason}")]
+    Refused {
+        /// The queue asked for.
+        queue: usize,
+        /// What the outside said (an OS error message).
+        reason: String,
+        /// The frame that was not sent.
+        packet: Packet,
+    },
 }
 
 impl SendError {
@@ -99,7 +111,8 @@ impl SendError {
         match self {
             SendError::Full { packet, .. }
             | SendError::Disconnected { packet, .. }
-            | SendError::NoSuchQueue { packet, .. } => packet,
+            | SendError::NoSuchQueue { packet, .. }
+            | SendError::Refused { packet, .. } => packet,
         }
     }
 
@@ -136,4 +149,193 @@ pub trait Port: Send + Sync {
     /// Queues one frame for the outside on transmit queue `queue`. Never
     /// blocks: a full queue hands the frame back in [`SendError::Full`].
     fn send(&self, queue: usize, packet: Packet) -> Result<(), SendError>;
+
+    /// Queues the frames of `batch` on transmit queue `queue`, in order,
+    /// and removes from `batch` those it took. Never blocks. On an error
+    /// the frames from the refused one on are still in `batch`, in order,
+    /// for the caller to retry or count.
+    ///
+    /// The switch hands a port all the frames of a burst (the segments of
+    /// a large frame among them) in one call, so a port can take them in
+    /// one go: one lock, one ring update, at most one notification of its
+    /// outside. The provided implementation calls [`Port::send`] once per
+    /// frame.
+    fn send_batch(&self, queue: usize, batch: &mut Vec<Packet>) -> Result<(), BatchSendError> {
+        let mut sent = 0;
+        let mut result = Ok(());
+        for slot in batch.iter_mut() {
+            match self.send(queue, std::mem::take(slot)) {
+                Ok(()) => sent += 1,
+                Err(err) => {
+                    let kind = BatchSendError::from(&err);
+                    *slot = err.into_packet();
+                    result = Err(kind);
+                    break;
+                }
+            }
+        }
+        batch.drain(..sent);
+        result
+    }
+}
+
+/// Why [`Port::send_batch`] stopped before the end of its batch. The
+/// frames not taken stay in the batch, the refused one first.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BatchSendError {
+    /// The transmit queue is full; the rest may be retried later.
+    #[error("tx queue {queue} is full (capacity {capacity})")]
+    Full {
+        /// The queue asked for.
+        queue: usize,
+        /// Its capacity in frames.
+        capacity: usize,
+    },
+    /// The outside end of the port is gone; retrying cannot succeed.
+    #[error("tx queue {queue} is disconnected: its outside end was dropped")]
+    Disconnected {
+        /// The queue asked for.
+        queue: usize,
+    },
+    /// The queue index is not one of the port's queues.
+    #[error("no tx queue {queue}: the port has {queues}")]
+    NoSuchQueue {
+        /// The queue asked for.
+        queue: usize,
+        /// How many transmit queues the port has.
+        queues: usize,
+    },
+    /// The outside refused the first frame left in the batch; the queue
+    /// still works, so the caller drops that frame and may send the rest.
+    #[error("tx queue {queue} refused the frame: {reason}")]
+    Refused {
+        /// The queue asked for.
+        queue: usize,
+        /// What the outside said.
+        reason: String,
+    },
+}
+
+impl BatchSendError {
+    /// Whether a later retry may succeed (the queue was only full).
+    pub fn is_full(&self) -> bool {
+        matches!(self, BatchSendError::Full { .. })
+    }
+}
+
+impl From<&SendError> for BatchSendError {
+    fn from(err: &SendError) -> Self {
+        match *err {
+            SendError::Full {
+                queue, capacity, ..
+            } => BatchSendError::Full { queue, capacity },
+            SendError::Disconnected { queue, .. } => BatchSendError::Disconnected { queue },
+            SendError::NoSuchQueue { queue, queues, .. } => {
+                BatchSendError::NoSuchQueue { queue, queues }
+            }
+            SendError::Refused {
+                queue, ref reason, ..
+            } => BatchSendError::Refused {
+                queue,
+                reason: reason.clone(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A port whose single queue takes `room` frames.
+    struct Bounded {
+        room: Mutex<usize>,
+        sent: Mutex<Vec<u8>>,
+    }
+
+    impl Port for Bounded {
+        fn name(&self) -> &str {
+            "bounded"
+        }
+        fn capabilities(&self) -> PortCapabilities {
+            PortCapabilities {
+                egress: EgressCapabilities::default(),
+                rx_queues: 1,
+                tx_queues: 1,
+            }
+        }
+        fn receive(&self, _: usize, _: &mut Vec<Packet>, _: usize) -> Result<usize, PortError> {
+            Ok(0)
+        }
+        fn send(&self, queue: usize, packet: Packet) -> Result<(), SendError> {
+            if queue != 0 {
+                return Err(SendError::NoSuchQueue {
+                    queue,
+                    queues: 1,
+                    packet,
+                });
+            }
+            let mut room = self.room.lock().unwrap();
+            if *room == 0 {
+                return Err(SendError::Full {
+                    queue,
+                    capacity: 3,
+                    packet,
+                });
+            }
+            *room -= 1;
+            self.sent.lock().unwrap().push(packet.data[0]);
+            Ok(())
+        }
+    }
+
+    fn batch(tags: std::ops::Range<u8>) -> Vec<Packet> {
+        tags.map(|tag| Packet::plain(vec![tag; 60])).collect()
+    }
+
+    #[test]
+    fn a_batch_stops_at_a_full_queue_and_keeps_the_rest_in_order() {
+        let port = Bounded {
+            room: Mutex::new(3),
+            sent: Mutex::new(Vec::new()),
+        };
+        let mut frames = batch(0..5);
+        let err = port.send_batch(0, &mut frames).unwrap_err();
+        assert_eq!(
+            err,
+            BatchSendError::Full {
+                queue: 0,
+                capacity: 3
+            }
+        );
+        assert!(err.is_full());
+        assert_eq!(*port.sent.lock().unwrap(), [0, 1, 2]);
+        let left: Vec<u8> = frames.iter().map(|p| p.data[0]).collect();
+        assert_eq!(left, [3, 4]);
+
+        *port.room.lock().unwrap() = 10;
+        port.send_batch(0, &mut frames).unwrap();
+        assert!(frames.is_empty());
+        assert_eq!(*port.sent.lock().unwrap(), [0, 1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_bad_queue_refuses_the_whole_batch() {
+        let port = Bounded {
+            room: Mutex::new(3),
+            sent: Mutex::new(Vec::new()),
+        };
+        let mut frames = batch(0..2);
+        let err = port.send_batch(7, &mut frames).unwrap_err();
+        assert_eq!(
+            err,
+            BatchSendError::NoSuchQueue {
+                queue: 7,
+                queues: 1
+            }
+        );
+        assert!(!err.is_full());
+        assert_eq!(frames.len(), 2);
+    }
 }

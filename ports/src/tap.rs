@@ -660,10 +660,8 @@ impl Port for TapPort {
             });
         };
         let mut hdr = [0u8; TAP_VNET_HDR_LEN];
-        if packet.hdr.emit(&mut hdr, HdrFormat::V1).is_err() {
-            self.counters.tx_errors.fetch_add(1, Ordering::Relaxed);
-            return Ok(());
-        }
+        // The buffer has the V1 size, so emitting cannot fail.
+        let _ = packet.hdr.emit(&mut hdr, HdrFormat::V1);
         match tap.send(&hdr, &[&packet.data]) {
             Ok(true) => Ok(()),
             Ok(false) => Err(SendError::Full {
@@ -671,11 +669,16 @@ impl Port for TapPort {
                 capacity: 0,
                 packet,
             }),
-            Err(_) => {
+            Err(err) => {
                 // The kernel refused this frame (for example a header it
-                // does not accept); the frame is dropped and counted here.
+                // does not accept): counted here, and handed back so the
+                // switch counts the drop too.
                 self.counters.tx_errors.fetch_add(1, Ordering::Relaxed);
-                Ok(())
+                Err(SendError::Refused {
+                    queue,
+                    reason: err.to_string(),
+                    packet,
+                })
             }
         }
     }
