@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{criterion_group, Criterion, Throughput};
 use vswitch::demo::{run_demo, DemoOptions, EgressOffload};
-use vswitch::dispatch::{flow_hash, worker_for_hash};
+use vswitch::dispatch::{flow_hash, flow_hash_of_bytes, worker_for_hash};
 use vswitch::egress::{adapt_for_egress, EgressEngine};
 use vswitch::ethernet::build_frame;
 use vswitch::fdb::ForwardingTable;
@@ -37,7 +37,7 @@ use vswitch::{
 };
 use vswitch_offload::checksum::{checksum, pseudo_header_ipv4};
 use vswitch_offload::virtio::{FLAG_NEEDS_CSUM, GSO_TCPV4};
-use vswitch_offload::{EgressCapabilities, Packet, VirtioNetHdr};
+use vswitch_offload::{CheckedFrame, EgressCapabilities, Packet, VirtioNetHdr};
 use vswitch_ports::memory::{memory_port, MemoryPortConfig};
 
 #[allow(unsafe_code)]
@@ -386,7 +386,7 @@ fn small_frames_through_switch(
     for i in 0..count {
         let frame = &frames[i % frames.len()];
         let queue = if steered {
-            let worker = worker_for_hash(flow_hash(&frame.data), workers);
+            let worker = worker_for_hash(flow_hash_of_bytes(&frame.data).unwrap_or(0), workers);
             (worker + workers - expected_a % workers) % workers
         } else {
             0
@@ -584,6 +584,10 @@ fn bench_pieces(c: &mut Criterion) {
     let frame = small_frame(7);
     let mut group = c.benchmark_group("switch/per_frame");
     group.throughput(Throughput::Elements(1));
+    group.bench_function("ingress_check_64B", |b| {
+        b.iter(|| CheckedFrame::check(Packet::plain(black_box(&frame).clone())).is_ok())
+    });
+    let frame = CheckedFrame::check(Packet::plain(frame)).expect("a valid frame");
     group.bench_function("flow_hash_rss_64B", |b| {
         b.iter(|| flow_hash(black_box(&frame)))
     });

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switch_support::*;
+use vswitch::drop::HeaderDrop;
 use vswitch::ethernet::build_frame;
 use vswitch::{DropReason, MacAddr, PortProfile, VlanId};
 use vswitch_offload::virtio::GSO_TCPV6;
@@ -50,28 +51,28 @@ fn bad_frames_are_dropped_and_counted_while_flows_keep_moving() {
     let bad: Vec<(Packet, DropReason)> = vec![
         (
             lying(VirtioNetHdr { gso_size: 0, ..tso }),
-            DropReason::InvalidOffloadHeader,
+            DropReason::InvalidHeader(HeaderDrop::BadGsoSize),
         ),
         (
             lying(VirtioNetHdr {
                 csum_start: 60_000,
                 ..tso
             }),
-            DropReason::InvalidOffloadHeader,
+            DropReason::InvalidHeader(HeaderDrop::CsumStartBeyondFrame),
         ),
         (
             lying(VirtioNetHdr {
                 gso_type: GSO_TCPV6,
                 ..tso
             }),
-            DropReason::InvalidOffloadHeader,
+            DropReason::InvalidHeader(HeaderDrop::L3Mismatch),
         ),
         (
             lying(VirtioNetHdr {
                 csum_offset: 6,
                 ..tso
             }),
-            DropReason::InvalidOffloadHeader,
+            DropReason::InvalidHeader(HeaderDrop::BadCsumOffset),
         ),
         (Packet::plain(vec![]), DropReason::Malformed),
         (Packet::plain(good.slice(..13)), DropReason::Malformed),

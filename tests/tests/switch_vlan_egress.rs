@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use switch_support::*;
-use vswitch::ethernet::{build_frame, EthernetHeader};
+use vswitch::ethernet::build_frame;
 use vswitch::{DropReason, MacAddr, PortProfile, VlanId, VlanSet};
 
 use vswitch_offload::{EgressCapabilities, Packet, VirtioNetHdr};
@@ -72,8 +72,10 @@ fn frames_are_tagged_and_untagged_at_the_edges_and_never_cross_vlans() {
     let cross = build_frame(mac_a, mac_c, None, 0x0800, &payload);
     guest_c.try_inject(0, Packet::plain(cross)).unwrap();
     let got = expect_one(&trunk);
-    let header = EthernetHeader::parse(&got.data).unwrap();
-    assert_eq!(header.outer_tag.map(|t| t.vid()), Some(20));
+    let (eth, rest) = etherparse::Ethernet2Header::from_slice(&got.data).unwrap();
+    assert_eq!(eth.ether_type, etherparse::EtherType::VLAN_TAGGED_FRAME);
+    let (tag, _) = etherparse::SingleVlanHeader::from_slice(rest).unwrap();
+    assert_eq!(tag.vlan_id.value(), 20);
     nothing_arrives(&guest_a);
 
     // Tagged frames on an access port are dropped and counted.

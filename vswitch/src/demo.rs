@@ -30,7 +30,7 @@ use vswitch_offload::{EgressCapabilities, FrameLayout, L4Kind, Packet, VirtioNet
 use vswitch_ports::memory::{memory_port, MemoryEndpoint, MemoryPortConfig};
 
 use crate::cli::{number, value};
-use crate::dispatch::{flow_hash, worker_for_hash};
+use crate::dispatch::{flow_hash_of_bytes, worker_for_hash};
 use crate::{PortId, PortProfile, Switch, SwitchConfig, VlanId};
 
 /// Usage text of `vswitch demo`.
@@ -280,7 +280,7 @@ struct Sender {
 fn queue_for_flow(flow: u16, port: PortId, workers: usize) -> usize {
     let mut headers = [0u8; HEADER_LEN];
     write_headers(&mut headers, flow, 0, 0, 0);
-    let worker = worker_for_hash(flow_hash(&headers), workers);
+    let worker = worker_for_hash(flow_hash_of_bytes(&headers).unwrap_or(0), workers);
     let workers = workers.max(1);
     (worker + workers - (port.0 as usize % workers)) % workers
 }
@@ -984,7 +984,7 @@ mod tests {
                     assert!(queue < workers);
                     let mut frame = vec![0u8; HEADER_LEN + 100];
                     write_headers(&mut frame, flow, 1234, 9, 5);
-                    let worker = worker_for_hash(flow_hash(&frame), workers);
+                    let worker = worker_for_hash(flow_hash_of_bytes(&frame).unwrap(), workers);
                     assert_eq!((port as usize + queue) % workers, worker);
                 }
             }

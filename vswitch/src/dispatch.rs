@@ -5,8 +5,7 @@
 use std::sync::OnceLock;
 
 use vswitch_offload::rss::{FlowKey, ToeplitzTable, DEFAULT_KEY};
-use vswitch_offload::wire::L2Header;
-use vswitch_offload::FrameLayout;
+use vswitch_offload::CheckedFrame;
 
 /// The Toeplitz table of the default RSS key, built on first use.
 fn rss_table() -> &'static ToeplitzTable {
@@ -20,27 +19,37 @@ fn rss_table() -> &'static ToeplitzTable {
 /// [`vswitch_offload::rss`] (source and destination address, then source
 /// and destination port for TCP and UDP that are not fragments), so the
 /// switch and a NIC or guest doing RSS with the same key agree on a flow's
-/// hash. Frames that are not IP, or whose headers do not parse, hash their
-/// MAC addresses and EtherType the same way. Any frame, even a runt, gets
-/// a hash; this never panics.
-pub fn flow_hash(frame: &[u8]) -> u32 {
-    let ip_key = FrameLayout::parse(frame)
-        .ok()
-        .and_then(|layout| FlowKey::from_frame(frame, &layout).ok());
+/// hash. Frames that are not IP, or whose IP headers do not parse, hash
+/// their MAC addresses and EtherType the same way. The headers are read
+/// from the layout found when the frame was checked: nothing is parsed
+/// again.
+pub fn flow_hash(frame: &CheckedFrame) -> u32 {
+    let data = frame.data();
+    let ip_key = frame
+        .plan()
+        .layout
+        .as_ref()
+        .and_then(|layout| FlowKey::from_frame(data, layout).ok());
     if let Some(key) = ip_key {
         return rss_table().hash(key.as_bytes());
     }
     let mut input = [0u8; 14];
-    let macs = frame.get(..12).unwrap_or(&[]);
-    input[..macs.len()].copy_from_slice(macs);
-    let len = match L2Header::parse(frame) {
-        Ok(l2) => {
-            input[12..14].copy_from_slice(&l2.ethertype.to_be_bytes());
-            14
-        }
-        Err(_) => macs.len(),
-    };
-    rss_table().hash(&input[..len])
+    input[..6].copy_from_slice(&frame.dst_mac());
+    input[6..12].copy_from_slice(&frame.src_mac());
+    input[12..14].copy_from_slice(&frame.l2().ethertype.to_be_bytes());
+    rss_table().hash(&input)
+}
+
+/// The hash [`flow_hash`] gives the frame `frame` once checked, for code
+/// outside the switch that steers flows the way it will (a guest or NIC
+/// doing RSS with the default key, a traffic generator). `None` for bytes
+/// the ingress check refuses (shorter than an Ethernet header, a VLAN tag
+/// cut short).
+pub fn flow_hash_of_bytes(frame: &[u8]) -> Option<u32> {
+    let packet = vswitch_offload::Packet::plain(bytes::Bytes::copy_from_slice(frame));
+    CheckedFrame::check(packet)
+        .ok()
+        .map(|frame| flow_hash(&frame))
 }
 
 /// The worker, out of `workers`, that handles flows with hash `hash`.
@@ -49,6 +58,16 @@ pub fn worker_for_hash(hash: u32, workers: usize) -> usize {
     let workers = u64::try_from(workers.max(1)).unwrap_or(u64::MAX);
     // Multiply-shift: maps the 32-bit hash evenly onto 0..workers.
     usize::try_from((u64::from(hash) * workers) >> 32).unwrap_or(0)
+}
+
+#[cfg(test)]
+fn checked(frame: &[u8]) -> Option<CheckedFrame> {
+    CheckedFrame::check(vswitch_offload::Packet::plain(frame.to_vec())).ok()
+}
+
+#[cfg(test)]
+fn hash_of(frame: &[u8]) -> u32 {
+    flow_hash(&checked(frame).expect("a frame with a whole link-layer header"))
 }
 
 #[cfg(test)]
@@ -93,23 +112,23 @@ mod tests {
     fn key_reads_addresses_and_ports_through_tags() {
         for tags in 0..=2 {
             let frame = ipv4_tcp(1234, tags, false);
-            assert_eq!(flow_hash(&frame), rss_of(Some((1234, 80))));
+            assert_eq!(hash_of(&frame), rss_of(Some((1234, 80))));
         }
         let fragment = ipv4_tcp(1234, 0, true);
-        assert_eq!(flow_hash(&fragment), rss_of(None));
+        assert_eq!(hash_of(&fragment), rss_of(None));
     }
 
     #[test]
     fn same_flow_same_hash_other_flows_spread() {
-        let a = flow_hash(&ipv4_tcp(1000, 0, false));
-        assert_eq!(a, flow_hash(&ipv4_tcp(1000, 0, false)));
+        let a = hash_of(&ipv4_tcp(1000, 0, false));
+        assert_eq!(a, hash_of(&ipv4_tcp(1000, 0, false)));
         // The payload does not matter.
         let mut with_payload = ipv4_tcp(1000, 0, false);
         with_payload.extend_from_slice(&[7; 100]);
-        assert_eq!(a, flow_hash(&with_payload));
+        assert_eq!(a, hash_of(&with_payload));
         let mut per_worker = [0usize; 4];
         for port in 0..4000u16 {
-            let worker = worker_for_hash(flow_hash(&ipv4_tcp(port, 0, false)), 4);
+            let worker = worker_for_hash(hash_of(&ipv4_tcp(port, 0, false)), 4);
             per_worker[worker] += 1;
         }
         assert!(per_worker.iter().all(|&n| n > 800), "{per_worker:?}");
@@ -122,12 +141,9 @@ mod tests {
         let mut input = vec![10, 0, 0, 1, 10, 0, 0, 2];
         input.extend_from_slice(&1234u16.to_be_bytes());
         input.extend_from_slice(&80u16.to_be_bytes());
-        assert_eq!(flow_hash(&frame), toeplitz_hash(&DEFAULT_KEY, &input));
+        assert_eq!(hash_of(&frame), toeplitz_hash(&DEFAULT_KEY, &input));
         let fragment = ipv4_tcp(1234, 0, true);
-        assert_eq!(
-            flow_hash(&fragment),
-            toeplitz_hash(&DEFAULT_KEY, &input[..8])
-        );
+        assert_eq!(hash_of(&fragment), toeplitz_hash(&DEFAULT_KEY, &input[..8]));
     }
 
     #[test]
@@ -135,15 +151,17 @@ mod tests {
         use vswitch_offload::rss::toeplitz_hash;
         let full = ipv4_tcp(1, 2, false);
         for len in 0..full.len() {
-            let _ = flow_hash(&full[..len]);
+            // A runt or a cut tag is refused by the check, before any hash.
+            if let Some(frame) = checked(&full[..len]) {
+                let _ = flow_hash(&frame);
+            }
         }
-        // A runt has nothing to key on.
-        assert_eq!(flow_hash(&full[..5]), toeplitz_hash(&DEFAULT_KEY, &[]));
+        assert!(checked(&full[..5]).is_none());
         // Tags but no complete IP header: the MACs and the inner EtherType.
         let mut macs_and_type = full[..12].to_vec();
         macs_and_type.extend_from_slice(&0x0800u16.to_be_bytes());
         assert_eq!(
-            flow_hash(&full[..30]),
+            hash_of(&full[..30]),
             toeplitz_hash(&DEFAULT_KEY, &macs_and_type)
         );
         assert_eq!(worker_for_hash(u32::MAX, 0), 0);
@@ -160,8 +178,9 @@ mod proptests {
     proptest! {
         #[test]
         fn any_bytes_hash_without_panicking(frame in proptest::collection::vec(any::<u8>(), 0..120)) {
-            let hash = flow_hash(&frame);
-            prop_assert!(worker_for_hash(hash, 3) < 3);
+            if let Some(frame) = checked(&frame) {
+                prop_assert!(worker_for_hash(flow_hash(&frame), 3) < 3);
+            }
         }
 
         #[test]
@@ -182,13 +201,13 @@ mod proptests {
             let (mut a, mut b) = (frame.clone(), frame);
             a.extend_from_slice(&tail_a);
             b.extend_from_slice(&tail_b);
-            prop_assert_eq!(flow_hash(&a), flow_hash(&b));
+            prop_assert_eq!(hash_of(&a), hash_of(&b));
             // The ports are part of the key: the hash is the 4-tuple's.
             let mut input = vec![0xfd; 32];
             input.extend_from_slice(&sport.to_be_bytes());
             input.extend_from_slice(&53u16.to_be_bytes());
             prop_assert_eq!(
-                flow_hash(&a),
+                hash_of(&a),
                 vswitch_offload::rss::toeplitz_hash(&DEFAULT_KEY, &input)
             );
         }

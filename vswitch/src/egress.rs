@@ -1,9 +1,12 @@
 //! The egress adaptation: the one function every frame passes through
 //! before a port's send, which makes the frame fit what that port takes.
 //!
+//! It takes a [`CheckedFrame`]: the frame's virtio-net header was validated
+//! against its bytes once, at ingress, so nothing here parses it again and
+//! an unchecked header cannot reach the offload engine.
+//!
 //! A frame with no offload work left (no GSO, no partial checksum) only has
-//! to fit the port's MTU. Any other frame has its virtio-net header
-//! validated against its bytes and goes through the offload engine
+//! to fit the port's MTU. Any other frame goes through the offload engine
 //! ([`vswitch_offload::adapt`]): it passes through with its header when the
 //! port does the remaining work itself, has its checksum completed when the
 //! port cannot complete it, or is segmented to the port's MTU with every
@@ -17,11 +20,9 @@
 use bytes::{Bytes, BytesMut};
 use vswitch_offload::adapt::{adapt, AdaptError, Adapted};
 use vswitch_offload::segment::{SegmentSink, Segmenter, SinkFull};
-use vswitch_offload::virtio::HdrError;
-use vswitch_offload::{EgressCapabilities, OffloadPlan, Packet};
+use vswitch_offload::{CheckError, CheckedFrame, EgressCapabilities, Packet};
 
-use crate::ethernet::l2_header_len;
-use crate::forward::DropReason;
+use crate::drop::DropReason;
 
 /// Work the egress path did in software on one frame, for the statistics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -45,9 +46,10 @@ pub enum EgressError {
         /// The port's MTU.
         mtu: u16,
     },
-    /// The frame's virtio-net header does not hold for its bytes.
-    #[error("invalid offload header: {0}")]
-    InvalidHeader(#[from] HdrError),
+    /// The frame did not pass the ingress check (only from
+    /// [`adapt_for_egress`], which checks a raw packet first).
+    #[error("frame refused: {0}")]
+    Check(#[from] CheckError),
     /// The offload engine refused the frame.
     #[error("offload failed: {0}")]
     Offload(#[from] AdaptError),
@@ -59,7 +61,8 @@ impl EgressError {
         match self {
             EgressError::ExceedsMtu { .. }
             | EgressError::Offload(AdaptError::FrameOverMtu { .. }) => DropReason::ExceedsMtu,
-            EgressError::InvalidHeader(_) => DropReason::InvalidOffloadHeader,
+            EgressError::Check(CheckError::LinkLayer(_)) => DropReason::Malformed,
+            EgressError::Check(CheckError::Header(err)) => DropReason::InvalidHeader(err.reason()),
             EgressError::Offload(_) => DropReason::OffloadFailed,
         }
     }
@@ -116,9 +119,9 @@ struct PacketSink {
 }
 
 impl PacketSink {
-    /// Prepares for the output of `packet`.
-    fn begin(&mut self, packet: &Packet) {
-        self.large = packet.hdr.is_gso() && packet.data.len() >= POOLED_FRAME;
+    /// Prepares for the output of `frame`.
+    fn begin(&mut self, frame: &CheckedFrame) {
+        self.large = frame.hdr().is_gso() && frame.len() >= POOLED_FRAME;
     }
 
     /// Cuts off every segment written so far into `out`.
@@ -237,7 +240,7 @@ impl SegmentSink for PacketSink {
     }
 
     /// Ports take contiguous frames, so a scatter-gather segment would be
-    /// gathered here (one copy of the payload). [`adapt_with_plan`] asks for
+    /// gathered here (one copy of the payload). [`adapt_checked`] asks for
     /// copy mode, so it does not reach this; the trait requires it.
     fn scatter_gather(
         &mut self,
@@ -268,60 +271,52 @@ impl EgressEngine {
     }
 }
 
-/// Adapts `packet` to an egress port with capabilities `caps`. The frames
-/// to send are appended to `out`: the packet itself, or the plain frames
-/// made from it. Returns the software work done.
+/// Checks a raw packet as ingress would ([`CheckedFrame::check`]), then
+/// adapts it ([`adapt_checked`]): for callers that hold a packet that did
+/// not come through the switch's ingress (a capture being re-segmented).
 pub fn adapt_for_egress(
     engine: &mut EgressEngine,
     packet: Packet,
     caps: &EgressCapabilities,
     out: &mut Vec<Packet>,
 ) -> Result<EgressWork, EgressError> {
-    adapt_with_plan(engine, packet, None, caps, out)
+    adapt_checked(engine, CheckedFrame::check(packet)?, caps, out)
 }
 
-/// [`adapt_for_egress`] for a caller that already validated the packet's
-/// header against exactly these bytes (the switch does at ingress): `plan`
-/// is that result, reused instead of parsing the headers again. Without a
-/// plan, a packet with offload work is validated here.
-pub fn adapt_with_plan(
+/// Adapts `frame` to an egress port with capabilities `caps`. The frames
+/// to send are appended to `out`: the frame itself, or the plain frames
+/// made from it. Returns the software work done.
+pub fn adapt_checked(
     engine: &mut EgressEngine,
-    packet: Packet,
-    plan: Option<&OffloadPlan>,
+    frame: CheckedFrame,
     caps: &EgressCapabilities,
     out: &mut Vec<Packet>,
 ) -> Result<EgressWork, EgressError> {
-    if !packet.hdr.has_offload_work() {
-        let l3_len = packet.data.len() - l2_header_len(&packet.data);
+    if !frame.hdr().has_offload_work() {
+        let l3_len = frame.len() - frame.l2().l3_offset;
         if l3_len > usize::from(caps.mtu) {
             return Err(EgressError::ExceedsMtu {
                 l3_len,
                 mtu: caps.mtu,
             });
         }
-        out.push(packet);
+        out.push(frame.into_packet());
         return Ok(EgressWork::default());
     }
-    let plan = match plan {
-        Some(plan) => *plan,
-        None => packet.hdr.validate(&packet.data)?,
-    };
     // Ports take each frame as one buffer (`Packet`), so segments are
     // written whole: copy mode copies and checksums the payload in one
     // pass, where zero-copy output would be summed, then gathered by a
     // second pass over it.
-    let caps = EgressCapabilities {
-        scatter_gather: false,
-        ..*caps
-    };
+    let mut caps = *caps;
+    caps.scatter_gather = false;
     let EgressEngine { segmenter, sink } = engine;
     sink.out.clear();
-    sink.begin(&packet);
-    let result = adapt(segmenter, &packet.data, &plan, &caps, sink);
+    sink.begin(&frame);
+    let result = adapt(segmenter, frame.data(), frame.plan(), &caps, sink);
     sink.seal();
     match result {
         Ok(Adapted::PassThrough) => {
-            out.push(packet);
+            out.push(frame.into_packet());
             Ok(EgressWork::default())
         }
         Ok(Adapted::Checksummed) => {
@@ -352,6 +347,7 @@ pub fn adapt_with_plan(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::drop::HeaderDrop;
     use vswitch_offload::checksum::{pseudo_header_ipv4, Checksum};
     use vswitch_offload::virtio::GSO_TCPV4;
     use vswitch_offload::virtio::{FLAG_NEEDS_CSUM, GSO_NONE};
@@ -567,7 +563,7 @@ mod tests {
             &mut out,
         )
         .unwrap_err();
-        assert_eq!(err.reason(), DropReason::InvalidOffloadHeader);
+        assert_eq!(err.reason(), HeaderDrop::BadGsoSize.into());
         let mut packet = tso(3000, 1448);
         packet.hdr.csum_start = 60_000;
         let err = adapt_for_egress(
@@ -577,7 +573,7 @@ mod tests {
             &mut out,
         )
         .unwrap_err();
-        assert_eq!(err.reason(), DropReason::InvalidOffloadHeader);
+        assert_eq!(err.reason(), HeaderDrop::CsumStartBeyondFrame.into());
         assert!(out.is_empty());
     }
 }

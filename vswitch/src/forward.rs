@@ -3,25 +3,17 @@
 //! the caller supplies the time and the set of ports, so every decision can
 //! be reproduced in a test.
 
-use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::ethernet::{EthernetHeader, FrameError, VlanTag, TPID_8021Q};
+use vswitch_offload::wire::ethertype;
+use vswitch_offload::{CheckedFrame, EgressCapabilities, OuterTag};
+
+pub use crate::drop::DropReason;
 use crate::fdb::{ForwardingTable, Learned, LookupCache};
 use crate::mac::MacAddr;
+pub use crate::port_id::PortId;
 use crate::vlan::{VlanId, VlanMode};
-
-/// A port's identity in the switch. Identifiers are never reused, so a
-/// stale reference to a removed port cannot reach a port added later.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PortId(pub u32);
-
-impl fmt::Display for PortId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "port {}", self.0)
-    }
-}
 
 /// Which source addresses a port may send from.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -87,10 +79,11 @@ impl Default for PortProfile {
     }
 }
 
-/// The ports a decision is taken over: an immutable set, sorted by id.
+/// The ports a decision is taken over: an immutable set, sorted by id,
+/// each with its profile (VLANs, learning) and what it takes at egress.
 #[derive(Debug, Clone, Default)]
 pub struct PortSet {
-    ports: Vec<(PortId, PortProfile)>,
+    ports: Vec<(PortId, PortProfile, EgressCapabilities)>,
 }
 
 impl PortSet {
@@ -99,33 +92,52 @@ impl PortSet {
         PortSet::default()
     }
 
-    /// Adds or replaces a port.
+    /// Adds or replaces a port whose egress takes only finished frames up
+    /// to 1500 bytes ([`EgressCapabilities::default`]): enough for
+    /// forwarding decisions; [`PortSet::insert_port`] says what the port
+    /// takes.
     pub fn insert(&mut self, id: PortId, profile: PortProfile) {
-        match self.ports.binary_search_by_key(&id, |(id, _)| *id) {
+        self.insert_port(id, profile, EgressCapabilities::default());
+    }
+
+    /// Adds or replaces a port with the capabilities of its egress.
+    pub fn insert_port(&mut self, id: PortId, profile: PortProfile, egress: EgressCapabilities) {
+        match self.ports.binary_search_by_key(&id, |(id, ..)| *id) {
             Ok(index) => {
                 if let Some(slot) = self.ports.get_mut(index) {
                     slot.1 = profile;
+                    slot.2 = egress;
                 }
             }
-            Err(index) => self.ports.insert(index, (id, profile)),
+            Err(index) => self.ports.insert(index, (id, profile, egress)),
         }
     }
 
     /// Removes a port; returns its profile if it was present.
     pub fn remove(&mut self, id: PortId) -> Option<PortProfile> {
-        let index = self.ports.binary_search_by_key(&id, |(id, _)| *id).ok()?;
+        let index = self.index(id)?;
         Some(self.ports.remove(index).1)
+    }
+
+    fn index(&self, id: PortId) -> Option<usize> {
+        self.ports.binary_search_by_key(&id, |(id, ..)| *id).ok()
     }
 
     /// The profile of `id`.
     pub fn get(&self, id: PortId) -> Option<&PortProfile> {
-        let index = self.ports.binary_search_by_key(&id, |(id, _)| *id).ok()?;
-        self.ports.get(index).map(|(_, profile)| profile)
+        self.ports
+            .get(self.index(id)?)
+            .map(|(_, profile, _)| profile)
+    }
+
+    /// What the egress of `id` takes.
+    pub fn egress(&self, id: PortId) -> Option<&EgressCapabilities> {
+        self.ports.get(self.index(id)?).map(|(.., egress)| egress)
     }
 
     /// The ports in id order.
     pub fn iter(&self) -> impl Iterator<Item = (PortId, &PortProfile)> {
-        self.ports.iter().map(|(id, profile)| (*id, profile))
+        self.ports.iter().map(|(id, profile, _)| (*id, profile))
     }
 
     /// Number of ports.
@@ -139,124 +151,9 @@ impl PortSet {
     }
 }
 
-/// Why a frame was dropped: the key of the drop counters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DropReason {
-    /// The frame is too short for its Ethernet header or VLAN tag.
-    Malformed,
-    /// The ingress port is not (or no longer) in the switch.
-    UnknownIngressPort,
-    /// A multicast or all-zero source address.
-    InvalidSourceMac,
-    /// A source address the ingress port may not use.
-    SourceMacNotAllowed,
-    /// A tagged frame (single or double) arrived on an access port.
-    TaggedOnAccessPort,
-    /// An untagged frame arrived on a trunk port without a native VLAN.
-    UntaggedOnTrunk,
-    /// A trunk frame whose outer tag is not an 802.1Q tag.
-    UnsupportedTag,
-    /// A trunk frame with VLAN id 4095.
-    InvalidVlanId,
-    /// A trunk frame of a VLAN the port does not carry.
-    VlanNotAllowed,
-    /// The destination was learned on the ingress port itself.
-    DestinationOnIngressPort,
-    /// No other port carries the frame's VLAN.
-    NoDestination,
-    /// The frame's virtio-net header asks for offload work the frame does
-    /// not support (the offload engine's reject list: a bad gso_type or
-    /// gso_size, a checksum position outside the frame, a mismatched
-    /// protocol, truncated headers, ...).
-    InvalidOffloadHeader,
-    /// The offload engine could not adapt the frame to the egress port
-    /// (for example a segment that cannot fit the egress MTU).
-    OffloadFailed,
-    /// A frame with no offload work left is larger than the egress MTU, or
-    /// the segments of a GSO frame the port would cut itself would be.
-    ExceedsMtu,
-    /// The egress port was removed while the frame was in flight.
-    EgressPortGone,
-    /// The worker queue the frame's flow maps to stayed full.
-    WorkerQueueFull,
-    /// The egress port's transmit queue stayed full.
-    EgressQueueFull,
-    /// The egress port refused the frame (disconnected or bad queue).
-    EgressPortError,
-    /// The switch stopped while the frame waited for a full queue.
-    Shutdown,
-}
-
-impl DropReason {
-    /// Number of reasons.
-    pub const COUNT: usize = 19;
-
-    /// Every reason, in counter order.
-    pub const ALL: [DropReason; DropReason::COUNT] = [
-        DropReason::Malformed,
-        DropReason::UnknownIngressPort,
-        DropReason::InvalidSourceMac,
-        DropReason::SourceMacNotAllowed,
-        DropReason::TaggedOnAccessPort,
-        DropReason::UntaggedOnTrunk,
-        DropReason::UnsupportedTag,
-        DropReason::InvalidVlanId,
-        DropReason::VlanNotAllowed,
-        DropReason::DestinationOnIngressPort,
-        DropReason::NoDestination,
-        DropReason::InvalidOffloadHeader,
-        DropReason::OffloadFailed,
-        DropReason::ExceedsMtu,
-        DropReason::EgressPortGone,
-        DropReason::WorkerQueueFull,
-        DropReason::EgressQueueFull,
-        DropReason::EgressPortError,
-        DropReason::Shutdown,
-    ];
-
-    /// The counter index of this reason.
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    /// A short stable name for reports.
-    pub fn name(self) -> &'static str {
-        match self {
-            DropReason::Malformed => "malformed",
-            DropReason::UnknownIngressPort => "unknown-ingress-port",
-            DropReason::InvalidSourceMac => "invalid-source-mac",
-            DropReason::SourceMacNotAllowed => "source-mac-not-allowed",
-            DropReason::TaggedOnAccessPort => "tagged-on-access-port",
-            DropReason::UntaggedOnTrunk => "untagged-on-trunk",
-            DropReason::UnsupportedTag => "unsupported-tag",
-            DropReason::InvalidVlanId => "invalid-vlan-id",
-            DropReason::VlanNotAllowed => "vlan-not-allowed",
-            DropReason::DestinationOnIngressPort => "destination-on-ingress-port",
-            DropReason::NoDestination => "no-destination",
-            DropReason::InvalidOffloadHeader => "invalid-offload-header",
-            DropReason::OffloadFailed => "offload-failed",
-            DropReason::ExceedsMtu => "exceeds-mtu",
-            DropReason::EgressPortGone => "egress-port-gone",
-            DropReason::WorkerQueueFull => "worker-queue-full",
-            DropReason::EgressQueueFull => "egress-queue-full",
-            DropReason::EgressPortError => "egress-port-error",
-            DropReason::Shutdown => "shutdown",
-        }
-    }
-}
-
-impl fmt::Display for DropReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
 /// Why the forwarder dropped a frame, with the details.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ForwardError {
-    /// The Ethernet header could not be read.
-    #[error("malformed frame: {0}")]
-    Malformed(#[from] FrameError),
     /// The ingress port is not in the port set.
     #[error("{port} is not in the switch")]
     UnknownIngressPort {
@@ -339,7 +236,6 @@ impl ForwardError {
     /// The counter this error is counted under.
     pub fn reason(&self) -> DropReason {
         match self {
-            ForwardError::Malformed(_) => DropReason::Malformed,
             ForwardError::UnknownIngressPort { .. } => DropReason::UnknownIngressPort,
             ForwardError::InvalidSourceMac { .. } => DropReason::InvalidSourceMac,
             ForwardError::SourceMacNotAllowed { .. } => DropReason::SourceMacNotAllowed,
@@ -368,8 +264,8 @@ pub struct Egress {
 pub struct Decision {
     /// The VLAN the frame belongs to.
     pub vlan: VlanId,
-    /// The frame's outer 802.1Q tag as it arrived (to pop or rewrite).
-    pub ingress_tag: Option<VlanTag>,
+    /// The frame's outer VLAN tag as it arrived.
+    pub ingress_tag: Option<OuterTag>,
     /// Whether the frame is flooded (broadcast, multicast or unknown
     /// destination) rather than sent to a learned port.
     pub flooded: bool,
@@ -461,14 +357,16 @@ impl Forwarder {
     }
 
     /// Decides where the frame `frame`, received on `ingress` at `now`,
-    /// goes among `ports`. The egress ports are appended to `out` (cleared
+    /// goes among `ports`. The frame was checked at ingress
+    /// ([`CheckedFrame::check`]); its addresses and outer tag are read from
+    /// that parse. The egress ports are appended to `out` (cleared
     /// first), in port id order when flooding; the ingress port is never
     /// among them.
     pub fn decide(
         &self,
         ports: &PortSet,
         ingress: PortId,
-        frame: &[u8],
+        frame: &CheckedFrame,
         now: Instant,
         out: &mut Vec<Egress>,
     ) -> Result<Decision, ForwardError> {
@@ -490,7 +388,7 @@ impl Forwarder {
         cache: &mut LookupCache,
         ports: &PortSet,
         ingress: PortId,
-        frame: &[u8],
+        frame: &CheckedFrame,
         now: Instant,
         out: &mut Vec<Egress>,
     ) -> Result<Decision, ForwardError> {
@@ -502,7 +400,7 @@ impl Forwarder {
         mut cache: Option<&mut LookupCache>,
         ports: &PortSet,
         ingress: PortId,
-        frame: &[u8],
+        frame: &CheckedFrame,
         now: Instant,
         out: &mut Vec<Egress>,
     ) -> Result<Decision, ForwardError> {
@@ -510,8 +408,7 @@ impl Forwarder {
         let Some(profile) = ports.get(ingress) else {
             return Err(ForwardError::UnknownIngressPort { port: ingress });
         };
-        let header = EthernetHeader::parse(frame)?;
-        let src = header.src;
+        let src = MacAddr(frame.src_mac());
         if !src.is_valid_source() {
             return Err(ForwardError::InvalidSourceMac {
                 port: ingress,
@@ -526,7 +423,8 @@ impl Forwarder {
                 });
             }
         }
-        let vlan = classify(ingress, &profile.vlan, header.outer_tag)?;
+        let ingress_tag = frame.outer_tag();
+        let vlan = classify(ingress, &profile.vlan, ingress_tag)?;
 
         let now_ms = self.now_ms(now);
         self.maybe_sweep(now_ms);
@@ -538,7 +436,7 @@ impl Forwarder {
             None => self.table.learn(vlan, src, ingress, limit, now_ms),
         };
 
-        let dst = header.dst;
+        let dst = MacAddr(frame.dst_mac());
         let known = match cache {
             _ if dst.is_multicast() => None,
             Some(cache) => self.table.lookup_cached(cache, vlan, dst, now_ms),
@@ -584,7 +482,7 @@ impl Forwarder {
         };
         Ok(Decision {
             vlan,
-            ingress_tag: header.outer_tag,
+            ingress_tag,
             flooded,
             learned,
         })
@@ -592,7 +490,7 @@ impl Forwarder {
 }
 
 /// The VLAN of a frame arriving on a port in `mode`.
-fn classify(port: PortId, mode: &VlanMode, tag: Option<VlanTag>) -> Result<VlanId, ForwardError> {
+fn classify(port: PortId, mode: &VlanMode, tag: Option<OuterTag>) -> Result<VlanId, ForwardError> {
     match (mode, tag) {
         (VlanMode::Access(vlan), None) => Ok(*vlan),
         (VlanMode::Access(_), Some(tag)) => Err(ForwardError::TaggedOnAccessPort {
@@ -602,7 +500,7 @@ fn classify(port: PortId, mode: &VlanMode, tag: Option<VlanTag>) -> Result<VlanI
         (VlanMode::Trunk { native, .. }, None) => {
             native.ok_or(ForwardError::UntaggedOnTrunk { port })
         }
-        (VlanMode::Trunk { .. }, Some(tag)) if tag.tpid != TPID_8021Q => {
+        (VlanMode::Trunk { .. }, Some(tag)) if tag.tpid != ethertype::VLAN => {
             Err(ForwardError::UnsupportedTag {
                 port,
                 tpid: tag.tpid,
@@ -626,7 +524,15 @@ fn classify(port: PortId, mode: &VlanMode, tag: Option<VlanTag>) -> Result<VlanI
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ethernet::{build_frame, TPID_8021AD};
+    use crate::ethernet::build_frame;
+    use vswitch_offload::Packet;
+
+    const TPID_8021AD: u16 = ethertype::QINQ;
+
+    /// The frame as ingress checks it.
+    fn c(frame: &[u8]) -> CheckedFrame {
+        CheckedFrame::check(Packet::plain(frame.to_vec())).unwrap()
+    }
     use crate::vlan::VlanSet;
 
     fn mac(last: u8) -> MacAddr {
@@ -679,6 +585,10 @@ mod tests {
         fn at(&mut self, secs: u64, ingress: u32, frame: &[u8]) -> Result<Vec<u32>, DropReason> {
             let now = self.t0 + Duration::from_secs(secs);
             let port = PortId(ingress);
+            let Ok(frame) = CheckedFrame::check(Packet::plain(frame.to_vec())) else {
+                return Err(DropReason::Malformed);
+            };
+            let frame = &frame;
             match &mut self.cache {
                 Some(cache) => {
                     self.fwd
@@ -722,7 +632,13 @@ mod tests {
         let mut out = Vec::new();
         let d = b
             .fwd
-            .decide(&b.ports, PortId(1), &frame(mac(2), mac(1)), b.t0, &mut out)
+            .decide(
+                &b.ports,
+                PortId(1),
+                &c(&frame(mac(2), mac(1))),
+                b.t0,
+                &mut out,
+            )
             .unwrap();
         assert_eq!(
             (d.vlan, d.flooded, d.learned, d.ingress_tag),
@@ -730,7 +646,13 @@ mod tests {
         );
         let d = b
             .fwd
-            .decide(&b.ports, PortId(2), &frame(mac(1), mac(2)), b.t0, &mut out)
+            .decide(
+                &b.ports,
+                PortId(2),
+                &c(&frame(mac(1), mac(2))),
+                b.t0,
+                &mut out,
+            )
             .unwrap();
         assert!(!d.flooded);
         assert_eq!(
@@ -919,7 +841,13 @@ mod tests {
             let mut out = Vec::new();
             let d = b
                 .fwd
-                .decide(&b.ports, PortId(1), &frame(mac(2), mac(55)), b.t0, &mut out)
+                .decide(
+                    &b.ports,
+                    PortId(1),
+                    &c(&frame(mac(2), mac(55))),
+                    b.t0,
+                    &mut out,
+                )
                 .unwrap();
             assert_eq!(d.learned, Learned::LimitReached);
             // Once entries age out there is room again.
@@ -972,19 +900,9 @@ mod tests {
             for len in 0..14 {
                 assert_eq!(b.at(0, 1, &full[..len]), Err(DropReason::Malformed));
             }
+            // A tag cut short is refused by the ingress check too.
             let tag = tagged(MacAddr::BROADCAST, mac(1), 5);
-            let err = b
-                .fwd
-                .decide(&b.ports, PortId(1), &tag[..16], b.t0, &mut b.out)
-                .unwrap_err();
-            assert_eq!(
-                err,
-                ForwardError::Malformed(FrameError::TooShort {
-                    layer: "VLAN tag",
-                    required_len: 18,
-                    len: 16
-                })
-            );
+            assert_eq!(b.at(0, 1, &tag[..16]), Err(DropReason::Malformed));
             assert_eq!(b.at(0, 9, &full), Err(DropReason::UnknownIngressPort));
             // A lone port has nowhere to send.
             b.ports.insert(PortId(3), PortProfile::access(vlan(3)));
@@ -1090,6 +1008,7 @@ mod proptests {
                 secs += step * 10;
                 let now = t0 + Duration::from_secs(secs);
                 let frame = build_frame(host(dst), host(src), vid, 0x0800, &[0; 46]);
+                let frame = CheckedFrame::check(vswitch_offload::Packet::plain(frame)).unwrap();
                 let ingress = PortId(ingress);
                 let decision = exact.decide(&ports, ingress, &frame, now, &mut out);
                 let decision_cached =

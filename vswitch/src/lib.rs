@@ -2,9 +2,11 @@
 //! queues, workers, statistics and hot-plug, with the offload engine adapting
 //! every frame to its egress port.
 //!
-//! The decision logic is sans-IO: [`Forwarder::decide`] takes the ingress
-//! port, the frame, the time and the set of ports, and returns the egress
-//! ports or a drop reason. [`Switch`] wraps it in worker threads.
+//! The datapath is sans-IO: [`datapath::Datapath`] takes frames, the time
+//! and the set of ports, and returns what to send to which port and what
+//! to count, so it runs the same in a deterministic test, in an embedder's
+//! own loop and in [`Switch`], which drives it from worker threads (its own,
+//! or the embedder's through [`Switch::start_external`]).
 //!
 //! ```
 //! use std::sync::Arc;
@@ -35,13 +37,16 @@ pub use vswitch_offload as offload;
 pub use vswitch_ports as ports;
 
 mod cli;
+pub mod datapath;
 pub mod demo;
 pub mod dispatch;
+pub mod drop;
 pub mod egress;
 pub mod ethernet;
 pub mod fdb;
 pub mod forward;
 pub mod mac;
+pub mod port_id;
 #[cfg(target_os = "linux")]
 pub mod run_tap;
 pub mod stats;
@@ -54,7 +59,7 @@ pub use forward::{
 };
 pub use mac::MacAddr;
 pub use stats::{DropCounts, PortStats, SoftwareWork, WorkerStats};
-pub use switch::{PortReport, Switch, SwitchConfig, SwitchError, SwitchStats};
+pub use switch::{Poll, PortReport, Switch, SwitchConfig, SwitchError, SwitchStats, SwitchWorker};
 pub use vlan::{VlanId, VlanMode, VlanSet};
 
 /// The version of this crate, as published.

@@ -23,16 +23,32 @@ fn bump(counter: &AtomicU64, n: u64) {
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::drop::DropReason;
 use crate::egress::EgressWork;
-use crate::forward::DropReason;
 
 /// Drop counts by reason.
-#[derive(Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct DropCounts {
     counts: [u64; DropReason::COUNT],
 }
 
+impl Default for DropCounts {
+    fn default() -> Self {
+        DropCounts {
+            counts: [0; DropReason::COUNT],
+        }
+    }
+}
+
 impl DropCounts {
+    /// Frames refused for their virtio-net header, whatever rule they broke.
+    pub fn invalid_headers(&self) -> u64 {
+        self.nonzero()
+            .filter(|(reason, _)| reason.is_invalid_header())
+            .map(|(_, count)| count)
+            .sum()
+    }
+
     /// Frames dropped for `reason`.
     pub fn get(&self, reason: DropReason) -> u64 {
         self.counts.get(reason.index()).copied().unwrap_or(0)
@@ -187,8 +203,13 @@ impl PortCounters {
 
     /// Counts a frame sent, in lane `lane`.
     pub fn sent(&self, lane: usize, bytes: usize) {
+        self.sent_many(lane, 1, bytes);
+    }
+
+    /// Counts `frames` frames of `bytes` bytes in all sent, in lane `lane`.
+    pub fn sent_many(&self, lane: usize, frames: usize, bytes: usize) {
         let lane = self.lane(lane);
-        bump(&lane.tx_frames, 1);
+        bump(&lane.tx_frames, frames as u64);
         bump(&lane.tx_bytes, bytes as u64);
     }
 
@@ -272,9 +293,9 @@ impl WorkerCounters {
         bump(&self.handed_off, 1);
     }
 
-    /// Counts a frame sent.
-    pub fn sent(&self) {
-        bump(&self.sent, 1);
+    /// Counts `frames` frames sent.
+    pub fn sent(&self, frames: usize) {
+        bump(&self.sent, frames as u64);
     }
 
     /// Counts `frames` drops for `reason`.
@@ -329,7 +350,7 @@ mod tests {
         assert_eq!(stats.software.segments, 45);
         assert_eq!(
             format!("{:?}", stats.drops),
-            r#"{"malformed": 2, "egress-queue-full": 1}"#
+            r#"{"malformed": 2, "egress_queue_full": 1}"#
         );
     }
 }

@@ -1,19 +1,23 @@
 //! The threaded switch: workers that poll ports, hand frames to the worker
-//! their flow maps to, run the [`Forwarder`], adapt each frame to its
-//! egress port and send it; plus hot add and remove of ports and the
-//! statistics.
+//! their flow maps to, run the [`Datapath`] (forwarding, egress adaptation,
+//! accounting) and send what it decides in one batch per egress port; plus
+//! hot add and remove of ports and the statistics.
 //!
 //! # Threads and queues
 //!
 //! `N` workers (by default the number of CPUs, at most 8). Receive queue
-//! `q` of the port with id `p` is polled by worker `(p + q) % N`. For each
-//! frame the polling worker computes [`flow_hash`] and hands the frame to
-//! worker [`worker_for_hash`] through that worker's bounded inbox, or keeps
-//! it when the flow is its own. A flow therefore always takes the same path
-//! through one worker, so its frames never reorder, while many flows spread
-//! over all workers. A worker sends to transmit queue `worker % tx_queues`
-//! of each egress port. A port with a queue per worker whose outside puts
-//! each flow on the queue its worker polls (as RSS in a NIC or a
+//! `q` of the port with id `p` is polled by worker `(p + q) % N`. The
+//! polling worker checks each frame once ([`Datapath::check`]: link-layer
+//! header parsed, virtio-net header validated), computes its
+//! [`flow_hash`] from that parse and hands the checked frame to worker
+//! [`worker_for_hash`] through that worker's bounded inbox, or keeps it
+//! when the flow is its own. A flow therefore always takes the same path
+//! through one worker, so its frames never reorder, while many flows
+//! spread over all workers. A worker sends to transmit queue
+//! `worker % tx_queues` of each egress port, all of a burst's frames for a
+//! port (the segments of a large frame among them) in one
+//! [`Port::send_batch`] call. A port with a queue per worker whose outside
+//! puts each flow on the queue its worker polls (as RSS in a NIC or a
 //! multi-queue guest does) needs no hand-off at all, and each worker then
 //! sends on a transmit queue of its own.
 //!
@@ -21,9 +25,19 @@
 //! inbox or a transmit queue is full, the worker retries for at most
 //! [`SwitchConfig::queue_full_wait`] (handling its own inbox meanwhile, so
 //! two workers waiting on each other both make progress), then drops the
-//! frame and counts it. A queue that timed out once is tried once per frame
-//! until it accepts a frame again, so one stuck consumer cannot slow a
-//! worker down for everyone else.
+//! frames and counts them. A queue that timed out once is tried once per
+//! burst until it accepts a frame again, so one stuck consumer cannot slow
+//! a worker down for everyone else.
+//!
+//! # Who runs the workers
+//!
+//! [`Switch::start`] spawns a thread per worker. [`Switch::start_external`]
+//! spawns none and hands the embedder a [`SwitchWorker`] per worker to run
+//! on threads it owns (a thread with its own seccomp filter, an existing
+//! event loop): each [`SwitchWorker::poll_once`] call does one round of
+//! work and returns at once, [`SwitchWorker::wait`] sleeps until another
+//! worker hands this one frames or a timeout passes, and
+//! [`SwitchWorker::run`] is the loop the switch's own threads run.
 //!
 //! A worker without work yields, then parks for at most a millisecond; a
 //! worker that hands it frames wakes it at the end of its burst.
@@ -40,28 +54,24 @@
 //! it.
 
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::{self, JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
-use vswitch_offload::{OffloadPlan, Packet};
-use vswitch_ports::{Port, PortCapabilities, SendError};
+use vswitch_offload::{CheckedFrame, Packet};
+use vswitch_ports::{BatchSendError, Port, PortCapabilities};
 
+use crate::datapath::{Datapath, Event, Output};
 use crate::dispatch::{flow_hash, worker_for_hash};
-use crate::egress::{adapt_with_plan, EgressEngine};
-use crate::ethernet::{retag, VlanTag};
-use crate::fdb::{Learned, LookupCache};
-use crate::forward::{
-    DropReason, Egress, Forwarder, ForwarderConfig, PortId, PortProfile, PortSet,
-};
+use crate::drop::DropReason;
+use crate::forward::{Forwarder, ForwarderConfig, PortId, PortProfile, PortSet};
 use crate::stats::{PortCounters, PortStats, WorkerCounters, WorkerStats};
-use crate::vlan::VlanId;
 
 /// Settings of a [`Switch`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SwitchConfig {
-    /// Number of worker threads, at least 1.
+    /// Number of workers, at least 1.
     pub workers: usize,
     /// Capacity of each worker's inbox, in frames.
     pub worker_queue_len: usize,
@@ -159,9 +169,9 @@ impl PortTable {
     }
 }
 
-/// A frame on its way from the worker that polled it to the worker of its
-/// flow.
-type Handoff = (PortId, Packet);
+/// A frame on its way from the worker that polled and checked it to the
+/// worker of its flow.
+type Handoff = (PortId, CheckedFrame);
 
 struct WorkerHandle {
     inbox: Sender<Handoff>,
@@ -170,30 +180,50 @@ struct WorkerHandle {
     /// The worker is (about to be) parked for lack of work; a worker that
     /// hands it a frame unparks it.
     parked: AtomicBool,
-    thread: OnceLock<Thread>,
+    /// The thread that parked last (the embedder may move a worker).
+    thread: Mutex<Option<Thread>>,
+    /// The worker has stopped for good (or its value was dropped): nobody
+    /// waits for it.
+    finished: AtomicBool,
 }
 
 impl WorkerHandle {
+    fn new(inbox: Sender<Handoff>) -> Self {
+        WorkerHandle {
+            inbox,
+            counters: WorkerCounters::default(),
+            seen_generation: AtomicU64::new(0),
+            parked: AtomicBool::new(false),
+            thread: Mutex::new(None),
+            finished: AtomicBool::new(false),
+        }
+    }
+
     /// Wakes the worker if it is parked, after a frame was put in its inbox.
     fn wake(&self) {
         fence(Ordering::SeqCst);
         if self.parked.load(Ordering::Relaxed) {
-            if let Some(thread) = self.thread.get() {
-                thread.unpark();
-            }
+            self.unpark();
+        }
+    }
+
+    fn unpark(&self) {
+        let thread = self.thread.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(thread) = thread.as_ref() {
+            thread.unpark();
         }
     }
 }
 
 struct Shared {
     config: SwitchConfig,
-    forwarder: Forwarder,
+    forwarder: Arc<Forwarder>,
     table: RwLock<Arc<PortTable>>,
     generation: AtomicU64,
     /// Serialises add and remove.
     update: Mutex<u32>,
     stop: AtomicBool,
-    /// Workers still in their polling loop (see `Worker::finish`).
+    /// Workers still polling ports (see `SwitchWorker::finish_round`).
     polling: AtomicUsize,
     workers: Vec<WorkerHandle>,
 }
@@ -245,8 +275,26 @@ impl std::fmt::Debug for Switch {
 }
 
 impl Switch {
-    /// Starts the workers of a switch with no ports.
+    /// Starts a switch with no ports and a thread per worker.
     pub fn start(config: SwitchConfig) -> Result<Switch, SwitchError> {
+        let (mut switch, workers) = Self::start_external(config);
+        for worker in workers {
+            let index = worker.index;
+            let thread = thread::Builder::new()
+                .name(format!("vswitch-worker-{index}"))
+                .spawn(move || worker.run())
+                .map_err(|source| SwitchError::Spawn { index, source })?;
+            switch.threads.push(thread);
+        }
+        Ok(switch)
+    }
+
+    /// Starts a switch with no ports whose workers the caller runs: one
+    /// [`SwitchWorker`] per worker, each to be driven by
+    /// [`SwitchWorker::poll_once`] (or [`SwitchWorker::run`]) on a thread
+    /// the caller owns. Ports added to the switch are polled only by the
+    /// workers, so frames move only while the caller drives them.
+    pub fn start_external(config: SwitchConfig) -> (Switch, Vec<SwitchWorker>) {
         let config = SwitchConfig {
             workers: config.workers.max(1),
             worker_queue_len: config.worker_queue_len.max(1),
@@ -256,14 +304,7 @@ impl Switch {
         let (handles, inboxes): (Vec<_>, Vec<_>) = (0..config.workers)
             .map(|_| {
                 let (tx, rx) = bounded(config.worker_queue_len);
-                let handle = WorkerHandle {
-                    inbox: tx,
-                    counters: WorkerCounters::default(),
-                    seen_generation: AtomicU64::new(0),
-                    parked: AtomicBool::new(false),
-                    thread: OnceLock::new(),
-                };
-                (handle, rx)
+                (WorkerHandle::new(tx), rx)
             })
             .unzip();
         let empty = Arc::new(PortTable {
@@ -273,7 +314,7 @@ impl Switch {
         });
         let shared = Arc::new(Shared {
             config,
-            forwarder: Forwarder::new(config.forwarder, Instant::now()),
+            forwarder: Arc::new(Forwarder::new(config.forwarder, Instant::now())),
             table: RwLock::new(empty.clone()),
             generation: AtomicU64::new(0),
             update: Mutex::new(0),
@@ -281,23 +322,16 @@ impl Switch {
             polling: AtomicUsize::new(config.workers),
             workers: handles,
         });
-        let mut switch = Switch {
-            shared: shared.clone(),
+        let workers = inboxes
+            .into_iter()
+            .enumerate()
+            .map(|(index, inbox)| SwitchWorker::new(index, shared.clone(), inbox, empty.clone()))
+            .collect();
+        let switch = Switch {
+            shared,
             threads: Vec::with_capacity(config.workers),
         };
-        for (index, inbox) in inboxes.into_iter().enumerate() {
-            let worker = Worker::new(index, shared.clone(), inbox, empty.clone());
-            let thread = thread::Builder::new()
-                .name(format!("vswitch-worker-{index}"))
-                .spawn(move || worker.run())
-                .map_err(|source| SwitchError::Spawn { index, source })?;
-            if let Some(handle) = shared.workers.get(index) {
-                // Set once, before any frame can be handed to this worker.
-                let _ = handle.thread.set(thread.thread().clone());
-            }
-            switch.threads.push(thread);
-        }
-        Ok(switch)
+        (switch, workers)
     }
 
     /// The number of workers.
@@ -340,7 +374,7 @@ impl Switch {
         });
         let old = self.shared.current_table();
         let mut profiles = old.profiles.clone();
-        profiles.insert(id, profile);
+        profiles.insert_port(id, profile, caps.egress);
         let mut ports = old.ports.clone();
         ports.push(live); // ids only grow, so the order is kept
         self.publish(PortTable {
@@ -406,15 +440,10 @@ impl Switch {
     fn wait_for_generation(&self, generation: u64, limit: Duration) {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
-            let behind = self
-                .shared
-                .workers
-                .iter()
-                .zip(&self.threads)
-                .any(|(worker, thread)| {
-                    !thread.is_finished()
-                        && worker.seen_generation.load(Ordering::Acquire) < generation
-                });
+            let behind = self.shared.workers.iter().any(|worker| {
+                !worker.finished.load(Ordering::Acquire)
+                    && worker.seen_generation.load(Ordering::Acquire) < generation
+            });
             if !behind {
                 return;
             }
@@ -460,22 +489,40 @@ impl Switch {
     /// Stops the workers, waits for them, and returns the final statistics.
     /// Ports are no longer polled; frames already taken from them are
     /// forwarded first (without waiting on full transmit queues: those are
-    /// counted as [`DropReason::Shutdown`]).
+    /// counted as [`DropReason::Shutdown`]). Workers run by the caller
+    /// ([`Switch::start_external`]) are waited for up to five seconds: they
+    /// finish when their [`SwitchWorker::poll_once`] returns
+    /// [`Poll::Stopped`] or when they are dropped.
     pub fn shutdown(mut self) -> SwitchStats {
         self.stop_and_join();
         self.stats()
     }
 
-    fn stop_and_join(&mut self) {
+    /// Asks the workers to stop, without waiting: their
+    /// [`SwitchWorker::poll_once`] finishes the frames already taken from
+    /// the ports and then returns [`Poll::Stopped`].
+    pub fn stop(&self) {
         self.shared.stop.store(true, Ordering::Release);
         for worker in &self.shared.workers {
-            if let Some(thread) = worker.thread.get() {
-                thread.unpark();
-            }
+            worker.unpark();
         }
+    }
+
+    fn stop_and_join(&mut self) {
+        self.stop();
         for thread in self.threads.drain(..) {
             // A worker that panicked has nothing left to clean up.
             let _ = thread.join();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline
+            && !self
+                .shared
+                .workers
+                .iter()
+                .all(|worker| worker.finished.load(Ordering::Acquire))
+        {
+            thread::sleep(Duration::from_micros(200));
         }
     }
 }
@@ -486,9 +533,28 @@ impl Drop for Switch {
     }
 }
 
-/// One worker thread's state: its table generation, the queues it polls,
-/// and scratch vectors reused for every frame.
-struct Worker {
+/// What one [`SwitchWorker::poll_once`] round did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Poll {
+    /// Frames were handled (taken from a port or from the inbox).
+    Worked {
+        /// How many.
+        frames: usize,
+    },
+    /// Nothing to do this round: the caller may [`SwitchWorker::wait`].
+    Idle,
+    /// The switch stopped and this worker has finished every frame it
+    /// was handed: it will do nothing more.
+    Stopped,
+}
+
+/// One worker of a switch: the receive queues it polls, its inbox of
+/// frames other workers handed it, its [`Datapath`] and its counters.
+///
+/// [`Switch::start`] runs each on a thread of its own;
+/// [`Switch::start_external`] gives them to the caller. A worker is driven
+/// from one thread at a time (it is `Send`, not `Sync`).
+pub struct SwitchWorker {
     index: usize,
     shared: Arc<Shared>,
     inbox: Receiver<Handoff>,
@@ -496,36 +562,28 @@ struct Worker {
     /// (port, receive queue) pairs this worker polls.
     owned: Vec<(Arc<LivePort>, usize)>,
     rx_batch: Vec<Packet>,
-    scratch: Scratch,
-}
-
-/// Vectors reused from frame to frame, so the frame path does not allocate.
-struct Scratch {
-    /// This worker's memory of recent forwarding-table answers.
-    cache: LookupCache,
-    egress: Vec<Egress>,
-    adapted: Vec<Packet>,
-    /// The offload engine's per-worker buffers.
-    engine: EgressEngine,
+    datapath: Datapath,
+    output: Output,
     /// Inboxes of other workers that timed out and have not accepted a
     /// frame since.
     congested: Vec<bool>,
     /// Workers handed frames during this burst, to wake once at its end.
     to_wake: Vec<bool>,
+    /// This worker still counts among the polling ones.
+    polling: bool,
+    idle_rounds: u32,
 }
 
-/// What a worker reads while it handles one round of frames. Everything is
-/// borrowed: the frame path touches no reference count.
-struct Round<'a> {
-    index: usize,
-    shared: &'a Shared,
-    counters: &'a WorkerCounters,
-    inbox: &'a Receiver<Handoff>,
-    table: &'a PortTable,
-    now: Instant,
+impl std::fmt::Debug for SwitchWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SwitchWorker")
+            .field("index", &self.index)
+            .field("queues", &self.owned.len())
+            .finish()
+    }
 }
 
-impl Worker {
+impl SwitchWorker {
     fn new(
         index: usize,
         shared: Arc<Shared>,
@@ -534,22 +592,93 @@ impl Worker {
     ) -> Self {
         let burst = shared.config.burst;
         let workers = shared.workers.len();
-        let cache = shared.forwarder.new_cache();
-        Worker {
+        let datapath = Datapath::new(shared.forwarder.clone());
+        SwitchWorker {
             index,
             shared,
             inbox,
             table,
             owned: Vec::new(),
             rx_batch: Vec::with_capacity(burst),
-            scratch: Scratch {
-                cache,
-                egress: Vec::new(),
-                adapted: Vec::new(),
-                engine: EgressEngine::new(),
-                congested: vec![false; workers],
-                to_wake: vec![false; workers],
-            },
+            datapath,
+            output: Output::new(),
+            congested: vec![false; workers],
+            to_wake: vec![false; workers],
+            polling: true,
+            idle_rounds: 0,
+        }
+    }
+
+    /// This worker's index, `0..workers`.
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
+    fn handle(&self) -> &WorkerHandle {
+        // `index` is below the number of handles by construction.
+        &self.shared.workers[self.index]
+    }
+
+    /// One round of work, without blocking: takes the current port table,
+    /// forwards up to a burst of frames from the inbox and from each owned
+    /// receive queue, and sends them. After [`Switch::stop`] (or
+    /// [`Switch::shutdown`]) it no longer polls ports; it finishes the
+    /// frames other workers handed it and then returns [`Poll::Stopped`].
+    pub fn poll_once(&mut self) -> Poll {
+        if self.handle().finished.load(Ordering::Acquire) {
+            return Poll::Stopped;
+        }
+        if self.shared.stop.load(Ordering::Acquire) {
+            return self.finish_round();
+        }
+        self.refresh_table();
+        let now = Instant::now();
+        let mut handled = self.drain_inbox(now);
+        for i in 0..self.owned.len() {
+            handled += self.poll_queue(i, now);
+        }
+        if handled > 0 {
+            self.idle_rounds = 0;
+            Poll::Worked { frames: handled }
+        } else {
+            self.idle_rounds = self.idle_rounds.saturating_add(1);
+            Poll::Idle
+        }
+    }
+
+    /// Sleeps until another worker hands this one frames, the switch
+    /// stops, or `timeout` passes. Frames arriving on the ports themselves
+    /// do not wake it: poll again within the time a port may wait.
+    pub fn wait(&self, timeout: Duration) {
+        let handle = self.handle();
+        {
+            let mut thread = handle.thread.lock().unwrap_or_else(PoisonError::into_inner);
+            if thread.as_ref().map(Thread::id) != Some(thread::current().id()) {
+                *thread = Some(thread::current());
+            }
+        }
+        handle.parked.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        if self.inbox.is_empty() && !self.shared.stop.load(Ordering::Acquire) {
+            thread::park_timeout(timeout);
+        }
+        handle.parked.store(false, Ordering::Relaxed);
+    }
+
+    /// Runs rounds until the switch stops, backing off when idle: yields
+    /// first, then waits up to a millisecond (woken early by a hand-off),
+    /// so idle workers leave the CPU to others.
+    pub fn run(mut self) {
+        loop {
+            match self.poll_once() {
+                Poll::Stopped => return,
+                Poll::Worked { .. } => {}
+                Poll::Idle if self.idle_rounds < 16 => thread::yield_now(),
+                Poll::Idle => {
+                    let micros = (50u64 << (self.idle_rounds - 16).min(5)).min(1000);
+                    self.wait(Duration::from_micros(micros));
+                }
+            }
         }
     }
 
@@ -568,161 +697,89 @@ impl Worker {
                 }
             }
         }
-        if let Some(handle) = self.shared.workers.get(self.index) {
-            handle
-                .seen_generation
-                .store(self.table.generation, Ordering::Release);
-        }
-    }
-
-    fn run(mut self) {
-        let shared = self.shared.clone();
-        let polling = PollingGuard(&shared);
-        let mut idle_rounds = 0u32;
-        while !self.shared.stop.load(Ordering::Acquire) {
-            self.refresh_table();
-            let Some(handle) = self.shared.workers.get(self.index) else {
-                return;
-            };
-            let round = Round {
-                index: self.index,
-                shared: &self.shared,
-                counters: &handle.counters,
-                inbox: &self.inbox,
-                table: &self.table,
-                now: Instant::now(),
-            };
-            let mut handled = round.drain_inbox(&mut self.scratch);
-            for (port, queue) in &self.owned {
-                handled += round.poll(&mut self.scratch, &mut self.rx_batch, port, *queue);
-            }
-            if handled > 0 {
-                idle_rounds = 0;
-            } else {
-                idle_rounds = idle_rounds.saturating_add(1);
-                self.idle(idle_rounds);
-            }
-        }
-        drop(polling);
-        self.finish();
+        self.handle()
+            .seen_generation
+            .store(self.table.generation, Ordering::Release);
     }
 
     /// After the stop: ports are no longer polled, so frames are handed
-    /// over only until every worker has left its polling loop. Until then,
-    /// and until the inbox is empty, the frames already handed over are
-    /// forwarded, so none is left behind uncounted.
-    fn finish(mut self) {
-        loop {
-            let Some(handle) = self.shared.workers.get(self.index) else {
-                return;
-            };
-            let round = Round {
-                index: self.index,
-                shared: &self.shared,
-                counters: &handle.counters,
-                inbox: &self.inbox,
-                table: &self.table,
-                now: Instant::now(),
-            };
-            if round.drain_inbox(&mut self.scratch) == 0 {
-                if self.shared.polling.load(Ordering::Acquire) == 0 && self.inbox.is_empty() {
-                    return;
-                }
-                thread::yield_now();
-            }
+    /// over only until every worker has left its polling rounds. Until
+    /// then, and until the inbox is empty, the frames already handed over
+    /// are forwarded, so none is left behind uncounted.
+    fn finish_round(&mut self) -> Poll {
+        if std::mem::take(&mut self.polling) {
+            self.shared.polling.fetch_sub(1, Ordering::AcqRel);
         }
-    }
-}
-
-/// Whether [`retag`] leaves a frame that arrived with `ingress_tag` as it
-/// is when it leaves with `tag`.
-fn unchanged_by(ingress_tag: Option<VlanTag>, tag: Option<VlanId>) -> bool {
-    match (ingress_tag, tag) {
-        (None, None) => true,
-        (Some(current), Some(vlan)) => current.vid() == vlan.get(),
-        _ => false,
-    }
-}
-
-/// Counts a worker out of the polling workers when it leaves its polling
-/// loop, by returning or by unwinding, so the others do not wait for it.
-struct PollingGuard<'a>(&'a Shared);
-
-impl Drop for PollingGuard<'_> {
-    fn drop(&mut self) {
-        self.0.polling.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-impl Worker {
-    /// Backs off when a round found no work: yield first, then park for up
-    /// to a millisecond (woken early by a hand-off), so idle workers leave
-    /// the CPU to others. Frames arriving on the ports themselves are seen
-    /// within that millisecond.
-    fn idle(&self, rounds: u32) {
-        if rounds < 16 {
-            thread::yield_now();
-            return;
+        let handled = self.drain_inbox(Instant::now());
+        if handled > 0 {
+            return Poll::Worked { frames: handled };
         }
-        let Some(handle) = self.shared.workers.get(self.index) else {
-            return;
-        };
-        let micros = (50u64 << (rounds - 16).min(5)).min(1000);
-        handle.parked.store(true, Ordering::Relaxed);
-        fence(Ordering::SeqCst);
-        if self.inbox.is_empty() && !self.shared.stop.load(Ordering::Acquire) {
-            thread::park_timeout(Duration::from_micros(micros));
+        if self.shared.polling.load(Ordering::Acquire) == 0 && self.inbox.is_empty() {
+            self.handle().finished.store(true, Ordering::Release);
+            return Poll::Stopped;
         }
-        handle.parked.store(false, Ordering::Relaxed);
+        Poll::Idle
     }
-}
 
-impl Round<'_> {
     /// Handles up to a burst of frames other workers handed over.
-    fn drain_inbox(&self, scratch: &mut Scratch) -> usize {
+    fn drain_inbox(&mut self, now: Instant) -> usize {
         let mut handled = 0;
         while handled < self.shared.config.burst {
             match self.inbox.try_recv() {
-                Ok((ingress, packet)) => {
-                    self.forward(scratch, ingress, packet);
+                Ok((ingress, frame)) => {
+                    self.handle().counters.handled(frame.len());
+                    self.datapath.forward(
+                        &self.table.profiles,
+                        ingress,
+                        frame,
+                        now,
+                        &mut self.output,
+                    );
                     handled += 1;
                 }
                 Err(_) => break,
             }
         }
+        self.flush();
         handled
     }
 
-    /// Takes a burst from one owned receive queue and dispatches it by flow.
-    fn poll(
-        &self,
-        scratch: &mut Scratch,
-        batch: &mut Vec<Packet>,
-        port: &LivePort,
-        queue: usize,
-    ) -> usize {
-        batch.clear();
+    /// Takes a burst from owned receive queue `i`, checks each frame once
+    /// and forwards it here or hands it to the worker of its flow.
+    fn poll_queue(&mut self, i: usize, now: Instant) -> usize {
+        let Some((port, queue)) = self.owned.get(i).cloned() else {
+            return 0;
+        };
+        self.rx_batch.clear();
         // An error here is an outside end that went away: nothing to poll.
         let received = port
             .port
-            .receive(queue, batch, self.shared.config.burst)
+            .receive(queue, &mut self.rx_batch, self.shared.config.burst)
             .unwrap_or(0);
         let workers = self.shared.workers.len();
+        let mut batch = std::mem::take(&mut self.rx_batch);
         for packet in batch.drain(..) {
             port.counters.received(self.index, packet.data.len());
+            let Some(frame) = Datapath::check(port.id, packet, &mut self.output) else {
+                continue;
+            };
             let target = if workers == 1 {
                 self.index
             } else {
-                worker_for_hash(flow_hash(&packet.data), workers)
+                worker_for_hash(flow_hash(&frame), workers)
             };
             if target == self.index {
-                self.forward(scratch, port.id, packet);
+                self.handle().counters.handled(frame.len());
+                self.datapath
+                    .forward(&self.table.profiles, port.id, frame, now, &mut self.output);
             } else {
-                self.hand_off(scratch, target, port, packet);
+                self.hand_off(target, &port, frame, now);
             }
         }
-        for (target, flag) in scratch.to_wake.iter_mut().enumerate() {
-            if std::mem::take(flag) {
+        self.rx_batch = batch;
+        self.flush();
+        for target in 0..self.to_wake.len() {
+            if std::mem::take(&mut self.to_wake[target]) {
                 if let Some(handle) = self.shared.workers.get(target) {
                     handle.wake();
                 }
@@ -733,220 +790,163 @@ impl Round<'_> {
 
     /// Passes a frame to the worker of its flow, waiting a bounded time for
     /// room in its inbox and handling this worker's own inbox meanwhile.
-    fn hand_off(&self, scratch: &mut Scratch, target: usize, ingress: &LivePort, packet: Packet) {
-        let Some(inbox) = self.shared.workers.get(target).map(|w| &w.inbox) else {
-            self.drop_at(ingress, DropReason::WorkerQueueFull);
+    fn hand_off(&mut self, target: usize, ingress: &LivePort, frame: CheckedFrame, now: Instant) {
+        let Some(inbox) = self.shared.workers.get(target).map(|w| w.inbox.clone()) else {
+            self.drop_at(ingress, DropReason::WorkerQueueFull, 1);
             return;
         };
-        let mut item = (ingress.id, packet);
+        let mut item = (ingress.id, frame);
         let wait = self.shared.config.queue_full_wait;
         let mut deadline = None;
         loop {
             match inbox.try_send(item) {
                 Ok(()) => {
-                    self.counters.handed_off();
-                    if let Some(flag) = scratch.to_wake.get_mut(target) {
-                        *flag = true;
-                    }
-                    if let Some(flag) = scratch.congested.get_mut(target) {
-                        *flag = false;
-                    }
+                    self.handle().counters.handed_off();
+                    self.to_wake[target] = true;
+                    self.congested[target] = false;
                     return;
                 }
                 Err(TrySendError::Full(back)) => {
-                    let congested = scratch.congested.get(target).copied().unwrap_or(true);
                     let deadline = *deadline.get_or_insert_with(|| Instant::now() + wait);
-                    if congested || wait.is_zero() || Instant::now() >= deadline {
-                        if let Some(flag) = scratch.congested.get_mut(target) {
-                            *flag = true;
-                        }
-                        self.drop_at(ingress, DropReason::WorkerQueueFull);
+                    if self.congested[target] || wait.is_zero() || Instant::now() >= deadline {
+                        self.congested[target] = true;
+                        self.drop_at(ingress, DropReason::WorkerQueueFull, 1);
                         return;
                     }
                     item = back;
-                    if self.drain_inbox(scratch) == 0 {
+                    if self.drain_inbox(now) == 0 {
                         thread::yield_now();
                     }
                 }
                 Err(TrySendError::Disconnected(_)) => {
-                    self.drop_at(ingress, DropReason::WorkerQueueFull);
+                    self.drop_at(ingress, DropReason::WorkerQueueFull, 1);
                     return;
                 }
             }
         }
     }
 
-    /// Counts a drop on a port and on this worker.
-    fn drop_at(&self, port: &LivePort, reason: DropReason) {
-        port.counters.dropped(self.index, reason, 1);
-        self.counters.dropped(reason, 1);
+    /// Counts drops on a port and on this worker.
+    fn drop_at(&self, port: &LivePort, reason: DropReason, frames: u64) {
+        port.counters.dropped(self.index, reason, frames);
+        self.handle().counters.dropped(reason, frames);
     }
 
-    /// Forwards one frame of a flow this worker owns.
-    fn forward(&self, scratch: &mut Scratch, ingress: PortId, packet: Packet) {
-        self.counters.handled(packet.data.len());
-        let table = self.table;
-        // A guest's offload request is checked against its frame once, at
-        // ingress, so a bad one is counted on the port that sent it. The
-        // plan is reused at egress for the frame as it is; a retagged copy
-        // (offsets moved by the tag) is checked again there.
-        let plan = if packet.hdr.has_offload_work() {
-            match packet.hdr.validate(&packet.data) {
-                Ok(plan) => Some(plan),
-                Err(_) => {
-                    match table.live(ingress) {
-                        Some(port) => self.drop_at(port, DropReason::InvalidOffloadHeader),
-                        None => self.counters.dropped(DropReason::InvalidOffloadHeader, 1),
-                    }
-                    return;
-                }
+    /// Sends what the datapath decided, one batch per egress port, and
+    /// counts its events.
+    fn flush(&mut self) {
+        let mut output = std::mem::take(&mut self.output);
+        for event in output.events() {
+            self.count(event);
+        }
+        for batch in output.batches_mut() {
+            if batch.frames.is_empty() {
+                continue;
             }
-        } else {
-            None
-        };
-        let decision = self.shared.forwarder.decide_cached(
-            &mut scratch.cache,
-            &table.profiles,
-            ingress,
-            &packet.data,
-            self.now,
-            &mut scratch.egress,
-        );
-        let decision = match decision {
-            Ok(decision) => decision,
-            Err(err) => {
-                match table.live(ingress) {
-                    Some(port) => self.drop_at(port, err.reason()),
-                    None => self.counters.dropped(err.reason(), 1),
+            match self.table.live(batch.port).cloned() {
+                Some(port) => self.send_batch(&port, &mut batch.frames),
+                None => {
+                    let frames = batch.frames.len() as u64;
+                    batch.frames.clear();
+                    self.handle()
+                        .counters
+                        .dropped(DropReason::EgressPortGone, frames);
                 }
-                return;
-            }
-        };
-        if decision.learned == Learned::LimitReached {
-            if let Some(port) = table.live(ingress) {
-                port.counters.not_learned(self.index);
             }
         }
-        // At most two versions of the frame: untagged and tagged with its
-        // VLAN; every port of a kind shares one buffer. A frame that leaves
-        // unchanged through its last egress port is moved there, not cloned
-        // (the common case of one unicast destination).
-        let mut original = Some(packet);
-        let mut untagged: Option<Packet> = None;
-        let mut tagged: Option<Packet> = None;
-        let count = scratch.egress.len();
-        for (i, out) in scratch.egress.iter().enumerate() {
-            let unchanged = unchanged_by(decision.ingress_tag, out.tag);
-            let version = if unchanged {
-                let moved = if i + 1 == count {
-                    original.take()
-                } else {
-                    None
-                };
-                match moved.or_else(|| original.clone()) {
-                    Some(packet) => packet,
-                    None => continue,
-                }
-            } else {
-                let Some(packet) = original.as_ref() else {
-                    continue;
-                };
-                match out.tag {
-                    None => {
-                        untagged.get_or_insert_with(|| retag(packet, decision.ingress_tag, None))
-                    }
-                    Some(vlan) => tagged
-                        .get_or_insert_with(|| retag(packet, decision.ingress_tag, Some(vlan))),
-                }
-                .clone()
-            };
-            match table.live(out.port) {
-                Some(port) => {
-                    let plan = if unchanged { plan.as_ref() } else { None };
-                    self.transmit(
-                        &mut scratch.engine,
-                        &mut scratch.adapted,
-                        port,
-                        version,
-                        plan,
-                    )
-                }
-                None => self.counters.dropped(DropReason::EgressPortGone, 1),
-            }
-        }
+        output.clear();
+        self.output = output;
     }
 
-    /// The egress path of one frame to one port: the adaptation seam, then
-    /// the port's send. `plan` is the frame's validated offload plan when
-    /// the frame is byte for byte the one validated at ingress.
-    fn transmit(
-        &self,
-        engine: &mut EgressEngine,
-        adapted: &mut Vec<Packet>,
-        port: &LivePort,
-        packet: Packet,
-        plan: Option<&OffloadPlan>,
-    ) {
-        if port.removed.load(Ordering::Acquire) {
-            self.drop_at(port, DropReason::EgressPortGone);
-            return;
-        }
-        adapted.clear();
-        match adapt_with_plan(engine, packet, plan, &port.caps.egress, adapted) {
-            Err(err) => self.drop_at(port, err.reason()),
-            Ok(work) => {
-                port.counters.worked(self.index, &work);
-                self.counters.worked(&work);
-                for packet in adapted.drain(..) {
-                    self.send(port, packet);
+    fn count(&self, event: &Event) {
+        let counters = &self.handle().counters;
+        match *event {
+            Event::Dropped { port, reason } => {
+                if let Some(live) = self.table.live(port) {
+                    live.counters.dropped(self.index, reason, 1);
+                }
+                counters.dropped(reason, 1);
+            }
+            Event::Worked { port, work } => {
+                if let Some(live) = self.table.live(port) {
+                    live.counters.worked(self.index, &work);
+                }
+                counters.worked(&work);
+            }
+            Event::NotLearned { port } => {
+                if let Some(live) = self.table.live(port) {
+                    live.counters.not_learned(self.index);
                 }
             }
         }
     }
 
-    /// Sends one frame, retrying a full queue for a bounded time.
-    fn send(&self, port: &LivePort, packet: Packet) {
+    /// Sends a batch to one port, retrying a full queue for a bounded time;
+    /// whatever is left in `frames` at the end is dropped and counted.
+    fn send_batch(&self, port: &LivePort, frames: &mut Vec<Packet>) {
         let queue = self.index % port.caps.tx_queues.max(1);
-        let bytes = packet.data.len();
         let wait = self.shared.config.queue_full_wait;
-        let mut packet = packet;
         let mut deadline = None;
-        loop {
-            match port.port.send(queue, packet) {
-                Ok(()) => {
-                    port.counters.sent(self.index, bytes);
-                    self.counters.sent();
-                    if port.congested.load(Ordering::Relaxed) {
-                        port.congested.store(false, Ordering::Relaxed);
-                    }
-                    return;
+        while !frames.is_empty() {
+            if port.removed.load(Ordering::Acquire) {
+                return self.drop_rest(port, frames, DropReason::EgressPortGone);
+            }
+            let before: usize = frames.iter().map(|p| p.data.len()).sum();
+            let count = frames.len();
+            let result = port.port.send_batch(queue, frames);
+            let after: usize = frames.iter().map(|p| p.data.len()).sum();
+            let sent = count - frames.len();
+            if sent > 0 {
+                port.counters.sent_many(self.index, sent, before - after);
+                self.handle().counters.sent(sent);
+                if port.congested.load(Ordering::Relaxed) {
+                    port.congested.store(false, Ordering::Relaxed);
                 }
-                Err(err @ SendError::Full { .. }) => {
+            }
+            match result {
+                Ok(()) => return,
+                Err(BatchSendError::Full { .. }) => {
                     let deadline = *deadline.get_or_insert_with(|| Instant::now() + wait);
                     if wait.is_zero()
                         || port.congested.load(Ordering::Relaxed)
                         || Instant::now() >= deadline
                     {
                         port.congested.store(true, Ordering::Relaxed);
-                        self.drop_at(port, DropReason::EgressQueueFull);
-                        return;
-                    }
-                    if port.removed.load(Ordering::Acquire) {
-                        self.drop_at(port, DropReason::EgressPortGone);
-                        return;
+                        return self.drop_rest(port, frames, DropReason::EgressQueueFull);
                     }
                     if self.shared.stop.load(Ordering::Acquire) {
-                        self.drop_at(port, DropReason::Shutdown);
-                        return;
+                        return self.drop_rest(port, frames, DropReason::Shutdown);
                     }
-                    packet = err.into_packet();
                     thread::yield_now();
                 }
-                Err(_) => {
-                    self.drop_at(port, DropReason::EgressPortError);
-                    return;
+                Err(BatchSendError::Refused { .. }) => {
+                    // Only the first frame left was refused; the queue works.
+                    if !frames.is_empty() {
+                        frames.remove(0);
+                        self.drop_at(port, DropReason::EgressRefused, 1);
+                    }
+                }
+                Err(BatchSendError::Disconnected { .. } | BatchSendError::NoSuchQueue { .. }) => {
+                    return self.drop_rest(port, frames, DropReason::EgressPortError);
                 }
             }
         }
+    }
+
+    fn drop_rest(&self, port: &LivePort, frames: &mut Vec<Packet>, reason: DropReason) {
+        self.drop_at(port, reason, frames.len() as u64);
+        frames.clear();
+    }
+}
+
+impl Drop for SwitchWorker {
+    /// A worker that goes away (its thread ended, or the embedder dropped
+    /// it) no longer counts among the polling ones, so the others do not
+    /// wait for it to stop or to take a new port table.
+    fn drop(&mut self) {
+        if std::mem::take(&mut self.polling) {
+            self.shared.polling.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.handle().finished.store(true, Ordering::Release);
     }
 }

@@ -1,0 +1,608 @@
+//! The datapath, sans-IO: the forwarding, egress adaptation and accounting
+//! of a burst of frames, as a value that takes frames and the time and
+//! returns what to send where. No threads, no clocks, no ports: the caller
+//! supplies the set of ports and the time, and sends what it is told to,
+//! so every step can be reproduced in a test.
+//!
+//! [`crate::Switch`] is one driver of it (worker threads, hand-offs between
+//! them, bounded retries on full queues); an embedder can drive it from any
+//! loop it owns.
+//!
+//! A frame is parsed once. [`Datapath::check`] parses its link-layer header
+//! and validates its virtio-net header into a [`CheckedFrame`] as it enters;
+//! the flow hash ([`crate::dispatch::flow_hash`]), the forwarding decision
+//! and the egress adaptation all read that parse, and a VLAN tag pushed or
+//! popped on the way moves its offsets ([`CheckedFrame::retagged`]) instead
+//! of parsing the new bytes.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Instant;
+//! use vswitch::datapath::{Datapath, Output};
+//! use vswitch::ethernet::build_frame;
+//! use vswitch::{Forwarder, ForwarderConfig, MacAddr, PortId, PortProfile, PortSet};
+//! use vswitch_offload::{EgressCapabilities, Packet};
+//!
+//! let now = Instant::now();
+//! let mut ports = PortSet::new();
+//! for id in 1..=3 {
+//!     ports.insert_port(PortId(id), PortProfile::default(), EgressCapabilities::none(1500));
+//! }
+//! let mut datapath = Datapath::new(Arc::new(Forwarder::new(ForwarderConfig::default(), now)));
+//! let mut out = Output::new();
+//!
+//! // A broadcast from port 1 is flooded to ports 2 and 3.
+//! let frame = build_frame(MacAddr::BROADCAST, MacAddr([2, 0, 0, 0, 0, 1]), None, 0x0806, &[0; 46]);
+//! datapath.process(&ports, PortId(1), [Packet::plain(frame)], now, &mut out);
+//! let to: Vec<_> = out.batches().iter().map(|batch| (batch.port, batch.frames.len())).collect();
+//! assert_eq!(to, [(PortId(2), 1), (PortId(3), 1)]);
+//! assert!(out.events().is_empty());
+//! ```
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use vswitch_offload::{CheckError, CheckedFrame, Packet};
+
+use crate::drop::DropReason;
+use crate::egress::{adapt_checked, EgressEngine, EgressWork};
+use crate::fdb::{Learned, LookupCache};
+use crate::forward::{Egress, Forwarder, PortId, PortSet};
+
+/// The frames a burst sends to one port, in the order they must leave.
+#[derive(Debug, Default)]
+pub struct TxBatch {
+    /// The egress port.
+    pub port: PortId,
+    /// The frames, ready for the port's send: adapted to what it takes.
+    pub frames: Vec<Packet>,
+}
+
+/// Something the caller counts: what the datapath did besides sending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    /// A frame was dropped. Drops at ingress count on the ingress port,
+    /// drops at egress on the egress port.
+    Dropped {
+        /// The port the drop counts on.
+        port: PortId,
+        /// Why.
+        reason: DropReason,
+    },
+    /// Software offload work done for a frame leaving through `port`.
+    Worked {
+        /// The egress port.
+        port: PortId,
+        /// Segments and checksums made in software.
+        work: EgressWork,
+    },
+    /// A source address seen on `port` was not learned: the port is at its
+    /// address limit.
+    NotLearned {
+        /// The ingress port.
+        port: PortId,
+    },
+}
+
+/// What the datapath decided for one or more frames: a batch of frames per
+/// egress port, and the events to count. Reuse one from burst to burst
+/// ([`Output::clear`]): its vectors keep their allocations.
+#[derive(Debug, Default)]
+pub struct Output {
+    batches: Vec<TxBatch>,
+    active: usize,
+    events: Vec<Event>,
+}
+
+impl Output {
+    /// An empty output.
+    pub fn new() -> Self {
+        Output::default()
+    }
+
+    /// The batches to send, one per egress port, in the order each port
+    /// was first sent to.
+    pub fn batches(&self) -> &[TxBatch] {
+        &self.batches[..self.active]
+    }
+
+    /// The batches to send, for the caller to take the frames out of.
+    pub fn batches_mut(&mut self) -> &mut [TxBatch] {
+        &mut self.batches[..self.active]
+    }
+
+    /// The events, in the order they happened.
+    pub fn events(&self) -> &[Event] {
+        &self.events
+    }
+
+    /// Whether there is nothing to send and nothing to count.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.batches().iter().all(|b| b.frames.is_empty())
+    }
+
+    /// Forgets every batch and event, keeping the allocations.
+    pub fn clear(&mut self) {
+        for batch in &mut self.batches[..self.active] {
+            batch.frames.clear();
+        }
+        self.active = 0;
+        self.events.clear();
+    }
+
+    fn batch(&mut self, port: PortId) -> &mut Vec<Packet> {
+        let found = self.batches[..self.active]
+            .iter()
+            .position(|batch| batch.port == port);
+        let index = match found {
+            Some(index) => index,
+            None => {
+                if self.active == self.batches.len() {
+                    self.batches.push(TxBatch::default());
+                }
+                let index = self.active;
+                self.batches[index].port = port;
+                self.active += 1;
+                index
+            }
+        };
+        &mut self.batches[index].frames
+    }
+
+    fn dropped(&mut self, port: PortId, reason: DropReason) {
+        self.events.push(Event::Dropped { port, reason });
+    }
+}
+
+/// The datapath of one worker: the shared learning forwarder, this
+/// worker's lookup cache and offload buffers. Keep one per thread that
+/// forwards; they share the forwarder.
+#[derive(Debug)]
+pub struct Datapath {
+    forwarder: Arc<Forwarder>,
+    cache: LookupCache,
+    engine: EgressEngine,
+    egress: Vec<Egress>,
+    adapted: Vec<Packet>,
+}
+
+impl Datapath {
+    /// A datapath that learns into and forwards with `forwarder`.
+    pub fn new(forwarder: Arc<Forwarder>) -> Self {
+        let cache = forwarder.new_cache();
+        Datapath {
+            forwarder,
+            cache,
+            engine: EgressEngine::new(),
+            egress: Vec::new(),
+            adapted: Vec::new(),
+        }
+    }
+
+    /// The forwarder this datapath learns into.
+    pub fn forwarder(&self) -> &Arc<Forwarder> {
+        &self.forwarder
+    }
+
+    /// The ingress check of a frame received on `ingress`: its link-layer
+    /// header parsed and its virtio-net header validated, once. A refused
+    /// frame is counted in `out` (as [`DropReason::Malformed`] or the
+    /// header rule it broke) and `None` is returned.
+    pub fn check(ingress: PortId, packet: Packet, out: &mut Output) -> Option<CheckedFrame> {
+        match CheckedFrame::check(packet) {
+            Ok(frame) => Some(frame),
+            Err(err) => {
+                out.dropped(ingress, check_drop(&err));
+                None
+            }
+        }
+    }
+
+    /// Checks and forwards every frame of a burst received on `ingress`.
+    pub fn process(
+        &mut self,
+        ports: &PortSet,
+        ingress: PortId,
+        packets: impl IntoIterator<Item = Packet>,
+        now: Instant,
+        out: &mut Output,
+    ) {
+        for packet in packets {
+            if let Some(frame) = Self::check(ingress, packet, out) {
+                self.forward(ports, ingress, frame, now, out);
+            }
+        }
+    }
+
+    /// Forwards one checked frame received on `ingress` at `now` among
+    /// `ports`: learns its source, picks the egress ports, retags it for
+    /// each, adapts it to what each takes, and appends the result to that
+    /// port's batch in `out`.
+    pub fn forward(
+        &mut self,
+        ports: &PortSet,
+        ingress: PortId,
+        frame: CheckedFrame,
+        now: Instant,
+        out: &mut Output,
+    ) {
+        let decision = self.forwarder.decide_cached(
+            &mut self.cache,
+            ports,
+            ingress,
+            &frame,
+            now,
+            &mut self.egress,
+        );
+        let decision = match decision {
+            Ok(decision) => decision,
+            Err(err) => {
+                out.dropped(ingress, err.reason());
+                return;
+            }
+        };
+        if decision.learned == Learned::LimitReached {
+            out.events.push(Event::NotLearned { port: ingress });
+        }
+        // At most two versions of the frame: untagged and tagged with its
+        // VLAN; every port of a kind shares one buffer. A frame that leaves
+        // unchanged through its last egress port is moved there, not cloned
+        // (the common case of one unicast destination).
+        let ingress_vid = decision.ingress_tag.map(|tag| tag.vid());
+        let mut original = Some(frame);
+        let mut untagged: Option<Option<CheckedFrame>> = None;
+        let mut tagged: Option<Option<CheckedFrame>> = None;
+        let count = self.egress.len();
+        for (i, egress) in self.egress.iter().enumerate() {
+            let vid = egress.tag.map(|vlan| vlan.get());
+            let version = if vid == ingress_vid {
+                if i + 1 == count {
+                    original.take()
+                } else {
+                    original.clone()
+                }
+            } else {
+                let Some(frame) = original.as_ref() else {
+                    continue;
+                };
+                let slot = if vid.is_none() {
+                    &mut untagged
+                } else {
+                    &mut tagged
+                };
+                slot.get_or_insert_with(|| frame.retagged(vid)).clone()
+            };
+            let Some(version) = version else {
+                out.dropped(egress.port, DropReason::RetagFailed);
+                continue;
+            };
+            let Some(caps) = ports.egress(egress.port) else {
+                out.dropped(egress.port, DropReason::EgressPortGone);
+                continue;
+            };
+            self.adapted.clear();
+            match adapt_checked(&mut self.engine, version, caps, &mut self.adapted) {
+                Err(err) => out.dropped(egress.port, err.reason()),
+                Ok(work) => {
+                    if work != EgressWork::default() {
+                        out.events.push(Event::Worked {
+                            port: egress.port,
+                            work,
+                        });
+                    }
+                    out.batch(egress.port).append(&mut self.adapted);
+                }
+            }
+        }
+    }
+}
+
+/// The drop counter of a frame refused by the ingress check.
+pub fn check_drop(err: &CheckError) -> DropReason {
+    match err {
+        CheckError::LinkLayer(_) => DropReason::Malformed,
+        CheckError::Header(err) => DropReason::InvalidHeader(err.reason()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use vswitch_offload::checksum::pseudo_header_ipv4;
+    use vswitch_offload::virtio::{FLAG_NEEDS_CSUM, GSO_TCPV4};
+    use vswitch_offload::{EgressCapabilities, VirtioNetHdr};
+
+    use super::*;
+    use crate::drop::HeaderDrop;
+    use crate::ethernet::build_frame;
+    use crate::forward::{ForwarderConfig, PortProfile};
+    use crate::mac::MacAddr;
+    use crate::vlan::{VlanId, VlanSet};
+
+    fn mac(last: u8) -> MacAddr {
+        MacAddr([2, 0, 0, 0, 0, last])
+    }
+
+    fn vlan(id: u16) -> VlanId {
+        VlanId::new(id).unwrap()
+    }
+
+    /// A datapath, its clock origin, and ports 1..=n as access ports of
+    /// VLAN 1 without offloads.
+    struct Bench {
+        datapath: Datapath,
+        ports: PortSet,
+        t0: Instant,
+        out: Output,
+    }
+
+    impl Bench {
+        fn new(access_ports: u32) -> Self {
+            let t0 = Instant::now();
+            let mut ports = PortSet::new();
+            for id in 1..=access_ports {
+                ports.insert_port(
+                    PortId(id),
+                    PortProfile::access(VlanId::DEFAULT),
+                    EgressCapabilities::none(1500),
+                );
+            }
+            let forwarder = Arc::new(Forwarder::new(ForwarderConfig::default(), t0));
+            Bench {
+                datapath: Datapath::new(forwarder),
+                ports,
+                t0,
+                out: Output::new(),
+            }
+        }
+
+        /// Sends `packets` in from `ingress` at `secs`, and returns where
+        /// frames went (port, frames) and the events.
+        fn burst(
+            &mut self,
+            secs: u64,
+            ingress: u32,
+            packets: Vec<Packet>,
+        ) -> (Vec<(u32, Vec<Packet>)>, Vec<Event>) {
+            self.out.clear();
+            let now = self.t0 + Duration::from_secs(secs);
+            self.datapath
+                .process(&self.ports, PortId(ingress), packets, now, &mut self.out);
+            let sent = self
+                .out
+                .batches_mut()
+                .iter_mut()
+                .map(|batch| (batch.port.0, std::mem::take(&mut batch.frames)))
+                .collect();
+            (sent, self.out.events().to_vec())
+        }
+    }
+
+    fn plain(dst: MacAddr, src: MacAddr, tci: Option<u16>) -> Packet {
+        Packet::plain(build_frame(dst, src, tci, 0x0806, &[0; 46]))
+    }
+
+    fn ports_of(sent: &[(u32, Vec<Packet>)]) -> Vec<(u32, usize)> {
+        sent.iter()
+            .map(|(port, frames)| (*port, frames.len()))
+            .collect()
+    }
+
+    /// A TCP/IPv4 TSO frame from `src` to `dst` with `payload` bytes, its
+    /// checksum partial as a Linux guest hands it over.
+    fn tso(dst: MacAddr, src: MacAddr, payload: usize, mss: u16) -> Packet {
+        let mut l3 = vec![0u8; 40 + payload];
+        l3[0] = 0x45;
+        l3[8] = 64;
+        l3[9] = 6;
+        l3[12..16].copy_from_slice(&[10, 0, 0, 1]);
+        l3[16..20].copy_from_slice(&[10, 0, 0, 2]);
+        l3[20 + 12] = 5 << 4;
+        l3[20 + 13] = 0x18; // PSH|ACK
+        let seed = pseudo_header_ipv4([10, 0, 0, 1], [10, 0, 0, 2], 6, (20 + payload) as u16).sum();
+        l3[20 + 16..20 + 18].copy_from_slice(&seed.to_be_bytes());
+        for (i, byte) in l3[40..].iter_mut().enumerate() {
+            *byte = i as u8;
+        }
+        let hdr = VirtioNetHdr {
+            flags: FLAG_NEEDS_CSUM,
+            gso_type: GSO_TCPV4,
+            hdr_len: 54,
+            gso_size: mss,
+            csum_start: 34,
+            csum_offset: 16,
+            num_buffers: 0,
+        };
+        Packet::with_hdr(hdr, build_frame(dst, src, None, 0x0800, &l3))
+    }
+
+    #[test]
+    fn unknown_destinations_flood_then_learned_ones_are_unicast() {
+        let mut b = Bench::new(3);
+        let (sent, events) = b.burst(0, 1, vec![plain(mac(2), mac(1), None)]);
+        assert_eq!(ports_of(&sent), [(2, 1), (3, 1)]);
+        assert!(events.is_empty());
+        // 2 answers 1: 1 was learned, so only 1 gets it; 2 is learned too.
+        let (sent, _) = b.burst(0, 2, vec![plain(mac(1), mac(2), None)]);
+        assert_eq!(ports_of(&sent), [(1, 1)]);
+        let (sent, _) = b.burst(0, 1, vec![plain(mac(2), mac(1), None)]);
+        assert_eq!(ports_of(&sent), [(2, 1)]);
+        // After the aging time, 2 is unknown again.
+        let (sent, _) = b.burst(400, 1, vec![plain(mac(2), mac(1), None)]);
+        assert_eq!(ports_of(&sent), [(2, 1), (3, 1)]);
+    }
+
+    #[test]
+    fn a_burst_gives_one_batch_per_port_in_order() {
+        let mut b = Bench::new(3);
+        b.burst(0, 2, vec![plain(MacAddr::BROADCAST, mac(2), None)]);
+        b.burst(0, 3, vec![plain(MacAddr::BROADCAST, mac(3), None)]);
+        let frames: Vec<Packet> = (0..6)
+            .map(|i| {
+                let dst = if i % 2 == 0 { mac(2) } else { mac(3) };
+                let mut frame = build_frame(dst, mac(1), None, 0x0806, &[0; 46]).to_vec();
+                frame[20] = i;
+                Packet::plain(frame)
+            })
+            .collect();
+        let (sent, _) = b.burst(0, 1, frames);
+        assert_eq!(ports_of(&sent), [(2, 3), (3, 3)]);
+        let order = |frames: &[Packet]| frames.iter().map(|p| p.data[20]).collect::<Vec<_>>();
+        assert_eq!(order(&sent[0].1), [0, 2, 4]);
+        assert_eq!(order(&sent[1].1), [1, 3, 5]);
+    }
+
+    #[test]
+    fn vlans_are_kept_apart_and_tags_follow_the_egress_port() {
+        let mut b = Bench::new(0);
+        let caps = EgressCapabilities::none(1500);
+        b.ports
+            .insert_port(PortId(1), PortProfile::access(vlan(10)), caps);
+        b.ports
+            .insert_port(PortId(2), PortProfile::access(vlan(20)), caps);
+        let trunk: VlanSet = [vlan(10), vlan(20)].into_iter().collect();
+        b.ports
+            .insert_port(PortId(3), PortProfile::trunk(trunk, None), caps);
+        // From the VLAN 10 access port: only the trunk, tagged 10.
+        let (sent, _) = b.burst(0, 1, vec![plain(MacAddr::BROADCAST, mac(1), None)]);
+        assert_eq!(ports_of(&sent), [(3, 1)]);
+        let frame = CheckedFrame::check(sent[0].1[0].clone()).unwrap();
+        assert_eq!(frame.outer_tag().map(|t| t.vid()), Some(10));
+        // From the trunk in VLAN 20: the VLAN 20 access port, untagged.
+        let (sent, _) = b.burst(0, 3, vec![plain(MacAddr::BROADCAST, mac(3), Some(20))]);
+        assert_eq!(ports_of(&sent), [(2, 1)]);
+        let frame = CheckedFrame::check(sent[0].1[0].clone()).unwrap();
+        assert_eq!(frame.outer_tag(), None);
+        // A tagged frame on an access port is dropped on that port.
+        let (sent, events) = b.burst(0, 1, vec![plain(MacAddr::BROADCAST, mac(1), Some(10))]);
+        assert!(sent.is_empty());
+        assert_eq!(
+            events,
+            [Event::Dropped {
+                port: PortId(1),
+                reason: DropReason::TaggedOnAccessPort
+            }]
+        );
+    }
+
+    #[test]
+    fn a_tso_frame_is_cut_for_a_port_without_offloads_and_passed_to_one_with() {
+        let mut b = Bench::new(2);
+        b.ports.insert_port(
+            PortId(3),
+            PortProfile::access(VlanId::DEFAULT),
+            EgressCapabilities::full(9000),
+        );
+        let (sent, events) = b.burst(0, 1, vec![tso(MacAddr::BROADCAST, mac(1), 10_000, 1448)]);
+        // Port 2 takes finished frames of at most 1500 bytes: 7 segments.
+        assert_eq!(ports_of(&sent), [(2, 7), (3, 1)]);
+        for segment in &sent[0].1 {
+            assert!(segment.data.len() <= 1514);
+            assert!(!segment.hdr.has_offload_work());
+            // Checked by etherparse: both checksums as a receiver computes them.
+            let headers = etherparse::PacketHeaders::from_ethernet_slice(&segment.data).unwrap();
+            let Some(etherparse::NetHeaders::Ipv4(ip, _)) = &headers.net else {
+                panic!("expected IPv4");
+            };
+            let Some(etherparse::TransportHeader::Tcp(tcp)) = &headers.transport else {
+                panic!("expected TCP");
+            };
+            assert_eq!(ip.header_checksum, ip.calc_header_checksum());
+            let payload = headers.payload.slice();
+            assert_eq!(tcp.checksum, tcp.calc_checksum_ipv4(ip, payload).unwrap());
+        }
+        let payload: usize = sent[0].1.iter().map(|s| s.data.len() - 54).sum();
+        assert_eq!(payload, 10_000);
+        // Port 3 segments itself: the frame goes whole, with its header.
+        assert!(sent[1].1[0].hdr.is_gso());
+        assert_eq!(
+            events,
+            [Event::Worked {
+                port: PortId(2),
+                work: EgressWork {
+                    segments: 7,
+                    checksums: 7,
+                    coalesced: 0
+                }
+            }]
+        );
+    }
+
+    #[test]
+    fn drops_are_counted_by_reason_on_the_port_they_belong_to() {
+        let mut b = Bench::new(2);
+        let mut zero_mss = tso(mac(2), mac(1), 3000, 1448);
+        zero_mss.hdr.gso_size = 0;
+        let runt = Packet::plain(Bytes::from_static(&[0u8; 10]));
+        let multicast_source = plain(mac(2), MacAddr([3, 0, 0, 0, 0, 1]), None);
+        let (sent, events) = b.burst(0, 1, vec![zero_mss, runt, multicast_source]);
+        assert!(sent.is_empty());
+        let reasons: Vec<_> = events
+            .iter()
+            .map(|e| match e {
+                Event::Dropped { port, reason } => (port.0, *reason),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                (1, DropReason::InvalidHeader(HeaderDrop::BadGsoSize)),
+                (1, DropReason::Malformed),
+                (1, DropReason::InvalidSourceMac),
+            ]
+        );
+        // A finished frame larger than the egress MTU is dropped at egress.
+        let big = Packet::plain(build_frame(mac(2), mac(1), None, 0x0806, &[0; 2000]));
+        let (_, events) = b.burst(0, 1, vec![big]);
+        assert_eq!(
+            events,
+            [Event::Dropped {
+                port: PortId(2),
+                reason: DropReason::ExceedsMtu
+            },]
+        );
+    }
+
+    #[test]
+    fn a_port_removed_from_the_set_gets_nothing_and_its_addresses_go() {
+        let mut b = Bench::new(3);
+        b.burst(0, 3, vec![plain(MacAddr::BROADCAST, mac(3), None)]);
+        let (sent, _) = b.burst(0, 1, vec![plain(mac(3), mac(1), None)]);
+        assert_eq!(ports_of(&sent), [(3, 1)]);
+        // Hot-unplug: the port leaves the set and the forwarder forgets it.
+        b.ports.remove(PortId(3));
+        b.datapath.forwarder().forget_port(PortId(3));
+        let (sent, _) = b.burst(0, 1, vec![plain(mac(3), mac(1), None)]);
+        assert_eq!(ports_of(&sent), [(2, 1)]);
+        // Hot-plug: a new port is flooded to at once.
+        b.ports.insert_port(
+            PortId(4),
+            PortProfile::access(VlanId::DEFAULT),
+            EgressCapabilities::none(1500),
+        );
+        let (sent, _) = b.burst(0, 1, vec![plain(mac(3), mac(1), None)]);
+        assert_eq!(ports_of(&sent), [(2, 1), (4, 1)]);
+    }
+
+    #[test]
+    fn the_address_limit_is_an_event() {
+        let mut b = Bench::new(2);
+        b.ports.insert_port(
+            PortId(1),
+            PortProfile::access(VlanId::DEFAULT).max_learned(1),
+            EgressCapabilities::none(1500),
+        );
+        let (_, events) = b.burst(
+            0,
+            1,
+            vec![
+                plain(MacAddr::BROADCAST, mac(10), None),
+                plain(MacAddr::BROADCAST, mac(11), None),
+            ],
+        );
+        assert_eq!(events, [Event::NotLearned { port: PortId(1) }]);
+    }
+}
