@@ -282,10 +282,7 @@ mod tests {
         let mut outs = Vec::new();
         let mut result = None;
         for sg in [false, true] {
-            let caps = EgressCapabilities {
-                scatter_gather: sg,
-                ..*caps
-            };
+            let caps = caps.with_scatter_gather(sg);
             let mut list = SegmentList::new();
             let adapted = adapt(&mut Segmenter::default(), &bytes, plan, &caps, &mut list)?;
             let out: Vec<Vec<u8>> = list.iter().map(|s| s.to_vec()).collect();
@@ -632,7 +629,7 @@ mod tests {
             let bit = |n: u8| caps_bits & (1 << n) != 0;
             let caps = EgressCapabilities {
                 checksum: bit(0), tso4: bit(1), tso6: bit(2), uso: bit(3), ufo: bit(4),
-                scatter_gather: bit(5), mtu,
+                scatter_gather: bit(5), ecn: false, mtu,
             };
             match run(&frame, &plan, &caps) {
                 Ok((Adapted::PassThrough, out)) => {

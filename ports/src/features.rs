@@ -298,15 +298,13 @@ impl GuestOffloads {
     /// only when the guest takes it over both IPv4 and IPv6, since the
     /// capabilities do not tell the two apart.
     pub fn egress_capabilities(self, mtu: u16) -> EgressCapabilities {
-        EgressCapabilities {
-            checksum: self.checksum,
-            tso4: self.checksum && self.tso4,
-            tso6: self.checksum && self.tso6,
-            uso: self.checksum && self.uso4 && self.uso6,
-            ufo: self.checksum && self.ufo,
-            scatter_gather: true,
-            mtu,
-        }
+        EgressCapabilities::none(mtu)
+            .with_checksum(self.checksum)
+            .with_tso4(self.checksum && self.tso4)
+            .with_tso6(self.checksum && self.tso6)
+            .with_uso(self.checksum && self.uso4 && self.uso6)
+            .with_ufo(self.checksum && self.ufo)
+            .with_scatter_gather(true)
     }
 }
 

@@ -945,14 +945,12 @@ impl GuestQueue<'_> {
             if !packet.hdr.has_offload_work() {
                 return Ok(Some(packet));
             }
-            let caps = EgressCapabilities {
-                // The segments are copied into guest memory anyway.
-                scatter_gather: false,
-                ..self
-                    .port
-                    .guest_offloads()
-                    .egress_capabilities(self.port.mtu)
-            };
+            // The segments are copied into guest memory anyway.
+            let caps = self
+                .port
+                .guest_offloads()
+                .egress_capabilities(self.port.mtu)
+                .with_scatter_gather(false);
             if let Err(err) = self.port.adapt_to_guest(rx, packet, &caps) {
                 bump(&self.port.counters.rx_dropped, 1);
                 return Err(err);

@@ -535,15 +535,11 @@ impl TapPort {
         assert!(!queues.is_empty(), "a TAP port needs at least one queue");
         let offloads = queues[0].offloads();
         let caps = PortCapabilities {
-            egress: EgressCapabilities {
-                checksum: offloads.checksum,
-                tso4: offloads.tso4,
-                tso6: offloads.tso6,
-                uso: offloads.uso,
-                ufo: false,
-                scatter_gather: false,
-                mtu,
-            },
+            egress: EgressCapabilities::none(mtu)
+                .with_checksum(offloads.checksum)
+                .with_tso4(offloads.tso4)
+                .with_tso6(offloads.tso6)
+                .with_uso(offloads.uso),
             rx_queues: queues.len(),
             tx_queues: queues.len(),
         };

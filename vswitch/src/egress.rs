@@ -310,10 +310,7 @@ pub fn adapt_with_plan(
     // written whole: copy mode copies and checksums the payload in one
     // pass, where zero-copy output would be summed, then gathered by a
     // second pass over it.
-    let caps = EgressCapabilities {
-        scatter_gather: false,
-        ..*caps
-    };
+    let caps = caps.with_scatter_gather(false);
     let EgressEngine { segmenter, sink } = engine;
     sink.out.clear();
     sink.begin(&packet);
