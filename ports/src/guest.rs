@@ -1558,6 +1558,59 @@ mod tests {
         assert_eq!(buf[1], GSO_TCPV4);
     }
 
+    /// A guest that negotiated GUEST_ECN takes a TSO frame with ECN whole;
+    /// once it turns GUEST_ECN off (keeping TSO), the port cuts such a
+    /// frame itself, CWR on the first segment only.
+    #[test]
+    fn ecn_turned_off_at_run_time_gets_ecn_tso_frames_as_segments() {
+        use vswitch_offload::virtio::GSO_ECN;
+        let ecn = Features::GUEST_ECN.or(Features::HOST_ECN);
+        let negotiated = Negotiated::new(all_offloads().or(ecn), all_offloads().or(ecn)).unwrap();
+        let port = GuestPort::new(
+            GuestPortConfig::new("g"),
+            negotiated,
+            Arc::new(Counting(AtomicUsize::new(0))),
+        );
+        assert!(port.capabilities().egress.ecn);
+        let (plain, _) = port_with(all_offloads());
+        assert!(!plain.capabilities().egress.ecn);
+
+        let mut frame = tcp4(10_000, true);
+        frame[47] |= 0x80; // CWR
+        let hdr = VirtioNetHdr {
+            gso_type: GSO_TCPV4 | GSO_ECN,
+            ..tso_hdr(1000)
+        };
+        port.send(0, Packet::with_hdr(hdr, frame.clone())).unwrap();
+        let mut buf = vec![0u8; 20_000];
+        let got = port.receive_into(&mut [&mut buf]).unwrap().unwrap();
+        assert_eq!(got.bytes, 12 + frame.len());
+        assert_eq!(buf[1], GSO_TCPV4 | GSO_ECN);
+
+        let without_ecn = port
+            .guest_offloads()
+            .to_features()
+            .without(Features::GUEST_ECN);
+        let now = port.set_guest_offloads(without_ecn.0).unwrap();
+        assert!(now.tso4 && !now.ecn);
+        port.send(0, Packet::with_hdr(hdr, frame.clone())).unwrap();
+        let mut payload = Vec::new();
+        let mut flags = Vec::new();
+        while let Some(got) = port.receive_into(&mut [&mut buf]).unwrap() {
+            assert_eq!(buf[1], GSO_NONE);
+            let seg = &buf[12..got.bytes];
+            assert!(tcp4_ok_any(seg));
+            flags.push(seg[47]);
+            payload.extend_from_slice(&seg[54..]);
+        }
+        assert_eq!(flags.len(), 10);
+        assert_eq!(flags[0], 0x80 | 0x10, "CWR|ACK on the first segment");
+        assert!(flags[1..9].iter().all(|&f| f == 0x10), "{flags:x?}");
+        assert_eq!(flags[9], 0x18, "PSH|ACK on the last segment");
+        assert_eq!(payload, frame[54..]);
+        assert_eq!(port.stats().rx_adapted, 1);
+    }
+
     /// Segments carry their own IP length and sequence numbers; check the
     /// checksums with the lengths they declare.
     fn tcp4_ok_any(frame: &[u8]) -> bool {
