@@ -1259,6 +1259,48 @@ mod tests {
         assert_eq!(port.receive(0, &mut Vec::new(), 8).unwrap(), 0);
     }
 
+    /// A guest's TSO frame with SYN or RST, or with an MSS below 88, is
+    /// refused at transmit with the typed header error and counted; FIN and
+    /// PSH at MSS 88 go through.
+    #[test]
+    fn tso_with_syn_rst_or_a_tiny_mss_is_refused_at_transmit() {
+        let (port, _) = port_with(all_offloads());
+        let mut syn_fin_rst = tcp4(3000, true);
+        syn_fin_rst[47] = 0x07;
+        let err = port
+            .transmit(&[&header_bytes(tso_hdr(1448)), &syn_fin_rst])
+            .unwrap_err();
+        assert_eq!(
+            err,
+            GuestTxError::InvalidHeader(HdrError::SynOrRstWithGso {
+                gso_type: GSO_TCPV4,
+                tcp_flags: 0x07
+            })
+        );
+        assert_eq!(err.counter(), "syn_or_rst_with_gso");
+        let frame = tcp4(3000, true);
+        let err = port
+            .transmit(&[&header_bytes(tso_hdr(87)), &frame])
+            .unwrap_err();
+        assert_eq!(
+            err,
+            GuestTxError::InvalidHeader(HdrError::BadGsoSize {
+                gso_type: GSO_TCPV4,
+                gso_size: 87,
+                min: 88
+            })
+        );
+        assert_eq!(err.counter(), "bad_gso_size");
+        assert_eq!(port.stats().tx_errors, 2);
+        assert_eq!(port.stats().tx_frames, 0);
+
+        let mut fin_psh = frame;
+        fin_psh[47] = 0x19;
+        port.transmit(&[&header_bytes(tso_hdr(88)), &fin_psh])
+            .unwrap();
+        assert_eq!(port.stats().tx_frames, 1);
+    }
+
     #[test]
     fn a_full_transmit_queue_is_an_error_and_tx_room_tells_before() {
         let negotiated = Negotiated::new(all_offloads(), Features::VERSION_1).unwrap();
