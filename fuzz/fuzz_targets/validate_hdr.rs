@@ -1,11 +1,13 @@
 //! Header validation on arbitrary input: the first 12 bytes are a
 //! virtio_net_hdr_v1, the rest the frame. `validate` must never panic; when
 //! it accepts, every offset in the plan lies within the frame, the checksum
-//! field fits, and the segment size is usable.
+//! field fits, and the segment size is usable: a TCP MSS is at least
+//! `MIN_TCP_MSS` (88) and the TCP header of a GSO frame has neither SYN nor
+//! RST.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vswitch_offload::virtio::{HdrFormat, MAX_L3_LEN};
+use vswitch_offload::virtio::{HdrFormat, MAX_L3_LEN, MIN_TCP_MSS};
 use vswitch_offload::{FrameLayout, GsoKind, L3Kind, OffloadPlan, VirtioNetHdr};
 
 fn check_plan(hdr: &VirtioNetHdr, frame: &[u8], plan: &OffloadPlan) {
@@ -41,6 +43,10 @@ fn check_plan(hdr: &VirtioNetHdr, frame: &[u8], plan: &OffloadPlan) {
             assert!(!l.is_fragment);
             if let Some(p) = plan.partial_checksum {
                 assert_eq!(p.start, l.l4_offset);
+            }
+            if let GsoKind::Tcp { mss, .. } = plan.gso {
+                assert!(mss >= MIN_TCP_MSS);
+                assert_eq!(frame[l.l4_offset + 13] & 0x06, 0, "no SYN or RST");
             }
             if let GsoKind::UdpL4 { size } = plan.gso {
                 assert!(frame.len() - l.payload_offset <= usize::from(size) * 128);

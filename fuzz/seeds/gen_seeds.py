@@ -98,9 +98,11 @@ def payload(n):
     return bytes((i * 7 + 3) & 0xFF for i in range(n))
 
 
-def tcp4_frame(n, tags=(), ip_options=b"", tcp_options=b"", partial=False, total_len=None):
+def tcp4_frame(n, tags=(), ip_options=b"", tcp_options=b"", partial=False, total_len=None,
+               flags=0x18):
     data = payload(n)
-    seg = tcp(data, pseudo4(6, 20 + len(tcp_options) + n), options=tcp_options, partial=partial)
+    seg = tcp(data, pseudo4(6, 20 + len(tcp_options) + n), options=tcp_options, partial=partial,
+              flags=flags)
     ip = ipv4(6, seg, options=ip_options, total_len=total_len)
     return ethernet(0x0800, tags) + ip + seg
 
@@ -161,6 +163,12 @@ def main():
     }
     ufo4 = udp4_frame(3000, partial=True)
     segment_requests = dict(requests)
+    # Requests validate_hdr must refuse (validate_hdr only): SYN, FIN and
+    # RST on a TSO frame, and an MSS one below Linux's TCP_MIN_MSS (88).
+    tso4_syn = tcp4_frame(4000, tags=[(0x8100, 7)], tcp_options=TS_OPTS, partial=True,
+                          flags=0x17)
+    requests["tso4_syn_fin_rst"] = vnet(NEEDS_CSUM, GSO_TCPV4, 0, 1448, 38, 16) + tso4_syn
+    requests["tso4_mss87"] = vnet(NEEDS_CSUM, GSO_TCPV4, 0, 87, 38, 16) + tso4
     segment_requests["ufo4"] = vnet(NEEDS_CSUM, GSO_UDP, 42, 1480, 34, 6) + ufo4
     segment_requests["uso4_vlan"] = (
         vnet(NEEDS_CSUM, GSO_UDP_L4, 0, 1000, 38, 6)

@@ -3,10 +3,14 @@
 //!
 //! The rules, in order:
 //! * A GSO frame passes through untouched only if the port completes
-//!   checksums, segments this kind itself (TSO4/TSO6/USO/UFO) and its MTU
-//!   holds the segments the guest asked for. Otherwise the engine segments
-//!   it in software, to `min(gso_size, what the MTU allows)`: a TSO frame
-//!   larger than the egress MTU is re-segmented, never dropped.
+//!   checksums, segments this kind itself (TSO4/TSO6/USO/UFO), takes ECN
+//!   when it is a TSO frame with the ECN bit ([`EgressCapabilities::ecn`]),
+//!   and its MTU holds the segments the guest asked for. Otherwise the
+//!   engine segments it in software, to `min(gso_size, what the MTU
+//!   allows)`: a TSO frame larger than the egress MTU is re-segmented, never
+//!   dropped, and a TSO frame with ECN toward a port that does not handle
+//!   CWR is segmented with CWR on the first segment only (the IP header's
+//!   ECN field is copied onto every segment as it is).
 //! * A frame without GSO must fit the MTU (else [`AdaptError::FrameOverMtu`]);
 //!   its partial checksum, if any, is completed unless the port completes it.
 //!   So a partial checksum never reaches a port that cannot complete it.
@@ -173,7 +177,13 @@ pub fn decide(
         (GsoKind::Ufo { .. }, _) => caps.ufo,
         (GsoKind::None, _) => false,
     };
-    if port_segments && caps.checksum && fitted == plan.gso {
+    // A TSO frame with ECN carries CWR, which must go on the first segment
+    // only: a port that did not say it handles that gets the segments.
+    let ecn_ok = match plan.gso {
+        GsoKind::Tcp { ecn, .. } => !ecn || caps.ecn,
+        _ => true,
+    };
+    if port_segments && ecn_ok && caps.checksum && fitted == plan.gso {
         Ok(Action::PassThrough)
     } else {
         Ok(Action::Segment(fitted))
@@ -282,10 +292,7 @@ mod tests {
         let mut outs = Vec::new();
         let mut result = None;
         for sg in [false, true] {
-            let caps = EgressCapabilities {
-                scatter_gather: sg,
-                ..*caps
-            };
+            let caps = caps.with_scatter_gather(sg);
             let mut list = SegmentList::new();
             let adapted = adapt(&mut Segmenter::default(), &bytes, plan, &caps, &mut list)?;
             let out: Vec<Vec<u8>> = list.iter().map(|s| s.to_vec()).collect();
@@ -392,6 +399,105 @@ mod tests {
         let (adapted, segments) = run(&v4.frame, &plan, &EgressCapabilities::full(1500)).unwrap();
         assert_eq!(adapted, Adapted::PassThrough);
         assert!(segments.is_empty());
+    }
+
+    /// Sets the ECN field of the IP header (IPv4 TOS or IPv6 traffic class,
+    /// low two bits) to `ecn`, DSCP to 46 (EF), and fixes the IPv4 header
+    /// checksum.
+    fn set_ip_ecn(frame: &mut [u8], layout: &FrameLayout, ecn: u8) {
+        let l3 = layout.l3_offset;
+        let tos = (46 << 2) | ecn;
+        match layout.l3 {
+            L3Kind::Ipv4 => {
+                frame[l3 + 1] = tos;
+                let ihl = usize::from(frame[l3] & 0x0f) * 4;
+                frame[l3 + 10..l3 + 12].fill(0);
+                let sum = crate::checksum::checksum(&frame[l3..l3 + ihl]);
+                frame[l3 + 10..l3 + 12].copy_from_slice(&sum.to_be_bytes());
+            }
+            L3Kind::Ipv6 => {
+                frame[l3] = 0x60 | (tos >> 4);
+                frame[l3 + 1] = (frame[l3 + 1] & 0x0f) | (tos << 4);
+            }
+        }
+    }
+
+    fn ip_tos(segment: &[u8], layout: &FrameLayout) -> u8 {
+        let l3 = layout.l3_offset;
+        match layout.l3 {
+            L3Kind::Ipv4 => segment[l3 + 1],
+            L3Kind::Ipv6 => (segment[l3] << 4) | (segment[l3 + 1] >> 4),
+        }
+    }
+
+    /// A TSO frame with the ECN bit passes through only to a port that takes
+    /// ECN; toward any other port it is segmented in software even when the
+    /// port does TSO. A TSO frame without the bit is unaffected.
+    #[test]
+    fn tso_with_ecn_passes_through_only_to_a_port_that_takes_ecn() {
+        for ipv6 in [false, true] {
+            let built = big_tcp(ipv6);
+            let plain = tso_plan(&built, 1200);
+            let with_ecn = OffloadPlan {
+                gso: GsoKind::Tcp {
+                    mss: 1200,
+                    ecn: true,
+                },
+                ..plain
+            };
+            let full = EgressCapabilities::full(1500);
+            let no_ecn = full.with_ecn(false);
+            let decide = |plan: &OffloadPlan, caps| decide(&built.frame, plan, &caps).unwrap();
+            assert_eq!(decide(&with_ecn, full), Action::PassThrough);
+            assert_eq!(decide(&with_ecn, no_ecn), Action::Segment(with_ecn.gso));
+            assert_eq!(decide(&plain, no_ecn), Action::PassThrough);
+            // ECN alone does not make a port segment.
+            let ecn_only = EgressCapabilities::checksum_only(1500).with_ecn(true);
+            assert_eq!(decide(&with_ecn, ecn_only), Action::Segment(with_ecn.gso));
+        }
+    }
+
+    /// The segments of a TSO frame with ECN cut in software for a port
+    /// without ECN: CWR on the first segment only, ECE and the IP header's
+    /// ECN field (here CE, with DSCP EF) on every segment, payload intact.
+    #[test]
+    fn ecn_tso_cut_in_software_has_cwr_on_the_first_segment_only() {
+        for ipv6 in [false, true] {
+            let built = build(&FrameSpec {
+                ipv6,
+                vlans: 1,
+                l4: L4Spec::Tcp { options: true },
+                payload_len: 10_000,
+                cwr: true,
+                ece: true,
+                psh: true,
+                ..FrameSpec::default()
+            });
+            let mut frame = built.frame.clone();
+            set_ip_ecn(&mut frame, &built.layout, 0b11);
+            built.seed_partial(&mut frame, true);
+            let plan = OffloadPlan {
+                gso: GsoKind::Tcp {
+                    mss: 1000,
+                    ecn: true,
+                },
+                ..tso_plan(&built, 1000)
+            };
+            let caps = EgressCapabilities::full(1500).with_ecn(false);
+            let (adapted, segments) = run(&frame, &plan, &caps).unwrap();
+            assert!(matches!(adapted, Adapted::Segmented(s) if s.segments == 10));
+            let mut payload = Vec::new();
+            for (i, segment) in segments.iter().enumerate() {
+                let info = check_segment(segment);
+                let tcp = info.tcp.expect("a TCP segment");
+                assert_eq!(tcp.cwr, i == 0, "CWR on segment {i}");
+                assert!(tcp.ece, "ECE on segment {i}");
+                assert_eq!(tcp.psh, i == 9, "PSH on the last segment only");
+                assert_eq!(ip_tos(segment, &built.layout), (46 << 2) | 0b11);
+                payload.extend_from_slice(&info.payload);
+            }
+            assert_eq!(payload, built.payload());
+        }
     }
 
     /// Bug class: a partial checksum reaching a port that cannot complete it.
@@ -613,13 +719,15 @@ mod tests {
             payload_len in 0usize..=30_000,
             gso_size in 1u16..=9000,
             mtu in 200u16..=9000,
-            caps_bits in 0u8..64,
+            caps_bits in 0u8..128,
+            ecn in proptest::prelude::any::<bool>(),
         ) {
             let l4 = if kind < 2 { L4Spec::Tcp { options: kind == 1 } } else { L4Spec::Udp };
-            let built = build(&FrameSpec { vlans, ipv6, l4, payload_len, ..FrameSpec::default() });
+            let cwr = ecn && kind < 2;
+            let built = build(&FrameSpec { vlans, ipv6, l4, payload_len, cwr, ..FrameSpec::default() });
             let frame = built.frame_with_seed(true);
             let gso = match kind {
-                0 | 1 => GsoKind::Tcp { mss: gso_size, ecn: false },
+                0 | 1 => GsoKind::Tcp { mss: gso_size, ecn },
                 2 => GsoKind::UdpL4 { size: gso_size.max((payload_len / 128) as u16 + 1) },
                 _ => GsoKind::Ufo { size: gso_size.max(64) },
             };
@@ -632,19 +740,23 @@ mod tests {
             let bit = |n: u8| caps_bits & (1 << n) != 0;
             let caps = EgressCapabilities {
                 checksum: bit(0), tso4: bit(1), tso6: bit(2), uso: bit(3), ufo: bit(4),
-                scatter_gather: bit(5), mtu,
+                scatter_gather: bit(5), ecn: bit(6), mtu,
             };
             match run(&frame, &plan, &caps) {
                 Ok((Adapted::PassThrough, out)) => {
                     proptest::prop_assert!(out.is_empty());
                     proptest::prop_assert!(caps.checksum);
+                    proptest::prop_assert!(!cwr || caps.ecn, "ECN frame to a port without ECN");
                     proptest::prop_assert_eq!(gso.fit_mtu(&built.layout, mtu).unwrap(), gso);
                 }
                 Ok((Adapted::Segmented(_), out)) => {
                     let mut data = Vec::new();
-                    for segment in &out {
+                    for (i, segment) in out.iter().enumerate() {
                         let info = check_segment(segment);
                         proptest::prop_assert!(info.l3_len <= usize::from(mtu));
+                        if let Some(tcp) = &info.tcp {
+                            proptest::prop_assert_eq!(tcp.cwr, cwr && i == 0, "CWR on segment 1 only");
+                        }
                         data.extend_from_slice(&info.payload);
                     }
                     if kind < 3 {

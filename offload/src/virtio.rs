@@ -12,6 +12,16 @@
 //! [`OffloadPlan`] built only from the two. The frame too must be in host
 //! memory before it is validated.
 //!
+//! Validation refuses, each with its own [`HdrError`] and [`DropReason`],
+//! every header the engine cannot act on safely: the full list is on
+//! [`VirtioNetHdr::validate`]. Beyond bounds and protocol agreement, two
+//! rules keep a guest from asking for work that no TCP sender asks for: a
+//! TCP GSO frame's MSS must be at least Linux's minimum ([`MIN_TCP_MSS`],
+//! 88 bytes), so one 64 kB descriptor cannot become tens of thousands of
+//! segments; and its TCP header must not carry SYN or RST, which the
+//! segmenter would copy onto every segment (FIN and PSH are fine: they go
+//! on the last segment only, CWR on the first only).
+//!
 //! ```
 //! use vswitch_offload::virtio::{HdrFormat, GSO_TCPV4, FLAG_NEEDS_CSUM};
 //! use vswitch_offload::{GsoKind, VirtioNetHdr};
@@ -104,6 +114,11 @@ pub const MAX_L3_LEN: usize = 65535;
 /// Most datagrams one `GSO_UDP_L4` frame may be cut into (Linux
 /// `UDP_MAX_SEGMENTS`, reject rule 9).
 pub const MAX_UDP_L4_SEGMENTS: usize = 128;
+/// Smallest `gso_size` accepted for `GSO_TCPV4` and `GSO_TCPV6`: Linux's
+/// `TCP_MIN_MSS` (88, in `include/net/tcp.h`), below which no Linux sender
+/// goes. Without it `gso_size` 1 would cut one 20 kB frame into 20,000
+/// segments (reject rule 2).
+pub const MIN_TCP_MSS: u16 = 88;
 
 /// Which layout of the header is on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -136,15 +151,16 @@ pub struct BufferTooShort {
 }
 
 /// The short, stable name of a reason to drop a frame, for per-port drop
-/// counters. One per rule of the reject list in OFFLOAD_RULES.md (rule 2
-/// and rule 4 each have two), plus a header shorter than its format.
+/// counters. One or more per rule of the reject list of
+/// [`VirtioNetHdr::validate`], plus a header shorter than its format. New
+/// reasons are added at the end, so existing indices do not move.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DropReason {
     /// The virtio-net header itself is cut short.
     ShortVirtioHdr,
     /// Rule 1: unknown `gso_type`.
     UnknownGsoType,
-    /// Rule 2: `gso_size` 0 or 0xFFFF with GSO.
+    /// Rule 2: `gso_size` 0 or 0xFFFF with GSO, or a TCP MSS below 88.
     BadGsoSize,
     /// Rule 3: `csum_start` beyond the frame.
     CsumStartBeyondFrame,
@@ -172,11 +188,13 @@ pub enum DropReason {
     FrameTooLong,
     /// Rule 10: an IP fragment with GSO.
     FragmentWithGso,
+    /// Rule 12: a TCP GSO frame with SYN or RST.
+    SynOrRstWithGso,
 }
 
 impl DropReason {
     /// Every reason, in counter order (`ALL[r.index()] == r`).
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 17] = [
         DropReason::ShortVirtioHdr,
         DropReason::UnknownGsoType,
         DropReason::BadGsoSize,
@@ -193,6 +211,7 @@ impl DropReason {
         DropReason::EcnWithUdp,
         DropReason::FrameTooLong,
         DropReason::FragmentWithGso,
+        DropReason::SynOrRstWithGso,
     ];
 
     /// Number of reasons: the size of a per-port counter array.
@@ -222,6 +241,7 @@ impl DropReason {
             DropReason::EcnWithUdp => "ecn_with_udp",
             DropReason::FrameTooLong => "frame_too_long",
             DropReason::FragmentWithGso => "fragment_with_gso",
+            DropReason::SynOrRstWithGso => "syn_or_rst_with_gso",
         }
     }
 }
@@ -257,6 +277,26 @@ fn expected_l3(gso_type: u8) -> &'static str {
     }
 }
 
+/// TCP flag bits by name, `|`-separated, lowest bit first ("none" for 0).
+struct TcpFlagNames(u8);
+
+impl core::fmt::Display for TcpFlagNames {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        const NAMES: [&str; 8] = ["FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR"];
+        if self.0 == 0 {
+            return f.write_str("none");
+        }
+        let mut sep = "";
+        for (bit, name) in NAMES.iter().enumerate() {
+            if self.0 & (1 << bit) != 0 {
+                write!(f, "{sep}{name}")?;
+                sep = "|";
+            }
+        }
+        Ok(())
+    }
+}
+
 fn l4_name(l4: L4Kind) -> &'static str {
     match l4 {
         L4Kind::Tcp => "TCP",
@@ -265,7 +305,7 @@ fn l4_name(l4: L4Kind) -> &'static str {
 }
 
 /// Why a virtio-net header was rejected: one variant per rule of the reject
-/// list (OFFLOAD_RULES.md), each mapping to a [`DropReason`].
+/// list of [`VirtioNetHdr::validate`], each mapping to a [`DropReason`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Error)]
 pub enum HdrError {
     /// The bytes are shorter than the header format.
@@ -285,13 +325,17 @@ pub enum HdrError {
         /// The `gso_type` found.
         gso_type: u8,
     },
-    /// Rule 2: `gso_size` is 0 or 0xFFFF on a GSO frame.
-    #[error("gso_size: expected 1 to 65534 with gso_type {}, found {gso_size}", gso_type_name(*gso_type))]
+    /// Rule 2: `gso_size` is 0 or 0xFFFF on a GSO frame, or below
+    /// [`MIN_TCP_MSS`] on a TCP one.
+    #[error("gso_size: expected {min} to 65534 with gso_type {}, found {gso_size}", gso_type_name(*gso_type))]
     BadGsoSize {
         /// The `gso_type` found.
         gso_type: u8,
         /// The `gso_size` found.
         gso_size: u16,
+        /// The smallest `gso_size` this `gso_type` takes: [`MIN_TCP_MSS`]
+        /// for TCP, 1 for UDP.
+        min: u16,
     },
     /// Rule 3: `csum_start` lies beyond the frame.
     #[error("csum_start: expected at most the frame length {frame_len}, found {csum_start}")]
@@ -426,6 +470,20 @@ pub enum HdrError {
         /// The network protocol.
         l3: L3Kind,
     },
+    /// Rule 12: a TCP GSO frame whose TCP header has SYN or RST set. The
+    /// segmenter copies every flag but FIN, PSH and CWR onto each segment,
+    /// so each would open or reset the connection again.
+    #[error(
+        "gso_type {}: expected a TCP header without SYN or RST, found flags {tcp_flags:#04x} ({})",
+        gso_type_name(*gso_type),
+        TcpFlagNames(*tcp_flags)
+    )]
+    SynOrRstWithGso {
+        /// The `gso_type` found.
+        gso_type: u8,
+        /// The TCP flags byte found (byte 13 of the TCP header).
+        tcp_flags: u8,
+    },
 }
 
 impl HdrError {
@@ -448,6 +506,7 @@ impl HdrError {
             HdrError::EcnWithUdp { .. } => DropReason::EcnWithUdp,
             HdrError::FrameTooLong { .. } => DropReason::FrameTooLong,
             HdrError::FragmentWithGso { .. } => DropReason::FragmentWithGso,
+            HdrError::SynOrRstWithGso { .. } => DropReason::SynOrRstWithGso,
         }
     }
 }
@@ -529,6 +588,39 @@ impl VirtioNetHdr {
     /// check and its use. `frame` must likewise be host memory. `hdr_len` is
     /// ignored: every offset comes from parsing the frame.
     ///
+    /// The reject list (each rule a typed [`HdrError`], counted under its
+    /// [`DropReason`]):
+    /// 1. `gso_type`, ECN bit masked, not NONE, TCPV4, TCPV6, UDP or UDP_L4;
+    ///    NONE with the ECN bit.
+    /// 2. With GSO, `gso_size` 0 or 0xFFFF; with TCPV4/TCPV6, `gso_size`
+    ///    below [`MIN_TCP_MSS`] (88, Linux's `TCP_MIN_MSS`).
+    /// 3. With `NEEDS_CSUM`, `csum_start` beyond the frame, or the 2-byte
+    ///    field at `csum_start + csum_offset` not within it.
+    /// 4. A partial TCP checksum with `csum_offset` other than 16, a partial
+    ///    UDP checksum with `csum_offset` other than 6; UDP_L4 without
+    ///    `NEEDS_CSUM`.
+    /// 5. The frame's IP version not the one `gso_type` names (or not IP at
+    ///    all), or its transport not TCP for TCPV4/TCPV6, UDP for
+    ///    UDP/UDP_L4.
+    /// 6. With GSO and `NEEDS_CSUM`, `csum_start` not the parsed transport
+    ///    header offset.
+    /// 7. `csum_start` inside the minimal IP header (20 bytes for IPv4, 40
+    ///    for IPv6).
+    /// 8. Truncated or malformed headers: Ethernet, VLAN tags, IPv4 IHL
+    ///    below 5 or beyond the frame, IPv6 extension chain beyond the frame,
+    ///    TCP data offset below 5 or beyond the frame.
+    /// 9. UDP_L4 with a payload of more than 128 segments
+    ///    ([`MAX_UDP_L4_SEGMENTS`]); the ECN bit with UDP or UDP_L4.
+    /// 10. A frame longer than 65535 bytes plus its link-layer headers; GSO
+    ///     on an IP fragment (IPv4 MF or fragment offset, IPv6 fragment
+    ///     header).
+    /// 11. (Not an error: a GSO frame whose payload fits one segment, see
+    ///     below.)
+    /// 12. TCPV4/TCPV6 with SYN or RST in the TCP header, in any
+    ///     combination with other flags: every segment would carry it. FIN
+    ///     and PSH are accepted (the segmenter puts them on the last segment
+    ///     only), as is CWR (first segment only).
+    ///
     /// What is accepted:
     /// - No GSO, no `NEEDS_CSUM`: nothing to do. `layout` is the parsed
     ///   layout for a well-formed IP frame, else `None` (non-IP, or headers
@@ -557,10 +649,15 @@ impl VirtioNetHdr {
         let needs_csum = self.needs_csum();
 
         if let Some(t) = gso {
-            if self.gso_size == 0 || self.gso_size == 0xffff {
+            let min = match t {
+                GSO_TCPV4 | GSO_TCPV6 => MIN_TCP_MSS,
+                _ => 1,
+            };
+            if self.gso_size < min || self.gso_size == 0xffff {
                 return Err(HdrError::BadGsoSize {
                     gso_type: self.gso_type,
                     gso_size: self.gso_size,
+                    min,
                 });
             }
             if ecn && (t == GSO_UDP || t == GSO_UDP_L4) {
@@ -696,7 +793,19 @@ impl VirtioNetHdr {
         }
         let size = self.gso_size;
         let kind = match t {
-            GSO_TCPV4 | GSO_TCPV6 => GsoKind::Tcp { mss: size, ecn },
+            GSO_TCPV4 | GSO_TCPV6 => {
+                let tcp_flags =
+                    tcp::TcpSegment::new_checked(frame.get(layout.l4_offset..).unwrap_or(&[]))
+                        .map_err(ParseError::from)?
+                        .flags();
+                if tcp_flags & (tcp::flags::SYN | tcp::flags::RST) != 0 {
+                    return Err(HdrError::SynOrRstWithGso {
+                        gso_type: self.gso_type,
+                        tcp_flags,
+                    });
+                }
+                GsoKind::Tcp { mss: size, ecn }
+            }
             GSO_UDP_L4 => {
                 let payload_len = frame.len() - layout.payload_offset;
                 if payload_len > usize::from(size) * MAX_UDP_L4_SEGMENTS {
@@ -896,14 +1005,44 @@ mod tests {
             ));
         }
         // Rule 2.
-        for gso_size in [0, 0xffff] {
+        for gso_size in [0, 1, 87, 0xffff] {
             cases.push((
-                "2: gso_size",
+                "2: TCP gso_size",
                 VirtioNetHdr { gso_size, ..ok },
                 t4.clone(),
                 HdrError::BadGsoSize {
                     gso_type: GSO_TCPV4,
                     gso_size,
+                    min: MIN_TCP_MSS,
+                },
+            ));
+        }
+        cases.push((
+            "2: TCPv6 MSS below 88, with ECN",
+            VirtioNetHdr {
+                gso_type: GSO_TCPV6 | GSO_ECN,
+                gso_size: 87,
+                ..csum_hdr(&t6, GSO_TCPV6, 1440)
+            },
+            t6.clone(),
+            HdrError::BadGsoSize {
+                gso_type: GSO_TCPV6 | GSO_ECN,
+                gso_size: 87,
+                min: MIN_TCP_MSS,
+            },
+        ));
+        for t in [GSO_UDP_L4, GSO_UDP] {
+            cases.push((
+                "2: UDP gso_size 0",
+                VirtioNetHdr {
+                    gso_size: 0,
+                    ..csum_hdr(&u4, t, 1400)
+                },
+                u4.clone(),
+                HdrError::BadGsoSize {
+                    gso_type: t,
+                    gso_size: 0,
+                    min: 1,
                 },
             ));
         }
@@ -1270,6 +1409,38 @@ mod tests {
             },
         ));
 
+        // Rule 12, on IPv4 and IPv6, with and without NEEDS_CSUM.
+        let with_flags = |frame: &[u8], flags: u8| {
+            let mut frame = frame.to_vec();
+            let l4 = FrameLayout::parse(&frame).unwrap().l4_offset;
+            frame[l4 + 13] = flags;
+            frame
+        };
+        for flags in [0x02, 0x04, 0x12, 0x14, 0x07, 0x06, 0xff] {
+            cases.push((
+                "12: SYN or RST on TCPv4",
+                ok,
+                with_flags(&t4, flags),
+                HdrError::SynOrRstWithGso {
+                    gso_type: GSO_TCPV4,
+                    tcp_flags: flags,
+                },
+            ));
+            cases.push((
+                "12: SYN or RST on TCPv6 with ECN, no NEEDS_CSUM",
+                VirtioNetHdr {
+                    flags: 0,
+                    gso_type: GSO_TCPV6 | GSO_ECN,
+                    ..ok6
+                },
+                with_flags(&t6, flags),
+                HdrError::SynOrRstWithGso {
+                    gso_type: GSO_TCPV6 | GSO_ECN,
+                    tcp_flags: flags,
+                },
+            ));
+        }
+
         let mut seen = std::collections::BTreeSet::new();
         for (rule, hdr, frame, expected) in &cases {
             assert_eq!(hdr.validate(frame), Err(*expected), "rule {rule}");
@@ -1311,6 +1482,72 @@ mod tests {
                 ecn: false
             }
         );
+    }
+
+    /// The messages of the two TCP rules name what was expected and what
+    /// was found.
+    #[test]
+    fn tcp_rule_messages_say_what_was_expected_and_found() {
+        let small = HdrError::BadGsoSize {
+            gso_type: GSO_TCPV4,
+            gso_size: 1,
+            min: MIN_TCP_MSS,
+        };
+        assert_eq!(
+            small.to_string(),
+            "gso_size: expected 88 to 65534 with gso_type TCPV4, found 1"
+        );
+        let syn = HdrError::SynOrRstWithGso {
+            gso_type: GSO_TCPV6 | GSO_ECN,
+            tcp_flags: 0x07,
+        };
+        assert_eq!(
+            syn.to_string(),
+            "gso_type TCPV6|ECN: expected a TCP header without SYN or RST, found flags 0x07 (FIN|SYN|RST)"
+        );
+        assert_eq!(syn.reason().name(), "syn_or_rst_with_gso");
+        assert_eq!(small.reason().name(), "bad_gso_size");
+    }
+
+    /// What the two TCP rules leave alone: MSS 88 itself, FIN, PSH, ECE,
+    /// CWR, URG and ACK with GSO; SYN and RST on a frame without GSO (a
+    /// SYN with a partial checksum is ordinary); UDP sizes below 88.
+    #[test]
+    fn tcp_rules_accept_what_a_tcp_sender_sends() {
+        let set_flags = |mut frame: Vec<u8>, flags: u8| {
+            let l4 = FrameLayout::parse(&frame).unwrap().l4_offset;
+            frame[l4 + 13] = flags;
+            frame
+        };
+        for (frame, t) in [(tcp4(3000), GSO_TCPV4), (tcp6(3000), GSO_TCPV6)] {
+            let hdr = csum_hdr(&frame, t, MIN_TCP_MSS);
+            let plan = hdr.validate(&frame).unwrap();
+            assert_eq!(
+                plan.gso,
+                GsoKind::Tcp {
+                    mss: 88,
+                    ecn: false
+                }
+            );
+            for flags in [0x01, 0x08, 0x10, 0x19, 0x20, 0x40, 0x80, 0xf9] {
+                let frame = set_flags(frame.clone(), flags);
+                assert!(hdr.validate(&frame).is_ok(), "flags {flags:#04x}");
+            }
+            for flags in [0x02, 0x04, 0x12, 0x07] {
+                let frame = set_flags(frame.clone(), flags);
+                let plain = VirtioNetHdr {
+                    gso_type: GSO_NONE,
+                    gso_size: 0,
+                    ..hdr
+                };
+                assert_eq!(plain.validate(&frame).unwrap().gso, GsoKind::None);
+            }
+        }
+        let frame = udp4(3000);
+        for t in [GSO_UDP_L4, GSO_UDP] {
+            let hdr = csum_hdr(&frame, t, 24);
+            assert!(hdr.validate(&frame).is_ok(), "{}", gso_type_name(t));
+        }
     }
 
     #[test]
@@ -1463,6 +1700,10 @@ mod tests {
             GsoKind::Tcp { mss: size, .. } | GsoKind::UdpL4 { size } | GsoKind::Ufo { size } => {
                 assert!(size != 0 && size != 0xffff);
                 let l = plan.layout.expect("GSO plans have a layout");
+                if let GsoKind::Tcp { mss, .. } = plan.gso {
+                    assert!(mss >= MIN_TCP_MSS);
+                    assert_eq!(frame[l.l4_offset + 13] & 0x06, 0, "no SYN or RST");
+                }
                 assert!(l.l4.is_some());
                 assert!(!l.is_fragment);
                 assert!(frame.len() <= MAX_L3_LEN + l.l3_offset);
@@ -1535,7 +1776,12 @@ mod tests {
             let hdr = csum_hdr(&frame, gso_type, mss);
             let result = hdr.validate(&frame);
             let payload = frame.len() - exp.payload_offset;
-            if fragmented {
+            if gso_type != GSO_UDP_L4 && mss < MIN_TCP_MSS {
+                prop_assert_eq!(
+                    result.unwrap_err(),
+                    HdrError::BadGsoSize { gso_type, gso_size: mss, min: MIN_TCP_MSS }
+                );
+            } else if fragmented {
                 prop_assert_eq!(result.unwrap_err().reason(), DropReason::FragmentWithGso);
             } else if gso_type == GSO_UDP_L4 && payload > usize::from(mss) * 128 {
                 prop_assert_eq!(result.unwrap_err().reason(), DropReason::TooManySegments);

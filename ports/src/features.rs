@@ -296,17 +296,17 @@ impl GuestOffloads {
     /// What the switch must do for this guest at egress: the capabilities
     /// of a port whose far side is this guest's receive path. USO is used
     /// only when the guest takes it over both IPv4 and IPv6, since the
-    /// capabilities do not tell the two apart.
+    /// capabilities do not tell the two apart. `ecn` follows GUEST_ECN: a
+    /// guest without it gets TSO frames with ECN as segments.
     pub fn egress_capabilities(self, mtu: u16) -> EgressCapabilities {
-        EgressCapabilities {
-            checksum: self.checksum,
-            tso4: self.checksum && self.tso4,
-            tso6: self.checksum && self.tso6,
-            uso: self.checksum && self.uso4 && self.uso6,
-            ufo: self.checksum && self.ufo,
-            scatter_gather: true,
-            mtu,
-        }
+        EgressCapabilities::none(mtu)
+            .with_checksum(self.checksum)
+            .with_tso4(self.checksum && self.tso4)
+            .with_tso6(self.checksum && self.tso6)
+            .with_ecn(self.checksum && self.ecn)
+            .with_uso(self.checksum && self.uso4 && self.uso6)
+            .with_ufo(self.checksum && self.ufo)
+            .with_scatter_gather(true)
     }
 }
 
@@ -427,7 +427,39 @@ mod tests {
         let host = n.host_offloads();
         assert!(host.checksum && host.tso4 && host.tso6 && host.ecn && host.uso && !host.ufo);
         let caps = n.guest_offloads().egress_capabilities(1500);
-        assert!(caps.checksum && caps.tso4 && caps.tso6 && caps.uso && !caps.ufo);
+        assert!(caps.checksum && caps.tso4 && caps.tso6 && caps.ecn && caps.uso && !caps.ufo);
+    }
+
+    /// The ecn capability is GUEST_ECN, for the offloads negotiated and for
+    /// those changed at run time; without GUEST_CSUM nothing is offloaded.
+    #[test]
+    fn egress_ecn_follows_guest_ecn() {
+        let tso = Features::GUEST_CSUM.or(Features::GUEST_TSO4);
+        let caps = |acked: Features| {
+            Negotiated::new(all_offloads(), acked)
+                .unwrap()
+                .guest_offloads()
+                .egress_capabilities(1500)
+        };
+        assert!(caps(tso.or(Features::GUEST_ECN)).ecn);
+        assert!(caps(tso.or(Features::GUEST_ECN)).tso4);
+        assert!(!caps(tso).ecn);
+        assert!(caps(tso).tso4);
+        let odd = GuestOffloads {
+            ecn: true,
+            tso4: true,
+            ..GuestOffloads::default()
+        };
+        assert!(!odd.egress_capabilities(1500).ecn);
+
+        let mut n = Negotiated::new(all_offloads(), all_offloads()).unwrap();
+        assert!(n.guest_offloads().egress_capabilities(1500).ecn);
+        let without_ecn = Features::GUEST_OFFLOAD_BITS
+            .and(all_offloads())
+            .without(Features::GUEST_ECN);
+        let now = n.set_guest_offloads(without_ecn.0).unwrap();
+        let caps = now.egress_capabilities(1500);
+        assert!(caps.tso4 && caps.tso6 && !caps.ecn);
     }
 
     #[test]

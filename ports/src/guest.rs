@@ -945,14 +945,12 @@ impl GuestQueue<'_> {
             if !packet.hdr.has_offload_work() {
                 return Ok(Some(packet));
             }
-            let caps = EgressCapabilities {
-                // The segments are copied into guest memory anyway.
-                scatter_gather: false,
-                ..self
-                    .port
-                    .guest_offloads()
-                    .egress_capabilities(self.port.mtu)
-            };
+            // The segments are copied into guest memory anyway.
+            let caps = self
+                .port
+                .guest_offloads()
+                .egress_capabilities(self.port.mtu)
+                .with_scatter_gather(false);
             if let Err(err) = self.port.adapt_to_guest(rx, packet, &caps) {
                 bump(&self.port.counters.rx_dropped, 1);
                 return Err(err);
@@ -1261,6 +1259,48 @@ mod tests {
         assert_eq!(port.receive(0, &mut Vec::new(), 8).unwrap(), 0);
     }
 
+    /// A guest's TSO frame with SYN or RST, or with an MSS below 88, is
+    /// refused at transmit with the typed header error and counted; FIN and
+    /// PSH at MSS 88 go through.
+    #[test]
+    fn tso_with_syn_rst_or_a_tiny_mss_is_refused_at_transmit() {
+        let (port, _) = port_with(all_offloads());
+        let mut syn_fin_rst = tcp4(3000, true);
+        syn_fin_rst[47] = 0x07;
+        let err = port
+            .transmit(&[&header_bytes(tso_hdr(1448)), &syn_fin_rst])
+            .unwrap_err();
+        assert_eq!(
+            err,
+            GuestTxError::InvalidHeader(HdrError::SynOrRstWithGso {
+                gso_type: GSO_TCPV4,
+                tcp_flags: 0x07
+            })
+        );
+        assert_eq!(err.counter(), "syn_or_rst_with_gso");
+        let frame = tcp4(3000, true);
+        let err = port
+            .transmit(&[&header_bytes(tso_hdr(87)), &frame])
+            .unwrap_err();
+        assert_eq!(
+            err,
+            GuestTxError::InvalidHeader(HdrError::BadGsoSize {
+                gso_type: GSO_TCPV4,
+                gso_size: 87,
+                min: 88
+            })
+        );
+        assert_eq!(err.counter(), "bad_gso_size");
+        assert_eq!(port.stats().tx_errors, 2);
+        assert_eq!(port.stats().tx_frames, 0);
+
+        let mut fin_psh = frame;
+        fin_psh[47] = 0x19;
+        port.transmit(&[&header_bytes(tso_hdr(88)), &fin_psh])
+            .unwrap();
+        assert_eq!(port.stats().tx_frames, 1);
+    }
+
     #[test]
     fn a_full_transmit_queue_is_an_error_and_tx_room_tells_before() {
         let negotiated = Negotiated::new(all_offloads(), Features::VERSION_1).unwrap();
@@ -1558,6 +1598,59 @@ mod tests {
         let got = port.receive_into(&mut [&mut buf]).unwrap().unwrap();
         assert_eq!(got.bytes, 12 + 34 + 20 + 10_000);
         assert_eq!(buf[1], GSO_TCPV4);
+    }
+
+    /// A guest that negotiated GUEST_ECN takes a TSO frame with ECN whole;
+    /// once it turns GUEST_ECN off (keeping TSO), the port cuts such a
+    /// frame itself, CWR on the first segment only.
+    #[test]
+    fn ecn_turned_off_at_run_time_gets_ecn_tso_frames_as_segments() {
+        use vswitch_offload::virtio::GSO_ECN;
+        let ecn = Features::GUEST_ECN.or(Features::HOST_ECN);
+        let negotiated = Negotiated::new(all_offloads().or(ecn), all_offloads().or(ecn)).unwrap();
+        let port = GuestPort::new(
+            GuestPortConfig::new("g"),
+            negotiated,
+            Arc::new(Counting(AtomicUsize::new(0))),
+        );
+        assert!(port.capabilities().egress.ecn);
+        let (plain, _) = port_with(all_offloads());
+        assert!(!plain.capabilities().egress.ecn);
+
+        let mut frame = tcp4(10_000, true);
+        frame[47] |= 0x80; // CWR
+        let hdr = VirtioNetHdr {
+            gso_type: GSO_TCPV4 | GSO_ECN,
+            ..tso_hdr(1000)
+        };
+        port.send(0, Packet::with_hdr(hdr, frame.clone())).unwrap();
+        let mut buf = vec![0u8; 20_000];
+        let got = port.receive_into(&mut [&mut buf]).unwrap().unwrap();
+        assert_eq!(got.bytes, 12 + frame.len());
+        assert_eq!(buf[1], GSO_TCPV4 | GSO_ECN);
+
+        let without_ecn = port
+            .guest_offloads()
+            .to_features()
+            .without(Features::GUEST_ECN);
+        let now = port.set_guest_offloads(without_ecn.0).unwrap();
+        assert!(now.tso4 && !now.ecn);
+        port.send(0, Packet::with_hdr(hdr, frame.clone())).unwrap();
+        let mut payload = Vec::new();
+        let mut flags = Vec::new();
+        while let Some(got) = port.receive_into(&mut [&mut buf]).unwrap() {
+            assert_eq!(buf[1], GSO_NONE);
+            let seg = &buf[12..got.bytes];
+            assert!(tcp4_ok_any(seg));
+            flags.push(seg[47]);
+            payload.extend_from_slice(&seg[54..]);
+        }
+        assert_eq!(flags.len(), 10);
+        assert_eq!(flags[0], 0x80 | 0x10, "CWR|ACK on the first segment");
+        assert!(flags[1..9].iter().all(|&f| f == 0x10), "{flags:x?}");
+        assert_eq!(flags[9], 0x18, "PSH|ACK on the last segment");
+        assert_eq!(payload, frame[54..]);
+        assert_eq!(port.stats().rx_adapted, 1);
     }
 
     /// Segments carry their own IP length and sequence numbers; check the

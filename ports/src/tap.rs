@@ -91,6 +91,19 @@ impl TapOffloads {
         flags
     }
 
+    /// What a port writing to a TAP device with these offloads may hand
+    /// over unfinished: checksums, TSO (with ECN only under TUN_F_TSO_ECN)
+    /// and USO as asked; never UFO, and one buffer per frame.
+    pub fn egress_capabilities(self, mtu: u16) -> EgressCapabilities {
+        let checksum = self.checksum;
+        EgressCapabilities::none(mtu)
+            .with_checksum(checksum)
+            .with_tso4(checksum && self.tso4)
+            .with_tso6(checksum && self.tso6)
+            .with_ecn(checksum && self.tso_ecn && (self.tso4 || self.tso6))
+            .with_uso(checksum && self.uso)
+    }
+
     /// The offloads that TUN_F_* bits stand for.
     pub fn from_tun_flags(flags: u32) -> Self {
         let checksum = flags & tun_flags::CSUM != 0;
@@ -535,15 +548,7 @@ impl TapPort {
         assert!(!queues.is_empty(), "a TAP port needs at least one queue");
         let offloads = queues[0].offloads();
         let caps = PortCapabilities {
-            egress: EgressCapabilities {
-                checksum: offloads.checksum,
-                tso4: offloads.tso4,
-                tso6: offloads.tso6,
-                uso: offloads.uso,
-                ufo: false,
-                scatter_gather: false,
-                mtu,
-            },
+            egress: offloads.egress_capabilities(mtu),
             rx_queues: queues.len(),
             tx_queues: queues.len(),
         };
@@ -716,6 +721,86 @@ mod tests {
             TapOffloads::from(GuestOffloads::default()).to_tun_flags(),
             0
         );
+    }
+
+    /// TUN_F_TSO_ECN is what lets a TSO frame with ECN pass to the kernel
+    /// whole; a TAP with TSO but without it gets such frames as segments.
+    #[test]
+    fn tso_ecn_flag_maps_to_the_ecn_capability() {
+        let with_ecn =
+            TapOffloads::from_tun_flags(tun_flags::CSUM | tun_flags::TSO4 | tun_flags::TSO_ECN);
+        let caps = with_ecn.egress_capabilities(1500);
+        assert!(caps.checksum && caps.tso4 && caps.ecn && !caps.tso6);
+        let without = TapOffloads::from_tun_flags(tun_flags::CSUM | tun_flags::TSO4);
+        let caps = without.egress_capabilities(1500);
+        assert!(caps.tso4 && !caps.ecn);
+        assert!(TapOffloads::FULL.egress_capabilities(9000).ecn);
+        assert_eq!(TapOffloads::FULL.egress_capabilities(9000).mtu, 9000);
+        let caps = TapOffloads::FULL.egress_capabilities(1500);
+        assert!(!caps.ufo && !caps.scatter_gather);
+        // ECN without TSO, or anything without checksums, is not offered.
+        let ecn_only = TapOffloads {
+            tso_ecn: true,
+            ..TapOffloads::CHECKSUM
+        };
+        assert!(!ecn_only.egress_capabilities(1500).ecn);
+        let no_csum = TapOffloads {
+            checksum: false,
+            ..TapOffloads::FULL
+        };
+        assert_eq!(
+            no_csum.egress_capabilities(1500),
+            EgressCapabilities::none(1500)
+        );
+    }
+
+    /// A TAP that feeds a guest (offloads from the guest's receive
+    /// features) gives the switch the same segmentation and ECN
+    /// capabilities as the guest port itself would, for every valid set of
+    /// receive features.
+    #[test]
+    fn a_tap_feeding_a_guest_offers_what_the_guest_accepts() {
+        use crate::features::{Features, Negotiated};
+        let bits = [
+            Features::GUEST_CSUM,
+            Features::GUEST_TSO4,
+            Features::GUEST_TSO6,
+            Features::GUEST_ECN,
+            Features::GUEST_USO4,
+            Features::GUEST_USO6,
+        ];
+        let offered = bits.iter().fold(Features::default(), |a, b| a.or(*b));
+        let mut checked = 0;
+        for mask in 0u32..1 << bits.len() {
+            let acked = (0..bits.len())
+                .filter(|i| mask & (1 << i) != 0)
+                .fold(Features::default(), |a, i| a.or(bits[i]));
+            let Ok(negotiated) = Negotiated::new(offered, acked) else {
+                continue;
+            };
+            let guest = negotiated.guest_offloads();
+            let via_tap = TapOffloads::from(guest).egress_capabilities(1500);
+            let direct = guest.egress_capabilities(1500);
+            assert_eq!(
+                (
+                    via_tap.checksum,
+                    via_tap.tso4,
+                    via_tap.tso6,
+                    via_tap.ecn,
+                    via_tap.uso
+                ),
+                (
+                    direct.checksum,
+                    direct.tso4,
+                    direct.tso6,
+                    direct.ecn,
+                    direct.uso
+                ),
+                "{acked:?}"
+            );
+            checked += 1;
+        }
+        assert!(checked > 8);
     }
 
     #[test]

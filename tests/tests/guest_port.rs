@@ -1,5 +1,7 @@
 //! Guest ports on the threaded switch: TSO frames from a guest with every
-//! offload reach a guest without any as checked segments, a guest turning
+//! offload reach a guest without any as checked segments, a TSO frame with
+//! ECN reaches a guest without GUEST_ECN as segments with CWR on the first
+//! only and a guest with it whole, a guest turning
 //! its receive offloads off and on again while frames are on their way gets
 //! only what it accepts at each moment, and a pcap port around a guest port
 //! records what crosses it.
@@ -8,10 +10,11 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use etherparse::{IpEcn, NetHeaders, PacketHeaders, TransportHeader};
 use pcap_file::pcap::PcapReader;
 use vswitch::{PortProfile, Switch, SwitchConfig, VlanId};
 use vswitch_offload::checksum::{checksum, pseudo_header_ipv4};
-use vswitch_offload::virtio::{HdrFormat, FLAG_NEEDS_CSUM, GSO_NONE, GSO_TCPV4};
+use vswitch_offload::virtio::{HdrFormat, FLAG_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4};
 use vswitch_offload::VirtioNetHdr;
 use vswitch_ports::features::{Features, Negotiated};
 use vswitch_ports::guest::{CondvarNotifier, GuestPort, GuestPortConfig};
@@ -55,8 +58,15 @@ struct Guest {
     notifier: Arc<CondvarNotifier>,
 }
 
+/// [`all_offloads`] and ECN in both directions.
+fn all_offloads_with_ecn() -> Features {
+    all_offloads()
+        .or(Features::HOST_ECN)
+        .or(Features::GUEST_ECN)
+}
+
 fn guest_port(name: &str, acked: Features) -> (GuestPort, Arc<CondvarNotifier>) {
-    let negotiated = Negotiated::new(all_offloads(), acked).unwrap();
+    let negotiated = Negotiated::new(all_offloads_with_ecn(), acked).unwrap();
     let notifier = Arc::new(CondvarNotifier::new());
     let port = GuestPort::new(
         GuestPortConfig::new(name).queue_len(4096),
@@ -238,6 +248,78 @@ fn tso_from_a_full_offload_guest_reaches_a_plain_guest_as_checked_segments() {
     assert!(reassembled == data, "payload differs");
     assert_eq!(a.port.stats().tx_frames, FRAMES as u64);
     assert_eq!(b.port.stats().rx_frames, got.len() as u64);
+    switch.shutdown();
+}
+
+/// A guest that may send TSO frames with ECN sends one (CWR, ECE and PSH
+/// set, the IP header marked CE). The switch floods it, the destination not
+/// being learned, to a guest with TSO but without GUEST_ECN, which must get
+/// segments with CWR on the first one only and the ECN marks of the IP
+/// header on every one, and to a guest with GUEST_ECN, which gets the frame
+/// whole with the ECN bit in its header.
+#[test]
+fn tso_with_ecn_is_cut_for_a_guest_without_guest_ecn_and_whole_for_one_with_it() {
+    let switch = switch();
+    let a = guest("a", all_offloads().or(Features::HOST_ECN));
+    let b = guest("b", all_offloads());
+    let c = guest("c", all_offloads().or(Features::GUEST_ECN));
+    plug(&switch, a.port.clone());
+    plug(&switch, b.port.clone());
+    plug(&switch, c.port.clone());
+    let (b_caps, c_caps) = (b.port.capabilities().egress, c.port.capabilities().egress);
+    assert!(b_caps.tso4 && !b_caps.ecn);
+    assert!(c_caps.tso4 && c_caps.ecn);
+
+    const PAYLOAD: usize = 10_000;
+    const MSS: usize = 1000;
+    let mut frame = tcp_frame(addr(1), addr(2), 5000, &stream(PAYLOAD));
+    frame[47] = 0x80 | 0x40 | 0x10 | 0x08; // CWR, ECE, ACK, PSH
+    frame[15] = (46 << 2) | 0b11; // DSCP EF, ECN CE
+    frame[24..26].fill(0);
+    let ip_sum = checksum(&frame[14..34]);
+    frame[24..26].copy_from_slice(&ip_sum.to_be_bytes());
+    let hdr = VirtioNetHdr {
+        gso_type: GSO_TCPV4 | GSO_ECN,
+        ..tso_hdr(MSS as u16)
+    };
+    transmit(&a.port, hdr, &frame);
+
+    let at_b = device_loop(&b.port, &b.notifier, 2048, |got| {
+        got.iter().map(|r| r.frame.len() - 54).sum::<usize>() >= PAYLOAD
+    });
+    assert_eq!(at_b.len(), PAYLOAD / MSS);
+    let mut payload = Vec::new();
+    for (i, r) in at_b.iter().enumerate() {
+        assert_eq!(r.hdr.gso_type, GSO_NONE);
+        assert_eq!(r.hdr.flags & FLAG_NEEDS_CSUM, 0);
+        assert!(complete_checksums(&r.frame), "segment {i}: bad checksum");
+        let headers = PacketHeaders::from_ethernet_slice(&r.frame).unwrap();
+        let Some(NetHeaders::Ipv4(ip, _)) = &headers.net else {
+            panic!("segment {i}: not IPv4");
+        };
+        assert_eq!(ip.ecn, IpEcn::CongestionExperienced, "segment {i}");
+        assert_eq!(ip.dscp.value(), 46, "segment {i}");
+        let Some(TransportHeader::Tcp(tcp)) = &headers.transport else {
+            panic!("segment {i}: not TCP");
+        };
+        assert_eq!(tcp.sequence_number, (5000 + i * MSS) as u32);
+        assert_eq!(tcp.cwr, i == 0, "CWR on segment {i}");
+        assert!(tcp.ece && tcp.ack, "ECE and ACK on segment {i}");
+        assert_eq!(tcp.psh, i + 1 == at_b.len(), "PSH on segment {i}");
+        payload.extend_from_slice(&r.frame[54..]);
+    }
+    assert!(payload == frame[54..], "payload differs");
+
+    let at_c = device_loop(&c.port, &c.notifier, 4096, |got| !got.is_empty());
+    assert_eq!(at_c.len(), 1);
+    assert_eq!(at_c[0].hdr.gso_type, GSO_TCPV4 | GSO_ECN);
+    assert_eq!(usize::from(at_c[0].hdr.gso_size), MSS);
+    assert!(at_c[0].frame == frame, "the frame is passed on as sent");
+    assert_eq!(
+        b.port.stats().rx_adapted,
+        0,
+        "the switch cut it, not the port"
+    );
     switch.shutdown();
 }
 

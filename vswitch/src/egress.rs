@@ -307,8 +307,7 @@ pub fn adapt_checked(
     // written whole: copy mode copies and checksums the payload in one
     // pass, where zero-copy output would be summed, then gathered by a
     // second pass over it.
-    let mut caps = *caps;
-    caps.scatter_gather = false;
+    let caps = caps.with_scatter_gather(false);
     let EgressEngine { segmenter, sink } = engine;
     sink.out.clear();
     sink.begin(&frame);
