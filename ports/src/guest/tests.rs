@@ -1,0 +1,631 @@
+//! Unit tests of the guest port.
+
+use super::*;
+use std::time::Duration;
+
+use crate::features::Features;
+use bytes::Bytes;
+use std::sync::atomic::AtomicUsize;
+use vswitch_offload::checksum::{checksum, pseudo_header_ipv4};
+use vswitch_offload::virtio::{HdrError, HdrFormat};
+use vswitch_offload::virtio::{FLAG_NEEDS_CSUM, GSO_NONE};
+use vswitch_offload::virtio::{GSO_TCPV4, GSO_TCPV6};
+use vswitch_offload::VirtioNetHdr;
+
+fn all_offloads() -> Features {
+    [
+        Features::CSUM,
+        Features::GUEST_CSUM,
+        Features::HOST_TSO4,
+        Features::HOST_TSO6,
+        Features::GUEST_TSO4,
+        Features::GUEST_TSO6,
+        Features::CTRL_VQ,
+        Features::CTRL_GUEST_OFFLOADS,
+        Features::MRG_RXBUF,
+        Features::VERSION_1,
+    ]
+    .iter()
+    .fold(Features::default(), |acc, f| acc.or(*f))
+}
+
+struct Counting(AtomicUsize);
+
+impl Notifier for Counting {
+    fn notify(&self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn port_with(acked: Features) -> (GuestPort, Arc<Counting>) {
+    let negotiated = Negotiated::new(all_offloads(), acked).unwrap();
+    let notifier = Arc::new(Counting(AtomicUsize::new(0)));
+    let port = GuestPort::new(GuestPortConfig::new("g"), negotiated, notifier.clone());
+    (port, notifier)
+}
+
+/// An untagged TCP/IPv4 frame with `payload` bytes; its checksum is
+/// left partial (pseudo-header seed) when `partial`, else complete.
+fn tcp4(payload: usize, partial: bool) -> Vec<u8> {
+    let tcp_len = 20 + payload;
+    let mut f = vec![0u8; 34 + tcp_len];
+    f[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
+    f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    let ip_len = (20 + tcp_len).min(65535) as u16;
+    f[14] = 0x45;
+    f[16..18].copy_from_slice(&ip_len.to_be_bytes());
+    f[22] = 64;
+    f[23] = 6;
+    f[26..30].copy_from_slice(&[10, 0, 0, 1]);
+    f[30..34].copy_from_slice(&[10, 0, 0, 2]);
+    let ip_sum = checksum(&f[14..34]);
+    f[24..26].copy_from_slice(&ip_sum.to_be_bytes());
+    f[34..36].copy_from_slice(&1000u16.to_be_bytes());
+    f[36..38].copy_from_slice(&80u16.to_be_bytes());
+    f[46] = 5 << 4;
+    f[47] = 0x18;
+    for (i, b) in f[54..].iter_mut().enumerate() {
+        *b = (i % 251) as u8;
+    }
+    let seed = pseudo_header_ipv4([10, 0, 0, 1], [10, 0, 0, 2], 6, tcp_len as u16);
+    if partial {
+        f[50..52].copy_from_slice(&seed.sum().to_be_bytes());
+    } else {
+        let mut sum = seed;
+        sum.add_bytes(&f[34..]);
+        f[50..52].copy_from_slice(&sum.finish().to_be_bytes());
+    }
+    f
+}
+
+fn tcp4_ok(frame: &[u8]) -> bool {
+    let tcp_len = frame.len() - 34;
+    let mut sum = pseudo_header_ipv4([10, 0, 0, 1], [10, 0, 0, 2], 6, tcp_len as u16);
+    sum.add_bytes(&frame[34..]);
+    sum.finish() == 0 && checksum(&frame[14..34]) == 0
+}
+
+fn partial_hdr() -> VirtioNetHdr {
+    VirtioNetHdr {
+        flags: FLAG_NEEDS_CSUM,
+        csum_start: 34,
+        csum_offset: 16,
+        ..VirtioNetHdr::default()
+    }
+}
+
+fn tso_hdr(mss: u16) -> VirtioNetHdr {
+    VirtioNetHdr {
+        gso_type: GSO_TCPV4,
+        gso_size: mss,
+        hdr_len: 54,
+        ..partial_hdr()
+    }
+}
+
+fn header_bytes(hdr: VirtioNetHdr) -> [u8; 12] {
+    let mut raw = [0u8; 12];
+    hdr.emit(&mut raw, HdrFormat::V1).unwrap();
+    raw
+}
+
+#[test]
+fn a_chain_split_anywhere_gives_the_same_frame_and_header() {
+    let (port, _) = port_with(all_offloads());
+    let frame = tcp4(3000, true);
+    let mut chain = header_bytes(tso_hdr(1448)).to_vec();
+    chain.extend_from_slice(&frame);
+    for split in [1, 5, 11, 12, 13, 40, chain.len() - 1] {
+        let (a, b) = chain.split_at(split);
+        let (b, c) = b.split_at(b.len() / 2);
+        port.transmit(&[a, &[], b, c]).unwrap();
+        let mut batch = Vec::new();
+        assert_eq!(port.receive(0, &mut batch, 8).unwrap(), 1);
+        assert_eq!(batch[0].hdr, tso_hdr(1448));
+        assert_eq!(batch[0].data, frame);
+    }
+    let whole = Bytes::from(chain);
+    port.transmit_bytes(whole.clone()).unwrap();
+    let mut batch = Vec::new();
+    port.receive(0, &mut batch, 8).unwrap();
+    // Sliced out of the chain, not copied.
+    assert_eq!(batch[0].data.as_ptr(), whole[12..].as_ptr());
+    assert_eq!(port.stats().tx_frames, 8);
+}
+
+#[test]
+fn offloads_not_negotiated_and_bad_headers_are_refused_and_counted() {
+    let (port, _) = port_with(Features::VERSION_1.or(Features::CSUM));
+    let frame = tcp4(3000, true);
+    let tso = header_bytes(tso_hdr(1448));
+    assert_eq!(
+        port.transmit(&[&tso, &frame]),
+        Err(GuestTxError::NotNegotiated(
+            FeatureError::OffloadNotPermitted {
+                asked: "TSO over IPv4"
+            }
+        ))
+    );
+    let wrong_l3 = header_bytes(VirtioNetHdr {
+        gso_type: GSO_TCPV6,
+        ..tso_hdr(1448)
+    });
+    let (full, _) = port_with(all_offloads());
+    assert!(matches!(
+        full.transmit(&[&wrong_l3, &frame]),
+        Err(GuestTxError::InvalidHeader(HdrError::L3Mismatch { .. }))
+    ));
+    assert_eq!(
+        port.transmit(&[&[0u8; 12], &[0u8; 13]]),
+        Err(GuestTxError::ShortChain {
+            required_len: 26,
+            len: 25
+        })
+    );
+    let huge = vec![0u8; MAX_GUEST_FRAME + 1];
+    assert!(matches!(
+        port.transmit(&[&[0u8; 12], &huge]),
+        Err(GuestTxError::FrameTooLong { .. })
+    ));
+    let err = port.transmit(&[&[0u8; 12], &[0u8; 13]]).unwrap_err();
+    assert_eq!(err.counter(), "guest_tx_short_chain");
+    let err = full.transmit(&[&wrong_l3, &frame]).unwrap_err();
+    assert_eq!(err.counter(), "gso_l3_mismatch");
+    assert_eq!(port.stats().tx_errors, 4);
+    assert_eq!(port.stats().tx_frames, 0);
+    assert_eq!(port.receive(0, &mut Vec::new(), 8).unwrap(), 0);
+}
+
+#[test]
+fn a_full_transmit_queue_is_an_error_and_tx_room_tells_before() {
+    let negotiated = Negotiated::new(all_offloads(), Features::VERSION_1).unwrap();
+    let port = GuestPort::new(
+        GuestPortConfig::new("g").queue_len(2),
+        negotiated,
+        Arc::new(|| {}),
+    );
+    let chain: [&[u8]; 2] = [&[0u8; 12], &[0u8; 60]];
+    assert_eq!(port.tx_room(), 2);
+    port.transmit(&chain).unwrap();
+    port.transmit(&chain).unwrap();
+    assert_eq!(port.tx_room(), 0);
+    assert_eq!(
+        port.transmit(&chain),
+        Err(GuestTxError::QueueFull { capacity: 2 })
+    );
+}
+
+#[test]
+fn the_switch_taking_frames_from_a_full_transmit_queue_notifies() {
+    let negotiated = Negotiated::new(all_offloads(), Features::VERSION_1).unwrap();
+    let notifier = Arc::new(Counting(AtomicUsize::new(0)));
+    let port = GuestPort::new(
+        GuestPortConfig::new("g").queue_len(1),
+        negotiated,
+        notifier.clone(),
+    );
+    let chain: [&[u8]; 2] = [&[0u8; 12], &[0u8; 60]];
+    port.transmit(&chain).unwrap();
+    // Taking frames from a queue nobody found full notifies nobody.
+    assert_eq!(port.receive(0, &mut Vec::new(), 8).unwrap(), 1);
+    assert_eq!(notifier.0.load(Ordering::SeqCst), 0);
+    port.transmit(&chain).unwrap();
+    assert_eq!(port.tx_room(), 0);
+    assert_eq!(port.receive(0, &mut Vec::new(), 8).unwrap(), 1);
+    assert_eq!(notifier.0.load(Ordering::SeqCst), 1);
+    assert_eq!(port.tx_room(), 1);
+    port.transmit(&chain).unwrap();
+    assert!(port.transmit(&chain).is_err());
+    assert_eq!(port.receive(0, &mut Vec::new(), 8).unwrap(), 1);
+    assert_eq!(notifier.0.load(Ordering::SeqCst), 2);
+    // Once only.
+    port.transmit(&chain).unwrap();
+    assert_eq!(port.receive(0, &mut Vec::new(), 8).unwrap(), 1);
+    assert_eq!(notifier.0.load(Ordering::SeqCst), 2);
+}
+
+#[test]
+fn one_buffer_per_frame_without_mergeable_buffers() {
+    let (port, notifier) = port_with(Features::VERSION_1);
+    port.send(0, Packet::plain(vec![7u8; 100])).unwrap();
+    port.send(0, Packet::plain(vec![8u8; 100])).unwrap();
+    // Notified once until the queue is drained.
+    assert_eq!(notifier.0.load(Ordering::SeqCst), 1);
+    let mut small = vec![0u8; 111];
+    let err = port.receive_into(&mut [&mut small]).unwrap_err();
+    assert_eq!(
+        err,
+        GuestRxError::BufferTooSmall {
+            required_len: 112,
+            len: 111
+        }
+    );
+    let mut big = vec![0u8; 112];
+    let mut other = vec![0u8; 112];
+    let got = port.receive_into(&mut [&mut big, &mut other]).unwrap();
+    assert_eq!(
+        got,
+        Some(Delivered {
+            buffers: 1,
+            last_len: 112,
+            bytes: 112
+        })
+    );
+    assert_eq!(&big[..12], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+    assert!(big[12..].iter().all(|&b| b == 8));
+    assert_eq!(port.receive_into(&mut [&mut big]).unwrap(), None);
+    let stats = port.stats();
+    assert_eq!((stats.rx_frames, stats.rx_dropped), (1, 1));
+    // Drained and re-armed: the next frame notifies again.
+    port.send(0, Packet::plain(vec![9u8; 100])).unwrap();
+    assert_eq!(notifier.0.load(Ordering::SeqCst), 2);
+    assert!(port.rx_pending());
+}
+
+#[test]
+fn descriptor_chains_take_the_header_and_frame_across_descriptors() {
+    for acked in [Features::VERSION_1, all_offloads()] {
+        let (port, _) = port_with(acked);
+        let frame: Vec<u8> = (0..1400u32).map(|i| i as u8).collect();
+        port.send(0, Packet::plain(frame.clone())).unwrap();
+        // Header alone in a 12-byte descriptor, the frame across two.
+        let (mut h, mut d1, mut d2) = (vec![0u8; 12], vec![0u8; 1000], vec![0u8; 1000]);
+        let mut chain: Vec<&mut [u8]> = vec![&mut h, &mut d1, &mut d2];
+        let got = port
+            .receive_into_chains(&mut [&mut chain[..]])
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            got,
+            Delivered {
+                buffers: 1,
+                last_len: 1412,
+                bytes: 1412
+            }
+        );
+        assert_eq!(u16::from_le_bytes([h[10], h[11]]), 1);
+        assert_eq!([&d1[..], &d2[..400]].concat(), frame);
+        assert!(d2[400..].iter().all(|&b| b == 0));
+        // A chain too short for the frame, without mergeable buffers.
+        if acked == Features::VERSION_1 {
+            port.send(0, Packet::plain(frame.clone())).unwrap();
+            let (mut h, mut d) = (vec![0u8; 12], vec![0u8; 1000]);
+            let mut chain: Vec<&mut [u8]> = vec![&mut h, &mut d];
+            assert_eq!(
+                port.receive_into_chains(&mut [&mut chain[..]]),
+                Err(GuestRxError::BufferTooSmall {
+                    required_len: 1412,
+                    len: 1012
+                })
+            );
+        }
+    }
+}
+
+#[test]
+fn queue_pairs_need_mq_and_each_has_its_own_queues_and_notifier() {
+    let single = GuestPort::new(
+        GuestPortConfig::new("g").queue_pairs(4),
+        Negotiated::new(all_offloads(), Features::VERSION_1).unwrap(),
+        Arc::new(|| {}),
+    );
+    assert_eq!(single.capabilities().rx_queues, 1);
+    assert!(single.queue(1).is_none());
+
+    let offered = all_offloads().or(Features::MQ);
+    let negotiated = Negotiated::new(
+        offered,
+        Features::VERSION_1.or(Features::CTRL_VQ).or(Features::MQ),
+    )
+    .unwrap();
+    let notifiers: Vec<Arc<Counting>> = (0..3)
+        .map(|_| Arc::new(Counting(AtomicUsize::new(0))))
+        .collect();
+    let port = GuestPort::with_queue_notifiers(
+        GuestPortConfig::new("mq").queue_pairs(3),
+        negotiated,
+        |i| notifiers[i].clone(),
+    );
+    let caps = port.capabilities();
+    assert_eq!((caps.rx_queues, caps.tx_queues), (3, 3));
+    let fired = || -> Vec<usize> {
+        notifiers
+            .iter()
+            .map(|n| n.0.load(Ordering::SeqCst))
+            .collect()
+    };
+
+    // The switch's transmit queue q is the guest's receive queue q.
+    port.send(2, Packet::plain(vec![2u8; 60])).unwrap();
+    assert_eq!(fired(), [0, 0, 1]);
+    assert!(!port.rx_pending());
+    let mut buf = vec![0u8; 100];
+    assert_eq!(
+        port.queue(1)
+            .unwrap()
+            .receive_into(&mut [&mut buf])
+            .unwrap(),
+        None
+    );
+    let got = port
+        .queue(2)
+        .unwrap()
+        .receive_into(&mut [&mut buf])
+        .unwrap();
+    assert_eq!(got.map(|d| d.bytes), Some(72));
+    assert_eq!(buf[12], 2);
+
+    // The guest's transmit queue q is the switch's receive queue q.
+    let chain: [&[u8]; 2] = [&[0u8; 12], &[1u8; 60]];
+    port.queue(1).unwrap().transmit(&chain).unwrap();
+    assert_eq!(port.receive(0, &mut Vec::new(), 8).unwrap(), 0);
+    assert_eq!(port.receive(1, &mut Vec::new(), 8).unwrap(), 1);
+    assert!(port.receive(3, &mut Vec::new(), 8).is_err());
+    assert!(port.send(3, Packet::plain(vec![0u8; 60])).is_err());
+
+    // The guest uses one pair only: everything folds onto pair 0.
+    assert_eq!(
+        port.set_active_queue_pairs(4),
+        Err(QueuePairsError { max: 3, asked: 4 })
+    );
+    assert!(port.set_active_queue_pairs(0).is_err());
+    port.set_active_queue_pairs(1).unwrap();
+    port.send(2, Packet::plain(vec![3u8; 60])).unwrap();
+    port.send(1, Packet::plain(vec![4u8; 60])).unwrap();
+    assert_eq!(fired(), [1, 0, 1]);
+    for tag in [3u8, 4] {
+        let got = port.receive_into(&mut [&mut buf]).unwrap();
+        assert!(got.is_some());
+        assert_eq!(buf[12], tag);
+    }
+}
+
+#[test]
+fn legacy_header_is_ten_bytes() {
+    let (port, _) = port_with(Features::CSUM);
+    assert_eq!(port.header_format(), HdrFormat::Legacy);
+    port.send(0, Packet::plain(vec![1u8; 60])).unwrap();
+    let mut buf = vec![0u8; 70];
+    let got = port.receive_into(&mut [&mut buf]).unwrap().unwrap();
+    assert_eq!(got.bytes, 70);
+    assert!(buf[10..].iter().all(|&b| b == 1));
+    let chain: [&[u8]; 2] = [&[0u8; 10], &[0u8; 60]];
+    port.transmit(&chain).unwrap();
+    let mut batch = Vec::new();
+    port.receive(0, &mut batch, 1).unwrap();
+    assert_eq!(batch[0].data.len(), 60);
+}
+
+#[test]
+fn mergeable_buffers_span_frames_and_count_them() {
+    let (port, _) = port_with(all_offloads());
+    let frame = tcp4(20_000, true);
+    port.send(0, Packet::with_hdr(tso_hdr(1448), frame.clone()))
+        .unwrap();
+    let mut bufs: Vec<Vec<u8>> = (0..8).map(|_| vec![0u8; 4096]).collect();
+    let mut two: Vec<&mut [u8]> = bufs.iter_mut().take(2).map(|b| &mut b[..]).collect();
+    assert_eq!(
+        port.receive_into(&mut two),
+        Err(GuestRxError::OutOfBuffers {
+            required_len: 12 + frame.len(),
+            available: 8192
+        })
+    );
+    let mut all: Vec<&mut [u8]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
+    let got = port.receive_into(&mut all).unwrap().unwrap();
+    let needed = (12 + frame.len()).div_ceil(4096);
+    assert_eq!(got.buffers, needed);
+    assert_eq!(got.last_len, 12 + frame.len() - (needed - 1) * 4096);
+    let joined: Vec<u8> = bufs.concat();
+    let (hdr, _) = VirtioNetHdr::parse(&joined, HdrFormat::V1).unwrap();
+    assert_eq!(hdr.num_buffers as usize, needed);
+    assert_eq!(hdr.gso_type, GSO_TCPV4, "GUEST_TSO4 keeps the GSO frame");
+    assert_eq!(&joined[12..12 + frame.len()], &frame[..]);
+    assert_eq!(port.stats().rx_dropped, 0);
+}
+
+#[test]
+fn offloads_turned_off_at_run_time_are_done_by_the_port() {
+    let (port, _) = port_with(all_offloads());
+    let caps = port.capabilities().egress;
+    assert!(caps.checksum && caps.tso4 && caps.tso6);
+    let frame = tcp4(10_000, true);
+    // Queued by the switch under the declared capabilities...
+    port.send(0, Packet::with_hdr(tso_hdr(1000), frame.clone()))
+        .unwrap();
+    port.send(0, Packet::with_hdr(partial_hdr(), tcp4(500, true)))
+        .unwrap();
+    // ...then the guest turns every receive offload off.
+    assert_eq!(
+        port.set_guest_offloads(0).unwrap(),
+        GuestOffloads::default()
+    );
+    let mut payload = Vec::new();
+    let mut frames = 0;
+    loop {
+        let mut buf = vec![0u8; 2048];
+        let Some(got) = port.receive_into(&mut [&mut buf]).unwrap() else {
+            break;
+        };
+        frames += 1;
+        let (hdr, _) = VirtioNetHdr::parse(&buf, HdrFormat::V1).unwrap();
+        assert_eq!(hdr.flags & FLAG_NEEDS_CSUM, 0);
+        assert_eq!(hdr.gso_type, GSO_NONE);
+        let seg = &buf[12..got.bytes];
+        assert!(seg.len() - 14 <= 1500);
+        assert!(tcp4_ok_any(seg), "segment {frames} has a bad checksum");
+        if frames <= 10 {
+            payload.extend_from_slice(&seg[54..]);
+        } else {
+            assert_eq!(seg.len(), 554);
+        }
+    }
+    assert_eq!(frames, 11);
+    assert_eq!(payload, frame[54..]);
+    assert_eq!(port.stats().rx_adapted, 2);
+
+    // Back on: GSO frames stay as they are again.
+    port.set_guest_offloads(all_offloads().and(Features::GUEST_OFFLOAD_BITS).0)
+        .unwrap();
+    port.send(0, Packet::with_hdr(tso_hdr(1000), frame))
+        .unwrap();
+    let mut buf = vec![0u8; 20_000];
+    let got = port.receive_into(&mut [&mut buf]).unwrap().unwrap();
+    assert_eq!(got.bytes, 12 + 34 + 20 + 10_000);
+    assert_eq!(buf[1], GSO_TCPV4);
+}
+
+/// Segments carry their own IP length and sequence numbers; check the
+/// checksums with the lengths they declare.
+fn tcp4_ok_any(frame: &[u8]) -> bool {
+    frame.len() >= 54 && tcp4_ok(frame)
+}
+
+#[test]
+fn only_checksum_offload_turned_off_completes_the_checksum() {
+    let (port, _) = port_with(all_offloads());
+    port.set_guest_offloads(0).unwrap();
+    let partial = tcp4(300, true);
+    port.send(0, Packet::with_hdr(partial_hdr(), partial))
+        .unwrap();
+    let mut buf = vec![0u8; 2048];
+    let got = port.receive_into(&mut [&mut buf]).unwrap().unwrap();
+    assert_eq!(&buf[12..got.bytes], &tcp4(300, false)[..]);
+    assert_eq!(buf[0] & FLAG_NEEDS_CSUM, 0);
+}
+
+#[test]
+fn condvar_notifier_counts_and_times_out() {
+    let n = Arc::new(CondvarNotifier::new());
+    assert!(!n.wait_timeout(Duration::from_millis(5)));
+    let n2 = n.clone();
+    let t = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        n2.notify();
+    });
+    assert!(n.wait_timeout(Duration::from_secs(5)));
+    t.join().unwrap();
+    n.notify();
+    n.notify();
+    assert!(n.wait_timeout(Duration::ZERO));
+    assert!(!n.wait_timeout(Duration::ZERO));
+}
+
+#[test]
+fn bad_queue_indices_are_errors() {
+    let (port, _) = port_with(Features::VERSION_1);
+    assert!(port.receive(1, &mut Vec::new(), 1).is_err());
+    assert!(matches!(
+        port.send(1, Packet::plain(vec![0u8; 60])),
+        Err(SendError::NoSuchQueue { .. })
+    ));
+}
+
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn split_chain(bytes: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+        cuts.sort_unstable();
+        let mut pieces = Vec::new();
+        let mut at = 0;
+        for cut in cuts {
+            pieces.push(bytes[at..cut].to_vec());
+            at = cut;
+        }
+        pieces.push(bytes[at..].to_vec());
+        pieces
+    }
+
+    proptest! {
+        /// Any bytes, split anywhere: no panic, the split does not
+        /// matter, and an accepted frame is the chain minus the header
+        /// copied once.
+        #[test]
+        fn transmit_takes_any_chain_without_panicking(
+            mut header in proptest::collection::vec(any::<u8>(), 12),
+            flags in 0u8..3,
+            gso_type in proptest::sample::select(vec![0u8, 0, 0, 1, 3, 4, 5, 0x80, 0x81, 9]),
+            frame in proptest::collection::vec(any::<u8>(), 0..2000),
+            cuts in proptest::collection::vec(any::<usize>(), 0..6),
+        ) {
+            // Mostly plausible flags and types, so both outcomes occur.
+            header[0] = flags;
+            header[1] = gso_type;
+            let (port, _) = port_with(all_offloads());
+            let mut chain = header.clone();
+            chain.extend_from_slice(&frame);
+            let pieces = split_chain(&chain, &cuts);
+            let iovecs: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
+            let split = port.transmit(&iovecs);
+            let whole = port.transmit_bytes(Bytes::from(chain.clone()));
+            prop_assert_eq!(&split, &whole);
+            let mut batch = Vec::new();
+            port.receive(0, &mut batch, 8).unwrap();
+            if split.is_ok() {
+                let (mut hdr, _) = VirtioNetHdr::parse(&header, HdrFormat::V1).unwrap();
+                hdr.num_buffers = 0;
+                prop_assert_eq!(batch.len(), 2);
+                for packet in &batch {
+                    prop_assert_eq!(packet.hdr, hdr);
+                    prop_assert_eq!(&packet.data[..], &frame[..]);
+                }
+            } else {
+                prop_assert!(batch.is_empty());
+            }
+        }
+
+        /// Any frame length and buffer sizes: no panic; a delivered
+        /// frame reads back as header plus frame across the buffers it
+        /// used, every one but the last full.
+        #[test]
+        fn receive_fills_any_buffers_consistently(
+            mergeable in any::<bool>(),
+            len in 14usize..1514,
+            sizes in proptest::collection::vec(1usize..3000, 0..12),
+        ) {
+            let acked = if mergeable { all_offloads() } else { Features::VERSION_1 };
+            let (port, _) = port_with(acked);
+            let frame: Vec<u8> = (0..len).map(|i| (i % 255) as u8 + 1).collect();
+            port.send(0, Packet::plain(frame.clone())).unwrap();
+            let mut memory: Vec<Vec<u8>> = sizes.iter().map(|&n| vec![0u8; n]).collect();
+            let mut buffers: Vec<&mut [u8]> = memory.iter_mut().map(|b| &mut b[..]).collect();
+            let result = port.receive_into(&mut buffers);
+            let available: usize = sizes.iter().sum();
+            let required = 12 + len;
+            match result {
+                Ok(Some(delivered)) => {
+                    prop_assert_eq!(delivered.bytes, required);
+                    let used = &memory[..delivered.buffers];
+                    let written: usize = used[..used.len() - 1].iter().map(Vec::len).sum::<usize>()
+                        + delivered.last_len;
+                    prop_assert_eq!(written, required);
+                    let joined: Vec<u8> = used.concat();
+                    let (hdr, _) = VirtioNetHdr::parse(&joined, HdrFormat::V1).unwrap();
+                    prop_assert_eq!(usize::from(hdr.num_buffers), delivered.buffers);
+                    prop_assert_eq!(&joined[12..required], &frame[..]);
+                    if !mergeable {
+                        prop_assert_eq!(delivered.buffers, 1);
+                    }
+                    prop_assert!(!port.rx_pending());
+                }
+                Ok(None) => prop_assert!(false, "a frame was queued"),
+                Err(GuestRxError::OutOfBuffers { required_len, available: found }) => {
+                    prop_assert_eq!(required_len, required);
+                    prop_assert_eq!(found, if mergeable { available } else { 0 });
+                    prop_assert!(port.rx_pending(), "the frame is kept");
+                }
+                Err(GuestRxError::BufferTooSmall { required_len, len: found }) => {
+                    prop_assert!(!mergeable);
+                    prop_assert_eq!(required_len, required);
+                    prop_assert_eq!(found, sizes[0]);
+                    prop_assert!(found < required);
+                    prop_assert_eq!(port.stats().rx_dropped, 1);
+                }
+                Err(other) => prop_assert!(false, "unexpected {other}"),
+            }
+        }
+    }
+}
