@@ -78,7 +78,10 @@
 //! assert_eq!(u16::from_le_bytes([buffer[10], buffer[11]]), 1); // num_buffers
 //! ```
 
+mod chain;
 mod error;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod mock;
 mod notify;
 mod rx;
 mod stats;
@@ -89,14 +92,17 @@ mod tests;
 
 pub use error::{GuestRxError, GuestTxError};
 pub use notify::{CondvarNotifier, Notifier};
-pub use rx::Delivered;
+pub use rx::{Delivered, UsedChain};
 pub use stats::GuestPortStats;
 
+use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use virtio_queue::DescriptorChain;
+use vm_memory::GuestMemory;
 use vswitch_offload::virtio::{HdrFormat, HDR_LEN_V1, MAX_L3_LEN};
 use vswitch_offload::Packet;
 
@@ -407,12 +413,46 @@ impl GuestPort {
         self.first_queue().receive_into(buffers)
     }
 
-    /// [`GuestQueue::receive_into_chains`] on queue pair 0.
-    pub fn receive_into_chains(
+    /// [`GuestQueue::receive_into_slice_chains`] on queue pair 0.
+    pub fn receive_into_slice_chains(
         &self,
         chains: &mut [&mut [&mut [u8]]],
     ) -> Result<Option<Delivered>, GuestRxError> {
-        self.first_queue().receive_into_chains(chains)
+        self.first_queue().receive_into_slice_chains(chains)
+    }
+
+    /// [`GuestQueue::transmit_chain`] on queue pair 0.
+    pub fn transmit_chain<M, T>(
+        &self,
+        mem: &M,
+        chain: DescriptorChain<T>,
+    ) -> Result<(), GuestTxError>
+    where
+        M: GuestMemory + ?Sized,
+        T: Deref,
+        T::Target: GuestMemory,
+    {
+        self.first_queue().transmit_chain(mem, chain)
+    }
+
+    /// [`GuestQueue::receive_into_chains`] on queue pair 0.
+    pub fn receive_into_chains<M, T>(
+        &self,
+        mem: &M,
+        chains: &[DescriptorChain<T>],
+        used: &mut Vec<UsedChain>,
+    ) -> Result<Option<Delivered>, GuestRxError>
+    where
+        M: GuestMemory + ?Sized,
+        T: Deref + Clone,
+        T::Target: GuestMemory,
+    {
+        self.first_queue().receive_into_chains(mem, chains, used)
+    }
+
+    /// [`GuestQueue::receive_into_vec`] on queue pair 0.
+    pub fn receive_into_vec(&self, out: &mut Vec<u8>) -> Result<Option<usize>, GuestRxError> {
+        self.first_queue().receive_into_vec(out)
     }
 }
 

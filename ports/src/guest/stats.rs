@@ -20,6 +20,9 @@ pub struct GuestPortStats {
     pub rx_bytes: u64,
     /// Frames for the guest dropped ([`GuestRxError::dropped_frame`]).
     pub rx_dropped: u64,
+    /// Receive chains refused because the guest got them wrong
+    /// ([`GuestRxError::bad_chain`]); the frame was kept.
+    pub rx_bad_chains: u64,
     /// Frames for the guest the port completed or segmented itself because
     /// the guest's receive offloads changed after the switch adapted them.
     pub rx_adapted: u64,
@@ -33,6 +36,7 @@ pub(super) struct Counters {
     pub(super) rx_frames: AtomicU64,
     pub(super) rx_bytes: AtomicU64,
     pub(super) rx_dropped: AtomicU64,
+    pub(super) rx_bad_chains: AtomicU64,
     pub(super) rx_adapted: AtomicU64,
 }
 
@@ -51,6 +55,7 @@ impl Counters {
             rx_frames: load(&self.rx_frames),
             rx_bytes: load(&self.rx_bytes),
             rx_dropped: load(&self.rx_dropped),
+            rx_bad_chains: load(&self.rx_bad_chains),
             rx_adapted: load(&self.rx_adapted),
         }
     }

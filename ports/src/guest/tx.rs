@@ -2,106 +2,142 @@
 
 use std::sync::atomic::Ordering;
 
+use std::ops::Deref;
+
 use bytes::{Bytes, BytesMut};
 use crossbeam_channel::TrySendError;
-use vswitch_offload::virtio::HDR_LEN_V1;
+use virtio_queue::DescriptorChain;
+use vm_memory::GuestMemory;
 use vswitch_offload::{Packet, VirtioNetHdr};
 
+use super::chain::{self, Direction};
 use super::stats::bump;
 use super::{GuestPort, GuestQueue, GuestTxError, MAX_GUEST_FRAME, MIN_GUEST_FRAME};
 
-/// Copies `out.len()` bytes starting at byte `skip` of the chain into `out`;
-/// returns how many were copied (fewer when the chain ends first).
-fn gather(chain: &[&[u8]], mut skip: usize, out: &mut [u8]) -> usize {
-    let mut filled = 0;
-    for iov in chain {
-        if filled == out.len() {
-            break;
-        }
-        let Some(rest) = iov.get(skip..) else {
-            skip -= iov.len();
-            continue;
-        };
-        skip = 0;
-        let take = rest.len().min(out.len() - filled);
-        if let (Some(dst), Some(src)) = (out.get_mut(filled..filled + take), rest.get(..take)) {
-            dst.copy_from_slice(src);
-        }
-        filled += take;
-    }
-    filled
-}
-
 impl GuestPort {
-    /// Copies the header out of the chain (once) and checks the lengths and
-    /// the negotiated offloads.
-    fn parse_header(
-        &self,
-        chain: &[&[u8]],
-        total: usize,
-    ) -> Result<(VirtioNetHdr, usize), GuestTxError> {
+    /// Checks the length of a chain (header and frame) and returns the
+    /// header's length.
+    fn check_chain_len(&self, total: usize) -> Result<usize, GuestTxError> {
         let header_len = self.format.size();
-        let frame_len = total.saturating_sub(header_len);
         if total < header_len + MIN_GUEST_FRAME {
             return Err(GuestTxError::ShortChain {
                 required_len: header_len + MIN_GUEST_FRAME,
                 len: total,
             });
         }
+        let frame_len = total - header_len;
         if frame_len > MAX_GUEST_FRAME {
             return Err(GuestTxError::FrameTooLong {
                 max: MAX_GUEST_FRAME,
                 len: frame_len,
             });
         }
-        let mut raw = [0u8; HDR_LEN_V1];
-        let raw = raw.get_mut(..header_len).unwrap_or(&mut []);
-        gather(chain, 0, raw);
+        Ok(header_len)
+    }
+
+    /// Parses the header out of its host copy and checks it against the
+    /// negotiated offloads.
+    fn parse_header(&self, raw: &[u8]) -> Result<VirtioNetHdr, GuestTxError> {
         let (mut hdr, _) = VirtioNetHdr::parse(raw, self.format)?;
         // num_buffers means nothing on transmit.
         hdr.num_buffers = 0;
         self.host.permits(&hdr)?;
-        Ok((hdr, header_len))
+        Ok(hdr)
     }
 }
 
 impl GuestQueue<'_> {
-    /// Takes one transmitted descriptor chain: the virtio-net header
-    /// followed by the frame, as iovecs of any split. The header is copied
-    /// once, checked against the negotiated host offloads and, with the
-    /// frame copied into host memory, against the frame; then the frame is
-    /// queued for the switch.
-    pub fn transmit(&self, chain: &[&[u8]]) -> Result<(), GuestTxError> {
-        let result = self.transmit_chain(chain);
+    /// Takes one transmitted descriptor chain out of guest memory `mem`:
+    /// the virtio-net header followed by the frame, split across device-
+    /// readable descriptors in any way.
+    ///
+    /// Each descriptor is read once out of the descriptor table and
+    /// checked (device-readable, inside `mem`); then header and frame are
+    /// copied once, with volatile reads, into one host buffer. The header
+    /// is parsed from that copy and checked against the negotiated host
+    /// offloads and the frame; the frame is sliced out of the same buffer
+    /// and queued for the switch. The guest may rewrite its buffers
+    /// afterwards without changing what was checked.
+    ///
+    /// The device model returns the chain to the guest (used length 0)
+    /// whatever the result; an error is counted in
+    /// [`GuestPortStats::tx_errors`](super::GuestPortStats::tx_errors).
+    pub fn transmit_chain<M, T>(
+        &self,
+        mem: &M,
+        chain: DescriptorChain<T>,
+    ) -> Result<(), GuestTxError>
+    where
+        M: GuestMemory + ?Sized,
+        T: Deref,
+        T::Target: GuestMemory,
+    {
+        let result = self
+            .copy_chain(mem, chain)
+            .and_then(|bytes| self.take_chain(bytes));
         if result.is_err() {
             bump(&self.port.counters.tx_errors, 1);
         }
         result
     }
 
-    /// Like [`transmit`](Self::transmit) for a chain already in host memory
-    /// as one buffer: the frame is sliced out of it, not copied.
+    /// Like [`transmit_chain`](Self::transmit_chain) for a chain already
+    /// in host memory the caller owns, as one buffer: header and frame.
+    /// The frame is sliced out of it, not copied.
     pub fn transmit_bytes(&self, chain: Bytes) -> Result<(), GuestTxError> {
         let result = self
             .port
-            .parse_header(&[&chain], chain.len())
-            .and_then(|(hdr, header_len)| self.queue(hdr, chain.slice(header_len..)));
+            .check_chain_len(chain.len())
+            .and_then(|_| self.take_chain(chain));
         if result.is_err() {
             bump(&self.port.counters.tx_errors, 1);
         }
         result
     }
 
-    fn transmit_chain(&self, chain: &[&[u8]]) -> Result<(), GuestTxError> {
+    /// Takes one transmitted chain given as host iovecs.
+    pub fn transmit(&self, chain: &[&[u8]]) -> Result<(), GuestTxError> {
         let total = chain
             .iter()
             .fold(0usize, |n, iov| n.saturating_add(iov.len()));
-        let (hdr, header_len) = self.port.parse_header(chain, total)?;
-        let frame_len = total - header_len;
-        let mut frame = BytesMut::zeroed(frame_len);
-        let copied = gather(chain, header_len, &mut frame);
-        frame.truncate(copied);
-        self.queue(hdr, frame.freeze())
+        let result = self.port.check_chain_len(total).and_then(|_| {
+            let mut bytes = BytesMut::with_capacity(total);
+            for iov in chain {
+                bytes.extend_from_slice(iov);
+            }
+            self.take_chain(bytes.freeze())
+        });
+        if result.is_err() {
+            bump(&self.port.counters.tx_errors, 1);
+        }
+        result
+    }
+
+    /// Walks the chain once and copies it, header and frame, into one host
+    /// buffer.
+    fn copy_chain<M, T>(&self, mem: &M, chain: DescriptorChain<T>) -> Result<Bytes, GuestTxError>
+    where
+        M: GuestMemory + ?Sized,
+        T: Deref,
+        T::Target: GuestMemory,
+    {
+        let mut segments = Vec::new();
+        let total = chain::collect(mem, chain, Direction::DeviceReads, &mut segments)?;
+        self.port.check_chain_len(total)?;
+        let mut bytes = BytesMut::zeroed(total);
+        let copied = chain::read_into(mem, &segments, &mut bytes)?;
+        bytes.truncate(copied);
+        Ok(bytes.freeze())
+    }
+
+    /// Header and frame in host memory, of a length already checked:
+    /// parses and checks the header, then queues the frame.
+    fn take_chain(&self, bytes: Bytes) -> Result<(), GuestTxError> {
+        let header_len = self.port.format.size();
+        let hdr = self
+            .port
+            .parse_header(bytes.get(..header_len).unwrap_or_default())?;
+        self.queue(hdr, bytes.slice(header_len..))
     }
 
     fn queue(&self, hdr: VirtioNetHdr, frame: Bytes) -> Result<(), GuestTxError> {
