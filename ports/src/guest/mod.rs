@@ -2,22 +2,53 @@
 //! a guest to the switch.
 //!
 //! The VMM owns the virtqueues and guest memory; this port owns only the
-//! frames in between. Guest memory is passed to each call as slices (the
-//! device model resolves descriptors to host slices first, rust-vmm style)
-//! and never stored.
+//! frames in between. Guest memory is passed to each call (any
+//! [`vm_memory::GuestMemory`]; with a `GuestAddressSpace` such as
+//! `GuestMemoryAtomic`, the snapshot `memory()` returns) and never stored, so
+//! a VMM may remap or hot-plug memory between calls.
 //!
-//! * Transmit (guest to switch): [`GuestPort::transmit`] takes one
-//!   descriptor chain as iovecs, `virtio_net_hdr` followed by the frame. The
-//!   header is copied once out of guest memory into a local value, checked
-//!   against the negotiated [`HostOffloads`] and then, with the frame copied
-//!   into host memory, against the frame. Nothing reads the guest's header
+//! # Guest memory is not a `&[u8]`
+//!
+//! The guest can write its memory at any moment, from another CPU, while
+//! the device reads or writes it. A Rust `&[u8]` or `&mut [u8]` into that
+//! memory promises the compiler that nobody else changes it for the
+//! reference's lifetime; the guest breaks that promise whenever it likes, and
+//! the result is undefined behaviour, not merely a torn read. So this port
+//! never forms such a reference. It takes virtio-queue [`DescriptorChain`]s
+//! and moves bytes only with vm-memory's volatile copies (the
+//! [`VolatileSlice`](vm_memory::VolatileSlice) accessors behind
+//! [`vm_memory::Bytes`]), between guest memory and host buffers it owns:
+//!
+//! * Each descriptor is read once out of the descriptor table into a host
+//!   value and checked there: device-readable on transmit, device-writable
+//!   on receive, its range inside guest memory and not wrapping around the
+//!   address space. A bad descriptor is a [`GuestTxError`] or
+//!   [`GuestRxError`] naming it, and a counter; never a panic.
+//! * Each guest byte is copied once. Whatever the guest writes afterwards
+//!   changes nothing the port already checked.
+//!
+//! virtio-queue's own `Reader` is not used on transmit because it skips
+//! device-writable descriptors silently; here a transmit chain with one is
+//! an error.
+//!
+//! # The calls
+//!
+//! * Transmit (guest to switch): [`GuestPort::transmit_chain`] takes one
+//!   descriptor chain, `virtio_net_hdr` followed by the frame, split across
+//!   descriptors in any way. Header and frame are copied once into one host
+//!   buffer; the header is parsed from that copy, checked against the
+//!   negotiated [`HostOffloads`] and then against the frame, and the frame
+//!   is sliced out of the same buffer. Nothing reads the guest's header
 //!   bytes a second time, so a guest rewriting them concurrently cannot pass
 //!   a check with one value and be used with another.
-//! * Receive (switch to guest): [`GuestPort::receive_into`] writes the next
-//!   frame with the header the negotiated features call for into the guest's
-//!   receive buffers: one buffer per frame, or with `VIRTIO_NET_F_MRG_RXBUF`
-//!   as many as needed, counted in `num_buffers`. A buffer is one slice, or
-//!   with [`GuestPort::receive_into_chains`] a descriptor chain of several.
+//!   [`GuestPort::transmit_bytes`] takes a chain already in host memory.
+//! * Receive (switch to guest): [`GuestPort::receive_into_chains`] writes
+//!   the next frame with the header the negotiated features call for into
+//!   the receive chains the device model popped: one chain per frame, or
+//!   with `VIRTIO_NET_F_MRG_RXBUF` as many as needed, counted in
+//!   `num_buffers` in the first chain's header. It reports each chain's head
+//!   index and used length ([`UsedChain`]) for the used ring.
+//!   [`GuestPort::receive_into_vec`] writes into a host buffer instead.
 //! * Notification: when the switch queues frames for the guest, the port
 //!   calls its [`Notifier`] (an eventfd write in a real VMM, a
 //!   [`CondvarNotifier`] in portable code) once until the device model has
@@ -39,9 +70,10 @@
 //! The switch adapts each frame to the [`PortCapabilities`] a port declares,
 //! and those are constant for the life of the port. A guest port declares
 //! the receive offloads in force when it is built: right after negotiation,
-//! all those acknowledged, the most the guest can ever turn on. When the guest later turns some of them off with the
-//! control queue's `VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET`
-//! ([`GuestPort::set_guest_offloads`]), frames the switch adapted to the
+//! all those acknowledged, the most the guest can ever turn on. When the
+//! guest later turns some of them off with the control queue's
+//! `VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET` ([`GuestPort::set_guest_offloads`]),
+//! frames the switch adapted to the
 //! declared capabilities may still carry a partial checksum or GSO the guest
 //! no longer accepts. So the port re-checks every frame against the offloads
 //! in force when it is written to the guest's buffers, and completes the
@@ -50,8 +82,19 @@
 //! offloads back on needs nothing: a frame with less offload work left than
 //! the guest accepts is always acceptable.
 //!
+//! # Example
+//!
+//! A device loop in miniature. The chains come from virtio-queue's
+//! `MockSplitQueue`, which lays out a descriptor table and rings in guest
+//! memory the way a guest driver does; a VMM pops them from its `Queue`
+//! (`QueueT::pop_descriptor_chain`) instead.
+//!
 //! ```
 //! use std::sync::Arc;
+//! use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
+//! use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+//! use virtio_queue::mock::MockSplitQueue;
+//! use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 //! use vswitch_ports::features::{Features, Negotiated};
 //! use vswitch_ports::guest::{CondvarNotifier, GuestPort, GuestPortConfig};
 //! use vswitch_ports::offload::Packet;
@@ -62,20 +105,41 @@
 //! let notifier = Arc::new(CondvarNotifier::new());
 //! let port = GuestPort::new(GuestPortConfig::new("vm0"), negotiated, notifier.clone());
 //!
-//! // The guest transmits: a 12-byte header and a 60-byte frame, in two iovecs.
-//! let header = [0u8; 12];
-//! let frame = [0xabu8; 60];
-//! port.transmit(&[&header, &frame]).unwrap();
+//! // 1 MiB of guest memory; the virtqueue's rings at 0.
+//! let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+//! let vq = MockSplitQueue::new(&mem, 16);
+//!
+//! // The guest transmits a 12-byte header and a 60-byte frame, in two
+//! // descriptors.
+//! mem.write_slice(&[0u8; 12], GuestAddress(0x1_0000)).unwrap();
+//! mem.write_slice(&[0xab; 60], GuestAddress(0x2_0000)).unwrap();
+//! let chain = vq
+//!     .build_desc_chain(&[
+//!         RawDescriptor::from(Descriptor::new(0x1_0000, 12, 0, 0)),
+//!         RawDescriptor::from(Descriptor::new(0x2_0000, 60, 0, 0)),
+//!     ])
+//!     .unwrap();
+//! port.transmit_chain(&mem, chain).unwrap();
 //! let mut batch = Vec::new();
 //! assert_eq!(port.receive(0, &mut batch, 8).unwrap(), 1); // the switch side
+//! assert_eq!(&batch[0].data[..], &[0xab; 60][..]);
 //!
-//! // The switch sends a frame to the guest: the notifier fires.
+//! // The switch sends a frame to the guest: the notifier fires, and the
+//! // device model fills a 2048-byte receive buffer.
 //! port.send(0, Packet::plain(vec![0xcd; 60])).unwrap();
 //! assert!(notifier.wait_timeout(std::time::Duration::ZERO));
-//! let mut buffer = vec![0u8; 2048];
-//! let delivered = port.receive_into(&mut [&mut buffer[..]]).unwrap().unwrap();
+//! let write = VRING_DESC_F_WRITE as u16;
+//! let chain = vq
+//!     .build_desc_chain(&[RawDescriptor::from(Descriptor::new(0x3_0000, 2048, write, 0))])
+//!     .unwrap();
+//! let head = chain.head_index();
+//! let mut used = Vec::new();
+//! let delivered = port.receive_into_chains(&mem, &[chain], &mut used).unwrap().unwrap();
 //! assert_eq!((delivered.buffers, delivered.bytes), (1, 72));
-//! assert_eq!(u16::from_le_bytes([buffer[10], buffer[11]]), 1); // num_buffers
+//! assert_eq!((used[0].head_index, used[0].len), (head, 72)); // for the used ring
+//! let mut header = [0u8; 12];
+//! mem.read_slice(&mut header, GuestAddress(0x3_0000)).unwrap();
+//! assert_eq!(u16::from_le_bytes([header[10], header[11]]), 1); // num_buffers
 //! ```
 
 mod chain;
@@ -395,30 +459,9 @@ impl GuestPort {
         self.first_queue().rx_pending()
     }
 
-    /// [`GuestQueue::transmit`] on queue pair 0.
-    pub fn transmit(&self, chain: &[&[u8]]) -> Result<(), GuestTxError> {
-        self.first_queue().transmit(chain)
-    }
-
     /// [`GuestQueue::transmit_bytes`] on queue pair 0.
     pub fn transmit_bytes(&self, chain: Bytes) -> Result<(), GuestTxError> {
         self.first_queue().transmit_bytes(chain)
-    }
-
-    /// [`GuestQueue::receive_into`] on queue pair 0.
-    pub fn receive_into(
-        &self,
-        buffers: &mut [&mut [u8]],
-    ) -> Result<Option<Delivered>, GuestRxError> {
-        self.first_queue().receive_into(buffers)
-    }
-
-    /// [`GuestQueue::receive_into_slice_chains`] on queue pair 0.
-    pub fn receive_into_slice_chains(
-        &self,
-        chains: &mut [&mut [&mut [u8]]],
-    ) -> Result<Option<Delivered>, GuestRxError> {
-        self.first_queue().receive_into_slice_chains(chains)
     }
 
     /// [`GuestQueue::transmit_chain`] on queue pair 0.

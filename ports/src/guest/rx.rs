@@ -18,11 +18,11 @@ use super::chain::{self, Direction, Segment};
 use super::stats::bump;
 use super::{GuestPort, GuestQueue, GuestRxError};
 
-/// One frame written to the guest's receive buffers.
+/// One frame written to the guest's receive buffers (descriptor chains).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Delivered {
-    /// Buffers used, from the first one offered: every one but the last is
-    /// filled completely (its used length is its length).
+    /// Chains used, from the first one offered: every one but the last is
+    /// filled completely. The used list of the call has one entry each.
     pub buffers: usize,
     /// Bytes written to the last buffer used (its used length).
     pub last_len: usize,
@@ -89,70 +89,6 @@ impl GuestPort {
         Ok(())
     }
 
-    fn write_frame<B: GuestBuffer>(
-        &self,
-        packet: &Packet,
-        buffers: &mut [B],
-    ) -> Result<Delivered, GuestRxError> {
-        let header_len = self.format.size();
-        let required_len = header_len + packet.data.len();
-        let mut hdr = packet.hdr;
-        let buffers_needed = if self.mergeable {
-            let available = buffers
-                .iter()
-                .fold(0usize, |n, b| n.saturating_add(b.capacity()));
-            let first = buffers.first().map_or(0, |b| b.capacity());
-            if first < header_len || available < required_len {
-                return Err(GuestRxError::OutOfBuffers {
-                    required_len,
-                    available,
-                });
-            }
-            let mut left = required_len;
-            let mut count = 0usize;
-            for buffer in buffers.iter() {
-                if left == 0 {
-                    break;
-                }
-                left = left.saturating_sub(buffer.capacity());
-                count += 1;
-            }
-            count
-        } else {
-            let Some(first) = buffers.first() else {
-                return Err(GuestRxError::OutOfBuffers {
-                    required_len,
-                    available: 0,
-                });
-            };
-            if first.capacity() < required_len {
-                return Err(GuestRxError::BufferTooSmall {
-                    required_len,
-                    len: first.capacity(),
-                });
-            }
-            1
-        };
-        hdr.num_buffers =
-            u16::try_from(buffers_needed).map_err(|_| GuestRxError::TooManyBuffers {
-                buffers: buffers_needed,
-            })?;
-        let mut raw = [0u8; HDR_LEN_V1];
-        let raw = raw.get_mut(..header_len).unwrap_or(&mut []);
-        // `raw` has exactly the format's size, so emit cannot fail.
-        let _ = hdr.emit(raw, self.format);
-        let mut sources = [&raw[..], &packet.data[..]];
-        let mut last_len = 0;
-        for buffer in buffers.iter_mut().take(buffers_needed) {
-            last_len = buffer.fill_from(&mut sources);
-        }
-        Ok(Delivered {
-            buffers: buffers_needed,
-            last_len,
-            bytes: required_len,
-        })
-    }
-
     /// The header bytes the guest's format calls for, with `num_buffers`.
     fn header_bytes(&self, mut hdr: VirtioNetHdr, num_buffers: u16) -> ([u8; HDR_LEN_V1], usize) {
         let header_len = self.format.size();
@@ -197,7 +133,10 @@ impl GuestPort {
                 .map_err(|bad| GuestRxError::from_bad_descriptor(position, bad))?;
             ends.push((segments.len(), len));
             available = available.saturating_add(len);
-            if available >= required_len {
+            // A first chain too short for the header fails the frame
+            // whatever follows; walk on only to report what was offered.
+            let header_fits = ends.first().is_some_and(|&(_, first)| first >= header_len);
+            if available >= required_len && header_fits {
                 break;
             }
         }
@@ -265,40 +204,6 @@ impl GuestQueue<'_> {
             .unwrap_or_else(PoisonError::into_inner)
             .ready
             .is_empty()
-    }
-
-    /// Writes the next frame for the guest into `buffers` (the guest's
-    /// receive buffers, in the order popped from the receive virtqueue),
-    /// with the header its negotiated features call for. Returns `None`
-    /// when no frame is waiting; the notifier fires again when one arrives.
-    ///
-    /// Without mergeable receive buffers only the first buffer is used and
-    /// must hold header and frame. With them, the frame spans as many
-    /// buffers as it needs and `num_buffers` says how many.
-    pub fn receive_into(
-        &self,
-        buffers: &mut [&mut [u8]],
-    ) -> Result<Option<Delivered>, GuestRxError> {
-        self.receive_into_buffers(buffers)
-    }
-
-    /// Like [`receive_into`](Self::receive_into) for buffers that are
-    /// descriptor chains of several writable descriptors each (for example
-    /// a legacy driver that posts the header in a descriptor of its own):
-    /// each element of `chains` is one buffer, written across its slices
-    /// in order.
-    pub fn receive_into_slice_chains(
-        &self,
-        chains: &mut [&mut [&mut [u8]]],
-    ) -> Result<Option<Delivered>, GuestRxError> {
-        self.receive_into_buffers(chains)
-    }
-
-    fn receive_into_buffers<B: GuestBuffer>(
-        &self,
-        buffers: &mut [B],
-    ) -> Result<Option<Delivered>, GuestRxError> {
-        self.receive_with(|port, _, packet| port.write_frame(packet, buffers))
     }
 
     /// Writes the next frame for the guest into the receive chains the
@@ -418,63 +323,4 @@ impl GuestQueue<'_> {
             }
         }
     }
-}
-
-/// One receive buffer of the guest: a slice, or a descriptor chain of
-/// slices.
-trait GuestBuffer {
-    /// Bytes it holds.
-    fn capacity(&self) -> usize;
-    /// Copies from the front of `sources` until it is full or they run out,
-    /// advancing the sources; returns the bytes written.
-    fn fill_from(&mut self, sources: &mut [&[u8]]) -> usize;
-}
-
-impl GuestBuffer for &mut [u8] {
-    fn capacity(&self) -> usize {
-        self.len()
-    }
-
-    fn fill_from(&mut self, sources: &mut [&[u8]]) -> usize {
-        fill(self, sources)
-    }
-}
-
-impl GuestBuffer for &mut [&mut [u8]] {
-    fn capacity(&self) -> usize {
-        self.iter().fold(0usize, |n, s| n.saturating_add(s.len()))
-    }
-
-    fn fill_from(&mut self, sources: &mut [&[u8]]) -> usize {
-        let mut written = 0;
-        for segment in self.iter_mut() {
-            let n = fill(segment, sources);
-            written += n;
-            if n < segment.len() {
-                break;
-            }
-        }
-        written
-    }
-}
-
-/// Copies from the front of `sources` into `buffer` until one of them runs
-/// out, advancing the sources; returns the bytes written.
-fn fill(buffer: &mut [u8], sources: &mut [&[u8]]) -> usize {
-    let mut written = 0;
-    for source in sources.iter_mut() {
-        let room = buffer.len() - written;
-        let take = source.len().min(room);
-        if let (Some(dst), Some(src)) =
-            (buffer.get_mut(written..written + take), source.get(..take))
-        {
-            dst.copy_from_slice(src);
-        }
-        *source = source.get(take..).unwrap_or(&[]);
-        written += take;
-        if written == buffer.len() {
-            break;
-        }
-    }
-    written
 }

@@ -110,28 +110,24 @@ fn header_bytes(hdr: VirtioNetHdr) -> [u8; 12] {
     raw
 }
 
+/// Header and frame as one host buffer, the way `transmit_bytes` takes a
+/// chain.
+fn chain_bytes(pieces: &[&[u8]]) -> Bytes {
+    Bytes::from(pieces.concat())
+}
+
 #[test]
-fn a_chain_split_anywhere_gives_the_same_frame_and_header() {
+fn transmit_bytes_slices_the_frame_out_of_the_chain() {
     let (port, _) = port_with(all_offloads());
     let frame = tcp4(3000, true);
-    let mut chain = header_bytes(tso_hdr(1448)).to_vec();
-    chain.extend_from_slice(&frame);
-    for split in [1, 5, 11, 12, 13, 40, chain.len() - 1] {
-        let (a, b) = chain.split_at(split);
-        let (b, c) = b.split_at(b.len() / 2);
-        port.transmit(&[a, &[], b, c]).unwrap();
-        let mut batch = Vec::new();
-        assert_eq!(port.receive(0, &mut batch, 8).unwrap(), 1);
-        assert_eq!(batch[0].hdr, tso_hdr(1448));
-        assert_eq!(batch[0].data, frame);
-    }
-    let whole = Bytes::from(chain);
+    let whole = chain_bytes(&[&header_bytes(tso_hdr(1448)), &frame]);
     port.transmit_bytes(whole.clone()).unwrap();
     let mut batch = Vec::new();
     port.receive(0, &mut batch, 8).unwrap();
+    assert_eq!(batch[0].hdr, tso_hdr(1448));
     // Sliced out of the chain, not copied.
     assert_eq!(batch[0].data.as_ptr(), whole[12..].as_ptr());
-    assert_eq!(port.stats().tx_frames, 8);
+    assert_eq!(port.stats().tx_frames, 1);
 }
 
 #[test]
@@ -140,7 +136,7 @@ fn offloads_not_negotiated_and_bad_headers_are_refused_and_counted() {
     let frame = tcp4(3000, true);
     let tso = header_bytes(tso_hdr(1448));
     assert_eq!(
-        port.transmit(&[&tso, &frame]),
+        port.transmit_bytes(chain_bytes(&[&tso, &frame])),
         Err(GuestTxError::NotNegotiated(
             FeatureError::OffloadNotPermitted {
                 asked: "TSO over IPv4"
@@ -153,11 +149,11 @@ fn offloads_not_negotiated_and_bad_headers_are_refused_and_counted() {
     });
     let (full, _) = port_with(all_offloads());
     assert!(matches!(
-        full.transmit(&[&wrong_l3, &frame]),
+        full.transmit_bytes(chain_bytes(&[&wrong_l3, &frame])),
         Err(GuestTxError::InvalidHeader(HdrError::L3Mismatch { .. }))
     ));
     assert_eq!(
-        port.transmit(&[&[0u8; 12], &[0u8; 13]]),
+        port.transmit_bytes(chain_bytes(&[&[0u8; 12], &[0u8; 13]])),
         Err(GuestTxError::ShortChain {
             required_len: 26,
             len: 25
@@ -165,12 +161,16 @@ fn offloads_not_negotiated_and_bad_headers_are_refused_and_counted() {
     );
     let huge = vec![0u8; MAX_GUEST_FRAME + 1];
     assert!(matches!(
-        port.transmit(&[&[0u8; 12], &huge]),
+        port.transmit_bytes(chain_bytes(&[&[0u8; 12], &huge])),
         Err(GuestTxError::FrameTooLong { .. })
     ));
-    let err = port.transmit(&[&[0u8; 12], &[0u8; 13]]).unwrap_err();
+    let err = port
+        .transmit_bytes(chain_bytes(&[&[0u8; 12], &[0u8; 13]]))
+        .unwrap_err();
     assert_eq!(err.counter(), "guest_tx_short_chain");
-    let err = full.transmit(&[&wrong_l3, &frame]).unwrap_err();
+    let err = full
+        .transmit_bytes(chain_bytes(&[&wrong_l3, &frame]))
+        .unwrap_err();
     assert_eq!(err.counter(), "gso_l3_mismatch");
     assert_eq!(port.stats().tx_errors, 4);
     assert_eq!(port.stats().tx_frames, 0);
@@ -185,13 +185,13 @@ fn a_full_transmit_queue_is_an_error_and_tx_room_tells_before() {
         negotiated,
         Arc::new(|| {}),
     );
-    let chain: [&[u8]; 2] = [&[0u8; 12], &[0u8; 60]];
+    let chain = chain_bytes(&[&[0u8; 12], &[0u8; 60]]);
     assert_eq!(port.tx_room(), 2);
-    port.transmit(&chain).unwrap();
-    port.transmit(&chain).unwrap();
+    port.transmit_bytes(chain.clone()).unwrap();
+    port.transmit_bytes(chain.clone()).unwrap();
     assert_eq!(port.tx_room(), 0);
     assert_eq!(
-        port.transmit(&chain),
+        port.transmit_bytes(chain.clone()),
         Err(GuestTxError::QueueFull { capacity: 2 })
     );
 }
@@ -205,102 +205,44 @@ fn the_switch_taking_frames_from_a_full_transmit_queue_notifies() {
         negotiated,
         notifier.clone(),
     );
-    let chain: [&[u8]; 2] = [&[0u8; 12], &[0u8; 60]];
-    port.transmit(&chain).unwrap();
+    let chain = chain_bytes(&[&[0u8; 12], &[0u8; 60]]);
+    port.transmit_bytes(chain.clone()).unwrap();
     // Taking frames from a queue nobody found full notifies nobody.
     assert_eq!(port.receive(0, &mut Vec::new(), 8).unwrap(), 1);
     assert_eq!(notifier.0.load(Ordering::SeqCst), 0);
-    port.transmit(&chain).unwrap();
+    port.transmit_bytes(chain.clone()).unwrap();
     assert_eq!(port.tx_room(), 0);
     assert_eq!(port.receive(0, &mut Vec::new(), 8).unwrap(), 1);
     assert_eq!(notifier.0.load(Ordering::SeqCst), 1);
     assert_eq!(port.tx_room(), 1);
-    port.transmit(&chain).unwrap();
-    assert!(port.transmit(&chain).is_err());
+    port.transmit_bytes(chain.clone()).unwrap();
+    assert!(port.transmit_bytes(chain.clone()).is_err());
     assert_eq!(port.receive(0, &mut Vec::new(), 8).unwrap(), 1);
     assert_eq!(notifier.0.load(Ordering::SeqCst), 2);
     // Once only.
-    port.transmit(&chain).unwrap();
+    port.transmit_bytes(chain.clone()).unwrap();
     assert_eq!(port.receive(0, &mut Vec::new(), 8).unwrap(), 1);
     assert_eq!(notifier.0.load(Ordering::SeqCst), 2);
 }
 
 #[test]
-fn one_buffer_per_frame_without_mergeable_buffers() {
+fn the_notifier_fires_once_until_the_guest_drains_the_queue() {
     let (port, notifier) = port_with(Features::VERSION_1);
     port.send(0, Packet::plain(vec![7u8; 100])).unwrap();
     port.send(0, Packet::plain(vec![8u8; 100])).unwrap();
-    // Notified once until the queue is drained.
     assert_eq!(notifier.0.load(Ordering::SeqCst), 1);
-    let mut small = vec![0u8; 111];
-    let err = port.receive_into(&mut [&mut small]).unwrap_err();
-    assert_eq!(
-        err,
-        GuestRxError::BufferTooSmall {
-            required_len: 112,
-            len: 111
-        }
-    );
-    let mut big = vec![0u8; 112];
-    let mut other = vec![0u8; 112];
-    let got = port.receive_into(&mut [&mut big, &mut other]).unwrap();
-    assert_eq!(
-        got,
-        Some(Delivered {
-            buffers: 1,
-            last_len: 112,
-            bytes: 112
-        })
-    );
-    assert_eq!(&big[..12], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
-    assert!(big[12..].iter().all(|&b| b == 8));
-    assert_eq!(port.receive_into(&mut [&mut big]).unwrap(), None);
-    let stats = port.stats();
-    assert_eq!((stats.rx_frames, stats.rx_dropped), (1, 1));
+    let mut buf = Vec::new();
+    assert_eq!(port.receive_into_vec(&mut buf).unwrap(), Some(112));
+    assert_eq!(&buf[..12], &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]);
+    assert!(buf[12..].iter().all(|&b| b == 7));
+    assert_eq!(port.receive_into_vec(&mut buf).unwrap(), Some(112));
+    assert!(buf[12..].iter().all(|&b| b == 8));
+    assert_eq!(port.receive_into_vec(&mut buf).unwrap(), None);
+    assert_eq!(port.stats().rx_frames, 2);
     // Drained and re-armed: the next frame notifies again.
     port.send(0, Packet::plain(vec![9u8; 100])).unwrap();
     assert_eq!(notifier.0.load(Ordering::SeqCst), 2);
     assert!(port.rx_pending());
-}
-
-#[test]
-fn descriptor_chains_take_the_header_and_frame_across_descriptors() {
-    for acked in [Features::VERSION_1, all_offloads()] {
-        let (port, _) = port_with(acked);
-        let frame: Vec<u8> = (0..1400u32).map(|i| i as u8).collect();
-        port.send(0, Packet::plain(frame.clone())).unwrap();
-        // Header alone in a 12-byte descriptor, the frame across two.
-        let (mut h, mut d1, mut d2) = (vec![0u8; 12], vec![0u8; 1000], vec![0u8; 1000]);
-        let mut chain: Vec<&mut [u8]> = vec![&mut h, &mut d1, &mut d2];
-        let got = port
-            .receive_into_slice_chains(&mut [&mut chain[..]])
-            .unwrap()
-            .unwrap();
-        assert_eq!(
-            got,
-            Delivered {
-                buffers: 1,
-                last_len: 1412,
-                bytes: 1412
-            }
-        );
-        assert_eq!(u16::from_le_bytes([h[10], h[11]]), 1);
-        assert_eq!([&d1[..], &d2[..400]].concat(), frame);
-        assert!(d2[400..].iter().all(|&b| b == 0));
-        // A chain too short for the frame, without mergeable buffers.
-        if acked == Features::VERSION_1 {
-            port.send(0, Packet::plain(frame.clone())).unwrap();
-            let (mut h, mut d) = (vec![0u8; 12], vec![0u8; 1000]);
-            let mut chain: Vec<&mut [u8]> = vec![&mut h, &mut d];
-            assert_eq!(
-                port.receive_into_slice_chains(&mut [&mut chain[..]]),
-                Err(GuestRxError::BufferTooSmall {
-                    required_len: 1412,
-                    len: 1012
-                })
-            );
-        }
-    }
 }
 
 #[test]
@@ -342,23 +284,19 @@ fn queue_pairs_need_mq_and_each_has_its_own_queues_and_notifier() {
     assert!(!port.rx_pending());
     let mut buf = vec![0u8; 100];
     assert_eq!(
-        port.queue(1)
-            .unwrap()
-            .receive_into(&mut [&mut buf])
-            .unwrap(),
+        port.queue(1).unwrap().receive_into_vec(&mut buf).unwrap(),
         None
     );
-    let got = port
-        .queue(2)
-        .unwrap()
-        .receive_into(&mut [&mut buf])
-        .unwrap();
-    assert_eq!(got.map(|d| d.bytes), Some(72));
+    let got = port.queue(2).unwrap().receive_into_vec(&mut buf).unwrap();
+    assert_eq!(got, Some(72));
     assert_eq!(buf[12], 2);
 
     // The guest's transmit queue q is the switch's receive queue q.
-    let chain: [&[u8]; 2] = [&[0u8; 12], &[1u8; 60]];
-    port.queue(1).unwrap().transmit(&chain).unwrap();
+    let chain = chain_bytes(&[&[0u8; 12], &[1u8; 60]]);
+    port.queue(1)
+        .unwrap()
+        .transmit_bytes(chain.clone())
+        .unwrap();
     assert_eq!(port.receive(0, &mut Vec::new(), 8).unwrap(), 0);
     assert_eq!(port.receive(1, &mut Vec::new(), 8).unwrap(), 1);
     assert!(port.receive(3, &mut Vec::new(), 8).is_err());
@@ -375,54 +313,10 @@ fn queue_pairs_need_mq_and_each_has_its_own_queues_and_notifier() {
     port.send(1, Packet::plain(vec![4u8; 60])).unwrap();
     assert_eq!(fired(), [1, 0, 1]);
     for tag in [3u8, 4] {
-        let got = port.receive_into(&mut [&mut buf]).unwrap();
+        let got = port.receive_into_vec(&mut buf).unwrap();
         assert!(got.is_some());
         assert_eq!(buf[12], tag);
     }
-}
-
-#[test]
-fn legacy_header_is_ten_bytes() {
-    let (port, _) = port_with(Features::CSUM);
-    assert_eq!(port.header_format(), HdrFormat::Legacy);
-    port.send(0, Packet::plain(vec![1u8; 60])).unwrap();
-    let mut buf = vec![0u8; 70];
-    let got = port.receive_into(&mut [&mut buf]).unwrap().unwrap();
-    assert_eq!(got.bytes, 70);
-    assert!(buf[10..].iter().all(|&b| b == 1));
-    let chain: [&[u8]; 2] = [&[0u8; 10], &[0u8; 60]];
-    port.transmit(&chain).unwrap();
-    let mut batch = Vec::new();
-    port.receive(0, &mut batch, 1).unwrap();
-    assert_eq!(batch[0].data.len(), 60);
-}
-
-#[test]
-fn mergeable_buffers_span_frames_and_count_them() {
-    let (port, _) = port_with(all_offloads());
-    let frame = tcp4(20_000, true);
-    port.send(0, Packet::with_hdr(tso_hdr(1448), frame.clone()))
-        .unwrap();
-    let mut bufs: Vec<Vec<u8>> = (0..8).map(|_| vec![0u8; 4096]).collect();
-    let mut two: Vec<&mut [u8]> = bufs.iter_mut().take(2).map(|b| &mut b[..]).collect();
-    assert_eq!(
-        port.receive_into(&mut two),
-        Err(GuestRxError::OutOfBuffers {
-            required_len: 12 + frame.len(),
-            available: 8192
-        })
-    );
-    let mut all: Vec<&mut [u8]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
-    let got = port.receive_into(&mut all).unwrap().unwrap();
-    let needed = (12 + frame.len()).div_ceil(4096);
-    assert_eq!(got.buffers, needed);
-    assert_eq!(got.last_len, 12 + frame.len() - (needed - 1) * 4096);
-    let joined: Vec<u8> = bufs.concat();
-    let (hdr, _) = VirtioNetHdr::parse(&joined, HdrFormat::V1).unwrap();
-    assert_eq!(hdr.num_buffers as usize, needed);
-    assert_eq!(hdr.gso_type, GSO_TCPV4, "GUEST_TSO4 keeps the GSO frame");
-    assert_eq!(&joined[12..12 + frame.len()], &frame[..]);
-    assert_eq!(port.stats().rx_dropped, 0);
 }
 
 #[test]
@@ -445,14 +339,14 @@ fn offloads_turned_off_at_run_time_are_done_by_the_port() {
     let mut frames = 0;
     loop {
         let mut buf = vec![0u8; 2048];
-        let Some(got) = port.receive_into(&mut [&mut buf]).unwrap() else {
+        let Some(got) = port.receive_into_vec(&mut buf).unwrap() else {
             break;
         };
         frames += 1;
         let (hdr, _) = VirtioNetHdr::parse(&buf, HdrFormat::V1).unwrap();
         assert_eq!(hdr.flags & FLAG_NEEDS_CSUM, 0);
         assert_eq!(hdr.gso_type, GSO_NONE);
-        let seg = &buf[12..got.bytes];
+        let seg = &buf[12..got];
         assert!(seg.len() - 14 <= 1500);
         assert!(tcp4_ok_any(seg), "segment {frames} has a bad checksum");
         if frames <= 10 {
@@ -471,8 +365,8 @@ fn offloads_turned_off_at_run_time_are_done_by_the_port() {
     port.send(0, Packet::with_hdr(tso_hdr(1000), frame))
         .unwrap();
     let mut buf = vec![0u8; 20_000];
-    let got = port.receive_into(&mut [&mut buf]).unwrap().unwrap();
-    assert_eq!(got.bytes, 12 + 34 + 20 + 10_000);
+    let got = port.receive_into_vec(&mut buf).unwrap().unwrap();
+    assert_eq!(got, 12 + 34 + 20 + 10_000);
     assert_eq!(buf[1], GSO_TCPV4);
 }
 
@@ -490,8 +384,8 @@ fn only_checksum_offload_turned_off_completes_the_checksum() {
     port.send(0, Packet::with_hdr(partial_hdr(), partial))
         .unwrap();
     let mut buf = vec![0u8; 2048];
-    let got = port.receive_into(&mut [&mut buf]).unwrap().unwrap();
-    assert_eq!(&buf[12..got.bytes], &tcp4(300, false)[..]);
+    let got = port.receive_into_vec(&mut buf).unwrap().unwrap();
+    assert_eq!(&buf[12..got], &tcp4(300, false)[..]);
     assert_eq!(buf[0] & FLAG_NEEDS_CSUM, 0);
 }
 
@@ -520,114 +414,6 @@ fn bad_queue_indices_are_errors() {
         port.send(1, Packet::plain(vec![0u8; 60])),
         Err(SendError::NoSuchQueue { .. })
     ));
-}
-
-mod properties {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn split_chain(bytes: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
-        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
-        cuts.sort_unstable();
-        let mut pieces = Vec::new();
-        let mut at = 0;
-        for cut in cuts {
-            pieces.push(bytes[at..cut].to_vec());
-            at = cut;
-        }
-        pieces.push(bytes[at..].to_vec());
-        pieces
-    }
-
-    proptest! {
-        /// Any bytes, split anywhere: no panic, the split does not
-        /// matter, and an accepted frame is the chain minus the header
-        /// copied once.
-        #[test]
-        fn transmit_takes_any_chain_without_panicking(
-            mut header in proptest::collection::vec(any::<u8>(), 12),
-            flags in 0u8..3,
-            gso_type in proptest::sample::select(vec![0u8, 0, 0, 1, 3, 4, 5, 0x80, 0x81, 9]),
-            frame in proptest::collection::vec(any::<u8>(), 0..2000),
-            cuts in proptest::collection::vec(any::<usize>(), 0..6),
-        ) {
-            // Mostly plausible flags and types, so both outcomes occur.
-            header[0] = flags;
-            header[1] = gso_type;
-            let (port, _) = port_with(all_offloads());
-            let mut chain = header.clone();
-            chain.extend_from_slice(&frame);
-            let pieces = split_chain(&chain, &cuts);
-            let iovecs: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
-            let split = port.transmit(&iovecs);
-            let whole = port.transmit_bytes(Bytes::from(chain.clone()));
-            prop_assert_eq!(&split, &whole);
-            let mut batch = Vec::new();
-            port.receive(0, &mut batch, 8).unwrap();
-            if split.is_ok() {
-                let (mut hdr, _) = VirtioNetHdr::parse(&header, HdrFormat::V1).unwrap();
-                hdr.num_buffers = 0;
-                prop_assert_eq!(batch.len(), 2);
-                for packet in &batch {
-                    prop_assert_eq!(packet.hdr, hdr);
-                    prop_assert_eq!(&packet.data[..], &frame[..]);
-                }
-            } else {
-                prop_assert!(batch.is_empty());
-            }
-        }
-
-        /// Any frame length and buffer sizes: no panic; a delivered
-        /// frame reads back as header plus frame across the buffers it
-        /// used, every one but the last full.
-        #[test]
-        fn receive_fills_any_buffers_consistently(
-            mergeable in any::<bool>(),
-            len in 14usize..1514,
-            sizes in proptest::collection::vec(1usize..3000, 0..12),
-        ) {
-            let acked = if mergeable { all_offloads() } else { Features::VERSION_1 };
-            let (port, _) = port_with(acked);
-            let frame: Vec<u8> = (0..len).map(|i| (i % 255) as u8 + 1).collect();
-            port.send(0, Packet::plain(frame.clone())).unwrap();
-            let mut memory: Vec<Vec<u8>> = sizes.iter().map(|&n| vec![0u8; n]).collect();
-            let mut buffers: Vec<&mut [u8]> = memory.iter_mut().map(|b| &mut b[..]).collect();
-            let result = port.receive_into(&mut buffers);
-            let available: usize = sizes.iter().sum();
-            let required = 12 + len;
-            match result {
-                Ok(Some(delivered)) => {
-                    prop_assert_eq!(delivered.bytes, required);
-                    let used = &memory[..delivered.buffers];
-                    let written: usize = used[..used.len() - 1].iter().map(Vec::len).sum::<usize>()
-                        + delivered.last_len;
-                    prop_assert_eq!(written, required);
-                    let joined: Vec<u8> = used.concat();
-                    let (hdr, _) = VirtioNetHdr::parse(&joined, HdrFormat::V1).unwrap();
-                    prop_assert_eq!(usize::from(hdr.num_buffers), delivered.buffers);
-                    prop_assert_eq!(&joined[12..required], &frame[..]);
-                    if !mergeable {
-                        prop_assert_eq!(delivered.buffers, 1);
-                    }
-                    prop_assert!(!port.rx_pending());
-                }
-                Ok(None) => prop_assert!(false, "a frame was queued"),
-                Err(GuestRxError::OutOfBuffers { required_len, available: found }) => {
-                    prop_assert_eq!(required_len, required);
-                    prop_assert_eq!(found, if mergeable { available } else { 0 });
-                    prop_assert!(port.rx_pending(), "the frame is kept");
-                }
-                Err(GuestRxError::BufferTooSmall { required_len, len: found }) => {
-                    prop_assert!(!mergeable);
-                    prop_assert_eq!(required_len, required);
-                    prop_assert_eq!(found, sizes[0]);
-                    prop_assert!(found < required);
-                    prop_assert_eq!(port.stats().rx_dropped, 1);
-                }
-                Err(other) => prop_assert!(false, "unexpected {other}"),
-            }
-        }
-    }
 }
 
 /// Guest memory and virtqueues for the descriptor-chain paths.

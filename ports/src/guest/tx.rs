@@ -95,24 +95,6 @@ impl GuestQueue<'_> {
         result
     }
 
-    /// Takes one transmitted chain given as host iovecs.
-    pub fn transmit(&self, chain: &[&[u8]]) -> Result<(), GuestTxError> {
-        let total = chain
-            .iter()
-            .fold(0usize, |n, iov| n.saturating_add(iov.len()));
-        let result = self.port.check_chain_len(total).and_then(|_| {
-            let mut bytes = BytesMut::with_capacity(total);
-            for iov in chain {
-                bytes.extend_from_slice(iov);
-            }
-            self.take_chain(bytes.freeze())
-        });
-        if result.is_err() {
-            bump(&self.port.counters.tx_errors, 1);
-        }
-        result
-    }
-
     /// Walks the chain once and copies it, header and frame, into one host
     /// buffer.
     fn copy_chain<M, T>(&self, mem: &M, chain: DescriptorChain<T>) -> Result<Bytes, GuestTxError>
