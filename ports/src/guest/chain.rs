@@ -160,3 +160,36 @@ pub(super) fn write_from<M: GuestMemory + ?Sized>(
     }
     Ok(written)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::GuestMemoryMmap;
+
+    fn segment(addr: u64, len: usize) -> Segment {
+        Segment {
+            addr: GuestAddress(addr),
+            len,
+        }
+    }
+
+    #[test]
+    fn writes_cross_segments_and_sources_and_stop_where_either_ends() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
+        let segments = [segment(0x100, 3), segment(0x200, 0), segment(0x300, 4)];
+        let mut sources: [&[u8]; 3] = [b"ab", b"", b"cdefg"];
+        assert_eq!(write_from(&mem, &segments, &mut sources), Ok(7));
+        let mut out = [0u8; 7];
+        assert_eq!(read_into(&mem, &segments, &mut out), Ok(7));
+        assert_eq!(&out, b"abcdefg");
+        // Sources run out first: the rest of the segments stay unwritten.
+        let mut sources: [&[u8]; 1] = [b"xy"];
+        assert_eq!(write_from(&mem, &segments, &mut sources), Ok(2));
+        assert_eq!(read_into(&mem, &segments, &mut out), Ok(7));
+        assert_eq!(&out, b"xycdefg");
+        // The host buffer runs out first.
+        let mut short = [0u8; 4];
+        assert_eq!(read_into(&mem, &segments, &mut short), Ok(4));
+        assert_eq!(&short, b"xycd");
+    }
+}
