@@ -4,7 +4,8 @@
 //! only and a guest with it whole, a guest turning
 //! its receive offloads off and on again while frames are on their way gets
 //! only what it accepts at each moment, and a pcap port around a guest port
-//! records what crosses it.
+//! records what crosses it. Every guest is real guest memory with
+//! virtqueues in it; the device loops pop descriptor chains as a VMM does.
 
 use std::sync::Arc;
 use std::thread;
@@ -12,12 +13,15 @@ use std::time::{Duration, Instant};
 
 use etherparse::{IpEcn, NetHeaders, PacketHeaders, TransportHeader};
 use pcap_file::pcap::PcapReader;
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vswitch::{PortProfile, Switch, SwitchConfig, VlanId};
 use vswitch_offload::checksum::{checksum, pseudo_header_ipv4};
 use vswitch_offload::virtio::{HdrFormat, FLAG_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4};
 use vswitch_offload::VirtioNetHdr;
 use vswitch_ports::features::{Features, Negotiated};
-use vswitch_ports::guest::{CondvarNotifier, GuestPort, GuestPortConfig};
+use vswitch_ports::guest::mock::DriverQueue;
+use vswitch_ports::guest::{CondvarNotifier, GuestPort, GuestPortConfig, GuestQueue};
 use vswitch_ports::pcap::PcapPort;
 use vswitch_ports::Port;
 
@@ -137,20 +141,68 @@ fn tso_hdr(mss: u16) -> VirtioNetHdr {
     }
 }
 
+/// Whether etherparse parses `frame` strictly as TCP/IPv4 and finds both
+/// checksums complete and right.
 fn complete_checksums(frame: &[u8]) -> bool {
-    let ip = &frame[14..34];
-    let src = [ip[12], ip[13], ip[14], ip[15]];
-    let dst = [ip[16], ip[17], ip[18], ip[19]];
-    let mut sum = pseudo_header_ipv4(src, dst, 6, (frame.len() - 34) as u16);
-    sum.add_bytes(&frame[34..]);
-    checksum(ip) == 0 && sum.finish() == 0
+    let Ok(headers) = PacketHeaders::from_ethernet_slice(frame) else {
+        return false;
+    };
+    let payload = headers.payload.slice();
+    match (headers.net, headers.transport) {
+        (Some(NetHeaders::Ipv4(ip, _)), Some(TransportHeader::Tcp(tcp))) => {
+            ip.header_checksum == ip.calc_header_checksum()
+                && tcp.calc_checksum_ipv4(&ip, payload).ok() == Some(tcp.checksum)
+        }
+        _ => false,
+    }
 }
 
-/// The guest transmits: header and frame as two iovecs.
-fn transmit(port: &GuestPort, hdr: VirtioNetHdr, frame: &[u8]) {
-    let mut header = [0u8; 12];
-    hdr.emit(&mut header, HdrFormat::V1).unwrap();
-    port.transmit(&[&header, frame]).unwrap();
+/// Guest memory: 8 MiB, rings at the start, buffers after 1 MiB.
+fn guest_ram() -> GuestMemoryMmap {
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 8 << 20)]).unwrap()
+}
+
+const QUEUE_SIZE: u16 = 256;
+
+/// A guest's transmit virtqueue: the driver's side and the device's.
+struct TxQueue<'m> {
+    mem: &'m GuestMemoryMmap,
+    driver: DriverQueue<'m, GuestMemoryMmap>,
+    device: Queue,
+}
+
+impl<'m> TxQueue<'m> {
+    fn new(mem: &'m GuestMemoryMmap) -> Self {
+        Self::at(mem, GuestAddress(0), GuestAddress(1 << 20))
+    }
+
+    /// A queue with its rings at `rings` and 1 MiB of buffers at `data`.
+    fn at(mem: &'m GuestMemoryMmap, rings: GuestAddress, data: GuestAddress) -> Self {
+        let driver = DriverQueue::new(mem, rings, QUEUE_SIZE, data, 1 << 20);
+        let device = driver.device_queue();
+        TxQueue {
+            mem,
+            driver,
+            device,
+        }
+    }
+
+    /// The guest transmits header and frame as two descriptors; the device
+    /// model pops the chain and hands it to `queue`.
+    fn transmit(&mut self, queue: GuestQueue<'_>, hdr: VirtioNetHdr, frame: &[u8]) {
+        let mut header = [0u8; 12];
+        hdr.emit(&mut header, HdrFormat::V1).unwrap();
+        self.driver.post_readable(&[&header, frame]);
+        let chain = self.device.pop_descriptor_chain(self.mem).unwrap();
+        let head = chain.head_index();
+        queue.transmit_chain(self.mem, chain).unwrap();
+        self.device.add_used(self.mem, head, 0).unwrap();
+        self.driver.take_used();
+    }
+}
+
+fn first(port: &GuestPort) -> GuestQueue<'_> {
+    port.queue(0).unwrap()
 }
 
 /// One frame as the guest driver reads it out of its receive buffers.
@@ -159,39 +211,63 @@ struct Received {
     frame: Vec<u8>,
 }
 
-/// The device loop: waits on the notifier and fills posted buffers of
-/// `buffer_len` bytes until `until` says it has enough or `WAIT` passes.
+/// The device loop: in guest memory of its own, keeps 64 receive buffers
+/// of `buffer_len` bytes posted, waits on the notifier and fills them
+/// until `until` says it has enough or `WAIT` passes.
 fn device_loop(
     port: &GuestPort,
     notifier: &CondvarNotifier,
-    buffer_len: usize,
+    buffer_len: u32,
     mut until: impl FnMut(&[Received]) -> bool,
 ) -> Vec<Received> {
+    let mem = guest_ram();
+    let mut driver = DriverQueue::new(
+        &mem,
+        GuestAddress(0x1_0000),
+        QUEUE_SIZE,
+        GuestAddress(2 << 20),
+        6 << 20,
+    );
+    let mut queue = driver.device_queue();
     let deadline = Instant::now() + WAIT;
-    let mut memory = vec![0u8; 64 * buffer_len];
+    let mut posted = 0;
     let mut out = Vec::new();
+    let mut used = Vec::new();
     while !until(&out) && Instant::now() < deadline {
         if !port.rx_pending() {
             notifier.wait_timeout(Duration::from_millis(50));
         }
-        let mut buffers: Vec<&mut [u8]> = memory.chunks_mut(buffer_len).collect();
-        let mut spans = Vec::new();
-        let mut used = 0;
+        while posted < 64 {
+            driver.post_writable(&[buffer_len]);
+            posted += 1;
+        }
+        let chains: Vec<DescriptorChain<&GuestMemoryMmap>> =
+            std::iter::from_fn(|| queue.pop_descriptor_chain(&mem)).collect();
+        let mut taken = 0;
         loop {
-            match port.receive_into(&mut buffers[used..]) {
-                Ok(Some(delivered)) => {
-                    spans.push((used * buffer_len, delivered.bytes));
-                    used += delivered.buffers;
-                }
+            match port.receive_into_chains(&mem, &chains[taken..], &mut used) {
+                Ok(Some(delivered)) => taken += delivered.buffers,
                 Ok(None) => break,
                 // All posted buffers used: hand them to the guest, repost.
                 Err(err) if !err.dropped_frame() => break,
                 Err(err) => panic!("frame dropped: {err}"),
             }
         }
-        for (start, len) in spans {
-            let bytes = &memory[start..start + len];
-            let (hdr, header_len) = VirtioNetHdr::parse(bytes, HdrFormat::V1).unwrap();
+        for chain in used.drain(..) {
+            queue.add_used(&mem, chain.head_index, chain.len).unwrap();
+        }
+        for _ in taken..chains.len() {
+            queue.go_to_previous_position();
+        }
+        posted -= taken;
+        let mut entries = driver.take_used().into_iter();
+        while let Some((head, len)) = entries.next() {
+            let mut bytes = driver.read_chain(head, len as usize);
+            let (hdr, header_len) = VirtioNetHdr::parse(&bytes, HdrFormat::V1).unwrap();
+            for _ in 1..hdr.num_buffers {
+                let (head, len) = entries.next().expect("num_buffers buffers used");
+                bytes.extend(driver.read_chain(head, len as usize));
+            }
             out.push(Received {
                 hdr,
                 frame: bytes[header_len..].to_vec(),
@@ -201,9 +277,13 @@ fn device_loop(
     out
 }
 
+/// Sequence number and payload of a TCP frame, as etherparse reads them.
 fn payload_of(frame: &[u8]) -> (u32, &[u8]) {
-    let seq = u32::from_be_bytes([frame[38], frame[39], frame[40], frame[41]]);
-    (seq, &frame[54..])
+    let headers = PacketHeaders::from_ethernet_slice(frame).expect("parses strictly");
+    let Some(TransportHeader::Tcp(tcp)) = headers.transport else {
+        panic!("not TCP");
+    };
+    (tcp.sequence_number, headers.payload.slice())
 }
 
 fn stream(len: usize) -> Vec<u8> {
@@ -228,9 +308,11 @@ fn tso_from_a_full_offload_guest_reaches_a_plain_guest_as_checked_segments() {
             got.iter().map(|r| r.frame.len() - 54).sum::<usize>() >= FRAMES * PAYLOAD
         })
     });
+    let a_ram = guest_ram();
+    let mut a_tx = TxQueue::new(&a_ram);
     for (i, chunk) in data.chunks(PAYLOAD).enumerate() {
         let frame = tcp_frame(addr(1), addr(2), (i * PAYLOAD) as u32, chunk);
-        transmit(&a.port, tso_hdr(1448), &frame);
+        a_tx.transmit(first(&a.port), tso_hdr(1448), &frame);
     }
     let got = receiver.join().unwrap();
 
@@ -282,7 +364,8 @@ fn tso_with_ecn_is_cut_for_a_guest_without_guest_ecn_and_whole_for_one_with_it()
         gso_type: GSO_TCPV4 | GSO_ECN,
         ..tso_hdr(MSS as u16)
     };
-    transmit(&a.port, hdr, &frame);
+    let a_ram = guest_ram();
+    TxQueue::new(&a_ram).transmit(first(&a.port), hdr, &frame);
 
     let at_b = device_loop(&b.port, &b.notifier, 2048, |got| {
         got.iter().map(|r| r.frame.len() - 54).sum::<usize>() >= PAYLOAD
@@ -341,11 +424,13 @@ fn receive_offloads_changed_at_run_time_are_respected_frame_by_frame() {
     plug(&switch, receiver.port.clone());
     assert!(receiver.port.capabilities().egress.tso4);
 
-    let send_batch = |first_seq: u32, frames: usize| {
+    let sender_ram = guest_ram();
+    let mut sender_tx = TxQueue::new(&sender_ram);
+    let mut send_batch = |first_seq: u32, frames: usize| {
         for i in 0..frames {
             let seq = first_seq + (i * 10_000) as u32;
             let frame = tcp_frame(addr(1), addr(2), seq, &stream(10_000));
-            transmit(&sender.port, tso_hdr(1000), &frame);
+            sender_tx.transmit(first(&sender.port), tso_hdr(1000), &frame);
         }
     };
     let wait_queued = |frames: u64| {
@@ -423,14 +508,16 @@ fn a_pcap_port_around_a_guest_port_records_both_directions() {
     sum.add_bytes(&hello[34..]);
     hello[50..52].copy_from_slice(&sum.finish().to_be_bytes());
     assert!(complete_checksums(&hello));
-    transmit(b, VirtioNetHdr::default(), &hello);
+    let (a_ram, b_ram) = (guest_ram(), guest_ram());
+    let (mut a_tx, mut b_tx) = (TxQueue::new(&a_ram), TxQueue::new(&b_ram));
+    b_tx.transmit(first(b), VirtioNetHdr::default(), &hello);
     let at_a = device_loop(&a.port, &a.notifier, 2048, |got| !got.is_empty());
     assert_eq!(at_a.len(), 1);
     assert_eq!(at_a[0].frame, hello);
 
     // a -> b: a TSO frame, cut by the switch (recorded as sent to b).
     let frame = tcp_frame(addr(1), addr(2), 0, &stream(5000));
-    transmit(&a.port, tso_hdr(1448), &frame);
+    a_tx.transmit(first(&a.port), tso_hdr(1448), &frame);
     let at_b = device_loop(b, &b_notifier, 2048, |got| got.len() >= 4);
     assert_eq!(at_b.len(), 4);
 
@@ -468,17 +555,19 @@ fn a_multi_queue_guest_gets_its_flows_spread_over_its_queue_pairs_in_order() {
     plug(&switch, b.clone());
     assert_eq!(b.capabilities().tx_queues, 2);
 
-    // Flow f leaves guest A on queue pair f % 2; frames are plain.
+    // Flow f leaves guest A on queue pair f % 2; frames are plain. Each
+    // pair has its transmit virtqueue in A's memory.
+    let a_ram = guest_ram();
+    let mut a_tx = [
+        TxQueue::new(&a_ram),
+        TxQueue::at(&a_ram, GuestAddress(0x2_0000), GuestAddress(3 << 20)),
+    ];
     for seq in 0..PER_FLOW {
         for flow in 0..FLOWS {
             let mut frame = tcp_frame(addr(1), addr(2), seq, &[0u8; 64]);
             frame[34..36].copy_from_slice(&(1000 + flow).to_be_bytes());
-            let mut header = [0u8; 12];
-            VirtioNetHdr::default()
-                .emit(&mut header, HdrFormat::V1)
-                .unwrap();
-            let queue = a.queue(usize::from(flow % 2)).unwrap();
-            queue.transmit(&[&header, &frame]).unwrap();
+            let pair = usize::from(flow % 2);
+            a_tx[pair].transmit(a.queue(pair).unwrap(), VirtioNetHdr::default(), &frame);
         }
     }
 
@@ -487,15 +576,15 @@ fn a_multi_queue_guest_gets_its_flows_spread_over_its_queue_pairs_in_order() {
     let mut seen: Vec<Vec<(usize, u32)>> = vec![Vec::new(); usize::from(FLOWS)];
     let mut received = 0;
     let deadline = Instant::now() + WAIT;
-    let mut buf = vec![0u8; 2048];
+    let mut buf = Vec::new();
     while received < total {
         assert!(Instant::now() < deadline, "{received} of {total} frames");
         let mut idle = true;
         for pair in 0..2 {
             let queue = b.queue(pair).unwrap();
-            while let Some(got) = queue.receive_into(&mut [&mut buf]).unwrap() {
+            while let Some(len) = queue.receive_into_vec(&mut buf).unwrap() {
                 idle = false;
-                let frame = &buf[12..got.bytes];
+                let frame = &buf[12..len];
                 let flow = u16::from_be_bytes([frame[34], frame[35]]) - 1000;
                 seen[usize::from(flow)].push((pair, payload_of(frame).0));
                 received += 1;

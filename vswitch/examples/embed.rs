@@ -1,12 +1,15 @@
 //! A VMM's virtio-net device loop in miniature: two guests on one switch.
 //!
-//! Each "guest" is a block of fake guest memory (a `Vec<u8>`) with transmit
-//! and receive buffers in it, as a driver would post them on its
-//! virtqueues. The device model negotiates features with the guest, builds
-//! a [`GuestPort`] from the result and puts it on the switch; then it
-//! resolves descriptors to slices of guest memory and hands them to the
-//! port, and waits on a notifier (an eventfd in a real VMM) for frames the
-//! switch sends to the guest.
+//! Each "guest" is real guest memory (a `GuestMemoryMmap`, as rust-vmm VMMs
+//! map guest RAM) holding a transmit and a receive virtqueue: descriptor
+//! tables, available and used rings, and the buffers the guest driver posts
+//! on them. The driver side is played by `guest::mock::DriverQueue`; the
+//! device side is what a VMM writes: it pops descriptor chains from
+//! virtio-queue `Queue`s, hands them with the guest memory to the
+//! [`GuestPort`], puts them on the used ring, and waits on a notifier (an
+//! eventfd in a real VMM) for frames the switch sends to the guest. No
+//! reference into guest memory is ever formed: the port reads and writes
+//! it with volatile copies.
 //!
 //! * Guest A negotiates every offload and mergeable receive buffers. It
 //!   sends one 20 000-byte TCP segmentation (TSO) frame with a partial
@@ -14,18 +17,21 @@
 //! * Guest B negotiates no receive offload: the switch segments A's frame
 //!   and computes every checksum before B sees it.
 //! * B answers with a frame whose checksum it leaves to the host (CSUM);
-//!   A accepts partial checksums, so it arrives as it is. Then A turns its
-//!   receive offloads off through the control queue, and the port completes
-//!   the next such frame itself.
+//!   A accepts partial checksums, so it arrives as it is, spread over
+//!   several 1024-byte receive buffers (`num_buffers`). Then A turns its
+//!   receive offloads off through the control queue, and the port
+//!   completes the next such frame itself.
 //!
-//! Run with `cargo run -p vswitch-ports --example embed`.
+//! Run with `cargo run -p vswitch --example embed`.
 
-use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vswitch::{PortProfile, Switch, SwitchConfig, VlanId};
 use vswitch_ports::features::{Features, Negotiated};
+use vswitch_ports::guest::mock::DriverQueue;
 use vswitch_ports::guest::{CondvarNotifier, GuestPort, GuestPortConfig};
 use vswitch_ports::offload::checksum::{checksum, pseudo_header_ipv4};
 use vswitch_ports::offload::virtio::{FLAG_NEEDS_CSUM, GSO_TCPV4};
@@ -34,12 +40,20 @@ use vswitch_ports::offload::VirtioNetHdr;
 /// Size of each receive buffer a guest driver posts when it merges
 /// buffers (frames may span several) and when it does not (a frame and its
 /// header must fit one).
-const RX_BUFFER_MERGEABLE: usize = 1024;
-const RX_BUFFER_SINGLE: usize = 2048;
-/// Receive buffers per guest.
+const RX_BUFFER_MERGEABLE: u32 = 1024;
+const RX_BUFFER_SINGLE: u32 = 2048;
+/// Receive buffers a guest keeps posted.
 const RX_BUFFERS: usize = 64;
-/// Room for one transmitted chain.
-const TX_AREA: usize = 70_000;
+/// Descriptors per virtqueue.
+const QUEUE_SIZE: u16 = 256;
+/// Guest memory layout: both queues' rings, then the transmit buffers, then
+/// the receive buffers.
+const GUEST_RAM: usize = 4 << 20;
+const TX_RINGS: GuestAddress = GuestAddress(0);
+const RX_RINGS: GuestAddress = GuestAddress(0x1_0000);
+const TX_DATA: GuestAddress = GuestAddress(0x10_0000);
+const RX_DATA: GuestAddress = GuestAddress(0x20_0000);
+const DATA_LEN: u64 = 0x10_0000;
 
 /// What a device offers.
 fn offered() -> Features {
@@ -61,20 +75,34 @@ fn offered() -> Features {
     .fold(Features::default(), |set, f| set.or(*f))
 }
 
-/// One guest: its memory, and the device model's state for it.
-struct Vm {
+/// One guest: its memory, the driver's side of its virtqueues, and the
+/// device model's state for it.
+struct Vm<'m> {
     name: &'static str,
     mac: [u8; 6],
     ip: [u8; 4],
-    /// Guest memory: the transmit area, then the receive buffers.
-    memory: Vec<u8>,
+    mem: &'m GuestMemoryMmap,
+    /// The guest driver's side of its transmit and receive virtqueues.
+    tx_driver: DriverQueue<'m, GuestMemoryMmap>,
+    rx_driver: DriverQueue<'m, GuestMemoryMmap>,
+    /// The device model's side of the same virtqueues.
+    tx_queue: Queue,
+    rx_queue: Queue,
+    /// Receive buffers posted and not yet used by the device.
+    rx_posted: usize,
     port: Arc<GuestPort>,
     notifier: Arc<CondvarNotifier>,
-    rx_buffer: usize,
+    rx_buffer: u32,
 }
 
-impl Vm {
-    fn new(name: &'static str, host: u8, acked: Features, switch: &Switch) -> Vm {
+impl<'m> Vm<'m> {
+    fn new(
+        name: &'static str,
+        host: u8,
+        acked: Features,
+        mem: &'m GuestMemoryMmap,
+        switch: &Switch,
+    ) -> Vm<'m> {
         let negotiated = Negotiated::new(offered(), acked).expect("the guest acks a valid set");
         println!(
             "{name}: acked {:#x}, header {} bytes, mergeable rx buffers: {}",
@@ -97,71 +125,113 @@ impl Vm {
         switch
             .add_port(port.clone(), PortProfile::access(VlanId::DEFAULT))
             .expect("port added");
+        let tx_driver = DriverQueue::new(mem, TX_RINGS, QUEUE_SIZE, TX_DATA, DATA_LEN);
+        let rx_driver = DriverQueue::new(mem, RX_RINGS, QUEUE_SIZE, RX_DATA, 2 * DATA_LEN);
+        let (tx_queue, rx_queue) = (tx_driver.device_queue(), rx_driver.device_queue());
+        assert!(tx_queue.is_valid(mem) && rx_queue.is_valid(mem));
         Vm {
             name,
             mac: [2, 0, 0, 0, 0, host],
             ip: [10, 0, 0, host],
-            memory: vec![0; TX_AREA + RX_BUFFERS * rx_buffer],
+            mem,
+            tx_driver,
+            rx_driver,
+            tx_queue,
+            rx_queue,
+            rx_posted: 0,
             port,
             notifier,
             rx_buffer,
         }
     }
 
-    /// The guest driver writes a header and a frame into its transmit
-    /// area; the device model finds two descriptors (header, frame) and
-    /// hands the port the slices they point to.
+    /// The guest driver writes a header and a frame into two transmit
+    /// buffers and posts them as one chain; the device model pops the
+    /// chain, hands it to the port with the guest memory, and returns it on
+    /// the used ring.
     fn guest_transmit(&mut self, hdr: VirtioNetHdr, frame: &[u8]) {
+        let mut header = [0u8; 12];
         let header_len = self.port.header_format().size();
-        let header: Range<usize> = 0..header_len;
-        let data = header_len..header_len + frame.len();
-        hdr.emit(&mut self.memory[header.clone()], self.port.header_format())
+        hdr.emit(&mut header[..header_len], self.port.header_format())
             .expect("room for the header");
-        self.memory[data.clone()].copy_from_slice(frame);
-        let chain = [&self.memory[header], &self.memory[data]];
-        match self.port.transmit(&chain) {
-            Ok(()) => println!(
-                "{}: transmitted {} bytes (gso_type {}, gso_size {}, needs_csum {})",
-                self.name,
-                frame.len(),
-                hdr.gso_type,
-                hdr.gso_size,
-                hdr.flags & FLAG_NEEDS_CSUM != 0
-            ),
-            Err(err) => println!("{}: transmit refused: {err}", self.name),
+        self.tx_driver
+            .post_readable(&[&header[..header_len], frame]);
+
+        // The device model, woken by the guest's kick.
+        while let Some(chain) = self.tx_queue.pop_descriptor_chain(self.mem) {
+            let head = chain.head_index();
+            match self.port.transmit_chain(self.mem, chain) {
+                Ok(()) => println!(
+                    "{}: transmitted {} bytes (gso_type {}, gso_size {}, needs_csum {})",
+                    self.name,
+                    frame.len(),
+                    hdr.gso_type,
+                    hdr.gso_size,
+                    hdr.flags & FLAG_NEEDS_CSUM != 0
+                ),
+                Err(err) => println!("{}: transmit refused: {err}", self.name),
+            }
+            self.tx_queue
+                .add_used(self.mem, head, 0)
+                .expect("used ring in guest memory");
         }
+        self.tx_driver.take_used();
     }
 
     /// The device loop's receive side: wait for the notifier, then fill
-    /// the posted receive buffers until the port has no more frames. The
-    /// guest driver then reads header and frame out of the buffers.
+    /// the posted receive chains until the port has no more frames. The
+    /// guest driver then reads header and frame out of the used buffers.
     fn device_receive(&mut self, wait: Duration) -> Vec<(VirtioNetHdr, Vec<u8>)> {
         let mut frames = Vec::new();
         while self.notifier.wait_timeout(wait) || self.port.rx_pending() {
-            let rx_area = &mut self.memory[TX_AREA..];
-            let mut buffers: Vec<&mut [u8]> = rx_area.chunks_mut(self.rx_buffer).collect();
-            let mut used = 0;
-            let mut completions = Vec::new();
+            // The guest driver keeps RX_BUFFERS buffers posted.
+            while self.rx_posted < RX_BUFFERS {
+                self.rx_driver.post_writable(&[self.rx_buffer]);
+                self.rx_posted += 1;
+            }
+
+            // The device model pops what is available...
+            let mem = self.mem;
+            let chains: Vec<DescriptorChain<&GuestMemoryMmap>> =
+                std::iter::from_fn(|| self.rx_queue.pop_descriptor_chain(mem)).collect();
+            let mut taken = 0;
+            let mut used = Vec::new();
             loop {
-                match self.port.receive_into(&mut buffers[used..]) {
-                    Ok(Some(delivered)) => {
-                        completions.push((used, delivered));
-                        used += delivered.buffers;
-                    }
+                match self
+                    .port
+                    .receive_into_chains(mem, &chains[taken..], &mut used)
+                {
+                    Ok(Some(delivered)) => taken += delivered.buffers,
                     Ok(None) => break,
                     Err(err) if err.dropped_frame() => println!("{}: {err}", self.name),
-                    // Out of posted buffers: hand these to the guest first.
+                    // Out of posted buffers (or a chain the guest got
+                    // wrong): hand these to the guest first.
                     Err(_) => break,
                 }
             }
-            drop(buffers);
-            // The guest driver side: one frame per completion, possibly
-            // spread over several buffers (num_buffers).
-            for (first, delivered) in completions {
-                let start = TX_AREA + first * self.rx_buffer;
-                let bytes = &self.memory[start..start + delivered.bytes];
-                let format = self.port.header_format();
-                let (hdr, header_len) = VirtioNetHdr::parse(bytes, format).expect("header");
+            // ...puts the chains it filled on the used ring and leaves the
+            // others available for the next frames.
+            for chain in &used {
+                self.rx_queue
+                    .add_used(mem, chain.head_index, chain.len)
+                    .expect("used ring in guest memory");
+            }
+            for _ in taken..chains.len() {
+                self.rx_queue.go_to_previous_position();
+            }
+            self.rx_posted -= taken;
+
+            // The guest driver side: one frame per first buffer, possibly
+            // spread over several (num_buffers).
+            let format = self.port.header_format();
+            let mut entries = self.rx_driver.take_used().into_iter();
+            while let Some((head, len)) = entries.next() {
+                let mut bytes = self.rx_driver.read_chain(head, len as usize);
+                let (hdr, header_len) = VirtioNetHdr::parse(&bytes, format).expect("header");
+                for _ in 1..hdr.num_buffers.max(1) {
+                    let (head, len) = entries.next().expect("num_buffers buffers used");
+                    bytes.extend(self.rx_driver.read_chain(head, len as usize));
+                }
                 frames.push((hdr, bytes[header_len..].to_vec()));
             }
         }
@@ -176,7 +246,7 @@ fn port_caps(port: &GuestPort) -> vswitch_ports::PortCapabilities {
 
 /// A TCP/IPv4 frame from `from` to `to` with `payload_len` bytes; the TCP
 /// checksum is left partial (pseudo-header seed) when `partial`.
-fn tcp_frame(from: &Vm, to: &Vm, payload_len: usize, partial: bool) -> Vec<u8> {
+fn tcp_frame(from: &Vm<'_>, to: &Vm<'_>, payload_len: usize, partial: bool) -> Vec<u8> {
     let tcp_len = 20 + payload_len;
     let mut f = vec![0u8; 34 + tcp_len];
     f[0..6].copy_from_slice(&to.mac);
@@ -235,10 +305,21 @@ fn describe(name: &str, frames: &[(VirtioNetHdr, Vec<u8>)]) {
     );
 }
 
+fn guest_ram() -> GuestMemoryMmap {
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(0), GUEST_RAM)]).expect("anonymous guest memory")
+}
+
 fn main() {
     let switch = Switch::start(SwitchConfig::default().workers(2)).expect("switch starts");
-    let mut a = Vm::new("vm-a", 1, offered(), &switch);
-    let mut b = Vm::new("vm-b", 2, Features::VERSION_1.or(Features::CSUM), &switch);
+    let (ram_a, ram_b) = (guest_ram(), guest_ram());
+    let mut a = Vm::new("vm-a", 1, offered(), &ram_a, &switch);
+    let mut b = Vm::new(
+        "vm-b",
+        2,
+        Features::VERSION_1.or(Features::CSUM),
+        &ram_b,
+        &switch,
+    );
     let wait = Duration::from_millis(200);
 
     // A sends a 20 000-byte TSO frame; B cannot take TSO or partial

@@ -1,0 +1,585 @@
+//! The guest port: what a virtio-net device model in a VMM calls to connect
+//! a guest to the switch.
+//!
+//! The VMM owns the virtqueues and guest memory; this port owns only the
+//! frames in between. Guest memory is passed to each call (any
+//! [`vm_memory::GuestMemory`]; with a `GuestAddressSpace` such as
+//! `GuestMemoryAtomic`, the snapshot `memory()` returns) and never stored, so
+//! a VMM may remap or hot-plug memory between calls.
+//!
+//! # Guest memory is not a `&[u8]`
+//!
+//! The guest can write its memory at any moment, from another CPU, while
+//! the device reads or writes it. A Rust `&[u8]` or `&mut [u8]` into that
+//! memory promises the compiler that nobody else changes it for the
+//! reference's lifetime; the guest breaks that promise whenever it likes, and
+//! the result is undefined behaviour, not merely a torn read. So this port
+//! never forms such a reference. It takes virtio-queue [`DescriptorChain`]s
+//! and moves bytes only with vm-memory's volatile copies (the
+//! [`VolatileSlice`](vm_memory::VolatileSlice) accessors behind
+//! [`vm_memory::Bytes`]), between guest memory and host buffers it owns:
+//!
+//! * Each descriptor is read once out of the descriptor table into a host
+//!   value and checked there: device-readable on transmit, device-writable
+//!   on receive, its range inside guest memory and not wrapping around the
+//!   address space. A bad descriptor is a [`GuestTxError`] or
+//!   [`GuestRxError`] naming it, and a counter; never a panic.
+//! * Each guest byte is copied once. Whatever the guest writes afterwards
+//!   changes nothing the port already checked.
+//!
+//! virtio-queue's own `Reader` is not used on transmit because it skips
+//! device-writable descriptors silently; here a transmit chain with one is
+//! an error.
+//!
+//! # The calls
+//!
+//! * Transmit (guest to switch): [`GuestPort::transmit_chain`] takes one
+//!   descriptor chain, `virtio_net_hdr` followed by the frame, split across
+//!   descriptors in any way. Header and frame are copied once into one host
+//!   buffer; the header is parsed from that copy, checked against the
+//!   negotiated [`HostOffloads`] and then against the frame, and the frame
+//!   is sliced out of the same buffer. Nothing reads the guest's header
+//!   bytes a second time, so a guest rewriting them concurrently cannot pass
+//!   a check with one value and be used with another.
+//!   [`GuestPort::transmit_bytes`] takes a chain already in host memory.
+//! * Receive (switch to guest): [`GuestPort::receive_into_chains`] writes
+//!   the next frame with the header the negotiated features call for into
+//!   the receive chains the device model popped: one chain per frame, or
+//!   with `VIRTIO_NET_F_MRG_RXBUF` as many as needed, counted in
+//!   `num_buffers` in the first chain's header. It reports each chain's head
+//!   index and used length ([`UsedChain`]) for the used ring.
+//!   [`GuestPort::receive_into_vec`] writes into a host buffer instead.
+//! * Notification: when the switch queues frames for the guest, the port
+//!   calls its [`Notifier`] (an eventfd write in a real VMM, a
+//!   [`CondvarNotifier`] in portable code) once until the device model has
+//!   drained the queue again. It also calls it when the switch takes frames
+//!   from a transmit queue the device model found full
+//!   ([`GuestPort::tx_room`] returned 0, or a transmit failed with
+//!   [`GuestTxError::QueueFull`]), so the device loop resumes the guest's
+//!   transmit virtqueue.
+//! * Several queue pairs (`VIRTIO_NET_F_MQ`): the port has one switch
+//!   receive and transmit queue per pair, so the switch spreads the guest's
+//!   flows over its workers; [`GuestPort::queue`] gives the calls above for
+//!   one pair, each pair with its own notifier
+//!   ([`GuestPort::with_queue_notifiers`]), and
+//!   [`GuestPort::set_active_queue_pairs`] handles the control queue's
+//!   `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET`.
+//!
+//! # Receive offloads that change at run time
+//!
+//! The switch adapts each frame to the [`PortCapabilities`] a port declares,
+//! and those are constant for the life of the port. A guest port declares
+//! the receive offloads in force when it is built: right after negotiation,
+//! all those acknowledged, the most the guest can ever turn on. When the
+//! guest later turns some of them off with the control queue's
+//! `VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET` ([`GuestPort::set_guest_offloads`]),
+//! frames the switch adapted to the
+//! declared capabilities may still carry a partial checksum or GSO the guest
+//! no longer accepts. So the port re-checks every frame against the offloads
+//! in force when it is written to the guest's buffers, and completes the
+//! checksum or segments the frame itself (with
+//! [`vswitch_offload::adapt::adapt`]) when they no longer allow it. Turning
+//! offloads back on needs nothing: a frame with less offload work left than
+//! the guest accepts is always acceptable.
+//!
+//! # Example
+//!
+//! A device loop in miniature. The chains come from virtio-queue's
+//! `MockSplitQueue`, which lays out a descriptor table and rings in guest
+//! memory the way a guest driver does; a VMM pops them from its `Queue`
+//! (`QueueT::pop_descriptor_chain`) instead.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use virtio_bindings::virtio_ring::VRING_DESC_F_WRITE;
+//! use virtio_queue::desc::{split::Descriptor, RawDescriptor};
+//! use virtio_queue::mock::MockSplitQueue;
+//! use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+//! use vswitch_ports::features::{Features, Negotiated};
+//! use vswitch_ports::guest::{CondvarNotifier, GuestPort, GuestPortConfig};
+//! use vswitch_ports::offload::Packet;
+//! use vswitch_ports::Port;
+//!
+//! let offered = Features::VERSION_1.or(Features::MRG_RXBUF);
+//! let negotiated = Negotiated::new(offered, offered).unwrap();
+//! let notifier = Arc::new(CondvarNotifier::new());
+//! let port = GuestPort::new(GuestPortConfig::new("vm0"), negotiated, notifier.clone());
+//!
+//! // 1 MiB of guest memory; the virtqueue's rings at 0.
+//! let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+//! let vq = MockSplitQueue::new(&mem, 16);
+//!
+//! // The guest transmits a 12-byte header and a 60-byte frame, in two
+//! // descriptors.
+//! mem.write_slice(&[0u8; 12], GuestAddress(0x1_0000)).unwrap();
+//! mem.write_slice(&[0xab; 60], GuestAddress(0x2_0000)).unwrap();
+//! let chain = vq
+//!     .build_desc_chain(&[
+//!         RawDescriptor::from(Descriptor::new(0x1_0000, 12, 0, 0)),
+//!         RawDescriptor::from(Descriptor::new(0x2_0000, 60, 0, 0)),
+//!     ])
+//!     .unwrap();
+//! port.transmit_chain(&mem, chain).unwrap();
+//! let mut batch = Vec::new();
+//! assert_eq!(port.receive(0, &mut batch, 8).unwrap(), 1); // the switch side
+//! assert_eq!(&batch[0].data[..], &[0xab; 60][..]);
+//!
+//! // The switch sends a frame to the guest: the notifier fires, and the
+//! // device model fills a 2048-byte receive buffer.
+//! port.send(0, Packet::plain(vec![0xcd; 60])).unwrap();
+//! assert!(notifier.wait_timeout(std::time::Duration::ZERO));
+//! let write = VRING_DESC_F_WRITE as u16;
+//! let chain = vq
+//!     .build_desc_chain(&[RawDescriptor::from(Descriptor::new(0x3_0000, 2048, write, 0))])
+//!     .unwrap();
+//! let head = chain.head_index();
+//! let mut used = Vec::new();
+//! let delivered = port.receive_into_chains(&mem, &[chain], &mut used).unwrap().unwrap();
+//! assert_eq!((delivered.buffers, delivered.bytes), (1, 72));
+//! assert_eq!((used[0].head_index, used[0].len), (head, 72)); // for the used ring
+//! let mut header = [0u8; 12];
+//! mem.read_slice(&mut header, GuestAddress(0x3_0000)).unwrap();
+//! assert_eq!(u16::from_le_bytes([header[10], header[11]]), 1); // num_buffers
+//! ```
+
+mod chain;
+mod error;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod mock;
+mod notify;
+mod rx;
+mod stats;
+mod tx;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::{GuestRxError, GuestTxError};
+pub use notify::{CondvarNotifier, Notifier};
+pub use rx::{Delivered, UsedChain};
+pub use stats::GuestPortStats;
+
+use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use bytes::Bytes;
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use virtio_queue::DescriptorChain;
+use vm_memory::GuestMemory;
+use vswitch_offload::virtio::{HdrFormat, HDR_LEN_V1, MAX_L3_LEN};
+use vswitch_offload::Packet;
+
+use crate::features::{FeatureError, Features, GuestOffloads, HostOffloads, Negotiated};
+use crate::port::{Port, PortCapabilities, PortError, SendError};
+
+use rx::RxState;
+use stats::Counters;
+
+/// Longest frame a guest may transmit: the largest IP packet of a GSO frame
+/// plus an Ethernet header with two VLAN tags.
+pub const MAX_GUEST_FRAME: usize = MAX_L3_LEN + 14 + 8;
+
+/// Shortest frame a guest may transmit: an Ethernet header.
+pub const MIN_GUEST_FRAME: usize = 14;
+
+/// How to build a guest port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestPortConfig {
+    /// The port's name.
+    pub name: String,
+    /// The guest's MTU (what the device reports with `VIRTIO_NET_F_MTU`).
+    pub mtu: u16,
+    /// Frames the guest transmitted that wait for the switch, at least 1.
+    pub tx_queue_len: usize,
+    /// Frames the switch sent that wait for the guest's buffers, at least 1.
+    pub rx_queue_len: usize,
+    /// Queue pairs, used when the guest negotiated `VIRTIO_NET_F_MQ`; at
+    /// least 1.
+    pub queue_pairs: usize,
+}
+
+impl GuestPortConfig {
+    /// MTU 1500, 1024 frames each way, one queue pair.
+    pub fn new(name: impl Into<String>) -> Self {
+        GuestPortConfig {
+            name: name.into(),
+            mtu: 1500,
+            tx_queue_len: 1024,
+            rx_queue_len: 1024,
+            queue_pairs: 1,
+        }
+    }
+
+    /// Sets the number of queue pairs.
+    pub fn queue_pairs(mut self, pairs: usize) -> Self {
+        self.queue_pairs = pairs;
+        self
+    }
+
+    /// Sets the MTU.
+    pub fn mtu(mut self, mtu: u16) -> Self {
+        self.mtu = mtu;
+        self
+    }
+
+    /// Sets both queue lengths.
+    pub fn queue_len(mut self, frames: usize) -> Self {
+        self.tx_queue_len = frames;
+        self.rx_queue_len = frames;
+        self
+    }
+}
+
+/// One transmit and one receive virtqueue of the guest, with the frames in
+/// between.
+struct QueuePair {
+    from_guest_tx: Sender<Packet>,
+    from_guest_rx: Receiver<Packet>,
+    to_guest_tx: Sender<Packet>,
+    to_guest_rx: Receiver<Packet>,
+    rx: Mutex<RxState>,
+    notifier: Arc<dyn Notifier>,
+    /// The notifier fired and the device model has not drained the receive
+    /// queue since.
+    notified: AtomicBool,
+    /// The device model found the transmit queue full: notify it when the
+    /// switch makes room.
+    tx_blocked: AtomicBool,
+}
+
+impl QueuePair {
+    fn new(tx_capacity: usize, rx_capacity: usize, notifier: Arc<dyn Notifier>) -> Self {
+        let (from_guest_tx, from_guest_rx) = bounded(tx_capacity);
+        let (to_guest_tx, to_guest_rx) = bounded(rx_capacity);
+        QueuePair {
+            from_guest_tx,
+            from_guest_rx,
+            to_guest_tx,
+            to_guest_rx,
+            rx: Mutex::new(RxState::default()),
+            notifier,
+            notified: AtomicBool::new(false),
+            tx_blocked: AtomicBool::new(false),
+        }
+    }
+}
+
+/// `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET` asked for a number of queue pairs the
+/// port does not have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("queue pairs: expected 1 to {max}, found {asked}")]
+pub struct QueuePairsError {
+    /// Queue pairs the port has.
+    pub max: usize,
+    /// The number asked for.
+    pub asked: usize,
+}
+
+/// A switch port whose far side is a virtio-net guest. See the module
+/// documentation.
+pub struct GuestPort {
+    name: String,
+    caps: PortCapabilities,
+    mtu: u16,
+    format: HdrFormat,
+    mergeable: bool,
+    host: HostOffloads,
+    negotiated: Mutex<Negotiated>,
+    tx_capacity: usize,
+    rx_capacity: usize,
+    first_pair: QueuePair,
+    more_pairs: Vec<QueuePair>,
+    active_pairs: AtomicUsize,
+    counters: Counters,
+}
+
+impl std::fmt::Debug for GuestPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestPort")
+            .field("name", &self.name)
+            .field("caps", &self.caps)
+            .field("format", &self.format)
+            .field("mergeable", &self.mergeable)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One queue pair of a [`GuestPort`], for a device model with several
+/// (`VIRTIO_NET_F_MQ`): the same calls as on the port, on this pair's
+/// virtqueues. [`GuestPort`]'s own calls use pair 0.
+#[derive(Debug, Clone, Copy)]
+pub struct GuestQueue<'a> {
+    port: &'a GuestPort,
+    pair: &'a QueuePair,
+}
+
+impl std::fmt::Debug for QueuePair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueuePair")
+            .field("from_guest", &self.from_guest_rx.len())
+            .field("to_guest", &self.to_guest_rx.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl GuestPort {
+    /// A port for a guest that negotiated `negotiated`. Its egress
+    /// capabilities are the guest's receive offloads as negotiated, with
+    /// the configured MTU; `notifier` is called when frames for the guest
+    /// arrive (on any queue pair).
+    pub fn new(
+        config: GuestPortConfig,
+        negotiated: Negotiated,
+        notifier: Arc<dyn Notifier>,
+    ) -> Self {
+        Self::with_queue_notifiers(config, negotiated, |_| notifier.clone())
+    }
+
+    /// Like [`new`](Self::new) with one notifier per queue pair (an
+    /// eventfd per receive virtqueue): `notifier_for(i)` gives pair `i`'s.
+    /// The port has [`GuestPortConfig::queue_pairs`] pairs if the guest
+    /// negotiated `VIRTIO_NET_F_MQ`, else one.
+    pub fn with_queue_notifiers(
+        config: GuestPortConfig,
+        negotiated: Negotiated,
+        mut notifier_for: impl FnMut(usize) -> Arc<dyn Notifier>,
+    ) -> Self {
+        let tx_capacity = config.tx_queue_len.max(1);
+        let rx_capacity = config.rx_queue_len.max(1);
+        let pairs = if negotiated.features().contains(Features::MQ) {
+            config.queue_pairs.max(1)
+        } else {
+            1
+        };
+        let format = if negotiated.header_len() == HDR_LEN_V1 {
+            HdrFormat::V1
+        } else {
+            HdrFormat::Legacy
+        };
+        let first_pair = QueuePair::new(tx_capacity, rx_capacity, notifier_for(0));
+        let more_pairs = (1..pairs)
+            .map(|i| QueuePair::new(tx_capacity, rx_capacity, notifier_for(i)))
+            .collect();
+        GuestPort {
+            name: config.name,
+            caps: PortCapabilities {
+                egress: negotiated.guest_offloads().egress_capabilities(config.mtu),
+                rx_queues: pairs,
+                tx_queues: pairs,
+            },
+            mtu: config.mtu,
+            format,
+            mergeable: negotiated.mergeable_rx_buffers(),
+            host: negotiated.host_offloads(),
+            negotiated: Mutex::new(negotiated),
+            tx_capacity,
+            rx_capacity,
+            first_pair,
+            more_pairs,
+            active_pairs: AtomicUsize::new(pairs),
+            counters: Counters::default(),
+        }
+    }
+
+    fn pair(&self, index: usize) -> Option<&QueuePair> {
+        match index.checked_sub(1) {
+            None => Some(&self.first_pair),
+            Some(more) => self.more_pairs.get(more),
+        }
+    }
+
+    fn pairs(&self) -> usize {
+        1 + self.more_pairs.len()
+    }
+
+    /// Queue pair `index`, if the port has it.
+    pub fn queue(&self, index: usize) -> Option<GuestQueue<'_>> {
+        self.pair(index).map(|pair| GuestQueue { port: self, pair })
+    }
+
+    fn first_queue(&self) -> GuestQueue<'_> {
+        GuestQueue {
+            port: self,
+            pair: &self.first_pair,
+        }
+    }
+
+    /// Handles the control queue's `VIRTIO_NET_CTRL_MQ_VQ_PAIRS_SET`: the
+    /// switch's frames go to the first `pairs` queue pairs from now on.
+    /// Frames already waiting on a pair that is no longer used stay there
+    /// for the device model to deliver or discard.
+    pub fn set_active_queue_pairs(&self, pairs: usize) -> Result<(), QueuePairsError> {
+        if pairs == 0 || pairs > self.pairs() {
+            return Err(QueuePairsError {
+                max: self.pairs(),
+                asked: pairs,
+            });
+        }
+        self.active_pairs.store(pairs, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The virtio-net header layout on every buffer of this guest.
+    pub fn header_format(&self) -> HdrFormat {
+        self.format
+    }
+
+    /// The guest's receive offloads in force now.
+    pub fn guest_offloads(&self) -> GuestOffloads {
+        self.negotiated
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .guest_offloads()
+    }
+
+    /// Handles the control queue's `VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET`
+    /// with the 64-bit offload mask the guest sent. Frames written to the
+    /// guest from now on respect the new offloads (see the module
+    /// documentation).
+    pub fn set_guest_offloads(&self, bits: u64) -> Result<GuestOffloads, FeatureError> {
+        self.negotiated
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .set_guest_offloads(bits)
+    }
+
+    /// The counters so far (all queue pairs).
+    pub fn stats(&self) -> GuestPortStats {
+        self.counters.snapshot()
+    }
+
+    /// [`GuestQueue::tx_room`] of queue pair 0.
+    pub fn tx_room(&self) -> usize {
+        self.first_queue().tx_room()
+    }
+
+    /// [`GuestQueue::rx_pending`] of queue pair 0.
+    pub fn rx_pending(&self) -> bool {
+        self.first_queue().rx_pending()
+    }
+
+    /// [`GuestQueue::transmit_bytes`] on queue pair 0.
+    pub fn transmit_bytes(&self, chain: Bytes) -> Result<(), GuestTxError> {
+        self.first_queue().transmit_bytes(chain)
+    }
+
+    /// [`GuestQueue::transmit_chain`] on queue pair 0.
+    pub fn transmit_chain<M, T>(
+        &self,
+        mem: &M,
+        chain: DescriptorChain<T>,
+    ) -> Result<(), GuestTxError>
+    where
+        M: GuestMemory + ?Sized,
+        T: Deref,
+        T::Target: GuestMemory,
+    {
+        self.first_queue().transmit_chain(mem, chain)
+    }
+
+    /// [`GuestQueue::receive_into_chains`] on queue pair 0.
+    pub fn receive_into_chains<M, T>(
+        &self,
+        mem: &M,
+        chains: &[DescriptorChain<T>],
+        used: &mut Vec<UsedChain>,
+    ) -> Result<Option<Delivered>, GuestRxError>
+    where
+        M: GuestMemory + ?Sized,
+        T: Deref + Clone,
+        T::Target: GuestMemory,
+    {
+        self.first_queue().receive_into_chains(mem, chains, used)
+    }
+
+    /// [`GuestQueue::receive_into_vec`] on queue pair 0.
+    pub fn receive_into_vec(&self, out: &mut Vec<u8>) -> Result<Option<usize>, GuestRxError> {
+        self.first_queue().receive_into_vec(out)
+    }
+}
+
+impl GuestQueue<'_> {
+    /// How many more transmitted frames this pair can queue for the switch
+    /// now. A device model stops popping the transmit virtqueue at 0 and
+    /// waits for the notifier, which fires once the switch has taken
+    /// frames again: the guest is held back instead of losing frames.
+    pub fn tx_room(&self) -> usize {
+        let capacity = self.port.tx_capacity;
+        let room = capacity.saturating_sub(self.pair.from_guest_rx.len());
+        if room == 0 {
+            self.pair.tx_blocked.store(true, Ordering::SeqCst);
+            // The switch may have taken frames between the length check and
+            // the store, without seeing the flag: look again.
+            return capacity.saturating_sub(self.pair.from_guest_rx.len());
+        }
+        room
+    }
+}
+
+impl Port for GuestPort {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn capabilities(&self) -> PortCapabilities {
+        self.caps
+    }
+
+    fn receive(
+        &self,
+        queue: usize,
+        batch: &mut Vec<Packet>,
+        max: usize,
+    ) -> Result<usize, PortError> {
+        let pair = self.pair(queue).ok_or(PortError::NoSuchQueue {
+            direction: "rx",
+            queue,
+            queues: self.pairs(),
+        })?;
+        let before = batch.len();
+        batch.extend(pair.from_guest_rx.try_iter().take(max));
+        let moved = batch.len() - before;
+        if moved > 0 && pair.tx_blocked.swap(false, Ordering::SeqCst) {
+            pair.notifier.notify();
+        }
+        Ok(moved)
+    }
+
+    /// Queues a frame on receive queue `queue` of the guest, folded onto
+    /// the queue pairs the guest uses now
+    /// ([`GuestPort::set_active_queue_pairs`]).
+    fn send(&self, queue: usize, packet: Packet) -> Result<(), SendError> {
+        if queue >= self.pairs() {
+            return Err(SendError::NoSuchQueue {
+                queue,
+                queues: self.pairs(),
+                packet,
+            });
+        }
+        let active = self.active_pairs.load(Ordering::Relaxed).max(1);
+        let Some(pair) = self.pair(queue % active) else {
+            return Err(SendError::NoSuchQueue {
+                queue,
+                queues: self.pairs(),
+                packet,
+            });
+        };
+        match pair.to_guest_tx.try_send(packet) {
+            Ok(()) => {
+                if !pair.notified.swap(true, Ordering::SeqCst) {
+                    pair.notifier.notify();
+                }
+                Ok(())
+            }
+            Err(TrySendError::Full(packet)) => Err(SendError::Full {
+                queue,
+                capacity: self.rx_capacity,
+                packet,
+            }),
+            Err(TrySendError::Disconnected(packet)) => {
+                Err(SendError::Disconnected { queue, packet })
+            }
+        }
+    }
+}

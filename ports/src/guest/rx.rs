@@ -1,0 +1,324 @@
+//! Receive: frames for the guest into its receive buffers, re-adapted to
+//! the receive offloads in force.
+
+use std::collections::VecDeque;
+use std::ops::Deref;
+use std::sync::atomic::Ordering;
+use std::sync::PoisonError;
+
+use crossbeam_channel::TryRecvError;
+use virtio_queue::DescriptorChain;
+use vm_memory::GuestMemory;
+use vswitch_offload::adapt::{adapt, Adapted};
+use vswitch_offload::segment::{SegmentList, Segmenter};
+use vswitch_offload::virtio::HDR_LEN_V1;
+use vswitch_offload::{EgressCapabilities, Packet, VirtioNetHdr};
+
+use super::chain::{self, Direction, Segment};
+use super::stats::bump;
+use super::{GuestPort, GuestQueue, GuestRxError};
+
+/// One frame written to the guest's receive buffers (descriptor chains).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivered {
+    /// Chains used, from the first one offered: every one but the last is
+    /// filled completely. The used list of the call has one entry each.
+    pub buffers: usize,
+    /// Bytes written to the last buffer used (its used length).
+    pub last_len: usize,
+    /// Bytes written in total, header included.
+    pub bytes: usize,
+}
+
+/// One receive chain the device model returns to the guest: what it
+/// passes to the used ring (`QueueT::add_used`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UsedChain {
+    /// The chain's head descriptor index.
+    pub head_index: u16,
+    /// Bytes written to it.
+    pub len: u32,
+}
+
+/// Frames on their way to the guest, after the check against its current
+/// receive offloads.
+#[derive(Debug, Default)]
+pub(super) struct RxState {
+    ready: VecDeque<Packet>,
+    segmenter: Segmenter,
+    segments: SegmentList,
+    chains: ChainScratch,
+}
+
+/// The checked descriptors of the receive chains a frame is written to,
+/// kept between frames so that receiving allocates nothing.
+#[derive(Debug, Default)]
+struct ChainScratch {
+    segments: Vec<Segment>,
+    /// Per chain: where its segments end in `segments`, and its length.
+    ends: Vec<(usize, usize)>,
+}
+
+impl GuestPort {
+    /// Queues `packet` on `rx.ready` as the guest may receive it now.
+    fn adapt_to_guest(
+        &self,
+        rx: &mut RxState,
+        packet: Packet,
+        caps: &EgressCapabilities,
+    ) -> Result<(), GuestRxError> {
+        let plan = packet.hdr.validate(&packet.data)?;
+        let RxState {
+            ready,
+            segmenter,
+            segments,
+            ..
+        } = rx;
+        segments.clear();
+        match adapt(segmenter, &packet.data, &plan, caps, segments)? {
+            Adapted::PassThrough => ready.push_back(packet),
+            Adapted::Checksummed | Adapted::Segmented(_) => {
+                bump(&self.counters.rx_adapted, 1);
+                for segment in segments.iter() {
+                    let mut frame = Vec::with_capacity(segment.len());
+                    segment.write_to(&mut frame);
+                    ready.push_back(Packet::plain(frame));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The header bytes the guest's format calls for, with `num_buffers`.
+    fn header_bytes(&self, mut hdr: VirtioNetHdr, num_buffers: u16) -> ([u8; HDR_LEN_V1], usize) {
+        let header_len = self.format.size();
+        hdr.num_buffers = num_buffers;
+        let mut raw = [0u8; HDR_LEN_V1];
+        if let Some(dst) = raw.get_mut(..header_len) {
+            // `dst` has exactly the format's size, so emit cannot fail.
+            let _ = hdr.emit(dst, self.format);
+        }
+        (raw, header_len)
+    }
+
+    /// Writes `packet` with its header into the first of `chains` (or, with
+    /// mergeable buffers, as many as it needs), each descriptor walked once
+    /// and checked before anything is written.
+    fn write_to_chains<M, T>(
+        &self,
+        mem: &M,
+        chains: &[DescriptorChain<T>],
+        scratch: &mut ChainScratch,
+        packet: &Packet,
+        used: &mut Vec<UsedChain>,
+    ) -> Result<Delivered, GuestRxError>
+    where
+        M: GuestMemory + ?Sized,
+        T: Deref + Clone,
+        T::Target: GuestMemory,
+    {
+        let header_len = self.format.size();
+        let required_len = header_len + packet.data.len();
+        let ChainScratch { segments, ends } = scratch;
+        segments.clear();
+        ends.clear();
+        let offered = if self.mergeable {
+            chains.len()
+        } else {
+            chains.len().min(1)
+        };
+        let mut available = 0usize;
+        for (position, chain) in chains.iter().take(offered).enumerate() {
+            let len = chain::collect(mem, chain.clone(), Direction::DeviceWrites, segments)
+                .map_err(|bad| GuestRxError::from_bad_descriptor(position, bad))?;
+            ends.push((segments.len(), len));
+            available = available.saturating_add(len);
+            // A first chain too short for the header fails the frame
+            // whatever follows; walk on only to report what was offered.
+            let header_fits = ends.first().is_some_and(|&(_, first)| first >= header_len);
+            if available >= required_len && header_fits {
+                break;
+            }
+        }
+        let first = ends.first().map_or(0, |&(_, len)| len);
+        if self.mergeable {
+            if first < header_len || available < required_len {
+                return Err(GuestRxError::OutOfBuffers {
+                    required_len,
+                    available,
+                });
+            }
+        } else if ends.is_empty() {
+            return Err(GuestRxError::OutOfBuffers {
+                required_len,
+                available: 0,
+            });
+        } else if first < required_len {
+            return Err(GuestRxError::BufferTooSmall {
+                required_len,
+                len: first,
+            });
+        }
+        let count = ends.len();
+        let num_buffers =
+            u16::try_from(count).map_err(|_| GuestRxError::TooManyBuffers { buffers: count })?;
+        let (raw, header_len) = self.header_bytes(packet.hdr, num_buffers);
+        let mut sources = [raw.get(..header_len).unwrap_or_default(), &packet.data[..]];
+        let used_before = used.len();
+        let mut start = 0;
+        let mut last_len = 0;
+        for (position, (&(end, _), chain)) in ends.iter().zip(chains).enumerate() {
+            let written = segments
+                .get(start..end)
+                .map_or(Ok(0), |mine| chain::write_from(mem, mine, &mut sources))
+                .map_err(|failed| {
+                    used.truncate(used_before);
+                    GuestRxError::from_copy_failed(position, failed)
+                })?;
+            used.push(UsedChain {
+                head_index: chain.head_index(),
+                // A chain holds less than 2^32 bytes.
+                len: u32::try_from(written).unwrap_or(u32::MAX),
+            });
+            last_len = written;
+            start = end;
+        }
+        Ok(Delivered {
+            buffers: count,
+            last_len,
+            bytes: required_len,
+        })
+    }
+}
+
+impl GuestQueue<'_> {
+    /// Whether frames for the guest are waiting on this pair.
+    pub fn rx_pending(&self) -> bool {
+        if !self.pair.to_guest_rx.is_empty() {
+            return true;
+        }
+        !self
+            .pair
+            .rx
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .ready
+            .is_empty()
+    }
+
+    /// Writes the next frame for the guest into the receive chains the
+    /// device model popped from this pair's receive virtqueue, in order,
+    /// through guest memory `mem`, with the header the negotiated features
+    /// call for. Returns `None` when no frame is waiting; the notifier
+    /// fires again when one arrives.
+    ///
+    /// Every descriptor of the chains the frame needs is read once out of
+    /// the descriptor table and checked (device-writable, inside `mem`)
+    /// before anything is written; header and frame are then written with
+    /// volatile copies out of host memory. Without mergeable receive
+    /// buffers only the first chain is used and must hold header and
+    /// frame; with them the frame spans as many chains as it needs, and
+    /// `num_buffers` in the first chain's header says how many.
+    ///
+    /// For each chain used, from the first, `used` gets its head index and
+    /// the bytes written, for the used ring. Chains after those stay the
+    /// device model's, to offer with the next call. On
+    /// [`GuestRxError::bad_chain`] nothing was written and the frame stays
+    /// queued.
+    pub fn receive_into_chains<M, T>(
+        &self,
+        mem: &M,
+        chains: &[DescriptorChain<T>],
+        used: &mut Vec<UsedChain>,
+    ) -> Result<Option<Delivered>, GuestRxError>
+    where
+        M: GuestMemory + ?Sized,
+        T: Deref + Clone,
+        T::Target: GuestMemory,
+    {
+        self.receive_with(|port, scratch, packet| {
+            port.write_to_chains(mem, chains, scratch, packet, used)
+        })
+    }
+
+    /// Writes the next frame for the guest, header first (`num_buffers`
+    /// 1), into `out`, host memory the caller owns, replacing what it held.
+    /// Returns the bytes written, or `None` when no frame is waiting.
+    pub fn receive_into_vec(&self, out: &mut Vec<u8>) -> Result<Option<usize>, GuestRxError> {
+        self.receive_with(|port, _, packet| {
+            let (raw, header_len) = port.header_bytes(packet.hdr, 1);
+            out.clear();
+            out.extend_from_slice(raw.get(..header_len).unwrap_or_default());
+            out.extend_from_slice(&packet.data);
+            Ok(out.len())
+        })
+    }
+
+    /// Takes the next frame for the guest and hands it to `deliver`;
+    /// counts the outcome, and keeps the frame queued if `deliver` failed
+    /// without dropping it.
+    fn receive_with<R>(
+        &self,
+        deliver: impl FnOnce(&GuestPort, &mut ChainScratch, &Packet) -> Result<R, GuestRxError>,
+    ) -> Result<Option<R>, GuestRxError> {
+        let counters = &self.port.counters;
+        let mut rx = self.pair.rx.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(packet) = self.next_for_guest(&mut rx)? else {
+            return Ok(None);
+        };
+        match deliver(self.port, &mut rx.chains, &packet) {
+            Ok(delivered) => {
+                bump(&counters.rx_frames, 1);
+                bump(&counters.rx_bytes, packet.data.len());
+                Ok(Some(delivered))
+            }
+            Err(err) => {
+                if err.bad_chain().is_some() {
+                    bump(&counters.rx_bad_chains, 1);
+                }
+                if err.dropped_frame() {
+                    bump(&counters.rx_dropped, 1);
+                } else {
+                    rx.ready.push_front(packet);
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// The next frame for the guest, checked against the receive offloads
+    /// in force now. Re-arms the notifier when the queue is empty.
+    fn next_for_guest(&self, rx: &mut RxState) -> Result<Option<Packet>, GuestRxError> {
+        let pair = self.pair;
+        loop {
+            if let Some(packet) = rx.ready.pop_front() {
+                return Ok(Some(packet));
+            }
+            let packet = match pair.to_guest_rx.try_recv() {
+                Ok(packet) => packet,
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => {
+                    // Re-arm before looking again: a frame queued after this
+                    // store notifies; one queued before it is seen below.
+                    pair.notified.store(false, Ordering::SeqCst);
+                    match pair.to_guest_rx.try_recv() {
+                        Ok(packet) => packet,
+                        Err(_) => return Ok(None),
+                    }
+                }
+            };
+            if !packet.hdr.has_offload_work() {
+                return Ok(Some(packet));
+            }
+            // The segments are copied into guest memory anyway.
+            let caps = self
+                .port
+                .guest_offloads()
+                .egress_capabilities(self.port.mtu)
+                .with_scatter_gather(false);
+            if let Err(err) = self.port.adapt_to_guest(rx, packet, &caps) {
+                bump(&self.port.counters.rx_dropped, 1);
+                return Err(err);
+            }
+        }
+    }
+}
