@@ -388,7 +388,9 @@ impl Switch {
     /// Removes a port while traffic runs. Frames still on their way to it
     /// are dropped and counted; the addresses learned on it are forgotten.
     /// Returns the port's final statistics once no worker uses it any more
-    /// (or after a few seconds if a worker does not answer).
+    /// (or after a few seconds if a worker does not answer). Workers run by
+    /// the caller ([`Switch::start_external`]) must be polled meanwhile, from
+    /// other threads, for this to return early.
     pub fn remove_port(&self, id: PortId) -> Result<PortReport, SwitchError> {
         let _guard = self
             .shared
