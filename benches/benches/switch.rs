@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, Criterion, Throughput};
+use vswitch::datapath::{Datapath, Output};
 use vswitch::demo::{run_demo, DemoOptions, EgressOffload};
 use vswitch::dispatch::{flow_hash, flow_hash_of_bytes, worker_for_hash};
 use vswitch::egress::{adapt_for_egress, EgressEngine};
@@ -609,6 +610,48 @@ fn bench_pieces(c: &mut Criterion) {
                 &mut out,
             );
             black_box(decision.is_ok())
+        })
+    });
+    group.finish();
+
+    // The whole sans-IO datapath on one thread: a burst of 64 frames of 64
+    // flows checked, hashed, forwarded to a learned port and batched.
+    let mut group = c.benchmark_group("switch/datapath_burst64");
+    group.throughput(Throughput::Elements(64));
+    let burst: Vec<Packet> = (0..64).map(|f| Packet::plain(small_frame(f))).collect();
+    let mut ports = PortSet::new();
+    for id in 0..2 {
+        ports.insert_port(
+            PortId(id),
+            PortProfile::access(VlanId::DEFAULT),
+            EgressCapabilities::none(1500),
+        );
+    }
+    let mut datapath = Datapath::new(Arc::new(Forwarder::new(ForwarderConfig::default(), now)));
+    let mut output = Output::new();
+    // Port 1 announces the destination address so frames are unicast.
+    let dst = MacAddr([2, 0, 0, 0, 0, 0x0b]);
+    let hello = build_frame(MacAddr::BROADCAST, dst, None, 0x88b5, &[0; 46]);
+    datapath.process(&ports, PortId(1), [Packet::plain(hello)], now, &mut output);
+    group.bench_function("check_hash_forward_64B", |b| {
+        b.iter(|| {
+            // What a polling worker does per frame: check, hash, forward.
+            output.clear();
+            for packet in &burst {
+                if let Some(frame) = Datapath::check(PortId(0), packet.clone(), &mut output) {
+                    black_box(flow_hash(&frame));
+                    datapath.forward(&ports, PortId(0), frame, now, &mut output);
+                }
+            }
+            black_box(output.batches().len())
+        })
+    });
+    let mut moved = Vec::with_capacity(64);
+    group.bench_function("peer_vec_move_of_the_packets", |b| {
+        b.iter(|| {
+            moved.clear();
+            moved.extend(black_box(&burst).iter().cloned());
+            black_box(moved.len())
         })
     });
     group.finish();

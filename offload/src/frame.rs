@@ -95,8 +95,34 @@ impl CheckedFrame {
     /// against the frame ([`crate::VirtioNetHdr::validate`]).
     pub fn check(packet: Packet) -> Result<CheckedFrame, CheckError> {
         let l2 = L2Header::parse(&packet.data).map_err(CheckError::LinkLayer)?;
-        let plan = packet.hdr.validate(&packet.data)?;
+        let plan = if packet.hdr.has_offload_work() {
+            packet.hdr.validate(&packet.data)?
+        } else {
+            Self::finished_plan(&packet.data, &l2)?
+        };
         Ok(CheckedFrame { packet, l2, plan })
+    }
+
+    /// What [`crate::VirtioNetHdr::validate`] gives a header without
+    /// offload work, from the link-layer parse already made: the only rule
+    /// that applies is the length limit, and the layout is kept (for the
+    /// flow hash) when the frame is IP and its headers parse.
+    fn finished_plan(frame: &[u8], l2: &L2Header) -> Result<OffloadPlan, HdrError> {
+        let max_len = crate::virtio::MAX_L3_LEN + l2.l3_offset;
+        if frame.len() > max_len {
+            return Err(HdrError::FrameTooLong {
+                len: frame.len(),
+                max_len,
+            });
+        }
+        let layout = crate::FrameLayout::parse_after_l2(frame, l2)
+            .ok()
+            .map(|(layout, _)| layout);
+        Ok(OffloadPlan {
+            layout,
+            gso: crate::GsoKind::None,
+            partial_checksum: None,
+        })
     }
 
     /// The frame and its virtio-net header.
@@ -310,6 +336,27 @@ mod tests {
     }
 
     proptest! {
+        /// For a frame with nothing left to do, the check's shortcut gives
+        /// exactly the plan full validation gives, on any bytes.
+        #[test]
+        fn the_finished_frame_shortcut_is_validation(
+            bytes in proptest::collection::vec(any::<u8>(), 14..200),
+            spec in frame_spec(200),
+            flags in prop_oneof![Just(0u8), Just(crate::virtio::FLAG_DATA_VALID)],
+        ) {
+            let hdr = VirtioNetHdr { flags, ..VirtioNetHdr::default() };
+            for frame in [bytes.clone(), spec.build().0] {
+                let validated = hdr.validate(&frame);
+                match CheckedFrame::check(Packet::with_hdr(hdr, frame.clone())) {
+                    Ok(checked) => prop_assert_eq!(Ok(*checked.plan()), validated),
+                    Err(CheckError::Header(err)) => prop_assert_eq!(Err(err), validated),
+                    Err(CheckError::LinkLayer(_)) => {
+                        prop_assert!(L2Header::parse(&frame).is_err());
+                    }
+                }
+            }
+        }
+
         /// Whatever the tags and headers, moving a tag carries the plan
         /// over exactly as validating the new bytes from scratch would.
         #[test]

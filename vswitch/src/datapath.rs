@@ -280,6 +280,16 @@ impl Datapath {
                 out.dropped(egress.port, DropReason::EgressPortGone);
                 continue;
             };
+            if !version.hdr().has_offload_work() {
+                // Nothing to adapt: the frame only has to fit the MTU (what
+                // adapt_checked does for it, without the detour).
+                if version.len() - version.l2().l3_offset > usize::from(caps.mtu) {
+                    out.dropped(egress.port, DropReason::ExceedsMtu);
+                } else {
+                    out.batch(egress.port).push(version.into_packet());
+                }
+                continue;
+            }
             self.adapted.clear();
             match adapt_checked(&mut self.engine, version, caps, &mut self.adapted) {
                 Err(err) => out.dropped(egress.port, err.reason()),

@@ -382,6 +382,9 @@ pub struct LookupCache {
     refresh_ms: u64,
     seed: u64,
     slots: Box<[Slot]>,
+    /// The last time converted to the table's milliseconds: a burst's
+    /// frames share one `now`, so the conversion is done once per burst.
+    clock: Option<(std::time::Instant, u64)>,
 }
 
 impl LookupCache {
@@ -402,6 +405,24 @@ impl LookupCache {
             refresh_ms,
             seed,
             slots: vec![empty; Self::CAPACITY].into_boxed_slice(),
+            clock: None,
+        }
+    }
+
+    /// `now` in milliseconds as `convert` gives it, remembering the last
+    /// conversion.
+    pub(crate) fn millis(
+        &mut self,
+        now: std::time::Instant,
+        convert: impl FnOnce(std::time::Instant) -> u64,
+    ) -> u64 {
+        match self.clock {
+            Some((at, ms)) if at == now => ms,
+            _ => {
+                let ms = convert(now);
+                self.clock = Some((now, ms));
+                ms
+            }
         }
     }
 

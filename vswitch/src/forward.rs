@@ -426,7 +426,10 @@ impl Forwarder {
         let ingress_tag = frame.outer_tag();
         let vlan = classify(ingress, &profile.vlan, ingress_tag)?;
 
-        let now_ms = self.now_ms(now);
+        let now_ms = match cache.as_deref_mut() {
+            Some(cache) => cache.millis(now, |now| self.now_ms(now)),
+            None => self.now_ms(now),
+        };
         self.maybe_sweep(now_ms);
         let limit = profile.max_learned;
         let learned = match cache.as_deref_mut() {

@@ -37,6 +37,13 @@ impl FrameLayout {
     /// IPv6 chain), which says what `l4 == None` stands for.
     pub fn parse_with_protocol(frame: &[u8]) -> Result<(FrameLayout, u8), ParseError> {
         let l2 = L2Header::parse(frame)?;
+        Self::parse_after_l2(frame, &l2)
+    }
+
+    /// [`FrameLayout::parse_with_protocol`] for a frame whose link-layer
+    /// header `l2` was already parsed from it, so the VLAN tags are not
+    /// walked again.
+    pub fn parse_after_l2(frame: &[u8], l2: &L2Header) -> Result<(FrameLayout, u8), ParseError> {
         let l3_offset = l2.l3_offset;
         let (l3, l4_offset, l4_protocol, is_fragment, non_first, ipv6_fragment_header) =
             match l2.ethertype {
