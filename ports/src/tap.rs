@@ -708,9 +708,9 @@ mod tests {
         use crate::features::Features;
         let guest = GuestOffloads::from_features(
             Features::GUEST_CSUM
-                .or(Features::GUEST_TSO4)
-                .or(Features::GUEST_ECN)
-                .or(Features::GUEST_USO4),
+                | Features::GUEST_TSO4
+                | Features::GUEST_ECN
+                | Features::GUEST_USO4,
         );
         let flags = TapOffloads::from(guest).to_tun_flags();
         assert_eq!(
@@ -769,12 +769,12 @@ mod tests {
             Features::GUEST_USO4,
             Features::GUEST_USO6,
         ];
-        let offered = bits.iter().fold(Features::default(), |a, b| a.or(*b));
+        let offered = bits.iter().fold(Features::empty(), |a, b| a | *b);
         let mut checked = 0;
         for mask in 0u32..1 << bits.len() {
             let acked = (0..bits.len())
                 .filter(|i| mask & (1 << i) != 0)
-                .fold(Features::default(), |a, i| a.or(bits[i]));
+                .fold(Features::empty(), |a, i| a | bits[i]);
             let Ok(negotiated) = Negotiated::new(offered, acked) else {
                 continue;
             };

@@ -100,7 +100,7 @@
 //! use vswitch_ports::offload::Packet;
 //! use vswitch_ports::Port;
 //!
-//! let offered = Features::VERSION_1.or(Features::MRG_RXBUF);
+//! let offered = Features::VERSION_1 | Features::MRG_RXBUF;
 //! let negotiated = Negotiated::new(offered, offered).unwrap();
 //! let notifier = Arc::new(CondvarNotifier::new());
 //! let port = GuestPort::new(GuestPortConfig::new("vm0"), negotiated, notifier.clone());

@@ -26,7 +26,7 @@ fn all_offloads() -> Features {
         Features::VERSION_1,
     ]
     .iter()
-    .fold(Features::default(), |acc, f| acc.or(*f))
+    .fold(Features::empty(), |acc, f| acc | *f)
 }
 
 struct Counting(AtomicUsize);
@@ -132,7 +132,7 @@ fn transmit_bytes_slices_the_frame_out_of_the_chain() {
 
 #[test]
 fn offloads_not_negotiated_and_bad_headers_are_refused_and_counted() {
-    let (port, _) = port_with(Features::VERSION_1.or(Features::CSUM));
+    let (port, _) = port_with(Features::VERSION_1 | Features::CSUM);
     let frame = tcp4(3000, true);
     let tso = header_bytes(tso_hdr(1448));
     assert_eq!(
@@ -255,10 +255,10 @@ fn queue_pairs_need_mq_and_each_has_its_own_queues_and_notifier() {
     assert_eq!(single.capabilities().rx_queues, 1);
     assert!(single.queue(1).is_none());
 
-    let offered = all_offloads().or(Features::MQ);
+    let offered = all_offloads() | Features::MQ;
     let negotiated = Negotiated::new(
         offered,
-        Features::VERSION_1.or(Features::CTRL_VQ).or(Features::MQ),
+        Features::VERSION_1 | Features::CTRL_VQ | Features::MQ,
     )
     .unwrap();
     let notifiers: Vec<Arc<Counting>> = (0..3)
@@ -360,7 +360,7 @@ fn offloads_turned_off_at_run_time_are_done_by_the_port() {
     assert_eq!(port.stats().rx_adapted, 2);
 
     // Back on: GSO frames stay as they are again.
-    port.set_guest_offloads(all_offloads().and(Features::GUEST_OFFLOAD_BITS).0)
+    port.set_guest_offloads((all_offloads() & Features::GUEST_OFFLOAD_BITS).bits())
         .unwrap();
     port.send(0, Packet::with_hdr(tso_hdr(1000), frame))
         .unwrap();
@@ -418,8 +418,8 @@ fn tso_with_syn_rst_or_a_tiny_mss_is_refused_at_transmit() {
 #[test]
 fn ecn_turned_off_at_run_time_gets_ecn_tso_frames_as_segments() {
     use vswitch_offload::virtio::GSO_ECN;
-    let ecn = Features::GUEST_ECN.or(Features::HOST_ECN);
-    let negotiated = Negotiated::new(all_offloads().or(ecn), all_offloads().or(ecn)).unwrap();
+    let ecn = Features::GUEST_ECN | Features::HOST_ECN;
+    let negotiated = Negotiated::new(all_offloads() | ecn, all_offloads() | ecn).unwrap();
     let port = GuestPort::new(
         GuestPortConfig::new("g"),
         negotiated,
@@ -441,11 +441,8 @@ fn ecn_turned_off_at_run_time_gets_ecn_tso_frames_as_segments() {
     assert_eq!(got, 12 + frame.len());
     assert_eq!(buf[1], GSO_TCPV4 | GSO_ECN);
 
-    let without_ecn = port
-        .guest_offloads()
-        .to_features()
-        .without(Features::GUEST_ECN);
-    let now = port.set_guest_offloads(without_ecn.0).unwrap();
+    let without_ecn = port.guest_offloads().to_features() - Features::GUEST_ECN;
+    let now = port.set_guest_offloads(without_ecn.bits()).unwrap();
     assert!(now.tso4 && !now.ecn);
     port.send(0, Packet::with_hdr(hdr, frame.clone())).unwrap();
     let mut payload = Vec::new();
