@@ -245,6 +245,120 @@ fn the_notifier_fires_once_until_the_guest_drains_the_queue() {
     assert!(port.rx_pending());
 }
 
+/// Frames tagged 0, 1, ... in their first byte.
+fn tagged(count: u8) -> Vec<Packet> {
+    (0..count).map(|tag| Packet::plain(vec![tag; 60])).collect()
+}
+
+/// The tags of the frames waiting for the guest, in delivery order.
+fn delivered_tags(port: &GuestPort) -> Vec<u8> {
+    let mut tags = Vec::new();
+    let mut buf = Vec::new();
+    while port.receive_into_vec(&mut buf).unwrap().is_some() {
+        tags.push(buf[12]);
+    }
+    tags
+}
+
+#[test]
+fn a_batch_notifies_the_guest_once() {
+    let (port, notifier) = port_with(Features::VERSION_1);
+    let mut batch = tagged(8);
+    port.send_batch(0, &mut batch).unwrap();
+    assert!(batch.is_empty());
+    assert_eq!(notifier.0.load(Ordering::SeqCst), 1);
+    // Not drained yet: a second batch queues without notifying again.
+    let mut more = tagged(3);
+    port.send_batch(0, &mut more).unwrap();
+    assert_eq!(notifier.0.load(Ordering::SeqCst), 1);
+    assert_eq!(delivered_tags(&port), [0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2]);
+    // Drained and re-armed: the next batch notifies, once.
+    port.send_batch(0, &mut tagged(4)).unwrap();
+    assert_eq!(notifier.0.load(Ordering::SeqCst), 2);
+    // An empty batch queues nothing and wakes nobody.
+    delivered_tags(&port);
+    port.send_batch(0, &mut Vec::new()).unwrap();
+    assert_eq!(notifier.0.load(Ordering::SeqCst), 2);
+}
+
+/// The notification comes after the whole batch is queued, so the device
+/// model wakes to all of it; `send` frame by frame wakes it at the first.
+#[test]
+fn the_guest_is_notified_after_the_whole_batch_is_queued() {
+    use std::sync::{OnceLock, Weak};
+    let port_cell: Arc<OnceLock<Weak<GuestPort>>> = Arc::new(OnceLock::new());
+    let queued_at_notify = Arc::new(Mutex::new(Vec::new()));
+    let notifier = {
+        let port_cell = port_cell.clone();
+        let queued_at_notify = queued_at_notify.clone();
+        Arc::new(move || {
+            if let Some(port) = port_cell.get().and_then(Weak::upgrade) {
+                let queued = port.first_pair.to_guest_rx.len();
+                queued_at_notify.lock().unwrap().push(queued);
+            }
+        })
+    };
+    let negotiated = Negotiated::new(all_offloads(), Features::VERSION_1).unwrap();
+    let port = Arc::new(GuestPort::new(
+        GuestPortConfig::new("g"),
+        negotiated,
+        notifier,
+    ));
+    port_cell.set(Arc::downgrade(&port)).unwrap();
+
+    port.send_batch(0, &mut tagged(6)).unwrap();
+    assert_eq!(*queued_at_notify.lock().unwrap(), [6]);
+    delivered_tags(&port);
+    for packet in tagged(6) {
+        port.send(0, packet).unwrap();
+    }
+    assert_eq!(*queued_at_notify.lock().unwrap(), [6, 1]);
+}
+
+#[test]
+fn a_batch_into_a_nearly_full_queue_takes_what_fits_and_keeps_the_rest_in_order() {
+    let negotiated = Negotiated::new(all_offloads(), Features::VERSION_1).unwrap();
+    let notifier = Arc::new(Counting(AtomicUsize::new(0)));
+    let config = GuestPortConfig::new("g").queue_len(3);
+    let port = GuestPort::new(config, negotiated, notifier.clone());
+    let mut batch = tagged(5);
+    let err = port.send_batch(0, &mut batch).unwrap_err();
+    assert_eq!(
+        err,
+        BatchSendError::Full {
+            queue: 0,
+            capacity: 3
+        }
+    );
+    let left: Vec<u8> = batch.iter().map(|p| p.data[0]).collect();
+    assert_eq!(left, [3, 4]);
+    assert_eq!(notifier.0.load(Ordering::SeqCst), 1);
+    // Full from the first frame: nothing taken, nothing notified.
+    assert!(port.send_batch(0, &mut batch).unwrap_err().is_full());
+    assert_eq!(batch.len(), 2);
+    assert_eq!(notifier.0.load(Ordering::SeqCst), 1);
+    assert_eq!(delivered_tags(&port), [0, 1, 2]);
+    port.send_batch(0, &mut batch).unwrap();
+    assert!(batch.is_empty());
+    assert_eq!(notifier.0.load(Ordering::SeqCst), 2);
+    assert_eq!(delivered_tags(&port), [3, 4]);
+}
+
+#[test]
+fn a_batch_to_a_missing_queue_is_refused_whole() {
+    let (port, notifier) = port_with(Features::VERSION_1);
+    let mut batch = tagged(2);
+    assert_eq!(
+        port.send_batch(1, &mut batch),
+        Err(BatchSendError::NoSuchQueue {
+            queue: 1,
+            queues: 1
+        })
+    );
+    assert_eq!(batch.len(), 2);
+    assert_eq!(notifier.0.load(Ordering::SeqCst), 0);
+}
+
 #[test]
 fn queue_pairs_need_mq_and_each_has_its_own_queues_and_notifier() {
     let single = GuestPort::new(
