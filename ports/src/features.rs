@@ -208,22 +208,52 @@ impl HostOffloads {
     /// for negotiated offloads. (Validating it against the frame is the
     /// offload engine's job; this is the feature check before it.)
     pub fn permits(&self, header: &VirtioNetHdr) -> Result<(), FeatureError> {
-        let refuse = |asked| Err(FeatureError::OffloadNotPermitted { asked });
-        if header.flags & hdr::FLAG_NEEDS_CSUM != 0 && !self.checksum {
-            return refuse("a partial checksum");
+        let offered = OffloadSet {
+            checksum: self.checksum,
+            tso4: self.tso4,
+            tso6: self.tso6,
+            ecn: self.ecn,
+            ufo: self.ufo,
+            uso: self.uso,
+        };
+        match offered.first_missing(header) {
+            Some(asked) => Err(FeatureError::OffloadNotPermitted { asked }),
+            None => Ok(()),
         }
-        let ecn = header.gso_type & hdr::GSO_ECN != 0;
+    }
+}
+
+/// The offloads one side of a virtio-net device takes, as the header's
+/// fields name them: the common ground of [`HostOffloads::permits`] and
+/// [`GuestOffloads::accepts`].
+struct OffloadSet {
+    checksum: bool,
+    tso4: bool,
+    tso6: bool,
+    ecn: bool,
+    ufo: bool,
+    uso: bool,
+}
+
+impl OffloadSet {
+    /// The first offload `header` asks for that this set lacks, named for
+    /// an error message. A `gso_type` this crate does not know asks for no
+    /// offload here: refusing it is header validation's job.
+    fn first_missing(&self, header: &VirtioNetHdr) -> Option<&'static str> {
+        if header.needs_csum() && !self.checksum {
+            return Some("a partial checksum");
+        }
         match header.gso_type & !hdr::GSO_ECN {
-            hdr::GSO_TCPV4 if !self.tso4 => return refuse("TSO over IPv4"),
-            hdr::GSO_TCPV6 if !self.tso6 => return refuse("TSO over IPv6"),
-            hdr::GSO_UDP if !self.ufo => return refuse("UFO"),
-            hdr::GSO_UDP_L4 if !self.uso => return refuse("USO"),
+            hdr::GSO_TCPV4 if !self.tso4 => return Some("TSO over IPv4"),
+            hdr::GSO_TCPV6 if !self.tso6 => return Some("TSO over IPv6"),
+            hdr::GSO_UDP if !self.ufo => return Some("UFO"),
+            hdr::GSO_UDP_L4 if !self.uso => return Some("USO"),
             _ => {}
         }
-        if ecn && !self.ecn {
-            return refuse("TSO with ECN");
+        if header.gso_type & hdr::GSO_ECN != 0 && !self.ecn {
+            return Some("TSO with ECN");
         }
-        Ok(())
+        None
     }
 }
 
@@ -276,6 +306,36 @@ impl GuestOffloads {
             .iter()
             .filter(|(on, _)| *on)
             .fold(Features::empty(), |acc, (_, bit)| acc | *bit)
+    }
+
+    /// Whether the guest's receive path takes a frame with `header` as it
+    /// is: every offload the header asks for (a partial checksum, TSO over
+    /// IPv4 or IPv6 by `gso_type`, the ECN bit, UFO, USO) is one these
+    /// offloads accept, with the same rules as
+    /// [`egress_capabilities`](Self::egress_capabilities): nothing without
+    /// the checksum offload, USO only with both USO4 and USO6.
+    ///
+    /// This reads the header's fields only, never the frame: it does not
+    /// validate the header against the frame, and says `false` for a
+    /// `gso_type` this crate does not know and for the ECN bit on anything
+    /// but TSO, so that such a header goes on to validation.
+    pub fn accepts(&self, header: &VirtioNetHdr) -> bool {
+        let gso = header.gso_type & !hdr::GSO_ECN;
+        let known = matches!(
+            gso,
+            hdr::GSO_NONE | hdr::GSO_TCPV4 | hdr::GSO_TCPV6 | hdr::GSO_UDP | hdr::GSO_UDP_L4
+        );
+        let ecn_on_tso =
+            header.gso_type & hdr::GSO_ECN == 0 || matches!(gso, hdr::GSO_TCPV4 | hdr::GSO_TCPV6);
+        let accepted = OffloadSet {
+            checksum: self.checksum,
+            tso4: self.checksum && self.tso4,
+            tso6: self.checksum && self.tso6,
+            ecn: self.checksum && self.ecn,
+            ufo: self.checksum && self.ufo,
+            uso: self.checksum && self.uso4 && self.uso6,
+        };
+        known && ecn_on_tso && accepted.first_missing(header).is_none()
     }
 
     /// What the switch must do for this guest at egress: the capabilities
@@ -567,6 +627,79 @@ mod tests {
             .host_offloads();
         assert!(plain.permits(&tso4).is_err());
         assert_eq!(plain.permits(&VirtioNetHdr::default()), Ok(()));
+    }
+
+    #[test]
+    fn received_headers_are_checked_against_guest_offloads() {
+        let tso4 = VirtioNetHdr {
+            flags: hdr::FLAG_NEEDS_CSUM,
+            gso_type: hdr::GSO_TCPV4,
+            gso_size: 1448,
+            ..VirtioNetHdr::default()
+        };
+        let with = |set: Features| GuestOffloads::from_features(set);
+        let csum_tso4 = with(Features::GUEST_CSUM | Features::GUEST_TSO4);
+        assert!(csum_tso4.accepts(&tso4));
+        assert!(csum_tso4.accepts(&VirtioNetHdr::default()));
+        let partial = VirtioNetHdr {
+            gso_type: hdr::GSO_NONE,
+            gso_size: 0,
+            ..tso4
+        };
+        assert!(csum_tso4.accepts(&partial));
+        assert!(!with(Features::empty()).accepts(&partial));
+        assert!(!with(Features::GUEST_CSUM).accepts(&tso4));
+        let tso6 = VirtioNetHdr {
+            gso_type: hdr::GSO_TCPV6,
+            ..tso4
+        };
+        assert!(!csum_tso4.accepts(&tso6));
+        let ecn = VirtioNetHdr {
+            gso_type: hdr::GSO_TCPV4 | hdr::GSO_ECN,
+            ..tso4
+        };
+        assert!(!csum_tso4.accepts(&ecn));
+        assert!(
+            with(Features::GUEST_CSUM | Features::GUEST_TSO4 | Features::GUEST_ECN).accepts(&ecn)
+        );
+        // TSO without the checksum offload, as a hand-built value: refused,
+        // as egress_capabilities refuses it.
+        let no_csum = GuestOffloads {
+            tso4: true,
+            ..GuestOffloads::default()
+        };
+        assert!(!no_csum.accepts(&tso4));
+        // USO needs both directions.
+        let uso = VirtioNetHdr {
+            gso_type: hdr::GSO_UDP_L4,
+            ..tso4
+        };
+        assert!(!with(Features::GUEST_CSUM | Features::GUEST_USO4).accepts(&uso));
+        let both = Features::GUEST_CSUM | Features::GUEST_USO4 | Features::GUEST_USO6;
+        assert!(with(both).accepts(&uso));
+        let ufo = VirtioNetHdr {
+            gso_type: hdr::GSO_UDP,
+            ..tso4
+        };
+        assert!(!with(both).accepts(&ufo));
+        assert!(with(Features::GUEST_CSUM | Features::GUEST_UFO).accepts(&ufo));
+        // Not offload questions: left to validation.
+        let all = GuestOffloads::from_features(Features::GUEST_OFFLOAD_BITS);
+        let unknown = VirtioNetHdr {
+            gso_type: 2,
+            ..tso4
+        };
+        assert!(!all.accepts(&unknown));
+        let ecn_on_udp = VirtioNetHdr {
+            gso_type: hdr::GSO_UDP_L4 | hdr::GSO_ECN,
+            ..tso4
+        };
+        assert!(!all.accepts(&ecn_on_udp));
+        let ecn_alone = VirtioNetHdr {
+            gso_type: hdr::GSO_ECN,
+            ..tso4
+        };
+        assert!(!all.accepts(&ecn_alone));
     }
 
     #[test]

@@ -76,12 +76,20 @@
 //! `VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET` ([`GuestPort::set_guest_offloads`]),
 //! frames the switch adapted to the
 //! declared capabilities may still carry a partial checksum or GSO the guest
-//! no longer accepts. So the port re-checks every frame against the offloads
-//! in force when it is written to the guest's buffers, and completes the
-//! checksum or segments the frame itself (with
-//! [`vswitch_offload::adapt::adapt`]) when they no longer allow it. Turning
-//! offloads back on needs nothing: a frame with less offload work left than
-//! the guest accepts is always acceptable.
+//! no longer accepts. So the port re-checks every frame's header against the
+//! offloads in force when it is written to the guest's buffers
+//! ([`GuestOffloads::accepts`], a look at the header's fields only), and
+//! when they no longer allow it validates the frame again and completes the
+//! checksum or segments it itself (with [`vswitch_offload::adapt::adapt`]).
+//! Turning offloads back on needs nothing: a frame with less offload work
+//! left than the guest accepts is always acceptable.
+//!
+//! A frame the guest accepts as it is goes out without a second parse: the
+//! switch validated its header against the frame at ingress and adapted it
+//! to the port's capabilities. So a caller of [`Port::send`] other than the
+//! switch hands frames with offload work only in that state, checked (as
+//! [`vswitch_offload::CheckedFrame`] checks them) and within the port's
+//! [`PortCapabilities`]; a frame without offload work is always fine.
 //!
 //! # Example
 //!

@@ -433,6 +433,73 @@ fn queue_pairs_need_mq_and_each_has_its_own_queues_and_notifier() {
     }
 }
 
+/// The switch validates every header against its frame at ingress (a
+/// `CheckedFrame`) before it hands the frame to a port, so a frame whose
+/// offloads the guest still accepts is passed on without a second parse.
+/// Shown with a TSO header the switch's ingress check would have refused
+/// (an MSS below `MIN_TCP_MSS`): with GUEST_TSO4 it reaches the guest as it
+/// is, so nothing validated it again; once the guest turns TSO off, the
+/// frame needs adapting, is validated first, and is refused.
+#[test]
+fn a_frame_the_guest_accepts_is_not_validated_again() {
+    let (port, _) = port_with(all_offloads());
+    let frame = tcp4(3000, true);
+    let hdr = tso_hdr(64);
+    assert!(matches!(
+        hdr.validate(&frame),
+        Err(HdrError::BadGsoSize { .. })
+    ));
+    port.send(0, Packet::with_hdr(hdr, frame.clone())).unwrap();
+    let mut buf = Vec::new();
+    assert_eq!(
+        port.receive_into_vec(&mut buf).unwrap(),
+        Some(12 + frame.len())
+    );
+    let delivered = VirtioNetHdr {
+        num_buffers: 1,
+        ..hdr
+    };
+    assert_eq!(buf[..12], header_bytes(delivered));
+    assert_eq!(buf[12..], frame[..]);
+    let stats = port.stats();
+    assert_eq!((stats.rx_adapted, stats.rx_dropped), (0, 0));
+
+    port.set_guest_offloads(Features::GUEST_CSUM.bits())
+        .unwrap();
+    port.send(0, Packet::with_hdr(hdr, frame)).unwrap();
+    assert!(matches!(
+        port.receive_into_vec(&mut buf),
+        Err(GuestRxError::InvalidHeader(HdrError::BadGsoSize { .. }))
+    ));
+    assert_eq!(port.stats().rx_dropped, 1);
+}
+
+/// Partial checksums and TSO the guest still accepts after a change at
+/// run time pass through whole; only what it turned off is adapted.
+#[test]
+fn offloads_still_accepted_after_a_change_pass_through() {
+    let (port, _) = port_with(all_offloads());
+    let without_tso6 = (Features::GUEST_OFFLOAD_BITS & all_offloads()) - Features::GUEST_TSO6;
+    port.set_guest_offloads(without_tso6.bits()).unwrap();
+    let frame = tcp4(10_000, true);
+    port.send(0, Packet::with_hdr(tso_hdr(1448), frame.clone()))
+        .unwrap();
+    port.send(0, Packet::with_hdr(partial_hdr(), tcp4(500, true)))
+        .unwrap();
+    let mut buf = Vec::new();
+    assert_eq!(
+        port.receive_into_vec(&mut buf).unwrap(),
+        Some(12 + frame.len())
+    );
+    let (hdr, _) = VirtioNetHdr::parse(&buf, HdrFormat::V1).unwrap();
+    assert_eq!((hdr.gso_type, hdr.gso_size), (GSO_TCPV4, 1448));
+    assert_eq!(buf[12..], frame[..]);
+    assert_eq!(port.receive_into_vec(&mut buf).unwrap(), Some(12 + 554));
+    let (hdr, _) = VirtioNetHdr::parse(&buf, HdrFormat::V1).unwrap();
+    assert_eq!(hdr.flags & FLAG_NEEDS_CSUM, FLAG_NEEDS_CSUM);
+    assert_eq!(port.stats().rx_adapted, 0);
+}
+
 #[test]
 fn offloads_turned_off_at_run_time_are_done_by_the_port() {
     let (port, _) = port_with(all_offloads());
