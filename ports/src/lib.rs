@@ -2,7 +2,10 @@
 //! capabilities) and the adapters that connect the switch to the outside
 //! (in-memory channels, TAP devices, virtio-net guests, smoltcp, pcap).
 //!
-//! All unsafe system calls of the project live in this crate's `sys` module.
+//! All unsafe system calls of the project live in this crate's private `sys`
+//! module; what callers need of them (opening TAP devices, bringing an
+//! interface up, a termination flag for a command's main loop) is safe API
+//! in [`tap`].
 //!
 //! ```
 //! // The offload engine is re-exported for port implementers.
@@ -21,7 +24,7 @@ pub mod pcap;
 pub mod port;
 pub mod smoltcp_port;
 #[cfg(target_os = "linux")]
-pub mod sys;
+mod sys;
 #[cfg(target_os = "linux")]
 pub mod tap;
 

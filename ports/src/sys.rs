@@ -2,10 +2,11 @@
 //!
 //! Each wrapper checks what the kernel needs (buffer lengths, NUL-terminated
 //! names, open descriptors) before the call and turns the C error convention
-//! into `io::Result`. The rest of the crate stays in safe code.
+//! into `io::Result`. The rest of the crate stays in safe code. The module
+//! is private: [`crate::tap`] is its only user and re-exports or wraps what
+//! other crates need.
 #![allow(unsafe_code)]
 
-use std::ffi::CStr;
 use std::fs::OpenOptions;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -26,8 +27,6 @@ pub mod tun_flags {
     pub const TSO6: u32 = libc::TUN_F_TSO6;
     /// TSO frames may carry ECN (CWR).
     pub const TSO_ECN: u32 = libc::TUN_F_TSO_ECN;
-    /// UDP fragmentation offload (obsolete in Linux, kept for old peers).
-    pub const UFO: u32 = libc::TUN_F_UFO;
     /// UDP segmentation offload over IPv4 (Linux 6.2 and later).
     pub const USO4: u32 = libc::TUN_F_USO4;
     /// UDP segmentation offload over IPv6 (Linux 6.2 and later).
@@ -77,7 +76,8 @@ fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-/// How [`open_tap`] attaches to the device.
+/// How a TAP queue is attached to its device
+/// ([`TapQueue::open_with`](crate::tap::TapQueue::open_with)).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TapFlags {
     /// IFF_MULTI_QUEUE: each open attaches one more queue of the device.
@@ -279,21 +279,6 @@ pub fn set_up(name: &str) -> io::Result<()> {
     Ok(())
 }
 
-/// The index of interface `name`, or an error if there is none.
-pub fn ifindex(name: &str) -> io::Result<u32> {
-    let bytes = ifname_bytes(name)?;
-    // SAFETY: `bytes` is NUL-terminated (ifname_bytes leaves the last of
-    // IFNAMSIZ bytes zero) and lives across the call.
-    let cstr = unsafe { CStr::from_ptr(bytes.as_ptr()) };
-    // SAFETY: `cstr` points at a valid NUL-terminated string.
-    let index = unsafe { libc::if_nametoindex(cstr.as_ptr()) };
-    if index == 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(index)
-    }
-}
-
 static TERMINATION_REQUESTED: std::sync::atomic::AtomicBool =
     std::sync::atomic::AtomicBool::new(false);
 
@@ -333,11 +318,5 @@ mod tests {
         assert!(ifname_bytes("nul\0").is_err());
         let bytes = ifname_bytes("x".repeat(IFNAME_MAX).as_str()).unwrap();
         assert_eq!(bytes[IFNAME_MAX], 0, "the last byte stays NUL");
-    }
-
-    #[test]
-    fn loopback_has_an_index() {
-        assert!(ifindex("lo").unwrap() > 0);
-        assert!(ifindex("no-such-if0").is_err());
     }
 }

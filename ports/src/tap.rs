@@ -24,8 +24,33 @@ use crate::port::{Port, PortCapabilities, PortError, SendError};
 use crate::features::GuestOffloads;
 use crate::sys::{self, tun_flags};
 
+pub use crate::sys::{TapFlags, IFNAME_MAX};
+
 /// Size of the virtio-net header this module configures on every TAP queue.
 pub const TAP_VNET_HDR_LEN: usize = 12;
+
+/// Brings interface `name` up (IFF_UP, as `ip link set NAME up` does). The
+/// interface must be visible in this network namespace; the caller needs
+/// CAP_NET_ADMIN there.
+pub fn set_interface_up(name: &str) -> io::Result<()> {
+    sys::set_up(name)
+}
+
+/// Sets the MTU of interface `name` in this network namespace. A
+/// [`TapPort`]'s own MTU ([`TapConfig::mtu`]) is only what the switch
+/// segments to; this changes the interface itself.
+pub fn set_interface_mtu(name: &str, mtu: u32) -> io::Result<()> {
+    sys::set_mtu(name, mtu)
+}
+
+/// Installs handlers for SIGINT and SIGTERM that only raise a flag, and
+/// returns the flag, for a command that drives TAP ports until it is told
+/// to stop: its main loop polls the flag and shuts the switch down cleanly.
+/// The handlers replace any installed before and stay for the life of the
+/// process; calling this again returns the same flag.
+pub fn termination_flag() -> io::Result<&'static std::sync::atomic::AtomicBool> {
+    sys::termination_flag()
+}
 
 /// The offloads asked of a TAP device: what the kernel may hand us without
 /// doing the work itself (and, symmetrically, what we may hand it).
@@ -155,7 +180,7 @@ impl TapQueue {
         Self::open_with(
             name,
             offloads,
-            sys::TapFlags {
+            TapFlags {
                 multi_queue,
                 napi: false,
             },
@@ -165,7 +190,7 @@ impl TapQueue {
     /// As [`open`](Self::open), with the attach flags spelled out; IFF_NAPI
     /// is asked only where the kernel supports it, and
     /// [`napi`](Self::napi) says whether it is in effect.
-    pub fn open_with(name: &str, offloads: TapOffloads, flags: sys::TapFlags) -> io::Result<Self> {
+    pub fn open_with(name: &str, offloads: TapOffloads, flags: TapFlags) -> io::Result<Self> {
         let (fd, name, flags) = sys::open_tap(name, flags)?;
         Self::configure(fd, name, offloads, flags.napi)
     }
@@ -429,7 +454,7 @@ pub struct TapConfig {
     pub queues: usize,
     /// What the switch assumes the device carries. It does not change the
     /// interface, whose MTU the caller sets where the interface lives (see
-    /// [`sys::set_mtu`]).
+    /// [`set_interface_mtu`]).
     pub mtu: u16,
     /// How the kernel takes in what the switch writes.
     pub receive: KernelReceive,
@@ -494,7 +519,7 @@ impl TapPort {
     /// pairs (IFF_MULTI_QUEUE when more than one), the offloads asked for
     /// and the default [`KernelReceive`]. `mtu` is what the switch assumes
     /// the device carries: it does not change the interface, whose MTU the
-    /// caller sets where the interface lives (see [`sys::set_mtu`]).
+    /// caller sets where the interface lives (see [`set_interface_mtu`]).
     pub fn open(name: &str, offloads: TapOffloads, queues: usize, mtu: u16) -> io::Result<Self> {
         Self::open_with(name, TapConfig::new(offloads).queues(queues).mtu(mtu))
     }
@@ -509,7 +534,7 @@ impl TapPort {
     /// merges nothing and costs more than per-frame receive.
     pub fn open_with(name: &str, config: TapConfig) -> io::Result<Self> {
         let count = config.queues.max(1);
-        let flags = sys::TapFlags {
+        let flags = TapFlags {
             multi_queue: count > 1,
             napi: matches!(config.receive, KernelReceive::Coalesced { .. }),
         };
@@ -708,9 +733,9 @@ mod tests {
         use crate::features::Features;
         let guest = GuestOffloads::from_features(
             Features::GUEST_CSUM
-                .or(Features::GUEST_TSO4)
-                .or(Features::GUEST_ECN)
-                .or(Features::GUEST_USO4),
+                | Features::GUEST_TSO4
+                | Features::GUEST_ECN
+                | Features::GUEST_USO4,
         );
         let flags = TapOffloads::from(guest).to_tun_flags();
         assert_eq!(
@@ -769,12 +794,12 @@ mod tests {
             Features::GUEST_USO4,
             Features::GUEST_USO6,
         ];
-        let offered = bits.iter().fold(Features::default(), |a, b| a.or(*b));
+        let offered = bits.iter().fold(Features::empty(), |a, b| a | *b);
         let mut checked = 0;
         for mask in 0u32..1 << bits.len() {
             let acked = (0..bits.len())
                 .filter(|i| mask & (1 << i) != 0)
-                .fold(Features::default(), |a, i| a.or(bits[i]));
+                .fold(Features::empty(), |a, i| a | bits[i]);
             let Ok(negotiated) = Negotiated::new(offered, acked) else {
                 continue;
             };
@@ -801,6 +826,20 @@ mod tests {
             checked += 1;
         }
         assert!(checked > 8);
+    }
+
+    /// The interface helpers check the name before any system call, so a
+    /// bad one is an `InvalidInput` error whatever the privileges.
+    #[test]
+    fn interface_helpers_refuse_bad_names_before_the_kernel_sees_them() {
+        let too_long = "x".repeat(IFNAME_MAX + 1);
+        for bad in ["", "bad/name", "nul\0", too_long.as_str()] {
+            let err = set_interface_up(bad).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{bad:?}");
+            let err = set_interface_mtu(bad, 1500).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{bad:?}");
+        }
+        assert_eq!(IFNAME_MAX, 15);
     }
 
     #[test]

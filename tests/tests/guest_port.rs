@@ -41,7 +41,7 @@ fn all_offloads() -> Features {
         Features::CTRL_GUEST_OFFLOADS,
     ]
     .iter()
-    .fold(Features::default(), |set, f| set.or(*f))
+    .fold(Features::empty(), |set, f| set | *f)
 }
 
 #[derive(Clone, Copy)]
@@ -64,9 +64,7 @@ struct Guest {
 
 /// [`all_offloads`] and ECN in both directions.
 fn all_offloads_with_ecn() -> Features {
-    all_offloads()
-        .or(Features::HOST_ECN)
-        .or(Features::GUEST_ECN)
+    all_offloads() | Features::HOST_ECN | Features::GUEST_ECN
 }
 
 fn guest_port(name: &str, acked: Features) -> (GuestPort, Arc<CondvarNotifier>) {
@@ -294,7 +292,7 @@ fn stream(len: usize) -> Vec<u8> {
 fn tso_from_a_full_offload_guest_reaches_a_plain_guest_as_checked_segments() {
     let switch = switch();
     let a = guest("a", all_offloads());
-    let b = guest("b", Features::VERSION_1.or(Features::CSUM));
+    let b = guest("b", Features::VERSION_1 | Features::CSUM);
     plug(&switch, a.port.clone());
     plug(&switch, b.port.clone());
     assert!(!b.port.capabilities().egress.checksum);
@@ -342,9 +340,9 @@ fn tso_from_a_full_offload_guest_reaches_a_plain_guest_as_checked_segments() {
 #[test]
 fn tso_with_ecn_is_cut_for_a_guest_without_guest_ecn_and_whole_for_one_with_it() {
     let switch = switch();
-    let a = guest("a", all_offloads().or(Features::HOST_ECN));
+    let a = guest("a", all_offloads() | Features::HOST_ECN);
     let b = guest("b", all_offloads());
-    let c = guest("c", all_offloads().or(Features::GUEST_ECN));
+    let c = guest("c", all_offloads() | Features::GUEST_ECN);
     plug(&switch, a.port.clone());
     plug(&switch, b.port.clone());
     plug(&switch, c.port.clone());
@@ -481,7 +479,7 @@ fn receive_offloads_changed_at_run_time_are_respected_frame_by_frame() {
     // 3. Back on: whole frames again.
     receiver
         .port
-        .set_guest_offloads(all_offloads().and(Features::GUEST_OFFLOAD_BITS).0)
+        .set_guest_offloads((all_offloads() & Features::GUEST_OFFLOAD_BITS).bits())
         .unwrap();
     send_batch(100_000, 2);
     let back = read(2);
@@ -495,7 +493,7 @@ fn receive_offloads_changed_at_run_time_are_respected_frame_by_frame() {
 fn a_pcap_port_around_a_guest_port_records_both_directions() {
     let switch = switch();
     let a = guest("a", all_offloads());
-    let (b_port, b_notifier) = guest_port("b", Features::VERSION_1.or(Features::CSUM));
+    let (b_port, b_notifier) = guest_port("b", Features::VERSION_1 | Features::CSUM);
     let recorded = Arc::new(PcapPort::new(b_port, Vec::new()).unwrap());
     plug(&switch, a.port.clone());
     plug(&switch, recorded.clone());
@@ -539,7 +537,7 @@ fn a_multi_queue_guest_gets_its_flows_spread_over_its_queue_pairs_in_order() {
     const FLOWS: u16 = 32;
     const PER_FLOW: u32 = 50;
     let switch = switch();
-    let mq = all_offloads().or(Features::MQ);
+    let mq = all_offloads() | Features::MQ;
     let notifiers: Vec<Arc<CondvarNotifier>> =
         (0..2).map(|_| Arc::new(CondvarNotifier::new())).collect();
     let multi_queue = |name: &str| {

@@ -3,9 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use vswitch_ports::sys::TapFlags;
 use vswitch_ports::tap::{
-    KernelReceive, TapConfig, TapOffloads, TapPort, TapQueue, TAP_VNET_HDR_LEN,
+    KernelReceive, TapConfig, TapFlags, TapOffloads, TapPort, TapQueue, TAP_VNET_HDR_LEN,
 };
 use vswitch_tests::{require_netns, NetNs};
 

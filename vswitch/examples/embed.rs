@@ -72,7 +72,7 @@ fn offered() -> Features {
         Features::MAC,
     ]
     .iter()
-    .fold(Features::default(), |set, f| set.or(*f))
+    .fold(Features::empty(), |set, f| set | *f)
 }
 
 /// One guest: its memory, the driver's side of its virtqueues, and the
@@ -106,7 +106,7 @@ impl<'m> Vm<'m> {
         let negotiated = Negotiated::new(offered(), acked).expect("the guest acks a valid set");
         println!(
             "{name}: acked {:#x}, header {} bytes, mergeable rx buffers: {}",
-            acked.0,
+            acked.bits(),
             negotiated.header_len(),
             negotiated.mergeable_rx_buffers()
         );
@@ -316,7 +316,7 @@ fn main() {
     let mut b = Vm::new(
         "vm-b",
         2,
-        Features::VERSION_1.or(Features::CSUM),
+        Features::VERSION_1 | Features::CSUM,
         &ram_b,
         &switch,
     );

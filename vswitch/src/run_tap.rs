@@ -5,8 +5,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vswitch_ports::sys;
-use vswitch_ports::tap::{KernelReceive, TapConfig, TapOffloads, TapPort};
+use vswitch_ports::tap::{self, KernelReceive, TapConfig, TapOffloads, TapPort};
 
 use crate::cli::{number, value};
 use crate::{PortProfile, Switch, SwitchConfig, SwitchStats, VlanId};
@@ -73,10 +72,10 @@ impl std::str::FromStr for TapSpec {
     fn from_str(spec: &str) -> Result<Self, String> {
         let mut parts = spec.split(':');
         let name = parts.next().unwrap_or_default().to_string();
-        if name.is_empty() || name.len() > sys::IFNAME_MAX {
+        if name.is_empty() || name.len() > tap::IFNAME_MAX {
             return Err(format!(
                 "--tap {spec:?}: expected an interface name of 1 to {} bytes",
-                sys::IFNAME_MAX
+                tap::IFNAME_MAX
             ));
         }
         let mut offload = TapOffloadMode::Tso;
@@ -197,7 +196,7 @@ pub fn format_stats(stats: &SwitchStats, elapsed: Duration) -> String {
 pub fn run(args: &[String]) -> Result<(), String> {
     let options = RunOptions::parse(args)?;
     let stop =
-        sys::termination_flag().map_err(|e| format!("cannot install signal handlers: {e}"))?;
+        tap::termination_flag().map_err(|e| format!("cannot install signal handlers: {e}"))?;
     let switch = Switch::start(SwitchConfig::default().workers(options.workers))
         .map_err(|e| format!("cannot start the switch: {e}"))?;
     for spec in &options.taps {
@@ -208,7 +207,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         let port = TapPort::open_with(&spec.name, config)
             .map_err(|e| format!("cannot open TAP {}: {e}", spec.name))?;
         // The device may already be up or live in another namespace by now.
-        let _ = sys::set_up(vswitch_ports::Port::name(&port));
+        let _ = tap::set_interface_up(vswitch_ports::Port::name(&port));
         let receive = match port.kernel_receive() {
             KernelReceive::PerFrame => "per frame".to_string(),
             KernelReceive::Coalesced { flush } => {

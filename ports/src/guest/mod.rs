@@ -52,7 +52,8 @@
 //! * Notification: when the switch queues frames for the guest, the port
 //!   calls its [`Notifier`] (an eventfd write in a real VMM, a
 //!   [`CondvarNotifier`] in portable code) once until the device model has
-//!   drained the queue again. It also calls it when the switch takes frames
+//!   drained the queue again; a burst the switch hands over with
+//!   [`Port::send_batch`] is queued whole before that one call. It also calls it when the switch takes frames
 //!   from a transmit queue the device model found full
 //!   ([`GuestPort::tx_room`] returned 0, or a transmit failed with
 //!   [`GuestTxError::QueueFull`]), so the device loop resumes the guest's
@@ -75,12 +76,20 @@
 //! `VIRTIO_NET_CTRL_GUEST_OFFLOADS_SET` ([`GuestPort::set_guest_offloads`]),
 //! frames the switch adapted to the
 //! declared capabilities may still carry a partial checksum or GSO the guest
-//! no longer accepts. So the port re-checks every frame against the offloads
-//! in force when it is written to the guest's buffers, and completes the
-//! checksum or segments the frame itself (with
-//! [`vswitch_offload::adapt::adapt`]) when they no longer allow it. Turning
-//! offloads back on needs nothing: a frame with less offload work left than
-//! the guest accepts is always acceptable.
+//! no longer accepts. So the port re-checks every frame's header against the
+//! offloads in force when it is written to the guest's buffers
+//! ([`GuestOffloads::accepts`], a look at the header's fields only), and
+//! when they no longer allow it validates the frame again and completes the
+//! checksum or segments it itself (with [`vswitch_offload::adapt::adapt`]).
+//! Turning offloads back on needs nothing: a frame with less offload work
+//! left than the guest accepts is always acceptable.
+//!
+//! A frame the guest accepts as it is goes out without a second parse: the
+//! switch validated its header against the frame at ingress and adapted it
+//! to the port's capabilities. So a caller of [`Port::send`] other than the
+//! switch hands frames with offload work only in that state, checked (as
+//! [`vswitch_offload::CheckedFrame`] checks them) and within the port's
+//! [`PortCapabilities`]; a frame without offload work is always fine.
 //!
 //! # Example
 //!
@@ -100,7 +109,7 @@
 //! use vswitch_ports::offload::Packet;
 //! use vswitch_ports::Port;
 //!
-//! let offered = Features::VERSION_1.or(Features::MRG_RXBUF);
+//! let offered = Features::VERSION_1 | Features::MRG_RXBUF;
 //! let negotiated = Negotiated::new(offered, offered).unwrap();
 //! let notifier = Arc::new(CondvarNotifier::new());
 //! let port = GuestPort::new(GuestPortConfig::new("vm0"), negotiated, notifier.clone());
@@ -171,7 +180,7 @@ use vswitch_offload::virtio::{HdrFormat, HDR_LEN_V1, MAX_L3_LEN};
 use vswitch_offload::Packet;
 
 use crate::features::{FeatureError, Features, GuestOffloads, HostOffloads, Negotiated};
-use crate::port::{Port, PortCapabilities, PortError, SendError};
+use crate::port::{BatchSendError, Port, PortCapabilities, PortError, SendError};
 
 use rx::RxState;
 use stats::Counters;
@@ -550,15 +559,7 @@ impl Port for GuestPort {
     /// the queue pairs the guest uses now
     /// ([`GuestPort::set_active_queue_pairs`]).
     fn send(&self, queue: usize, packet: Packet) -> Result<(), SendError> {
-        if queue >= self.pairs() {
-            return Err(SendError::NoSuchQueue {
-                queue,
-                queues: self.pairs(),
-                packet,
-            });
-        }
-        let active = self.active_pairs.load(Ordering::Relaxed).max(1);
-        let Some(pair) = self.pair(queue % active) else {
+        let Some(pair) = self.pair_for_send(queue) else {
             return Err(SendError::NoSuchQueue {
                 queue,
                 queues: self.pairs(),
@@ -567,9 +568,7 @@ impl Port for GuestPort {
         };
         match pair.to_guest_tx.try_send(packet) {
             Ok(()) => {
-                if !pair.notified.swap(true, Ordering::SeqCst) {
-                    pair.notifier.notify();
-                }
+                pair.wake_guest();
                 Ok(())
             }
             Err(TrySendError::Full(packet)) => Err(SendError::Full {
@@ -580,6 +579,72 @@ impl Port for GuestPort {
             Err(TrySendError::Disconnected(packet)) => {
                 Err(SendError::Disconnected { queue, packet })
             }
+        }
+    }
+
+    /// Queues the frames of `batch` on receive queue `queue` of the guest
+    /// (folded onto the active queue pairs as [`send`](Port::send) does),
+    /// all on one pair, and then notifies the guest at most once for the
+    /// whole batch, and not at all if it was notified before and has not
+    /// drained the queue since. A full queue takes what fits: the rest stay
+    /// in `batch`, in order, with [`BatchSendError::Full`].
+    fn send_batch(&self, queue: usize, batch: &mut Vec<Packet>) -> Result<(), BatchSendError> {
+        let Some(pair) = self.pair_for_send(queue) else {
+            return Err(BatchSendError::NoSuchQueue {
+                queue,
+                queues: self.pairs(),
+            });
+        };
+        let mut sent = 0;
+        let mut result = Ok(());
+        for slot in batch.iter_mut() {
+            match pair.to_guest_tx.try_send(std::mem::take(slot)) {
+                Ok(()) => sent += 1,
+                Err(TrySendError::Full(packet)) => {
+                    *slot = packet;
+                    result = Err(BatchSendError::Full {
+                        queue,
+                        capacity: self.rx_capacity,
+                    });
+                    break;
+                }
+                Err(TrySendError::Disconnected(packet)) => {
+                    *slot = packet;
+                    result = Err(BatchSendError::Disconnected { queue });
+                    break;
+                }
+            }
+        }
+        batch.drain(..sent);
+        // After the last frame is queued, so the device model wakes to the
+        // whole burst; a drain that re-armed meanwhile is seen by the swap.
+        if sent > 0 {
+            pair.wake_guest();
+        }
+        result
+    }
+}
+
+impl GuestPort {
+    /// The queue pair frames sent on switch queue `queue` go to: `queue`
+    /// folded onto the active pairs, or `None` if the port has no such
+    /// queue.
+    fn pair_for_send(&self, queue: usize) -> Option<&QueuePair> {
+        if queue >= self.pairs() {
+            return None;
+        }
+        let active = self.active_pairs.load(Ordering::Relaxed).max(1);
+        self.pair(queue % active)
+    }
+}
+
+impl QueuePair {
+    /// Calls the notifier for frames just queued for the guest, unless it
+    /// fired already and the device model has not drained the receive
+    /// queue since (it re-arms when it finds the queue empty).
+    fn wake_guest(&self) {
+        if !self.notified.swap(true, Ordering::SeqCst) {
+            self.notifier.notify();
         }
     }
 }

@@ -26,7 +26,7 @@ fn all_offloads() -> Features {
         Features::VERSION_1,
     ]
     .iter()
-    .fold(Features::default(), |acc, f| acc.or(*f))
+    .fold(Features::empty(), |acc, f| acc | *f)
 }
 
 struct Counting(AtomicUsize);
@@ -132,7 +132,7 @@ fn transmit_bytes_slices_the_frame_out_of_the_chain() {
 
 #[test]
 fn offloads_not_negotiated_and_bad_headers_are_refused_and_counted() {
-    let (port, _) = port_with(Features::VERSION_1.or(Features::CSUM));
+    let (port, _) = port_with(Features::VERSION_1 | Features::CSUM);
     let frame = tcp4(3000, true);
     let tso = header_bytes(tso_hdr(1448));
     assert_eq!(
@@ -245,6 +245,120 @@ fn the_notifier_fires_once_until_the_guest_drains_the_queue() {
     assert!(port.rx_pending());
 }
 
+/// Frames tagged 0, 1, ... in their first byte.
+fn tagged(count: u8) -> Vec<Packet> {
+    (0..count).map(|tag| Packet::plain(vec![tag; 60])).collect()
+}
+
+/// The tags of the frames waiting for the guest, in delivery order.
+fn delivered_tags(port: &GuestPort) -> Vec<u8> {
+    let mut tags = Vec::new();
+    let mut buf = Vec::new();
+    while port.receive_into_vec(&mut buf).unwrap().is_some() {
+        tags.push(buf[12]);
+    }
+    tags
+}
+
+#[test]
+fn a_batch_notifies_the_guest_once() {
+    let (port, notifier) = port_with(Features::VERSION_1);
+    let mut batch = tagged(8);
+    port.send_batch(0, &mut batch).unwrap();
+    assert!(batch.is_empty());
+    assert_eq!(notifier.0.load(Ordering::SeqCst), 1);
+    // Not drained yet: a second batch queues without notifying again.
+    let mut more = tagged(3);
+    port.send_batch(0, &mut more).unwrap();
+    assert_eq!(notifier.0.load(Ordering::SeqCst), 1);
+    assert_eq!(delivered_tags(&port), [0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2]);
+    // Drained and re-armed: the next batch notifies, once.
+    port.send_batch(0, &mut tagged(4)).unwrap();
+    assert_eq!(notifier.0.load(Ordering::SeqCst), 2);
+    // An empty batch queues nothing and wakes nobody.
+    delivered_tags(&port);
+    port.send_batch(0, &mut Vec::new()).unwrap();
+    assert_eq!(notifier.0.load(Ordering::SeqCst), 2);
+}
+
+/// The notification comes after the whole batch is queued, so the device
+/// model wakes to all of it; `send` frame by frame wakes it at the first.
+#[test]
+fn the_guest_is_notified_after_the_whole_batch_is_queued() {
+    use std::sync::{OnceLock, Weak};
+    let port_cell: Arc<OnceLock<Weak<GuestPort>>> = Arc::new(OnceLock::new());
+    let queued_at_notify = Arc::new(Mutex::new(Vec::new()));
+    let notifier = {
+        let port_cell = port_cell.clone();
+        let queued_at_notify = queued_at_notify.clone();
+        Arc::new(move || {
+            if let Some(port) = port_cell.get().and_then(Weak::upgrade) {
+                let queued = port.first_pair.to_guest_rx.len();
+                queued_at_notify.lock().unwrap().push(queued);
+            }
+        })
+    };
+    let negotiated = Negotiated::new(all_offloads(), Features::VERSION_1).unwrap();
+    let port = Arc::new(GuestPort::new(
+        GuestPortConfig::new("g"),
+        negotiated,
+        notifier,
+    ));
+    port_cell.set(Arc::downgrade(&port)).unwrap();
+
+    port.send_batch(0, &mut tagged(6)).unwrap();
+    assert_eq!(*queued_at_notify.lock().unwrap(), [6]);
+    delivered_tags(&port);
+    for packet in tagged(6) {
+        port.send(0, packet).unwrap();
+    }
+    assert_eq!(*queued_at_notify.lock().unwrap(), [6, 1]);
+}
+
+#[test]
+fn a_batch_into_a_nearly_full_queue_takes_what_fits_and_keeps_the_rest_in_order() {
+    let negotiated = Negotiated::new(all_offloads(), Features::VERSION_1).unwrap();
+    let notifier = Arc::new(Counting(AtomicUsize::new(0)));
+    let config = GuestPortConfig::new("g").queue_len(3);
+    let port = GuestPort::new(config, negotiated, notifier.clone());
+    let mut batch = tagged(5);
+    let err = port.send_batch(0, &mut batch).unwrap_err();
+    assert_eq!(
+        err,
+        BatchSendError::Full {
+            queue: 0,
+            capacity: 3
+        }
+    );
+    let left: Vec<u8> = batch.iter().map(|p| p.data[0]).collect();
+    assert_eq!(left, [3, 4]);
+    assert_eq!(notifier.0.load(Ordering::SeqCst), 1);
+    // Full from the first frame: nothing taken, nothing notified.
+    assert!(port.send_batch(0, &mut batch).unwrap_err().is_full());
+    assert_eq!(batch.len(), 2);
+    assert_eq!(notifier.0.load(Ordering::SeqCst), 1);
+    assert_eq!(delivered_tags(&port), [0, 1, 2]);
+    port.send_batch(0, &mut batch).unwrap();
+    assert!(batch.is_empty());
+    assert_eq!(notifier.0.load(Ordering::SeqCst), 2);
+    assert_eq!(delivered_tags(&port), [3, 4]);
+}
+
+#[test]
+fn a_batch_to_a_missing_queue_is_refused_whole() {
+    let (port, notifier) = port_with(Features::VERSION_1);
+    let mut batch = tagged(2);
+    assert_eq!(
+        port.send_batch(1, &mut batch),
+        Err(BatchSendError::NoSuchQueue {
+            queue: 1,
+            queues: 1
+        })
+    );
+    assert_eq!(batch.len(), 2);
+    assert_eq!(notifier.0.load(Ordering::SeqCst), 0);
+}
+
 #[test]
 fn queue_pairs_need_mq_and_each_has_its_own_queues_and_notifier() {
     let single = GuestPort::new(
@@ -255,10 +369,10 @@ fn queue_pairs_need_mq_and_each_has_its_own_queues_and_notifier() {
     assert_eq!(single.capabilities().rx_queues, 1);
     assert!(single.queue(1).is_none());
 
-    let offered = all_offloads().or(Features::MQ);
+    let offered = all_offloads() | Features::MQ;
     let negotiated = Negotiated::new(
         offered,
-        Features::VERSION_1.or(Features::CTRL_VQ).or(Features::MQ),
+        Features::VERSION_1 | Features::CTRL_VQ | Features::MQ,
     )
     .unwrap();
     let notifiers: Vec<Arc<Counting>> = (0..3)
@@ -319,6 +433,73 @@ fn queue_pairs_need_mq_and_each_has_its_own_queues_and_notifier() {
     }
 }
 
+/// The switch validates every header against its frame at ingress (a
+/// `CheckedFrame`) before it hands the frame to a port, so a frame whose
+/// offloads the guest still accepts is passed on without a second parse.
+/// Shown with a TSO header the switch's ingress check would have refused
+/// (an MSS below `MIN_TCP_MSS`): with GUEST_TSO4 it reaches the guest as it
+/// is, so nothing validated it again; once the guest turns TSO off, the
+/// frame needs adapting, is validated first, and is refused.
+#[test]
+fn a_frame_the_guest_accepts_is_not_validated_again() {
+    let (port, _) = port_with(all_offloads());
+    let frame = tcp4(3000, true);
+    let hdr = tso_hdr(64);
+    assert!(matches!(
+        hdr.validate(&frame),
+        Err(HdrError::BadGsoSize { .. })
+    ));
+    port.send(0, Packet::with_hdr(hdr, frame.clone())).unwrap();
+    let mut buf = Vec::new();
+    assert_eq!(
+        port.receive_into_vec(&mut buf).unwrap(),
+        Some(12 + frame.len())
+    );
+    let delivered = VirtioNetHdr {
+        num_buffers: 1,
+        ..hdr
+    };
+    assert_eq!(buf[..12], header_bytes(delivered));
+    assert_eq!(buf[12..], frame[..]);
+    let stats = port.stats();
+    assert_eq!((stats.rx_adapted, stats.rx_dropped), (0, 0));
+
+    port.set_guest_offloads(Features::GUEST_CSUM.bits())
+        .unwrap();
+    port.send(0, Packet::with_hdr(hdr, frame)).unwrap();
+    assert!(matches!(
+        port.receive_into_vec(&mut buf),
+        Err(GuestRxError::InvalidHeader(HdrError::BadGsoSize { .. }))
+    ));
+    assert_eq!(port.stats().rx_dropped, 1);
+}
+
+/// Partial checksums and TSO the guest still accepts after a change at
+/// run time pass through whole; only what it turned off is adapted.
+#[test]
+fn offloads_still_accepted_after_a_change_pass_through() {
+    let (port, _) = port_with(all_offloads());
+    let without_tso6 = (Features::GUEST_OFFLOAD_BITS & all_offloads()) - Features::GUEST_TSO6;
+    port.set_guest_offloads(without_tso6.bits()).unwrap();
+    let frame = tcp4(10_000, true);
+    port.send(0, Packet::with_hdr(tso_hdr(1448), frame.clone()))
+        .unwrap();
+    port.send(0, Packet::with_hdr(partial_hdr(), tcp4(500, true)))
+        .unwrap();
+    let mut buf = Vec::new();
+    assert_eq!(
+        port.receive_into_vec(&mut buf).unwrap(),
+        Some(12 + frame.len())
+    );
+    let (hdr, _) = VirtioNetHdr::parse(&buf, HdrFormat::V1).unwrap();
+    assert_eq!((hdr.gso_type, hdr.gso_size), (GSO_TCPV4, 1448));
+    assert_eq!(buf[12..], frame[..]);
+    assert_eq!(port.receive_into_vec(&mut buf).unwrap(), Some(12 + 554));
+    let (hdr, _) = VirtioNetHdr::parse(&buf, HdrFormat::V1).unwrap();
+    assert_eq!(hdr.flags & FLAG_NEEDS_CSUM, FLAG_NEEDS_CSUM);
+    assert_eq!(port.stats().rx_adapted, 0);
+}
+
 #[test]
 fn offloads_turned_off_at_run_time_are_done_by_the_port() {
     let (port, _) = port_with(all_offloads());
@@ -360,7 +541,7 @@ fn offloads_turned_off_at_run_time_are_done_by_the_port() {
     assert_eq!(port.stats().rx_adapted, 2);
 
     // Back on: GSO frames stay as they are again.
-    port.set_guest_offloads(all_offloads().and(Features::GUEST_OFFLOAD_BITS).0)
+    port.set_guest_offloads((all_offloads() & Features::GUEST_OFFLOAD_BITS).bits())
         .unwrap();
     port.send(0, Packet::with_hdr(tso_hdr(1000), frame))
         .unwrap();
@@ -418,8 +599,8 @@ fn tso_with_syn_rst_or_a_tiny_mss_is_refused_at_transmit() {
 #[test]
 fn ecn_turned_off_at_run_time_gets_ecn_tso_frames_as_segments() {
     use vswitch_offload::virtio::GSO_ECN;
-    let ecn = Features::GUEST_ECN.or(Features::HOST_ECN);
-    let negotiated = Negotiated::new(all_offloads().or(ecn), all_offloads().or(ecn)).unwrap();
+    let ecn = Features::GUEST_ECN | Features::HOST_ECN;
+    let negotiated = Negotiated::new(all_offloads() | ecn, all_offloads() | ecn).unwrap();
     let port = GuestPort::new(
         GuestPortConfig::new("g"),
         negotiated,
@@ -441,11 +622,8 @@ fn ecn_turned_off_at_run_time_gets_ecn_tso_frames_as_segments() {
     assert_eq!(got, 12 + frame.len());
     assert_eq!(buf[1], GSO_TCPV4 | GSO_ECN);
 
-    let without_ecn = port
-        .guest_offloads()
-        .to_features()
-        .without(Features::GUEST_ECN);
-    let now = port.set_guest_offloads(without_ecn.0).unwrap();
+    let without_ecn = port.guest_offloads().to_features() - Features::GUEST_ECN;
+    let now = port.set_guest_offloads(without_ecn.bits()).unwrap();
     assert!(now.tso4 && !now.ecn);
     port.send(0, Packet::with_hdr(hdr, frame.clone())).unwrap();
     let mut payload = Vec::new();
