@@ -244,16 +244,24 @@ impl Datapath {
         if decision.learned == Learned::LimitReached {
             out.events.push(Event::NotLearned { port: ingress });
         }
+        let ingress_vid = decision.ingress_tag.map(|tag| tag.vid());
+        // The common case, one destination and the frame unchanged: moved
+        // there as it is.
+        if let [egress] = self.egress[..] {
+            if egress.tag.map(|vlan| vlan.get()) == ingress_vid {
+                self.emit(ports, egress.port, frame, out);
+                return;
+            }
+        }
         // At most two versions of the frame: untagged and tagged with its
         // VLAN; every port of a kind shares one buffer. A frame that leaves
-        // unchanged through its last egress port is moved there, not cloned
-        // (the common case of one unicast destination).
-        let ingress_vid = decision.ingress_tag.map(|tag| tag.vid());
+        // unchanged through its last egress port is moved there, not cloned.
         let mut original = Some(frame);
         let mut untagged: Option<Option<CheckedFrame>> = None;
         let mut tagged: Option<Option<CheckedFrame>> = None;
-        let count = self.egress.len();
-        for (i, egress) in self.egress.iter().enumerate() {
+        let egress_ports = std::mem::take(&mut self.egress);
+        let count = egress_ports.len();
+        for (i, egress) in egress_ports.iter().enumerate() {
             let vid = egress.tag.map(|vlan| vlan.get());
             let version = if vid == ingress_vid {
                 if i + 1 == count {
@@ -272,36 +280,39 @@ impl Datapath {
                 };
                 slot.get_or_insert_with(|| frame.retagged(vid)).clone()
             };
-            let Some(version) = version else {
-                out.dropped(egress.port, DropReason::RetagFailed);
-                continue;
-            };
-            let Some(caps) = ports.egress(egress.port) else {
-                out.dropped(egress.port, DropReason::EgressPortGone);
-                continue;
-            };
-            if !version.hdr().has_offload_work() {
-                // Nothing to adapt: the frame only has to fit the MTU (what
-                // adapt_checked does for it, without the detour).
-                if version.len() - version.l2().l3_offset > usize::from(caps.mtu) {
-                    out.dropped(egress.port, DropReason::ExceedsMtu);
-                } else {
-                    out.batch(egress.port).push(version.into_packet());
-                }
-                continue;
+            match version {
+                Some(version) => self.emit(ports, egress.port, version, out),
+                None => out.dropped(egress.port, DropReason::RetagFailed),
             }
-            self.adapted.clear();
-            match adapt_checked(&mut self.engine, version, caps, &mut self.adapted) {
-                Err(err) => out.dropped(egress.port, err.reason()),
-                Ok(work) => {
-                    if work != EgressWork::default() {
-                        out.events.push(Event::Worked {
-                            port: egress.port,
-                            work,
-                        });
-                    }
-                    out.batch(egress.port).append(&mut self.adapted);
+        }
+        self.egress = egress_ports;
+    }
+
+    /// Adapts one version of a frame to what `port` takes and appends the
+    /// result to that port's batch.
+    fn emit(&mut self, ports: &PortSet, port: PortId, version: CheckedFrame, out: &mut Output) {
+        let Some(caps) = ports.egress(port) else {
+            out.dropped(port, DropReason::EgressPortGone);
+            return;
+        };
+        if !version.hdr().has_offload_work() {
+            // Nothing to adapt: the frame only has to fit the MTU (what
+            // adapt_checked does for it, without the detour).
+            if version.len() - version.l2().l3_offset > usize::from(caps.mtu) {
+                out.dropped(port, DropReason::ExceedsMtu);
+            } else {
+                out.batch(port).push(version.into_packet());
+            }
+            return;
+        }
+        self.adapted.clear();
+        match adapt_checked(&mut self.engine, version, caps, &mut self.adapted) {
+            Err(err) => out.dropped(port, err.reason()),
+            Ok(work) => {
+                if work != EgressWork::default() {
+                    out.events.push(Event::Worked { port, work });
                 }
+                out.batch(port).append(&mut self.adapted);
             }
         }
     }
