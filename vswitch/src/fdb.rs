@@ -132,6 +132,11 @@ fn key(vlan: VlanId, mac: MacAddr) -> u64 {
 }
 
 impl ForwardingTable {
+    /// A counter that changes whenever an entry is added, moved or removed.
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
     /// An empty table whose entries age out `aging_ms` milliseconds after
     /// the last frame from their address.
     pub fn new(aging_ms: u64) -> Self {
@@ -385,6 +390,9 @@ pub struct LookupCache {
     /// The last time converted to the table's milliseconds: a burst's
     /// frames share one `now`, so the conversion is done once per burst.
     clock: Option<(std::time::Instant, u64)>,
+    /// The last forwarding decision, replayed for the frames after it with
+    /// the same addresses, ports and tag (see `forward::DecisionMemo`).
+    pub(crate) memo: crate::forward::DecisionMemo,
 }
 
 impl LookupCache {
@@ -406,7 +414,27 @@ impl LookupCache {
             seed,
             slots: vec![empty; Self::CAPACITY].into_boxed_slice(),
             clock: None,
+            memo: crate::forward::DecisionMemo::default(),
         }
+    }
+
+    /// The epoch this cache's answers belong to (the table's, as of the
+    /// last lookup through it).
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// When the cached answer for (`vlan`, `mac`) was read from the table,
+    /// if it is still fresh at `now_ms`.
+    pub(crate) fn answered_at(&self, vlan: VlanId, mac: MacAddr, now_ms: u64) -> Option<u64> {
+        let key = key(vlan, mac);
+        self.fresh(key, now_ms)?;
+        self.slots.get(self.slot_index(key)).map(|slot| slot.at_ms)
+    }
+
+    /// How long an answer is trusted.
+    pub(crate) fn refresh_ms(&self) -> u64 {
+        self.refresh_ms
     }
 
     /// `now` in milliseconds as `convert` gives it, remembering the last

@@ -84,7 +84,13 @@ impl Default for PortProfile {
 #[derive(Debug, Clone, Default)]
 pub struct PortSet {
     ports: Vec<(PortId, PortProfile, EgressCapabilities)>,
+    /// Changes with every change of the set, unique among all sets: a
+    /// decision remembered for one version is not replayed for another.
+    version: u64,
 }
+
+/// Where [`PortSet::version`] values come from.
+static PORT_SET_VERSIONS: AtomicU64 = AtomicU64::new(1);
 
 impl PortSet {
     /// An empty set.
@@ -111,11 +117,17 @@ impl PortSet {
             }
             Err(index) => self.ports.insert(index, (id, profile, egress)),
         }
+        self.touch();
+    }
+
+    fn touch(&mut self) {
+        self.version = PORT_SET_VERSIONS.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Removes a port; returns its profile if it was present.
     pub fn remove(&mut self, id: PortId) -> Option<PortProfile> {
         let index = self.index(id)?;
+        self.touch();
         Some(self.ports.remove(index).1)
     }
 
@@ -271,6 +283,53 @@ pub struct Decision {
     pub flooded: bool,
     /// What learning the source address did.
     pub learned: Learned,
+}
+
+/// The last successful decision of one thread, with what it was taken
+/// from, so the frames after it with the same ingress port, addresses and
+/// outer tag (a flow's next frames, or any flow between the same two
+/// guests) skip the lookups. It is replayed only while the port set is the
+/// same version, the forwarding table has not changed, and every answer
+/// the decision used is still fresh in the lookup cache: the same decision
+/// the lookups would give.
+#[derive(Debug, Default)]
+pub(crate) struct DecisionMemo {
+    entry: Option<MemoEntry>,
+    egress: Vec<Egress>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct MemoKey {
+    ingress: PortId,
+    src: [u8; 6],
+    dst: [u8; 6],
+    tag: Option<OuterTag>,
+    ports: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct MemoEntry {
+    key: MemoKey,
+    epoch: u64,
+    until_ms: u64,
+    decision: Decision,
+}
+
+impl DecisionMemo {
+    fn replay(
+        &self,
+        key: &MemoKey,
+        epoch: u64,
+        now_ms: u64,
+        out: &mut Vec<Egress>,
+    ) -> Option<Decision> {
+        let entry = self.entry.as_ref()?;
+        if entry.key != *key || entry.epoch != epoch || now_ms >= entry.until_ms {
+            return None;
+        }
+        out.extend_from_slice(&self.egress);
+        Some(entry.decision)
+    }
 }
 
 /// Settings of a [`Forwarder`].
@@ -431,6 +490,21 @@ impl Forwarder {
             None => self.now_ms(now),
         };
         self.maybe_sweep(now_ms);
+        let memo_key = MemoKey {
+            ingress,
+            src: frame.src_mac(),
+            dst: frame.dst_mac(),
+            tag: frame.outer_tag(),
+            ports: ports.version,
+        };
+        if let Some(cache) = cache.as_deref_mut() {
+            if let Some(decision) = cache
+                .memo
+                .replay(&memo_key, self.table.epoch(), now_ms, out)
+            {
+                return Ok(decision);
+            }
+        }
         let limit = profile.max_learned;
         let learned = match cache.as_deref_mut() {
             Some(cache) => self
@@ -440,7 +514,7 @@ impl Forwarder {
         };
 
         let dst = MacAddr(frame.dst_mac());
-        let known = match cache {
+        let known = match cache.as_deref_mut() {
             _ if dst.is_multicast() => None,
             Some(cache) => self.table.lookup_cached(cache, vlan, dst, now_ms),
             None => self.table.lookup(vlan, dst, now_ms),
@@ -483,12 +557,59 @@ impl Forwarder {
                 true
             }
         };
-        Ok(Decision {
+        let decision = Decision {
             vlan,
             ingress_tag,
             flooded,
             learned,
-        })
+        };
+        if let Some(cache) = cache {
+            Self::remember(cache, memo_key, decision, src, dst, now_ms, out);
+        }
+        Ok(decision)
+    }
+
+    /// Remembers a decision for [`DecisionMemo`] until the first of the
+    /// answers it used goes stale.
+    fn remember(
+        cache: &mut LookupCache,
+        key: MemoKey,
+        decision: Decision,
+        src: MacAddr,
+        dst: MacAddr,
+        now_ms: u64,
+        egress: &[Egress],
+    ) {
+        let vlan = decision.vlan;
+        let Some(mut at) = cache.answered_at(vlan, src, now_ms) else {
+            cache.memo.entry = None;
+            return;
+        };
+        if !dst.is_multicast() {
+            match cache.answered_at(vlan, dst, now_ms) {
+                Some(dst_at) => at = at.min(dst_at),
+                None => {
+                    cache.memo.entry = None;
+                    return;
+                }
+            }
+        }
+        let learned = match decision.learned {
+            // What the cached learning answers for the next frame.
+            Learned::New | Learned::Moved { .. } => Learned::Refreshed,
+            other => other,
+        };
+        cache.memo.entry = Some(MemoEntry {
+            key,
+            epoch: cache.epoch(),
+            until_ms: at.saturating_add(cache.refresh_ms()),
+            decision: Decision {
+                learned,
+                ..decision
+            },
+        });
+        cache.memo.egress.clear();
+        cache.memo.egress.extend_from_slice(egress);
     }
 }
 
@@ -604,6 +725,33 @@ mod tests {
             .map(|_| self.out.iter().map(|e| e.port.0).collect())
             .map_err(|err| err.reason())
         }
+    }
+
+    /// The worker's remembered decision is replayed only while nothing it
+    /// was taken from changed: the port set, the table, or the time an
+    /// answer may be trusted.
+    #[test]
+    fn a_remembered_decision_follows_ports_table_and_time() {
+        let mut b = Bench::new(3).cached_if(true);
+        b.at(0, 2, &frame(MacAddr::BROADCAST, mac(2))).unwrap();
+        assert_eq!(b.at(0, 1, &frame(mac(2), mac(1))), Ok(vec![2]));
+        assert_eq!(b.at(0, 1, &frame(mac(2), mac(1))), Ok(vec![2]));
+        // The destination moves to port 3: the table changed.
+        b.at(0, 3, &frame(MacAddr::BROADCAST, mac(2))).unwrap();
+        assert_eq!(b.at(0, 1, &frame(mac(2), mac(1))), Ok(vec![3]));
+        // Port 3 leaves VLAN 1: the port set changed.
+        b.ports.insert(PortId(3), PortProfile::access(vlan(9)));
+        assert_eq!(b.at(0, 1, &frame(mac(2), mac(1))), Ok(vec![2]));
+        // The same decision as the exact forwarder at every step.
+        let mut exact = Bench::new(3);
+        exact.at(0, 2, &frame(MacAddr::BROADCAST, mac(2))).unwrap();
+        exact.at(0, 3, &frame(MacAddr::BROADCAST, mac(2))).unwrap();
+        exact.ports.insert(PortId(3), PortProfile::access(vlan(9)));
+        assert_eq!(exact.at(0, 1, &frame(mac(2), mac(1))), Ok(vec![2]));
+        // After the aging time the destination is unknown again, memo or not.
+        assert_eq!(b.at(400, 1, &frame(mac(2), mac(1))), Ok(vec![2]));
+        let learned_on_1 = b.fwd.table().learned_on(PortId(1));
+        assert_eq!(learned_on_1, 1, "the source was learned again after aging");
     }
 
     #[test]
