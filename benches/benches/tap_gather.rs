@@ -579,7 +579,7 @@ fn main() {
         return;
     }
     remove_stale_namespaces();
-    let interrupted = vswitch_ports::sys::termination_flag().expect("signal handlers");
+    let interrupted = vswitch_ports::tap::termination_flag().expect("signal handlers");
     let open = || -> io::Result<Vec<Device>> {
         Ok(vec![
             Device::open("per_frame", "tgp", KernelReceive::PerFrame)?,
