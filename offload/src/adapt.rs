@@ -118,7 +118,7 @@ pub enum Adapted {
 /// from the plan its virtio-net header was validated into.
 pub fn decide(frame: &CheckedFrame, caps: &EgressCapabilities) -> Result<Action, AdaptError> {
     let plan = frame.plan();
-    if plan.gso == GsoKind::None {
+    if plan.gso() == GsoKind::None {
         // The link-layer header was parsed when the frame was checked, so
         // it ends within the frame.
         let l3_len = frame.len() - frame.l2().l3_offset;
@@ -128,14 +128,14 @@ pub fn decide(frame: &CheckedFrame, caps: &EgressCapabilities) -> Result<Action,
                 mtu: caps.mtu,
             });
         }
-        return Ok(match plan.partial_checksum {
+        return Ok(match plan.partial_checksum() {
             Some(partial) if !caps.checksum => Action::CompleteChecksum(partial),
             _ => Action::PassThrough,
         });
     }
-    let layout = plan.layout.as_ref().ok_or(AdaptError::MissingLayout)?;
-    let fitted = plan.gso.fit_mtu(layout, caps.mtu)?;
-    let port_segments = match (plan.gso, layout.l3) {
+    let layout = plan.layout().ok_or(AdaptError::MissingLayout)?;
+    let fitted = plan.gso().fit_mtu(layout, caps.mtu)?;
+    let port_segments = match (plan.gso(), layout.l3) {
         (GsoKind::Tcp { .. }, L3Kind::Ipv4) => caps.tso4,
         (GsoKind::Tcp { .. }, L3Kind::Ipv6) => caps.tso6,
         (GsoKind::UdpL4 { .. }, _) => caps.uso,
@@ -144,11 +144,11 @@ pub fn decide(frame: &CheckedFrame, caps: &EgressCapabilities) -> Result<Action,
     };
     // A TSO frame with ECN carries CWR, which must go on the first segment
     // only: a port that did not say it handles that gets the segments.
-    let ecn_ok = match plan.gso {
+    let ecn_ok = match plan.gso() {
         GsoKind::Tcp { ecn, .. } => !ecn || caps.ecn,
         _ => true,
     };
-    if port_segments && ecn_ok && caps.checksum && fitted == plan.gso {
+    if port_segments && ecn_ok && caps.checksum && fitted == plan.gso() {
         Ok(Action::PassThrough)
     } else {
         Ok(Action::Segment(fitted))
@@ -185,7 +185,7 @@ pub fn adapt<S: SegmentSink + ?Sized>(
             Ok(Adapted::Checksummed)
         }
         Action::Segment(gso) => {
-            let layout = plan.layout.as_ref().ok_or(AdaptError::MissingLayout)?;
+            let layout = plan.layout().ok_or(AdaptError::MissingLayout)?;
             let summary = segmenter.segment(data, layout, gso, mode, sink)?;
             Ok(Adapted::Segmented(summary))
         }
@@ -408,14 +408,14 @@ mod tests {
             assert_eq!(decide(&with_ecn, full), Action::PassThrough);
             assert_eq!(
                 decide(&with_ecn, no_ecn),
-                Action::Segment(with_ecn.plan().gso)
+                Action::Segment(with_ecn.plan().gso())
             );
             assert_eq!(decide(&plain, no_ecn), Action::PassThrough);
             // ECN alone does not make a port segment.
             let ecn_only = EgressCapabilities::checksum_only(1500).with_ecn(true);
             assert_eq!(
                 decide(&with_ecn, ecn_only),
-                Action::Segment(with_ecn.plan().gso)
+                Action::Segment(with_ecn.plan().gso())
             );
         }
     }
@@ -471,7 +471,7 @@ mod tests {
             let frame = built.checked(&built.frame_with_seed(true), GsoKind::None, true);
             let offset = if l4 == L4Spec::Udp { 6 } else { 16 };
             assert_eq!(
-                frame.plan().partial_checksum,
+                frame.plan().partial_checksum(),
                 Some(PartialChecksum {
                     start: built.layout.l4_offset,
                     offset,
@@ -514,7 +514,7 @@ mod tests {
         let inner_ethertype = built.layout.l3_offset - 2;
         not_ip[inner_ethertype..inner_ethertype + 2].copy_from_slice(&0x88b5u16.to_be_bytes());
         let not_ip = CheckedFrame::check(Packet::plain(not_ip)).unwrap();
-        assert_eq!(not_ip.plan().layout, None);
+        assert_eq!(not_ip.plan().layout(), None);
         assert_eq!(
             decide(&not_ip, &EgressCapabilities::none(1500)).unwrap(),
             Action::PassThrough

@@ -314,7 +314,7 @@ impl Built {
         let hdr = guest_hdr(&self.layout, gso, partial);
         let checked = CheckedFrame::check(Packet::with_hdr(hdr, frame.to_vec()))
             .unwrap_or_else(|err| panic!("{hdr:?} refused: {err}"));
-        assert_eq!(checked.plan().gso, gso);
+        assert_eq!(checked.plan().gso(), gso);
         checked
     }
 

@@ -37,8 +37,8 @@
 //! let (hdr, used) = VirtioNetHdr::parse(&guest_bytes, HdrFormat::V1).unwrap();
 //! assert_eq!(used, 12);
 //! let plan = hdr.validate(&frame).unwrap();
-//! assert_eq!(plan.gso, GsoKind::Tcp { mss: 1448, ecn: false });
-//! assert_eq!(plan.layout.unwrap().payload_offset, 54);
+//! assert_eq!(plan.gso(), GsoKind::Tcp { mss: 1448, ecn: false });
+//! assert_eq!(plan.layout().unwrap().payload_offset, 54);
 //!
 //! // gso_size 0 would divide by zero in a segmenter: it is rejected.
 //! let mut bad = hdr;

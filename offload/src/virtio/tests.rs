@@ -116,13 +116,13 @@ fn guest_rewriting_its_header_after_the_copy_changes_nothing() {
     assert_eq!(copy, good);
     assert_eq!(copy.validate(&frame), Ok(plan));
     assert_eq!(
-        plan.gso,
+        plan.gso(),
         GsoKind::Tcp {
             mss: 1448,
             ecn: false
         }
     );
-    assert_eq!(plan.partial_checksum.unwrap().start, 34);
+    assert_eq!(plan.partial_checksum().unwrap().start, 34);
     // Re-reading the guest bytes would give a header that is rejected.
     let (reread, _) = VirtioNetHdr::parse(&guest_memory, HdrFormat::V1).unwrap();
     assert!(reread.validate(&frame).is_err());
@@ -605,23 +605,23 @@ fn rule_11_a_gso_frame_that_fits_one_segment_is_valid() {
     for (frame, t) in [(tcp4(100), GSO_TCPV4), (tcp6(0), GSO_TCPV6)] {
         let plan = csum_hdr(&frame, t, 1448).validate(&frame).unwrap();
         assert_eq!(
-            plan.gso,
+            plan.gso(),
             GsoKind::Tcp {
                 mss: 1448,
                 ecn: false
             }
         );
-        assert!(plan.partial_checksum.is_some());
+        assert!(plan.partial_checksum().is_some());
     }
     let frame = udp4(10);
     let plan = csum_hdr(&frame, GSO_UDP_L4, 1400).validate(&frame).unwrap();
-    assert_eq!(plan.gso, GsoKind::UdpL4 { size: 1400 });
+    assert_eq!(plan.gso(), GsoKind::UdpL4 { size: 1400 });
     // The largest usable gso_size (bug class: huge gso_size values) is
     // accepted; it is the segmenter's job to cut to the egress MTU.
     let frame = tcp4(60000);
     let plan = csum_hdr(&frame, GSO_TCPV4, 65534).validate(&frame).unwrap();
     assert_eq!(
-        plan.gso,
+        plan.gso(),
         GsoKind::Tcp {
             mss: 65534,
             ecn: false
@@ -668,7 +668,7 @@ fn tcp_rules_accept_what_a_tcp_sender_sends() {
         let hdr = csum_hdr(&frame, t, MIN_TCP_MSS);
         let plan = hdr.validate(&frame).unwrap();
         assert_eq!(
-            plan.gso,
+            plan.gso(),
             GsoKind::Tcp {
                 mss: 88,
                 ecn: false
@@ -685,7 +685,7 @@ fn tcp_rules_accept_what_a_tcp_sender_sends() {
                 gso_size: 0,
                 ..hdr
             };
-            assert_eq!(plain.validate(&frame).unwrap().gso, GsoKind::None);
+            assert_eq!(plain.validate(&frame).unwrap().gso(), GsoKind::None);
         }
     }
     let frame = udp4(3000);
@@ -707,16 +707,16 @@ fn accepted_shapes() {
     };
     let plan = hdr.validate(&frame).unwrap();
     assert_eq!(
-        plan.gso,
+        plan.gso(),
         GsoKind::Tcp {
             mss: 1000,
             ecn: true
         }
     );
-    let layout = plan.layout.unwrap();
+    let layout = plan.layout().unwrap();
     assert_eq!(layout.payload_offset, exp.payload_offset);
     assert_eq!(
-        plan.partial_checksum,
+        plan.partial_checksum(),
         Some(PartialChecksum {
             start: 22 + 20,
             offset: 16
@@ -731,18 +731,18 @@ fn accepted_shapes() {
         ..csum_hdr(&frame, GSO_TCPV6, 1440)
     };
     let plan = hdr.validate(&frame).unwrap();
-    assert_eq!(plan.partial_checksum, None);
+    assert_eq!(plan.partial_checksum(), None);
     // UFO over IPv6 with NEEDS_CSUM.
     let frame = FrameSpec::tcp6(4000).udp().build().0;
     let plan = csum_hdr(&frame, GSO_UDP, 1232).validate(&frame).unwrap();
-    assert_eq!(plan.gso, GsoKind::Ufo { size: 1232 });
+    assert_eq!(plan.gso(), GsoKind::Ufo { size: 1232 });
     // Non-GSO partial checksum on an IP frame.
     let frame = udp4(100);
     let plan = csum_hdr(&frame, GSO_NONE, 0).validate(&frame).unwrap();
-    assert_eq!(plan.gso, GsoKind::None);
-    assert!(plan.layout.is_some());
+    assert_eq!(plan.gso(), GsoKind::None);
+    assert!(plan.layout().is_some());
     assert_eq!(
-        plan.partial_checksum,
+        plan.partial_checksum(),
         Some(PartialChecksum {
             start: 34,
             offset: 6
@@ -757,9 +757,9 @@ fn accepted_shapes() {
         ..Default::default()
     };
     let plan = hdr.validate(&frame).unwrap();
-    assert_eq!(plan.layout, None);
+    assert_eq!(plan.layout(), None);
     assert_eq!(
-        plan.partial_checksum,
+        plan.partial_checksum(),
         Some(PartialChecksum {
             start: 14,
             offset: 26
@@ -779,15 +779,15 @@ fn accepted_shapes() {
     );
     // Plain frames: nothing to do, even with IP headers the parser rejects.
     let plain = VirtioNetHdr::default();
-    assert_eq!(plain.validate(&arp()).unwrap().layout, None);
+    assert_eq!(plain.validate(&arp()).unwrap().layout(), None);
     let mut broken = tcp4(10);
     broken[14] = 0x41;
     let plan = plain.validate(&broken).unwrap();
     assert_eq!(
-        (plan.layout, plan.gso, plan.partial_checksum),
+        (plan.layout(), plan.gso(), plan.partial_checksum()),
         (None, GsoKind::None, None)
     );
-    assert!(plain.validate(&tcp4(10)).unwrap().layout.is_some());
+    assert!(plain.validate(&tcp4(10)).unwrap().layout().is_some());
     // ...but a partial checksum on those broken headers is rejected.
     let hdr = VirtioNetHdr {
         flags: FLAG_NEEDS_CSUM,
@@ -829,30 +829,30 @@ fn drop_reasons_are_indexed_and_named_uniquely() {
 }
 
 fn assert_plan_within(frame: &[u8], hdr: &VirtioNetHdr, plan: &OffloadPlan) {
-    if let Some(p) = plan.partial_checksum {
+    if let Some(p) = plan.partial_checksum() {
         assert!(hdr.needs_csum());
         assert!(p.start + p.offset + 2 <= frame.len());
     } else {
         assert!(!hdr.needs_csum());
     }
-    if let Some(l) = plan.layout {
+    if let Some(l) = plan.layout() {
         assert!(l.l3_offset < l.l4_offset);
         assert!(l.l4_offset <= l.payload_offset);
         assert!(l.payload_offset <= frame.len());
     }
-    match plan.gso {
+    match plan.gso() {
         GsoKind::None => {}
         GsoKind::Tcp { mss: size, .. } | GsoKind::UdpL4 { size } | GsoKind::Ufo { size } => {
             assert!(size != 0 && size != 0xffff);
-            let l = plan.layout.expect("GSO plans have a layout");
-            if let GsoKind::Tcp { mss, .. } = plan.gso {
+            let l = plan.layout().expect("GSO plans have a layout");
+            if let GsoKind::Tcp { mss, .. } = plan.gso() {
                 assert!(mss >= MIN_TCP_MSS);
                 assert_eq!(frame[l.l4_offset + 13] & 0x06, 0, "no SYN or RST");
             }
             assert!(l.l4.is_some());
             assert!(!l.is_fragment);
             assert!(frame.len() <= MAX_L3_LEN + l.l3_offset);
-            if let Some(p) = plan.partial_checksum {
+            if let Some(p) = plan.partial_checksum() {
                 assert_eq!(p.start, l.l4_offset);
             }
         }
@@ -932,15 +932,15 @@ proptest! {
             prop_assert_eq!(result.unwrap_err().reason(), DropReason::TooManySegments);
         } else {
             let plan = result.unwrap();
-            prop_assert_eq!(plan.layout.unwrap().payload_offset, exp.payload_offset);
-            prop_assert_eq!(plan.layout.unwrap().l4_offset, exp.l4_offset);
+            prop_assert_eq!(plan.layout().unwrap().payload_offset, exp.payload_offset);
+            prop_assert_eq!(plan.layout().unwrap().l4_offset, exp.l4_offset);
             assert_plan_within(&frame, &hdr, &plan);
         }
         // The same frame as a plain partial-checksum frame is always fine.
         let plain = VirtioNetHdr { gso_type: GSO_NONE, gso_size: 0, ..hdr };
         let plan = plain.validate(&frame).unwrap();
-        prop_assert_eq!(plan.gso, GsoKind::None);
-        prop_assert_eq!(plan.layout.unwrap().l4_offset, exp.l4_offset);
+        prop_assert_eq!(plan.gso(), GsoKind::None);
+        prop_assert_eq!(plan.layout().unwrap().l4_offset, exp.l4_offset);
     }
 
     #[test]

@@ -289,10 +289,6 @@ impl VirtioNetHdr {
         gso: GsoKind,
         partial_checksum: Option<PartialChecksum>,
     ) -> OffloadPlan {
-        OffloadPlan {
-            layout,
-            gso,
-            partial_checksum,
-        }
+        OffloadPlan::new(layout, gso, partial_checksum)
     }
 }
