@@ -291,14 +291,14 @@ fuzz_target!(|data: &[u8]| {
     let Ok(plan) = hdr.validate(&frame) else {
         return;
     };
-    if plan.gso == GsoKind::None {
+    if plan.gso() == GsoKind::None {
         return;
     }
-    let layout = plan.layout.expect("a GSO plan has a layout");
+    let layout = *plan.layout().expect("a GSO plan has a layout");
     let gso = if mtu == 0 {
-        plan.gso
+        plan.gso()
     } else {
-        match plan.gso.fit_mtu(&layout, mtu) {
+        match plan.gso().fit_mtu(&layout, mtu) {
             Ok(gso) => gso,
             Err(e) => {
                 assert!(!e.to_string().is_empty());

@@ -11,7 +11,7 @@ use vswitch_offload::virtio::{HdrFormat, MAX_L3_LEN, MIN_TCP_MSS};
 use vswitch_offload::{FrameLayout, GsoKind, L3Kind, OffloadPlan, VirtioNetHdr};
 
 fn check_plan(hdr: &VirtioNetHdr, frame: &[u8], plan: &OffloadPlan) {
-    match plan.partial_checksum {
+    match plan.partial_checksum() {
         Some(p) => {
             assert!(hdr.needs_csum());
             assert!(p.start <= frame.len());
@@ -19,13 +19,13 @@ fn check_plan(hdr: &VirtioNetHdr, frame: &[u8], plan: &OffloadPlan) {
         }
         None => assert!(!hdr.needs_csum()),
     }
-    if let Some(l) = plan.layout {
+    if let Some(&l) = plan.layout() {
         assert!(l.l3_offset < l.l4_offset);
         assert!(l.l4_offset <= l.payload_offset);
         assert!(l.payload_offset <= frame.len());
         assert_eq!(FrameLayout::parse(frame), Ok(l));
         assert!(frame.len() <= MAX_L3_LEN + l.l3_offset);
-        if let Some(p) = plan.partial_checksum {
+        if let Some(p) = plan.partial_checksum() {
             let min_l3_len = match l.l3 {
                 L3Kind::Ipv4 => 20,
                 L3Kind::Ipv6 => 40,
@@ -33,22 +33,22 @@ fn check_plan(hdr: &VirtioNetHdr, frame: &[u8], plan: &OffloadPlan) {
             assert!(p.start >= l.l3_offset + min_l3_len);
         }
     }
-    match plan.gso {
+    match plan.gso() {
         GsoKind::None => {}
         GsoKind::Tcp { mss: size, .. } | GsoKind::UdpL4 { size } | GsoKind::Ufo { size } => {
             assert!(size != 0 && size != u16::MAX);
             assert_eq!(size, hdr.gso_size);
-            let l = plan.layout.expect("a GSO plan has a layout");
+            let l = plan.layout().expect("a GSO plan has a layout");
             assert!(l.l4.is_some());
             assert!(!l.is_fragment);
-            if let Some(p) = plan.partial_checksum {
+            if let Some(p) = plan.partial_checksum() {
                 assert_eq!(p.start, l.l4_offset);
             }
-            if let GsoKind::Tcp { mss, .. } = plan.gso {
+            if let GsoKind::Tcp { mss, .. } = plan.gso() {
                 assert!(mss >= MIN_TCP_MSS);
                 assert_eq!(frame[l.l4_offset + 13] & 0x06, 0, "no SYN or RST");
             }
-            if let GsoKind::UdpL4 { size } = plan.gso {
+            if let GsoKind::UdpL4 { size } = plan.gso() {
                 assert!(frame.len() - l.payload_offset <= usize::from(size) * 128);
             }
         }

@@ -20,19 +20,29 @@
 //!
 //! ```
 //! use vswitch_offload::adapt::{decide, Action};
-//! use vswitch_offload::{EgressCapabilities, GsoKind, OffloadPlan, PartialChecksum};
+//! use vswitch_offload::virtio::{FLAG_NEEDS_CSUM, GSO_NONE};
+//! use vswitch_offload::{CheckedFrame, EgressCapabilities, Packet, PartialChecksum, VirtioNetHdr};
 //!
-//! // A plain 100-byte frame with a partial checksum, not IP as far as the
-//! // plan knows.
-//! let frame = [0u8; 100];
-//! let plan = OffloadPlan {
-//!     layout: None,
-//!     gso: GsoKind::None,
-//!     partial_checksum: Some(PartialChecksum { start: 34, offset: 16 }),
+//! // Ethernet + IPv4 (20) + TCP (20) + 46 payload bytes, the TCP checksum
+//! // left partial by the guest.
+//! let mut frame = vec![0u8; 14 + 20 + 20 + 46];
+//! frame[12..14].copy_from_slice(&[0x08, 0x00]); // IPv4
+//! frame[14] = 0x45; // version 4, ihl 5
+//! frame[14 + 9] = 6; // TCP
+//! frame[34 + 12] = 5 << 4; // data offset 5
+//! let hdr = VirtioNetHdr {
+//!     flags: FLAG_NEEDS_CSUM,
+//!     gso_type: GSO_NONE,
+//!     csum_start: 34,
+//!     csum_offset: 16,
+//!     ..VirtioNetHdr::default()
 //! };
-//! let to_tap = decide(&frame, &plan, &EgressCapabilities::checksum_only(1500)).unwrap();
+//! // The header is validated against the frame once, here; decide and
+//! // adapt take only frames checked so.
+//! let frame = CheckedFrame::check(Packet::with_hdr(hdr, frame)).unwrap();
+//! let to_tap = decide(&frame, &EgressCapabilities::checksum_only(1500)).unwrap();
 //! assert_eq!(to_tap, Action::PassThrough);
-//! let to_wire = decide(&frame, &plan, &EgressCapabilities::none(1500)).unwrap();
+//! let to_wire = decide(&frame, &EgressCapabilities::none(1500)).unwrap();
 //! assert_eq!(to_wire, Action::CompleteChecksum(PartialChecksum { start: 34, offset: 16 }));
 //! ```
 
@@ -40,10 +50,10 @@ use bytes::Bytes;
 
 use crate::caps::EgressCapabilities;
 use crate::complete::{complete_checksum_copy, partial_checksum_value, ChecksumError};
-use crate::layout::{FrameLayout, L3Kind};
-use crate::plan::{GsoKind, OffloadPlan, PartialChecksum};
+use crate::frame::CheckedFrame;
+use crate::layout::L3Kind;
+use crate::plan::{GsoKind, PartialChecksum};
 use crate::segment::{OutputMode, SegmentError, SegmentSink, SegmentSummary, Segmenter, SinkFull};
-use crate::wire::{EthernetError, L2Header, ParseError, VlanError};
 
 /// Why a frame could not be adapted to a port. Each variant has a stable
 /// counter name ([`AdaptError::counter`]).
@@ -57,15 +67,9 @@ pub enum AdaptError {
         /// The egress MTU.
         mtu: u16,
     },
-    /// The frame is shorter than its Ethernet header.
-    #[error("frame of {len} bytes is shorter than its {l2_len}-byte Ethernet header")]
-    FrameTooShort {
-        /// Length of the frame.
-        len: usize,
-        /// Length of the Ethernet header with VLAN tags.
-        l2_len: usize,
-    },
-    /// A GSO frame came without a parsed layout.
+    /// A GSO frame came without a parsed layout. Validation gives every
+    /// GSO frame one, so a [`CheckedFrame`] never causes this; `decide`
+    /// checks that instead of assuming it.
     #[error("a GSO frame needs a parsed layout, the plan has none")]
     MissingLayout,
     /// Segmentation failed.
@@ -81,7 +85,6 @@ impl AdaptError {
     pub fn counter(&self) -> &'static str {
         match self {
             AdaptError::FrameOverMtu { .. } => "adapt_frame_over_mtu",
-            AdaptError::FrameTooShort { .. } => "adapt_frame_too_short",
             AdaptError::MissingLayout => "adapt_missing_layout",
             AdaptError::Segment(err) => err.counter(),
             AdaptError::Checksum(err) => err.counter(),
@@ -111,66 +114,28 @@ pub enum Adapted {
     Segmented(SegmentSummary),
 }
 
-/// Length of the Ethernet header with its VLAN tags: from the layout when
-/// the plan has one, else from walking the tags ([`L2Header::parse`]).
-fn l2_len(frame: &[u8], layout: Option<&FrameLayout>) -> Result<usize, AdaptError> {
-    if let Some(layout) = layout {
-        return Ok(layout.l3_offset);
-    }
-    match L2Header::parse(frame) {
-        Ok(l2) => Ok(l2.l3_offset),
-        // The walk fails only on a header or tag cut short by the frame's end.
-        Err(err) => {
-            let l2_len = match err {
-                ParseError::Ethernet(EthernetError::Truncated {
-                    offset,
-                    required_len,
-                    ..
-                })
-                | ParseError::Vlan(VlanError::Truncated {
-                    offset,
-                    required_len,
-                    ..
-                }) => offset + required_len,
-                other => other.offset(),
-            };
-            Err(AdaptError::FrameTooShort {
-                len: frame.len(),
-                l2_len,
-            })
-        }
-    }
-}
-
-/// Decides what a frame needs before it leaves through a port with `caps`.
-pub fn decide(
-    frame: &[u8],
-    plan: &OffloadPlan,
-    caps: &EgressCapabilities,
-) -> Result<Action, AdaptError> {
-    if plan.gso == GsoKind::None {
-        let l2_len = l2_len(frame, plan.layout.as_ref())?;
-        let l3_len = frame
-            .len()
-            .checked_sub(l2_len)
-            .ok_or(AdaptError::FrameTooShort {
-                len: frame.len(),
-                l2_len,
-            })?;
+/// Decides what a frame needs before it leaves through a port with `caps`,
+/// from the plan its virtio-net header was validated into.
+pub fn decide(frame: &CheckedFrame, caps: &EgressCapabilities) -> Result<Action, AdaptError> {
+    let plan = frame.plan();
+    if plan.gso() == GsoKind::None {
+        // The link-layer header was parsed when the frame was checked, so
+        // it ends within the frame.
+        let l3_len = frame.len() - frame.l2().l3_offset;
         if l3_len > usize::from(caps.mtu) {
             return Err(AdaptError::FrameOverMtu {
                 l3_len,
                 mtu: caps.mtu,
             });
         }
-        return Ok(match plan.partial_checksum {
+        return Ok(match plan.partial_checksum() {
             Some(partial) if !caps.checksum => Action::CompleteChecksum(partial),
             _ => Action::PassThrough,
         });
     }
-    let layout = plan.layout.as_ref().ok_or(AdaptError::MissingLayout)?;
-    let fitted = plan.gso.fit_mtu(layout, caps.mtu)?;
-    let port_segments = match (plan.gso, layout.l3) {
+    let layout = plan.layout().ok_or(AdaptError::MissingLayout)?;
+    let fitted = plan.gso().fit_mtu(layout, caps.mtu)?;
+    let port_segments = match (plan.gso(), layout.l3) {
         (GsoKind::Tcp { .. }, L3Kind::Ipv4) => caps.tso4,
         (GsoKind::Tcp { .. }, L3Kind::Ipv6) => caps.tso6,
         (GsoKind::UdpL4 { .. }, _) => caps.uso,
@@ -179,44 +144,49 @@ pub fn decide(
     };
     // A TSO frame with ECN carries CWR, which must go on the first segment
     // only: a port that did not say it handles that gets the segments.
-    let ecn_ok = match plan.gso {
+    let ecn_ok = match plan.gso() {
         GsoKind::Tcp { ecn, .. } => !ecn || caps.ecn,
         _ => true,
     };
-    if port_segments && ecn_ok && caps.checksum && fitted == plan.gso {
+    if port_segments && ecn_ok && caps.checksum && fitted == plan.gso() {
         Ok(Action::PassThrough)
     } else {
         Ok(Action::Segment(fitted))
     }
 }
 
-/// Adapts `frame` (validated into `plan`) to a port with `caps`: decides
-/// ([`decide`]), then writes what must be sent into `sink`, in zero-copy mode
-/// if the port takes scatter-gather frames, else in copy mode.
+/// Adapts `frame` to a port with `caps`: decides ([`decide`]), then writes
+/// what must be sent into `sink`, in zero-copy mode if the port takes
+/// scatter-gather frames, else in copy mode.
+///
+/// The frame's plan comes from validating its own header against its own
+/// bytes ([`CheckedFrame::check`]), so an unchecked header cannot reach the
+/// segmenter or the checksum completer through here.
 ///
 /// On [`Adapted::PassThrough`] nothing is written; send the original frame
 /// with its metadata. Otherwise send what the sink received, as plain frames.
 pub fn adapt<S: SegmentSink + ?Sized>(
     segmenter: &mut Segmenter,
-    frame: &Bytes,
-    plan: &OffloadPlan,
+    frame: &CheckedFrame,
     caps: &EgressCapabilities,
     sink: &mut S,
 ) -> Result<Adapted, AdaptError> {
+    let plan = frame.plan();
+    let data = frame.data();
     let mode = if caps.scatter_gather {
         OutputMode::ZeroCopy
     } else {
         OutputMode::Copy
     };
-    match decide(frame, plan, caps)? {
+    match decide(frame, caps)? {
         Action::PassThrough => Ok(Adapted::PassThrough),
         Action::CompleteChecksum(partial) => {
-            complete_into(frame, partial, mode, sink)?;
+            complete_into(data, partial, mode, sink)?;
             Ok(Adapted::Checksummed)
         }
         Action::Segment(gso) => {
-            let layout = plan.layout.as_ref().ok_or(AdaptError::MissingLayout)?;
-            let summary = segmenter.segment(frame, layout, gso, mode, sink)?;
+            let layout = plan.layout().ok_or(AdaptError::MissingLayout)?;
+            let summary = segmenter.segment(data, layout, gso, mode, sink)?;
             Ok(Adapted::Segmented(summary))
         }
     }
@@ -268,33 +238,26 @@ fn complete_into<S: SegmentSink + ?Sized>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::layout::L4Kind;
-    use crate::segment::testing::{build, check_segment, FrameSpec, L4Spec};
+    use crate::frame::{CheckError, Packet};
+    use crate::layout::{FrameLayout, L4Kind};
+    use crate::segment::testing::{build, check_segment, Built, FrameSpec, L4Spec};
     use crate::segment::SegmentList;
 
-    fn tso_plan(built: &crate::segment::testing::Built, mss: u16) -> OffloadPlan {
-        OffloadPlan {
-            layout: Some(built.layout),
-            gso: GsoKind::Tcp { mss, ecn: false },
-            partial_checksum: Some(PartialChecksum {
-                start: built.layout.l4_offset,
-                offset: 16,
-            }),
-        }
+    /// `frame` checked with a TSO header of `mss`, its checksum partial.
+    fn tso(built: &Built, frame: &[u8], mss: u16, ecn: bool) -> CheckedFrame {
+        built.checked(frame, GsoKind::Tcp { mss, ecn }, true)
     }
 
     fn run(
-        frame: &[u8],
-        plan: &OffloadPlan,
+        frame: &CheckedFrame,
         caps: &EgressCapabilities,
     ) -> Result<(Adapted, Vec<Vec<u8>>), AdaptError> {
-        let bytes = Bytes::copy_from_slice(frame);
         let mut outs = Vec::new();
         let mut result = None;
         for sg in [false, true] {
             let caps = caps.with_scatter_gather(sg);
             let mut list = SegmentList::new();
-            let adapted = adapt(&mut Segmenter::default(), &bytes, plan, &caps, &mut list)?;
+            let adapted = adapt(&mut Segmenter::default(), frame, &caps, &mut list)?;
             let out: Vec<Vec<u8>> = list.iter().map(|s| s.to_vec()).collect();
             if let Some((prev, prev_out)) = &result {
                 assert_eq!(prev, &adapted);
@@ -306,7 +269,7 @@ mod tests {
         Ok((result.map(|r| r.0).unwrap_or(Adapted::PassThrough), outs))
     }
 
-    fn big_tcp(ipv6: bool) -> crate::segment::testing::Built {
+    fn big_tcp(ipv6: bool) -> Built {
         build(&FrameSpec {
             ipv6,
             vlans: 1,
@@ -325,12 +288,12 @@ mod tests {
             let built = big_tcp(ipv6);
             let mut frame = built.frame.clone();
             built.seed_partial(&mut frame, true);
-            let plan = tso_plan(&built, 8948);
+            let frame = tso(&built, &frame, 8948, false);
             for caps in [
                 EgressCapabilities::full(1280),
                 EgressCapabilities::none(1280),
             ] {
-                let (adapted, segments) = run(&frame, &plan, &caps).unwrap();
+                let (adapted, segments) = run(&frame, &caps).unwrap();
                 let headers = built.layout.payload_offset - built.layout.l3_offset;
                 let mss = 1280 - headers;
                 assert_eq!(
@@ -358,8 +321,8 @@ mod tests {
     #[test]
     fn tso_passes_through_only_to_a_port_that_segments_this_kind() {
         let v4 = big_tcp(false);
-        let plan = tso_plan(&v4, 1448);
-        let pass = |caps: EgressCapabilities| decide(&v4.frame, &plan, &caps).unwrap();
+        let frame = tso(&v4, &v4.frame, 1448, false);
+        let pass = |caps: EgressCapabilities| decide(&frame, &caps).unwrap();
         assert_eq!(pass(EgressCapabilities::full(1500)), Action::PassThrough);
         let no_tso4 = EgressCapabilities {
             tso4: false,
@@ -384,19 +347,19 @@ mod tests {
             })
         );
         let v6 = big_tcp(true);
-        let plan6 = tso_plan(&v6, 1200);
+        let frame6 = tso(&v6, &v6.frame, 1200, false);
         let only_tso4 = EgressCapabilities {
             tso6: false,
             ..EgressCapabilities::full(1500)
         };
         assert_eq!(
-            decide(&v6.frame, &plan6, &only_tso4).unwrap(),
+            decide(&frame6, &only_tso4).unwrap(),
             Action::Segment(GsoKind::Tcp {
                 mss: 1200,
                 ecn: false
             })
         );
-        let (adapted, segments) = run(&v4.frame, &plan, &EgressCapabilities::full(1500)).unwrap();
+        let (adapted, segments) = run(&frame, &EgressCapabilities::full(1500)).unwrap();
         assert_eq!(adapted, Adapted::PassThrough);
         assert!(segments.is_empty());
     }
@@ -437,23 +400,23 @@ mod tests {
     fn tso_with_ecn_passes_through_only_to_a_port_that_takes_ecn() {
         for ipv6 in [false, true] {
             let built = big_tcp(ipv6);
-            let plain = tso_plan(&built, 1200);
-            let with_ecn = OffloadPlan {
-                gso: GsoKind::Tcp {
-                    mss: 1200,
-                    ecn: true,
-                },
-                ..plain
-            };
+            let plain = tso(&built, &built.frame, 1200, false);
+            let with_ecn = tso(&built, &built.frame, 1200, true);
             let full = EgressCapabilities::full(1500);
             let no_ecn = full.with_ecn(false);
-            let decide = |plan: &OffloadPlan, caps| decide(&built.frame, plan, &caps).unwrap();
+            let decide = |frame: &CheckedFrame, caps| decide(frame, &caps).unwrap();
             assert_eq!(decide(&with_ecn, full), Action::PassThrough);
-            assert_eq!(decide(&with_ecn, no_ecn), Action::Segment(with_ecn.gso));
+            assert_eq!(
+                decide(&with_ecn, no_ecn),
+                Action::Segment(with_ecn.plan().gso())
+            );
             assert_eq!(decide(&plain, no_ecn), Action::PassThrough);
             // ECN alone does not make a port segment.
             let ecn_only = EgressCapabilities::checksum_only(1500).with_ecn(true);
-            assert_eq!(decide(&with_ecn, ecn_only), Action::Segment(with_ecn.gso));
+            assert_eq!(
+                decide(&with_ecn, ecn_only),
+                Action::Segment(with_ecn.plan().gso())
+            );
         }
     }
 
@@ -476,15 +439,9 @@ mod tests {
             let mut frame = built.frame.clone();
             set_ip_ecn(&mut frame, &built.layout, 0b11);
             built.seed_partial(&mut frame, true);
-            let plan = OffloadPlan {
-                gso: GsoKind::Tcp {
-                    mss: 1000,
-                    ecn: true,
-                },
-                ..tso_plan(&built, 1000)
-            };
+            let frame = tso(&built, &frame, 1000, true);
             let caps = EgressCapabilities::full(1500).with_ecn(false);
-            let (adapted, segments) = run(&frame, &plan, &caps).unwrap();
+            let (adapted, segments) = run(&frame, &caps).unwrap();
             assert!(matches!(adapted, Adapted::Segmented(s) if s.segments == 10));
             let mut payload = Vec::new();
             for (i, segment) in segments.iter().enumerate() {
@@ -511,22 +468,20 @@ mod tests {
                 payload_len: 1000,
                 ..FrameSpec::default()
             });
-            let frame = built.frame_with_seed(true);
+            let frame = built.checked(&built.frame_with_seed(true), GsoKind::None, true);
             let offset = if l4 == L4Spec::Udp { 6 } else { 16 };
-            let plan = OffloadPlan {
-                layout: Some(built.layout),
-                gso: GsoKind::None,
-                partial_checksum: Some(PartialChecksum {
+            assert_eq!(
+                frame.plan().partial_checksum(),
+                Some(PartialChecksum {
                     start: built.layout.l4_offset,
                     offset,
-                }),
-            };
-            let (adapted, out) = run(&frame, &plan, &EgressCapabilities::none(1500)).unwrap();
+                })
+            );
+            let (adapted, out) = run(&frame, &EgressCapabilities::none(1500)).unwrap();
             assert_eq!(adapted, Adapted::Checksummed);
             assert_eq!(out, std::slice::from_ref(&built.frame));
             assert!(built.l4_checksum_ok(&out[0]));
-            let (adapted, out) =
-                run(&frame, &plan, &EgressCapabilities::checksum_only(1500)).unwrap();
+            let (adapted, out) = run(&frame, &EgressCapabilities::checksum_only(1500)).unwrap();
             assert_eq!(adapted, Adapted::PassThrough);
             assert!(out.is_empty());
         }
@@ -539,16 +494,12 @@ mod tests {
             payload_len: 1460,
             ..FrameSpec::default()
         });
-        let plan = OffloadPlan {
-            layout: Some(built.layout),
-            gso: GsoKind::None,
-            partial_checksum: None,
-        };
+        let frame = built.checked(&built.frame, GsoKind::None, false);
         assert_eq!(
-            decide(&built.frame, &plan, &EgressCapabilities::none(1500)).unwrap(),
+            decide(&frame, &EgressCapabilities::none(1500)).unwrap(),
             Action::PassThrough
         );
-        let err = decide(&built.frame, &plan, &EgressCapabilities::full(1499)).unwrap_err();
+        let err = decide(&frame, &EgressCapabilities::full(1499)).unwrap_err();
         assert_eq!(
             err,
             AdaptError::FrameOverMtu {
@@ -557,24 +508,22 @@ mod tests {
             }
         );
         assert_eq!(err.counter(), "adapt_frame_over_mtu");
-        // Without a layout the VLAN tags are still not counted as L3 bytes.
-        let no_layout = OffloadPlan {
-            layout: None,
-            ..plan
-        };
+        // A frame that is not IP has no layout; its VLAN tags are still not
+        // counted as L3 bytes.
+        let mut not_ip = built.frame.clone();
+        let inner_ethertype = built.layout.l3_offset - 2;
+        not_ip[inner_ethertype..inner_ethertype + 2].copy_from_slice(&0x88b5u16.to_be_bytes());
+        let not_ip = CheckedFrame::check(Packet::plain(not_ip)).unwrap();
+        assert_eq!(not_ip.plan().layout(), None);
         assert_eq!(
-            decide(&built.frame, &no_layout, &EgressCapabilities::none(1500)).unwrap(),
+            decide(&not_ip, &EgressCapabilities::none(1500)).unwrap(),
             Action::PassThrough
         );
-        assert!(decide(&built.frame, &no_layout, &EgressCapabilities::none(1499)).is_err());
-        let err = decide(&[0u8; 10], &no_layout, &EgressCapabilities::none(1500)).unwrap_err();
-        assert_eq!(
-            err,
-            AdaptError::FrameTooShort {
-                len: 10,
-                l2_len: 14
-            }
-        );
+        assert!(decide(&not_ip, &EgressCapabilities::none(1499)).is_err());
+        // A frame shorter than its Ethernet header is refused when it is
+        // checked: it never reaches decide.
+        let err = CheckedFrame::check(Packet::plain(vec![0u8; 10])).unwrap_err();
+        assert!(matches!(err, CheckError::LinkLayer(_)), "{err}");
     }
 
     #[test]
@@ -584,26 +533,16 @@ mod tests {
             payload_len: 20_000,
             ..FrameSpec::default()
         });
-        let uso = OffloadPlan {
-            layout: Some(built.layout),
-            gso: GsoKind::UdpL4 { size: 1472 },
-            partial_checksum: Some(PartialChecksum {
-                start: built.layout.l4_offset,
-                offset: 6,
-            }),
-        };
-        let (adapted, out) = run(&built.frame, &uso, &EgressCapabilities::none(1500)).unwrap();
+        let uso = built.checked(&built.frame, GsoKind::UdpL4 { size: 1472 }, true);
+        let (adapted, out) = run(&uso, &EgressCapabilities::none(1500)).unwrap();
         assert!(matches!(adapted, Adapted::Segmented(s) if s.segments == 14));
         out.iter()
             .for_each(|s| assert!(check_segment(s).l3_len <= 1500));
-        let err = run(&built.frame, &uso, &EgressCapabilities::full(1400)).unwrap_err();
+        let err = run(&uso, &EgressCapabilities::full(1400)).unwrap_err();
         assert_eq!(err.counter(), "segment_datagram_over_mtu");
 
-        let ufo = OffloadPlan {
-            gso: GsoKind::Ufo { size: 8000 },
-            ..uso
-        };
-        let (adapted, out) = run(&built.frame, &ufo, &EgressCapabilities::full(1500)).unwrap();
+        let ufo = built.checked(&built.frame, GsoKind::Ufo { size: 8000 }, true);
+        let (adapted, out) = run(&ufo, &EgressCapabilities::full(1500)).unwrap();
         assert!(matches!(adapted, Adapted::Segmented(_)));
         for fragment in &out {
             let info = check_segment(fragment);
@@ -611,18 +550,32 @@ mod tests {
         }
     }
 
+    /// A GSO header on a frame that is not IP is refused when the frame is
+    /// checked, so decide never sees a GSO frame without a layout.
     #[test]
-    fn gso_without_layout_is_an_error() {
-        let plan = OffloadPlan {
-            layout: None,
-            gso: GsoKind::Tcp {
-                mss: 1000,
-                ecn: false,
-            },
-            partial_checksum: None,
+    fn gso_on_a_frame_that_is_not_ip_never_reaches_decide() {
+        let mut frame = vec![0u8; 100];
+        frame[12..14].copy_from_slice(&0x88b5u16.to_be_bytes());
+        let layout = FrameLayout {
+            vlan_tags: 0,
+            l3_offset: 14,
+            l3: L3Kind::Ipv4,
+            l4_offset: 34,
+            l4: Some(L4Kind::Tcp),
+            payload_offset: 54,
+            ipv6_fragment_header: None,
+            is_fragment: false,
         };
-        let err = decide(&[0; 100], &plan, &EgressCapabilities::none(1500)).unwrap_err();
-        assert_eq!(err, AdaptError::MissingLayout);
+        let gso = GsoKind::Tcp {
+            mss: 1000,
+            ecn: false,
+        };
+        let hdr = crate::segment::testing::guest_hdr(&layout, gso, false);
+        let err = CheckedFrame::check(Packet::with_hdr(hdr, frame)).unwrap_err();
+        assert!(
+            matches!(err, CheckError::Header(ref e) if e.reason().name() == "gso_l3_mismatch"),
+            "{err}"
+        );
     }
 
     /// Every error has its own counter name.
@@ -630,7 +583,6 @@ mod tests {
     fn counter_names_are_distinct() {
         let errors: Vec<AdaptError> = vec![
             AdaptError::FrameOverMtu { l3_len: 0, mtu: 0 },
-            AdaptError::FrameTooShort { len: 0, l2_len: 0 },
             AdaptError::MissingLayout,
             ChecksumError::FieldOutOfFrame {
                 start: 0,
@@ -702,7 +654,6 @@ mod tests {
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), errors.len());
-        let _ = L4Kind::Tcp;
     }
 
     proptest::proptest! {
@@ -725,24 +676,19 @@ mod tests {
             let l4 = if kind < 2 { L4Spec::Tcp { options: kind == 1 } } else { L4Spec::Udp };
             let cwr = ecn && kind < 2;
             let built = build(&FrameSpec { vlans, ipv6, l4, payload_len, cwr, ..FrameSpec::default() });
-            let frame = built.frame_with_seed(true);
             let gso = match kind {
-                0 | 1 => GsoKind::Tcp { mss: gso_size, ecn },
+                // Validation refuses a TCP MSS below Linux's minimum.
+                0 | 1 => GsoKind::Tcp { mss: gso_size.max(crate::virtio::MIN_TCP_MSS), ecn },
                 2 => GsoKind::UdpL4 { size: gso_size.max((payload_len / 128) as u16 + 1) },
                 _ => GsoKind::Ufo { size: gso_size.max(64) },
             };
-            let offset = if kind < 2 { 16 } else { 6 };
-            let plan = OffloadPlan {
-                layout: Some(built.layout),
-                gso,
-                partial_checksum: Some(PartialChecksum { start: built.layout.l4_offset, offset }),
-            };
+            let frame = built.checked(&built.frame_with_seed(true), gso, true);
             let bit = |n: u8| caps_bits & (1 << n) != 0;
             let caps = EgressCapabilities {
                 checksum: bit(0), tso4: bit(1), tso6: bit(2), uso: bit(3), ufo: bit(4),
                 scatter_gather: bit(5), ecn: bit(6), mtu,
             };
-            match run(&frame, &plan, &caps) {
+            match run(&frame, &caps) {
                 Ok((Adapted::PassThrough, out)) => {
                     proptest::prop_assert!(out.is_empty());
                     proptest::prop_assert!(caps.checksum);

@@ -118,11 +118,7 @@ impl CheckedFrame {
         let layout = crate::FrameLayout::parse_after_l2(frame, l2)
             .ok()
             .map(|(layout, _)| layout);
-        Ok(OffloadPlan {
-            layout,
-            gso: crate::GsoKind::None,
-            partial_checksum: None,
-        })
+        Ok(OffloadPlan::new(layout, crate::GsoKind::None, None))
     }
 
     /// The frame and its virtio-net header.
@@ -242,7 +238,7 @@ impl CheckedFrame {
                 (out, VLAN_TAG_LEN as isize, self.l2.vlan_tags + 1)
             }
         };
-        if let Some(partial) = self.plan.partial_checksum {
+        if let Some(partial) = self.plan.partial_checksum() {
             if partial.start < self.l2.l3_offset {
                 return None;
             }

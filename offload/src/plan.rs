@@ -1,8 +1,15 @@
 //! What a guest asked the host to do with one frame, after its virtio-net
 //! header was validated against the frame.
 //!
-//! An [`OffloadPlan`] is produced only by validation (see [`crate::virtio`]);
-//! the segmenter and the checksum completer trust its offsets.
+//! An [`OffloadPlan`] is produced only by validation
+//! ([`VirtioNetHdr::validate`](crate::VirtioNetHdr::validate), or the
+//! shortcut [`crate::CheckedFrame::check`] takes to the same plan for a frame
+//! with no offload work) and derived from a validated one by
+//! [`OffloadPlan::shifted`]: its fields are private
+//! and read through accessors, so no code outside this crate can write a
+//! plan by hand. [`crate::CheckedFrame`] keeps a plan beside the bytes it
+//! was validated against, and that is the only form the offload entry
+//! points ([`crate::adapt`]) take.
 
 use crate::layout::FrameLayout;
 
@@ -49,16 +56,44 @@ pub struct PartialChecksum {
 /// A validated request: the parsed layout, the segmentation, the checksum.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct OffloadPlan {
-    /// Header offsets. Always present for GSO frames; `None` for a non-GSO
-    /// frame that is not IPv4/IPv6 (a partial checksum may still apply).
-    pub layout: Option<FrameLayout>,
-    /// The segmentation asked for.
-    pub gso: GsoKind,
-    /// The checksum left for the host, if any.
-    pub partial_checksum: Option<PartialChecksum>,
+    layout: Option<FrameLayout>,
+    gso: GsoKind,
+    partial_checksum: Option<PartialChecksum>,
 }
 
 impl OffloadPlan {
+    /// A plan from the parts validation found. Only validation (and its
+    /// shortcut for finished frames in [`crate::CheckedFrame::check`]) calls
+    /// this: the parts must describe the frame the header was validated
+    /// against.
+    pub(crate) const fn new(
+        layout: Option<FrameLayout>,
+        gso: GsoKind,
+        partial_checksum: Option<PartialChecksum>,
+    ) -> OffloadPlan {
+        OffloadPlan {
+            layout,
+            gso,
+            partial_checksum,
+        }
+    }
+
+    /// Header offsets. Always present for GSO frames; `None` for a non-GSO
+    /// frame that is not IPv4/IPv6 (a partial checksum may still apply).
+    pub const fn layout(&self) -> Option<&FrameLayout> {
+        self.layout.as_ref()
+    }
+
+    /// The segmentation asked for.
+    pub const fn gso(&self) -> GsoKind {
+        self.gso
+    }
+
+    /// The checksum left for the host, if any.
+    pub const fn partial_checksum(&self) -> Option<PartialChecksum> {
+        self.partial_checksum
+    }
+
     /// The same plan for the frame after `delta` bytes were inserted or
     /// removed before its IP header (a VLAN tag pushed or popped), with
     /// `tags` VLAN tags now. `None` if an offset would leave the frame's

@@ -10,8 +10,9 @@ use bytes::Bytes;
 use etherparse::{PacketBuilder, PacketHeaders, TcpHeader};
 use vswitch_offload::adapt::{adapt, Adapted};
 use vswitch_offload::segment::{SegmentList, SegmentParams, Segmenter};
+use vswitch_offload::virtio::{FLAG_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6};
 use vswitch_offload::{
-    EgressCapabilities, FrameLayout, GsoKind, L3Kind, L4Kind, OffloadPlan, PartialChecksum,
+    CheckedFrame, EgressCapabilities, FrameLayout, GsoKind, L3Kind, L4Kind, Packet, VirtioNetHdr,
 };
 
 /// Counts every allocation and reallocation; frees are not counted.
@@ -135,26 +136,24 @@ fn segmentation_allocates_nothing_per_segment_once_warm() {
         assert_eq!(zero_copy, 0, "zero-copy mode allocated");
 
         // Through the entry point, to a port that needs segmentation.
-        let plan = OffloadPlan {
-            layout: Some(layout),
-            gso: GsoKind::Tcp {
-                mss: 8000,
-                ecn: false,
-            },
-            partial_checksum: Some(PartialChecksum {
-                start: layout.l4_offset,
-                offset: 16,
-            }),
+        let hdr = VirtioNetHdr {
+            flags: FLAG_NEEDS_CSUM,
+            gso_type: if ipv6 { GSO_TCPV6 } else { GSO_TCPV4 },
+            gso_size: 8000,
+            csum_start: layout.l4_offset as u16,
+            csum_offset: 16,
+            ..VirtioNetHdr::default()
         };
+        let checked = CheckedFrame::check(Packet::with_hdr(hdr, bytes.clone())).unwrap();
         for caps in [
             EgressCapabilities::none(1500),
             EgressCapabilities::full(1280),
         ] {
             list.clear();
-            adapt(&mut segmenter, &bytes, &plan, &caps, &mut list).unwrap();
+            adapt(&mut segmenter, &checked, &caps, &mut list).unwrap();
             let adapted = allocations_during(|| {
                 list.clear();
-                let done = adapt(&mut segmenter, &bytes, &plan, &caps, &mut list).unwrap();
+                let done = adapt(&mut segmenter, &checked, &caps, &mut list).unwrap();
                 assert!(matches!(done, Adapted::Segmented(_)));
             });
             assert_eq!(adapted, 0, "adapt allocated for {caps:?}");

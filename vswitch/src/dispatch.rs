@@ -27,8 +27,7 @@ pub fn flow_hash(frame: &CheckedFrame) -> u32 {
     let data = frame.data();
     let ip_key = frame
         .plan()
-        .layout
-        .as_ref()
+        .layout()
         .and_then(|layout| FlowKey::from_frame(data, layout).ok());
     if let Some(key) = ip_key {
         return rss_table().hash(key.as_bytes());

@@ -311,7 +311,7 @@ pub fn adapt_checked(
     let EgressEngine { segmenter, sink } = engine;
     sink.out.clear();
     sink.begin(&frame);
-    let result = adapt(segmenter, frame.data(), frame.plan(), &caps, sink);
+    let result = adapt(segmenter, &frame, &caps, sink);
     sink.seal();
     match result {
         Ok(Adapted::PassThrough) => {

@@ -24,6 +24,20 @@
 //! [`FrameLayout`]. Lengths are computed from the frame, never from the
 //! (possibly stale or zero) length fields of the large frame.
 //!
+//! The switch reaches the segmenter through [`crate::adapt::adapt`], which
+//! takes a [`CheckedFrame`](crate::CheckedFrame): there the layout is the
+//! one validation found in those very bytes. The [`Segmenter`] itself takes
+//! a layout and a [`GsoKind`], for callers that parse frames themselves
+//! (the pcap re-segmenter, benchmarks, fuzz targets), and a layout found in
+//! other bytes, or written by hand, can reach it. That is safe: before
+//! anything is read the layout is checked against the frame it is given
+//! (offsets in order and within the frame, header lengths its protocols
+//! allow), and every later access either stays within the headers that
+//! check measured or is bounds-checked itself, so a layout that does not
+//! fit the bytes is a [`SegmentError`], never a panic or a read outside
+//! the frame. A layout that fits the bytes but was found in
+//! others gives segments cut from the bytes given, as that layout says.
+//!
 //! Two output modes write identical bytes into a caller-owned
 //! [`SegmentSink`]: [`Segmenter::segment_copy`] writes each segment as one
 //! contiguous frame, copying the payload and checksumming it in the same pass;
@@ -382,8 +396,9 @@ impl Segmenter {
     /// Segments `frame` as `gso` asks, writing every segment as a contiguous
     /// frame into `sink` (copy fused with checksum).
     ///
-    /// `layout` must describe `frame` (as produced by the parser); offsets
-    /// that do not fit the frame are reported as errors.
+    /// `layout` should describe `frame` (as produced by the parser or by
+    /// validation); offsets that do not fit the frame are reported as
+    /// errors, never a panic (see the module documentation).
     pub fn segment_copy<S: SegmentSink + ?Sized>(
         &mut self,
         frame: &[u8],

@@ -11,7 +11,12 @@ use etherparse::{
 use smoltcp::wire::{IpAddress, TcpPacket, UdpPacket};
 
 use crate::checksum::{pseudo_header_ipv4, pseudo_header_ipv6};
+use crate::frame::{CheckedFrame, Packet};
 use crate::layout::{FrameLayout, L3Kind, L4Kind};
+use crate::plan::GsoKind;
+use crate::virtio::{
+    VirtioNetHdr, FLAG_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP, GSO_UDP_L4,
+};
 
 /// The transport of a test frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -270,7 +275,49 @@ pub(crate) fn transport_checksum_ok(
     }
 }
 
+/// The virtio-net header a guest sends with a frame of `layout` to ask for
+/// `gso`, leaving the transport checksum partial if `partial`.
+pub(crate) fn guest_hdr(layout: &FrameLayout, gso: GsoKind, partial: bool) -> VirtioNetHdr {
+    let (gso_type, gso_size) = match (gso, layout.l3) {
+        (GsoKind::None, _) => (GSO_NONE, 0),
+        (GsoKind::Tcp { mss, ecn }, l3) => {
+            let t = if l3 == L3Kind::Ipv4 {
+                GSO_TCPV4
+            } else {
+                GSO_TCPV6
+            };
+            (if ecn { t | GSO_ECN } else { t }, mss)
+        }
+        (GsoKind::UdpL4 { size }, _) => (GSO_UDP_L4, size),
+        (GsoKind::Ufo { size }, _) => (GSO_UDP, size),
+    };
+    let csum_offset = match layout.l4 {
+        Some(L4Kind::Udp) => 6,
+        _ => 16,
+    };
+    VirtioNetHdr {
+        flags: if partial { FLAG_NEEDS_CSUM } else { 0 },
+        gso_type,
+        gso_size,
+        csum_start: if partial { layout.l4_offset as u16 } else { 0 },
+        csum_offset: if partial { csum_offset } else { 0 },
+        ..VirtioNetHdr::default()
+    }
+}
+
 impl Built {
+    /// `frame` (this frame, possibly with a seed or other bytes changed)
+    /// checked with the header a guest sends to ask for `gso` (see
+    /// [`guest_hdr`]). Panics if validation refuses it or plans other than
+    /// `gso`.
+    pub(crate) fn checked(&self, frame: &[u8], gso: GsoKind, partial: bool) -> CheckedFrame {
+        let hdr = guest_hdr(&self.layout, gso, partial);
+        let checked = CheckedFrame::check(Packet::with_hdr(hdr, frame.to_vec()))
+            .unwrap_or_else(|err| panic!("{hdr:?} refused: {err}"));
+        assert_eq!(checked.plan().gso(), gso);
+        checked
+    }
+
     pub(crate) fn payload(&self) -> &[u8] {
         &self.frame[self.layout.payload_offset..]
     }

@@ -903,3 +903,98 @@ fn copy_headers_copies_every_length() {
         assert_eq!(dst, src, "length {len}");
     }
 }
+
+/// The segmenter's own API takes a layout and a GSO kind, so a plan
+/// validated for one frame can be applied to other bytes there (never
+/// through `adapt`, which takes a checked frame). The layout is checked
+/// against the bytes given: a frame cut short before its payload is an
+/// error.
+#[test]
+fn a_plan_validated_for_one_frame_is_an_error_on_a_shorter_one() {
+    for (ipv6, l4, gso) in [
+        (
+            false,
+            L4Spec::Tcp { options: true },
+            GsoKind::Tcp {
+                mss: 1000,
+                ecn: false,
+            },
+        ),
+        (true, L4Spec::Udp, GsoKind::UdpL4 { size: 1000 }),
+        (true, L4Spec::Udp, GsoKind::Ufo { size: 1000 }),
+    ] {
+        let built = build(&FrameSpec {
+            ipv6,
+            vlans: 1,
+            l4,
+            payload_len: 4000,
+            ..FrameSpec::default()
+        });
+        let checked = built.checked(&built.frame, gso, true);
+        let plan = checked.plan();
+        let layout = plan.layout().expect("a GSO plan has a layout");
+        let params = SegmentParams::default();
+        assert!(segment_both(&built.frame, layout, plan.gso(), params).is_ok());
+        for len in [
+            0,
+            14,
+            layout.l3_offset + 10,
+            layout.l4_offset,
+            layout.payload_offset - 1,
+        ] {
+            let err = segment_both(&built.frame[..len], layout, plan.gso(), params).unwrap_err();
+            assert!(
+                matches!(err, SegmentError::HeadersBeyondFrame { frame_len, .. } if frame_len == len),
+                "{len} bytes: {err}"
+            );
+        }
+    }
+}
+
+proptest! {
+    /// A plan validated for one frame, applied through the segmenter to
+    /// that frame cut at any length or to other bytes altogether, gives an
+    /// error or segments of the bytes it was given, never a panic: cut
+    /// before the payload it is an error, cut within the payload the
+    /// segments carry what is left of it.
+    #[test]
+    fn a_plan_applied_to_other_bytes_is_an_error_never_a_panic(
+        ipv6 in any::<bool>(),
+        vlans in 0u8..=2,
+        kind in 0u8..3,
+        payload_len in 0usize..3000,
+        size in 88u16..2000,
+        cut in any::<prop::sample::Index>(),
+        other in proptest::collection::vec(any::<u8>(), 0..400),
+    ) {
+        let (l4, gso) = match kind {
+            0 => (L4Spec::Tcp { options: true }, GsoKind::Tcp { mss: size, ecn: false }),
+            1 => (L4Spec::Udp, GsoKind::UdpL4 { size }),
+            _ => (L4Spec::Udp, GsoKind::Ufo { size }),
+        };
+        let built = build(&FrameSpec { ipv6, vlans, l4, payload_len, ..FrameSpec::default() });
+        let checked = built.checked(&built.frame, gso, true);
+        let plan = checked.plan();
+        let layout = plan.layout().expect("a GSO plan has a layout");
+        let params = SegmentParams::default();
+        let len = cut.index(built.frame.len() + 1);
+        let short = &built.frame[..len];
+        match segment_both(short, layout, plan.gso(), params) {
+            Err(SegmentError::HeadersBeyondFrame { .. }) => {
+                prop_assert!(len < layout.payload_offset);
+            }
+            Err(err) => prop_assert!(false, "{} bytes of {}: {}", len, built.frame.len(), err),
+            Ok(segments) => {
+                prop_assert!(len >= layout.payload_offset);
+                if kind < 2 {
+                    let payload: Vec<u8> = segments
+                        .iter()
+                        .flat_map(|s| check_segment(s).payload)
+                        .collect();
+                    prop_assert_eq!(&payload[..], &short[layout.payload_offset..]);
+                }
+            }
+        }
+        let _ = segment_both(&other, layout, plan.gso(), params);
+    }
+}

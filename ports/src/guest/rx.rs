@@ -11,8 +11,8 @@ use virtio_queue::DescriptorChain;
 use vm_memory::GuestMemory;
 use vswitch_offload::adapt::{adapt, Adapted};
 use vswitch_offload::segment::{SegmentList, Segmenter};
-use vswitch_offload::virtio::HDR_LEN_V1;
-use vswitch_offload::{EgressCapabilities, Packet, VirtioNetHdr};
+use vswitch_offload::virtio::{HdrError, HDR_LEN_V1};
+use vswitch_offload::{CheckError, CheckedFrame, EgressCapabilities, Packet, VirtioNetHdr};
 
 use super::chain::{self, Direction, Segment};
 use super::stats::bump;
@@ -67,7 +67,11 @@ impl GuestPort {
         packet: Packet,
         caps: &EgressCapabilities,
     ) -> Result<(), GuestRxError> {
-        let plan = packet.hdr.validate(&packet.data)?;
+        // A link-layer header cut short is a malformed header (reject rule 8).
+        let frame = CheckedFrame::check(packet).map_err(|err| match err {
+            CheckError::Header(err) => err,
+            CheckError::LinkLayer(err) => HdrError::from(err),
+        })?;
         let RxState {
             ready,
             segmenter,
@@ -75,8 +79,8 @@ impl GuestPort {
             ..
         } = rx;
         segments.clear();
-        match adapt(segmenter, &packet.data, &plan, caps, segments)? {
-            Adapted::PassThrough => ready.push_back(packet),
+        match adapt(segmenter, &frame, caps, segments)? {
+            Adapted::PassThrough => ready.push_back(frame.into_packet()),
             Adapted::Checksummed | Adapted::Segmented(_) => {
                 bump(&self.counters.rx_adapted, 1);
                 for segment in segments.iter() {
