@@ -141,12 +141,12 @@ fn guest_frame(dst_mac: [u8; 6], port: &TapPort) -> Frame {
     let checked = CheckedFrame::check(Packet::with_hdr(hdr, f)).expect("a valid guest frame");
     let plan = checked.plan();
     let caps = port.capabilities().egress;
-    let Ok(Action::Segment(gso)) = decide(checked.data(), plan, &caps) else {
+    let Ok(Action::Segment(gso)) = decide(&checked, &caps) else {
         panic!("a TSO frame to a TAP without offloads is segmented");
     };
     Frame {
         data: checked.data().clone(),
-        layout: plan.layout.expect("a TCP frame has a layout"),
+        layout: *plan.layout().expect("a TCP frame has a layout"),
         gso,
     }
 }
