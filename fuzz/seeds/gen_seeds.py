@@ -184,8 +184,33 @@ def main():
         "udp6": struct.pack("<II", 54, 6) + ufo6,
         "field_at_end": struct.pack("<II", 34, len(csum4) - 36) + csum4,
     }
+    # The datapath target: three port setups (VLAN mode, MTU, offloads in
+    # one byte each; see fuzz_targets/datapath.rs), then frames with their
+    # ingress port: a broadcast to learn from, then guest offload requests.
+    def through(ingress, request):
+        return bytes([ingress]) + struct.pack("<H", len(request) - 12) + request
+    tso4_untagged = tcp4_frame(4000, tcp_options=TS_OPTS, partial=True, total_len=0)
+    tso4_vlan2 = tcp4_frame(4000, tags=[(0x8100, 2)], tcp_options=TS_OPTS, partial=True)
+    arp = vnet(0, GSO_NONE, 0, 0, 0, 0) + frames["arp"]
+    traffic = (through(0, arp)
+               + through(1, vnet(NEEDS_CSUM, GSO_TCPV4, 0, 1448, 34, 16) + tso4_untagged)
+               + through(1, vnet(NEEDS_CSUM, GSO_TCPV4 | GSO_ECN, 0, 1000, 34, 16)
+                         + tso4_untagged)
+               + through(2, vnet(NEEDS_CSUM, GSO_TCPV6, 0, 1428, 14 + 40 + 16, 16) + tso6)
+               + through(0, vnet(NEEDS_CSUM, GSO_UDP_L4, 42, 1400, 34, 6) + uso4)
+               + through(2, vnet(NEEDS_CSUM, GSO_NONE, 0, 0, 34, 6) + csum4))
+    datapath = {
+        # access VLAN 1 at 1500 without offloads, with every offload, and at
+        # 576 with checksum offload only
+        "access_mixed": bytes([3, 21, 9]) + traffic,
+        # a trunk with every offload, an access port without, and an access
+        # port of VLAN 2 without ECN
+        "trunk": bytes([23, 3, 31]) + traffic
+        + through(0, vnet(NEEDS_CSUM, GSO_TCPV4, 0, 1448, 38, 16) + tso4_vlan2),
+    }
     for target, items in (("parse_frame", frames), ("validate_hdr", requests),
-                          ("segment", segments), ("complete_checksum", completions)):
+                          ("segment", segments), ("complete_checksum", completions),
+                          ("datapath", datapath)):
         d = os.path.join(HERE, target)
         os.makedirs(d, exist_ok=True)
         for name, data in items.items():
