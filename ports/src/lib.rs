@@ -17,6 +17,7 @@
 
 pub use vswitch_offload as offload;
 
+pub mod buffer;
 pub mod features;
 pub mod guest;
 pub mod memory;
