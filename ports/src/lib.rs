@@ -7,6 +7,9 @@
 //! interface up, a termination flag for a command's main loop) is safe API
 //! in [`tap`].
 //!
+//! [`buffer::ChunkPool`] recycles the large chunks that frames are cut
+//! from, for the TAP receive path here and for the switch's egress.
+//!
 //! ```
 //! // The offload engine is re-exported for port implementers.
 //! use vswitch_ports::offload::checksum::checksum;
@@ -17,6 +20,7 @@
 
 pub use vswitch_offload as offload;
 
+pub mod buffer;
 pub mod features;
 pub mod guest;
 pub mod memory;

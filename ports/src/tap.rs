@@ -13,12 +13,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use std::collections::VecDeque;
-
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use vswitch_offload::virtio::{HdrFormat, VirtioNetHdr};
 use vswitch_offload::{EgressCapabilities, Packet};
 
+use crate::buffer::ChunkPool;
 use crate::port::{Port, PortCapabilities, PortError, SendError};
 
 use crate::features::GuestOffloads;
@@ -330,34 +329,44 @@ const RX_POOL_PROBES: usize = 4;
 ///
 /// Frames are read into a full-length, initialised chunk; at the end of a
 /// burst the chunk is frozen once and each frame is a slice of it. The
-/// frozen chunks are kept: once every frame cut from one has been dropped
-/// (sent, or delivered and released), it is unique again and is taken back
+/// frozen chunks go back to a [`ChunkPool`]: once every frame cut from one
+/// has been dropped (sent, or delivered and released), it is taken back
 /// whole and still initialised, so steady-state receive allocates, zeroes
 /// and page-faults nothing.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct RxBuffers {
     chunk: Option<BytesMut>,
     used: usize,
     ranges: Vec<(usize, usize, VirtioNetHdr)>,
-    pool: VecDeque<Bytes>,
+    pool: ChunkPool,
+}
+
+impl Default for RxBuffers {
+    fn default() -> Self {
+        RxBuffers {
+            chunk: None,
+            used: 0,
+            ranges: Vec::new(),
+            pool: ChunkPool::new(RX_CHUNK, RX_POOL_LIMIT, RX_POOL_PROBES),
+        }
+    }
 }
 
 impl RxBuffers {
     /// Room for one more frame of up to [`TAP_MAX_FRAME`] bytes, sealing the
     /// current chunk into `batch` when it has too little.
     fn room(&mut self, batch: &mut Vec<Packet>) -> &mut [u8] {
-        let enough = self
-            .chunk
-            .as_ref()
-            .is_some_and(|chunk| chunk.len() - self.used >= TAP_MAX_FRAME);
-        if !enough {
-            self.seal(batch);
-            self.chunk = Some(self.fresh_chunk());
-            self.used = 0;
-        }
+        let chunk = match self.chunk.take() {
+            Some(chunk) if chunk.len() - self.used >= TAP_MAX_FRAME => chunk,
+            current => {
+                self.chunk = current;
+                self.seal(batch);
+                self.used = 0;
+                self.pool.take(TAP_MAX_FRAME)
+            }
+        };
         let used = self.used;
-        let chunk = self.chunk.get_or_insert_with(|| BytesMut::zeroed(RX_CHUNK));
-        &mut chunk[used..used + TAP_MAX_FRAME]
+        &mut self.chunk.insert(chunk)[used..used + TAP_MAX_FRAME]
     }
 
     /// Records the frame of `len` bytes just read into [`room`](Self::room).
@@ -367,7 +376,8 @@ impl RxBuffers {
         self.ranges.push((start, start + len, hdr));
     }
 
-    /// Freezes the current chunk and appends its frames to `batch`.
+    /// Freezes the current chunk, appends its frames to `batch` and gives
+    /// it to the pool to take back once they are gone.
     fn seal(&mut self, batch: &mut Vec<Packet>) {
         if self.ranges.is_empty() {
             return;
@@ -380,30 +390,10 @@ impl RxBuffers {
                     data: whole.slice(start..end),
                 });
             }
-            if self.pool.len() >= RX_POOL_LIMIT {
-                self.pool.pop_front();
-            }
-            self.pool.push_back(whole);
+            self.pool.give_back(whole);
         }
         self.ranges.clear();
         self.used = 0;
-    }
-
-    fn fresh_chunk(&mut self) -> BytesMut {
-        for _ in 0..RX_POOL_PROBES.min(self.pool.len()) {
-            let Some(candidate) = self.pool.pop_front() else {
-                break;
-            };
-            if candidate.is_unique() {
-                match candidate.try_into_mut() {
-                    Ok(chunk) => return chunk,
-                    Err(candidate) => self.pool.push_back(candidate),
-                }
-            } else {
-                self.pool.push_back(candidate);
-            }
-        }
-        BytesMut::zeroed(RX_CHUNK)
     }
 }
 
@@ -840,6 +830,61 @@ mod tests {
             assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{bad:?}");
         }
         assert_eq!(IFNAME_MAX, 15);
+    }
+
+    /// Reads one frame into `buffers` as a receive burst would.
+    fn read_frame(buffers: &mut RxBuffers, batch: &mut Vec<Packet>, frame: &[u8]) {
+        buffers.room(batch)[..frame.len()].copy_from_slice(frame);
+        buffers.commit(frame.len(), VirtioNetHdr::default());
+    }
+
+    #[test]
+    fn a_receive_chunk_is_reused_once_its_frames_are_gone_and_never_before() {
+        let mut buffers = RxBuffers::default();
+        let mut first = Vec::new();
+        read_frame(&mut buffers, &mut first, b"first");
+        read_frame(&mut buffers, &mut first, b"burst");
+        buffers.seal(&mut first);
+        assert_eq!(first.len(), 2);
+        assert_eq!(&first[1].data[..], b"burst");
+        let at = first[0].data.as_ptr();
+
+        // The next burst, while one frame of the first is held, is read
+        // into other memory.
+        let held = first.pop().unwrap();
+        drop(first);
+        let mut second = Vec::new();
+        read_frame(&mut buffers, &mut second, b"second");
+        buffers.seal(&mut second);
+        assert_ne!(second[0].data.as_ptr(), at);
+        assert_eq!(&held.data[..], b"burst");
+
+        drop(held);
+        let mut third = Vec::new();
+        read_frame(&mut buffers, &mut third, b"third");
+        buffers.seal(&mut third);
+        assert_eq!(third[0].data.as_ptr(), at);
+        assert_eq!(&third[0].data[..], b"third");
+        assert_eq!((buffers.pool.recycled(), buffers.pool.allocated()), (1, 2));
+    }
+
+    #[test]
+    fn a_full_receive_chunk_is_sealed_within_the_burst() {
+        let mut buffers = RxBuffers::default();
+        let mut batch = Vec::new();
+        let frame = vec![0xabu8; TAP_MAX_FRAME];
+        let per_chunk = (RX_CHUNK - TAP_MAX_FRAME) / TAP_MAX_FRAME + 1;
+        for _ in 0..per_chunk {
+            read_frame(&mut buffers, &mut batch, &frame);
+        }
+        assert!(batch.is_empty(), "frames leave at the end of the burst");
+        read_frame(&mut buffers, &mut batch, &frame);
+        assert_eq!(batch.len(), per_chunk, "a full chunk leaves at once");
+        buffers.seal(&mut batch);
+        assert_eq!(batch.len(), per_chunk + 1);
+        assert!(batch.iter().all(|p| p.data[..] == frame[..]));
+        assert_eq!(buffers.pool.allocated(), 2);
+        assert_eq!(buffers.pool.kept(), 2);
     }
 
     #[test]

@@ -17,16 +17,16 @@
 //! block (its position in the stream follows from the sequence number), so
 //! B checks each segment against the right slice of it.
 
-use std::collections::VecDeque;
 use std::io::{IsTerminal, Write as _};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use vswitch_offload::checksum::{checksum, pseudo_header_ipv4};
 use vswitch_offload::virtio::{FLAG_NEEDS_CSUM, GSO_NONE, GSO_TCPV4};
 use vswitch_offload::{EgressCapabilities, FrameLayout, L4Kind, Packet, VirtioNetHdr};
+use vswitch_ports::buffer::ChunkPool;
 use vswitch_ports::memory::{memory_port, MemoryEndpoint, MemoryPortConfig};
 
 use crate::cli::{number, value};
@@ -56,6 +56,12 @@ const SERVER_PORT: u16 = 5201;
 const HEADER_LEN: usize = 14 + 20 + 32;
 /// Unacknowledged frames in flight per flow.
 const WINDOW_FRAMES: u32 = 4;
+/// Frame buffers A keeps per flow for recycling, a window's worth and one
+/// more; beyond that the oldest is let go.
+const KEPT_FRAMES: usize = WINDOW_FRAMES as usize + 1;
+/// Buffers A looks at for one it can reuse: the oldest, which the switch
+/// and B are done with first.
+const RECYCLE_PROBES: usize = 1;
 
 /// What port B's far side takes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -262,10 +268,10 @@ struct Sender {
     hdr: VirtioNetHdr,
     blocks: Vec<Vec<u8>>,
     next_seq: Vec<u32>,
-    in_flight: Vec<VecDeque<Bytes>>,
+    /// Each flow's frame buffers, one frame per chunk.
+    buffers: Vec<ChunkPool>,
     ip_id: u16,
     frames: u64,
-    recycled: u64,
     /// The receive queue each flow is sent on.
     queue_of_flow: Vec<usize>,
 }
@@ -303,32 +309,27 @@ impl Sender {
                 .map(|f| payload_block(f, payload))
                 .collect(),
             next_seq: (0..options.flows).map(initial_seq).collect(),
-            in_flight: (0..options.flows).map(|_| VecDeque::new()).collect(),
+            buffers: (0..options.flows)
+                .map(|_| ChunkPool::new(HEADER_LEN + payload, KEPT_FRAMES, RECYCLE_PROBES))
+                .collect(),
             ip_id: 1,
             frames: 0,
-            recycled: 0,
         }
     }
 
-    /// A buffer for flow `flow`'s next frame: the oldest one in flight if
-    /// the switch and B are done with it (its payload is already right),
-    /// else a new one.
+    /// A buffer for flow `flow`'s next frame: the oldest one sent if the
+    /// switch and B are done with it (its payload is already right), else
+    /// a new one with the flow's payload.
     fn buffer(&mut self, flow: usize) -> BytesMut {
-        if self.in_flight[flow].front().is_some_and(Bytes::is_unique) {
-            if let Some(old) = self.in_flight[flow].pop_front() {
-                match old.try_into_mut() {
-                    Ok(buf) => {
-                        self.recycled += 1;
-                        return buf;
-                    }
-                    Err(old) => self.in_flight[flow].push_front(old),
-                }
-            }
-        }
         let block = &self.blocks[flow];
-        let mut buf = BytesMut::zeroed(HEADER_LEN + block.len());
-        buf[HEADER_LEN..].copy_from_slice(block);
-        buf
+        self.buffers[flow].take_with(HEADER_LEN + block.len(), |buf| {
+            buf[HEADER_LEN..].copy_from_slice(block)
+        })
+    }
+
+    /// Frame buffers reused after the switch and B were done with them.
+    fn recycled(&self) -> u64 {
+        self.buffers.iter().map(ChunkPool::recycled).sum()
     }
 
     fn run(
@@ -347,11 +348,6 @@ impl Sender {
                 let acked = flow_shared.acked.load(Ordering::Acquire);
                 if self.next_seq[flow].wrapping_sub(acked) >= window {
                     continue;
-                }
-                // Forget frames B has acknowledged only once unique: keep at
-                // most a window's worth of buffers.
-                while self.in_flight[flow].len() > WINDOW_FRAMES as usize + 1 {
-                    self.in_flight[flow].pop_front();
                 }
                 let mut buf = self.buffer(flow);
                 let seq = self.next_seq[flow];
@@ -372,7 +368,7 @@ impl Sender {
                         Err(_) => return,
                     }
                 }
-                self.in_flight[flow].push_back(frame);
+                self.buffers[flow].give_back(frame);
                 self.next_seq[flow] = seq.wrapping_add(self.options.frame_payload() as u32);
                 self.ip_id = self.ip_id.wrapping_add(1);
                 self.frames += 1;
@@ -734,7 +730,7 @@ pub fn run_demo(options: &DemoOptions, show_progress: bool) -> Result<DemoReport
                 let _ = wait.thread.set(std::thread::current());
                 let mut sender = Sender::new(&options, id_a);
                 sender.run(&a, &shared, &stop, &wait, start);
-                (sender.frames, sender.recycled, a)
+                (sender.frames, sender.recycled(), a)
             })
             .map_err(|e| e.to_string())?
     };
@@ -986,6 +982,45 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_frame_buffer_is_reused_once_the_switch_and_b_are_done_with_it() {
+        let options = DemoOptions {
+            flows: 2,
+            ..DemoOptions::default()
+        };
+        let mut sender = Sender::new(&options, PortId(0));
+        let block = sender.blocks[1].clone();
+        let first = sender.buffer(1);
+        assert_eq!(
+            &first[HEADER_LEN..],
+            &block[..],
+            "a new buffer has the payload"
+        );
+        let sent = first.freeze();
+        let held = sent.clone();
+        sender.buffers[1].give_back(sent);
+
+        // While the switch or B holds the frame, A writes into another.
+        let second = sender.buffer(1);
+        assert_ne!(second.as_ptr(), held.as_ptr());
+        assert_eq!(&second[HEADER_LEN..], &block[..]);
+        sender.buffers[1].give_back(second.freeze());
+
+        let at = held.as_ptr();
+        drop(held);
+        let mut again = sender.buffer(1);
+        assert_eq!(again.as_ptr(), at);
+        assert_eq!(&again[HEADER_LEN..], &block[..], "the payload is kept");
+        write_headers(&mut again, 1, 5, 6, 7);
+        assert_eq!(checksum(&again[14..34]), 0);
+        assert_eq!(sender.recycled(), 1);
+        assert_eq!(
+            sender.buffers[0].allocated(),
+            0,
+            "flows keep their own buffers"
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ use bytes::{Bytes, BytesMut};
 use vswitch_offload::adapt::{adapt, AdaptError, Adapted};
 use vswitch_offload::segment::{SegmentSink, Segmenter, SinkFull};
 use vswitch_offload::{CheckError, CheckedFrame, EgressCapabilities, Packet};
+use vswitch_ports::buffer::ChunkPool;
 
 use crate::drop::DropReason;
 
@@ -96,10 +97,10 @@ const POOL_PROBES: usize = 4;
 /// Small frames (a checksum completed into a copy) are cut one by one from
 /// a large shared buffer. The segments of a large frame are written into a
 /// chunk that is frozen once, after the frame, and sliced: so once every
-/// segment of a chunk has been dropped by whoever received it, the chunk is
-/// unique again and is taken back whole and still initialised
-/// ([`Bytes::try_into_mut`]), with no allocation, page faults or zeroing.
-#[derive(Debug, Default)]
+/// segment of a chunk has been dropped by whoever received it, the
+/// [`ChunkPool`] takes the chunk back whole and still initialised, with no
+/// allocation, page faults or zeroing.
+#[derive(Debug)]
 struct PacketSink {
     /// The rest of the current shared buffer for small frames, initialised.
     chunk: BytesMut,
@@ -113,9 +114,24 @@ struct PacketSink {
     pooled_used: usize,
     /// Where in `pooled` each segment written so far lies.
     ranges: Vec<(usize, usize)>,
-    /// Frozen chunks whose segments may still be in flight, oldest first.
-    pool: std::collections::VecDeque<Bytes>,
+    /// Frozen chunks whose segments may still be in flight.
+    pool: ChunkPool,
     out: Vec<Packet>,
+}
+
+impl Default for PacketSink {
+    fn default() -> Self {
+        PacketSink {
+            chunk: BytesMut::new(),
+            pending: None,
+            large: false,
+            pooled: None,
+            pooled_used: 0,
+            ranges: Vec::new(),
+            pool: ChunkPool::new(POOLED_CHUNK, POOL_LIMIT, POOL_PROBES),
+            out: Vec::new(),
+        }
+    }
 }
 
 impl PacketSink {
@@ -136,33 +152,11 @@ impl PacketSink {
                 for (start, end) in self.ranges.drain(..) {
                     self.out.push(Packet::plain(whole.slice(start..end)));
                 }
-                if self.pool.len() >= POOL_LIMIT {
-                    self.pool.pop_front();
-                }
-                self.pool.push_back(whole);
+                self.pool.give_back(whole);
             }
             self.ranges.clear();
             self.pooled_used = 0;
         }
-    }
-
-    /// A full-length, initialised chunk of at least `len` bytes: a recycled
-    /// one whose segments are all gone if there is one, else a new one.
-    fn fresh_chunk(&mut self, len: usize) -> BytesMut {
-        for _ in 0..POOL_PROBES.min(self.pool.len()) {
-            let Some(candidate) = self.pool.pop_front() else {
-                break;
-            };
-            if candidate.is_unique() && candidate.len() >= len {
-                match candidate.try_into_mut() {
-                    Ok(chunk) => return chunk,
-                    Err(candidate) => self.pool.push_back(candidate),
-                }
-            } else {
-                self.pool.push_back(candidate);
-            }
-        }
-        BytesMut::zeroed(POOLED_CHUNK.max(len))
     }
 
     fn reserve(&mut self, len: usize) -> &mut [u8] {
@@ -174,40 +168,38 @@ impl PacketSink {
             self.pending = Some(len);
             return &mut self.chunk[..len];
         }
-        let start = self.claim_pooled(len);
-        self.ranges.push((start, start + len));
-        self.pooled_bytes(start, len)
+        self.claim_pooled(len, [(0, len)])
     }
 
-    /// Claims `len` bytes of the current large frame's chunk, taking a new
-    /// chunk when this one is too full, and returns where they start. A
-    /// small frame's segment still pending is cut off first.
-    fn claim_pooled(&mut self, len: usize) -> usize {
+    /// Claims `len` bytes of the current large frame's chunk for segments
+    /// at `cuts` (ranges within the claim), taking a new chunk when this
+    /// one is too full, and returns the claimed bytes. A small frame's
+    /// segment still pending is cut off first.
+    fn claim_pooled(
+        &mut self,
+        len: usize,
+        cuts: impl IntoIterator<Item = (usize, usize)>,
+    ) -> &mut [u8] {
         if self.pending.is_some() {
             self.seal();
         }
-        let room = self
-            .pooled
-            .as_ref()
-            .map_or(0, |chunk| chunk.len() - self.pooled_used);
-        if room < len {
-            // The current chunk is full: hand out what it holds, take another.
-            self.seal();
-            let chunk = self.fresh_chunk(len);
-            self.pooled = Some(chunk);
-            self.pooled_used = 0;
-        }
+        let chunk = match self.pooled.take() {
+            Some(chunk) if chunk.len() - self.pooled_used >= len => chunk,
+            current => {
+                // The current chunk is full: hand out what it holds, take another.
+                self.pooled = current;
+                self.seal();
+                self.pooled_used = 0;
+                self.pool.take(len)
+            }
+        };
         let start = self.pooled_used;
         self.pooled_used = start + len;
-        start
-    }
-
-    /// The claimed bytes `start..start + len` of the current chunk.
-    fn pooled_bytes(&mut self, start: usize, len: usize) -> &mut [u8] {
-        let chunk = self
-            .pooled
-            .get_or_insert_with(|| BytesMut::zeroed(POOLED_CHUNK.max(start + len)));
-        &mut chunk[start..start + len]
+        self.ranges.extend(
+            cuts.into_iter()
+                .map(|(from, to)| (start + from, start + to)),
+        );
+        &mut self.pooled.insert(chunk)[start..start + len]
     }
 }
 
@@ -229,14 +221,12 @@ impl SegmentSink for PacketSink {
         }
         let count = payload_len.div_ceil(size);
         let len = count * header_len + payload_len;
-        let start = self.claim_pooled(len);
-        let end = start + len;
         let stride = header_len + size;
-        self.ranges.extend((0..count).map(|i| {
-            let first = start + i * stride;
-            (first, (first + stride).min(end))
-        }));
-        Ok(Some(self.pooled_bytes(start, len)))
+        let cuts = (0..count).map(|i| {
+            let first = i * stride;
+            (first, (first + stride).min(len))
+        });
+        Ok(Some(self.claim_pooled(len, cuts)))
     }
 
     /// Ports take contiguous frames, so a scatter-gather segment would be
@@ -486,6 +476,36 @@ mod tests {
             assert_eq!(&seg.data[..], &was[..]);
             assert!(tcp_checksum_ok(&seg.data));
         }
+        let pool = &engine.sink.pool;
+        assert_eq!((pool.recycled(), pool.allocated()), (1, 2));
+    }
+
+    #[test]
+    fn only_gso_frames_of_32_kib_and_up_use_pooled_chunks() {
+        let none = EgressCapabilities::none(1500);
+        let threshold = POOLED_FRAME - 54;
+        for (payload, pooled) in [(threshold - 1, 0), (threshold, 1), (60_000, 1)] {
+            let mut engine = EgressEngine::new();
+            let mut out = Vec::new();
+            adapt_for_egress(&mut engine, tso(payload, 1448), &none, &mut out).unwrap();
+            assert_eq!(engine.sink.pool.allocated(), pooled, "payload {payload}");
+        }
+        // A frame that is only checksummed shares the cut buffers.
+        let mut engine = EgressEngine::new();
+        let mut packet = tso(40_000, 1448);
+        packet.hdr.gso_type = GSO_NONE;
+        packet.hdr.gso_size = 0;
+        let mut out = Vec::new();
+        adapt_for_egress(
+            &mut engine,
+            packet,
+            &EgressCapabilities::none(u16::MAX),
+            &mut out,
+        )
+        .unwrap();
+        assert_eq!(out.len(), 1);
+        assert!(tcp_checksum_ok(&out[0].data));
+        assert_eq!(engine.sink.pool.allocated(), 0);
     }
 
     #[test]
