@@ -1,22 +1,19 @@
-//! Segmentation of a 64 KiB TCP frame at MSS 1448, over IPv4 and IPv6, in
-//! copy and zero-copy modes, against two references measured in the same
-//! run: memcpy of the same bytes (the limit: copy mode cannot beat a plain
-//! copy) and a per-segment rebuild with etherparse's `PacketBuilder` (what
-//! one would write without this library).
+//! Segmentation of a 64 KiB TCP frame at MSS 1448, over IPv4 and IPv6,
+//! against two references measured in the same run: memcpy of the same
+//! bytes (the limit: the segmenter, which copies every payload byte, cannot
+//! beat a plain copy) and a per-segment rebuild with etherparse's
+//! `PacketBuilder` (what one would write without this library).
 //!
 //! Besides criterion's report, a best-of-N table with the ratios is printed
 //! first, its candidates measured in turns so that load from other
-//! processes slows them all alike. It adds the floors each mode cannot go
-//! below, measured the same way: summing each segment's payload
-//! (`checksum_per_seg`), copying and summing it in one fused pass to where
-//! copy mode puts it, after its segment's headers (`copy_sum_per_seg`, the
-//! floor of copy mode), and summing it plus taking one `Bytes` slice per segment
-//! (`slice_sum_per_seg`, the floor of zero-copy mode behind a sink that
-//! takes a `Bytes` per segment; `SegmentList` keeps one reference to the
-//! frame instead, so its floor is `checksum_per_seg`); memcpy is the best
-//! of five destination placements; and the `PacketBuilder` segmenter writing
-//! into reused vectors (`builder_reuse`), to show how much of its time is
-//! the allocator. Nothing here asserts a time.
+//! processes slows them all alike. It adds the floors the segmenter cannot
+//! go below, measured the same way: summing each segment's payload
+//! (`checksum_per_seg`), and copying and summing it in one fused pass to
+//! where the segmenter puts it, after its segment's headers
+//! (`copy_sum_per_seg`); memcpy is the best of five destination placements;
+//! and the `PacketBuilder` segmenter writing into reused vectors
+//! (`builder_reuse`), to show how much of its time is the allocator.
+//! Nothing here asserts a time.
 //!
 //! ```text
 //! cargo bench -p vswitch-benches --bench segment -- --warm-up-time 1 --measurement-time 3
@@ -25,7 +22,6 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use etherparse::{
     IpHeaders, Ipv4Header, Ipv6Header, NetSlice, PacketBuilder, PacketHeaders, SlicedPacket,
@@ -40,7 +36,7 @@ const MSS: u16 = 1448;
 /// A maximal TSO frame: IP length 65535, TCP with timestamps.
 struct Case {
     name: &'static str,
-    frame: Bytes,
+    frame: Vec<u8>,
     layout: FrameLayout,
 }
 
@@ -89,7 +85,7 @@ fn case(ipv6: bool) -> Case {
     let layout = layout_of(&frame);
     Case {
         name: if ipv6 { "ipv6" } else { "ipv4" },
-        frame: Bytes::from(frame),
+        frame,
         layout,
     }
 }
@@ -123,18 +119,6 @@ fn run_copy(segmenter: &mut Segmenter, out: &mut SegmentList, case: &Case) -> us
     };
     segmenter
         .segment_copy(black_box(&case.frame), &case.layout, gso, out)
-        .expect("segments")
-        .bytes
-}
-
-fn run_zero_copy(segmenter: &mut Segmenter, out: &mut SegmentList, case: &Case) -> usize {
-    out.clear();
-    let gso = GsoKind::Tcp {
-        mss: MSS,
-        ecn: false,
-    };
-    segmenter
-        .segment_zero_copy(black_box(&case.frame), &case.layout, gso, out)
         .expect("segments")
         .bytes
 }
@@ -261,7 +245,6 @@ fn print_table(cases: &[Case]) {
         let payload_at = case.layout.payload_offset;
         let new_list = || SegmentList::with_capacity(2 * len, 64);
         let (mut copy_segmenter, mut copy_list) = (Segmenter::default(), new_list());
-        let (mut zero_segmenter, mut zero_list) = (Segmenter::default(), new_list());
         let mut built = Vec::new();
         // The peer must produce the very same segments, or the comparison
         // would be meaningless.
@@ -270,7 +253,7 @@ fn print_table(cases: &[Case]) {
         let ours: Vec<Vec<u8>> = copy_list.iter().map(|s| s.to_vec()).collect();
         assert_eq!(
             ours, built,
-            "{}: PacketBuilder and copy mode disagree",
+            "{}: PacketBuilder and the segmenter disagree",
             case.name
         );
         // The copy's speed depends on where the destination lies relative to
@@ -280,7 +263,6 @@ fn print_table(cases: &[Case]) {
         let mut placed: Vec<Vec<u8>> = placements.iter().map(|_| vec![0; len + 4096]).collect();
         let segments = (len - payload_at).div_ceil(mss);
         let mut copy_dst = vec![0u8; segments * payload_at + len - payload_at];
-        let mut slices: Vec<Bytes> = Vec::with_capacity(64);
         let mut reused = Vec::new();
         let mut candidates: Vec<Candidate<'_>> = placed
             .iter_mut()
@@ -292,12 +274,7 @@ fn print_table(cases: &[Case]) {
             })
             .collect();
         candidates.extend([
-            // Reading and summing every byte once: the floor for zero-copy
-            // mode, which must still checksum the payload.
-            Candidate::new("checksum_only", 50, || {
-                usize::from(vswitch_offload::checksum::checksum(black_box(&case.frame)))
-            }),
-            // The same, one sum per segment payload: what any segmenter that
+            // One sum per segment payload: what any segmenter that
             // checksums each segment must at least do.
             Candidate::new("checksum_per_seg", 50, || {
                 black_box(&case.frame[payload_at..])
@@ -306,8 +283,8 @@ fn print_table(cases: &[Case]) {
                     .sum()
             }),
             // Copying and summing each segment payload into its place, after
-            // its segment's headers (one fused pass): the floor for copy
-            // mode, which must at least do this.
+            // its segment's headers (one fused pass): the floor for the
+            // segmenter, which must at least do this.
             Candidate::new("copy_sum_per_seg", 50, || {
                 let src = black_box(&case.frame[payload_at..]);
                 copy_dst
@@ -319,23 +296,6 @@ fn print_table(cases: &[Case]) {
                     })
                     .sum()
             }),
-            // Summing each segment payload and taking a `Bytes` slice of it (a
-            // reference count up, and down when the list is cleared): the
-            // floor for zero-copy mode behind a sink that takes one `Bytes`
-            // per segment.
-            Candidate::new("slice_sum_per_seg", 50, || {
-                slices.clear();
-                let mut acc = 0usize;
-                let frame = black_box(&case.frame);
-                let mut start = payload_at;
-                while start < len {
-                    let end = (start + mss).min(len);
-                    acc += usize::from(vswitch_offload::checksum::checksum(&frame[start..end]));
-                    slices.push(frame.slice(start..end));
-                    start = end;
-                }
-                acc
-            }),
             Candidate::new("packet_builder", 10, || {
                 run_packet_builder(&mut built, case)
             }),
@@ -344,9 +304,6 @@ fn print_table(cases: &[Case]) {
             }),
             Candidate::new("copy", 50, || {
                 run_copy(&mut copy_segmenter, &mut copy_list, case)
-            }),
-            Candidate::new("zero_copy", 50, || {
-                run_zero_copy(&mut zero_segmenter, &mut zero_list, case)
             }),
         ]);
         let times = race(&mut candidates);
@@ -378,7 +335,7 @@ fn print_table(cases: &[Case]) {
             );
         }
     }
-    println!("targets: copy >= 0.5x memcpy and >= 10x packet_builder; zero_copy >= 1.0x memcpy\n");
+    println!("targets: copy >= 0.5x memcpy and >= 10x packet_builder\n");
 }
 
 fn bench_segment(c: &mut Criterion) {
@@ -390,9 +347,6 @@ fn bench_segment(c: &mut Criterion) {
         let mut list = SegmentList::with_capacity(2 * case.frame.len(), 64);
         group.bench_with_input(BenchmarkId::new("copy", case.name), case, |b, case| {
             b.iter(|| run_copy(&mut segmenter, &mut list, case))
-        });
-        group.bench_with_input(BenchmarkId::new("zero_copy", case.name), case, |b, case| {
-            b.iter(|| run_zero_copy(&mut segmenter, &mut list, case))
         });
         let mut dst = vec![0u8; case.frame.len()];
         group.bench_with_input(BenchmarkId::new("memcpy", case.name), case, |b, case| {

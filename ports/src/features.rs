@@ -351,7 +351,6 @@ impl GuestOffloads {
             .with_ecn(self.checksum && self.ecn)
             .with_uso(self.checksum && self.uso4 && self.uso6)
             .with_ufo(self.checksum && self.ufo)
-            .with_scatter_gather(true)
     }
 }
 

@@ -273,9 +273,8 @@ impl TapQueue {
     }
 
     /// Writes one frame without blocking: the header, then the frame
-    /// gathered from `parts` (header buffer and payload slices of a
-    /// zero-copy segment go out as they are). Returns `false` when the
-    /// device's queue is full and nothing was written.
+    /// gathered from `parts`. Returns `false` when the device's queue is
+    /// full and nothing was written.
     pub fn send(&self, hdr: &[u8; TAP_VNET_HDR_LEN], parts: &[&[u8]]) -> io::Result<bool> {
         let mut iov: [IoSlice<'_>; 8] = [IoSlice::new(&[]); 8];
         if parts.len() + 1 > iov.len() {
@@ -752,7 +751,7 @@ mod tests {
         assert!(TapOffloads::FULL.egress_capabilities(9000).ecn);
         assert_eq!(TapOffloads::FULL.egress_capabilities(9000).mtu, 9000);
         let caps = TapOffloads::FULL.egress_capabilities(1500);
-        assert!(!caps.ufo && !caps.scatter_gather);
+        assert!(!caps.ufo);
         // ECN without TSO, or anything without checksums, is not offered.
         let ecn_only = TapOffloads {
             tso_ecn: true,

@@ -158,7 +158,7 @@ impl DemoOptions {
         match self.egress_offload {
             EgressOffload::None => EgressCapabilities::none(self.mtu),
             EgressOffload::Checksum => EgressCapabilities::checksum_only(self.mtu),
-            EgressOffload::Tso => EgressCapabilities::full(self.mtu).with_scatter_gather(false),
+            EgressOffload::Tso => EgressCapabilities::full(self.mtu),
         }
     }
 }

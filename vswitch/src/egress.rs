@@ -17,7 +17,7 @@
 //! Segments are written into large shared buffers that they are cut from as
 //! [`Bytes`], so a 64 KiB frame cut in 45 costs no allocation per segment.
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use vswitch_offload::adapt::{adapt, AdaptError, Adapted};
 use vswitch_offload::segment::{SegmentSink, Segmenter, SinkFull};
 use vswitch_offload::{CheckError, CheckedFrame, EgressCapabilities, Packet};
@@ -228,22 +228,6 @@ impl SegmentSink for PacketSink {
         });
         Ok(Some(self.claim_pooled(len, cuts)))
     }
-
-    /// Ports take contiguous frames, so a scatter-gather segment would be
-    /// gathered here (one copy of the payload). [`adapt_checked`] asks for
-    /// copy mode, so it does not reach this; the trait requires it.
-    fn scatter_gather(
-        &mut self,
-        header_len: usize,
-        frame: &Bytes,
-        payload: std::ops::Range<usize>,
-    ) -> Result<&mut [u8], SinkFull> {
-        let payload = frame.get(payload).ok_or(SinkFull)?;
-        let buf = self.reserve(header_len + payload.len());
-        let (headers, rest) = buf.split_at_mut(header_len);
-        rest.copy_from_slice(payload);
-        Ok(headers)
-    }
 }
 
 /// The per-worker state of the egress path: the segmenter's scratch
@@ -293,15 +277,10 @@ pub fn adapt_checked(
         out.push(frame.into_packet());
         return Ok(EgressWork::default());
     }
-    // Ports take each frame as one buffer (`Packet`), so segments are
-    // written whole: copy mode copies and checksums the payload in one
-    // pass, where zero-copy output would be summed, then gathered by a
-    // second pass over it.
-    let caps = caps.with_scatter_gather(false);
     let EgressEngine { segmenter, sink } = engine;
     sink.out.clear();
     sink.begin(&frame);
-    let result = adapt(segmenter, &frame, &caps, sink);
+    let result = adapt(segmenter, &frame, caps, sink);
     sink.seal();
     match result {
         Ok(Adapted::PassThrough) => {

@@ -245,7 +245,7 @@ pub fn segment_capture<R: Read, W: Write>(
             }
             Outcome::Segmented { cut } => {
                 for segment in resegmenter.list.iter() {
-                    write(&segment.to_vec())?;
+                    write(segment)?;
                     stats.frames_out += 1;
                 }
                 if cut {

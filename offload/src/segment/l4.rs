@@ -8,8 +8,8 @@ use super::field::{
     get_array16, get_array4, get_u16, get_u32, get_u8, set_u16, set_u32, set_u8, window,
 };
 use super::{
-    copy_headers, finish_l4, fits_u16, Offsets, Output, PayloadSum, Run, SegmentError, SegmentSink,
-    SegmentSummary, Segmenter,
+    contiguous_run, copy_headers, emit, finish_l4, fits_u16, Offsets, PayloadSum, SegmentError,
+    SegmentSink, SegmentSummary, Segmenter,
 };
 
 /// TCP flag bits in byte 13 of the TCP header.
@@ -187,16 +187,13 @@ pub(super) fn segment<S: SegmentSink + ?Sized>(
     offsets: &Offsets,
     kind: L4Kind,
     size: usize,
-    out: &mut Output<'_, S>,
+    sink: &mut S,
 ) -> Result<SegmentSummary, SegmentError> {
     if size == 0 {
         return Err(SegmentError::SegmentSizeTooSmall { size, min: 1 });
     }
     let Segmenter {
-        params,
-        headers,
-        payload_sums,
-        ..
+        params, headers, ..
     } = segmenter;
     let params = *params;
     let header_len = offsets.payload;
@@ -285,50 +282,27 @@ pub(super) fn segment<S: SegmentSink + ?Sized>(
 
     // A sink that takes the whole run gets it in one buffer, filled segment
     // after segment with nothing else in the loop.
-    match out.run(header_len, header_len..frame.len(), size)? {
-        Some(Run::Headers(heads)) => {
-            // Zero-copy mode reads the payload only to sum it: one tight
-            // pass over the segments' payloads, kept apart from the header
-            // writes, runs the summing kernel back to back (summing inside
-            // the header loop measured 10% slower).
-            payload_sums.clear();
-            payload_sums.extend(
-                payload
-                    .chunks(size)
-                    .map(|chunk| Checksum::new().add_bytes(chunk).sum()),
-            );
-            for ((i, head), &payload_sum) in heads
-                .chunks_exact_mut(header_len)
-                .enumerate()
-                .zip(payload_sums.iter())
-            {
-                copy_headers(head, headers);
-                fields.write(head, i, fields.payload_len(i, payload_len), payload_sum)?;
-            }
-            return Ok(summary);
+    if let Some(frames) = contiguous_run(sink, header_len, payload_len, size)? {
+        for ((i, segment), piece) in frames
+            .chunks_mut(header_len + size)
+            .enumerate()
+            .zip(payload.chunks(size))
+        {
+            // `contiguous_run` checked the buffer's length, so every segment
+            // holds its headers and exactly `piece.len()` payload bytes.
+            let (head, body) = segment.split_at_mut(header_len);
+            copy_headers(head, headers);
+            let payload_sum = Checksum::new().copy_and_add(body, piece).sum();
+            fields.write(head, i, piece.len(), payload_sum)?;
         }
-        Some(Run::Frames(frames)) => {
-            for ((i, segment), piece) in frames
-                .chunks_mut(header_len + size)
-                .enumerate()
-                .zip(payload.chunks(size))
-            {
-                // `run` checked the buffer's length, so every segment holds
-                // its headers and exactly `piece.len()` payload bytes.
-                let (head, body) = segment.split_at_mut(header_len);
-                copy_headers(head, headers);
-                let payload_sum = Checksum::new().copy_and_add(body, piece).sum();
-                fields.write(head, i, piece.len(), payload_sum)?;
-            }
-            return Ok(summary);
-        }
-        None => {}
+        return Ok(summary);
     }
 
     for i in 0..fields.count {
         let start = header_len + i * size;
         let len = fields.payload_len(i, payload_len);
-        out.emit(
+        emit(
+            sink,
             frame,
             headers,
             start..start + len,

@@ -38,17 +38,23 @@
 //! the frame. A layout that fits the bytes but was found in
 //! others gives segments cut from the bytes given, as that layout says.
 //!
-//! Two output modes write identical bytes into a caller-owned
-//! [`SegmentSink`]: [`Segmenter::segment_copy`] writes each segment as one
-//! contiguous frame, copying the payload and checksumming it in the same pass;
-//! [`Segmenter::segment_zero_copy`] hands over a small header buffer plus a
-//! [`Bytes`] slice of the original payload (which it still reads to checksum).
+//! There is one output mode: [`Segmenter::segment_copy`] writes each segment
+//! as one contiguous frame into a caller-owned [`SegmentSink`], copying the
+//! payload and checksumming it in the same pass, so each payload byte is read
+//! once and written once. The sink decides where the segments land: one over
+//! the buffers a port sends from, or a guest receives into, makes that copy
+//! the only one. Handing out the payload instead as slices of the original
+//! frame, for a port that gathers, was measured against this on a TAP device
+//! and lost: it saves one memcpy of the frame (a few microseconds for 64
+//! KiB), but the kernel's write of three buffers per segment costs more than
+//! that, and CPU time per frame came out 1–2% higher.
+//!
 //! The [`Segmenter`] and a [`SegmentList`] sink keep their buffers between
 //! frames, so the steady state allocates nothing per segment. A sink that
 //! can hold a frame's segments back to back takes TSO and USO output as one
-//! run ([`SegmentSink::contiguous_run`], [`SegmentSink::scatter_gather_run`];
-//! [`SegmentList`] does): the segmenter then fills every segment in one loop,
-//! without a call to the sink per segment.
+//! run ([`SegmentSink::contiguous_run`]; [`SegmentList`] does): the segmenter
+//! then fills every segment in one loop, without a call to the sink per
+//! segment.
 //!
 //! ```
 //! use vswitch_offload::segment::{SegmentList, SegmentParams, Segmenter};
@@ -91,13 +97,11 @@ mod tests;
 
 use std::ops::Range;
 
-use bytes::Bytes;
-
 use crate::checksum::Checksum;
 use crate::layout::{FrameLayout, L3Kind, L4Kind};
 use crate::plan::GsoKind;
 
-pub use list::{SegmentList, SegmentRef};
+pub use list::SegmentList;
 
 /// Why a frame could not be segmented. Each variant has a stable counter
 /// name ([`SegmentError::counter`]) for drop statistics.
@@ -261,48 +265,6 @@ pub trait SegmentSink {
     /// and checksums) before it asks for anything else.
     fn contiguous(&mut self, len: usize) -> Result<&mut [u8], SinkFull>;
 
-    /// The next segment as `header_len` bytes of headers followed by
-    /// `frame[payload]`, bytes of the original frame (shared, not copied;
-    /// the range lies within `frame`). A sink that keeps the payload takes
-    /// `frame.slice(payload)` (one reference count per segment) or one clone
-    /// of `frame` for all the segments cut from it. Returns a buffer of
-    /// exactly `header_len` bytes that the sink keeps for the headers; the
-    /// segmenter fills it completely (checksums included) before it asks for
-    /// anything else.
-    fn scatter_gather(
-        &mut self,
-        header_len: usize,
-        frame: &Bytes,
-        payload: Range<usize>,
-    ) -> Result<&mut [u8], SinkFull>;
-
-    /// The next segments all at once, for a sink that can keep their headers
-    /// back to back: `frame[payload]` (non-empty, within `frame`) is cut into
-    /// consecutive pieces of `size` bytes (the last one shorter if it must),
-    /// and each piece follows `header_len` bytes of headers, as if
-    /// [`scatter_gather`](Self::scatter_gather) had been called for each
-    /// piece in order.
-    ///
-    /// Returns one buffer of `count * header_len` bytes, where `count` is
-    /// `payload.len().div_ceil(size)`: the headers of segment `i` are bytes
-    /// `i * header_len..(i + 1) * header_len`. The segmenter fills it
-    /// completely before it asks for anything else. This saves a call and
-    /// the bookkeeping per segment, which at MSS 1448 is a large part of the
-    /// time zero-copy segmentation takes.
-    ///
-    /// The default returns `Ok(None)`: the sink cannot hold such a run, and
-    /// the segmenter asks for each segment with `scatter_gather` instead.
-    fn scatter_gather_run(
-        &mut self,
-        header_len: usize,
-        frame: &Bytes,
-        payload: Range<usize>,
-        size: usize,
-    ) -> Result<Option<&mut [u8]>, SinkFull> {
-        let _ = (header_len, frame, payload, size);
-        Ok(None)
-    }
-
     /// The next segments all at once as contiguous frames back to back, for
     /// a sink that can keep them so: `payload_len` (non-zero) bytes of
     /// payload are cut into consecutive pieces of `size` bytes (the last one
@@ -326,17 +288,6 @@ pub trait SegmentSink {
         let _ = (header_len, payload_len, size);
         Ok(None)
     }
-}
-
-/// How segments are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum OutputMode {
-    /// Each segment is one contiguous frame ([`SegmentSink::contiguous`]);
-    /// the payload is copied and checksummed in the same pass.
-    Copy,
-    /// Each segment is a header buffer plus a slice of the original payload
-    /// ([`SegmentSink::scatter_gather`]); the payload is read, not copied.
-    ZeroCopy,
 }
 
 /// Per-switch choices that the frame does not carry.
@@ -367,9 +318,6 @@ pub struct Segmenter {
     params: SegmentParams,
     headers: Vec<u8>,
     template: Vec<u8>,
-    /// Zero-copy mode into a header run: the folded sum of each segment's
-    /// payload, computed in one pass before the headers are written.
-    payload_sums: Vec<u16>,
 }
 
 impl Segmenter {
@@ -379,7 +327,6 @@ impl Segmenter {
             params,
             headers: Vec::with_capacity(256),
             template: Vec::with_capacity(256),
-            payload_sums: Vec::with_capacity(64),
         }
     }
 
@@ -406,46 +353,6 @@ impl Segmenter {
         gso: GsoKind,
         sink: &mut S,
     ) -> Result<SegmentSummary, SegmentError> {
-        let mut out = Output::Copy { sink };
-        self.run(frame, layout, gso, &mut out)
-    }
-
-    /// Segments `frame` as `gso` asks, handing every segment to `sink` as a
-    /// header buffer plus a slice of `frame` (no payload copy). The bytes are
-    /// the same as [`segment_copy`](Self::segment_copy) writes.
-    pub fn segment_zero_copy<S: SegmentSink + ?Sized>(
-        &mut self,
-        frame: &Bytes,
-        layout: &FrameLayout,
-        gso: GsoKind,
-        sink: &mut S,
-    ) -> Result<SegmentSummary, SegmentError> {
-        let mut out = Output::ZeroCopy { frame, sink };
-        self.run(frame, layout, gso, &mut out)
-    }
-
-    /// Segments `frame` in the given output mode.
-    pub fn segment<S: SegmentSink + ?Sized>(
-        &mut self,
-        frame: &Bytes,
-        layout: &FrameLayout,
-        gso: GsoKind,
-        mode: OutputMode,
-        sink: &mut S,
-    ) -> Result<SegmentSummary, SegmentError> {
-        match mode {
-            OutputMode::Copy => self.segment_copy(frame, layout, gso, sink),
-            OutputMode::ZeroCopy => self.segment_zero_copy(frame, layout, gso, sink),
-        }
-    }
-
-    fn run<S: SegmentSink + ?Sized>(
-        &mut self,
-        frame: &[u8],
-        layout: &FrameLayout,
-        gso: GsoKind,
-        out: &mut Output<'_, S>,
-    ) -> Result<SegmentSummary, SegmentError> {
         let offsets = Offsets::check(frame, layout)?;
         if layout.is_fragment {
             return Err(SegmentError::AlreadyFragmented);
@@ -454,11 +361,11 @@ impl Segmenter {
             GsoKind::None => Err(SegmentError::NotGso),
             GsoKind::Tcp { mss, .. } => {
                 offsets.expect_l4(L4Kind::Tcp, "TCP")?;
-                l4::segment(self, frame, &offsets, L4Kind::Tcp, usize::from(mss), out)
+                l4::segment(self, frame, &offsets, L4Kind::Tcp, usize::from(mss), sink)
             }
             GsoKind::UdpL4 { size } => {
                 offsets.expect_l4(L4Kind::Udp, "UDP_L4")?;
-                l4::segment(self, frame, &offsets, L4Kind::Udp, usize::from(size), out)
+                l4::segment(self, frame, &offsets, L4Kind::Udp, usize::from(size), sink)
             }
             GsoKind::Ufo { size } => {
                 offsets.expect_l4(L4Kind::Udp, "UDP")?;
@@ -469,7 +376,7 @@ impl Segmenter {
                     frame,
                     &offsets,
                     usize::from(size),
-                    out,
+                    sink,
                 )
             }
         }
@@ -647,135 +554,85 @@ pub(crate) fn finish_l4(sum: Checksum, zero_as_ffff: bool) -> u16 {
     }
 }
 
-/// Whether [`Output::emit`] sums a segment's payload for its headers.
+/// Whether [`emit`] sums a segment's payload for its headers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PayloadSum {
     /// The headers do not depend on the payload (IP fragments).
     Unused,
-    /// Summed while the payload is copied (or, in zero-copy mode, read).
+    /// Summed while the payload is copied.
     Compute,
 }
 
-/// The sink plus what the mode needs to deliver a segment.
-pub(crate) enum Output<'a, S: SegmentSink + ?Sized> {
-    Copy { sink: &'a mut S },
-    ZeroCopy { frame: &'a Bytes, sink: &'a mut S },
+/// Writes one segment into `sink`: `template` copied into the sink's
+/// buffer, then `frame[payload]` follows, and `patch` writes this segment's
+/// fields into the copied headers, given the folded sum of the payload (0
+/// for [`PayloadSum::Unused`]). Returns the segment's length.
+///
+/// The fields are written into the destination, never into a scratch
+/// buffer that is then copied: reading back bytes just written with narrow
+/// stores stalls the wide loads of the copy.
+pub(crate) fn emit<S: SegmentSink + ?Sized>(
+    sink: &mut S,
+    frame: &[u8],
+    template: &[u8],
+    payload: Range<usize>,
+    sum: PayloadSum,
+    patch: impl FnOnce(&mut [u8], u16) -> Result<(), SegmentError>,
+) -> Result<usize, SegmentError> {
+    let src = frame
+        .get(payload.clone())
+        .ok_or(SegmentError::FieldOutOfBounds {
+            offset: payload.start,
+            width: payload.end.saturating_sub(payload.start),
+            len: frame.len(),
+        })?;
+    let header_len = template.len();
+    let total = header_len + src.len();
+    let buf = sink
+        .contiguous(total)
+        .map_err(|SinkFull| SegmentError::SinkFull)?;
+    if buf.len() != total {
+        return Err(SegmentError::SinkBufferLength {
+            expected: total,
+            found: buf.len(),
+        });
+    }
+    let (head, body) = buf.split_at_mut(header_len);
+    copy_headers(head, template);
+    let payload_sum = match sum {
+        PayloadSum::Compute => Checksum::new().copy_and_add(body, src).sum(),
+        PayloadSum::Unused => {
+            body.copy_from_slice(src);
+            0
+        }
+    };
+    patch(head, payload_sum)?;
+    Ok(total)
 }
 
-impl<S: SegmentSink + ?Sized> Output<'_, S> {
-    /// Delivers one segment: `template` copied into the sink's buffer, then
-    /// `frame[payload]` follows, and `patch` writes this segment's fields
-    /// into the copied headers, given the folded sum of the payload (0 for
-    /// [`PayloadSum::Unused`]). Returns the segment's length.
-    ///
-    /// The fields are written into the destination, never into a scratch
-    /// buffer that is then copied: reading back bytes just written with
-    /// narrow stores stalls the wide loads of the copy.
-    pub(crate) fn emit(
-        &mut self,
-        frame: &[u8],
-        template: &[u8],
-        payload: Range<usize>,
-        sum: PayloadSum,
-        patch: impl FnOnce(&mut [u8], u16) -> Result<(), SegmentError>,
-    ) -> Result<usize, SegmentError> {
-        let src = frame
-            .get(payload.clone())
-            .ok_or(SegmentError::FieldOutOfBounds {
-                offset: payload.start,
-                width: payload.end.saturating_sub(payload.start),
-                len: frame.len(),
-            })?;
-        let header_len = template.len();
-        let total = header_len + src.len();
-        match self {
-            Output::Copy { sink } => {
-                let buf = sink
-                    .contiguous(total)
-                    .map_err(|SinkFull| SegmentError::SinkFull)?;
-                if buf.len() != total {
-                    return Err(SegmentError::SinkBufferLength {
-                        expected: total,
-                        found: buf.len(),
-                    });
-                }
-                let (head, body) = buf.split_at_mut(header_len);
-                copy_headers(head, template);
-                let payload_sum = match sum {
-                    PayloadSum::Compute => Checksum::new().copy_and_add(body, src).sum(),
-                    PayloadSum::Unused => {
-                        body.copy_from_slice(src);
-                        0
-                    }
-                };
-                patch(head, payload_sum)?;
-            }
-            Output::ZeroCopy { frame: bytes, sink } => {
-                let payload_sum = match sum {
-                    PayloadSum::Compute => Checksum::new().add_bytes(src).sum(),
-                    PayloadSum::Unused => 0,
-                };
-                let head = sink
-                    .scatter_gather(header_len, bytes, payload)
-                    .map_err(|SinkFull| SegmentError::SinkFull)?;
-                if head.len() != header_len {
-                    return Err(SegmentError::SinkBufferLength {
-                        expected: header_len,
-                        found: head.len(),
-                    });
-                }
-                copy_headers(head, template);
-                patch(head, payload_sum)?;
-            }
-        }
-        Ok(total)
+/// One buffer from `sink` for all the segments cut from `payload_len` bytes
+/// of payload in pieces of `size` bytes, each after `header_len` bytes of
+/// headers, if the sink takes runs ([`SegmentSink::contiguous_run`]),
+/// checked to have the length the run needs. `None` for an empty payload or
+/// a sink without runs.
+pub(crate) fn contiguous_run<S: SegmentSink + ?Sized>(
+    sink: &mut S,
+    header_len: usize,
+    payload_len: usize,
+    size: usize,
+) -> Result<Option<&mut [u8]>, SegmentError> {
+    if payload_len == 0 || size == 0 {
+        return Ok(None);
     }
-
-    /// A buffer for all the segments cut from `frame[payload]` in pieces of
-    /// `size` bytes at once, if the sink takes runs
-    /// ([`SegmentSink::scatter_gather_run`], [`SegmentSink::contiguous_run`]),
-    /// checked to have the length the run needs. `None` for an empty payload
-    /// or a sink without runs.
-    pub(crate) fn run(
-        &mut self,
-        header_len: usize,
-        payload: Range<usize>,
-        size: usize,
-    ) -> Result<Option<Run<'_>>, SegmentError> {
-        if payload.is_empty() || size == 0 {
-            return Ok(None);
-        }
-        let count = payload.len().div_ceil(size);
-        let (buf, expected, copy) = match self {
-            Output::Copy { sink } => (
-                sink.contiguous_run(header_len, payload.len(), size),
-                count * header_len + payload.len(),
-                true,
-            ),
-            Output::ZeroCopy { frame, sink } => (
-                sink.scatter_gather_run(header_len, frame, payload, size),
-                count * header_len,
-                false,
-            ),
-        };
-        match buf {
-            Ok(Some(buf)) if buf.len() != expected => Err(SegmentError::SinkBufferLength {
-                expected,
-                found: buf.len(),
-            }),
-            Ok(Some(buf)) if copy => Ok(Some(Run::Frames(buf))),
-            Ok(buf) => Ok(buf.map(Run::Headers)),
-            Err(SinkFull) => Err(SegmentError::SinkFull),
-        }
+    let expected = payload_len.div_ceil(size) * header_len + payload_len;
+    match sink.contiguous_run(header_len, payload_len, size) {
+        Ok(Some(buf)) if buf.len() != expected => Err(SegmentError::SinkBufferLength {
+            expected,
+            found: buf.len(),
+        }),
+        Ok(buf) => Ok(buf),
+        Err(SinkFull) => Err(SegmentError::SinkFull),
     }
-}
-
-/// A sink's buffer for a whole run of segments ([`Output::run`]).
-pub(crate) enum Run<'a> {
-    /// Copy mode: the segments back to back, headers and payload.
-    Frames(&'a mut [u8]),
-    /// Zero-copy mode: the segments' headers back to back.
-    Headers(&'a mut [u8]),
 }
 
 /// Copies a header block (tens of bytes) with fixed-size moves the compiler

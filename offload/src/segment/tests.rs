@@ -1,7 +1,6 @@
 //! Segmentation checked against etherparse (re-parsing every segment) and
-//! smoltcp (every TCP/UDP checksum), in both output modes.
+//! smoltcp (every TCP/UDP checksum), with and without runs.
 
-use bytes::Bytes;
 use proptest::prelude::*;
 
 use super::testing::{
@@ -12,9 +11,10 @@ use super::*;
 use crate::layout::L4Kind;
 use smoltcp::wire::IpAddress;
 
-/// Segments in both modes, checks that they are byte-identical, and returns
-/// the segments as vectors.
-pub(crate) fn segment_both(
+/// Segments into a sink that takes runs and into one that takes a segment
+/// per call, checks that both got the same bytes, and returns the segments
+/// as vectors.
+pub(crate) fn segment_with_and_without_runs(
     frame: &[u8],
     layout: &FrameLayout,
     gso: GsoKind,
@@ -22,38 +22,17 @@ pub(crate) fn segment_both(
 ) -> Result<Vec<Vec<u8>>, SegmentError> {
     let mut segmenter = Segmenter::new(params);
     let mut copied = SegmentList::new();
-    let copy_summary = segmenter.segment_copy(frame, layout, gso, &mut copied)?;
-    let bytes = Bytes::copy_from_slice(frame);
-    let mut gathered = SegmentList::new();
-    let sg_summary = segmenter.segment_zero_copy(&bytes, layout, gso, &mut gathered)?;
-    // Sinks without runs: both modes ask for one segment at a time.
+    let summary = segmenter.segment_copy(frame, layout, gso, &mut copied)?;
+    // A sink without runs: the segmenter asks for one segment at a time.
     let mut copied_singly = OneByOne(SegmentList::new());
-    let copy_single_summary = segmenter.segment_copy(frame, layout, gso, &mut copied_singly)?;
-    let mut gathered_singly = OneByOne(SegmentList::new());
-    let sg_single_summary =
-        segmenter.segment_zero_copy(&bytes, layout, gso, &mut gathered_singly)?;
-    assert_eq!(copy_summary, sg_summary);
-    assert_eq!(copy_summary, copy_single_summary);
-    assert_eq!(copy_summary, sg_single_summary);
-    assert_eq!(copied.len(), copy_summary.segments);
-    let all = |list: &SegmentList| list.iter().map(|s| s.to_vec()).collect::<Vec<_>>();
-    let copy_out = all(&copied);
-    assert_eq!(
-        copy_out,
-        all(&gathered),
-        "copy and zero-copy modes write the same bytes"
-    );
-    assert_eq!(copy_out, all(&copied_singly.0), "copy mode without runs");
-    assert_eq!(
-        copy_out,
-        all(&gathered_singly.0),
-        "zero-copy mode without runs"
-    );
-    assert_eq!(
-        copy_summary.bytes,
-        copy_out.iter().map(Vec::len).sum::<usize>()
-    );
-    Ok(copy_out)
+    let single_summary = segmenter.segment_copy(frame, layout, gso, &mut copied_singly)?;
+    assert_eq!(summary, single_summary);
+    assert_eq!(copied.len(), summary.segments);
+    let all = |list: &SegmentList| list.iter().map(<[u8]>::to_vec).collect::<Vec<_>>();
+    let out = all(&copied);
+    assert_eq!(out, all(&copied_singly.0), "without runs");
+    assert_eq!(summary.bytes, out.iter().map(Vec::len).sum::<usize>());
+    Ok(out)
 }
 
 /// A [`SegmentList`] behind a sink that takes one segment per call (the
@@ -63,15 +42,6 @@ struct OneByOne(SegmentList);
 impl SegmentSink for OneByOne {
     fn contiguous(&mut self, len: usize) -> Result<&mut [u8], SinkFull> {
         self.0.contiguous(len)
-    }
-
-    fn scatter_gather(
-        &mut self,
-        header_len: usize,
-        frame: &Bytes,
-        payload: std::ops::Range<usize>,
-    ) -> Result<&mut [u8], SinkFull> {
-        self.0.scatter_gather(header_len, frame, payload)
     }
 }
 
@@ -303,14 +273,14 @@ proptest! {
                 // Keep the segment count reasonable for the checks.
                 let size = size.max(spec.payload_len.div_ceil(300));
                 let gso = GsoKind::Tcp { mss: size as u16, ecn: spec.cwr };
-                let segments = segment_both(&frame, &built.layout, gso, params).unwrap();
+                let segments = segment_with_and_without_runs(&frame, &built.layout, gso, params).unwrap();
                 check_l4_segments(&built, size, params, &segments);
             }
             L4Spec::Udp if !ufo => {
                 let size = size.max(spec.payload_len.div_ceil(300));
                 let header = built.layout.payload_offset - built.layout.l3_offset;
                 let gso = GsoKind::UdpL4 { size: size as u16 };
-                match segment_both(&frame, &built.layout, gso, params) {
+                match segment_with_and_without_runs(&frame, &built.layout, gso, params) {
                     Ok(segments) => check_l4_segments(&built, size, params, &segments),
                     Err(err) => {
                         // Only a datagram too long for the IP length field fails.
@@ -322,7 +292,7 @@ proptest! {
             L4Spec::Udp => {
                 let size = size.max(64).max(spec.payload_len.div_ceil(300));
                 let gso = GsoKind::Ufo { size: size as u16 };
-                let fragments = segment_both(&frame, &built.layout, gso, params).unwrap();
+                let fragments = segment_with_and_without_runs(&frame, &built.layout, gso, params).unwrap();
                 check_fragments(&built, size, params, &fragments);
             }
         }
@@ -335,7 +305,7 @@ fn frame_seed_with_len(seq: u32) -> bool {
 
 fn tso(spec: &FrameSpec, mss: u16) -> (Built, Vec<Vec<u8>>) {
     let built = build(spec);
-    let segments = segment_both(
+    let segments = segment_with_and_without_runs(
         &built.frame,
         &built.layout,
         GsoKind::Tcp { mss, ecn: false },
@@ -418,7 +388,7 @@ fn ufo_fragments_are_multiples_of_8_and_lose_nothing() {
                 fixed_ipv4_id: false,
                 ipv6_fragment_id: 0xdead_beef,
             };
-            let fragments = segment_both(
+            let fragments = segment_with_and_without_runs(
                 &built.frame,
                 &built.layout,
                 GsoKind::Ufo { size: 1001 },
@@ -440,7 +410,7 @@ fn ufo_later_ipv4_fragments_drop_uncopied_options() {
         ..FrameSpec::default()
     };
     let built = build(&spec);
-    let fragments = segment_both(
+    let fragments = segment_with_and_without_runs(
         &built.frame,
         &built.layout,
         GsoKind::Ufo { size: 1480 },
@@ -476,7 +446,7 @@ fn ufo_ipv6_fragment_header_goes_after_routing() {
         fixed_ipv4_id: false,
         ipv6_fragment_id: 7,
     };
-    let fragments = segment_both(
+    let fragments = segment_with_and_without_runs(
         &built.frame,
         &built.layout,
         GsoKind::Ufo { size: 1400 },
@@ -511,7 +481,7 @@ fn a_datagram_that_fits_is_sent_whole_with_its_checksum() {
         let built = build(&spec);
         let mut frame = built.frame.clone();
         built.seed_partial(&mut frame, true);
-        let out = segment_both(
+        let out = segment_with_and_without_runs(
             &frame,
             &built.layout,
             GsoKind::Ufo { size: 1400 },
@@ -535,7 +505,7 @@ fn tso_frame_that_fits_is_one_checksummed_segment() {
     let built = build(&spec);
     let mut frame = built.frame.clone();
     built.seed_partial(&mut frame, true);
-    let out = segment_both(
+    let out = segment_with_and_without_runs(
         &frame,
         &built.layout,
         GsoKind::Tcp {
@@ -548,7 +518,7 @@ fn tso_frame_that_fits_is_one_checksummed_segment() {
     assert_eq!(out, std::slice::from_ref(&built.frame));
     // And a frame with no payload at all.
     let empty = build(&FrameSpec::default());
-    let out = segment_both(
+    let out = segment_with_and_without_runs(
         &empty.frame,
         &empty.layout,
         GsoKind::Tcp {
@@ -579,7 +549,7 @@ fn uso_zero_checksum_is_sent_as_ffff() {
     sum.add_bytes(&[0x14, 0xe9, 0x00, 0x35, 0x00, 0x0a, 0x00, 0x00]);
     let word = !sum.sum();
     built.frame[at..at + 2].copy_from_slice(&word.to_be_bytes());
-    let out = segment_both(
+    let out = segment_with_and_without_runs(
         &built.frame,
         &built.layout,
         GsoKind::UdpL4 { size: 1000 },
@@ -599,8 +569,9 @@ fn errors_not_panics() {
     });
     let frame = &built.frame;
     let layout = built.layout;
-    let seg =
-        |layout: &FrameLayout, gso| segment_both(frame, layout, gso, SegmentParams::default());
+    let seg = |layout: &FrameLayout, gso| {
+        segment_with_and_without_runs(frame, layout, gso, SegmentParams::default())
+    };
     // Bug class: gso_size 0 divides by zero.
     assert_eq!(
         seg(&layout, GsoKind::Tcp { mss: 0, ecn: false }).unwrap_err(),
@@ -679,7 +650,7 @@ fn errors_not_panics() {
         payload_len: 3000,
         ..FrameSpec::default()
     });
-    let err = segment_both(
+    let err = segment_with_and_without_runs(
         &udp.frame,
         &udp.layout,
         GsoKind::Ufo { size: 7 },
@@ -699,7 +670,7 @@ fn errors_not_panics() {
     });
     let mut broken = v6.frame.clone();
     broken[14 + 40 + 1] = 3; // hop-by-hop now claims 32 bytes
-    let err = segment_both(
+    let err = segment_with_and_without_runs(
         &broken,
         &v6.layout,
         GsoKind::Ufo { size: 1000 },
@@ -723,14 +694,6 @@ fn a_full_sink_stops_segmentation_with_an_error() {
             }
             self.0.resize(len, 0);
             Ok(&mut self.0)
-        }
-        fn scatter_gather(
-            &mut self,
-            _: usize,
-            _: &Bytes,
-            _: std::ops::Range<usize>,
-        ) -> Result<&mut [u8], SinkFull> {
-            Err(SinkFull)
         }
     }
     let built = build(&FrameSpec {
@@ -826,7 +789,6 @@ fn steady_state_reuses_buffers() {
         payload_len: 60000,
         ..FrameSpec::default()
     });
-    let bytes = Bytes::from(built.frame.clone());
     let mut segmenter = Segmenter::default();
     let mut list = SegmentList::new();
     let gso = GsoKind::Tcp {
@@ -834,21 +796,15 @@ fn steady_state_reuses_buffers() {
         ecn: false,
     };
     segmenter
-        .segment_copy(&bytes, &built.layout, gso, &mut list)
+        .segment_copy(&built.frame, &built.layout, gso, &mut list)
         .unwrap();
-    let first = list.get(0).unwrap().head.as_ptr();
+    let first = list.get(0).unwrap().as_ptr();
     for _ in 0..3 {
         list.clear();
         segmenter
-            .segment_copy(&bytes, &built.layout, gso, &mut list)
+            .segment_copy(&built.frame, &built.layout, gso, &mut list)
             .unwrap();
-        assert_eq!(list.get(0).unwrap().head.as_ptr(), first);
-        list.clear();
-        segmenter
-            .segment_zero_copy(&bytes, &built.layout, gso, &mut list)
-            .unwrap();
-        assert!(list.get(0).unwrap().is_scatter_gather());
-        assert_eq!(list.get(0).unwrap().head.as_ptr(), first);
+        assert_eq!(list.get(0).unwrap().as_ptr(), first);
     }
     let _ = payload_bytes(1, 0);
 }
@@ -864,7 +820,7 @@ fn any_gso() -> impl Strategy<Value = GsoKind> {
 
 proptest! {
     /// Whatever the bytes and however wrong the layout, segmentation returns
-    /// a value or an error, never a panic, and both modes agree.
+    /// a value or an error, never a panic, with and without runs alike.
     #[test]
     fn inconsistent_layouts_are_errors_not_panics(
         frame in proptest::collection::vec(any::<u8>(), 0..400),
@@ -886,7 +842,7 @@ proptest! {
             ipv6_fragment_header: None,
             is_fragment: false,
         };
-        let copy = segment_both(&frame, &layout, gso, SegmentParams::default());
+        let copy = segment_with_and_without_runs(&frame, &layout, gso, SegmentParams::default());
         if let Ok(segments) = copy {
             prop_assert!(!segments.is_empty());
         }
@@ -934,7 +890,7 @@ fn a_plan_validated_for_one_frame_is_an_error_on_a_shorter_one() {
         let plan = checked.plan();
         let layout = plan.layout().expect("a GSO plan has a layout");
         let params = SegmentParams::default();
-        assert!(segment_both(&built.frame, layout, plan.gso(), params).is_ok());
+        assert!(segment_with_and_without_runs(&built.frame, layout, plan.gso(), params).is_ok());
         for len in [
             0,
             14,
@@ -942,7 +898,9 @@ fn a_plan_validated_for_one_frame_is_an_error_on_a_shorter_one() {
             layout.l4_offset,
             layout.payload_offset - 1,
         ] {
-            let err = segment_both(&built.frame[..len], layout, plan.gso(), params).unwrap_err();
+            let err =
+                segment_with_and_without_runs(&built.frame[..len], layout, plan.gso(), params)
+                    .unwrap_err();
             assert!(
                 matches!(err, SegmentError::HeadersBeyondFrame { frame_len, .. } if frame_len == len),
                 "{len} bytes: {err}"
@@ -979,7 +937,7 @@ proptest! {
         let params = SegmentParams::default();
         let len = cut.index(built.frame.len() + 1);
         let short = &built.frame[..len];
-        match segment_both(short, layout, plan.gso(), params) {
+        match segment_with_and_without_runs(short, layout, plan.gso(), params) {
             Err(SegmentError::HeadersBeyondFrame { .. }) => {
                 prop_assert!(len < layout.payload_offset);
             }
@@ -995,6 +953,6 @@ proptest! {
                 }
             }
         }
-        let _ = segment_both(&other, layout, plan.gso(), params);
+        let _ = segment_with_and_without_runs(&other, layout, plan.gso(), params);
     }
 }

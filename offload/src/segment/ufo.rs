@@ -5,7 +5,7 @@ use crate::layout::L3Kind;
 use super::field::{get_u16, get_u8, set_u16, set_u32, set_u8};
 use super::l4::{pseudo_header_base, refresh_ipv4_checksum};
 use super::{
-    finish_l4, fits_u16, Offsets, Output, PayloadSum, SegmentError, SegmentParams, SegmentSink,
+    emit, finish_l4, fits_u16, Offsets, PayloadSum, SegmentError, SegmentParams, SegmentSink,
     SegmentSummary,
 };
 
@@ -102,7 +102,7 @@ pub(super) fn fragment<S: SegmentSink + ?Sized>(
     frame: &[u8],
     offsets: &Offsets,
     size: usize,
-    out: &mut Output<'_, S>,
+    sink: &mut S,
 ) -> Result<SegmentSummary, SegmentError> {
     let l4 = offsets.l4;
     let udp_end = l4 + 8;
@@ -158,7 +158,8 @@ pub(super) fn fragment<S: SegmentSink + ?Sized>(
                 fits_u16("IPv6 payload length", l3_total - 40)?,
             )?,
         }
-        let bytes = out.emit(
+        let bytes = emit(
+            sink,
             frame,
             headers,
             udp_end..frame.len(),
@@ -247,7 +248,7 @@ pub(super) fn fragment<S: SegmentSink + ?Sized>(
                 set_u32(hdr, frag_header_at + 4, params.ipv6_fragment_id)?;
             }
         }
-        bytes += out.emit(frame, hdr, payload, PayloadSum::Unused, |_, _| Ok(()))?;
+        bytes += emit(sink, frame, hdr, payload, PayloadSum::Unused, |_, _| Ok(()))?;
     }
     Ok(SegmentSummary {
         segments: count,

@@ -84,9 +84,7 @@ impl GuestPort {
             Adapted::Checksummed | Adapted::Segmented(_) => {
                 bump(&self.counters.rx_adapted, 1);
                 for segment in segments.iter() {
-                    let mut frame = Vec::with_capacity(segment.len());
-                    segment.write_to(&mut frame);
-                    ready.push_back(Packet::plain(frame));
+                    ready.push_back(Packet::plain(segment.to_vec()));
                 }
             }
         }
@@ -325,10 +323,7 @@ impl GuestQueue<'_> {
             if offloads.accepts(&packet.hdr) {
                 return Ok(Some(packet));
             }
-            // The segments are copied into guest memory anyway.
-            let caps = offloads
-                .egress_capabilities(self.port.mtu)
-                .with_scatter_gather(false);
+            let caps = offloads.egress_capabilities(self.port.mtu);
             if let Err(err) = self.port.adapt_to_guest(rx, packet, &caps) {
                 bump(&self.port.counters.rx_dropped, 1);
                 return Err(err);
