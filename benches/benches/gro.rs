@@ -9,9 +9,9 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion, Throughput};
-use etherparse::{IpHeaders, IpNumber, Ipv4Header, PacketBuilder, TcpHeader, TcpOptionElement};
 use vswitch_offload::checksum::Checksum;
 use vswitch_offload::gro::{Coalescer, GroChecksum, GroConfig};
+use vswitch_offload::testing::{tcp_flags, FrameBuilder};
 use vswitch_offload::{FrameLayout, L3Kind, L4Kind, VirtioNetHdr};
 
 const SEGMENTS: usize = 44;
@@ -21,26 +21,18 @@ const MSS: usize = 1448;
 fn segments() -> Vec<Vec<u8>> {
     (0..SEGMENTS)
         .map(|i| {
-            let payload: Vec<u8> = (0..MSS).map(|j| (i * 31 + j * 7) as u8).collect();
-            let mut ip =
-                Ipv4Header::new(0, 64, IpNumber::TCP, [10, 0, 0, 1], [10, 0, 0, 2]).unwrap();
-            ip.identification = 1000 + i as u16;
-            let mut tcp = TcpHeader::new(40000, 443, 7 + (i * MSS) as u32, 512);
-            tcp.ack = true;
-            tcp.acknowledgment_number = 99;
-            tcp.set_options(&[
-                TcpOptionElement::Noop,
-                TcpOptionElement::Noop,
-                TcpOptionElement::Timestamp(1, 2),
-            ])
-            .unwrap();
-            let mut frame = Vec::new();
-            PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-                .ip(IpHeaders::Ipv4(ip, Default::default()))
-                .tcp_header(tcp)
-                .write(&mut frame, &payload)
-                .unwrap();
-            frame
+            FrameBuilder::tcp4([10, 0, 0, 1], [10, 0, 0, 2])
+                .dont_fragment(true)
+                .ip_id(1000 + i as u16)
+                .ports(40000, 443)
+                .seq(7 + (i * MSS) as u32)
+                .ack_number(99)
+                .tcp_flags(tcp_flags::ACK)
+                .window(512)
+                // NOP, NOP, timestamps 1 and 2.
+                .tcp_options(&[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2])
+                .payload_with(MSS, |j| (i * 31 + j * 7) as u8)
+                .build()
         })
         .collect()
 }

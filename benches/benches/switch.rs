@@ -36,9 +36,9 @@ use vswitch::mac::MacAddr;
 use vswitch::{
     Forwarder, ForwarderConfig, PortId, PortProfile, PortSet, Switch, SwitchConfig, VlanId,
 };
-use vswitch_offload::checksum::{checksum, pseudo_header_ipv4};
-use vswitch_offload::virtio::{FLAG_NEEDS_CSUM, GSO_TCPV4};
-use vswitch_offload::{CheckedFrame, EgressCapabilities, Packet, VirtioNetHdr};
+use vswitch_offload::checksum::checksum;
+use vswitch_offload::testing::{tcp_flags, FrameBuilder};
+use vswitch_offload::{CheckedFrame, EgressCapabilities, Packet};
 use vswitch_ports::memory::{memory_port, MemoryPortConfig};
 
 #[allow(unsafe_code)]
@@ -302,27 +302,12 @@ fn demo_scaling() {
 
 /// A 64-byte IPv4/UDP frame of flow `flow` from A to B.
 fn small_frame(flow: u16) -> Bytes {
-    let mut payload = [0u8; 50];
-    let ip = &mut payload[..20];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&50u16.to_be_bytes());
-    ip[8] = 64;
-    ip[9] = 17;
-    ip[12..16].copy_from_slice(&[198, 18, 0, 1]);
-    ip[16..20].copy_from_slice(&[198, 18, 0, 2]);
-    let ip_sum = checksum(ip);
-    ip[10..12].copy_from_slice(&ip_sum.to_be_bytes());
-    let udp = &mut payload[20..28];
-    udp[0..2].copy_from_slice(&(10_000 + flow).to_be_bytes());
-    udp[2..4].copy_from_slice(&9u16.to_be_bytes());
-    udp[4..6].copy_from_slice(&30u16.to_be_bytes());
-    build_frame(
-        MacAddr([2, 0, 0, 0, 0, 0x0b]),
-        MacAddr([2, 0, 0, 0, 0, 0x0a]),
-        None,
-        0x0800,
-        &payload,
-    )
+    FrameBuilder::udp4([198, 18, 0, 1], [198, 18, 0, 2])
+        .macs([2, 0, 0, 0, 0, 0x0a], [2, 0, 0, 0, 0, 0x0b])
+        .ports(10_000 + flow, 9)
+        .payload([0; 22])
+        .build()
+        .into()
 }
 
 /// Frames moved per second of one thread's time through a bare hop: take
@@ -543,42 +528,13 @@ fn memory_costs() {
 
 /// A 64 KiB TSO frame with a partial checksum, as the demo's guest sends.
 fn tso_frame() -> Packet {
-    let payload = 45 * 1448;
-    let tcp_len = 20 + payload;
-    let ip_len = 20 + tcp_len;
-    let mut f = vec![0u8; 14 + ip_len];
-    f[..6].copy_from_slice(&[2, 0, 0, 0, 0, 0x0b]);
-    f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 0x0a]);
-    f[12] = 0x08;
-    f[14] = 0x45;
-    f[16..18].copy_from_slice(&(ip_len as u16).to_be_bytes());
-    f[22] = 64;
-    f[23] = 6;
-    f[26..30].copy_from_slice(&[198, 18, 0, 1]);
-    f[30..34].copy_from_slice(&[198, 18, 0, 2]);
-    let ip_sum = checksum(&f[14..34]);
-    f[24..26].copy_from_slice(&ip_sum.to_be_bytes());
-    f[34..36].copy_from_slice(&40_000u16.to_be_bytes());
-    f[36..38].copy_from_slice(&5201u16.to_be_bytes());
-    f[46] = 5 << 4;
-    f[47] = 0x18;
-    let seed = pseudo_header_ipv4([198, 18, 0, 1], [198, 18, 0, 2], 6, tcp_len as u16).sum();
-    f[50..52].copy_from_slice(&seed.to_be_bytes());
-    for (i, b) in f[54..].iter_mut().enumerate() {
-        *b = (i * 7 % 251) as u8;
-    }
-    Packet::with_hdr(
-        VirtioNetHdr {
-            flags: FLAG_NEEDS_CSUM,
-            gso_type: GSO_TCPV4,
-            hdr_len: 54,
-            gso_size: 1448,
-            csum_start: 34,
-            csum_offset: 16,
-            num_buffers: 0,
-        },
-        f,
-    )
+    FrameBuilder::tcp4([198, 18, 0, 1], [198, 18, 0, 2])
+        .macs([2, 0, 0, 0, 0, 0x0a], [2, 0, 0, 0, 0, 0x0b])
+        .ports(40_000, 5201)
+        .tcp_flags(tcp_flags::PSH | tcp_flags::ACK)
+        .payload_with(45 * 1448, |i| (i * 7 % 251) as u8)
+        .gso(1448)
+        .packet()
 }
 
 fn bench_pieces(c: &mut Criterion) {

@@ -276,8 +276,8 @@ impl CheckedFrame {
 mod tests {
     use super::*;
     use crate::layout::{FrameLayout, L4Kind};
+    use crate::testing::{frame_spec, FrameSpec, IpSpec, L4Spec};
     use crate::virtio::{FLAG_NEEDS_CSUM, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4};
-    use crate::wire::testgen::{frame_spec, FrameSpec, IpSpec, L4Spec};
     use proptest::prelude::*;
 
     /// The header a guest would send with `spec`'s frame: TSO/USO with a

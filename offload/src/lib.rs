@@ -20,6 +20,8 @@ pub mod layout;
 pub mod plan;
 pub mod rss;
 pub mod segment;
+#[cfg(any(test, feature = "test-utils"))]
+pub mod testing;
 pub mod virtio;
 pub mod wire;
 

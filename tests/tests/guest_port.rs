@@ -16,7 +16,7 @@ use pcap_file::pcap::PcapReader;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vswitch::{PortProfile, Switch, SwitchConfig, VlanId};
-use vswitch_offload::checksum::{checksum, pseudo_header_ipv4};
+use vswitch_offload::testing::{tcp_flags, FrameBuilder};
 use vswitch_offload::virtio::{HdrFormat, FLAG_NEEDS_CSUM, GSO_ECN, GSO_NONE, GSO_TCPV4};
 use vswitch_offload::VirtioNetHdr;
 use vswitch_ports::features::{Features, Negotiated};
@@ -100,31 +100,20 @@ fn plug(switch: &Switch, port: Arc<dyn Port>) {
         .unwrap();
 }
 
-/// A TCP/IPv4 frame from `from` to `to`, sequence number `seq`, with
-/// `payload` and a partial TCP checksum.
+/// A TCP/IPv4 ACK from `from` to `to` (port 40000 to 5201), sequence
+/// number `seq`, with `payload`.
+fn tcp(from: Addr, to: Addr, seq: u32, payload: &[u8]) -> FrameBuilder {
+    FrameBuilder::tcp4(from.ip, to.ip)
+        .macs(from.mac, to.mac)
+        .ports(40000, 5201)
+        .seq(seq)
+        .tcp_flags(tcp_flags::ACK)
+        .payload(payload)
+}
+
+/// A [`tcp`] frame with a partial TCP checksum.
 fn tcp_frame(from: Addr, to: Addr, seq: u32, payload: &[u8]) -> Vec<u8> {
-    let tcp_len = 20 + payload.len();
-    let mut f = vec![0u8; 34 + tcp_len];
-    f[0..6].copy_from_slice(&to.mac);
-    f[6..12].copy_from_slice(&from.mac);
-    f[12..14].copy_from_slice(&[0x08, 0x00]);
-    f[14] = 0x45;
-    f[16..18].copy_from_slice(&((20 + tcp_len) as u16).to_be_bytes());
-    f[22] = 64;
-    f[23] = 6;
-    f[26..30].copy_from_slice(&from.ip);
-    f[30..34].copy_from_slice(&to.ip);
-    let ip_sum = checksum(&f[14..34]);
-    f[24..26].copy_from_slice(&ip_sum.to_be_bytes());
-    f[34..36].copy_from_slice(&40000u16.to_be_bytes());
-    f[36..38].copy_from_slice(&5201u16.to_be_bytes());
-    f[38..42].copy_from_slice(&seq.to_be_bytes());
-    f[46] = 5 << 4;
-    f[47] = 0x10;
-    f[54..].copy_from_slice(payload);
-    let seed = pseudo_header_ipv4(from.ip, to.ip, 6, tcp_len as u16);
-    f[50..52].copy_from_slice(&seed.sum().to_be_bytes());
-    f
+    tcp(from, to, seq, payload).partial_checksum().build()
 }
 
 fn tso_hdr(mss: u16) -> VirtioNetHdr {
@@ -352,12 +341,11 @@ fn tso_with_ecn_is_cut_for_a_guest_without_guest_ecn_and_whole_for_one_with_it()
 
     const PAYLOAD: usize = 10_000;
     const MSS: usize = 1000;
-    let mut frame = tcp_frame(addr(1), addr(2), 5000, &stream(PAYLOAD));
-    frame[47] = 0x80 | 0x40 | 0x10 | 0x08; // CWR, ECE, ACK, PSH
-    frame[15] = (46 << 2) | 0b11; // DSCP EF, ECN CE
-    frame[24..26].fill(0);
-    let ip_sum = checksum(&frame[14..34]);
-    frame[24..26].copy_from_slice(&ip_sum.to_be_bytes());
+    let frame = tcp(addr(1), addr(2), 5000, &stream(PAYLOAD))
+        .tcp_flags(tcp_flags::CWR | tcp_flags::ECE | tcp_flags::ACK | tcp_flags::PSH)
+        .traffic_class((46 << 2) | 0b11) // DSCP EF, ECN CE
+        .partial_checksum()
+        .build();
     let hdr = VirtioNetHdr {
         gso_type: GSO_TCPV4 | GSO_ECN,
         ..tso_hdr(MSS as u16)
@@ -500,11 +488,7 @@ fn a_pcap_port_around_a_guest_port_records_both_directions() {
     let b = recorded.inner();
 
     // b -> a: one plain frame (recorded as received from b's port).
-    let mut hello = tcp_frame(addr(2), addr(1), 7, b"hello");
-    let mut sum = pseudo_header_ipv4(addr(2).ip, addr(1).ip, 6, (hello.len() - 34) as u16);
-    hello[50..52].fill(0);
-    sum.add_bytes(&hello[34..]);
-    hello[50..52].copy_from_slice(&sum.finish().to_be_bytes());
+    let hello = tcp(addr(2), addr(1), 7, b"hello").build();
     assert!(complete_checksums(&hello));
     let (a_ram, b_ram) = (guest_ram(), guest_ram());
     let (mut a_tx, mut b_tx) = (TxQueue::new(&a_ram), TxQueue::new(&b_ram));
@@ -562,8 +546,10 @@ fn a_multi_queue_guest_gets_its_flows_spread_over_its_queue_pairs_in_order() {
     ];
     for seq in 0..PER_FLOW {
         for flow in 0..FLOWS {
-            let mut frame = tcp_frame(addr(1), addr(2), seq, &[0u8; 64]);
-            frame[34..36].copy_from_slice(&(1000 + flow).to_be_bytes());
+            let frame = tcp(addr(1), addr(2), seq, &[0u8; 64])
+                .ports(1000 + flow, 5201)
+                .partial_checksum()
+                .build();
             let pair = usize::from(flow % 2);
             a_tx[pair].transmit(a.queue(pair).unwrap(), VirtioNetHdr::default(), &frame);
         }

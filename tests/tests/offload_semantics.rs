@@ -33,9 +33,12 @@ fn tso_frame(
     seq: u32,
     hdr: VirtioNetHdr,
 ) -> Packet {
-    let mut frame = tcp4_frame(dst, src, (20 + 20 + PAYLOAD) as u16).to_vec();
-    frame[14 + 24..14 + 28].copy_from_slice(&seq.to_be_bytes());
-    frame[14 + 33] = flags;
+    let frame = tcp4(dst, src)
+        .seq(seq)
+        .tcp_flags(flags)
+        .payload(vec![0; PAYLOAD])
+        .partial_checksum()
+        .build();
     Packet::with_hdr(hdr, frame)
 }
 

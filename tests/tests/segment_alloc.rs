@@ -6,9 +6,9 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use etherparse::{PacketBuilder, PacketHeaders, TcpHeader};
 use vswitch_offload::adapt::{adapt, Adapted};
 use vswitch_offload::segment::{SegmentList, SegmentParams, Segmenter};
+use vswitch_offload::testing::{tcp_flags, FrameBuilder};
 use vswitch_offload::virtio::{FLAG_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6};
 use vswitch_offload::{
     CheckedFrame, EgressCapabilities, FrameLayout, GsoKind, L3Kind, L4Kind, Packet, VirtioNetHdr,
@@ -52,38 +52,28 @@ fn allocations_during(f: impl FnOnce()) -> usize {
 }
 
 fn tso_frame(ipv6: bool) -> (Vec<u8>, FrameLayout) {
-    let mut tcp = TcpHeader::new(1, 2, 3, 4);
-    tcp.ack = true;
-    let payload: Vec<u8> = (0..60_000).map(|i| i as u8).collect();
-    let mut frame = Vec::new();
-    let builder = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-        .single_vlan(5.try_into().unwrap());
-    let builder = if ipv6 {
-        builder.ipv6([1; 16], [2; 16], 64)
+    let frame = if ipv6 {
+        FrameBuilder::tcp6([1; 16], [2; 16])
     } else {
-        builder.ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
-    };
-    builder
-        .tcp_header(tcp)
-        .write_to_vec(&mut frame, &payload)
-        .unwrap();
-    let headers = PacketHeaders::from_ethernet_slice(&frame).unwrap();
-    let l3_len = match headers.net.unwrap() {
-        etherparse::NetHeaders::Ipv4(h, _) => h.header_len(),
-        _ => 40,
-    };
-    let l4_len = headers.transport.unwrap().header_len();
+        FrameBuilder::tcp4([10, 0, 0, 1], [10, 0, 0, 2]).dont_fragment(true)
+    }
+    .vlan(5)
+    .ports(1, 2)
+    .seq(3)
+    .window(4)
+    .tcp_flags(tcp_flags::ACK)
+    .payload_with(60_000, |i| i as u8);
     let layout = FrameLayout {
         vlan_tags: 1,
-        l3_offset: 18,
+        l3_offset: frame.l3_offset(),
         l3: if ipv6 { L3Kind::Ipv6 } else { L3Kind::Ipv4 },
-        l4_offset: 18 + l3_len,
+        l4_offset: frame.l4_offset(),
         l4: Some(L4Kind::Tcp),
-        payload_offset: 18 + l3_len + l4_len,
+        payload_offset: frame.payload_offset(),
         ipv6_fragment_header: None,
         is_fragment: false,
     };
-    (frame, layout)
+    (frame.build(), layout)
 }
 
 /// One test only: the counter is global, and tests in one binary run in

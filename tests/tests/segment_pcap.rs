@@ -5,10 +5,11 @@
 
 use std::time::Duration;
 
-use etherparse::{NetHeaders, PacketBuilder, PacketHeaders, TcpHeader, TransportHeader};
+use etherparse::{NetHeaders, PacketHeaders, TransportHeader};
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapReader, PcapWriter};
 use pcap_file::DataLink;
 use vswitch::pcap_segment::{segment_capture, PcapSegmentError, SegmentStats};
+use vswitch_offload::testing::{tcp_flags, FrameBuilder};
 
 fn payload(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
@@ -16,25 +17,23 @@ fn payload(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
-fn tcp_header(seq: u32) -> TcpHeader {
-    let mut tcp = TcpHeader::new(40000, 80, seq, 1000);
-    tcp.ack = true;
-    tcp.psh = true;
-    tcp.acknowledgment_number = 99;
-    tcp.options =
-        etherparse::TcpOptions::try_from_slice(&[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]).unwrap();
-    tcp
+/// `frame` with the TCP fields of the large frames: port 40000 to 80,
+/// sequence number `seq`, PSH and ACK, timestamps.
+fn with_tcp(frame: FrameBuilder, seq: u32) -> FrameBuilder {
+    frame
+        .ports(40000, 80)
+        .seq(seq)
+        .ack_number(99)
+        .tcp_flags(tcp_flags::PSH | tcp_flags::ACK)
+        .window(1000)
+        .tcp_options(&[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2])
 }
 
 /// A large TCP/IPv4 frame as a GSO capture shows it: IP total length 0 and
 /// the TCP checksum holding only a seed.
 fn gso_ipv4_frame(len: usize) -> Vec<u8> {
-    let mut frame = Vec::new();
-    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-        .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
-        .tcp_header(tcp_header(1_000_000))
-        .write_to_vec(&mut frame, &payload(len, 1))
-        .unwrap();
+    let tcp4 = FrameBuilder::tcp4([10, 0, 0, 1], [10, 0, 0, 2]).dont_fragment(true);
+    let mut frame = with_tcp(tcp4, 1_000_000).payload(payload(len, 1)).build();
     frame[16..18].copy_from_slice(&[0, 0]); // total length
     frame[24..26].copy_from_slice(&[0x12, 0x34]); // header checksum left stale
     frame[34 + 16..34 + 18].copy_from_slice(&[0xab, 0xcd]); // seed, not a checksum
@@ -43,17 +42,14 @@ fn gso_ipv4_frame(len: usize) -> Vec<u8> {
 
 /// A QinQ-tagged TCP/IPv6 frame larger than the MTU, with a wrong checksum.
 fn big_ipv6_frame(len: usize) -> Vec<u8> {
-    let mut frame = Vec::new();
-    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 3], [2, 0, 0, 0, 0, 4])
-        .double_vlan(10.try_into().unwrap(), 20.try_into().unwrap())
-        .ipv6(
-            [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
-            [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
-            64,
-        )
-        .tcp_header(tcp_header(5))
-        .write_to_vec(&mut frame, &payload(len, 2))
-        .unwrap();
+    let tcp6 = FrameBuilder::tcp6(
+        [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1],
+        [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2],
+    )
+    .macs([2, 0, 0, 0, 0, 3], [2, 0, 0, 0, 0, 4])
+    .vlan(10)
+    .vlan(20);
+    let mut frame = with_tcp(tcp6, 5).payload(payload(len, 2)).build();
     let csum = 22 + 40 + 16;
     frame[csum] ^= 0xff;
     frame
@@ -61,20 +57,20 @@ fn big_ipv6_frame(len: usize) -> Vec<u8> {
 
 /// A small UDP frame with a wrong checksum, and a TCP ACK padded to 60 bytes.
 fn small_frames() -> (Vec<u8>, Vec<u8>) {
-    let mut udp = Vec::new();
-    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-        .ipv4([10, 0, 0, 1], [10, 0, 0, 3], 64)
-        .udp(5353, 53)
-        .write_to_vec(&mut udp, &payload(300, 3))
-        .unwrap();
+    let mut udp = FrameBuilder::udp4([10, 0, 0, 1], [10, 0, 0, 3])
+        .dont_fragment(true)
+        .ports(5353, 53)
+        .payload(payload(300, 3))
+        .build();
     udp[34 + 6] ^= 0x55;
-    let mut ack = Vec::new();
-    PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-        .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
-        .tcp(40000, 80, 7, 1000)
-        .ack(1)
-        .write_to_vec(&mut ack, &[])
-        .unwrap();
+    let mut ack = FrameBuilder::tcp4([10, 0, 0, 1], [10, 0, 0, 2])
+        .dont_fragment(true)
+        .ports(40000, 80)
+        .seq(7)
+        .ack_number(1)
+        .tcp_flags(tcp_flags::ACK)
+        .window(1000)
+        .build();
     ack[34 + 16] ^= 0x01;
     ack.resize(60, 0); // Ethernet padding
     (udp, ack)

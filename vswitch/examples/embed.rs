@@ -30,6 +30,7 @@ use std::time::Duration;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vswitch::{PortProfile, Switch, SwitchConfig, VlanId};
+use vswitch_offload::testing::{tcp_flags, FrameBuilder};
 use vswitch_ports::features::{Features, Negotiated};
 use vswitch_ports::guest::mock::DriverQueue;
 use vswitch_ports::guest::{CondvarNotifier, GuestPort, GuestPortConfig};
@@ -247,34 +248,16 @@ fn port_caps(port: &GuestPort) -> vswitch_ports::PortCapabilities {
 /// A TCP/IPv4 frame from `from` to `to` with `payload_len` bytes; the TCP
 /// checksum is left partial (pseudo-header seed) when `partial`.
 fn tcp_frame(from: &Vm<'_>, to: &Vm<'_>, payload_len: usize, partial: bool) -> Vec<u8> {
-    let tcp_len = 20 + payload_len;
-    let mut f = vec![0u8; 34 + tcp_len];
-    f[0..6].copy_from_slice(&to.mac);
-    f[6..12].copy_from_slice(&from.mac);
-    f[12..14].copy_from_slice(&[0x08, 0x00]);
-    f[14] = 0x45;
-    f[16..18].copy_from_slice(&u16::try_from(20 + tcp_len).unwrap().to_be_bytes());
-    f[22] = 64;
-    f[23] = 6;
-    f[26..30].copy_from_slice(&from.ip);
-    f[30..34].copy_from_slice(&to.ip);
-    let ip_checksum = checksum(&f[14..34]);
-    f[24..26].copy_from_slice(&ip_checksum.to_be_bytes());
-    f[34..36].copy_from_slice(&40000u16.to_be_bytes());
-    f[36..38].copy_from_slice(&5201u16.to_be_bytes());
-    f[46] = 5 << 4;
-    f[47] = 0x18; // PSH, ACK
-    for (i, byte) in f[54..].iter_mut().enumerate() {
-        *byte = (i % 256) as u8;
-    }
-    let mut sum = pseudo_header_ipv4(from.ip, to.ip, 6, u16::try_from(tcp_len).unwrap());
+    let frame = FrameBuilder::tcp4(from.ip, to.ip)
+        .macs(from.mac, to.mac)
+        .ports(40000, 5201)
+        .tcp_flags(tcp_flags::PSH | tcp_flags::ACK)
+        .payload_with(payload_len, |i| i as u8);
     if partial {
-        f[50..52].copy_from_slice(&sum.sum().to_be_bytes());
+        frame.partial_checksum().build()
     } else {
-        sum.add_bytes(&f[34..]);
-        f[50..52].copy_from_slice(&sum.finish().to_be_bytes());
+        frame.build()
     }
-    f
 }
 
 /// Whether a received TCP/IPv4 frame's checksums are complete and right.

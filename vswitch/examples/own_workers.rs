@@ -18,30 +18,26 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use vswitch::ethernet::build_frame;
 use vswitch::{MacAddr, Poll, PortProfile, Switch, SwitchConfig, VlanId};
+use vswitch_offload::testing::FrameBuilder;
 use vswitch_ports::offload::Packet;
 use vswitch_ports::{memory_port, MemoryPortConfig};
 
 const FLOWS: u16 = 8;
 const FRAMES: u32 = 10_000;
 
-/// A UDP/IPv4 frame of flow `flow` carrying sequence number `seq`.
+/// A UDP/IPv4 frame of flow `flow` carrying sequence number `seq`: the
+/// payload is the flow (2 bytes), the sequence number (4) and 2 bytes of
+/// padding, read back by the receiving side.
 fn frame(dst: MacAddr, src: MacAddr, flow: u16, seq: u32) -> Packet {
-    let mut ip = [0u8; 20 + 8 + 8];
-    ip[0] = 0x45;
-    let total = ip.len() as u16;
-    ip[2..4].copy_from_slice(&total.to_be_bytes());
-    ip[8] = 64;
-    ip[9] = 17;
-    ip[12..16].copy_from_slice(&[10, 0, 0, 1]);
-    ip[16..20].copy_from_slice(&[10, 0, 0, 2]);
-    ip[20..22].copy_from_slice(&(5000 + flow).to_be_bytes());
-    ip[22..24].copy_from_slice(&7u16.to_be_bytes());
-    ip[24..26].copy_from_slice(&16u16.to_be_bytes());
-    ip[28..30].copy_from_slice(&flow.to_be_bytes());
-    ip[30..34].copy_from_slice(&seq.to_be_bytes());
-    Packet::plain(build_frame(dst, src, None, 0x0800, &ip))
+    let mut payload = [0u8; 8];
+    payload[0..2].copy_from_slice(&flow.to_be_bytes());
+    payload[2..6].copy_from_slice(&seq.to_be_bytes());
+    FrameBuilder::udp4([10, 0, 0, 1], [10, 0, 0, 2])
+        .macs(src.0, dst.0)
+        .ports(5000 + flow, 7)
+        .payload(payload)
+        .packet()
 }
 
 fn main() {

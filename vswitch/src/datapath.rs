@@ -331,9 +331,8 @@ mod tests {
     use std::time::Duration;
 
     use bytes::Bytes;
-    use vswitch_offload::checksum::pseudo_header_ipv4;
-    use vswitch_offload::virtio::{FLAG_NEEDS_CSUM, GSO_TCPV4};
-    use vswitch_offload::{EgressCapabilities, VirtioNetHdr};
+    use vswitch_offload::testing::{tcp_flags, FrameBuilder};
+    use vswitch_offload::EgressCapabilities;
 
     use super::*;
     use crate::drop::HeaderDrop;
@@ -412,31 +411,18 @@ mod tests {
     }
 
     /// A TCP/IPv4 TSO frame from `src` to `dst` with `payload` bytes, its
-    /// checksum partial as a Linux guest hands it over.
+    /// checksum partial as a Linux guest hands it over, and an IPv4 total
+    /// length of 0 that the segmenter must not trust.
     fn tso(dst: MacAddr, src: MacAddr, payload: usize, mss: u16) -> Packet {
-        let mut l3 = vec![0u8; 40 + payload];
-        l3[0] = 0x45;
-        l3[8] = 64;
-        l3[9] = 6;
-        l3[12..16].copy_from_slice(&[10, 0, 0, 1]);
-        l3[16..20].copy_from_slice(&[10, 0, 0, 2]);
-        l3[20 + 12] = 5 << 4;
-        l3[20 + 13] = 0x18; // PSH|ACK
-        let seed = pseudo_header_ipv4([10, 0, 0, 1], [10, 0, 0, 2], 6, (20 + payload) as u16).sum();
-        l3[20 + 16..20 + 18].copy_from_slice(&seed.to_be_bytes());
-        for (i, byte) in l3[40..].iter_mut().enumerate() {
-            *byte = i as u8;
-        }
-        let hdr = VirtioNetHdr {
-            flags: FLAG_NEEDS_CSUM,
-            gso_type: GSO_TCPV4,
-            hdr_len: 54,
-            gso_size: mss,
-            csum_start: 34,
-            csum_offset: 16,
-            num_buffers: 0,
-        };
-        Packet::with_hdr(hdr, build_frame(dst, src, None, 0x0800, &l3))
+        let tso = FrameBuilder::tcp4([10, 0, 0, 1], [10, 0, 0, 2])
+            .macs(src.0, dst.0)
+            .ports(0, 0)
+            .tcp_flags(tcp_flags::PSH | tcp_flags::ACK)
+            .payload_with(payload, |i| i as u8)
+            .gso(mss);
+        let mut frame = tso.build();
+        frame[14 + 2..14 + 4].fill(0);
+        Packet::with_hdr(tso.hdr(), frame)
     }
 
     #[test]

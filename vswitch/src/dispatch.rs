@@ -72,28 +72,16 @@ fn hash_of(frame: &[u8]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vswitch_offload::testing::FrameBuilder;
 
+    /// A TCP/IPv4 frame from 10.0.0.1:`src_port` to 10.0.0.2:80 behind
+    /// `tags` VLAN tags (VID 5), the first fragment of a datagram if
+    /// `fragment`.
     fn ipv4_tcp(src_port: u16, tags: usize, fragment: bool) -> Vec<u8> {
-        let mut frame = vec![2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1];
-        for _ in 0..tags {
-            frame.extend_from_slice(&[0x81, 0x00, 0x00, 0x05]);
-        }
-        frame.extend_from_slice(&[0x08, 0x00]);
-        let mut ip = [0u8; 20];
-        ip[0] = 0x45;
-        if fragment {
-            ip[6] = 0x20; // MF
-        }
-        ip[9] = 6; // TCP
-        ip[12..16].copy_from_slice(&[10, 0, 0, 1]);
-        ip[16..20].copy_from_slice(&[10, 0, 0, 2]);
-        frame.extend_from_slice(&ip);
-        frame.extend_from_slice(&src_port.to_be_bytes());
-        frame.extend_from_slice(&80u16.to_be_bytes());
-        let mut rest = [0u8; 16];
-        rest[8] = 5 << 4; // data offset: a 20-byte TCP header
-        frame.extend_from_slice(&rest);
-        frame
+        let frame = FrameBuilder::tcp4([10, 0, 0, 1], [10, 0, 0, 2])
+            .ports(src_port, 80)
+            .more_fragments(fragment);
+        (0..tags).fold(frame, |frame, _| frame.vlan(5)).build()
     }
 
     /// The RSS hash of the test flow's addresses, then ports if given.

@@ -317,50 +317,20 @@ mod tests {
     use super::*;
     use crate::drop::HeaderDrop;
     use vswitch_offload::checksum::{pseudo_header_ipv4, Checksum};
+    use vswitch_offload::testing::{tcp_flags, FrameBuilder};
     use vswitch_offload::virtio::GSO_TCPV4;
     use vswitch_offload::virtio::{FLAG_NEEDS_CSUM, GSO_NONE};
     use vswitch_offload::{FrameLayout, VirtioNetHdr};
 
-    /// An untagged TCP/IPv4 frame with `payload` bytes, its checksum partial
-    /// (seeded with the pseudo-header sum over the full TCP length).
-    fn tcp_frame(payload: usize) -> Vec<u8> {
-        let tcp_len = 20 + payload;
-        let ip_len = 20 + tcp_len;
-        let mut f = vec![0u8; 14 + ip_len];
-        f[12] = 0x08;
-        f[14] = 0x45;
-        f[16..18].copy_from_slice(&(ip_len as u16).to_be_bytes());
-        f[22] = 64;
-        f[23] = 6;
-        f[26..30].copy_from_slice(&[198, 18, 0, 1]);
-        f[30..34].copy_from_slice(&[198, 18, 0, 2]);
-        let ip_csum = vswitch_offload::checksum::checksum(&f[14..34]);
-        f[24..26].copy_from_slice(&ip_csum.to_be_bytes());
-        f[34..36].copy_from_slice(&1000u16.to_be_bytes());
-        f[36..38].copy_from_slice(&2000u16.to_be_bytes());
-        f[46] = 5 << 4;
-        f[47] = 0x18;
-        let seed = pseudo_header_ipv4([198, 18, 0, 1], [198, 18, 0, 2], 6, tcp_len as u16).sum();
-        f[50..52].copy_from_slice(&seed.to_be_bytes());
-        for (i, b) in f[54..].iter_mut().enumerate() {
-            *b = (i * 7 % 251) as u8;
-        }
-        f
-    }
-
+    /// A TSO frame: untagged TCP/IPv4 with `payload` bytes, its checksum
+    /// partial (seeded with the pseudo-header sum over the full TCP length).
     fn tso(payload: usize, mss: u16) -> Packet {
-        Packet::with_hdr(
-            VirtioNetHdr {
-                flags: FLAG_NEEDS_CSUM,
-                gso_type: GSO_TCPV4,
-                hdr_len: 54,
-                gso_size: mss,
-                csum_start: 34,
-                csum_offset: 16,
-                num_buffers: 0,
-            },
-            tcp_frame(payload),
-        )
+        FrameBuilder::tcp4([198, 18, 0, 1], [198, 18, 0, 2])
+            .ports(1000, 2000)
+            .tcp_flags(tcp_flags::PSH | tcp_flags::ACK)
+            .payload_with(payload, |i| (i * 7 % 251) as u8)
+            .gso(mss)
+            .packet()
     }
 
     fn tcp_checksum_ok(frame: &[u8]) -> bool {

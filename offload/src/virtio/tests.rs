@@ -4,7 +4,7 @@
 use super::*;
 use crate::layout::{FrameLayout, L3Kind, L4Kind};
 use crate::plan::{GsoKind, OffloadPlan, PartialChecksum};
-use crate::wire::testgen::{frame_spec, FrameSpec, IpSpec, L4Spec};
+use crate::testing::{frame_spec, FrameSpec, IpSpec, L4Spec};
 use crate::wire::{Ipv4Error, TcpError};
 use proptest::prelude::*;
 

@@ -35,8 +35,6 @@ pub mod ipv4;
 pub mod ipv6;
 mod parse;
 pub mod tcp;
-#[cfg(test)]
-pub(crate) mod testgen;
 pub mod udp;
 
 pub use error::{

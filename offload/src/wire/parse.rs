@@ -118,8 +118,8 @@ impl FrameLayout {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{frame_spec, FrameSpec, IpSpec};
     use crate::wire::error::{Ipv4Error, Ipv6Error, Layer, TcpError, UdpError, VlanError};
-    use crate::wire::testgen::{frame_spec, FrameSpec, IpSpec};
     use crate::wire::{Ipv4Packet, Ipv6Packet, TcpSegment, UdpDatagram};
     use proptest::prelude::*;
 
@@ -138,8 +138,8 @@ mod tests {
         };
         assert_eq!(layout.l3, l3);
         let l4 = match spec.l4 {
-            crate::wire::testgen::L4Spec::Tcp { .. } => L4Kind::Tcp,
-            crate::wire::testgen::L4Spec::Udp => L4Kind::Udp,
+            crate::testing::L4Spec::Tcp { .. } => L4Kind::Tcp,
+            crate::testing::L4Spec::Udp => L4Kind::Udp,
         };
         assert_eq!(layout.l4, Some(l4));
         assert_eq!(&frame[layout.payload_offset..], &spec.payload[..]);

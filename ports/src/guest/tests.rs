@@ -7,6 +7,7 @@ use crate::features::Features;
 use bytes::Bytes;
 use std::sync::atomic::AtomicUsize;
 use vswitch_offload::checksum::{checksum, pseudo_header_ipv4};
+use vswitch_offload::testing::{tcp_flags, FrameBuilder};
 use vswitch_offload::virtio::{HdrError, HdrFormat};
 use vswitch_offload::virtio::{FLAG_NEEDS_CSUM, GSO_NONE};
 use vswitch_offload::virtio::{GSO_TCPV4, GSO_TCPV6};
@@ -47,36 +48,15 @@ fn port_with(acked: Features) -> (GuestPort, Arc<Counting>) {
 /// An untagged TCP/IPv4 frame with `payload` bytes; its checksum is
 /// left partial (pseudo-header seed) when `partial`, else complete.
 fn tcp4(payload: usize, partial: bool) -> Vec<u8> {
-    let tcp_len = 20 + payload;
-    let mut f = vec![0u8; 34 + tcp_len];
-    f[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
-    f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
-    f[12..14].copy_from_slice(&[0x08, 0x00]);
-    let ip_len = (20 + tcp_len).min(65535) as u16;
-    f[14] = 0x45;
-    f[16..18].copy_from_slice(&ip_len.to_be_bytes());
-    f[22] = 64;
-    f[23] = 6;
-    f[26..30].copy_from_slice(&[10, 0, 0, 1]);
-    f[30..34].copy_from_slice(&[10, 0, 0, 2]);
-    let ip_sum = checksum(&f[14..34]);
-    f[24..26].copy_from_slice(&ip_sum.to_be_bytes());
-    f[34..36].copy_from_slice(&1000u16.to_be_bytes());
-    f[36..38].copy_from_slice(&80u16.to_be_bytes());
-    f[46] = 5 << 4;
-    f[47] = 0x18;
-    for (i, b) in f[54..].iter_mut().enumerate() {
-        *b = (i % 251) as u8;
-    }
-    let seed = pseudo_header_ipv4([10, 0, 0, 1], [10, 0, 0, 2], 6, tcp_len as u16);
+    let frame = FrameBuilder::tcp4([10, 0, 0, 1], [10, 0, 0, 2])
+        .ports(1000, 80)
+        .tcp_flags(tcp_flags::PSH | tcp_flags::ACK)
+        .payload_with(payload, |i| (i % 251) as u8);
     if partial {
-        f[50..52].copy_from_slice(&seed.sum().to_be_bytes());
+        frame.partial_checksum().build()
     } else {
-        let mut sum = seed;
-        sum.add_bytes(&f[34..]);
-        f[50..52].copy_from_slice(&sum.finish().to_be_bytes());
+        frame.build()
     }
-    f
 }
 
 fn tcp4_ok(frame: &[u8]) -> bool {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use vswitch::ethernet::build_frame;
 use vswitch::{MacAddr, Switch, SwitchConfig};
+use vswitch_offload::testing::{tcp_flags, FrameBuilder};
 use vswitch_offload::virtio::{FLAG_NEEDS_CSUM, GSO_TCPV4};
 use vswitch_offload::{Packet, VirtioNetHdr};
 use vswitch_ports::MemoryEndpoint;
@@ -30,23 +31,20 @@ pub fn patient_switch(workers: usize) -> Switch {
     Switch::start(config).expect("switch starts")
 }
 
-/// An IPv4/UDP frame of flow `flow` carrying sequence number `seq`.
+/// An IPv4/UDP frame of flow `flow` carrying sequence number `seq`, from
+/// 10.0.x.y to 10.0.z.w (the last two bytes of each MAC address).
 pub fn flow_frame(dst: MacAddr, src: MacAddr, flow: u16, seq: u32) -> Packet {
-    let mut ip = vec![0u8; 20 + 8 + 12];
-    ip[0] = 0x45;
-    let total = ip.len() as u16;
-    ip[2..4].copy_from_slice(&total.to_be_bytes());
-    ip[8] = 64;
-    ip[9] = 17;
-    ip[12..16].copy_from_slice(&[10, 0, src.0[4], src.0[5]]);
-    ip[16..20].copy_from_slice(&[10, 0, dst.0[4], dst.0[5]]);
-    ip[20..22].copy_from_slice(&(10_000 + flow).to_be_bytes());
-    ip[22..24].copy_from_slice(&5001u16.to_be_bytes());
-    ip[24..26].copy_from_slice(&20u16.to_be_bytes());
-    ip[28..32].copy_from_slice(&MAGIC.to_be_bytes());
-    ip[32..34].copy_from_slice(&flow.to_be_bytes());
-    ip[36..40].copy_from_slice(&seq.to_be_bytes());
-    Packet::plain(build_frame(dst, src, None, 0x0800, &ip))
+    // The marker [`flow_of`] reads back: MAGIC, flow, 2 bytes of padding,
+    // seq.
+    let mut marker = [0u8; 12];
+    marker[0..4].copy_from_slice(&MAGIC.to_be_bytes());
+    marker[4..6].copy_from_slice(&flow.to_be_bytes());
+    marker[8..12].copy_from_slice(&seq.to_be_bytes());
+    FrameBuilder::udp4([10, 0, src.0[4], src.0[5]], [10, 0, dst.0[4], dst.0[5]])
+        .macs(src.0, dst.0)
+        .ports(10_000 + flow, 5001)
+        .payload(marker)
+        .packet()
 }
 
 /// The (flow, seq) of a frame built by [`flow_frame`], after `tags` VLAN
@@ -210,17 +208,22 @@ pub const TSO4: VirtioNetHdr = VirtioNetHdr {
     num_buffers: 0,
 };
 
-/// An untagged TCP/IPv4 frame (198.18.0.1 to 198.18.0.2, ACK, 20-byte IP
-/// and TCP headers) whose IP packet is `ip_len` bytes, the payload zeros.
+/// An untagged TCP/IPv4 frame from `src` to `dst` (198.18.0.1 to
+/// 198.18.0.2, ports 0, ACK, 20-byte IP and TCP headers), for the caller to
+/// give a payload.
+pub fn tcp4(dst: MacAddr, src: MacAddr) -> FrameBuilder {
+    FrameBuilder::tcp4([198, 18, 0, 1], [198, 18, 0, 2])
+        .macs(src.0, dst.0)
+        .ports(0, 0)
+        .tcp_flags(tcp_flags::ACK)
+}
+
+/// A [`tcp4`] frame whose IP packet is `ip_len` bytes, the payload zeros,
+/// its TCP checksum seeded for a [`TSO4`] request.
 pub fn tcp4_frame(dst: MacAddr, src: MacAddr, ip_len: u16) -> bytes::Bytes {
-    let mut ip = vec![0u8; usize::from(ip_len)];
-    ip[0] = 0x45;
-    ip[2..4].copy_from_slice(&ip_len.to_be_bytes());
-    ip[8] = 64;
-    ip[9] = 6;
-    ip[12..16].copy_from_slice(&[198, 18, 0, 1]);
-    ip[16..20].copy_from_slice(&[198, 18, 0, 2]);
-    ip[32] = 5 << 4;
-    ip[33] = 0x10;
-    build_frame(dst, src, None, 0x0800, &ip)
+    tcp4(dst, src)
+        .payload(vec![0; usize::from(ip_len) - 40])
+        .partial_checksum()
+        .build()
+        .into()
 }

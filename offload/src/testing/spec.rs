@@ -1,6 +1,8 @@
-//! Test-only frame generators shared by the parser and header-validation
-//! tests: frames are built with etherparse's `PacketBuilder`, so the
-//! expected offsets come from an independent implementation.
+//! Generated frames for property tests: a [`FrameSpec`] describes a frame
+//! (tags, IP options or IPv6 extension headers, TCP options, payload),
+//! etherparse's `PacketBuilder` writes it, and etherparse's parser says
+//! where each layer starts, so the expected offsets come from an
+//! independent implementation.
 
 use etherparse::{
     IpFragOffset, IpHeaders, IpNumber, Ipv4Extensions, Ipv4Header, Ipv6Extensions,
@@ -14,13 +16,20 @@ use proptest::prelude::*;
 #[derive(Debug, Clone)]
 pub enum IpSpec {
     /// IPv4 with `options` (a multiple of 4 bytes, at most 40).
-    V4 { options: Vec<u8> },
+    V4 {
+        /// The raw option bytes.
+        options: Vec<u8>,
+    },
     /// IPv6 with optional extension headers; each `Vec` is the header
     /// payload after its two fixed bytes (6 + 8k bytes).
     V6 {
+        /// A hop-by-hop options header.
         hop_by_hop: Option<Vec<u8>>,
+        /// A destination options header.
         dest_opts: Option<Vec<u8>>,
+        /// A routing header.
         routing: Option<Vec<u8>>,
+        /// Whether a fragment header (offset 0, last fragment) follows.
         fragment: bool,
     },
 }
@@ -29,7 +38,10 @@ pub enum IpSpec {
 #[derive(Debug, Clone)]
 pub enum L4Spec {
     /// TCP with `options` (a multiple of 4 bytes, at most 40).
-    Tcp { options: Vec<u8> },
+    Tcp {
+        /// The raw option bytes.
+        options: Vec<u8>,
+    },
     /// UDP.
     Udp,
 }
@@ -53,10 +65,15 @@ pub struct FrameSpec {
 /// What etherparse says about a built frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Expected {
+    /// VLAN tags in front of the IP header.
     pub vlan_tags: u8,
+    /// Where the IP header starts.
     pub l3_offset: usize,
+    /// Where the TCP or UDP header starts.
     pub l4_offset: usize,
+    /// Where the transport payload starts.
     pub payload_offset: usize,
+    /// Where the IPv6 fragment header starts, if there is one.
     pub ipv6_fragment_header: Option<usize>,
 }
 
@@ -172,7 +189,8 @@ impl FrameSpec {
 }
 
 /// Abstracts over the builder steps that accept an IP header.
-pub trait IpStep {
+pub(super) trait IpStep {
+    /// Adds the IP header.
     fn ip_step(self, ip: IpHeaders) -> PacketBuilderStep<IpHeaders>;
 }
 
