@@ -15,7 +15,7 @@
 //! segmented, never dropped.
 //!
 //! Segments are written into large shared buffers that they are cut from as
-//! [`Bytes`], so a 64 KiB frame cut in 45 costs no allocation per segment.
+//! [`Bytes`](bytes::Bytes), so a 64 KiB frame cut in 45 costs no allocation per segment.
 
 use bytes::BytesMut;
 use vswitch_offload::adapt::{adapt, AdaptError, Adapted};
