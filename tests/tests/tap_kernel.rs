@@ -27,12 +27,14 @@ fn arp_request() -> Vec<u8> {
 }
 
 #[test]
+#[ignore = "needs root, iproute2 and /dev/net/tun: bash .ci/test runs it where they are"]
 fn tap_carries_frames_to_and_from_a_namespace() {
     require_netns!();
     arp_round_trip("vswt-tap", "vswt", false);
 }
 
 #[test]
+#[ignore = "needs root, iproute2 and /dev/net/tun: bash .ci/test runs it where they are"]
 fn a_napi_tap_carries_frames_to_and_from_a_namespace() {
     require_netns!();
     arp_round_trip("vswt-napi", "vswn", true);
@@ -90,6 +92,7 @@ fn arp_round_trip(ns_name: &str, prefix: &str, napi: bool) {
 }
 
 #[test]
+#[ignore = "needs root, iproute2 and /dev/net/tun: bash .ci/test runs it where they are"]
 fn a_multi_queue_tap_port_opens_one_queue_per_worker() {
     require_netns!();
     let ns = NetNs::new("vswt-mq").expect("create namespace");
@@ -112,6 +115,7 @@ fn a_multi_queue_tap_port_opens_one_queue_per_worker() {
 }
 
 #[test]
+#[ignore = "needs root, iproute2 and /dev/net/tun: bash .ci/test runs it where they are"]
 fn coalesced_kernel_receive_sets_napi_and_the_flush_timeout() {
     require_netns!();
     let ns = NetNs::new("vswt-gro").expect("create namespace");
