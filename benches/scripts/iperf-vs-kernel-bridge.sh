@@ -23,6 +23,7 @@ if [ "$(id -u)" != 0 ]; then
     exit 1
 fi
 command -v iperf3 >/dev/null || { echo "needs iperf3 (bash .ci/install-deps)" >&2; exit 1; }
+command -v ethtool >/dev/null || { echo "needs ethtool (apt-get install ethtool)" >&2; exit 1; }
 
 . benches/scripts/netns-lib.sh
 switch_pid=""
