@@ -11,25 +11,8 @@ use crate::virtio::{FLAG_NEEDS_CSUM, GSO_ECN, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4};
 use crate::{Packet, VirtioNetHdr};
 
 /// TCP flag bits, as they sit in byte 13 of the TCP header, for
-/// [`FrameBuilder::tcp_flags`].
-pub mod tcp_flags {
-    /// No more data from the sender.
-    pub const FIN: u8 = 0x01;
-    /// Synchronize sequence numbers.
-    pub const SYN: u8 = 0x02;
-    /// Reset the connection.
-    pub const RST: u8 = 0x04;
-    /// Push.
-    pub const PSH: u8 = 0x08;
-    /// The acknowledgment number is significant.
-    pub const ACK: u8 = 0x10;
-    /// The urgent pointer is significant.
-    pub const URG: u8 = 0x20;
-    /// ECN echo (RFC 3168).
-    pub const ECE: u8 = 0x40;
-    /// Congestion window reduced (RFC 3168).
-    pub const CWR: u8 = 0x80;
-}
+/// [`FrameBuilder::tcp_flags`]: the parser's own constants.
+pub use crate::wire::tcp::flags as tcp_flags;
 
 /// The IP addresses of a frame, which also fix its IP version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
