@@ -96,7 +96,7 @@ impl CheckedFrame {
     pub fn check(packet: Packet) -> Result<CheckedFrame, CheckError> {
         let l2 = L2Header::parse(&packet.data).map_err(CheckError::LinkLayer)?;
         let plan = if packet.hdr.has_offload_work() {
-            packet.hdr.validate(&packet.data)?
+            packet.hdr.validate_after_l2(&packet.data, Ok(l2))?
         } else {
             Self::finished_plan(&packet.data, &l2)?
         };

@@ -77,6 +77,17 @@ impl VirtioNetHdr {
     ///   (without it they carry no meaning and the segmenter computes full
     ///   checksums).
     pub fn validate(&self, frame: &[u8]) -> Result<OffloadPlan, HdrError> {
+        self.validate_after_l2(frame, L2Header::parse(frame))
+    }
+
+    /// [`VirtioNetHdr::validate`] for a caller that already parsed the
+    /// frame's link-layer header (`l2`, the result of [`L2Header::parse`] on
+    /// `frame`), so the VLAN tags are walked once.
+    pub(crate) fn validate_after_l2(
+        &self,
+        frame: &[u8],
+        l2: Result<L2Header, ParseError>,
+    ) -> Result<OffloadPlan, HdrError> {
         let ecn = self.gso_type & GSO_ECN != 0;
         let gso = match self.gso_type & !GSO_ECN {
             GSO_NONE if !ecn => None,
@@ -134,7 +145,7 @@ impl VirtioNetHdr {
         }
 
         let work = gso.is_some() || needs_csum;
-        let l2 = match L2Header::parse(frame) {
+        let l2 = match l2 {
             Ok(l2) => l2,
             Err(e) if work => return Err(e.into()),
             Err(_) => return Ok(Self::plan(None, GsoKind::None, None)),
@@ -147,7 +158,7 @@ impl VirtioNetHdr {
             });
         }
 
-        let (layout, protocol) = match FrameLayout::parse_with_protocol(frame) {
+        let (layout, protocol) = match FrameLayout::parse_after_l2(frame, &l2) {
             Ok(parsed) => parsed,
             Err(ParseError::NotIp { ethertype, .. }) => {
                 if gso.is_some() {
