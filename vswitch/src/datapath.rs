@@ -45,7 +45,7 @@ use std::time::Instant;
 use vswitch_offload::{CheckError, CheckedFrame, Packet};
 
 use crate::drop::DropReason;
-use crate::egress::{adapt_checked, EgressEngine, EgressWork};
+use crate::egress::{adapt_checked, fits_mtu, EgressEngine, EgressWork};
 use crate::fdb::{Learned, LookupCache};
 use crate::forward::{Egress, Forwarder, PortId, PortSet};
 
@@ -296,12 +296,11 @@ impl Datapath {
             return;
         };
         if !version.hdr().has_offload_work() {
-            // Nothing to adapt: the frame only has to fit the MTU (what
-            // adapt_checked does for it, without the detour).
-            if version.len() - version.l2().l3_offset > usize::from(caps.mtu) {
-                out.dropped(port, DropReason::ExceedsMtu);
-            } else {
-                out.batch(port).push(version.into_packet());
+            // Nothing to adapt: straight into the batch once it fits, without
+            // adapt_checked's detour through the engine's output vector.
+            match fits_mtu(&version, caps) {
+                Ok(()) => out.batch(port).push(version.into_packet()),
+                Err(err) => out.dropped(port, err.reason()),
             }
             return;
         }

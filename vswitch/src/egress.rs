@@ -257,6 +257,19 @@ pub fn adapt_for_egress(
     adapt_checked(engine, CheckedFrame::check(packet)?, caps, out)
 }
 
+/// The one check a frame with nothing left to do (no GSO, no partial
+/// checksum) needs before a port with `caps`: its IP packet fits the MTU.
+pub fn fits_mtu(frame: &CheckedFrame, caps: &EgressCapabilities) -> Result<(), EgressError> {
+    let l3_len = frame.len() - frame.l2().l3_offset;
+    if l3_len > usize::from(caps.mtu) {
+        return Err(EgressError::ExceedsMtu {
+            l3_len,
+            mtu: caps.mtu,
+        });
+    }
+    Ok(())
+}
+
 /// Adapts `frame` to an egress port with capabilities `caps`. The frames
 /// to send are appended to `out`: the frame itself, or the plain frames
 /// made from it. Returns the software work done.
@@ -267,13 +280,7 @@ pub fn adapt_checked(
     out: &mut Vec<Packet>,
 ) -> Result<EgressWork, EgressError> {
     if !frame.hdr().has_offload_work() {
-        let l3_len = frame.len() - frame.l2().l3_offset;
-        if l3_len > usize::from(caps.mtu) {
-            return Err(EgressError::ExceedsMtu {
-                l3_len,
-                mtu: caps.mtu,
-            });
-        }
+        fits_mtu(&frame, caps)?;
         out.push(frame.into_packet());
         return Ok(EgressWork::default());
     }
