@@ -42,7 +42,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use vswitch_offload::{CheckError, CheckedFrame, Packet};
+use vswitch_offload::{CheckedFrame, Packet};
 
 use crate::drop::DropReason;
 use crate::egress::{adapt_checked, fits_mtu, EgressEngine, EgressWork};
@@ -192,7 +192,7 @@ impl Datapath {
         match CheckedFrame::check(packet) {
             Ok(frame) => Some(frame),
             Err(err) => {
-                out.dropped(ingress, check_drop(&err));
+                out.dropped(ingress, DropReason::from(&err));
                 None
             }
         }
@@ -314,14 +314,6 @@ impl Datapath {
                 out.batch(port).append(&mut self.adapted);
             }
         }
-    }
-}
-
-/// The drop counter of a frame refused by the ingress check.
-pub fn check_drop(err: &CheckError) -> DropReason {
-    match err {
-        CheckError::LinkLayer(_) => DropReason::Malformed,
-        CheckError::Header(err) => DropReason::InvalidHeader(err.reason()),
     }
 }
 

@@ -11,6 +11,8 @@
 
 use std::fmt;
 
+use vswitch_offload::CheckError;
+
 pub use vswitch_offload::virtio::DropReason as HeaderDrop;
 
 /// Why a frame was dropped: the key of the drop counters.
@@ -175,6 +177,16 @@ impl DropReason {
 impl From<HeaderDrop> for DropReason {
     fn from(rule: HeaderDrop) -> Self {
         DropReason::InvalidHeader(rule)
+    }
+}
+
+impl From<&CheckError> for DropReason {
+    /// The counter of a frame refused by the ingress check.
+    fn from(err: &CheckError) -> Self {
+        match err {
+            CheckError::LinkLayer(_) => DropReason::Malformed,
+            CheckError::Header(err) => DropReason::InvalidHeader(err.reason()),
+        }
     }
 }
 

@@ -62,8 +62,7 @@ impl EgressError {
         match self {
             EgressError::ExceedsMtu { .. }
             | EgressError::Offload(AdaptError::FrameOverMtu { .. }) => DropReason::ExceedsMtu,
-            EgressError::Check(CheckError::LinkLayer(_)) => DropReason::Malformed,
-            EgressError::Check(CheckError::Header(err)) => DropReason::InvalidHeader(err.reason()),
+            EgressError::Check(err) => DropReason::from(err),
             EgressError::Offload(_) => DropReason::OffloadFailed,
         }
     }
