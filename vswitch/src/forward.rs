@@ -490,11 +490,12 @@ impl Forwarder {
             None => self.now_ms(now),
         };
         self.maybe_sweep(now_ms);
+        let dst = MacAddr(frame.dst_mac());
         let memo_key = MemoKey {
             ingress,
-            src: frame.src_mac(),
-            dst: frame.dst_mac(),
-            tag: frame.outer_tag(),
+            src: src.0,
+            dst: dst.0,
+            tag: ingress_tag,
             ports: ports.version,
         };
         if let Some(cache) = cache.as_deref_mut() {
@@ -513,7 +514,6 @@ impl Forwarder {
             None => self.table.learn(vlan, src, ingress, limit, now_ms),
         };
 
-        let dst = MacAddr(frame.dst_mac());
         let known = match cache.as_deref_mut() {
             _ if dst.is_multicast() => None,
             Some(cache) => self.table.lookup_cached(cache, vlan, dst, now_ms),
