@@ -437,25 +437,21 @@ mod tests {
     use super::*;
 
     fn all_offloads() -> Features {
-        [
-            Features::CSUM,
-            Features::GUEST_CSUM,
-            Features::HOST_TSO4,
-            Features::HOST_TSO6,
-            Features::HOST_ECN,
-            Features::HOST_USO,
-            Features::GUEST_TSO4,
-            Features::GUEST_TSO6,
-            Features::GUEST_ECN,
-            Features::GUEST_USO4,
-            Features::GUEST_USO6,
-            Features::CTRL_VQ,
-            Features::CTRL_GUEST_OFFLOADS,
-            Features::MRG_RXBUF,
-            Features::VERSION_1,
-        ]
-        .iter()
-        .fold(Features::empty(), |acc, f| acc | *f)
+        Features::CSUM
+            | Features::GUEST_CSUM
+            | Features::HOST_TSO4
+            | Features::HOST_TSO6
+            | Features::HOST_ECN
+            | Features::HOST_USO
+            | Features::GUEST_TSO4
+            | Features::GUEST_TSO6
+            | Features::GUEST_ECN
+            | Features::GUEST_USO4
+            | Features::GUEST_USO6
+            | Features::CTRL_VQ
+            | Features::CTRL_GUEST_OFFLOADS
+            | Features::MRG_RXBUF
+            | Features::VERSION_1
     }
 
     #[test]

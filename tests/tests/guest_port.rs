@@ -28,20 +28,16 @@ use vswitch_ports::Port;
 const WAIT: Duration = Duration::from_secs(10);
 
 fn all_offloads() -> Features {
-    [
-        Features::VERSION_1,
-        Features::CSUM,
-        Features::GUEST_CSUM,
-        Features::HOST_TSO4,
-        Features::HOST_TSO6,
-        Features::GUEST_TSO4,
-        Features::GUEST_TSO6,
-        Features::MRG_RXBUF,
-        Features::CTRL_VQ,
-        Features::CTRL_GUEST_OFFLOADS,
-    ]
-    .iter()
-    .fold(Features::empty(), |set, f| set | *f)
+    Features::VERSION_1
+        | Features::CSUM
+        | Features::GUEST_CSUM
+        | Features::HOST_TSO4
+        | Features::HOST_TSO6
+        | Features::GUEST_TSO4
+        | Features::GUEST_TSO6
+        | Features::MRG_RXBUF
+        | Features::CTRL_VQ
+        | Features::CTRL_GUEST_OFFLOADS
 }
 
 #[derive(Clone, Copy)]

@@ -58,22 +58,18 @@ const DATA_LEN: u64 = 0x10_0000;
 
 /// What a device offers.
 fn offered() -> Features {
-    [
-        Features::VERSION_1,
-        Features::CSUM,
-        Features::GUEST_CSUM,
-        Features::HOST_TSO4,
-        Features::HOST_TSO6,
-        Features::GUEST_TSO4,
-        Features::GUEST_TSO6,
-        Features::MRG_RXBUF,
-        Features::CTRL_VQ,
-        Features::CTRL_GUEST_OFFLOADS,
-        Features::MTU,
-        Features::MAC,
-    ]
-    .iter()
-    .fold(Features::empty(), |set, f| set | *f)
+    Features::VERSION_1
+        | Features::CSUM
+        | Features::GUEST_CSUM
+        | Features::HOST_TSO4
+        | Features::HOST_TSO6
+        | Features::GUEST_TSO4
+        | Features::GUEST_TSO6
+        | Features::MRG_RXBUF
+        | Features::CTRL_VQ
+        | Features::CTRL_GUEST_OFFLOADS
+        | Features::MTU
+        | Features::MAC
 }
 
 /// One guest: its memory, the driver's side of its virtqueues, and the

@@ -14,20 +14,16 @@ use vswitch_offload::virtio::{GSO_TCPV4, GSO_TCPV6};
 use vswitch_offload::VirtioNetHdr;
 
 fn all_offloads() -> Features {
-    [
-        Features::CSUM,
-        Features::GUEST_CSUM,
-        Features::HOST_TSO4,
-        Features::HOST_TSO6,
-        Features::GUEST_TSO4,
-        Features::GUEST_TSO6,
-        Features::CTRL_VQ,
-        Features::CTRL_GUEST_OFFLOADS,
-        Features::MRG_RXBUF,
-        Features::VERSION_1,
-    ]
-    .iter()
-    .fold(Features::empty(), |acc, f| acc | *f)
+    Features::CSUM
+        | Features::GUEST_CSUM
+        | Features::HOST_TSO4
+        | Features::HOST_TSO6
+        | Features::GUEST_TSO4
+        | Features::GUEST_TSO6
+        | Features::CTRL_VQ
+        | Features::CTRL_GUEST_OFFLOADS
+        | Features::MRG_RXBUF
+        | Features::VERSION_1
 }
 
 struct Counting(AtomicUsize);
