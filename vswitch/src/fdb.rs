@@ -336,12 +336,59 @@ impl ForwardingTable {
         self.len() == 0
     }
 
+    /// Every entry not aged out by `now_ms`, with its age in milliseconds,
+    /// sorted by VLAN, then address.
+    pub fn entries(&self, now_ms: u64) -> Vec<FdbEntry> {
+        let mut entries: Vec<FdbEntry> = self
+            .shards
+            .iter()
+            .flat_map(|shard| {
+                let map = shard.read().unwrap_or_else(PoisonError::into_inner);
+                map.iter()
+                    .filter(|(_, entry)| !self.is_aged(entry, now_ms))
+                    .filter_map(|(&key, entry)| {
+                        Some(FdbEntry {
+                            vlan: VlanId::new((key >> 48) as u16).ok()?,
+                            mac: {
+                                let [_, _, a, b, c, d, e, f] = key.to_be_bytes();
+                                MacAddr([a, b, c, d, e, f])
+                            },
+                            port: entry.port,
+                            age_ms: now_ms
+                                .saturating_sub(entry.last_seen_ms.load(Ordering::Relaxed)),
+                        })
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        entries.sort_by_key(|entry| (entry.vlan, entry.mac));
+        entries
+    }
+
+    /// Removes every entry; returns how many.
+    pub fn flush(&self) -> usize {
+        self.remove_where(|_| true)
+    }
+
     /// Number of addresses learned on `port` (aged ones not yet expired
     /// included).
     pub fn learned_on(&self, port: PortId) -> usize {
         let learned = self.learned.lock().unwrap_or_else(PoisonError::into_inner);
         learned.get(&port).copied().unwrap_or(0)
     }
+}
+
+/// One learned address, as [`ForwardingTable::entries`] lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdbEntry {
+    /// The VLAN it was learned in.
+    pub vlan: VlanId,
+    /// The address.
+    pub mac: MacAddr,
+    /// The port it was last seen on.
+    pub port: PortId,
+    /// Milliseconds since the last frame from it.
+    pub age_ms: u64,
 }
 
 /// What a [`LookupCache`] remembers about one (VLAN, MAC).
@@ -509,6 +556,36 @@ mod tests {
         MacAddr([2, 0, 0, 0, 0, last])
     }
     const V1: VlanId = VlanId::DEFAULT;
+
+    #[test]
+    fn entries_list_live_addresses_with_their_age_and_flush_empties() {
+        let table = ForwardingTable::new(10_000);
+        let v7 = VlanId::new(7).unwrap();
+        table.learn(v7, mac(9), PortId(3), 10, 1_000);
+        table.learn(V1, mac(2), PortId(1), 10, 4_000);
+        table.learn(V1, mac(1), PortId(2), 10, 0);
+        let entries = table.entries(5_000);
+        let listed: Vec<_> = entries
+            .iter()
+            .map(|e| (e.vlan, e.mac, e.port, e.age_ms))
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                (V1, mac(1), PortId(2), 5_000),
+                (V1, mac(2), PortId(1), 1_000),
+                (v7, mac(9), PortId(3), 4_000),
+            ]
+        );
+        assert_eq!(
+            table.entries(10_500).len(),
+            2,
+            "an aged entry is not listed"
+        );
+        assert_eq!(table.flush(), 3);
+        assert!(table.is_empty());
+        assert_eq!(table.learned_on(PortId(1)), 0);
+    }
 
     #[test]
     fn learn_refresh_move_and_age() {

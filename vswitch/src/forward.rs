@@ -391,6 +391,11 @@ impl Forwarder {
         millis(now.saturating_duration_since(self.epoch))
     }
 
+    /// Every learned address not aged out at `now`, with its age.
+    pub fn entries(&self, now: Instant) -> Vec<crate::fdb::FdbEntry> {
+        self.table.entries(self.now_ms(now))
+    }
+
     /// Forgets every address learned on `port` (call when it is removed).
     pub fn forget_port(&self, port: PortId) -> usize {
         self.table.forget_port(port)

@@ -259,6 +259,7 @@ pub struct WorkerCounters {
     bytes: AtomicU64,
     handed_off: AtomicU64,
     sent: AtomicU64,
+    busy_ns: AtomicU64,
     drops: AtomicDrops,
     work: AtomicWork,
 }
@@ -275,6 +276,8 @@ pub struct WorkerStats {
     pub handed_off: u64,
     /// Frames this worker sent to egress ports.
     pub sent: u64,
+    /// Nanoseconds this worker spent in rounds that handled frames.
+    pub busy_ns: u64,
     /// Frames this worker dropped, by reason.
     pub drops: DropCounts,
     /// Software offload work this worker did.
@@ -298,6 +301,14 @@ impl WorkerCounters {
         bump(&self.sent, frames as u64);
     }
 
+    /// Counts time spent in a round that handled frames.
+    pub fn busy(&self, time: std::time::Duration) {
+        bump(
+            &self.busy_ns,
+            u64::try_from(time.as_nanos()).unwrap_or(u64::MAX),
+        );
+    }
+
     /// Counts `frames` drops for `reason`.
     pub fn dropped(&self, reason: DropReason, frames: u64) {
         self.drops.add(reason, frames);
@@ -315,6 +326,7 @@ impl WorkerCounters {
             bytes: self.bytes.load(Ordering::Relaxed),
             handed_off: self.handed_off.load(Ordering::Relaxed),
             sent: self.sent.load(Ordering::Relaxed),
+            busy_ns: self.busy_ns.load(Ordering::Relaxed),
             drops: self.drops.snapshot(),
             software: self.work.snapshot(),
         }

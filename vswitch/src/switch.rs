@@ -453,6 +453,40 @@ impl Switch {
         }
     }
 
+    /// Changes the profile (VLANs, address limit, source policy) of a port
+    /// while traffic runs: workers take it with the next port table.
+    pub fn set_port_profile(&self, id: PortId, profile: PortProfile) -> Result<(), SwitchError> {
+        let _guard = self
+            .shared
+            .update
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let old = self.shared.current_table();
+        let Some(live) = old.live(id) else {
+            return Err(SwitchError::NoSuchPort { port: id });
+        };
+        let mut profiles = old.profiles.clone();
+        profiles.insert_port(id, profile, live.caps.egress);
+        let table = PortTable {
+            generation: old.generation + 1,
+            profiles,
+            ports: old.ports.clone(),
+        };
+        drop(old);
+        self.publish(table);
+        Ok(())
+    }
+
+    /// The learned addresses not aged out, sorted by VLAN and address.
+    pub fn fdb_entries(&self) -> Vec<crate::fdb::FdbEntry> {
+        self.shared.forwarder.entries(Instant::now())
+    }
+
+    /// Forgets every learned address; returns how many there were.
+    pub fn flush_fdb(&self) -> usize {
+        self.shared.forwarder.table().flush()
+    }
+
     /// The statistics of one port.
     pub fn port_stats(&self, id: PortId) -> Option<PortStats> {
         let table = self.shared.current_table();
@@ -641,6 +675,7 @@ impl SwitchWorker {
         }
         if handled > 0 {
             self.idle_rounds = 0;
+            self.handle().counters.busy(now.elapsed());
             Poll::Worked { frames: handled }
         } else {
             self.idle_rounds = self.idle_rounds.saturating_add(1);
