@@ -484,6 +484,15 @@ impl TapConfig {
 struct TapCounters {
     rx_errors: AtomicU64,
     tx_errors: AtomicU64,
+    /// The device was deleted (`ip link del`) under the open queues.
+    gone: std::sync::atomic::AtomicBool,
+}
+
+/// Whether an error from a queue says its device was deleted: the kernel
+/// detaches the queues of a deleted TUN/TAP device, and reads and writes
+/// on them then fail with EBADFD.
+fn is_device_gone(err: &io::Error) -> bool {
+    err.raw_os_error() == Some(libc::EBADFD)
 }
 
 /// A TAP device as a switch port: one [`TapQueue`] per queue pair.
@@ -606,6 +615,13 @@ impl TapPort {
         self.counters.tx_errors.load(Ordering::Relaxed)
     }
 
+    /// Whether the device was deleted under the port (`ip link del`): its
+    /// queues then refuse every read and write, receive reports
+    /// [`PortError::Disconnected`] and send [`SendError::Disconnected`].
+    pub fn is_gone(&self) -> bool {
+        self.counters.gone.load(Ordering::Relaxed)
+    }
+
     fn queue(&self, direction: &'static str, queue: usize) -> Result<&TapQueue, PortError> {
         self.queues.get(queue).ok_or(PortError::NoSuchQueue {
             direction,
@@ -660,6 +676,14 @@ impl Port for TapPort {
                     }
                 },
                 Ok(None) => break,
+                Err(err) if is_device_gone(&err) => {
+                    self.counters.gone.store(true, Ordering::Relaxed);
+                    buffers.seal(batch);
+                    return match batch.len() - before {
+                        0 => Err(PortError::Disconnected { queue }),
+                        read => Ok(read),
+                    };
+                }
                 Err(_) => {
                     self.counters.rx_errors.fetch_add(1, Ordering::Relaxed);
                     break;
@@ -688,6 +712,10 @@ impl Port for TapPort {
                 capacity: 0,
                 packet,
             }),
+            Err(err) if is_device_gone(&err) => {
+                self.counters.gone.store(true, Ordering::Relaxed);
+                Err(SendError::Disconnected { queue, packet })
+            }
             Err(err) => {
                 // The kernel refused this frame (for example a header it
                 // does not accept): counted here, and handed back so the
