@@ -1,38 +1,482 @@
-//! Small pieces shared by the subcommands' argument parsers.
+//! The command line of `vswitch`: every command and its options, parsed by
+//! clap. Limits are checked here, before anything is opened, and an error
+//! states the range it expected.
 
-/// The value after `flag`, or an error naming the flag.
-pub(crate) fn value<'a>(
-    args: &mut impl Iterator<Item = &'a String>,
-    flag: &str,
-) -> Result<&'a str, String> {
-    args.next()
-        .map(String::as_str)
-        .ok_or_else(|| format!("{flag} needs a value"))
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::run::spec::{PortSpec, SpecError, TapSpec};
+
+/// Smallest MTU a port may have (`run`, `demo`, port specs): the IPv4
+/// minimum datagram every host must take.
+pub const MTU_MIN: u16 = 576;
+/// Largest MTU a port may have: a 9 KiB jumbo frame.
+pub const MTU_MAX: u16 = 9216;
+/// Most workers `run` and `demo` start.
+pub const WORKERS_MAX: usize = 64;
+/// Most queues per port.
+pub const QUEUES_MAX: usize = 64;
+/// The control socket `run` listens on and `ctl` connects to by default.
+pub const DEFAULT_CTL: &str = "/run/vswitch/vswitch.ctl";
+
+/// A virtual switch dataplane with host-side segmentation and checksum
+/// offload.
+#[derive(Debug, Parser)]
+#[command(name = "vswitch", version = vswitch::VERSION, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
 }
 
-/// `text` parsed as a number, or an error naming the flag and the text.
-pub(crate) fn number<T: std::str::FromStr>(text: &str, flag: &str) -> Result<T, String> {
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Push TCP traffic between two in-memory guests through the switch.
+    Demo(DemoArgs),
+    /// Switch between TAP devices until SIGINT or SIGTERM (Linux).
+    Run(Box<RunArgs>),
+    /// Cut oversized TCP frames of a capture to the MTU and recompute every
+    /// IPv4, TCP and UDP checksum.
+    Segment(SegmentArgs),
+    /// Talk to a running `vswitch run` through its control socket.
+    Ctl(CtlArgs),
+    /// Print the version.
+    Version,
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+fn mtu_value() -> clap::builder::RangedI64ValueParser<u16> {
+    clap::value_parser!(u16).range(i64::from(MTU_MIN)..=i64::from(MTU_MAX))
+}
+
+fn workers_value() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..=WORKERS_MAX as u64)
+}
+
+fn queues_value() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::<usize>::new().range(1..=QUEUES_MAX as u64)
+}
+
+fn seconds(text: &str, max: f64, allow_zero: bool) -> Result<f64, String> {
+    let value: f64 = text
+        .parse()
+        .map_err(|_| format!("expected a number of seconds, found {text:?}"))?;
+    let low_ok = if allow_zero {
+        value >= 0.0
+    } else {
+        value > 0.0
+    };
+    if !(low_ok && value <= max) {
+        let low = if allow_zero { "0" } else { "above 0" };
+        return Err(format!("expected {low} to {max} seconds, found {value}"));
+    }
+    Ok(value)
+}
+
+fn stats_seconds(text: &str) -> Result<f64, String> {
+    seconds(text, 86_400.0, true)
+}
+
+fn demo_seconds(text: &str) -> Result<f64, String> {
+    seconds(text, 3600.0, false)
+}
+
+fn interval_seconds(text: &str) -> Result<f64, String> {
+    seconds(text, 86_400.0, false)
+}
+
+fn tap_spec(text: &str) -> Result<TapSpec, SpecError> {
     text.parse()
-        .map_err(|_| format!("{flag}: expected a number, found {text:?}"))
 }
 
-/// A command line as the parsers receive it (for tests).
-#[cfg(test)]
-pub(crate) fn args(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
+fn vlan_value(text: &str) -> Result<vswitch::VlanId, String> {
+    crate::run::spec::parse_vlan(text)
+}
+
+fn vlan_list(text: &str) -> Result<String, String> {
+    crate::run::spec::parse_vlan_list(text)?;
+    Ok(text.to_string())
+}
+
+/// What B's port takes in `demo`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EgressOffloadArg {
+    /// Plain, checksummed, MTU-sized frames only.
+    None,
+    /// Partial checksums, no segmentation.
+    Csum,
+    /// Partial checksums and TSO.
+    Tso,
+}
+
+/// Options of `vswitch demo`.
+#[derive(Debug, Args)]
+#[command(
+    long_about = "Guest A sends --flows TCP flows of 64 KiB TSO frames with partial checksums \
+to guest B through the switch for --seconds. B's port takes what --egress-offload says \
+(none: the switch segments and checksums everything in software; csum: B completes \
+checksums, the switch segments; tso: large frames pass through). B verifies every frame. \
+Prints throughput, frame rates, each worker's share and the drops (expected 0); exits \
+non-zero on any error."
+)]
+pub struct DemoArgs {
+    /// Number of TCP flows (1 to 1024).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub flows: u16,
+    /// How long A sends, in seconds (above 0, at most 3600).
+    #[arg(long, default_value_t = 5.0, value_parser = demo_seconds)]
+    pub seconds: f64,
+    /// Switch workers (1 to 64; default: the number of CPUs, at most 8).
+    #[arg(long, value_parser = workers_value())]
+    pub workers: Option<usize>,
+    /// The MTU of both guests (576 to 9216).
+    #[arg(long, default_value_t = 1500, value_parser = mtu_value())]
+    pub mtu: u16,
+    /// What B's port takes.
+    #[arg(long, value_enum, default_value_t = EgressOffloadArg::None)]
+    pub egress_offload: EgressOffloadArg,
+}
+
+impl DemoArgs {
+    /// The library's options.
+    pub fn options(&self) -> vswitch::demo::DemoOptions {
+        use vswitch::demo::EgressOffload;
+        vswitch::demo::DemoOptions {
+            flows: self.flows,
+            seconds: self.seconds,
+            workers: self
+                .workers
+                .unwrap_or_else(vswitch::SwitchConfig::default_workers),
+            mtu: self.mtu,
+            egress_offload: match self.egress_offload {
+                EgressOffloadArg::None => EgressOffload::None,
+                EgressOffloadArg::Csum => EgressOffload::Checksum,
+                EgressOffloadArg::Tso => EgressOffload::Tso,
+            },
+        }
+    }
+}
+
+/// The ports of `run` and `ctl add-port`: one flag per port kind. New
+/// kinds add a flag here and a variant to [`PortSpec`].
+#[derive(Debug, Clone, Default, Args)]
+pub struct PortArgs {
+    /// A TAP device: NAME[:offload=none|csum|tso][:gro=USEC|off][:queues=N][:mtu=N]
+    /// [:vlan=N | :trunk=LIST[:native=N]][:max-learned=N].
+    /// offload=tso (default): the device takes partial checksums and TSO/USO
+    /// frames; csum: partial checksums only, the switch segments; none: plain
+    /// frames, the switch segments and checksums in software. gro=USEC
+    /// (default 1000): the kernel takes in what the switch writes through NAPI
+    /// and GRO, flushed at the latest USEC microseconds after the last write;
+    /// gro=off: every frame runs through the kernel's stack alone.
+    #[arg(long = "tap", value_name = "SPEC", value_parser = tap_spec)]
+    pub tap: Vec<TapSpec>,
+}
+
+impl PortArgs {
+    /// The ports, in the order of their kinds' flags.
+    pub fn specs(&self) -> Vec<PortSpec> {
+        self.tap.iter().cloned().map(PortSpec::Tap).collect()
+    }
+}
+
+/// Options of `vswitch run`.
+#[derive(Debug, Args)]
+#[command(
+    long_about = "Opens each port (creating a TAP device with a virtio-net header when it does \
+not exist, setting its MTU and bringing it up) and switches frames between them until SIGINT \
+or SIGTERM. SIGUSR1 prints the statistics. A control socket (--ctl) lets `vswitch ctl` show, \
+add and remove ports while traffic runs."
+)]
+pub struct RunArgs {
+    /// The ports.
+    #[command(flatten)]
+    pub ports: PortArgs,
+    /// A TOML file declaring ports, VLAN profiles, limits, workers and the
+    /// control and metrics addresses; the command line adds to it and
+    /// overrides its settings.
+    #[arg(long, value_name = "FILE.toml")]
+    pub config: Option<PathBuf>,
+    /// Worker threads (1 to 64; default: the number of CPUs, at most 8).
+    #[arg(long, value_parser = workers_value())]
+    pub workers: Option<usize>,
+    /// Queues per port unless its spec says queues=N (1 to 64; default 1).
+    #[arg(long, value_parser = queues_value())]
+    pub queues: Option<usize>,
+    /// MTU of the ports unless a spec says mtu=N (576 to 9216; default 1500).
+    #[arg(long, value_parser = mtu_value())]
+    pub mtu: Option<u16>,
+    /// Seconds between statistics lines (0: only on SIGUSR1 and at exit;
+    /// default 5).
+    #[arg(long, value_parser = stats_seconds)]
+    pub stats_interval: Option<f64>,
+    /// The control socket [default: /run/vswitch/vswitch.ctl].
+    #[arg(long, value_name = "PATH")]
+    pub ctl: Option<PathBuf>,
+    /// Let this group use the control socket (mode 0660) instead of only
+    /// this user (mode 0600).
+    #[arg(long, value_name = "GROUP")]
+    pub ctl_group: Option<String>,
+    /// Run without a control socket.
+    #[arg(long, conflicts_with_all = ["ctl", "ctl_group"])]
+    pub no_ctl: bool,
+    /// Serve every counter in the Prometheus text format over HTTP at ADDR
+    /// (a port alone, as `:9477`, listens on 127.0.0.1).
+    #[arg(long, value_name = "ADDR", value_parser = metrics_addr)]
+    pub metrics: Option<SocketAddr>,
+}
+
+/// A metrics address: `HOST:PORT`, or `PORT` / `:PORT` on the loopback.
+pub fn metrics_addr(text: &str) -> Result<SocketAddr, String> {
+    let port_only = text.strip_prefix(':').unwrap_or(text);
+    if let Ok(port) = port_only.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    text.parse().map_err(|_| {
+        format!("expected HOST:PORT (as 127.0.0.1:9477) or a port alone, found {text:?}")
+    })
+}
+
+/// Options of `vswitch segment`.
+#[derive(Debug, Args)]
+pub struct SegmentArgs {
+    /// The egress MTU: the largest IP packet (576 to 65535).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(576..))]
+    pub mtu: u16,
+    /// The capture to read (pcap).
+    pub input: PathBuf,
+    /// The capture to write.
+    pub output: PathBuf,
+}
+
+/// Options of `vswitch ctl`.
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// The control socket of the running switch [default: /run/vswitch/vswitch.ctl].
+    #[arg(long, value_name = "PATH", global = true)]
+    pub ctl: Option<PathBuf>,
+    /// What to ask.
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+/// Requests of `vswitch ctl`.
+#[derive(Debug, Subcommand)]
+pub enum CtlCommand {
+    /// Every port: kind, state, queues, MTU, offloads, VLAN profile, address
+    /// limit; and the workers.
+    Show {
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Open a port and add it to the running switch.
+    AddPort {
+        /// The port (one flag, as for `run`).
+        #[command(flatten)]
+        ports: PortArgs,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a port from the running switch and print its final counters.
+    DelPort {
+        /// The port's name.
+        name: String,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The learned addresses: MAC, VLAN, port, age. `fdb flush` forgets them.
+    Fdb {
+        /// Only this VLAN.
+        #[arg(long, value_parser = vlan_value)]
+        vlan: Option<vswitch::VlanId>,
+        /// Only this port.
+        #[arg(long)]
+        port: Option<String>,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+        /// `flush`: forget every learned address.
+        #[command(subcommand)]
+        action: Option<FdbAction>,
+    },
+    /// Counters: frames, bytes, drops by reason, software work, with rates.
+    Stats {
+        /// Only this port.
+        port: Option<String>,
+        /// Print again every S seconds, with rates over the interval.
+        #[arg(long, value_name = "S", value_parser = interval_seconds)]
+        interval: Option<f64>,
+        /// Print the answer as JSON (one object per line with --interval).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a port's VLAN profile or address limit while traffic runs.
+    SetPort {
+        /// The port's name.
+        name: String,
+        /// Make it an access port of this VLAN.
+        #[arg(long, value_parser = vlan_value, conflicts_with_all = ["trunk", "native"])]
+        vlan: Option<vswitch::VlanId>,
+        /// Make it a trunk carrying these VLANs (`10,20-30`).
+        #[arg(long, value_name = "LIST", value_parser = vlan_list)]
+        trunk: Option<String>,
+        /// The trunk's untagged VLAN.
+        #[arg(long, value_parser = vlan_value)]
+        native: Option<vswitch::VlanId>,
+        /// Most addresses learned on the port.
+        #[arg(long, value_name = "N")]
+        max_learned: Option<usize>,
+        /// Print the answer as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `vswitch ctl fdb flush`.
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum FdbAction {
+    /// Forget every learned address.
+    Flush,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("vswitch").chain(args.iter().copied()))
+    }
+
+    fn run_args(args: &[&str]) -> Result<RunArgs, clap::Error> {
+        match parse(args)?.command {
+            Command::Run(run) => Ok(*run),
+            other => panic!("expected run, found {other:?}"),
+        }
+    }
 
     #[test]
-    fn values_and_numbers_are_checked() {
-        let args = ["7".to_string(), "x".to_string()];
-        let mut it = args.iter();
-        assert_eq!(value(&mut it, "--n"), Ok("7"));
-        assert_eq!(number::<u16>("7", "--n"), Ok(7));
-        assert!(number::<u16>(value(&mut it, "--n").unwrap(), "--n").is_err());
-        assert_eq!(value(&mut it, "--n"), Err("--n needs a value".into()));
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn both_value_forms_are_taken() {
+        let a = run_args(&["run", "--tap", "a", "--workers", "2", "--mtu=9000"]).unwrap();
+        assert_eq!(a.workers, Some(2));
+        assert_eq!(a.mtu, Some(9000));
+        let b = run_args(&["run", "--tap=a:offload=csum", "--tap", "b"]).unwrap();
+        assert_eq!(b.ports.tap.len(), 2);
+    }
+
+    #[test]
+    fn limits_state_their_range() {
+        let err = run_args(&["run", "--tap", "a", "--mtu", "70000"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("576..=9216"), "{err}");
+        let err = run_args(&["run", "--tap", "a", "--workers", "1000"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("1..=64"), "{err}");
+        assert!(run_args(&["run", "--tap", "a", "--workers", "0"]).is_err());
+        let err = parse(&["demo", "--mtu", "70000"]).unwrap_err().to_string();
+        assert!(err.contains("576..=9216"), "{err}");
+        let err = run_args(&["run", "--tap", "a:mtu=70000"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("576 to 9216"), "{err}");
+        assert!(run_args(&["run", "--tap", "a", "--stats-interval", "-1"]).is_err());
+        assert!(run_args(&["run", "--tap", "a", "--bogus"]).is_err());
+        assert!(run_args(&["run", "--tap"]).is_err());
+    }
+
+    #[test]
+    fn usage_errors_exit_with_2() {
+        let err = run_args(&["run", "--mtu", "x"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        let help = parse(&["segment", "--help"]).unwrap_err();
+        assert_eq!(help.kind(), clap::error::ErrorKind::DisplayHelp);
+        assert_eq!(help.exit_code(), 0);
+    }
+
+    #[test]
+    fn demo_options_map_to_the_library() {
+        let Command::Demo(demo) = parse(&[
+            "demo",
+            "--flows",
+            "4",
+            "--egress-offload",
+            "tso",
+            "--seconds",
+            "0.5",
+        ])
+        .unwrap()
+        .command
+        else {
+            panic!("expected demo")
+        };
+        let options = demo.options();
+        assert_eq!(options.flows, 4);
+        assert_eq!(options.egress_offload, vswitch::demo::EgressOffload::Tso);
+        for bad in [
+            &["demo", "--flows", "0"][..],
+            &["demo", "--mtu", "100"],
+            &["demo", "--egress-offload", "gso"],
+            &["demo", "--seconds", "-1"],
+            &["demo", "--seconds", "0"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ctl_commands_parse() {
+        let Command::Ctl(ctl) =
+            parse(&["ctl", "--ctl", "/tmp/x.ctl", "fdb", "--vlan", "10", "flush"])
+                .unwrap()
+                .command
+        else {
+            panic!("expected ctl")
+        };
+        assert_eq!(ctl.ctl.as_deref(), Some(std::path::Path::new("/tmp/x.ctl")));
+        assert!(matches!(
+            ctl.command,
+            CtlCommand::Fdb {
+                action: Some(FdbAction::Flush),
+                ..
+            }
+        ));
+        assert!(parse(&["ctl", "fdb", "--vlan", "4095"]).is_err());
+        assert!(parse(&["ctl", "add-port", "--tap", "t3:offload=csum"]).is_ok());
+        assert!(parse(&["ctl", "set-port", "t3", "--vlan", "5", "--trunk", "6"]).is_err());
+        assert!(parse(&["ctl", "stats", "t3", "--interval", "0"]).is_err());
+    }
+
+    #[test]
+    fn metrics_addresses_default_to_the_loopback() {
+        assert_eq!(
+            metrics_addr(":9477").unwrap(),
+            "127.0.0.1:9477".parse().unwrap()
+        );
+        assert_eq!(
+            metrics_addr("9477").unwrap(),
+            "127.0.0.1:9477".parse().unwrap()
+        );
+        assert_eq!(
+            metrics_addr("0.0.0.0:80").unwrap(),
+            "0.0.0.0:80".parse().unwrap()
+        );
+        assert!(metrics_addr("localhost").is_err());
     }
 }

@@ -29,22 +29,8 @@ use vswitch_offload::{EgressCapabilities, FrameLayout, L4Kind, Packet, VirtioNet
 use vswitch_ports::buffer::ChunkPool;
 use vswitch_ports::memory::{memory_port, MemoryEndpoint, MemoryPortConfig};
 
-use crate::cli::{number, value};
 use crate::dispatch::{flow_hash_of_bytes, worker_for_hash};
 use crate::{PortId, PortProfile, Switch, SwitchConfig, VlanId};
-
-/// Usage text of `vswitch demo`.
-pub const USAGE: &str = "\
-usage: vswitch demo [--flows 16] [--seconds 5] [--workers N] [--mtu 1500]
-                    [--egress-offload none|csum|tso]
-
-Guest A sends --flows TCP flows of 64 KiB TSO frames with partial checksums
-to guest B through the switch for --seconds. B's port takes what
---egress-offload says (none: the switch segments and checksums everything in
-software; csum: B completes checksums, the switch segments; tso: large frames
-pass through). B verifies every frame. Prints throughput, frame rates, each
-worker's share and the drops (expected 0); exits non-zero on any error.
-";
 
 const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0a];
 const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0x0b];
@@ -102,46 +88,6 @@ impl Default for DemoOptions {
 }
 
 impl DemoOptions {
-    /// Parses the arguments after `demo`.
-    pub fn parse(args: &[String]) -> Result<Self, String> {
-        let mut o = DemoOptions::default();
-        let mut args = args.iter();
-        while let Some(arg) = args.next() {
-            match arg.as_str() {
-                "--flows" => o.flows = number(value(&mut args, arg)?, arg)?,
-                "--seconds" => o.seconds = number(value(&mut args, arg)?, arg)?,
-                "--workers" => o.workers = number(value(&mut args, arg)?, arg)?,
-                "--mtu" => o.mtu = number(value(&mut args, arg)?, arg)?,
-                "--egress-offload" => {
-                    o.egress_offload = match value(&mut args, arg)? {
-                        "none" => EgressOffload::None,
-                        "csum" => EgressOffload::Checksum,
-                        "tso" => EgressOffload::Tso,
-                        other => {
-                            return Err(format!(
-                                "--egress-offload: expected none, csum or tso, found {other:?}"
-                            ))
-                        }
-                    }
-                }
-                other => return Err(format!("unknown option {other:?}")),
-            }
-        }
-        if o.flows == 0 || o.flows > 1024 {
-            return Err(format!("--flows {}: expected 1 to 1024", o.flows));
-        }
-        if !(o.seconds > 0.0 && o.seconds <= 3600.0) {
-            return Err("--seconds: expected a duration above 0 and at most 3600".into());
-        }
-        if o.workers == 0 || o.workers > 64 {
-            return Err(format!("--workers {}: expected 1 to 64", o.workers));
-        }
-        if !(576..=9216).contains(&o.mtu) {
-            return Err(format!("--mtu {}: expected 576 to 9216", o.mtu));
-        }
-        Ok(o)
-    }
-
     /// The guest's MSS: the MTU less the IPv4 and TCP headers (with timestamps).
     pub fn mss(&self) -> usize {
         usize::from(self.mtu) - 20 - 32
@@ -832,8 +778,7 @@ pub fn run_demo(options: &DemoOptions, show_progress: bool) -> Result<DemoReport
 
 /// Runs the demo and prints the result. Returns an error when any frame
 /// failed verification or was dropped.
-pub fn run(args: &[String]) -> Result<(), String> {
-    let options = DemoOptions::parse(args)?;
+pub fn run(options: &DemoOptions) -> Result<(), String> {
     println!(
         "vswitch demo: {} TCP flows of {} KiB TSO frames (MSS {}) from guest A to guest B, \
          B's port offload {:?} at MTU {}, {} worker(s), {:.1} s",
@@ -845,7 +790,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         options.workers,
         options.seconds
     );
-    let report = run_demo(&options, true)?;
+    let report = run_demo(options, true)?;
     let elapsed = report.elapsed.as_secs_f64();
     let worker_frames: u64 = report.worker_frames.iter().sum();
     let shares: Vec<String> = report
@@ -939,27 +884,6 @@ pub fn run(args: &[String]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::args;
-
-    #[test]
-    fn options_parse_and_are_checked() {
-        let o = DemoOptions::parse(&args(&[
-            "--flows",
-            "4",
-            "--egress-offload",
-            "tso",
-            "--seconds",
-            "0.5",
-        ]))
-        .unwrap();
-        assert_eq!(o.flows, 4);
-        assert_eq!(o.egress_offload, EgressOffload::Tso);
-        assert!(DemoOptions::parse(&args(&["--flows", "0"])).is_err());
-        assert!(DemoOptions::parse(&args(&["--mtu", "100"])).is_err());
-        assert!(DemoOptions::parse(&args(&["--egress-offload", "gso"])).is_err());
-        assert!(DemoOptions::parse(&args(&["--seconds", "-1"])).is_err());
-    }
-
     #[test]
     fn frames_are_whole_segments_within_64_kib() {
         let o = DemoOptions::default();

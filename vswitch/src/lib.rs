@@ -36,7 +36,6 @@ pub mod pcap_segment;
 pub use vswitch_offload as offload;
 pub use vswitch_ports as ports;
 
-mod cli;
 pub mod datapath;
 pub mod demo;
 pub mod dispatch;
@@ -47,8 +46,6 @@ pub mod fdb;
 pub mod forward;
 pub mod mac;
 pub mod port_id;
-#[cfg(target_os = "linux")]
-pub mod run_tap;
 pub mod stats;
 pub mod switch;
 pub mod vlan;

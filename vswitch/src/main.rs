@@ -1,68 +1,81 @@
-//! The `vswitch` command.
+//! The `vswitch` command. Exit codes: 0 success, 1 a runtime error, 2 a
+//! usage error (a bad option, value or configuration file).
 #![deny(unsafe_code)]
 
 use std::process::ExitCode;
 
-const USAGE: &str = "\
-usage: vswitch <command> [options]
+use clap::{CommandFactory, Parser};
 
-commands:
-  demo        push TCP traffic between two in-memory guests through the switch
-  run         switch between TAP devices (Linux)
-  help        print this message
-  version     print the version
-  segment     --mtu N IN.pcap OUT.pcap: cut oversized TCP frames of a capture
-              to the MTU and recompute every IPv4, TCP and UDP checksum
+mod cli;
+mod config;
+mod ctl;
+mod metrics;
+mod run;
 
-`vswitch <command> --help` describes a command's options.
-";
+use cli::{Cli, Command};
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let rest = args.get(1..).unwrap_or(&[]);
-    let wants_help = rest.iter().any(|a| a == "-h" || a == "--help");
-    let result = match args.first().map(String::as_str) {
-        None | Some("help" | "-h" | "--help") => {
-            print!("{USAGE}");
-            Ok(())
-        }
-        Some("version" | "-V" | "--version") => {
-            println!("vswitch {}", vswitch::VERSION);
-            Ok(())
-        }
-        Some("demo") if wants_help => {
-            print!("{}", vswitch::demo::USAGE);
-            Ok(())
-        }
-        Some("demo") => vswitch::demo::run(rest),
-        #[cfg(target_os = "linux")]
-        Some("run") if wants_help => {
-            print!("{}", vswitch::run_tap::USAGE);
-            Ok(())
-        }
-        #[cfg(target_os = "linux")]
-        Some("run") => vswitch::run_tap::run(rest),
-        Some("segment") => match vswitch::pcap_segment::main(&args[1..]) {
-            Ok(stats) => {
-                println!("vswitch segment: {stats}");
-                Ok(())
-            }
-            Err(err @ vswitch::pcap_segment::PcapSegmentError::Usage { .. }) => {
-                eprintln!("vswitch segment: {err}");
-                return ExitCode::from(2);
-            }
-            Err(err) => Err(format!("segment: {err}")),
-        },
-        Some(other) => {
-            eprintln!("vswitch: unknown command '{other}'\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
+    let cli = Cli::parse();
+    let failure = |message: String, code: u8| {
+        eprintln!("vswitch: {message}");
+        ExitCode::from(code)
     };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("vswitch: {message}");
-            ExitCode::FAILURE
+    match cli.command {
+        Command::Version => {
+            println!("vswitch {}", vswitch::VERSION);
+            ExitCode::SUCCESS
         }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "vswitch",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Demo(args) => match vswitch::demo::run(&args.options()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(message) => failure(format!("demo: {message}"), 1),
+        },
+        Command::Segment(args) => {
+            let args = vswitch::pcap_segment::Args {
+                mtu: args.mtu,
+                input: args.input.to_string_lossy().into_owned(),
+                output: args.output.to_string_lossy().into_owned(),
+            };
+            match vswitch::pcap_segment::segment_files(&args) {
+                Ok(stats) => {
+                    println!("vswitch segment: {stats}");
+                    ExitCode::SUCCESS
+                }
+                Err(err) => failure(format!("segment: {err}"), 1),
+            }
+        }
+        Command::Run(args) => {
+            init_logging();
+            match run::run(&args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    let code = if err.is_usage() { 2 } else { 1 };
+                    failure(format!("run: {err}"), code)
+                }
+            }
+        }
+        Command::Ctl(args) => match ctl::client::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err @ ctl::client::ClientError::Usage(_)) => failure(format!("ctl: {err}"), 2),
+            Err(err) => failure(format!("ctl: {err}"), 1),
+        },
     }
 }

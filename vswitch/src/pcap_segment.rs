@@ -175,7 +175,11 @@ pub fn parse_args(args: &[String]) -> Result<Args, PcapSegmentError> {
 
 /// Runs the command with the arguments after `segment`, printing a summary.
 pub fn main(args: &[String]) -> Result<SegmentStats, PcapSegmentError> {
-    let args = parse_args(args)?;
+    segment_files(&parse_args(args)?)
+}
+
+/// Re-segments the capture `args.input` into `args.output`.
+pub fn segment_files(args: &Args) -> Result<SegmentStats, PcapSegmentError> {
     let input = File::open(&args.input).map_err(|source| PcapSegmentError::Open {
         path: args.input.clone(),
         source,
@@ -405,7 +409,10 @@ fn fix_ipv4_header_checksum(frame: &mut [u8], layout: &FrameLayout) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cli::args;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
 
     #[test]
     fn parses_the_command_line() {

@@ -1,0 +1,637 @@
+//! Port specifications: what `vswitch run --tap ...`, `vswitch ctl
+//! add-port --tap ...` and a configuration file's `[[port]]` tables say,
+//! parsed into one [`PortSpec`] and opened by [`open_port`].
+//!
+//! # Adding a port kind
+//!
+//! A kind is one variant of [`PortSpec`] with its own spec type (as
+//! [`TapSpec`]), one arm in [`PortSpec::parse_kind`], [`PortSpec::kind`],
+//! [`PortSpec::name`] and [`open_port`], and one flag in
+//! `cli::PortArgs` (shared by `run` and `ctl add-port`). The options every
+//! kind takes (`vlan=`, `trunk=`, `native=`, `max-learned=`) are parsed by
+//! [`ProfileOptions::take`], so a kind's parser hands it each option it
+//! does not know itself.
+
+use std::fmt;
+use std::io;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use vswitch::{PortProfile, VlanId, VlanMode, VlanSet};
+use vswitch_ports::tap::{self, KernelReceive, TapConfig, TapOffloads, TapPort};
+use vswitch_ports::Port;
+
+use crate::cli::{MTU_MAX, MTU_MIN, QUEUES_MAX};
+
+/// Why a port spec does not parse. The message names the spec, the option
+/// and what was expected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("port spec {spec:?}: {problem}")]
+pub struct SpecError {
+    /// The spec as given.
+    pub spec: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+fn spec_error(spec: &str, problem: impl Into<String>) -> SpecError {
+    SpecError {
+        spec: spec.to_string(),
+        problem: problem.into(),
+    }
+}
+
+/// A port to open, of any kind the switch knows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortSpec {
+    /// A TAP device (`--tap NAME[:option...]`).
+    Tap(TapSpec),
+}
+
+impl PortSpec {
+    /// The kinds, as named on the command line (`--KIND`), in the protocol
+    /// and in configuration files.
+    pub const KINDS: [&'static str; 1] = ["tap"];
+
+    /// Parses the spec of a port of `kind` (the text after `--KIND`).
+    pub fn parse_kind(kind: &str, spec: &str) -> Result<PortSpec, SpecError> {
+        match kind {
+            "tap" => spec.parse().map(PortSpec::Tap),
+            other => Err(spec_error(
+                spec,
+                format!(
+                    "unknown port kind {other:?}, expected one of {}",
+                    Self::KINDS.join(", ")
+                ),
+            )),
+        }
+    }
+
+    /// The kind's name.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PortSpec::Tap(_) => "tap",
+        }
+    }
+
+    /// The port's name in the switch (the interface name for a TAP).
+    pub fn name(&self) -> &str {
+        match self {
+            PortSpec::Tap(spec) => &spec.name,
+        }
+    }
+
+    /// The options every kind takes.
+    pub fn profile(&self) -> &ProfileOptions {
+        match self {
+            PortSpec::Tap(spec) => &spec.profile,
+        }
+    }
+}
+
+impl fmt::Display for PortSpec {
+    /// `KIND:SPEC`, the spec as it would be given after `--KIND`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PortSpec::Tap(spec) => write!(f, "tap:{spec}"),
+        }
+    }
+}
+
+impl FromStr for PortSpec {
+    type Err = SpecError;
+
+    /// `KIND:SPEC`, as [`Display`](fmt::Display) writes it.
+    fn from_str(text: &str) -> Result<Self, SpecError> {
+        let (kind, spec) = text.split_once(':').ok_or_else(|| {
+            spec_error(
+                text,
+                format!(
+                    "expected KIND:SPEC with KIND one of {}",
+                    Self::KINDS.join(", ")
+                ),
+            )
+        })?;
+        Self::parse_kind(kind, spec)
+    }
+}
+
+/// The options every port kind takes: its VLAN profile and address limit.
+/// Unset options keep the defaults (an access port of VLAN 1, the default
+/// limit).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ProfileOptions {
+    /// `vlan=N`: an access port of VLAN N.
+    pub access: Option<VlanId>,
+    /// `trunk=LIST`: a trunk carrying these VLANs (`10,20-30`), as given.
+    pub trunk: Option<String>,
+    /// `native=N`: the trunk's untagged VLAN.
+    pub native: Option<VlanId>,
+    /// `max-learned=N`: most addresses learned on the port.
+    pub max_learned: Option<usize>,
+}
+
+/// Parses a VLAN id, saying the range when it is out of it.
+pub fn parse_vlan(text: &str) -> Result<VlanId, String> {
+    let number: u16 = text
+        .parse()
+        .map_err(|_| format!("expected a VLAN id of 1 to 4094, found {text:?}"))?;
+    VlanId::new(number).map_err(|_| format!("expected a VLAN id of 1 to 4094, found {number}"))
+}
+
+/// Parses a VLAN list: ids and ranges separated by commas (`10,20-30`).
+pub fn parse_vlan_list(text: &str) -> Result<VlanSet, String> {
+    let mut set = VlanSet::new();
+    for item in text.split(',') {
+        let (first, last) = match item.split_once('-') {
+            Some((first, last)) => (parse_vlan(first)?, parse_vlan(last)?),
+            None => {
+                let vlan = parse_vlan(item)?;
+                (vlan, vlan)
+            }
+        };
+        if first > last {
+            return Err(format!("VLAN range {item:?} runs backwards"));
+        }
+        for id in first.get()..=last.get() {
+            set.insert(VlanId::new(id).map_err(|e| e.to_string())?);
+        }
+    }
+    Ok(set)
+}
+
+impl ProfileOptions {
+    /// Takes `option` (`key=value`) if it is one of the common options;
+    /// `Ok(false)` when it is not, for the kind's parser to reject.
+    pub fn take(&mut self, option: &str) -> Result<bool, String> {
+        let Some((key, value)) = option.split_once('=') else {
+            return Ok(false);
+        };
+        match key {
+            "vlan" => self.access = Some(parse_vlan(value).map_err(|e| format!("vlan: {e}"))?),
+            "trunk" => {
+                parse_vlan_list(value).map_err(|e| format!("trunk: {e}"))?;
+                self.trunk = Some(value.to_string());
+            }
+            "native" => self.native = Some(parse_vlan(value).map_err(|e| format!("native: {e}"))?),
+            "max-learned" => {
+                self.max_learned = Some(value.parse().map_err(|_| {
+                    format!("max-learned: expected a number of addresses, found {value:?}")
+                })?)
+            }
+            _ => return Ok(false),
+        }
+        self.check()?;
+        Ok(true)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.access.is_some() && (self.trunk.is_some() || self.native.is_some()) {
+            return Err("vlan= (an access port) and trunk=/native= exclude each other".into());
+        }
+        Ok(())
+    }
+
+    /// The profile these options describe.
+    pub fn profile(&self) -> PortProfile {
+        let mut profile = match (&self.trunk, self.native) {
+            (Some(list), native) => {
+                PortProfile::trunk(parse_vlan_list(list).unwrap_or_default(), native)
+            }
+            (None, Some(native)) => PortProfile::trunk(VlanSet::new(), Some(native)),
+            (None, None) => PortProfile::access(self.access.unwrap_or(VlanId::DEFAULT)),
+        };
+        if let Some(limit) = self.max_learned {
+            profile = profile.max_learned(limit);
+        }
+        profile
+    }
+
+    fn write_options(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(vlan) = self.access {
+            write!(f, ":vlan={vlan}")?;
+        }
+        if let Some(list) = &self.trunk {
+            write!(f, ":trunk={list}")?;
+        }
+        if let Some(vlan) = self.native {
+            write!(f, ":native={vlan}")?;
+        }
+        if let Some(limit) = self.max_learned {
+            write!(f, ":max-learned={limit}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A profile in words: `access 1`, `trunk 10,20-30 native 1`.
+pub fn describe_vlans(mode: &VlanMode, trunk_list: Option<&str>) -> String {
+    match mode {
+        VlanMode::Access(vlan) => format!("access {vlan}"),
+        VlanMode::Trunk { native, .. } => {
+            let mut text = format!("trunk {}", trunk_list.unwrap_or("-"));
+            if let Some(native) = native {
+                text.push_str(&format!(" native {native}"));
+            }
+            text
+        }
+    }
+}
+
+/// How much a TAP device is asked to offload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TapOffloadMode {
+    /// Plain frames only.
+    None,
+    /// Partial checksums.
+    Checksum,
+    /// Partial checksums and segmentation.
+    Tso,
+}
+
+impl TapOffloadMode {
+    /// The TAP offload flags for this mode.
+    pub fn offloads(self) -> TapOffloads {
+        match self {
+            TapOffloadMode::None => TapOffloads::NONE,
+            TapOffloadMode::Checksum => TapOffloads::CHECKSUM,
+            TapOffloadMode::Tso => TapOffloads::FULL,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            TapOffloadMode::None => "none",
+            TapOffloadMode::Checksum => "csum",
+            TapOffloadMode::Tso => "tso",
+        }
+    }
+}
+
+/// One `--tap NAME[:offload=none|csum|tso][:gro=USEC|off][:queues=N][:mtu=N]
+/// [:vlan=N|:trunk=LIST[:native=N]][:max-learned=N]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapSpec {
+    /// Interface name.
+    pub name: String,
+    /// What it offloads.
+    pub offload: TapOffloadMode,
+    /// How the kernel takes in what the switch writes to it.
+    pub receive: KernelReceive,
+    /// Queues, when not the command's `--queues`.
+    pub queues: Option<usize>,
+    /// MTU, when not the command's `--mtu`.
+    pub mtu: Option<u16>,
+    /// VLAN profile and address limit.
+    pub profile: ProfileOptions,
+}
+
+impl FromStr for TapSpec {
+    type Err = SpecError;
+
+    fn from_str(spec: &str) -> Result<Self, SpecError> {
+        let mut parts = spec.split(':');
+        let name = parts.next().unwrap_or_default().to_string();
+        if name.is_empty()
+            || name.len() > tap::IFNAME_MAX
+            || name.bytes().any(|b| b == b'/' || b.is_ascii_whitespace())
+        {
+            return Err(spec_error(
+                spec,
+                format!(
+                    "expected an interface name of 1 to {} bytes without '/' or spaces, found {name:?}",
+                    tap::IFNAME_MAX
+                ),
+            ));
+        }
+        let mut parsed = TapSpec {
+            name,
+            offload: TapOffloadMode::Tso,
+            receive: KernelReceive::default(),
+            queues: None,
+            mtu: None,
+            profile: ProfileOptions::default(),
+        };
+        for option in parts {
+            parsed
+                .take(option)
+                .map_err(|problem| spec_error(spec, problem))?;
+        }
+        Ok(parsed)
+    }
+}
+
+impl TapSpec {
+    fn take(&mut self, option: &str) -> Result<(), String> {
+        match option {
+            "offload=none" => self.offload = TapOffloadMode::None,
+            "offload=csum" => self.offload = TapOffloadMode::Checksum,
+            "offload=tso" => self.offload = TapOffloadMode::Tso,
+            "gro=off" => self.receive = KernelReceive::PerFrame,
+            other if other.starts_with("offload=") => {
+                return Err(format!("{other:?}: expected offload=none, csum or tso"))
+            }
+            other if other.starts_with("gro=") => {
+                let micros = other["gro=".len()..]
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|micros| (1..=1_000_000).contains(micros))
+                    .ok_or_else(|| {
+                        format!(
+                            "{other:?}: expected gro=off or a flush timeout of 1 to 1000000 microseconds"
+                        )
+                    })?;
+                self.receive = KernelReceive::Coalesced {
+                    flush: Duration::from_micros(micros),
+                };
+            }
+            other if other.starts_with("queues=") => {
+                let queues = other["queues=".len()..]
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|q| (1..=QUEUES_MAX).contains(q))
+                    .ok_or_else(|| format!("{other:?}: expected 1 to {QUEUES_MAX} queues"))?;
+                self.queues = Some(queues);
+            }
+            other if other.starts_with("mtu=") => {
+                let mtu = other["mtu=".len()..]
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|m| (MTU_MIN..=MTU_MAX).contains(m))
+                    .ok_or_else(|| {
+                        format!("{other:?}: expected an MTU of {MTU_MIN} to {MTU_MAX}")
+                    })?;
+                self.mtu = Some(mtu);
+            }
+            other => {
+                if !self.profile.take(other)? {
+                    return Err(format!(
+                        "unknown option {other:?}, expected offload=none|csum|tso, gro=USEC|off, \
+                         queues=N, mtu=N, vlan=N, trunk=LIST, native=N or max-learned=N"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for TapSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:offload={}", self.name, self.offload.name())?;
+        match self.receive {
+            KernelReceive::PerFrame => write!(f, ":gro=off")?,
+            KernelReceive::Coalesced { flush } => write!(f, ":gro={}", flush.as_micros())?,
+        }
+        if let Some(queues) = self.queues {
+            write!(f, ":queues={queues}")?;
+        }
+        if let Some(mtu) = self.mtu {
+            write!(f, ":mtu={mtu}")?;
+        }
+        self.profile.write_options(f)
+    }
+}
+
+/// What a port is opened with when its spec does not say.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortDefaults {
+    /// Queues per port.
+    pub queues: usize,
+    /// MTU.
+    pub mtu: u16,
+}
+
+/// Whether a port still works.
+pub type Health = Arc<dyn Fn() -> PortState + Send + Sync>;
+
+/// Up, or down and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortState {
+    /// The port works.
+    Up,
+    /// The port's outside is gone.
+    Down {
+        /// Why, in words.
+        reason: String,
+    },
+}
+
+/// A port opened from its spec, ready for [`vswitch::Switch::add_port`].
+pub struct OpenedPort {
+    /// The port.
+    pub port: Arc<dyn Port>,
+    /// How the switch treats it.
+    pub profile: PortProfile,
+    /// Queues opened.
+    pub queues: usize,
+    /// The MTU the switch segments to.
+    pub mtu: u16,
+    /// What the port's far side takes, as it accepted it.
+    pub offloads: String,
+    /// Anything else worth showing (the kernel receive mode of a TAP).
+    pub detail: String,
+    /// Tells whether the port still works.
+    pub health: Health,
+}
+
+/// Why a port could not be opened, with a hint at the usual cause.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The TAP device could not be opened.
+    #[error("cannot open TAP {name}: {source}{}", hint_suffix(*hint))]
+    Tap {
+        /// The device.
+        name: String,
+        /// The system's error.
+        #[source]
+        source: io::Error,
+        /// What usually causes it.
+        hint: Option<&'static str>,
+    },
+}
+
+fn hint_suffix(hint: Option<&'static str>) -> String {
+    hint.map(|hint| format!(" (hint: {hint})"))
+        .unwrap_or_default()
+}
+
+/// The usual cause of an error opening a TAP device.
+pub fn tap_open_hint(err: &io::Error, queues: usize) -> Option<&'static str> {
+    match err.raw_os_error()? {
+        libc::EPERM | libc::EACCES => Some("needs root or CAP_NET_ADMIN"),
+        libc::EINVAL if queues == 1 => Some(
+            "a TUN device of that name exists, or a multi-queue TAP of that name: give queues=N to match it",
+        ),
+        libc::EINVAL => Some(
+            "a TUN device or a single-queue TAP of that name exists, or it has other queue settings",
+        ),
+        libc::EBUSY => Some("another process holds the device's queues"),
+        libc::ENOENT | libc::ENODEV => {
+            Some("no /dev/net/tun: load the tun module (modprobe tun)")
+        }
+        _ => None,
+    }
+}
+
+/// Opens the port a spec describes. The extension point for new kinds:
+/// one match arm per [`PortSpec`] variant.
+pub fn open_port(spec: &PortSpec, defaults: PortDefaults) -> Result<OpenedPort, OpenError> {
+    match spec {
+        PortSpec::Tap(tap) => open_tap(tap, defaults),
+    }
+}
+
+fn open_tap(spec: &TapSpec, defaults: PortDefaults) -> Result<OpenedPort, OpenError> {
+    let queues = spec.queues.unwrap_or(defaults.queues);
+    let mtu = spec.mtu.unwrap_or(defaults.mtu);
+    let config = TapConfig::new(spec.offload.offloads())
+        .queues(queues)
+        .mtu(mtu)
+        .receive(spec.receive);
+    let port = TapPort::open_with(&spec.name, config).map_err(|source| OpenError::Tap {
+        name: spec.name.clone(),
+        hint: tap_open_hint(&source, queues),
+        source,
+    })?;
+    // The device lives in this namespace unless it was moved away before
+    // the switch attached to it; then whoever moved it sets it up.
+    if let Err(err) = tap::set_interface_mtu(&spec.name, u32::from(mtu)) {
+        tracing::warn!(port = %spec.name, "cannot set the interface MTU to {mtu}: {err}");
+    }
+    if let Err(err) = tap::set_interface_up(&spec.name) {
+        tracing::warn!(port = %spec.name, "cannot bring the interface up: {err}");
+    }
+    let detail = match port.kernel_receive() {
+        KernelReceive::PerFrame => "kernel receive per frame".to_string(),
+        KernelReceive::Coalesced { flush } => {
+            format!(
+                "kernel receive GRO, flushed within {} us",
+                flush.as_micros()
+            )
+        }
+    };
+    let accepted = port.offloads();
+    let offloads = describe_tap_offloads(accepted);
+    let port = Arc::new(port);
+    let health_port = port.clone();
+    let health: Health = Arc::new(move || {
+        if health_port.is_gone() {
+            PortState::Down {
+                reason: "the TAP device was deleted".into(),
+            }
+        } else {
+            PortState::Up
+        }
+    });
+    Ok(OpenedPort {
+        queues: port.queues().len(),
+        port,
+        profile: spec.profile.profile(),
+        mtu,
+        offloads,
+        detail,
+        health,
+    })
+}
+
+fn describe_tap_offloads(offloads: TapOffloads) -> String {
+    if offloads == TapOffloads::FULL {
+        "checksum, TSO, USO".into()
+    } else if offloads == TapOffloads::CHECKSUM {
+        "checksum".into()
+    } else if offloads == TapOffloads::NONE {
+        "none".into()
+    } else {
+        format!("{offloads:?}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tap_specs_parse() {
+        let tap0 = "tap0".parse::<TapSpec>().unwrap();
+        assert_eq!(tap0.name, "tap0");
+        assert_eq!(tap0.offload, TapOffloadMode::Tso);
+        assert_eq!(tap0.receive, KernelReceive::default());
+        let tap1 = "tap1:offload=none:gro=250".parse::<TapSpec>().unwrap();
+        assert_eq!(tap1.offload, TapOffloadMode::None);
+        assert_eq!(
+            tap1.receive,
+            KernelReceive::Coalesced {
+                flush: Duration::from_micros(250)
+            }
+        );
+        assert_eq!(
+            "tap1:gro=off".parse::<TapSpec>().unwrap().receive,
+            KernelReceive::PerFrame
+        );
+        for bad in [
+            "offload=fast",
+            "gro=",
+            "gro=0",
+            "gro=-5",
+            "gro=1000001",
+            "gro=on",
+            "queues=0",
+            "mtu=70000",
+            "mtu=100",
+            "vlan=4095",
+            "trunk=10-5",
+            "max-learned=x",
+            "colour=red",
+        ] {
+            assert!(format!("tap1:{bad}").parse::<TapSpec>().is_err(), "{bad}");
+        }
+        assert!("".parse::<TapSpec>().is_err());
+        assert!("a-name-far-too-long-for-linux".parse::<TapSpec>().is_err());
+        assert!("tap1:vlan=10:trunk=20".parse::<TapSpec>().is_err());
+    }
+
+    #[test]
+    fn errors_say_what_was_expected() {
+        let err = "tap1:mtu=70000".parse::<TapSpec>().unwrap_err().to_string();
+        assert!(err.contains("576 to 9216"), "{err}");
+        let err = "tap1:vlan=0".parse::<TapSpec>().unwrap_err().to_string();
+        assert!(err.contains("1 to 4094"), "{err}");
+    }
+
+    #[test]
+    fn specs_round_trip_through_their_text() {
+        for text in [
+            "tap:tap0:offload=tso:gro=1000",
+            "tap:t1:offload=csum:gro=off:queues=2:mtu=9000:vlan=10:max-learned=5",
+            "tap:t2:offload=none:gro=250:trunk=10,20-30:native=1",
+        ] {
+            let spec: PortSpec = text.parse().unwrap();
+            assert_eq!(spec.to_string(), text);
+            assert_eq!(spec.kind(), "tap");
+        }
+        assert!("vhost:x".parse::<PortSpec>().is_err());
+        assert!("tap0".parse::<PortSpec>().is_err());
+    }
+
+    #[test]
+    fn profiles_follow_the_options() {
+        let spec: TapSpec = "t:trunk=10,20-22:native=1:max-learned=7".parse().unwrap();
+        let profile = spec.profile.profile();
+        assert_eq!(profile.max_learned, 7);
+        match profile.vlan {
+            VlanMode::Trunk { allowed, native } => {
+                assert!(allowed.contains(VlanId::new(21).unwrap()));
+                assert!(!allowed.contains(VlanId::new(23).unwrap()));
+                assert_eq!(native, Some(VlanId::DEFAULT));
+            }
+            other => panic!("expected a trunk, found {other:?}"),
+        }
+        let access: TapSpec = "t:vlan=30".parse().unwrap();
+        assert_eq!(
+            access.profile.profile().vlan,
+            VlanMode::Access(VlanId::new(30).unwrap())
+        );
+    }
+}
