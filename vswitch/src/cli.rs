@@ -262,6 +262,10 @@ pub struct CtlArgs {
     /// The control socket of the running switch [default: /run/vswitch/vswitch.ctl].
     #[arg(long, value_name = "PATH", global = true)]
     pub ctl: Option<PathBuf>,
+    /// Print the answer as JSON (with `stats --interval`, one object per
+    /// line, with the rates).
+    #[arg(long, global = true)]
+    pub json: bool,
     /// What to ask.
     #[command(subcommand)]
     pub command: CtlCommand,
@@ -272,27 +276,17 @@ pub struct CtlArgs {
 pub enum CtlCommand {
     /// Every port: kind, state, queues, MTU, offloads, VLAN profile, address
     /// limit; and the workers.
-    Show {
-        /// Print the answer as JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    Show,
     /// Open a port and add it to the running switch.
     AddPort {
         /// The port (one flag, as for `run`).
         #[command(flatten)]
         ports: PortArgs,
-        /// Print the answer as JSON.
-        #[arg(long)]
-        json: bool,
     },
     /// Remove a port from the running switch and print its final counters.
     DelPort {
         /// The port's name.
         name: String,
-        /// Print the answer as JSON.
-        #[arg(long)]
-        json: bool,
     },
     /// The learned addresses: MAC, VLAN, port, age. `fdb flush` forgets them.
     Fdb {
@@ -302,9 +296,6 @@ pub enum CtlCommand {
         /// Only this port.
         #[arg(long)]
         port: Option<String>,
-        /// Print the answer as JSON.
-        #[arg(long)]
-        json: bool,
         /// `flush`: forget every learned address.
         #[command(subcommand)]
         action: Option<FdbAction>,
@@ -316,9 +307,6 @@ pub enum CtlCommand {
         /// Print again every S seconds, with rates over the interval.
         #[arg(long, value_name = "S", value_parser = interval_seconds)]
         interval: Option<f64>,
-        /// Print the answer as JSON (one object per line with --interval).
-        #[arg(long)]
-        json: bool,
     },
     /// Change a port's VLAN profile or address limit while traffic runs.
     SetPort {
@@ -336,9 +324,6 @@ pub enum CtlCommand {
         /// Most addresses learned on the port.
         #[arg(long, value_name = "N")]
         max_learned: Option<usize>,
-        /// Print the answer as JSON.
-        #[arg(long)]
-        json: bool,
     },
 }
 

@@ -139,6 +139,7 @@ impl Connection {
 /// Runs `vswitch ctl`.
 pub fn run(args: CtlArgs) -> Result<(), ClientError> {
     let path = args.ctl.unwrap_or_else(|| PathBuf::from(DEFAULT_CTL));
+    let as_json = args.json;
     let mut conn = Connection::open(&path)?;
     let out = &mut io::stdout().lock();
     let print = |out: &mut dyn Write, text: String| -> Result<(), ClientError> {
@@ -150,7 +151,7 @@ pub fn run(args: CtlArgs) -> Result<(), ClientError> {
     let json =
         |value: &serde_json::Value| serde_json::to_string_pretty(value).unwrap_or_default() + "\n";
     match args.command {
-        CtlCommand::Show { json: as_json } => {
+        CtlCommand::Show => {
             let value = conn.request(&Request::Show)?;
             if as_json {
                 return print(out, json(&value));
@@ -158,10 +159,7 @@ pub fn run(args: CtlArgs) -> Result<(), ClientError> {
             let show: Show = from_value(&path, value)?;
             print(out, format_show(&show))?;
         }
-        CtlCommand::AddPort {
-            ports,
-            json: as_json,
-        } => {
+        CtlCommand::AddPort { ports } => {
             let specs = ports.specs();
             let [spec] = specs.as_slice() else {
                 return Err(ClientError::Usage(format!(
@@ -187,10 +185,7 @@ pub fn run(args: CtlArgs) -> Result<(), ClientError> {
                 format!("added {}\n{}", port.name.clone(), format_ports(&[port])),
             )?;
         }
-        CtlCommand::DelPort {
-            name,
-            json: as_json,
-        } => {
+        CtlCommand::DelPort { name } => {
             let value = conn.request(&Request::DelPort { name })?;
             if as_json {
                 return print(out, json(&value));
@@ -205,12 +200,7 @@ pub fn run(args: CtlArgs) -> Result<(), ClientError> {
                 ),
             )?;
         }
-        CtlCommand::Fdb {
-            vlan,
-            port,
-            json: as_json,
-            action,
-        } => match action {
+        CtlCommand::Fdb { vlan, port, action } => match action {
             Some(FdbAction::Flush) => {
                 let value = conn.request(&Request::FdbFlush)?;
                 if as_json {
@@ -234,11 +224,7 @@ pub fn run(args: CtlArgs) -> Result<(), ClientError> {
                 print(out, format_fdb(&entries))?;
             }
         },
-        CtlCommand::Stats {
-            port,
-            interval,
-            json: as_json,
-        } => {
+        CtlCommand::Stats { port, interval } => {
             let request = Request::Stats { port };
             let Some(interval) = interval else {
                 let value = conn.request(&request)?;
@@ -272,7 +258,6 @@ pub fn run(args: CtlArgs) -> Result<(), ClientError> {
             trunk,
             native,
             max_learned,
-            json: as_json,
         } => {
             if vlan.is_none() && trunk.is_none() && native.is_none() && max_learned.is_none() {
                 return Err(ClientError::Usage(
