@@ -125,3 +125,30 @@ fn a_switch_without_ports_is_driven_through_its_socket() {
     assert!(status.success(), "{status}: {stderr}");
     assert!(stderr.contains("stopping after"), "{stderr}");
 }
+
+#[test]
+#[ignore = "needs root, to connect as another user (setpriv); .ci/test runs it as root"]
+fn another_user_is_refused() {
+    assert!(
+        vswitch_tests::is_root(),
+        "another_user_is_refused cannot run here: needs root"
+    );
+    let running = Running::start(&["--stats-interval", "0"]);
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_vswitch"))
+        .arg("ctl")
+        .arg("--ctl")
+        .arg(&running.ctl)
+        .arg("show")
+        .output()
+        .expect("setpriv (util-linux)");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("Permission denied"), "{stderr}");
+    fails_with(
+        &["run", "--ctl-group", "no-such-group-here"],
+        2,
+        "--ctl-group",
+    );
+}

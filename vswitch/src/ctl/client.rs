@@ -409,7 +409,15 @@ pub fn format_counters(ports: &[PortCounters], before: Option<(&StatsView, f64)>
 /// A `stats` answer, with rates when an earlier one is given.
 pub fn format_stats(now: &StatsView, before: Option<&StatsView>) -> String {
     let seconds = before.map(|b| (b, now.uptime_ms.saturating_sub(b.uptime_ms) as f64 / 1000.0));
-    let mut out = format_counters(&now.ports, seconds);
+    let mut out = String::new();
+    if before.is_some() {
+        let _ = writeln!(
+            out,
+            "-- at {:.1} s of uptime",
+            now.uptime_ms as f64 / 1000.0
+        );
+    }
+    out.push_str(&format_counters(&now.ports, seconds));
     for w in &now.workers {
         let busy = match seconds {
             Some((b, s)) => {

@@ -53,7 +53,12 @@ impl RunError {
     /// Whether the error is in what the user asked (exit code 2), rather
     /// than in running it (1).
     pub fn is_usage(&self) -> bool {
-        matches!(self, RunError::Usage(_) | RunError::Config(_))
+        matches!(
+            self,
+            RunError::Usage(_)
+                | RunError::Config(_)
+                | RunError::Control(ServeError::UnknownGroup { .. })
+        )
     }
 }
 

@@ -462,10 +462,10 @@ pub fn tap_open_hint(err: &io::Error, queues: usize) -> Option<&'static str> {
     match err.raw_os_error()? {
         libc::EPERM | libc::EACCES => Some("needs root or CAP_NET_ADMIN"),
         libc::EINVAL if queues == 1 => Some(
-            "a TUN device of that name exists, or a multi-queue TAP of that name: give queues=N to match it",
+            "a TUN device of that name exists, or a multi-queue TAP of that name: give --queues N (or queues=N in the spec) to match it",
         ),
         libc::EINVAL => Some(
-            "a TUN device or a single-queue TAP of that name exists, or it has other queue settings",
+            "a TUN device or a single-queue TAP of that name exists: give --queues 1, or another name",
         ),
         libc::EBUSY => Some("another process holds the device's queues"),
         libc::ENOENT | libc::ENODEV => {
