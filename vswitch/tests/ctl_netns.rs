@@ -112,6 +112,21 @@ fn ports_come_and_go_while_a_flow_runs() {
     assert_eq!(only_c.as_array().unwrap().len(), 1, "{only_c}");
     assert!(running.ctl_ok(&["fdb"]).unwrap().contains("address(es)"));
 
+    // A profile change on the flow's own port, untagged traffic kept in
+    // VLAN 1 by the trunk's native VLAN.
+    let set = running.ctl_json(&[
+        "set-port",
+        &a,
+        "--trunk",
+        "1-10",
+        "--native",
+        "1",
+        "--max-learned",
+        "5",
+    ]);
+    assert_eq!(set["vlan"], "trunk 1-10 native 1", "{set}");
+    assert_eq!(set["max_learned"], 5);
+
     let removed = running.ctl_json(&["del-port", &c]);
     assert!(
         removed["counters"]["rx_frames"].as_u64().unwrap() >= 3,
@@ -206,7 +221,15 @@ fn a_deleted_tap_is_down_and_frames_toward_it_are_dropped() {
     let (a, b) = (format!("vda{id}"), format!("vdb{id}"));
     let ns_a = NetNs::new("vsda").unwrap();
     let ns_b = NetNs::new("vsdb").unwrap();
-    let running = Running::start(&["--tap", &a, "--tap", &b, "--stats-interval", "0"]);
+    let dir = tempfile::tempdir().unwrap();
+    let config = ctl_support::write_file(
+        dir.path(),
+        "switch.toml",
+        &format!(
+            "workers = 1\nstats_interval = 0\n\n[[port]]\nname = \"{a}\"\noffload = \"csum\"\n"
+        ),
+    );
+    let running = Running::start(&["--config", config.to_str().unwrap(), "--tap", &b]);
     plug(&ns_a, &a, "198.18.2.1");
     plug(&ns_b, &b, "198.18.2.2");
     ns_a.exec(&["ping", "-c", "1", "-W", "2", "198.18.2.2"])
@@ -224,6 +247,8 @@ fn a_deleted_tap_is_down_and_frames_toward_it_are_dropped() {
         .unwrap()
         .contains("deleted"));
     assert_eq!(port(&show, &a)["state"], "up");
+    assert_eq!(port(&show, &a)["offloads"], "checksum", "from the file");
+    assert_eq!(show["workers"], 1, "from the file");
     let stats = running.ctl_json(&["stats", &b]);
     let dropped = port(&stats, &b)["drops"]["egress_port_error"]
         .as_u64()
