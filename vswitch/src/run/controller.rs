@@ -14,8 +14,8 @@ use crate::ctl::protocol::{
     StatsView, WorkerCounters,
 };
 use crate::run::spec::{
-    describe_vlans, open_port, parse_vlan, parse_vlan_list, Health, OpenError, PortDefaults,
-    PortSpec, PortState, SpecError,
+    describe_vlans, open_port, parse_vlan_list, Health, OpenError, PortDefaults, PortSpec,
+    PortState, SpecError,
 };
 
 /// Why a control request failed.
@@ -185,7 +185,7 @@ impl Controller {
             "port added ({})",
             opened.detail
         );
-        ports.push(Entry {
+        let entry = Entry {
             id,
             trunk_list: spec.profile().trunk.clone(),
             spec,
@@ -197,11 +197,10 @@ impl Controller {
             detail: opened.detail,
             health: opened.health,
             logged_up: true,
-        });
-        let entry = ports.last().ok_or_else(|| {
-            ControlError::BadRequest("the port vanished while it was added".into())
-        })?;
-        Ok(self.view(entry))
+        };
+        let view = self.view(&entry);
+        ports.push(entry);
+        Ok(view)
     }
 
     /// Removes a port; returns it with its final counters.
@@ -322,9 +321,9 @@ impl Controller {
     /// The learned addresses, optionally of one VLAN or port.
     pub fn fdb(&self, vlan: Option<u16>, port: Option<&str>) -> Result<Vec<FdbView>, ControlError> {
         let vlan = vlan
-            .map(|v| parse_vlan(&v.to_string()))
+            .map(VlanId::new)
             .transpose()
-            .map_err(ControlError::BadRequest)?;
+            .map_err(|e| ControlError::BadRequest(format!("vlan: {e}")))?;
         let ports = self.lock();
         let port_id = match port {
             Some(name) => Some(
@@ -368,7 +367,7 @@ impl Controller {
                 "vlan (an access port) and trunk/native exclude each other".into(),
             ));
         }
-        let vlan_id = |v: u16| parse_vlan(&v.to_string()).map_err(ControlError::BadRequest);
+        let vlan_id = |v: u16| VlanId::new(v).map_err(|e| ControlError::BadRequest(e.to_string()));
         let mut ports = self.lock();
         let index = ports
             .iter()
