@@ -247,8 +247,8 @@ pub fn metrics_addr(text: &str) -> Result<SocketAddr, String> {
 /// Options of `vswitch segment`.
 #[derive(Debug, Args)]
 pub struct SegmentArgs {
-    /// The egress MTU: the largest IP packet (576 to 65535).
-    #[arg(long, value_parser = clap::value_parser!(u16).range(576..))]
+    /// The egress MTU: the largest IP packet (68 to 65535).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(i64::from(vswitch::pcap_segment::MIN_MTU)..))]
     pub mtu: u16,
     /// The capture to read (pcap).
     pub input: PathBuf,
@@ -390,6 +390,9 @@ mod tests {
     fn usage_errors_exit_with_2() {
         let err = run_args(&["run", "--mtu", "x"]).unwrap_err();
         assert_eq!(err.exit_code(), 2);
+        let err = parse(&["segment", "--mtu", "67", "a", "b"]).unwrap_err();
+        assert!(err.to_string().contains("68..=65535"), "{err}");
+        assert!(parse(&["segment", "--mtu=68", "a", "b"]).is_ok());
         let help = parse(&["segment", "--help"]).unwrap_err();
         assert_eq!(help.kind(), clap::error::ErrorKind::DisplayHelp);
         assert_eq!(help.exit_code(), 0);
