@@ -187,7 +187,7 @@ impl Controller {
         );
         let entry = Entry {
             id,
-            trunk_list: spec.profile().trunk.clone(),
+            trunk_list: spec.profile().trunk.as_ref().map(|(list, _)| list.clone()),
             spec,
             profile: opened.profile,
             queues: opened.queues,

@@ -124,8 +124,9 @@ impl FromStr for PortSpec {
 pub struct ProfileOptions {
     /// `vlan=N`: an access port of VLAN N.
     pub access: Option<VlanId>,
-    /// `trunk=LIST`: a trunk carrying these VLANs (`10,20-30`), as given.
-    pub trunk: Option<String>,
+    /// `trunk=LIST`: a trunk carrying these VLANs, as given (`10,20-30`)
+    /// and as parsed.
+    pub trunk: Option<(String, VlanSet)>,
     /// `native=N`: the trunk's untagged VLAN.
     pub native: Option<VlanId>,
     /// `max-learned=N`: most addresses learned on the port.
@@ -171,8 +172,8 @@ impl ProfileOptions {
         match key {
             "vlan" => self.access = Some(parse_vlan(value).map_err(|e| format!("vlan: {e}"))?),
             "trunk" => {
-                parse_vlan_list(value).map_err(|e| format!("trunk: {e}"))?;
-                self.trunk = Some(value.to_string());
+                let set = parse_vlan_list(value).map_err(|e| format!("trunk: {e}"))?;
+                self.trunk = Some((value.to_string(), set));
             }
             "native" => self.native = Some(parse_vlan(value).map_err(|e| format!("native: {e}"))?),
             "max-learned" => {
@@ -196,9 +197,7 @@ impl ProfileOptions {
     /// The profile these options describe.
     pub fn profile(&self) -> PortProfile {
         let mut profile = match (&self.trunk, self.native) {
-            (Some(list), native) => {
-                PortProfile::trunk(parse_vlan_list(list).unwrap_or_default(), native)
-            }
+            (Some((_, allowed)), native) => PortProfile::trunk(allowed.clone(), native),
             (None, Some(native)) => PortProfile::trunk(VlanSet::new(), Some(native)),
             (None, None) => PortProfile::access(self.access.unwrap_or(VlanId::DEFAULT)),
         };
@@ -212,7 +211,7 @@ impl ProfileOptions {
         if let Some(vlan) = self.access {
             write!(f, ":vlan={vlan}")?;
         }
-        if let Some(list) = &self.trunk {
+        if let Some((list, _)) = &self.trunk {
             write!(f, ":trunk={list}")?;
         }
         if let Some(vlan) = self.native {
