@@ -152,3 +152,34 @@ fn another_user_is_refused() {
         "--ctl-group",
     );
 }
+
+/// A TUN device made for a test, deleted when dropped.
+struct TunDevice(String);
+
+impl Drop for TunDevice {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.0])
+            .output();
+    }
+}
+
+#[test]
+#[ignore = "needs root, iproute2 and /dev/net/tun; .ci/test runs it where they are"]
+fn os_errors_carry_a_hint() {
+    if let Some(reason) = vswitch_tests::netns_unavailable() {
+        panic!("os_errors_carry_a_hint cannot run here: {reason}");
+    }
+    let name = format!("vsht{}", std::process::id() % 10_000);
+    let status = std::process::Command::new("ip")
+        .args(["tuntap", "add", "dev", &name, "mode", "tun"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _tun = TunDevice(name.clone());
+    fails_with(
+        &["run", "--tap", &name, "--no-ctl"],
+        1,
+        "hint: a TUN device of that name exists",
+    );
+}
