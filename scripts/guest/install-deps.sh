@@ -80,8 +80,8 @@ case $qemu_version in
 esac
 
 # Plain bookworm packages: the guest userland, DPDK, and the tools the
-# image build uses (cpio, gzip, and kmod's depmod to resolve module dependencies).
-want=(busybox-static iperf3 libiperf0 ethtool dpdk dpdk-dev cpio gzip kmod)
+# image build and testpmd-pair.sh use (cpio, gzip, kmod for depmod, jq).
+want=(busybox-static iperf3 libiperf0 ethtool dpdk dpdk-dev cpio gzip kmod jq)
 missing=()
 for p in "${want[@]}"; do
     [ -n "$(pkg_version "$p")" ] || missing+=("$p")
