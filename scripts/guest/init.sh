@@ -15,8 +15,11 @@
 #
 # Serial console protocol, each marker at the start of its own line:
 #   VSW-BOOT role=R ip=A           init started
-#   VSW-FEATURES-BEGIN/END         virtio feature bits, ethtool -k, -l, link state
-#   VSW-READY                      (server) iperf3 listens
+#   VSW-FEATURES-BEGIN/END         virtio feature bits ("virtio-features" and a
+#                                  0/1 string, bit 0 first, as negotiated),
+#                                  ethtool -k and -l, link state
+#   VSW-LINK carrier=0|1 uptime=S  eth0's carrier once up (or after vsw.wait)
+#   VSW-READY uptime=S             (server) iperf3 listens
 #   VSW-RESULT-BEGIN/END           iperf3 -J output (JSON), client and server alike
 #   VSW-SNMP-BEGIN/END             the Tcp: and Udp: lines of /proc/net/snmp
 #   VSW-CSUM-ERRORS tcp=N udp=N    InCsumErrors after the run
@@ -83,14 +86,27 @@ ip link set lo up
 [ -n "$offload" ] && ethtool -K eth0 $offload
 ip addr add "$ip" dev eth0
 ip link set eth0 up
+# The link comes up when the backend has set up the queues (VIRTIO_NET_F_STATUS);
+# wait for it so that the state printed below is the one the test runs with.
+n=0
+until [ "$(cat /sys/class/net/eth0/carrier 2>/dev/null)" = 1 ]; do
+    n=$((n + 1))
+    if [ "$n" -gt $((wait_s * 10)) ]; then
+        echo "VSW-ERROR eth0 has no carrier after ${wait_s}s"
+        break
+    fi
+    sleep 0.1
+done
+echo "VSW-LINK carrier=$(cat /sys/class/net/eth0/carrier 2>/dev/null) uptime=$(cut -d' ' -f1 /proc/uptime)"
 
 echo "VSW-FEATURES-BEGIN"
 for d in /sys/bus/virtio/devices/*; do
     [ "$(cat "$d/device")" = "0x0001" ] && echo "virtio-features $(cat "$d/features")"
 done
-ethtool -k eth0 | grep -v 'fixed\]'
+ethtool -k eth0
 ethtool -l eth0
-ip link show eth0
+# (busybox ip shows NO-CARRIER next to LOWER_UP; sysfs is the reliable source)
+echo "link: carrier=$(cat /sys/class/net/eth0/carrier) operstate=$(cat /sys/class/net/eth0/operstate) mtu=$(cat /sys/class/net/eth0/mtu) mac=$(cat /sys/class/net/eth0/address)"
 echo "VSW-FEATURES-END"
 
 csum_errors() {
@@ -120,7 +136,7 @@ server)
         fi
         sleep 0.1
     done
-    echo "VSW-READY"
+    echo "VSW-READY uptime=$(cut -d' ' -f1 /proc/uptime)"
     # The server exits after one test; kill it if no client came in time.
     ( sleep "$wait_s"; kill "$pid" 2>/dev/null ) &
     watchdog=$!
@@ -135,6 +151,9 @@ client)
         rc=0
         # shellcheck disable=SC2086
         iperf3 -c "$peer" -p "$port" -J --connect-timeout 2000 $args >/tmp/result.json 2>/tmp/iperf3.err || rc=$?
+        # iperf3 3.12 with -J exits 0 even when it could not connect; the
+        # JSON then has an "error" member.
+        [ "$rc" -eq 0 ] && grep -q '"error":' /tmp/result.json && rc=1
         [ "$rc" -eq 0 ] && break
         if [ "$(date +%s)" -ge "$deadline" ]; then
             cat /tmp/iperf3.err

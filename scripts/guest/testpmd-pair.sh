@@ -138,9 +138,31 @@ csum() { tr -d '\r' <"$1" | sed -n "s/^VSW-CSUM-ERRORS .*$2=\\([0-9]*\\).*/\\1/p
 # exit_rc LOG: iperf3's exit status in the guest.
 exit_rc() { tr -d '\r' <"$1" | sed -n 's/^VSW-EXIT rc=\([0-9]*\).*/\1/p'; }
 
+# feature_names BITS: the virtio-net feature names of a 0/1 string (bit 0
+# first) as the guest's /sys/bus/virtio/devices/*/features shows it.
+feature_names() {
+    local -A name=(
+        [0]=CSUM [1]=GUEST_CSUM [2]=CTRL_GUEST_OFFLOADS [3]=MTU [5]=MAC [6]=GSO
+        [7]=GUEST_TSO4 [8]=GUEST_TSO6 [9]=GUEST_ECN [10]=GUEST_UFO [11]=HOST_TSO4
+        [12]=HOST_TSO6 [13]=HOST_ECN [14]=HOST_UFO [15]=MRG_RXBUF [16]=STATUS
+        [17]=CTRL_VQ [18]=CTRL_RX [19]=CTRL_VLAN [20]=CTRL_RX_EXTRA
+        [21]=GUEST_ANNOUNCE [22]=MQ [23]=CTRL_MAC_ADDR [28]=RING_INDIRECT_DESC
+        [29]=RING_EVENT_IDX [32]=VERSION_1 [33]=ACCESS_PLATFORM [34]=RING_PACKED
+        [35]=IN_ORDER [52]=VQ_NOTF_COAL [53]=NOTF_COAL [54]=GUEST_USO4
+        [55]=GUEST_USO6 [56]=HOST_USO [57]=HASH_REPORT [59]=GUEST_HDRLEN [60]=RSS
+        [61]=RSC_EXT [62]=STANDBY [63]=SPEED_DUPLEX
+    )
+    local bits=$1 i out=""
+    for ((i = 0; i < ${#bits}; i++)); do
+        [ "${bits:i:1}" = 1 ] && out+=" ${name[$i]:-bit$i}"
+    done
+    echo "${out# }"
+}
 for r in server client; do
-    echo "== $r guest: negotiated features"
-    section "$workdir/$r.log" VSW-FEATURES-BEGIN VSW-FEATURES-END | grep -E 'virtio-features|segmentation|checksumming|scatter|Combined' | sed 's/^/   /' || true
+    feats=$(section "$workdir/$r.log" VSW-FEATURES-BEGIN VSW-FEATURES-END)
+    bits=$(sed -n 's/^virtio-features //p' <<<"$feats")
+    echo "$r guest virtio features: $(feature_names "$bits")"
+    echo "$r guest ethtool: $(grep -E '^(rx-checksumming|tx-checksumming|tcp-segmentation-offload|generic-receive-offload|rx-gro-hw):' <<<"$feats" | sed 's/: /=/; s/ \[fixed\]//' | tr '\n' ' ')queues=$(grep 'Combined:' <<<"$feats" | tail -n1 | tr -dc 0-9)"
 done
 
 section "$workdir/client.log" VSW-RESULT-BEGIN VSW-RESULT-END >"$workdir/client.json"
