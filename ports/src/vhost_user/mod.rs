@@ -82,13 +82,14 @@
 
 mod backend;
 mod queue;
+mod relay;
 #[cfg(test)]
 mod tests;
 
 pub use queue::QueueBroken;
 
 use std::io;
-use std::os::unix::net::UnixStream;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
@@ -96,7 +97,7 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use vhost::vhost_user::Listener;
-use vhost_user_backend::VhostUserDaemon;
+use vhost_user_backend::{VhostUserDaemon, VringEpollHandler};
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vswitch_offload::Packet;
@@ -370,16 +371,18 @@ impl VhostUserPort {
     /// guests on it, one at a time, until the port is dropped.
     pub fn start(config: VhostUserConfig) -> Result<Arc<VhostUserPort>, VhostUserError> {
         config.check()?;
-        let listener =
-            match config.mode {
-                SocketMode::Server => Some(Listener::new(&config.socket, true).map_err(|e| {
-                    VhostUserError::Socket {
-                        path: config.socket.clone(),
-                        source: io::Error::other(e),
-                    }
-                })?),
-                SocketMode::Client => None,
-            };
+        let socket_error = |source: io::Error| VhostUserError::Socket {
+            path: config.socket.clone(),
+            source,
+        };
+        let public = match config.mode {
+            SocketMode::Server => Some(bind_public(&config.socket).map_err(socket_error)?),
+            SocketMode::Client => None,
+        };
+        let inner = InnerSocket::new().map_err(|e| VhostUserError::Backend {
+            name: config.name.clone(),
+            reason: format!("cannot make its private socket: {e}"),
+        })?;
         let offered = backend::offered_features(config.queue_pairs);
         let caps = PortCapabilities {
             egress: GuestOffloads::from_features(offered).egress_capabilities(config.mtu),
@@ -400,7 +403,7 @@ impl VhostUserPort {
         let serving = shared.clone();
         let thread = thread::Builder::new()
             .name(format!("vhost-user {}", shared.config.name))
-            .spawn(move || serve(serving, listener))
+            .spawn(move || serve(serving, public, inner))
             .map_err(|e| VhostUserError::Backend {
                 name: shared.config.name.clone(),
                 reason: format!("cannot start its thread: {e}"),
@@ -488,76 +491,149 @@ impl Drop for VhostUserPort {
     }
 }
 
-/// The connection thread: one connection at a time, each with a fresh
-/// backend, until the port stops.
-fn serve(shared: Arc<Shared>, mut listener: Option<Listener>) {
+/// Listens on `path`, replacing a socket left there by an earlier run (but
+/// never a file of another kind).
+fn bind_public(path: &Path) -> io::Result<UnixListener> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "a file that is not a socket is in the way; not removing it",
+            ))
+        }
+        Err(_) => {}
+    }
+    UnixListener::bind(path)
+}
+
+/// The handler's side of the relay: a socket in a directory only this
+/// user can enter, so nobody else can reach the handler directly.
+struct InnerSocket {
+    dir: PathBuf,
+    path: PathBuf,
+    listener: Listener,
+}
+
+impl InnerSocket {
+    fn new() -> io::Result<InnerSocket> {
+        use std::os::unix::fs::DirBuilderExt;
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "vswitch-vhost-user-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+        let path = dir.join("handler.sock");
+        let listener = Listener::from(UnixListener::bind(&path)?);
+        Ok(InnerSocket {
+            dir,
+            path,
+            listener,
+        })
+    }
+}
+
+impl Drop for InnerSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The frontend's next connection: accepted (server mode) or made (client
+/// mode, retried until the frontend listens or the port stops).
+fn next_frontend(shared: &Shared, public: Option<&UnixListener>) -> Option<UnixStream> {
     while !shared.stop.load(Ordering::SeqCst) {
-        let backend = match NetBackend::new(shared.clone()) {
-            Ok(backend) => Arc::new(backend),
+        let result = match public {
+            Some(listener) => listener.accept().map(|(stream, _)| stream),
+            None => UnixStream::connect(&shared.config.socket),
+        };
+        match result {
+            Ok(stream) => return Some(stream),
             Err(e) => {
-                shared.note(format!("cannot create the backend's eventfds: {e}"));
-                thread::sleep(shared.config.reconnect_interval);
-                continue;
-            }
-        };
-        let memory = GuestMemoryAtomic::new(GuestMemoryMmap::new());
-        let mut daemon =
-            match VhostUserDaemon::new(shared.config.name.clone(), backend.clone(), memory) {
-                Ok(daemon) => daemon,
-                Err(e) => {
-                    shared.note(format!("cannot start the vhost-user handler: {e}"));
-                    thread::sleep(shared.config.reconnect_interval);
-                    continue;
+                if public.is_some() {
+                    shared.note(format!("accepting a connection failed: {e}"));
                 }
-            };
-        let started = match listener.as_mut() {
-            Some(listener) => daemon.start(listener),
-            None => daemon.start_client(&shared.config.socket.to_string_lossy()),
-        };
-        let handlers = daemon.get_epoll_handlers();
-        if shared.stop.load(Ordering::SeqCst) {
-            for handler in &handlers {
-                handler.send_exit_event();
+                thread::sleep(shared.config.reconnect_interval);
             }
-            break;
-        }
-        if let Err(e) = started {
-            if listener.is_some() {
-                shared.note(format!("accepting a connection failed: {e}"));
-            }
-            for handler in &handlers {
-                handler.send_exit_event();
-            }
-            thread::sleep(shared.config.reconnect_interval);
-            continue;
-        }
-        shared.connections.fetch_add(1, Ordering::Relaxed);
-        for (pair, handler) in handlers.iter().enumerate() {
-            let fd = backend.pair_event(pair).consumer_fd();
-            if let Err(e) = handler.register_listener(fd, EventSet::IN, backend.pair_event_id()) {
-                shared.note(format!("cannot watch queue pair {pair}'s eventfd: {e}"));
-            }
-        }
-        *shared
-            .shutdown
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = daemon.shutdown_handle();
-        if let Err(e) = daemon.wait() {
-            shared.note(format!("connection ended: {e}"));
-        }
-        shared
-            .shutdown
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        for handler in &handlers {
-            handler.send_exit_event();
-        }
-        shared.detach();
-        if listener.is_none() && !shared.stop.load(Ordering::SeqCst) {
-            thread::sleep(shared.config.reconnect_interval);
         }
     }
+    None
+}
+
+/// The connection thread: one connection at a time, each with a fresh
+/// backend and handler, until the port stops.
+fn serve(shared: Arc<Shared>, public: Option<UnixListener>, mut inner: InnerSocket) {
+    while let Some(frontend) = next_frontend(&shared, public.as_ref()) {
+        if shared.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        if let Err(reason) = serve_connection(&shared, frontend, &mut inner) {
+            shared.note(reason);
+            thread::sleep(shared.config.reconnect_interval);
+        }
+        shared.detach();
+    }
+}
+
+/// Tells a connection's handler threads to end when dropped, whatever
+/// happened to the connection.
+struct EndThreads(Vec<Arc<VringEpollHandler<Arc<NetBackend>>>>);
+
+impl Drop for EndThreads {
+    fn drop(&mut self) {
+        for handler in &self.0 {
+            handler.send_exit_event();
+        }
+    }
+}
+
+/// Serves one frontend connection until it ends.
+fn serve_connection(
+    shared: &Arc<Shared>,
+    frontend: UnixStream,
+    inner: &mut InnerSocket,
+) -> Result<(), String> {
+    let backend = Arc::new(
+        NetBackend::new(shared.clone())
+            .map_err(|e| format!("cannot create the backend's eventfds: {e}"))?,
+    );
+    let memory = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+    let mut daemon = VhostUserDaemon::new(shared.config.name.clone(), backend.clone(), memory)
+        .map_err(|e| format!("cannot start the vhost-user handler: {e}"))?;
+    let handlers = EndThreads(daemon.get_epoll_handlers());
+    let to_handler = UnixStream::connect(&inner.path)
+        .map_err(|e| format!("cannot reach the vhost-user handler: {e}"))?;
+    let relay = relay::Relay::start(frontend, to_handler)
+        .map_err(|e| format!("cannot start the relay: {e}"))?;
+    daemon
+        .start(&mut inner.listener)
+        .map_err(|e| format!("the vhost-user handler refused the connection: {e}"))?;
+    shared.connections.fetch_add(1, Ordering::Relaxed);
+    for (pair, handler) in handlers.0.iter().enumerate() {
+        let fd = backend.pair_event(pair).consumer_fd();
+        if let Err(e) = handler.register_listener(fd, EventSet::IN, backend.pair_event_id()) {
+            shared.note(format!("cannot watch queue pair {pair}'s eventfd: {e}"));
+        }
+    }
+    *shared
+        .shutdown
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = daemon.shutdown_handle();
+    if shared.stop.load(Ordering::SeqCst) {
+        daemon.request_shutdown();
+    }
+    let result = daemon.wait();
+    shared
+        .shutdown
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take();
+    drop(relay);
+    result.map_err(|e| format!("connection ended: {e}"))
 }
 
 impl Port for VhostUserPort {
