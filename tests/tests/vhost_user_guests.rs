@@ -156,16 +156,27 @@ fn received_bps(json: &str) -> f64 {
         .expect("a number")
 }
 
-fn run_pair(name: &str, pairs: usize, iperf_args: &str) {
+/// What one pair run asks of the guests.
+struct Pair<'a> {
+    name: &'a str,
+    queue_pairs: usize,
+    iperf_args: &'a str,
+    /// More virtio-net-pci properties for the receiving guest.
+    server_device: &'a str,
+    /// Guests booted one pair after the other on the same sockets.
+    rounds: usize,
+}
+
+fn run_pair(pair: Pair<'_>) {
     let image = guest_image();
-    let dir = TempDir::new(name);
+    let dir = TempDir::new(pair.name);
     let switch = Switch::start(SwitchConfig::default().workers(2)).unwrap();
     let sock_a = dir.0.join("a.sock");
     let sock_b = dir.0.join("b.sock");
-    let port_a =
-        VhostUserPort::start(VhostUserConfig::new("a", &sock_a).queue_pairs(pairs)).unwrap();
-    let port_b =
-        VhostUserPort::start(VhostUserConfig::new("b", &sock_b).queue_pairs(pairs)).unwrap();
+    let config =
+        |name: &str, sock: &Path| VhostUserConfig::new(name, sock).queue_pairs(pair.queue_pairs);
+    let port_a = VhostUserPort::start(config("a", &sock_a)).unwrap();
+    let port_b = VhostUserPort::start(config("b", &sock_b)).unwrap();
     switch
         .add_port(
             port_a.clone() as Arc<dyn Port>,
@@ -178,13 +189,9 @@ fn run_pair(name: &str, pairs: usize, iperf_args: &str) {
             PortProfile::access(VlanId::DEFAULT),
         )
         .unwrap();
-    let queues = pairs.to_string();
-    let mut server = Guest::start(
-        &image,
-        &dir.0,
-        "server",
-        &sock_a,
-        &[
+    let queues = pair.queue_pairs.to_string();
+    for round in 1..=pair.rounds {
+        let mut server_args = vec![
             "--role",
             "server",
             "--ip",
@@ -193,79 +200,141 @@ fn run_pair(name: &str, pairs: usize, iperf_args: &str) {
             "52:54:00:00:00:01",
             "--queues",
             &queues,
-        ],
-    );
-    assert!(
-        server.wait_for("VSW-READY", Duration::from_secs(120)),
-        "the server guest did not get ready; console:\n{}\nport: {:?}",
-        server.console(),
-        port_a.report()
-    );
-    let mut client = Guest::start(
-        &image,
-        &dir.0,
-        "client",
-        &sock_b,
-        &[
-            "--role",
-            "client",
-            "--ip",
-            "10.0.0.2/24",
-            "--peer",
-            "10.0.0.1",
-            "--mac",
-            "52:54:00:00:00:02",
-            "--queues",
-            &queues,
-            "--args",
-            iperf_args,
-        ],
-    );
-    let done = client.wait_for("VSW-EXIT", Duration::from_secs(180))
-        && server.wait_for("VSW-CSUM-ERRORS", Duration::from_secs(30));
-    let report = format!(
-        "client console:\n{}\nserver console:\n{}\nport a: {:?}\nport b: {:?}\nswitch: {:?}",
-        client.console(),
-        server.console(),
-        port_a.report(),
-        port_b.report(),
-        switch.stats()
-    );
-    assert!(done, "the transfer did not finish\n{report}");
-    assert_eq!(
-        client.line_value("VSW-EXIT", "rc"),
-        Some(0),
-        "iperf3 failed\n{report}"
-    );
-    let json = client.section("RESULT").expect("iperf3 result");
-    let bps = received_bps(&json);
-    assert!(bps > 0.0, "nothing received\n{report}");
-    assert_eq!(
-        server.line_value("VSW-CSUM-ERRORS", "tcp"),
-        Some(0),
-        "the receiving kernel found bad TCP checksums\n{report}"
-    );
-    let a = port_a.report();
-    let b = port_b.report();
-    assert_eq!((a.broken_queues, b.broken_queues), (0, 0), "{report}");
-    assert!(a.guest.rx_frames > 0 && b.guest.tx_frames > 0, "{report}");
-    eprintln!(
-        "{name}: {:.2} Gbit/s received; a: {:?}; b: {:?}",
-        bps / 1e9,
-        a.guest,
-        b.guest
-    );
+        ];
+        if !pair.server_device.is_empty() {
+            server_args.extend(["--device-opts", pair.server_device]);
+        }
+        let mut server = Guest::start(
+            &image,
+            &dir.0,
+            &format!("server{round}"),
+            &sock_a,
+            &server_args,
+        );
+        assert!(
+            server.wait_for("VSW-READY", Duration::from_secs(120)),
+            "round {round}: the server guest did not get ready; console:\n{}\nport: {:?}",
+            server.console(),
+            port_a.report()
+        );
+        let mut client = Guest::start(
+            &image,
+            &dir.0,
+            &format!("client{round}"),
+            &sock_b,
+            &[
+                "--role",
+                "client",
+                "--ip",
+                "10.0.0.2/24",
+                "--peer",
+                "10.0.0.1",
+                "--mac",
+                "52:54:00:00:00:02",
+                "--queues",
+                &queues,
+                "--args",
+                pair.iperf_args,
+            ],
+        );
+        let done = client.wait_for("VSW-EXIT", Duration::from_secs(180))
+            && server.wait_for("VSW-CSUM-ERRORS", Duration::from_secs(30));
+        let report = format!(
+            "round {round}\nclient console:\n{}\nserver console:\n{}\nport a: {:?}\nport b: {:?}\nswitch: {:?}",
+            client.console(),
+            server.console(),
+            port_a.report(),
+            port_b.report(),
+            switch.stats()
+        );
+        assert!(done, "the transfer did not finish\n{report}");
+        assert_eq!(
+            client.line_value("VSW-EXIT", "rc"),
+            Some(0),
+            "iperf3 failed\n{report}"
+        );
+        let json = client.section("RESULT").expect("iperf3 result");
+        let bps = received_bps(&json);
+        assert!(
+            bps > 1e7,
+            "{:.1} Mbit/s received: the transfer stalled\n{report}",
+            bps / 1e6
+        );
+        assert_eq!(
+            server.line_value("VSW-CSUM-ERRORS", "tcp"),
+            Some(0),
+            "the receiving kernel found bad TCP checksums\n{report}"
+        );
+        let a = port_a.report();
+        let b = port_b.report();
+        assert_eq!((a.broken_queues, b.broken_queues), (0, 0), "{report}");
+        assert!(a.guest.rx_frames > 0 && b.guest.tx_frames > 0, "{report}");
+        assert_eq!(a.connections, round as u64, "{report}");
+        eprintln!(
+            "{} round {round}: {:.2} Gbit/s received; a: {:?}; b: {:?}",
+            pair.name,
+            bps / 1e9,
+            a.guest,
+            b.guest
+        );
+        if !pair.server_device.is_empty() {
+            assert!(
+                a.guest.rx_adapted > 0,
+                "frames were cut for the guest\n{report}"
+            );
+        }
+        // Both guests power off when done; the ports go down and stay in
+        // the switch for the next round.
+        let _ = client.child.wait();
+        let _ = server.child.wait();
+    }
     switch.stop();
 }
 
 #[test]
 #[ignore = "boots two QEMU guests (TCG): needs qemu-system-x86_64 and the guest image (scripts/guest/install-deps.sh); run by .ci/test"]
 fn two_guests_run_iperf3_over_vhost_user() {
-    run_pair("vhost-user-1q", 1, "-P 4 -t 4");
+    run_pair(Pair {
+        name: "vhost-user-1q",
+        queue_pairs: 1,
+        iperf_args: "-P 4 -t 4",
+        server_device: "",
+        rounds: 1,
+    });
 }
 
 #[test]
 #[ignore = "boots two QEMU guests (TCG): needs qemu-system-x86_64 and the guest image (scripts/guest/install-deps.sh); run by .ci/test"]
 fn two_multi_queue_guests_spread_flows_over_queue_pairs() {
-    run_pair("vhost-user-2q", 2, "-P 8 -t 4");
+    run_pair(Pair {
+        name: "vhost-user-2q",
+        queue_pairs: 2,
+        iperf_args: "-P 8 -t 4",
+        server_device: "",
+        rounds: 1,
+    });
+}
+
+#[test]
+#[ignore = "boots two QEMU guests (TCG): needs qemu-system-x86_64 and the guest image (scripts/guest/install-deps.sh); run by .ci/test"]
+fn a_guest_without_receive_offloads_gets_segments_its_kernel_verifies() {
+    run_pair(Pair {
+        name: "vhost-user-no-rx-offload",
+        queue_pairs: 1,
+        iperf_args: "-P 4 -t 4",
+        server_device: "guest_csum=off,guest_tso4=off,guest_tso6=off,guest_ecn=off,guest_uso4=off,guest_uso6=off",
+        rounds: 1,
+    });
+}
+
+#[test]
+#[ignore = "boots two QEMU guests (TCG): needs qemu-system-x86_64 and the guest image (scripts/guest/install-deps.sh); run by .ci/test"]
+fn guests_that_power_off_come_back_on_the_same_sockets() {
+    run_pair(Pair {
+        name: "vhost-user-reconnect",
+        queue_pairs: 1,
+        iperf_args: "-P 2 -t 2",
+        server_device: "",
+        rounds: 2,
+    });
 }

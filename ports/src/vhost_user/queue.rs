@@ -181,12 +181,15 @@ where
     used.clear();
     let mut starved = false;
     let result = (|| {
-        while port.rx_pending() {
+        loop {
             if out.frames >= budget {
-                out.more = true;
+                out.more = port.rx_pending();
                 break;
             }
-            if stash.is_empty() && top_up(index, queue, mem, &mut stash)? == 0 {
+            // With nothing waiting the call below finds the queue empty
+            // and re-arms the port's notifier; so it is made even then.
+            if stash.is_empty() && port.rx_pending() && top_up(index, queue, mem, &mut stash)? == 0
+            {
                 starved = true;
                 break;
             }

@@ -340,3 +340,24 @@ fn bad_configurations_are_refused_before_anything_opens() {
         VhostUserPort::start(VhostUserConfig::new("x", "/nonexistent/dir/x.sock")).unwrap_err();
     assert!(err.to_string().contains("hint"), "{err}");
 }
+
+#[test]
+fn after_the_guest_took_everything_the_next_frame_notifies_again() {
+    let mem = memory();
+    let mut drv = driver(&mem);
+    let mut queue = drv.device_queue();
+    let (port, notifier) = guest(Features::VERSION_1, 64);
+    for _ in 0..4 {
+        drv.post_writable(&[2048]);
+    }
+    let mut used = Vec::new();
+    for round in 0..3u8 {
+        port.send(0, Packet::plain(frame(round, 60))).unwrap();
+        assert!(
+            notifier.wait_timeout(Duration::ZERO),
+            "round {round}: the device side is woken"
+        );
+        let done = fill_rx(0, &mut queue, &&mem, port.queue(0).unwrap(), 256, &mut used).unwrap();
+        assert_eq!(done.frames, 1, "round {round}");
+    }
+}
