@@ -305,6 +305,38 @@ pub fn termination_flag() -> io::Result<&'static std::sync::atomic::AtomicBool> 
     Ok(&TERMINATION_REQUESTED)
 }
 
+// --- File descriptors passed over Unix sockets (vhost-user) -------------
+
+/// Receives up to `buf.len()` bytes from `sock` into `buf` and the file
+/// descriptors the sender attached to them, at most `max_fds`, as owned
+/// descriptors that close when dropped. Returns the bytes received (0: the
+/// peer closed the connection).
+pub(crate) fn recv_with_fds(
+    sock: &std::os::unix::net::UnixStream,
+    buf: &mut [u8],
+    max_fds: usize,
+    fds: &mut Vec<OwnedFd>,
+) -> io::Result<usize> {
+    use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+    let mut raw = vec![-1; max_fds];
+    let mut iov = [libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    }];
+    // SAFETY: the one iovec points at `buf`, which is borrowed mutably for
+    // the call and `buf.len()` bytes long, so the kernel may write any bytes
+    // there; `raw` has room for `max_fds` descriptors.
+    let (read, count) = unsafe { sock.recv_with_fds(&mut iov, &mut raw) }
+        .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
+    for &fd in raw.iter().take(count) {
+        // SAFETY: the first `count` entries are descriptors the kernel just
+        // installed in this process for this message; nothing else owns
+        // them, so each is wrapped once, here.
+        fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+    Ok(read)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -251,6 +251,25 @@ impl<'a, M: GuestMemory> DriverQueue<'a, M> {
         entries
     }
 
+    /// Writes the available ring's index as a broken or hostile driver
+    /// would, without posting anything.
+    pub fn set_avail_idx(&mut self, idx: u16) {
+        self.rings.avail().idx().store(idx);
+    }
+
+    /// Puts `head` on the available ring as it is, whether or not it names
+    /// a descriptor of the table.
+    pub fn post_head(&mut self, head: u16) {
+        let avail = self.rings.avail();
+        let idx = avail.idx().load();
+        avail
+            .ring()
+            .ref_at(usize::from(idx % self.size))
+            .expect("ring index inside the ring")
+            .store(head);
+        avail.idx().store(idx.wrapping_add(1));
+    }
+
     /// The guest memory the queue lives in.
     pub fn memory(&self) -> &'a M {
         self.mem

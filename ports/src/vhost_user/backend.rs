@@ -1,0 +1,305 @@
+//! The vhost-user-backend side of one connection: feature negotiation,
+//! memory updates and the events of each queue pair's thread.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
+use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
+use virtio_queue::QueueT;
+use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
+
+use super::queue::{drain_tx, fill_rx, QueueBroken};
+use super::Shared;
+use crate::features::Features;
+use crate::guest::{GuestPort, GuestPortConfig, Notifier, UsedChain};
+
+/// Guest memory as the vhost-user handler maps it.
+pub(super) type Memory = GuestMemoryAtomic<GuestMemoryMmap<()>>;
+
+/// Frames (or chains) one event handles before the thread looks at its
+/// other events.
+const BUDGET: usize = 256;
+
+/// The virtio-net feature bits this backend offers for `pairs` queue pairs.
+pub(super) fn offered_features(pairs: usize) -> Features {
+    let mut offered = Features::VERSION_1
+        | Features::MRG_RXBUF
+        | Features::CSUM
+        | Features::GUEST_CSUM
+        | Features::HOST_TSO4
+        | Features::HOST_TSO6
+        | Features::HOST_ECN
+        | Features::HOST_UFO
+        | Features::HOST_USO
+        | Features::GUEST_TSO4
+        | Features::GUEST_TSO6
+        | Features::GUEST_ECN
+        | Features::GUEST_UFO
+        | Features::GUEST_USO4
+        | Features::GUEST_USO6;
+    if pairs > 1 {
+        offered |= Features::MQ;
+    }
+    offered
+}
+
+/// Ring and transport bits offered beside the virtio-net ones.
+const TRANSPORT_BITS: u64 = (1 << VIRTIO_RING_F_EVENT_IDX)
+    | (1 << VIRTIO_RING_F_INDIRECT_DESC)
+    | (1 << VIRTIO_F_VERSION_1)
+    | VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+
+/// An eventfd the switch writes when frames for the guest arrive on a
+/// queue pair (or its transmit side has room again), polled by that
+/// pair's thread.
+pub(super) struct PairEvent {
+    consumer: EventConsumer,
+    notifier: EventNotifier,
+}
+
+impl PairEvent {
+    fn new() -> io::Result<Self> {
+        let (consumer, notifier) =
+            new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC)?;
+        Ok(PairEvent { consumer, notifier })
+    }
+
+    pub(super) fn consumer_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.consumer.as_raw_fd()
+    }
+}
+
+impl Notifier for PairEvent {
+    fn notify(&self) {
+        // Fails only when the counter would overflow, which means a
+        // notification is pending anyway.
+        let _ = self.notifier.notify();
+    }
+}
+
+/// Scratch vectors one pair's thread reuses from event to event.
+#[derive(Default)]
+struct Scratch {
+    heads: Vec<u16>,
+    used: Vec<UsedChain>,
+}
+
+/// One connection's backend: built when the frontend connects, dropped
+/// when it goes away.
+pub(super) struct NetBackend {
+    shared: Arc<Shared>,
+    pairs: usize,
+    memory: RwLock<Option<Memory>>,
+    events: Vec<Arc<PairEvent>>,
+    scratch: Vec<Mutex<Scratch>>,
+    broken: Vec<AtomicBool>,
+    acked: AtomicU64,
+}
+
+impl NetBackend {
+    pub(super) fn new(shared: Arc<Shared>) -> io::Result<Self> {
+        let pairs = shared.config.queue_pairs;
+        Ok(NetBackend {
+            pairs,
+            memory: RwLock::new(None),
+            events: (0..pairs)
+                .map(|_| PairEvent::new().map(Arc::new))
+                .collect::<io::Result<_>>()?,
+            scratch: (0..pairs).map(|_| Mutex::default()).collect(),
+            broken: (0..2 * pairs).map(|_| AtomicBool::new(false)).collect(),
+            acked: AtomicU64::new(0),
+            shared,
+        })
+    }
+
+    /// The event id of a pair's eventfd in its thread's epoll set: the
+    /// first one above those vhost-user-backend reserves.
+    pub(super) fn pair_event_id(&self) -> u64 {
+        2 * self.pairs as u64 + 1
+    }
+
+    pub(super) fn pair_event(&self, pair: usize) -> &PairEvent {
+        &self.events[pair]
+    }
+
+    fn connect_guest(&self, acked_bits: u64) -> Result<(), String> {
+        let negotiated = super::negotiate(self.pairs, acked_bits).map_err(|e| e.to_string())?;
+        let config = GuestPortConfig::new(self.shared.config.name.clone())
+            .queue_pairs(self.pairs)
+            .mtu(self.shared.config.mtu)
+            .queue_len(self.shared.config.queue_len);
+        let port = GuestPort::with_queue_notifiers(config, negotiated, |pair| {
+            self.events[pair].clone() as Arc<dyn Notifier>
+        });
+        self.shared.attach(Arc::new(port), negotiated.features());
+        Ok(())
+    }
+
+    fn mark_broken(&self, err: &QueueBroken) {
+        if let Some(flag) = self.broken.get(usize::from(err.queue)) {
+            if !flag.swap(true, Ordering::Relaxed) {
+                self.shared.queue_broken(err);
+            }
+        }
+    }
+
+    /// Serves queue pair `pair`: fills its receive ring, drains its
+    /// transmit ring; asks to be called again when a budget ran out.
+    fn serve_pair(&self, pair: usize, vrings: &[VringRwLock<Memory>]) -> io::Result<()> {
+        let Some(port) = self.shared.guest() else {
+            return Ok(());
+        };
+        let Some(queue) = port.queue(pair) else {
+            return Ok(());
+        };
+        let Some(memory) = self
+            .memory
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|m| m.memory())
+        else {
+            return Ok(());
+        };
+        let mut scratch = self.scratch[pair]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let scratch = &mut *scratch;
+        let mut again = false;
+        for (offset, vring) in vrings.iter().enumerate().take(2) {
+            let index = 2 * pair + offset;
+            if self.broken[index].load(Ordering::Relaxed) {
+                continue;
+            }
+            let mut state = vring.get_mut();
+            if !state.is_enabled() || !state.get_queue().ready() {
+                continue;
+            }
+            let vq = u16::try_from(index).unwrap_or(u16::MAX);
+            let result = if offset == 0 {
+                fill_rx(
+                    vq,
+                    state.get_queue_mut(),
+                    &memory,
+                    queue,
+                    BUDGET,
+                    &mut scratch.used,
+                )
+            } else {
+                drain_tx(
+                    vq,
+                    state.get_queue_mut(),
+                    &memory,
+                    queue,
+                    BUDGET,
+                    &mut scratch.heads,
+                )
+            };
+            match result {
+                Ok(done) => {
+                    if done.signal {
+                        state.signal_used_queue()?;
+                    }
+                    again |= done.more;
+                }
+                Err(err) => self.mark_broken(&err),
+            }
+        }
+        if again {
+            self.events[pair].notify();
+        }
+        Ok(())
+    }
+}
+
+impl VhostUserBackend for NetBackend {
+    type Bitmap = ();
+    type Vring = VringRwLock<Memory>;
+
+    fn num_queues(&self) -> usize {
+        2 * self.pairs
+    }
+
+    fn max_queue_size(&self) -> usize {
+        usize::from(self.shared.config.queue_size)
+    }
+
+    fn features(&self) -> u64 {
+        offered_features(self.pairs).bits() | TRANSPORT_BITS
+    }
+
+    fn acked_features(&self, features: u64) {
+        // The frontend sends SET_FEATURES once per queue pair it sets up:
+        // the guest port is built once per distinct set.
+        if self.acked.swap(features, Ordering::Relaxed) == features && self.shared.is_attached() {
+            return;
+        }
+        if let Err(reason) = self.connect_guest(features) {
+            self.shared.negotiation_failed(reason);
+        }
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        let mut features =
+            VhostUserProtocolFeatures::REPLY_ACK | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
+        if self.pairs > 1 {
+            features |= VhostUserProtocolFeatures::MQ;
+        }
+        features
+    }
+
+    fn reset_device(&self) {
+        self.shared.detach();
+        self.acked.store(0, Ordering::Relaxed);
+        for flag in &self.broken {
+            flag.store(false, Ordering::Relaxed);
+        }
+    }
+
+    fn set_event_idx(&self, _enabled: bool) {
+        // The handler sets it on every ring; the queue code asks the ring.
+    }
+
+    fn update_memory(&self, mem: Memory) -> io::Result<()> {
+        // A snapshot per event: a region removed now stays mapped until the
+        // event that was using it is done.
+        *self.memory.write().unwrap_or_else(PoisonError::into_inner) = Some(mem);
+        Ok(())
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        // One thread per queue pair: its receive and transmit rings.
+        (0..self.pairs).map(|pair| 0b11u64 << (2 * pair)).collect()
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        new_event_consumer_and_notifier(EventFlag::NONBLOCK | EventFlag::CLOEXEC).ok()
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[VringRwLock<Memory>],
+        thread_id: usize,
+    ) -> io::Result<()> {
+        if thread_id >= self.pairs {
+            return Ok(());
+        }
+        if u64::from(device_event) == self.pair_event_id() {
+            // Reads and clears the count; nothing pending is not an error.
+            let _ = self.events[thread_id].consumer.consume();
+        }
+        // A kick on either ring, or the switch: serve both directions.
+        self.serve_pair(thread_id, vrings)
+    }
+}

@@ -1,0 +1,283 @@
+//! Moving frames between a guest's split virtqueues and its [`GuestQueue`]:
+//! the device side of one queue pair, over a virtio-queue [`Queue`] and a
+//! snapshot of guest memory. No sockets and no threads here, so the same
+//! code runs under the vhost-user backend and in tests over a mock driver.
+//!
+//! Both directions follow the same rules:
+//!
+//! * Work is bounded per call (`budget` frames); the caller comes back for
+//!   the rest after its other events ([`Drained::more`]).
+//! * Used-ring entries are written for the whole batch and the guest is
+//!   signalled at most once per call, when the ring's suppression (the
+//!   `VRING_F_NO_INTERRUPT` flag, or the used-event index with
+//!   `VIRTIO_RING_F_EVENT_IDX`) asks for it ([`Drained::signal`]).
+//! * Guest kicks are suppressed while the device is busy on the ring and
+//!   enabled again only when it has nothing left to do, with a last look
+//!   at the ring after enabling so that a buffer posted in between is not
+//!   missed.
+//! * A ring the guest corrupted (an available index that runs more than a
+//!   queue ahead, a descriptor head outside the table, rings outside
+//!   memory, a ring that reports work but yields none) is a
+//!   [`QueueBroken`]: the caller stops serving that queue, where a device
+//!   would set `DEVICE_NEEDS_RESET`. Problems inside one chain are the
+//!   guest port's typed errors and counters, and the chain is returned
+//!   with length 0.
+
+use std::ops::Deref;
+use std::sync::atomic::Ordering;
+
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::GuestMemory;
+
+use crate::guest::{GuestQueue, GuestRxError, UsedChain};
+
+/// Receive chains taken off the available ring at a time.
+const RX_TOP_UP: usize = 64;
+
+/// What one call did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Drained {
+    /// Chains returned to the guest through the used ring.
+    pub chains: usize,
+    /// Frames moved (transmitted, or written to the guest).
+    pub frames: usize,
+    /// The guest must be signalled (call eventfd).
+    pub signal: bool,
+    /// The budget ran out with work left: call again.
+    pub more: bool,
+}
+
+/// The guest broke the ring itself; the queue is no longer served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("virtqueue {queue} is broken: {reason}")]
+pub struct QueueBroken {
+    /// The virtqueue's index (receive queues even, transmit queues odd).
+    pub queue: u16,
+    /// What was wrong.
+    pub reason: String,
+}
+
+fn broken(queue: u16, err: impl std::fmt::Display) -> QueueBroken {
+    QueueBroken {
+        queue,
+        reason: err.to_string(),
+    }
+}
+
+/// Takes the guest's transmitted chains off `queue` (virtqueue index
+/// `index`) into `port`, at most `budget`, while the port has room.
+/// With no room the ring is left with kicks suppressed: the guest port's
+/// notifier fires when the switch has taken frames again.
+pub(crate) fn drain_tx<M>(
+    index: u16,
+    queue: &mut Queue,
+    mem: &M,
+    port: GuestQueue<'_>,
+    budget: usize,
+    heads: &mut Vec<u16>,
+) -> Result<Drained, QueueBroken>
+where
+    M: Deref + Clone,
+    M::Target: GuestMemory + Sized,
+{
+    let mut out = Drained::default();
+    let target = mem.deref();
+    queue
+        .disable_notification(target)
+        .map_err(|e| broken(index, e))?;
+    loop {
+        let room = port.tx_room();
+        if room == 0 {
+            // Held back until the switch takes frames: the port's notifier
+            // brings the device model back.
+            break;
+        }
+        if out.frames >= budget {
+            out.more = true;
+            break;
+        }
+        let want = room.min(budget - out.frames);
+        heads.clear();
+        {
+            let chains = queue.iter(mem.clone()).map_err(|e| broken(index, e))?;
+            for chain in chains.take(want) {
+                heads.push(chain.head_index());
+                // A refused chain is counted by the port; it goes back to
+                // the guest all the same.
+                let _ = port.transmit_chain(target, chain);
+            }
+        }
+        for &head in heads.iter() {
+            queue
+                .add_used(target, head, 0)
+                .map_err(|e| broken(index, e))?;
+        }
+        out.chains += heads.len();
+        out.frames += heads.len();
+        if heads.is_empty() {
+            // Nothing was on the ring: enable kicks, then look once more
+            // for a chain posted meanwhile.
+            let more = queue
+                .enable_notification(target)
+                .map_err(|e| broken(index, e))?;
+            if !more {
+                break;
+            }
+            if !ring_yields(queue, mem) {
+                return Err(broken(
+                    index,
+                    "the available index is ahead of the ring, but no chain can be read",
+                ));
+            }
+            queue
+                .disable_notification(target)
+                .map_err(|e| broken(index, e))?;
+        }
+    }
+    if out.chains > 0 {
+        out.signal = queue
+            .needs_notification(target)
+            .map_err(|e| broken(index, e))?;
+    }
+    Ok(out)
+}
+
+/// Whether the available ring yields a chain now; leaves it where it was.
+fn ring_yields<M>(queue: &mut Queue, mem: &M) -> bool
+where
+    M: Deref + Clone,
+    M::Target: GuestMemory + Sized,
+{
+    let got = match queue.iter(mem.clone()) {
+        Ok(mut chains) => chains.next().is_some(),
+        Err(_) => false,
+    };
+    if got {
+        queue.go_to_previous_position();
+    }
+    got
+}
+
+/// Writes frames waiting in `port` for the guest into the receive chains
+/// on `queue` (virtqueue index `index`), at most `budget` frames. Chains
+/// taken off the ring but not filled are put back (the ring's next
+/// available index is moved back over them).
+pub(crate) fn fill_rx<M>(
+    index: u16,
+    queue: &mut Queue,
+    mem: &M,
+    port: GuestQueue<'_>,
+    budget: usize,
+    used: &mut Vec<UsedChain>,
+) -> Result<Drained, QueueBroken>
+where
+    M: Deref + Clone,
+    M::Target: GuestMemory + Sized,
+{
+    let target = mem.deref();
+    let mut out = Drained::default();
+    let mut stash: Vec<DescriptorChain<M>> = Vec::new();
+    let mut chunk = Vec::new();
+    used.clear();
+    let mut starved = false;
+    let result = (|| {
+        loop {
+            if out.frames >= budget {
+                out.more = port.rx_pending();
+                break;
+            }
+            // With nothing waiting the call below finds the queue empty
+            // and re-arms the port's notifier; so it is made even then.
+            if stash.is_empty() && port.rx_pending() && top_up(index, queue, mem, &mut stash)? == 0
+            {
+                starved = true;
+                break;
+            }
+            chunk.clear();
+            match port.receive_into_chains(target, &stash, &mut chunk) {
+                Ok(None) => break,
+                Ok(Some(_)) => {
+                    stash.drain(..chunk.len());
+                    used.append(&mut chunk);
+                    out.frames += 1;
+                }
+                Err(err) => {
+                    if let Some(bad) = err.bad_chain() {
+                        // Returned empty; the chains after it are offered
+                        // again with the same frame.
+                        let chain = stash.remove(bad);
+                        used.push(UsedChain {
+                            head_index: chain.head_index(),
+                            len: 0,
+                        });
+                    } else if matches!(err, GuestRxError::OutOfBuffers { .. })
+                        && top_up(index, queue, mem, &mut stash)? == 0
+                    {
+                        starved = true;
+                        break;
+                    }
+                    // Any other error dropped the frame (counted by the
+                    // port); go on with the next.
+                }
+            }
+        }
+        Ok::<(), QueueBroken>(())
+    })();
+    // Chains taken but not used go back on the ring, in order, for the
+    // next frame.
+    let unused = u16::try_from(stash.len()).unwrap_or(u16::MAX);
+    drop(stash);
+    let seen_to = queue.next_avail();
+    queue.set_next_avail(seen_to.wrapping_sub(unused));
+    result?;
+    for chain in used.iter() {
+        queue
+            .add_used(target, chain.head_index, chain.len)
+            .map_err(|e| broken(index, e))?;
+    }
+    out.chains = used.len();
+    if starved {
+        // Out of buffers: ask the guest to kick when it posts more, and
+        // come back at once if it did so meanwhile (beyond the chains put
+        // back, which were not enough).
+        queue
+            .enable_notification(target)
+            .map_err(|e| broken(index, e))?;
+        let avail = queue
+            .avail_idx(target, Ordering::Acquire)
+            .map_err(|e| broken(index, e))?;
+        out.more = avail.0 != seen_to;
+    } else {
+        // Buffers to spare: the guest need not kick for more.
+        queue
+            .disable_notification(target)
+            .map_err(|e| broken(index, e))?;
+    }
+    if out.chains > 0 {
+        out.signal = queue
+            .needs_notification(target)
+            .map_err(|e| broken(index, e))?;
+    }
+    Ok(out)
+}
+
+/// Takes up to [`RX_TOP_UP`] more chains off the ring into `stash`.
+fn top_up<M>(
+    index: u16,
+    queue: &mut Queue,
+    mem: &M,
+    stash: &mut Vec<DescriptorChain<M>>,
+) -> Result<usize, QueueBroken>
+where
+    M: Deref + Clone,
+    M::Target: GuestMemory + Sized,
+{
+    let before = stash.len();
+    stash.extend(
+        queue
+            .iter(mem.clone())
+            .map_err(|e| broken(index, e))?
+            .take(RX_TOP_UP),
+    );
+    Ok(stash.len() - before)
+}

@@ -1,0 +1,335 @@
+//! The frontend's connection relayed to the vhost-user handler, message by
+//! message, to reconcile one ordering difference between QEMU and the
+//! rust-vmm `vhost` crate.
+//!
+//! QEMU's virtio-net enables a queue pair's rings
+//! (`VHOST_USER_SET_VRING_ENABLE`) as soon as the guest acknowledges its
+//! features, and only sends those features to the backend
+//! (`VHOST_USER_SET_FEATURES`) when the device starts. The `vhost` crate
+//! reads the specification's "should be sent only when
+//! VHOST_USER_F_PROTOCOL_FEATURES has been negotiated" strictly, refuses
+//! the early request and drops the connection. The relay holds such a
+//! request back: it answers it when the frontend asked for an answer
+//! (`REPLY_ACK`), and hands it to the handler right after the features,
+//! where it is valid. QEMU repeats the request after the features anyway,
+//! so a ring's state ends the same either way. Every other message passes
+//! unchanged, with the file descriptors that came with it.
+//!
+//! The relay also bounds what a frontend can make the switch read: a
+//! message longer than the protocol's largest is refused and ends the
+//! connection.
+
+use std::io::{self, Read, Write};
+use std::net::Shutdown;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::{self, JoinHandle};
+
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+
+use crate::sys;
+
+/// `request`, `flags`, `size`: three little-endian `u32`s.
+const HEADER_LEN: usize = 12;
+
+/// Longest message body accepted. The longest the protocol defines is a
+/// memory table of 8 regions (8 + 8 × 32 bytes); configuration space
+/// messages carry at most 256 bytes beside their own header.
+const MAX_BODY: usize = 4096;
+
+/// Most file descriptors one message carries (a memory table's regions).
+const MAX_FDS: usize = 32;
+
+const SET_FEATURES: u32 = 2;
+const RESET_OWNER: u32 = 4;
+const SET_VRING_ENABLE: u32 = 18;
+const RESET_DEVICE: u32 = 34;
+
+const FLAG_VERSION_1: u32 = 0x1;
+const FLAG_REPLY: u32 = 0x4;
+const FLAG_NEED_REPLY: u32 = 0x8;
+
+/// One protocol message and the descriptors that came with it.
+struct Message {
+    header: [u8; HEADER_LEN],
+    body: Vec<u8>,
+    fds: Vec<OwnedFd>,
+}
+
+impl Message {
+    fn field(&self, at: usize) -> u32 {
+        u32::from_le_bytes([
+            self.header[at],
+            self.header[at + 1],
+            self.header[at + 2],
+            self.header[at + 3],
+        ])
+    }
+
+    fn request(&self) -> u32 {
+        self.field(0)
+    }
+
+    fn flags(&self) -> u32 {
+        self.field(4)
+    }
+
+    fn set_flags(&mut self, flags: u32) {
+        self.header[4..8].copy_from_slice(&flags.to_le_bytes());
+    }
+
+    /// Reads one message; `None` when the peer closed the connection
+    /// between messages.
+    fn read(sock: &UnixStream) -> io::Result<Option<Message>> {
+        let mut header = [0u8; HEADER_LEN];
+        let mut fds = Vec::new();
+        let got = sys::recv_with_fds(sock, &mut header, MAX_FDS, &mut fds)?;
+        if got == 0 {
+            return Ok(None);
+        }
+        let mut reader = sock;
+        reader.read_exact(&mut header[got..])?;
+        let mut message = Message {
+            header,
+            body: Vec::new(),
+            fds,
+        };
+        let size = message.field(8) as usize;
+        if size > MAX_BODY {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "vhost-user message {}: expected a body of at most {MAX_BODY} bytes, found {size}",
+                    message.request()
+                ),
+            ));
+        }
+        message.body.resize(size, 0);
+        reader.read_exact(&mut message.body)?;
+        Ok(Some(message))
+    }
+
+    fn write(&self, sock: &UnixStream) -> io::Result<()> {
+        let fds: Vec<_> = self.fds.iter().map(AsRawFd::as_raw_fd).collect();
+        let total = HEADER_LEN + self.body.len();
+        let sent = sock
+            .send_with_fds(&[&self.header[..], &self.body[..]], &fds)
+            .map_err(|e| io::Error::from_raw_os_error(e.errno()))?;
+        if sent < total {
+            // The descriptors went with the first bytes; the rest follows.
+            let mut rest = Vec::with_capacity(total - sent);
+            rest.extend_from_slice(&self.header);
+            rest.extend_from_slice(&self.body);
+            let mut writer = sock;
+            writer.write_all(&rest[sent..])?;
+        }
+        Ok(())
+    }
+
+    /// The `REPLY_ACK` answer "done" to this request.
+    fn ack(&self) -> Message {
+        let mut header = [0u8; HEADER_LEN];
+        header[0..4].copy_from_slice(&self.request().to_le_bytes());
+        header[4..8].copy_from_slice(&(FLAG_VERSION_1 | FLAG_REPLY).to_le_bytes());
+        header[8..12].copy_from_slice(&8u32.to_le_bytes());
+        Message {
+            header,
+            body: 0u64.to_le_bytes().to_vec(),
+            fds: Vec::new(),
+        }
+    }
+}
+
+/// A running relay; dropping it closes both connections.
+pub(super) struct Relay {
+    frontend: UnixStream,
+    handler: UnixStream,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Relay {
+    /// Relays between `frontend` (the VMM's connection) and `handler` (a
+    /// connection to the vhost-user handler) until either side closes.
+    pub(super) fn start(frontend: UnixStream, handler: UnixStream) -> io::Result<Relay> {
+        // Replies to the frontend come from both directions' threads: one
+        // writer at a time, a whole message each.
+        let to_frontend = Arc::new(Mutex::new(frontend.try_clone()?));
+        let inbound = {
+            let from = frontend.try_clone()?;
+            let to = handler.try_clone()?;
+            let to_frontend = to_frontend.clone();
+            thread::Builder::new()
+                .name("vhost-user relay in".into())
+                .spawn(move || {
+                    let _ = relay_requests(&from, &to, &to_frontend);
+                    close(&from, &to);
+                })?
+        };
+        let outbound = {
+            let from = handler.try_clone()?;
+            let to_frontend = to_frontend.clone();
+            let frontend = frontend.try_clone()?;
+            thread::Builder::new()
+                .name("vhost-user relay out".into())
+                .spawn(move || {
+                    while let Ok(Some(message)) = Message::read(&from) {
+                        let to = to_frontend.lock().unwrap_or_else(PoisonError::into_inner);
+                        if message.write(&to).is_err() {
+                            break;
+                        }
+                    }
+                    close(&from, &frontend);
+                })?
+        };
+        Ok(Relay {
+            frontend,
+            handler,
+            threads: vec![inbound, outbound],
+        })
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        close(&self.frontend, &self.handler);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn close(a: &UnixStream, b: &UnixStream) {
+    let _ = a.shutdown(Shutdown::Both);
+    let _ = b.shutdown(Shutdown::Both);
+}
+
+/// The frontend-to-handler direction, holding ring enables back until the
+/// features are set.
+fn relay_requests(
+    from: &UnixStream,
+    to: &UnixStream,
+    to_frontend: &Mutex<UnixStream>,
+) -> io::Result<()> {
+    let mut features_set = false;
+    let mut held: Vec<Message> = Vec::new();
+    while let Some(mut message) = Message::read(from)? {
+        match message.request() {
+            SET_VRING_ENABLE if !features_set => {
+                if message.flags() & FLAG_NEED_REPLY != 0 {
+                    let ack = message.ack();
+                    ack.write(&to_frontend.lock().unwrap_or_else(PoisonError::into_inner))?;
+                    message.set_flags(message.flags() & !FLAG_NEED_REPLY);
+                }
+                held.push(message);
+                continue;
+            }
+            SET_FEATURES => {
+                message.write(to)?;
+                features_set = true;
+                for message in held.drain(..) {
+                    message.write(to)?;
+                }
+                continue;
+            }
+            RESET_OWNER | RESET_DEVICE => {
+                features_set = false;
+                held.clear();
+            }
+            _ => {}
+        }
+        message.write(to)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(request: u32, flags: u32, body: &[u8]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        bytes.extend_from_slice(&request.to_le_bytes());
+        bytes.extend_from_slice(&flags.to_le_bytes());
+        bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(body);
+        bytes
+    }
+
+    fn read_message(sock: &UnixStream) -> (u32, u32, Vec<u8>) {
+        let m = Message::read(sock).unwrap().unwrap();
+        (m.request(), m.flags(), m.body)
+    }
+
+    #[test]
+    fn an_early_ring_enable_is_answered_and_follows_the_features() {
+        let (mut vmm, frontend) = UnixStream::pair().unwrap();
+        let (handler, backend) = UnixStream::pair().unwrap();
+        let _relay = Relay::start(frontend, handler).unwrap();
+        let enable = [0u8, 0, 0, 0, 1, 0, 0, 0];
+        vmm.write_all(&message(1, FLAG_VERSION_1, &[])).unwrap(); // GET_FEATURES
+        vmm.write_all(&message(
+            SET_VRING_ENABLE,
+            FLAG_VERSION_1 | FLAG_NEED_REPLY,
+            &enable,
+        ))
+        .unwrap();
+        // The frontend gets its answer at once...
+        assert_eq!(
+            read_message(&vmm),
+            (SET_VRING_ENABLE, FLAG_VERSION_1 | FLAG_REPLY, vec![0; 8])
+        );
+        vmm.write_all(&message(SET_FEATURES, FLAG_VERSION_1, &[7; 8]))
+            .unwrap();
+        // ... and the handler sees the request after the features, with no
+        // answer asked for.
+        assert_eq!(read_message(&backend), (1, FLAG_VERSION_1, vec![]));
+        assert_eq!(
+            read_message(&backend),
+            (SET_FEATURES, FLAG_VERSION_1, vec![7; 8])
+        );
+        assert_eq!(
+            read_message(&backend),
+            (SET_VRING_ENABLE, FLAG_VERSION_1, enable.to_vec())
+        );
+        // Replies pass back unchanged.
+        let mut backend_w = &backend;
+        backend_w
+            .write_all(&message(1, FLAG_VERSION_1 | FLAG_REPLY, &[9; 8]))
+            .unwrap();
+        assert_eq!(
+            read_message(&vmm),
+            (1, FLAG_VERSION_1 | FLAG_REPLY, vec![9; 8])
+        );
+    }
+
+    #[test]
+    fn descriptors_travel_with_their_message() {
+        let (vmm, frontend) = UnixStream::pair().unwrap();
+        let (handler, backend) = UnixStream::pair().unwrap();
+        let _relay = Relay::start(frontend, handler).unwrap();
+        let file = std::fs::File::open("/dev/null").unwrap();
+        let bytes = message(5, FLAG_VERSION_1, &[1, 2, 3, 4]); // SET_MEM_TABLE-like
+        vmm.send_with_fds(&[&bytes[..]], &[file.as_raw_fd()])
+            .unwrap();
+        let got = Message::read(&backend).unwrap().unwrap();
+        assert_eq!(
+            (got.request(), got.body.clone(), got.fds.len()),
+            (5, vec![1, 2, 3, 4], 1)
+        );
+    }
+
+    #[test]
+    fn an_oversized_message_ends_the_connection() {
+        let (mut vmm, frontend) = UnixStream::pair().unwrap();
+        let (handler, backend) = UnixStream::pair().unwrap();
+        let _relay = Relay::start(frontend, handler).unwrap();
+        let mut header = message(5, FLAG_VERSION_1, &[]);
+        header[8..12].copy_from_slice(&(1u32 << 20).to_le_bytes());
+        vmm.write_all(&header).unwrap();
+        assert!(
+            Message::read(&backend).unwrap().is_none(),
+            "closed, nothing relayed"
+        );
+    }
+}

@@ -1,0 +1,363 @@
+//! The device side of a queue pair against a mock guest driver, and the
+//! port's negotiation.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use vm_memory::{GuestAddress, GuestMemoryMmap};
+use vswitch_offload::Packet;
+
+use super::queue::{drain_tx, fill_rx};
+use super::*;
+use crate::guest::mock::DriverQueue;
+use crate::guest::{CondvarNotifier, GuestPortConfig};
+
+const SIZE: u16 = 16;
+const HDR: usize = 12;
+
+fn memory() -> GuestMemoryMmap {
+    GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap()
+}
+
+fn driver(mem: &GuestMemoryMmap) -> DriverQueue<'_, GuestMemoryMmap> {
+    DriverQueue::new(mem, GuestAddress(0), SIZE, GuestAddress(0x1_0000), 0x8_0000)
+}
+
+/// A guest port as the backend builds it for a guest that acknowledged
+/// `acked` (ring bits aside).
+fn guest(acked: Features, queue_len: usize) -> (GuestPort, Arc<CondvarNotifier>) {
+    let negotiated = negotiate(1, acked.bits()).unwrap();
+    let notifier = Arc::new(CondvarNotifier::new());
+    let port = GuestPort::new(
+        GuestPortConfig::new("vm").queue_len(queue_len),
+        negotiated,
+        notifier.clone(),
+    );
+    (port, notifier)
+}
+
+fn frame(tag: u8, len: usize) -> Vec<u8> {
+    let mut frame = vec![tag; len];
+    frame[..6].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
+    frame[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+    frame[12..14].copy_from_slice(&[0x88, 0xb5]);
+    frame
+}
+
+#[test]
+fn transmitted_chains_reach_the_switch_and_return_in_one_batch() {
+    let mem = memory();
+    let mut drv = driver(&mem);
+    let mut queue = drv.device_queue();
+    let (port, _) = guest(Features::VERSION_1, 64);
+    let heads: Vec<u16> = (0..3)
+        .map(|i| drv.post_readable(&[&[0u8; HDR], &frame(i, 60)]))
+        .collect();
+    let mut scratch = Vec::new();
+    let done = drain_tx(
+        1,
+        &mut queue,
+        &&mem,
+        port.queue(0).unwrap(),
+        256,
+        &mut scratch,
+    )
+    .unwrap();
+    assert_eq!((done.chains, done.frames, done.more), (3, 3, false));
+    assert!(done.signal, "no suppression asked: the guest is signalled");
+    let used = drv.take_used();
+    assert_eq!(used, heads.iter().map(|&h| (h, 0)).collect::<Vec<_>>());
+    let mut batch = Vec::new();
+    assert_eq!(port.receive(0, &mut batch, 16).unwrap(), 3);
+    for (i, packet) in batch.iter().enumerate() {
+        assert_eq!(&packet.data[..], &frame(i as u8, 60)[..]);
+    }
+}
+
+#[test]
+fn a_budget_leaves_the_rest_for_the_next_call() {
+    let mem = memory();
+    let mut drv = driver(&mem);
+    let mut queue = drv.device_queue();
+    let (port, _) = guest(Features::VERSION_1, 64);
+    for i in 0..5 {
+        drv.post_readable(&[&[0u8; HDR], &frame(i, 60)]);
+    }
+    let mut scratch = Vec::new();
+    let first = drain_tx(
+        1,
+        &mut queue,
+        &&mem,
+        port.queue(0).unwrap(),
+        2,
+        &mut scratch,
+    )
+    .unwrap();
+    assert_eq!((first.frames, first.more), (2, true));
+    let rest = drain_tx(
+        1,
+        &mut queue,
+        &&mem,
+        port.queue(0).unwrap(),
+        256,
+        &mut scratch,
+    )
+    .unwrap();
+    assert_eq!((rest.frames, rest.more), (3, false));
+}
+
+#[test]
+fn a_full_switch_queue_holds_the_guest_back_without_loss() {
+    let mem = memory();
+    let mut drv = driver(&mem);
+    let mut queue = drv.device_queue();
+    let (port, notifier) = guest(Features::VERSION_1, 2);
+    for i in 0..5 {
+        drv.post_readable(&[&[0u8; HDR], &frame(i, 60)]);
+    }
+    let mut scratch = Vec::new();
+    let q = port.queue(0).unwrap();
+    let done = drain_tx(1, &mut queue, &&mem, q, 256, &mut scratch).unwrap();
+    assert_eq!(done.frames, 2, "only what the switch queue holds");
+    assert_eq!(
+        drv.take_used().len(),
+        2,
+        "the other chains stay the guest's"
+    );
+    let mut batch = Vec::new();
+    assert_eq!(port.receive(0, &mut batch, 16).unwrap(), 2);
+    assert!(
+        notifier.wait_timeout(Duration::ZERO),
+        "taking frames from a full queue wakes the device side"
+    );
+    let mut total = 2;
+    while total < 5 {
+        total += drain_tx(1, &mut queue, &&mem, q, 256, &mut scratch)
+            .unwrap()
+            .frames;
+        port.receive(0, &mut batch, 16).unwrap();
+    }
+    let tags: Vec<u8> = batch.iter().map(|p| p.data[20]).collect();
+    assert_eq!(tags, vec![0, 1, 2, 3, 4], "every frame, in order");
+}
+
+#[test]
+fn frames_for_the_guest_fill_its_buffers_and_unused_ones_go_back() {
+    let mem = memory();
+    let mut drv = driver(&mem);
+    let mut queue = drv.device_queue();
+    let (port, _) = guest(Features::VERSION_1, 64);
+    port.send(0, Packet::plain(frame(7, 60))).unwrap();
+    port.send(0, Packet::plain(frame(8, 60))).unwrap();
+    let heads: Vec<u16> = (0..3).map(|_| drv.post_writable(&[2048])).collect();
+    let mut used = Vec::new();
+    let done = fill_rx(0, &mut queue, &&mem, port.queue(0).unwrap(), 256, &mut used).unwrap();
+    assert_eq!((done.frames, done.chains, done.more), (2, 2, false));
+    assert_eq!(
+        drv.take_used(),
+        vec![(heads[0], (HDR + 60) as u32), (heads[1], (HDR + 60) as u32)]
+    );
+    let written = drv.read_chain(heads[1], HDR + 60);
+    assert_eq!(&written[HDR..], &frame(8, 60)[..]);
+    // The third buffer was taken off the ring and put back: the next frame
+    // lands in it.
+    port.send(0, Packet::plain(frame(9, 60))).unwrap();
+    fill_rx(0, &mut queue, &&mem, port.queue(0).unwrap(), 256, &mut used).unwrap();
+    assert_eq!(drv.take_used(), vec![(heads[2], (HDR + 60) as u32)]);
+}
+
+#[test]
+fn a_large_frame_spans_mergeable_buffers() {
+    let mem = memory();
+    let mut drv = driver(&mem);
+    let mut queue = drv.device_queue();
+    let (port, _) = guest(Features::VERSION_1 | Features::MRG_RXBUF, 64);
+    port.send(0, Packet::plain(frame(3, 1400))).unwrap();
+    for _ in 0..4 {
+        drv.post_writable(&[512]);
+    }
+    let mut used = Vec::new();
+    let done = fill_rx(0, &mut queue, &&mem, port.queue(0).unwrap(), 256, &mut used).unwrap();
+    assert_eq!(
+        (done.frames, done.chains),
+        (1, 3),
+        "1412 bytes in 512-byte buffers"
+    );
+    let entries = drv.take_used();
+    let header = drv.read_chain(entries[0].0, HDR);
+    assert_eq!(
+        u16::from_le_bytes([header[10], header[11]]),
+        3,
+        "num_buffers"
+    );
+    assert_eq!(
+        entries.iter().map(|e| e.1).sum::<u32>() as usize,
+        HDR + 1400
+    );
+}
+
+#[test]
+fn without_buffers_frames_wait_and_the_guest_is_asked_to_kick() {
+    let mem = memory();
+    let mut drv = driver(&mem);
+    let mut queue = drv.device_queue();
+    let (port, _) = guest(Features::VERSION_1 | Features::MRG_RXBUF, 64);
+    port.send(0, Packet::plain(frame(3, 1400))).unwrap();
+    drv.post_writable(&[512]);
+    let mut used = Vec::new();
+    let q = port.queue(0).unwrap();
+    let done = fill_rx(0, &mut queue, &&mem, q, 256, &mut used).unwrap();
+    assert_eq!((done.frames, done.chains, done.more), (0, 0, false));
+    assert!(q.rx_pending(), "the frame is kept");
+    // More buffers: the frame goes out, in the one put back and two new.
+    drv.post_writable(&[512]);
+    drv.post_writable(&[512]);
+    let done = fill_rx(0, &mut queue, &&mem, q, 256, &mut used).unwrap();
+    assert_eq!((done.frames, done.chains), (1, 3));
+}
+
+#[test]
+fn an_available_index_a_queue_ahead_breaks_the_queue_not_the_port() {
+    let mem = memory();
+    let mut drv = driver(&mem);
+    let mut queue = drv.device_queue();
+    let (port, _) = guest(Features::VERSION_1, 64);
+    drv.set_avail_idx(SIZE + 1);
+    let mut scratch = Vec::new();
+    let err = drain_tx(
+        1,
+        &mut queue,
+        &&mem,
+        port.queue(0).unwrap(),
+        256,
+        &mut scratch,
+    )
+    .unwrap_err();
+    assert_eq!(err.queue, 1);
+    port.send(0, Packet::plain(frame(1, 60))).unwrap();
+    let mut used = Vec::new();
+    let mut rx_drv = DriverQueue::new(
+        &mem,
+        GuestAddress(0x9_0000),
+        SIZE,
+        GuestAddress(0xa_0000),
+        0x1_0000,
+    );
+    let mut rx_queue = rx_drv.device_queue();
+    rx_drv.post_writable(&[2048]);
+    let done = fill_rx(
+        0,
+        &mut rx_queue,
+        &&mem,
+        port.queue(0).unwrap(),
+        256,
+        &mut used,
+    )
+    .unwrap();
+    assert_eq!(done.frames, 1, "the other ring keeps working");
+}
+
+#[test]
+fn a_head_outside_the_descriptor_table_breaks_the_queue() {
+    let mem = memory();
+    let mut drv = driver(&mem);
+    let mut queue = drv.device_queue();
+    let (port, _) = guest(Features::VERSION_1, 64);
+    drv.post_head(SIZE + 3);
+    let mut scratch = Vec::new();
+    assert!(drain_tx(
+        1,
+        &mut queue,
+        &&mem,
+        port.queue(0).unwrap(),
+        256,
+        &mut scratch
+    )
+    .is_err());
+    assert_eq!(port.stats().tx_errors, 1, "the chain itself is counted too");
+}
+
+#[test]
+fn a_chain_with_a_bad_descriptor_is_returned_empty_and_counted() {
+    let mem = memory();
+    let mut drv = driver(&mem);
+    let mut queue = drv.device_queue();
+    let (port, _) = guest(Features::VERSION_1, 64);
+    let bad = drv.post(&[crate::guest::mock::Desc::readable(0xfff_0000, 100)]);
+    let good = drv.post_readable(&[&[0u8; HDR], &frame(5, 60)]);
+    let mut scratch = Vec::new();
+    let done = drain_tx(
+        1,
+        &mut queue,
+        &&mem,
+        port.queue(0).unwrap(),
+        256,
+        &mut scratch,
+    )
+    .unwrap();
+    assert_eq!(done.chains, 2);
+    assert_eq!(drv.take_used(), vec![(bad, 0), (good, 0)]);
+    assert_eq!(port.stats().tx_errors, 1);
+    assert_eq!(port.stats().tx_frames, 1);
+}
+
+#[test]
+fn negotiation_adds_the_frontends_control_queue_for_mq() {
+    let acked = Features::VERSION_1 | Features::MQ | Features::CSUM | Features::HOST_TSO4;
+    let negotiated = negotiate(4, acked.bits() | (1 << 29) | (1 << 30)).unwrap();
+    assert!(negotiated
+        .features()
+        .contains(Features::MQ | Features::CTRL_VQ));
+    assert!(negotiate(1, (Features::VERSION_1 | Features::HOST_TSO4).bits()).is_err());
+}
+
+#[test]
+fn the_port_declares_what_it_offers_and_refuses_frames_while_down() {
+    let dir = std::env::temp_dir().join(format!("vhost-user-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("down.sock");
+    let port = VhostUserPort::start(VhostUserConfig::new("down", &socket).queue_pairs(2)).unwrap();
+    let caps = port.capabilities();
+    assert_eq!((caps.rx_queues, caps.tx_queues), (2, 2));
+    assert!(caps.egress.tso4 && caps.egress.tso6 && caps.egress.checksum);
+    let err = port.send(1, Packet::plain(frame(1, 60))).unwrap_err();
+    assert!(matches!(err, SendError::Disconnected { .. }));
+    let mut batch = Vec::new();
+    assert_eq!(port.receive(1, &mut batch, 8).unwrap(), 0);
+    assert!(!port.report().connected);
+    assert!(socket.exists());
+    port.shutdown();
+    assert!(!socket.exists(), "the socket is removed");
+    let _ = std::fs::remove_dir(&dir);
+}
+
+#[test]
+fn bad_configurations_are_refused_before_anything_opens() {
+    let err = VhostUserPort::start(VhostUserConfig::new("x", "/nonexistent/x.sock").queue_pairs(9))
+        .unwrap_err();
+    assert!(err.to_string().contains("expected 1 to 8"), "{err}");
+    let err =
+        VhostUserPort::start(VhostUserConfig::new("x", "/nonexistent/dir/x.sock")).unwrap_err();
+    assert!(err.to_string().contains("hint"), "{err}");
+}
+
+#[test]
+fn after_the_guest_took_everything_the_next_frame_notifies_again() {
+    let mem = memory();
+    let mut drv = driver(&mem);
+    let mut queue = drv.device_queue();
+    let (port, notifier) = guest(Features::VERSION_1, 64);
+    for _ in 0..4 {
+        drv.post_writable(&[2048]);
+    }
+    let mut used = Vec::new();
+    for round in 0..3u8 {
+        port.send(0, Packet::plain(frame(round, 60))).unwrap();
+        assert!(
+            notifier.wait_timeout(Duration::ZERO),
+            "round {round}: the device side is woken"
+        );
+        let done = fill_rx(0, &mut queue, &&mem, port.queue(0).unwrap(), 256, &mut used).unwrap();
+        assert_eq!(done.frames, 1, "round {round}");
+    }
+}

@@ -1,0 +1,340 @@
+//! Two Linux guests under QEMU (TCG), each attached to the switch over
+//! vhost-user, run iperf3 between each other; the receiving guest's kernel
+//! verifies every TCP checksum.
+//!
+//! The guests are the project's own initramfs test guests
+//! (`scripts/guest/build-image.sh`, from Debian's kernel, busybox and
+//! iperf3 packages) started by `scripts/guest/run-guest.sh`. The tests are
+//! ignored by default; `.ci/test` runs them where QEMU is installed
+//! (`scripts/guest/install-deps.sh`), and there a missing piece fails them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use vswitch::{PortProfile, Switch, SwitchConfig, VlanId};
+use vswitch_ports::vhost_user::{VhostUserConfig, VhostUserPort};
+use vswitch_ports::Port;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the repository")
+        .to_path_buf()
+}
+
+/// Builds the guest image if needed (cheap when up to date) and returns
+/// its directory; panics with what is missing.
+fn guest_image() -> PathBuf {
+    let repo = repo();
+    let out = repo.join("target/guest-image");
+    let status = Command::new("bash")
+        .arg(repo.join("scripts/guest/build-image.sh"))
+        .arg(&out)
+        .stdout(Stdio::null())
+        .status()
+        .expect("bash runs");
+    assert!(
+        status.success(),
+        "building the guest image failed: run scripts/guest/install-deps.sh as root first"
+    );
+    let qemu = Command::new("qemu-system-x86_64").arg("--version").output();
+    assert!(
+        qemu.map(|o| o.status.success()).unwrap_or(false),
+        "qemu-system-x86_64 is missing: run scripts/guest/install-deps.sh as root"
+    );
+    out
+}
+
+/// A QEMU guest, killed when dropped (also when the test fails).
+struct Guest {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Guest {
+    fn start(image: &Path, dir: &Path, name: &str, socket: &Path, args: &[&str]) -> Guest {
+        let log = dir.join(format!("{name}.log"));
+        let child = Command::new("bash")
+            .arg(repo().join("scripts/guest/run-guest.sh"))
+            .arg("--image")
+            .arg(image)
+            .arg("--socket")
+            .arg(socket)
+            .arg("--log")
+            .arg(&log)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run-guest.sh starts");
+        Guest { child, log }
+    }
+
+    fn console(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the console shows `marker`, or the guest exits, or the
+    /// time is up.
+    fn wait_for(&mut self, marker: &str, limit: Duration) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if self.console().contains(marker) {
+                return true;
+            }
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return self.console().contains(marker);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    fn section(&self, name: &str) -> Option<String> {
+        let console = self.console();
+        let begin = format!("VSW-{name}-BEGIN");
+        let end = format!("VSW-{name}-END");
+        let from = console.find(&begin)? + begin.len();
+        let to = from + console[from..].find(&end)?;
+        Some(console[from..to].to_string())
+    }
+
+    fn line_value(&self, key: &str, field: &str) -> Option<u64> {
+        let console = self.console();
+        let line = console.lines().find(|l| l.starts_with(key))?;
+        let field = format!("{field}=");
+        let at = line.find(&field)? + field.len();
+        line[at..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A directory for one test's sockets and logs, removed when dropped.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(name: &str) -> TempDir {
+        let dir = std::env::temp_dir().join(format!("vswitch-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+/// The bits per second the receiver counted, from iperf3's JSON.
+fn received_bps(json: &str) -> f64 {
+    let key = "\"sum_received\"";
+    let at = json.find(key).expect("iperf3 JSON has sum_received");
+    let rest = &json[at..];
+    let bps = rest.find("\"bits_per_second\"").expect("bits_per_second");
+    rest[bps + 18..]
+        .trim_start_matches([':', ' '])
+        .split([',', '\n', '}'])
+        .next()
+        .and_then(|v| v.trim().parse().ok())
+        .expect("a number")
+}
+
+/// What one pair run asks of the guests.
+struct Pair<'a> {
+    name: &'a str,
+    queue_pairs: usize,
+    iperf_args: &'a str,
+    /// More virtio-net-pci properties for the receiving guest.
+    server_device: &'a str,
+    /// Guests booted one pair after the other on the same sockets.
+    rounds: usize,
+}
+
+fn run_pair(pair: Pair<'_>) {
+    let image = guest_image();
+    let dir = TempDir::new(pair.name);
+    let switch = Switch::start(SwitchConfig::default().workers(2)).unwrap();
+    let sock_a = dir.0.join("a.sock");
+    let sock_b = dir.0.join("b.sock");
+    let config =
+        |name: &str, sock: &Path| VhostUserConfig::new(name, sock).queue_pairs(pair.queue_pairs);
+    let port_a = VhostUserPort::start(config("a", &sock_a)).unwrap();
+    let port_b = VhostUserPort::start(config("b", &sock_b)).unwrap();
+    switch
+        .add_port(
+            port_a.clone() as Arc<dyn Port>,
+            PortProfile::access(VlanId::DEFAULT),
+        )
+        .unwrap();
+    switch
+        .add_port(
+            port_b.clone() as Arc<dyn Port>,
+            PortProfile::access(VlanId::DEFAULT),
+        )
+        .unwrap();
+    let queues = pair.queue_pairs.to_string();
+    for round in 1..=pair.rounds {
+        let mut server_args = vec![
+            "--role",
+            "server",
+            "--ip",
+            "10.0.0.1/24",
+            "--mac",
+            "52:54:00:00:00:01",
+            "--queues",
+            &queues,
+        ];
+        if !pair.server_device.is_empty() {
+            server_args.extend(["--device-opts", pair.server_device]);
+        }
+        let mut server = Guest::start(
+            &image,
+            &dir.0,
+            &format!("server{round}"),
+            &sock_a,
+            &server_args,
+        );
+        assert!(
+            server.wait_for("VSW-READY", Duration::from_secs(120)),
+            "round {round}: the server guest did not get ready; console:\n{}\nport: {:?}",
+            server.console(),
+            port_a.report()
+        );
+        let mut client = Guest::start(
+            &image,
+            &dir.0,
+            &format!("client{round}"),
+            &sock_b,
+            &[
+                "--role",
+                "client",
+                "--ip",
+                "10.0.0.2/24",
+                "--peer",
+                "10.0.0.1",
+                "--mac",
+                "52:54:00:00:00:02",
+                "--queues",
+                &queues,
+                "--args",
+                pair.iperf_args,
+            ],
+        );
+        let done = client.wait_for("VSW-EXIT", Duration::from_secs(180))
+            && server.wait_for("VSW-CSUM-ERRORS", Duration::from_secs(30));
+        let report = format!(
+            "round {round}\nclient console:\n{}\nserver console:\n{}\nport a: {:?}\nport b: {:?}\nswitch: {:?}",
+            client.console(),
+            server.console(),
+            port_a.report(),
+            port_b.report(),
+            switch.stats()
+        );
+        assert!(done, "the transfer did not finish\n{report}");
+        assert_eq!(
+            client.line_value("VSW-EXIT", "rc"),
+            Some(0),
+            "iperf3 failed\n{report}"
+        );
+        let json = client.section("RESULT").expect("iperf3 result");
+        let bps = received_bps(&json);
+        assert!(
+            bps > 1e7,
+            "{:.1} Mbit/s received: the transfer stalled\n{report}",
+            bps / 1e6
+        );
+        assert_eq!(
+            server.line_value("VSW-CSUM-ERRORS", "tcp"),
+            Some(0),
+            "the receiving kernel found bad TCP checksums\n{report}"
+        );
+        let a = port_a.report();
+        let b = port_b.report();
+        assert_eq!((a.broken_queues, b.broken_queues), (0, 0), "{report}");
+        assert!(a.guest.rx_frames > 0 && b.guest.tx_frames > 0, "{report}");
+        assert_eq!(a.connections, round as u64, "{report}");
+        eprintln!(
+            "{} round {round}: {:.2} Gbit/s received; a: {:?}; b: {:?}",
+            pair.name,
+            bps / 1e9,
+            a.guest,
+            b.guest
+        );
+        if !pair.server_device.is_empty() {
+            assert!(
+                a.guest.rx_adapted > 0,
+                "frames were cut for the guest\n{report}"
+            );
+        }
+        // Both guests power off when done; the ports go down and stay in
+        // the switch for the next round.
+        let _ = client.child.wait();
+        let _ = server.child.wait();
+    }
+    switch.stop();
+}
+
+#[test]
+#[ignore = "boots two QEMU guests (TCG): needs qemu-system-x86_64 and the guest image (scripts/guest/install-deps.sh); run by .ci/test"]
+fn two_guests_run_iperf3_over_vhost_user() {
+    run_pair(Pair {
+        name: "vhost-user-1q",
+        queue_pairs: 1,
+        iperf_args: "-P 4 -t 4",
+        server_device: "",
+        rounds: 1,
+    });
+}
+
+#[test]
+#[ignore = "boots two QEMU guests (TCG): needs qemu-system-x86_64 and the guest image (scripts/guest/install-deps.sh); run by .ci/test"]
+fn two_multi_queue_guests_spread_flows_over_queue_pairs() {
+    run_pair(Pair {
+        name: "vhost-user-2q",
+        queue_pairs: 2,
+        iperf_args: "-P 8 -t 4",
+        server_device: "",
+        rounds: 1,
+    });
+}
+
+#[test]
+#[ignore = "boots two QEMU guests (TCG): needs qemu-system-x86_64 and the guest image (scripts/guest/install-deps.sh); run by .ci/test"]
+fn a_guest_without_receive_offloads_gets_segments_its_kernel_verifies() {
+    run_pair(Pair {
+        name: "vhost-user-no-rx-offload",
+        queue_pairs: 1,
+        iperf_args: "-P 4 -t 4",
+        server_device: "guest_csum=off,guest_tso4=off,guest_tso6=off,guest_ecn=off,guest_uso4=off,guest_uso6=off",
+        rounds: 1,
+    });
+}
+
+#[test]
+#[ignore = "boots two QEMU guests (TCG): needs qemu-system-x86_64 and the guest image (scripts/guest/install-deps.sh); run by .ci/test"]
+fn guests_that_power_off_come_back_on_the_same_sockets() {
+    run_pair(Pair {
+        name: "vhost-user-reconnect",
+        queue_pairs: 1,
+        iperf_args: "-P 2 -t 2",
+        server_device: "",
+        rounds: 2,
+    });
+}
