@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::run::spec::{PortSpec, SpecError, TapSpec};
+use crate::run::spec::{PortSpec, SpecError, TapSpec, VhostUserSpec};
 
 /// Smallest MTU a port may have (`run`, `demo`, port specs): the IPv4
 /// minimum datagram every host must take.
@@ -96,6 +96,10 @@ fn tap_spec(text: &str) -> Result<TapSpec, SpecError> {
     text.parse()
 }
 
+fn vhost_user_spec(text: &str) -> Result<VhostUserSpec, SpecError> {
+    text.parse()
+}
+
 fn vlan_value(text: &str) -> Result<vswitch::VlanId, String> {
     crate::run::spec::parse_vlan(text)
 }
@@ -178,12 +182,22 @@ pub struct PortArgs {
     /// gro=off: every frame runs through the kernel's stack alone.
     #[arg(long = "tap", value_name = "SPEC", value_parser = tap_spec)]
     pub tap: Vec<TapSpec>,
+    /// A guest over vhost-user: PATH[:client][:queues=N][:name=NAME][:mtu=N]
+    /// [:vlan=N | :trunk=LIST[:native=N]][:max-learned=N].
+    /// The switch listens on PATH (QEMU: -chardev socket,path=PATH), or with
+    /// `client` connects to a VMM listening there (QEMU: server=on) and
+    /// reconnects when it goes away. queues=N: queue pairs offered (1 to 8,
+    /// default --queues). The port's name is NAME, else PATH's file stem.
+    #[arg(long = "vhost-user", value_name = "SPEC", value_parser = vhost_user_spec)]
+    pub vhost_user: Vec<VhostUserSpec>,
 }
 
 impl PortArgs {
     /// The ports, in the order of their kinds' flags.
     pub fn specs(&self) -> Vec<PortSpec> {
-        self.tap.iter().cloned().map(PortSpec::Tap).collect()
+        let taps = self.tap.iter().cloned().map(PortSpec::Tap);
+        let guests = self.vhost_user.iter().cloned().map(PortSpec::VhostUser);
+        taps.chain(guests).collect()
     }
 }
 

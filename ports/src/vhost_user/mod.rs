@@ -191,7 +191,7 @@ impl VhostUserConfig {
                 found: self.queue_size,
             });
         }
-        if !(68..=9000).contains(&self.mtu) {
+        if !(68..=9216).contains(&self.mtu) {
             return Err(VhostUserError::Mtu { found: self.mtu });
         }
         Ok(())
@@ -214,7 +214,7 @@ pub enum VhostUserError {
         found: u16,
     },
     /// MTU out of range.
-    #[error("MTU: expected 68 to 9000, found {found}")]
+    #[error("MTU: expected 68 to 9216, found {found}")]
     Mtu {
         /// The MTU asked for.
         found: u16,

@@ -320,13 +320,13 @@ pub fn format_show(show: &Show) -> String {
 /// Ports as a table.
 pub fn format_ports(ports: &[PortView]) -> String {
     let mut out = format!(
-        "{:<12} {:<5} {:<14} {:>6} {:>5} {:<20} {:<40} {:<18} {:>11}\n",
+        "{:<12} {:<10} {:<14} {:>6} {:>5} {:<20} {:<40} {:<18} {:>11}\n",
         "PORT", "KIND", "STATE", "QUEUES", "MTU", "OFFLOADS", "SWITCH DOES", "VLAN", "LEARNED/MAX"
     );
     for p in ports {
         let _ = writeln!(
             out,
-            "{:<12} {:<5} {:<14} {:>6} {:>5} {:<20} {:<40} {:<18} {:>11}",
+            "{:<12} {:<10} {:<14} {:>6} {:>5} {:<20} {:<40} {:<18} {:>11}",
             p.name,
             p.kind,
             p.state,

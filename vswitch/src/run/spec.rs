@@ -20,6 +20,9 @@ use std::time::Duration;
 
 use vswitch::{PortProfile, VlanId, VlanMode, VlanSet};
 use vswitch_ports::tap::{self, KernelReceive, TapConfig, TapOffloads, TapPort};
+use vswitch_ports::vhost_user::{
+    SocketMode, VhostUserConfig, VhostUserError, VhostUserPort, MAX_QUEUE_PAIRS,
+};
 use vswitch_ports::Port;
 
 use crate::cli::{MTU_MAX, MTU_MIN, QUEUES_MAX};
@@ -47,17 +50,20 @@ fn spec_error(spec: &str, problem: impl Into<String>) -> SpecError {
 pub enum PortSpec {
     /// A TAP device (`--tap NAME[:option...]`).
     Tap(TapSpec),
+    /// A guest attached over vhost-user (`--vhost-user PATH[:option...]`).
+    VhostUser(VhostUserSpec),
 }
 
 impl PortSpec {
     /// The kinds, as named on the command line (`--KIND`), in the protocol
     /// and in configuration files.
-    pub const KINDS: [&'static str; 1] = ["tap"];
+    pub const KINDS: [&'static str; 2] = ["tap", "vhost-user"];
 
     /// Parses the spec of a port of `kind` (the text after `--KIND`).
     pub fn parse_kind(kind: &str, spec: &str) -> Result<PortSpec, SpecError> {
         match kind {
             "tap" => spec.parse().map(PortSpec::Tap),
+            "vhost-user" => spec.parse().map(PortSpec::VhostUser),
             other => Err(spec_error(
                 spec,
                 format!(
@@ -72,6 +78,7 @@ impl PortSpec {
     pub fn kind(&self) -> &'static str {
         match self {
             PortSpec::Tap(_) => "tap",
+            PortSpec::VhostUser(_) => "vhost-user",
         }
     }
 
@@ -79,6 +86,7 @@ impl PortSpec {
     pub fn name(&self) -> &str {
         match self {
             PortSpec::Tap(spec) => &spec.name,
+            PortSpec::VhostUser(spec) => &spec.name,
         }
     }
 
@@ -86,6 +94,7 @@ impl PortSpec {
     pub fn profile(&self) -> &ProfileOptions {
         match self {
             PortSpec::Tap(spec) => &spec.profile,
+            PortSpec::VhostUser(spec) => &spec.profile,
         }
     }
 }
@@ -95,6 +104,7 @@ impl fmt::Display for PortSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PortSpec::Tap(spec) => write!(f, "tap:{spec}"),
+            PortSpec::VhostUser(spec) => write!(f, "vhost-user:{spec}"),
         }
     }
 }
@@ -393,6 +403,122 @@ impl fmt::Display for TapSpec {
     }
 }
 
+/// One `--vhost-user PATH[:client][:queues=N][:name=NAME][:mtu=N]
+/// [:vlan=N|:trunk=LIST[:native=N]][:max-learned=N]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VhostUserSpec {
+    /// The socket.
+    pub socket: std::path::PathBuf,
+    /// The port's name: `name=`, else the socket's file name without its
+    /// extension.
+    pub name: String,
+    /// The VMM listens (QEMU's `server=on`) and the switch connects.
+    pub client: bool,
+    /// Queue pairs offered, when not the command's `--queues`.
+    pub queues: Option<usize>,
+    /// MTU, when not the command's `--mtu`.
+    pub mtu: Option<u16>,
+    /// VLAN profile and address limit.
+    pub profile: ProfileOptions,
+}
+
+impl FromStr for VhostUserSpec {
+    type Err = SpecError;
+
+    fn from_str(spec: &str) -> Result<Self, SpecError> {
+        let mut parts = spec.split(':');
+        let path = parts.next().unwrap_or_default();
+        if path.is_empty() {
+            return Err(spec_error(spec, "expected the socket's path first"));
+        }
+        let socket = std::path::PathBuf::from(path);
+        let mut parsed = VhostUserSpec {
+            name: socket
+                .file_stem()
+                .map(|stem| stem.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            socket,
+            client: false,
+            queues: None,
+            mtu: None,
+            profile: ProfileOptions::default(),
+        };
+        for option in parts {
+            parsed
+                .take(option)
+                .map_err(|problem| spec_error(spec, problem))?;
+        }
+        if parsed.name.is_empty() {
+            return Err(spec_error(
+                spec,
+                "the socket's path names no file: give name=NAME",
+            ));
+        }
+        Ok(parsed)
+    }
+}
+
+impl VhostUserSpec {
+    fn take(&mut self, option: &str) -> Result<(), String> {
+        match option {
+            "client" => self.client = true,
+            "server" => self.client = false,
+            other if other.starts_with("name=") => {
+                let name = &other["name=".len()..];
+                if name.is_empty() || name.bytes().any(|b| b.is_ascii_whitespace()) {
+                    return Err(format!("{other:?}: expected a name without spaces"));
+                }
+                self.name = name.to_string();
+            }
+            other if other.starts_with("queues=") => {
+                let queues = other["queues=".len()..]
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|q| (1..=MAX_QUEUE_PAIRS).contains(q))
+                    .ok_or_else(|| {
+                        format!("{other:?}: expected 1 to {MAX_QUEUE_PAIRS} queue pairs")
+                    })?;
+                self.queues = Some(queues);
+            }
+            other if other.starts_with("mtu=") => {
+                let mtu = other["mtu=".len()..]
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|m| (MTU_MIN..=MTU_MAX).contains(m))
+                    .ok_or_else(|| {
+                        format!("{other:?}: expected an MTU of {MTU_MIN} to {MTU_MAX}")
+                    })?;
+                self.mtu = Some(mtu);
+            }
+            other => {
+                if !self.profile.take(other)? {
+                    return Err(format!(
+                        "unknown option {other:?}, expected client, server, queues=N, name=NAME, \
+                         mtu=N, vlan=N, trunk=LIST, native=N or max-learned=N"
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for VhostUserSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:name={}", self.socket.display(), self.name)?;
+        if self.client {
+            write!(f, ":client")?;
+        }
+        if let Some(queues) = self.queues {
+            write!(f, ":queues={queues}")?;
+        }
+        if let Some(mtu) = self.mtu {
+            write!(f, ":mtu={mtu}")?;
+        }
+        self.profile.write_options(f)
+    }
+}
+
 /// What a port is opened with when its spec does not say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PortDefaults {
@@ -449,6 +575,15 @@ pub enum OpenError {
         /// What usually causes it.
         hint: Option<&'static str>,
     },
+    /// The vhost-user socket could not be opened.
+    #[error("cannot start vhost-user port {name}: {source}")]
+    VhostUser {
+        /// The port.
+        name: String,
+        /// What failed (with its own hint).
+        #[source]
+        source: VhostUserError,
+    },
 }
 
 fn hint_suffix(hint: Option<&'static str>) -> String {
@@ -479,6 +614,7 @@ pub fn tap_open_hint(err: &io::Error, queues: usize) -> Option<&'static str> {
 pub fn open_port(spec: &PortSpec, defaults: PortDefaults) -> Result<OpenedPort, OpenError> {
     match spec {
         PortSpec::Tap(tap) => open_tap(tap, defaults),
+        PortSpec::VhostUser(spec) => open_vhost_user(spec, defaults),
     }
 }
 
@@ -531,6 +667,58 @@ fn open_tap(spec: &TapSpec, defaults: PortDefaults) -> Result<OpenedPort, OpenEr
         mtu,
         offloads,
         detail,
+        health,
+    })
+}
+
+fn open_vhost_user(spec: &VhostUserSpec, defaults: PortDefaults) -> Result<OpenedPort, OpenError> {
+    // More queue pairs than a guest may ever use serve nobody.
+    let pairs = spec.queues.unwrap_or(defaults.queues).min(MAX_QUEUE_PAIRS);
+    let mtu = spec.mtu.unwrap_or(defaults.mtu);
+    let mode = if spec.client {
+        SocketMode::Client
+    } else {
+        SocketMode::Server
+    };
+    let config = VhostUserConfig::new(spec.name.clone(), spec.socket.clone())
+        .queue_pairs(pairs)
+        .mtu(mtu)
+        .mode(mode);
+    let port = VhostUserPort::start(config).map_err(|source| OpenError::VhostUser {
+        name: spec.name.clone(),
+        source,
+    })?;
+    let health_port = port.clone();
+    let health: Health = Arc::new(move || {
+        let report = health_port.report();
+        if report.connected {
+            PortState::Up
+        } else {
+            PortState::Down {
+                reason: match report.last_error {
+                    Some(error) if report.connections > 0 => {
+                        format!("no guest attached (last: {error})")
+                    }
+                    _ => "no guest attached yet".into(),
+                },
+            }
+        }
+    });
+    Ok(OpenedPort {
+        queues: pairs,
+        port: port.clone(),
+        profile: spec.profile.profile(),
+        mtu,
+        offloads: "offered: csum, TSO4/6, ECN, UFO, USO".into(),
+        detail: format!(
+            "socket {} ({})",
+            spec.socket.display(),
+            if spec.client {
+                "the VMM listens"
+            } else {
+                "the switch listens"
+            }
+        ),
         health,
     })
 }
@@ -592,6 +780,35 @@ mod tests {
     }
 
     #[test]
+    fn vhost_user_specs_parse() {
+        let spec: VhostUserSpec = "/run/vswitch/vm0.sock".parse().unwrap();
+        assert_eq!(
+            (spec.name.as_str(), spec.client, spec.queues),
+            ("vm0", false, None)
+        );
+        let spec: VhostUserSpec = "/tmp/q.sock:client:queues=8:name=web".parse().unwrap();
+        assert_eq!(
+            (spec.name.as_str(), spec.client, spec.queues),
+            ("web", true, Some(8))
+        );
+        for bad in [
+            "",
+            ":client",
+            "/x.sock:queues=9",
+            "/x.sock:queues=0",
+            "/x.sock:mtu=70000",
+            "/x.sock:colour=red",
+        ] {
+            assert!(bad.parse::<VhostUserSpec>().is_err(), "{bad}");
+        }
+        let err = "/x.sock:queues=9"
+            .parse::<VhostUserSpec>()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("1 to 8"), "{err}");
+    }
+
+    #[test]
     fn errors_say_what_was_expected() {
         let err = "tap1:mtu=70000".parse::<TapSpec>().unwrap_err().to_string();
         assert!(err.contains("576 to 9216"), "{err}");
@@ -611,6 +828,14 @@ mod tests {
             assert_eq!(spec.kind(), "tap");
         }
         assert!("vhost:x".parse::<PortSpec>().is_err());
+        for text in [
+            "vhost-user:/run/vm0.sock:name=vm0",
+            "vhost-user:/tmp/a.sock:name=guest-a:client:queues=4:mtu=9000:vlan=20",
+        ] {
+            let spec: PortSpec = text.parse().unwrap();
+            assert_eq!(spec.to_string(), text);
+            assert_eq!(spec.kind(), "vhost-user");
+        }
         assert!("tap0".parse::<PortSpec>().is_err());
     }
 
