@@ -167,7 +167,13 @@ struct Pair<'a> {
     rounds: usize,
 }
 
+/// Two TCG guests take both CPUs of a small machine: one pair at a time.
+static ONE_PAIR_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn run_pair(pair: Pair<'_>) {
+    let _turn = ONE_PAIR_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let image = guest_image();
     let dir = TempDir::new(pair.name);
     let switch = Switch::start(SwitchConfig::default().workers(2)).unwrap();
