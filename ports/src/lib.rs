@@ -31,6 +31,8 @@ pub mod smoltcp_port;
 mod sys;
 #[cfg(target_os = "linux")]
 pub mod tap;
+#[cfg(target_os = "linux")]
+pub mod uplink;
 
 pub use memory::{memory_port, InjectError, MemoryEndpoint, MemoryPort, MemoryPortConfig};
 pub use port::{BatchSendError, Port, PortCapabilities, PortError, SendError};
