@@ -81,7 +81,6 @@
 //! again at once (the sockets survive it). An interface that disappears
 //! ([`LinkState::Gone`]) leaves the sockets unbound; a port opened by name
 //! opens new ones when an interface of that name is back.
-#![allow(clippy::module_name_repetitions)]
 
 mod offload;
 
@@ -121,7 +120,7 @@ const RX_POOL_PROBES: usize = 4;
 
 /// Socket buffer size asked for each socket (SO_RCVBUFFORCE /
 /// SO_SNDBUFFORCE, which root may set beyond the system maximum).
-const SOCKET_BUFFER: i32 = 4 << 20;
+const SOCKET_BUFFER: i32 = 16 << 20;
 
 /// How an uplink is opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
