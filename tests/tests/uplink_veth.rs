@@ -146,7 +146,7 @@ fn frames_cross_the_wire_with_their_content_and_checksum_state() {
     let report = uplink.report();
     assert_eq!(
         report.vnet_hdr_len, 12,
-        "PACKET_VNET_HDR_SZ since Linux 6.2"
+        "a kernel with PACKET_VNET_HDR_SZ takes the 12-byte header"
     );
     assert!(report.nic.tx_checksum && report.nic.tso, "{report}");
     assert!(uplink.capabilities().egress.tso4, "veth does TSO: {report}");
