@@ -3,7 +3,8 @@
 //! other side is host B's (198.18.0.2), and iperf3 between them. The
 //! receiving kernels verify every TCP checksum and must count no error.
 //!
-//! (o) the wire offers tx checksumming and TSO: large frames cross whole.
+//! (o) the wire offers tx checksumming and TSO: large frames cross whole;
+//!     the uplink has two queues in a fanout group, one per worker.
 //! (n) the wire offers nothing (`ethtool -K tx off sg off tso off gso off`,
 //!     a NIC without offloads): the switch segments and checksums every
 //!     frame toward it in software.
@@ -54,7 +55,7 @@ fn wait_until_up(ns: &NetNs, name: &str) {
     }
 }
 
-fn iperf_between_wire_and_tap(label: &str, wire_offloads: bool) {
+fn iperf_between_wire_and_tap(label: &str, wire_offloads: bool, queues: usize) {
     assert!(
         Command::new("iperf3").arg("--version").output().is_ok(),
         "{label}: iperf3 is not installed (.ci/install-deps installs it)"
@@ -81,7 +82,9 @@ fn iperf_between_wire_and_tap(label: &str, wire_offloads: bool) {
 
     let uplink = UplinkPort::open(
         &up,
-        UplinkConfig::new(OffloadMode::Auto).netns(format!("/run/netns/{}", ns_a.name())),
+        UplinkConfig::new(OffloadMode::Auto)
+            .queues(queues)
+            .netns(format!("/run/netns/{}", ns_a.name())),
     )
     .expect("open uplink");
     assert_eq!(uplink.link(), LinkState::Up);
@@ -186,12 +189,12 @@ fn iperf_between_wire_and_tap(label: &str, wire_offloads: bool) {
 #[ignore = "needs root, ip netns, veth, ethtool and iperf3: bash .ci/test runs it where they are"]
 fn iperf3_between_a_wire_with_offloads_and_a_tap() {
     require_netns!();
-    iperf_between_wire_and_tap("o", true);
+    iperf_between_wire_and_tap("o", true, 2);
 }
 
 #[test]
 #[ignore = "needs root, ip netns, veth, ethtool and iperf3: bash .ci/test runs it where they are"]
 fn iperf3_between_a_wire_without_offloads_and_a_tap() {
     require_netns!();
-    iperf_between_wire_and_tap("n", false);
+    iperf_between_wire_and_tap("n", false, 1);
 }

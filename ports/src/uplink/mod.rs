@@ -94,6 +94,7 @@
 //! ([`UplinkPort::from_fd`]) cannot, and stays gone.
 
 mod offload;
+mod spec;
 
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, OwnedFd};
@@ -112,6 +113,7 @@ use crate::port::{BatchSendError, Port, PortCapabilities, PortError, SendError};
 use crate::sys::{self, ethtool_cmd, Received, MMSG_MAX};
 
 pub use offload::{BadOffloadMode, NicFeatures, OffloadMode};
+pub use spec::{BadUplinkSpec, UplinkSpec};
 
 /// Largest frame an uplink takes in: a 64 KiB IP packet (a GRO or GSO
 /// frame) with Ethernet and two VLAN tags.
