@@ -10,7 +10,7 @@ use etherparse::{NetHeaders, PacketHeaders, TransportHeader};
 use vswitch_offload::testing::FrameBuilder;
 use vswitch_offload::virtio::{FLAG_NEEDS_CSUM, GSO_NONE, GSO_TCPV4};
 use vswitch_offload::{CheckedFrame, Packet};
-use vswitch_ports::uplink::{LinkState, OffloadMode, UplinkConfig, UplinkPort};
+use vswitch_ports::uplink::{open_packet_socket, LinkState, OffloadMode, UplinkConfig, UplinkPort};
 use vswitch_ports::{BatchSendError, Port};
 use vswitch_tests::{require_netns, NetNs};
 
@@ -391,4 +391,30 @@ fn opening_a_missing_interface_says_what_was_expected() {
     );
     let err = UplinkPort::open("x", UplinkConfig::default().netns("/nonexistent/ns")).unwrap_err();
     assert!(err.to_string().contains("/run/netns/NAME"), "{err}");
+}
+
+#[test]
+#[ignore = "needs root, ip netns, veth: bash .ci/test runs it where they are"]
+fn a_port_from_a_socket_the_embedder_opened_carries_frames_both_ways() {
+    require_netns!();
+    let wire = Wire::new("d");
+    let path = wire.netns_path();
+    // A socket opened in the wire's namespace; the port looks the
+    // interface up in the socket's namespace, not in the caller's.
+    let fd = open_packet_socket(Some(std::path::Path::new(&path))).unwrap();
+    let uplink = UplinkPort::from_fd(fd, &wire.up, UplinkConfig::new(OffloadMode::Auto)).unwrap();
+    let caps = uplink.capabilities();
+    assert_eq!((caps.rx_queues, caps.tx_queues), (1, 1));
+    assert_eq!(uplink.link(), LinkState::Up);
+    let peer = wire.open(&wire.peer, UplinkConfig::new(OffloadMode::None));
+    let frame = FrameBuilder::udp4(A, B).payload(vec![5; 300]);
+    send(&uplink, vec![frame.packet()]);
+    assert_eq!(&receive(&peer, 0, 1)[0].data[..], &frame.build()[..]);
+    send(&peer, vec![frame.packet()]);
+    assert_eq!(&receive(&uplink, 0, 1)[0].data[..], &frame.build()[..]);
+    assert_eq!(
+        leftovers(&uplink),
+        0,
+        "one socket both ways still skips its own frames"
+    );
 }

@@ -35,7 +35,10 @@
 //!   no received frame, and use `PACKET_QDISC_BYPASS` (configurable): a
 //!   frame goes straight to the driver, and a full driver ring is a
 //!   [`SendError::Full`] the switch retries, not a frame queued in a
-//!   qdisc behind the switch's own queues.
+//!   qdisc behind the switch's own queues. The bypass skips the kernel's
+//!   software GSO too (a bypassing frame that needs it is dropped), so it
+//!   is turned off while the port passes large frames the NIC does not
+//!   cut ([`OffloadMode::Tso`] on a NIC without TSO).
 //! * With more than one queue the receiving sockets join one
 //!   `PACKET_FANOUT_HASH` group: the kernel spreads frames over them by
 //!   flow hash, as a multi-queue NIC's RSS does, so each flow stays on one
@@ -99,7 +102,7 @@ mod spec;
 use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
@@ -148,7 +151,9 @@ pub struct UplinkConfig {
     /// How often the link state and (with [`OffloadMode::Auto`]) the NIC's
     /// features are read again.
     pub refresh: Duration,
-    /// Send with `PACKET_QDISC_BYPASS`.
+    /// Send with `PACKET_QDISC_BYPASS` where that is safe: not while large
+    /// frames pass that the NIC does not cut, since the kernel drops a
+    /// bypassing frame that needs its software GSO.
     pub qdisc_bypass: bool,
     /// Open the sockets in the network namespace at this path (for example
     /// `/run/netns/NAME`), not in the caller's; the interface is looked up
@@ -408,6 +413,9 @@ pub struct UplinkReport {
     pub queues: usize,
     /// The virtio-net header size in use (12, or 10 on older kernels).
     pub vnet_hdr_len: usize,
+    /// Whether frames bypass the interface's qdisc now (see
+    /// [`UplinkConfig::qdisc_bypass`]).
+    pub qdisc_bypass: bool,
     /// Counters.
     pub stats: UplinkStats,
 }
@@ -486,6 +494,8 @@ pub struct UplinkPort {
     sockets: RwLock<Arc<Sockets>>,
     status: RwLock<Status>,
     link: AtomicU8,
+    /// Whether the sending sockets bypass the qdisc now.
+    bypass: AtomicBool,
     rx: Vec<Mutex<RxQueue>>,
     tx: Vec<Mutex<TxQueue>>,
     /// Serialises refreshes; `next_refresh` says when the next is due, in
@@ -527,7 +537,7 @@ impl UplinkPort {
         let ifindex = sys::interface_index(fd.as_fd(), interface)
             .map_err(|err| no_such_interface(interface, &config, err))?;
         let (format, filter_outgoing) = setup_rx(&fd, interface, ifindex, None)?;
-        setup_tx(&tx, interface, ifindex, &config, format, false)?;
+        setup_tx(&tx, interface, ifindex, format, false)?;
         let sockets = Sockets {
             rx: vec![fd],
             tx: vec![tx],
@@ -553,6 +563,9 @@ impl UplinkPort {
         };
         let nic = read_features(fd, interface).unwrap_or_default();
         let declared = config.offload.egress_capabilities(nic, mtu);
+        let bypass = bypass_fits(&config, nic, &declared);
+        set_bypass(&sockets, bypass)
+            .map_err(|err| UplinkError::setup(interface, "PACKET_QDISC_BYPASS", err))?;
         let link = read_link(&sockets, interface);
         let queues = sockets.rx.len();
         let port = UplinkPort {
@@ -568,6 +581,7 @@ impl UplinkPort {
                 current: declared,
             }),
             link: AtomicU8::new(link.as_u8()),
+            bypass: AtomicBool::new(bypass),
             rx: (0..queues)
                 .map(|_| {
                     Mutex::new(RxQueue {
@@ -619,6 +633,7 @@ impl UplinkPort {
             current: status.current,
             queues: self.caps.rx_queues,
             vnet_hdr_len: self.sockets().format.size(),
+            qdisc_bypass: self.bypass.load(Ordering::Acquire),
             stats: self.stats(),
         }
     }
@@ -639,12 +654,14 @@ impl UplinkPort {
         self.schedule_refresh();
         let mut sockets = self.sockets();
         let mut link = read_link(&sockets, &self.interface);
+        let mut reopened = false;
         if link == LinkState::Gone {
             if let Some(fresh) = self.try_reopen() {
                 *self.sockets.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(fresh);
                 bump(&self.counters.reopens, 1);
                 sockets = self.sockets();
                 link = read_link(&sockets, &self.interface);
+                reopened = true;
             }
         }
         let old = LinkState::from_u8(self.link.swap(link.as_u8(), Ordering::AcqRel));
@@ -656,17 +673,26 @@ impl UplinkPort {
                 bump(&self.counters.rx_kernel_drops, u64::from(drops));
             }
         }
-        if link != LinkState::Gone && self.config.offload == OffloadMode::Auto {
+        if link != LinkState::Gone {
             if let Ok(nic) = read_features(sockets.rx[0].as_fd(), &self.interface) {
                 let mut status = self.status.write().unwrap_or_else(PoisonError::into_inner);
                 if status.nic != nic {
                     bump(&self.counters.feature_changes, 1);
                     status.nic = nic;
-                    status.current = self
-                        .config
-                        .offload
-                        .egress_capabilities(nic, self.caps.egress.mtu);
+                    if self.config.offload == OffloadMode::Auto {
+                        status.current = self
+                            .config
+                            .offload
+                            .egress_capabilities(nic, self.caps.egress.mtu);
+                    }
                 }
+            }
+            let status = self.status();
+            let bypass = bypass_fits(&self.config, status.nic, &status.current);
+            if (reopened || bypass != self.bypass.load(Ordering::Acquire))
+                && set_bypass(&sockets, bypass).is_ok()
+            {
+                self.bypass.store(bypass, Ordering::Release);
             }
         }
         link
@@ -803,6 +829,23 @@ impl UplinkPort {
     }
 }
 
+/// Opens an unbound AF_PACKET raw socket, non-blocking and close-on-exec,
+/// in this network namespace or the one at `netns`: what a privileged
+/// process hands to a sandboxed one for [`UplinkPort::from_fd`]. It
+/// receives nothing until that binds it.
+pub fn open_packet_socket(netns: Option<&std::path::Path>) -> Result<OwnedFd, UplinkError> {
+    let socket_error = |err| UplinkError::setup("an uplink", "socket", err);
+    match netns {
+        None => sys::packet_socket().map_err(socket_error),
+        Some(path) => sys::in_netns(path, || Ok(sys::packet_socket()))
+            .map_err(|source| UplinkError::Namespace {
+                path: path.display().to_string(),
+                source,
+            })?
+            .map_err(socket_error),
+    }
+}
+
 /// The header as the kernel is to see it: only NEEDS_CSUM among the flags
 /// (DATA_VALID means nothing on transmit), no merged buffers, and a header
 /// length the frame holds (the kernel refuses a longer one; a guest's is
@@ -887,7 +930,7 @@ fn open_sockets(interface: &str, config: &UplinkConfig) -> Result<Sockets, Uplin
         filter_outgoing |= filter;
         let sender =
             sys::packet_socket().map_err(|err| UplinkError::setup(interface, "socket", err))?;
-        setup_tx(&sender, interface, ifindex, config, format, true)?;
+        setup_tx(&sender, interface, ifindex, format, true)?;
         rx.push(socket);
         tx.push(sender);
     }
@@ -958,14 +1001,13 @@ fn setup_rx(
     Ok((format, filter_outgoing))
 }
 
-/// Sets up a sending socket: the same header format, qdisc bypass, buffer,
+/// Sets up a sending socket: the same header format, buffer,
 /// and (with `bind`) bound without a receive hook. A socket that also
 /// receives (from [`UplinkPort::from_fd`]) is bound already.
 fn setup_tx(
     fd: &OwnedFd,
     interface: &str,
     ifindex: i32,
-    config: &UplinkConfig,
     format: HdrFormat,
     bind: bool,
 ) -> Result<(), UplinkError> {
@@ -980,10 +1022,6 @@ fn setup_tx(
                 .map_err(|err| UplinkError::setup(interface, "PACKET_VNET_HDR", err))?;
         }
     }
-    if config.qdisc_bypass {
-        sys::set_int_option(fd.as_fd(), libc::SOL_PACKET, libc::PACKET_QDISC_BYPASS, 1)
-            .map_err(|err| UplinkError::setup(interface, "PACKET_QDISC_BYPASS", err))?;
-    }
     if sys::set_int_option(
         fd.as_fd(),
         libc::SOL_SOCKET,
@@ -997,6 +1035,33 @@ fn setup_tx(
     if bind {
         sys::bind_packet(fd.as_fd(), ifindex, false)
             .map_err(|err| UplinkError::setup(interface, "bind", err))?;
+    }
+    Ok(())
+}
+
+/// Whether the sending sockets may bypass the qdisc: asked for, and no
+/// large frame passes that the NIC does not cut itself. The kernel's
+/// software GSO runs only on the qdisc path: a frame sent with
+/// `PACKET_QDISC_BYPASS` that would need it is dropped by the kernel, so
+/// [`OffloadMode::Tso`] over a NIC without TSO sends through the qdisc.
+fn bypass_fits(config: &UplinkConfig, nic: NicFeatures, passed: &EgressCapabilities) -> bool {
+    let cut = nic.egress_capabilities(passed.mtu);
+    config.qdisc_bypass
+        && (cut.tso4 || !passed.tso4)
+        && (cut.tso6 || !passed.tso6)
+        && (cut.uso || !passed.uso)
+        && (cut.ufo || !passed.ufo)
+}
+
+/// Turns `PACKET_QDISC_BYPASS` on or off on every sending socket.
+fn set_bypass(sockets: &Sockets, bypass: bool) -> io::Result<()> {
+    for fd in &sockets.tx {
+        sys::set_int_option(
+            fd.as_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_QDISC_BYPASS,
+            i32::from(bypass),
+        )?;
     }
     Ok(())
 }

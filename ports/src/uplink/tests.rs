@@ -68,6 +68,7 @@ fn the_report_says_what_the_nic_offers_and_what_the_switch_does() {
         current: declared.with_checksum(false),
         queues: 2,
         vnet_hdr_len: 12,
+        qdisc_bypass: true,
         stats: UplinkStats::default(),
     };
     let text = report.to_string();
@@ -100,4 +101,29 @@ fn config_builders_set_their_field() {
     assert!(!config.qdisc_bypass);
     assert_eq!(config.netns, Some(PathBuf::from("/run/netns/x")));
     assert_eq!(UplinkConfig::default().offload, OffloadMode::Auto);
+}
+
+#[test]
+fn the_qdisc_is_bypassed_only_where_the_nic_cuts_every_large_frame_passed() {
+    let bare = NicFeatures::default();
+    let tso_nic = NicFeatures {
+        tx_checksum: true,
+        scatter_gather: true,
+        tso: true,
+        gso: true,
+    };
+    let config = UplinkConfig::new(OffloadMode::Tso);
+    let forced = OffloadMode::Tso.egress_capabilities(bare, 1500);
+    assert!(!bypass_fits(&config, bare, &forced));
+    assert!(bypass_fits(&config, tso_nic, &forced));
+    for mode in [OffloadMode::Auto, OffloadMode::None, OffloadMode::Checksum] {
+        let config = UplinkConfig::new(mode);
+        assert!(bypass_fits(
+            &config,
+            bare,
+            &mode.egress_capabilities(bare, 1500)
+        ));
+    }
+    let off = UplinkConfig::new(OffloadMode::Auto).qdisc_bypass(false);
+    assert!(!bypass_fits(&off, tso_nic, &EgressCapabilities::none(1500)));
 }
