@@ -426,6 +426,85 @@ pub fn ethtool_flag(fd: BorrowedFd<'_>, name: &str, cmd: u32) -> io::Result<bool
     Ok(value.data != 0)
 }
 
+/// `ETHTOOL_GSSET_INFO`, `ETHTOOL_GSTRINGS`, `ETHTOOL_GFEATURES` and the
+/// string set of feature names (linux/ethtool.h).
+const ETHTOOL_GSSET_INFO: u32 = 0x37;
+const ETHTOOL_GSTRINGS: u32 = 0x1b;
+const ETHTOOL_GFEATURES: u32 = 0x3a;
+const ETH_SS_FEATURES: u32 = 4;
+const ETH_GSTRING_LEN: usize = 32;
+
+/// Issues SIOCETHTOOL on interface `name` with the command block `buf`
+/// (its first word the command), which the kernel reads and fills in.
+fn ethtool_words(fd: BorrowedFd<'_>, name: &str, buf: &mut [u32]) -> io::Result<()> {
+    let mut ifr = zeroed_ifreq(name)?;
+    ifr.ifr_ifru.ifru_data = buf.as_mut_ptr().cast();
+    // SAFETY: `fd` is open; `ifr` has a NUL-terminated name and points at
+    // `buf`, live and exclusively borrowed for the call. The callers size
+    // `buf` for the command's reply from the counts they put in it
+    // (ETHTOOL_GSSET_INFO: one data word per mask bit; GSTRINGS: `len`
+    // strings of ETH_GSTRING_LEN bytes; GFEATURES: `size` blocks of four
+    // words), and the kernel writes no more than those counts say.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), SIOCETHTOOL, &mut ifr) })?;
+    Ok(())
+}
+
+/// The names of interface `name`'s features (`ethtool -k` names such as
+/// `tx-tcp6-segmentation`), in the order of their bits.
+pub fn ethtool_feature_names(fd: BorrowedFd<'_>, name: &str) -> io::Result<Vec<String>> {
+    // struct ethtool_sset_info: cmd, reserved, sset_mask (u64), data[1].
+    // The low half of the 64-bit mask comes first in memory on a
+    // little-endian machine, second on a big-endian one.
+    let mask_low = if cfg!(target_endian = "little") { 2 } else { 3 };
+    let mut info = [ETHTOOL_GSSET_INFO, 0, 0, 0, 0];
+    info[mask_low] = 1 << ETH_SS_FEATURES;
+    ethtool_words(fd, name, &mut info)?;
+    if info[mask_low] & (1 << ETH_SS_FEATURES) == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("{name}: the kernel lists no feature names"),
+        ));
+    }
+    let count = info[4] as usize;
+    if count > 4096 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{name}: {count} feature names, expected at most 4096"),
+        ));
+    }
+    // struct ethtool_gstrings: cmd, string_set, len, data[len * 32].
+    let mut strings = vec![0u32; 3 + count * ETH_GSTRING_LEN / 4];
+    strings[..3].copy_from_slice(&[ETHTOOL_GSTRINGS, ETH_SS_FEATURES, count as u32]);
+    ethtool_words(fd, name, &mut strings)?;
+    let bytes: Vec<u8> = strings[3..].iter().flat_map(|w| w.to_ne_bytes()).collect();
+    Ok(bytes
+        .chunks_exact(ETH_GSTRING_LEN)
+        .map(|raw| {
+            let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+            String::from_utf8_lossy(&raw[..end]).into_owned()
+        })
+        .collect())
+}
+
+/// The active feature bits of interface `name`, `count` of them (as many
+/// as [`ethtool_feature_names`] returned), one bool per name.
+pub fn ethtool_active_features(
+    fd: BorrowedFd<'_>,
+    name: &str,
+    count: usize,
+) -> io::Result<Vec<bool>> {
+    let blocks = count.div_ceil(32);
+    // struct ethtool_gfeatures: cmd, size, then per block available,
+    // requested, active, never_changed.
+    let mut buf = vec![0u32; 2 + 4 * blocks];
+    buf[0] = ETHTOOL_GFEATURES;
+    buf[1] = blocks as u32;
+    ethtool_words(fd, name, &mut buf)?;
+    Ok((0..count)
+        .map(|bit| buf[2 + 4 * (bit / 32) + 2] & (1 << (bit % 32)) != 0)
+        .collect())
+}
+
 /// Binds an AF_PACKET socket to interface `ifindex`. With `receive` it
 /// takes every protocol (ETH_P_ALL); without, it only sends (protocol 0
 /// registers no receive hook).

@@ -1049,6 +1049,7 @@ fn bypass_fits(config: &UplinkConfig, nic: NicFeatures, passed: &EgressCapabilit
     config.qdisc_bypass
         && (cut.tso4 || !passed.tso4)
         && (cut.tso6 || !passed.tso6)
+        && (cut.ecn || !passed.ecn)
         && (cut.uso || !passed.uso)
         && (cut.ufo || !passed.ufo)
 }
@@ -1080,14 +1081,22 @@ fn read_link(sockets: &Sockets, interface: &str) -> LinkState {
     }
 }
 
-/// The NIC's transmit features, through the legacy ethtool commands.
+/// The NIC's transmit features: by name where the driver lists them,
+/// through the legacy one-flag commands where it does not.
 fn read_features(fd: std::os::fd::BorrowedFd<'_>, interface: &str) -> io::Result<NicFeatures> {
-    Ok(NicFeatures {
-        tx_checksum: sys::ethtool_flag(fd, interface, ethtool_cmd::TX_CSUM)?,
-        scatter_gather: sys::ethtool_flag(fd, interface, ethtool_cmd::SG)?,
-        tso: sys::ethtool_flag(fd, interface, ethtool_cmd::TSO)?,
-        gso: sys::ethtool_flag(fd, interface, ethtool_cmd::GSO)?,
-    })
+    if let Ok(names) = sys::ethtool_feature_names(fd, interface) {
+        if let Ok(active) = sys::ethtool_active_features(fd, interface, names.len()) {
+            return Ok(NicFeatures::from_names(
+                names.iter().map(String::as_str).zip(active),
+            ));
+        }
+    }
+    Ok(NicFeatures::from_legacy(
+        sys::ethtool_flag(fd, interface, ethtool_cmd::TX_CSUM)?,
+        sys::ethtool_flag(fd, interface, ethtool_cmd::SG)?,
+        sys::ethtool_flag(fd, interface, ethtool_cmd::TSO)?,
+        sys::ethtool_flag(fd, interface, ethtool_cmd::GSO)?,
+    ))
 }
 
 impl Port for UplinkPort {

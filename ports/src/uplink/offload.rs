@@ -7,38 +7,86 @@ use std::str::FromStr;
 use vswitch_offload::virtio::{GSO_ECN, GSO_NONE, GSO_TCPV4, GSO_TCPV6, GSO_UDP, GSO_UDP_L4};
 use vswitch_offload::{EgressCapabilities, VirtioNetHdr};
 
-/// The transmit offloads an interface has turned on, as `ethtool -k` shows
-/// them (read with the legacy SIOCETHTOOL get commands, which every driver
-/// answers).
+/// The transmit offloads an interface has turned on, as `ethtool -k`
+/// shows them.
+///
+/// Read by name with `ETHTOOL_GFEATURES`; where a driver lists no feature
+/// names, the legacy one-flag get commands answer instead, which cannot
+/// tell TSO over IPv4 from TSO over IPv6 nor see TSO with ECN or USO: TSO
+/// then counts for both IP versions and ECN and USO count as absent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
 pub struct NicFeatures {
-    /// `tx-checksumming`: the NIC completes TCP/UDP checksums.
+    /// `tx-checksumming` for both IP versions (`tx-checksum-ip-generic`,
+    /// or both `tx-checksum-ipv4` and `tx-checksum-ipv6`): the NIC
+    /// completes TCP/UDP checksums.
     pub tx_checksum: bool,
-    /// `scatter-gather`: the NIC takes a frame in several buffers (the
+    /// `tx-scatter-gather`: the NIC takes a frame in several buffers (the
     /// kernel turns TSO off without it).
     pub scatter_gather: bool,
-    /// `tcp-segmentation-offload`: the NIC cuts large TCP frames.
+    /// `tx-tcp-segmentation`: the NIC cuts large TCP/IPv4 frames.
     pub tso: bool,
-    /// `generic-segmentation-offload`: the kernel's own stack may build
-    /// large frames for this device and cut them in software just before
-    /// the driver. It says nothing of the NIC itself.
+    /// `tx-tcp6-segmentation`: the NIC cuts large TCP/IPv6 frames.
+    pub tso6: bool,
+    /// `tx-tcp-ecn-segmentation`: the NIC puts CWR on the first segment only.
+    pub tso_ecn: bool,
+    /// `tx-udp-segmentation`: the NIC cuts large UDP frames into datagrams.
+    pub uso: bool,
+    /// `tx-generic-segmentation`: the kernel's own stack may build large
+    /// frames for this device and cut them in software just before the
+    /// driver. It says nothing of the NIC itself.
     pub gso: bool,
 }
 
 impl NicFeatures {
+    /// Features from the legacy get commands (see the type's docs).
+    pub fn from_legacy(tx_checksum: bool, scatter_gather: bool, tso: bool, gso: bool) -> Self {
+        NicFeatures {
+            tx_checksum,
+            scatter_gather,
+            tso,
+            tso6: tso,
+            tso_ecn: false,
+            uso: false,
+            gso,
+        }
+    }
+
+    /// Features from `ethtool -k` names and whether each is active.
+    pub fn from_names<'a>(active: impl IntoIterator<Item = (&'a str, bool)>) -> Self {
+        let mut features = NicFeatures::default();
+        let (mut v4, mut v6, mut generic) = (false, false, false);
+        for (name, on) in active {
+            match name {
+                "tx-checksum-ipv4" => v4 = on,
+                "tx-checksum-ipv6" => v6 = on,
+                "tx-checksum-ip-generic" | "tx-checksum-hw" => generic |= on,
+                "tx-scatter-gather" => features.scatter_gather = on,
+                "tx-tcp-segmentation" => features.tso = on,
+                "tx-tcp6-segmentation" => features.tso6 = on,
+                "tx-tcp-ecn-segmentation" => features.tso_ecn = on,
+                "tx-udp-segmentation" => features.uso = on,
+                "tx-generic-segmentation" => features.gso = on,
+                _ => {}
+            }
+        }
+        features.tx_checksum = generic || (v4 && v6);
+        features
+    }
+
     /// What the NIC itself finishes: checksums when it has tx
-    /// checksumming, TCP segmentation over IPv4 and IPv6 (ECN included,
-    /// which the kernel handles for a NIC without it) when it has TSO with
-    /// scatter-gather and checksums. The legacy TSO flag does not tell the
-    /// IP versions apart; a NIC with TSO for one only gets the other's
-    /// large frames cut by the kernel beneath the socket, still correct.
+    /// checksumming, and each kind of segmentation it has, where it also
+    /// has scatter-gather and checksums (every segment needs its own).
     pub fn egress_capabilities(self, mtu: u16) -> EgressCapabilities {
-        let tso = self.tx_checksum && self.scatter_gather && self.tso;
+        let can_cut = self.tx_checksum && self.scatter_gather;
+        let tso4 = can_cut && self.tso;
+        let tso6 = can_cut && self.tso6;
         EgressCapabilities::none(mtu)
             .with_checksum(self.tx_checksum)
-            .with_tso4(tso)
-            .with_tso6(tso)
-            .with_ecn(tso)
+            .with_tso4(tso4)
+            .with_tso6(tso6)
+            .with_ecn((tso4 || tso6) && self.tso_ecn)
+            .with_uso(can_cut && self.uso)
     }
 }
 
@@ -47,10 +95,13 @@ impl fmt::Display for NicFeatures {
         let on = |b: bool| if b { "on" } else { "off" };
         write!(
             f,
-            "tx-checksumming {}, scatter-gather {}, tso {}, gso {}",
+            "tx-checksumming {}, scatter-gather {}, tso {}, tso6 {}, tso-ecn {}, uso {}, gso {}",
             on(self.tx_checksum),
             on(self.scatter_gather),
             on(self.tso),
+            on(self.tso6),
+            on(self.tso_ecn),
+            on(self.uso),
             on(self.gso)
         )
     }
@@ -168,6 +219,9 @@ mod tests {
         tx_checksum: true,
         scatter_gather: true,
         tso: true,
+        tso6: true,
+        tso_ecn: true,
+        uso: false,
         gso: true,
     };
 
@@ -195,6 +249,7 @@ mod tests {
         assert!(!caps.uso && !caps.ufo);
         let no_tso = NicFeatures {
             tso: false,
+            tso6: false,
             ..FULL_NIC
         };
         assert_eq!(
@@ -211,6 +266,33 @@ mod tests {
             OffloadMode::Auto.egress_capabilities(bare, 9000),
             EgressCapabilities::none(9000)
         );
+    }
+
+    #[test]
+    fn features_by_name_tell_the_ip_versions_ecn_and_uso_apart() {
+        let names = [
+            ("tx-checksum-ipv4", true),
+            ("tx-checksum-ipv6", true),
+            ("tx-scatter-gather", true),
+            ("tx-tcp-segmentation", true),
+            ("tx-tcp6-segmentation", false),
+            ("tx-tcp-ecn-segmentation", false),
+            ("tx-udp-segmentation", true),
+            ("rx-gro", true),
+        ];
+        let nic = NicFeatures::from_names(names);
+        assert!(nic.tx_checksum && nic.tso && !nic.tso6 && !nic.tso_ecn && nic.uso);
+        let caps = OffloadMode::Auto.egress_capabilities(nic, 1500);
+        assert!(caps.tso4 && !caps.tso6 && !caps.ecn && caps.uso);
+        // Checksums for one IP version only are not checksums.
+        let v4_only = NicFeatures::from_names([("tx-checksum-ipv4", true)]);
+        assert!(!v4_only.tx_checksum);
+        let generic = NicFeatures::from_names([("tx-checksum-ip-generic", true)]);
+        assert!(generic.tx_checksum);
+        // The legacy flags cannot see ECN or USO, so they count as absent.
+        let legacy = NicFeatures::from_legacy(true, true, true, true);
+        let caps = legacy.egress_capabilities(1500);
+        assert!(caps.tso4 && caps.tso6 && !caps.ecn && !caps.uso);
     }
 
     #[test]

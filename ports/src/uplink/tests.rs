@@ -52,12 +52,7 @@ fn queue_counts_are_checked_before_any_socket_is_opened() {
 
 #[test]
 fn the_report_says_what_the_nic_offers_and_what_the_switch_does() {
-    let nic = NicFeatures {
-        tx_checksum: true,
-        scatter_gather: true,
-        tso: false,
-        gso: true,
-    };
+    let nic = NicFeatures::from_legacy(true, true, false, true);
     let declared = OffloadMode::Auto.egress_capabilities(nic, 1500);
     let report = UplinkReport {
         interface: "eth1".into(),
@@ -106,16 +101,20 @@ fn config_builders_set_their_field() {
 #[test]
 fn the_qdisc_is_bypassed_only_where_the_nic_cuts_every_large_frame_passed() {
     let bare = NicFeatures::default();
-    let tso_nic = NicFeatures {
-        tx_checksum: true,
-        scatter_gather: true,
-        tso: true,
-        gso: true,
-    };
+    let tso_nic = NicFeatures::from_names([
+        ("tx-checksum-ip-generic", true),
+        ("tx-scatter-gather", true),
+        ("tx-tcp-segmentation", true),
+        ("tx-tcp6-segmentation", true),
+        ("tx-tcp-ecn-segmentation", true),
+    ]);
     let config = UplinkConfig::new(OffloadMode::Tso);
     let forced = OffloadMode::Tso.egress_capabilities(bare, 1500);
     assert!(!bypass_fits(&config, bare, &forced));
     assert!(bypass_fits(&config, tso_nic, &forced));
+    // TSO without ECN: a TSO frame with ECN would need the kernel's GSO.
+    let no_ecn = NicFeatures::from_legacy(true, true, true, true);
+    assert!(!bypass_fits(&config, no_ecn, &forced));
     for mode in [OffloadMode::Auto, OffloadMode::None, OffloadMode::Checksum] {
         let config = UplinkConfig::new(mode);
         assert!(bypass_fits(
