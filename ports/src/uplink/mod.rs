@@ -351,6 +351,11 @@ pub struct UplinkStats {
     pub feature_changes: u64,
     /// Times the sockets were opened again after the interface came back.
     pub reopens: u64,
+    /// Receive chunks allocated, over all queues; the rest of the receive
+    /// calls reused one whose frames were all gone.
+    pub rx_chunks_allocated: u64,
+    /// Receive chunks reused.
+    pub rx_chunks_recycled: u64,
 }
 
 #[derive(Debug, Default)]
@@ -387,6 +392,8 @@ impl Counters {
             link_changes: load(&self.link_changes),
             feature_changes: load(&self.feature_changes),
             reopens: load(&self.reopens),
+            rx_chunks_allocated: 0,
+            rx_chunks_recycled: 0,
         }
     }
 }
@@ -618,7 +625,13 @@ impl UplinkPort {
 
     /// The counters.
     pub fn stats(&self) -> UplinkStats {
-        self.counters.snapshot()
+        let mut stats = self.counters.snapshot();
+        for rx in &self.rx {
+            let rx = rx.lock().unwrap_or_else(PoisonError::into_inner);
+            stats.rx_chunks_allocated += rx.pool.allocated();
+            stats.rx_chunks_recycled += rx.pool.recycled();
+        }
+        stats
     }
 
     /// What the NIC offers and what the switch and the port do for it.
