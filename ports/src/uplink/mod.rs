@@ -84,12 +84,15 @@
 //! `auto` is the mode that segments in the switch exactly when the NIC
 //! lacks TSO. Toward a NIC without offloads that is not the cheapest
 //! choice everywhere: over a veth wire with every offload off, iperf3
-//! toward the wire moved 0.3 to 0.8 Gbit/s with `auto` (the switch cuts
-//! each 64 KiB frame and sends the segments through `sendmmsg`) and 2.0 to
-//! 4.7 Gbit/s with `tso` (one frame per system call, cut by the kernel's
-//! GSO beneath the socket), with no drop or retransmission in either, on
-//! a shared two-core machine (`tests/tests/uplink_switch.rs`). Why the
-//! per-segment path costs that much more has not been profiled yet.
+//! toward the wire (release build, five runs on a shared two-core
+//! machine, `tests/tests/uplink_switch.rs`) moved 1.1 to 2.2 Gbit/s with
+//! `auto` (the switch cuts each 64 KiB frame and sends the segments
+//! through `sendmmsg`) and 1.5 to 4.5 Gbit/s with `tso` (one frame per
+//! system call, cut by the kernel's GSO beneath the socket), about half,
+//! with no drop or retransmission in either. A profile of the `auto` run
+//! shows the process on a CPU only about a quarter of the time, so the
+//! gap is not the switch's own segmentation work; where the time goes
+//! has not been found yet.
 //!
 //! Reading the features takes the kernel's RTNL lock for a moment, which
 //! is why it happens once per refresh period and not per burst.
