@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::run::spec::{PortSpec, SpecError, TapSpec, VhostUserSpec};
+use crate::run::spec::{PortSpec, SpecError, TapSpec, UplinkPortSpec, VhostUserSpec};
 
 /// Smallest MTU a port may have (`run`, `demo`, port specs): the IPv4
 /// minimum datagram every host must take.
@@ -97,6 +97,10 @@ fn tap_spec(text: &str) -> Result<TapSpec, SpecError> {
 }
 
 fn vhost_user_spec(text: &str) -> Result<VhostUserSpec, SpecError> {
+    text.parse()
+}
+
+fn uplink_spec(text: &str) -> Result<UplinkPortSpec, SpecError> {
     text.parse()
 }
 
@@ -190,6 +194,16 @@ pub struct PortArgs {
     /// default --queues). The port's name is NAME, else PATH's file stem.
     #[arg(long = "vhost-user", value_name = "SPEC", value_parser = vhost_user_spec)]
     pub vhost_user: Vec<VhostUserSpec>,
+    /// An interface (a physical NIC, a veth end) through AF_PACKET:
+    /// IFACE[:offload=auto|none|csum|tso][:queues=N][:mtu=N][:refresh-ms=N]
+    /// [:qdisc-bypass=on|off][:netns=PATH][:vlan=N | :trunk=LIST[:native=N]]
+    /// [:max-learned=N]. offload=auto (default) follows what the NIC does
+    /// (ethtool features, re-read while running), so the switch segments
+    /// exactly when the NIC lacks TSO. The MTU is the interface's unless
+    /// mtu= says otherwise. The interface's own IP traffic then goes through
+    /// the switch too.
+    #[arg(long = "uplink", value_name = "SPEC", value_parser = uplink_spec)]
+    pub uplink: Vec<UplinkPortSpec>,
 }
 
 impl PortArgs {
@@ -197,7 +211,8 @@ impl PortArgs {
     pub fn specs(&self) -> Vec<PortSpec> {
         let taps = self.tap.iter().cloned().map(PortSpec::Tap);
         let guests = self.vhost_user.iter().cloned().map(PortSpec::VhostUser);
-        taps.chain(guests).collect()
+        let uplinks = self.uplink.iter().cloned().map(PortSpec::Uplink);
+        taps.chain(guests).chain(uplinks).collect()
     }
 }
 

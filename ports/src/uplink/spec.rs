@@ -9,7 +9,8 @@ use super::{OffloadMode, UplinkConfig};
 /// them: `eth1`, `eth1:offload=csum`, `eth1:offload=tso,queues=2,mtu=9000`.
 ///
 /// Options: `offload=auto|none|csum|tso`, `queues=N`, `mtu=N`,
-/// `refresh-ms=N`, `qdisc-bypass=on|off`, `netns=PATH`.
+/// `refresh-ms=N`, `qdisc-bypass=on|off`, `netns=PATH`, separated by `,`
+/// or `:` (as `vswitch run` separates a port's options).
 ///
 /// ```
 /// use vswitch_ports::uplink::{OffloadMode, UplinkSpec};
@@ -70,67 +71,77 @@ impl FromStr for UplinkSpec {
             });
         }
         let mut config = UplinkConfig::default();
-        for option in options.split(',').filter(|o| !o.is_empty()) {
-            let Some((key, value)) = option.split_once('=') else {
-                return Err(BadUplinkSpec::UnknownOption {
-                    option: option.to_owned(),
-                });
-            };
-            let bad = |key: &'static str, expected: &'static str| BadUplinkSpec::BadValue {
-                key,
-                value: value.to_owned(),
-                expected,
-            };
-            match key {
-                "offload" => {
-                    config.offload = value
-                        .parse::<OffloadMode>()
-                        .map_err(|_| bad("offload", "auto, none, csum or tso"))?;
-                }
-                "queues" => {
-                    config.queues = value
-                        .parse::<usize>()
-                        .ok()
-                        .filter(|q| (1..=256).contains(q))
-                        .ok_or_else(|| bad("queues", "a number from 1 to 256"))?;
-                }
-                "mtu" => {
-                    config.mtu = Some(
-                        value
-                            .parse::<u16>()
-                            .ok()
-                            .filter(|m| *m >= 68)
-                            .ok_or_else(|| bad("mtu", "a number from 68 to 65535"))?,
-                    );
-                }
-                "refresh-ms" => {
-                    let ms = value
-                        .parse::<u64>()
-                        .ok()
-                        .filter(|ms| *ms > 0)
-                        .ok_or_else(|| bad("refresh-ms", "a number of milliseconds above 0"))?;
-                    config.refresh = Duration::from_millis(ms);
-                }
-                "qdisc-bypass" => {
-                    config.qdisc_bypass = match value {
-                        "on" => true,
-                        "off" => false,
-                        _ => return Err(bad("qdisc-bypass", "on or off")),
-                    };
-                }
-                "netns" if !value.is_empty() => config.netns = Some(value.into()),
-                "netns" => return Err(bad("netns", "a path such as /run/netns/NAME")),
-                _ => {
-                    return Err(BadUplinkSpec::UnknownOption {
-                        option: option.to_owned(),
-                    })
-                }
-            }
+        for option in options.split([',', ':']).filter(|o| !o.is_empty()) {
+            config.set_option(option)?;
         }
         Ok(UplinkSpec {
             interface: interface.to_owned(),
             config,
         })
+    }
+}
+
+impl UplinkConfig {
+    /// Applies one `key=value` option of an uplink specification (the
+    /// options [`UplinkSpec`] lists).
+    pub fn set_option(&mut self, option: &str) -> Result<(), BadUplinkSpec> {
+        let config = self;
+        let Some((key, value)) = option.split_once('=') else {
+            return Err(BadUplinkSpec::UnknownOption {
+                option: option.to_owned(),
+            });
+        };
+        let bad = |key: &'static str, expected: &'static str| BadUplinkSpec::BadValue {
+            key,
+            value: value.to_owned(),
+            expected,
+        };
+        match key {
+            "offload" => {
+                config.offload = value
+                    .parse::<OffloadMode>()
+                    .map_err(|_| bad("offload", "auto, none, csum or tso"))?;
+            }
+            "queues" => {
+                config.queues = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|q| (1..=256).contains(q))
+                    .ok_or_else(|| bad("queues", "a number from 1 to 256"))?;
+            }
+            "mtu" => {
+                config.mtu = Some(
+                    value
+                        .parse::<u16>()
+                        .ok()
+                        .filter(|m| *m >= 68)
+                        .ok_or_else(|| bad("mtu", "a number from 68 to 65535"))?,
+                );
+            }
+            "refresh-ms" => {
+                let ms = value
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|ms| *ms > 0)
+                    .ok_or_else(|| bad("refresh-ms", "a number of milliseconds above 0"))?;
+                config.refresh = Duration::from_millis(ms);
+            }
+            "qdisc-bypass" => {
+                config.qdisc_bypass = match value {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(bad("qdisc-bypass", "on or off")),
+                };
+            }
+            "netns" if !value.is_empty() => config.netns = Some(value.into()),
+            "netns" => return Err(bad("netns", "a path such as /run/netns/NAME")),
+            _ => {
+                return Err(BadUplinkSpec::UnknownOption {
+                    option: option.to_owned(),
+                })
+            }
+        }
+        Ok(())
     }
 }
 
