@@ -1,4 +1,5 @@
 #!/bin/busybox sh
+# shellcheck shell=dash
 # /init of the test guest: one virtio-net port, one iperf3 run, power off.
 #
 # Everything it needs comes from the kernel command line (keys are described in

@@ -68,7 +68,9 @@ client) chardev="socket,id=c0,path=$sock,reconnect-ms=1000" ;;
 server) chardev="socket,id=c0,path=$sock,server=on,wait=off" ;;
 *) die "--socket-mode must be client or server" ;;
 esac
-[[ $queues =~ ^[0-9]+$ ]] && [ "$queues" -ge 1 ] || die "--queues must be a positive number"
+if ! [[ $queues =~ ^[0-9]+$ ]] || [ "$queues" -lt 1 ]; then
+    die "--queues must be a positive number"
+fi
 if [ -z "$kernel" ]; then
     # The ELF kernel boots through its PVH entry: no in-guest decompression,
     # about three times faster under TCG than the bzImage.
