@@ -57,6 +57,8 @@ if [ -z "$workdir" ]; then
 else
     mkdir -p "$workdir"
     keep=1
+    # A previous run's logs would be read as this run's (VSW-READY at once).
+    rm -f "$workdir"/{server,client}.{log,log.qemu,json} "$workdir"/testpmd.log "$workdir"/port{0,1}.sock
 fi
 prefix=vsw-testpmd-$$
 pids=()
