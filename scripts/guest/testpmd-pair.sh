@@ -28,6 +28,8 @@
 #                    kernels verify every checksum themselves; without it they
 #                    trust the NEEDS_CSUM frames the peer passes through
 #   --append S       more kernel command line for both guests
+#   --qemu-listens   QEMU listens on the sockets and testpmd connects
+#                    (default: testpmd listens, QEMU connects)
 #   --timeout S      give up after S seconds (default 240)
 #   --image DIR      guest image (default target/guest-image)
 #   --workdir DIR    sockets and logs (default: a fresh temporary directory,
@@ -42,7 +44,7 @@ repo=$(cd "$here/../.." && pwd)
 die() { echo "testpmd-pair: $*" >&2; exit 2; }
 
 queues=1 iperf_args="-P 16 -t 5" fwd=io tso=1 mem=512M dev_opts="" append="" timeout_s=240
-image=$repo/target/guest-image workdir="" keep=0 rx_verify=0
+image=$repo/target/guest-image workdir="" keep=0 rx_verify=0 qemu_listens=0
 while [ $# -gt 0 ]; do
     case $1 in
     --queues) queues=$2; shift 2 ;;
@@ -52,6 +54,7 @@ while [ $# -gt 0 ]; do
     --mem) mem=$2; shift 2 ;;
     --device-opts) dev_opts=$2; shift 2 ;;
     --rx-verify) rx_verify=1; shift ;;
+    --qemu-listens) qemu_listens=1; shift ;;
     --append) append=$2; shift 2 ;;
     --timeout) timeout_s=$2; shift 2 ;;
     --image) image=$2; shift 2 ;;
@@ -127,24 +130,33 @@ csum)
     ;;
 *) die "--fwd must be io or csum" ;;
 esac
+# - With --qemu-listens, QEMU owns the sockets (server=on,wait=off) and the
+#   vhost PMD connects to them (client=1) and reconnects when a guest goes.
+vdev_opts="queues=$queues,tso=$tso"
+[ "$qemu_listens" -eq 0 ] || vdev_opts+=",client=1"
 dpdk-testpmd -l 0,1 --no-huge --no-pci -m 1024 --file-prefix "$prefix" \
-    --vdev "net_vhost0,iface=$workdir/port0.sock,queues=$queues,tso=$tso" \
-    --vdev "net_vhost1,iface=$workdir/port1.sock,queues=$queues,tso=$tso" \
+    --vdev "net_vhost0,iface=$workdir/port0.sock,$vdev_opts" \
+    --vdev "net_vhost1,iface=$workdir/port1.sock,$vdev_opts" \
     -- "${fwd_args[@]}" --rxq="$queues" --txq="$queues" \
     --nb-cores=1 --stats-period 2 </dev/null >"$workdir/testpmd.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 100); do
-    [ -S "$workdir/port0.sock" ] && [ -S "$workdir/port1.sock" ] && break
-    kill -0 "${pids[0]}" 2>/dev/null || { cat "$workdir/testpmd.log" >&2; die "testpmd exited"; }
-    sleep 0.1
-done
-[ -S "$workdir/port1.sock" ] || die "testpmd made no sockets"
+if [ "$qemu_listens" -eq 0 ]; then
+    for _ in $(seq 100); do
+        [ -S "$workdir/port0.sock" ] && [ -S "$workdir/port1.sock" ] && break
+        kill -0 "${pids[0]}" 2>/dev/null || { cat "$workdir/testpmd.log" >&2; die "testpmd exited"; }
+        sleep 0.1
+    done
+    [ -S "$workdir/port1.sock" ] || die "testpmd made no sockets"
+    sock_mode=client
+else
+    sock_mode=server
+fi
 
 start=$(date +%s.%N)
 guest() {
     local role=$1 sock=$2 mac=$3 ip=$4 log=$5
     # exec: this subshell becomes timeout(1), which passes a TERM on to QEMU.
-    exec timeout "$timeout_s" "$here/run-guest.sh" --socket "$sock" --role "$role" \
+    exec timeout "$timeout_s" "$here/run-guest.sh" --socket "$sock" --socket-mode "$sock_mode" --role "$role" \
         --queues "$queues" --mac "$mac" --ip "$ip" --peer 10.0.0.1 --mem "$mem" \
         --args "$iperf_args" --image "$image" --log "$log" \
         ${dev_opts:+--device-opts "$dev_opts"} ${append:+--append "$append"} \
