@@ -28,6 +28,9 @@
 #                    kernels verify every checksum themselves; without it they
 #                    trust the NEEDS_CSUM frames the peer passes through
 #   --append S       more kernel command line for both guests
+#   --vswitch PATH   run this vswitch binary (`vswitch run --vhost-user`, one
+#                    worker) as the switch instead of testpmd, to compare the
+#                    two on the same guests
 #   --qemu-listens   QEMU listens on the sockets and testpmd connects
 #                    (default: testpmd listens, QEMU connects)
 #   --timeout S      give up after S seconds (default 240)
@@ -43,7 +46,7 @@ repo=$(cd "$here/../.." && pwd)
 
 die() { echo "testpmd-pair: $*" >&2; exit 2; }
 
-queues=1 iperf_args="-P 16 -t 5" fwd=io tso=1 mem=512M dev_opts="" append="" timeout_s=240
+vswitch="" queues=1 iperf_args="-P 16 -t 5" fwd=io tso=1 mem=512M dev_opts="" append="" timeout_s=240
 image=$repo/target/guest-image workdir="" keep=0 rx_verify=0 qemu_listens=0
 while [ $# -gt 0 ]; do
     case $1 in
@@ -55,6 +58,7 @@ while [ $# -gt 0 ]; do
     --device-opts) dev_opts=$2; shift 2 ;;
     --rx-verify) rx_verify=1; shift ;;
     --qemu-listens) qemu_listens=1; shift ;;
+    --vswitch) vswitch=$2; shift 2 ;;
     --append) append=$2; shift 2 ;;
     --timeout) timeout_s=$2; shift 2 ;;
     --image) image=$2; shift 2 ;;
@@ -68,7 +72,12 @@ if [ "$rx_verify" -eq 1 ]; then
     # GUEST_TSO4/6 and GUEST_ECN require GUEST_CSUM, so they go too.
     dev_opts="guest_csum=off,guest_tso4=off,guest_tso6=off,guest_ecn=off${dev_opts:+,$dev_opts}"
 fi
-command -v dpdk-testpmd >/dev/null || die "dpdk-testpmd missing: run scripts/guest/install-deps.sh"
+if [ -n "$vswitch" ]; then
+    [ -x "$vswitch" ] || die "--vswitch $vswitch is not an executable"
+    [ "$fwd" = io ] || die "--fwd is testpmd's; the vswitch forwards by learned address"
+else
+    command -v dpdk-testpmd >/dev/null || die "dpdk-testpmd missing: run scripts/guest/install-deps.sh"
+fi
 command -v jq >/dev/null || die "jq missing: run scripts/guest/install-deps.sh"
 [ -f "$image/initramfs.cpio.gz" ] || die "no image in $image: run scripts/guest/build-image.sh"
 
@@ -134,11 +143,20 @@ esac
 #   vhost PMD connects to them (client=1) and reconnects when a guest goes.
 vdev_opts="queues=$queues,tso=$tso"
 [ "$qemu_listens" -eq 0 ] || vdev_opts+=",client=1"
-dpdk-testpmd -l 0,1 --no-huge --no-pci -m 1024 --file-prefix "$prefix" \
-    --vdev "net_vhost0,iface=$workdir/port0.sock,$vdev_opts" \
-    --vdev "net_vhost1,iface=$workdir/port1.sock,$vdev_opts" \
-    -- "${fwd_args[@]}" --rxq="$queues" --txq="$queues" \
-    --nb-cores=1 --stats-period 2 </dev/null >"$workdir/testpmd.log" 2>&1 &
+if [ -n "$vswitch" ]; then
+    # One worker, as testpmd forwards on one thread.
+    vsw_opts=":queues=$queues"
+    [ "$qemu_listens" -eq 0 ] || vsw_opts+=":client"
+    "$vswitch" run --vhost-user "$workdir/port0.sock$vsw_opts" \
+        --vhost-user "$workdir/port1.sock$vsw_opts" --workers 1 --no-ctl \
+        --stats-interval 0 </dev/null >"$workdir/testpmd.log" 2>&1 &
+else
+    dpdk-testpmd -l 0,1 --no-huge --no-pci -m 1024 --file-prefix "$prefix" \
+        --vdev "net_vhost0,iface=$workdir/port0.sock,$vdev_opts" \
+        --vdev "net_vhost1,iface=$workdir/port1.sock,$vdev_opts" \
+        -- "${fwd_args[@]}" --rxq="$queues" --txq="$queues" \
+        --nb-cores=1 --stats-period 2 </dev/null >"$workdir/testpmd.log" 2>&1 &
+fi
 pids+=($!)
 if [ "$qemu_listens" -eq 0 ]; then
     for _ in $(seq 100); do
@@ -238,7 +256,9 @@ c_exit=$(exit_rc "$workdir/client.log")
 gbps=$(jq -r '(.end.sum_received.bits_per_second // 0) / 1e9 | . * 100 | round / 100' "$workdir/client.json" 2>/dev/null || echo 0)
 retr=$(jq -r '.end.sum_sent.retransmits // "none"' "$workdir/client.json" 2>/dev/null || echo none)
 streams=$(jq -r '.start.test_start.num_streams // "?"' "$workdir/client.json" 2>/dev/null || echo "?")
-echo "RESULT gbps=$gbps retransmits=$retr server_csum_errors=${s_csum:-none} client_csum_errors=${c_csum:-none} streams=$streams queues=$queues fwd=$fwd tso=$tso rx_verify=$rx_verify boot_to_ready_s=${ready:-none} total_s=$elapsed"
+switch_name=testpmd
+[ -z "$vswitch" ] || switch_name=vswitch
+echo "RESULT switch=$switch_name gbps=$gbps retransmits=$retr server_csum_errors=${s_csum:-none} client_csum_errors=${c_csum:-none} streams=$streams queues=$queues fwd=$fwd tso=$tso rx_verify=$rx_verify boot_to_ready_s=${ready:-none} total_s=$elapsed"
 if [ -n "$fail" ]; then
     echo "testpmd-pair: FAILED: $fail" >&2
     tail -n 20 "$workdir/client.log" "$workdir/server.log" >&2 || true
