@@ -28,15 +28,29 @@
 //! let got = guest_b.collect_timeout(Duration::from_secs(5)).unwrap();
 //! assert_eq!(got.data, frame);
 //! ```
+//!
+//! # Features
+//!
+//! None is on by default, so an embedder compiles the switching core alone.
+//!
+//! - `demo`: the `demo` module, two in-memory guests pushing TSO flows through the
+//!   switch (`vswitch demo`, the switch benchmark).
+//! - `pcap-tool`: the `pcap_segment` module, re-segmenting a pcap or pcapng capture
+//!   for an MTU (`vswitch segment`).
+//! - `cli`: both, and what the `vswitch` command needs (clap, the control
+//!   socket, metrics, configuration files); the binary requires it:
+//!   `cargo build -p vswitch --features cli`.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "pcap-tool")]
 pub mod pcap_segment;
 
 pub use vswitch_offload as offload;
 pub use vswitch_ports as ports;
 
 pub mod datapath;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod dispatch;
 pub mod drop;
