@@ -38,8 +38,18 @@ pub enum Command {
     Demo(DemoArgs),
     /// Switch between TAP devices until SIGINT or SIGTERM (Linux).
     Run(Box<RunArgs>),
-    /// Cut oversized TCP frames of a capture to the MTU and recompute every
-    /// IPv4, TCP and UDP checksum.
+    /// Re-segment a pcap or pcapng capture for an MTU: cut oversized TCP
+    /// frames and recompute every IPv4, TCP and UDP checksum.
+    #[command(
+        long_about = "Reads a pcap or pcapng capture, cuts every TCP frame whose IP packet exceeds \
+--mtu into segments of the MTU, recomputes every IPv4 header, TCP and UDP checksum, pads frames \
+shorter than 60 bytes, and writes the result in the input's format (or --format). Frames that \
+are not IP, and frames the capture's snap length cut short, pass unchanged. The input is never \
+overwritten (an output that is the input, a hard link or a symbolic link to it, is refused), and \
+the output is written to a temporary file beside it that replaces it only when the whole capture \
+was processed: after an error there is no partial output, and the error says which record, at \
+which byte offset, was reached."
+    )]
     Segment(SegmentArgs),
     /// Talk to a running `vswitch run` through its control socket.
     Ctl(CtlArgs),
@@ -269,16 +279,6 @@ pub enum CaptureFormatArg {
 
 /// Options of `vswitch segment`.
 #[derive(Debug, Args)]
-#[command(
-    long_about = "Reads a pcap or pcapng capture, cuts every TCP frame whose IP packet exceeds \
---mtu into segments of the MTU, recomputes every IPv4 header, TCP and UDP checksum, pads frames \
-shorter than 60 bytes, and writes the result in the input's format (or --format). Frames that \
-are not IP, and frames the capture's snap length cut short, pass unchanged. The input is never \
-overwritten (an output that is the input, a hard link or a symbolic link to it, is refused), and \
-the output is written to a temporary file beside it that replaces it only when the whole capture \
-was processed: after an error there is no partial output, and the error says which record, at \
-which byte offset, was reached."
-)]
 pub struct SegmentArgs {
     /// The egress MTU: the largest IP packet (68 to 65535).
     #[arg(long, value_parser = clap::value_parser!(u16).range(i64::from(vswitch::pcap_segment::MIN_MTU)..))]
