@@ -172,7 +172,7 @@ fn cuts_oversized_tcp_fixes_checksums_and_leaves_non_ip_alone() {
             cut: 2,
             segments: (v4_segments + v6_segments) as u64,
             checksums_fixed: 2,
-            checksums_correct: 0,
+            checksums_unchanged: 0,
             padded: 1,
             cut_short: 0,
             not_ip: 1,

@@ -405,7 +405,7 @@ fn frames_cut_short_by_the_snap_length_pass_unchanged_and_are_counted() {
     let stats = done.frames;
     assert_eq!(stats.cut_short, 3);
     assert_eq!((stats.frames_in, stats.frames_out), (4, 4));
-    assert_eq!((stats.checksums_fixed, stats.checksums_correct), (1, 0));
+    assert_eq!((stats.checksums_fixed, stats.checksums_unchanged), (1, 0));
     assert_eq!(stats.cut, 0);
     assert!(
         stats.to_string().contains("3 cut short by the snap length"),
@@ -448,7 +448,7 @@ fn short_frames_are_padded_and_only_changed_checksums_count_as_fixed() {
     let stats = segment_capture_as(&input[..], &mut output, 1500, None)
         .unwrap()
         .frames;
-    assert_eq!((stats.checksums_fixed, stats.checksums_correct), (2, 3));
+    assert_eq!((stats.checksums_fixed, stats.checksums_unchanged), (2, 3));
     assert_eq!(
         stats.padded, 4,
         "ICMP (42 bytes) and UDP (46 bytes) twice each"
@@ -462,6 +462,51 @@ fn short_frames_are_padded_and_only_changed_checksums_count_as_fixed() {
         check(&record.data);
     }
     assert_eq!(out[4].data, ok_tcp, "a correct frame is written as it was");
+}
+
+/// A file system that fills up after `room` bytes.
+struct FillsUp {
+    room: usize,
+}
+
+impl std::io::Write for FillsUp {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.room == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::StorageFull));
+        }
+        let len = buf.len().min(self.room);
+        self.room -= len;
+        Ok(len)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_write_error_says_which_record_it_was_writing() {
+    let records = [
+        Record::new(1, tcp_frame(100, 1)),
+        Record::new(2, tcp_frame(100, 2)),
+        Record::new(3, tcp_frame(100, 3)),
+    ];
+    let input = pcap_bytes(65_535, &records);
+    let record_len = 16 + records[0].data.len();
+    // Room for the header, the first record and half the second.
+    let room = 24 + record_len + record_len / 2;
+    let err = segment_capture_as(&input[..], FillsUp { room }, 1500, None).unwrap_err();
+    let StreamError::Write { at, source } = &err else {
+        panic!("expected a write error, found {err}")
+    };
+    assert_eq!(
+        *at,
+        Position {
+            record: 2,
+            offset: (24 + record_len) as u64
+        }
+    );
+    assert_eq!(source.kind(), std::io::ErrorKind::StorageFull);
 }
 
 // --- pcapng ----------------------------------------------------------------

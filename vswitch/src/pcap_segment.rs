@@ -338,9 +338,10 @@ pub struct SegmentStats {
     /// IP frames that kept their size and had at least one checksum (IPv4
     /// header, TCP or UDP) whose value changed.
     pub checksums_fixed: u64,
-    /// IP frames that kept their size and whose checksums were already
-    /// right.
-    pub checksums_correct: u64,
+    /// IP frames that kept their size and whose recomputed checksums equal
+    /// what they held. Only IPv4 header, TCP and UDP checksums are
+    /// computed; ICMP's and other protocols' are left as they are.
+    pub checksums_unchanged: u64,
     /// Frames written padded to [`MIN_FRAME_LEN`].
     pub padded: u64,
     /// Frames the capture's snap length cut short (captured length below
@@ -358,14 +359,14 @@ impl fmt::Display for SegmentStats {
         write!(
             f,
             "read {} frames, wrote {}: {} TCP frames cut into {} segments, \
-             {} frames with checksums fixed, {} already correct, {} padded to {MIN_FRAME_LEN} bytes; \
+             {} frames with checksums fixed, {} with checksums unchanged, {} padded to {MIN_FRAME_LEN} bytes; \
              passed unchanged: {} cut short by the snap length, {} non-IP, {} unparsable or too large",
             self.frames_in,
             self.frames_out,
             self.cut,
             self.segments,
             self.checksums_fixed,
-            self.checksums_correct,
+            self.checksums_unchanged,
             self.padded,
             self.cut_short,
             self.not_ip,
@@ -1355,7 +1356,7 @@ impl<W: Write> Job<W> {
         if changed {
             stats.checksums_fixed += 1;
         } else {
-            stats.checksums_correct += 1;
+            stats.checksums_unchanged += 1;
         }
         Ok(())
     }
