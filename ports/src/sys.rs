@@ -279,32 +279,6 @@ pub fn set_up(name: &str) -> io::Result<()> {
     Ok(())
 }
 
-static TERMINATION_REQUESTED: std::sync::atomic::AtomicBool =
-    std::sync::atomic::AtomicBool::new(false);
-
-extern "C" fn note_termination(_signal: libc::c_int) {
-    // Only an atomic store: async-signal-safe.
-    TERMINATION_REQUESTED.store(true, std::sync::atomic::Ordering::SeqCst);
-}
-
-/// Installs handlers for SIGINT and SIGTERM that only raise a flag, and
-/// returns the flag: a command's main loop polls it and shuts down cleanly.
-pub fn termination_flag() -> io::Result<&'static std::sync::atomic::AtomicBool> {
-    for signal in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: `sigaction` is a plain C struct for which all-zero is a
-        // valid value (empty mask, no flags).
-        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
-        action.sa_sigaction = note_termination as *const () as libc::sighandler_t;
-        // SAFETY: `action.sa_mask` is a valid sigset_t owned by `action`.
-        unsafe { libc::sigemptyset(&mut action.sa_mask) };
-        // SAFETY: `action` is fully initialised and its handler is an
-        // `extern "C" fn(c_int)` that only performs an atomic store, which
-        // is async-signal-safe; the old action is not asked for (null).
-        check(unsafe { libc::sigaction(signal, &action, std::ptr::null_mut()) })?;
-    }
-    Ok(&TERMINATION_REQUESTED)
-}
-
 // --- File descriptors passed over Unix sockets (vhost-user) -------------
 
 /// Receives up to `buf.len()` bytes from `sock` into `buf` and the file
