@@ -318,6 +318,9 @@ impl Datapath {
 }
 
 #[cfg(test)]
+mod tenant_tests;
+
+#[cfg(test)]
 mod tests {
     use std::time::Duration;
 

@@ -43,6 +43,9 @@ pub enum DropReason {
     DestinationOnIngressPort,
     /// No other port carries the frame's VLAN.
     NoDestination,
+    /// The destination is behind an isolated port and the frame came from
+    /// another isolated port.
+    PortIsolated,
     /// The VLAN tag could not be pushed or popped without breaking the
     /// frame's offload offsets (a partial checksum inside the link-layer
     /// header, a third tag).
@@ -69,7 +72,7 @@ pub enum DropReason {
 }
 
 /// The reasons other than [`DropReason::InvalidHeader`], in counter order.
-const SWITCH_REASONS: [DropReason; 20] = [
+const SWITCH_REASONS: [DropReason; 21] = [
     DropReason::Malformed,
     DropReason::UnknownIngressPort,
     DropReason::InvalidSourceMac,
@@ -90,6 +93,7 @@ const SWITCH_REASONS: [DropReason; 20] = [
     DropReason::EgressPortError,
     DropReason::EgressRefused,
     DropReason::Shutdown,
+    DropReason::PortIsolated,
 ];
 
 impl DropReason {
@@ -136,6 +140,7 @@ impl DropReason {
             DropReason::EgressPortError => 17,
             DropReason::EgressRefused => 18,
             DropReason::Shutdown => 19,
+            DropReason::PortIsolated => 20,
             DropReason::InvalidHeader(rule) => SWITCH_REASONS.len() + rule.index(),
         }
     }
@@ -165,6 +170,7 @@ impl DropReason {
             DropReason::EgressPortError => "egress_port_error",
             DropReason::EgressRefused => "egress_refused",
             DropReason::Shutdown => "shutdown",
+            DropReason::PortIsolated => "port_isolated",
         }
     }
 

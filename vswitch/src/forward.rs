@@ -36,6 +36,11 @@ pub struct PortProfile {
     pub max_learned: usize,
     /// Source-address enforcement.
     pub source_macs: SourceMacPolicy,
+    /// An isolated port (a protected port, in the Linux bridge's and OVS's
+    /// words) exchanges frames only with ports that are not isolated (an
+    /// uplink, a router): never with another isolated port, flooded and
+    /// broadcast frames included.
+    pub isolated: bool,
 }
 
 impl PortProfile {
@@ -48,6 +53,7 @@ impl PortProfile {
             vlan: VlanMode::Access(vlan),
             max_learned: Self::DEFAULT_MAX_LEARNED,
             source_macs: SourceMacPolicy::Any,
+            isolated: false,
         }
     }
 
@@ -57,6 +63,7 @@ impl PortProfile {
             vlan: VlanMode::Trunk { allowed, native },
             max_learned: Self::DEFAULT_MAX_LEARNED,
             source_macs: SourceMacPolicy::Any,
+            isolated: false,
         }
     }
 
@@ -64,6 +71,18 @@ impl PortProfile {
     pub fn max_learned(mut self, limit: usize) -> Self {
         self.max_learned = limit;
         self
+    }
+
+    /// Makes the port isolated (or not): see [`PortProfile::isolated`].
+    pub fn isolated(mut self, isolated: bool) -> Self {
+        self.isolated = isolated;
+        self
+    }
+
+    /// Whether a frame may go from a port of this profile to one of
+    /// `egress`: not from one isolated port to another.
+    pub fn may_reach(&self, egress: &PortProfile) -> bool {
+        !(self.isolated && egress.isolated)
     }
 
     /// Allows only these source addresses.
@@ -224,6 +243,19 @@ pub enum ForwardError {
         /// The frame's VLAN.
         vlan: VlanId,
     },
+    /// The destination was learned on an isolated port and the frame
+    /// came from another.
+    #[error("{dst} in VLAN {vlan} is behind {egress}, isolated like the ingress {port}")]
+    PortIsolated {
+        /// The ingress port.
+        port: PortId,
+        /// The isolated port the destination was learned on.
+        egress: PortId,
+        /// The destination address.
+        dst: MacAddr,
+        /// The frame's VLAN.
+        vlan: VlanId,
+    },
     /// The destination is behind the ingress port.
     #[error("{dst} in VLAN {vlan} is behind the ingress {port}")]
     DestinationOnIngressPort {
@@ -257,6 +289,7 @@ impl ForwardError {
             ForwardError::InvalidVlanId { .. } => DropReason::InvalidVlanId,
             ForwardError::VlanNotAllowed { .. } => DropReason::VlanNotAllowed,
             ForwardError::DestinationOnIngressPort { .. } => DropReason::DestinationOnIngressPort,
+            ForwardError::PortIsolated { .. } => DropReason::PortIsolated,
             ForwardError::NoDestination { .. } => DropReason::NoDestination,
         }
     }
@@ -536,6 +569,14 @@ impl Forwarder {
                     vlan,
                 })
             }
+            Some((port, egress)) if !profile.may_reach(egress) => {
+                return Err(ForwardError::PortIsolated {
+                    port: ingress,
+                    egress: port,
+                    dst,
+                    vlan,
+                })
+            }
             Some((port, egress)) => {
                 out.push(Egress {
                     port,
@@ -547,7 +588,9 @@ impl Forwarder {
                 out.extend(
                     ports
                         .iter()
-                        .filter(|(id, egress)| *id != ingress && egress.vlan.carries(vlan))
+                        .filter(|(id, egress)| {
+                            *id != ingress && egress.vlan.carries(vlan) && profile.may_reach(egress)
+                        })
                         .map(|(port, egress)| Egress {
                             port,
                             tag: egress.vlan.egress_tag(vlan),
