@@ -11,6 +11,7 @@ use vswitch_offload::{CheckedFrame, EgressCapabilities, OuterTag};
 
 pub use crate::drop::DropReason;
 use crate::fdb::{ForwardingTable, Learned, LookupCache};
+use crate::guard::{GuardViolation, PortSecurity};
 use crate::mac::MacAddr;
 pub use crate::port_id::PortId;
 use crate::vlan::{VlanId, VlanMode};
@@ -41,6 +42,8 @@ pub struct PortProfile {
     /// uplink, a router): never with another isolated port, flooded and
     /// broadcast frames included.
     pub isolated: bool,
+    /// The port-security guards and the addresses the port owns.
+    pub security: PortSecurity,
 }
 
 impl PortProfile {
@@ -54,6 +57,7 @@ impl PortProfile {
             max_learned: Self::DEFAULT_MAX_LEARNED,
             source_macs: SourceMacPolicy::Any,
             isolated: false,
+            security: PortSecurity::new(),
         }
     }
 
@@ -64,6 +68,7 @@ impl PortProfile {
             max_learned: Self::DEFAULT_MAX_LEARNED,
             source_macs: SourceMacPolicy::Any,
             isolated: false,
+            security: PortSecurity::new(),
         }
     }
 
@@ -76,6 +81,12 @@ impl PortProfile {
     /// Makes the port isolated (or not): see [`PortProfile::isolated`].
     pub fn isolated(mut self, isolated: bool) -> Self {
         self.isolated = isolated;
+        self
+    }
+
+    /// Sets the port-security guards and addresses.
+    pub fn security(mut self, security: PortSecurity) -> Self {
+        self.security = security;
         self
     }
 
@@ -243,6 +254,14 @@ pub enum ForwardError {
         /// The frame's VLAN.
         vlan: VlanId,
     },
+    /// A port-security guard refused the frame.
+    #[error("{port}: {violation}")]
+    Guard {
+        /// The ingress port.
+        port: PortId,
+        /// What the guard refused.
+        violation: GuardViolation,
+    },
     /// The destination was learned on an isolated port and the frame
     /// came from another.
     #[error("{dst} in VLAN {vlan} is behind {egress}, isolated like the ingress {port}")]
@@ -290,6 +309,7 @@ impl ForwardError {
             ForwardError::VlanNotAllowed { .. } => DropReason::VlanNotAllowed,
             ForwardError::DestinationOnIngressPort { .. } => DropReason::DestinationOnIngressPort,
             ForwardError::PortIsolated { .. } => DropReason::PortIsolated,
+            ForwardError::Guard { violation, .. } => violation.reason(),
             ForwardError::NoDestination { .. } => DropReason::NoDestination,
         }
     }
@@ -520,6 +540,13 @@ impl Forwarder {
                 });
             }
         }
+        profile
+            .security
+            .check(frame)
+            .map_err(|violation| ForwardError::Guard {
+                port: ingress,
+                violation,
+            })?;
         let ingress_tag = frame.outer_tag();
         let vlan = classify(ingress, &profile.vlan, ingress_tag)?;
 

@@ -44,6 +44,7 @@ pub mod egress;
 pub mod ethernet;
 pub mod fdb;
 pub mod forward;
+pub mod guard;
 pub mod mac;
 pub mod port_id;
 pub mod stats;

@@ -123,3 +123,287 @@ fn an_isolated_port_alone_with_isolated_ports_has_no_destination() {
     let (sent, _) = b.burst(0, 1, vec![arp_like(MacAddr::BROADCAST, mac(1))]);
     assert_eq!(sent, [(2, 1)]);
 }
+
+mod guards {
+    use std::net::{Ipv4Addr, Ipv6Addr};
+
+    use vswitch_offload::testing::FrameBuilder;
+
+    use super::*;
+    use crate::guard::PortSecurity;
+    use crate::vlan::VlanSet;
+
+    const GUEST: [u8; 4] = [10, 0, 0, 1];
+    const OTHER: [u8; 4] = [10, 0, 0, 99];
+
+    fn v6(text: &str) -> Ipv6Addr {
+        text.parse().unwrap()
+    }
+
+    /// Every guard on, owning 10.0.0.1 and 2001:db8:1::/64.
+    fn guarded() -> PortSecurity {
+        PortSecurity::new()
+            .allow_ipv4(Ipv4Addr::from(GUEST))
+            .allow_ipv6("2001:db8:1::/64".parse().unwrap())
+            .all_guards()
+    }
+
+    /// Port 1 is a guarded guest, port 2 an unguarded uplink (a router, a
+    /// DHCP server): what 1 may not send, 2 may.
+    fn bench() -> Bench {
+        Bench::new([
+            PortProfile::default().security(guarded()),
+            PortProfile::default(),
+        ])
+    }
+
+    /// Sends one frame from `port` and returns where it went and the drops.
+    fn send(
+        b: &mut Bench,
+        port: u32,
+        packet: Packet,
+    ) -> (Vec<(u32, usize)>, Vec<(u32, DropReason)>) {
+        b.burst(0, port, vec![packet])
+    }
+
+    /// Asserts that `packet` is dropped for `reason` from the guest (port 1)
+    /// and passes from the uplink (port 2).
+    fn refused_from_guest_only(packet: Packet, reason: DropReason) {
+        let mut b = bench();
+        assert_eq!(send(&mut b, 1, packet.clone()), (vec![], vec![(1, reason)]));
+        let (sent, drops) = send(&mut b, 2, packet);
+        assert!(drops.is_empty(), "{drops:?}");
+        // A TSO frame leaves port 1 (which takes no offloads) in segments.
+        assert!(matches!(sent[..], [(1, n)] if n >= 1), "{sent:?}");
+    }
+
+    fn passes_from_guest(packet: Packet) {
+        let mut b = bench();
+        assert_eq!(send(&mut b, 1, packet), (vec![(2, 1)], vec![]));
+    }
+
+    fn udp4(src: [u8; 4], ports: (u16, u16), mac_src: MacAddr) -> FrameBuilder {
+        FrameBuilder::udp4(src, [255, 255, 255, 255])
+            .macs(mac_src.0, MacAddr::BROADCAST.0)
+            .ports(ports.0, ports.1)
+            .payload(vec![0; 32])
+    }
+
+    /// An IPv6 packet with `next` header and `body` (its checksums are
+    /// not the switch's business).
+    fn ipv6(src: Ipv6Addr, next: u8, body: &[u8], tci: Option<u16>) -> Packet {
+        let mut packet = vec![0x60, 0, 0, 0];
+        packet.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        packet.extend_from_slice(&[next, 255]);
+        packet.extend_from_slice(&src.octets());
+        packet.extend_from_slice(&v6("ff02::1").octets());
+        packet.extend_from_slice(body);
+        Packet::plain(build_frame(
+            MacAddr::BROADCAST,
+            mac(1),
+            tci,
+            0x86dd,
+            &packet,
+        ))
+    }
+
+    fn icmpv6(icmp_type: u8, target: Option<Ipv6Addr>) -> Vec<u8> {
+        let mut body = vec![icmp_type, 0, 0, 0, 0, 0, 0, 0];
+        match target {
+            Some(target) => body.extend_from_slice(&target.octets()),
+            None => body.extend_from_slice(&[0; 8]),
+        }
+        body
+    }
+
+    fn arp(operation: u16, sender: [u8; 4]) -> Packet {
+        let mut body = vec![0, 1, 0x08, 0x00, 6, 4];
+        body.extend_from_slice(&operation.to_be_bytes());
+        body.extend_from_slice(&mac(1).0);
+        body.extend_from_slice(&sender);
+        body.extend_from_slice(&[0; 6]);
+        body.extend_from_slice(&[10, 0, 0, 2]);
+        Packet::plain(build_frame(MacAddr::BROADCAST, mac(1), None, 0x0806, &body))
+    }
+
+    #[test]
+    fn spoofed_source_addresses_are_dropped_and_counted() {
+        // Its own addresses pass.
+        passes_from_guest(udp4(GUEST, (5000, 5001), mac(1)).packet());
+        passes_from_guest(ipv6(v6("2001:db8:1::7"), 17, &[0; 16], None));
+        // Another IPv4 or IPv6 source does not.
+        refused_from_guest_only(
+            udp4(OTHER, (5000, 5001), mac(1)).packet(),
+            DropReason::IpSourceNotAllowed,
+        );
+        refused_from_guest_only(
+            ipv6(v6("2001:db8:2::7"), 17, &[0; 16], None),
+            DropReason::IpSourceNotAllowed,
+        );
+        refused_from_guest_only(
+            ipv6(v6("ff02::1"), 17, &[0; 16], None),
+            DropReason::IpSourceNotAllowed,
+        );
+        // TCP, and a TSO frame, are judged the same way.
+        let tcp = FrameBuilder::tcp4(OTHER, [10, 0, 0, 2])
+            .macs(mac(1).0, MacAddr::BROADCAST.0)
+            .payload_with(4000, |i| i as u8)
+            .gso(1448);
+        refused_from_guest_only(tcp.packet(), DropReason::IpSourceNotAllowed);
+    }
+
+    #[test]
+    fn addresses_a_booting_guest_uses_pass_the_source_guard() {
+        // DHCP DISCOVER from 0.0.0.0; but 0.0.0.0 for anything else is not.
+        passes_from_guest(udp4([0; 4], (68, 67), mac(1)).packet());
+        refused_from_guest_only(
+            udp4([0; 4], (68, 53), mac(1)).packet(),
+            DropReason::IpSourceNotAllowed,
+        );
+        // Link-local IPv6, and DAD's neighbour solicitation from ::.
+        passes_from_guest(ipv6(v6("fe80::1"), 17, &[0; 16], None));
+        passes_from_guest(ipv6(
+            Ipv6Addr::UNSPECIFIED,
+            58,
+            &icmpv6(135, Some(v6("2001:db8:1::7"))),
+            None,
+        ));
+        refused_from_guest_only(
+            ipv6(Ipv6Addr::UNSPECIFIED, 17, &[0; 16], None),
+            DropReason::IpSourceNotAllowed,
+        );
+    }
+
+    #[test]
+    fn arp_and_neighbour_advertisements_for_foreign_addresses_are_dropped() {
+        passes_from_guest(arp(2, GUEST));
+        passes_from_guest(arp(1, GUEST));
+        // An ARP probe (RFC 5227) claims nothing.
+        passes_from_guest(arp(1, [0; 4]));
+        refused_from_guest_only(arp(2, OTHER), DropReason::ArpNotOwned);
+        refused_from_guest_only(arp(1, OTHER), DropReason::ArpNotOwned);
+        // Neighbour advertisements: the target is what is claimed.
+        passes_from_guest(ipv6(
+            v6("fe80::1"),
+            58,
+            &icmpv6(136, Some(v6("2001:db8:1::7"))),
+            None,
+        ));
+        refused_from_guest_only(
+            ipv6(
+                v6("fe80::1"),
+                58,
+                &icmpv6(136, Some(v6("2001:db8:2::1"))),
+                None,
+            ),
+            DropReason::NdNotOwned,
+        );
+    }
+
+    #[test]
+    fn dhcp_server_messages_from_a_guest_are_dropped() {
+        // An offer or ack from an address the port owns: still refused.
+        refused_from_guest_only(
+            udp4(GUEST, (67, 68), mac(1)).packet(),
+            DropReason::DhcpServer,
+        );
+        // DHCPv6 advertise (2) and reply (7) from port 547.
+        for message in [2u8, 7] {
+            let mut udp = vec![0x02, 0x23, 0x02, 0x22, 0, 16, 0, 0];
+            udp.extend_from_slice(&[message, 0, 0, 1, 0, 0, 0, 0]);
+            refused_from_guest_only(ipv6(v6("fe80::1"), 17, &udp, None), DropReason::DhcpServer);
+        }
+        // The client's side passes.
+        let mut solicit = vec![0x02, 0x22, 0x02, 0x23, 0, 16, 0, 0];
+        solicit.extend_from_slice(&[1, 0, 0, 1, 0, 0, 0, 0]);
+        passes_from_guest(ipv6(v6("fe80::1"), 17, &solicit, None));
+    }
+
+    #[test]
+    fn router_advertisements_from_a_guest_are_dropped_behind_extension_headers_too() {
+        refused_from_guest_only(
+            ipv6(v6("fe80::1"), 58, &icmpv6(134, None), None),
+            DropReason::RouterAdvertisement,
+        );
+        // Behind a hop-by-hop header (RFC 7113's evasion).
+        let mut hop_by_hop = vec![58, 0, 1, 4, 0, 0, 0, 0];
+        hop_by_hop.extend_from_slice(&icmpv6(134, None));
+        refused_from_guest_only(
+            ipv6(v6("fe80::1"), 0, &hop_by_hop, None),
+            DropReason::RouterAdvertisement,
+        );
+        // A router solicitation is a guest's to send.
+        passes_from_guest(ipv6(v6("fe80::1"), 58, &icmpv6(133, None), None));
+    }
+
+    #[test]
+    fn guards_read_past_vlan_tags() {
+        let trunk = || {
+            PortProfile::trunk(
+                [VlanId::new(10).unwrap()].into_iter().collect::<VlanSet>(),
+                None,
+            )
+        };
+        let mut b = Bench::new([trunk().security(guarded()), trunk()]);
+        let offer = udp4(GUEST, (67, 68), mac(1)).vlan(10).packet();
+        assert_eq!(
+            send(&mut b, 1, offer.clone()),
+            (vec![], vec![(1, DropReason::DhcpServer)])
+        );
+        assert_eq!(send(&mut b, 2, offer), (vec![(1, 1)], vec![]));
+        let ra = ipv6(v6("fe80::1"), 58, &icmpv6(134, None), Some(10));
+        assert_eq!(
+            send(&mut b, 1, ra),
+            (vec![], vec![(1, DropReason::RouterAdvertisement)])
+        );
+        let spoofed = udp4(OTHER, (1, 2), mac(1)).vlan(10).packet();
+        assert_eq!(
+            send(&mut b, 1, spoofed),
+            (vec![], vec![(1, DropReason::IpSourceNotAllowed)])
+        );
+    }
+
+    #[test]
+    fn frames_a_guard_cannot_read_are_dropped_not_passed() {
+        // An IPv4 header cut short, an ARP without its addresses.
+        let runt_ip = Packet::plain(build_frame(
+            MacAddr::BROADCAST,
+            mac(1),
+            None,
+            0x0800,
+            &[0x45, 0, 0],
+        ));
+        refused_from_guest_only(runt_ip, DropReason::GuardUnreadable);
+        let runt_arp = Packet::plain(build_frame(
+            MacAddr::BROADCAST,
+            mac(1),
+            None,
+            0x0806,
+            &[0, 1, 8, 0],
+        ));
+        refused_from_guest_only(runt_arp, DropReason::GuardUnreadable);
+        // Other protocols are none of the guards' business.
+        passes_from_guest(arp_like(MacAddr::BROADCAST, mac(1)));
+    }
+
+    #[test]
+    fn a_frame_refused_by_a_guard_teaches_the_switch_nothing() {
+        let mut b = bench();
+        send(&mut b, 1, udp4(OTHER, (1, 2), mac(7)).packet());
+        send(&mut b, 1, udp4(GUEST, (1, 2), mac(8)).packet());
+        let learned: Vec<_> = b
+            .datapath
+            .forwarder()
+            .entries(b.t0)
+            .iter()
+            .map(|e| e.mac)
+            .collect();
+        assert_eq!(learned, [mac(8)]);
+        assert!(b
+            .datapath
+            .forwarder()
+            .entries(b.t0)
+            .iter()
+            .all(|e| e.mac != mac(7)));
+    }
+}
