@@ -48,6 +48,7 @@ use crate::drop::DropReason;
 use crate::egress::{adapt_checked, fits_mtu, EgressEngine, EgressWork};
 use crate::fdb::{Learned, LookupCache};
 use crate::forward::{Egress, Forwarder, PortId, PortSet};
+use crate::limit::wire_cost;
 
 /// The frames a burst sends to one port, in the order they must leave.
 #[derive(Debug, Default)]
@@ -198,7 +199,10 @@ impl Datapath {
         }
     }
 
-    /// Checks and forwards every frame of a burst received on `ingress`.
+    /// Checks and forwards every frame of a burst received on `ingress`,
+    /// and charges the burst to the port's receive-side rate limit. A
+    /// caller that honours the limit polls the port only while
+    /// [`Datapath::may_receive`] says so.
     pub fn process(
         &mut self,
         ports: &PortSet,
@@ -207,10 +211,52 @@ impl Datapath {
         now: Instant,
         out: &mut Output,
     ) {
+        let limiter = ports.limiter(ingress).cloned();
+        let (mut frames, mut bytes) = (0, 0);
         for packet in packets {
-            if let Some(frame) = Self::check(ingress, packet, out) {
-                self.forward(ports, ingress, frame, now, out);
+            let len = packet.data.len() as u64;
+            let Some(frame) = Self::check(ingress, packet, out) else {
+                (frames, bytes) = (frames + 1, bytes + len);
+                continue;
+            };
+            if limiter.is_some() {
+                let (f, b) = wire_cost(&frame);
+                (frames, bytes) = (frames + f, bytes + b);
             }
+            self.forward(ports, ingress, frame, now, out);
+        }
+        if let Some(limiter) = limiter {
+            limiter.charge_received(frames, bytes, now);
+        }
+    }
+
+    /// Whether `port` may be polled at `now`: its receive-side rate limit
+    /// (if it has one) is not in debt. A port that may not waits with its
+    /// frames in its own queue: backpressure, not loss.
+    pub fn may_receive(ports: &PortSet, port: PortId, now: Instant) -> bool {
+        ports
+            .limiter(port)
+            .is_none_or(|limiter| limiter.may_receive(now))
+    }
+
+    /// The egress port's rate limit: whether `frame` may go to `port` at
+    /// `now` (its tokens are taken if so); a refused frame is counted.
+    fn admit(
+        ports: &PortSet,
+        port: PortId,
+        frame: &CheckedFrame,
+        now: Instant,
+        out: &mut Output,
+    ) -> bool {
+        let Some(limiter) = ports.limiter(port) else {
+            return true;
+        };
+        let (frames, bytes) = wire_cost(frame);
+        if limiter.admit(frames, bytes, now) {
+            true
+        } else {
+            out.dropped(port, DropReason::RateLimited);
+            false
         }
     }
 
@@ -249,7 +295,9 @@ impl Datapath {
         // there as it is.
         if let [egress] = self.egress[..] {
             if egress.tag.map(|vlan| vlan.get()) == ingress_vid {
-                self.emit(ports, egress.port, frame, out);
+                if Self::admit(ports, egress.port, &frame, now, out) {
+                    self.emit(ports, egress.port, frame, out);
+                }
                 return;
             }
         }
@@ -281,7 +329,11 @@ impl Datapath {
                 slot.get_or_insert_with(|| frame.retagged(vid)).clone()
             };
             match version {
-                Some(version) => self.emit(ports, egress.port, version, out),
+                Some(version) => {
+                    if Self::admit(ports, egress.port, &version, now, out) {
+                        self.emit(ports, egress.port, version, out);
+                    }
+                }
                 None => out.dropped(egress.port, DropReason::RetagFailed),
             }
         }

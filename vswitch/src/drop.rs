@@ -64,6 +64,8 @@ pub enum DropReason {
     /// A guard is on and the headers it reads are cut short or hidden
     /// behind a third VLAN tag.
     GuardUnreadable,
+    /// The frame would have taken the egress port over its rate limit.
+    RateLimited,
     /// The VLAN tag could not be pushed or popped without breaking the
     /// frame's offload offsets (a partial checksum inside the link-layer
     /// header, a third tag).
@@ -90,7 +92,7 @@ pub enum DropReason {
 }
 
 /// The reasons other than [`DropReason::InvalidHeader`], in counter order.
-const SWITCH_REASONS: [DropReason; 27] = [
+const SWITCH_REASONS: [DropReason; 28] = [
     DropReason::Malformed,
     DropReason::UnknownIngressPort,
     DropReason::InvalidSourceMac,
@@ -118,6 +120,7 @@ const SWITCH_REASONS: [DropReason; 27] = [
     DropReason::DhcpServer,
     DropReason::RouterAdvertisement,
     DropReason::GuardUnreadable,
+    DropReason::RateLimited,
 ];
 
 impl DropReason {
@@ -171,6 +174,7 @@ impl DropReason {
             DropReason::DhcpServer => 24,
             DropReason::RouterAdvertisement => 25,
             DropReason::GuardUnreadable => 26,
+            DropReason::RateLimited => 27,
             DropReason::InvalidHeader(rule) => SWITCH_REASONS.len() + rule.index(),
         }
     }
@@ -207,6 +211,7 @@ impl DropReason {
             DropReason::DhcpServer => "dhcp_server",
             DropReason::RouterAdvertisement => "router_advertisement",
             DropReason::GuardUnreadable => "guard_unreadable",
+            DropReason::RateLimited => "rate_limited",
         }
     }
 

@@ -4,6 +4,7 @@
 //! be reproduced in a test.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vswitch_offload::wire::ethertype;
@@ -12,6 +13,7 @@ use vswitch_offload::{CheckedFrame, EgressCapabilities, OuterTag};
 pub use crate::drop::DropReason;
 use crate::fdb::{ForwardingTable, Learned, LookupCache};
 use crate::guard::{GuardViolation, PortSecurity};
+use crate::limit::{PortLimiter, PortLimits};
 use crate::mac::MacAddr;
 pub use crate::port_id::PortId;
 use crate::vlan::{VlanId, VlanMode};
@@ -44,6 +46,8 @@ pub struct PortProfile {
     pub isolated: bool,
     /// The port-security guards and the addresses the port owns.
     pub security: PortSecurity,
+    /// Rate limits per direction.
+    pub limits: PortLimits,
 }
 
 impl PortProfile {
@@ -58,6 +62,7 @@ impl PortProfile {
             source_macs: SourceMacPolicy::Any,
             isolated: false,
             security: PortSecurity::new(),
+            limits: PortLimits::new(),
         }
     }
 
@@ -69,6 +74,7 @@ impl PortProfile {
             source_macs: SourceMacPolicy::Any,
             isolated: false,
             security: PortSecurity::new(),
+            limits: PortLimits::new(),
         }
     }
 
@@ -87,6 +93,12 @@ impl PortProfile {
     /// Sets the port-security guards and addresses.
     pub fn security(mut self, security: PortSecurity) -> Self {
         self.security = security;
+        self
+    }
+
+    /// Sets the rate limits.
+    pub fn limits(mut self, limits: PortLimits) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -114,6 +126,10 @@ impl Default for PortProfile {
 #[derive(Debug, Clone, Default)]
 pub struct PortSet {
     ports: Vec<(PortId, PortProfile, EgressCapabilities)>,
+    /// The running rate limits of the ports that have any, sorted by id:
+    /// shared by every copy of the set, and kept across a profile change
+    /// that leaves the limits as they were.
+    limiters: Vec<(PortId, Arc<PortLimiter>)>,
     /// Changes with every change of the set, unique among all sets: a
     /// decision remembered for one version is not replayed for another.
     version: u64,
@@ -138,6 +154,7 @@ impl PortSet {
 
     /// Adds or replaces a port with the capabilities of its egress.
     pub fn insert_port(&mut self, id: PortId, profile: PortProfile, egress: EgressCapabilities) {
+        let limits = profile.limits;
         match self.ports.binary_search_by_key(&id, |(id, ..)| *id) {
             Ok(index) => {
                 if let Some(slot) = self.ports.get_mut(index) {
@@ -146,6 +163,23 @@ impl PortSet {
                 }
             }
             Err(index) => self.ports.insert(index, (id, profile, egress)),
+        }
+        let limiter = self.limiters.binary_search_by_key(&id, |(id, _)| *id);
+        match limiter {
+            Ok(index) if limits.is_none() => {
+                self.limiters.remove(index);
+            }
+            Ok(index) => {
+                if let Some(slot) = self.limiters.get_mut(index) {
+                    if *slot.1.limits() != limits {
+                        slot.1 = Arc::new(PortLimiter::new(limits));
+                    }
+                }
+            }
+            Err(_) if limits.is_none() => {}
+            Err(index) => self
+                .limiters
+                .insert(index, (id, Arc::new(PortLimiter::new(limits)))),
         }
         self.touch();
     }
@@ -157,6 +191,7 @@ impl PortSet {
     /// Removes a port; returns its profile if it was present.
     pub fn remove(&mut self, id: PortId) -> Option<PortProfile> {
         let index = self.index(id)?;
+        self.limiters.retain(|(limited, _)| *limited != id);
         self.touch();
         Some(self.ports.remove(index).1)
     }
@@ -170,6 +205,15 @@ impl PortSet {
         self.ports
             .get(self.index(id)?)
             .map(|(_, profile, _)| profile)
+    }
+
+    /// The running rate limits of `id`, if it has any.
+    pub fn limiter(&self, id: PortId) -> Option<&Arc<PortLimiter>> {
+        let index = self
+            .limiters
+            .binary_search_by_key(&id, |(id, _)| *id)
+            .ok()?;
+        self.limiters.get(index).map(|(_, limiter)| limiter)
     }
 
     /// What the egress of `id` takes.

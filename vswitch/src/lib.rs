@@ -45,6 +45,7 @@ pub mod ethernet;
 pub mod fdb;
 pub mod forward;
 pub mod guard;
+pub mod limit;
 pub mod mac;
 pub mod port_id;
 pub mod stats;

@@ -407,3 +407,104 @@ mod guards {
             .all(|e| e.mac != mac(7)));
     }
 }
+
+mod limits {
+    use vswitch_offload::testing::FrameBuilder;
+
+    use super::*;
+    use crate::limit::{Bucket, PortLimits, RateLimit};
+
+    #[test]
+    fn frames_over_the_limit_toward_a_port_are_dropped_and_counted() {
+        // Port 2 takes 10 frames a second, 5 saved up; port 3 is unlimited.
+        let limited = PortLimits::new().to_port(RateLimit::none().frames(Bucket::new(10, 5)));
+        let mut b = Bench::new([
+            PortProfile::default(),
+            PortProfile::default().limits(limited),
+            PortProfile::default(),
+        ]);
+        let frames = || {
+            (0..8)
+                .map(|_| arp_like(MacAddr::BROADCAST, mac(1)))
+                .collect()
+        };
+        let (sent, drops) = b.burst(0, 1, frames());
+        assert_eq!(sent, [(2, 5), (3, 8)]);
+        assert_eq!(drops, vec![(2, DropReason::RateLimited); 3]);
+        // 300 ms later: three tokens back.
+        let (sent, drops) = b.burst(300, 1, frames());
+        assert_eq!(sent, [(2, 3), (3, 8)]);
+        assert_eq!(drops.len(), 5);
+    }
+
+    #[test]
+    fn a_tso_frame_toward_a_port_costs_every_segment() {
+        // 7 segments of 1502 bytes at most: a bucket of 10 frames takes one
+        // such TSO frame, not two.
+        let limited = PortLimits::new().to_port(RateLimit::none().frames(Bucket::new(1, 10)));
+        let mut b = Bench::new([
+            PortProfile::default(),
+            PortProfile::default().limits(limited),
+        ]);
+        let tso = || {
+            FrameBuilder::tcp4([10, 0, 0, 1], [10, 0, 0, 2])
+                .macs(mac(1).0, mac(9).0)
+                .payload_with(10_000, |i| i as u8)
+                .gso(1448)
+                .packet()
+        };
+        let (sent, drops) = b.burst(0, 1, vec![tso(), tso()]);
+        assert_eq!(sent, [(2, 7)]);
+        assert_eq!(drops, [(2, DropReason::RateLimited)]);
+    }
+
+    #[test]
+    fn a_port_over_its_receive_limit_is_not_polled_until_tokens_return() {
+        // 1000 bytes a second from port 1, 100 saved up.
+        let limited = PortLimits::new().from_port(RateLimit::none().bytes(Bucket::new(1000, 100)));
+        let mut b = Bench::new([
+            PortProfile::default().limits(limited),
+            PortProfile::default(),
+        ]);
+        let now = |millis| b.t0 + Duration::from_millis(millis);
+        assert!(Datapath::may_receive(&b.ports, PortId(1), now(0)));
+        // Four 60-byte frames: 240 bytes, 140 beyond the burst: nothing
+        // is dropped, the port waits 140 ms.
+        let (sent, drops) = b.burst(
+            0,
+            1,
+            (0..4)
+                .map(|_| arp_like(MacAddr::BROADCAST, mac(1)))
+                .collect(),
+        );
+        assert_eq!((sent, drops), (vec![(2, 4)], vec![]));
+        let now = |millis| b.t0 + Duration::from_millis(millis);
+        assert!(!Datapath::may_receive(&b.ports, PortId(1), now(139)));
+        assert!(Datapath::may_receive(&b.ports, PortId(1), now(140)));
+        // The other port is never held back.
+        assert!(Datapath::may_receive(&b.ports, PortId(2), now(0)));
+    }
+
+    #[test]
+    fn a_profile_change_keeps_the_running_limit_unless_it_changes() {
+        let limited = PortLimits::new().to_port(RateLimit::none().frames(Bucket::new(1, 2)));
+        let mut b = Bench::new([
+            PortProfile::default(),
+            PortProfile::default().limits(limited),
+        ]);
+        let before = b.ports.limiter(PortId(2)).cloned().unwrap();
+        let caps = EgressCapabilities::none(1500);
+        b.ports.insert_port(
+            PortId(2),
+            PortProfile::default().limits(limited).isolated(true),
+            caps,
+        );
+        assert!(Arc::ptr_eq(&before, b.ports.limiter(PortId(2)).unwrap()));
+        let other = PortLimits::new().to_port(RateLimit::none().frames(Bucket::new(2, 2)));
+        b.ports
+            .insert_port(PortId(2), PortProfile::default().limits(other), caps);
+        assert!(!Arc::ptr_eq(&before, b.ports.limiter(PortId(2)).unwrap()));
+        b.ports.insert_port(PortId(2), PortProfile::default(), caps);
+        assert!(b.ports.limiter(PortId(2)).is_none());
+    }
+}
