@@ -48,7 +48,7 @@ use crate::drop::DropReason;
 use crate::egress::{adapt_checked, fits_mtu, EgressEngine, EgressWork};
 use crate::fdb::{Learned, LookupCache};
 use crate::forward::{Egress, Forwarder, PortId, PortSet};
-use crate::limit::wire_cost;
+use crate::limit::{wire_cost, Credit, PortLimiter};
 
 /// The frames a burst sends to one port, in the order they must leave.
 #[derive(Debug, Default)]
@@ -165,6 +165,9 @@ pub struct Datapath {
     engine: EgressEngine,
     egress: Vec<Egress>,
     adapted: Vec<Packet>,
+    /// Tokens taken ahead from the transmit-side rate limits of the ports
+    /// this datapath sent to (see [`PortLimiter::admit_with`]).
+    credits: Vec<(Arc<PortLimiter>, Credit)>,
 }
 
 impl Datapath {
@@ -177,6 +180,7 @@ impl Datapath {
             engine: EgressEngine::new(),
             egress: Vec::new(),
             adapted: Vec::new(),
+            credits: Vec::new(),
         }
     }
 
@@ -242,6 +246,7 @@ impl Datapath {
     /// The egress port's rate limit: whether `frame` may go to `port` at
     /// `now` (its tokens are taken if so); a refused frame is counted.
     fn admit(
+        &mut self,
         ports: &PortSet,
         port: PortId,
         frame: &CheckedFrame,
@@ -251,13 +256,30 @@ impl Datapath {
         let Some(limiter) = ports.limiter(port) else {
             return true;
         };
+        let index = match self
+            .credits
+            .iter()
+            .position(|(held, _)| Arc::ptr_eq(held, limiter))
+        {
+            Some(index) => index,
+            None => {
+                // Credit for limiters no longer in use goes with them.
+                if self.credits.len() >= 64 {
+                    self.credits.clear();
+                }
+                self.credits.push((limiter.clone(), Credit::default()));
+                self.credits.len() - 1
+            }
+        };
         let (frames, bytes) = wire_cost(frame);
-        if limiter.admit(frames, bytes, now) {
-            true
-        } else {
+        let admitted = match self.credits.get_mut(index) {
+            Some((held, credit)) => held.admit_with(credit, frames, bytes, now),
+            None => limiter.admit(frames, bytes, now),
+        };
+        if !admitted {
             out.dropped(port, DropReason::RateLimited);
-            false
         }
+        admitted
     }
 
     /// Forwards one checked frame received on `ingress` at `now` among
@@ -295,7 +317,7 @@ impl Datapath {
         // there as it is.
         if let [egress] = self.egress[..] {
             if egress.tag.map(|vlan| vlan.get()) == ingress_vid {
-                if Self::admit(ports, egress.port, &frame, now, out) {
+                if self.admit(ports, egress.port, &frame, now, out) {
                     self.emit(ports, egress.port, frame, out);
                 }
                 return;
@@ -330,7 +352,7 @@ impl Datapath {
             };
             match version {
                 Some(version) => {
-                    if Self::admit(ports, egress.port, &version, now, out) {
+                    if self.admit(ports, egress.port, &version, now, out) {
                         self.emit(ports, egress.port, version, out);
                     }
                 }

@@ -34,8 +34,12 @@
 //! arrival time, in sixteenths of a nanosecond): taking tokens is one
 //! compare-and-swap, on a cache line only the workers that move that
 //! port's traffic touch. The receive side charges a burst at once, one
-//! operation per burst. The one-time burst is a second atomic, read once
-//! per charge and written only while it lasts.
+//! operation per burst. The transmit side takes tokens ahead, a sixteenth
+//! of the bucket at a time, into a [`Credit`] each worker keeps per port
+//! (see [`PortLimiter::admit_with`]), so most frames spend local credit and
+//! touch no shared cache line at all; a worker holds at most that much
+//! unspent. The one-time burst is a second atomic, read once per charge
+//! and written only while it lasts.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -176,10 +180,13 @@ impl PortLimits {
 pub fn wire_cost(frame: &CheckedFrame) -> (u64, u64) {
     let len = frame.len() as u64;
     let plan = frame.plan();
-    let Some(layout) = plan.layout() else {
+    let gso = plan.gso();
+    let (GsoKind::Tcp { .. } | GsoKind::UdpL4 { .. } | GsoKind::Ufo { .. }, Some(layout)) =
+        (gso, plan.layout())
+    else {
         return (1, len);
     };
-    let (per_segment, headers) = match plan.gso() {
+    let (per_segment, headers) = match gso {
         GsoKind::None => return (1, len),
         GsoKind::Tcp { mss, .. } => (u64::from(mss), layout.header_len() as u64),
         GsoKind::UdpL4 { size } => (u64::from(size), layout.header_len() as u64),
@@ -198,9 +205,13 @@ const UNITS_PER_SECOND: u128 = 16_000_000_000;
 /// The shared state of one [`Bucket`].
 #[derive(Debug)]
 struct AtomicBucket {
-    config: Bucket,
     /// The bucket's depth in clock units: how long it takes to fill.
     depth: u64,
+    /// The burst, in tokens.
+    depth_tokens: u64,
+    /// Clock units a token takes to come back, in 32.32 fixed point, so a
+    /// charge multiplies instead of dividing.
+    per_token: u128,
     /// When the tokens run out (in debt when later than now), on the clock
     /// of [`AtomicBucket::clock`]. Starts at 0: full.
     empty_at: AtomicU64,
@@ -211,8 +222,9 @@ struct AtomicBucket {
 impl AtomicBucket {
     fn new(config: Bucket) -> Self {
         AtomicBucket {
-            config,
             depth: Self::units(config.burst, config.rate),
+            depth_tokens: config.burst,
+            per_token: (UNITS_PER_SECOND << 32) / u128::from(config.rate.max(1)),
             empty_at: AtomicU64::new(0),
             initial: AtomicU64::new(config.initial),
         }
@@ -221,6 +233,11 @@ impl AtomicBucket {
     fn units(tokens: u64, rate: u64) -> u64 {
         let units = u128::from(tokens) * UNITS_PER_SECOND / u128::from(rate.max(1));
         u64::try_from(units).unwrap_or(u64::MAX)
+    }
+
+    /// The clock units `tokens` take to come back (within a unit).
+    fn price(&self, tokens: u64) -> u64 {
+        u64::try_from((u128::from(tokens) * self.per_token) >> 32).unwrap_or(u64::MAX)
     }
 
     /// The clock: units since `epoch`, plus the depth, so that an
@@ -254,6 +271,11 @@ impl AtomicBucket {
         cost
     }
 
+    /// The tokens a worker takes ahead at a time: a sixteenth of the burst.
+    fn chunk(&self, cost: u64) -> u64 {
+        (self.depth_tokens / 16).max(cost)
+    }
+
     /// Whether the bucket is out of debt at `clock`.
     fn ready(&self, clock: u64) -> bool {
         self.initial.load(Ordering::Relaxed) > 0 || self.empty_at.load(Ordering::Relaxed) <= clock
@@ -266,7 +288,7 @@ impl AtomicBucket {
         if cost == 0 {
             return true;
         }
-        let price = Self::units(cost, self.config.rate);
+        let price = self.price(cost);
         let floor = clock - self.depth;
         let mut empty_at = self.empty_at.load(Ordering::Relaxed);
         loop {
@@ -292,7 +314,7 @@ impl AtomicBucket {
         if cost == 0 {
             return;
         }
-        let price = Self::units(cost, self.config.rate);
+        let price = self.price(cost);
         let floor = clock - self.depth;
         let _ = self
             .empty_at
@@ -304,7 +326,7 @@ impl AtomicBucket {
     /// Gives back `cost` tokens taken by [`AtomicBucket::try_take`] for a
     /// frame another bucket then refused.
     fn refund(&self, cost: u64) {
-        let price = Self::units(cost, self.config.rate);
+        let price = self.price(cost);
         let _ = self
             .empty_at
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |empty_at| {
@@ -419,6 +441,72 @@ impl PortLimiter {
     }
 }
 
+/// Tokens a worker took ahead from one port's transmit-side buckets and
+/// has not spent yet (see [`PortLimiter::admit_with`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Credit {
+    bytes: u64,
+    frames: u64,
+}
+
+impl PortLimiter {
+    /// [`PortLimiter::admit`] spending `credit` first: when it runs short,
+    /// a sixteenth of each bucket's burst (or the frame's cost, if more) is
+    /// taken ahead into it with one operation on the shared bucket, and
+    /// when the bucket does not hold that much, only the frame's cost.
+    /// Keep one credit per worker and port.
+    pub fn admit_with(&self, credit: &mut Credit, frames: u64, bytes: u64, now: Instant) -> bool {
+        if self.to_port.is_none() {
+            return true;
+        }
+        let short_bytes = self.to_port.bytes.is_some() && credit.bytes < bytes;
+        let short_frames = self.to_port.frames.is_some() && credit.frames < frames;
+        if short_bytes || short_frames {
+            let epoch = self.epoch(now);
+            let take = |bucket: &AtomicBucket, need: u64| -> Option<u64> {
+                let clock = bucket.clock(epoch, now);
+                let chunk = bucket.chunk(need);
+                if bucket.try_take(chunk, clock) {
+                    Some(chunk)
+                } else if chunk > need && bucket.try_take(need, clock) {
+                    Some(need)
+                } else {
+                    None
+                }
+            };
+            let mut got_bytes = 0;
+            if short_bytes {
+                if let Some(bucket) = &self.to_port.bytes {
+                    match take(bucket, bytes - credit.bytes) {
+                        Some(got) => got_bytes = got,
+                        None => return false,
+                    }
+                }
+            }
+            if short_frames {
+                if let Some(bucket) = &self.to_port.frames {
+                    match take(bucket, frames - credit.frames) {
+                        Some(got) => credit.frames += got,
+                        None => {
+                            // Kept for the next frame rather than given back.
+                            credit.bytes += got_bytes;
+                            return false;
+                        }
+                    }
+                }
+            }
+            credit.bytes += got_bytes;
+        }
+        if self.to_port.bytes.is_some() {
+            credit.bytes -= bytes;
+        }
+        if self.to_port.frames.is_some() {
+            credit.frames -= frames;
+        }
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -503,6 +591,33 @@ mod tests {
         limiter.charge_received(20, 30_000, t0);
         assert!(!limiter.may_receive(ms(t0, 19)));
         assert!(limiter.may_receive(ms(t0, 20)));
+    }
+
+    #[test]
+    fn credit_taken_ahead_admits_the_same_frames() {
+        let t0 = Instant::now();
+        // 1600 frames a second, 160 saved up: credit comes 10 at a time.
+        let limit = RateLimit::none()
+            .frames(Bucket::new(1600, 160))
+            .bytes(Bucket::new(1_600_000, 160_000));
+        let limiter = PortLimiter::new(PortLimits::new().to_port(limit));
+        let mut credit = Credit::default();
+        let taken = (0..1000)
+            .filter(|_| limiter.admit_with(&mut credit, 1, 1000, t0))
+            .count();
+        assert_eq!(taken, 160);
+        // A second later the bucket is full again: 160 more, not more.
+        let taken = (0..1000)
+            .filter(|_| limiter.admit_with(&mut credit, 1, 1000, ms(t0, 1000)))
+            .count();
+        assert_eq!(taken, 160);
+        // Credit on one worker, none on another: the bucket is shared.
+        let mut other = Credit::default();
+        assert!(limiter.admit_with(&mut credit, 1, 1000, ms(t0, 2000)));
+        let taken = (0..1000)
+            .filter(|_| limiter.admit_with(&mut other, 1, 1000, ms(t0, 2000)))
+            .count();
+        assert_eq!(taken, 150, "the first worker holds 9 frames of credit");
     }
 
     #[test]
