@@ -42,7 +42,7 @@ pub enum Command {
     /// IPv4, TCP and UDP checksum.
     Segment(SegmentArgs),
     /// Talk to a running `vswitch run` through its control socket.
-    Ctl(CtlArgs),
+    Ctl(Box<CtlArgs>),
     /// Print the version.
     Version,
     /// Print a shell completion script.

@@ -16,6 +16,9 @@ fn mac(last: u8) -> MacAddr {
     MacAddr([2, 0, 0, 0, 0, last])
 }
 
+/// Where a burst went, (port, frames), and what it dropped, (port, reason).
+type Outcome = (Vec<(u32, usize)>, Vec<(u32, DropReason)>);
+
 /// A datapath over ports with the given profiles (ids 1, 2, ...), each
 /// taking finished frames of up to 1500 bytes.
 struct Bench {
@@ -47,12 +50,7 @@ impl Bench {
 
     /// Sends `packets` in from `ingress` at `millis` and returns the ports
     /// that got a frame, with how many, and the drops as (port, reason).
-    fn burst(
-        &mut self,
-        millis: u64,
-        ingress: u32,
-        packets: Vec<Packet>,
-    ) -> (Vec<(u32, usize)>, Vec<(u32, DropReason)>) {
+    fn burst(&mut self, millis: u64, ingress: u32, packets: Vec<Packet>) -> Outcome {
         self.out.clear();
         let now = self.t0 + Duration::from_millis(millis);
         self.datapath
@@ -158,11 +156,7 @@ mod guards {
     }
 
     /// Sends one frame from `port` and returns where it went and the drops.
-    fn send(
-        b: &mut Bench,
-        port: u32,
-        packet: Packet,
-    ) -> (Vec<(u32, usize)>, Vec<(u32, DropReason)>) {
+    fn send(b: &mut Bench, port: u32, packet: Packet) -> Outcome {
         b.burst(0, port, vec![packet])
     }
 
