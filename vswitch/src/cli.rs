@@ -52,7 +52,7 @@ which byte offset, was reached."
     )]
     Segment(SegmentArgs),
     /// Talk to a running `vswitch run` through its control socket.
-    Ctl(CtlArgs),
+    Ctl(Box<CtlArgs>),
     /// Print the version.
     Version,
     /// Print a shell completion script.
@@ -375,7 +375,8 @@ pub enum CtlCommand {
         #[arg(long, value_name = "S", value_parser = interval_seconds)]
         interval: Option<f64>,
     },
-    /// Change a port's VLAN profile or address limit while traffic runs.
+    /// Change a port's VLAN profile, address limit, isolation, guards or
+    /// rate limits while traffic runs.
     SetPort {
         /// The port's name.
         name: String,
@@ -391,6 +392,31 @@ pub enum CtlCommand {
         /// Most addresses learned on the port.
         #[arg(long, value_name = "N")]
         max_learned: Option<usize>,
+        /// Isolate the port: it reaches only ports that are not isolated.
+        #[arg(long, value_name = "on|off", value_parser = ["on", "off"])]
+        isolated: Option<String>,
+        /// Guards on: source, neighbor, dhcp, router, all or none
+        /// (`source,dhcp`).
+        #[arg(long, value_name = "LIST")]
+        guard: Option<String>,
+        /// The port's IPv4 addresses and IPv6 prefixes
+        /// (`10.0.0.2,2001:db8::/64`), or none.
+        #[arg(long, value_name = "LIST")]
+        ip: Option<String>,
+        /// Bytes a second the port may send, throttled:
+        /// RATE[/BURST[/INITIAL]] (125M is 1 Gbit/s), or off.
+        #[arg(long, value_name = "RATE")]
+        from_bytes: Option<String>,
+        /// Frames a second the port may send: RATE[/BURST[/INITIAL]], or off.
+        #[arg(long, value_name = "RATE")]
+        from_frames: Option<String>,
+        /// Bytes a second the port may be sent, dropped beyond:
+        /// RATE[/BURST[/INITIAL]], or off.
+        #[arg(long, value_name = "RATE")]
+        to_bytes: Option<String>,
+        /// Frames a second the port may be sent: RATE[/BURST[/INITIAL]], or off.
+        #[arg(long, value_name = "RATE")]
+        to_frames: Option<String>,
     },
 }
 

@@ -63,6 +63,8 @@ pub mod egress;
 pub mod ethernet;
 pub mod fdb;
 pub mod forward;
+pub mod guard;
+pub mod limit;
 pub mod mac;
 pub mod port_id;
 pub mod stats;

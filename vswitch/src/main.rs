@@ -71,7 +71,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Ctl(args) => match ctl::client::run(args) {
+        Command::Ctl(args) => match ctl::client::run(*args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err @ ctl::client::ClientError::Usage(_)) => failure(format!("ctl: {err}"), 2),
             Err(err) => failure(format!("ctl: {err}"), 1),

@@ -26,6 +26,7 @@ use vswitch_ports::vhost_user::{
 };
 use vswitch_ports::Port;
 
+use super::tenant::{split_options, TenantOptions};
 use crate::cli::{MTU_MAX, MTU_MIN, QUEUES_MAX};
 
 /// Why a port spec does not parse. The message names the spec, the option
@@ -150,6 +151,8 @@ pub struct ProfileOptions {
     pub native: Option<VlanId>,
     /// `max-learned=N`: most addresses learned on the port.
     pub max_learned: Option<usize>,
+    /// Isolation, guards, addresses and rate limits ([`super::tenant`]).
+    pub tenant: TenantOptions,
 }
 
 /// Parses a VLAN id, saying the range when it is out of it.
@@ -185,6 +188,9 @@ impl ProfileOptions {
     /// Takes `option` (`key=value`) if it is one of the common options;
     /// `Ok(false)` when it is not, for the kind's parser to reject.
     pub fn take(&mut self, option: &str) -> Result<bool, String> {
+        if self.tenant.take(option)? {
+            return Ok(true);
+        }
         let Some((key, value)) = option.split_once('=') else {
             return Ok(false);
         };
@@ -223,6 +229,7 @@ impl ProfileOptions {
         if let Some(limit) = self.max_learned {
             profile = profile.max_learned(limit);
         }
+        self.tenant.apply(&mut profile);
         profile
     }
 
@@ -239,7 +246,7 @@ impl ProfileOptions {
         if let Some(limit) = self.max_learned {
             write!(f, ":max-learned={limit}")?;
         }
-        Ok(())
+        self.tenant.write_options(f)
     }
 }
 
@@ -309,7 +316,7 @@ impl FromStr for TapSpec {
     type Err = SpecError;
 
     fn from_str(spec: &str) -> Result<Self, SpecError> {
-        let mut parts = spec.split(':');
+        let mut parts = split_options(spec).into_iter();
         let name = parts.next().unwrap_or_default().to_string();
         if name.is_empty()
             || name.len() > tap::IFNAME_MAX
@@ -386,7 +393,8 @@ impl TapSpec {
                 if !self.profile.take(other)? {
                     return Err(format!(
                         "unknown option {other:?}, expected offload=none|csum|tso, gro=USEC|off, \
-                         queues=N, mtu=N, vlan=N, trunk=LIST, native=N or max-learned=N"
+                         queues=N, mtu=N, vlan=N, trunk=LIST, native=N, max-learned=N, isolated, \
+                         guard=LIST, ip=LIST, from-bytes=, from-frames=, to-bytes= or to-frames="
                     ));
                 }
             }
@@ -435,7 +443,7 @@ impl FromStr for VhostUserSpec {
     type Err = SpecError;
 
     fn from_str(spec: &str) -> Result<Self, SpecError> {
-        let mut parts = spec.split(':');
+        let mut parts = split_options(spec).into_iter();
         let path = parts.next().unwrap_or_default();
         if path.is_empty() {
             return Err(spec_error(spec, "expected the socket's path first"));
@@ -503,7 +511,8 @@ impl VhostUserSpec {
                 if !self.profile.take(other)? {
                     return Err(format!(
                         "unknown option {other:?}, expected client, server, queues=N, name=NAME, \
-                         mtu=N, vlan=N, trunk=LIST, native=N or max-learned=N"
+                         mtu=N, vlan=N, trunk=LIST, native=N, max-learned=N, isolated, guard=LIST, \
+                         ip=LIST, from-bytes=, from-frames=, to-bytes= or to-frames="
                     ));
                 }
             }
@@ -549,7 +558,7 @@ impl FromStr for UplinkPortSpec {
     type Err = SpecError;
 
     fn from_str(spec: &str) -> Result<Self, SpecError> {
-        let mut parts = spec.split(':');
+        let mut parts = split_options(spec).into_iter();
         let interface = parts.next().unwrap_or_default().to_string();
         if interface.is_empty()
             || interface.len() > tap::IFNAME_MAX
@@ -969,6 +978,8 @@ mod tests {
             "tap:tap0:offload=tso:gro=1000",
             "tap:t1:offload=csum:gro=off:queues=2:mtu=9000:vlan=10:max-learned=5",
             "tap:t2:offload=none:gro=250:trunk=10,20-30:native=1",
+            "tap:t3:offload=tso:gro=1000:isolated=on:guard=source,dhcp:ip=[10.0.0.2,2001:db8::/64]\
+             :from-bytes=125000000/1048576:to-frames=1000/100/5000",
         ] {
             let spec: PortSpec = text.parse().unwrap();
             assert_eq!(spec.to_string(), text);
@@ -980,6 +991,7 @@ mod tests {
             "uplink:eth1:offload=csum:queues=2:vlan=20",
             "vhost-user:/run/vm0.sock:name=vm0",
             "vhost-user:/tmp/a.sock:name=guest-a:client:queues=4:mtu=9000:vlan=20",
+            "vhost-user:/tmp/b.sock:name=b:guard=all:ip=[fe80::1/128]:from-frames=off",
         ] {
             let spec: PortSpec = text.parse().unwrap();
             assert_eq!(spec.to_string(), text);
