@@ -184,6 +184,7 @@ use crate::port::{BatchSendError, Port, PortCapabilities, PortError, SendError};
 
 use rx::RxState;
 use stats::Counters;
+use tx::TxState;
 
 /// Longest frame a guest may transmit: the largest IP packet of a GSO frame
 /// plus an Ethernet header with two VLAN tags.
@@ -255,6 +256,9 @@ struct QueuePair {
     /// The device model found the transmit queue full: notify it when the
     /// switch makes room.
     tx_blocked: AtomicBool,
+    /// Transmit-side scratch and the chunks large transmitted frames are
+    /// copied into, reused once the switch is done with them.
+    tx: Mutex<TxState>,
 }
 
 impl QueuePair {
@@ -270,6 +274,7 @@ impl QueuePair {
             notifier,
             notified: AtomicBool::new(false),
             tx_blocked: AtomicBool::new(false),
+            tx: Mutex::new(TxState::default()),
         }
     }
 }

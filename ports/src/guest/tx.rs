@@ -1,6 +1,7 @@
 //! Transmit: the guest's descriptor chains into frames for the switch.
 
 use std::sync::atomic::Ordering;
+use std::sync::PoisonError;
 
 use std::ops::Deref;
 
@@ -8,7 +9,10 @@ use bytes::{Bytes, BytesMut};
 use crossbeam_channel::TrySendError;
 use virtio_queue::DescriptorChain;
 use vm_memory::GuestMemory;
+use vswitch_offload::virtio::HDR_LEN_V1;
 use vswitch_offload::{Packet, VirtioNetHdr};
+
+use crate::buffer::ChunkPool;
 
 use super::chain::{self, Direction};
 use super::stats::bump;
@@ -96,20 +100,31 @@ impl GuestQueue<'_> {
     }
 
     /// Walks the chain once and copies it, header and frame, into one host
-    /// buffer.
+    /// buffer: a chunk of the pair's pool for a large frame (no allocation
+    /// or zeroing once the pool is warm), a new buffer for a small one.
     fn copy_chain<M, T>(&self, mem: &M, chain: DescriptorChain<T>) -> Result<Bytes, GuestTxError>
     where
         M: GuestMemory + ?Sized,
         T: Deref,
         T::Target: GuestMemory,
     {
-        let mut segments = Vec::new();
-        let total = chain::collect(mem, chain, Direction::DeviceReads, &mut segments)?;
+        let mut tx = self.pair.tx.lock().unwrap_or_else(PoisonError::into_inner);
+        let TxState { segments, pool } = &mut *tx;
+        segments.clear();
+        let total = chain::collect(mem, chain, Direction::DeviceReads, segments)?;
         self.port.check_chain_len(total)?;
-        let mut bytes = BytesMut::zeroed(total);
-        let copied = chain::read_into(mem, &segments, &mut bytes)?;
-        bytes.truncate(copied);
-        Ok(bytes.freeze())
+        if total < POOLED_CHAIN {
+            let mut bytes = BytesMut::zeroed(total);
+            let copied = chain::read_into(mem, segments, &mut bytes)?;
+            bytes.truncate(copied);
+            return Ok(bytes.freeze());
+        }
+        let mut chunk = pool.take(total);
+        let copied = chain::read_into(mem, segments, &mut chunk[..total])?;
+        let whole = chunk.freeze();
+        let frame = whole.slice(..copied);
+        pool.give_back(whole);
+        Ok(frame)
     }
 
     /// Header and frame in host memory, of a length already checked:
@@ -143,6 +158,32 @@ impl GuestQueue<'_> {
                     capacity: self.port.tx_capacity,
                 })
             }
+        }
+    }
+}
+
+/// Chains of at least this many bytes are copied into pooled chunks.
+const POOLED_CHAIN: usize = 16 * 1024;
+
+/// A pooled chunk holds the largest chain a guest may transmit.
+const TX_CHUNK: usize = MAX_GUEST_FRAME + HDR_LEN_V1;
+
+/// Large frames in flight per pair whose chunks the pool keeps.
+const TX_POOL_LIMIT: usize = 64;
+
+/// A pair's transmit-side state, used by the device model's thread.
+pub(super) struct TxState {
+    /// The descriptors of the chain being copied.
+    segments: Vec<chain::Segment>,
+    /// Chunks large frames are copied into.
+    pool: ChunkPool,
+}
+
+impl Default for TxState {
+    fn default() -> Self {
+        TxState {
+            segments: Vec::new(),
+            pool: ChunkPool::new(TX_CHUNK, TX_POOL_LIMIT, 4),
         }
     }
 }
