@@ -345,6 +345,7 @@ impl<'a> TcpView<'a> {
         })
     }
 
+    #[inline]
     fn addresses(&self) -> &'a [u8] {
         let (at, len) = match self.l3 {
             L3Kind::Ipv4 => (12, 8),
@@ -353,31 +354,38 @@ impl<'a> TcpView<'a> {
         &self.frame[self.l3_offset + at..self.l3_offset + at + len]
     }
 
+    #[inline]
     fn tcp_header(&self) -> &'a [u8] {
         &self.frame[self.l4_offset..self.payload_offset]
     }
 
+    #[inline]
     fn ip_header(&self) -> &'a [u8] {
         &self.frame[self.l3_offset..self.l4_offset]
     }
 
+    #[inline]
     fn payload(&self) -> &'a [u8] {
         &self.frame[self.payload_offset..]
     }
 
+    #[inline]
     fn seq(&self) -> u32 {
         be32(self.tcp_header(), 4).unwrap_or(0)
     }
 
+    #[inline]
     fn flags(&self) -> u8 {
         self.tcp_header()[13]
     }
 
+    #[inline]
     fn psh(&self) -> bool {
         self.flags() & TCP_FLAG_PSH != 0
     }
 
     /// Checks that need only this segment: may it take part in a merge at all?
+    #[inline]
     fn mergeable(&self, config: &GroConfig) -> bool {
         let tcp = self.tcp_header();
         let ip = self.ip_header();
@@ -400,6 +408,7 @@ impl<'a> TcpView<'a> {
     }
 
     /// Sum of the pseudo-header and the TCP header (checksum field as is).
+    #[inline]
     fn header_sum(&self) -> Checksum {
         let mut sum = pseudo_header(self);
         sum.add_bytes(self.tcp_header());
@@ -538,6 +547,7 @@ struct Shape {
 
 impl Shape {
     /// A view of `frame` with these offsets, if it is still long enough.
+    #[inline]
     fn view<'a>(&self, frame: &'a [u8]) -> Option<TcpView<'a>> {
         Some(TcpView {
             frame: frame.get(..self.end)?,
@@ -878,6 +888,7 @@ impl<T: AsRef<[u8]>> Coalescer<T> {
 
     /// Whether the segment `v` just merged into flow `i` ends the merge:
     /// PSH, a short segment, or no room for another byte.
+    #[inline]
     fn ends_merge(&self, i: usize, v: &TcpView<'_>) -> bool {
         let flow = &self.flows[i];
         let room = self.config.max_ip_len - (flow.len - flow.shape.l3_offset);
