@@ -1092,7 +1092,6 @@ fn copy_payload(
 }
 
 /// Whether an IPv4 header's checksum holds.
-
 #[inline]
 fn header_checksum_ok(ip: &[u8]) -> bool {
     fold(header_words(ip)) == 0xffff
