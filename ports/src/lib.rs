@@ -5,7 +5,7 @@
 //! All unsafe system calls of the project live in this crate's private `sys`
 //! module; what callers need of them (opening TAP devices, bringing an
 //! interface up, a termination flag for a command's main loop) is safe API
-//! in [`tap`].
+//! in [`tap`], [`uplink`] and [`vhost_user`].
 //!
 //! [`buffer::ChunkPool`] recycles the large chunks that frames are cut
 //! from, for the TAP receive path here and for the switch's egress.
@@ -31,6 +31,8 @@ pub mod smoltcp_port;
 mod sys;
 #[cfg(target_os = "linux")]
 pub mod tap;
+#[cfg(target_os = "linux")]
+pub mod uplink;
 #[cfg(target_os = "linux")]
 pub mod vhost_user;
 

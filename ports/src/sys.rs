@@ -3,8 +3,8 @@
 //! Each wrapper checks what the kernel needs (buffer lengths, NUL-terminated
 //! names, open descriptors) before the call and turns the C error convention
 //! into `io::Result`. The rest of the crate stays in safe code. The module
-//! is private: [`crate::tap`] is its only user and re-exports or wraps what
-//! other crates need.
+//! is private: [`crate::tap`], [`crate::uplink`] and [`crate::vhost_user`]
+//! use it and re-export or wrap what other crates need.
 #![allow(unsafe_code)]
 
 use std::fs::OpenOptions;
@@ -279,32 +279,6 @@ pub fn set_up(name: &str) -> io::Result<()> {
     Ok(())
 }
 
-static TERMINATION_REQUESTED: std::sync::atomic::AtomicBool =
-    std::sync::atomic::AtomicBool::new(false);
-
-extern "C" fn note_termination(_signal: libc::c_int) {
-    // Only an atomic store: async-signal-safe.
-    TERMINATION_REQUESTED.store(true, std::sync::atomic::Ordering::SeqCst);
-}
-
-/// Installs handlers for SIGINT and SIGTERM that only raise a flag, and
-/// returns the flag: a command's main loop polls it and shuts down cleanly.
-pub fn termination_flag() -> io::Result<&'static std::sync::atomic::AtomicBool> {
-    for signal in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: `sigaction` is a plain C struct for which all-zero is a
-        // valid value (empty mask, no flags).
-        let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
-        action.sa_sigaction = note_termination as *const () as libc::sighandler_t;
-        // SAFETY: `action.sa_mask` is a valid sigset_t owned by `action`.
-        unsafe { libc::sigemptyset(&mut action.sa_mask) };
-        // SAFETY: `action` is fully initialised and its handler is an
-        // `extern "C" fn(c_int)` that only performs an atomic store, which
-        // is async-signal-safe; the old action is not asked for (null).
-        check(unsafe { libc::sigaction(signal, &action, std::ptr::null_mut()) })?;
-    }
-    Ok(&TERMINATION_REQUESTED)
-}
-
 // --- File descriptors passed over Unix sockets (vhost-user) -------------
 
 /// Receives up to `buf.len()` bytes from `sock` into `buf` and the file
@@ -335,6 +309,413 @@ pub(crate) fn recv_with_fds(
         fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
     }
     Ok(read)
+}
+
+// ---------------------------------------------------------------------------
+// AF_PACKET sockets and interface queries for the uplink port
+// ([`crate::uplink`]). Every call here works on a descriptor the caller
+// owns or borrows, so an interface is always looked up in the network
+// namespace the socket was created in, whatever namespace the thread is in.
+// ---------------------------------------------------------------------------
+
+/// `SIOCETHTOOL` (linux/sockios.h).
+const SIOCETHTOOL: libc::c_ulong = 0x8946;
+
+/// The legacy ethtool commands that read one offload flag each
+/// (linux/ethtool.h).
+pub mod ethtool_cmd {
+    /// Transmit checksumming, any family (ETHTOOL_GTXCSUM).
+    pub const TX_CSUM: u32 = 0x16;
+    /// Scatter-gather (ETHTOOL_GSG).
+    pub const SG: u32 = 0x18;
+    /// TCP segmentation, any family (ETHTOOL_GTSO).
+    pub const TSO: u32 = 0x1e;
+    /// Generic segmentation in the kernel (ETHTOOL_GGSO).
+    pub const GSO: u32 = 0x23;
+}
+
+/// `struct ethtool_value`.
+#[repr(C)]
+struct EthtoolValue {
+    cmd: u32,
+    data: u32,
+}
+
+/// `ETH_P_ALL` in network byte order, as `sockaddr_ll` and `socket` take it.
+fn eth_p_all_be() -> u16 {
+    (libc::ETH_P_ALL as u16).to_be()
+}
+
+/// Opens an AF_PACKET raw socket, non-blocking and close-on-exec, with
+/// protocol 0 so that it receives nothing until it is bound.
+pub fn packet_socket() -> io::Result<OwnedFd> {
+    // SAFETY: socket() takes no pointers; the result is checked below.
+    let raw = check(unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    })?;
+    // SAFETY: `raw` was just returned by socket(), is open, and nothing else
+    // owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Runs `open` on a new thread that first enters the network namespace at
+/// `netns` (a file such as `/run/netns/NAME`), and returns what it returned.
+/// Sockets created there stay in that namespace; the calling thread's own
+/// namespace never changes.
+pub fn in_netns<T: Send + 'static>(
+    netns: &std::path::Path,
+    open: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    let ns = std::fs::File::open(netns)
+        .map_err(|err| io::Error::new(err.kind(), format!("{}: {err}", netns.display())))?;
+    let thread = std::thread::Builder::new()
+        .name("vswitch-netns".into())
+        .spawn(move || {
+            // SAFETY: `ns` is an open descriptor of a namespace file owned by
+            // this closure; setns only changes the namespace of this
+            // thread, which ends when the closure returns.
+            check(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) })?;
+            open()
+        })?;
+    thread
+        .join()
+        .map_err(|_| io::Error::other("the thread opening sockets in a namespace panicked"))?
+}
+
+/// Index of interface `name` in the namespace of `fd` (SIOCGIFINDEX).
+pub fn interface_index(fd: BorrowedFd<'_>, name: &str) -> io::Result<i32> {
+    let mut ifr = zeroed_ifreq(name)?;
+    // SAFETY: `fd` is open for the call; SIOCGIFINDEX reads the
+    // NUL-terminated name of the valid, exclusively borrowed `ifr` and
+    // writes its index field.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFINDEX, &mut ifr) })?;
+    // SAFETY: reading the union field SIOCGIFINDEX just wrote.
+    Ok(unsafe { ifr.ifr_ifru.ifru_ifindex })
+}
+
+/// The IFF_* flags of interface `name` in the namespace of `fd`
+/// (SIOCGIFFLAGS): IFF_UP (administratively up), IFF_RUNNING (up with a
+/// carrier).
+pub fn interface_flags(fd: BorrowedFd<'_>, name: &str) -> io::Result<i32> {
+    let mut ifr = zeroed_ifreq(name)?;
+    // SAFETY: as in interface_index; SIOCGIFFLAGS writes the flags field.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFFLAGS, &mut ifr) })?;
+    // SAFETY: reading the union field SIOCGIFFLAGS just wrote.
+    Ok(i32::from(unsafe { ifr.ifr_ifru.ifru_flags }) & 0xffff)
+}
+
+/// The MTU of interface `name` in the namespace of `fd` (SIOCGIFMTU).
+pub fn interface_mtu(fd: BorrowedFd<'_>, name: &str) -> io::Result<u32> {
+    let mut ifr = zeroed_ifreq(name)?;
+    // SAFETY: as in interface_index; SIOCGIFMTU writes the MTU field.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGIFMTU, &mut ifr) })?;
+    // SAFETY: reading the union field SIOCGIFMTU just wrote.
+    let mtu = unsafe { ifr.ifr_ifru.ifru_mtu };
+    Ok(u32::try_from(mtu).unwrap_or(0))
+}
+
+/// One legacy ethtool flag of interface `name` (an [`ethtool_cmd`] value).
+/// The kernel takes the RTNL lock for it.
+pub fn ethtool_flag(fd: BorrowedFd<'_>, name: &str, cmd: u32) -> io::Result<bool> {
+    let mut value = EthtoolValue { cmd, data: 0 };
+    let mut ifr = zeroed_ifreq(name)?;
+    ifr.ifr_ifru.ifru_data = (&mut value as *mut EthtoolValue).cast();
+    // SAFETY: `fd` is open; SIOCETHTOOL reads the NUL-terminated name of
+    // `ifr` and, for the get commands in `ethtool_cmd`, reads `cmd` and
+    // writes `data` of the `struct ethtool_value` that `ifru_data` points
+    // at: `value`, live and exclusively borrowed on this stack for the call.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), SIOCETHTOOL, &mut ifr) })?;
+    Ok(value.data != 0)
+}
+
+/// `ETHTOOL_GSSET_INFO`, `ETHTOOL_GSTRINGS`, `ETHTOOL_GFEATURES` and the
+/// string set of feature names (linux/ethtool.h).
+const ETHTOOL_GSSET_INFO: u32 = 0x37;
+const ETHTOOL_GSTRINGS: u32 = 0x1b;
+const ETHTOOL_GFEATURES: u32 = 0x3a;
+const ETH_SS_FEATURES: u32 = 4;
+const ETH_GSTRING_LEN: usize = 32;
+
+/// Issues SIOCETHTOOL on interface `name` with the command block `buf`
+/// (its first word the command), which the kernel reads and fills in.
+fn ethtool_words(fd: BorrowedFd<'_>, name: &str, buf: &mut [u32]) -> io::Result<()> {
+    let mut ifr = zeroed_ifreq(name)?;
+    ifr.ifr_ifru.ifru_data = buf.as_mut_ptr().cast();
+    // SAFETY: `fd` is open; `ifr` has a NUL-terminated name and points at
+    // `buf`, live and exclusively borrowed for the call. The callers size
+    // `buf` for the command's reply from the counts they put in it
+    // (ETHTOOL_GSSET_INFO: one data word per mask bit; GSTRINGS: `len`
+    // strings of ETH_GSTRING_LEN bytes; GFEATURES: `size` blocks of four
+    // words), and the kernel writes no more than those counts say.
+    check(unsafe { libc::ioctl(fd.as_raw_fd(), SIOCETHTOOL, &mut ifr) })?;
+    Ok(())
+}
+
+/// The names of interface `name`'s features (`ethtool -k` names such as
+/// `tx-tcp6-segmentation`), in the order of their bits.
+pub fn ethtool_feature_names(fd: BorrowedFd<'_>, name: &str) -> io::Result<Vec<String>> {
+    // struct ethtool_sset_info: cmd, reserved, sset_mask (u64), data[1].
+    // The low half of the 64-bit mask comes first in memory on a
+    // little-endian machine, second on a big-endian one.
+    let mask_low = if cfg!(target_endian = "little") { 2 } else { 3 };
+    let mut info = [ETHTOOL_GSSET_INFO, 0, 0, 0, 0];
+    info[mask_low] = 1 << ETH_SS_FEATURES;
+    ethtool_words(fd, name, &mut info)?;
+    if info[mask_low] & (1 << ETH_SS_FEATURES) == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("{name}: the kernel lists no feature names"),
+        ));
+    }
+    let count = info[4] as usize;
+    if count > 4096 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{name}: {count} feature names, expected at most 4096"),
+        ));
+    }
+    // struct ethtool_gstrings: cmd, string_set, len, data[len * 32].
+    let mut strings = vec![0u32; 3 + count * ETH_GSTRING_LEN / 4];
+    strings[..3].copy_from_slice(&[ETHTOOL_GSTRINGS, ETH_SS_FEATURES, count as u32]);
+    ethtool_words(fd, name, &mut strings)?;
+    let bytes: Vec<u8> = strings[3..].iter().flat_map(|w| w.to_ne_bytes()).collect();
+    Ok(bytes
+        .chunks_exact(ETH_GSTRING_LEN)
+        .map(|raw| {
+            let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+            String::from_utf8_lossy(&raw[..end]).into_owned()
+        })
+        .collect())
+}
+
+/// The active feature bits of interface `name`, `count` of them (as many
+/// as [`ethtool_feature_names`] returned), one bool per name.
+pub fn ethtool_active_features(
+    fd: BorrowedFd<'_>,
+    name: &str,
+    count: usize,
+) -> io::Result<Vec<bool>> {
+    let blocks = count.div_ceil(32);
+    // struct ethtool_gfeatures: cmd, size, then per block available,
+    // requested, active, never_changed.
+    let mut buf = vec![0u32; 2 + 4 * blocks];
+    buf[0] = ETHTOOL_GFEATURES;
+    buf[1] = blocks as u32;
+    ethtool_words(fd, name, &mut buf)?;
+    Ok((0..count)
+        .map(|bit| buf[2 + 4 * (bit / 32) + 2] & (1 << (bit % 32)) != 0)
+        .collect())
+}
+
+/// Binds an AF_PACKET socket to interface `ifindex`. With `receive` it
+/// takes every protocol (ETH_P_ALL); without, it only sends (protocol 0
+/// registers no receive hook).
+pub fn bind_packet(fd: BorrowedFd<'_>, ifindex: i32, receive: bool) -> io::Result<()> {
+    // SAFETY: `sockaddr_ll` is a plain C struct; all-zero is a valid value.
+    let mut addr: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    addr.sll_family = libc::AF_PACKET as u16;
+    addr.sll_protocol = if receive { eth_p_all_be() } else { 0 };
+    addr.sll_ifindex = ifindex;
+    // SAFETY: `addr` is a valid sockaddr_ll on this stack and the length
+    // passed is its size.
+    check(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&addr as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
+/// Sets an integer socket option.
+pub fn set_int_option(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    option: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: `fd` is open; the option value is one c_int on this stack and
+    // the length passed is its size.
+    check(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            option,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
+/// Reads an integer socket option.
+pub fn int_option(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    option: libc::c_int,
+) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `fd` is open; the kernel writes at most `len` bytes (one
+    // c_int) into `value` and its length into `len`, both on this stack.
+    check(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            option,
+            (&mut value as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(value)
+}
+
+/// Makes the interface deliver every frame to this socket, whatever its
+/// destination address (PACKET_ADD_MEMBERSHIP, PACKET_MR_PROMISC). The
+/// membership ends with the socket.
+pub fn add_promiscuous_membership(fd: BorrowedFd<'_>, ifindex: i32) -> io::Result<()> {
+    let mreq = libc::packet_mreq {
+        mr_ifindex: ifindex,
+        mr_type: libc::PACKET_MR_PROMISC as u16,
+        mr_alen: 0,
+        mr_address: [0; 8],
+    };
+    // SAFETY: `fd` is open; the value is one packet_mreq on this stack and
+    // the length passed is its size.
+    check(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_ADD_MEMBERSHIP,
+            (&mreq as *const libc::packet_mreq).cast(),
+            std::mem::size_of::<libc::packet_mreq>() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
+/// Frames this socket received and frames the kernel dropped for want of
+/// room in its receive buffer since the last call (PACKET_STATISTICS,
+/// which resets the counters).
+pub fn packet_statistics(fd: BorrowedFd<'_>) -> io::Result<(u32, u32)> {
+    let mut stats = libc::tpacket_stats {
+        tp_packets: 0,
+        tp_drops: 0,
+    };
+    let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
+    // SAFETY: `fd` is open; the kernel writes at most `len` bytes (one
+    // tpacket_stats) into `stats` and its length into `len`, both on this
+    // stack.
+    check(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_STATISTICS,
+            (&mut stats as *mut libc::tpacket_stats).cast(),
+            &mut len,
+        )
+    })?;
+    Ok((stats.tp_packets, stats.tp_drops))
+}
+
+/// Most messages one [`recv_frames`] or [`send_frames`] call moves.
+pub const MMSG_MAX: usize = 32;
+
+/// What [`recv_frames`] learnt of one received frame.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Received {
+    /// Bytes written to the buffer (header included).
+    pub len: usize,
+    /// The frame was longer than its buffer and was cut.
+    pub truncated: bool,
+    /// `sll_pkttype`: PACKET_OUTGOING for a frame this host sent.
+    pub pkttype: u8,
+}
+
+/// Receives up to `bufs.len()` (at most [`MMSG_MAX`]) frames in one
+/// recvmmsg call without blocking, one frame per buffer, and describes
+/// them in `out`. Returns how many arrived; `ErrorKind::WouldBlock` when
+/// none is queued.
+pub fn recv_frames(
+    fd: BorrowedFd<'_>,
+    bufs: &mut [&mut [u8]],
+    out: &mut [Received],
+) -> io::Result<usize> {
+    let count = bufs.len().min(out.len()).min(MMSG_MAX);
+    // SAFETY: `iovec` and `sockaddr_ll` are plain C structs; all-zero is a
+    // valid value of each.
+    let mut iovs: [libc::iovec; MMSG_MAX] = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut addrs: [libc::sockaddr_ll; MMSG_MAX] = unsafe { std::mem::zeroed() };
+    // SAFETY: `mmsghdr` is a plain C struct of pointers and integers; all
+    // zero (null pointers, zero lengths) is a valid value.
+    let mut msgs: [libc::mmsghdr; MMSG_MAX] = unsafe { std::mem::zeroed() };
+    for i in 0..count {
+        iovs[i] = libc::iovec {
+            iov_base: bufs[i].as_mut_ptr().cast(),
+            iov_len: bufs[i].len(),
+        };
+        msgs[i].msg_hdr.msg_iov = &mut iovs[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+        msgs[i].msg_hdr.msg_name = (&mut addrs[i] as *mut libc::sockaddr_ll).cast();
+        msgs[i].msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+    }
+    // SAFETY: the first `count` entries of `msgs` each point at one iovec
+    // describing a live, exclusively borrowed buffer of `bufs` and at one
+    // sockaddr_ll of `addrs` with its true size; all three arrays outlive
+    // the call, and the kernel writes no more than those lengths.
+    let ret = unsafe {
+        libc::recvmmsg(
+            fd.as_raw_fd(),
+            msgs.as_mut_ptr(),
+            count as libc::c_uint,
+            libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+            std::ptr::null_mut(),
+        )
+    };
+    let received = usize::try_from(check(ret)?).unwrap_or(0).min(count);
+    for i in 0..received {
+        let len = msgs[i].msg_len as usize;
+        out[i] = Received {
+            len: len.min(bufs[i].len()),
+            truncated: len > bufs[i].len() || msgs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+            pkttype: addrs[i].sll_pkttype,
+        };
+    }
+    Ok(received)
+}
+
+/// Sends up to [`MMSG_MAX`] frames in one sendmmsg call without blocking,
+/// each gathered from its two parts (virtio-net header, frame). Returns how
+/// many the kernel took; the error of the first frame it refused (the
+/// first of `frames` when it took none) is returned as `Err`.
+pub fn send_frames(fd: BorrowedFd<'_>, frames: &[[IoSlice<'_>; 2]]) -> io::Result<usize> {
+    let count = frames.len().min(MMSG_MAX);
+    // SAFETY: `mmsghdr` is a plain C struct; all-zero is a valid value.
+    let mut msgs: [libc::mmsghdr; MMSG_MAX] = unsafe { std::mem::zeroed() };
+    for (msg, parts) in msgs.iter_mut().zip(&frames[..count]) {
+        // The kernel only reads through msg_iov on send.
+        msg.msg_hdr.msg_iov = parts.as_ptr().cast_mut().cast();
+        msg.msg_hdr.msg_iovlen = parts.len();
+    }
+    // SAFETY: `IoSlice` is ABI-compatible with `struct iovec`; the first
+    // `count` messages each point at two of them in `frames`, describing
+    // live borrowed buffers that the kernel only reads; `frames` and `msgs`
+    // outlive the call; no address is given (the socket is bound).
+    let ret = unsafe {
+        libc::sendmmsg(
+            fd.as_raw_fd(),
+            msgs.as_mut_ptr(),
+            count as libc::c_uint,
+            libc::MSG_DONTWAIT,
+        )
+    };
+    Ok(usize::try_from(check(ret)?).unwrap_or(0))
 }
 
 #[cfg(test)]

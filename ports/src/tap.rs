@@ -42,15 +42,6 @@ pub fn set_interface_mtu(name: &str, mtu: u32) -> io::Result<()> {
     sys::set_mtu(name, mtu)
 }
 
-/// Installs handlers for SIGINT and SIGTERM that only raise a flag, and
-/// returns the flag, for a command that drives TAP ports until it is told
-/// to stop: its main loop polls the flag and shuts the switch down cleanly.
-/// The handlers replace any installed before and stay for the life of the
-/// process; calling this again returns the same flag.
-pub fn termination_flag() -> io::Result<&'static std::sync::atomic::AtomicBool> {
-    sys::termination_flag()
-}
-
 /// The offloads asked of a TAP device: what the kernel may hand us without
 /// doing the work itself (and, symmetrically, what we may hand it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

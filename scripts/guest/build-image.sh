@@ -29,7 +29,7 @@ for f in "$busybox" "${bins[@]}"; do
 done
 command -v cpio >/dev/null || die "cpio missing: run scripts/guest/install-deps.sh first"
 command -v depmod >/dev/null || die "depmod missing: run scripts/guest/install-deps.sh first"
-vmlinuz=$(ls "$kroot"/boot/vmlinuz-* 2>/dev/null | head -n1) || true
+vmlinuz=$(find "$kroot/boot" -maxdepth 1 -name 'vmlinuz-*' 2>/dev/null | sort | head -n1) || true
 [ -n "$vmlinuz" ] || die "no kernel in $kroot: run scripts/guest/install-deps.sh first"
 kver=${vmlinuz##*/vmlinuz-}
 mdir=$kroot/lib/modules/$kver
@@ -147,8 +147,12 @@ cp "$vmlinuz" "$out/vmlinuz"
 # of 10-19 s). run-guest.sh uses it when present.
 rm -f "$out/vmlinux"
 if grep -qx 'CONFIG_PVH=y' "$kroot/boot/config-$kver" 2>/dev/null; then
-    extract_vmlinux "$vmlinuz" "$out/vmlinux.tmp" && mv "$out/vmlinux.tmp" "$out/vmlinux" ||
-        { rm -f "$out/vmlinux.tmp"; echo "build-image: no PVH kernel (could not decompress $vmlinuz); guests boot the bzImage" >&2; }
+    if extract_vmlinux "$vmlinuz" "$out/vmlinux.tmp"; then
+        mv "$out/vmlinux.tmp" "$out/vmlinux"
+    else
+        rm -f "$out/vmlinux.tmp"
+        echo "build-image: no PVH kernel (could not decompress $vmlinuz); guests boot the bzImage" >&2
+    fi
 fi
 echo "$digest" >"$out/.inputs"
 

@@ -1,11 +1,12 @@
 #!/bin/busybox sh
+# shellcheck shell=dash
 # /init of the test guest: one virtio-net port, one iperf3 run, power off.
 #
 # Everything it needs comes from the kernel command line (keys are described in
 # scripts/guest/README.md):
 #   vsw.role=server|client   required
-#   vsw.ip=ADDR/PREFIX       eth0's address                    (default 10.0.0.1/24)
-#   vsw.peer=ADDR            the server, for a client          (default 10.0.0.2)
+#   vsw.ip=ADDR/PREFIX       eth0's address   (default 10.0.0.1/24 server, 10.0.0.2/24 client)
+#   vsw.peer=ADDR            the server, for a client          (default 10.0.0.1)
 #   vsw.args="..."           extra iperf3 client arguments     (default "-P 16 -t 5")
 #   vsw.port=N               iperf3 port                       (default 5201)
 #   vsw.queues=N             ethtool -L eth0 combined N        (default: kernel's choice)
@@ -53,8 +54,8 @@ finish() {
 }
 
 role=$(param role "")
-ip=$(param ip 10.0.0.1/24)
-peer=$(param peer 10.0.0.2)
+if [ "$role" = client ]; then ip=$(param ip 10.0.0.2/24); else ip=$(param ip 10.0.0.1/24); fi
+peer=$(param peer 10.0.0.1)
 args=$(param args "-P 16 -t 5")
 port=$(param port 5201)
 queues=$(param queues "")

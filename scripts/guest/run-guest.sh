@@ -12,8 +12,8 @@
 #   --mac MAC            (default 52:54:00:00:00:01)
 #   --mem SIZE           guest memory, shared with the backend (default 512M)
 #   --role R             server | client
-#   --ip ADDR/PREFIX     (default 10.0.0.1/24)
-#   --peer ADDR          the iperf3 server, for a client (default 10.0.0.2)
+#   --ip ADDR/PREFIX     (default 10.0.0.1/24 for a server, 10.0.0.2/24 for a client)
+#   --peer ADDR          the iperf3 server, for a client (default 10.0.0.1)
 #   --args "ARGS"        iperf3 client arguments (default "-P 16 -t 5")
 #   --append "K=V ..."   more kernel command line (e.g. "vsw.ethtool=\"tso off\"")
 #   --device-opts "..."  more virtio-net-pci properties, appended last so they
@@ -33,7 +33,7 @@ repo=$(cd "$here/../.." && pwd)
 die() { echo "run-guest: $*" >&2; exit 2; }
 
 sock="" sock_mode=client queues=1 mac=52:54:00:00:00:01 mem=512M
-role="" ip=10.0.0.1/24 peer=10.0.0.2 iperf_args="-P 16 -t 5" append="" dev_opts=""
+role="" ip="" peer=10.0.0.1 iperf_args="-P 16 -t 5" append="" dev_opts=""
 log="" image=$repo/target/guest-image kernel="" accel=tcg dry_run=0
 while [ $# -gt 0 ]; do
     case $1 in
@@ -58,7 +58,11 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ -n "$sock" ] || die "--socket is required"
-case $role in server | client) ;; *) die "--role must be server or client" ;; esac
+case $role in
+server) ip=${ip:-10.0.0.1/24} ;;
+client) ip=${ip:-10.0.0.2/24} ;;
+*) die "--role must be server or client" ;;
+esac
 case $sock_mode in
 # reconnect-ms: the backend may not listen yet (or may restart); QEMU waits
 # for it instead of failing at start.
@@ -68,7 +72,9 @@ client) chardev="socket,id=c0,path=$sock,reconnect-ms=1000" ;;
 server) chardev="socket,id=c0,path=$sock,server=on,wait=off" ;;
 *) die "--socket-mode must be client or server" ;;
 esac
-[[ $queues =~ ^[0-9]+$ ]] && [ "$queues" -ge 1 ] || die "--queues must be a positive number"
+if ! [[ $queues =~ ^[0-9]+$ ]] || [ "$queues" -lt 1 ]; then
+    die "--queues must be a positive number"
+fi
 if [ -z "$kernel" ]; then
     # The ELF kernel boots through its PVH entry: no in-guest decompression,
     # about three times faster under TCG than the bzImage.

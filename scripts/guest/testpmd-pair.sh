@@ -12,11 +12,27 @@
 # Usage: scripts/guest/testpmd-pair.sh [options]
 #   --queues N       queue pairs per port and guest vCPUs (default 1)
 #   --args "ARGS"    iperf3 client arguments (default "-P 16 -t 5")
+#   --fwd io|csum    testpmd forwarding: io (default) passes frames and their
+#                    offload metadata unchanged, so a NEEDS_CSUM or TSO frame
+#                    reaches the receiver as the sender gave it, and the
+#                    receiving kernel trusts the partial checksum; csum has
+#                    testpmd compute every IPv4/TCP/UDP checksum in software
+#                    and drop the metadata, so the receiver verifies each one
+#                    (a TSO frame then arrives whole, up to 64 KiB, unsegmented)
 #   --tso 0|1        vhost PMD tso devarg: 1 (default) lets it offer TSO and
 #                    checksum offload to the guests; 0 hides TSO
 #   --mem SIZE       memory of each guest (default 512M)
 #   --device-opts S  more virtio-net-pci properties for both guests
+#   --rx-verify      both guests refuse partial checksums and TSO on receive
+#                    (guest_csum=off and guest_tso*/ecn off), so the receiving
+#                    kernels verify every checksum themselves; without it they
+#                    trust the NEEDS_CSUM frames the peer passes through
 #   --append S       more kernel command line for both guests
+#   --vswitch PATH   run this vswitch binary (`vswitch run --vhost-user`, one
+#                    worker) as the switch instead of testpmd, to compare the
+#                    two on the same guests
+#   --qemu-listens   QEMU listens on the sockets and testpmd connects
+#                    (default: testpmd listens, QEMU connects)
 #   --timeout S      give up after S seconds (default 240)
 #   --image DIR      guest image (default target/guest-image)
 #   --workdir DIR    sockets and logs (default: a fresh temporary directory,
@@ -30,15 +46,19 @@ repo=$(cd "$here/../.." && pwd)
 
 die() { echo "testpmd-pair: $*" >&2; exit 2; }
 
-queues=1 iperf_args="-P 16 -t 5" tso=1 mem=512M dev_opts="" append="" timeout_s=240
-image=$repo/target/guest-image workdir="" keep=0
+vswitch="" queues=1 iperf_args="-P 16 -t 5" fwd=io tso=1 mem=512M dev_opts="" append="" timeout_s=240
+image=$repo/target/guest-image workdir="" keep=0 rx_verify=0 qemu_listens=0
 while [ $# -gt 0 ]; do
     case $1 in
     --queues) queues=$2; shift 2 ;;
     --args) iperf_args=$2; shift 2 ;;
+    --fwd) fwd=$2; shift 2 ;;
     --tso) tso=$2; shift 2 ;;
     --mem) mem=$2; shift 2 ;;
     --device-opts) dev_opts=$2; shift 2 ;;
+    --rx-verify) rx_verify=1; shift ;;
+    --qemu-listens) qemu_listens=1; shift ;;
+    --vswitch) vswitch=$2; shift 2 ;;
     --append) append=$2; shift 2 ;;
     --timeout) timeout_s=$2; shift 2 ;;
     --image) image=$2; shift 2 ;;
@@ -48,7 +68,16 @@ while [ $# -gt 0 ]; do
     *) die "unknown argument $1 (see --help)" ;;
     esac
 done
-command -v dpdk-testpmd >/dev/null || die "dpdk-testpmd missing: run scripts/guest/install-deps.sh"
+if [ "$rx_verify" -eq 1 ]; then
+    # GUEST_TSO4/6 and GUEST_ECN require GUEST_CSUM, so they go too.
+    dev_opts="guest_csum=off,guest_tso4=off,guest_tso6=off,guest_ecn=off${dev_opts:+,$dev_opts}"
+fi
+if [ -n "$vswitch" ]; then
+    [ -x "$vswitch" ] || die "--vswitch $vswitch is not an executable"
+    [ "$fwd" = io ] || die "--fwd is testpmd's; the vswitch forwards by learned address"
+else
+    command -v dpdk-testpmd >/dev/null || die "dpdk-testpmd missing: run scripts/guest/install-deps.sh"
+fi
 command -v jq >/dev/null || die "jq missing: run scripts/guest/install-deps.sh"
 [ -f "$image/initramfs.cpio.gz" ] || die "no image in $image: run scripts/guest/build-image.sh"
 
@@ -57,8 +86,12 @@ if [ -z "$workdir" ]; then
 else
     mkdir -p "$workdir"
     keep=1
+    # A previous run's logs would be read as this run's (VSW-READY at once).
+    rm -f "$workdir"/{server,client}.{log,log.qemu,json} "$workdir"/testpmd.log "$workdir"/port{0,1}.sock
 fi
 prefix=vsw-testpmd-$$
+server_mac=52:54:00:00:00:01
+client_mac=52:54:00:00:00:02
 pids=()
 cleanup() {
     local rc=$? p
@@ -86,33 +119,71 @@ trap 'exit 130' INT TERM
 #   it, it waits for Enter and exits at EOF) and logs the port counters.
 # - The vhost PMD listens on the sockets (it is the vhost-user server), so the
 #   guests connect as clients.
-dpdk-testpmd -l 0,1 --no-huge --no-pci -m 1024 --file-prefix "$prefix" \
-    --vdev "net_vhost0,iface=$workdir/port0.sock,queues=$queues,tso=$tso" \
-    --vdev "net_vhost1,iface=$workdir/port1.sock,queues=$queues,tso=$tso" \
-    -- --forward-mode=io --auto-start --rxq="$queues" --txq="$queues" \
-    --nb-cores=1 --stats-period 2 </dev/null >"$workdir/testpmd.log" 2>&1 &
+# - csum forwarding rewrites the Ethernet addresses (source: the testpmd
+#   port, destination: --eth-peer of the egress port), so each egress port's
+#   peer is the guest behind it. Its checksum settings need the ports
+#   stopped; --cmdline-file runs them before forwarding starts.
+fwd_args=(--forward-mode="$fwd" --auto-start)
+case $fwd in
+io) ;;
+csum)
+    cmds=$workdir/testpmd-cmds
+    {
+        echo "port stop all"
+        for port in 0 1; do
+            for proto in ip tcp udp; do echo "csum set $proto sw $port"; done
+        done
+        echo "port start all"
+    } >"$cmds"
+    fwd_args+=(--cmdline-file="$cmds" "--eth-peer=0,$server_mac" "--eth-peer=1,$client_mac")
+    ;;
+*) die "--fwd must be io or csum" ;;
+esac
+# - With --qemu-listens, QEMU owns the sockets (server=on,wait=off) and the
+#   vhost PMD connects to them (client=1) and reconnects when a guest goes.
+vdev_opts="queues=$queues,tso=$tso"
+[ "$qemu_listens" -eq 0 ] || vdev_opts+=",client=1"
+if [ -n "$vswitch" ]; then
+    # One worker, as testpmd forwards on one thread.
+    vsw_opts=":queues=$queues"
+    [ "$qemu_listens" -eq 0 ] || vsw_opts+=":client"
+    "$vswitch" run --vhost-user "$workdir/port0.sock$vsw_opts" \
+        --vhost-user "$workdir/port1.sock$vsw_opts" --workers 1 --no-ctl \
+        --stats-interval 0 </dev/null >"$workdir/testpmd.log" 2>&1 &
+else
+    dpdk-testpmd -l 0,1 --no-huge --no-pci -m 1024 --file-prefix "$prefix" \
+        --vdev "net_vhost0,iface=$workdir/port0.sock,$vdev_opts" \
+        --vdev "net_vhost1,iface=$workdir/port1.sock,$vdev_opts" \
+        -- "${fwd_args[@]}" --rxq="$queues" --txq="$queues" \
+        --nb-cores=1 --stats-period 2 </dev/null >"$workdir/testpmd.log" 2>&1 &
+fi
 pids+=($!)
-for _ in $(seq 100); do
-    [ -S "$workdir/port0.sock" ] && [ -S "$workdir/port1.sock" ] && break
-    kill -0 "${pids[0]}" 2>/dev/null || { cat "$workdir/testpmd.log" >&2; die "testpmd exited"; }
-    sleep 0.1
-done
-[ -S "$workdir/port1.sock" ] || die "testpmd made no sockets"
+if [ "$qemu_listens" -eq 0 ]; then
+    for _ in $(seq 100); do
+        [ -S "$workdir/port0.sock" ] && [ -S "$workdir/port1.sock" ] && break
+        kill -0 "${pids[0]}" 2>/dev/null || { cat "$workdir/testpmd.log" >&2; die "testpmd exited"; }
+        sleep 0.1
+    done
+    [ -S "$workdir/port1.sock" ] || die "testpmd made no sockets"
+    sock_mode=client
+else
+    sock_mode=server
+fi
 
 start=$(date +%s.%N)
 guest() {
     local role=$1 sock=$2 mac=$3 ip=$4 log=$5
     # exec: this subshell becomes timeout(1), which passes a TERM on to QEMU.
-    exec timeout "$timeout_s" "$here/run-guest.sh" --socket "$sock" --role "$role" \
+    exec timeout "$timeout_s" "$here/run-guest.sh" --socket "$sock" --socket-mode "$sock_mode" --role "$role" \
         --queues "$queues" --mac "$mac" --ip "$ip" --peer 10.0.0.1 --mem "$mem" \
         --args "$iperf_args" --image "$image" --log "$log" \
         ${dev_opts:+--device-opts "$dev_opts"} ${append:+--append "$append"} \
         >"$log.qemu" 2>&1
 }
-guest server "$workdir/port0.sock" 52:54:00:00:00:01 10.0.0.1/24 "$workdir/server.log" &
+guest server "$workdir/port0.sock" "$server_mac" 10.0.0.1/24 "$workdir/server.log" &
 server_pid=$!
 pids+=("$server_pid")
-guest client "$workdir/port1.sock" 52:54:00:00:00:02 10.0.0.2/24 "$workdir/client.log" &
+guest client "$workdir/port1.sock" "$client_mac" 10.0.0.2/24 "$workdir/client.log" &
 client_pid=$!
 pids+=("$client_pid")
 
@@ -185,7 +256,9 @@ c_exit=$(exit_rc "$workdir/client.log")
 gbps=$(jq -r '(.end.sum_received.bits_per_second // 0) / 1e9 | . * 100 | round / 100' "$workdir/client.json" 2>/dev/null || echo 0)
 retr=$(jq -r '.end.sum_sent.retransmits // "none"' "$workdir/client.json" 2>/dev/null || echo none)
 streams=$(jq -r '.start.test_start.num_streams // "?"' "$workdir/client.json" 2>/dev/null || echo "?")
-echo "RESULT gbps=$gbps retransmits=$retr server_csum_errors=${s_csum:-none} client_csum_errors=${c_csum:-none} streams=$streams queues=$queues tso=$tso boot_to_ready_s=${ready:-none} total_s=$elapsed"
+switch_name=testpmd
+[ -z "$vswitch" ] || switch_name=vswitch
+echo "RESULT switch=$switch_name gbps=$gbps retransmits=$retr server_csum_errors=${s_csum:-none} client_csum_errors=${c_csum:-none} streams=$streams queues=$queues fwd=$fwd tso=$tso rx_verify=$rx_verify boot_to_ready_s=${ready:-none} total_s=$elapsed"
 if [ -n "$fail" ]; then
     echo "testpmd-pair: FAILED: $fail" >&2
     tail -n 20 "$workdir/client.log" "$workdir/server.log" >&2 || true

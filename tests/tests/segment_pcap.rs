@@ -1,14 +1,17 @@
 //! `vswitch segment`: a capture with oversized GSO frames (partial
 //! checksums, zero IP lengths), small frames with wrong checksums, padded
 //! frames and non-IP frames, re-segmented for an MTU and checked with
-//! etherparse: sizes, checksums, payload conservation, untouched frames.
+//! etherparse: sizes, checksums, padding, payload conservation, untouched
+//! frames. segment_safety.rs has the file handling, snap lengths and pcapng.
 
 use std::time::Duration;
 
 use etherparse::{NetHeaders, PacketHeaders, TransportHeader};
 use pcap_file::pcap::{PcapHeader, PcapPacket, PcapReader, PcapWriter};
 use pcap_file::DataLink;
-use vswitch::pcap_segment::{segment_capture, PcapSegmentError, SegmentStats};
+use vswitch::pcap_segment::{
+    segment_capture, segment_files, Args, InputError, SegmentStats, StreamError,
+};
 use vswitch_offload::testing::{tcp_flags, FrameBuilder};
 
 fn payload(len: usize, seed: u8) -> Vec<u8> {
@@ -168,7 +171,10 @@ fn cuts_oversized_tcp_fixes_checksums_and_leaves_non_ip_alone() {
             frames_out: (v4_segments + v6_segments + 3) as u64,
             cut: 2,
             segments: (v4_segments + v6_segments) as u64,
-            fixed: 2,
+            checksums_fixed: 2,
+            checksums_unchanged: 0,
+            padded: 1,
+            cut_short: 0,
             not_ip: 1,
             untouched: 0,
         }
@@ -206,13 +212,13 @@ fn cuts_oversized_tcp_fixes_checksums_and_leaves_non_ip_alone() {
     let (_, udp_out) = &frames[frames.len() - 2];
     check(udp_out);
     let (_, ack_out) = &frames[frames.len() - 1];
-    assert_eq!(
-        ack_out.len(),
-        54,
+    assert_eq!(ack_out.len(), 60, "padded to the Ethernet minimum again");
+    assert_eq!(ack_out[54..], [0; 6], "padding is zeros, whatever was read");
+    let (_, tcp) = check(ack_out);
+    assert!(
+        tcp.unwrap().1.is_empty(),
         "Ethernet padding is not taken for payload"
     );
-    let (_, tcp) = check(ack_out);
-    assert!(tcp.unwrap().1.is_empty());
 }
 
 #[test]
@@ -221,7 +227,7 @@ fn frames_that_fit_keep_their_size() {
     let input = capture(DataLink::ETHERNET, std::slice::from_ref(&frame));
     let mut output = Vec::new();
     let stats = segment_capture(&input[..], &mut output, 1500).unwrap();
-    assert_eq!((stats.cut, stats.fixed), (0, 1));
+    assert_eq!((stats.cut, stats.checksums_fixed), (0, 1));
     let frames = read_back(&output);
     assert_eq!(frames.len(), 1);
     assert_eq!(frames[0].1.len(), frame.len());
@@ -232,7 +238,16 @@ fn frames_that_fit_keep_their_size() {
 fn refuses_a_non_ethernet_capture() {
     let input = capture(DataLink::RAW, &[vec![0x45; 40]]);
     let err = segment_capture(&input[..], Vec::new(), 1500).unwrap_err();
-    assert!(matches!(err, PcapSegmentError::NotEthernet { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            StreamError::Read {
+                source: InputError::NotEthernet { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
     assert!(
         err.to_string().contains("expected an Ethernet capture"),
         "{err}"
@@ -242,40 +257,49 @@ fn refuses_a_non_ethernet_capture() {
 #[test]
 fn refuses_a_file_that_is_not_a_capture() {
     let err = segment_capture(&b"definitely not a pcap file"[..], Vec::new(), 1500).unwrap_err();
-    assert!(matches!(err, PcapSegmentError::Read { .. }), "{err}");
     assert!(
-        err.to_string().starts_with("cannot read the capture"),
+        matches!(
+            err,
+            StreamError::Read {
+                source: InputError::UnknownFormat { .. },
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("expected a pcap or pcapng capture, found a file starting with"),
         "{err}"
     );
 }
 
 #[test]
 fn command_reads_and_writes_files() {
-    let dir = std::env::temp_dir().join(format!("vswitch-segment-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let input = dir.join("in.pcap");
-    let output = dir.join("out.pcap");
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.pcap");
+    let output = dir.path().join("out.pcap");
     std::fs::write(&input, capture(DataLink::ETHERNET, &[gso_ipv4_frame(3000)])).unwrap();
-    let args: Vec<String> = vec![
-        "--mtu".into(),
-        "576".into(),
-        input.display().to_string(),
-        output.display().to_string(),
-    ];
-    let stats = vswitch::pcap_segment::main(&args).unwrap();
+    let args = Args {
+        mtu: 576,
+        input: input.clone(),
+        output: output.clone(),
+        format: None,
+    };
+    let done = segment_files(&args).unwrap();
     // 576 - 20 - 32 = 524 bytes per segment.
-    assert_eq!(stats.segments, 3000u64.div_ceil(524));
+    assert_eq!(done.frames.segments, 3000u64.div_ceil(524));
     let frames = read_back(&std::fs::read(&output).unwrap());
-    assert_eq!(frames.len() as u64, stats.segments);
+    assert_eq!(frames.len() as u64, done.frames.segments);
     frames.iter().for_each(|(_, f)| assert!(check(f).0 <= 576));
-    let missing = dir.join("missing.pcap").display().to_string();
-    let err = vswitch::pcap_segment::main(&[
-        "--mtu".into(),
-        "576".into(),
-        missing,
-        output.display().to_string(),
-    ])
-    .unwrap_err();
-    assert!(err.to_string().starts_with("cannot open"), "{err}");
-    std::fs::remove_dir_all(&dir).unwrap();
+    let missing = Args {
+        input: dir.path().join("missing.pcap"),
+        ..args
+    };
+    let err = segment_files(&missing).unwrap_err();
+    assert!(
+        err.to_string().starts_with("cannot open the input"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("hint: check the path"), "{err}");
 }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::run::spec::{PortSpec, SpecError, TapSpec, VhostUserSpec};
+use crate::run::spec::{PortSpec, SpecError, TapSpec, UplinkPortSpec, VhostUserSpec};
 
 /// Smallest MTU a port may have (`run`, `demo`, port specs): the IPv4
 /// minimum datagram every host must take.
@@ -38,11 +38,21 @@ pub enum Command {
     Demo(DemoArgs),
     /// Switch between TAP devices until SIGINT or SIGTERM (Linux).
     Run(Box<RunArgs>),
-    /// Cut oversized TCP frames of a capture to the MTU and recompute every
-    /// IPv4, TCP and UDP checksum.
+    /// Re-segment a pcap or pcapng capture for an MTU: cut oversized TCP
+    /// frames and recompute every IPv4, TCP and UDP checksum.
+    #[command(
+        long_about = "Reads a pcap or pcapng capture, cuts every TCP frame whose IP packet exceeds \
+--mtu into segments of the MTU, recomputes every IPv4 header, TCP and UDP checksum, pads frames \
+shorter than 60 bytes, and writes the result in the input's format (or --format). Frames that \
+are not IP, and frames the capture's snap length cut short, pass unchanged. The input is never \
+overwritten (an output that is the input, a hard link or a symbolic link to it, is refused), and \
+the output is written to a temporary file beside it that replaces it only when the whole capture \
+was processed: after an error there is no partial output, and the error says which record, at \
+which byte offset, was reached."
+    )]
     Segment(SegmentArgs),
     /// Talk to a running `vswitch run` through its control socket.
-    Ctl(CtlArgs),
+    Ctl(Box<CtlArgs>),
     /// Print the version.
     Version,
     /// Print a shell completion script.
@@ -97,6 +107,10 @@ fn tap_spec(text: &str) -> Result<TapSpec, SpecError> {
 }
 
 fn vhost_user_spec(text: &str) -> Result<VhostUserSpec, SpecError> {
+    text.parse()
+}
+
+fn uplink_spec(text: &str) -> Result<UplinkPortSpec, SpecError> {
     text.parse()
 }
 
@@ -190,6 +204,16 @@ pub struct PortArgs {
     /// default --queues). The port's name is NAME, else PATH's file stem.
     #[arg(long = "vhost-user", value_name = "SPEC", value_parser = vhost_user_spec)]
     pub vhost_user: Vec<VhostUserSpec>,
+    /// An interface (a physical NIC, a veth end) through AF_PACKET:
+    /// IFACE[:offload=auto|none|csum|tso][:queues=N][:mtu=N][:refresh-ms=N]
+    /// [:qdisc-bypass=on|off][:netns=PATH][:vlan=N | :trunk=LIST[:native=N]]
+    /// [:max-learned=N]. offload=auto (default) follows what the NIC does
+    /// (ethtool features, re-read while running), so the switch segments
+    /// exactly when the NIC lacks TSO. The MTU is the interface's unless
+    /// mtu= says otherwise. The interface's own IP traffic then goes through
+    /// the switch too.
+    #[arg(long = "uplink", value_name = "SPEC", value_parser = uplink_spec)]
+    pub uplink: Vec<UplinkPortSpec>,
 }
 
 impl PortArgs {
@@ -197,7 +221,8 @@ impl PortArgs {
     pub fn specs(&self) -> Vec<PortSpec> {
         let taps = self.tap.iter().cloned().map(PortSpec::Tap);
         let guests = self.vhost_user.iter().cloned().map(PortSpec::VhostUser);
-        taps.chain(guests).collect()
+        let uplinks = self.uplink.iter().cloned().map(PortSpec::Uplink);
+        taps.chain(guests).chain(uplinks).collect()
     }
 }
 
@@ -258,16 +283,44 @@ pub fn metrics_addr(text: &str) -> Result<SocketAddr, String> {
     })
 }
 
+/// The format `vswitch segment` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CaptureFormatArg {
+    /// The classic libpcap format (tcpdump's default).
+    Pcap,
+    /// pcapng (tshark's default).
+    Pcapng,
+}
+
 /// Options of `vswitch segment`.
 #[derive(Debug, Args)]
 pub struct SegmentArgs {
     /// The egress MTU: the largest IP packet (68 to 65535).
     #[arg(long, value_parser = clap::value_parser!(u16).range(i64::from(vswitch::pcap_segment::MIN_MTU)..))]
     pub mtu: u16,
-    /// The capture to read (pcap).
+    /// The output's format [default: the input's].
+    #[arg(long, value_enum)]
+    pub format: Option<CaptureFormatArg>,
+    /// The capture to read (pcap or pcapng).
     pub input: PathBuf,
-    /// The capture to write.
+    /// The capture to write; replaced only on success.
     pub output: PathBuf,
+}
+
+impl SegmentArgs {
+    /// The library's options.
+    pub fn options(&self) -> vswitch::pcap_segment::Args {
+        use vswitch::pcap_segment::CaptureFormat;
+        vswitch::pcap_segment::Args {
+            mtu: self.mtu,
+            input: self.input.clone(),
+            output: self.output.clone(),
+            format: self.format.map(|format| match format {
+                CaptureFormatArg::Pcap => CaptureFormat::Pcap,
+                CaptureFormatArg::Pcapng => CaptureFormat::PcapNg,
+            }),
+        }
+    }
 }
 
 /// Options of `vswitch ctl`.
@@ -322,7 +375,8 @@ pub enum CtlCommand {
         #[arg(long, value_name = "S", value_parser = interval_seconds)]
         interval: Option<f64>,
     },
-    /// Change a port's VLAN profile or address limit while traffic runs.
+    /// Change a port's VLAN profile, address limit, isolation, guards or
+    /// rate limits while traffic runs.
     SetPort {
         /// The port's name.
         name: String,
@@ -338,6 +392,31 @@ pub enum CtlCommand {
         /// Most addresses learned on the port.
         #[arg(long, value_name = "N")]
         max_learned: Option<usize>,
+        /// Isolate the port: it reaches only ports that are not isolated.
+        #[arg(long, value_name = "on|off", value_parser = ["on", "off"])]
+        isolated: Option<String>,
+        /// Guards on: source, neighbor, dhcp, router, all or none
+        /// (`source,dhcp`).
+        #[arg(long, value_name = "LIST")]
+        guard: Option<String>,
+        /// The port's IPv4 addresses and IPv6 prefixes
+        /// (`10.0.0.2,2001:db8::/64`), or none.
+        #[arg(long, value_name = "LIST")]
+        ip: Option<String>,
+        /// Bytes a second the port may send, throttled:
+        /// RATE[/BURST[/INITIAL]] (125M is 1 Gbit/s), or off.
+        #[arg(long, value_name = "RATE")]
+        from_bytes: Option<String>,
+        /// Frames a second the port may send: RATE[/BURST[/INITIAL]], or off.
+        #[arg(long, value_name = "RATE")]
+        from_frames: Option<String>,
+        /// Bytes a second the port may be sent, dropped beyond:
+        /// RATE[/BURST[/INITIAL]], or off.
+        #[arg(long, value_name = "RATE")]
+        to_bytes: Option<String>,
+        /// Frames a second the port may be sent: RATE[/BURST[/INITIAL]], or off.
+        #[arg(long, value_name = "RATE")]
+        to_frames: Option<String>,
     },
 }
 
@@ -407,6 +486,20 @@ mod tests {
         let err = parse(&["segment", "--mtu", "67", "a", "b"]).unwrap_err();
         assert!(err.to_string().contains("68..=65535"), "{err}");
         assert!(parse(&["segment", "--mtu=68", "a", "b"]).is_ok());
+        let Command::Segment(segment) =
+            parse(&["segment", "--mtu", "1500", "--format=pcapng", "a", "b"])
+                .unwrap()
+                .command
+        else {
+            panic!("expected segment")
+        };
+        let options = segment.options();
+        assert_eq!(
+            options.format,
+            Some(vswitch::pcap_segment::CaptureFormat::PcapNg)
+        );
+        assert_eq!(options.input, std::path::Path::new("a"));
+        assert!(parse(&["segment", "--mtu", "1500", "--format", "erf", "a", "b"]).is_err());
         let help = parse(&["segment", "--help"]).unwrap_err();
         assert_eq!(help.kind(), clap::error::ErrorKind::DisplayHelp);
         assert_eq!(help.exit_code(), 0);

@@ -28,6 +28,14 @@
 //! name = "tap1"
 //! trunk = "10,20-30"
 //! native = 1
+//!
+//! [[port]]                # a tenant's guest: see `run::tenant`
+//! name = "tap2"
+//! isolated = true
+//! guard = "all"
+//! ip = ["10.0.0.2", "2001:db8::/64"]
+//! from_bytes = "125M/1Mi" # 1 Gbit/s out of the guest, a 1 MiB burst
+//! to_frames = "100k"
 //! ```
 //!
 //! An error names the file, the line and column, and what was expected.
@@ -107,7 +115,19 @@ struct File {
 }
 
 /// The options a profile may set.
-const PROFILE_KEYS: [&str; 4] = ["vlan", "trunk", "native", "max-learned"];
+const PROFILE_KEYS: [&str; 11] = [
+    "vlan",
+    "trunk",
+    "native",
+    "max-learned",
+    "isolated",
+    "guard",
+    "ip",
+    "from-bytes",
+    "from-frames",
+    "to-bytes",
+    "to-frames",
+];
 
 fn line_column(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
@@ -268,9 +288,17 @@ impl RunConfig {
     }
 }
 
+/// A value as a spec option's text. An array (`ip = ["10.0.0.2",
+/// "2001:db8::/64"]`) is a list in brackets, so the `:` of IPv6 addresses
+/// do not split the spec; a boolean is `on` or `off`.
 fn option_text(value: &toml::Value) -> String {
     match value {
         toml::Value::String(s) => s.clone(),
+        toml::Value::Boolean(on) => if *on { "on" } else { "off" }.to_string(),
+        toml::Value::Array(items) => {
+            let items: Vec<String> = items.iter().map(option_text).collect();
+            format!("[{}]", items.join(","))
+        }
         other => other.to_string(),
     }
 }
@@ -281,6 +309,35 @@ mod tests {
 
     fn parse(text: &str) -> Result<RunConfig, ConfigError> {
         RunConfig::parse(text, Path::new("sw.toml"))
+    }
+
+    #[test]
+    fn tenant_options_come_from_profiles_and_ports() {
+        let config = parse(
+            r#"
+[profiles.guest]
+isolated = true
+guard = "all"
+
+[[port]]
+name = "tap0"
+profile = "guest"
+ip = ["10.0.0.2", "2001:db8::/64"]
+from_bytes = "125M/1Mi"
+to_frames = "100k"
+"#,
+        )
+        .unwrap();
+        let profile = config.ports[0].profile().profile();
+        assert!(profile.isolated);
+        assert!(profile.security.ip_source_guard && profile.security.router_guard);
+        assert_eq!(profile.security.ipv4.len(), 1);
+        assert_eq!(profile.security.ipv6.len(), 1);
+        let from = profile.limits.from_port.bytes.unwrap();
+        assert_eq!((from.rate(), from.burst()), (125_000_000, 1 << 20));
+        assert_eq!(profile.limits.to_port.frames.unwrap().rate(), 100_000);
+        let err = parse("[[port]]\nname = \"tap0\"\nguard = \"dns\"\n").unwrap_err();
+        assert!(err.to_string().contains("unknown guard"), "{err}");
     }
 
     #[test]

@@ -49,6 +49,7 @@ use crate::drop::DropReason;
 use crate::egress::{adapt_checked, fits_mtu, EgressEngine, EgressWork};
 use crate::fdb::{Learned, LookupCache};
 use crate::forward::{Egress, Forwarder, PortId, PortSet};
+use crate::limit::{wire_cost, Credit, PortLimiter};
 
 /// The frames a burst sends to one port, in the order they must leave.
 #[derive(Debug, Default)]
@@ -176,6 +177,9 @@ pub struct Datapath {
     engine: EgressEngine,
     egress: Vec<Egress>,
     adapted: Vec<Packet>,
+    /// Tokens taken ahead from the transmit-side rate limits of the ports
+    /// this datapath sent to (see [`PortLimiter::admit_with`]).
+    credits: Vec<(Arc<PortLimiter>, Credit)>,
     coalescers: PortCoalescers,
 }
 
@@ -190,6 +194,7 @@ impl Datapath {
             engine: EgressEngine::new(),
             egress: Vec::new(),
             adapted: Vec::new(),
+            credits: Vec::new(),
             coalescers: PortCoalescers::new(CoalesceConfig::default()),
         }
     }
@@ -226,7 +231,9 @@ impl Datapath {
     }
 
     /// Checks and forwards every frame of a burst received on `ingress`,
-    /// then ends the burst ([`Datapath::end_burst`]).
+    /// charges the burst to the port's receive-side rate limit, and ends
+    /// the burst ([`Datapath::end_burst`]). A caller that honours the limit
+    /// polls the port only while [`Datapath::may_receive`] says so.
     pub fn process(
         &mut self,
         ports: &PortSet,
@@ -235,10 +242,22 @@ impl Datapath {
         now: Instant,
         out: &mut Output,
     ) {
+        let limiter = ports.limiter(ingress).cloned();
+        let (mut frames, mut bytes) = (0, 0);
         for packet in packets {
-            if let Some(frame) = Self::check(ingress, packet, out) {
-                self.forward(ports, ingress, frame, now, out);
+            let len = packet.data.len() as u64;
+            let Some(frame) = Self::check(ingress, packet, out) else {
+                (frames, bytes) = (frames + 1, bytes + len);
+                continue;
+            };
+            if limiter.is_some() {
+                let (f, b) = wire_cost(&frame);
+                (frames, bytes) = (frames + f, bytes + b);
             }
+            self.forward(ports, ingress, frame, now, out);
+        }
+        if let Some(limiter) = limiter {
+            limiter.charge_received(frames, bytes, now);
         }
         self.end_burst(out);
     }
@@ -250,6 +269,54 @@ impl Datapath {
         if self.coalescers.holding() {
             self.coalescers.flush_all(self.engine.chunk_pool(), out);
         }
+    }
+
+    /// Whether `port` may be polled at `now`: its receive-side rate limit
+    /// (if it has one) is not in debt. A port that may not waits with its
+    /// frames in its own queue: backpressure, not loss.
+    pub fn may_receive(ports: &PortSet, port: PortId, now: Instant) -> bool {
+        ports
+            .limiter(port)
+            .is_none_or(|limiter| limiter.may_receive(now))
+    }
+
+    /// The egress port's rate limit: whether `frame` may go to `port` at
+    /// `now` (its tokens are taken if so); a refused frame is counted.
+    fn admit(
+        &mut self,
+        ports: &PortSet,
+        port: PortId,
+        frame: &CheckedFrame,
+        now: Instant,
+        out: &mut Output,
+    ) -> bool {
+        let Some(limiter) = ports.limiter(port) else {
+            return true;
+        };
+        let index = match self
+            .credits
+            .iter()
+            .position(|(held, _)| Arc::ptr_eq(held, limiter))
+        {
+            Some(index) => index,
+            None => {
+                // Credit for limiters no longer in use goes with them.
+                if self.credits.len() >= 64 {
+                    self.credits.clear();
+                }
+                self.credits.push((limiter.clone(), Credit::default()));
+                self.credits.len() - 1
+            }
+        };
+        let (frames, bytes) = wire_cost(frame);
+        let admitted = match self.credits.get_mut(index) {
+            Some((held, credit)) => held.admit_with(credit, frames, bytes, now),
+            None => limiter.admit(frames, bytes, now),
+        };
+        if !admitted {
+            out.dropped(port, DropReason::RateLimited);
+        }
+        admitted
     }
 
     /// Forwards one checked frame received on `ingress` at `now` among
@@ -289,7 +356,9 @@ impl Datapath {
         // there as it is.
         if let [egress] = self.egress[..] {
             if egress.tag.map(|vlan| vlan.get()) == ingress_vid {
-                self.emit(ports, egress.port, frame, now, out);
+                if self.admit(ports, egress.port, &frame, now, out) {
+                    self.emit(ports, egress.port, frame, now, out);
+                }
                 return;
             }
         }
@@ -321,7 +390,11 @@ impl Datapath {
                 slot.get_or_insert_with(|| frame.retagged(vid)).clone()
             };
             match version {
-                Some(version) => self.emit(ports, egress.port, version, now, out),
+                Some(version) => {
+                    if self.admit(ports, egress.port, &version, now, out) {
+                        self.emit(ports, egress.port, version, now, out);
+                    }
+                }
                 None => out.dropped(egress.port, DropReason::RetagFailed),
             }
         }
@@ -394,6 +467,9 @@ impl Datapath {
         }
     }
 }
+
+#[cfg(test)]
+mod tenant_tests;
 
 #[cfg(test)]
 mod tests {

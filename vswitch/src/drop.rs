@@ -43,6 +43,29 @@ pub enum DropReason {
     DestinationOnIngressPort,
     /// No other port carries the frame's VLAN.
     NoDestination,
+    /// The destination is behind an isolated port and the frame came from
+    /// another isolated port.
+    PortIsolated,
+    /// An IP packet from a source address the port does not own (IP source
+    /// guard).
+    IpSourceNotAllowed,
+    /// An ARP request or reply claiming an address the port does not own
+    /// (neighbour guard).
+    ArpNotOwned,
+    /// An IPv6 neighbour advertisement for an address the port does not own
+    /// (neighbour guard).
+    NdNotOwned,
+    /// A DHCPv4 or DHCPv6 server message from a port without the right to
+    /// send one (DHCP guard).
+    DhcpServer,
+    /// An IPv6 router advertisement from a port without the right to send
+    /// one (router guard).
+    RouterAdvertisement,
+    /// A guard is on and the headers it reads are cut short or hidden
+    /// behind a third VLAN tag.
+    GuardUnreadable,
+    /// The frame would have taken the egress port over its rate limit.
+    RateLimited,
     /// The VLAN tag could not be pushed or popped without breaking the
     /// frame's offload offsets (a partial checksum inside the link-layer
     /// header, a third tag).
@@ -69,7 +92,7 @@ pub enum DropReason {
 }
 
 /// The reasons other than [`DropReason::InvalidHeader`], in counter order.
-const SWITCH_REASONS: [DropReason; 20] = [
+const SWITCH_REASONS: [DropReason; 28] = [
     DropReason::Malformed,
     DropReason::UnknownIngressPort,
     DropReason::InvalidSourceMac,
@@ -90,6 +113,14 @@ const SWITCH_REASONS: [DropReason; 20] = [
     DropReason::EgressPortError,
     DropReason::EgressRefused,
     DropReason::Shutdown,
+    DropReason::PortIsolated,
+    DropReason::IpSourceNotAllowed,
+    DropReason::ArpNotOwned,
+    DropReason::NdNotOwned,
+    DropReason::DhcpServer,
+    DropReason::RouterAdvertisement,
+    DropReason::GuardUnreadable,
+    DropReason::RateLimited,
 ];
 
 impl DropReason {
@@ -136,6 +167,14 @@ impl DropReason {
             DropReason::EgressPortError => 17,
             DropReason::EgressRefused => 18,
             DropReason::Shutdown => 19,
+            DropReason::PortIsolated => 20,
+            DropReason::IpSourceNotAllowed => 21,
+            DropReason::ArpNotOwned => 22,
+            DropReason::NdNotOwned => 23,
+            DropReason::DhcpServer => 24,
+            DropReason::RouterAdvertisement => 25,
+            DropReason::GuardUnreadable => 26,
+            DropReason::RateLimited => 27,
             DropReason::InvalidHeader(rule) => SWITCH_REASONS.len() + rule.index(),
         }
     }
@@ -165,6 +204,14 @@ impl DropReason {
             DropReason::EgressPortError => "egress_port_error",
             DropReason::EgressRefused => "egress_refused",
             DropReason::Shutdown => "shutdown",
+            DropReason::PortIsolated => "port_isolated",
+            DropReason::IpSourceNotAllowed => "ip_source_not_allowed",
+            DropReason::ArpNotOwned => "arp_not_owned",
+            DropReason::NdNotOwned => "nd_not_owned",
+            DropReason::DhcpServer => "dhcp_server",
+            DropReason::RouterAdvertisement => "router_advertisement",
+            DropReason::GuardUnreadable => "guard_unreadable",
+            DropReason::RateLimited => "rate_limited",
         }
     }
 

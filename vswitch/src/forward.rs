@@ -4,6 +4,7 @@
 //! be reproduced in a test.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vswitch_offload::wire::ethertype;
@@ -11,6 +12,8 @@ use vswitch_offload::{CheckedFrame, EgressCapabilities, OuterTag};
 
 pub use crate::drop::DropReason;
 use crate::fdb::{ForwardingTable, Learned, LookupCache};
+use crate::guard::{GuardViolation, PortSecurity};
+use crate::limit::{PortLimiter, PortLimits};
 use crate::mac::MacAddr;
 pub use crate::port_id::PortId;
 use crate::vlan::{VlanId, VlanMode};
@@ -36,6 +39,15 @@ pub struct PortProfile {
     pub max_learned: usize,
     /// Source-address enforcement.
     pub source_macs: SourceMacPolicy,
+    /// An isolated port (a protected port, in the Linux bridge's and OVS's
+    /// words) exchanges frames only with ports that are not isolated (an
+    /// uplink, a router): never with another isolated port, flooded and
+    /// broadcast frames included.
+    pub isolated: bool,
+    /// The port-security guards and the addresses the port owns.
+    pub security: PortSecurity,
+    /// Rate limits per direction.
+    pub limits: PortLimits,
 }
 
 impl PortProfile {
@@ -48,6 +60,9 @@ impl PortProfile {
             vlan: VlanMode::Access(vlan),
             max_learned: Self::DEFAULT_MAX_LEARNED,
             source_macs: SourceMacPolicy::Any,
+            isolated: false,
+            security: PortSecurity::new(),
+            limits: PortLimits::new(),
         }
     }
 
@@ -57,6 +72,9 @@ impl PortProfile {
             vlan: VlanMode::Trunk { allowed, native },
             max_learned: Self::DEFAULT_MAX_LEARNED,
             source_macs: SourceMacPolicy::Any,
+            isolated: false,
+            security: PortSecurity::new(),
+            limits: PortLimits::new(),
         }
     }
 
@@ -64,6 +82,30 @@ impl PortProfile {
     pub fn max_learned(mut self, limit: usize) -> Self {
         self.max_learned = limit;
         self
+    }
+
+    /// Makes the port isolated (or not): see [`PortProfile::isolated`].
+    pub fn isolated(mut self, isolated: bool) -> Self {
+        self.isolated = isolated;
+        self
+    }
+
+    /// Sets the port-security guards and addresses.
+    pub fn security(mut self, security: PortSecurity) -> Self {
+        self.security = security;
+        self
+    }
+
+    /// Sets the rate limits.
+    pub fn limits(mut self, limits: PortLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Whether a frame may go from a port of this profile to one of
+    /// `egress`: not from one isolated port to another.
+    pub fn may_reach(&self, egress: &PortProfile) -> bool {
+        !(self.isolated && egress.isolated)
     }
 
     /// Allows only these source addresses.
@@ -84,6 +126,10 @@ impl Default for PortProfile {
 #[derive(Debug, Clone, Default)]
 pub struct PortSet {
     ports: Vec<(PortId, PortProfile, EgressCapabilities)>,
+    /// The running rate limits of the ports that have any, sorted by id:
+    /// shared by every copy of the set, and kept across a profile change
+    /// that leaves the limits as they were.
+    limiters: Vec<(PortId, Arc<PortLimiter>)>,
     /// Changes with every change of the set, unique among all sets: a
     /// decision remembered for one version is not replayed for another.
     version: u64,
@@ -108,6 +154,7 @@ impl PortSet {
 
     /// Adds or replaces a port with the capabilities of its egress.
     pub fn insert_port(&mut self, id: PortId, profile: PortProfile, egress: EgressCapabilities) {
+        let limits = profile.limits;
         match self.ports.binary_search_by_key(&id, |(id, ..)| *id) {
             Ok(index) => {
                 if let Some(slot) = self.ports.get_mut(index) {
@@ -116,6 +163,23 @@ impl PortSet {
                 }
             }
             Err(index) => self.ports.insert(index, (id, profile, egress)),
+        }
+        let limiter = self.limiters.binary_search_by_key(&id, |(id, _)| *id);
+        match limiter {
+            Ok(index) if limits.is_none() => {
+                self.limiters.remove(index);
+            }
+            Ok(index) => {
+                if let Some(slot) = self.limiters.get_mut(index) {
+                    if *slot.1.limits() != limits {
+                        slot.1 = Arc::new(PortLimiter::new(limits));
+                    }
+                }
+            }
+            Err(_) if limits.is_none() => {}
+            Err(index) => self
+                .limiters
+                .insert(index, (id, Arc::new(PortLimiter::new(limits)))),
         }
         self.touch();
     }
@@ -127,6 +191,7 @@ impl PortSet {
     /// Removes a port; returns its profile if it was present.
     pub fn remove(&mut self, id: PortId) -> Option<PortProfile> {
         let index = self.index(id)?;
+        self.limiters.retain(|(limited, _)| *limited != id);
         self.touch();
         Some(self.ports.remove(index).1)
     }
@@ -140,6 +205,15 @@ impl PortSet {
         self.ports
             .get(self.index(id)?)
             .map(|(_, profile, _)| profile)
+    }
+
+    /// The running rate limits of `id`, if it has any.
+    pub fn limiter(&self, id: PortId) -> Option<&Arc<PortLimiter>> {
+        let index = self
+            .limiters
+            .binary_search_by_key(&id, |(id, _)| *id)
+            .ok()?;
+        self.limiters.get(index).map(|(_, limiter)| limiter)
     }
 
     /// What the egress of `id` takes.
@@ -224,6 +298,27 @@ pub enum ForwardError {
         /// The frame's VLAN.
         vlan: VlanId,
     },
+    /// A port-security guard refused the frame.
+    #[error("{port}: {violation}")]
+    Guard {
+        /// The ingress port.
+        port: PortId,
+        /// What the guard refused.
+        violation: GuardViolation,
+    },
+    /// The destination was learned on an isolated port and the frame
+    /// came from another.
+    #[error("{dst} in VLAN {vlan} is behind {egress}, isolated like the ingress {port}")]
+    PortIsolated {
+        /// The ingress port.
+        port: PortId,
+        /// The isolated port the destination was learned on.
+        egress: PortId,
+        /// The destination address.
+        dst: MacAddr,
+        /// The frame's VLAN.
+        vlan: VlanId,
+    },
     /// The destination is behind the ingress port.
     #[error("{dst} in VLAN {vlan} is behind the ingress {port}")]
     DestinationOnIngressPort {
@@ -257,6 +352,8 @@ impl ForwardError {
             ForwardError::InvalidVlanId { .. } => DropReason::InvalidVlanId,
             ForwardError::VlanNotAllowed { .. } => DropReason::VlanNotAllowed,
             ForwardError::DestinationOnIngressPort { .. } => DropReason::DestinationOnIngressPort,
+            ForwardError::PortIsolated { .. } => DropReason::PortIsolated,
+            ForwardError::Guard { violation, .. } => violation.reason(),
             ForwardError::NoDestination { .. } => DropReason::NoDestination,
         }
     }
@@ -487,6 +584,13 @@ impl Forwarder {
                 });
             }
         }
+        profile
+            .security
+            .check(frame)
+            .map_err(|violation| ForwardError::Guard {
+                port: ingress,
+                violation,
+            })?;
         let ingress_tag = frame.outer_tag();
         let vlan = classify(ingress, &profile.vlan, ingress_tag)?;
 
@@ -536,6 +640,14 @@ impl Forwarder {
                     vlan,
                 })
             }
+            Some((port, egress)) if !profile.may_reach(egress) => {
+                return Err(ForwardError::PortIsolated {
+                    port: ingress,
+                    egress: port,
+                    dst,
+                    vlan,
+                })
+            }
             Some((port, egress)) => {
                 out.push(Egress {
                     port,
@@ -547,7 +659,9 @@ impl Forwarder {
                 out.extend(
                     ports
                         .iter()
-                        .filter(|(id, egress)| *id != ingress && egress.vlan.carries(vlan))
+                        .filter(|(id, egress)| {
+                            *id != ingress && egress.vlan.carries(vlan) && profile.may_reach(egress)
+                        })
                         .map(|(port, egress)| Egress {
                             port,
                             tag: egress.vlan.egress_tag(vlan),

@@ -28,9 +28,27 @@
 //! let got = guest_b.collect_timeout(Duration::from_secs(5)).unwrap();
 //! assert_eq!(got.data, frame);
 //! ```
+//!
+//! # Features
+//!
+//! `cli` is on by default, for the `vswitch` command. An embedder depends on
+//! the crate with `default-features = false` and compiles the switching core
+//! alone:
+//!
+//! ```toml
+//! vswitch = { version = "0.1", default-features = false }
+//! ```
+//!
+//! - `demo`: the `demo` module, two in-memory guests pushing TSO flows through the
+//!   switch (`vswitch demo`, the switch benchmark).
+//! - `pcap-tool`: the `pcap_segment` module, re-segmenting a pcap or pcapng capture
+//!   for an MTU (`vswitch segment`).
+//! - `cli`: both, and what the `vswitch` command needs (clap, the control
+//!   socket, metrics, configuration files); the binary requires it.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "pcap-tool")]
 pub mod pcap_segment;
 
 pub use vswitch_offload as offload;
@@ -38,6 +56,7 @@ pub use vswitch_ports as ports;
 
 pub mod coalesce;
 pub mod datapath;
+#[cfg(feature = "demo")]
 pub mod demo;
 pub mod dispatch;
 pub mod drop;
@@ -45,6 +64,8 @@ pub mod egress;
 pub mod ethernet;
 pub mod fdb;
 pub mod forward;
+pub mod guard;
+pub mod limit;
 pub mod mac;
 pub mod port_id;
 pub mod stats;

@@ -48,20 +48,19 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(message) => failure(format!("demo: {message}"), 1),
         },
-        Command::Segment(args) => {
-            let args = vswitch::pcap_segment::Args {
-                mtu: args.mtu,
-                input: args.input.to_string_lossy().into_owned(),
-                output: args.output.to_string_lossy().into_owned(),
-            };
-            match vswitch::pcap_segment::segment_files(&args) {
-                Ok(stats) => {
-                    println!("vswitch segment: {stats}");
-                    ExitCode::SUCCESS
-                }
-                Err(err) => failure(format!("segment: {err}"), 1),
+        Command::Segment(args) => match vswitch::pcap_segment::segment_files(&args.options()) {
+            Ok(done) => {
+                println!(
+                    "vswitch segment: {} ({} in, {} out)",
+                    done.frames, done.input_format, done.output_format
+                );
+                ExitCode::SUCCESS
             }
-        }
+            Err(err) => {
+                let code = if err.is_usage() { 2 } else { 1 };
+                failure(format!("segment: {err}"), code)
+            }
+        },
         Command::Run(args) => {
             init_logging();
             match run::run(&args) {
@@ -72,7 +71,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Ctl(args) => match ctl::client::run(args) {
+        Command::Ctl(args) => match ctl::client::run(*args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err @ ctl::client::ClientError::Usage(_)) => failure(format!("ctl: {err}"), 2),
             Err(err) => failure(format!("ctl: {err}"), 1),

@@ -67,6 +67,7 @@ use crate::datapath::{Datapath, Event, Output};
 use crate::dispatch::{flow_hash, worker_for_hash};
 use crate::drop::DropReason;
 use crate::forward::{Forwarder, ForwarderConfig, PortId, PortProfile, PortSet};
+use crate::limit::wire_cost;
 use crate::stats::{PortCounters, PortStats, WorkerCounters, WorkerStats};
 
 /// Settings of a [`Switch`].
@@ -793,6 +794,16 @@ impl SwitchWorker {
         let Some((port, queue)) = self.owned.get(i).cloned() else {
             return 0;
         };
+        // A port over its receive-side rate limit is not polled: its frames
+        // wait in its queue until the tokens return.
+        let limiter = self.table.profiles.limiter(port.id).cloned();
+        if limiter
+            .as_ref()
+            .is_some_and(|limiter| !limiter.may_receive(now))
+        {
+            return 0;
+        }
+        let (mut cost_frames, mut cost_bytes) = (0, 0);
         self.rx_batch.clear();
         // An error here is an outside end that went away: nothing to poll.
         let received = port
@@ -803,9 +814,15 @@ impl SwitchWorker {
         let mut batch = std::mem::take(&mut self.rx_batch);
         for packet in batch.drain(..) {
             port.counters.received(self.index, packet.data.len());
+            let len = packet.data.len() as u64;
             let Some(frame) = Datapath::check(port.id, packet, &mut self.output) else {
+                (cost_frames, cost_bytes) = (cost_frames + 1, cost_bytes + len);
                 continue;
             };
+            if limiter.is_some() {
+                let (frames, bytes) = wire_cost(&frame);
+                (cost_frames, cost_bytes) = (cost_frames + frames, cost_bytes + bytes);
+            }
             let target = if workers == 1 {
                 self.index
             } else {
@@ -820,6 +837,9 @@ impl SwitchWorker {
             }
         }
         self.rx_batch = batch;
+        if let Some(limiter) = limiter {
+            limiter.charge_received(cost_frames, cost_bytes, now);
+        }
         self.flush();
         for target in 0..self.to_wake.len() {
             if std::mem::take(&mut self.to_wake[target]) {

@@ -81,12 +81,12 @@
 //! (no `MQ`) is served on pair 0.
 
 mod backend;
-mod queue;
+pub mod queue;
 mod relay;
 #[cfg(test)]
 mod tests;
 
-pub use queue::QueueBroken;
+pub use queue::{Drained, QueueBroken};
 
 use std::io;
 use std::os::unix::net::{UnixListener, UnixStream};

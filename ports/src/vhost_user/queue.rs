@@ -1,7 +1,8 @@
 //! Moving frames between a guest's split virtqueues and its [`GuestQueue`]:
 //! the device side of one queue pair, over a virtio-queue [`Queue`] and a
 //! snapshot of guest memory. No sockets and no threads here, so the same
-//! code runs under the vhost-user backend and in tests over a mock driver.
+//! code runs under the vhost-user backend, in a VMM's own in-process
+//! virtio-net device, under a fuzzer and in tests over a mock driver.
 //!
 //! Both directions follow the same rules:
 //!
@@ -36,7 +37,7 @@ const RX_TOP_UP: usize = 64;
 
 /// What one call did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Drained {
+pub struct Drained {
     /// Chains returned to the guest through the used ring.
     pub chains: usize,
     /// Frames moved (transmitted, or written to the guest).
@@ -68,7 +69,7 @@ fn broken(queue: u16, err: impl std::fmt::Display) -> QueueBroken {
 /// `index`) into `port`, at most `budget`, while the port has room.
 /// With no room the ring is left with kicks suppressed: the guest port's
 /// notifier fires when the switch has taken frames again.
-pub(crate) fn drain_tx<M>(
+pub fn drain_tx<M>(
     index: u16,
     queue: &mut Queue,
     mem: &M,
@@ -162,7 +163,7 @@ where
 /// on `queue` (virtqueue index `index`), at most `budget` frames. Chains
 /// taken off the ring but not filled are put back (the ring's next
 /// available index is moved back over them).
-pub(crate) fn fill_rx<M>(
+pub fn fill_rx<M>(
     index: u16,
     queue: &mut Queue,
     mem: &M,

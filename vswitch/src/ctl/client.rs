@@ -258,10 +258,42 @@ pub fn run(args: CtlArgs) -> Result<(), ClientError> {
             trunk,
             native,
             max_learned,
+            isolated,
+            guard,
+            ip,
+            from_bytes,
+            from_frames,
+            to_bytes,
+            to_frames,
         } => {
-            if vlan.is_none() && trunk.is_none() && native.is_none() && max_learned.is_none() {
+            let options: Vec<String> = [
+                ("isolated", isolated),
+                ("guard", guard),
+                ("ip", ip),
+                ("from-bytes", from_bytes),
+                ("from-frames", from_frames),
+                ("to-bytes", to_bytes),
+                ("to-frames", to_frames),
+            ]
+            .into_iter()
+            .filter_map(|(key, value)| value.map(|value| format!("{key}={value}")))
+            .collect();
+            let mut check = crate::run::tenant::TenantOptions::default();
+            for option in &options {
+                check
+                    .take(option)
+                    .map_err(|e| ClientError::Usage(format!("set-port: {e}")))?;
+            }
+            if vlan.is_none()
+                && trunk.is_none()
+                && native.is_none()
+                && max_learned.is_none()
+                && options.is_empty()
+            {
                 return Err(ClientError::Usage(
-                    "set-port: nothing to change; give --vlan N, --trunk LIST, --native N or --max-learned N".into(),
+                    "set-port: nothing to change; give --vlan N, --trunk LIST, --native N, --max-learned N, \
+                     --isolated, --guard, --ip, --from-bytes, --from-frames, --to-bytes or --to-frames"
+                        .into(),
                 ));
             }
             let value = conn.request(&Request::SetPort {
@@ -270,6 +302,7 @@ pub fn run(args: CtlArgs) -> Result<(), ClientError> {
                 trunk,
                 native: native.map(|v| v.get()),
                 max_learned,
+                options,
             })?;
             if as_json {
                 return print(out, json(&value));
@@ -337,6 +370,11 @@ pub fn format_ports(ports: &[PortView]) -> String {
             p.vlan,
             format!("{}/{}", p.learned, p.max_learned)
         );
+    }
+    for p in ports {
+        if let Some(protection) = &p.protection {
+            let _ = writeln!(out, "{} protection: {protection}", p.name);
+        }
     }
     for p in ports {
         if let Some(reason) = &p.down_reason {

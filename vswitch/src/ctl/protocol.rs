@@ -12,6 +12,8 @@
 //! {"cmd":"stats","port":"tap0"}                port may be left out
 //! {"cmd":"set-port","name":"tap0","vlan":10,"max_learned":64}
 //!                                              or "trunk":"10,20-30","native":1
+//! {"cmd":"set-port","name":"tap0","options":["isolated","guard=all","ip=10.0.0.2"]}
+//!                                              tenant options, as in a port spec
 //! ```
 //!
 //! A response is `{"ok":RESULT}` or `{"error":{"kind":KIND,"message":TEXT}}`,
@@ -78,6 +80,10 @@ pub enum Request {
         /// Most addresses learned on the port.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         max_learned: Option<usize>,
+        /// Tenant options (`isolated`, `guard=`, `ip=`, `from-bytes=`,
+        /// ...), each as in a port spec.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        options: Vec<String>,
     },
 }
 
@@ -132,6 +138,10 @@ pub struct PortView {
     pub learned: usize,
     /// Kind-specific facts (a TAP's kernel receive mode).
     pub detail: String,
+    /// Isolation, guards, addresses and rate limits, when any is set
+    /// (`isolated; guard all; ip 10.0.0.2; from-bytes 125000000/12500000`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protection: Option<String>,
 }
 
 /// The answer to `show`.
@@ -312,6 +322,18 @@ mod tests {
                     trunk: None,
                     native: None,
                     max_learned: Some(64),
+                    options: vec![],
+                },
+            ),
+            (
+                r#"{"cmd":"set-port","name":"tap0","options":["isolated","guard=all","ip=10.0.0.2"]}"#,
+                Request::SetPort {
+                    name: "tap0".into(),
+                    vlan: None,
+                    trunk: None,
+                    native: None,
+                    max_learned: None,
+                    options: vec!["isolated".into(), "guard=all".into(), "ip=10.0.0.2".into()],
                 },
             ),
         ];

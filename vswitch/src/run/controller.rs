@@ -241,6 +241,7 @@ impl Controller {
             max_learned: entry.profile.max_learned,
             learned: self.switch.learned_on(entry.id),
             detail: entry.detail.clone(),
+            protection: super::tenant::describe(&entry.profile),
         }
     }
 
@@ -361,7 +362,17 @@ impl Controller {
         trunk: Option<String>,
         native: Option<u16>,
         max_learned: Option<usize>,
+        options: &[String],
     ) -> Result<PortView, ControlError> {
+        let mut tenant = super::tenant::TenantOptions::default();
+        for option in options {
+            if !tenant.take(option).map_err(ControlError::BadRequest)? {
+                return Err(ControlError::BadRequest(format!(
+                    "options: {option:?} is not a tenant option, expected one of {}",
+                    super::tenant::KEYS.join(", ")
+                )));
+            }
+        }
         if vlan.is_some() && (trunk.is_some() || native.is_some()) {
             return Err(ControlError::BadRequest(
                 "vlan (an access port) and trunk/native exclude each other".into(),
@@ -401,6 +412,7 @@ impl Controller {
         if let Some(limit) = max_learned {
             profile.max_learned = limit;
         }
+        tenant.apply(&mut profile);
         self.switch.set_port_profile(entry.id, profile.clone())?;
         let entry = &mut ports[index];
         entry.profile = profile;
@@ -429,8 +441,9 @@ impl Controller {
                 trunk,
                 native,
                 max_learned,
+                options,
             } => self
-                .set_port(&name, vlan, trunk, native, max_learned)
+                .set_port(&name, vlan, trunk, native, max_learned, &options)
                 .and_then(to_value),
         };
         match result {

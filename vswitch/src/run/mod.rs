@@ -4,6 +4,7 @@
 
 pub mod controller;
 pub mod spec;
+pub mod tenant;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;

@@ -20,11 +20,13 @@ use std::time::Duration;
 
 use vswitch::{PortProfile, VlanId, VlanMode, VlanSet};
 use vswitch_ports::tap::{self, KernelReceive, TapConfig, TapOffloads, TapPort};
+use vswitch_ports::uplink::{LinkState, UplinkConfig, UplinkError, UplinkPort};
 use vswitch_ports::vhost_user::{
     SocketMode, VhostUserConfig, VhostUserError, VhostUserPort, MAX_QUEUE_PAIRS,
 };
 use vswitch_ports::Port;
 
+use super::tenant::{split_options, TenantOptions};
 use crate::cli::{MTU_MAX, MTU_MIN, QUEUES_MAX};
 
 /// Why a port spec does not parse. The message names the spec, the option
@@ -52,18 +54,22 @@ pub enum PortSpec {
     Tap(TapSpec),
     /// A guest attached over vhost-user (`--vhost-user PATH[:option...]`).
     VhostUser(VhostUserSpec),
+    /// A physical (or any) interface through AF_PACKET (`--uplink
+    /// IFACE[:option...]`).
+    Uplink(UplinkPortSpec),
 }
 
 impl PortSpec {
     /// The kinds, as named on the command line (`--KIND`), in the protocol
     /// and in configuration files.
-    pub const KINDS: [&'static str; 2] = ["tap", "vhost-user"];
+    pub const KINDS: [&'static str; 3] = ["tap", "vhost-user", "uplink"];
 
     /// Parses the spec of a port of `kind` (the text after `--KIND`).
     pub fn parse_kind(kind: &str, spec: &str) -> Result<PortSpec, SpecError> {
         match kind {
             "tap" => spec.parse().map(PortSpec::Tap),
             "vhost-user" => spec.parse().map(PortSpec::VhostUser),
+            "uplink" => spec.parse().map(PortSpec::Uplink),
             other => Err(spec_error(
                 spec,
                 format!(
@@ -79,6 +85,7 @@ impl PortSpec {
         match self {
             PortSpec::Tap(_) => "tap",
             PortSpec::VhostUser(_) => "vhost-user",
+            PortSpec::Uplink(_) => "uplink",
         }
     }
 
@@ -87,6 +94,7 @@ impl PortSpec {
         match self {
             PortSpec::Tap(spec) => &spec.name,
             PortSpec::VhostUser(spec) => &spec.name,
+            PortSpec::Uplink(spec) => &spec.interface,
         }
     }
 
@@ -95,6 +103,7 @@ impl PortSpec {
         match self {
             PortSpec::Tap(spec) => &spec.profile,
             PortSpec::VhostUser(spec) => &spec.profile,
+            PortSpec::Uplink(spec) => &spec.profile,
         }
     }
 }
@@ -105,6 +114,7 @@ impl fmt::Display for PortSpec {
         match self {
             PortSpec::Tap(spec) => write!(f, "tap:{spec}"),
             PortSpec::VhostUser(spec) => write!(f, "vhost-user:{spec}"),
+            PortSpec::Uplink(spec) => write!(f, "uplink:{spec}"),
         }
     }
 }
@@ -141,6 +151,8 @@ pub struct ProfileOptions {
     pub native: Option<VlanId>,
     /// `max-learned=N`: most addresses learned on the port.
     pub max_learned: Option<usize>,
+    /// Isolation, guards, addresses and rate limits ([`super::tenant`]).
+    pub tenant: TenantOptions,
 }
 
 /// Parses a VLAN id, saying the range when it is out of it.
@@ -176,6 +188,9 @@ impl ProfileOptions {
     /// Takes `option` (`key=value`) if it is one of the common options;
     /// `Ok(false)` when it is not, for the kind's parser to reject.
     pub fn take(&mut self, option: &str) -> Result<bool, String> {
+        if self.tenant.take(option)? {
+            return Ok(true);
+        }
         let Some((key, value)) = option.split_once('=') else {
             return Ok(false);
         };
@@ -214,6 +229,7 @@ impl ProfileOptions {
         if let Some(limit) = self.max_learned {
             profile = profile.max_learned(limit);
         }
+        self.tenant.apply(&mut profile);
         profile
     }
 
@@ -230,7 +246,7 @@ impl ProfileOptions {
         if let Some(limit) = self.max_learned {
             write!(f, ":max-learned={limit}")?;
         }
-        Ok(())
+        self.tenant.write_options(f)
     }
 }
 
@@ -300,7 +316,7 @@ impl FromStr for TapSpec {
     type Err = SpecError;
 
     fn from_str(spec: &str) -> Result<Self, SpecError> {
-        let mut parts = spec.split(':');
+        let mut parts = split_options(spec).into_iter();
         let name = parts.next().unwrap_or_default().to_string();
         if name.is_empty()
             || name.len() > tap::IFNAME_MAX
@@ -377,7 +393,8 @@ impl TapSpec {
                 if !self.profile.take(other)? {
                     return Err(format!(
                         "unknown option {other:?}, expected offload=none|csum|tso, gro=USEC|off, \
-                         queues=N, mtu=N, vlan=N, trunk=LIST, native=N or max-learned=N"
+                         queues=N, mtu=N, vlan=N, trunk=LIST, native=N, max-learned=N, isolated, \
+                         guard=LIST, ip=LIST, from-bytes=, from-frames=, to-bytes= or to-frames="
                     ));
                 }
             }
@@ -426,7 +443,7 @@ impl FromStr for VhostUserSpec {
     type Err = SpecError;
 
     fn from_str(spec: &str) -> Result<Self, SpecError> {
-        let mut parts = spec.split(':');
+        let mut parts = split_options(spec).into_iter();
         let path = parts.next().unwrap_or_default();
         if path.is_empty() {
             return Err(spec_error(spec, "expected the socket's path first"));
@@ -494,7 +511,8 @@ impl VhostUserSpec {
                 if !self.profile.take(other)? {
                     return Err(format!(
                         "unknown option {other:?}, expected client, server, queues=N, name=NAME, \
-                         mtu=N, vlan=N, trunk=LIST, native=N or max-learned=N"
+                         mtu=N, vlan=N, trunk=LIST, native=N, max-learned=N, isolated, guard=LIST, \
+                         ip=LIST, from-bytes=, from-frames=, to-bytes= or to-frames="
                     ));
                 }
             }
@@ -514,6 +532,79 @@ impl fmt::Display for VhostUserSpec {
         }
         if let Some(mtu) = self.mtu {
             write!(f, ":mtu={mtu}")?;
+        }
+        self.profile.write_options(f)
+    }
+}
+
+/// One `--uplink IFACE[:offload=auto|none|csum|tso][:queues=N][:mtu=N]
+/// [:refresh-ms=N][:qdisc-bypass=on|off][:netns=PATH]
+/// [:vlan=N|:trunk=LIST[:native=N]][:max-learned=N]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UplinkPortSpec {
+    /// The interface.
+    pub interface: String,
+    /// How to open it (`queues` and `mtu` only where the spec says).
+    pub config: UplinkConfig,
+    /// Whether the spec gave `queues=` (else the command's `--queues`).
+    pub queues_given: bool,
+    /// The uplink's own options as given, for [`fmt::Display`].
+    options: Vec<String>,
+    /// VLAN profile and address limit.
+    pub profile: ProfileOptions,
+}
+
+impl FromStr for UplinkPortSpec {
+    type Err = SpecError;
+
+    fn from_str(spec: &str) -> Result<Self, SpecError> {
+        let mut parts = split_options(spec).into_iter();
+        let interface = parts.next().unwrap_or_default().to_string();
+        if interface.is_empty()
+            || interface.len() > tap::IFNAME_MAX
+            || interface
+                .bytes()
+                .any(|b| b == b'/' || b.is_ascii_whitespace())
+        {
+            return Err(spec_error(
+                spec,
+                format!(
+                    "expected an interface name of 1 to {} bytes without '/' or spaces, found {interface:?}",
+                    tap::IFNAME_MAX
+                ),
+            ));
+        }
+        let mut parsed = UplinkPortSpec {
+            interface,
+            config: UplinkConfig::default(),
+            queues_given: false,
+            options: Vec::new(),
+            profile: ProfileOptions::default(),
+        };
+        for option in parts {
+            if parsed
+                .profile
+                .take(option)
+                .map_err(|problem| spec_error(spec, problem))?
+            {
+                continue;
+            }
+            parsed
+                .config
+                .set_option(option)
+                .map_err(|problem| spec_error(spec, problem.to_string()))?;
+            parsed.queues_given |= option.starts_with("queues=");
+            parsed.options.push(option.to_string());
+        }
+        Ok(parsed)
+    }
+}
+
+impl fmt::Display for UplinkPortSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.interface)?;
+        for option in &self.options {
+            write!(f, ":{option}")?;
         }
         self.profile.write_options(f)
     }
@@ -575,6 +666,15 @@ pub enum OpenError {
         /// What usually causes it.
         hint: Option<&'static str>,
     },
+    /// The uplink's interface could not be opened.
+    #[error("cannot open uplink {name}: {source}")]
+    Uplink {
+        /// The interface.
+        name: String,
+        /// What failed (with its own hint).
+        #[source]
+        source: UplinkError,
+    },
     /// The vhost-user socket could not be opened.
     #[error("cannot start vhost-user port {name}: {source}")]
     VhostUser {
@@ -615,6 +715,7 @@ pub fn open_port(spec: &PortSpec, defaults: PortDefaults) -> Result<OpenedPort, 
     match spec {
         PortSpec::Tap(tap) => open_tap(tap, defaults),
         PortSpec::VhostUser(spec) => open_vhost_user(spec, defaults),
+        PortSpec::Uplink(spec) => open_uplink(spec, defaults),
     }
 }
 
@@ -723,6 +824,39 @@ fn open_vhost_user(spec: &VhostUserSpec, defaults: PortDefaults) -> Result<Opene
     })
 }
 
+fn open_uplink(spec: &UplinkPortSpec, defaults: PortDefaults) -> Result<OpenedPort, OpenError> {
+    let mut config = spec.config.clone();
+    if !spec.queues_given {
+        config.queues = defaults.queues;
+    }
+    let port = UplinkPort::open(&spec.interface, config).map_err(|source| OpenError::Uplink {
+        name: spec.interface.clone(),
+        source,
+    })?;
+    let report = port.report();
+    let mtu = report.declared.mtu;
+    let port = Arc::new(port);
+    let health_port = port.clone();
+    let health: Health = Arc::new(move || match health_port.link() {
+        LinkState::Up => PortState::Up,
+        LinkState::Down => PortState::Down {
+            reason: "the interface's link is down".into(),
+        },
+        LinkState::Gone => PortState::Down {
+            reason: "the interface is gone".into(),
+        },
+    });
+    Ok(OpenedPort {
+        queues: report.queues,
+        port,
+        profile: spec.profile.profile(),
+        mtu,
+        offloads: format!("NIC offers {}", report.nic),
+        detail: report.to_string(),
+        health,
+    })
+}
+
 fn describe_tap_offloads(offloads: TapOffloads) -> String {
     if offloads == TapOffloads::FULL {
         "checksum, TSO, USO".into()
@@ -780,6 +914,28 @@ mod tests {
     }
 
     #[test]
+    fn uplink_specs_parse() {
+        let spec: UplinkPortSpec = "eth1:offload=none:queues=4:trunk=10,20".parse().unwrap();
+        assert_eq!(spec.interface, "eth1");
+        assert!(spec.queues_given && spec.config.queues == 4);
+        assert!(spec.profile.trunk.is_some());
+        for bad in [
+            "",
+            "eth1:offload=gso",
+            "eth1:queues=0",
+            "eth1:speed=10",
+            "a/b",
+        ] {
+            assert!(bad.parse::<UplinkPortSpec>().is_err(), "{bad}");
+        }
+        let err = "eth1:offload=gso"
+            .parse::<UplinkPortSpec>()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("auto, none, csum or tso"), "{err}");
+    }
+
+    #[test]
     fn vhost_user_specs_parse() {
         let spec: VhostUserSpec = "/run/vswitch/vm0.sock".parse().unwrap();
         assert_eq!(
@@ -822,6 +978,8 @@ mod tests {
             "tap:tap0:offload=tso:gro=1000",
             "tap:t1:offload=csum:gro=off:queues=2:mtu=9000:vlan=10:max-learned=5",
             "tap:t2:offload=none:gro=250:trunk=10,20-30:native=1",
+            "tap:t3:offload=tso:gro=1000:isolated=on:guard=source,dhcp:ip=[10.0.0.2,2001:db8::/64]\
+             :from-bytes=125000000/1048576:to-frames=1000/100/5000",
         ] {
             let spec: PortSpec = text.parse().unwrap();
             assert_eq!(spec.to_string(), text);
@@ -829,12 +987,14 @@ mod tests {
         }
         assert!("vhost:x".parse::<PortSpec>().is_err());
         for text in [
+            "uplink:eth1",
+            "uplink:eth1:offload=csum:queues=2:vlan=20",
             "vhost-user:/run/vm0.sock:name=vm0",
             "vhost-user:/tmp/a.sock:name=guest-a:client:queues=4:mtu=9000:vlan=20",
+            "vhost-user:/tmp/b.sock:name=b:guard=all:ip=[fe80::1/128]:from-frames=off",
         ] {
             let spec: PortSpec = text.parse().unwrap();
             assert_eq!(spec.to_string(), text);
-            assert_eq!(spec.kind(), "vhost-user");
         }
         assert!("tap0".parse::<PortSpec>().is_err());
     }

@@ -1,0 +1,211 @@
+#!/usr/bin/env bash
+# Two hosts on one machine: host A and host B are network namespaces joined
+# by a veth pair that is the wire (MTU 1500, and on both ends tso, gso, gro
+# and tx checksumming off: a NIC without offloads). Each host has a guest
+# (another namespace) behind it. iperf3 -P STREAMS runs from guest A to
+# guest B, and the receiving kernel verifies every TCP checksum.
+#
+# Topologies, each in its own fresh set of namespaces, in the same run:
+#   vswitch  each host runs `vswitch run --uplink WIRE --tap GUEST`; the
+#            guest's TAP carries TSO frames, so host A's switch cuts them
+#            to the wire's MTU and checksums them in software
+#   bridge   each host runs a Linux bridge over the wire and a veth to its
+#            guest (the kernel's software GSO does the same cutting)
+#
+# Usage: benches/scripts/two-hosts.sh [--seconds N] [--streams N]
+#            [--topology vswitch|bridge|both] [--workers N] [--binary PATH]
+# Prints one RESULT line per topology (key=value) and the ratio. Needs
+# root, iproute2, ethtool, iperf3, nstat.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+seconds=5 streams=16 topology=both workers=1 binary=""
+while [ $# -gt 0 ]; do
+    case $1 in
+    --seconds) seconds=$2; shift 2 ;;
+    --streams) streams=$2; shift 2 ;;
+    --topology) topology=$2; shift 2 ;;
+    --workers) workers=$2; shift 2 ;;
+    --binary) binary=$2; shift 2 ;;
+    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "two-hosts: unknown argument $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+[ "$(id -u)" = 0 ] || { echo "two-hosts: needs root (network namespaces)" >&2; exit 2; }
+for tool in ip ethtool iperf3 nstat; do
+    command -v "$tool" >/dev/null || { echo "two-hosts: $tool missing (.ci/install-deps)" >&2; exit 2; }
+done
+if [ -z "$binary" ] && [ "$topology" != bridge ]; then
+    (cd "$repo" && cargo build --release -q -p vswitch)
+    binary=$repo/target/release/vswitch
+fi
+
+tag=$$
+work=$(mktemp -d)
+namespaces=()
+pids=()
+# teardown: stops the switches and deletes the namespaces made so far.
+teardown() {
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+    for ns in "${namespaces[@]}"; do ip netns del "$ns" 2>/dev/null || true; done
+    pids=()
+    namespaces=()
+}
+trap 'teardown; rm -rf "$work"' EXIT
+
+netns() {
+    ip netns add "$1"
+    namespaces+=("$1")
+    ip -n "$1" link set lo up
+}
+
+# cpu_ticks PID...: user+system clock ticks the processes used so far.
+cpu_ticks() {
+    local total=0 pid fields
+    for pid in "$@"; do
+        read -r -a fields <"/proc/$pid/stat"
+        total=$((total + fields[13] + fields[14]))
+    done
+    echo "$total"
+}
+
+# system_ticks: every CPU's busy ticks (all but idle and iowait).
+system_ticks() {
+    local fields
+    read -r -a fields </proc/stat
+    # cpu user nice system idle iowait irq softirq steal ...
+    echo $((fields[1] + fields[2] + fields[3] + fields[6] + fields[7] + fields[8]))
+}
+
+wire() {
+    local a=$1 b=$2
+    ip link add wire-a netns "$a" type veth peer name wire-b netns "$b"
+    local ns dev
+    for ns_dev in "$a:wire-a" "$b:wire-b"; do
+        ns=${ns_dev%%:*} dev=${ns_dev#*:}
+        ip -n "$ns" link set "$dev" mtu 1500 up
+        ip netns exec "$ns" ethtool -K "$dev" tso off gso off gro off tx off >/dev/null 2>&1
+    done
+}
+
+guest_address() {
+    local ns=$1 dev=$2 addr=$3
+    ip netns exec "$ns" sysctl -qw "net.ipv6.conf.$dev.disable_ipv6=1"
+    ip -n "$ns" addr add "$addr/24" dev "$dev"
+    ip -n "$ns" link set "$dev" up
+}
+
+wait_for_socket() {
+    local _
+    for _ in $(seq 100); do [ -S "$1" ] && return 0; sleep 0.1; done
+    echo "two-hosts: $1 did not appear" >&2
+    return 1
+}
+
+# ctl_stats SOCKET: the switch's counters as JSON.
+ctl_stats() { "$binary" ctl --ctl "$1" --json stats; }
+
+run_iperf() {
+    local client=$1 server=$2 out=$3
+    ip netns exec "$server" iperf3 -s -1 -D -p 5201
+    sleep 0.5
+    ip netns exec "$client" iperf3 -c 10.99.0.2 -p 5201 -P "$streams" -t "$seconds" -J >"$out"
+}
+
+gbps() {
+    python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); print("%.2f" % (d["end"]["sum_received"]["bits_per_second"]/1e9))' "$1"
+}
+
+csum_errors() {
+    ip netns exec "$1" nstat -az TcpInCsumErrors | awk '/TcpInCsumErrors/ {print $2}'
+}
+
+run_vswitch() {
+    local ha=vsw-ha-$tag hb=vsw-hb-$tag ga=vsw-ga-$tag gb=vsw-gb-$tag
+    netns "$ha"; netns "$hb"; netns "$ga"; netns "$gb"
+    wire "$ha" "$hb"
+    ip netns exec "$ha" "$binary" run --uplink wire-a --tap tap-a --workers "$workers" \
+        --ctl "$work/a.ctl" --stats-interval 0 >"$work/a.log" 2>&1 &
+    pids+=($!); local pid_a=$!
+    ip netns exec "$hb" "$binary" run --uplink wire-b --tap tap-b --workers "$workers" \
+        --ctl "$work/b.ctl" --stats-interval 0 >"$work/b.log" 2>&1 &
+    pids+=($!); local pid_b=$!
+    wait_for_socket "$work/a.ctl"; wait_for_socket "$work/b.ctl"
+    ip -n "$ha" link set tap-a netns "$ga"
+    ip -n "$hb" link set tap-b netns "$gb"
+    guest_address "$ga" tap-a 10.99.0.1
+    guest_address "$gb" tap-b 10.99.0.2
+    ip netns exec "$ga" ping -c 1 -W 5 10.99.0.2 >/dev/null
+    ip netns exec "$gb" nstat -n
+    local cpu0 sys0 cpu1 sys1
+    cpu0=$(cpu_ticks "$pid_a" "$pid_b"); sys0=$(system_ticks)
+    run_iperf "$ga" "$gb" "$work/vswitch.json"
+    cpu1=$(cpu_ticks "$pid_a" "$pid_b"); sys1=$(system_ticks)
+    ctl_stats "$work/a.ctl" >"$work/a.json"
+    ctl_stats "$work/b.ctl" >"$work/b.json"
+    python3 - "$work/a.json" "$work/b.json" <<'PY' >"$work/counters"
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+def total(s, key): return sum(p[key] for p in s["ports"])
+def drops(s): return sum(sum(p["drops"].values()) for p in s["ports"])
+def reasons(s):
+    seen = {}
+    for p in s["ports"]:
+        for reason, n in p["drops"].items():
+            seen[reason] = seen.get(reason, 0) + n
+    return ",".join("%s:%d" % kv for kv in sorted(seen.items())) or "-"
+print("a_sw_segments=%d a_sw_checksums=%d b_gro_merges=%d a_drops=%d b_drops=%d a_drop_reasons=%s b_drop_reasons=%s" % (
+    total(a, "sw_segments"), total(a, "sw_checksums"), total(b, "gro_merges"), drops(a), drops(b),
+    reasons(a), reasons(b)))
+PY
+    echo "RESULT topology=vswitch gbps=$(gbps "$work/vswitch.json") csum_errors=$(csum_errors "$gb")" \
+        "$(cat "$work/counters") switch_cpu_s=$(( (cpu1 - cpu0) / $(getconf CLK_TCK) ))" \
+        "system_cpu_s=$(( (sys1 - sys0) / $(getconf CLK_TCK) ))"
+}
+
+run_bridge() {
+    local ha=br-ha-$tag hb=br-hb-$tag ga=br-ga-$tag gb=br-gb-$tag
+    netns "$ha"; netns "$hb"; netns "$ga"; netns "$gb"
+    wire "$ha" "$hb"
+    local host guest side
+    for side in a b; do
+        if [ "$side" = a ]; then host=$ha guest=$ga; else host=$hb guest=$gb; fi
+        ip -n "$host" link add br0 type bridge
+        ip -n "$host" link set br0 up
+        ip -n "$host" link set "wire-$side" master br0
+        ip -n "$host" link add "port-$side" type veth peer name "eth-$side" netns "$guest"
+        ip -n "$host" link set "port-$side" master br0 up
+    done
+    guest_address "$ga" eth-a 10.99.0.1
+    guest_address "$gb" eth-b 10.99.0.2
+    ip netns exec "$ga" ping -c 1 -W 5 10.99.0.2 >/dev/null
+    ip netns exec "$gb" nstat -n
+    local sys0 sys1
+    sys0=$(system_ticks)
+    run_iperf "$ga" "$gb" "$work/bridge.json"
+    sys1=$(system_ticks)
+    echo "RESULT topology=bridge gbps=$(gbps "$work/bridge.json") csum_errors=$(csum_errors "$gb")" \
+        "system_cpu_s=$(( (sys1 - sys0) / $(getconf CLK_TCK) ))"
+}
+
+case $topology in
+vswitch | bridge | both) ;;
+*) echo "two-hosts: --topology must be vswitch, bridge or both" >&2; exit 2 ;;
+esac
+: >"$work/results"
+if [ "$topology" != bridge ]; then
+    run_vswitch >>"$work/results"
+    teardown
+fi
+if [ "$topology" != vswitch ]; then
+    run_bridge >>"$work/results"
+    teardown
+fi
+cat "$work/results"
+v=$(sed -n 's/.*topology=vswitch gbps=\([0-9.]*\).*/\1/p' "$work/results")
+b=$(sed -n 's/.*topology=bridge gbps=\([0-9.]*\).*/\1/p' "$work/results")
+if [ -n "$v" ] && [ -n "$b" ]; then
+    python3 -c 'import sys; v,b=map(float,sys.argv[1:]); print("RATIO vswitch/bridge=%.2f" % (v/b if b else 0))' "$v" "$b"
+fi

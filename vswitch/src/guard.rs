@@ -1,0 +1,551 @@
+//! Port-security guards: what a guest port may claim and announce, checked
+//! on every frame it sends, before the switch learns from or forwards it.
+//!
+//! Four guards, each off by default and turned on per port in its
+//! [`PortSecurity`] (Hyper-V's port ACL, DHCP guard and router guard, and
+//! libvirt's `clean-traffic` filter are the models):
+//!
+//! - **IP source guard**: an IPv4 packet's source must be one of the port's
+//!   IPv4 addresses, an IPv6 packet's source inside one of its IPv6
+//!   prefixes.
+//! - **Neighbour guard**: an ARP request or reply's sender address, and an
+//!   IPv6 neighbour advertisement's target address, must be the port's own.
+//! - **DHCP guard**: no DHCPv4 server messages (UDP 67 → 68: offers, acks,
+//!   naks) and no DHCPv6 server messages (from UDP 547: advertise, reply,
+//!   reconfigure, relay-reply).
+//! - **Router guard**: no IPv6 router advertisements (ICMPv6 type 134).
+//!
+//! # Addresses a port owns without being told
+//!
+//! The rules follow what a Linux guest sends while it brings an interface
+//! up, so that a guarded guest still gets its addresses:
+//!
+//! - IPv4 source `0.0.0.0` passes only for a DHCP client message (UDP
+//!   68 → 67): DISCOVER and REQUEST go out before the guest has an address.
+//!   An ARP probe (RFC 5227: sender address `0.0.0.0`) passes the neighbour
+//!   guard.
+//! - IPv6 source `::` passes only for the messages RFC 4861, 4862 and 3810
+//!   allow from it: a neighbour solicitation for duplicate address
+//!   detection (135), a router solicitation (133) and MLD reports (131,
+//!   143), which Linux sends before its link-local address is ready.
+//! - Link-local IPv6 addresses (`fe80::/10`): every IPv6 interface has one
+//!   and picks it itself (from its MAC address, or by stable privacy as
+//!   NetworkManager does), so while the port's list names no link-local
+//!   prefix, any link-local address passes as a source and as a neighbour
+//!   advertisement's target. Naming one (`fe80::1/128`, say) makes
+//!   link-local addresses checked like any other.
+//! - A multicast source never passes.
+//!
+//! # Frames the guards cannot read
+//!
+//! A guard reads the headers the ingress check already parsed
+//! ([`CheckedFrame::plan`]'s layout, VLAN tags included) and does not parse
+//! the frame again; the one exception is an IPv6 packet that does not end
+//! its header chain in TCP or UDP, whose chain is walked to find an ICMPv6
+//! header behind extension headers (the way RFC 7113 says router guards are
+//! evaded). With any guard on, a frame the guard cannot see into (an IP or
+//! ARP header cut short, a third VLAN tag) is dropped as
+//! [`DropReason::GuardUnreadable`] rather than let through unchecked. A
+//! non-first IPv6 fragment carries no transport header and is judged by its
+//! source address alone: Linux drops fragmented neighbour discovery
+//! messages (RFC 6980), so a fragment cannot carry an advertisement a guest
+//! would act on.
+
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::str::FromStr;
+
+use vswitch_offload::layout::{L3Kind, L4Kind};
+use vswitch_offload::wire::ethernet::ethertype;
+use vswitch_offload::wire::ipv4::Ipv4Packet;
+use vswitch_offload::wire::ipv6::Ipv6Packet;
+use vswitch_offload::wire::udp::UdpDatagram;
+use vswitch_offload::CheckedFrame;
+
+use crate::drop::DropReason;
+
+/// An IPv6 prefix: an address and how many of its leading bits count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Ipv6Prefix {
+    addr: Ipv6Addr,
+    len: u8,
+}
+
+/// A prefix length above 128.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PrefixError {
+    /// The length is more than the address has bits.
+    #[error("an IPv6 prefix length is 0 to 128, found {len}")]
+    TooLong {
+        /// The length given.
+        len: u8,
+    },
+    /// The text is not `ADDRESS` or `ADDRESS/LENGTH`.
+    #[error("expected an IPv6 address or prefix (2001:db8::/64), found {text:?}")]
+    Syntax {
+        /// The text given.
+        text: String,
+    },
+}
+
+impl Ipv6Prefix {
+    /// The prefix of the first `len` bits of `addr` (the other bits are
+    /// cleared).
+    pub fn new(addr: Ipv6Addr, len: u8) -> Result<Ipv6Prefix, PrefixError> {
+        if len > 128 {
+            return Err(PrefixError::TooLong { len });
+        }
+        let bits = u128::from(addr) & Self::mask(len);
+        Ok(Ipv6Prefix {
+            addr: Ipv6Addr::from(bits),
+            len,
+        })
+    }
+
+    /// The prefix holding exactly `addr` (`/128`).
+    pub fn host(addr: Ipv6Addr) -> Ipv6Prefix {
+        Ipv6Prefix { addr, len: 128 }
+    }
+
+    fn mask(len: u8) -> u128 {
+        match len {
+            0 => 0,
+            len => u128::MAX << (128 - u32::from(len.min(128))),
+        }
+    }
+
+    /// The prefix's first address.
+    pub fn addr(&self) -> Ipv6Addr {
+        self.addr
+    }
+
+    /// The prefix length in bits.
+    pub fn len(&self) -> u8 {
+        self.len
+    }
+
+    /// Whether the prefix is `::/0`, which holds every address.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether `addr` is inside the prefix.
+    pub fn contains(&self, addr: Ipv6Addr) -> bool {
+        u128::from(addr) & Self::mask(self.len) == u128::from(self.addr)
+    }
+
+    fn is_link_local(&self) -> bool {
+        self.len >= 10 && is_link_local(self.addr)
+    }
+}
+
+impl FromStr for Ipv6Prefix {
+    type Err = PrefixError;
+
+    /// `2001:db8::/64`, or an address alone for its `/128`.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let syntax = || PrefixError::Syntax {
+            text: text.to_owned(),
+        };
+        let (addr, len) = match text.split_once('/') {
+            Some((addr, len)) => (addr, len.parse::<u8>().map_err(|_| syntax())?),
+            None => (text, 128),
+        };
+        Ipv6Prefix::new(addr.parse().map_err(|_| syntax())?, len)
+    }
+}
+
+impl fmt::Display for Ipv6Prefix {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.len)
+    }
+}
+
+fn is_link_local(addr: Ipv6Addr) -> bool {
+    addr.segments()[0] & 0xffc0 == 0xfe80
+}
+
+/// The guards of one port and the addresses it owns. Every guard is off by
+/// default; a port with a guard off is allowed what that guard refuses (a
+/// router port, a DHCP server's port).
+///
+/// ```
+/// use vswitch::guard::PortSecurity;
+///
+/// let guest = PortSecurity::new()
+///     .allow_ipv4("192.0.2.10".parse().unwrap())
+///     .allow_ipv6("2001:db8:1::/64".parse().unwrap())
+///     .all_guards();
+/// assert!(guest.ip_source_guard && guest.router_guard);
+/// assert!(!PortSecurity::new().any_guard());
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PortSecurity {
+    /// IPv4 and IPv6 packets must come from the port's addresses.
+    pub ip_source_guard: bool,
+    /// ARP and IPv6 neighbour advertisements must claim the port's own
+    /// addresses.
+    pub neighbor_guard: bool,
+    /// No DHCPv4 or DHCPv6 server messages.
+    pub dhcp_guard: bool,
+    /// No IPv6 router advertisements.
+    pub router_guard: bool,
+    /// The IPv4 addresses the port owns.
+    pub ipv4: Vec<Ipv4Addr>,
+    /// The IPv6 prefixes the port's addresses are in.
+    pub ipv6: Vec<Ipv6Prefix>,
+}
+
+impl PortSecurity {
+    /// Every guard off, no addresses.
+    pub fn new() -> Self {
+        PortSecurity::default()
+    }
+
+    /// Turns the IP source guard on or off.
+    pub fn ip_source_guard(mut self, on: bool) -> Self {
+        self.ip_source_guard = on;
+        self
+    }
+
+    /// Turns the ARP and neighbour-advertisement guard on or off.
+    pub fn neighbor_guard(mut self, on: bool) -> Self {
+        self.neighbor_guard = on;
+        self
+    }
+
+    /// Turns the DHCP guard on or off.
+    pub fn dhcp_guard(mut self, on: bool) -> Self {
+        self.dhcp_guard = on;
+        self
+    }
+
+    /// Turns the router guard on or off.
+    pub fn router_guard(mut self, on: bool) -> Self {
+        self.router_guard = on;
+        self
+    }
+
+    /// Turns every guard on.
+    pub fn all_guards(self) -> Self {
+        self.ip_source_guard(true)
+            .neighbor_guard(true)
+            .dhcp_guard(true)
+            .router_guard(true)
+    }
+
+    /// Adds an IPv4 address the port owns.
+    pub fn allow_ipv4(mut self, addr: Ipv4Addr) -> Self {
+        if !self.ipv4.contains(&addr) {
+            self.ipv4.push(addr);
+        }
+        self
+    }
+
+    /// Adds an IPv6 prefix the port's addresses are in.
+    pub fn allow_ipv6(mut self, prefix: Ipv6Prefix) -> Self {
+        if !self.ipv6.contains(&prefix) {
+            self.ipv6.push(prefix);
+        }
+        self
+    }
+
+    /// Whether any guard is on.
+    pub fn any_guard(&self) -> bool {
+        self.ip_source_guard || self.neighbor_guard || self.dhcp_guard || self.router_guard
+    }
+
+    fn owns_ipv4(&self, addr: Ipv4Addr) -> bool {
+        self.ipv4.contains(&addr)
+    }
+
+    fn owns_ipv6(&self, addr: Ipv6Addr) -> bool {
+        if self.ipv6.iter().any(|prefix| prefix.contains(addr)) {
+            return true;
+        }
+        is_link_local(addr) && !self.ipv6.iter().any(Ipv6Prefix::is_link_local)
+    }
+
+    /// Checks a frame the port sent against its guards. The frame was
+    /// checked at ingress; its parsed layout is read, not parsed again.
+    pub fn check(&self, frame: &CheckedFrame) -> Result<(), GuardViolation> {
+        if !self.any_guard() {
+            return Ok(());
+        }
+        let l2 = frame.l2();
+        match l2.ethertype {
+            ethertype::ARP if self.neighbor_guard => self.check_arp(frame),
+            ethertype::IPV4 | ethertype::IPV6 => match frame.plan().layout() {
+                Some(layout) if layout.l3 == L3Kind::Ipv4 => self.check_ipv4(frame, layout),
+                Some(layout) => self.check_ipv6(frame, layout),
+                None if self.ip_source_guard || self.dhcp_guard || self.router_guard => {
+                    Err(GuardViolation::Unreadable {
+                        ethertype: l2.ethertype,
+                    })
+                }
+                None if self.neighbor_guard && l2.ethertype == ethertype::IPV6 => {
+                    Err(GuardViolation::Unreadable {
+                        ethertype: l2.ethertype,
+                    })
+                }
+                None => Ok(()),
+            },
+            // A third VLAN tag: the parser stops there, so nothing behind
+            // it can be checked.
+            other if ethertype::is_vlan(other) => {
+                Err(GuardViolation::Unreadable { ethertype: other })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn check_arp(&self, frame: &CheckedFrame) -> Result<(), GuardViolation> {
+        let unreadable = GuardViolation::Unreadable {
+            ethertype: ethertype::ARP,
+        };
+        let Some(arp) = frame.data().get(frame.l2().l3_offset..) else {
+            return Err(unreadable);
+        };
+        // Ethernet/IPv4 ARP (RFC 826): htype 1, ptype 0x0800, hlen 6,
+        // plen 4, then oper, sender hardware and protocol addresses.
+        let Some(fixed) = arp.get(..ARP_LEN) else {
+            return Err(unreadable);
+        };
+        if fixed[..6] != [0, 1, 0x08, 0x00, 6, 4] {
+            return Err(unreadable);
+        }
+        let operation = u16::from_be_bytes([fixed[6], fixed[7]]);
+        let sender = Ipv4Addr::new(fixed[14], fixed[15], fixed[16], fixed[17]);
+        let probe = sender.is_unspecified() && operation == ARP_REQUEST;
+        if probe || self.owns_ipv4(sender) {
+            Ok(())
+        } else {
+            Err(GuardViolation::ArpNotOwned { sender })
+        }
+    }
+
+    fn check_ipv4(
+        &self,
+        frame: &CheckedFrame,
+        layout: &vswitch_offload::layout::FrameLayout,
+    ) -> Result<(), GuardViolation> {
+        let data = frame.data();
+        let ip = Ipv4Packet::new_unchecked(data.get(layout.l3_offset..).unwrap_or(&[]));
+        let udp_ports = match layout.l4 {
+            Some(L4Kind::Udp) => data.get(layout.l4_offset..).map(|udp| {
+                let udp = UdpDatagram::new_unchecked(udp);
+                (udp.src_port(), udp.dst_port())
+            }),
+            _ => None,
+        };
+        if self.ip_source_guard {
+            let src = Ipv4Addr::from(ip.src_addr());
+            let dhcp_client = src.is_unspecified() && udp_ports == Some((68, 67));
+            if !dhcp_client && !self.owns_ipv4(src) {
+                return Err(GuardViolation::IpSource {
+                    addr: IpAddr::V4(src),
+                });
+            }
+        }
+        if self.dhcp_guard && udp_ports == Some((67, 68)) {
+            return Err(GuardViolation::DhcpServer { src_port: 67 });
+        }
+        Ok(())
+    }
+
+    fn check_ipv6(
+        &self,
+        frame: &CheckedFrame,
+        layout: &vswitch_offload::layout::FrameLayout,
+    ) -> Result<(), GuardViolation> {
+        let data = frame.data();
+        let packet = data.get(layout.l3_offset..).unwrap_or(&[]);
+        let ip = Ipv6Packet::new_unchecked(packet);
+        let transport = data.get(layout.l4_offset..).unwrap_or(&[]);
+        // The protocol that ended the header chain, when a header of it is
+        // in this frame (not a non-first fragment).
+        let protocol = match layout.l4 {
+            Some(L4Kind::Tcp) => Some(PROTO_TCP),
+            Some(L4Kind::Udp) => Some(PROTO_UDP),
+            None if layout.l4_offset == layout.l3_offset + IPV6_HEADER_LEN => {
+                Some(ip.next_header())
+            }
+            None => match ip.extension_chain() {
+                Ok(chain) if !chain.non_first_fragment => Some(chain.transport_protocol),
+                Ok(_) => None,
+                Err(_) => {
+                    return Err(GuardViolation::Unreadable {
+                        ethertype: ethertype::IPV6,
+                    })
+                }
+            },
+        };
+        let icmp_type = match protocol {
+            Some(PROTO_ICMPV6) => match transport.first() {
+                Some(&icmp_type) => Some(icmp_type),
+                None => {
+                    return Err(GuardViolation::Unreadable {
+                        ethertype: ethertype::IPV6,
+                    })
+                }
+            },
+            _ => None,
+        };
+        if self.ip_source_guard {
+            let src = Ipv6Addr::from(ip.src_addr());
+            let allowed = if src.is_unspecified() {
+                matches!(
+                    icmp_type,
+                    Some(ICMPV6_RS | ICMPV6_NS | ICMPV6_MLD_REPORT | ICMPV6_MLD2_REPORT)
+                )
+            } else {
+                !src.is_multicast() && self.owns_ipv6(src)
+            };
+            if !allowed {
+                return Err(GuardViolation::IpSource {
+                    addr: IpAddr::V6(src),
+                });
+            }
+        }
+        match icmp_type {
+            Some(ICMPV6_RA) if self.router_guard => {
+                return Err(GuardViolation::RouterAdvertisement)
+            }
+            Some(ICMPV6_NA) if self.neighbor_guard => {
+                // Type, code, checksum, flags and reserved, then the target.
+                let Some(target) = transport.get(8..24) else {
+                    return Err(GuardViolation::Unreadable {
+                        ethertype: ethertype::IPV6,
+                    });
+                };
+                let mut bytes = [0u8; 16];
+                bytes.copy_from_slice(target);
+                let target = Ipv6Addr::from(bytes);
+                if !self.owns_ipv6(target) {
+                    return Err(GuardViolation::NdNotOwned { target });
+                }
+            }
+            _ => {}
+        }
+        if self.dhcp_guard && layout.l4 == Some(L4Kind::Udp) {
+            let udp = UdpDatagram::new_unchecked(transport);
+            let message = data.get(layout.payload_offset).copied();
+            let server_message = udp.dst_port() == 546
+                || matches!(
+                    message,
+                    Some(DHCPV6_ADVERTISE | DHCPV6_REPLY | DHCPV6_RECONFIGURE | DHCPV6_RELAY_REPL)
+                );
+            if udp.src_port() == 547 && server_message {
+                return Err(GuardViolation::DhcpServer { src_port: 547 });
+            }
+        }
+        Ok(())
+    }
+}
+
+const ARP_LEN: usize = 28;
+const ARP_REQUEST: u16 = 1;
+const IPV6_HEADER_LEN: usize = 40;
+const PROTO_TCP: u8 = 6;
+const PROTO_UDP: u8 = 17;
+const PROTO_ICMPV6: u8 = 58;
+const ICMPV6_MLD_REPORT: u8 = 131;
+const ICMPV6_RS: u8 = 133;
+const ICMPV6_RA: u8 = 134;
+const ICMPV6_NS: u8 = 135;
+const ICMPV6_NA: u8 = 136;
+const ICMPV6_MLD2_REPORT: u8 = 143;
+const DHCPV6_ADVERTISE: u8 = 2;
+const DHCPV6_REPLY: u8 = 7;
+const DHCPV6_RECONFIGURE: u8 = 10;
+const DHCPV6_RELAY_REPL: u8 = 13;
+
+/// What a guard refused, with the details.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum GuardViolation {
+    /// An IP packet from an address the port does not own.
+    #[error("source address {addr} is not one of the port's")]
+    IpSource {
+        /// The source address found.
+        addr: IpAddr,
+    },
+    /// An ARP request or reply claiming an address the port does not own.
+    #[error("ARP for {sender}, which is not one of the port's addresses")]
+    ArpNotOwned {
+        /// The sender protocol address found.
+        sender: Ipv4Addr,
+    },
+    /// A neighbour advertisement for an address the port does not own.
+    #[error("neighbour advertisement for {target}, which is not one of the port's addresses")]
+    NdNotOwned {
+        /// The target address found.
+        target: Ipv6Addr,
+    },
+    /// A DHCP server message.
+    #[error("DHCP server message (UDP source port {src_port})")]
+    DhcpServer {
+        /// 67 for DHCPv4, 547 for DHCPv6.
+        src_port: u16,
+    },
+    /// An IPv6 router advertisement.
+    #[error("IPv6 router advertisement")]
+    RouterAdvertisement,
+    /// A guard is on and the headers it reads are cut short or hidden.
+    #[error("a guard could not read the frame's headers (EtherType {ethertype:#06x})")]
+    Unreadable {
+        /// The EtherType the headers were under.
+        ethertype: u16,
+    },
+}
+
+impl GuardViolation {
+    /// The counter this violation is counted under.
+    pub fn reason(&self) -> DropReason {
+        match self {
+            GuardViolation::IpSource { .. } => DropReason::IpSourceNotAllowed,
+            GuardViolation::ArpNotOwned { .. } => DropReason::ArpNotOwned,
+            GuardViolation::NdNotOwned { .. } => DropReason::NdNotOwned,
+            GuardViolation::DhcpServer { .. } => DropReason::DhcpServer,
+            GuardViolation::RouterAdvertisement => DropReason::RouterAdvertisement,
+            GuardViolation::Unreadable { .. } => DropReason::GuardUnreadable,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_parse_and_hold_their_addresses() {
+        let prefix: Ipv6Prefix = "2001:db8:1::5/64".parse().unwrap();
+        assert_eq!(prefix.to_string(), "2001:db8:1::/64");
+        assert!(prefix.contains("2001:db8:1::ffff".parse().unwrap()));
+        assert!(!prefix.contains("2001:db8:2::1".parse().unwrap()));
+        let host: Ipv6Prefix = "2001:db8::1".parse().unwrap();
+        assert_eq!(host.len(), 128);
+        assert!(host.contains("2001:db8::1".parse().unwrap()));
+        assert!(!host.contains("2001:db8::2".parse().unwrap()));
+        let all: Ipv6Prefix = "::/0".parse().unwrap();
+        assert!(all.is_empty() && all.contains(Ipv6Addr::LOCALHOST));
+        assert_eq!(
+            "::/129".parse::<Ipv6Prefix>(),
+            Err(PrefixError::TooLong { len: 129 })
+        );
+        assert!(matches!(
+            "10.0.0.1/8".parse::<Ipv6Prefix>(),
+            Err(PrefixError::Syntax { .. })
+        ));
+    }
+
+    #[test]
+    fn link_local_addresses_pass_until_one_is_named() {
+        let lla: Ipv6Addr = "fe80::1".parse().unwrap();
+        let open = PortSecurity::new().allow_ipv6("2001:db8::/64".parse().unwrap());
+        assert!(open.owns_ipv6(lla));
+        let named = open.allow_ipv6("fe80::2/128".parse().unwrap());
+        assert!(!named.owns_ipv6(lla));
+        assert!(named.owns_ipv6("fe80::2".parse().unwrap()));
+    }
+}
