@@ -1,6 +1,7 @@
 //! Receive coalescing (GRO): merging in-order TCP segments of one flow into
-//! one large frame with a virtio-net header, for guests that negotiated
-//! `VIRTIO_NET_F_GUEST_TSO4` / `GUEST_TSO6`.
+//! one large frame with a virtio-net header, for receivers that take large
+//! frames (a guest that negotiated `VIRTIO_NET_F_GUEST_TSO4` /
+//! `GUEST_TSO6`, a TAP device with TSO, an uplink whose NIC segments).
 //!
 //! A guest that gets one 64 KiB frame instead of 44 segments of 1448 bytes
 //! runs its TCP receive path once instead of 44 times. The merged frame is
@@ -9,9 +10,9 @@
 //! header checksum rewritten, PSH set if the last segment had it.
 //!
 //! ```
-//! use vswitch_offload::gro::{Coalescer, GroConfig};
+//! use vswitch_offload::gro::{Coalescer, Delivered, GroConfig, SegmentChecksum};
 //! use vswitch_offload::virtio::{FLAG_NEEDS_CSUM, GSO_TCPV4};
-//! use vswitch_offload::{FrameLayout, L3Kind, L4Kind, VirtioNetHdr};
+//! use vswitch_offload::{FrameLayout, L3Kind, L4Kind};
 //!
 //! // Two in-order segments of one flow (IPv4 id and sequence advancing).
 //! let segment = |id: u16, seq: u32, payload: &[u8]| {
@@ -36,42 +37,48 @@
 //! };
 //!
 //! let mut gro = Coalescer::new(GroConfig::default()).unwrap();
-//! let mut delivered: Vec<(VirtioNetHdr, Vec<u8>)> = Vec::new();
-//! let mut sink = |hdr: &VirtioNetHdr, frame: &[u8]| delivered.push((*hdr, frame.to_vec()));
-//! gro.push(&segment(1, 1000, &[0xaa; 1000]), &layout, &mut sink);
-//! gro.push(&segment(2, 2000, &[0xbb; 1000]), &layout, &mut sink);
-//! gro.flush_all(&mut sink); // end of the batch
+//! let mut delivered: Vec<Delivered<Vec<u8>>> = Vec::new();
+//! let unverified = SegmentChecksum::Unverified; // plain frames off the wire
+//! gro.push(segment(1, 1000, &[0xaa; 1000]), &layout, unverified, &mut delivered);
+//! gro.push(segment(2, 2000, &[0xbb; 1000]), &layout, unverified, &mut delivered);
+//! gro.flush_all(&mut delivered); // end of the batch
 //!
-//! let (hdr, frame) = &delivered[0];
-//! assert_eq!(delivered.len(), 1);
+//! let [Delivered::Merged(merged)] = &delivered[..] else { panic!("one merged frame") };
+//! let hdr = merged.hdr;
 //! assert_eq!((hdr.gso_type, hdr.gso_size, hdr.flags), (GSO_TCPV4, 1000, FLAG_NEEDS_CSUM));
-//! assert_eq!(frame.len(), 54 + 2000);
+//! assert_eq!(merged.frame().len(), 54 + 2000);
 //! ```
 //!
 //! # Merge rules
 //!
 //! A segment is appended to the frame held for its flow only when all of
-//! these hold (otherwise the held frame is flushed first, so the guest still
-//! sees the flow's frames in arrival order):
+//! these hold (otherwise the held frame is flushed first, so the receiver
+//! still sees the flow's frames in arrival order):
 //!
 //! - same flow: the whole Ethernet header (MAC addresses, VLAN tags,
 //!   EtherType), IP addresses and TCP ports;
 //! - IPv4 without options and not a fragment, IPv6 without extension
 //!   headers; same TOS and TTL (IPv4), same traffic class, flow label and
-//!   hop limit (IPv6); same DF bit, and for IPv4 without DF an IP id one
-//!   more than the previous segment's (with DF the id carries no meaning,
-//!   RFC 6864);
+//!   hop limit (IPv6), so an ECN mark (CE) that appears or goes ends the
+//!   merge; same DF bit, and for IPv4 without DF an IP id one more than the
+//!   previous segment's (with DF the id carries no meaning, RFC 6864);
 //! - the sequence number continues the held data exactly; same
 //!   acknowledgment number, window and TCP option bytes (timestamps included);
-//! - only ACK, optionally with PSH, among the TCP flags; PSH ends the merge
-//!   after the segment carrying it is included;
+//! - only ACK, optionally with PSH, among the TCP flags (FIN, SYN, RST,
+//!   URG, ECE and CWR pass through); PSH ends the merge after the segment
+//!   carrying it is included;
 //! - a non-empty payload no larger than the first segment's, which sets
 //!   `gso_size`; a shorter one is the last merged;
-//! - a valid IPv4 header checksum and a valid TCP checksum;
+//! - a valid IPv4 header checksum and, for [`SegmentChecksum::Unverified`]
+//!   segments, a valid TCP checksum;
 //! - the merged IP datagram stays within [`GroConfig::max_ip_len`].
 //!
 //! Anything else (other flags, a gap, reordering, pure ACKs, bad checksums,
-//! non-TCP traffic) is passed through untouched with an all-zero header.
+//! non-TCP traffic, [`SegmentChecksum::Unmergeable`] frames) is passed
+//! through untouched ([`Delivered::Unchanged`]), after the frame held for
+//! its flow. The caller flushes at the end of each batch
+//! ([`Coalescer::flush_all`]) and sends a frame of a held flow that goes
+//! another way only after [`Coalescer::flush_flow`].
 //!
 //! # Checksum state of merged frames
 //!
@@ -86,21 +93,28 @@
 //! (`virtio_net_hdr_to_skb`), while a GSO frame without it takes a probing
 //! path meant for unusual input.
 //! [`GroChecksum::Complete`] instead writes the full TCP checksum and sets
-//! `DATA_VALID`, for consumers that want a self-contained frame; it costs
-//! nothing extra because the payload sums were taken while verifying.
-//! Either way every segment's checksum was verified before merging. A flow
-//! that ends with a single segment is delivered unchanged with `DATA_VALID`.
+//! `DATA_VALID`, for consumers that want a self-contained frame.
+//! Every unverified segment's checksum is verified as its payload is copied
+//! (one pass over the bytes, [`Checksum::copy_and_add`]); the payload sums
+//! give the complete checksum for free.
 //!
-//! # Memory
+//! # Cost and memory
+//!
+//! A frame that is not merged is never copied: it is held as it was pushed
+//! and delivered as it came ([`Delivered::Unchanged`]), its checksum left
+//! for the receiver. A flow's first segment is copied only when a second
+//! one joins it, into a buffer the caller's [`GroOutput`] gives (a switch
+//! gives recycled ones), and each later payload is copied once, summed on
+//! the way where it must be verified.
 //!
 //! At most [`GroConfig::max_flows`] flows are held; a new flow beyond that
-//! flushes the oldest. Each held flow owns one buffer of at most
-//! `max_ip_len` plus its Ethernet header; buffers of flushed flows are kept
-//! and reused, so in steady state coalescing allocates nothing.
+//! flushes the oldest. Each merging flow holds one buffer of at least
+//! `max_ip_len` plus its Ethernet header, handed out with the merged frame.
 
+use bytes::BytesMut;
 use thiserror::Error;
 
-use crate::checksum::{pseudo_header_ipv4, pseudo_header_ipv6, Checksum};
+use crate::checksum::{fold, pseudo_header_ipv4, pseudo_header_ipv6, Checksum};
 use crate::layout::{FrameLayout, L3Kind, L4Kind};
 use crate::virtio::{VirtioNetHdr, FLAG_DATA_VALID, FLAG_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6};
 
@@ -124,9 +138,11 @@ pub enum GroChecksum {
 /// Settings of a [`Coalescer`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GroConfig {
-    /// The guest negotiated `VIRTIO_NET_F_GUEST_TSO4`: merge TCP over IPv4.
+    /// The receiver takes large TCP/IPv4 frames (a guest negotiated
+    /// `VIRTIO_NET_F_GUEST_TSO4`): merge TCP over IPv4.
     pub guest_tso4: bool,
-    /// The guest negotiated `VIRTIO_NET_F_GUEST_TSO6`: merge TCP over IPv6.
+    /// The receiver takes large TCP/IPv6 frames (`VIRTIO_NET_F_GUEST_TSO6`):
+    /// merge TCP over IPv6.
     pub guest_tso6: bool,
     /// Most flows held at once (1 or more).
     pub max_flows: usize,
@@ -171,7 +187,7 @@ pub struct GroStats {
     pub segments_merged: u64,
     /// Merged frames (two or more segments) delivered.
     pub frames_merged: u64,
-    /// Segments that were held and delivered alone, verified.
+    /// Segments that were held and delivered alone, as they came.
     pub singles: u64,
     /// Frames passed through untouched.
     pub passed_through: u64,
@@ -191,6 +207,73 @@ fn be16(b: &[u8], at: usize) -> Option<u16> {
 fn be32(b: &[u8], at: usize) -> Option<u32> {
     let s = b.get(at..at.checked_add(4)?)?;
     Some(u32::from_be_bytes([s[0], s[1], s[2], s[3]]))
+}
+
+/// Reads 8 bytes at `at` as a native-endian u64 (0 if they are not there).
+#[inline]
+fn ne64(b: &[u8], at: usize) -> u64 {
+    b.get(at..at.wrapping_add(8))
+        .and_then(|s| <[u8; 8]>::try_from(s).ok())
+        .map_or(0, u64::from_ne_bytes)
+}
+
+/// Reads 4 bytes at `at` as a native-endian u32 (0 if they are not there).
+#[inline]
+fn ne32(b: &[u8], at: usize) -> u32 {
+    b.get(at..at.wrapping_add(4))
+        .and_then(|s| <[u8; 4]>::try_from(s).ok())
+        .map_or(0, u32::from_ne_bytes)
+}
+
+/// The ones'-complement sum of a header of whole 32-bit words (IPv4 and
+/// TCP headers are), as native-endian words, unfolded. Headers are short
+/// (20 to 60 bytes): a plain loop beats a call into a vector kernel, and
+/// 15 words cannot overflow the u64.
+#[inline]
+fn header_words(b: &[u8]) -> u64 {
+    let (words, rest) = b.as_chunks::<4>();
+    let mut sum = words
+        .iter()
+        .map(|w| u64::from(u32::from_ne_bytes(*w)))
+        .sum::<u64>();
+    for (i, byte) in rest.iter().enumerate() {
+        // Never taken for real headers; keeps odd lengths right anyway.
+        let mut word = [0u8; 2];
+        word[i % 2] = *byte;
+        sum += u64::from(u16::from_ne_bytes(word));
+    }
+    sum
+}
+
+/// A native-endian sum folded to 16 bits, in network byte order (RFC 1071
+/// section 2.B: the sum commutes with byte swapping).
+#[inline]
+fn folded_network(native: u64) -> u16 {
+    u16::from_be(fold(native))
+}
+
+/// Ones'-complement addition of two folded 16-bit sums.
+#[inline]
+fn add16(a: u16, b: u16) -> u16 {
+    let sum = u32::from(a) + u32::from(b);
+    ((sum & 0xffff) + (sum >> 16)) as u16
+}
+
+/// Whether `a[..len]` and `b[..len]` are equal, for a short `len` (8 to
+/// 32: a link-layer header): overlapping 8-byte compares, no call.
+#[inline]
+fn short_eq(a: &[u8], b: &[u8], len: usize) -> bool {
+    if len < 8 || a.len() < len || b.len() < len {
+        return a.get(..len) == b.get(..len);
+    }
+    let mut at = 0;
+    while at + 8 < len {
+        if ne64(a, at) != ne64(b, at) {
+            return false;
+        }
+        at += 8;
+    }
+    ne64(a, len - 8) == ne64(b, len - 8)
 }
 
 /// Writes a big-endian u16 at `at`; out of range writes nothing.
@@ -262,6 +345,7 @@ impl<'a> TcpView<'a> {
         })
     }
 
+    #[inline]
     fn addresses(&self) -> &'a [u8] {
         let (at, len) = match self.l3 {
             L3Kind::Ipv4 => (12, 8),
@@ -270,39 +354,38 @@ impl<'a> TcpView<'a> {
         &self.frame[self.l3_offset + at..self.l3_offset + at + len]
     }
 
-    fn ports(&self) -> &'a [u8] {
-        &self.frame[self.l4_offset..self.l4_offset + 4]
-    }
-
-    fn l2(&self) -> &'a [u8] {
-        &self.frame[..self.l3_offset]
-    }
-
+    #[inline]
     fn tcp_header(&self) -> &'a [u8] {
         &self.frame[self.l4_offset..self.payload_offset]
     }
 
+    #[inline]
     fn ip_header(&self) -> &'a [u8] {
         &self.frame[self.l3_offset..self.l4_offset]
     }
 
+    #[inline]
     fn payload(&self) -> &'a [u8] {
         &self.frame[self.payload_offset..]
     }
 
+    #[inline]
     fn seq(&self) -> u32 {
         be32(self.tcp_header(), 4).unwrap_or(0)
     }
 
+    #[inline]
     fn flags(&self) -> u8 {
         self.tcp_header()[13]
     }
 
+    #[inline]
     fn psh(&self) -> bool {
         self.flags() & TCP_FLAG_PSH != 0
     }
 
     /// Checks that need only this segment: may it take part in a merge at all?
+    #[inline]
     fn mergeable(&self, config: &GroConfig) -> bool {
         let tcp = self.tcp_header();
         let ip = self.ip_header();
@@ -313,7 +396,7 @@ impl<'a> TcpView<'a> {
                     // MF clear and fragment offset zero.
                     && be16(ip, 6).is_some_and(|f| f & 0x3fff == 0)
                     // Header checksum valid.
-                    && Checksum::new().add_bytes(ip).sum() == 0xffff
+                    && header_checksum_ok(ip)
             }
             L3Kind::Ipv6 => config.guest_tso6 && ip.len() == 40,
         };
@@ -325,36 +408,192 @@ impl<'a> TcpView<'a> {
     }
 
     /// Sum of the pseudo-header and the TCP header (checksum field as is).
+    #[inline]
     fn header_sum(&self) -> Checksum {
         let mut sum = pseudo_header(self);
         sum.add_bytes(self.tcp_header());
         sum
     }
 
-    /// Whether the TCP checksum is right, given the sum of the payload.
+    /// Whether the TCP checksum is right, given the sum of the payload
+    /// (which starts at an even offset from the TCP header: its length is
+    /// a multiple of 4). The pseudo-header's zero, protocol and length
+    /// words are added as the bytes they are on the wire.
+    #[inline]
     fn tcp_checksum_ok(&self, payload_sum: &Checksum) -> bool {
-        let mut sum = self.header_sum();
-        sum.add_checksum(payload_sum);
-        sum.sum() == 0xffff
+        let l4_len = self.frame.len() - self.l4_offset;
+        let tail = match self.l3 {
+            // Zero, protocol (16 bits); TCP length (16 bits).
+            L3Kind::Ipv4 => [0, 6, (l4_len >> 8) as u8, l4_len as u8],
+            // IPv6: the 32-bit length's low half and the next header; its
+            // high half is zero below 64 KiB, and so are the zero bytes.
+            L3Kind::Ipv6 => [(l4_len >> 8) as u8, l4_len as u8, 0, 6],
+        };
+        let high = if self.l3 == L3Kind::Ipv6 {
+            // A jumbogram-sized length's high half, for completeness.
+            u64::from(u16::from_ne_bytes([
+                (l4_len >> 24) as u8,
+                (l4_len >> 16) as u8,
+            ]))
+        } else {
+            0
+        };
+        let native = header_words(self.addresses())
+            + header_words(self.tcp_header())
+            + u64::from(u32::from_ne_bytes(tail))
+            + high;
+        add16(folded_network(native), payload_sum.sum()) == 0xffff
     }
 }
 
-/// One flow being coalesced: the frame built so far and what the next
-/// segment must look like.
+/// Most header bytes (Ethernet with tags, IP, TCP with options) a merged
+/// frame may have: 22 bytes of Ethernet and two tags, 40 of IPv6, 60 of
+/// TCP, with room to spare.
+const MAX_HEADERS: usize = 192;
+
+/// How the TCP checksum of a segment stands as it reaches the coalescer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegmentChecksum {
+    /// Complete, but nobody vouched for it (a plain frame from a port
+    /// without receive offloads): verified as the segment is copied into a
+    /// merged frame, and passed through untouched if wrong.
+    Unverified,
+    /// Complete and already verified by whoever delivered the frame (a
+    /// `DATA_VALID` header from a device that checked it).
+    Verified,
+    /// Partial: `NEEDS_CSUM` with `csum_start` at this segment's TCP header
+    /// and `csum_offset` 16, the field holding a seed, as a local sender
+    /// without TSO hands its segments over. Nothing to verify; the merged
+    /// frame's checksum is written from its own bytes.
+    Partial,
+    /// The frame is never merged (a GSO frame, a checksum left elsewhere):
+    /// the frame held for its flow, if any, is delivered first, then it.
+    Unmergeable,
+}
+
+/// Where a [`Coalescer`] gets the buffers it builds merged frames in, and
+/// where it delivers frames.
+///
+/// `Vec<Delivered<T>>` is one: it collects what is delivered and allocates
+/// a zeroed buffer per merged frame. A switch gives buffers from a pool
+/// that takes them back once the frames sent from them are gone.
+pub trait GroOutput<T> {
+    /// A buffer of at least `len` initialised bytes, for one merged frame
+    /// (called when a second segment joins a flow's first).
+    fn buffer(&mut self, len: usize) -> BytesMut;
+
+    /// A frame ready to leave, in the order the receiver must see them.
+    fn deliver(&mut self, frame: Delivered<T>);
+}
+
+/// A frame a [`Coalescer`] delivers.
 #[derive(Debug)]
-struct Flow {
-    /// Headers of the first segment, then every payload in order.
-    buf: Vec<u8>,
+pub enum Delivered<T> {
+    /// A frame as it was pushed, bytes unchanged, to leave with the header
+    /// it came with: passed through, or held and then delivered alone.
+    Unchanged(T),
+    /// Two or more segments merged into one frame.
+    Merged(MergedFrame),
+}
+
+/// Segments merged into one frame, in the buffer [`GroOutput::buffer`]
+/// gave for it.
+#[derive(Debug)]
+pub struct MergedFrame {
+    /// The virtio-net header the frame leaves with: `gso_type`, `gso_size`
+    /// and the checksum state of [`GroConfig::checksum`].
+    pub hdr: VirtioNetHdr,
+    /// How many segments it was made of (at least 2).
+    pub segments: u32,
+    buf: BytesMut,
+    len: usize,
+}
+
+impl MergedFrame {
+    /// The frame's bytes.
+    pub fn frame(&self) -> &[u8] {
+        // `len` never exceeds the buffer: appends are bounded by it.
+        &self.buf[..self.len]
+    }
+
+    /// The buffer the frame was built in and the frame's length: the frame
+    /// is `buf[..len]`, the rest of the buffer unused.
+    pub fn into_parts(self) -> (BytesMut, usize) {
+        (self.buf, self.len)
+    }
+}
+
+impl<T> GroOutput<T> for Vec<Delivered<T>> {
+    fn buffer(&mut self, len: usize) -> BytesMut {
+        BytesMut::zeroed(len)
+    }
+
+    fn deliver(&mut self, frame: Delivered<T>) {
+        self.push(frame);
+    }
+}
+
+/// The offsets of a segment [`TcpView::new`] accepted, to view its bytes
+/// again later without checking them again.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
     l3: L3Kind,
     l3_offset: usize,
     l4_offset: usize,
     payload_offset: usize,
+    /// Where the IP datagram ends (Ethernet padding cut off).
+    end: usize,
+}
+
+impl Shape {
+    /// A view of `frame` with these offsets, if it is still long enough.
+    #[inline]
+    fn view<'a>(&self, frame: &'a [u8]) -> Option<TcpView<'a>> {
+        Some(TcpView {
+            frame: frame.get(..self.end)?,
+            l3: self.l3,
+            l3_offset: self.l3_offset,
+            l4_offset: self.l4_offset,
+            payload_offset: self.payload_offset,
+        })
+    }
+}
+
+impl TcpView<'_> {
+    fn shape(&self) -> Shape {
+        Shape {
+            l3: self.l3,
+            l3_offset: self.l3_offset,
+            l4_offset: self.l4_offset,
+            payload_offset: self.payload_offset,
+            end: self.frame.len(),
+        }
+    }
+}
+
+/// One flow being coalesced: its first segment as it came, or the merged
+/// frame built so far, and what the next segment must look like.
+#[derive(Debug)]
+struct Flow<T> {
+    /// The first segment and its checksum state, held as it came until a
+    /// second one joins it.
+    first: Option<(T, SegmentChecksum)>,
+    /// A copy of the first segment's headers, to compare the next ones with.
+    head: [u8; MAX_HEADERS],
+    /// The merged frame once a second segment joined: the headers of the
+    /// first, then every payload in order; `len` bytes of it used.
+    buf: BytesMut,
+    /// Bytes of the frame so far: the first segment's up to the end of its
+    /// IP datagram, then every payload merged.
+    len: usize,
+    shape: Shape,
     next_seq: u32,
     next_ip_id: u16,
     /// Payload size of the first segment: the `gso_size`.
     mss: usize,
     segments: u32,
-    /// Ones'-complement sum of all payload bytes in `buf`.
+    /// Ones'-complement sum of the payloads merged, kept for
+    /// [`GroChecksum::Complete`] only.
     payload_sum: Checksum,
     /// The last merged segment had PSH.
     psh: bool,
@@ -362,73 +601,145 @@ struct Flow {
     started: u64,
 }
 
-impl Flow {
+impl<T> Flow<T> {
     fn is_same_flow(&self, v: &TcpView<'_>) -> bool {
-        let view = TcpView {
-            frame: &self.buf,
-            l3: self.l3,
-            l3_offset: self.l3_offset,
-            l4_offset: self.l4_offset,
-            payload_offset: self.payload_offset,
-        };
-        self.l3 == v.l3
-            && view.l2() == v.l2()
-            && view.addresses() == v.addresses()
-            && view.ports() == v.ports()
-    }
-
-    fn head(&self) -> TcpView<'_> {
-        TcpView {
-            frame: &self.buf,
-            l3: self.l3,
-            l3_offset: self.l3_offset,
-            l4_offset: self.l4_offset,
-            payload_offset: self.payload_offset,
-        }
-    }
-
-    /// Whether `v` (already [`TcpView::mergeable`]) continues this flow.
-    fn can_append(&self, v: &TcpView<'_>, max_ip_len: usize) -> bool {
-        let head = self.head();
-        let (h_ip, v_ip) = (head.ip_header(), v.ip_header());
-        let (h_tcp, v_tcp) = (head.tcp_header(), v.tcp_header());
-        if h_ip.len() != v_ip.len() || h_tcp.len() != v_tcp.len() {
+        let (shape, head) = (&self.shape, &self.head[..]);
+        let (frame, at) = (v.frame, v.l4_offset);
+        if shape.l3 != v.l3
+            || ne32(head, shape.l4_offset) != ne32(frame, at)
+            || shape.l3_offset != v.l3_offset
+        {
             return false;
         }
-        let ip_same = match self.l3 {
+        let (h, f) = (shape.l3_offset, v.l3_offset);
+        let addresses = match v.l3 {
+            L3Kind::Ipv4 => ne64(head, h + 12) == ne64(frame, f + 12),
+            L3Kind::Ipv6 => (8..40)
+                .step_by(8)
+                .all(|i| ne64(head, h + i) == ne64(frame, f + i)),
+        };
+        addresses && short_eq(head, frame, shape.l3_offset)
+    }
+
+    /// Whether `v` (already [`TcpView::mergeable`], of this flow)
+    /// continues it: the same header bytes where `mask` says they must
+    /// be, the next sequence number (and IPv4 id, without DF), a payload
+    /// no larger than the first, room left.
+    fn can_append(&self, v: &TcpView<'_>, mask: &HeaderMask, max_ip_len: usize) -> bool {
+        let shape = &self.shape;
+        if shape.l4_offset != v.l4_offset || shape.payload_offset != v.payload_offset {
+            return false;
+        }
+        let id_ok = match shape.l3 {
             L3Kind::Ipv4 => {
-                let df = |ip: &[u8]| ip[6] & 0x40;
-                h_ip[1] == v_ip[1] // TOS
-                    && h_ip[8] == v_ip[8] // TTL
-                    && df(h_ip) == df(v_ip)
-                    && (df(v_ip) != 0 || be16(v_ip, 4) == Some(self.next_ip_id))
+                let ip = v.ip_header();
+                ip[6] & 0x40 != 0 || be16(ip, 4) == Some(self.next_ip_id)
             }
-            // Version, traffic class, flow label; hop limit.
-            L3Kind::Ipv6 => h_ip[..4] == v_ip[..4] && h_ip[7] == v_ip[7],
+            L3Kind::Ipv6 => true,
         };
         let payload = v.payload().len();
-        ip_same
-            && v.seq() == self.next_seq
-            && h_tcp[8..12] == v_tcp[8..12] // acknowledgment number
-            && h_tcp[14..16] == v_tcp[14..16] // window
-            && h_tcp[20..] == v_tcp[20..] // options
+        v.seq() == self.next_seq
+            && id_ok
             && payload <= self.mss
-            && self.buf.len() - self.l3_offset + payload <= max_ip_len
+            && self.len - shape.l3_offset + payload <= max_ip_len
+            && mask.matches(&self.head, v.frame)
+    }
+}
+
+/// Which header bytes every segment of a merged frame must repeat from the
+/// first one: all of them (Ethernet header and tags; IP version, header
+/// length, TOS or traffic class and flow label, DF and the fragment bits,
+/// TTL or hop limit, protocol, addresses; TCP ports, acknowledgment
+/// number, data offset, window, options) except those that change from
+/// segment to segment (IP lengths, id and checksum; TCP sequence number,
+/// flags, checksum and urgent pointer). A mask byte per header byte, read
+/// as 8-byte words, so a segment is compared in a few word operations.
+#[derive(Debug, Clone)]
+struct HeaderMask {
+    /// The shape the mask is for: L3 kind, L3, L4 and payload offsets.
+    key: Option<(L3Kind, usize, usize, usize)>,
+    bytes: [u8; MAX_HEADERS],
+}
+
+impl HeaderMask {
+    fn new() -> Self {
+        HeaderMask {
+            key: None,
+            bytes: [0; MAX_HEADERS],
+        }
+    }
+
+    /// Makes this the mask of segments shaped as `shape`.
+    fn set(&mut self, shape: &Shape) {
+        let key = (
+            shape.l3,
+            shape.l3_offset,
+            shape.l4_offset,
+            shape.payload_offset,
+        );
+        if self.key == Some(key) {
+            return;
+        }
+        let (l3, l4, end) = (shape.l3_offset, shape.l4_offset, shape.payload_offset);
+        self.bytes = [0; MAX_HEADERS];
+        self.bytes[..end].fill(0xff);
+        let changing: &[(usize, usize)] = match shape.l3 {
+            // Total length, identification; header checksum.
+            L3Kind::Ipv4 => &[(l3 + 2, l3 + 6), (l3 + 10, l3 + 12)],
+            // Payload length.
+            L3Kind::Ipv6 => &[(l3 + 4, l3 + 6)],
+        };
+        // Sequence number; flags; checksum and urgent pointer.
+        let tcp = [(l4 + 4, l4 + 8), (l4 + 13, l4 + 14), (l4 + 16, l4 + 20)];
+        for &(from, to) in changing.iter().chain(&tcp) {
+            self.bytes[from..to].fill(0);
+        }
+        self.key = Some(key);
+    }
+
+    /// Whether `frame` repeats `head` wherever the mask says it must.
+    #[inline]
+    fn matches(&self, head: &[u8; MAX_HEADERS], frame: &[u8]) -> bool {
+        let end = self.key.map_or(0, |(_, _, _, end)| end);
+        let mut diff = 0u64;
+        let mut at = 0;
+        while at < end {
+            let mask = ne64(&self.bytes, at);
+            let word = if frame.len() >= at + 8 {
+                ne64(frame, at)
+            } else {
+                // The last header bytes at the very end of a short frame.
+                let mut tail = [0u8; 8];
+                let have = frame.len().saturating_sub(at).min(8);
+                tail[..have].copy_from_slice(frame.get(at..at + have).unwrap_or_default());
+                u64::from_ne_bytes(tail)
+            };
+            diff |= (ne64(head, at) ^ word) & mask;
+            at += 8;
+        }
+        diff == 0
     }
 }
 
 /// Merges TCP segments into large frames; see the module documentation.
+///
+/// `T` is the frame type pushed (anything that reads as bytes: a slice, a
+/// `Vec<u8>`, a switch's packet). A frame that is not merged comes back
+/// out as it went in, so no frame is copied unless it is merged.
 #[derive(Debug)]
-pub struct Coalescer {
+pub struct Coalescer<T> {
     config: GroConfig,
-    flows: Vec<Flow>,
-    /// Buffers of flushed flows, for reuse.
-    spare: Vec<Vec<u8>>,
+    flows: Vec<Flow<T>>,
+    /// A buffer taken for a merge that did not happen (a checksum was
+    /// wrong), for the next one.
+    spare: Option<BytesMut>,
+    /// The header bytes a segment must repeat, for the shape seen last.
+    mask: HeaderMask,
     stats: GroStats,
     arrivals: u64,
 }
 
-impl Coalescer {
+impl<T: AsRef<[u8]>> Coalescer<T> {
     /// A coalescer holding nothing yet.
     pub fn new(config: GroConfig) -> Result<Self, GroError> {
         if config.max_flows == 0 {
@@ -442,10 +753,16 @@ impl Coalescer {
         Ok(Coalescer {
             config,
             flows: Vec::with_capacity(config.max_flows),
-            spare: Vec::new(),
+            spare: None,
+            mask: HeaderMask::new(),
             stats: GroStats::default(),
             arrivals: 0,
         })
+    }
+
+    /// The settings it was made with.
+    pub fn config(&self) -> &GroConfig {
+        &self.config
     }
 
     /// What has been done so far.
@@ -459,60 +776,97 @@ impl Coalescer {
     }
 
     /// Takes one received frame, whose headers are at the offsets of
-    /// `layout` (checked against the frame before any use). Frames that are
-    /// complete now (a flushed flow, a frame passed through) go to `sink`
-    /// with their virtio-net header, in the order the guest must see them.
-    pub fn push<F>(&mut self, frame: &[u8], layout: &FrameLayout, sink: &mut F)
-    where
-        F: FnMut(&VirtioNetHdr, &[u8]),
+    /// `layout` (checked against the frame before any use) and whose TCP
+    /// checksum stands as `checksum` says. Frames that are complete now (a
+    /// flushed flow, a frame passed through) go to `out`, in the order the
+    /// receiver must see them: a flow's frames never overtake each other.
+    pub fn push<O>(
+        &mut self,
+        frame: T,
+        layout: &FrameLayout,
+        checksum: SegmentChecksum,
+        out: &mut O,
+    ) where
+        O: GroOutput<T> + ?Sized,
     {
         self.arrivals += 1;
-        let Some(view) = TcpView::new(frame, layout) else {
-            self.pass_through(frame, sink);
+        let Some(view) = TcpView::new(frame.as_ref(), layout) else {
+            // An IP fragment may belong to a held TCP flow without showing
+            // its ports: everything held goes first.
+            if layout.is_fragment {
+                self.flush_all(out);
+            }
+            self.pass_through(frame, out);
             return;
         };
+        let shape = view.shape();
         let held = self.flows.iter().position(|f| f.is_same_flow(&view));
-        if !view.mergeable(&self.config) {
-            if let Some(i) = held {
-                self.flush_index(i, sink);
-            }
-            if view.l3 == L3Kind::Ipv4
+        let mergeable = checksum != SegmentChecksum::Unmergeable
+            && shape.payload_offset <= MAX_HEADERS
+            && view.mergeable(&self.config);
+        if !mergeable {
+            let bad_ip = view.l3 == L3Kind::Ipv4
                 && view.ip_header().len() == 20
-                && Checksum::new().add_bytes(view.ip_header()).sum() != 0xffff
-            {
+                && !header_checksum_ok(view.ip_header());
+            if let Some(i) = held {
+                self.flush_index(i, out);
+            }
+            if bad_ip {
                 self.stats.bad_checksum += 1;
             }
-            self.pass_through(frame, sink);
+            self.pass_through(frame, out);
             return;
         }
-
-        if let Some(i) = held {
-            if self.flows[i].can_append(&view, self.config.max_ip_len) {
-                if self.append(i, &view) {
-                    let flow = &self.flows[i];
-                    let room = self.config.max_ip_len - (flow.buf.len() - flow.l3_offset);
-                    if view.psh() || view.payload().len() < flow.mss || room == 0 {
-                        self.flush_index(i, sink);
-                    }
-                } else {
-                    self.flush_index(i, sink);
-                    self.stats.bad_checksum += 1;
-                    self.pass_through(frame, sink);
-                }
-                return;
-            }
-            self.flush_index(i, sink);
+        let Some(i) = held else {
+            self.start_flow(frame, shape, checksum, out);
+            return;
+        };
+        self.mask.set(&shape);
+        if !self.flows[i].can_append(&view, &self.mask, self.config.max_ip_len) {
+            self.flush_index(i, out);
+            self.start_flow(frame, shape, checksum, out);
+            return;
         }
-        self.start_flow(frame, &view, sink);
+        if self.flows[i].first.is_some() {
+            self.join_first(i, frame, shape, checksum, out);
+            return;
+        }
+        if self.append(i, &view, checksum) {
+            if self.ends_merge(i, &view) {
+                self.flush_index(i, out);
+            }
+        } else {
+            self.flush_index(i, out);
+            self.stats.bad_checksum += 1;
+            self.pass_through(frame, out);
+        }
+    }
+
+    /// Delivers the frame held for the flow of `frame` (at the offsets of
+    /// `layout`), if there is one, without taking `frame`: for a frame of
+    /// that flow that goes another way and must not overtake it.
+    pub fn flush_flow<O>(&mut self, frame: &[u8], layout: &FrameLayout, out: &mut O)
+    where
+        O: GroOutput<T> + ?Sized,
+    {
+        match TcpView::new(frame, layout) {
+            Some(view) => {
+                if let Some(i) = self.flows.iter().position(|f| f.is_same_flow(&view)) {
+                    self.flush_index(i, out);
+                }
+            }
+            None if layout.is_fragment => self.flush_all(out),
+            None => {}
+        }
     }
 
     /// Delivers every held flow, oldest first: call at the end of each batch.
-    pub fn flush_all<F>(&mut self, sink: &mut F)
+    pub fn flush_all<O>(&mut self, out: &mut O)
     where
-        F: FnMut(&VirtioNetHdr, &[u8]),
+        O: GroOutput<T> + ?Sized,
     {
         while let Some(oldest) = self.oldest() {
-            self.flush_index(oldest, sink);
+            self.flush_index(oldest, out);
         }
     }
 
@@ -524,27 +878,34 @@ impl Coalescer {
             .map(|(i, _)| i)
     }
 
-    fn pass_through<F>(&mut self, frame: &[u8], sink: &mut F)
+    fn pass_through<O>(&mut self, frame: T, out: &mut O)
     where
-        F: FnMut(&VirtioNetHdr, &[u8]),
+        O: GroOutput<T> + ?Sized,
     {
         self.stats.passed_through += 1;
-        sink(&VirtioNetHdr::default(), frame);
+        out.deliver(Delivered::Unchanged(frame));
     }
 
-    /// Appends the payload of `v` to flow `i` if its TCP checksum is right;
-    /// returns false (and leaves the flow as it was) if not.
-    fn append(&mut self, i: usize, v: &TcpView<'_>) -> bool {
+    /// Whether the segment `v` just merged into flow `i` ends the merge:
+    /// PSH, a short segment, or no room for another byte.
+    #[inline]
+    fn ends_merge(&self, i: usize, v: &TcpView<'_>) -> bool {
+        let flow = &self.flows[i];
+        let room = self.config.max_ip_len - (flow.len - flow.shape.l3_offset);
+        v.psh() || v.payload().len() < flow.mss || room == 0
+    }
+
+    /// Appends the payload of `v` to the merged frame of flow `i` if its
+    /// checksum holds; returns false (the flow as it was) if not.
+    fn append(&mut self, i: usize, v: &TcpView<'_>, checksum: SegmentChecksum) -> bool {
+        let sum_all = self.config.checksum == GroChecksum::Complete;
         let flow = &mut self.flows[i];
-        let start = flow.buf.len();
-        flow.buf.extend_from_slice(v.payload());
-        let mut sum = Checksum::new();
-        sum.add_bytes(&flow.buf[start..]);
-        if !v.tcp_checksum_ok(&sum) {
-            flow.buf.truncate(start);
+        let at = flow.len;
+        let Some(sum) = copy_payload(&mut flow.buf, at, v, checksum, sum_all) else {
             return false;
-        }
+        };
         flow.payload_sum.add_checksum(&sum);
+        flow.len = at + v.payload().len();
         flow.next_seq = flow.next_seq.wrapping_add(v.payload().len() as u32);
         flow.next_ip_id = flow.next_ip_id.wrapping_add(1);
         flow.segments += 1;
@@ -552,124 +913,228 @@ impl Coalescer {
         true
     }
 
-    /// Starts holding a new flow with `v` as its first segment, or delivers
-    /// it at once if it cannot be followed (PSH), or passes it through if
-    /// its checksum is wrong.
-    fn start_flow<F>(&mut self, frame: &[u8], v: &TcpView<'_>, sink: &mut F)
-    where
-        F: FnMut(&VirtioNetHdr, &[u8]),
+    /// A second segment continues the first segment of flow `i`, held as
+    /// it came: both are copied into a buffer, verified as they are copied
+    /// where they must be. A first segment with a wrong checksum is passed
+    /// through and the second starts the flow again; a second one with a
+    /// wrong checksum is passed through after the first.
+    fn join_first<O>(
+        &mut self,
+        i: usize,
+        second: T,
+        shape: Shape,
+        checksum: SegmentChecksum,
+        out: &mut O,
+    ) where
+        O: GroOutput<T> + ?Sized,
     {
-        if v.psh() {
-            let mut sum = Checksum::new();
-            sum.add_bytes(v.payload());
-            if v.tcp_checksum_ok(&sum) {
-                self.stats.singles += 1;
-                sink(&single_hdr(), frame);
-            } else {
+        let need = self.flows[i].shape.l3_offset + self.config.max_ip_len;
+        let mut buf = match self.spare.take() {
+            Some(buf) if buf.len() >= need => buf,
+            _ => out.buffer(need),
+        };
+        let flow = &self.flows[i];
+        let Some((first, first_checksum)) = &flow.first else {
+            return;
+        };
+        let (first_end, header_len) = (flow.len, flow.shape.payload_offset);
+        // The views cannot fail: both frames were viewed with these shapes.
+        let first_view = flow.shape.view(first.as_ref());
+        let second_view = shape.view(second.as_ref());
+        let (Some(first_view), Some(second_view)) = (first_view, second_view) else {
+            self.spare = Some(buf);
+            self.flush_index(i, out);
+            self.pass_through(second, out);
+            return;
+        };
+        if buf.len() < need {
+            // The output gave less than asked: no merge, nothing lost.
+            self.flush_index(i, out);
+            self.start_flow(second, shape, checksum, out);
+            return;
+        }
+        buf[..header_len].copy_from_slice(&flow.head[..header_len]);
+        let sum_all = self.config.checksum == GroChecksum::Complete;
+        let first_sum = copy_payload(&mut buf, header_len, &first_view, *first_checksum, sum_all);
+        let second_sum = first_sum
+            .and_then(|_| copy_payload(&mut buf, first_end, &second_view, checksum, sum_all));
+        match (first_sum, second_sum) {
+            (Some(first_sum), Some(second_sum)) => {
+                let second_len = second_view.payload().len();
+                let psh = second_view.psh();
+                let flow = &mut self.flows[i];
+                flow.first = None;
+                flow.buf = buf;
+                flow.payload_sum = first_sum;
+                flow.payload_sum.add_checksum(&second_sum);
+                flow.len = first_end + second_len;
+                flow.next_seq = flow.next_seq.wrapping_add(second_len as u32);
+                flow.next_ip_id = flow.next_ip_id.wrapping_add(1);
+                flow.segments = 2;
+                flow.psh = psh;
+                let room = self.config.max_ip_len - (flow.len - flow.shape.l3_offset);
+                if psh || second_len < flow.mss || room == 0 {
+                    self.flush_index(i, out);
+                }
+            }
+            (None, _) => {
+                self.spare = Some(buf);
+                let flow = self.flows.swap_remove(i);
+                if let Some((first, _)) = flow.first {
+                    self.stats.bad_checksum += 1;
+                    self.pass_through(first, out);
+                }
+                self.start_flow(second, shape, checksum, out);
+            }
+            (Some(_), None) => {
+                self.spare = Some(buf);
+                self.flush_index(i, out);
                 self.stats.bad_checksum += 1;
-                self.pass_through(frame, sink);
-            }
-            return;
-        }
-        let capacity = v.l3_offset + self.config.max_ip_len;
-        let mut buf = self
-            .spare
-            .pop()
-            .unwrap_or_else(|| Vec::with_capacity(capacity));
-        buf.clear();
-        buf.extend_from_slice(v.frame);
-        let mut sum = Checksum::new();
-        sum.add_bytes(&buf[v.payload_offset..]);
-        if !v.tcp_checksum_ok(&sum) {
-            self.spare.push(buf);
-            self.stats.bad_checksum += 1;
-            self.pass_through(frame, sink);
-            return;
-        }
-        if self.flows.len() >= self.config.max_flows {
-            if let Some(oldest) = self.oldest() {
-                self.stats.evictions += 1;
-                self.flush_index(oldest, sink);
+                self.pass_through(second, out);
             }
         }
+    }
+
+    /// Starts holding a new flow with `frame` as its first segment, or
+    /// delivers it at once if nothing may follow it (PSH).
+    fn start_flow<O>(&mut self, frame: T, shape: Shape, checksum: SegmentChecksum, out: &mut O)
+    where
+        O: GroOutput<T> + ?Sized,
+    {
+        let Some(v) = shape.view(frame.as_ref()) else {
+            self.pass_through(frame, out);
+            return;
+        };
+        if v.psh() {
+            self.stats.singles += 1;
+            out.deliver(Delivered::Unchanged(frame));
+            return;
+        }
+        let mut head = [0u8; MAX_HEADERS];
+        head[..shape.payload_offset].copy_from_slice(&v.frame[..shape.payload_offset]);
         let ip_id = match v.l3 {
             L3Kind::Ipv4 => be16(v.ip_header(), 4).unwrap_or(0),
             L3Kind::Ipv6 => 0,
         };
+        let next_seq = v.seq().wrapping_add(v.payload().len() as u32);
+        let mss = v.payload().len();
+        if self.flows.len() >= self.config.max_flows {
+            if let Some(oldest) = self.oldest() {
+                self.stats.evictions += 1;
+                self.flush_index(oldest, out);
+            }
+        }
         self.flows.push(Flow {
-            buf,
-            l3: v.l3,
-            l3_offset: v.l3_offset,
-            l4_offset: v.l4_offset,
-            payload_offset: v.payload_offset,
-            next_seq: v.seq().wrapping_add(v.payload().len() as u32),
+            first: Some((frame, checksum)),
+            head,
+            buf: BytesMut::new(),
+            len: shape.end,
+            shape,
+            next_seq,
             next_ip_id: ip_id.wrapping_add(1),
-            mss: v.payload().len(),
+            mss,
             segments: 1,
-            payload_sum: sum,
+            payload_sum: Checksum::new(),
             psh: false,
             started: self.arrivals,
         });
     }
 
-    /// Delivers flow `i` and keeps its buffer for reuse.
-    fn flush_index<F>(&mut self, i: usize, sink: &mut F)
+    /// Delivers flow `i`.
+    fn flush_index<O>(&mut self, i: usize, out: &mut O)
     where
-        F: FnMut(&VirtioNetHdr, &[u8]),
+        O: GroOutput<T> + ?Sized,
     {
         let mut flow = self.flows.swap_remove(i);
-        if flow.segments == 1 {
+        if let Some((first, _)) = flow.first.take() {
             self.stats.singles += 1;
-            sink(&single_hdr(), &flow.buf);
-        } else {
-            self.stats.frames_merged += 1;
-            self.stats.segments_merged += u64::from(flow.segments);
-            let hdr = finish_merged(&mut flow, self.config.checksum);
-            sink(&hdr, &flow.buf);
+            out.deliver(Delivered::Unchanged(first));
+            return;
         }
-        flow.buf.clear();
-        self.spare.push(flow.buf);
+        self.stats.frames_merged += 1;
+        self.stats.segments_merged += u64::from(flow.segments);
+        let hdr = finish_merged(&mut flow, self.config.checksum);
+        out.deliver(Delivered::Merged(MergedFrame {
+            hdr,
+            segments: flow.segments,
+            buf: flow.buf,
+            len: flow.len,
+        }));
     }
 }
 
-/// The header of a verified frame delivered as it came.
-fn single_hdr() -> VirtioNetHdr {
-    VirtioNetHdr {
-        flags: FLAG_DATA_VALID,
-        ..VirtioNetHdr::default()
+/// Copies the payload of `v` to `buf[at..]`, summing it on the way when
+/// the segment's checksum must be verified (`Unverified`) or `sum_all`
+/// (the merged frame's checksum is written in full). Returns the payload's
+/// sum (empty when not taken), or `None` if the segment's checksum is
+/// wrong (or `buf` too short).
+#[inline]
+fn copy_payload(
+    buf: &mut [u8],
+    at: usize,
+    v: &TcpView<'_>,
+    checksum: SegmentChecksum,
+    sum_all: bool,
+) -> Option<Checksum> {
+    let payload = v.payload();
+    let dst = buf.get_mut(at..at + payload.len())?;
+    let mut sum = Checksum::new();
+    let verify = checksum == SegmentChecksum::Unverified;
+    if verify || sum_all {
+        sum.copy_and_add(dst, payload);
+        if verify && !v.tcp_checksum_ok(&sum) {
+            return None;
+        }
+    } else {
+        dst.copy_from_slice(payload);
     }
+    Some(sum)
+}
+
+/// Whether an IPv4 header's checksum holds.
+#[inline]
+fn header_checksum_ok(ip: &[u8]) -> bool {
+    fold(header_words(ip)) == 0xffff
 }
 
 /// Rewrites the headers of a merged frame (lengths, IPv4 checksum, PSH, TCP
 /// checksum) and returns its virtio-net header.
-fn finish_merged(flow: &mut Flow, mode: GroChecksum) -> VirtioNetHdr {
-    let (l3, l4) = (flow.l3_offset, flow.l4_offset);
-    let total = flow.buf.len();
-    // Both fit in 16 bits: appends keep total - l3 <= max_ip_len <= 65535.
+fn finish_merged<T>(flow: &mut Flow<T>, mode: GroChecksum) -> VirtioNetHdr {
+    let shape = flow.shape;
+    let (l3, l4) = (shape.l3_offset, shape.l4_offset);
+    let total = flow.len;
+    let frame = &mut flow.buf[..total];
+    // Fits in 16 bits: appends keep total - l3 <= max_ip_len <= 65535.
     let ip_len = (total - l3) as u16;
-    let gso_type = match flow.l3 {
+    let gso_type = match shape.l3 {
         L3Kind::Ipv4 => {
-            put16(&mut flow.buf, l3 + 2, ip_len);
-            put16(&mut flow.buf, l3 + 10, 0);
+            put16(frame, l3 + 2, ip_len);
+            put16(frame, l3 + 10, 0);
             let csum = Checksum::new()
-                .add_bytes(flow.buf.get(l3..l4).unwrap_or_default())
+                .add_bytes(frame.get(l3..l4).unwrap_or_default())
                 .finish();
-            put16(&mut flow.buf, l3 + 10, csum);
+            put16(frame, l3 + 10, csum);
             GSO_TCPV4
         }
         L3Kind::Ipv6 => {
-            put16(&mut flow.buf, l3 + 4, ip_len.saturating_sub(40));
+            put16(frame, l3 + 4, ip_len.saturating_sub(40));
             GSO_TCPV6
         }
     };
     if flow.psh {
-        if let Some(flags) = flow.buf.get_mut(l4 + 13) {
+        if let Some(flags) = frame.get_mut(l4 + 13) {
             *flags |= TCP_FLAG_PSH;
         }
     }
     let csum_at = l4 + TCP_CSUM_OFFSET;
-    put16(&mut flow.buf, csum_at, 0);
-    let head = flow.head();
+    put16(frame, csum_at, 0);
+    let head = TcpView {
+        frame,
+        l3: shape.l3,
+        l3_offset: l3,
+        l4_offset: l4,
+        payload_offset: shape.payload_offset,
+    };
     let (flags, csum_start, csum_offset, value) = match mode {
         GroChecksum::Partial => (
             FLAG_NEEDS_CSUM,
@@ -684,11 +1149,11 @@ fn finish_merged(flow: &mut Flow, mode: GroChecksum) -> VirtioNetHdr {
             (FLAG_DATA_VALID, 0, 0, sum.finish())
         }
     };
-    put16(&mut flow.buf, csum_at, value);
+    put16(frame, csum_at, value);
     VirtioNetHdr {
         flags,
         gso_type,
-        hdr_len: flow.payload_offset as u16,
+        hdr_len: shape.payload_offset as u16,
         gso_size: flow.mss as u16,
         csum_start,
         csum_offset,
@@ -945,16 +1410,35 @@ mod tests {
         }
     }
 
-    fn run(config: GroConfig, frames: &[Vec<u8>]) -> (Out, GroStats) {
+    /// What was delivered, as (header, bytes): an all-zero header for a
+    /// frame delivered as it came.
+    fn flatten<T: AsRef<[u8]>>(delivered: Vec<Delivered<T>>) -> Out {
+        delivered
+            .into_iter()
+            .map(|d| match d {
+                Delivered::Unchanged(f) => (VirtioNetHdr::default(), f.as_ref().to_vec()),
+                Delivered::Merged(m) => (m.hdr, m.frame().to_vec()),
+            })
+            .collect()
+    }
+
+    fn run_with(
+        config: GroConfig,
+        frames: &[Vec<u8>],
+        checksum: SegmentChecksum,
+    ) -> (Out, GroStats) {
         let mut gro = Coalescer::new(config).unwrap();
-        let mut out: Out = Vec::new();
-        let mut sink = |h: &VirtioNetHdr, f: &[u8]| out.push((*h, f.to_vec()));
+        let mut out: Vec<Delivered<&[u8]>> = Vec::new();
         for f in frames {
-            gro.push(f, &layout_of(f), &mut sink);
+            gro.push(&f[..], &layout_of(f), checksum, &mut out);
         }
-        gro.flush_all(&mut sink);
+        gro.flush_all(&mut out);
         assert_eq!(gro.held_flows(), 0);
-        (out, gro.stats())
+        (flatten(out), gro.stats())
+    }
+
+    fn run(config: GroConfig, frames: &[Vec<u8>]) -> (Out, GroStats) {
+        run_with(config, frames, SegmentChecksum::Unverified)
     }
 
     fn payload_len(frame: &[u8]) -> usize {
@@ -976,7 +1460,7 @@ mod tests {
         assert_eq!(out.len(), 1, "{stats:?}");
         let (hdr, mut merged) = out.into_iter().next().unwrap();
         if segments.len() == 1 {
-            assert_eq!(hdr, single_hdr());
+            assert_eq!(hdr, VirtioNetHdr::default());
             assert_eq!(merged, segments[0]);
             return;
         }
@@ -1296,12 +1780,14 @@ mod tests {
                 is_fragment: fragment,
             };
             let mut gro = Coalescer::new(GroConfig::default()).unwrap();
-            let mut n = 0;
-            let mut sink = |_: &VirtioNetHdr, _: &[u8]| n += 1;
-            gro.push(&frame, &layout, &mut sink);
-            gro.push(&frame, &layout, &mut sink);
-            gro.flush_all(&mut sink);
-            prop_assert_eq!(n, 2);
+            let mut out: Vec<Delivered<&[u8]>> = Vec::new();
+            for checksum in [SegmentChecksum::Unverified, SegmentChecksum::Partial] {
+                gro.push(&frame[..], &layout, checksum, &mut out);
+                gro.flush_flow(&frame, &layout, &mut out);
+                gro.push(&frame[..], &layout, checksum, &mut out);
+            }
+            gro.flush_all(&mut out);
+            prop_assert_eq!(out.len(), 4);
         }
 
         #[test]
@@ -1317,12 +1803,11 @@ mod tests {
             let at = at % frame.len();
             frame[at] = value;
             let mut gro = Coalescer::new(GroConfig::default()).unwrap();
-            let mut out: Out = Vec::new();
-            let mut sink = |h: &VirtioNetHdr, f: &[u8]| out.push((*h, f.to_vec()));
-            gro.push(&frame, &layout, &mut sink);
-            gro.push(&frame[..at], &layout, &mut sink);
-            gro.flush_all(&mut sink);
-            prop_assert!(!out.is_empty());
+            let mut out: Vec<Delivered<&[u8]>> = Vec::new();
+            gro.push(&frame[..], &layout, SegmentChecksum::Unverified, &mut out);
+            gro.push(&frame[..at], &layout, SegmentChecksum::Unverified, &mut out);
+            gro.flush_all(&mut out);
+            prop_assert_eq!(out.len(), 2);
         }
     }
 
@@ -1450,7 +1935,7 @@ mod tests {
         assert_eq!(out[0].0.gso_type, GSO_TCPV4);
         assert_eq!(payload_len(&out[0].1), 2000);
         assert_eq!(out[1], (VirtioNetHdr::default(), ack));
-        assert_eq!(out[2], (single_hdr(), segs[2].clone()));
+        assert_eq!(out[2], (VirtioNetHdr::default(), segs[2].clone()));
     }
 
     #[test]
@@ -1466,20 +1951,26 @@ mod tests {
             &[2; 1000],
         );
         let (out, _) = run(GroConfig::default(), &[small.clone(), big.clone()]);
-        assert_eq!(out, vec![(single_hdr(), small), (single_hdr(), big)]);
+        assert_eq!(
+            out,
+            vec![
+                (VirtioNetHdr::default(), small),
+                (VirtioNetHdr::default(), big)
+            ]
+        );
     }
 
     #[test]
     fn shorter_segment_is_merged_last_and_flushes() {
         let (original, segs) = segments(&Spec::default(), 2500, 1000);
         let mut gro = Coalescer::new(config(GroChecksum::Complete)).unwrap();
-        let mut out: Out = Vec::new();
-        let mut sink = |h: &VirtioNetHdr, f: &[u8]| out.push((*h, f.to_vec()));
+        let mut out: Vec<Delivered<&[u8]>> = Vec::new();
         for s in &segs {
-            gro.push(s, &layout_of(s), &mut sink);
+            gro.push(&s[..], &layout_of(s), SegmentChecksum::Unverified, &mut out);
         }
         // Delivered without waiting for the end of the batch.
         assert_eq!(gro.held_flows(), 0);
+        let out = flatten(out);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].1, original);
     }
@@ -1502,7 +1993,7 @@ mod tests {
         // The second segment breaks the train, and the third does not
         // continue the second (its id is two more).
         assert_eq!(out.len(), 3);
-        assert_eq!(out[0], (single_hdr(), segs[0].clone()));
+        assert_eq!(out[0], (VirtioNetHdr::default(), segs[0].clone()));
 
         // With DF set the id is ignored (RFC 6864).
         let (original, mut segs) = segments(&Spec::default(), 3000, 1000);
@@ -1564,7 +2055,13 @@ mod tests {
                 &[2; 1000],
             );
             let (out, _) = run(GroConfig::default(), &[first.clone(), second.clone()]);
-            assert_eq!(out, vec![(single_hdr(), first), (single_hdr(), second)]);
+            assert_eq!(
+                out,
+                vec![
+                    (VirtioNetHdr::default(), first),
+                    (VirtioNetHdr::default(), second)
+                ]
+            );
         }
     }
 
@@ -1626,7 +2123,7 @@ mod tests {
     #[test]
     fn bad_configs_are_refused() {
         assert_eq!(
-            Coalescer::new(GroConfig {
+            Coalescer::<Vec<u8>>::new(GroConfig {
                 max_flows: 0,
                 ..GroConfig::default()
             })
@@ -1634,7 +2131,7 @@ mod tests {
             GroError::NoFlows
         );
         assert_eq!(
-            Coalescer::new(GroConfig {
+            Coalescer::<Vec<u8>>::new(GroConfig {
                 max_ip_len: 65536,
                 ..GroConfig::default()
             })
@@ -1643,19 +2140,165 @@ mod tests {
         );
     }
 
+    /// A [`GroOutput`] that counts the buffers it gives.
+    #[derive(Default)]
+    struct Counting {
+        buffers: usize,
+        out: Vec<Delivered<Vec<u8>>>,
+    }
+
+    impl GroOutput<Vec<u8>> for Counting {
+        fn buffer(&mut self, len: usize) -> BytesMut {
+            self.buffers += 1;
+            BytesMut::zeroed(len)
+        }
+
+        fn deliver(&mut self, frame: Delivered<Vec<u8>>) {
+            self.out.push(frame);
+        }
+    }
+
     #[test]
-    fn buffers_are_reused_across_batches() {
+    fn only_a_merge_takes_a_buffer_and_frames_not_merged_come_back_as_they_were() {
         let (_, segs) = segments(&Spec::default(), 40000, 1448);
         let mut gro = Coalescer::new(GroConfig::default()).unwrap();
-        let mut ptrs = Vec::new();
-        for _ in 0..3 {
-            let mut sink = |_: &VirtioNetHdr, f: &[u8]| ptrs.push(f.as_ptr() as usize);
-            for s in &segs {
-                gro.push(s, &layout_of(s), &mut sink);
-            }
-            gro.flush_all(&mut sink);
+        let mut out = Counting::default();
+        // One segment per flow and batch: held, then given back, no copy.
+        for s in &segs[..3] {
+            gro.push(
+                s.clone(),
+                &layout_of(s),
+                SegmentChecksum::Unverified,
+                &mut out,
+            );
+            gro.flush_all(&mut out);
         }
-        assert_eq!(ptrs.len(), 3);
-        assert!(ptrs.iter().all(|&p| p == ptrs[0]), "{ptrs:?}");
+        assert_eq!(out.buffers, 0);
+        assert!(
+            matches!(&out.out[..], [Delivered::Unchanged(a), Delivered::Unchanged(b), Delivered::Unchanged(c)]
+            if [a, b, c] == [&segs[0], &segs[1], &segs[2]])
+        );
+        // The rest in one batch: one buffer for the one merged frame.
+        out.out.clear();
+        for s in &segs[3..] {
+            gro.push(
+                s.clone(),
+                &layout_of(s),
+                SegmentChecksum::Unverified,
+                &mut out,
+            );
+        }
+        gro.flush_all(&mut out);
+        assert_eq!(out.buffers, 1);
+        assert!(
+            matches!(&out.out[..], [Delivered::Merged(m)] if m.segments as usize == segs.len() - 3)
+        );
+        assert_eq!(gro.stats().singles, 3);
+    }
+
+    #[test]
+    fn verified_and_partial_segments_merge_without_verification() {
+        let (original, segs) = segments(&Spec::default(), 5000, 1000);
+        // A wrong TCP checksum in the middle: a device that said DATA_VALID
+        // is trusted, so it merges (the merged checksum is written anew).
+        let mut segs_bad = segs.clone();
+        let l = layout_of(&segs_bad[2]);
+        segs_bad[2][l.l4_offset + 16] ^= 0xff;
+        for checksum in [SegmentChecksum::Verified, SegmentChecksum::Partial] {
+            let (out, stats) = run_with(config(GroChecksum::Complete), &segs_bad, checksum);
+            assert_eq!(out.len(), 1, "{checksum:?}");
+            assert_eq!(out[0].1, original);
+            assert_eq!(stats.bad_checksum, 0);
+        }
+        // Unverified, the same segment is passed through, the rest merged
+        // around it.
+        let (out, stats) = run(config(GroChecksum::Complete), &segs_bad);
+        assert_eq!(stats.bad_checksum, 1);
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[1], (VirtioNetHdr::default(), segs_bad[2].clone()));
+        // A partial checksum as a sender leaves it: seeded, not complemented.
+        let partial: Vec<Vec<u8>> = segs
+            .iter()
+            .map(|s| {
+                let mut s = s.clone();
+                let l = layout_of(&s);
+                let c = tcp_checksum(&mut s, &l);
+                // The pseudo-header sum is the complement of the checksum of
+                // the rest; any seed will do, the merged frame's is rewritten.
+                s[l.l4_offset + 16..l.l4_offset + 18].copy_from_slice(&(!c).to_be_bytes());
+                s
+            })
+            .collect();
+        let (out, _) = run_with(GroConfig::default(), &partial, SegmentChecksum::Partial);
+        assert_eq!(out.len(), 1);
+        let (hdr, mut merged) = out.into_iter().next().unwrap();
+        complete(&hdr, &mut merged);
+        assert_eq!(merged, original);
+    }
+
+    #[test]
+    fn unmergeable_frames_and_flush_flow_keep_the_flow_in_order() {
+        let (_, a) = segments(&Spec::default(), 3000, 1000);
+        let (_, b) = segments(
+            &Spec {
+                sport: 1,
+                ..Spec::default()
+            },
+            3000,
+            1000,
+        );
+        let mut gro = Coalescer::new(GroConfig::default()).unwrap();
+        let mut out: Vec<Delivered<&[u8]>> = Vec::new();
+        let unverified = SegmentChecksum::Unverified;
+        for f in [&a[0], &a[1], &b[0]] {
+            gro.push(&f[..], &layout_of(f), unverified, &mut out);
+        }
+        // A frame of flow a that is never merged: a's held frame goes first,
+        // b stays held.
+        gro.push(
+            &a[2][..],
+            &layout_of(&a[2]),
+            SegmentChecksum::Unmergeable,
+            &mut out,
+        );
+        assert_eq!(gro.held_flows(), 1);
+        // flush_flow delivers b's held frame without taking a frame.
+        gro.flush_flow(&b[1], &layout_of(&b[1]), &mut out);
+        assert_eq!(gro.held_flows(), 0);
+        let out = flatten(out);
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[0].0.gso_type, GSO_TCPV4);
+        assert_eq!(payload_len(&out[0].1), 2000);
+        assert_eq!(out[1].1, a[2]);
+        assert_eq!(out[2].1, b[0]);
+    }
+
+    #[test]
+    fn a_fragment_flushes_everything_held() {
+        let (_, segs) = segments(&Spec::default(), 3000, 1000);
+        let mut gro = Coalescer::new(GroConfig::default()).unwrap();
+        let mut out: Vec<Delivered<&[u8]>> = Vec::new();
+        gro.push(
+            &segs[0][..],
+            &layout_of(&segs[0]),
+            SegmentChecksum::Unverified,
+            &mut out,
+        );
+        let mut fragment = layout_of(&segs[1]);
+        fragment.is_fragment = true;
+        gro.push(
+            &segs[1][..],
+            &fragment,
+            SegmentChecksum::Unverified,
+            &mut out,
+        );
+        let out = flatten(out);
+        assert_eq!(
+            out,
+            vec![
+                (VirtioNetHdr::default(), segs[0].clone()),
+                (VirtioNetHdr::default(), segs[1].clone())
+            ]
+        );
     }
 }

@@ -44,6 +44,7 @@ use std::time::Instant;
 
 use vswitch_offload::{CheckedFrame, Packet};
 
+use crate::coalesce::{CoalesceConfig, PortCoalescers, Route};
 use crate::drop::DropReason;
 use crate::egress::{adapt_checked, fits_mtu, EgressEngine, EgressWork};
 use crate::fdb::{Learned, LookupCache};
@@ -132,10 +133,16 @@ impl Output {
     }
 
     fn batch(&mut self, port: PortId) -> &mut Vec<Packet> {
+        let index = self.batch_index(port);
+        &mut self.batches[index].frames
+    }
+
+    /// The index of `port`'s batch, made if it has none yet.
+    fn batch_index(&mut self, port: PortId) -> usize {
         let found = self.batches[..self.active]
             .iter()
             .position(|batch| batch.port == port);
-        let index = match found {
+        match found {
             Some(index) => index,
             None => {
                 if self.active == self.batches.len() {
@@ -146,12 +153,17 @@ impl Output {
                 self.active += 1;
                 index
             }
-        };
-        &mut self.batches[index].frames
+        }
     }
 
     fn dropped(&mut self, port: PortId, reason: DropReason) {
         self.events.push(Event::Dropped { port, reason });
+    }
+
+    /// The batch of `port` and the events, both to append to.
+    pub(crate) fn batch_and_events(&mut self, port: PortId) -> (&mut Vec<Packet>, &mut Vec<Event>) {
+        let index = self.batch_index(port);
+        (&mut self.batches[index].frames, &mut self.events)
     }
 }
 
@@ -168,10 +180,12 @@ pub struct Datapath {
     /// Tokens taken ahead from the transmit-side rate limits of the ports
     /// this datapath sent to (see [`PortLimiter::admit_with`]).
     credits: Vec<(Arc<PortLimiter>, Credit)>,
+    coalescers: PortCoalescers,
 }
 
 impl Datapath {
-    /// A datapath that learns into and forwards with `forwarder`.
+    /// A datapath that learns into and forwards with `forwarder`, with
+    /// receive coalescing on ([`CoalesceConfig::default`]).
     pub fn new(forwarder: Arc<Forwarder>) -> Self {
         let cache = forwarder.new_cache();
         Datapath {
@@ -181,7 +195,20 @@ impl Datapath {
             egress: Vec::new(),
             adapted: Vec::new(),
             credits: Vec::new(),
+            coalescers: PortCoalescers::new(CoalesceConfig::default()),
         }
+    }
+
+    /// This datapath with other receive coalescing settings
+    /// ([`crate::coalesce`]); [`CoalesceConfig::disabled`] turns it off.
+    pub fn with_coalescing(mut self, config: CoalesceConfig) -> Self {
+        self.coalescers = PortCoalescers::new(config);
+        self
+    }
+
+    /// The receive coalescing settings.
+    pub fn coalescing(&self) -> &CoalesceConfig {
+        self.coalescers.config()
     }
 
     /// The forwarder this datapath learns into.
@@ -204,9 +231,9 @@ impl Datapath {
     }
 
     /// Checks and forwards every frame of a burst received on `ingress`,
-    /// and charges the burst to the port's receive-side rate limit. A
-    /// caller that honours the limit polls the port only while
-    /// [`Datapath::may_receive`] says so.
+    /// charges the burst to the port's receive-side rate limit, and ends
+    /// the burst ([`Datapath::end_burst`]). A caller that honours the limit
+    /// polls the port only while [`Datapath::may_receive`] says so.
     pub fn process(
         &mut self,
         ports: &PortSet,
@@ -231,6 +258,16 @@ impl Datapath {
         }
         if let Some(limiter) = limiter {
             limiter.charge_received(frames, bytes, now);
+        }
+        self.end_burst(out);
+    }
+
+    /// Ends a burst: the frames held for coalescing ([`crate::coalesce`])
+    /// go into their ports' batches in `out`. A caller of
+    /// [`Datapath::forward`] calls it before it sends what `out` holds.
+    pub fn end_burst(&mut self, out: &mut Output) {
+        if self.coalescers.holding() {
+            self.coalescers.flush_all(self.engine.chunk_pool(), out);
         }
     }
 
@@ -285,7 +322,9 @@ impl Datapath {
     /// Forwards one checked frame received on `ingress` at `now` among
     /// `ports`: learns its source, picks the egress ports, retags it for
     /// each, adapts it to what each takes, and appends the result to that
-    /// port's batch in `out`.
+    /// port's batch in `out`. A TCP segment toward a port that takes large
+    /// frames may instead be held to be merged with the next ones of its
+    /// flow, until [`Datapath::end_burst`] (or the coalescing time budget).
     pub fn forward(
         &mut self,
         ports: &PortSet,
@@ -318,7 +357,7 @@ impl Datapath {
         if let [egress] = self.egress[..] {
             if egress.tag.map(|vlan| vlan.get()) == ingress_vid {
                 if self.admit(ports, egress.port, &frame, now, out) {
-                    self.emit(ports, egress.port, frame, out);
+                    self.emit(ports, egress.port, frame, now, out);
                 }
                 return;
             }
@@ -353,7 +392,7 @@ impl Datapath {
             match version {
                 Some(version) => {
                     if self.admit(ports, egress.port, &version, now, out) {
-                        self.emit(ports, egress.port, version, out);
+                        self.emit(ports, egress.port, version, now, out);
                     }
                 }
                 None => out.dropped(egress.port, DropReason::RetagFailed),
@@ -363,12 +402,50 @@ impl Datapath {
     }
 
     /// Adapts one version of a frame to what `port` takes and appends the
-    /// result to that port's batch.
-    fn emit(&mut self, ports: &PortSet, port: PortId, version: CheckedFrame, out: &mut Output) {
+    /// result to that port's batch, or to the port's coalescer.
+    fn emit(
+        &mut self,
+        ports: &PortSet,
+        port: PortId,
+        version: CheckedFrame,
+        now: Instant,
+        out: &mut Output,
+    ) {
         let Some(caps) = ports.egress(port) else {
             out.dropped(port, DropReason::EgressPortGone);
             return;
         };
+        if self.coalescers.holding() {
+            self.coalescers.expire(now, self.engine.chunk_pool(), out);
+        }
+        if self.coalescers.takes(caps) {
+            match Route::of(&version, caps) {
+                Route::Coalesce(layout, checksum) => {
+                    match fits_mtu(&version, caps) {
+                        Ok(()) => {
+                            let pool = self.engine.chunk_pool();
+                            self.coalescers.push(
+                                port,
+                                version.into_packet(),
+                                &layout,
+                                checksum,
+                                pool,
+                                out,
+                            );
+                            self.coalescers.pushed_at(now);
+                        }
+                        Err(err) => out.dropped(port, err.reason()),
+                    }
+                    return;
+                }
+                Route::AfterItsFlow(layout) => {
+                    let pool = self.engine.chunk_pool();
+                    self.coalescers
+                        .flush_flow(port, version.data(), &layout, pool, out);
+                }
+                Route::Direct => {}
+            }
+        }
         if !version.hdr().has_offload_work() {
             // Nothing to adapt: straight into the batch once it fits, without
             // adapt_checked's detour through the engine's output vector.
@@ -403,6 +480,7 @@ mod tests {
     use vswitch_offload::EgressCapabilities;
 
     use super::*;
+    use crate::coalesce::CoalesceConfig;
     use crate::drop::HeaderDrop;
     use crate::ethernet::build_frame;
     use crate::forward::{ForwarderConfig, PortProfile};
@@ -679,5 +757,393 @@ mod tests {
             ],
         );
         assert_eq!(events, [Event::NotLearned { port: PortId(1) }]);
+    }
+
+    // ------------------------------------------------------------------
+    // Receive coalescing toward ports that take large frames.
+    // ------------------------------------------------------------------
+
+    const MSS: usize = 1448;
+    /// NOP, NOP, timestamps: a Linux sender's options.
+    const TIMESTAMPS: [u8; 12] = [1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2];
+
+    /// Segment `i` of a bulk TCP/IPv4 flow from mac(1) to mac(2), as a
+    /// sender without TSO puts it on the wire (complete checksums, DF,
+    /// ids and sequence numbers advancing), changed by `change`.
+    fn segment(i: usize, change: impl FnOnce(FrameBuilder) -> FrameBuilder) -> Packet {
+        let builder = FrameBuilder::tcp4([10, 0, 0, 1], [10, 0, 0, 2])
+            .macs(mac(1).0, mac(2).0)
+            .dont_fragment(true)
+            .ip_id(100 + i as u16)
+            .ports(40000, 5201)
+            .seq(1000 + (i * MSS) as u32)
+            .ack_number(7)
+            .tcp_flags(tcp_flags::ACK)
+            .window(512)
+            .tcp_options(&TIMESTAMPS)
+            .payload_with(MSS, move |j| (i * 31 + j) as u8);
+        Packet::plain(change(builder).build())
+    }
+
+    fn segments(n: usize) -> Vec<Packet> {
+        (0..n).map(|i| segment(i, |b| b)).collect()
+    }
+
+    /// Port 1 without offloads (where segments come from), port 2 takes
+    /// large frames (a guest with GUEST_TSO4/6, a TAP with TSO), and
+    /// mac(2) learned on port 2.
+    fn gro_bench(coalescing: CoalesceConfig) -> Bench {
+        let mut b = Bench::new(1);
+        b.datapath = Datapath::new(b.datapath.forwarder().clone()).with_coalescing(coalescing);
+        b.ports.insert_port(
+            PortId(2),
+            PortProfile::access(VlanId::DEFAULT),
+            EgressCapabilities::checksum_only(1500)
+                .with_tso4(true)
+                .with_tso6(true),
+        );
+        b.burst(0, 2, vec![plain(MacAddr::BROADCAST, mac(2), None)]);
+        b
+    }
+
+    /// What a frame sent is: (first sequence number, segments of MSS it
+    /// carries, whether it is a GSO frame).
+    fn summary(packet: &Packet) -> (u32, usize, bool) {
+        let layout = vswitch_offload::FrameLayout::parse(&packet.data).unwrap();
+        let tcp = &packet.data[layout.l4_offset..];
+        let seq = u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]);
+        let payload = packet.data.len() - layout.payload_offset;
+        (seq, payload.div_ceil(MSS), packet.hdr.is_gso())
+    }
+
+    fn seq(i: usize) -> u32 {
+        1000 + (i * MSS) as u32
+    }
+
+    fn coalesced(events: &[Event]) -> u64 {
+        events
+            .iter()
+            .map(|e| match e {
+                Event::Worked { work, .. } => work.coalesced,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    #[test]
+    fn mtu_sized_segments_toward_a_tso_port_leave_as_one_gso_frame() {
+        let mut b = gro_bench(CoalesceConfig::default());
+        let input = segments(44);
+        let (sent, events) = b.burst(1, 1, input.clone());
+        assert_eq!(ports_of(&sent), [(2, 1)]);
+        let merged = &sent[0].1[0];
+        let hdr = merged.hdr;
+        assert_eq!(hdr.gso_type, vswitch_offload::virtio::GSO_TCPV4);
+        assert_eq!(usize::from(hdr.gso_size), MSS);
+        assert_eq!(hdr.flags, vswitch_offload::virtio::FLAG_NEEDS_CSUM);
+        assert_eq!((hdr.csum_start, hdr.csum_offset), (34, 16));
+        assert_eq!(merged.data.len(), 66 + 44 * MSS);
+        // Its IP header as a receiver reads it: the whole datagram, a
+        // valid header checksum.
+        let headers = etherparse::PacketHeaders::from_ethernet_slice(&merged.data).unwrap();
+        let Some(etherparse::NetHeaders::Ipv4(ip, _)) = &headers.net else {
+            panic!("expected IPv4");
+        };
+        assert_eq!(usize::from(ip.total_len), 20 + 32 + 44 * MSS);
+        assert_eq!(ip.header_checksum, ip.calc_header_checksum());
+        // Cut again by the engine for a port without offloads: exactly the
+        // segments that came in.
+        let mut again = Vec::new();
+        crate::egress::adapt_for_egress(
+            &mut EgressEngine::new(),
+            merged.clone(),
+            &EgressCapabilities::none(1500),
+            &mut again,
+        )
+        .unwrap();
+        assert_eq!(again, input);
+        assert_eq!(coalesced(&events), 43);
+        assert_eq!(
+            events,
+            [Event::Worked {
+                port: PortId(2),
+                work: EgressWork {
+                    coalesced: 43,
+                    ..EgressWork::default()
+                }
+            }]
+        );
+    }
+
+    #[test]
+    fn a_port_without_tso_gets_the_frames_untouched() {
+        let mut b = gro_bench(CoalesceConfig::default());
+        for caps in [
+            EgressCapabilities::none(1500),
+            EgressCapabilities::checksum_only(1500),
+            // TSO without checksum completion cannot take a partial checksum.
+            EgressCapabilities::none(1500).with_tso4(true),
+        ] {
+            b.ports
+                .insert_port(PortId(3), PortProfile::access(VlanId::DEFAULT), caps);
+            // An unknown destination: flooded to 2 and 3.
+            let input: Vec<Packet> = (0..10)
+                .map(|i| segment(i, |f| f.macs(mac(1).0, mac(9).0)))
+                .collect();
+            let (sent, events) = b.burst(1, 1, input.clone());
+            assert_eq!(ports_of(&sent), [(2, 1), (3, 10)], "{caps:?}");
+            assert_eq!(sent[1].1, input);
+            assert_eq!(coalesced(&events), 9);
+        }
+    }
+
+    #[test]
+    fn coalescing_turned_off_leaves_every_frame_as_it_was() {
+        let mut b = gro_bench(CoalesceConfig::disabled());
+        let input = segments(10);
+        let (sent, events) = b.burst(1, 1, input.clone());
+        assert_eq!(sent[0].1, input);
+        assert!(events.is_empty());
+        assert!(!b.datapath.coalescing().enabled);
+    }
+
+    /// Sends segments 0..8 with `change` applied to segment 3 and returns
+    /// the summaries of what port 2 got.
+    fn with_segment_3(change: impl Fn(FrameBuilder) -> FrameBuilder) -> Vec<(u32, usize, bool)> {
+        let mut b = gro_bench(CoalesceConfig::default());
+        let input: Vec<Packet> = (0..8)
+            .map(|i| {
+                if i == 3 {
+                    segment(i, &change)
+                } else {
+                    segment(i, |f| f)
+                }
+            })
+            .collect();
+        let (sent, _) = b.burst(1, 1, input);
+        sent[0].1.iter().map(summary).collect()
+    }
+
+    #[test]
+    fn psh_ends_a_merge_after_the_segment_carrying_it() {
+        let out = with_segment_3(|f| f.tcp_flags(tcp_flags::ACK | tcp_flags::PSH));
+        assert_eq!(out, [(seq(0), 4, true), (seq(4), 4, true)]);
+    }
+
+    #[test]
+    fn fin_and_any_other_flag_flush_the_flow_and_pass_alone() {
+        for flags in [
+            tcp_flags::FIN,
+            tcp_flags::URG,
+            tcp_flags::ECE,
+            tcp_flags::CWR,
+            tcp_flags::RST,
+        ] {
+            let out = with_segment_3(|f| f.tcp_flags(tcp_flags::ACK | flags));
+            assert_eq!(
+                out,
+                [(seq(0), 3, true), (seq(3), 1, false), (seq(4), 4, true)],
+                "flags {flags:#x}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_ecn_mark_splits_the_merge() {
+        // CE on one segment: it is not merged with the unmarked ones.
+        let out = with_segment_3(|f| f.traffic_class(0x03));
+        assert_eq!(
+            out,
+            [(seq(0), 3, true), (seq(3), 1, false), (seq(4), 4, true)]
+        );
+    }
+
+    #[test]
+    fn options_and_acknowledgment_changes_split_the_merge() {
+        let out = with_segment_3(|f| f.tcp_options(&[1, 1, 8, 10, 0, 0, 0, 9, 0, 0, 0, 2]));
+        assert_eq!(
+            out,
+            [(seq(0), 3, true), (seq(3), 1, false), (seq(4), 4, true)]
+        );
+        let out = with_segment_3(|f| f.ack_number(8));
+        assert_eq!(
+            out,
+            [(seq(0), 3, true), (seq(3), 1, false), (seq(4), 4, true)]
+        );
+    }
+
+    #[test]
+    fn out_of_order_segments_are_never_merged_out_of_order() {
+        let mut b = gro_bench(CoalesceConfig::default());
+        let mut input = segments(6);
+        input.swap(2, 3);
+        let (sent, _) = b.burst(1, 1, input);
+        let out: Vec<_> = sent[0].1.iter().map(summary).collect();
+        // 0-1, then 3 (a gap), then 2 (behind), then 4-5.
+        assert_eq!(
+            out,
+            [
+                (seq(0), 2, true),
+                (seq(3), 1, false),
+                (seq(2), 1, false),
+                (seq(4), 2, true)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_wrong_checksum_is_passed_on_for_the_receiver_to_drop() {
+        let mut b = gro_bench(CoalesceConfig::default());
+        let mut input = segments(6);
+        let mut bad = input[2].data.to_vec();
+        bad[100] ^= 0x55;
+        input[2] = Packet::plain(bad);
+        let (sent, _) = b.burst(1, 1, input.clone());
+        let frames = &sent[0].1;
+        assert_eq!(frames.len(), 3);
+        assert_eq!(frames[1], input[2]);
+        assert_eq!(summary(&frames[0]), (seq(0), 2, true));
+        assert_eq!(summary(&frames[2]), (seq(3), 3, true));
+    }
+
+    #[test]
+    fn two_interleaved_flows_merge_apart_each_in_order() {
+        let mut b = gro_bench(CoalesceConfig::default());
+        let other = |i: usize| segment(i, |f| f.ports(40001, 5201).seq(9000 + (i * MSS) as u32));
+        let input: Vec<Packet> = (0..10)
+            .flat_map(|i| [segment(i, |f| f), other(i)])
+            .collect();
+        let (sent, events) = b.burst(1, 1, input);
+        let frames = &sent[0].1;
+        assert_eq!(frames.len(), 2);
+        assert_eq!(summary(&frames[0]), (seq(0), 10, true));
+        assert_eq!(summary(&frames[1]), (9000, 10, true));
+        assert_eq!(coalesced(&events), 18);
+    }
+
+    #[test]
+    fn a_frame_of_the_flow_that_is_not_merged_keeps_its_place() {
+        let mut b = gro_bench(CoalesceConfig::default());
+        // Segments 0 and 1, then a TSO frame of the same flow carrying
+        // segments 2 and 3 (a guest's, with a partial checksum), then 4, 5.
+        let tso = FrameBuilder::tcp4([10, 0, 0, 1], [10, 0, 0, 2])
+            .macs(mac(1).0, mac(2).0)
+            .dont_fragment(true)
+            .ip_id(102)
+            .ports(40000, 5201)
+            .seq(seq(2))
+            .ack_number(7)
+            .tcp_flags(tcp_flags::ACK)
+            .window(512)
+            .tcp_options(&TIMESTAMPS)
+            .payload_with(2 * MSS, |j| j as u8)
+            .gso(MSS as u16)
+            .packet();
+        let input = vec![
+            segment(0, |f| f),
+            segment(1, |f| f),
+            tso.clone(),
+            segment(4, |f| f),
+            segment(5, |f| f),
+        ];
+        let (sent, _) = b.burst(1, 1, input);
+        let out: Vec<_> = sent[0].1.iter().map(summary).collect();
+        assert_eq!(
+            out,
+            [(seq(0), 2, true), (seq(2), 2, true), (seq(4), 2, true)]
+        );
+        assert_eq!(sent[0].1[1], tso, "the TSO frame passes as it came");
+    }
+
+    #[test]
+    fn nothing_is_held_past_the_end_of_a_burst() {
+        let mut b = gro_bench(CoalesceConfig::default());
+        let (first, _) = b.burst(1, 1, segments(3));
+        assert_eq!(
+            first[0].1.iter().map(summary).collect::<Vec<_>>(),
+            [(seq(0), 3, true)]
+        );
+        let (second, _) = b.burst(1, 1, (3..5).map(|i| segment(i, |f| f)).collect());
+        assert_eq!(
+            second[0].1.iter().map(summary).collect::<Vec<_>>(),
+            [(seq(3), 2, true)]
+        );
+        // A lone segment is held for the burst and leaves as it came.
+        let lone = segment(5, |f| f);
+        let (third, _) = b.burst(1, 1, vec![lone.clone()]);
+        assert_eq!(third[0].1, [lone]);
+    }
+
+    #[test]
+    fn the_time_budget_delivers_what_waited_too_long() {
+        let budget = Duration::from_micros(50);
+        let mut b = gro_bench(CoalesceConfig {
+            time_budget: budget,
+            ..CoalesceConfig::default()
+        });
+        let t = b.t0 + Duration::from_secs(1);
+        let forward = |b: &mut Bench, i: usize, at: Instant| {
+            let frame = Datapath::check(PortId(1), segment(i, |f| f), &mut b.out).unwrap();
+            b.datapath
+                .forward(&b.ports, PortId(1), frame, at, &mut b.out);
+        };
+        b.out.clear();
+        forward(&mut b, 0, t);
+        forward(&mut b, 1, t + Duration::from_micros(10));
+        assert!(b.out.batches().iter().all(|batch| batch.frames.is_empty()));
+        // 60 µs after the first: the two held go out before the third.
+        forward(&mut b, 2, t + Duration::from_micros(60));
+        let held: Vec<_> = b.out.batches()[0].frames.iter().map(summary).collect();
+        assert_eq!(held, [(seq(0), 2, true)]);
+        b.datapath.end_burst(&mut b.out);
+        let all: Vec<_> = b.out.batches()[0].frames.iter().map(summary).collect();
+        assert_eq!(all, [(seq(0), 2, true), (seq(2), 1, false)]);
+    }
+
+    #[test]
+    fn partial_and_device_verified_segments_merge_too() {
+        use vswitch_offload::virtio::{FLAG_DATA_VALID, FLAG_NEEDS_CSUM};
+        let mut b = gro_bench(CoalesceConfig::default());
+        // A guest with checksum offload but no TSO: partial checksums.
+        let partial: Vec<Packet> = (0..4)
+            .map(|i| {
+                let f = FrameBuilder::tcp4([10, 0, 0, 1], [10, 0, 0, 2])
+                    .macs(mac(1).0, mac(2).0)
+                    .dont_fragment(true)
+                    .ip_id(100 + i as u16)
+                    .ports(40000, 5201)
+                    .seq(seq(i))
+                    .ack_number(7)
+                    .tcp_flags(tcp_flags::ACK)
+                    .window(512)
+                    .tcp_options(&TIMESTAMPS)
+                    .payload_with(MSS, move |j| (i * 31 + j) as u8)
+                    .partial_checksum();
+                f.packet()
+            })
+            .collect();
+        assert_eq!(partial[0].hdr.flags, FLAG_NEEDS_CSUM);
+        let (sent, _) = b.burst(1, 1, partial);
+        let merged = &sent[0].1[0];
+        assert_eq!(summary(merged), (seq(0), 4, true));
+        let mut again = Vec::new();
+        crate::egress::adapt_for_egress(
+            &mut EgressEngine::new(),
+            merged.clone(),
+            &EgressCapabilities::none(1500),
+            &mut again,
+        )
+        .unwrap();
+        assert_eq!(again, segments(4));
+        // A NIC that verified them (DATA_VALID).
+        let valid: Vec<Packet> = segments(4)
+            .into_iter()
+            .map(|mut p| {
+                p.hdr.flags = FLAG_DATA_VALID;
+                p
+            })
+            .collect();
+        let (sent, _) = b.burst(1, 1, valid);
+        assert_eq!(summary(&sent[0].1[0]), (seq(0), 4, true));
     }
 }

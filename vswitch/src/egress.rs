@@ -242,6 +242,12 @@ impl EgressEngine {
     pub fn new() -> Self {
         Self::default()
     }
+
+    /// The recycled chunks large frames are written into: the segments of
+    /// a large frame, and merged frames ([`crate::coalesce`]).
+    pub(crate) fn chunk_pool(&mut self) -> &mut ChunkPool {
+        &mut self.sink.pool
+    }
 }
 
 /// Checks a raw packet as ingress would ([`CheckedFrame::check`]), then

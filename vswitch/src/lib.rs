@@ -54,6 +54,7 @@ pub mod pcap_segment;
 pub use vswitch_offload as offload;
 pub use vswitch_ports as ports;
 
+pub mod coalesce;
 pub mod datapath;
 #[cfg(feature = "demo")]
 pub mod demo;

@@ -62,6 +62,7 @@ use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use vswitch_offload::{CheckedFrame, Packet};
 use vswitch_ports::{BatchSendError, Port, PortCapabilities};
 
+use crate::coalesce::CoalesceConfig;
 use crate::datapath::{Datapath, Event, Output};
 use crate::dispatch::{flow_hash, worker_for_hash};
 use crate::drop::DropReason;
@@ -83,6 +84,9 @@ pub struct SwitchConfig {
     pub queue_full_wait: Duration,
     /// Learning and aging.
     pub forwarder: ForwarderConfig,
+    /// Receive coalescing toward ports that take large frames (on by
+    /// default; [`CoalesceConfig::disabled`] turns it off).
+    pub coalesce: CoalesceConfig,
 }
 
 impl SwitchConfig {
@@ -106,6 +110,7 @@ impl Default for SwitchConfig {
             burst: 64,
             queue_full_wait: Duration::from_millis(1),
             forwarder: ForwarderConfig::default(),
+            coalesce: CoalesceConfig::default(),
         }
     }
 }
@@ -629,7 +634,8 @@ impl SwitchWorker {
     ) -> Self {
         let burst = shared.config.burst;
         let workers = shared.workers.len();
-        let datapath = Datapath::new(shared.forwarder.clone());
+        let datapath =
+            Datapath::new(shared.forwarder.clone()).with_coalescing(shared.config.coalesce);
         SwitchWorker {
             index,
             shared,
@@ -892,6 +898,7 @@ impl SwitchWorker {
     /// Sends what the datapath decided, one batch per egress port, and
     /// counts its events.
     fn flush(&mut self) {
+        self.datapath.end_burst(&mut self.output);
         let mut output = std::mem::take(&mut self.output);
         for event in output.events() {
             self.count(event);
