@@ -2,7 +2,9 @@
 //! `vswitch run` with an uplink on the wire (a veth pair without any
 //! offload, as a NIC without TSO or checksum offload) and a TAP to a guest
 //! namespace: iperf3 from guest A to guest B through both switches, the
-//! receiving kernel verifying every TCP checksum. The topology lives in
+//! receiving kernel verifying every TCP checksum. Host A's switch cuts the
+//! guest's TSO frames for the wire; host B's merges them again (GRO) for
+//! its guest's TAP, which takes large frames. The topology lives in
 //! `benches/scripts/two-hosts.sh`, which the bench runs too (against Linux
 //! bridges); this test runs its switch half and checks the counters.
 //!
@@ -55,4 +57,9 @@ fn iperf3_crosses_two_switches_over_a_wire_without_offloads() {
         "host A's switch must cut the guest's TSO frames for the wire: {line}"
     );
     assert_eq!(field(line, "a_drops"), "0", "{line}");
+    let merges: u64 = field(line, "b_gro_merges").parse().unwrap();
+    assert!(
+        merges > 0,
+        "host B's switch must merge the wire's segments for its guest's TAP: {line}"
+    );
 }
