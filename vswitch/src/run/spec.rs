@@ -294,6 +294,33 @@ impl TapOffloadMode {
     }
 }
 
+/// An interface name as Linux takes it: 1 to `IFNAMSIZ - 1` bytes, no
+/// `/`, no spaces.
+fn check_interface_name(spec: &str, name: &str) -> Result<(), SpecError> {
+    if name.is_empty()
+        || name.len() > tap::IFNAME_MAX
+        || name.bytes().any(|b| b == b'/' || b.is_ascii_whitespace())
+    {
+        return Err(spec_error(
+            spec,
+            format!(
+                "expected an interface name of 1 to {} bytes without '/' or spaces, found {name:?}",
+                tap::IFNAME_MAX
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The MTU of an `mtu=N` option, in the range every port kind takes.
+fn parse_mtu_option(option: &str) -> Result<u16, String> {
+    option["mtu=".len()..]
+        .parse::<u16>()
+        .ok()
+        .filter(|m| (MTU_MIN..=MTU_MAX).contains(m))
+        .ok_or_else(|| format!("{option:?}: expected an MTU of {MTU_MIN} to {MTU_MAX}"))
+}
+
 /// One `--tap NAME[:offload=none|csum|tso][:gro=USEC|off][:queues=N][:mtu=N]
 /// [:vlan=N|:trunk=LIST[:native=N]][:max-learned=N]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -318,18 +345,7 @@ impl FromStr for TapSpec {
     fn from_str(spec: &str) -> Result<Self, SpecError> {
         let mut parts = split_options(spec).into_iter();
         let name = parts.next().unwrap_or_default().to_string();
-        if name.is_empty()
-            || name.len() > tap::IFNAME_MAX
-            || name.bytes().any(|b| b == b'/' || b.is_ascii_whitespace())
-        {
-            return Err(spec_error(
-                spec,
-                format!(
-                    "expected an interface name of 1 to {} bytes without '/' or spaces, found {name:?}",
-                    tap::IFNAME_MAX
-                ),
-            ));
-        }
+        check_interface_name(spec, &name)?;
         let mut parsed = TapSpec {
             name,
             offload: TapOffloadMode::Tso,
@@ -379,16 +395,7 @@ impl TapSpec {
                     .ok_or_else(|| format!("{other:?}: expected 1 to {QUEUES_MAX} queues"))?;
                 self.queues = Some(queues);
             }
-            other if other.starts_with("mtu=") => {
-                let mtu = other["mtu=".len()..]
-                    .parse::<u16>()
-                    .ok()
-                    .filter(|m| (MTU_MIN..=MTU_MAX).contains(m))
-                    .ok_or_else(|| {
-                        format!("{other:?}: expected an MTU of {MTU_MIN} to {MTU_MAX}")
-                    })?;
-                self.mtu = Some(mtu);
-            }
+            other if other.starts_with("mtu=") => self.mtu = Some(parse_mtu_option(other)?),
             other => {
                 if !self.profile.take(other)? {
                     return Err(format!(
@@ -497,16 +504,7 @@ impl VhostUserSpec {
                     })?;
                 self.queues = Some(queues);
             }
-            other if other.starts_with("mtu=") => {
-                let mtu = other["mtu=".len()..]
-                    .parse::<u16>()
-                    .ok()
-                    .filter(|m| (MTU_MIN..=MTU_MAX).contains(m))
-                    .ok_or_else(|| {
-                        format!("{other:?}: expected an MTU of {MTU_MIN} to {MTU_MAX}")
-                    })?;
-                self.mtu = Some(mtu);
-            }
+            other if other.starts_with("mtu=") => self.mtu = Some(parse_mtu_option(other)?),
             other => {
                 if !self.profile.take(other)? {
                     return Err(format!(
@@ -560,20 +558,7 @@ impl FromStr for UplinkPortSpec {
     fn from_str(spec: &str) -> Result<Self, SpecError> {
         let mut parts = split_options(spec).into_iter();
         let interface = parts.next().unwrap_or_default().to_string();
-        if interface.is_empty()
-            || interface.len() > tap::IFNAME_MAX
-            || interface
-                .bytes()
-                .any(|b| b == b'/' || b.is_ascii_whitespace())
-        {
-            return Err(spec_error(
-                spec,
-                format!(
-                    "expected an interface name of 1 to {} bytes without '/' or spaces, found {interface:?}",
-                    tap::IFNAME_MAX
-                ),
-            ));
-        }
+        check_interface_name(spec, &interface)?;
         let mut parsed = UplinkPortSpec {
             interface,
             config: UplinkConfig::default(),
