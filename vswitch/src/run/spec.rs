@@ -312,6 +312,16 @@ fn check_interface_name(spec: &str, name: &str) -> Result<(), SpecError> {
     Ok(())
 }
 
+/// The count of a `queues=N` option, 1 to `max` (`what` names the unit in
+/// the error).
+fn parse_queues_option(option: &str, max: usize, what: &str) -> Result<usize, String> {
+    option["queues=".len()..]
+        .parse::<usize>()
+        .ok()
+        .filter(|q| (1..=max).contains(q))
+        .ok_or_else(|| format!("{option:?}: expected 1 to {max} {what}"))
+}
+
 /// The MTU of an `mtu=N` option, in the range every port kind takes.
 fn parse_mtu_option(option: &str) -> Result<u16, String> {
     option["mtu=".len()..]
@@ -388,12 +398,7 @@ impl TapSpec {
                 };
             }
             other if other.starts_with("queues=") => {
-                let queues = other["queues=".len()..]
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|q| (1..=QUEUES_MAX).contains(q))
-                    .ok_or_else(|| format!("{other:?}: expected 1 to {QUEUES_MAX} queues"))?;
-                self.queues = Some(queues);
+                self.queues = Some(parse_queues_option(other, QUEUES_MAX, "queues")?)
             }
             other if other.starts_with("mtu=") => self.mtu = Some(parse_mtu_option(other)?),
             other => {
@@ -495,14 +500,7 @@ impl VhostUserSpec {
                 self.name = name.to_string();
             }
             other if other.starts_with("queues=") => {
-                let queues = other["queues=".len()..]
-                    .parse::<usize>()
-                    .ok()
-                    .filter(|q| (1..=MAX_QUEUE_PAIRS).contains(q))
-                    .ok_or_else(|| {
-                        format!("{other:?}: expected 1 to {MAX_QUEUE_PAIRS} queue pairs")
-                    })?;
-                self.queues = Some(queues);
+                self.queues = Some(parse_queues_option(other, MAX_QUEUE_PAIRS, "queue pairs")?)
             }
             other if other.starts_with("mtu=") => self.mtu = Some(parse_mtu_option(other)?),
             other => {
