@@ -24,6 +24,9 @@
 #   --kernel FILE        kernel to boot (default: DIR/vmlinux, the PVH ELF
 #                        build-image.sh extracts, else DIR/vmlinuz)
 #   --accel A            tcg (default) or kvm
+#   --trace PATTERN      enable QEMU trace events matching PATTERN on stderr
+#                        (e.g. 'vhost_user_*' for every vhost-user message);
+#                        may be given more than once
 #   --dry-run            print the QEMU command line and exit
 set -euo pipefail
 
@@ -35,6 +38,7 @@ die() { echo "run-guest: $*" >&2; exit 2; }
 sock="" sock_mode=client queues=1 mac=52:54:00:00:00:01 mem=512M
 role="" ip="" peer=10.0.0.1 iperf_args="-P 16 -t 5" append="" dev_opts=""
 log="" image=$repo/target/guest-image kernel="" accel=tcg dry_run=0
+traces=()
 while [ $# -gt 0 ]; do
     case $1 in
     --socket) sock=$2; shift 2 ;;
@@ -52,6 +56,7 @@ while [ $# -gt 0 ]; do
     --image) image=$2; shift 2 ;;
     --kernel) kernel=$2; shift 2 ;;
     --accel) accel=$2; shift 2 ;;
+    --trace) traces+=(-trace "enable=$2"); shift 2 ;;
     --dry-run) dry_run=1; shift ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
@@ -139,6 +144,7 @@ qemu=(
     # The guest powers off when done; a panic (panic=-1) reboots, and
     # -no-reboot turns that into a QEMU exit too.
     -no-reboot
+    "${traces[@]}"
 )
 if [ "$dry_run" -eq 1 ]; then
     printf '%q ' "${qemu[@]}"

@@ -51,11 +51,15 @@ fn guest_image() -> PathBuf {
 struct Guest {
     child: Child,
     log: PathBuf,
+    /// QEMU's own messages (a failed start, a vhost-user error).
+    stderr: PathBuf,
 }
 
 impl Guest {
     fn start(image: &Path, dir: &Path, name: &str, socket: &Path, args: &[&str]) -> Guest {
         let log = dir.join(format!("{name}.log"));
+        let stderr = dir.join(format!("{name}.stderr"));
+        let stderr_file = std::fs::File::create(&stderr).expect("stderr file");
         let child = Command::new("bash")
             .arg(repo().join("scripts/guest/run-guest.sh"))
             .arg("--image")
@@ -64,17 +68,34 @@ impl Guest {
             .arg(socket)
             .arg("--log")
             .arg(&log)
+            // Every vhost-user message QEMU sends and reads, on stderr: shown
+            // when a test fails.
+            .args(["--trace", "vhost_user_*"])
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
+            .stderr(stderr_file)
             .spawn()
             .expect("run-guest.sh starts");
-        Guest { child, log }
+        Guest { child, log, stderr }
     }
 
     fn console(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The console and QEMU's own messages, for a failure report.
+    fn describe(&mut self) -> String {
+        let state = match self.child.try_wait() {
+            Ok(Some(status)) => format!("exited ({status})"),
+            Ok(None) => "running".to_string(),
+            Err(e) => format!("unknown ({e})"),
+        };
+        format!(
+            "QEMU {state}; stderr:\n{}\nconsole:\n{}",
+            std::fs::read_to_string(&self.stderr).unwrap_or_default(),
+            self.console()
+        )
     }
 
     /// Waits until the console shows `marker`, or the guest exits, or the
@@ -217,12 +238,13 @@ fn run_pair(pair: Pair<'_>) {
             &sock_a,
             &server_args,
         );
-        assert!(
-            server.wait_for("VSW-READY", Duration::from_secs(120)),
-            "round {round}: the server guest did not get ready; console:\n{}\nport: {:?}",
-            server.console(),
-            port_a.report()
-        );
+        if !server.wait_for("VSW-READY", Duration::from_secs(120)) {
+            panic!(
+                "round {round}: the server guest did not get ready\n{}\nport: {:?}",
+                server.describe(),
+                port_a.report()
+            );
+        }
         let mut client = Guest::start(
             &image,
             &dir.0,
@@ -246,9 +268,9 @@ fn run_pair(pair: Pair<'_>) {
         let done = client.wait_for("VSW-EXIT", Duration::from_secs(180))
             && server.wait_for("VSW-CSUM-ERRORS", Duration::from_secs(30));
         let report = format!(
-            "round {round}\nclient console:\n{}\nserver console:\n{}\nport a: {:?}\nport b: {:?}\nswitch: {:?}",
-            client.console(),
-            server.console(),
+            "round {round}\nclient: {}\nserver: {}\nport a: {:?}\nport b: {:?}\nswitch: {:?}",
+            client.describe(),
+            server.describe(),
             port_a.report(),
             port_b.report(),
             switch.stats()
@@ -261,9 +283,11 @@ fn run_pair(pair: Pair<'_>) {
         );
         let json = client.section("RESULT").expect("iperf3 result");
         let bps = received_bps(&json);
+        // Two TCG guests on a loaded two-core machine can fall to about
+        // 10 Mbit/s; a stall is far below that.
         assert!(
-            bps > 1e7,
-            "{:.1} Mbit/s received: the transfer stalled\n{report}",
+            bps > 1e6,
+            "{:.2} Mbit/s received: the transfer stalled\n{report}",
             bps / 1e6
         );
         assert_eq!(

@@ -632,8 +632,11 @@ fn serve_connection(
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .take();
-    drop(relay);
-    result.map_err(|e| format!("connection ended: {e}"))
+    let relay_error = relay.finish();
+    result.map_err(|e| match relay_error {
+        Some(why) => format!("connection ended: {e} (the relay ended it: {why})"),
+        None => format!("connection ended: {e}"),
+    })
 }
 
 impl Port for VhostUserPort {

@@ -146,12 +146,23 @@ pub(super) struct Relay {
     frontend: UnixStream,
     handler: UnixStream,
     threads: Vec<JoinHandle<()>>,
+    /// Why the relay ended the connection itself (a message it refused, a
+    /// socket error), as opposed to a peer closing; the first such error.
+    error: Arc<Mutex<Option<String>>>,
 }
 
 impl Relay {
     /// Relays between `frontend` (the VMM's connection) and `handler` (a
     /// connection to the vhost-user handler) until either side closes.
     pub(super) fn start(frontend: UnixStream, handler: UnixStream) -> io::Result<Relay> {
+        let error = Arc::new(Mutex::new(None));
+        let on_error = {
+            let error = error.clone();
+            move |what: &str, e: io::Error| {
+                let mut slot = error.lock().unwrap_or_else(PoisonError::into_inner);
+                slot.get_or_insert_with(|| format!("{what}: {e}"));
+            }
+        };
         // Replies to the frontend come from both directions' threads: one
         // writer at a time, a whole message each.
         let to_frontend = Arc::new(Mutex::new(frontend.try_clone()?));
@@ -159,10 +170,13 @@ impl Relay {
             let from = frontend.try_clone()?;
             let to = handler.try_clone()?;
             let to_frontend = to_frontend.clone();
+            let on_error = on_error.clone();
             thread::Builder::new()
                 .name("vhost-user relay in".into())
                 .spawn(move || {
-                    let _ = relay_requests(&from, &to, &to_frontend);
+                    if let Err(e) = relay_requests(&from, &to, &to_frontend) {
+                        on_error("relaying the frontend's requests", e);
+                    }
                     close(&from, &to);
                 })?
         };
@@ -173,11 +187,8 @@ impl Relay {
             thread::Builder::new()
                 .name("vhost-user relay out".into())
                 .spawn(move || {
-                    while let Ok(Some(message)) = Message::read(&from) {
-                        let to = to_frontend.lock().unwrap_or_else(PoisonError::into_inner);
-                        if message.write(&to).is_err() {
-                            break;
-                        }
+                    if let Err(e) = relay_replies(&from, &to_frontend) {
+                        on_error("relaying the handler's replies", e);
                     }
                     close(&from, &frontend);
                 })?
@@ -186,12 +197,21 @@ impl Relay {
             frontend,
             handler,
             threads: vec![inbound, outbound],
+            error,
         })
     }
-}
 
-impl Drop for Relay {
-    fn drop(&mut self) {
+    /// Ends both connections and returns why the relay ended one itself,
+    /// if it did.
+    pub(super) fn finish(mut self) -> Option<String> {
+        self.close_and_join();
+        self.error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    fn close_and_join(&mut self) {
         close(&self.frontend, &self.handler);
         for thread in self.threads.drain(..) {
             let _ = thread.join();
@@ -199,9 +219,24 @@ impl Drop for Relay {
     }
 }
 
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.close_and_join();
+    }
+}
+
 fn close(a: &UnixStream, b: &UnixStream) {
     let _ = a.shutdown(Shutdown::Both);
     let _ = b.shutdown(Shutdown::Both);
+}
+
+/// The handler-to-frontend direction: every message unchanged.
+fn relay_replies(from: &UnixStream, to_frontend: &Mutex<UnixStream>) -> io::Result<()> {
+    while let Some(message) = Message::read(from)? {
+        let to = to_frontend.lock().unwrap_or_else(PoisonError::into_inner);
+        message.write(&to)?;
+    }
+    Ok(())
 }
 
 /// The frontend-to-handler direction, holding ring enables back until the
@@ -323,7 +358,7 @@ mod tests {
     fn an_oversized_message_ends_the_connection() {
         let (mut vmm, frontend) = UnixStream::pair().unwrap();
         let (handler, backend) = UnixStream::pair().unwrap();
-        let _relay = Relay::start(frontend, handler).unwrap();
+        let relay = Relay::start(frontend, handler).unwrap();
         let mut header = message(5, FLAG_VERSION_1, &[]);
         header[8..12].copy_from_slice(&(1u32 << 20).to_le_bytes());
         vmm.write_all(&header).unwrap();
@@ -331,5 +366,7 @@ mod tests {
             Message::read(&backend).unwrap().is_none(),
             "closed, nothing relayed"
         );
+        let why = relay.finish().expect("the relay says why it closed");
+        assert!(why.contains("at most 4096 bytes"), "{why}");
     }
 }
