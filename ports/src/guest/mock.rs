@@ -3,8 +3,17 @@
 //! own `mock`).
 //!
 //! A [`DriverQueue`] lays out a descriptor table and the available and used
-//! rings in guest memory (with virtio-queue's [`MockSplitQueue`]), posts
+//! rings in guest memory as the virtio specification places them (each
+//! ring after the previous one, the used ring 4-byte aligned), posts
 //! buffers as a guest driver would, and reads back what the device wrote.
+//!
+//! It does not use virtio-queue's `MockSplitQueue`: in virtio-queue 0.18
+//! that mock computes the end of a ring from its element count instead of
+//! its size in bytes, so its used ring starts inside the available ring
+//! (at `avail + 4 + size`): the device's used-ring writes then overwrite
+//! available entries the driver posted, which surfaces as chains with a
+//! head outside the table, used entries of length 0 or frames read from
+//! the wrong buffer, whenever a device takes fewer chains than it popped.
 //! The device side is a real [`Queue`] built over the same rings
 //! ([`DriverQueue::device_queue`]), so the code under test pops
 //! [`DescriptorChain`](virtio_queue::DescriptorChain)s exactly as a VMM
@@ -24,11 +33,12 @@
 //! assert_eq!(chain.map(|d| d.len()).sum::<u32>(), 5);
 //! ```
 
+use std::sync::atomic::Ordering;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor, RawDescriptor};
-use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::Queue;
-use vm_memory::{Bytes, GuestAddress, GuestMemory};
+use virtio_queue::{Queue, QueueT};
+
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemory};
 
 /// One descriptor as the driver writes it (the `next` link is filled in by
 /// [`DriverQueue::post`]).
@@ -67,7 +77,7 @@ impl Desc {
 /// queue or the data area holds.
 pub struct DriverQueue<'a, M: GuestMemory> {
     mem: &'a M,
-    rings: MockSplitQueue<'a, M>,
+    layout: Layout,
     size: u16,
     next_desc: u16,
     data_start: u64,
@@ -88,9 +98,18 @@ impl<'a, M: GuestMemory> DriverQueue<'a, M> {
         data: GuestAddress,
         data_len: u64,
     ) -> Self {
+        assert!(
+            size.is_power_of_two(),
+            "a split queue's size is a power of 2"
+        );
+        let layout = Layout::new(rings, size);
+        // A fresh queue: flags, indexes and event fields 0.
+        let zeroes = vec![0u8; (layout.end.0 - rings.0) as usize];
+        mem.write_slice(&zeroes, rings)
+            .expect("the rings are inside guest memory");
         DriverQueue {
             mem,
-            rings: MockSplitQueue::create(mem, rings, size),
+            layout,
             size,
             next_desc: 0,
             data_start: data.0,
@@ -102,9 +121,21 @@ impl<'a, M: GuestMemory> DriverQueue<'a, M> {
 
     /// The device side: a ready [`Queue`] over the same rings.
     pub fn device_queue(&self) -> Queue {
-        self.rings
-            .create_queue::<Queue>()
-            .expect("the mock lays out a valid queue")
+        let mut queue = Queue::new(self.size).expect("a power-of-2 queue size");
+        let Layout {
+            desc, avail, used, ..
+        } = self.layout;
+        // The transport writes each address as two 32-bit halves.
+        let halves = |addr: GuestAddress| (Some(addr.0 as u32), Some((addr.0 >> 32) as u32));
+        let (low, high) = halves(desc);
+        queue.set_desc_table_address(low, high);
+        let (low, high) = halves(avail);
+        queue.set_avail_ring_address(low, high);
+        let (low, high) = halves(used);
+        queue.set_used_ring_address(low, high);
+        queue.set_size(self.size);
+        queue.set_ready(true);
+        queue
     }
 
     /// Guest memory for one buffer of `len` bytes in the data area.
@@ -142,19 +173,11 @@ impl<'a, M: GuestMemory> DriverQueue<'a, M> {
                 0
             };
             let raw = RawDescriptor::from(Descriptor::new(desc.addr, desc.len, flags, next));
-            self.rings
-                .desc_table()
-                .store(index, raw)
+            self.mem
+                .write_obj(raw, self.layout.descriptor(index))
                 .expect("descriptor index inside the table");
         }
-        let avail = self.rings.avail();
-        let idx = avail.idx().load();
-        avail
-            .ring()
-            .ref_at(usize::from(idx % self.size))
-            .expect("ring index inside the ring")
-            .store(head);
-        avail.idx().store(idx.wrapping_add(1));
+        self.post_head(head);
         head
     }
 
@@ -196,10 +219,9 @@ impl<'a, M: GuestMemory> DriverQueue<'a, M> {
         let mut descs = Vec::new();
         let mut index = head;
         for _ in 0..self.size {
-            let raw = self
-                .rings
-                .desc_table()
-                .load(index)
+            let raw: RawDescriptor = self
+                .mem
+                .read_obj(self.layout.descriptor(index))
                 .expect("descriptor index inside the table");
             let desc = Descriptor::from(raw);
             descs.push(Desc {
@@ -236,16 +258,19 @@ impl<'a, M: GuestMemory> DriverQueue<'a, M> {
     /// Entries the device added to the used ring since the last call, as
     /// (head index, length).
     pub fn take_used(&mut self) -> Vec<(u16, u32)> {
-        let used = self.rings.used();
-        let idx = used.idx().load();
+        let idx: u16 = self
+            .mem
+            .load(self.layout.used_idx(), Ordering::Acquire)
+            .expect("the used ring is inside guest memory");
         let mut entries = Vec::new();
         while self.used_seen != idx {
-            let elem = used
-                .ring()
-                .ref_at(usize::from(self.used_seen % self.size))
-                .expect("ring index inside the ring")
-                .load();
-            entries.push((elem.id() as u16, elem.len()));
+            let elem = self.layout.used_elem(self.used_seen % self.size);
+            let id: u32 = self.mem.read_obj(elem).expect("used ring in guest memory");
+            let len: u32 = self
+                .mem
+                .read_obj(elem.unchecked_add(4))
+                .expect("used ring in guest memory");
+            entries.push((id as u16, len));
             self.used_seen = self.used_seen.wrapping_add(1);
         }
         entries
@@ -254,24 +279,130 @@ impl<'a, M: GuestMemory> DriverQueue<'a, M> {
     /// Writes the available ring's index as a broken or hostile driver
     /// would, without posting anything.
     pub fn set_avail_idx(&mut self, idx: u16) {
-        self.rings.avail().idx().store(idx);
+        self.mem
+            .store(idx, self.layout.avail_idx(), Ordering::Release)
+            .expect("the available ring is inside guest memory");
     }
 
     /// Puts `head` on the available ring as it is, whether or not it names
     /// a descriptor of the table.
     pub fn post_head(&mut self, head: u16) {
-        let avail = self.rings.avail();
-        let idx = avail.idx().load();
-        avail
-            .ring()
-            .ref_at(usize::from(idx % self.size))
-            .expect("ring index inside the ring")
-            .store(head);
-        avail.idx().store(idx.wrapping_add(1));
+        let idx: u16 = self
+            .mem
+            .load(self.layout.avail_idx(), Ordering::Relaxed)
+            .expect("the available ring is inside guest memory");
+        self.mem
+            .write_obj(head, self.layout.avail_entry(idx % self.size))
+            .expect("the available ring is inside guest memory");
+        // The entry before the index, as a driver's write barrier orders it.
+        self.set_avail_idx(idx.wrapping_add(1));
     }
 
     /// The guest memory the queue lives in.
     pub fn memory(&self) -> &'a M {
         self.mem
+    }
+}
+
+/// Where a split queue's parts lie in guest memory (virtio 1.x, 2.7): the
+/// descriptor table (16 bytes a descriptor), then the available ring
+/// (flags, idx, `size` entries of 2 bytes, used_event), then, 4-byte
+/// aligned, the used ring (flags, idx, `size` entries of 8 bytes,
+/// avail_event).
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    desc: GuestAddress,
+    avail: GuestAddress,
+    used: GuestAddress,
+    end: GuestAddress,
+}
+
+impl Layout {
+    fn new(start: GuestAddress, size: u16) -> Layout {
+        let size = u64::from(size);
+        let avail = start.unchecked_add(16 * size);
+        let used = GuestAddress((avail.0 + 4 + 2 * size + 2 + 3) & !3);
+        Layout {
+            desc: start,
+            avail,
+            used,
+            end: used.unchecked_add(4 + 8 * size + 2),
+        }
+    }
+
+    fn descriptor(&self, index: u16) -> GuestAddress {
+        self.desc.unchecked_add(16 * u64::from(index))
+    }
+
+    fn avail_idx(&self) -> GuestAddress {
+        self.avail.unchecked_add(2)
+    }
+
+    fn avail_entry(&self, slot: u16) -> GuestAddress {
+        self.avail.unchecked_add(4 + 2 * u64::from(slot))
+    }
+
+    fn used_idx(&self) -> GuestAddress {
+        self.used.unchecked_add(2)
+    }
+
+    fn used_elem(&self, slot: u16) -> GuestAddress {
+        self.used.unchecked_add(4 + 8 * u64::from(slot))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_queue::QueueOwnedT;
+    use vm_memory::GuestMemoryMmap;
+
+    /// The rings do not overlap: a device that pops every posted chain,
+    /// returns some and leaves the rest for later (rewinding) sees each
+    /// chain as the driver posted it, whatever the used ring holds. With
+    /// a used ring inside the available ring, this fails at the entry the
+    /// used index overwrites.
+    #[test]
+    fn used_ring_writes_leave_posted_chains_alone() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let size = 256;
+        let mut driver = DriverQueue::new(
+            &mem,
+            GuestAddress(0x1000),
+            size,
+            GuestAddress(0x8_0000),
+            0x8_0000,
+        );
+        let mut device = driver.device_queue();
+        let mut expected = std::collections::VecDeque::new();
+        for round in 0..40u32 {
+            while expected.len() < 64 {
+                expected.push_back(driver.post_writable(&[64]));
+            }
+            let heads: Vec<u16> =
+                std::iter::from_fn(|| device.pop_descriptor_chain(&mem).map(|c| c.head_index()))
+                    .collect();
+            assert_eq!(heads, Vec::from(expected.clone()), "round {round}");
+            // Return a few, leave the others available.
+            let taken = 1 + (round as usize * 7) % 20;
+            for &head in &heads[..taken] {
+                device.add_used(&mem, head, 64).unwrap();
+                assert_eq!(expected.pop_front(), Some(head));
+            }
+            for _ in taken..heads.len() {
+                device.go_to_previous_position();
+            }
+            let used: Vec<u16> = driver.take_used().into_iter().map(|(h, _)| h).collect();
+            assert_eq!(used, heads[..taken].to_vec());
+        }
+    }
+
+    #[test]
+    fn the_layout_follows_the_specification() {
+        let layout = Layout::new(GuestAddress(0x1_0000), 256);
+        assert_eq!(layout.avail.0, 0x1_0000 + 4096);
+        // 4 + 512 + 2 bytes of available ring, rounded up to 4.
+        assert_eq!(layout.used.0, 0x1_0000 + 4096 + 520);
+        assert_eq!(layout.end.0, layout.used.0 + 4 + 2048 + 2);
     }
 }
