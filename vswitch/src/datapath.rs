@@ -180,6 +180,11 @@ pub struct Datapath {
     /// Tokens taken ahead from the transmit-side rate limits of the ports
     /// this datapath sent to (see [`PortLimiter::admit_with`]).
     credits: Vec<(Arc<PortLimiter>, Credit)>,
+    /// The egress port [`Datapath::admit`] answered last, for the port set
+    /// version it answered in, and where its credit is (`None`: the port
+    /// has no transmit limit). A burst's frames mostly go to one port: the
+    /// port set's limiter table and the credits are searched once for it.
+    last_admit: Option<(PortId, u64, Option<usize>)>,
     coalescers: PortCoalescers,
 }
 
@@ -195,6 +200,7 @@ impl Datapath {
             egress: Vec::new(),
             adapted: Vec::new(),
             credits: Vec::new(),
+            last_admit: None,
             coalescers: PortCoalescers::new(CoalesceConfig::default()),
         }
     }
@@ -242,7 +248,9 @@ impl Datapath {
         now: Instant,
         out: &mut Output,
     ) {
-        let limiter = ports.limiter(ingress).cloned();
+        // Borrowed from the port set, not cloned: two reference-count
+        // updates a burst saved.
+        let limiter = ports.limiter(ingress);
         let (mut frames, mut bytes) = (0, 0);
         for packet in packets {
             let len = packet.data.len() as u64;
@@ -290,33 +298,42 @@ impl Datapath {
         now: Instant,
         out: &mut Output,
     ) -> bool {
-        let Some(limiter) = ports.limiter(port) else {
-            return true;
-        };
-        let index = match self
-            .credits
-            .iter()
-            .position(|(held, _)| Arc::ptr_eq(held, limiter))
-        {
-            Some(index) => index,
-            None => {
-                // Credit for limiters no longer in use goes with them.
-                if self.credits.len() >= 64 {
-                    self.credits.clear();
-                }
-                self.credits.push((limiter.clone(), Credit::default()));
-                self.credits.len() - 1
+        let index = match self.last_admit {
+            Some((last, version, index)) if last == port && version == ports.version() => index,
+            _ => {
+                let index = self.credit_index(ports, port);
+                self.last_admit = Some((port, ports.version(), index));
+                index
             }
         };
-        let (frames, bytes) = wire_cost(frame);
-        let admitted = match self.credits.get_mut(index) {
-            Some((held, credit)) => held.admit_with(credit, frames, bytes, now),
-            None => limiter.admit(frames, bytes, now),
+        let Some((limiter, credit)) = index.and_then(|index| self.credits.get_mut(index)) else {
+            return true;
         };
+        let (frames, bytes) = wire_cost(frame);
+        let admitted = limiter.admit_with(credit, frames, bytes, now);
         if !admitted {
             out.dropped(port, DropReason::RateLimited);
         }
         admitted
+    }
+
+    /// Where the credit for `port`'s transmit limit is in `credits`, added
+    /// if it is not there yet; `None` if the port has no limit.
+    fn credit_index(&mut self, ports: &PortSet, port: PortId) -> Option<usize> {
+        let limiter = ports.limiter(port)?;
+        if let Some(index) = self
+            .credits
+            .iter()
+            .position(|(held, _)| Arc::ptr_eq(held, limiter))
+        {
+            return Some(index);
+        }
+        // Credit for limiters no longer in use goes with them.
+        if self.credits.len() >= 64 {
+            self.credits.clear();
+        }
+        self.credits.push((limiter.clone(), Credit::default()));
+        Some(self.credits.len() - 1)
     }
 
     /// Forwards one checked frame received on `ingress` at `now` among

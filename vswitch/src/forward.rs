@@ -207,6 +207,13 @@ impl PortSet {
             .map(|(_, profile, _)| profile)
     }
 
+    /// This set's version: it changes with every change of the set and is
+    /// unique among all sets, so an answer computed for one version holds
+    /// for as long as the version is the same.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
     /// The running rate limits of `id`, if it has any.
     pub fn limiter(&self, id: PortId) -> Option<&Arc<PortLimiter>> {
         let index = self

@@ -57,7 +57,6 @@ use std::str::FromStr;
 
 use vswitch_offload::layout::{L3Kind, L4Kind};
 use vswitch_offload::wire::ethernet::ethertype;
-use vswitch_offload::wire::ipv4::Ipv4Packet;
 use vswitch_offload::wire::ipv6::Ipv6Packet;
 use vswitch_offload::wire::udp::UdpDatagram;
 use vswitch_offload::CheckedFrame;
@@ -256,6 +255,7 @@ impl PortSecurity {
         self.ip_source_guard || self.neighbor_guard || self.dhcp_guard || self.router_guard
     }
 
+    #[inline]
     fn owns_ipv4(&self, addr: Ipv4Addr) -> bool {
         self.ipv4.contains(&addr)
     }
@@ -325,30 +325,46 @@ impl PortSecurity {
         }
     }
 
+    /// The IPv4 guards, on the headers validation located: the source
+    /// address and, for UDP, the two port numbers, read straight out of
+    /// the frame (every 64-byte frame a guest sends passes here).
+    #[inline]
     fn check_ipv4(
         &self,
         frame: &CheckedFrame,
         layout: &vswitch_offload::layout::FrameLayout,
     ) -> Result<(), GuardViolation> {
-        let data = frame.data();
-        let ip = Ipv4Packet::new_unchecked(data.get(layout.l3_offset..).unwrap_or(&[]));
-        let udp_ports = match layout.l4 {
-            Some(L4Kind::Udp) => data.get(layout.l4_offset..).map(|udp| {
-                let udp = UdpDatagram::new_unchecked(udp);
-                (udp.src_port(), udp.dst_port())
-            }),
-            _ => None,
+        let data: &[u8] = frame.data();
+        // UDP source and destination ports, as one number.
+        let udp_ports = || -> Option<u32> {
+            if layout.l4 != Some(L4Kind::Udp) {
+                return None;
+            }
+            let at = layout.l4_offset;
+            let ports = data.get(at..at + 4)?;
+            Some(u32::from_be_bytes([ports[0], ports[1], ports[2], ports[3]]))
         };
         if self.ip_source_guard {
-            let src = Ipv4Addr::from(ip.src_addr());
-            let dhcp_client = src.is_unspecified() && udp_ports == Some((68, 67));
-            if !dhcp_client && !self.owns_ipv4(src) {
-                return Err(GuardViolation::IpSource {
-                    addr: IpAddr::V4(src),
-                });
+            // Validation found a whole IPv4 header at l3_offset.
+            let at = layout.l3_offset + 12;
+            let src = match data.get(at..at + 4) {
+                Some(&[a, b, c, d]) => Ipv4Addr::new(a, b, c, d),
+                _ => {
+                    return Err(GuardViolation::Unreadable {
+                        ethertype: ethertype::IPV4,
+                    })
+                }
+            };
+            if !self.owns_ipv4(src) {
+                let dhcp_client = src.is_unspecified() && udp_ports() == Some(DHCP_CLIENT_PORTS);
+                if !dhcp_client {
+                    return Err(GuardViolation::IpSource {
+                        addr: IpAddr::V4(src),
+                    });
+                }
             }
         }
-        if self.dhcp_guard && udp_ports == Some((67, 68)) {
+        if self.dhcp_guard && udp_ports() == Some(DHCP_SERVER_PORTS) {
             return Err(GuardViolation::DhcpServer { src_port: 67 });
         }
         Ok(())
@@ -445,6 +461,11 @@ impl PortSecurity {
 }
 
 const ARP_LEN: usize = 28;
+/// UDP 68 → 67: a DHCPv4 client's message, as source and destination port
+/// in one number.
+const DHCP_CLIENT_PORTS: u32 = (68 << 16) | 67;
+/// UDP 67 → 68: a DHCPv4 server's message.
+const DHCP_SERVER_PORTS: u32 = (67 << 16) | 68;
 const ARP_REQUEST: u16 = 1;
 const IPV6_HEADER_LEN: usize = 40;
 const PROTO_TCP: u8 = 6;
