@@ -186,6 +186,9 @@ struct Pair<'a> {
     server_device: &'a str,
     /// Guests booted one pair after the other on the same sockets.
     rounds: usize,
+    /// An MTU for both ports, and one (at most as large) for both guests
+    /// through QEMU's `host_mtu`, which QEMU tells the backend.
+    mtu: Option<(u16, u16)>,
 }
 
 /// Two TCG guests take both CPUs of a small machine: one pair at a time.
@@ -200,8 +203,20 @@ fn run_pair(pair: Pair<'_>) {
     let switch = Switch::start(SwitchConfig::default().workers(2)).unwrap();
     let sock_a = dir.0.join("a.sock");
     let sock_b = dir.0.join("b.sock");
-    let config =
-        |name: &str, sock: &Path| VhostUserConfig::new(name, sock).queue_pairs(pair.queue_pairs);
+    let config = |name: &str, sock: &Path| {
+        let config = VhostUserConfig::new(name, sock).queue_pairs(pair.queue_pairs);
+        match pair.mtu {
+            Some((port_mtu, _)) => config.mtu(port_mtu),
+            None => config,
+        }
+    };
+    let host_mtu = pair.mtu.map(|(_, mtu)| format!("host_mtu={mtu}"));
+    let server_device = [pair.server_device, host_mtu.as_deref().unwrap_or("")]
+        .iter()
+        .filter(|opts| !opts.is_empty())
+        .copied()
+        .collect::<Vec<_>>()
+        .join(",");
     let port_a = VhostUserPort::start(config("a", &sock_a)).unwrap();
     let port_b = VhostUserPort::start(config("b", &sock_b)).unwrap();
     switch
@@ -228,8 +243,8 @@ fn run_pair(pair: Pair<'_>) {
             "--queues",
             &queues,
         ];
-        if !pair.server_device.is_empty() {
-            server_args.extend(["--device-opts", pair.server_device]);
+        if !server_device.is_empty() {
+            server_args.extend(["--device-opts", &server_device]);
         }
         let mut server = Guest::start(
             &image,
@@ -245,25 +260,29 @@ fn run_pair(pair: Pair<'_>) {
                 port_a.report()
             );
         }
+        let mut client_args = vec![
+            "--role",
+            "client",
+            "--ip",
+            "10.0.0.2/24",
+            "--peer",
+            "10.0.0.1",
+            "--mac",
+            "52:54:00:00:00:02",
+            "--queues",
+            &queues,
+            "--args",
+            pair.iperf_args,
+        ];
+        if let Some(opts) = &host_mtu {
+            client_args.extend(["--device-opts", opts]);
+        }
         let mut client = Guest::start(
             &image,
             &dir.0,
             &format!("client{round}"),
             &sock_b,
-            &[
-                "--role",
-                "client",
-                "--ip",
-                "10.0.0.2/24",
-                "--peer",
-                "10.0.0.1",
-                "--mac",
-                "52:54:00:00:00:02",
-                "--queues",
-                &queues,
-                "--args",
-                pair.iperf_args,
-            ],
+            &client_args,
         );
         let done = client.wait_for("VSW-EXIT", Duration::from_secs(180))
             && server.wait_for("VSW-CSUM-ERRORS", Duration::from_secs(30));
@@ -313,6 +332,17 @@ fn run_pair(pair: Pair<'_>) {
                 "frames were cut for the guest\n{report}"
             );
         }
+        if let Some((_, mtu)) = pair.mtu {
+            // The guests' kernels took the MTU QEMU put in their config
+            // space, and the ports cut to the one QEMU told the backend,
+            // not to their own.
+            let link = format!(" mtu={mtu} ");
+            assert!(
+                server.console().contains(&link) && client.console().contains(&link),
+                "a guest's eth0 is not at MTU {mtu}\n{report}"
+            );
+            assert_eq!((a.mtu, b.mtu), (Some(mtu), Some(mtu)), "{report}");
+        }
         // Both guests power off when done; the ports go down and stay in
         // the switch for the next round.
         let _ = client.child.wait();
@@ -330,6 +360,7 @@ fn two_guests_run_iperf3_over_vhost_user() {
         iperf_args: "-P 4 -t 4",
         server_device: "",
         rounds: 1,
+        mtu: None,
     });
 }
 
@@ -342,6 +373,7 @@ fn two_multi_queue_guests_spread_flows_over_queue_pairs() {
         iperf_args: "-P 8 -t 4",
         server_device: "",
         rounds: 1,
+        mtu: None,
     });
 }
 
@@ -352,8 +384,9 @@ fn a_guest_without_receive_offloads_gets_segments_its_kernel_verifies() {
         name: "vhost-user-no-rx-offload",
         queue_pairs: 1,
         iperf_args: "-P 4 -t 4",
-        server_device: "guest_csum=off,guest_tso4=off,guest_tso6=off,guest_ecn=off,guest_uso4=off,guest_uso6=off",
+        server_device: NO_RX_OFFLOADS,
         rounds: 1,
+        mtu: None,
     });
 }
 
@@ -366,5 +399,81 @@ fn guests_that_power_off_come_back_on_the_same_sockets() {
         iperf_args: "-P 2 -t 2",
         server_device: "",
         rounds: 2,
+        mtu: None,
     });
+}
+
+/// virtio-net-pci properties of a guest that takes no receive offload:
+/// the switch completes checksums and cuts TSO frames for it.
+const NO_RX_OFFLOADS: &str =
+    "guest_csum=off,guest_tso4=off,guest_tso6=off,guest_ecn=off,guest_uso4=off,guest_uso6=off";
+
+#[test]
+#[ignore = "boots two QEMU guests (TCG): needs qemu-system-x86_64 and the guest image (scripts/guest/install-deps.sh); run by .ci/test"]
+fn guests_at_a_jumbo_mtu_from_qemu_get_jumbo_segments_their_kernel_verifies() {
+    // QEMU's host_mtu=9000 reaches the guests' config space and, with
+    // VHOST_USER_NET_SET_MTU, the ports (at 9216 themselves); the receiver
+    // takes no offload, so every TSO frame is cut into jumbo frames in
+    // software.
+    run_pair(Pair {
+        name: "vhost-user-jumbo",
+        queue_pairs: 1,
+        iperf_args: "-P 4 -t 4",
+        server_device: NO_RX_OFFLOADS,
+        rounds: 1,
+        mtu: Some((9216, 9000)),
+    });
+}
+
+#[test]
+#[ignore = "boots a QEMU guest (TCG): needs qemu-system-x86_64 and the guest image (scripts/guest/install-deps.sh); run by .ci/test"]
+fn an_mtu_above_the_ports_is_refused_with_the_reason() {
+    let _turn = ONE_PAIR_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let image = guest_image();
+    let dir = TempDir::new("vhost-user-mtu-refused");
+    let sock = dir.0.join("a.sock");
+    // The port is at 1500; QEMU gives the guest 9000.
+    let port = VhostUserPort::start(VhostUserConfig::new("a", &sock)).unwrap();
+    let mut guest = Guest::start(
+        &image,
+        &dir.0,
+        "guest",
+        &sock,
+        &["--role", "server", "--device-opts", "host_mtu=9000"],
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let refused = loop {
+        let report = port.report();
+        if report
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("MTU to 9000") && e.contains("refused"))
+        {
+            break report;
+        }
+        if Instant::now() > deadline || matches!(guest.child.try_wait(), Ok(Some(_))) {
+            panic!(
+                "the MTU was not refused\n{}\nport: {report:?}",
+                guest.describe()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // QEMU does not start the device the backend refused: no features
+    // were set, no guest is attached.
+    std::thread::sleep(Duration::from_secs(1));
+    let report = port.report();
+    assert!(
+        !report.connected && report.negotiated.is_none(),
+        "{refused:?}\n{report:?}"
+    );
+    let stderr = std::fs::read_to_string(&guest.stderr).unwrap_or_default();
+    assert!(
+        stderr.contains("MTU not supported by the backend"),
+        "QEMU says why it did not start the device\n{}",
+        guest.describe()
+    );
+    eprintln!("refused: {:?}", refused.last_error);
 }

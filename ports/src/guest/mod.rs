@@ -507,6 +507,11 @@ impl GuestPort {
         self.first_queue().receive_into_chains(mem, chains, used)
     }
 
+    /// The MTU the port segments and checks frames for the guest to.
+    pub fn mtu(&self) -> u16 {
+        self.mtu
+    }
+
     /// [`GuestQueue::receive_into_vec`] on queue pair 0.
     pub fn receive_into_vec(&self, out: &mut Vec<u8>) -> Result<Option<usize>, GuestRxError> {
         self.first_queue().receive_into_vec(out)

@@ -2,7 +2,7 @@
 //! memory updates and the events of each queue pair's thread.
 
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
@@ -24,6 +24,10 @@ use crate::guest::{GuestPort, GuestPortConfig, Notifier, UsedChain};
 /// Guest memory as the vhost-user handler maps it.
 pub(super) type Memory = GuestMemoryAtomic<GuestMemoryMmap<()>>;
 
+/// The smallest MTU a frontend may set (IPv4's minimum datagram, as
+/// Linux's ETH_MIN_MTU).
+const MIN_MTU: u16 = 68;
+
 /// Frames (or chains) one event handles before the thread looks at its
 /// other events.
 const BUDGET: usize = 256;
@@ -44,7 +48,8 @@ pub(super) fn offered_features(pairs: usize) -> Features {
         | Features::GUEST_ECN
         | Features::GUEST_UFO
         | Features::GUEST_USO4
-        | Features::GUEST_USO6;
+        | Features::GUEST_USO6
+        | Features::MTU;
     if pairs > 1 {
         offered |= Features::MQ;
     }
@@ -103,6 +108,9 @@ pub(super) struct NetBackend {
     scratch: Vec<Mutex<Scratch>>,
     broken: Vec<AtomicBool>,
     acked: AtomicU64,
+    /// The MTU the frontend gave the guest (`VHOST_USER_NET_SET_MTU`);
+    /// 0 until it does.
+    frontend_mtu: AtomicU32,
 }
 
 impl NetBackend {
@@ -117,6 +125,7 @@ impl NetBackend {
             scratch: (0..pairs).map(|_| Mutex::default()).collect(),
             broken: (0..2 * pairs).map(|_| AtomicBool::new(false)).collect(),
             acked: AtomicU64::new(0),
+            frontend_mtu: AtomicU32::new(0),
             shared,
         })
     }
@@ -135,12 +144,49 @@ impl NetBackend {
         let negotiated = super::negotiate(self.pairs, acked_bits).map_err(|e| e.to_string())?;
         let config = GuestPortConfig::new(self.shared.config.name.clone())
             .queue_pairs(self.pairs)
-            .mtu(self.shared.config.mtu)
+            .mtu(self.guest_mtu())
             .queue_len(self.shared.config.queue_len);
         let port = GuestPort::with_queue_notifiers(config, negotiated, |pair| {
             self.events[pair].clone() as Arc<dyn Notifier>
         });
         self.shared.attach(Arc::new(port), negotiated.features());
+        Ok(())
+    }
+
+    /// The MTU frames for the guest are cut to: the frontend's, else the
+    /// port's.
+    fn guest_mtu(&self) -> u16 {
+        match u16::try_from(self.frontend_mtu.load(Ordering::Relaxed)) {
+            Ok(mtu) if mtu != 0 => mtu,
+            _ => self.shared.config.mtu,
+        }
+    }
+
+    /// `VHOST_USER_NET_SET_MTU`: the MTU the frontend gave the guest. One
+    /// from 68 up to the port's MTU is taken (and a guest attached already
+    /// is set up again with it); a larger one is refused, because the
+    /// switch would drop whatever the guest sent above the port's MTU.
+    pub(super) fn set_frontend_mtu(&self, mtu: u64) -> Result<(), String> {
+        let port_mtu = self.shared.config.mtu;
+        let taken = u16::try_from(mtu)
+            .ok()
+            .filter(|mtu| (MIN_MTU..=port_mtu).contains(mtu));
+        let Some(mtu) = taken else {
+            let reason = format!(
+                "the frontend set the guest's MTU to {mtu}, outside {MIN_MTU}..={port_mtu} \
+                 (the port's MTU): refused (hint: give the port mtu={mtu}, or the frontend \
+                 an MTU of at most {port_mtu}, e.g. QEMU's host_mtu={port_mtu})"
+            );
+            self.shared.note(reason.clone());
+            return Err(reason);
+        };
+        let before = self.frontend_mtu.swap(u32::from(mtu), Ordering::Relaxed);
+        let acked = self.acked.load(Ordering::Relaxed);
+        if before != u32::from(mtu) && acked != 0 && self.shared.is_attached() {
+            if let Err(reason) = self.connect_guest(acked) {
+                self.shared.negotiation_failed(reason);
+            }
+        }
         Ok(())
     }
 
@@ -249,8 +295,10 @@ impl VhostUserBackend for NetBackend {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        let mut features =
-            VhostUserProtocolFeatures::REPLY_ACK | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS;
+        // MTU: VHOST_USER_NET_SET_MTU, which the relay answers.
+        let mut features = VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | VhostUserProtocolFeatures::MTU;
         if self.pairs > 1 {
             features |= VhostUserProtocolFeatures::MQ;
         }
@@ -260,6 +308,7 @@ impl VhostUserBackend for NetBackend {
     fn reset_device(&self) {
         self.shared.detach();
         self.acked.store(0, Ordering::Relaxed);
+        self.frontend_mtu.store(0, Ordering::Relaxed);
         for flag in &self.broken {
             flag.store(false, Ordering::Relaxed);
         }

@@ -29,11 +29,21 @@
 //!
 //! * **Features offered**: `VERSION_1`, `MRG_RXBUF`, `CSUM`, `GUEST_CSUM`,
 //!   TSO4/6 and ECN both ways, UFO both ways, `HOST_USO` and
-//!   `GUEST_USO4/6`, `MQ` when configured with more than one queue pair,
-//!   `RING_F_EVENT_IDX`, `RING_F_INDIRECT_DESC`; protocol features `MQ`,
-//!   `REPLY_ACK` and `CONFIGURE_MEM_SLOTS` (memory regions added and
-//!   removed at run time: each event works on a snapshot of the memory
-//!   map, so a removed region stays mapped until the event using it ends).
+//!   `GUEST_USO4/6`, `MTU`, `MQ` when configured with more than one queue
+//!   pair, `RING_F_EVENT_IDX`, `RING_F_INDIRECT_DESC`; protocol features
+//!   `MQ`, `REPLY_ACK`, `NET_MTU` and `CONFIGURE_MEM_SLOTS` (memory
+//!   regions added and removed at run time: each event works on a snapshot
+//!   of the memory map, so a removed region stays mapped until the event
+//!   using it ends).
+//! * **The guest's MTU**: a frontend that gives the guest an MTU (QEMU's
+//!   `host_mtu=N`, which also sets it in the guest's config space) tells
+//!   the backend with `VHOST_USER_NET_SET_MTU`. An MTU from 68 up to the
+//!   port's own is taken: frames for the guest are cut to it
+//!   ([`VhostUserReport::mtu`]). A larger one is refused (QEMU then does
+//!   not start the device and says "MTU not supported by the backend"),
+//!   with the reason and the fix in [`VhostUserReport::last_error`]: the
+//!   switch would otherwise drop every frame the guest sends above the
+//!   port's MTU.
 //!   What the guest acknowledges becomes a [`Negotiated`] set through the
 //!   typed [`features`](crate::features) module; a set that breaks the
 //!   virtio dependency rules keeps the port down, with the reason in
@@ -250,6 +260,10 @@ pub struct VhostUserReport {
     pub broken_queues: u64,
     /// The last problem with a connection or a ring, if any.
     pub last_error: Option<String>,
+    /// The MTU frames for the attached guest are cut to: the one its
+    /// frontend set (`VHOST_USER_NET_SET_MTU`, QEMU's `host_mtu`), else
+    /// the port's.
+    pub mtu: Option<u16>,
     /// The guest port's counters, summed over every connection so far.
     pub guest: GuestPortStats,
 }
@@ -427,7 +441,8 @@ impl VhostUserPort {
             .past
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(port) = self.shared.guest() {
+        let attached = self.shared.guest();
+        if let Some(port) = &attached {
             add_stats(&mut guest, &port.stats());
         }
         VhostUserReport {
@@ -445,6 +460,7 @@ impl VhostUserPort {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone(),
+            mtu: attached.map(|port| port.mtu()),
             guest,
         }
     }
@@ -607,7 +623,11 @@ fn serve_connection(
     let handlers = EndThreads(daemon.get_epoll_handlers());
     let to_handler = UnixStream::connect(&inner.path)
         .map_err(|e| format!("cannot reach the vhost-user handler: {e}"))?;
-    let relay = relay::Relay::start(frontend, to_handler)
+    let set_mtu: relay::SetMtu = {
+        let backend = backend.clone();
+        Arc::new(move |mtu| backend.set_frontend_mtu(mtu))
+    };
+    let relay = relay::Relay::start(frontend, to_handler, set_mtu)
         .map_err(|e| format!("cannot start the relay: {e}"))?;
     daemon
         .start(&mut inner.listener)

@@ -15,6 +15,10 @@
 //! so a ring's state ends the same either way. Every other message passes
 //! unchanged, with the file descriptors that came with it.
 //!
+//! The `vhost` crate does not know `VHOST_USER_NET_SET_MTU` either (it
+//! ends the connection on it): the relay answers that request itself,
+//! handing the MTU to the port, and the handler never sees it.
+//!
 //! The relay also bounds what a frontend can make the switch read: a
 //! message longer than the protocol's largest is refused and ends the
 //! connection.
@@ -44,6 +48,7 @@ const MAX_FDS: usize = 32;
 const SET_FEATURES: u32 = 2;
 const RESET_OWNER: u32 = 4;
 const SET_VRING_ENABLE: u32 = 18;
+const NET_SET_MTU: u32 = 20;
 const RESET_DEVICE: u32 = 34;
 
 const FLAG_VERSION_1: u32 = 0x1;
@@ -127,19 +132,30 @@ impl Message {
         Ok(())
     }
 
-    /// The `REPLY_ACK` answer "done" to this request.
-    fn ack(&self) -> Message {
+    /// The `REPLY_ACK` answer to this request: `status` 0 for success,
+    /// anything else for failure.
+    fn ack(&self, status: u64) -> Message {
         let mut header = [0u8; HEADER_LEN];
         header[0..4].copy_from_slice(&self.request().to_le_bytes());
         header[4..8].copy_from_slice(&(FLAG_VERSION_1 | FLAG_REPLY).to_le_bytes());
         header[8..12].copy_from_slice(&8u32.to_le_bytes());
         Message {
             header,
-            body: 0u64.to_le_bytes().to_vec(),
+            body: status.to_le_bytes().to_vec(),
             fds: Vec::new(),
         }
     }
+
+    /// The body as one little-endian `u64` (`VhostUserU64`), if it is one.
+    fn u64_body(&self) -> Option<u64> {
+        let bytes: [u8; 8] = self.body.as_slice().try_into().ok()?;
+        Some(u64::from_le_bytes(bytes))
+    }
 }
+
+/// What the relay does with `VHOST_USER_NET_SET_MTU`: takes the MTU the
+/// frontend gives the guest, or refuses it with the reason.
+pub(super) type SetMtu = Arc<dyn Fn(u64) -> Result<(), String> + Send + Sync>;
 
 /// A running relay; dropping it closes both connections.
 pub(super) struct Relay {
@@ -153,8 +169,13 @@ pub(super) struct Relay {
 
 impl Relay {
     /// Relays between `frontend` (the VMM's connection) and `handler` (a
-    /// connection to the vhost-user handler) until either side closes.
-    pub(super) fn start(frontend: UnixStream, handler: UnixStream) -> io::Result<Relay> {
+    /// connection to the vhost-user handler) until either side closes;
+    /// `set_mtu` answers the frontend's `VHOST_USER_NET_SET_MTU`.
+    pub(super) fn start(
+        frontend: UnixStream,
+        handler: UnixStream,
+        set_mtu: SetMtu,
+    ) -> io::Result<Relay> {
         let error = Arc::new(Mutex::new(None));
         let on_error = {
             let error = error.clone();
@@ -174,7 +195,7 @@ impl Relay {
             thread::Builder::new()
                 .name("vhost-user relay in".into())
                 .spawn(move || {
-                    if let Err(e) = relay_requests(&from, &to, &to_frontend) {
+                    if let Err(e) = relay_requests(&from, &to, &to_frontend, &*set_mtu) {
                         on_error("relaying the frontend's requests", e);
                     }
                     close(&from, &to);
@@ -245,6 +266,7 @@ fn relay_requests(
     from: &UnixStream,
     to: &UnixStream,
     to_frontend: &Mutex<UnixStream>,
+    set_mtu: &(dyn Fn(u64) -> Result<(), String> + Send + Sync),
 ) -> io::Result<()> {
     let mut features_set = false;
     let mut held: Vec<Message> = Vec::new();
@@ -252,7 +274,7 @@ fn relay_requests(
         match message.request() {
             SET_VRING_ENABLE if !features_set => {
                 if message.flags() & FLAG_NEED_REPLY != 0 {
-                    let ack = message.ack();
+                    let ack = message.ack(0);
                     ack.write(&to_frontend.lock().unwrap_or_else(PoisonError::into_inner))?;
                     message.set_flags(message.flags() & !FLAG_NEED_REPLY);
                 }
@@ -264,6 +286,23 @@ fn relay_requests(
                 features_set = true;
                 for message in held.drain(..) {
                     message.write(to)?;
+                }
+                continue;
+            }
+            NET_SET_MTU => {
+                let Some(mtu) = message.u64_body() else {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!(
+                            "VHOST_USER_NET_SET_MTU: expected an 8-byte body, found {} bytes",
+                            message.body.len()
+                        ),
+                    ));
+                };
+                let status = u64::from(set_mtu(mtu).is_err());
+                if message.flags() & FLAG_NEED_REPLY != 0 {
+                    let ack = message.ack(status);
+                    ack.write(&to_frontend.lock().unwrap_or_else(PoisonError::into_inner))?;
                 }
                 continue;
             }
@@ -291,6 +330,10 @@ mod tests {
         bytes
     }
 
+    fn any_mtu() -> SetMtu {
+        Arc::new(|_| Ok(()))
+    }
+
     fn read_message(sock: &UnixStream) -> (u32, u32, Vec<u8>) {
         let m = Message::read(sock).unwrap().unwrap();
         (m.request(), m.flags(), m.body)
@@ -300,7 +343,7 @@ mod tests {
     fn an_early_ring_enable_is_answered_and_follows_the_features() {
         let (mut vmm, frontend) = UnixStream::pair().unwrap();
         let (handler, backend) = UnixStream::pair().unwrap();
-        let _relay = Relay::start(frontend, handler).unwrap();
+        let _relay = Relay::start(frontend, handler, any_mtu()).unwrap();
         let enable = [0u8, 0, 0, 0, 1, 0, 0, 0];
         vmm.write_all(&message(1, FLAG_VERSION_1, &[])).unwrap(); // GET_FEATURES
         vmm.write_all(&message(
@@ -342,7 +385,7 @@ mod tests {
     fn descriptors_travel_with_their_message() {
         let (vmm, frontend) = UnixStream::pair().unwrap();
         let (handler, backend) = UnixStream::pair().unwrap();
-        let _relay = Relay::start(frontend, handler).unwrap();
+        let _relay = Relay::start(frontend, handler, any_mtu()).unwrap();
         let file = std::fs::File::open("/dev/null").unwrap();
         let bytes = message(5, FLAG_VERSION_1, &[1, 2, 3, 4]); // SET_MEM_TABLE-like
         vmm.send_with_fds(&[&bytes[..]], &[file.as_raw_fd()])
@@ -358,7 +401,7 @@ mod tests {
     fn an_oversized_message_ends_the_connection() {
         let (mut vmm, frontend) = UnixStream::pair().unwrap();
         let (handler, backend) = UnixStream::pair().unwrap();
-        let relay = Relay::start(frontend, handler).unwrap();
+        let relay = Relay::start(frontend, handler, any_mtu()).unwrap();
         let mut header = message(5, FLAG_VERSION_1, &[]);
         header[8..12].copy_from_slice(&(1u32 << 20).to_le_bytes());
         vmm.write_all(&header).unwrap();
@@ -368,5 +411,71 @@ mod tests {
         );
         let why = relay.finish().expect("the relay says why it closed");
         assert!(why.contains("at most 4096 bytes"), "{why}");
+    }
+
+    #[test]
+    fn the_mtu_is_answered_here_and_never_reaches_the_handler() {
+        let (mut vmm, frontend) = UnixStream::pair().unwrap();
+        let (handler, backend) = UnixStream::pair().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let set_mtu: SetMtu = {
+            let seen = seen.clone();
+            Arc::new(move |mtu| {
+                seen.lock().unwrap().push(mtu);
+                if mtu <= 4000 {
+                    Ok(())
+                } else {
+                    Err(format!("{mtu} is above 4000"))
+                }
+            })
+        };
+        let _relay = Relay::start(frontend, handler, set_mtu).unwrap();
+        let ask = |mtu: u64| {
+            message(
+                NET_SET_MTU,
+                FLAG_VERSION_1 | FLAG_NEED_REPLY,
+                &mtu.to_le_bytes(),
+            )
+        };
+        vmm.write_all(&ask(4000)).unwrap();
+        assert_eq!(
+            read_message(&vmm),
+            (
+                NET_SET_MTU,
+                FLAG_VERSION_1 | FLAG_REPLY,
+                0u64.to_le_bytes().to_vec()
+            )
+        );
+        vmm.write_all(&ask(9000)).unwrap();
+        let (request, flags, body) = read_message(&vmm);
+        assert_eq!((request, flags), (NET_SET_MTU, FLAG_VERSION_1 | FLAG_REPLY));
+        assert_ne!(
+            body,
+            0u64.to_le_bytes().to_vec(),
+            "refused: a non-zero status"
+        );
+        // Without NEED_REPLY there is no answer; the handler sees only
+        // what follows.
+        vmm.write_all(&message(
+            NET_SET_MTU,
+            FLAG_VERSION_1,
+            &1500u64.to_le_bytes(),
+        ))
+        .unwrap();
+        vmm.write_all(&message(1, FLAG_VERSION_1, &[])).unwrap();
+        assert_eq!(read_message(&backend), (1, FLAG_VERSION_1, vec![]));
+        assert_eq!(*seen.lock().unwrap(), vec![4000, 9000, 1500]);
+    }
+
+    #[test]
+    fn an_mtu_message_of_the_wrong_size_ends_the_connection() {
+        let (mut vmm, frontend) = UnixStream::pair().unwrap();
+        let (handler, backend) = UnixStream::pair().unwrap();
+        let relay = Relay::start(frontend, handler, any_mtu()).unwrap();
+        vmm.write_all(&message(NET_SET_MTU, FLAG_VERSION_1, &[0; 4]))
+            .unwrap();
+        assert!(Message::read(&backend).unwrap().is_none());
+        let why = relay.finish().expect("the relay says why");
+        assert!(why.contains("8-byte body"), "{why}");
     }
 }
