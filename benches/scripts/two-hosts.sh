@@ -11,11 +11,17 @@
 #            to the wire's MTU and checksums them in software
 #   bridge   each host runs a Linux bridge over the wire and a veth to its
 #            guest (the kernel's software GSO does the same cutting)
+#   qemu     as vswitch, but each guest is a Linux VM under QEMU (TCG)
+#            attached with `--vhost-user`: guest A's virtio-net sends TSO
+#            frames, host B's switch merges the wire's segments for guest
+#            B, whose kernel verifies the checksums (not part of "both":
+#            under TCG the guests, not the switches, set the pace)
 #
 # Usage: benches/scripts/two-hosts.sh [--seconds N] [--streams N]
-#            [--topology vswitch|bridge|both] [--workers N] [--binary PATH]
+#            [--topology vswitch|bridge|both|qemu] [--workers N] [--binary PATH]
 # Prints one RESULT line per topology (key=value) and the ratio. Needs
-# root, iproute2, ethtool, iperf3, nstat.
+# root, iproute2, ethtool, iperf3, nstat; qemu also needs QEMU and the
+# guest kernel (scripts/guest/install-deps.sh).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -122,6 +128,26 @@ csum_errors() {
     ip netns exec "$1" nstat -az TcpInCsumErrors | awk '/TcpInCsumErrors/ {print $2}'
 }
 
+# counters A.json B.json: the two switches' software work and drops, from
+# their `ctl --json stats`.
+counters() {
+    python3 - "$1" "$2" <<'PY'
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+def total(s, key): return sum(p[key] for p in s["ports"])
+def drops(s): return sum(sum(p["drops"].values()) for p in s["ports"])
+def reasons(s):
+    seen = {}
+    for p in s["ports"]:
+        for reason, n in p["drops"].items():
+            seen[reason] = seen.get(reason, 0) + n
+    return ",".join("%s:%d" % kv for kv in sorted(seen.items())) or "-"
+print("a_sw_segments=%d a_sw_checksums=%d b_gro_merges=%d a_drops=%d b_drops=%d a_drop_reasons=%s b_drop_reasons=%s" % (
+    total(a, "sw_segments"), total(a, "sw_checksums"), total(b, "gro_merges"), drops(a), drops(b),
+    reasons(a), reasons(b)))
+PY
+}
+
 run_vswitch() {
     local ha=vsw-ha-$tag hb=vsw-hb-$tag ga=vsw-ga-$tag gb=vsw-gb-$tag
     netns "$ha"; netns "$hb"; netns "$ga"; netns "$gb"
@@ -145,22 +171,66 @@ run_vswitch() {
     cpu1=$(cpu_ticks "$pid_a" "$pid_b"); sys1=$(system_ticks)
     ctl_stats "$work/a.ctl" >"$work/a.json"
     ctl_stats "$work/b.ctl" >"$work/b.json"
-    python3 - "$work/a.json" "$work/b.json" <<'PY' >"$work/counters"
-import json, sys
-a, b = (json.load(open(p)) for p in sys.argv[1:3])
-def total(s, key): return sum(p[key] for p in s["ports"])
-def drops(s): return sum(sum(p["drops"].values()) for p in s["ports"])
-def reasons(s):
-    seen = {}
-    for p in s["ports"]:
-        for reason, n in p["drops"].items():
-            seen[reason] = seen.get(reason, 0) + n
-    return ",".join("%s:%d" % kv for kv in sorted(seen.items())) or "-"
-print("a_sw_segments=%d a_sw_checksums=%d b_gro_merges=%d a_drops=%d b_drops=%d a_drop_reasons=%s b_drop_reasons=%s" % (
-    total(a, "sw_segments"), total(a, "sw_checksums"), total(b, "gro_merges"), drops(a), drops(b),
-    reasons(a), reasons(b)))
-PY
+    counters "$work/a.json" "$work/b.json" >"$work/counters"
     echo "RESULT topology=vswitch gbps=$(gbps "$work/vswitch.json") csum_errors=$(csum_errors "$gb")" \
+        "$(cat "$work/counters") switch_cpu_s=$(( (cpu1 - cpu0) / $(getconf CLK_TCK) ))" \
+        "system_cpu_s=$(( (sys1 - sys0) / $(getconf CLK_TCK) ))"
+}
+
+# section CONSOLE NAME: the text between a guest's VSW-NAME-BEGIN and
+# VSW-NAME-END markers.
+section() { sed -n "/VSW-$2-BEGIN/,/VSW-$2-END/{/VSW-$2-/d;p}" "$1"; }
+
+# wait_console FILE MARKER SECONDS PID: waits for MARKER in a guest's
+# console, or for its QEMU to exit, or for the time to run out.
+wait_console() {
+    local file=$1 marker=$2 limit=$3 pid=$4 _
+    for _ in $(seq $((limit * 10))); do
+        grep -q "$marker" "$file" 2>/dev/null && return 0
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    grep -q "$marker" "$file" 2>/dev/null && return 0
+    echo "two-hosts: no $marker from $file; console:" >&2
+    cat "$file" >&2 || true
+    return 1
+}
+
+run_qemu() {
+    local ha=vm-ha-$tag hb=vm-hb-$tag
+    bash "$repo/scripts/guest/build-image.sh" "$repo/target/guest-image" >/dev/null
+    netns "$ha"; netns "$hb"
+    wire "$ha" "$hb"
+    ip netns exec "$ha" "$binary" run --uplink wire-a --vhost-user "$work/a.sock" \
+        --workers "$workers" --ctl "$work/a.ctl" --stats-interval 0 >"$work/a.log" 2>&1 &
+    pids+=($!); local pid_a=$!
+    ip netns exec "$hb" "$binary" run --uplink wire-b --vhost-user "$work/b.sock" \
+        --workers "$workers" --ctl "$work/b.ctl" --stats-interval 0 >"$work/b.log" 2>&1 &
+    pids+=($!); local pid_b=$!
+    wait_for_socket "$work/a.ctl"; wait_for_socket "$work/b.ctl"
+    local guest=$repo/scripts/guest/run-guest.sh
+    # The guests need no network namespace: their only NIC is the
+    # vhost-user socket, in this script's directory.
+    bash "$guest" --socket "$work/b.sock" --role server --ip 10.99.0.2/24 \
+        --mac 52:54:00:99:00:02 --log "$work/guest-b.log" 2>"$work/guest-b.err" &
+    pids+=($!); local vm_b=$!
+    wait_console "$work/guest-b.log" VSW-READY 180 "$vm_b"
+    local cpu0 sys0 cpu1 sys1
+    cpu0=$(cpu_ticks "$pid_a" "$pid_b"); sys0=$(system_ticks)
+    bash "$guest" --socket "$work/a.sock" --role client --ip 10.99.0.1/24 --peer 10.99.0.2 \
+        --mac 52:54:00:99:00:01 --args "-P $streams -t $seconds" \
+        --log "$work/guest-a.log" 2>"$work/guest-a.err" &
+    pids+=($!); local vm_a=$!
+    wait_console "$work/guest-a.log" VSW-EXIT $((seconds + 240)) "$vm_a"
+    wait_console "$work/guest-b.log" VSW-CSUM-ERRORS 60 "$vm_b"
+    cpu1=$(cpu_ticks "$pid_a" "$pid_b"); sys1=$(system_ticks)
+    section "$work/guest-a.log" RESULT >"$work/qemu.json"
+    ctl_stats "$work/a.ctl" >"$work/a.json"
+    ctl_stats "$work/b.ctl" >"$work/b.json"
+    counters "$work/a.json" "$work/b.json" >"$work/counters"
+    local csum
+    csum=$(sed -n 's/.*VSW-CSUM-ERRORS tcp=\([0-9]*\).*/\1/p' "$work/guest-b.log")
+    echo "RESULT topology=qemu gbps=$(gbps "$work/qemu.json") csum_errors=${csum:-unknown}" \
         "$(cat "$work/counters") switch_cpu_s=$(( (cpu1 - cpu0) / $(getconf CLK_TCK) ))" \
         "system_cpu_s=$(( (sys1 - sys0) / $(getconf CLK_TCK) ))"
 }
@@ -191,15 +261,23 @@ run_bridge() {
 }
 
 case $topology in
-vswitch | bridge | both) ;;
-*) echo "two-hosts: --topology must be vswitch, bridge or both" >&2; exit 2 ;;
+vswitch | bridge | both | qemu) ;;
+*) echo "two-hosts: --topology must be vswitch, bridge, both or qemu" >&2; exit 2 ;;
 esac
+if [ "$topology" = qemu ]; then
+    command -v qemu-system-x86_64 >/dev/null ||
+        { echo "two-hosts: qemu-system-x86_64 missing (scripts/guest/install-deps.sh)" >&2; exit 2; }
+fi
 : >"$work/results"
-if [ "$topology" != bridge ]; then
+if [ "$topology" = qemu ]; then
+    run_qemu >>"$work/results"
+    teardown
+fi
+if [ "$topology" = vswitch ] || [ "$topology" = both ]; then
     run_vswitch >>"$work/results"
     teardown
 fi
-if [ "$topology" != vswitch ]; then
+if [ "$topology" = bridge ] || [ "$topology" = both ]; then
     run_bridge >>"$work/results"
     teardown
 fi
