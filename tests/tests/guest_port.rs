@@ -514,24 +514,45 @@ fn a_pcap_port_around_a_guest_port_records_both_directions() {
 
 #[test]
 fn a_multi_queue_guest_gets_its_flows_spread_over_its_queue_pairs_in_order() {
+    spread_over_queue_pairs(2, 2);
+}
+
+/// With fewer workers than the guest has queue pairs, the flows still
+/// cover every pair: the queue is the flow's hash's, not the worker's.
+#[test]
+fn one_worker_spreads_flows_over_all_four_queue_pairs_of_a_guest() {
+    spread_over_queue_pairs(1, 4);
+}
+
+/// 32 flows from a two-pair guest A to guest B with `pairs` queue pairs,
+/// through a switch of `workers` workers: every flow arrives on one pair,
+/// in order, and the flows use every pair of B.
+fn spread_over_queue_pairs(workers: usize, pairs: usize) {
     const FLOWS: u16 = 32;
     const PER_FLOW: u32 = 50;
-    let switch = switch();
+    let switch = Switch::start(SwitchConfig {
+        queue_full_wait: Duration::from_secs(2),
+        ..SwitchConfig::default().workers(workers)
+    })
+    .unwrap();
     let mq = all_offloads() | Features::MQ;
-    let notifiers: Vec<Arc<CondvarNotifier>> =
-        (0..2).map(|_| Arc::new(CondvarNotifier::new())).collect();
-    let multi_queue = |name: &str| {
+    let notifiers: Vec<Arc<CondvarNotifier>> = (0..pairs.max(2))
+        .map(|_| Arc::new(CondvarNotifier::new()))
+        .collect();
+    let multi_queue = |name: &str, pairs: usize| {
         Arc::new(GuestPort::with_queue_notifiers(
-            GuestPortConfig::new(name).queue_pairs(2).queue_len(4096),
+            GuestPortConfig::new(name)
+                .queue_pairs(pairs)
+                .queue_len(4096),
             Negotiated::new(mq, mq).unwrap(),
             |i| notifiers[i].clone(),
         ))
     };
-    let a = multi_queue("a");
-    let b = multi_queue("b");
+    let a = multi_queue("a", 2);
+    let b = multi_queue("b", pairs);
     plug(&switch, a.clone());
     plug(&switch, b.clone());
-    assert_eq!(b.capabilities().tx_queues, 2);
+    assert_eq!(b.capabilities().tx_queues, pairs);
 
     // Flow f leaves guest A on queue pair f % 2; frames are plain. Each
     // pair has its transmit virtqueue in A's memory.
@@ -551,7 +572,7 @@ fn a_multi_queue_guest_gets_its_flows_spread_over_its_queue_pairs_in_order() {
         }
     }
 
-    // B's device loop serves both receive queues.
+    // B's device loop serves every receive queue.
     let total = usize::from(FLOWS) * PER_FLOW as usize;
     let mut seen: Vec<Vec<(usize, u32)>> = vec![Vec::new(); usize::from(FLOWS)];
     let mut received = 0;
@@ -560,7 +581,7 @@ fn a_multi_queue_guest_gets_its_flows_spread_over_its_queue_pairs_in_order() {
     while received < total {
         assert!(Instant::now() < deadline, "{received} of {total} frames");
         let mut idle = true;
-        for pair in 0..2 {
+        for pair in 0..pairs {
             let queue = b.queue(pair).unwrap();
             while let Some(len) = queue.receive_into_vec(&mut buf).unwrap() {
                 idle = false;
@@ -574,7 +595,7 @@ fn a_multi_queue_guest_gets_its_flows_spread_over_its_queue_pairs_in_order() {
             notifiers[0].wait_timeout(Duration::from_millis(1));
         }
     }
-    let mut pairs_used = [false; 2];
+    let mut pairs_used = vec![false; pairs];
     for (flow, frames) in seen.iter().enumerate() {
         let pair = frames[0].0;
         pairs_used[pair] = true;
@@ -585,6 +606,9 @@ fn a_multi_queue_guest_gets_its_flows_spread_over_its_queue_pairs_in_order() {
         let seqs: Vec<u32> = frames.iter().map(|&(_, s)| s).collect();
         assert_eq!(seqs, (0..PER_FLOW).collect::<Vec<_>>(), "flow {flow}");
     }
-    assert_eq!(pairs_used, [true, true], "flows spread over both pairs");
+    assert!(
+        pairs_used.iter().all(|&used| used),
+        "flows spread over every pair: {pairs_used:?}"
+    );
     switch.shutdown();
 }

@@ -47,7 +47,7 @@ use vswitch_offload::Packet;
 use vswitch_offload::{CheckedFrame, EgressCapabilities, FrameLayout, GsoKind, L3Kind, L4Kind};
 use vswitch_ports::buffer::ChunkPool;
 
-use crate::datapath::{Event, Output};
+use crate::datapath::{Destination, Event, Output};
 use crate::egress::EgressWork;
 use crate::forward::PortId;
 
@@ -188,7 +188,9 @@ impl GroOutput<Held> for ToBatch<'_> {
 #[derive(Debug)]
 pub(crate) struct PortCoalescers {
     config: CoalesceConfig,
-    active: Vec<(PortId, Coalescer<Held>)>,
+    /// One per destination: a port with several transmit queues has one
+    /// per queue its flows hash to, so a merged frame leaves by its flow's.
+    active: Vec<(Destination, Coalescer<Held>)>,
     idle: Vec<Coalescer<Held>>,
     /// When the oldest frame held now was pushed.
     since: Option<Instant>,
@@ -232,20 +234,20 @@ impl PortCoalescers {
     }
 
     /// Pushes `packet` (at the offsets of `layout`, its checksum as
-    /// `checksum` says) into the coalescer of `port`.
+    /// `checksum` says) into the coalescer toward `dest`.
     pub(crate) fn push(
         &mut self,
-        port: PortId,
+        dest: Destination,
         packet: Packet,
         layout: &FrameLayout,
         checksum: SegmentChecksum,
         pool: &mut ChunkPool,
         out: &mut Output,
     ) {
-        let gro = self.coalescer(port);
-        let (frames, events) = out.batch_and_events(port);
+        let gro = self.coalescer(dest);
+        let (frames, events) = out.batch_and_events(dest);
         let mut to = ToBatch {
-            port,
+            port: dest.port,
             frames,
             events,
             pool,
@@ -261,25 +263,25 @@ impl PortCoalescers {
         }
     }
 
-    /// Delivers the frame held for the flow of `frame` toward `port`, if
+    /// Delivers the frame held for the flow of `frame` toward `dest`, if
     /// any, before that frame takes another way there.
     pub(crate) fn flush_flow(
         &mut self,
-        port: PortId,
+        dest: Destination,
         frame: &[u8],
         layout: &FrameLayout,
         pool: &mut ChunkPool,
         out: &mut Output,
     ) {
-        let Some((_, gro)) = self.active.iter_mut().find(|(p, _)| *p == port) else {
+        let Some((_, gro)) = self.active.iter_mut().find(|(d, _)| *d == dest) else {
             return;
         };
         if gro.held_flows() == 0 {
             return;
         }
-        let (frames, events) = out.batch_and_events(port);
+        let (frames, events) = out.batch_and_events(dest);
         let mut to = ToBatch {
-            port,
+            port: dest.port,
             frames,
             events,
             pool,
@@ -289,10 +291,10 @@ impl PortCoalescers {
 
     /// Delivers everything held, into each port's batch.
     pub(crate) fn flush_all(&mut self, pool: &mut ChunkPool, out: &mut Output) {
-        for (port, mut gro) in self.active.drain(..) {
-            let (frames, events) = out.batch_and_events(port);
+        for (dest, mut gro) in self.active.drain(..) {
+            let (frames, events) = out.batch_and_events(dest);
             let mut to = ToBatch {
-                port,
+                port: dest.port,
                 frames,
                 events,
                 pool,
@@ -303,12 +305,12 @@ impl PortCoalescers {
         self.since = None;
     }
 
-    fn coalescer(&mut self, port: PortId) -> &mut Coalescer<Held> {
-        let index = match self.active.iter().position(|(p, _)| *p == port) {
+    fn coalescer(&mut self, dest: Destination) -> &mut Coalescer<Held> {
+        let index = match self.active.iter().position(|(d, _)| *d == dest) {
             Some(index) => index,
             None => {
                 let gro = self.idle.pop().unwrap_or_else(|| self.new_coalescer());
-                self.active.push((port, gro));
+                self.active.push((dest, gro));
                 self.active.len() - 1
             }
         };

@@ -45,17 +45,34 @@ use std::time::Instant;
 use vswitch_offload::{CheckedFrame, Packet};
 
 use crate::coalesce::{CoalesceConfig, PortCoalescers, Route};
+use crate::dispatch::{flow_hash, queue_for_hash};
 use crate::drop::DropReason;
 use crate::egress::{adapt_checked, fits_mtu, EgressEngine, EgressWork};
 use crate::fdb::{Learned, LookupCache};
 use crate::forward::{Egress, Forwarder, PortId, PortSet};
 use crate::limit::{wire_cost, Credit, PortLimiter};
 
-/// The frames a burst sends to one port, in the order they must leave.
+/// Where frames leave: a port and, for a port with several transmit
+/// queues ([`PortSet::set_tx_queues`]), the queue their flow's hash picks
+/// ([`crate::dispatch::queue_for_hash`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Destination {
+    /// The egress port.
+    pub port: PortId,
+    /// The transmit queue, or `None` for a port with one: the driver
+    /// picks (the threaded switch: its worker's).
+    pub queue: Option<usize>,
+}
+
+/// The frames a burst sends to one port (one queue of it, for a port with
+/// several), in the order they must leave.
 #[derive(Debug, Default)]
 pub struct TxBatch {
     /// The egress port.
     pub port: PortId,
+    /// The transmit queue the frames' flows hash to, for a port with
+    /// several; `None` for a port with one.
+    pub queue: Option<usize>,
     /// The frames, ready for the port's send: adapted to what it takes.
     pub frames: Vec<Packet>,
 }
@@ -102,8 +119,8 @@ impl Output {
         Output::default()
     }
 
-    /// The batches to send, one per egress port, in the order each port
-    /// was first sent to.
+    /// The batches to send, one per egress port (per queue, for a port with
+    /// several), in the order each was first sent to.
     pub fn batches(&self) -> &[TxBatch] {
         &self.batches[..self.active]
     }
@@ -132,16 +149,16 @@ impl Output {
         self.events.clear();
     }
 
-    fn batch(&mut self, port: PortId) -> &mut Vec<Packet> {
-        let index = self.batch_index(port);
+    fn batch(&mut self, to: Destination) -> &mut Vec<Packet> {
+        let index = self.batch_index(to);
         &mut self.batches[index].frames
     }
 
-    /// The index of `port`'s batch, made if it has none yet.
-    fn batch_index(&mut self, port: PortId) -> usize {
+    /// The index of the batch toward `to`, made if there is none yet.
+    fn batch_index(&mut self, to: Destination) -> usize {
         let found = self.batches[..self.active]
             .iter()
-            .position(|batch| batch.port == port);
+            .position(|batch| batch.port == to.port && batch.queue == to.queue);
         match found {
             Some(index) => index,
             None => {
@@ -149,7 +166,8 @@ impl Output {
                     self.batches.push(TxBatch::default());
                 }
                 let index = self.active;
-                self.batches[index].port = port;
+                self.batches[index].port = to.port;
+                self.batches[index].queue = to.queue;
                 self.active += 1;
                 index
             }
@@ -160,9 +178,12 @@ impl Output {
         self.events.push(Event::Dropped { port, reason });
     }
 
-    /// The batch of `port` and the events, both to append to.
-    pub(crate) fn batch_and_events(&mut self, port: PortId) -> (&mut Vec<Packet>, &mut Vec<Event>) {
-        let index = self.batch_index(port);
+    /// The batch toward `to` and the events, both to append to.
+    pub(crate) fn batch_and_events(
+        &mut self,
+        to: Destination,
+    ) -> (&mut Vec<Packet>, &mut Vec<Event>) {
+        let index = self.batch_index(to);
         (&mut self.batches[index].frames, &mut self.events)
     }
 }
@@ -432,6 +453,14 @@ impl Datapath {
             out.dropped(port, DropReason::EgressPortGone);
             return;
         };
+        // A port with several transmit queues gets each flow on the queue
+        // its hash picks (computed here, once per frame before any cutting,
+        // only for such ports); every frame made from this one goes there.
+        let queues = ports.tx_queues(port);
+        let to = Destination {
+            port,
+            queue: (queues > 1).then(|| queue_for_hash(flow_hash(&version), queues)),
+        };
         if self.coalescers.holding() {
             self.coalescers.expire(now, self.engine.chunk_pool(), out);
         }
@@ -442,7 +471,7 @@ impl Datapath {
                         Ok(()) => {
                             let pool = self.engine.chunk_pool();
                             self.coalescers.push(
-                                port,
+                                to,
                                 version.into_packet(),
                                 &layout,
                                 checksum,
@@ -458,7 +487,7 @@ impl Datapath {
                 Route::AfterItsFlow(layout) => {
                     let pool = self.engine.chunk_pool();
                     self.coalescers
-                        .flush_flow(port, version.data(), &layout, pool, out);
+                        .flush_flow(to, version.data(), &layout, pool, out);
                 }
                 Route::Direct => {}
             }
@@ -467,7 +496,7 @@ impl Datapath {
             // Nothing to adapt: straight into the batch once it fits, without
             // adapt_checked's detour through the engine's output vector.
             match fits_mtu(&version, caps) {
-                Ok(()) => out.batch(port).push(version.into_packet()),
+                Ok(()) => out.batch(to).push(version.into_packet()),
                 Err(err) => out.dropped(port, err.reason()),
             }
             return;
@@ -479,7 +508,7 @@ impl Datapath {
                 if work != EgressWork::default() {
                     out.events.push(Event::Worked { port, work });
                 }
-                out.batch(port).append(&mut self.adapted);
+                out.batch(to).append(&mut self.adapted);
             }
         }
     }
@@ -890,6 +919,126 @@ mod tests {
                 }
             }]
         );
+    }
+
+    /// (port, queue, frames) of every batch of the last burst.
+    fn queued(b: &mut Bench) -> Vec<(u32, Option<usize>, Vec<Packet>)> {
+        b.out
+            .batches_mut()
+            .iter_mut()
+            .map(|batch| (batch.port.0, batch.queue, std::mem::take(&mut batch.frames)))
+            .collect()
+    }
+
+    /// TCP port of the flow a frame belongs to (its source port).
+    fn source_port(packet: &Packet) -> u16 {
+        let layout = vswitch_offload::FrameLayout::parse(&packet.data).unwrap();
+        u16::from_be_bytes([
+            packet.data[layout.l4_offset],
+            packet.data[layout.l4_offset + 1],
+        ])
+    }
+
+    #[test]
+    fn toward_a_multi_queue_port_each_flow_takes_the_queue_its_hash_picks() {
+        let mut b = Bench::new(2);
+        b.ports.set_tx_queues(PortId(2), 4);
+        b.burst(0, 2, vec![plain(MacAddr::BROADCAST, mac(2), None)]);
+        // 32 flows, 3 frames each, interleaved; plain frames and TSO frames
+        // cut for the port (no offloads), which must stay on their flow's
+        // queue with every segment.
+        let mut input = Vec::new();
+        for round in 0..3 {
+            for flow in 0..32u16 {
+                let builder = FrameBuilder::tcp4([10, 0, 0, 1], [10, 0, 0, 2])
+                    .macs(mac(1).0, mac(2).0)
+                    .ports(40_000 + flow, 5201)
+                    .seq(round * 3000)
+                    .tcp_flags(tcp_flags::ACK);
+                input.push(if round == 1 {
+                    let tso = builder.payload_with(3000, |i| i as u8).gso(1000);
+                    Packet::with_hdr(tso.hdr(), tso.build())
+                } else {
+                    Packet::plain(builder.payload_with(100, |i| i as u8).build())
+                });
+            }
+        }
+        let now = b.t0 + Duration::from_secs(1);
+        b.out.clear();
+        b.datapath
+            .process(&b.ports, PortId(1), input.clone(), now, &mut b.out);
+        let batches = queued(&mut b);
+        let mut queue_of = std::collections::HashMap::new();
+        let mut per_flow: std::collections::HashMap<u16, Vec<u32>> = Default::default();
+        for (port, queue, frames) in &batches {
+            assert_eq!(*port, 2);
+            let queue = queue.expect("a queue for a port with several");
+            assert!(queue < 4);
+            for frame in frames {
+                let flow = source_port(frame);
+                // Every frame of a flow on one queue: the one its hash picks.
+                assert_eq!(*queue_of.entry(flow).or_insert(queue), queue, "flow {flow}");
+                let hash = crate::dispatch::flow_hash_of_bytes(&frame.data).unwrap();
+                assert_eq!(crate::dispatch::queue_for_hash(hash, 4), queue);
+                let tcp = &frame.data[34..];
+                per_flow
+                    .entry(flow)
+                    .or_default()
+                    .push(u32::from_be_bytes([tcp[4], tcp[5], tcp[6], tcp[7]]));
+            }
+        }
+        // The flows cover every queue, and each flow's frames (1 + 3 + 1)
+        // are in order.
+        let used: std::collections::HashSet<_> = queue_of.values().collect();
+        assert_eq!(used.len(), 4, "{queue_of:?}");
+        for (flow, seqs) in &per_flow {
+            assert_eq!(seqs, &[0, 3000, 4000, 5000, 6000], "flow {flow}");
+        }
+        // A port with one queue leaves the choice to the driver.
+        b.ports.set_tx_queues(PortId(2), 1);
+        b.out.clear();
+        b.datapath
+            .process(&b.ports, PortId(1), input[..4].to_vec(), now, &mut b.out);
+        let batches = queued(&mut b);
+        assert_eq!(batches.len(), 1);
+        assert_eq!(
+            (batches[0].0, batches[0].1, batches[0].2.len()),
+            (2, None, 4)
+        );
+    }
+
+    #[test]
+    fn merged_frames_leave_by_their_flows_queue() {
+        let mut b = gro_bench(CoalesceConfig::default());
+        b.ports.set_tx_queues(PortId(2), 8);
+        // Eight flows of 10 segments each, interleaved.
+        let mut input = Vec::new();
+        for i in 0..10 {
+            for flow in 0..8u16 {
+                input.push(segment(i, |f| f.ports(41_000 + flow, 5201)));
+            }
+        }
+        let now = b.t0 + Duration::from_secs(1);
+        b.out.clear();
+        b.datapath
+            .process(&b.ports, PortId(1), input, now, &mut b.out);
+        let batches = queued(&mut b);
+        let mut flows = 0;
+        for (port, queue, frames) in &batches {
+            assert_eq!(*port, 2);
+            for frame in frames {
+                assert_eq!(
+                    summary(frame),
+                    (seq(0), 10, true),
+                    "one merged frame a flow"
+                );
+                let hash = crate::dispatch::flow_hash_of_bytes(&frame.data).unwrap();
+                assert_eq!(*queue, Some(crate::dispatch::queue_for_hash(hash, 8)));
+                flows += 1;
+            }
+        }
+        assert_eq!(flows, 8);
+        assert!(batches.len() > 1, "eight flows on more than one queue");
     }
 
     #[test]

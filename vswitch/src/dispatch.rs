@@ -54,9 +54,22 @@ pub fn flow_hash_of_bytes(frame: &[u8]) -> Option<u32> {
 /// The worker, out of `workers`, that handles flows with hash `hash`.
 /// `workers` of 0 is treated as 1.
 pub fn worker_for_hash(hash: u32, workers: usize) -> usize {
-    let workers = u64::try_from(workers.max(1)).unwrap_or(u64::MAX);
-    // Multiply-shift: maps the 32-bit hash evenly onto 0..workers.
-    usize::try_from((u64::from(hash) * workers) >> 32).unwrap_or(0)
+    spread(hash, workers)
+}
+
+/// The transmit queue, out of `queues`, that frames of flows with hash
+/// `hash` leave a port by. The same mapping as [`worker_for_hash`]: with as
+/// many queues as workers, a worker sends on the queue of its own index
+/// only, so no two workers share a queue; with more queues than workers,
+/// a worker's flows still spread over all of them.
+pub fn queue_for_hash(hash: u32, queues: usize) -> usize {
+    spread(hash, queues)
+}
+
+/// Multiply-shift: maps the 32-bit hash evenly onto 0..n (n of 0 as 1).
+fn spread(hash: u32, n: usize) -> usize {
+    let n = u64::try_from(n.max(1)).unwrap_or(u64::MAX);
+    usize::try_from((u64::from(hash) * n) >> 32).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -130,6 +130,9 @@ pub struct PortSet {
     /// shared by every copy of the set, and kept across a profile change
     /// that leaves the limits as they were.
     limiters: Vec<(PortId, Arc<PortLimiter>)>,
+    /// The transmit queues of the ports that have more than one, sorted by
+    /// id: frames toward such a port are spread over its queues by flow.
+    tx_queues: Vec<(PortId, usize)>,
     /// Changes with every change of the set, unique among all sets: a
     /// decision remembered for one version is not replayed for another.
     version: u64,
@@ -188,10 +191,41 @@ impl PortSet {
         self.version = PORT_SET_VERSIONS.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Sets how many transmit queues port `id` has (1 unless set). Frames
+    /// toward a port with several are spread over them by the flow's hash
+    /// ([`crate::dispatch::queue_for_hash`]): one flow always on one queue,
+    /// many flows on all of them, as RSS spreads a NIC's receive work.
+    pub fn set_tx_queues(&mut self, id: PortId, queues: usize) {
+        let at = self.tx_queues.binary_search_by_key(&id, |(id, _)| *id);
+        match at {
+            Ok(index) if queues <= 1 => {
+                self.tx_queues.remove(index);
+            }
+            Ok(index) => {
+                if let Some(slot) = self.tx_queues.get_mut(index) {
+                    slot.1 = queues;
+                }
+            }
+            Err(_) if queues <= 1 => {}
+            Err(index) => self.tx_queues.insert(index, (id, queues)),
+        }
+        self.touch();
+    }
+
+    /// The transmit queues of port `id`: 1 unless [`PortSet::set_tx_queues`]
+    /// said more.
+    pub fn tx_queues(&self, id: PortId) -> usize {
+        match self.tx_queues.binary_search_by_key(&id, |(id, _)| *id) {
+            Ok(index) => self.tx_queues.get(index).map_or(1, |(_, queues)| *queues),
+            Err(_) => 1,
+        }
+    }
+
     /// Removes a port; returns its profile if it was present.
     pub fn remove(&mut self, id: PortId) -> Option<PortProfile> {
         let index = self.index(id)?;
         self.limiters.retain(|(limited, _)| *limited != id);
+        self.tx_queues.retain(|(port, _)| *port != id);
         self.touch();
         Some(self.ports.remove(index).1)
     }

@@ -13,10 +13,14 @@
 //! [`worker_for_hash`] through that worker's bounded inbox, or keeps it
 //! when the flow is its own. A flow therefore always takes the same path
 //! through one worker, so its frames never reorder, while many flows
-//! spread over all workers. A worker sends to transmit queue
-//! `worker % tx_queues` of each egress port, all of a burst's frames for a
-//! port (the segments of a large frame among them) in one
-//! [`Port::send_batch`] call. A port with a queue per worker whose outside
+//! spread over all workers. Toward a port with several transmit queues a
+//! flow leaves by the queue its hash picks
+//! ([`queue_for_hash`](crate::dispatch::queue_for_hash), the same
+//! mapping as the workers': with as many queues as workers each worker
+//! sends on its own, with more the flows still cover them all, as a
+//! multi-queue guest's vCPUs expect); toward a port with one, by that one.
+//! All of a burst's frames for a queue (the segments of a large frame
+//! among them) go in one [`Port::send_batch`] call. A port with a queue per worker whose outside
 //! puts each flow on the queue its worker polls (as RSS in a NIC or a
 //! multi-queue guest does) needs no hand-off at all, and each worker then
 //! sends on a transmit queue of its own.
@@ -381,6 +385,7 @@ impl Switch {
         let old = self.shared.current_table();
         let mut profiles = old.profiles.clone();
         profiles.insert_port(id, profile, caps.egress);
+        profiles.set_tx_queues(id, caps.tx_queues);
         let mut ports = old.ports.clone();
         ports.push(live); // ids only grow, so the order is kept
         self.publish(PortTable {
@@ -908,7 +913,7 @@ impl SwitchWorker {
                 continue;
             }
             match self.table.live(batch.port).cloned() {
-                Some(port) => self.send_batch(&port, &mut batch.frames),
+                Some(port) => self.send_batch(&port, batch.queue, &mut batch.frames),
                 None => {
                     let frames = batch.frames.len() as u64;
                     batch.frames.clear();
@@ -945,10 +950,13 @@ impl SwitchWorker {
         }
     }
 
-    /// Sends a batch to one port, retrying a full queue for a bounded time;
-    /// whatever is left in `frames` at the end is dropped and counted.
-    fn send_batch(&self, port: &LivePort, frames: &mut Vec<Packet>) {
-        let queue = self.index % port.caps.tx_queues.max(1);
+    /// Sends a batch to one port, on `queue` (the one its flows hash to,
+    /// for a port with several) or else this worker's, retrying a full
+    /// queue for a bounded time; whatever is left in `frames` at the end is
+    /// dropped and counted.
+    fn send_batch(&self, port: &LivePort, queue: Option<usize>, frames: &mut Vec<Packet>) {
+        let queues = port.caps.tx_queues.max(1);
+        let queue = queue.map_or(self.index % queues, |queue| queue % queues);
         let wait = self.shared.config.queue_full_wait;
         let mut deadline = None;
         while !frames.is_empty() {

@@ -111,6 +111,8 @@ pub(super) struct NetBackend {
     /// The MTU the frontend gave the guest (`VHOST_USER_NET_SET_MTU`);
     /// 0 until it does.
     frontend_mtu: AtomicU32,
+    /// Which rings the frontend enabled (bit = ring index).
+    enabled_rings: AtomicU64,
 }
 
 impl NetBackend {
@@ -126,6 +128,7 @@ impl NetBackend {
             broken: (0..2 * pairs).map(|_| AtomicBool::new(false)).collect(),
             acked: AtomicU64::new(0),
             frontend_mtu: AtomicU32::new(0),
+            enabled_rings: AtomicU64::new(0),
             shared,
         })
     }
@@ -150,7 +153,40 @@ impl NetBackend {
             self.events[pair].clone() as Arc<dyn Notifier>
         });
         self.shared.attach(Arc::new(port), negotiated.features());
+        self.apply_active_pairs();
         Ok(())
+    }
+
+    /// `VHOST_USER_SET_VRING_ENABLE` as the handler got it: the frames the
+    /// switch sends go to the queue pairs whose receive ring is enabled.
+    pub(super) fn ring_enabled(&self, index: u32, on: bool) {
+        let Some(bit) = 1u64.checked_shl(index) else {
+            return;
+        };
+        if on {
+            self.enabled_rings.fetch_or(bit, Ordering::SeqCst);
+        } else {
+            self.enabled_rings.fetch_and(!bit, Ordering::SeqCst);
+        }
+        self.apply_active_pairs();
+    }
+
+    /// Tells the attached guest port how many queue pairs the guest uses:
+    /// the leading pairs whose receive ring (2 × pair) is enabled. A guest
+    /// that turns pairs off (`ethtool -L eth0 combined 1`) gets its frames
+    /// folded onto the rest instead of left on rings nobody serves.
+    fn apply_active_pairs(&self) {
+        let Some(port) = self.shared.guest() else {
+            return;
+        };
+        let rings = self.enabled_rings.load(Ordering::SeqCst);
+        let active = (0..self.pairs)
+            .take_while(|pair| rings & (1 << (2 * pair)) != 0)
+            .count();
+        if active > 0 {
+            // Within 1..=pairs by construction, which the port accepts.
+            let _ = port.set_active_queue_pairs(active);
+        }
     }
 
     /// The MTU frames for the guest are cut to: the frontend's, else the
@@ -309,6 +345,7 @@ impl VhostUserBackend for NetBackend {
         self.shared.detach();
         self.acked.store(0, Ordering::Relaxed);
         self.frontend_mtu.store(0, Ordering::Relaxed);
+        self.enabled_rings.store(0, Ordering::SeqCst);
         for flag in &self.broken {
             flag.store(false, Ordering::Relaxed);
         }

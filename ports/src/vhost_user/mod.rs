@@ -84,11 +84,14 @@
 //!
 //! # Multi-queue
 //!
-//! The port has one switch queue per queue pair. Switch workers send to
-//! transmit queue `worker % queues`, and a flow always runs on one worker,
-//! so a flow toward the guest stays on one receive queue and different
-//! flows spread over the guest's vCPUs. A guest that negotiated fewer pairs
-//! (no `MQ`) is served on pair 0.
+//! The port has one switch queue per queue pair. The switch sends each
+//! flow on the queue its RSS hash picks (whichever worker handles it), so
+//! a flow toward the guest stays on one receive queue, in order, and
+//! different flows spread over all the pairs and so over the guest's
+//! vCPUs, however many workers the switch has. Frames for a pair the guest
+//! has not enabled are folded onto those it uses
+//! ([`GuestPort::set_active_queue_pairs`]); a guest that negotiated fewer
+//! pairs (no `MQ`) is served on pair 0.
 
 mod backend;
 pub mod queue;
@@ -623,11 +626,17 @@ fn serve_connection(
     let handlers = EndThreads(daemon.get_epoll_handlers());
     let to_handler = UnixStream::connect(&inner.path)
         .map_err(|e| format!("cannot reach the vhost-user handler: {e}"))?;
-    let set_mtu: relay::SetMtu = {
-        let backend = backend.clone();
-        Arc::new(move |mtu| backend.set_frontend_mtu(mtu))
+    let hooks = relay::Hooks {
+        set_mtu: {
+            let backend = backend.clone();
+            Arc::new(move |mtu| backend.set_frontend_mtu(mtu))
+        },
+        ring_enabled: {
+            let backend = backend.clone();
+            Arc::new(move |index, on| backend.ring_enabled(index, on))
+        },
     };
-    let relay = relay::Relay::start(frontend, to_handler, set_mtu)
+    let relay = relay::Relay::start(frontend, to_handler, hooks)
         .map_err(|e| format!("cannot start the relay: {e}"))?;
     daemon
         .start(&mut inner.listener)

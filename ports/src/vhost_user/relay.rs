@@ -157,6 +157,18 @@ impl Message {
 /// frontend gives the guest, or refuses it with the reason.
 pub(super) type SetMtu = Arc<dyn Fn(u64) -> Result<(), String> + Send + Sync>;
 
+/// What the relay tells the port besides relaying: the MTU requests it
+/// answers, and each ring enabled or disabled as the handler gets the
+/// request (the `vhost` crate keeps that state to itself).
+#[derive(Clone)]
+pub(super) struct Hooks {
+    /// Answers `VHOST_USER_NET_SET_MTU`.
+    pub set_mtu: SetMtu,
+    /// Told (ring index, enabled) for each `VHOST_USER_SET_VRING_ENABLE`
+    /// handed to the handler.
+    pub ring_enabled: Arc<dyn Fn(u32, bool) + Send + Sync>,
+}
+
 /// A running relay; dropping it closes both connections.
 pub(super) struct Relay {
     frontend: UnixStream,
@@ -169,12 +181,12 @@ pub(super) struct Relay {
 
 impl Relay {
     /// Relays between `frontend` (the VMM's connection) and `handler` (a
-    /// connection to the vhost-user handler) until either side closes;
-    /// `set_mtu` answers the frontend's `VHOST_USER_NET_SET_MTU`.
+    /// connection to the vhost-user handler) until either side closes,
+    /// telling `hooks` what it must know.
     pub(super) fn start(
         frontend: UnixStream,
         handler: UnixStream,
-        set_mtu: SetMtu,
+        hooks: Hooks,
     ) -> io::Result<Relay> {
         let error = Arc::new(Mutex::new(None));
         let on_error = {
@@ -195,7 +207,7 @@ impl Relay {
             thread::Builder::new()
                 .name("vhost-user relay in".into())
                 .spawn(move || {
-                    if let Err(e) = relay_requests(&from, &to, &to_frontend, &*set_mtu) {
+                    if let Err(e) = relay_requests(&from, &to, &to_frontend, &hooks) {
                         on_error("relaying the frontend's requests", e);
                     }
                     close(&from, &to);
@@ -266,8 +278,17 @@ fn relay_requests(
     from: &UnixStream,
     to: &UnixStream,
     to_frontend: &Mutex<UnixStream>,
-    set_mtu: &(dyn Fn(u64) -> Result<(), String> + Send + Sync),
+    hooks: &Hooks,
 ) -> io::Result<()> {
+    // A ring enable goes to the handler, and its state to the port.
+    let enable = |message: &Message| -> io::Result<()> {
+        message.write(to)?;
+        // VhostUserVringState: the ring's index, then 0 or 1.
+        if let Some(state) = message.u64_body() {
+            (hooks.ring_enabled)(state as u32, (state >> 32) != 0);
+        }
+        Ok(())
+    };
     let mut features_set = false;
     let mut held: Vec<Message> = Vec::new();
     while let Some(mut message) = Message::read(from)? {
@@ -281,11 +302,15 @@ fn relay_requests(
                 held.push(message);
                 continue;
             }
+            SET_VRING_ENABLE => {
+                enable(&message)?;
+                continue;
+            }
             SET_FEATURES => {
                 message.write(to)?;
                 features_set = true;
                 for message in held.drain(..) {
-                    message.write(to)?;
+                    enable(&message)?;
                 }
                 continue;
             }
@@ -299,7 +324,7 @@ fn relay_requests(
                         ),
                     ));
                 };
-                let status = u64::from(set_mtu(mtu).is_err());
+                let status = u64::from((hooks.set_mtu)(mtu).is_err());
                 if message.flags() & FLAG_NEED_REPLY != 0 {
                     let ack = message.ack(status);
                     ack.write(&to_frontend.lock().unwrap_or_else(PoisonError::into_inner))?;
@@ -330,8 +355,15 @@ mod tests {
         bytes
     }
 
-    fn any_mtu() -> SetMtu {
-        Arc::new(|_| Ok(()))
+    fn hooks(set_mtu: SetMtu) -> Hooks {
+        Hooks {
+            set_mtu,
+            ring_enabled: Arc::new(|_, _| {}),
+        }
+    }
+
+    fn any_mtu() -> Hooks {
+        hooks(Arc::new(|_| Ok(())))
     }
 
     fn read_message(sock: &UnixStream) -> (u32, u32, Vec<u8>) {
@@ -429,7 +461,7 @@ mod tests {
                 }
             })
         };
-        let _relay = Relay::start(frontend, handler, set_mtu).unwrap();
+        let _relay = Relay::start(frontend, handler, hooks(set_mtu)).unwrap();
         let ask = |mtu: u64| {
             message(
                 NET_SET_MTU,
@@ -477,5 +509,38 @@ mod tests {
         assert!(Message::read(&backend).unwrap().is_none());
         let why = relay.finish().expect("the relay says why");
         assert!(why.contains("8-byte body"), "{why}");
+    }
+
+    #[test]
+    fn ring_enables_reach_the_port_as_the_handler_gets_them() {
+        let (mut vmm, frontend) = UnixStream::pair().unwrap();
+        let (handler, backend) = UnixStream::pair().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let hooks = Hooks {
+            set_mtu: Arc::new(|_| Ok(())),
+            ring_enabled: {
+                let seen = seen.clone();
+                Arc::new(move |index, on| seen.lock().unwrap().push((index, on)))
+            },
+        };
+        let _relay = Relay::start(frontend, handler, hooks).unwrap();
+        let state = |index: u32, on: u32| {
+            let mut body = index.to_le_bytes().to_vec();
+            body.extend_from_slice(&on.to_le_bytes());
+            message(SET_VRING_ENABLE, FLAG_VERSION_1, &body)
+        };
+        // Held until the features: the port hears of it when the handler does.
+        vmm.write_all(&state(2, 1)).unwrap();
+        vmm.write_all(&message(SET_FEATURES, FLAG_VERSION_1, &[0; 8]))
+            .unwrap();
+        vmm.write_all(&state(3, 1)).unwrap();
+        vmm.write_all(&state(2, 0)).unwrap();
+        for _ in 0..4 {
+            Message::read(&backend).unwrap().unwrap();
+        }
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![(2, true), (3, true), (2, false)]
+        );
     }
 }
