@@ -9,11 +9,12 @@
 //! Input: up to 64 messages, each
 //!
 //! ```text
-//! selector  u8   % 48: 1..=44 that request code; 46, 47: the request is
-//!                the next u32 LE (any value); 0: kick (write the eventfds
+//! selector  u8   % 48: 1..=44 that request code; 47: the request is the
+//!                next u32 LE (any value); 0: kick (write the eventfds
 //!                sent so far, bit i of the body selects the i-th, empty
 //!                body: all); 45: poke (write body[2..] into the last
-//!                memfd sent, at the u16 LE offset body[0..2])
+//!                memfd sent, at the u16 LE offset body[0..2]); 46: toggle
+//!                short memfds (below)
 //! control   u8   bit 0: clear NEED_REPLY (set by default, with VERSION)
 //!                bit 1: attach descriptors, bits 2-3 say which: a memfd
 //!                       of 64 KiB, an eventfd, two memfds, a Unix socket
@@ -25,6 +26,12 @@
 //! [request u32] [flags u8] length (u8 or u16) [size u16] body
 //! ```
 //!
+//! A memfd sent with SET_MEM_TABLE, ADD_MEM_REG or SET_LOG_BASE is made
+//! as long as the message says its region (offset plus size) is, so the
+//! fuzzer can use large and far-off regions; after a toggle it stays at
+//! 64 KiB whatever the message claims, as a frontend that lies about its
+//! files would send it.
+//!
 //! The messages go out one after another; after each one that should be
 //! answered the target waits (20 ms at most) for the answer, and every
 //! reply is read, so the socket never fills. A connection the port drops
@@ -33,7 +40,7 @@
 
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::FileExt;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
@@ -58,9 +65,12 @@ const HEADER_LEN: usize = 12;
 const GET_FEATURES: u32 = 1;
 const SET_FEATURES: u32 = 2;
 const RESET_OWNER: u32 = 4;
+const SET_MEM_TABLE: u32 = 5;
+const SET_LOG_BASE: u32 = 6;
 const SET_PROTOCOL_FEATURES: u32 = 16;
 const SET_VRING_ENABLE: u32 = 18;
 const RESET_DEVICE: u32 = 34;
+const ADD_MEM_REG: u32 = 37;
 /// Requests the backend answers whether or not a reply was asked for.
 const ANSWERED: [u32; 12] = [1, 6, 11, 15, 17, 24, 28, 31, 36, 40, 41, 44];
 
@@ -140,12 +150,13 @@ impl<'a> Input<'a> {
 enum Step<'a> {
     Kick(&'a [u8]),
     Poke(&'a [u8]),
+    ShortMemfds,
     Send {
         request: u32,
         flags: u32,
         size: u32,
         body: &'a [u8],
-        fds: Option<u8>,
+        fd_kind: Option<u8>,
         split: bool,
     },
 }
@@ -154,7 +165,7 @@ fn next_step<'a>(input: &mut Input<'a>) -> Step<'a> {
     let selector = input.byte() % 48;
     let control = input.byte();
     let request = match selector {
-        46 | 47 => input.u32(),
+        47 => input.u32(),
         code => u32::from(code),
     };
     let flags = if control & 0x20 != 0 {
@@ -174,12 +185,13 @@ fn next_step<'a>(input: &mut Input<'a>) -> Step<'a> {
     match selector {
         0 => Step::Kick(body),
         45 => Step::Poke(body),
+        46 => Step::ShortMemfds,
         _ => Step::Send {
             request,
             flags,
             size: size.unwrap_or(body.len() as u32),
             body,
-            fds: (control & 0x02 != 0).then_some((control >> 2) & 3),
+            fd_kind: (control & 0x02 != 0).then_some((control >> 2) & 3),
             split: control & 0x40 != 0,
         },
     }
@@ -192,11 +204,14 @@ struct Session {
     pending: Vec<u8>,
     replies: usize,
     open: bool,
-    /// Everything sent as a descriptor, kept open until the input ends.
+    /// Everything sent as a descriptor (and the other ends of sockets),
+    /// kept open until the input ends.
     kept: Vec<OwnedFd>,
-    _sockets: Vec<UnixStream>,
+    sockets: Vec<UnixStream>,
     memfd: Option<RawFd>,
     eventfds: Vec<RawFd>,
+    /// Memfds stay at `MEMFD_SIZE` whatever the message claims.
+    short_memfds: bool,
     /// What the target believes the handler knows, to guess whether a
     /// request will be answered (a wrong guess only costs a wait).
     asked_features: bool,
@@ -213,9 +228,10 @@ impl Session {
             replies: 0,
             open: true,
             kept: Vec::new(),
-            _sockets: Vec::new(),
+            sockets: Vec::new(),
             memfd: None,
             eventfds: Vec::new(),
+            short_memfds: false,
             asked_features: false,
             reply_ack: false,
             features_set: false,
@@ -257,8 +273,8 @@ impl Session {
             _ => {
                 let (ours, theirs) = UnixStream::pair().expect("a socket pair");
                 let raw = theirs.as_raw_fd();
-                self._sockets.push(ours);
-                self._sockets.push(theirs);
+                self.sockets.push(ours);
+                self.sockets.push(theirs);
                 vec![raw]
             }
         }
@@ -284,7 +300,7 @@ impl Session {
         let room = (MEMFD_SIZE - offset) as usize;
         // SAFETY: borrows a descriptor this session keeps open.
         let file = File::from(
-            unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+            unsafe { BorrowedFd::borrow_raw(fd) }
                 .try_clone_to_owned()
                 .expect("dup"),
         );
@@ -342,7 +358,7 @@ impl Session {
             return;
         }
         poll(
-            self.stream.as_fd().as_raw_fd(),
+            self.stream.as_raw_fd(),
             libc::POLLOUT,
             left.min(Duration::from_millis(5)),
         );
@@ -401,15 +417,21 @@ impl Session {
         match step {
             Step::Kick(mask) => self.kick(mask),
             Step::Poke(body) => self.poke(body),
+            Step::ShortMemfds => self.short_memfds = !self.short_memfds,
             Step::Send {
                 request,
                 flags,
                 size,
                 body,
-                fds,
+                fd_kind,
                 split,
             } => {
-                let fds = fds.map(|kind| self.descriptors(kind)).unwrap_or_default();
+                let fds = fd_kind
+                    .map(|kind| self.descriptors(kind))
+                    .unwrap_or_default();
+                if !self.short_memfds && matches!(fd_kind, Some(0 | 2)) {
+                    grow_memfds(&fds, request, body);
+                }
                 let answered = self.answered(request, flags, size, body);
                 let before = self.replies;
                 self.send(request, flags, size, body, &fds, split);
@@ -441,6 +463,35 @@ impl Session {
             _ => {}
         }
         whole && (ANSWERED.contains(&request) || relay_answers || (need_reply && self.reply_ack))
+    }
+}
+
+/// Makes each memfd as long as the region the message claims for it
+/// (`mmap_offset + memory_size`), where the message says.
+fn grow_memfds(fds: &[RawFd], request: u32, body: &[u8]) {
+    let u64_at = |at: usize| {
+        body.get(at..at + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+    };
+    // A region: guest address, size, user address, mmap offset.
+    let region_end = |at: usize| Some(u64_at(at + 24)?.checked_add(u64_at(at + 8)?)?);
+    let ends: Vec<Option<u64>> = match request {
+        SET_MEM_TABLE => (0..fds.len()).map(|i| region_end(8 + 32 * i)).collect(),
+        ADD_MEM_REG => vec![region_end(8)],
+        SET_LOG_BASE => vec![u64_at(0).zip(u64_at(8)).and_then(|(s, o)| s.checked_add(o))],
+        _ => return,
+    };
+    for (&fd, end) in fds.iter().zip(ends) {
+        let Some(end) = end.filter(|&end| end > MEMFD_SIZE) else {
+            continue;
+        };
+        // SAFETY: `fd` is a memfd the session keeps open for the input.
+        let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+        if let Ok(owned) = borrowed.try_clone_to_owned() {
+            // Sparse: nothing is allocated until written. Too long for the
+            // file system: left as it is.
+            let _ = File::from(owned).set_len(end);
+        }
     }
 }
 
