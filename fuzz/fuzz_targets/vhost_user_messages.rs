@@ -60,6 +60,8 @@ const REPLY_WAIT: Duration = Duration::from_millis(20);
 const WRITE_WAIT: Duration = Duration::from_secs(1);
 /// How long the port has to tear the connection down and answer a new one.
 const CHECK_WAIT: Duration = Duration::from_secs(2);
+/// How long the target waits for the check connection's threads to end.
+const SETTLE_WAIT: Duration = Duration::from_secs(1);
 
 const HEADER_LEN: usize = 12;
 const GET_FEATURES: u32 = 1;
@@ -83,6 +85,8 @@ struct Fixture {
     port: Arc<VhostUserPort>,
     dir: PathBuf,
     socket: PathBuf,
+    /// Threads of the process while no connection is served.
+    idle_threads: usize,
 }
 
 static FIXTURE: OnceLock<Fixture> = OnceLock::new();
@@ -106,10 +110,16 @@ fn fixture() -> &'static Fixture {
         // nearly every input that slow.
         config.reconnect_interval = Duration::from_millis(1);
         let port = VhostUserPort::start(config).expect("the port starts");
+        let idle_threads = threads();
         // At exit: stop the port, remove the sockets.
         // SAFETY: registers a plain function to run at exit.
         unsafe { libc::atexit(clean_up) };
-        Fixture { port, dir, socket }
+        Fixture {
+            port,
+            dir,
+            socket,
+            idle_threads,
+        }
     })
 }
 
@@ -495,6 +505,28 @@ fn grow_memfds(fds: &[RawFd], request: u32, body: &[u8]) {
     }
 }
 
+/// The process's threads, from /proc.
+fn threads() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("Threads:"))?;
+            line["Threads:".len()..].trim().parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+/// Waits until the port's threads for the last connection have ended (it
+/// serves each connection on threads of its own), so that none of them is
+/// still running when libFuzzer checks the input for leaks, and the next
+/// input starts on an idle port. Gives up quietly after `SETTLE_WAIT`.
+fn settle(fixture: &Fixture) {
+    let deadline = Instant::now() + SETTLE_WAIT;
+    while threads() > fixture.idle_threads && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
 fn poll(fd: RawFd, events: libc::c_short, timeout: Duration) {
     let mut pollfd = libc::pollfd {
         fd,
@@ -571,4 +603,5 @@ fuzz_target!(|data: &[u8]| {
             fixture.port.report()
         );
     }
+    settle(fixture);
 });
