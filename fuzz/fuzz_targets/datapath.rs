@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use libfuzzer_sys::fuzz_target;
 use vswitch::datapath::{Datapath, Output};
-use vswitch::{Forwarder, ForwarderConfig, PortId, PortProfile, PortSet, VlanId, VlanMode, VlanSet};
+use vswitch::{
+    Forwarder, ForwarderConfig, PortId, PortProfile, PortSet, VlanId, VlanMode, VlanSet,
+};
 use vswitch_offload::virtio::{HdrFormat, GSO_ECN, GSO_TCPV4, GSO_TCPV6, GSO_UDP, GSO_UDP_L4};
 use vswitch_offload::{CheckedFrame, EgressCapabilities, L3Kind, Packet, VirtioNetHdr};
 
@@ -31,7 +33,10 @@ fn port_setup(byte: u8) -> (PortProfile, EgressCapabilities) {
     let profile = match byte % 3 {
         0 => PortProfile::access(vlan(1)),
         1 => PortProfile::access(vlan(2)),
-        _ => PortProfile::trunk([vlan(1), vlan(2)].into_iter().collect::<VlanSet>(), Some(vlan(1))),
+        _ => PortProfile::trunk(
+            [vlan(1), vlan(2)].into_iter().collect::<VlanSet>(),
+            Some(vlan(1)),
+        ),
     };
     let mtu = [576, 1500, 9000][usize::from(byte / 3 % 3)];
     let caps = match byte / 9 % 4 {
@@ -92,7 +97,13 @@ fuzz_target!(|data: &[u8]| {
         step += 1;
         let at = now + Duration::from_secs(step);
         out.clear();
-        datapath.process(&ports, ingress, [Packet::with_hdr(hdr, frame.to_vec())], at, &mut out);
+        datapath.process(
+            &ports,
+            ingress,
+            [Packet::with_hdr(hdr, frame.to_vec())],
+            at,
+            &mut out,
+        );
 
         for batch in out.batches() {
             assert_ne!(batch.port, ingress, "a frame went back out of its port");
@@ -101,10 +112,18 @@ fuzz_target!(|data: &[u8]| {
                 let checked = CheckedFrame::check(packet.clone())
                     .expect("what the switch sends passes its own ingress check");
                 let l3 = checked.plan().layout().map(|layout| layout.l3);
-                assert!(takes(caps, packet, l3), "{:?} to a port with {caps:?}", packet.hdr);
+                assert!(
+                    takes(caps, packet, l3),
+                    "{:?} to a port with {caps:?}",
+                    packet.hdr
+                );
                 if !packet.hdr.is_gso() {
                     let l3_len = packet.data.len() - checked.l2().l3_offset;
-                    assert!(l3_len <= usize::from(caps.mtu), "{l3_len} over MTU {}", caps.mtu);
+                    assert!(
+                        l3_len <= usize::from(caps.mtu),
+                        "{l3_len} over MTU {}",
+                        caps.mtu
+                    );
                 }
                 let tag = checked.outer_tag().map(|tag| tag.vid());
                 match mode {

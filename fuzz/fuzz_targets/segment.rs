@@ -324,7 +324,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let copies: Vec<Vec<u8>> = copied.iter().map(<[u8]>::to_vec).collect();
     let singly: Vec<Vec<u8>> = copied_singly.0.iter().map(<[u8]>::to_vec).collect();
-    assert_eq!(copies, singly, "runs and single segments are byte-identical");
+    assert_eq!(
+        copies, singly,
+        "runs and single segments are byte-identical"
+    );
     assert_eq!(summary.segments, copies.len());
     assert_eq!(summary.bytes, copies.iter().map(Vec::len).sum::<usize>());
     let limit = l3_limit(&layout, gso, mtu);

@@ -9,6 +9,9 @@ carry them.
                            a validate_hdr input
     complete_checksum/NAME.bin  csum_start and csum_offset (little-endian
                            u32 each), then a frame with a partial checksum
+    vhost_user_messages/NAME.bin  vhost-user sessions of a frontend, in the
+                           target's message encoding (see
+                           fuzz_targets/vhost_user_messages.rs)
 
 Run from anywhere: python3 fuzz/seeds/gen_seeds.py. The output is committed;
 .ci/fuzz copies it into fuzz/corpus/ before fuzzing.
@@ -133,6 +136,167 @@ IP_OPTS = bytes([0x94, 4, 0, 0])
 HBH_DST = bytes([60, 0, 1, 4, 0, 0, 0, 0]) + bytes([6, 0, 1, 4, 0, 0, 0, 0])
 
 
+# vhost-user: request codes, the target's control bits, descriptor kinds.
+GET_FEATURES, SET_FEATURES, SET_OWNER, RESET_OWNER, SET_MEM_TABLE = 1, 2, 3, 4, 5
+SET_VRING_NUM, SET_VRING_ADDR, SET_VRING_BASE, GET_VRING_BASE = 8, 9, 10, 11
+SET_VRING_KICK, SET_VRING_CALL = 12, 13
+GET_PROTOCOL_FEATURES, SET_PROTOCOL_FEATURES, GET_QUEUE_NUM, SET_VRING_ENABLE = 15, 16, 17, 18
+SET_BACKEND_REQ_FD, GET_MAX_MEM_SLOTS, ADD_MEM_REG, REM_MEM_REG = 21, 36, 37, 38
+KICK, POKE, RAW = 0, 45, 47
+NO_NEED_REPLY, FDS, SIZE_LIE, RAW_FLAGS, SPLIT, LONG_BODY = 0x01, 0x02, 0x10, 0x20, 0x40, 0x80
+MEMFD, EVENTFD, TWO_MEMFDS, SOCKET = 0, 1, 2, 3
+
+F_CSUM, F_GUEST_CSUM, F_GUEST_TSO4, F_HOST_TSO4, F_MRG_RXBUF, F_MQ = 0, 1, 7, 11, 15, 22
+F_INDIRECT_DESC, F_EVENT_IDX, F_PROTOCOL_FEATURES, F_VERSION_1 = 28, 29, 30, 32
+PF_MQ, PF_REPLY_ACK, PF_CONFIGURE_MEM_SLOTS = 0, 3, 15
+
+# Where the frontend says guest memory lives in its own address space.
+VMM_BASE = 0x7F00_0000_0000
+REGION = 0x10000  # the target's memfds are 64 KiB
+RING = 256
+
+
+def bits(*positions):
+    return sum(1 << b for b in positions)
+
+
+def vmsg(request, body=b"", need_reply=True, fds=None, size=None, flags=None, split=False):
+    """One message: selector, control, [raw request], [flags], length,
+    [size field], body."""
+    ctl = 0 if need_reply else NO_NEED_REPLY
+    if fds is not None:
+        ctl |= FDS | (fds << 2)
+    if size is not None:
+        ctl |= SIZE_LIE
+    if flags is not None:
+        ctl |= RAW_FLAGS
+    if split:
+        ctl |= SPLIT
+    if len(body) > 255:
+        ctl |= LONG_BODY
+    if request in (KICK, POKE) or 1 <= request <= 44:
+        out = bytes([request, ctl])
+    else:
+        out = bytes([RAW, ctl]) + struct.pack("<I", request)
+    if flags is not None:
+        out += bytes([flags])
+    out += struct.pack("<H", len(body)) if len(body) > 255 else bytes([len(body)])
+    if size is not None:
+        out += struct.pack("<H", size)
+    return out + body
+
+
+def u64(value):
+    return struct.pack("<Q", value)
+
+
+def vring_state(index, num):
+    return struct.pack("<II", index, num)
+
+
+def vring_addr(index, base):
+    """Descriptor table, available and used ring of a RING-entry queue at
+    guest offset `base` of the region mapped at VMM_BASE."""
+    desc, avail_ring, used = base, base + 0x1000, base + 0x2000
+    return struct.pack("<IIQQQQ", index, 0, VMM_BASE + desc, VMM_BASE + used,
+                       VMM_BASE + avail_ring, 0)
+
+
+def region(gpa, user, size=REGION, offset=0):
+    return struct.pack("<QQQQ", gpa, size, user, offset)
+
+
+def poke(offset, data):
+    return vmsg(POKE, struct.pack("<H", offset) + data)
+
+
+def descriptor(addr, length, flags=0, next_=0):
+    return struct.pack("<QIHH", addr, length, flags, next_)
+
+
+def avail(heads):
+    return struct.pack("<HH", 0, len(heads)) + b"".join(struct.pack("<H", h) for h in heads)
+
+
+def handshake(features, protocol=bits(PF_MQ, PF_REPLY_ACK, PF_CONFIGURE_MEM_SLOTS)):
+    """What QEMU sends before the guest driver starts, with the early ring
+    enable the relay holds back until the features."""
+    return (vmsg(GET_FEATURES) + vmsg(SET_OWNER, need_reply=False)
+            + vmsg(GET_PROTOCOL_FEATURES) + vmsg(SET_PROTOCOL_FEATURES, u64(protocol))
+            + (vmsg(GET_QUEUE_NUM) if protocol & bits(PF_MQ) else b"")
+            + (vmsg(GET_MAX_MEM_SLOTS) if protocol & bits(PF_CONFIGURE_MEM_SLOTS) else b"")
+            + vmsg(SET_VRING_ENABLE, vring_state(0, 1))
+            + vmsg(SET_FEATURES, u64(features)))
+
+
+def queue_setup(index, base):
+    return (vmsg(SET_VRING_NUM, vring_state(index, RING))
+            + vmsg(SET_VRING_ADDR, vring_addr(index, base))
+            + vmsg(SET_VRING_BASE, vring_state(index, 0))
+            + vmsg(SET_VRING_CALL, u64(index), fds=EVENTFD)
+            + vmsg(SET_VRING_KICK, u64(index), fds=EVENTFD)
+            + vmsg(SET_VRING_ENABLE, vring_state(index, 1)))
+
+
+def guest_traffic(gpa, at=0):
+    """Written into the last memfd sent (guest address `gpa` is its offset
+    `at`): a receive queue at `gpa` with four 2 KiB buffers, a transmit
+    queue at `gpa` + 0x3000 with one frame."""
+    frame = bytes(12) + DST_MAC + SRC_MAC + b"\x88\xb5" + payload(46)
+    rx = b"".join(descriptor(gpa + 0xA000 + i * 0x800, 0x800, flags=2) for i in range(4))
+    return (poke(at, rx) + poke(at + 0x1000, avail([0, 1, 2, 3]))
+            + poke(at + 0x3000, descriptor(gpa + 0x8000, len(frame)))
+            + poke(at + 0x4000, avail([0])) + poke(at + 0x8000, frame))
+
+
+def vhost_user_sessions():
+    mq = bits(F_VERSION_1, F_PROTOCOL_FEATURES, F_MRG_RXBUF, F_CSUM, F_GUEST_CSUM, F_HOST_TSO4,
+              F_GUEST_TSO4, F_MQ, F_EVENT_IDX, F_INDIRECT_DESC)
+    plain = bits(F_VERSION_1, F_PROTOCOL_FEATURES)
+    mem_table = vmsg(SET_MEM_TABLE, struct.pack("<II", 1, 0) + region(0, VMM_BASE), fds=MEMFD)
+    second = struct.pack("<Q", 0) + region(REGION, VMM_BASE + REGION)
+    rings = (mem_table + guest_traffic(0) + queue_setup(0, 0) + queue_setup(1, 0x3000)
+             + vmsg(KICK) + vmsg(GET_VRING_BASE, vring_state(1, 0)))
+    return {
+        "handshake": handshake(mq) + b"".join(
+            vmsg(SET_VRING_NUM, vring_state(q, RING)) for q in range(4)) + b"".join(
+            vmsg(SET_VRING_ENABLE, vring_state(q, 1)) for q in range(4)),
+        "handshake_plain": handshake(plain, protocol=bits(PF_REPLY_ACK)),
+        "rings": handshake(mq) + rings,
+        "rings_plain": handshake(plain, protocol=bits(PF_REPLY_ACK)) + rings,
+        # The second queue pair in a memory region added at run time, and
+        # the region removed again while its rings are live.
+        "mq_mem_slots": handshake(mq) + rings
+        + vmsg(ADD_MEM_REG, second, fds=MEMFD)
+        + guest_traffic(REGION)
+        + queue_setup(2, REGION) + queue_setup(3, REGION + 0x3000) + vmsg(KICK)
+        + vmsg(REM_MEM_REG, second, fds=MEMFD),
+        # Two regions in one table (the rings of pair 0 in the second, which
+        # is the memfd the pokes reach), then a backend channel the port
+        # does not offer.
+        "two_regions": handshake(mq)
+        + vmsg(SET_MEM_TABLE, struct.pack("<II", 2, 0) + region(0, VMM_BASE)
+               + region(REGION, VMM_BASE + REGION), fds=TWO_MEMFDS)
+        + guest_traffic(REGION) + queue_setup(0, REGION) + queue_setup(1, REGION + 0x3000)
+        + vmsg(KICK) + vmsg(SET_BACKEND_REQ_FD, fds=SOCKET),
+        # Reset and negotiate again, with a set that breaks a dependency
+        # (GUEST_TSO4 without GUEST_CSUM), then a valid one.
+        "renegotiate": handshake(mq) + rings + vmsg(RESET_OWNER, need_reply=False)
+        + vmsg(GET_FEATURES)
+        + vmsg(SET_FEATURES, u64(bits(F_VERSION_1, F_PROTOCOL_FEATURES, F_GUEST_TSO4)))
+        + vmsg(SET_FEATURES, u64(plain)) + vmsg(GET_VRING_BASE, vring_state(0, 0)),
+        # A split header, a size field shorter than the body, then one above
+        # the relay's bound.
+        "lies": vmsg(GET_FEATURES, split=True) + vmsg(SET_OWNER, split=True)
+        + vmsg(SET_FEATURES, u64(plain), size=4) + vmsg(SET_MEM_TABLE, size=5000),
+        # No REPLY_ACK: requests are not answered; a version-only flags
+        # field; an unknown request with the REPLY bit set.
+        "no_reply_ack": handshake(plain, protocol=0) + vmsg(SET_VRING_NUM, vring_state(0, 8))
+        + vmsg(SET_VRING_BASE, vring_state(0, 0), flags=0x1)
+        + vmsg(0x1234, flags=0x5),
+    }
+
+
 def main():
     frames = {
         "tcp4": tcp4_frame(64, tcp_options=TS_OPTS),
@@ -210,7 +374,8 @@ def main():
     }
     for target, items in (("parse_frame", frames), ("validate_hdr", requests),
                           ("segment", segments), ("complete_checksum", completions),
-                          ("datapath", datapath)):
+                          ("datapath", datapath),
+                          ("vhost_user_messages", vhost_user_sessions())):
         d = os.path.join(HERE, target)
         os.makedirs(d, exist_ok=True)
         for name, data in items.items():
