@@ -57,40 +57,12 @@ fn two_hosts(topology: &str, seconds: &str, streams: &str) -> String {
     line.to_string()
 }
 
-#[test]
-#[ignore = "needs root, iproute2, ethtool, iperf3 and nstat; .ci/test runs it where they are"]
-fn iperf3_crosses_two_switches_over_a_wire_without_offloads() {
-    require_netns!();
-    let line = two_hosts("vswitch", "3", "8");
-    let line = line.as_str();
+/// What both topologies must show: traffic crossed, guest B's kernel
+/// found no bad checksum, host A's switch cut the guest's TSO frames for
+/// the wire and host B's merged the wire's segments for its guest.
+fn assert_crossed(line: &str, min_gbps: f64) {
     let gbps: f64 = field(line, "gbps").parse().unwrap();
-    assert!(gbps > 0.01, "nothing crossed: {line}");
-    assert_eq!(
-        field(line, "csum_errors"),
-        "0",
-        "bad checksums at guest B: {line}"
-    );
-    let segments: u64 = field(line, "a_sw_segments").parse().unwrap();
-    assert!(
-        segments > 0,
-        "host A's switch must cut the guest's TSO frames for the wire: {line}"
-    );
-    assert_eq!(field(line, "a_drops"), "0", "{line}");
-    let merges: u64 = field(line, "b_gro_merges").parse().unwrap();
-    assert!(
-        merges > 0,
-        "host B's switch must merge the wire's segments for its guest's TAP: {line}"
-    );
-}
-
-#[test]
-#[ignore = "needs root, iproute2, ethtool, iperf3, nstat, QEMU and the guest kernel (scripts/guest/install-deps.sh); .ci/test runs it where they are"]
-fn qemu_guests_cross_two_switches_over_a_wire_without_offloads() {
-    require_netns!();
-    let line = two_hosts("qemu", "4", "4");
-    let line = line.as_str();
-    let gbps: f64 = field(line, "gbps").parse().unwrap();
-    assert!(gbps > 0.001, "nothing crossed: {line}");
+    assert!(gbps > min_gbps, "nothing crossed: {line}");
     assert_eq!(
         field(line, "csum_errors"),
         "0",
@@ -99,17 +71,35 @@ fn qemu_guests_cross_two_switches_over_a_wire_without_offloads() {
     let segments: u64 = field(line, "a_sw_segments").parse().unwrap();
     assert!(
         segments > 0,
-        "host A's switch must cut guest A's TSO frames for the wire: {line}"
+        "host A's switch must cut the guest's TSO frames for the wire: {line}"
     );
     let merges: u64 = field(line, "b_gro_merges").parse().unwrap();
     assert!(
         merges > 0,
-        "host B's switch must merge the wire's segments for guest B: {line}"
+        "host B's switch must merge the wire's segments for its guest: {line}"
     );
+}
+
+#[test]
+#[ignore = "needs root, iproute2, ethtool, iperf3 and nstat; .ci/test runs it where they are"]
+fn iperf3_crosses_two_switches_over_a_wire_without_offloads() {
+    require_netns!();
+    let line = two_hosts("vswitch", "3", "8");
+    assert_crossed(&line, 0.01);
+    assert_eq!(field(&line, "a_drops"), "0", "{line}");
+}
+
+#[test]
+#[ignore = "needs root, iproute2, ethtool, iperf3, nstat, QEMU and the guest kernel (scripts/guest/install-deps.sh); .ci/test runs it where they are"]
+fn qemu_guests_cross_two_switches_over_a_wire_without_offloads() {
+    require_netns!();
+    let line = two_hosts("qemu", "4", "4");
+    // TCG guests are slow: a few Mbit/s is not a stall.
+    assert_crossed(&line, 0.001);
     // The only drops allowed: frames toward a guest port before its guest
     // attached (the other side's neighbour discovery), counted as such.
     for side in ["a_drop_reasons", "b_drop_reasons"] {
-        let reasons = field(line, side);
+        let reasons = field(&line, side);
         assert!(
             reasons == "-"
                 || reasons

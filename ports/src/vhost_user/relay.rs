@@ -366,6 +366,15 @@ mod tests {
         hooks(Arc::new(|_| Ok(())))
     }
 
+    /// A relay between a frontend's end (`vmm`) and a handler's end
+    /// (`backend`), with `hooks`.
+    fn relayed(hooks: Hooks) -> (UnixStream, UnixStream, Relay) {
+        let (vmm, frontend) = UnixStream::pair().unwrap();
+        let (handler, backend) = UnixStream::pair().unwrap();
+        let relay = Relay::start(frontend, handler, hooks).unwrap();
+        (vmm, backend, relay)
+    }
+
     fn read_message(sock: &UnixStream) -> (u32, u32, Vec<u8>) {
         let m = Message::read(sock).unwrap().unwrap();
         (m.request(), m.flags(), m.body)
@@ -373,9 +382,7 @@ mod tests {
 
     #[test]
     fn an_early_ring_enable_is_answered_and_follows_the_features() {
-        let (mut vmm, frontend) = UnixStream::pair().unwrap();
-        let (handler, backend) = UnixStream::pair().unwrap();
-        let _relay = Relay::start(frontend, handler, any_mtu()).unwrap();
+        let (mut vmm, backend, _relay) = relayed(any_mtu());
         let enable = [0u8, 0, 0, 0, 1, 0, 0, 0];
         vmm.write_all(&message(1, FLAG_VERSION_1, &[])).unwrap(); // GET_FEATURES
         vmm.write_all(&message(
@@ -415,9 +422,7 @@ mod tests {
 
     #[test]
     fn descriptors_travel_with_their_message() {
-        let (vmm, frontend) = UnixStream::pair().unwrap();
-        let (handler, backend) = UnixStream::pair().unwrap();
-        let _relay = Relay::start(frontend, handler, any_mtu()).unwrap();
+        let (vmm, backend, _relay) = relayed(any_mtu());
         let file = std::fs::File::open("/dev/null").unwrap();
         let bytes = message(5, FLAG_VERSION_1, &[1, 2, 3, 4]); // SET_MEM_TABLE-like
         vmm.send_with_fds(&[&bytes[..]], &[file.as_raw_fd()])
@@ -431,9 +436,7 @@ mod tests {
 
     #[test]
     fn an_oversized_message_ends_the_connection() {
-        let (mut vmm, frontend) = UnixStream::pair().unwrap();
-        let (handler, backend) = UnixStream::pair().unwrap();
-        let relay = Relay::start(frontend, handler, any_mtu()).unwrap();
+        let (mut vmm, backend, relay) = relayed(any_mtu());
         let mut header = message(5, FLAG_VERSION_1, &[]);
         header[8..12].copy_from_slice(&(1u32 << 20).to_le_bytes());
         vmm.write_all(&header).unwrap();
@@ -447,8 +450,6 @@ mod tests {
 
     #[test]
     fn the_mtu_is_answered_here_and_never_reaches_the_handler() {
-        let (mut vmm, frontend) = UnixStream::pair().unwrap();
-        let (handler, backend) = UnixStream::pair().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let set_mtu: SetMtu = {
             let seen = seen.clone();
@@ -461,7 +462,7 @@ mod tests {
                 }
             })
         };
-        let _relay = Relay::start(frontend, handler, hooks(set_mtu)).unwrap();
+        let (mut vmm, backend, _relay) = relayed(hooks(set_mtu));
         let ask = |mtu: u64| {
             message(
                 NET_SET_MTU,
@@ -501,9 +502,7 @@ mod tests {
 
     #[test]
     fn an_mtu_message_of_the_wrong_size_ends_the_connection() {
-        let (mut vmm, frontend) = UnixStream::pair().unwrap();
-        let (handler, backend) = UnixStream::pair().unwrap();
-        let relay = Relay::start(frontend, handler, any_mtu()).unwrap();
+        let (mut vmm, backend, relay) = relayed(any_mtu());
         vmm.write_all(&message(NET_SET_MTU, FLAG_VERSION_1, &[0; 4]))
             .unwrap();
         assert!(Message::read(&backend).unwrap().is_none());
@@ -513,8 +512,6 @@ mod tests {
 
     #[test]
     fn ring_enables_reach_the_port_as_the_handler_gets_them() {
-        let (mut vmm, frontend) = UnixStream::pair().unwrap();
-        let (handler, backend) = UnixStream::pair().unwrap();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let hooks = Hooks {
             set_mtu: Arc::new(|_| Ok(())),
@@ -523,7 +520,7 @@ mod tests {
                 Arc::new(move |index, on| seen.lock().unwrap().push((index, on)))
             },
         };
-        let _relay = Relay::start(frontend, handler, hooks).unwrap();
+        let (mut vmm, backend, _relay) = relayed(hooks);
         let state = |index: u32, on: u32| {
             let mut body = index.to_le_bytes().to_vec();
             body.extend_from_slice(&on.to_le_bytes());
