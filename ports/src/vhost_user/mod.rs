@@ -110,7 +110,7 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use vhost::vhost_user::Listener;
-use vhost_user_backend::{VhostUserDaemon, VringEpollHandler};
+use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vswitch_offload::Packet;
@@ -598,15 +598,13 @@ fn serve(shared: Arc<Shared>, public: Option<UnixListener>, mut inner: InnerSock
     }
 }
 
-/// Tells a connection's handler threads to end when dropped, whatever
-/// happened to the connection.
-struct EndThreads(Vec<Arc<VringEpollHandler<Arc<NetBackend>>>>);
+/// Tells a connection's pair threads to end when dropped, whatever
+/// happened to the connection (before the handler joins them).
+struct EndThreads(Arc<NetBackend>);
 
 impl Drop for EndThreads {
     fn drop(&mut self) {
-        for handler in &self.0 {
-            handler.send_exit_event();
-        }
+        self.0.end_threads();
     }
 }
 
@@ -623,7 +621,8 @@ fn serve_connection(
     let memory = GuestMemoryAtomic::new(GuestMemoryMmap::new());
     let mut daemon = VhostUserDaemon::new(shared.config.name.clone(), backend.clone(), memory)
         .map_err(|e| format!("cannot start the vhost-user handler: {e}"))?;
-    let handlers = EndThreads(daemon.get_epoll_handlers());
+    let handlers = daemon.get_epoll_handlers();
+    let _end_threads = EndThreads(backend.clone());
     let to_handler = UnixStream::connect(&inner.path)
         .map_err(|e| format!("cannot reach the vhost-user handler: {e}"))?;
     let hooks = relay::Hooks {
@@ -642,12 +641,19 @@ fn serve_connection(
         .start(&mut inner.listener)
         .map_err(|e| format!("the vhost-user handler refused the connection: {e}"))?;
     shared.connections.fetch_add(1, Ordering::Relaxed);
-    for (pair, handler) in handlers.0.iter().enumerate() {
+    for (pair, handler) in handlers.iter().enumerate() {
         let fd = backend.pair_event(pair).consumer_fd();
         if let Err(e) = handler.register_listener(fd, EventSet::IN, backend.pair_event_id()) {
-            shared.note(format!("cannot watch queue pair {pair}'s eventfd: {e}"));
+            // That pair's thread could never be told to end, and dropping
+            // the daemon joins it: leave the daemon and its threads (a
+            // bounded loss, on a failure epoll_ctl all but never has)
+            // rather than hang the port.
+            backend.end_threads();
+            std::mem::forget(daemon);
+            return Err(format!("cannot watch queue pair {pair}'s eventfd: {e}"));
         }
     }
+    drop(handlers);
     *shared
         .shutdown
         .lock()

@@ -21,7 +21,11 @@
 //!
 //! The relay also bounds what a frontend can make the switch read: a
 //! message longer than the protocol's largest is refused and ends the
-//! connection.
+//! connection. So does a memory region that extends past the end of the
+//! file that comes with it (`VHOST_USER_SET_MEM_TABLE`,
+//! `VHOST_USER_ADD_MEM_REG`): mapping such a region succeeds, but the first
+//! access beyond the file kills the process with SIGBUS, and the handler
+//! reads a ring's index as soon as the ring's address is set.
 
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
@@ -46,6 +50,8 @@ const MAX_BODY: usize = 4096;
 const MAX_FDS: usize = 32;
 
 const SET_FEATURES: u32 = 2;
+const SET_MEM_TABLE: u32 = 5;
+const ADD_MEM_REG: u32 = 37;
 const RESET_OWNER: u32 = 4;
 const SET_VRING_ENABLE: u32 = 18;
 const NET_SET_MTU: u32 = 20;
@@ -263,6 +269,51 @@ fn close(a: &UnixStream, b: &UnixStream) {
     let _ = b.shutdown(Shutdown::Both);
 }
 
+/// One memory region of `VHOST_USER_SET_MEM_TABLE` or
+/// `VHOST_USER_ADD_MEM_REG`: guest address, size, frontend address, offset
+/// into its file, each a little-endian `u64`.
+const REGION_LEN: usize = 32;
+
+/// Checks that every memory region a message carries lies inside the file
+/// that came with it.
+fn check_regions(message: &Message) -> io::Result<()> {
+    let regions: Vec<&[u8]> = match message.request() {
+        SET_MEM_TABLE => {
+            // u32 count, u32 padding, then the regions.
+            let count = message
+                .body
+                .get(..4)
+                .map_or(0, |b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize);
+            let table = message.body.get(8..).unwrap_or_default();
+            table.chunks_exact(REGION_LEN).take(count).collect()
+        }
+        // u64 padding, then one region.
+        ADD_MEM_REG => message.body.get(8..8 + REGION_LEN).into_iter().collect(),
+        _ => return Ok(()),
+    };
+    for (index, (region, fd)) in regions.iter().zip(&message.fds).enumerate() {
+        let field = |at: usize| {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(&region[at..at + 8]);
+            u64::from_le_bytes(bytes)
+        };
+        let (size, offset) = (field(8), field(24));
+        let file_len = std::fs::File::from(fd.try_clone()?).metadata()?.len();
+        let end = offset.checked_add(size);
+        if end.is_none_or(|end| end > file_len) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "vhost-user message {}: memory region {index} ({size} bytes at offset \
+                     {offset}) goes past the end of its file ({file_len} bytes)",
+                    message.request()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The handler-to-frontend direction: every message unchanged.
 fn relay_replies(from: &UnixStream, to_frontend: &Mutex<UnixStream>) -> io::Result<()> {
     while let Some(message) = Message::read(from)? {
@@ -292,6 +343,7 @@ fn relay_requests(
     let mut features_set = false;
     let mut held: Vec<Message> = Vec::new();
     while let Some(mut message) = Message::read(from)? {
+        check_regions(&message)?;
         match message.request() {
             SET_VRING_ENABLE if !features_set => {
                 if message.flags() & FLAG_NEED_REPLY != 0 {
@@ -539,5 +591,80 @@ mod tests {
             *seen.lock().unwrap(),
             vec![(2, true), (3, true), (2, false)]
         );
+    }
+
+    /// A file of `len` bytes, as a frontend's guest memory is.
+    fn file_of(len: u64) -> std::fs::File {
+        let file = unlinked_file();
+        file.set_len(len).unwrap();
+        file
+    }
+
+    fn unlinked_file() -> std::fs::File {
+        let path = std::env::temp_dir().join(format!(
+            "vhost-user-relay-{}-{:?}",
+            std::process::id(),
+            std::thread::current().id()
+        ));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        let _ = std::fs::remove_file(&path);
+        file
+    }
+
+    fn mem_table(regions: &[(u64, u64)]) -> Vec<u8> {
+        let mut body = (regions.len() as u32).to_le_bytes().to_vec();
+        body.extend_from_slice(&[0; 4]);
+        for (i, &(size, offset)) in regions.iter().enumerate() {
+            for value in [i as u64 * size, size, 0x7f00_0000_0000, offset] {
+                body.extend_from_slice(&value.to_le_bytes());
+            }
+        }
+        message(SET_MEM_TABLE, FLAG_VERSION_1, &body)
+    }
+
+    #[test]
+    fn memory_regions_inside_their_files_pass() {
+        let (vmm, backend, _relay) = relayed(any_mtu());
+        let (a, b) = (file_of(0x2_0000), file_of(0x1_0000));
+        let bytes = mem_table(&[(0x2_0000, 0), (0x8000, 0x8000)]);
+        vmm.send_with_fds(&[&bytes[..]], &[a.as_raw_fd(), b.as_raw_fd()])
+            .unwrap();
+        let got = Message::read(&backend).unwrap().unwrap();
+        assert_eq!((got.request(), got.fds.len()), (SET_MEM_TABLE, 2));
+    }
+
+    #[test]
+    fn a_memory_region_past_the_end_of_its_file_ends_the_connection() {
+        for (size, offset) in [(0x2_0000, 0), (0x1000, 0x1_0000), (u64::MAX, 0x1000)] {
+            let (vmm, backend, relay) = relayed(any_mtu());
+            let file = file_of(0x1_0000);
+            let bytes = mem_table(&[(size, offset)]);
+            vmm.send_with_fds(&[&bytes[..]], &[file.as_raw_fd()])
+                .unwrap();
+            assert!(
+                Message::read(&backend).unwrap().is_none(),
+                "not relayed: {size:#x} at {offset:#x}"
+            );
+            let why = relay.finish().expect("the relay says why");
+            assert!(why.contains("past the end of its file"), "{why}");
+        }
+        // The same for a region added at run time.
+        let (vmm, backend, relay) = relayed(any_mtu());
+        let file = file_of(0x1000);
+        let mut body = vec![0u8; 8];
+        for value in [0u64, 0x2000, 0x7f00_0000_0000, 0] {
+            body.extend_from_slice(&value.to_le_bytes());
+        }
+        let bytes = message(ADD_MEM_REG, FLAG_VERSION_1, &body);
+        vmm.send_with_fds(&[&bytes[..]], &[file.as_raw_fd()])
+            .unwrap();
+        assert!(Message::read(&backend).unwrap().is_none());
+        assert!(relay.finish().unwrap().contains("past the end"));
     }
 }

@@ -361,3 +361,53 @@ fn after_the_guest_took_everything_the_next_frame_notifies_again() {
         assert_eq!(done.frames, 1, "round {round}");
     }
 }
+
+/// Open file descriptors of this process.
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count())
+}
+
+/// A frontend that connects, asks for the features and goes away, again
+/// and again: every connection's threads and descriptors go with it.
+#[test]
+fn connections_that_come_and_go_leave_no_descriptors_behind() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    let dir = std::env::temp_dir().join(format!("vhost-user-fds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let socket = dir.join("fds.sock");
+    let mut config = VhostUserConfig::new("fds", &socket).queue_pairs(2);
+    config.reconnect_interval = Duration::from_millis(1);
+    let port = VhostUserPort::start(config).unwrap();
+    let get_features = [1u8, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0];
+    let connect_once = || {
+        let mut frontend = UnixStream::connect(&socket).unwrap();
+        frontend.write_all(&get_features).unwrap();
+        let mut reply = [0u8; 20];
+        frontend.read_exact(&mut reply).unwrap();
+        assert_eq!(reply[0], 1, "a GET_FEATURES reply");
+    };
+    // The first connections settle what the process keeps open anyway.
+    for _ in 0..3 {
+        connect_once();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let before = open_fds();
+    for _ in 0..40 {
+        connect_once();
+    }
+    // Each connection's teardown runs on the port's thread.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while open_fds() > before + 4 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let after = open_fds();
+    assert!(
+        after <= before + 4,
+        "{before} descriptors open before 40 connections, {after} after"
+    );
+    assert!(port.report().connections >= 43);
+    port.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}
