@@ -109,7 +109,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
-use vhost::vhost_user::Listener;
+use vhost::vhost_user::{Error as VhostUserProtocolError, Listener};
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
@@ -668,10 +668,19 @@ fn serve_connection(
         .unwrap_or_else(PoisonError::into_inner)
         .take();
     let relay_error = relay.finish();
-    result.map_err(|e| match relay_error {
-        Some(why) => format!("connection ended: {e} (the relay ended it: {why})"),
-        None => format!("connection ended: {e}"),
-    })
+    match (result, relay_error) {
+        (_, Some(why)) => Err(format!("connection ended by the switch: {why}")),
+        // The frontend closed the connection (QEMU exited, the guest
+        // powered off): the usual end, not a problem to report.
+        (
+            Ok(())
+            | Err(vhost_user_backend::Error::HandleRequest(
+                VhostUserProtocolError::Disconnected | VhostUserProtocolError::PartialMessage,
+            )),
+            None,
+        ) => Ok(()),
+        (Err(e), None) => Err(format!("connection ended: {e}")),
+    }
 }
 
 impl Port for VhostUserPort {

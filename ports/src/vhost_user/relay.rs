@@ -331,14 +331,14 @@ fn relay_requests(
     to_frontend: &Mutex<UnixStream>,
     hooks: &Hooks,
 ) -> io::Result<()> {
-    // A ring enable goes to the handler, and its state to the port.
+    // A ring enable's state goes to the port, and the request to the
+    // handler (the port hears first, so it knows once the handler does).
     let enable = |message: &Message| -> io::Result<()> {
-        message.write(to)?;
         // VhostUserVringState: the ring's index, then 0 or 1.
         if let Some(state) = message.u64_body() {
             (hooks.ring_enabled)(state as u32, (state >> 32) != 0);
         }
-        Ok(())
+        message.write(to)
     };
     let mut features_set = false;
     let mut held: Vec<Message> = Vec::new();

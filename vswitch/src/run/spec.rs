@@ -783,6 +783,9 @@ fn open_vhost_user(spec: &VhostUserSpec, defaults: PortDefaults) -> Result<Opene
                     Some(error) if report.connections > 0 => {
                         format!("no guest attached (last: {error})")
                     }
+                    None if report.connections > 0 => {
+                        "no guest attached (the last one disconnected)".into()
+                    }
                     _ => "no guest attached yet".into(),
                 },
             }
