@@ -87,6 +87,49 @@ impl NetNs {
     pub fn adopt(&self, ifname: &str) -> std::io::Result<()> {
         run(Command::new("ip").args(["link", "set", ifname, "netns", &self.name])).map(|_| ())
     }
+
+    /// Moves interface `ifname` into this namespace, gives it `ip`/24 and
+    /// brings it up: a host behind that interface.
+    pub fn adopt_as_host(&self, ifname: &str, ip: &str) -> std::io::Result<()> {
+        self.adopt(ifname)?;
+        self.exec(&["ip", "addr", "add", &format!("{ip}/24"), "dev", ifname])?;
+        self.exec(&["ip", "link", "set", ifname, "up"])?;
+        Ok(())
+    }
+
+    /// TCP and UDP checksum errors the namespace's kernel counted so far
+    /// (nstat's TcpInCsumErrors and UdpInCsumErrors).
+    pub fn csum_errors(&self) -> u64 {
+        let out = self
+            .exec(&["nstat", "-az", "TcpInCsumErrors", "UdpInCsumErrors"])
+            .expect("nstat runs (iproute2)");
+        out.lines()
+            .filter(|line| line.contains("InCsumErrors"))
+            .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .sum()
+    }
+}
+
+/// Fails the calling test when iperf3 is missing (`.ci/install-deps`
+/// installs it).
+pub fn require_iperf3() {
+    assert!(
+        Command::new("iperf3").arg("--version").output().is_ok(),
+        "iperf3 is not installed (.ci/install-deps installs it)"
+    );
+}
+
+/// The `"bytes"` of the `end.sum_received` object of iperf3's JSON: what
+/// the receiver got.
+pub fn iperf3_received_bytes(json: &str) -> Option<u64> {
+    let section = &json[json.find("\"sum_received\"")?..];
+    let at = section.find("\"bytes\"")? + "\"bytes\"".len();
+    let digits: String = section[at..]
+        .chars()
+        .skip_while(|c| *c == ':' || c.is_whitespace())
+        .take_while(|c| c.is_ascii_digit())
+        .collect();
+    digits.parse().ok()
 }
 
 impl Drop for NetNs {

@@ -18,33 +18,8 @@ use vswitch_tests::{require_netns, run, NetNs};
 const IP_A: &str = "198.18.0.1";
 const IP_B: &str = "198.18.0.2";
 
-fn csum_errors(ns: &NetNs) -> u64 {
-    let out = ns
-        .exec(&["nstat", "-az", "TcpInCsumErrors", "UdpInCsumErrors"])
-        .expect("nstat");
-    out.lines()
-        .filter(|line| line.contains("InCsumErrors"))
-        .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .sum()
-}
-
-/// Value of `"key": number` in the `end.sum_received` object of iperf3's JSON.
-fn received_bytes(json: &str) -> Option<u64> {
-    let section = &json[json.find("\"sum_received\"")?..];
-    let at = section.find("\"bytes\"")? + "\"bytes\"".len();
-    let digits: String = section[at..]
-        .chars()
-        .skip_while(|c| *c == ':' || c.is_whitespace())
-        .take_while(|c| c.is_ascii_digit())
-        .collect();
-    digits.parse().ok()
-}
-
 fn iperf_through_switch(label: &str, receiver: TapOffloads, receive: KernelReceive) {
-    assert!(
-        Command::new("iperf3").arg("--version").output().is_ok(),
-        "{label}: iperf3 is not installed (.ci/install-deps installs it)"
-    );
+    vswitch_tests::require_iperf3();
     let ns_a = NetNs::new(&format!("vswe{label}a")).unwrap();
     let ns_b = NetNs::new(&format!("vswe{label}b")).unwrap();
     let id = std::process::id() % 10_000;
@@ -67,10 +42,7 @@ fn iperf_through_switch(label: &str, receiver: TapOffloads, receive: KernelRecei
         .add_port(Arc::new(tap_b), PortProfile::access(VlanId::DEFAULT))
         .unwrap();
     for (ns, name, ip) in [(&ns_a, &name_a, IP_A), (&ns_b, &name_b, IP_B)] {
-        ns.adopt(name).unwrap();
-        ns.exec(&["ip", "addr", "add", &format!("{ip}/24"), "dev", name])
-            .unwrap();
-        ns.exec(&["ip", "link", "set", name, "up"]).unwrap();
+        ns.adopt_as_host(name, ip).unwrap();
     }
 
     ns_a.exec(&["ping", "-c", "3", "-i", "0.2", "-W", "2", IP_B])
@@ -97,7 +69,8 @@ fn iperf_through_switch(label: &str, receiver: TapOffloads, receive: KernelRecei
         "3000",
     ]))
     .expect("iperf3 client");
-    let bytes = received_bytes(&json).expect("iperf3 reported received bytes");
+    let bytes =
+        vswitch_tests::iperf3_received_bytes(&json).expect("iperf3 reported received bytes");
     let gbits = bytes as f64 * 8.0 / 3.0 / 1e9;
     let stats = switch.stats();
     let a = switch.port_stats(port_a).unwrap();
@@ -109,12 +82,12 @@ fn iperf_through_switch(label: &str, receiver: TapOffloads, receive: KernelRecei
     );
     assert!(bytes > 10_000_000, "{label}: only {bytes} bytes arrived");
     assert_eq!(
-        csum_errors(&ns_b),
+        ns_b.csum_errors(),
         0,
         "{label}: receiver counted checksum errors"
     );
     assert_eq!(
-        csum_errors(&ns_a),
+        ns_a.csum_errors(),
         0,
         "{label}: sender counted checksum errors"
     );

@@ -15,36 +15,11 @@ use vswitch_tests::{require_netns, run, NetNs};
 const IP_A: &str = "198.18.1.1";
 const IP_B: &str = "198.18.1.2";
 
-fn csum_errors(ns: &NetNs) -> u64 {
-    let out = ns
-        .exec(&["nstat", "-az", "TcpInCsumErrors", "UdpInCsumErrors"])
-        .expect("nstat");
-    out.lines()
-        .filter(|line| line.contains("InCsumErrors"))
-        .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .sum()
-}
-
-/// Value of `"bytes": number` in the `end.sum_received` object of iperf3's JSON.
-fn received_bytes(json: &str) -> Option<u64> {
-    let section = &json[json.find("\"sum_received\"")?..];
-    let at = section.find("\"bytes\"")? + "\"bytes\"".len();
-    let digits: String = section[at..]
-        .chars()
-        .skip_while(|c| *c == ':' || c.is_whitespace())
-        .take_while(|c| c.is_ascii_digit())
-        .collect();
-    digits.parse().ok()
-}
-
 #[test]
 #[ignore = "needs root, iproute2, /dev/net/tun and iperf3: bash .ci/test runs it where they are"]
 fn segments_from_a_tap_without_offloads_reach_a_tso_tap_merged() {
     require_netns!();
-    assert!(
-        Command::new("iperf3").arg("--version").output().is_ok(),
-        "iperf3 is not installed (.ci/install-deps installs it)"
-    );
+    vswitch_tests::require_iperf3();
     let ns_a = NetNs::new("vswgroa").unwrap();
     let ns_b = NetNs::new("vswgrob").unwrap();
     let id = std::process::id() % 10_000;
@@ -63,14 +38,11 @@ fn segments_from_a_tap_without_offloads_reach_a_tso_tap_merged() {
         .add_port(Arc::new(tap_b), PortProfile::access(VlanId::DEFAULT))
         .unwrap();
     for (ns, name, ip) in [(&ns_a, &name_a, IP_A), (&ns_b, &name_b, IP_B)] {
-        ns.adopt(name).unwrap();
-        ns.exec(&["ip", "addr", "add", &format!("{ip}/24"), "dev", name])
-            .unwrap();
-        ns.exec(&["ip", "link", "set", name, "up"]).unwrap();
+        ns.adopt_as_host(name, ip).unwrap();
     }
     ns_a.exec(&["ping", "-c", "3", "-i", "0.2", "-W", "2", IP_B])
         .expect("ping through the switch");
-    let errors_before = csum_errors(&ns_b);
+    let errors_before = ns_b.csum_errors();
 
     ns_b.exec(&["iperf3", "-s", "-1", "-D", "-B", IP_B])
         .unwrap();
@@ -93,7 +65,8 @@ fn segments_from_a_tap_without_offloads_reach_a_tso_tap_merged() {
         "3000",
     ]))
     .expect("iperf3 client");
-    let bytes = received_bytes(&json).expect("iperf3 reported received bytes");
+    let bytes =
+        vswitch_tests::iperf3_received_bytes(&json).expect("iperf3 reported received bytes");
     let stats = switch.shutdown();
     let port = |id| {
         stats
@@ -116,7 +89,7 @@ fn segments_from_a_tap_without_offloads_reach_a_tso_tap_merged() {
     );
     assert!(bytes > 10_000_000, "only {bytes} bytes arrived");
     assert_eq!(
-        csum_errors(&ns_b),
+        ns_b.csum_errors(),
         errors_before,
         "the receiver counted checksum errors"
     );

@@ -23,26 +23,11 @@ const SECONDS: u64 = 5;
 /// (14), IPv4 (20) and TCP with timestamps (32) around 1448 bytes.
 const WIRE_PER_PAYLOAD: f64 = 1514.0 / 1448.0;
 
-/// Value of `"bytes"` in the `end.sum_received` object of iperf3's JSON.
-fn received_bytes(json: &str) -> Option<u64> {
-    let section = &json[json.find("\"sum_received\"")?..];
-    let at = section.find("\"bytes\"")? + "\"bytes\"".len();
-    let digits: String = section[at..]
-        .chars()
-        .skip_while(|c| *c == ':' || c.is_whitespace())
-        .take_while(|c| c.is_ascii_digit())
-        .collect();
-    digits.parse().ok()
-}
-
 #[test]
 #[ignore = "needs root, iproute2, /dev/net/tun and iperf3: bash .ci/test runs it where they are"]
 fn iperf3_through_a_1_gbit_limit_measures_1_gbit() {
     require_netns!();
-    assert!(
-        Command::new("iperf3").arg("--version").output().is_ok(),
-        "iperf3 is not installed (.ci/install-deps installs it)"
-    );
+    vswitch_tests::require_iperf3();
     let ns_a = NetNs::new("vswlima").unwrap();
     let ns_b = NetNs::new("vswlimb").unwrap();
     let id = std::process::id() % 10_000;
@@ -61,10 +46,7 @@ fn iperf3_through_a_1_gbit_limit_measures_1_gbit() {
         .add_port(Arc::new(tap_b), PortProfile::default())
         .unwrap();
     for (ns, name, ip) in [(&ns_a, &name_a, IP_A), (&ns_b, &name_b, IP_B)] {
-        ns.adopt(name).unwrap();
-        ns.exec(&["ip", "addr", "add", &format!("{ip}/24"), "dev", name])
-            .unwrap();
-        ns.exec(&["ip", "link", "set", name, "up"]).unwrap();
+        ns.adopt_as_host(name, ip).unwrap();
     }
     ns_a.exec(&["ping", "-c", "3", "-i", "0.2", "-W", "2", IP_B])
         .expect("ping through the switch");
@@ -90,7 +72,8 @@ fn iperf3_through_a_1_gbit_limit_measures_1_gbit() {
         "3000",
     ]))
     .expect("iperf3 client");
-    let bytes = received_bytes(&json).expect("iperf3 reported received bytes");
+    let bytes =
+        vswitch_tests::iperf3_received_bytes(&json).expect("iperf3 reported received bytes");
     let payload_gbits = bytes as f64 * 8.0 / SECONDS as f64 / 1e9;
     let wire_gbits = payload_gbits * WIRE_PER_PAYLOAD;
     let a = switch.port_stats(port_a).unwrap();

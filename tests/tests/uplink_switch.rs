@@ -22,34 +22,12 @@ use vswitch_tests::{require_netns, run, NetNs};
 const IP_A: &str = "198.18.0.1";
 const IP_B: &str = "198.18.0.2";
 
-fn csum_errors(ns: &NetNs) -> u64 {
-    let out = ns
-        .exec(&["nstat", "-az", "TcpInCsumErrors", "UdpInCsumErrors"])
-        .expect("nstat");
-    out.lines()
-        .filter(|line| line.contains("InCsumErrors"))
-        .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
-        .sum()
-}
-
 fn retransmissions(ns: &NetNs) -> u64 {
     ns.exec(&["nstat", "-az", "TcpRetransSegs"])
         .unwrap_or_default()
         .lines()
         .filter_map(|line| line.split_whitespace().nth(1)?.parse::<u64>().ok())
         .sum()
-}
-
-/// Value of `"bytes": number` in the `end.sum_received` object of iperf3's JSON.
-fn received_bytes(json: &str) -> Option<u64> {
-    let section = &json[json.find("\"sum_received\"")?..];
-    let at = section.find("\"bytes\"")? + "\"bytes\"".len();
-    let digits: String = section[at..]
-        .chars()
-        .skip_while(|c| *c == ':' || c.is_whitespace())
-        .take_while(|c| c.is_ascii_digit())
-        .collect();
-    digits.parse().ok()
 }
 
 fn wait_until_up(ns: &NetNs, name: &str) {
@@ -65,10 +43,7 @@ fn wait_until_up(ns: &NetNs, name: &str) {
 }
 
 fn iperf_between_wire_and_tap(label: &str, wire_offloads: bool, mode: OffloadMode, queues: usize) {
-    assert!(
-        Command::new("iperf3").arg("--version").output().is_ok(),
-        "{label}: iperf3 is not installed (.ci/install-deps installs it)"
-    );
+    vswitch_tests::require_iperf3();
     let ns_a = NetNs::new(&format!("vswsw{label}a")).unwrap();
     let ns_b = NetNs::new(&format!("vswsw{label}b")).unwrap();
     let (up, peer) = (format!("up{label}"), format!("peer{label}"));
@@ -114,10 +89,7 @@ fn iperf_between_wire_and_tap(label: &str, wire_offloads: bool, mode: OffloadMod
     let tap_id = switch
         .add_port(Arc::new(tap), PortProfile::access(VlanId::DEFAULT))
         .unwrap();
-    ns_b.adopt(&tap_name).unwrap();
-    ns_b.exec(&["ip", "addr", "add", &format!("{IP_B}/24"), "dev", &tap_name])
-        .unwrap();
-    ns_b.exec(&["ip", "link", "set", &tap_name, "up"]).unwrap();
+    ns_b.adopt_as_host(&tap_name, IP_B).unwrap();
 
     ns_a.exec(&["ping", "-c", "3", "-i", "0.2", "-W", "2", IP_B])
         .expect("ping across the switch");
@@ -148,7 +120,8 @@ fn iperf_between_wire_and_tap(label: &str, wire_offloads: bool, mode: OffloadMod
             "3000",
         ]))
         .expect("iperf3 client");
-        let bytes = received_bytes(&json).expect("iperf3 reported received bytes");
+        let bytes =
+            vswitch_tests::iperf3_received_bytes(&json).expect("iperf3 reported received bytes");
         eprintln!(
             "{label}: to {server_ip}: {bytes} bytes ({:.2} Gbit/s)",
             bytes as f64 * 8.0 / 2.0 / 1e9
@@ -174,12 +147,12 @@ fn iperf_between_wire_and_tap(label: &str, wire_offloads: bool, mode: OffloadMod
         report.stats
     );
     assert_eq!(
-        csum_errors(&ns_a),
+        ns_a.csum_errors(),
         0,
         "{label}: host A counted checksum errors"
     );
     assert_eq!(
-        csum_errors(&ns_b),
+        ns_b.csum_errors(),
         0,
         "{label}: host B counted checksum errors"
     );
