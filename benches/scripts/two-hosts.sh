@@ -142,9 +142,24 @@ def reasons(s):
         for reason, n in p["drops"].items():
             seen[reason] = seen.get(reason, 0) + n
     return ",".join("%s:%d" % kv for kv in sorted(seen.items())) or "-"
-print("a_sw_segments=%d a_sw_checksums=%d b_gro_merges=%d a_drops=%d b_drops=%d a_drop_reasons=%s b_drop_reasons=%s" % (
+def unaccounted(s):
+    # Every frame a port sent the switch was forwarded to the other port
+    # (one other port: floods too) or dropped on the way in; every frame
+    # forwarded to a port left it (cut into segments, merged with others)
+    # or was dropped on the way out. What does not balance, both ways.
+    ports = s["ports"]
+    if len(ports) != 2:
+        return -1
+    off = 0
+    for src, dst in ((ports[0], ports[1]), (ports[1], ports[0])):
+        forwarded = src["rx_frames"] - src.get("drops_ingress", 0)
+        left = (dst["tx_frames"] + dst.get("drops_egress", 0)
+                + dst.get("sw_segmented_frames", 0) - dst["sw_segments"] + dst["gro_merges"])
+        off += abs(forwarded - left)
+    return off
+print("a_sw_segments=%d a_sw_checksums=%d b_gro_merges=%d a_drops=%d b_drops=%d a_drop_reasons=%s b_drop_reasons=%s a_unaccounted=%d b_unaccounted=%d" % (
     total(a, "sw_segments"), total(a, "sw_checksums"), total(b, "gro_merges"), drops(a), drops(b),
-    reasons(a), reasons(b)))
+    reasons(a), reasons(b), unaccounted(a), unaccounted(b)))
 PY
 }
 

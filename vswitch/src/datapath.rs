@@ -721,6 +721,7 @@ mod tests {
             [Event::Worked {
                 port: PortId(2),
                 work: EgressWork {
+                    segmented: 1,
                     segments: 7,
                     checksums: 7,
                     coalesced: 0

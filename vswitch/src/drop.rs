@@ -123,7 +123,59 @@ const SWITCH_REASONS: [DropReason; 28] = [
     DropReason::RateLimited,
 ];
 
+/// Which port a drop is counted on: the one the frame came from, or the one
+/// it was on its way to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropSide {
+    /// Counted on the ingress port: the frame was refused before any
+    /// egress port was chosen (a bad header, a guard, no destination), or
+    /// while it was handed to another worker.
+    Ingress,
+    /// Counted on the egress port: the frame, or a copy of it for that
+    /// port, could not leave there (adaptation, MTU, rate limit, a full or
+    /// broken queue, the port gone).
+    Egress,
+}
+
 impl DropReason {
+    /// The port this reason's drops are counted on. With it a port's drops
+    /// split into frames it sent that went nowhere and frames toward it
+    /// that did not leave, which is what balancing a switch's counters
+    /// needs (every frame received is forwarded or dropped).
+    pub const fn side(self) -> DropSide {
+        match self {
+            DropReason::RetagFailed
+            | DropReason::OffloadFailed
+            | DropReason::ExceedsMtu
+            | DropReason::EgressPortGone
+            | DropReason::EgressQueueFull
+            | DropReason::EgressPortError
+            | DropReason::EgressRefused
+            | DropReason::RateLimited
+            | DropReason::Shutdown => DropSide::Egress,
+            DropReason::Malformed
+            | DropReason::InvalidHeader(_)
+            | DropReason::UnknownIngressPort
+            | DropReason::InvalidSourceMac
+            | DropReason::SourceMacNotAllowed
+            | DropReason::TaggedOnAccessPort
+            | DropReason::UntaggedOnTrunk
+            | DropReason::UnsupportedTag
+            | DropReason::InvalidVlanId
+            | DropReason::VlanNotAllowed
+            | DropReason::DestinationOnIngressPort
+            | DropReason::NoDestination
+            | DropReason::PortIsolated
+            | DropReason::IpSourceNotAllowed
+            | DropReason::ArpNotOwned
+            | DropReason::NdNotOwned
+            | DropReason::DhcpServer
+            | DropReason::RouterAdvertisement
+            | DropReason::GuardUnreadable
+            | DropReason::WorkerQueueFull => DropSide::Ingress,
+        }
+    }
+
     /// Number of reasons: the size of a counter array.
     pub const COUNT: usize = SWITCH_REASONS.len() + HeaderDrop::COUNT;
 
@@ -269,5 +321,19 @@ mod tests {
         assert_eq!(reason.name(), "bad_gso_size");
         assert!(reason.is_invalid_header());
         assert!(!DropReason::Malformed.is_invalid_header());
+    }
+
+    #[test]
+    fn drops_are_counted_on_the_side_of_their_port() {
+        assert_eq!(DropReason::NoDestination.side(), DropSide::Ingress);
+        assert_eq!(DropReason::WorkerQueueFull.side(), DropSide::Ingress);
+        assert_eq!(DropReason::ExceedsMtu.side(), DropSide::Egress);
+        assert_eq!(DropReason::RateLimited.side(), DropSide::Egress);
+        let ingress = DropReason::ALL
+            .iter()
+            .filter(|r| r.side() == DropSide::Ingress)
+            .count();
+        // Every header rule is an ingress reason.
+        assert!(ingress > HeaderDrop::COUNT);
     }
 }

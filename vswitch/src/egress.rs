@@ -28,6 +28,8 @@ use crate::drop::DropReason;
 /// Work the egress path did in software on one frame, for the statistics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct EgressWork {
+    /// Frames cut into segments in software.
+    pub segmented: u64,
     /// Segments produced by software segmentation.
     pub segments: u64,
     /// Checksums computed in software.
@@ -309,6 +311,7 @@ pub fn adapt_checked(
         Ok(Adapted::Segmented(summary)) => {
             out.append(&mut sink.out);
             Ok(EgressWork {
+                segmented: 1,
                 segments: summary.segments as u64,
                 // Every segment has its transport checksum (and, over IPv4,
                 // its header checksum) computed in software.

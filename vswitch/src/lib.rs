@@ -72,6 +72,7 @@ pub mod stats;
 pub mod switch;
 pub mod vlan;
 
+pub use drop::DropSide;
 pub use forward::{
     Decision, DropReason, Egress, ForwardError, Forwarder, ForwarderConfig, PortId, PortProfile,
     PortSet, SourceMacPolicy,

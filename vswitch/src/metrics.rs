@@ -70,6 +70,11 @@ pub fn encode_stats(stats: &StatsView) -> String {
         "vswitch_port_drops",
         "Frames dropped, by port and reason",
     );
+    let segmented = family(
+        &mut registry,
+        "vswitch_port_software_segmented_frames",
+        "Frames to the port cut into segments in software",
+    );
     let segments = family(
         &mut registry,
         "vswitch_port_software_segments",
@@ -137,6 +142,7 @@ pub fn encode_stats(stats: &StatsView) -> String {
                 .inc_by(count);
         }
         let l = labels(&[("port", port)]);
+        segmented.get_or_create(&l).inc_by(p.sw_segmented_frames);
         segments.get_or_create(&l).inc_by(p.sw_segments);
         checksums.get_or_create(&l).inc_by(p.sw_checksums);
         merges.get_or_create(&l).inc_by(p.gro_merges);
@@ -272,6 +278,7 @@ mod tests {
                 tx_frames: 3,
                 tx_bytes: 300,
                 drops: [("no_destination".to_string(), 2)].into(),
+                sw_segmented_frames: 1,
                 sw_segments: 45,
                 ..PortCounters::default()
             }],
@@ -288,6 +295,7 @@ mod tests {
             "# TYPE vswitch_port_frames counter",
             r#"vswitch_port_frames_total{port="tap0",direction="rx"} 7"#,
             r#"vswitch_port_bytes_total{port="tap0",direction="tx"} 300"#,
+            r#"vswitch_port_software_segmented_frames_total{port="tap0"} 1"#,
             r#"vswitch_port_drops_total{port="tap0",reason="no_destination"} 2"#,
             r#"vswitch_port_drops_total{port="tap0",reason="bad_gso_size"} 0"#,
             r#"vswitch_port_software_segments_total{port="tap0"} 45"#,

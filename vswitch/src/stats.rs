@@ -102,6 +102,8 @@ impl AtomicDrops {
 /// Software offload work, as counted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct SoftwareWork {
+    /// Frames cut into segments in software.
+    pub segmented: u64,
     /// Segments made by software segmentation.
     pub segments: u64,
     /// Checksums computed in software.
@@ -112,6 +114,7 @@ pub struct SoftwareWork {
 
 #[derive(Debug, Default)]
 struct AtomicWork {
+    segmented: AtomicU64,
     segments: AtomicU64,
     checksums: AtomicU64,
     coalesced: AtomicU64,
@@ -120,6 +123,7 @@ struct AtomicWork {
 impl AtomicWork {
     fn add(&self, work: &EgressWork) {
         for (counter, value) in [
+            (&self.segmented, work.segmented),
             (&self.segments, work.segments),
             (&self.checksums, work.checksums),
             (&self.coalesced, work.coalesced),
@@ -132,6 +136,7 @@ impl AtomicWork {
 
     fn snapshot(&self) -> SoftwareWork {
         SoftwareWork {
+            segmented: self.segmented.load(Ordering::Relaxed),
             segments: self.segments.load(Ordering::Relaxed),
             checksums: self.checksums.load(Ordering::Relaxed),
             coalesced: self.coalesced.load(Ordering::Relaxed),
@@ -242,6 +247,7 @@ impl PortCounters {
                 *total += count;
             }
             let work = lane.work.snapshot();
+            stats.software.segmented += work.segmented;
             stats.software.segments += work.segments;
             stats.software.checksums += work.checksums;
             stats.software.coalesced += work.coalesced;
@@ -348,6 +354,7 @@ mod tests {
         port.worked(
             0,
             &EgressWork {
+                segmented: 1,
                 segments: 45,
                 checksums: 45,
                 coalesced: 0,
@@ -359,7 +366,7 @@ mod tests {
         assert_eq!(stats.drops.get(DropReason::Malformed), 2);
         assert_eq!(stats.drops.total(), 3);
         assert_eq!(stats.drops.nonzero().count(), 2);
-        assert_eq!(stats.software.segments, 45);
+        assert_eq!((stats.software.segmented, stats.software.segments), (1, 45));
         assert_eq!(
             format!("{:?}", stats.drops),
             r#"{"malformed": 2, "egress_queue_full": 1}"#

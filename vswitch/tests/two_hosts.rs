@@ -59,7 +59,8 @@ fn two_hosts(topology: &str, seconds: &str, streams: &str) -> String {
 
 /// What both topologies must show: traffic crossed, guest B's kernel
 /// found no bad checksum, host A's switch cut the guest's TSO frames for
-/// the wire and host B's merged the wire's segments for its guest.
+/// the wire, host B's merged the wire's segments for its guest, and both
+/// switches account for every frame.
 fn assert_crossed(line: &str, min_gbps: f64) {
     let gbps: f64 = field(line, "gbps").parse().unwrap();
     assert!(gbps > min_gbps, "nothing crossed: {line}");
@@ -78,6 +79,12 @@ fn assert_crossed(line: &str, min_gbps: f64) {
         merges > 0,
         "host B's switch must merge the wire's segments for its guest: {line}"
     );
+    // Every frame accounted on both switches: received = forwarded +
+    // dropped at ingress, forwarded = sent (segments and merges counted
+    // back) + dropped at egress.
+    for side in ["a_unaccounted", "b_unaccounted"] {
+        assert_eq!(field(line, side), "0", "{side}: {line}");
+    }
 }
 
 #[test]

@@ -178,12 +178,23 @@ pub struct PortCounters {
     pub not_learned: u64,
     /// Drops by reason (only reasons with drops).
     pub drops: BTreeMap<String, u64>,
+    /// Frames to this port cut into segments in software.
+    #[serde(default)]
+    pub sw_segmented_frames: u64,
     /// Segments made in software for frames to this port.
     pub sw_segments: u64,
     /// Checksums completed in software.
     pub sw_checksums: u64,
     /// Frames merged into others (GRO) in software.
     pub gro_merges: u64,
+    /// Drops of frames received from this port (the reasons counted on the
+    /// ingress port: headers, guards, VLANs, no destination).
+    #[serde(default)]
+    pub drops_ingress: u64,
+    /// Drops of frames on their way to this port (adaptation, MTU, rate
+    /// limit, full or broken queues).
+    #[serde(default)]
+    pub drops_egress: u64,
 }
 
 impl PortCounters {

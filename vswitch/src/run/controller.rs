@@ -6,7 +6,7 @@
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
-use vswitch::{PortId, PortProfile, PortStats, Switch, VlanId, VlanMode};
+use vswitch::{DropSide, PortId, PortProfile, PortStats, Switch, VlanId, VlanMode};
 use vswitch_offload::EgressCapabilities;
 
 use crate::ctl::protocol::{
@@ -109,10 +109,23 @@ fn counters_of(name: &str, state: &PortState, stats: &PortStats) -> PortCounters
             .nonzero()
             .map(|(reason, count)| (reason.name().to_string(), count))
             .collect(),
+        sw_segmented_frames: stats.software.segmented,
         sw_segments: stats.software.segments,
         sw_checksums: stats.software.checksums,
         gro_merges: stats.software.coalesced,
+        drops_ingress: side_total(stats, DropSide::Ingress),
+        drops_egress: side_total(stats, DropSide::Egress),
     }
+}
+
+/// A port's drops of the reasons counted on `side`.
+fn side_total(stats: &PortStats, side: DropSide) -> u64 {
+    stats
+        .drops
+        .nonzero()
+        .filter(|(reason, _)| reason.side() == side)
+        .map(|(_, count)| count)
+        .sum()
 }
 
 fn state_name(state: &PortState) -> &'static str {
