@@ -621,7 +621,21 @@ fn serve_connection(
     let memory = GuestMemoryAtomic::new(GuestMemoryMmap::new());
     let mut daemon = VhostUserDaemon::new(shared.config.name.clone(), backend.clone(), memory)
         .map_err(|e| format!("cannot start the vhost-user handler: {e}"))?;
-    let handlers = daemon.get_epoll_handlers();
+    // The pair threads run from here on, and the only way to end them is
+    // their pair eventfd (see NetBackend::exit_event): watch it before
+    // anything else can fail.
+    for (pair, handler) in daemon.get_epoll_handlers().iter().enumerate() {
+        let fd = backend.pair_event(pair).consumer_fd();
+        if let Err(e) = handler.register_listener(fd, EventSet::IN, backend.pair_event_id()) {
+            // That pair's thread could never be told to end, and dropping
+            // the daemon joins it: leave the daemon and its threads (a
+            // bounded loss, on a failure epoll_ctl all but never has)
+            // rather than hang the port.
+            backend.end_threads();
+            std::mem::forget(daemon);
+            return Err(format!("cannot watch queue pair {pair}'s eventfd: {e}"));
+        }
+    }
     let _end_threads = EndThreads(backend.clone());
     let to_handler = UnixStream::connect(&inner.path)
         .map_err(|e| format!("cannot reach the vhost-user handler: {e}"))?;
@@ -641,19 +655,6 @@ fn serve_connection(
         .start(&mut inner.listener)
         .map_err(|e| format!("the vhost-user handler refused the connection: {e}"))?;
     shared.connections.fetch_add(1, Ordering::Relaxed);
-    for (pair, handler) in handlers.iter().enumerate() {
-        let fd = backend.pair_event(pair).consumer_fd();
-        if let Err(e) = handler.register_listener(fd, EventSet::IN, backend.pair_event_id()) {
-            // That pair's thread could never be told to end, and dropping
-            // the daemon joins it: leave the daemon and its threads (a
-            // bounded loss, on a failure epoll_ctl all but never has)
-            // rather than hang the port.
-            backend.end_threads();
-            std::mem::forget(daemon);
-            return Err(format!("cannot watch queue pair {pair}'s eventfd: {e}"));
-        }
-    }
-    drop(handlers);
     *shared
         .shutdown
         .lock()
