@@ -533,3 +533,221 @@ fn an_mtu_above_the_ports_is_refused_with_the_reason() {
     );
     eprintln!("refused: {:?}", refused.last_error);
 }
+
+/// Frames between two in-memory ports C and D, sent by a thread of their
+/// own for as long as the test runs: the "other ports" that must keep
+/// flowing while a guest goes away and comes back.
+struct Bystanders {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    delivered: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Bystanders {
+    fn start(switch: &Switch) -> Bystanders {
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+        use vswitch_ports::memory::{memory_port, MemoryPortConfig};
+        let (port_c, c) = memory_port(MemoryPortConfig::new("c").queue_len(4096));
+        let (port_d, d) = memory_port(MemoryPortConfig::new("d").queue_len(4096));
+        for port in [port_c, port_d] {
+            switch
+                .add_port(Arc::new(port), PortProfile::access(VlanId::DEFAULT))
+                .unwrap();
+        }
+        let frame = |dst: u8, src: u8| {
+            let mut frame = vec![0u8; 60];
+            frame[..6].copy_from_slice(&[2, 0, 0, 0, 0xcd, dst]);
+            frame[6..12].copy_from_slice(&[2, 0, 0, 0, 0xcd, src]);
+            frame[12..14].copy_from_slice(&[0x88, 0xb5]);
+            vswitch::offload::Packet::plain(frame)
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let delivered = Arc::new(AtomicU64::new(0));
+        let thread = {
+            let (stop, delivered) = (stop.clone(), delivered.clone());
+            std::thread::spawn(move || {
+                // D speaks first, so the switch learns where it is and C's
+                // frames go to D alone.
+                let _ = d.try_inject(0, frame(0xc, 0xd));
+                let mut out = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    for _ in 0..100 {
+                        let _ = c.try_inject(0, frame(0xd, 0xc));
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                    out.clear();
+                    let got = d.drain(&mut out);
+                    delivered.fetch_add(got as u64, Ordering::Relaxed);
+                    c.drain(&mut out);
+                }
+            })
+        };
+        Bystanders {
+            stop,
+            thread: Some(thread),
+            delivered,
+        }
+    }
+
+    fn delivered(&self) -> u64 {
+        self.delivered.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for Bystanders {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Waits until `ok` holds or `limit` passes; returns whether it held.
+fn wait_until(limit: Duration, mut ok: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ok()
+}
+
+#[test]
+#[ignore = "boots QEMU guests (TCG): needs qemu-system-x86_64 and the guest image (scripts/guest/install-deps.sh); run by .ci/test"]
+fn a_guest_killed_mid_transfer_comes_back_and_the_others_keep_flowing() {
+    let _turn = ONE_PAIR_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let image = guest_image();
+    let dir = TempDir::new("vhost-user-killed");
+    let switch = Switch::start(SwitchConfig::default().workers(2)).unwrap();
+    let (sock_a, sock_b) = (dir.0.join("a.sock"), dir.0.join("b.sock"));
+    let port_a = VhostUserPort::start(VhostUserConfig::new("a", &sock_a)).unwrap();
+    let port_b = VhostUserPort::start(VhostUserConfig::new("b", &sock_b)).unwrap();
+    let id_a = switch
+        .add_port(
+            port_a.clone() as Arc<dyn Port>,
+            PortProfile::access(VlanId::DEFAULT),
+        )
+        .unwrap();
+    switch
+        .add_port(
+            port_b.clone() as Arc<dyn Port>,
+            PortProfile::access(VlanId::DEFAULT),
+        )
+        .unwrap();
+    let bystanders = Bystanders::start(&switch);
+    let server_args = [
+        "--role",
+        "server",
+        "--ip",
+        "10.0.0.1/24",
+        "--mac",
+        "52:54:00:00:00:01",
+    ];
+    let client_args = |iperf: &'static str| {
+        [
+            "--role",
+            "client",
+            "--ip",
+            "10.0.0.2/24",
+            "--peer",
+            "10.0.0.1",
+            "--mac",
+            "52:54:00:00:00:02",
+            "--args",
+            iperf,
+        ]
+    };
+
+    // A long transfer from B to A.
+    let mut server = Guest::start(&image, &dir.0, "server1", &sock_a, &server_args);
+    assert!(
+        server.wait_for("VSW-READY", Duration::from_secs(120)),
+        "the server guest did not get ready\n{}",
+        server.describe()
+    );
+    let mut client = Guest::start(
+        &image,
+        &dir.0,
+        "client1",
+        &sock_b,
+        &client_args("-P 2 -t 60"),
+    );
+    let flowing = wait_until(Duration::from_secs(120), || {
+        port_a.report().guest.rx_frames > 2000
+    });
+    assert!(
+        flowing,
+        "the transfer did not start\nclient: {}\nserver: {}",
+        client.describe(),
+        server.describe()
+    );
+
+    // Guest A's QEMU dies mid-transfer.
+    let _ = server.child.kill();
+    let _ = server.child.wait();
+    assert!(
+        wait_until(Duration::from_secs(10), || !port_a.report().connected),
+        "the port noticed its guest gone: {:?}",
+        port_a.report()
+    );
+    let drops_before = switch.port_stats(id_a).map_or(0, |s| s.drops.total());
+    let bystanders_before = bystanders.delivered();
+    std::thread::sleep(Duration::from_secs(2));
+    let bystanders_during = bystanders.delivered() - bystanders_before;
+    assert!(
+        bystanders_during > 1000,
+        "the other ports kept flowing while the guest was gone: {bystanders_during} frames in 2 s"
+    );
+    let drops_during = switch.port_stats(id_a).map_or(0, |s| s.drops.total()) - drops_before;
+
+    // A new QEMU on the same socket brings the port back; a new transfer
+    // runs to completion.
+    let _ = client.child.kill();
+    let _ = client.child.wait();
+    let mut server = Guest::start(&image, &dir.0, "server2", &sock_a, &server_args);
+    assert!(
+        server.wait_for("VSW-READY", Duration::from_secs(120)),
+        "the second server guest did not get ready\n{}",
+        server.describe()
+    );
+    let mut client = Guest::start(
+        &image,
+        &dir.0,
+        "client2",
+        &sock_b,
+        &client_args("-P 2 -t 3"),
+    );
+    let done = client.wait_for("VSW-EXIT", Duration::from_secs(180))
+        && server.wait_for("VSW-CSUM-ERRORS", Duration::from_secs(30));
+    let report = format!(
+        "client: {}\nserver: {}\nport a: {:?}\nport b: {:?}",
+        client.describe(),
+        server.describe(),
+        port_a.report(),
+        port_b.report()
+    );
+    assert!(done, "the second transfer did not finish\n{report}");
+    assert_eq!(client.line_value("VSW-EXIT", "rc"), Some(0), "{report}");
+    let json = client.section("RESULT").expect("iperf3 result");
+    assert!(received_bps(&json) > 1e6, "{report}");
+    assert_eq!(
+        server.line_value("VSW-CSUM-ERRORS", "tcp"),
+        Some(0),
+        "{report}"
+    );
+    assert!(port_a.report().connections >= 2, "{report}");
+    eprintln!(
+        "killed mid-transfer: {bystanders_during} bystander frames and {drops_during} drops toward \
+         the gone guest in 2 s; then {:.2} Gbit/s again",
+        received_bps(&json) / 1e9
+    );
+    let _ = client.child.wait();
+    let _ = server.child.wait();
+    drop(bystanders);
+    switch.stop();
+}
