@@ -203,6 +203,38 @@ fn attached_mtu(port: &VhostUserPort, guest: &mut Guest) -> Option<u16> {
     None
 }
 
+/// The receiving guest's role and addresses.
+const SERVER_ARGS: [&str; 6] = [
+    "--role",
+    "server",
+    "--ip",
+    "10.0.0.1/24",
+    "--mac",
+    "52:54:00:00:00:01",
+];
+
+/// The sending guest's role and addresses (its iperf3 arguments follow).
+const CLIENT_ARGS: [&str; 8] = [
+    "--role",
+    "client",
+    "--ip",
+    "10.0.0.2/24",
+    "--peer",
+    "10.0.0.1",
+    "--mac",
+    "52:54:00:00:00:02",
+];
+
+/// Adds a vhost-user port to the switch as an access port of VLAN 1.
+fn plug(switch: &Switch, port: &Arc<VhostUserPort>) -> vswitch::PortId {
+    switch
+        .add_port(
+            port.clone() as Arc<dyn Port>,
+            PortProfile::access(VlanId::DEFAULT),
+        )
+        .unwrap()
+}
+
 /// What one pair run asks of the guests.
 struct Pair<'a> {
     name: &'a str,
@@ -245,30 +277,12 @@ fn run_pair(pair: Pair<'_>) {
         .join(",");
     let port_a = VhostUserPort::start(config("a", &sock_a)).unwrap();
     let port_b = VhostUserPort::start(config("b", &sock_b)).unwrap();
-    switch
-        .add_port(
-            port_a.clone() as Arc<dyn Port>,
-            PortProfile::access(VlanId::DEFAULT),
-        )
-        .unwrap();
-    switch
-        .add_port(
-            port_b.clone() as Arc<dyn Port>,
-            PortProfile::access(VlanId::DEFAULT),
-        )
-        .unwrap();
+    plug(&switch, &port_a);
+    plug(&switch, &port_b);
     let queues = pair.queue_pairs.to_string();
     for round in 1..=pair.rounds {
-        let mut server_args = vec![
-            "--role",
-            "server",
-            "--ip",
-            "10.0.0.1/24",
-            "--mac",
-            "52:54:00:00:00:01",
-            "--queues",
-            &queues,
-        ];
+        let mut server_args = SERVER_ARGS.to_vec();
+        server_args.extend(["--queues", &queues]);
         if !server_device.is_empty() {
             server_args.extend(["--device-opts", &server_device]);
         }
@@ -308,20 +322,8 @@ fn run_pair(pair: Pair<'_>) {
                 port_a.report()
             );
         }
-        let mut client_args = vec![
-            "--role",
-            "client",
-            "--ip",
-            "10.0.0.2/24",
-            "--peer",
-            "10.0.0.1",
-            "--mac",
-            "52:54:00:00:00:02",
-            "--queues",
-            &queues,
-            "--args",
-            pair.iperf_args,
-        ];
+        let mut client_args = CLIENT_ARGS.to_vec();
+        client_args.extend(["--queues", &queues, "--args", pair.iperf_args]);
         if let Some(opts) = &host_mtu {
             client_args.extend(["--device-opts", opts]);
         }
@@ -627,40 +629,14 @@ fn a_guest_killed_mid_transfer_comes_back_and_the_others_keep_flowing() {
     let (sock_a, sock_b) = (dir.0.join("a.sock"), dir.0.join("b.sock"));
     let port_a = VhostUserPort::start(VhostUserConfig::new("a", &sock_a)).unwrap();
     let port_b = VhostUserPort::start(VhostUserConfig::new("b", &sock_b)).unwrap();
-    let id_a = switch
-        .add_port(
-            port_a.clone() as Arc<dyn Port>,
-            PortProfile::access(VlanId::DEFAULT),
-        )
-        .unwrap();
-    switch
-        .add_port(
-            port_b.clone() as Arc<dyn Port>,
-            PortProfile::access(VlanId::DEFAULT),
-        )
-        .unwrap();
+    let id_a = plug(&switch, &port_a);
+    plug(&switch, &port_b);
     let bystanders = Bystanders::start(&switch);
-    let server_args = [
-        "--role",
-        "server",
-        "--ip",
-        "10.0.0.1/24",
-        "--mac",
-        "52:54:00:00:00:01",
-    ];
+    let server_args = SERVER_ARGS;
     let client_args = |iperf: &'static str| {
-        [
-            "--role",
-            "client",
-            "--ip",
-            "10.0.0.2/24",
-            "--peer",
-            "10.0.0.1",
-            "--mac",
-            "52:54:00:00:00:02",
-            "--args",
-            iperf,
-        ]
+        let mut args = CLIENT_ARGS.to_vec();
+        args.extend(["--args", iperf]);
+        args
     };
 
     // A long transfer from B to A.
