@@ -95,28 +95,6 @@ mod counting {
 #[global_allocator]
 static ALLOCATOR: counting::Counting = counting::Counting;
 
-/// CPU time of this process's threads whose name starts with `prefix`,
-/// from `/proc/self/task/*/schedstat` (nanoseconds on a CPU). Zero where
-/// the system does not say.
-fn cpu_of_threads(prefix: &str) -> Duration {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return Duration::ZERO;
-    };
-    let mut total = Duration::ZERO;
-    for task in tasks.flatten() {
-        let path = task.path();
-        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-        if !name.starts_with(prefix) {
-            continue;
-        }
-        let ns = std::fs::read_to_string(path.join("schedstat"))
-            .ok()
-            .and_then(|text| text.split_whitespace().next()?.parse::<u64>().ok());
-        total += Duration::from_nanos(ns.unwrap_or(0));
-    }
-    total
-}
-
 fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
@@ -380,7 +358,7 @@ fn small_frames_through_switch(
         let _ = guest_a.try_inject(queue, frame.clone());
     }
     std::thread::sleep(Duration::from_millis(20));
-    let cpu_before = cpu_of_threads("vswitch-worker");
+    let cpu_before = vswitch_benches::cpu_of_threads("vswitch-worker");
     let start = Instant::now();
     let Ok(id_a) = switch.add_port(Arc::new(port_a), PortProfile::access(VlanId::DEFAULT)) else {
         return (0.0, 0.0, 0);
@@ -399,7 +377,7 @@ fn small_frames_through_switch(
         std::thread::sleep(Duration::from_micros(200));
     }
     let elapsed = start.elapsed().as_secs_f64();
-    let worker_cpu = cpu_of_threads("vswitch-worker")
+    let worker_cpu = vswitch_benches::cpu_of_threads("vswitch-worker")
         .saturating_sub(cpu_before)
         .as_secs_f64();
     let stats = switch.shutdown();

@@ -35,27 +35,6 @@ use vswitch_offload::testing::FrameBuilder;
 use vswitch_offload::{EgressCapabilities, Packet};
 use vswitch_ports::memory::{memory_port, MemoryPortConfig};
 
-/// CPU time of this process's threads whose name starts with `prefix`,
-/// from `/proc/self/task/*/schedstat`. Zero where the system does not say.
-fn cpu_of_threads(prefix: &str) -> Duration {
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return Duration::ZERO;
-    };
-    let mut total = Duration::ZERO;
-    for task in tasks.flatten() {
-        let path = task.path();
-        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-        if !name.starts_with(prefix) {
-            continue;
-        }
-        let ns = std::fs::read_to_string(path.join("schedstat"))
-            .ok()
-            .and_then(|text| text.split_whitespace().next()?.parse::<u64>().ok());
-        total += Duration::from_nanos(ns.unwrap_or(0));
-    }
-    total
-}
-
 const GUEST_IP: [u8; 4] = [198, 18, 0, 1];
 
 /// A 64-byte IPv4/UDP frame of flow `flow` from the guest to B.
@@ -107,7 +86,7 @@ fn through_switch(frames: &[Packet], count: usize, protected: bool) -> (f64, u64
         let _ = guest_a.try_inject(0, frames[i % frames.len()].clone());
     }
     std::thread::sleep(Duration::from_millis(20));
-    let cpu_before = cpu_of_threads("vswitch-worker");
+    let cpu_before = vswitch_benches::cpu_of_threads("vswitch-worker");
     let Ok(id_a) = switch.add_port(Arc::new(port_a), profile_a) else {
         return (0.0, 0);
     };
@@ -121,7 +100,7 @@ fn through_switch(frames: &[Packet], count: usize, protected: bool) -> (f64, u64
         }
         std::thread::sleep(Duration::from_micros(200));
     }
-    let worker_cpu = cpu_of_threads("vswitch-worker")
+    let worker_cpu = vswitch_benches::cpu_of_threads("vswitch-worker")
         .saturating_sub(cpu_before)
         .as_secs_f64();
     let stats = switch.shutdown();
