@@ -311,6 +311,7 @@ impl Datapath {
 
     /// The egress port's rate limit: whether `frame` may go to `port` at
     /// `now` (its tokens are taken if so); a refused frame is counted.
+    #[inline]
     fn admit(
         &mut self,
         ports: &PortSet,
@@ -321,13 +322,12 @@ impl Datapath {
     ) -> bool {
         let index = match self.last_admit {
             Some((last, version, index)) if last == port && version == ports.version() => index,
-            _ => {
-                let index = self.credit_index(ports, port);
-                self.last_admit = Some((port, ports.version(), index));
-                index
-            }
+            _ => self.remember_admit(ports, port),
         };
-        let Some((limiter, credit)) = index.and_then(|index| self.credits.get_mut(index)) else {
+        let Some(index) = index else {
+            return true;
+        };
+        let Some((limiter, credit)) = self.credits.get_mut(index) else {
             return true;
         };
         let (frames, bytes) = wire_cost(frame);
@@ -336,6 +336,14 @@ impl Datapath {
             out.dropped(port, DropReason::RateLimited);
         }
         admitted
+    }
+
+    /// [`Datapath::credit_index`], remembered as the last answer.
+    #[cold]
+    fn remember_admit(&mut self, ports: &PortSet, port: PortId) -> Option<usize> {
+        let index = self.credit_index(ports, port);
+        self.last_admit = Some((port, ports.version(), index));
+        index
     }
 
     /// Where the credit for `port`'s transmit limit is in `credits`, added

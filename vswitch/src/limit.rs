@@ -177,13 +177,16 @@ impl PortLimits {
 }
 
 /// What a frame costs on the wire: (frames, bytes). See the module docs.
+#[inline]
 pub fn wire_cost(frame: &CheckedFrame) -> (u64, u64) {
     let len = frame.len() as u64;
     let plan = frame.plan();
     let gso = plan.gso();
-    let (GsoKind::Tcp { .. } | GsoKind::UdpL4 { .. } | GsoKind::Ufo { .. }, Some(layout)) =
-        (gso, plan.layout())
-    else {
+    // Most frames: one discriminant compared.
+    if gso == GsoKind::None {
+        return (1, len);
+    }
+    let Some(layout) = plan.layout() else {
         return (1, len);
     };
     let (per_segment, headers) = match gso {
@@ -201,6 +204,16 @@ pub fn wire_cost(frame: &CheckedFrame) -> (u64, u64) {
 
 /// Sixteenths of a nanosecond in a second: the bucket clock's unit.
 const UNITS_PER_SECOND: u128 = 16_000_000_000;
+
+/// Clock units (sixteenths of a nanosecond) from `epoch` to `now`, 0 if
+/// `now` is earlier; saturates after about 36 years.
+fn units_since(epoch: Instant, now: Instant) -> u64 {
+    let elapsed = now.saturating_duration_since(epoch);
+    elapsed
+        .as_secs()
+        .saturating_mul(UNITS_PER_SECOND as u64)
+        .saturating_add(u64::from(elapsed.subsec_nanos()) * 16)
+}
 
 /// The shared state of one [`Bucket`].
 #[derive(Debug)]
@@ -243,10 +256,13 @@ impl AtomicBucket {
     /// The clock: units since `epoch`, plus the depth, so that an
     /// `empty_at` of 0 is a full bucket and the arithmetic stays unsigned.
     fn clock(&self, epoch: Instant, now: Instant) -> u64 {
-        let nanos = now.saturating_duration_since(epoch).as_nanos();
-        u64::try_from(nanos * 16)
-            .unwrap_or(u64::MAX)
-            .saturating_add(self.depth)
+        self.clock_at(units_since(epoch, now))
+    }
+
+    /// [`AtomicBucket::clock`] from [`units_since`] the epoch, computed
+    /// once for every bucket of a port.
+    fn clock_at(&self, units: u64) -> u64 {
+        units.saturating_add(self.depth)
     }
 
     /// Takes from the one-time burst what it holds of `cost` (all of it
@@ -396,10 +412,10 @@ impl PortLimiter {
         if self.from_port.is_none() {
             return true;
         }
-        let epoch = self.epoch(now);
+        let units = units_since(self.epoch(now), now);
         self.from_port
             .buckets()
-            .all(|bucket| bucket.ready(bucket.clock(epoch, now)))
+            .all(|bucket| bucket.ready(bucket.clock_at(units)))
     }
 
     /// Charges frames taken from the port: `frames` and `bytes` of wire
@@ -408,12 +424,12 @@ impl PortLimiter {
         if self.from_port.is_none() {
             return;
         }
-        let epoch = self.epoch(now);
+        let units = units_since(self.epoch(now), now);
         if let Some(bucket) = &self.from_port.bytes {
-            bucket.charge(bytes, bucket.clock(epoch, now));
+            bucket.charge(bytes, bucket.clock_at(units));
         }
         if let Some(bucket) = &self.from_port.frames {
-            bucket.charge(frames, bucket.clock(epoch, now));
+            bucket.charge(frames, bucket.clock_at(units));
         }
     }
 
@@ -455,12 +471,32 @@ impl PortLimiter {
     /// taken ahead into it with one operation on the shared bucket, and
     /// when the bucket does not hold that much, only the frame's cost.
     /// Keep one credit per worker and port.
+    ///
+    /// A direction without a bucket gives unbounded credit for it, so a
+    /// frame that the credit covers costs two comparisons and two
+    /// subtractions, whatever buckets are set.
+    #[inline]
     pub fn admit_with(&self, credit: &mut Credit, frames: u64, bytes: u64, now: Instant) -> bool {
-        if self.to_port.is_none() {
+        if credit.bytes >= bytes && credit.frames >= frames {
+            credit.bytes -= bytes;
+            credit.frames -= frames;
             return true;
         }
-        let short_bytes = self.to_port.bytes.is_some() && credit.bytes < bytes;
-        let short_frames = self.to_port.frames.is_some() && credit.frames < frames;
+        self.refill_and_admit(credit, frames, bytes, now)
+    }
+
+    /// [`PortLimiter::admit_with`] when the credit does not cover the
+    /// frame: tokens taken ahead from the shared buckets.
+    #[cold]
+    fn refill_and_admit(&self, credit: &mut Credit, frames: u64, bytes: u64, now: Instant) -> bool {
+        if self.to_port.bytes.is_none() {
+            credit.bytes = u64::MAX;
+        }
+        if self.to_port.frames.is_none() {
+            credit.frames = u64::MAX;
+        }
+        let short_bytes = credit.bytes < bytes;
+        let short_frames = credit.frames < frames;
         if short_bytes || short_frames {
             let epoch = self.epoch(now);
             let take = |bucket: &AtomicBucket, need: u64| -> Option<u64> {
@@ -497,12 +533,8 @@ impl PortLimiter {
             }
             credit.bytes += got_bytes;
         }
-        if self.to_port.bytes.is_some() {
-            credit.bytes -= bytes;
-        }
-        if self.to_port.frames.is_some() {
-            credit.frames -= frames;
-        }
+        credit.bytes -= bytes;
+        credit.frames -= frames;
         true
     }
 }
@@ -618,6 +650,31 @@ mod tests {
             .filter(|_| limiter.admit_with(&mut other, 1, 1000, ms(t0, 2000)))
             .count();
         assert_eq!(taken, 150, "the first worker holds 9 frames of credit");
+    }
+
+    #[test]
+    fn credit_for_one_bucket_leaves_the_other_unbounded() {
+        let t0 = Instant::now();
+        // Bytes only: frames are never what stops a frame.
+        let bytes = RateLimit::none().bytes(Bucket::new(1_600_000, 160_000));
+        let limiter = PortLimiter::new(PortLimits::new().to_port(bytes));
+        let mut credit = Credit::default();
+        let taken = (0..1000)
+            .filter(|_| limiter.admit_with(&mut credit, 1, 1000, t0))
+            .count();
+        assert_eq!(taken, 160);
+        // Frames only: bytes are never what stops a frame, however large.
+        let frames = RateLimit::none().frames(Bucket::new(1600, 160));
+        let limiter = PortLimiter::new(PortLimits::new().to_port(frames));
+        let mut credit = Credit::default();
+        let taken = (0..1000)
+            .filter(|_| limiter.admit_with(&mut credit, 1, 1 << 40, t0))
+            .count();
+        assert_eq!(taken, 160);
+        // No bucket at all: everything passes.
+        let limiter = PortLimiter::new(PortLimits::new());
+        let mut credit = Credit::default();
+        assert!((0..1000).all(|_| limiter.admit_with(&mut credit, 1 << 20, 1 << 40, t0)));
     }
 
     #[test]
