@@ -13,6 +13,12 @@
 #   vsw.mtu=N                eth0's MTU                        (default: as negotiated)
 #   vsw.ethtool="..."        arguments for `ethtool -K eth0`, e.g. "tso off"
 #   vsw.wait=SECONDS         how long to wait for the peer     (default 120)
+#   vsw.extra_ip=ADDR/PREFIX another address on eth0           (default: none)
+#   vsw.hotplug_ip=ADDR/PREFIX  the address of a NIC hot-plugged later (eth1):
+#                            a background loop waits for it, sets it up, pings
+#                            vsw.hotplug_peer over it and notices it go away;
+#                            again for each NIC plugged there (default: no loop)
+#   vsw.hotplug_peer=ADDR    what to ping over eth1            (default: no ping)
 #
 # Serial console protocol, each marker at the start of its own line:
 #   VSW-BOOT role=R ip=A           init started
@@ -26,6 +32,14 @@
 #   VSW-CSUM-ERRORS tcp=N udp=N    InCsumErrors after the run
 #   VSW-EXIT rc=N                  iperf3's exit status (0 = transfer done)
 # then the guest powers off (QEMU runs with -no-reboot and exits).
+# With vsw.hotplug_ip, whenever they happen (between any of the above):
+#   VSW-HOTPLUG-UP dev=eth1 ip=A mac=M carrier=0|1 uptime=S
+#                                  eth1 appeared and is up with its address
+#                                  (carrier=0 after vsw.wait without one)
+#   VSW-HOTPLUG-PING ok|fail dev=eth1 peer=P transmitted=N received=N
+#                                  ping -I eth1 -c 3 PEER (ok: a reply came)
+#   VSW-HOTPLUG-GONE dev=eth1 uptime=S
+#                                  eth1 was removed
 
 /bin/busybox mkdir -p /proc /sys /dev /tmp /usr/bin /usr/sbin /sbin
 /bin/busybox --install -s
@@ -62,6 +76,9 @@ queues=$(param queues "")
 mtu=$(param mtu "")
 offload=$(param ethtool "")
 wait_s=$(param wait 120)
+extra_ip=$(param extra_ip "")
+hotplug_ip=$(param hotplug_ip "")
+hotplug_peer=$(param hotplug_peer "")
 echo "VSW-BOOT role=$role ip=$ip"
 
 # Modules, in dependency order, as build-image.sh listed them.
@@ -86,6 +103,7 @@ ip link set lo up
 # shellcheck disable=SC2086
 [ -n "$offload" ] && ethtool -K eth0 $offload
 ip addr add "$ip" dev eth0
+[ -n "$extra_ip" ] && ip addr add "$extra_ip" dev eth0
 ip link set eth0 up
 # The link comes up when the backend has set up the queues (VIRTIO_NET_F_STATUS);
 # wait for it so that the state printed below is the one the test runs with.
@@ -109,6 +127,54 @@ ethtool -l eth0
 # (busybox ip shows NO-CARRIER next to LOWER_UP; sysfs is the reliable source)
 echo "link: carrier=$(cat /sys/class/net/eth0/carrier) operstate=$(cat /sys/class/net/eth0/operstate) mtu=$(cat /sys/class/net/eth0/mtu) mac=$(cat /sys/class/net/eth0/address)"
 echo "VSW-FEATURES-END"
+
+uptime_s() { cut -d' ' -f1 /proc/uptime; }
+
+# hotplug_watch DEV: forever, wait for DEV to appear (a NIC hot-plugged
+# over QMP; virtio_net is loaded, so it binds at once), give it
+# $hotplug_ip, ping $hotplug_peer over it and wait for it to go away.
+hotplug_watch() {
+    dev=$1
+    sys=/sys/class/net/$dev
+    while :; do
+        until [ -e "$sys" ]; do sleep 0.2; done
+        ip addr add "$hotplug_ip" dev "$dev"
+        ip link set "$dev" up
+        n=0
+        until [ "$(cat "$sys/carrier" 2>/dev/null)" = 1 ] || [ ! -e "$sys" ]; do
+            n=$((n + 1))
+            [ "$n" -gt $((wait_s * 10)) ] && break
+            sleep 0.1
+        done
+        echo "VSW-HOTPLUG-UP dev=$dev ip=$hotplug_ip mac=$(cat "$sys/address" 2>/dev/null) carrier=$(cat "$sys/carrier" 2>/dev/null || echo 0) uptime=$(uptime_s)"
+        if [ -n "$hotplug_peer" ] && [ -e "$sys" ]; then
+            # Bound to the device (SO_BINDTODEVICE), so the echo requests
+            # leave through it whatever the routes say; the deadline bounds
+            # the wait when nothing answers.
+            out=$(ping -I "$dev" -c 3 -w 30 "$hotplug_peer" 2>&1)
+            tx=$(echo "$out" | sed -n 's/^\([0-9]*\) packets transmitted.*/\1/p')
+            rx=$(echo "$out" | sed -n 's/.* \([0-9]*\) packets received.*/\1/p')
+            if [ "${rx:-0}" -gt 0 ]; then result=ok; else result=fail; echo "$out"; fi
+            echo "VSW-HOTPLUG-PING $result dev=$dev peer=$hotplug_peer transmitted=${tx:-0} received=${rx:-0}"
+        fi
+        while [ -e "$sys" ]; do sleep 0.2; done
+        echo "VSW-HOTPLUG-GONE dev=$dev uptime=$(uptime_s)"
+    done
+}
+
+if [ -n "$hotplug_ip" ]; then
+    # Two NICs of one guest: by default Linux answers ARP for any of its
+    # addresses on any interface, and names any of them as the sender of a
+    # request. A peer could then learn eth1's address at eth0's MAC (or the
+    # other way round) and answer over the other NIC. arp_ignore=1: a NIC
+    # answers only for its own addresses; arp_announce=2: a request out of
+    # a NIC names that NIC's address. With eth1 in a subnet of its own
+    # (the peer has an address there too, vsw.extra_ip), its traffic then
+    # stays on eth1 both ways.
+    echo 1 >/proc/sys/net/ipv4/conf/all/arp_ignore
+    echo 2 >/proc/sys/net/ipv4/conf/all/arp_announce
+    hotplug_watch eth1 &
+fi
 
 csum_errors() {
     # /proc/net/snmp has a header line and a value line per protocol; print

@@ -27,6 +27,12 @@
 #   --trace PATTERN      enable QEMU trace events matching PATTERN on stderr
 #                        (e.g. 'vhost_user_*' for every vhost-user message);
 #                        may be given more than once
+#   --qmp PATH           a QMP monitor on the Unix socket PATH (QEMU listens,
+#                        -qmp unix:PATH,server=on,wait=off), for hot-plugging
+#                        devices into the running guest
+#   --hotplug-slots N    N empty pcie-root-ports, ids hp1 ... hpN (default 0):
+#                        q35's root bus takes no hot-plugged device, a root
+#                        port does (device_add ...,bus=hp1)
 #   --dry-run            print the QEMU command line and exit
 set -euo pipefail
 
@@ -38,6 +44,7 @@ die() { echo "run-guest: $*" >&2; exit 2; }
 sock="" sock_mode=client queues=1 mac=52:54:00:00:00:01 mem=512M
 role="" ip="" peer=10.0.0.1 iperf_args="-P 16 -t 5" append="" dev_opts=""
 log="" image=$repo/target/guest-image kernel="" accel=tcg dry_run=0
+qmp="" hotplug_slots=0
 traces=()
 while [ $# -gt 0 ]; do
     case $1 in
@@ -57,6 +64,8 @@ while [ $# -gt 0 ]; do
     --kernel) kernel=$2; shift 2 ;;
     --accel) accel=$2; shift 2 ;;
     --trace) traces+=(-trace "enable=$2"); shift 2 ;;
+    --qmp) qmp=$2; shift 2 ;;
+    --hotplug-slots) hotplug_slots=$2; shift 2 ;;
     --dry-run) dry_run=1; shift ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) die "unknown argument $1 (see --help)" ;;
@@ -79,6 +88,9 @@ server) chardev="socket,id=c0,path=$sock,server=on,wait=off" ;;
 esac
 if ! [[ $queues =~ ^[0-9]+$ ]] || [ "$queues" -lt 1 ]; then
     die "--queues must be a positive number"
+fi
+if ! [[ $hotplug_slots =~ ^[0-9]+$ ]] || [ "$hotplug_slots" -gt 32 ]; then
+    die "--hotplug-slots must be a number from 0 to 32"
 fi
 if [ -z "$kernel" ]; then
     # The ELF kernel boots through its PVH entry: no in-guest decompression,
@@ -118,6 +130,17 @@ cmdline+=" vsw.role=$role vsw.ip=$ip vsw.peer=$peer vsw.args=\"$iperf_args\""
 
 if [ -n "$log" ]; then serial="file:$log"; else serial=stdio; fi
 
+# Hot-plug slots and the monitor that fills them, only when asked for, so
+# that the command line of a guest without them stays as it was.
+extra=()
+for ((i = 1; i <= hotplug_slots; i++)); do
+    # A root port per slot; chassis numbers keep the slots' (chassis, slot)
+    # pairs unique. The guest's kernel runs the slots (pciehp or ACPI
+    # hot-plug, both built into Debian's kernel).
+    extra+=(-device "pcie-root-port,id=hp$i,bus=pcie.0,chassis=$i")
+done
+[ -z "$qmp" ] || extra+=(-qmp "unix:$qmp,server=on,wait=off")
+
 qemu=(
     qemu-system-x86_64
     -name "vsw-$role"
@@ -144,6 +167,7 @@ qemu=(
     # The guest powers off when done; a panic (panic=-1) reboots, and
     # -no-reboot turns that into a QEMU exit too.
     -no-reboot
+    "${extra[@]}"
     "${traces[@]}"
 )
 if [ "$dry_run" -eq 1 ]; then

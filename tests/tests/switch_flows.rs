@@ -131,3 +131,59 @@ fn shutdown_leaves_no_frame_taken_from_a_port_uncounted() {
     let mut left = Vec::new();
     assert_eq!(guest_b.drain(&mut left) as u64, at_b.tx_frames);
 }
+
+#[test]
+fn with_three_ports_the_counters_balance_floods_included() {
+    let switch = patient_switch(2);
+    let config = |name: &str| MemoryPortConfig::new(name).queue_len(256);
+    let (a, guest_a) = memory_port(config("a"));
+    let (b, guest_b) = memory_port(config("b"));
+    let (c, guest_c) = memory_port(config("c"));
+    let profile = PortProfile::access(VlanId::DEFAULT);
+    let id_a = switch.add_port(Arc::new(a), profile.clone()).unwrap();
+    let id_b = switch.add_port(Arc::new(b), profile.clone()).unwrap();
+    let id_c = switch.add_port(Arc::new(c), profile).unwrap();
+    let (mac_a, mac_b, mac_c) = (mac(1, 1), mac(2, 1), mac(3, 1));
+    // b announces itself (to a and c: one copy more), a sends it 20
+    // frames (unicast), c sends 5 to an address nobody has (flooded to a
+    // and b) and a 3 broadcasts.
+    guest_b.try_inject(0, hello(mac_b)).unwrap();
+    expect_one(&guest_a);
+    inject_all(
+        &guest_a,
+        0,
+        (0..20).map(|seq| flow_frame(mac_b, mac_a, 0, seq)),
+    );
+    inject_all(
+        &guest_c,
+        0,
+        (0..5).map(|seq| flow_frame(mac(9, 9), mac_c, 1, seq)),
+    );
+    inject_all(&guest_a, 0, (0..3).map(|_| hello(mac_a)));
+    // The switch stops polling at shutdown: first let it take all 29.
+    let taken = || -> u64 { switch.stats().ports.iter().map(|p| p.stats.rx_frames).sum() };
+    for _ in 0..1000 {
+        if taken() == 29 {
+            break;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    let stats = switch.shutdown();
+    let port = |id| stats.ports.iter().find(|p| p.id == id).unwrap().stats;
+    let (at_a, at_b, at_c) = (port(id_a), port(id_b), port(id_c));
+    assert_eq!(
+        (at_a.flood_copies, at_b.flood_copies, at_c.flood_copies),
+        (3, 1, 5)
+    );
+    // Every frame received, and every copy of it, left or was dropped.
+    let forwarded: u64 = [at_a, at_b, at_c]
+        .iter()
+        .map(|s| s.rx_frames + s.flood_copies)
+        .sum();
+    let left: u64 = [at_a, at_b, at_c]
+        .iter()
+        .map(|s| s.tx_frames + s.drops.total())
+        .sum();
+    assert_eq!(forwarded, 1 + 20 + 5 + 3 + 1 + 5 + 3);
+    assert_eq!(forwarded, left, "a: {at_a:?}, b: {at_b:?}, c: {at_c:?}");
+}

@@ -18,7 +18,7 @@
 //! ```
 //! use std::sync::Arc;
 //! use std::time::Instant;
-//! use vswitch::datapath::{Datapath, Output};
+//! use vswitch::datapath::{Datapath, Event, Output};
 //! use vswitch::ethernet::build_frame;
 //! use vswitch::{Forwarder, ForwarderConfig, MacAddr, PortId, PortProfile, PortSet};
 //! use vswitch_offload::{EgressCapabilities, Packet};
@@ -36,7 +36,8 @@
 //! datapath.process(&ports, PortId(1), [Packet::plain(frame)], now, &mut out);
 //! let to: Vec<_> = out.batches().iter().map(|batch| (batch.port, batch.frames.len())).collect();
 //! assert_eq!(to, [(PortId(2), 1), (PortId(3), 1)]);
-//! assert!(out.events().is_empty());
+//! // The second copy is counted on the ingress port.
+//! assert_eq!(out.events(), [Event::Flooded { port: PortId(1), copies: 1 }]);
 //! ```
 
 use std::sync::Arc;
@@ -100,6 +101,17 @@ pub enum Event {
     NotLearned {
         /// The ingress port.
         port: PortId,
+    },
+    /// A frame received on `port` went to several egress ports (a flood:
+    /// broadcast, multicast, an unknown destination). Each copy is sent,
+    /// merged, cut or counted as dropped at its egress port like any frame;
+    /// `copies` counts those beyond the first, which is what balancing the
+    /// counters of a switch with more than two ports needs.
+    Flooded {
+        /// The ingress port.
+        port: PortId,
+        /// Copies made beyond the first (egress ports minus one).
+        copies: u64,
     },
 }
 
@@ -416,6 +428,12 @@ impl Datapath {
         let mut tagged: Option<Option<CheckedFrame>> = None;
         let egress_ports = std::mem::take(&mut self.egress);
         let count = egress_ports.len();
+        if count > 1 {
+            out.events.push(Event::Flooded {
+                port: ingress,
+                copies: count as u64 - 1,
+            });
+        }
         for (i, egress) in egress_ports.iter().enumerate() {
             let vid = egress.tag.map(|vlan| vlan.get());
             let version = if vid == ingress_vid {
@@ -630,7 +648,13 @@ mod tests {
         let mut b = Bench::new(3);
         let (sent, events) = b.burst(0, 1, vec![plain(mac(2), mac(1), None)]);
         assert_eq!(ports_of(&sent), [(2, 1), (3, 1)]);
-        assert!(events.is_empty());
+        assert_eq!(
+            events,
+            [Event::Flooded {
+                port: PortId(1),
+                copies: 1
+            }]
+        );
         // 2 answers 1: 1 was learned, so only 1 gets it; 2 is learned too.
         let (sent, _) = b.burst(0, 2, vec![plain(mac(1), mac(2), None)]);
         assert_eq!(ports_of(&sent), [(1, 1)]);
@@ -639,6 +663,31 @@ mod tests {
         // After the aging time, 2 is unknown again.
         let (sent, _) = b.burst(400, 1, vec![plain(mac(2), mac(1), None)]);
         assert_eq!(ports_of(&sent), [(2, 1), (3, 1)]);
+    }
+
+    #[test]
+    fn a_flood_counts_its_copies_beyond_the_first_on_the_ingress_port() {
+        let mut b = Bench::new(4);
+        let (sent, events) = b.burst(0, 1, vec![plain(MacAddr::BROADCAST, mac(1), None)]);
+        assert_eq!(ports_of(&sent), [(2, 1), (3, 1), (4, 1)]);
+        assert_eq!(
+            events,
+            [Event::Flooded {
+                port: PortId(1),
+                copies: 2
+            }]
+        );
+        // A learned destination: one copy, nothing to count.
+        let (sent, events) = b.burst(0, 2, vec![plain(mac(1), mac(2), None)]);
+        assert_eq!(ports_of(&sent), [(1, 1)]);
+        assert!(events.is_empty());
+        // Unknown unicast is flooded too; with one other port left in its
+        // VLAN there is one copy only.
+        b.ports.remove(PortId(3));
+        b.ports.remove(PortId(4));
+        let (sent, events) = b.burst(0, 2, vec![plain(mac(9), mac(2), None)]);
+        assert_eq!(ports_of(&sent), [(1, 1)]);
+        assert!(events.is_empty());
     }
 
     #[test]
@@ -724,17 +773,24 @@ mod tests {
         assert_eq!(payload, 10_000);
         // Port 3 segments itself: the frame goes whole, with its header.
         assert!(sent[1].1[0].hdr.is_gso());
+        // A broadcast: the copy for port 3 is counted on port 1.
         assert_eq!(
             events,
-            [Event::Worked {
-                port: PortId(2),
-                work: EgressWork {
-                    segmented: 1,
-                    segments: 7,
-                    checksums: 7,
-                    coalesced: 0
+            [
+                Event::Flooded {
+                    port: PortId(1),
+                    copies: 1
+                },
+                Event::Worked {
+                    port: PortId(2),
+                    work: EgressWork {
+                        segmented: 1,
+                        segments: 7,
+                        checksums: 7,
+                        coalesced: 0
+                    }
                 }
-            }]
+            ]
         );
     }
 

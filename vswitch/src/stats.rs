@@ -154,6 +154,7 @@ struct PortLane {
     tx_frames: AtomicU64,
     tx_bytes: AtomicU64,
     not_learned: AtomicU64,
+    flood_copies: AtomicU64,
     drops: AtomicDrops,
     work: AtomicWork,
 }
@@ -179,6 +180,11 @@ pub struct PortStats {
     /// Frames from the port whose source address was not learned because
     /// the port had reached its limit.
     pub not_learned: u64,
+    /// Copies beyond the first of frames from the port that went to
+    /// several ports (floods). The frames the switch forwarded from the
+    /// port are `rx_frames` minus its ingress drops plus these: each left
+    /// through an egress port or was counted as dropped there.
+    pub flood_copies: u64,
     /// Drops: of frames received from the port (ingress reasons) and of
     /// frames on their way to it (egress reasons).
     pub drops: DropCounts,
@@ -228,6 +234,11 @@ impl PortCounters {
         self.lane(lane).drops.add(reason, frames);
     }
 
+    /// Counts `copies` more copies of a flooded frame, in lane `lane`.
+    pub fn flooded(&self, lane: usize, copies: u64) {
+        bump(&self.lane(lane).flood_copies, copies);
+    }
+
     /// Counts software offload work, in lane `lane`.
     pub fn worked(&self, lane: usize, work: &EgressWork) {
         self.lane(lane).work.add(work);
@@ -242,6 +253,7 @@ impl PortCounters {
             stats.tx_frames += lane.tx_frames.load(Ordering::Relaxed);
             stats.tx_bytes += lane.tx_bytes.load(Ordering::Relaxed);
             stats.not_learned += lane.not_learned.load(Ordering::Relaxed);
+            stats.flood_copies += lane.flood_copies.load(Ordering::Relaxed);
             let drops = lane.drops.snapshot();
             for (total, count) in stats.drops.counts.iter_mut().zip(drops.counts) {
                 *total += count;

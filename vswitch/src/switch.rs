@@ -947,6 +947,11 @@ impl SwitchWorker {
                     live.counters.not_learned(self.index);
                 }
             }
+            Event::Flooded { port, copies } => {
+                if let Some(live) = self.table.live(port) {
+                    live.counters.flooded(self.index, copies);
+                }
+            }
         }
     }
 

@@ -195,6 +195,10 @@ pub struct PortCounters {
     /// limit, full or broken queues).
     #[serde(default)]
     pub drops_egress: u64,
+    /// Copies beyond the first of frames from this port flooded to several
+    /// ports: what a frame forwarded from it becomes besides one frame.
+    #[serde(default)]
+    pub flood_copies: u64,
 }
 
 impl PortCounters {

@@ -115,6 +115,7 @@ fn counters_of(name: &str, state: &PortState, stats: &PortStats) -> PortCounters
         gro_merges: stats.software.coalesced,
         drops_ingress: side_total(stats, DropSide::Ingress),
         drops_egress: side_total(stats, DropSide::Egress),
+        flood_copies: stats.flood_copies,
     }
 }
 
