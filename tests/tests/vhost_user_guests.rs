@@ -8,8 +8,9 @@
 //! ignored by default; `.ci/test` runs them where QEMU is installed
 //! (`scripts/guest/install-deps.sh`), and there a missing piece fails them.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod guest_support;
+
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,174 +18,7 @@ use vswitch::{PortProfile, Switch, SwitchConfig, VlanId};
 use vswitch_ports::vhost_user::{VhostUserConfig, VhostUserPort};
 use vswitch_ports::Port;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ sits in the repository")
-        .to_path_buf()
-}
-
-/// Builds the guest image if needed (cheap when up to date) and returns
-/// its directory; panics with what is missing.
-fn guest_image() -> PathBuf {
-    let repo = repo();
-    let out = repo.join("target/guest-image");
-    let status = Command::new("bash")
-        .arg(repo.join("scripts/guest/build-image.sh"))
-        .arg(&out)
-        .stdout(Stdio::null())
-        .status()
-        .expect("bash runs");
-    assert!(
-        status.success(),
-        "building the guest image failed: run scripts/guest/install-deps.sh as root first"
-    );
-    let qemu = Command::new("qemu-system-x86_64").arg("--version").output();
-    assert!(
-        qemu.map(|o| o.status.success()).unwrap_or(false),
-        "qemu-system-x86_64 is missing: run scripts/guest/install-deps.sh as root"
-    );
-    out
-}
-
-/// A QEMU guest, killed when dropped (also when the test fails).
-struct Guest {
-    child: Child,
-    log: PathBuf,
-    /// QEMU's own messages (a failed start, a vhost-user error).
-    stderr: PathBuf,
-}
-
-impl Guest {
-    fn start(image: &Path, dir: &Path, name: &str, socket: &Path, args: &[&str]) -> Guest {
-        let log = dir.join(format!("{name}.log"));
-        let stderr = dir.join(format!("{name}.stderr"));
-        let stderr_file = std::fs::File::create(&stderr).expect("stderr file");
-        let child = Command::new("bash")
-            .arg(repo().join("scripts/guest/run-guest.sh"))
-            .arg("--image")
-            .arg(image)
-            .arg("--socket")
-            .arg(socket)
-            .arg("--log")
-            .arg(&log)
-            // Every vhost-user message QEMU sends and reads, on stderr: shown
-            // when a test fails.
-            .args(["--trace", "vhost_user_*"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr_file)
-            .spawn()
-            .expect("run-guest.sh starts");
-        Guest { child, log, stderr }
-    }
-
-    fn console(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Whether QEMU was killed by a signal (a crash) before the guest's
-    /// kernel printed its first line.
-    fn crashed_early(&mut self) -> bool {
-        use std::os::unix::process::ExitStatusExt;
-        let signalled =
-            matches!(self.child.try_wait(), Ok(Some(status)) if status.signal().is_some());
-        signalled && !self.console().contains("VSW-BOOT")
-    }
-
-    /// The console and QEMU's own messages, for a failure report.
-    fn describe(&mut self) -> String {
-        let state = match self.child.try_wait() {
-            Ok(Some(status)) => format!("exited ({status})"),
-            Ok(None) => "running".to_string(),
-            Err(e) => format!("unknown ({e})"),
-        };
-        format!(
-            "QEMU {state}; stderr:\n{}\nconsole:\n{}",
-            std::fs::read_to_string(&self.stderr).unwrap_or_default(),
-            self.console()
-        )
-    }
-
-    /// Waits until the console shows `marker`, or the guest exits, or the
-    /// time is up.
-    fn wait_for(&mut self, marker: &str, limit: Duration) -> bool {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if self.console().contains(marker) {
-                return true;
-            }
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return self.console().contains(marker);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        false
-    }
-
-    fn section(&self, name: &str) -> Option<String> {
-        let console = self.console();
-        let begin = format!("VSW-{name}-BEGIN");
-        let end = format!("VSW-{name}-END");
-        let from = console.find(&begin)? + begin.len();
-        let to = from + console[from..].find(&end)?;
-        Some(console[from..to].to_string())
-    }
-
-    fn line_value(&self, key: &str, field: &str) -> Option<u64> {
-        let console = self.console();
-        let line = console.lines().find(|l| l.starts_with(key))?;
-        let field = format!("{field}=");
-        let at = line.find(&field)? + field.len();
-        line[at..]
-            .split(|c: char| !c.is_ascii_digit())
-            .next()?
-            .parse()
-            .ok()
-    }
-}
-
-impl Drop for Guest {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A directory for one test's sockets and logs, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("vswitch-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-/// The bits per second the receiver counted, from iperf3's JSON.
-fn received_bps(json: &str) -> f64 {
-    let key = "\"sum_received\"";
-    let at = json.find(key).expect("iperf3 JSON has sum_received");
-    let rest = &json[at..];
-    let bps = rest.find("\"bits_per_second\"").expect("bits_per_second");
-    rest[bps + 18..]
-        .trim_start_matches([':', ' '])
-        .split([',', '\n', '}'])
-        .next()
-        .and_then(|v| v.trim().parse().ok())
-        .expect("a number")
-}
+use guest_support::{guest_image, received_bps, wait_until, Guest, TempDir};
 
 /// The MTU `port` reports once `guest` has attached and negotiated, or
 /// `None` if it never does within two minutes (or exits first).
@@ -603,18 +437,6 @@ impl Drop for Bystanders {
             let _ = thread.join();
         }
     }
-}
-
-/// Waits until `ok` holds or `limit` passes; returns whether it held.
-fn wait_until(limit: Duration, mut ok: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if ok() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    ok()
 }
 
 #[test]
