@@ -80,6 +80,7 @@ pub struct TxBatch {
 
 /// Something the caller counts: what the datapath did besides sending.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Event {
     /// A frame was dropped. Drops at ingress count on the ingress port,
     /// drops at egress on the egress port.

@@ -90,6 +90,11 @@ pub fn encode_stats(stats: &StatsView) -> String {
         "vswitch_port_gro_merges",
         "Frames merged into others in software for the port",
     );
+    let flood_copies = family(
+        &mut registry,
+        "vswitch_port_flood_copies",
+        "Copies beyond the first of frames from the port flooded to several ports",
+    );
     let not_learned = family(
         &mut registry,
         "vswitch_port_not_learned",
@@ -146,6 +151,7 @@ pub fn encode_stats(stats: &StatsView) -> String {
         segments.get_or_create(&l).inc_by(p.sw_segments);
         checksums.get_or_create(&l).inc_by(p.sw_checksums);
         merges.get_or_create(&l).inc_by(p.gro_merges);
+        flood_copies.get_or_create(&l).inc_by(p.flood_copies);
         not_learned.get_or_create(&l).inc_by(p.not_learned);
         up.get_or_create(&l).set(i64::from(p.state == "up"));
     }
@@ -280,6 +286,7 @@ mod tests {
                 drops: [("no_destination".to_string(), 2)].into(),
                 sw_segmented_frames: 1,
                 sw_segments: 45,
+                flood_copies: 4,
                 ..PortCounters::default()
             }],
             workers: vec![WorkerCounters {
@@ -299,6 +306,7 @@ mod tests {
             r#"vswitch_port_drops_total{port="tap0",reason="no_destination"} 2"#,
             r#"vswitch_port_drops_total{port="tap0",reason="bad_gso_size"} 0"#,
             r#"vswitch_port_software_segments_total{port="tap0"} 45"#,
+            r#"vswitch_port_flood_copies_total{port="tap0"} 4"#,
             r#"vswitch_port_up{port="tap0"} 1"#,
             r#"vswitch_worker_frames_total{worker="0"} 10"#,
             r#"vswitch_worker_busy_seconds_total{worker="0"} 1.5"#,
