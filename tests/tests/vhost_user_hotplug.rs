@@ -555,5 +555,22 @@ fn a_nic_hot_added_and_removed_over_qmp_while_iperf3_runs_on_the_first() {
         "frames the switch does not account for\n{lines}\n{}",
         report!()
     );
+    // The hot-plugged port's guest is gone for good: what the switch sent
+    // it was written to the guest's buffers or counted as dropped there,
+    // and what the switch took from it is what the guest sent, less what
+    // it never took.
+    let (switch_a2, guest_a2) = (port(id_a2), port_a2.report().guest);
+    if guest_a2.rx_adapted == 0 {
+        assert_eq!(
+            switch_a2.tx_frames,
+            guest_a2.rx_frames + guest_a2.rx_dropped,
+            "frames to the hot-plugged port\n{lines}"
+        );
+    }
+    assert_eq!(
+        switch_a2.rx_frames,
+        guest_a2.tx_frames - guest_a2.tx_dropped,
+        "frames from the hot-plugged port\n{lines}"
+    );
     switch.stop();
 }

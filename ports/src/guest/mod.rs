@@ -463,6 +463,23 @@ impl GuestPort {
         self.counters.snapshot()
     }
 
+    /// Drops every frame queued between the switch and a guest that went
+    /// away, in both directions, and counts them: those for the guest in
+    /// `rx_dropped`, those it transmitted in `tx_dropped`. Returns (frames
+    /// for the guest, frames from it). A device model calls it when its
+    /// guest disconnects, so that every frame the switch handed the port
+    /// is accounted for.
+    pub fn discard_queued(&self) -> (u64, u64) {
+        let (mut to_guest, mut from_guest) = (0, 0);
+        for pair in std::iter::once(&self.first_pair).chain(&self.more_pairs) {
+            to_guest += pair.to_guest_rx.try_iter().count();
+            from_guest += pair.from_guest_rx.try_iter().count();
+        }
+        stats::bump(&self.counters.rx_dropped, to_guest);
+        stats::bump(&self.counters.tx_dropped, from_guest);
+        (to_guest as u64, from_guest as u64)
+    }
+
     /// [`GuestQueue::tx_room`] of queue pair 0.
     pub fn tx_room(&self) -> usize {
         self.first_queue().tx_room()

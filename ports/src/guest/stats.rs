@@ -7,6 +7,7 @@ use super::{GuestRxError, GuestTxError};
 
 /// Counters of a guest port.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct GuestPortStats {
     /// Frames the guest transmitted that were queued for the switch.
     pub tx_frames: u64,
@@ -14,11 +15,15 @@ pub struct GuestPortStats {
     pub tx_bytes: u64,
     /// Transmitted chains refused ([`GuestTxError`]).
     pub tx_errors: u64,
+    /// Frames the guest transmitted that the switch never took: the guest
+    /// went away first ([`GuestPort::discard_queued`](super::GuestPort::discard_queued)).
+    pub tx_dropped: u64,
     /// Frames written to the guest's buffers.
     pub rx_frames: u64,
     /// Their bytes (frames only).
     pub rx_bytes: u64,
-    /// Frames for the guest dropped ([`GuestRxError::dropped_frame`]).
+    /// Frames for the guest dropped ([`GuestRxError::dropped_frame`]), and
+    /// frames still queued for it when it went away.
     pub rx_dropped: u64,
     /// Receive chains refused because the guest got them wrong
     /// ([`GuestRxError::bad_chain`]); the frame was kept.
@@ -33,6 +38,7 @@ pub(super) struct Counters {
     pub(super) tx_frames: AtomicU64,
     pub(super) tx_bytes: AtomicU64,
     pub(super) tx_errors: AtomicU64,
+    pub(super) tx_dropped: AtomicU64,
     pub(super) rx_frames: AtomicU64,
     pub(super) rx_bytes: AtomicU64,
     pub(super) rx_dropped: AtomicU64,
@@ -52,6 +58,7 @@ impl Counters {
             tx_frames: load(&self.tx_frames),
             tx_bytes: load(&self.tx_bytes),
             tx_errors: load(&self.tx_errors),
+            tx_dropped: load(&self.tx_dropped),
             rx_frames: load(&self.rx_frames),
             rx_bytes: load(&self.rx_bytes),
             rx_dropped: load(&self.rx_dropped),

@@ -107,6 +107,30 @@ fn transmit_bytes_slices_the_frame_out_of_the_chain() {
 }
 
 #[test]
+fn frames_queued_when_the_guest_goes_away_are_discarded_and_counted() {
+    let (port, _) = port_with(all_offloads());
+    // Two frames from the guest the switch has not taken yet, three the
+    // switch sent that the guest has not read.
+    for _ in 0..2 {
+        let frame = tcp4(100, false);
+        let hdr = header_bytes(VirtioNetHdr::default());
+        port.transmit_bytes(chain_bytes(&[&hdr, &frame])).unwrap();
+    }
+    for _ in 0..3 {
+        port.send(0, Packet::plain(Bytes::from(tcp4(100, false))))
+            .unwrap();
+    }
+    assert_eq!(port.discard_queued(), (3, 2));
+    let stats = port.stats();
+    assert_eq!((stats.rx_dropped, stats.tx_dropped), (3, 2));
+    assert_eq!((stats.rx_frames, stats.tx_frames), (0, 2));
+    // Nothing is left on either side, and a second call finds nothing.
+    let mut batch = Vec::new();
+    assert_eq!(port.receive(0, &mut batch, 8).unwrap(), 0);
+    assert_eq!(port.discard_queued(), (0, 0));
+}
+
+#[test]
 fn offloads_not_negotiated_and_bad_headers_are_refused_and_counted() {
     let (port, _) = port_with(Features::VERSION_1 | Features::CSUM);
     let frame = tcp4(3000, true);

@@ -332,6 +332,11 @@ impl Shared {
     }
 
     fn retire(&self, old: &GuestPort) {
+        // Frames still queued either way go with the guest, counted. A
+        // worker that took the port just before it was swapped out may
+        // still queue a frame after this; that one is dropped with the
+        // port, uncounted.
+        old.discard_queued();
         let stats = old.stats();
         let mut past = self.past.lock().unwrap_or_else(PoisonError::into_inner);
         add_stats(&mut past, &stats);
@@ -359,6 +364,7 @@ fn add_stats(sum: &mut GuestPortStats, more: &GuestPortStats) {
     sum.tx_frames += more.tx_frames;
     sum.tx_bytes += more.tx_bytes;
     sum.tx_errors += more.tx_errors;
+    sum.tx_dropped += more.tx_dropped;
     sum.rx_frames += more.rx_frames;
     sum.rx_bytes += more.rx_bytes;
     sum.rx_dropped += more.rx_dropped;
