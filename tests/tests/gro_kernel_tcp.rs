@@ -68,14 +68,7 @@ fn segments_from_a_tap_without_offloads_reach_a_tso_tap_merged() {
     let bytes =
         vswitch_tests::iperf3_received_bytes(&json).expect("iperf3 reported received bytes");
     let stats = switch.shutdown();
-    let port = |id| {
-        stats
-            .ports
-            .iter()
-            .find(|p| p.id == id)
-            .map(|p| p.stats)
-            .unwrap()
-    };
+    let port = |id| *stats.port(id).unwrap();
     let (a, b) = (port(port_a), port(port_b));
     eprintln!(
         "{bytes} bytes received by iperf3 ({:.2} Gbit/s); from A: {} frames; \

@@ -190,8 +190,8 @@ fn syn_rst_and_tiny_mss_tso_frames_are_dropped_at_ingress_and_good_traffic_flows
     }
 
     let stats = switch.shutdown();
-    let port_a = stats.ports.iter().find(|p| p.id == id_a).unwrap().stats;
-    let port_b = stats.ports.iter().find(|p| p.id == id_b).unwrap().stats;
+    let port_a = *stats.port(id_a).unwrap();
+    let port_b = *stats.port(id_b).unwrap();
     // Each refusal is counted under the rule it broke.
     assert_eq!(
         port_a

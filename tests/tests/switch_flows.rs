@@ -84,7 +84,7 @@ fn many_flows_keep_their_order_and_spread_over_workers() {
             port.stats.drops
         );
     }
-    let port = |id| stats.ports.iter().find(|p| p.id == id).unwrap().stats;
+    let port = |id| *stats.port(id).unwrap();
     assert_eq!(port(id_a).rx_frames, expected + 1);
     assert_eq!(port(id_b).tx_frames, expected + 1);
     assert_eq!(port(id_c).tx_frames, 2);
@@ -115,7 +115,7 @@ fn shutdown_leaves_no_frame_taken_from_a_port_uncounted() {
         }
     }
     let stats = switch.shutdown();
-    let port = |id| stats.ports.iter().find(|p| p.id == id).unwrap().stats;
+    let port = |id| *stats.port(id).unwrap();
     let (at_a, at_b) = (port(id_a), port(id_b));
     assert!(at_a.rx_frames > 0);
     // Every frame taken from a was sent to b or counted as dropped.
@@ -169,7 +169,7 @@ fn with_three_ports_the_counters_balance_floods_included() {
         thread::sleep(Duration::from_millis(10));
     }
     let stats = switch.shutdown();
-    let port = |id| stats.ports.iter().find(|p| p.id == id).unwrap().stats;
+    let port = |id| *stats.port(id).unwrap();
     let (at_a, at_b, at_c) = (port(id_a), port(id_b), port(id_c));
     assert_eq!(
         (at_a.flood_copies, at_b.flood_copies, at_c.flood_copies),

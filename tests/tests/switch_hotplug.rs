@@ -131,8 +131,8 @@ fn hot_add_and_remove_under_traffic_lose_nothing_elsewhere() {
             port.stats.drops
         );
     }
-    let port_a = stats.ports.iter().find(|p| p.id == id_a).unwrap().stats;
-    let port_b = stats.ports.iter().find(|p| p.id == id_b).unwrap().stats;
+    let port_a = *stats.port(id_a).unwrap();
+    let port_b = *stats.port(id_b).unwrap();
     assert_eq!(
         port_a.rx_frames,
         1 + u64::from(rounds_a) * u64::from(FLOWS + 1)

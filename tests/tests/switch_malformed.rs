@@ -121,8 +121,8 @@ fn bad_frames_are_dropped_and_counted_while_flows_keep_moving() {
     assert_eq!(at_b.other_frames, 0, "a bad frame got through");
 
     let stats = switch.shutdown();
-    let port_a = stats.ports.iter().find(|p| p.id == id_a).unwrap().stats;
-    let port_b = stats.ports.iter().find(|p| p.id == id_b).unwrap().stats;
+    let port_a = *stats.port(id_a).unwrap();
+    let port_b = *stats.port(id_b).unwrap();
     let bad_sent = u64::from(ROUNDS) * u64::from(FLOWS / 8);
     let mut per_reason = std::collections::HashMap::<DropReason, u64>::new();
     for round in 0..ROUNDS {

@@ -16,9 +16,10 @@ use std::time::{Duration, Instant};
 
 use vswitch::{PortProfile, Switch, SwitchConfig, VlanId};
 use vswitch_ports::vhost_user::{VhostUserConfig, VhostUserPort};
-use vswitch_ports::Port;
 
-use guest_support::{guest_image, received_bps, wait_until, Guest, TempDir};
+use guest_support::{
+    guest_image, plug, received_bps, wait_until, Guest, TempDir, CLIENT_ARGS, SERVER_ARGS,
+};
 
 /// The MTU `port` reports once `guest` has attached and negotiated, or
 /// `None` if it never does within two minutes (or exits first).
@@ -35,38 +36,6 @@ fn attached_mtu(port: &VhostUserPort, guest: &mut Guest) -> Option<u16> {
         std::thread::sleep(Duration::from_millis(20));
     }
     None
-}
-
-/// The receiving guest's role and addresses.
-const SERVER_ARGS: [&str; 6] = [
-    "--role",
-    "server",
-    "--ip",
-    "10.0.0.1/24",
-    "--mac",
-    "52:54:00:00:00:01",
-];
-
-/// The sending guest's role and addresses (its iperf3 arguments follow).
-const CLIENT_ARGS: [&str; 8] = [
-    "--role",
-    "client",
-    "--ip",
-    "10.0.0.2/24",
-    "--peer",
-    "10.0.0.1",
-    "--mac",
-    "52:54:00:00:00:02",
-];
-
-/// Adds a vhost-user port to the switch as an access port of VLAN 1.
-fn plug(switch: &Switch, port: &Arc<VhostUserPort>) -> vswitch::PortId {
-    switch
-        .add_port(
-            port.clone() as Arc<dyn Port>,
-            PortProfile::access(VlanId::DEFAULT),
-        )
-        .unwrap()
 }
 
 /// What one pair run asks of the guests.

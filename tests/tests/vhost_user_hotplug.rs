@@ -20,21 +20,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use guest_support::qmp::{Qmp, QmpError};
-use guest_support::{guest_image, received_bps, wait_until, Guest, TempDir};
+use guest_support::{
+    guest_image, plug, received_bps, wait_until, Guest, TempDir, CLIENT_ARGS, SERVER_ARGS,
+};
 use serde_json::{json, Value};
-use vswitch::{DropSide, PortProfile, PortStats, Switch, SwitchConfig, SwitchStats, VlanId};
+use vswitch::{DropSide, PortStats, Switch, SwitchConfig, SwitchStats};
 use vswitch_ports::vhost_user::{VhostUserConfig, VhostUserPort};
-use vswitch_ports::Port;
-
-/// Adds a vhost-user port to the switch as an access port of VLAN 1.
-fn plug(switch: &Switch, port: &Arc<VhostUserPort>) -> vswitch::PortId {
-    switch
-        .add_port(
-            port.clone() as Arc<dyn Port>,
-            PortProfile::access(VlanId::DEFAULT),
-        )
-        .unwrap()
-}
 
 /// The hot-plugged NIC's virtio-net-pci properties: those run-guest.sh
 /// gives the first NIC (QMP wants booleans as JSON booleans), on the first
@@ -79,16 +70,6 @@ fn hotplugged_nic(id: &str, netdev: &str, mac: &str) -> Value {
     device
 }
 
-/// A port's drops of the reasons counted on `side`.
-fn drops_on(stats: &PortStats, side: DropSide) -> u64 {
-    stats
-        .drops
-        .nonzero()
-        .filter(|(reason, _)| reason.side() == side)
-        .map(|(_, count)| count)
-        .sum()
-}
-
 /// Frames the switch took in (received, less those dropped on the way in,
 /// plus the extra copies of floods) and frames it accounted for on the way
 /// out (sent, or dropped toward a port; a frame cut into N segments counts
@@ -98,10 +79,10 @@ fn balance(stats: &SwitchStats) -> (i128, i128) {
     let mut left = 0i128;
     for port in &stats.ports {
         let s = &port.stats;
-        forwarded += i128::from(s.rx_frames) - i128::from(drops_on(s, DropSide::Ingress))
+        forwarded += i128::from(s.rx_frames) - i128::from(s.drops.side_total(DropSide::Ingress))
             + i128::from(s.flood_copies);
         left += i128::from(s.tx_frames)
-            + i128::from(drops_on(s, DropSide::Egress))
+            + i128::from(s.drops.side_total(DropSide::Egress))
             + i128::from(s.software.segmented)
             - i128::from(s.software.segments)
             + i128::from(s.software.coalesced);
@@ -116,8 +97,8 @@ fn counters_line(name: &str, s: &PortStats) -> String {
         s.rx_frames,
         s.tx_frames,
         s.flood_copies,
-        drops_on(s, DropSide::Ingress),
-        drops_on(s, DropSide::Egress),
+        s.drops.side_total(DropSide::Ingress),
+        s.drops.side_total(DropSide::Egress),
         s.drops,
         s.software.segmented,
         s.software.segments,
@@ -225,16 +206,7 @@ fn a_nic_hot_added_and_removed_over_qmp_while_iperf3_runs_on_the_first() {
         &dir.0,
         "b",
         &sock_b,
-        &[
-            "--role",
-            "server",
-            "--ip",
-            "10.0.0.1/24",
-            "--mac",
-            "52:54:00:00:00:01",
-            "--append",
-            "vsw.extra_ip=10.0.1.1/24",
-        ],
+        &[&SERVER_ARGS[..], &["--append", "vsw.extra_ip=10.0.1.1/24"]].concat(),
         "VSW-READY",
     );
     assert!(
@@ -250,23 +222,19 @@ fn a_nic_hot_added_and_removed_over_qmp_while_iperf3_runs_on_the_first() {
         "a",
         &sock_a,
         &[
-            "--role",
-            "client",
-            "--ip",
-            "10.0.0.2/24",
-            "--peer",
-            "10.0.0.1",
-            "--mac",
-            "52:54:00:00:00:02",
-            "--args",
-            "-P 4 -t 40",
-            "--append",
-            "vsw.hotplug_ip=10.0.1.2/24 vsw.hotplug_peer=10.0.1.1",
-            "--qmp",
-            qmp_path.to_str().unwrap(),
-            "--hotplug-slots",
-            "1",
-        ],
+            &CLIENT_ARGS[..],
+            &[
+                "--args",
+                "-P 4 -t 40",
+                "--append",
+                "vsw.hotplug_ip=10.0.1.2/24 vsw.hotplug_peer=10.0.1.1",
+                "--qmp",
+                qmp_path.to_str().unwrap(),
+                "--hotplug-slots",
+                "1",
+            ],
+        ]
+        .concat(),
         "VSW-LINK",
     );
     let mut qmp = match Qmp::connect(&qmp_path, Duration::from_secs(30)) {
@@ -505,14 +473,7 @@ fn a_nic_hot_added_and_removed_over_qmp_while_iperf3_runs_on_the_first() {
     let stats = switch.stats();
     let (forwarded, left) = balance(&stats);
     let unaccounted = forwarded - left;
-    let port = |id| {
-        stats
-            .ports
-            .iter()
-            .find(|p| p.id == id)
-            .map(|p| p.stats)
-            .unwrap_or_default()
-    };
+    let port = |id| stats.port(id).copied().unwrap_or_default();
     let lines = [("a", id_a), ("b", id_b), ("a2", id_a2)]
         .iter()
         .zip(&reports)

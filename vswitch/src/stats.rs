@@ -59,6 +59,15 @@ impl DropCounts {
         self.counts.iter().sum()
     }
 
+    /// Frames dropped for the reasons counted on `side`: on the way in
+    /// (on the ingress port) or on the way out (on the egress port).
+    pub fn side_total(&self, side: crate::drop::DropSide) -> u64 {
+        self.nonzero()
+            .filter(|(reason, _)| reason.side() == side)
+            .map(|(_, count)| count)
+            .sum()
+    }
+
     /// The reasons with a non-zero count.
     pub fn nonzero(&self) -> impl Iterator<Item = (DropReason, u64)> + '_ {
         DropReason::ALL

@@ -269,6 +269,17 @@ pub struct SwitchStats {
     pub learned_addresses: usize,
 }
 
+impl SwitchStats {
+    /// The counters of the port `id`, if it is in the switch.
+    pub fn port(&self, id: PortId) -> Option<&PortStats> {
+        self.ports
+            .binary_search_by_key(&id, |report| report.id)
+            .ok()
+            .and_then(|index| self.ports.get(index))
+            .map(|report| &report.stats)
+    }
+}
+
 /// A running switch. Dropping it stops and joins the workers.
 pub struct Switch {
     shared: Arc<Shared>,

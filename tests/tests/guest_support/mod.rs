@@ -7,7 +7,12 @@ pub mod qmp;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use vswitch::{PortProfile, Switch, VlanId};
+use vswitch_ports::vhost_user::VhostUserPort;
+use vswitch_ports::Port;
 
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -203,4 +208,36 @@ pub fn wait_until(limit: Duration, mut ok: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
     ok()
+}
+
+/// The receiving guest's role and addresses.
+pub const SERVER_ARGS: [&str; 6] = [
+    "--role",
+    "server",
+    "--ip",
+    "10.0.0.1/24",
+    "--mac",
+    "52:54:00:00:00:01",
+];
+
+/// The sending guest's role and addresses (its iperf3 arguments follow).
+pub const CLIENT_ARGS: [&str; 8] = [
+    "--role",
+    "client",
+    "--ip",
+    "10.0.0.2/24",
+    "--peer",
+    "10.0.0.1",
+    "--mac",
+    "52:54:00:00:00:02",
+];
+
+/// Adds a vhost-user port to the switch as an access port of VLAN 1.
+pub fn plug(switch: &Switch, port: &Arc<VhostUserPort>) -> vswitch::PortId {
+    switch
+        .add_port(
+            port.clone() as Arc<dyn Port>,
+            PortProfile::access(VlanId::DEFAULT),
+        )
+        .unwrap()
 }

@@ -113,20 +113,10 @@ fn counters_of(name: &str, state: &PortState, stats: &PortStats) -> PortCounters
         sw_segments: stats.software.segments,
         sw_checksums: stats.software.checksums,
         gro_merges: stats.software.coalesced,
-        drops_ingress: side_total(stats, DropSide::Ingress),
-        drops_egress: side_total(stats, DropSide::Egress),
+        drops_ingress: stats.drops.side_total(DropSide::Ingress),
+        drops_egress: stats.drops.side_total(DropSide::Egress),
         flood_copies: stats.flood_copies,
     }
-}
-
-/// A port's drops of the reasons counted on `side`.
-fn side_total(stats: &PortStats, side: DropSide) -> u64 {
-    stats
-        .drops
-        .nonzero()
-        .filter(|(reason, _)| reason.side() == side)
-        .map(|(_, count)| count)
-        .sum()
 }
 
 fn state_name(state: &PortState) -> &'static str {
