@@ -9,22 +9,32 @@ use std::time::Duration;
 
 use switch_support::*;
 use vswitch::{DropReason, PortProfile, VlanId};
-use vswitch_ports::{memory_port, MemoryPortConfig};
+use vswitch_ports::{memory_port, MemoryEndpoint, MemoryPortConfig};
 
 const FLOWS: u16 = 64;
+
+/// Ports "a", "b" and "c" made by `config`, added to `switch` as access
+/// ports of VLAN 1: their ids and guest ends.
+fn three_ports(
+    switch: &vswitch::Switch,
+    config: impl Fn(&str) -> MemoryPortConfig,
+) -> [(vswitch::PortId, MemoryEndpoint); 3] {
+    ["a", "b", "c"].map(|name| {
+        let (port, guest) = memory_port(config(name));
+        let id = switch
+            .add_port(Arc::new(port), PortProfile::access(VlanId::DEFAULT))
+            .unwrap();
+        (id, guest)
+    })
+}
 const FRAMES_PER_FLOW: u32 = 400;
 
 #[test]
 fn many_flows_keep_their_order_and_spread_over_workers() {
     let switch = patient_switch(4);
-    let config = |name: &str| MemoryPortConfig::new(name).queues(3, 2).queue_len(128);
-    let (a, guest_a) = memory_port(config("a"));
-    let (b, guest_b) = memory_port(config("b"));
-    let (c, guest_c) = memory_port(config("c"));
-    let profile = PortProfile::access(VlanId::DEFAULT);
-    let id_a = switch.add_port(Arc::new(a), profile.clone()).unwrap();
-    let id_b = switch.add_port(Arc::new(b), profile.clone()).unwrap();
-    let id_c = switch.add_port(Arc::new(c), profile).unwrap();
+    let [(id_a, guest_a), (id_b, guest_b), (id_c, guest_c)] = three_ports(&switch, |name| {
+        MemoryPortConfig::new(name).queues(3, 2).queue_len(128)
+    });
     let (guest_a, guest_b, guest_c) = (Arc::new(guest_a), Arc::new(guest_b), Arc::new(guest_c));
 
     // Each side announces itself, so the flows are unicast.
@@ -135,14 +145,8 @@ fn shutdown_leaves_no_frame_taken_from_a_port_uncounted() {
 #[test]
 fn with_three_ports_the_counters_balance_floods_included() {
     let switch = patient_switch(2);
-    let config = |name: &str| MemoryPortConfig::new(name).queue_len(256);
-    let (a, guest_a) = memory_port(config("a"));
-    let (b, guest_b) = memory_port(config("b"));
-    let (c, guest_c) = memory_port(config("c"));
-    let profile = PortProfile::access(VlanId::DEFAULT);
-    let id_a = switch.add_port(Arc::new(a), profile.clone()).unwrap();
-    let id_b = switch.add_port(Arc::new(b), profile.clone()).unwrap();
-    let id_c = switch.add_port(Arc::new(c), profile).unwrap();
+    let [(id_a, guest_a), (id_b, guest_b), (id_c, guest_c)] =
+        three_ports(&switch, |name| MemoryPortConfig::new(name).queue_len(256));
     let (mac_a, mac_b, mac_c) = (mac(1, 1), mac(2, 1), mac(3, 1));
     // b announces itself (to a and c: one copy more), a sends it 20
     // frames (unicast), c sends 5 to an address nobody has (flooded to a
