@@ -19,6 +19,10 @@
 #
 # Usage: benches/scripts/two-hosts.sh [--seconds N] [--streams N]
 #            [--topology vswitch|bridge|both|qemu] [--workers N] [--binary PATH]
+#            [--uplink-offload auto|none|csum|tso]
+# --uplink-offload is the switches' uplink mode (default auto: on this wire
+# the switch cuts and checksums every frame itself; tso hands the kernel
+# whole frames and its GSO beneath the socket cuts them, as the bridge's).
 # Prints one RESULT line per topology (key=value) and the ratio. Needs
 # root, iproute2, ethtool, iperf3, nstat; qemu also needs QEMU and the
 # guest kernel (scripts/guest/install-deps.sh).
@@ -26,7 +30,7 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 repo=$(cd "$here/../.." && pwd)
-seconds=5 streams=16 topology=both workers=1 binary=""
+seconds=5 streams=16 topology=both workers=1 binary="" uplink_offload=auto
 while [ $# -gt 0 ]; do
     case $1 in
     --seconds) seconds=$2; shift 2 ;;
@@ -34,6 +38,7 @@ while [ $# -gt 0 ]; do
     --topology) topology=$2; shift 2 ;;
     --workers) workers=$2; shift 2 ;;
     --binary) binary=$2; shift 2 ;;
+    --uplink-offload) uplink_offload=$2; shift 2 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "two-hosts: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -167,10 +172,10 @@ run_vswitch() {
     local ha=vsw-ha-$tag hb=vsw-hb-$tag ga=vsw-ga-$tag gb=vsw-gb-$tag
     netns "$ha"; netns "$hb"; netns "$ga"; netns "$gb"
     wire "$ha" "$hb"
-    ip netns exec "$ha" "$binary" run --uplink wire-a --tap tap-a --workers "$workers" \
+    ip netns exec "$ha" "$binary" run --uplink "wire-a:offload=$uplink_offload" --tap tap-a --workers "$workers" \
         --ctl "$work/a.ctl" --stats-interval 0 >"$work/a.log" 2>&1 &
     pids+=($!); local pid_a=$!
-    ip netns exec "$hb" "$binary" run --uplink wire-b --tap tap-b --workers "$workers" \
+    ip netns exec "$hb" "$binary" run --uplink "wire-b:offload=$uplink_offload" --tap tap-b --workers "$workers" \
         --ctl "$work/b.ctl" --stats-interval 0 >"$work/b.log" 2>&1 &
     pids+=($!); local pid_b=$!
     wait_for_socket "$work/a.ctl"; wait_for_socket "$work/b.ctl"
