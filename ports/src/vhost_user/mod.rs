@@ -107,7 +107,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use vhost::vhost_user::{Error as VhostUserProtocolError, Listener};
 use vhost_user_backend::VhostUserDaemon;
@@ -125,6 +125,11 @@ pub const MAX_QUEUE_PAIRS: usize = 8;
 
 /// Largest virtqueue the backend accepts.
 pub const MAX_QUEUE_SIZE: u16 = 1024;
+
+/// How long a guest port that went away waits for the threads still
+/// using it (one send or one event each) before its queued frames are
+/// counted and dropped.
+const RETIRE_WAIT: Duration = Duration::from_millis(50);
 
 /// Who opens the socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -308,7 +313,7 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner)
             .replace(port);
         if let Some(old) = old {
-            self.retire(&old);
+            self.retire(old);
         }
         *self
             .negotiated
@@ -323,7 +328,7 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner)
             .take();
         if let Some(old) = old {
-            self.retire(&old);
+            self.retire(old);
         }
         *self
             .negotiated
@@ -331,11 +336,15 @@ impl Shared {
             .unwrap_or_else(PoisonError::into_inner) = None;
     }
 
-    fn retire(&self, old: &GuestPort) {
+    fn retire(&self, old: Arc<GuestPort>) {
         // Frames still queued either way go with the guest, counted. A
-        // worker that took the port just before it was swapped out may
-        // still queue a frame after this; that one is dropped with the
-        // port, uncounted.
+        // worker or device thread that took the port just before it was
+        // swapped out holds it for one send or one event at most: wait
+        // for them (briefly), so that what they queue is counted too.
+        let deadline = Instant::now() + RETIRE_WAIT;
+        while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
+            thread::sleep(Duration::from_micros(100));
+        }
         old.discard_queued();
         let stats = old.stats();
         let mut past = self.past.lock().unwrap_or_else(PoisonError::into_inner);
