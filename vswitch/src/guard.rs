@@ -582,6 +582,58 @@ mod tests {
         ));
     }
 
+    mod proptests {
+        use super::*;
+        use proptest::prelude::*;
+        use vswitch_offload::testing::FrameBuilder;
+        use vswitch_offload::Packet;
+
+        const OWNED: [u8; 4] = [192, 0, 2, 10];
+
+        proptest! {
+            /// The in-line IPv4 path of `check` answers what the general
+            /// path answers, for any guards, addresses and frame (byte
+            /// changes included, so that odd parses are reached too).
+            #[test]
+            fn the_ipv4_shortcut_answers_as_the_full_check(
+                guards in any::<[bool; 4]>(),
+                owned in 0usize..3,
+                src in prop_oneof![Just(OWNED), Just([0, 0, 0, 0]), any::<[u8; 4]>()],
+                ports in prop_oneof![Just((67u16, 68u16)), Just((68, 67)), any::<(u16, u16)>()],
+                udp in any::<bool>(),
+                vlan in proptest::option::of(1u16..4095),
+                flip in proptest::option::of((0usize..80, any::<u8>())),
+            ) {
+                let mut security = PortSecurity::new()
+                    .ip_source_guard(guards[0])
+                    .neighbor_guard(guards[1])
+                    .dhcp_guard(guards[2])
+                    .router_guard(guards[3]);
+                for addr in [OWNED, [198, 51, 100, 7]].iter().take(owned) {
+                    security = security.allow_ipv4(Ipv4Addr::from(*addr));
+                }
+                let mut frame = if udp {
+                    FrameBuilder::udp4(src, [192, 0, 2, 1])
+                } else {
+                    FrameBuilder::tcp4(src, [192, 0, 2, 1])
+                };
+                frame = frame.ports(ports.0, ports.1).payload([7; 30]);
+                if let Some(vid) = vlan {
+                    frame = frame.vlan(vid);
+                }
+                let mut bytes = frame.build();
+                if let Some((at, value)) = flip {
+                    if let Some(byte) = bytes.get_mut(at) {
+                        *byte = value;
+                    }
+                }
+                if let Ok(frame) = CheckedFrame::check(Packet::plain(bytes::Bytes::from(bytes))) {
+                    prop_assert_eq!(security.check(&frame), security.check_guarded(&frame));
+                }
+            }
+        }
+    }
+
     #[test]
     fn link_local_addresses_pass_until_one_is_named() {
         let lla: Ipv6Addr = "fe80::1".parse().unwrap();
