@@ -208,6 +208,22 @@ impl GuestQueue<'_> {
             .is_empty()
     }
 
+    /// [`GuestQueue::rx_pending`] for a device model about to stop
+    /// draining (its budget spent): when nothing is waiting, the notifier
+    /// is re-armed first, so that the next frame queued fires it. Without
+    /// this, a drain that ends exactly as the queue empties leaves the
+    /// notifier spent, and frames queued afterwards wake nobody until the
+    /// guest kicks, which a polling driver that only receives never does.
+    pub fn rx_pending_or_rearm(&self) -> bool {
+        if self.rx_pending() {
+            return true;
+        }
+        // Re-arm before looking again: a frame queued after this store
+        // notifies; one queued before it is seen below.
+        self.pair.notified.store(false, Ordering::SeqCst);
+        self.rx_pending()
+    }
+
     /// Writes the next frame for the guest into the receive chains the
     /// device model popped from this pair's receive virtqueue, in order,
     /// through guest memory `mem`, with the header the negotiated features

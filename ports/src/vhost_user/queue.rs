@@ -184,7 +184,7 @@ where
     let result = (|| {
         loop {
             if out.frames >= budget {
-                out.more = port.rx_pending();
+                out.more = port.rx_pending_or_rearm();
                 break;
             }
             // With nothing waiting the call below finds the queue empty

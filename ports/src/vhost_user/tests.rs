@@ -362,6 +362,36 @@ fn after_the_guest_took_everything_the_next_frame_notifies_again() {
     }
 }
 
+#[test]
+fn a_drain_that_ends_at_its_budget_as_the_queue_empties_still_wakes_on_the_next_frame() {
+    // A guest that only receives and never kicks (a polling driver, as
+    // DPDK's virtio PMD under testpmd rxonly): the switch's notifier is
+    // all that brings the device side back.
+    let mem = memory();
+    let mut drv = driver(&mem);
+    let mut queue = drv.device_queue();
+    let (port, notifier) = guest(Features::VERSION_1, 64);
+    for _ in 0..8 {
+        drv.post_writable(&[2048]);
+    }
+    let mut used = Vec::new();
+    for tag in 0..4 {
+        port.send(0, Packet::plain(frame(tag, 60))).unwrap();
+    }
+    assert!(notifier.wait_timeout(Duration::ZERO));
+    // The budget is spent on the last frame waiting: nothing more to do.
+    let done = fill_rx(0, &mut queue, &&mem, port.queue(0).unwrap(), 4, &mut used).unwrap();
+    assert_eq!((done.frames, done.more), (4, false));
+    // A frame queued afterwards wakes the device side again.
+    port.send(0, Packet::plain(frame(9, 60))).unwrap();
+    assert!(
+        notifier.wait_timeout(Duration::ZERO),
+        "the notifier was left spent: the frame would wait for a kick that never comes"
+    );
+    let done = fill_rx(0, &mut queue, &&mem, port.queue(0).unwrap(), 4, &mut used).unwrap();
+    assert_eq!(done.frames, 1);
+}
+
 /// Open file descriptors of this process.
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |dir| dir.count())
