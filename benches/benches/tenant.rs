@@ -151,6 +151,45 @@ fn through_datapath(frames: &[Packet], count: usize, protected: bool) -> f64 {
     done as f64 / start.elapsed().as_secs_f64()
 }
 
+/// What [`paired`] measured.
+struct Paired {
+    /// The best rate of each setup.
+    best_off: f64,
+    best_on: f64,
+    /// The median over the pairs of (unprotected / protected - 1).
+    median_cost: f64,
+    pairs: usize,
+}
+
+/// Runs `pairs` pairs of rounds, `rate(protected)` giving each round's
+/// rate, the two setups back to back and which goes first alternating (so
+/// neither is always the warm one). A pair's two rounds see the same
+/// machine, and the median of the pairs' cost is what a shared, noisy
+/// machine cannot move much.
+fn paired(pairs: usize, mut rate: impl FnMut(bool) -> f64) -> Paired {
+    let (mut best_off, mut best_on) = (0.0f64, 0.0f64);
+    let mut costs = Vec::with_capacity(pairs);
+    for round in 0..pairs.max(1) {
+        let (off, on) = if round % 2 == 0 {
+            let off = rate(false);
+            (off, rate(true))
+        } else {
+            let on = rate(true);
+            (rate(false), on)
+        };
+        best_off = best_off.max(off);
+        best_on = best_on.max(on);
+        costs.push(off / on.max(1e-9) - 1.0);
+    }
+    costs.sort_by(f64::total_cmp);
+    Paired {
+        best_off,
+        best_on,
+        median_cost: costs[costs.len() / 2],
+        pairs: costs.len(),
+    }
+}
+
 fn main() {
     // `cargo bench` passes --bench; `cargo test --benches` does not, and
     // then one short round of each runs, a check that the set-up works
@@ -181,72 +220,40 @@ fn main() {
         "tenant protection: 64-byte frames, 64 UDP flows, every guard on and a non-binding \
          limit on both ports, against none"
     );
-    // The switch: in pairs of rounds, a quarter of the frames each, the
-    // two setups back to back (which goes first alternates), and the
-    // median of the pairs' cost, for the reason given below.
-    let (mut off, mut on, mut drops) = (0.0f64, 0.0f64, 0);
-    let mut costs = Vec::new();
-    for round in 0..rounds * 4 {
-        let mut run = |protected| {
-            let (rate, d) = through_switch(&frames, count / 4, protected);
-            drops += d;
-            rate
-        };
-        let (a, b) = if round % 2 == 0 {
-            let a = run(false);
-            (a, run(true))
-        } else {
-            let b = run(true);
-            (run(false), b)
-        };
-        off = off.max(a);
-        on = on.max(b);
-        costs.push(a / b.max(1e-9) - 1.0);
-    }
-    costs.sort_by(f64::total_cmp);
+    // The switch: pairs of rounds of a quarter of the frames each.
+    let mut drops = 0;
+    let switch = paired(rounds * 4, |protected| {
+        let (rate, d) = through_switch(&frames, count / 4, protected);
+        drops += d;
+        rate
+    });
     println!(
         "  switch, 1 worker, {} frames a round: unprotected {:.2} Mpps/worker-CPU, protected {:.2} \
          Mpps/worker-CPU (best of each); cost {:+.1}% (median of {} pairs; drops {drops})",
         count / 4,
-        off / 1e6,
-        on / 1e6,
-        costs[costs.len() / 2] * 100.0,
-        costs.len(),
+        switch.best_off / 1e6,
+        switch.best_on / 1e6,
+        switch.median_cost * 100.0,
+        switch.pairs,
     );
     // Every frame offered must arrive: the limits never bind here.
     assert_eq!(
         drops, 0,
         "frames dropped: the set-up, not the cost, is wrong"
     );
-    // Short rounds, many of them, in pairs: the two setups run back to
-    // back, so a pair sees the same machine, and the median of the pairs'
-    // cost is what a shared, noisy machine cannot move much (the best of
-    // each setup is printed too).
-    let (mut off, mut on) = (0.0f64, 0.0f64);
-    let mut costs = Vec::new();
-    for round in 0..rounds * 16 {
-        // Alternate which setup goes first, so neither is always warm.
-        let (a, b) = if round % 2 == 0 {
-            let a = through_datapath(&frames, count / 8, false);
-            (a, through_datapath(&frames, count / 8, true))
-        } else {
-            let b = through_datapath(&frames, count / 8, true);
-            (through_datapath(&frames, count / 8, false), b)
-        };
-        off = off.max(a);
-        on = on.max(b);
-        costs.push(a / b.max(1e-9) - 1.0);
-    }
-    costs.sort_by(f64::total_cmp);
-    let median = costs[costs.len() / 2];
+    // The datapath alone: sixteen times as many pairs of an eighth of the
+    // frames each.
+    let datapath = paired(rounds * 16, |protected| {
+        through_datapath(&frames, count / 8, protected)
+    });
     println!(
         "  datapath alone, this thread:       unprotected {:.2} Mpps, protected {:.2} Mpps (best \
          of each); cost {:+.1}% (median of {} pairs; {:.1} ns a frame)",
-        off / 1e6,
-        on / 1e6,
-        median * 100.0,
-        costs.len(),
-        median * 1e9 / off.max(1e-9)
+        datapath.best_off / 1e6,
+        datapath.best_on / 1e6,
+        datapath.median_cost * 100.0,
+        datapath.pairs,
+        datapath.median_cost * 1e9 / datapath.best_off.max(1e-9)
     );
     println!(
         "  cost: extra worker CPU per frame, as a share of the unprotected frame's (target <= 5%)"
