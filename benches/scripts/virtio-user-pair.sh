@@ -75,7 +75,9 @@ wait_for_socket() {
     exit 1
 }
 
-# run PEER: prints the receiver's median packets per second.
+# run PEER: the receiver's median packets per second into $work/PEER.pps.
+# Run in this shell, not in $(...), so that the EXIT trap sees what it
+# starts.
 run() {
     local peer=$1 dir=$work/$1
     mkdir -p "$dir"
@@ -102,13 +104,15 @@ run() {
     sleep "$seconds"
     # The per-second figures after the first two, median.
     grep -o 'Rx-pps: *[0-9]*' "$work/rx.log" | awk '{print $2}' | tail -n +3 \
-        | sort -n | awk '{v[NR]=$1} END {if (NR == 0) print 0; else print v[int((NR + 1) / 2)]}'
+        | sort -n | awk '{v[NR]=$1} END {if (NR == 0) print 0; else print v[int((NR + 1) / 2)]}' \
+        >"$work/$peer.pps"
     teardown
 }
 
 declare -A pps
 for peer in vswitch testpmd; do
-    pps[$peer]=$(run "$peer")
+    run "$peer"
+    pps[$peer]=$(cat "$work/$peer.pps")
     gbps=$(awk -v p="${pps[$peer]}" -v l="$len" 'BEGIN {printf "%.2f", p * l * 8 / 1e9}')
     echo "RESULT peer=$peer len=$len rx_pps=${pps[$peer]} gbps=$gbps"
 done
