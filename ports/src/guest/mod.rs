@@ -674,4 +674,11 @@ impl QueuePair {
             self.notifier.notify();
         }
     }
+
+    /// Re-arms the notifier, for a device model that found the receive
+    /// queue empty. Look at the queue once more after it: a frame queued
+    /// after this store notifies, one queued before it is seen then.
+    fn rearm(&self) {
+        self.notified.store(false, Ordering::SeqCst);
+    }
 }

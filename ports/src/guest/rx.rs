@@ -3,7 +3,6 @@
 
 use std::collections::VecDeque;
 use std::ops::Deref;
-use std::sync::atomic::Ordering;
 use std::sync::PoisonError;
 
 use crossbeam_channel::TryRecvError;
@@ -218,9 +217,7 @@ impl GuestQueue<'_> {
         if self.rx_pending() {
             return true;
         }
-        // Re-arm before looking again: a frame queued after this store
-        // notifies; one queued before it is seen below.
-        self.pair.notified.store(false, Ordering::SeqCst);
+        self.pair.rearm();
         self.rx_pending()
     }
 
@@ -317,9 +314,7 @@ impl GuestQueue<'_> {
             let packet = match pair.to_guest_rx.try_recv() {
                 Ok(packet) => packet,
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => {
-                    // Re-arm before looking again: a frame queued after this
-                    // store notifies; one queued before it is seen below.
-                    pair.notified.store(false, Ordering::SeqCst);
+                    pair.rearm();
                     match pair.to_guest_rx.try_recv() {
                         Ok(packet) => packet,
                         Err(_) => return Ok(None),
