@@ -253,15 +253,11 @@ impl AtomicBucket {
         u64::try_from((u128::from(tokens) * self.per_token) >> 32).unwrap_or(u64::MAX)
     }
 
-    /// The clock: units since `epoch`, plus the depth, so that an
-    /// `empty_at` of 0 is a full bucket and the arithmetic stays unsigned.
-    fn clock(&self, epoch: Instant, now: Instant) -> u64 {
-        self.clock_at(units_since(epoch, now))
-    }
-
-    /// [`AtomicBucket::clock`] from [`units_since`] the epoch, computed
-    /// once for every bucket of a port.
-    fn clock_at(&self, units: u64) -> u64 {
+    /// The clock at `units` since the limiter's epoch
+    /// ([`PortLimiter::units`], computed once for every bucket of a port),
+    /// plus the depth, so that an `empty_at` of 0 is a full bucket and the
+    /// arithmetic stays unsigned.
+    fn clock(&self, units: u64) -> u64 {
         units.saturating_add(self.depth)
     }
 
@@ -406,16 +402,21 @@ impl PortLimiter {
         *self.epoch.get_or_init(|| now)
     }
 
+    /// Clock units from the epoch to `now`, for [`AtomicBucket::clock`].
+    fn units(&self, now: Instant) -> u64 {
+        units_since(self.epoch(now), now)
+    }
+
     /// Whether the port may be polled at `now`: every bucket of its
     /// receive side is out of debt.
     pub fn may_receive(&self, now: Instant) -> bool {
         if self.from_port.is_none() {
             return true;
         }
-        let units = units_since(self.epoch(now), now);
+        let units = self.units(now);
         self.from_port
             .buckets()
-            .all(|bucket| bucket.ready(bucket.clock_at(units)))
+            .all(|bucket| bucket.ready(bucket.clock(units)))
     }
 
     /// Charges frames taken from the port: `frames` and `bytes` of wire
@@ -424,12 +425,12 @@ impl PortLimiter {
         if self.from_port.is_none() {
             return;
         }
-        let units = units_since(self.epoch(now), now);
+        let units = self.units(now);
         if let Some(bucket) = &self.from_port.bytes {
-            bucket.charge(bytes, bucket.clock_at(units));
+            bucket.charge(bytes, bucket.clock(units));
         }
         if let Some(bucket) = &self.from_port.frames {
-            bucket.charge(frames, bucket.clock_at(units));
+            bucket.charge(frames, bucket.clock(units));
         }
     }
 
@@ -439,14 +440,14 @@ impl PortLimiter {
         if self.to_port.is_none() {
             return true;
         }
-        let epoch = self.epoch(now);
+        let units = self.units(now);
         if let Some(bucket) = &self.to_port.bytes {
-            if !bucket.try_take(bytes, bucket.clock(epoch, now)) {
+            if !bucket.try_take(bytes, bucket.clock(units)) {
                 return false;
             }
         }
         if let Some(bucket) = &self.to_port.frames {
-            if !bucket.try_take(frames, bucket.clock(epoch, now)) {
+            if !bucket.try_take(frames, bucket.clock(units)) {
                 if let Some(bytes_bucket) = &self.to_port.bytes {
                     bytes_bucket.refund(bytes);
                 }
@@ -498,9 +499,9 @@ impl PortLimiter {
         let short_bytes = credit.bytes < bytes;
         let short_frames = credit.frames < frames;
         if short_bytes || short_frames {
-            let epoch = self.epoch(now);
+            let units = self.units(now);
             let take = |bucket: &AtomicBucket, need: u64| -> Option<u64> {
-                let clock = bucket.clock(epoch, now);
+                let clock = bucket.clock(units);
                 let chunk = bucket.chunk(need);
                 if bucket.try_take(chunk, clock) {
                     Some(chunk)
