@@ -377,8 +377,7 @@ impl PortSecurity {
             };
             if !self.owns_ipv4_octets([a, b, c, d]) {
                 let src = Ipv4Addr::new(a, b, c, d);
-                let dhcp_client =
-                    src.is_unspecified() && udp_ports() == Some(DHCP_CLIENT_PORTS.to_be_bytes());
+                let dhcp_client = src.is_unspecified() && udp_ports() == Some(DHCP_CLIENT_PORTS);
                 if !dhcp_client {
                     return Err(GuardViolation::IpSource {
                         addr: IpAddr::V4(src),
@@ -386,7 +385,7 @@ impl PortSecurity {
                 }
             }
         }
-        if self.dhcp_guard && udp_ports() == Some(DHCP_SERVER_PORTS.to_be_bytes()) {
+        if self.dhcp_guard && udp_ports() == Some(DHCP_SERVER_PORTS) {
             return Err(GuardViolation::DhcpServer { src_port: 67 });
         }
         Ok(())
@@ -483,11 +482,11 @@ impl PortSecurity {
 }
 
 const ARP_LEN: usize = 28;
-/// UDP 68 → 67: a DHCPv4 client's message, as source and destination port
-/// in one number.
-const DHCP_CLIENT_PORTS: u32 = (68 << 16) | 67;
+/// UDP 68 → 67: a DHCPv4 client's message, source and destination port
+/// as the frame has them.
+const DHCP_CLIENT_PORTS: [u8; 4] = [0, 68, 0, 67];
 /// UDP 67 → 68: a DHCPv4 server's message.
-const DHCP_SERVER_PORTS: u32 = (67 << 16) | 68;
+const DHCP_SERVER_PORTS: [u8; 4] = [0, 67, 0, 68];
 const ARP_REQUEST: u16 = 1;
 const IPV6_HEADER_LEN: usize = 40;
 const PROTO_TCP: u8 = 6;
