@@ -430,20 +430,32 @@ fn a_guest_killed_mid_transfer_comes_back_and_the_others_keep_flowing() {
         args
     };
 
+    // A server guest on A, ready, then a client on B running `iperf`.
+    let boot_pair = |round: u32, iperf: &'static str| {
+        let mut server = Guest::start(
+            &image,
+            &dir.0,
+            &format!("server{round}"),
+            &sock_a,
+            &server_args,
+        );
+        assert!(
+            server.wait_for("VSW-READY", Duration::from_secs(120)),
+            "round {round}: the server guest did not get ready\n{}",
+            server.describe()
+        );
+        let client = Guest::start(
+            &image,
+            &dir.0,
+            &format!("client{round}"),
+            &sock_b,
+            &client_args(iperf),
+        );
+        (server, client)
+    };
+
     // A long transfer from B to A.
-    let mut server = Guest::start(&image, &dir.0, "server1", &sock_a, &server_args);
-    assert!(
-        server.wait_for("VSW-READY", Duration::from_secs(120)),
-        "the server guest did not get ready\n{}",
-        server.describe()
-    );
-    let mut client = Guest::start(
-        &image,
-        &dir.0,
-        "client1",
-        &sock_b,
-        &client_args("-P 2 -t 60"),
-    );
+    let (mut server, mut client) = boot_pair(1, "-P 2 -t 60");
     let flowing = wait_until(Duration::from_secs(120), || {
         port_a.report().guest.rx_frames > 2000
     });
@@ -476,19 +488,7 @@ fn a_guest_killed_mid_transfer_comes_back_and_the_others_keep_flowing() {
     // runs to completion.
     let _ = client.child.kill();
     let _ = client.child.wait();
-    let mut server = Guest::start(&image, &dir.0, "server2", &sock_a, &server_args);
-    assert!(
-        server.wait_for("VSW-READY", Duration::from_secs(120)),
-        "the second server guest did not get ready\n{}",
-        server.describe()
-    );
-    let mut client = Guest::start(
-        &image,
-        &dir.0,
-        "client2",
-        &sock_b,
-        &client_args("-P 2 -t 3"),
-    );
+    let (mut server, mut client) = boot_pair(2, "-P 2 -t 3");
     let done = client.wait_for("VSW-EXIT", Duration::from_secs(180))
         && server.wait_for("VSW-CSUM-ERRORS", Duration::from_secs(30));
     let report = format!(
