@@ -18,14 +18,14 @@
 //! assert_eq!(outside.try_collect().unwrap().data.len(), 60);
 //! ```
 
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{
-    bounded, Receiver, Select, SendTimeoutError, Sender, TryRecvError, TrySendError,
-};
 use vswitch_offload::{EgressCapabilities, Packet};
 
-use crate::port::{Port, PortCapabilities, PortError, SendError};
+use crate::port::{BatchSendError, Port, PortCapabilities, PortError, SendError};
 
 /// How to build an in-memory port.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,23 +118,147 @@ impl InjectError {
     }
 }
 
+/// One bounded FIFO between the switch and the outside. A burst moves
+/// under one lock: the switch takes or gives a whole batch at a time.
+///
+/// A receive lane is a [`Fifo`], which the switch empties a burst at a
+/// time; a transmit lane is a `VecDeque`, since the outside may take its
+/// frames one at a time.
+#[derive(Debug)]
+struct Lane<Q> {
+    frames: Mutex<Q>,
+}
+
+impl<Q> Lane<Q> {
+    fn new(frames: Q) -> Lane<Q> {
+        Lane {
+            frames: Mutex::new(frames),
+        }
+    }
+
+    /// The queue, even if a thread panicked while holding it: a frame
+    /// queue has no invariant a panic could break half-way.
+    fn lock(&self) -> MutexGuard<'_, Q> {
+        self.frames.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// A queue the switch takes from in bursts: the frames sit in a `Vec` from
+/// `head` on, and a burst is moved out of a slice of it, without the
+/// per-frame bookkeeping of a ring's iterator. The space before `head` is
+/// reclaimed when the queue empties or the `Vec` would grow.
+#[derive(Debug)]
+struct Fifo {
+    frames: Vec<Packet>,
+    head: usize,
+}
+
+impl Fifo {
+    fn with_capacity(capacity: usize) -> Fifo {
+        Fifo {
+            frames: Vec::with_capacity(capacity),
+            head: 0,
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.frames.len() - self.head
+    }
+
+    fn push(&mut self, packet: Packet) {
+        if self.frames.len() == self.frames.capacity() && self.head > 0 {
+            self.frames.drain(..self.head);
+            self.head = 0;
+        }
+        self.frames.push(packet);
+    }
+
+    /// Moves the first `count` frames (at most [`Fifo::len`]) to `batch`.
+    fn take(&mut self, count: usize, batch: &mut Vec<Packet>) {
+        let end = self.head + count.min(self.len());
+        batch.extend(self.frames[self.head..end].iter_mut().map(std::mem::take));
+        self.head = end;
+        if self.head == self.frames.len() {
+            self.frames.clear();
+            self.head = 0;
+        }
+    }
+}
+
+/// Where a thread of one side waits for the other side to act (room to
+/// inject, a frame to collect). The acting side only takes the lock when
+/// someone is waiting, so a burst that nobody waits for costs one load.
+#[derive(Debug, Default)]
+struct Doorbell {
+    waiters: AtomicUsize,
+    lock: Mutex<()>,
+    rung: Condvar,
+}
+
+impl Doorbell {
+    /// Wakes the waiters, if any.
+    fn ring(&self) {
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            let _held = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            self.rung.notify_all();
+        }
+    }
+
+    /// Calls `attempt` until it gives a value, waiting for a ring between
+    /// attempts, until `deadline`. `attempt` runs while the doorbell is
+    /// held, so a ring between an attempt and the wait is not lost.
+    fn wait_for<T>(&self, deadline: Instant, mut attempt: impl FnMut() -> Option<T>) -> Option<T> {
+        let mut held = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let found = loop {
+            if let Some(found) = attempt() {
+                break Some(found);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break None;
+            }
+            held = match self.rung.wait_timeout(held, deadline - now) {
+                Ok((held, _)) => held,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        };
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        found
+    }
+}
+
+/// What the two ends of a port share.
+#[derive(Debug)]
+struct Shared {
+    /// Outside to switch.
+    rx: Vec<Lane<Fifo>>,
+    /// Switch to outside.
+    tx: Vec<Lane<VecDeque<Packet>>>,
+    queue_len: usize,
+    /// The switch side still exists.
+    port_alive: AtomicBool,
+    /// The outside end still exists.
+    outside_alive: AtomicBool,
+    /// Rung when the switch takes frames (room to inject) or goes away.
+    room: Doorbell,
+    /// Rung when the switch sends frames or goes away.
+    sent: Doorbell,
+}
+
 /// The switch side of an in-memory port.
 #[derive(Debug)]
 pub struct MemoryPort {
     name: String,
     caps: PortCapabilities,
-    queue_len: usize,
-    rx: Vec<Receiver<Packet>>,
-    tx: Vec<Sender<Packet>>,
+    shared: Arc<Shared>,
 }
 
 /// The outside end of an in-memory port: inject frames into the switch,
 /// collect the frames the switch sends.
 #[derive(Debug)]
 pub struct MemoryEndpoint {
-    queue_len: usize,
-    inject: Vec<Sender<Packet>>,
-    collect: Vec<Receiver<Packet>>,
+    shared: Arc<Shared>,
 }
 
 /// Builds an in-memory port. Queue counts and the queue length are raised
@@ -143,8 +267,19 @@ pub fn memory_port(config: MemoryPortConfig) -> (MemoryPort, MemoryEndpoint) {
     let rx_queues = config.rx_queues.max(1);
     let tx_queues = config.tx_queues.max(1);
     let queue_len = config.queue_len.max(1);
-    let (inject, rx): (Vec<_>, Vec<_>) = (0..rx_queues).map(|_| bounded(queue_len)).unzip();
-    let (tx, collect): (Vec<_>, Vec<_>) = (0..tx_queues).map(|_| bounded(queue_len)).unzip();
+    let shared = Arc::new(Shared {
+        rx: (0..rx_queues)
+            .map(|_| Lane::new(Fifo::with_capacity(queue_len)))
+            .collect(),
+        tx: (0..tx_queues)
+            .map(|_| Lane::new(VecDeque::with_capacity(queue_len)))
+            .collect(),
+        queue_len,
+        port_alive: AtomicBool::new(true),
+        outside_alive: AtomicBool::new(true),
+        room: Doorbell::default(),
+        sent: Doorbell::default(),
+    });
     let port = MemoryPort {
         name: config.name,
         caps: PortCapabilities {
@@ -152,16 +287,33 @@ pub fn memory_port(config: MemoryPortConfig) -> (MemoryPort, MemoryEndpoint) {
             rx_queues,
             tx_queues,
         },
-        queue_len,
-        rx,
-        tx,
+        shared: Arc::clone(&shared),
     };
-    let endpoint = MemoryEndpoint {
-        queue_len,
-        inject,
-        collect,
-    };
-    (port, endpoint)
+    (port, MemoryEndpoint { shared })
+}
+
+impl Drop for MemoryPort {
+    fn drop(&mut self) {
+        self.shared.port_alive.store(false, Ordering::SeqCst);
+        self.shared.room.ring();
+        self.shared.sent.ring();
+    }
+}
+
+impl Drop for MemoryEndpoint {
+    fn drop(&mut self) {
+        self.shared.outside_alive.store(false, Ordering::SeqCst);
+        // Nobody can collect them any more.
+        for lane in &self.shared.tx {
+            lane.lock().clear();
+        }
+    }
+}
+
+impl MemoryPort {
+    fn tx_lane(&self, queue: usize) -> Option<&Lane<VecDeque<Packet>>> {
+        self.shared.tx.get(queue)
+    }
 }
 
 impl Port for MemoryPort {
@@ -179,71 +331,115 @@ impl Port for MemoryPort {
         batch: &mut Vec<Packet>,
         max: usize,
     ) -> Result<usize, PortError> {
-        let rx = self.rx.get(queue).ok_or(PortError::NoSuchQueue {
+        let shared = &self.shared;
+        let lane = shared.rx.get(queue).ok_or(PortError::NoSuchQueue {
             direction: "rx",
             queue,
-            queues: self.rx.len(),
+            queues: shared.rx.len(),
         })?;
-        let mut moved = 0;
-        while moved < max {
-            match rx.try_recv() {
-                Ok(packet) => {
-                    batch.push(packet);
-                    moved += 1;
-                }
-                Err(TryRecvError::Empty) => break,
-                Err(TryRecvError::Disconnected) if moved == 0 => {
-                    return Err(PortError::Disconnected { queue })
-                }
-                Err(TryRecvError::Disconnected) => break,
-            }
+        let moved = {
+            let mut frames = lane.lock();
+            let moved = frames.len().min(max);
+            frames.take(moved, batch);
+            moved
+        };
+        if moved > 0 {
+            shared.room.ring();
+        } else if !shared.outside_alive.load(Ordering::SeqCst) && lane.lock().len() == 0 {
+            return Err(PortError::Disconnected { queue });
         }
         Ok(moved)
     }
 
     fn send(&self, queue: usize, packet: Packet) -> Result<(), SendError> {
-        let Some(tx) = self.tx.get(queue) else {
+        let Some(lane) = self.tx_lane(queue) else {
             return Err(SendError::NoSuchQueue {
                 queue,
-                queues: self.tx.len(),
+                queues: self.shared.tx.len(),
                 packet,
             });
         };
-        tx.try_send(packet).map_err(|err| match err {
-            TrySendError::Full(packet) => SendError::Full {
+        if !self.shared.outside_alive.load(Ordering::SeqCst) {
+            return Err(SendError::Disconnected { queue, packet });
+        }
+        {
+            let mut frames = lane.lock();
+            if frames.len() >= self.shared.queue_len {
+                return Err(SendError::Full {
+                    queue,
+                    capacity: self.shared.queue_len,
+                    packet,
+                });
+            }
+            frames.push_back(packet);
+        }
+        self.shared.sent.ring();
+        Ok(())
+    }
+
+    /// The whole batch, or as much as the queue has room for, under one
+    /// lock and with at most one wake-up of the outside.
+    fn send_batch(&self, queue: usize, batch: &mut Vec<Packet>) -> Result<(), BatchSendError> {
+        let Some(lane) = self.tx_lane(queue) else {
+            return Err(BatchSendError::NoSuchQueue {
                 queue,
-                capacity: self.queue_len,
-                packet,
-            },
-            TrySendError::Disconnected(packet) => SendError::Disconnected { queue, packet },
-        })
+                queues: self.shared.tx.len(),
+            });
+        };
+        if !self.shared.outside_alive.load(Ordering::SeqCst) {
+            return Err(BatchSendError::Disconnected { queue });
+        }
+        let capacity = self.shared.queue_len;
+        let taken = {
+            let mut frames = lane.lock();
+            let taken = capacity.saturating_sub(frames.len()).min(batch.len());
+            frames.extend(batch.drain(..taken));
+            taken
+        };
+        if taken > 0 {
+            self.shared.sent.ring();
+        }
+        if batch.is_empty() {
+            Ok(())
+        } else {
+            Err(BatchSendError::Full { queue, capacity })
+        }
     }
 }
 
 impl MemoryEndpoint {
     /// Number of receive queues the frames can be injected into.
     pub fn rx_queues(&self) -> usize {
-        self.inject.len()
+        self.shared.rx.len()
     }
 
     /// Number of transmit queues frames are collected from.
     pub fn tx_queues(&self) -> usize {
-        self.collect.len()
+        self.shared.tx.len()
     }
 
     /// Injects a frame into receive queue `queue` without waiting.
     pub fn try_inject(&self, queue: usize, packet: Packet) -> Result<(), InjectError> {
-        let Some(tx) = self.inject.get(queue) else {
+        let Some(lane) = self.shared.rx.get(queue) else {
             return Err(self.no_such_queue(queue, packet));
         };
-        tx.try_send(packet).map_err(|err| match err {
-            TrySendError::Full(packet) => InjectError::Full {
+        self.push(queue, lane, packet)
+    }
+
+    fn push(&self, queue: usize, lane: &Lane<Fifo>, packet: Packet) -> Result<(), InjectError> {
+        if !self.shared.port_alive.load(Ordering::SeqCst) {
+            return Err(InjectError::Disconnected { queue, packet });
+        }
+        let mut frames = lane.lock();
+        if frames.len() >= self.shared.queue_len {
+            return Err(InjectError::Full {
                 queue,
-                capacity: self.queue_len,
+                capacity: self.shared.queue_len,
                 packet,
-            },
-            TrySendError::Disconnected(packet) => InjectError::Disconnected { queue, packet },
-        })
+            });
+        }
+        frames.push(packet);
+        Ok(())
     }
 
     /// Injects a frame into receive queue `queue`, waiting up to `timeout`
@@ -255,23 +451,37 @@ impl MemoryEndpoint {
         packet: Packet,
         timeout: Duration,
     ) -> Result<(), InjectError> {
-        let Some(tx) = self.inject.get(queue) else {
+        let Some(lane) = self.shared.rx.get(queue) else {
             return Err(self.no_such_queue(queue, packet));
         };
-        tx.send_timeout(packet, timeout).map_err(|err| match err {
-            SendTimeoutError::Timeout(packet) => InjectError::Full {
+        let deadline = Instant::now() + timeout;
+        let mut packet = Some(packet);
+        let outcome = self.shared.room.wait_for(deadline, || {
+            let frame = packet.take()?;
+            match self.push(queue, lane, frame) {
+                Err(InjectError::Full { packet: back, .. }) => {
+                    packet = Some(back);
+                    None
+                }
+                done => Some(done),
+            }
+        });
+        match (outcome, packet) {
+            (Some(done), _) => done,
+            (None, Some(packet)) => Err(InjectError::Full {
                 queue,
-                capacity: self.queue_len,
+                capacity: self.shared.queue_len,
                 packet,
-            },
-            SendTimeoutError::Disconnected(packet) => InjectError::Disconnected { queue, packet },
-        })
+            }),
+            // `attempt` only gives `None` after putting the frame back.
+            (None, None) => Ok(()),
+        }
     }
 
     fn no_such_queue(&self, queue: usize, packet: Packet) -> InjectError {
         InjectError::NoSuchQueue {
             queue,
-            queues: self.inject.len(),
+            queues: self.shared.rx.len(),
             packet,
         }
     }
@@ -279,44 +489,31 @@ impl MemoryEndpoint {
     /// Takes one frame the switch sent, from any transmit queue, without
     /// waiting. Frames of one transmit queue come out in the order sent.
     pub fn try_collect(&self) -> Option<Packet> {
-        self.collect.iter().find_map(|rx| rx.try_recv().ok())
+        self.shared
+            .tx
+            .iter()
+            .find_map(|lane| lane.lock().pop_front())
     }
 
     /// Takes one frame the switch sent, from any transmit queue, waiting up
     /// to `timeout`. `None` when nothing arrived in time or the switch side
     /// is gone.
     pub fn collect_timeout(&self, timeout: Duration) -> Option<Packet> {
-        if let Some(packet) = self.try_collect() {
-            return Some(packet);
-        }
         let deadline = Instant::now() + timeout;
-        let mut select = Select::new();
-        for rx in &self.collect {
-            select.recv(rx);
-        }
-        let mut open = self.collect.len();
-        while open > 0 {
-            let op = select.select_deadline(deadline).ok()?;
-            let index = op.index();
-            let rx = self.collect.get(index)?;
-            match op.recv(rx) {
-                Ok(packet) => return Some(packet),
-                Err(_) => {
-                    // That queue's switch side is gone; wait on the others.
-                    select.remove(index);
-                    open -= 1;
-                }
-            }
-        }
-        None
+        self.shared.sent.wait_for(deadline, || {
+            self.try_collect().map(Some).or_else(|| {
+                // Nothing will come from a switch side that is gone.
+                (!self.shared.port_alive.load(Ordering::SeqCst)).then_some(None)
+            })
+        })?
     }
 
     /// Moves every frame waiting on the transmit queues to `out` and returns
     /// how many were moved.
     pub fn drain(&self, out: &mut Vec<Packet>) -> usize {
         let before = out.len();
-        for rx in &self.collect {
-            out.extend(rx.try_iter());
+        for lane in &self.shared.tx {
+            out.extend(lane.lock().drain(..));
         }
         out.len() - before
     }
@@ -417,5 +614,85 @@ mod tests {
         port.send(1, frame(2)).unwrap();
         let mut out = Vec::new();
         assert_eq!(outside.drain(&mut out), 2);
+    }
+
+    #[test]
+    fn a_batch_fills_the_room_left_and_hands_back_the_rest_in_order() {
+        let (port, outside) = memory_port(MemoryPortConfig::new("p").queue_len(4));
+        port.send(0, frame(0)).unwrap();
+        let mut batch: Vec<Packet> = (1..6).map(frame).collect();
+        let err = port.send_batch(0, &mut batch).unwrap_err();
+        assert_eq!(
+            err,
+            BatchSendError::Full {
+                queue: 0,
+                capacity: 4
+            }
+        );
+        let left: Vec<u8> = batch.iter().map(|p| p.data[0]).collect();
+        assert_eq!(left, [4, 5]);
+        let mut out = Vec::new();
+        assert_eq!(outside.drain(&mut out), 4);
+        let got: Vec<u8> = out.iter().map(|p| p.data[0]).collect();
+        assert_eq!(got, [0, 1, 2, 3]);
+        port.send_batch(0, &mut batch).unwrap();
+        assert!(batch.is_empty());
+        assert_eq!(
+            port.send_batch(3, &mut vec![frame(9)]),
+            Err(BatchSendError::NoSuchQueue {
+                queue: 3,
+                queues: 1
+            })
+        );
+        drop(outside);
+        assert_eq!(
+            port.send_batch(0, &mut vec![frame(9)]),
+            Err(BatchSendError::Disconnected { queue: 0 })
+        );
+    }
+
+    #[test]
+    fn waiting_ends_when_the_other_side_acts() {
+        let (port, outside) = memory_port(MemoryPortConfig::new("p").queue_len(1));
+        outside.try_inject(0, frame(1)).unwrap();
+        let port = Arc::new(port);
+        let switch = Arc::clone(&port);
+        let taker = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            let mut batch = Vec::new();
+            let taken = switch.receive(0, &mut batch, 8).unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            switch.send_batch(0, &mut batch).unwrap();
+            taken
+        });
+        // The queue is full until the switch takes the first frame.
+        let start = Instant::now();
+        outside
+            .inject_timeout(0, frame(2), Duration::from_secs(10))
+            .unwrap();
+        assert!(start.elapsed() < Duration::from_secs(5));
+        let got = outside.collect_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(got.data[0], 1);
+        assert_eq!(taker.join().unwrap(), 1);
+        // A full queue that nobody drains gives the frame back in time.
+        let err = outside
+            .inject_timeout(0, frame(3), Duration::from_millis(20))
+            .unwrap_err();
+        assert_eq!(err.into_packet().data[0], 3);
+    }
+
+    #[test]
+    fn a_dropped_switch_side_ends_a_wait_at_once() {
+        let (port, outside) = memory_port(MemoryPortConfig::new("p"));
+        let dropper = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            drop(port);
+        });
+        let start = Instant::now();
+        assert!(outside.collect_timeout(Duration::from_secs(30)).is_none());
+        assert!(start.elapsed() < Duration::from_secs(10));
+        dropper.join().unwrap();
+        let err = outside.try_inject(0, frame(1)).unwrap_err();
+        assert!(matches!(err, InjectError::Disconnected { queue: 0, .. }));
     }
 }
