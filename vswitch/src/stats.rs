@@ -216,8 +216,14 @@ impl PortCounters {
 
     /// Counts a frame received, in lane `lane`.
     pub fn received(&self, lane: usize, bytes: usize) {
+        self.received_many(lane, 1, bytes);
+    }
+
+    /// Counts `frames` frames of `bytes` bytes in all received, in lane
+    /// `lane`: a burst is counted once, not frame by frame.
+    pub fn received_many(&self, lane: usize, frames: usize, bytes: usize) {
         let lane = self.lane(lane);
-        bump(&lane.rx_frames, 1);
+        bump(&lane.rx_frames, frames as u64);
         bump(&lane.rx_bytes, bytes as u64);
     }
 
@@ -314,7 +320,12 @@ pub struct WorkerStats {
 impl WorkerCounters {
     /// Counts a frame handled.
     pub fn handled(&self, bytes: usize) {
-        bump(&self.frames, 1);
+        self.handled_many(1, bytes);
+    }
+
+    /// Counts `frames` frames of `bytes` bytes in all handled.
+    pub fn handled_many(&self, frames: usize, bytes: usize) {
+        bump(&self.frames, frames as u64);
         bump(&self.bytes, bytes as u64);
     }
 

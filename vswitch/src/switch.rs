@@ -783,11 +783,11 @@ impl SwitchWorker {
 
     /// Handles up to a burst of frames other workers handed over.
     fn drain_inbox(&mut self, now: Instant) -> usize {
-        let mut handled = 0;
+        let (mut handled, mut bytes) = (0, 0);
         while handled < self.shared.config.burst {
             match self.inbox.try_recv() {
                 Ok((ingress, frame)) => {
-                    self.handle().counters.handled(frame.len());
+                    bytes += frame.len();
                     self.datapath.forward(
                         &self.table.profiles,
                         ingress,
@@ -800,6 +800,7 @@ impl SwitchWorker {
                 Err(_) => break,
             }
         }
+        self.handle().counters.handled_many(handled, bytes);
         self.flush();
         handled
     }
@@ -828,8 +829,10 @@ impl SwitchWorker {
             .unwrap_or(0);
         let workers = self.shared.workers.len();
         let mut batch = std::mem::take(&mut self.rx_batch);
+        let (mut rx_frames, mut rx_bytes) = (0, 0);
+        let (mut handled, mut handled_bytes) = (0, 0);
         for packet in batch.drain(..) {
-            port.counters.received(self.index, packet.data.len());
+            (rx_frames, rx_bytes) = (rx_frames + 1, rx_bytes + packet.data.len());
             let len = packet.data.len() as u64;
             let Some(frame) = Datapath::check(port.id, packet, &mut self.output) else {
                 (cost_frames, cost_bytes) = (cost_frames + 1, cost_bytes + len);
@@ -845,7 +848,7 @@ impl SwitchWorker {
                 worker_for_hash(flow_hash(&frame), workers)
             };
             if target == self.index {
-                self.handle().counters.handled(frame.len());
+                (handled, handled_bytes) = (handled + 1, handled_bytes + frame.len());
                 self.datapath
                     .forward(&self.table.profiles, port.id, frame, now, &mut self.output);
             } else {
@@ -853,6 +856,8 @@ impl SwitchWorker {
             }
         }
         self.rx_batch = batch;
+        port.counters.received_many(self.index, rx_frames, rx_bytes);
+        self.handle().counters.handled_many(handled, handled_bytes);
         if let Some(limiter) = limiter {
             limiter.charge_received(cost_frames, cost_bytes, now);
         }
