@@ -139,7 +139,9 @@ impl<Q> Lane<Q> {
     /// The queue, even if a thread panicked while holding it: a frame
     /// queue has no invariant a panic could break half-way.
     fn lock(&self) -> MutexGuard<'_, Q> {
-        self.frames.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.frames
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
