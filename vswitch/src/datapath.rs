@@ -123,6 +123,9 @@ pub enum Event {
 pub struct Output {
     batches: Vec<TxBatch>,
     active: usize,
+    /// The batch a frame went to last: the next frame of a burst usually
+    /// goes there too, and is put there without a search.
+    last: usize,
     events: Vec<Event>,
 }
 
@@ -168,7 +171,20 @@ impl Output {
     }
 
     /// The index of the batch toward `to`, made if there is none yet.
+    #[inline]
     fn batch_index(&mut self, to: Destination) -> usize {
+        if let Some(last) = self.batches[..self.active].get(self.last) {
+            if last.port == to.port && last.queue == to.queue {
+                return self.last;
+            }
+        }
+        self.last = self.find_batch(to);
+        self.last
+    }
+
+    /// [`Output::batch_index`] when the batch is not the last one used.
+    #[cold]
+    fn find_batch(&mut self, to: Destination) -> usize {
         let found = self.batches[..self.active]
             .iter()
             .position(|batch| batch.port == to.port && batch.queue == to.queue);
@@ -324,8 +340,26 @@ impl Datapath {
 
     /// The egress port's rate limit: whether `frame` may go to `port` at
     /// `now` (its tokens are taken if so); a refused frame is counted.
-    #[inline]
+    /// Most frames go to the port of the frame before, which has no limit:
+    /// that is answered here; the rest in [`Datapath::admit_limited`].
+    #[inline(always)]
     fn admit(
+        &mut self,
+        ports: &PortSet,
+        port: PortId,
+        frame: &CheckedFrame,
+        now: Instant,
+        out: &mut Output,
+    ) -> bool {
+        match self.last_admit {
+            Some((last, version, None)) if last == port && version == ports.version() => true,
+            _ => self.admit_limited(ports, port, frame, now, out),
+        }
+    }
+
+    /// [`Datapath::admit`] for a port that has a limit or was not the
+    /// last one asked about.
+    fn admit_limited(
         &mut self,
         ports: &PortSet,
         port: PortId,
