@@ -1,5 +1,7 @@
-//! An in-memory port: bounded channels per queue, for tests, demos and
-//! embedders that hand frames to the switch from their own threads.
+//! An in-memory port: a bounded queue each way per queue index, for tests,
+//! demos and embedders that hand frames to the switch from their own
+//! threads. The switch takes and gives a whole burst under one lock, and
+//! wakes a waiting outside thread at most once per burst.
 //!
 //! [`memory_port`] returns the two ends: the [`MemoryPort`] the switch owns
 //! and the [`MemoryEndpoint`] the outside (a test, a fake guest, an
