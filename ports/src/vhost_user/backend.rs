@@ -9,7 +9,7 @@ use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatu
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::QueueT;
+use virtio_queue::{DescriptorChain, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
@@ -19,7 +19,7 @@ use vmm_sys_util::event::{
 use super::queue::{drain_tx, fill_rx, QueueBroken};
 use super::Shared;
 use crate::features::Features;
-use crate::guest::{GuestPort, GuestPortConfig, Notifier, UsedChain};
+use crate::guest::{GuestPort, GuestPortConfig, Notifier};
 
 /// Guest memory as the vhost-user handler maps it.
 pub(super) type Memory = GuestMemoryAtomic<GuestMemoryMmap<()>>;
@@ -91,11 +91,16 @@ impl Notifier for PairEvent {
     }
 }
 
-/// Scratch vectors one pair's thread reuses from event to event.
+/// The snapshot of guest memory one event works on.
+type Snapshot = <Memory as GuestAddressSpace>::T;
+
+/// Scratch vectors one pair's thread reuses from event to event (empty
+/// between events: no chain outlives the memory snapshot it was read
+/// through).
 #[derive(Default)]
 struct Scratch {
     heads: Vec<u16>,
-    used: Vec<UsedChain>,
+    chains: Vec<DescriptorChain<Snapshot>>,
 }
 
 /// One connection's backend: built when the frontend connects, dropped
@@ -287,7 +292,7 @@ impl NetBackend {
                     &memory,
                     queue,
                     BUDGET,
-                    &mut scratch.used,
+                    &mut scratch.chains,
                 )
             } else {
                 drain_tx(

@@ -441,3 +441,43 @@ fn connections_that_come_and_go_leave_no_descriptors_behind() {
     port.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_bad_receive_chain_goes_back_empty_and_the_frame_takes_the_next_ones() {
+    use crate::guest::mock::Desc;
+    let mem = memory();
+    let mut drv = driver(&mem);
+    let mut queue = drv.device_queue();
+    let (port, _) = guest(Features::VERSION_1 | Features::MRG_RXBUF, 64);
+    port.send(0, Packet::plain(frame(3, 1400))).unwrap();
+    port.send(0, Packet::plain(frame(4, 60))).unwrap();
+    let first = drv.post_writable(&[512]);
+    // Device-readable: the guest got it wrong.
+    let bad = drv.post(&[Desc::readable(0x2_0000, 512)]);
+    let rest: Vec<u16> = (0..3).map(|_| drv.post_writable(&[512])).collect();
+    let mut chains = Vec::new();
+    let done = fill_rx(
+        0,
+        &mut queue,
+        &&mem,
+        port.queue(0).unwrap(),
+        256,
+        &mut chains,
+    )
+    .unwrap();
+    assert_eq!((done.frames, done.chains), (2, 5));
+    assert!(chains.is_empty(), "no chain is kept past the call");
+    assert_eq!(
+        drv.take_used(),
+        vec![
+            (bad, 0),
+            (first, 512),
+            (rest[0], 512),
+            (rest[1], (HDR + 1400 - 1024) as u32),
+            (rest[2], (HDR + 60) as u32),
+        ]
+    );
+    assert_eq!(port.stats().rx_bad_chains, 1);
+    let written = drv.read_chain(rest[2], HDR + 60);
+    assert_eq!(&written[HDR..], &frame(4, 60)[..]);
+}
