@@ -8,6 +8,8 @@
 //! | `vswitch_port_drops_total` | `port`, `reason` (every reason of the drop taxonomy) |
 //! | `vswitch_port_software_segments_total`, `vswitch_port_software_checksums_total`, `vswitch_port_gro_merges_total`, `vswitch_port_not_learned_total` | `port` |
 //! | `vswitch_port_up` (gauge, 1 or 0) | `port` |
+//! | `vswitch_port_broken_queues` (gauge: virtqueues of the attached guest not served because it broke them), `vswitch_port_queues_broken_total` (since the port was added) | `port` (vhost-user ports) |
+//! | `vswitch_port_last_error` (gauge, 1) | `port`, `error` (vhost-user ports with a problem so far) |
 //! | `vswitch_worker_frames_total`, `vswitch_worker_handed_off_total`, `vswitch_worker_sent_total`, `vswitch_worker_busy_seconds_total` | `worker` |
 //! | `vswitch_learned_addresses` (gauge) | |
 
@@ -45,6 +47,21 @@ fn labels(pairs: &[(&str, &str)]) -> Labels {
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect()
+}
+
+/// A label value as the text format carries it: `prometheus-client` writes
+/// label values as they are, and an error message may hold quotes.
+fn escape_label(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// The exposition of `stats`.
@@ -106,6 +123,23 @@ pub fn encode_stats(stats: &StatsView) -> String {
         "Whether the port works (1) or is down (0)",
         up.clone(),
     );
+    let broken_now = Family::<Labels, Gauge>::default();
+    registry.register(
+        "vswitch_port_broken_queues",
+        "Virtqueues of a vhost-user port's attached guest not served because the guest broke them",
+        broken_now.clone(),
+    );
+    let broken_total = family(
+        &mut registry,
+        "vswitch_port_queues_broken",
+        "Virtqueues of a vhost-user port marked broken since the port was added",
+    );
+    let last_error = Family::<Labels, Gauge>::default();
+    registry.register(
+        "vswitch_port_last_error",
+        "The last problem with a vhost-user port's connection or rings, in the error label",
+        last_error.clone(),
+    );
     let worker_frames = family(
         &mut registry,
         "vswitch_worker_frames",
@@ -154,6 +188,18 @@ pub fn encode_stats(stats: &StatsView) -> String {
         flood_copies.get_or_create(&l).inc_by(p.flood_copies);
         not_learned.get_or_create(&l).inc_by(p.not_learned);
         up.get_or_create(&l).set(i64::from(p.state == "up"));
+        if let Some(rings) = &p.vhost_user {
+            broken_now
+                .get_or_create(&l)
+                .set(i64::try_from(rings.broken_now.len()).unwrap_or(i64::MAX));
+            broken_total.get_or_create(&l).inc_by(rings.broken_queues);
+            if let Some(error) = &rings.last_error {
+                let error = escape_label(error);
+                last_error
+                    .get_or_create(&labels(&[("port", port), ("error", &error)]))
+                    .set(1);
+            }
+        }
     }
     for w in &stats.workers {
         let index = w.index.to_string();
@@ -270,7 +316,7 @@ fn serve(mut stream: TcpStream, controller: &Controller) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ctl::protocol::{PortCounters, WorkerCounters};
+    use crate::ctl::protocol::{PortCounters, VhostUserView, WorkerCounters};
 
     #[test]
     fn every_counter_is_in_the_exposition() {
@@ -312,6 +358,38 @@ mod tests {
             r#"vswitch_worker_busy_seconds_total{worker="0"} 1.5"#,
             "vswitch_learned_addresses 2",
             "# EOF",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
+        }
+        assert!(
+            !text.contains("vswitch_port_broken_queues{"),
+            "only vhost-user ports have rings to break"
+        );
+    }
+
+    #[test]
+    fn a_last_error_with_quotes_stays_one_label() {
+        let stats = StatsView {
+            ports: vec![PortCounters {
+                name: "vm0".into(),
+                state: "down".into(),
+                vhost_user: Some(VhostUserView {
+                    broken_now: Vec::new(),
+                    broken_queues: 2,
+                    last_error: Some("connection ended: \"bad\" \\ message\nagain".into()),
+                }),
+                ..PortCounters::default()
+            }],
+            ..StatsView::default()
+        };
+        let text = encode_stats(&stats);
+        for line in [
+            r#"vswitch_port_broken_queues{port="vm0"} 0"#,
+            r#"vswitch_port_queues_broken_total{port="vm0"} 2"#,
+            r#"vswitch_port_last_error{port="vm0",error="connection ended: \"bad\" \\ message\nagain"} 1"#,
         ] {
             assert!(
                 text.lines().any(|l| l == line),

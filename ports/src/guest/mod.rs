@@ -249,6 +249,9 @@ struct QueuePair {
     to_guest_tx: Sender<Packet>,
     to_guest_rx: Receiver<Packet>,
     rx: Mutex<RxState>,
+    /// The used-ring entries a device model's receive fill collects before
+    /// it writes them, kept so that a fill allocates nothing.
+    rx_used: Mutex<Vec<UsedChain>>,
     notifier: Arc<dyn Notifier>,
     /// The notifier fired and the device model has not drained the receive
     /// queue since.
@@ -271,6 +274,7 @@ impl QueuePair {
             to_guest_tx,
             to_guest_rx,
             rx: Mutex::new(RxState::default()),
+            rx_used: Mutex::new(Vec::new()),
             notifier,
             notified: AtomicBool::new(false),
             tx_blocked: AtomicBool::new(false),

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::ops::Deref;
-use std::sync::PoisonError;
+use std::sync::{MutexGuard, PoisonError};
 
 use crossbeam_channel::TryRecvError;
 use virtio_queue::DescriptorChain;
@@ -254,6 +254,19 @@ impl GuestQueue<'_> {
         self.receive_with(|port, scratch, packet| {
             port.write_to_chains(mem, chains, scratch, packet, used)
         })
+    }
+
+    /// The list a device model's receive fill on this pair collects its
+    /// used-ring entries in, empty and kept from fill to fill so that
+    /// filling allocates nothing once it has grown. Held for one fill.
+    pub(crate) fn rx_used_list(&self) -> MutexGuard<'_, Vec<UsedChain>> {
+        let mut used = self
+            .pair
+            .rx_used
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        used.clear();
+        used
     }
 
     /// Writes the next frame for the guest, header first (`num_buffers`

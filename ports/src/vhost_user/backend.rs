@@ -9,7 +9,7 @@ use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatu
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::QueueT;
+use virtio_queue::{DescriptorChain, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{
@@ -19,7 +19,7 @@ use vmm_sys_util::event::{
 use super::queue::{drain_tx, fill_rx, QueueBroken};
 use super::Shared;
 use crate::features::Features;
-use crate::guest::{GuestPort, GuestPortConfig, Notifier, UsedChain};
+use crate::guest::{GuestPort, GuestPortConfig, Notifier};
 
 /// Guest memory as the vhost-user handler maps it.
 pub(super) type Memory = GuestMemoryAtomic<GuestMemoryMmap<()>>;
@@ -91,11 +91,16 @@ impl Notifier for PairEvent {
     }
 }
 
-/// Scratch vectors one pair's thread reuses from event to event.
+/// The snapshot of guest memory one event works on.
+type Snapshot = <Memory as GuestAddressSpace>::T;
+
+/// Scratch vectors one pair's thread reuses from event to event (empty
+/// between events: no chain outlives the memory snapshot it was read
+/// through).
 #[derive(Default)]
 struct Scratch {
     heads: Vec<u16>,
-    used: Vec<UsedChain>,
+    chains: Vec<DescriptorChain<Snapshot>>,
 }
 
 /// One connection's backend: built when the frontend connects, dropped
@@ -106,7 +111,6 @@ pub(super) struct NetBackend {
     memory: RwLock<Option<Memory>>,
     events: Vec<Arc<PairEvent>>,
     scratch: Vec<Mutex<Scratch>>,
-    broken: Vec<AtomicBool>,
     acked: AtomicU64,
     /// The MTU the frontend gave the guest (`VHOST_USER_NET_SET_MTU`);
     /// 0 until it does.
@@ -120,6 +124,8 @@ pub(super) struct NetBackend {
 impl NetBackend {
     pub(super) fn new(shared: Arc<Shared>) -> io::Result<Self> {
         let pairs = shared.config.queue_pairs;
+        // A new connection: every ring is served until its guest breaks one.
+        shared.clear_broken();
         Ok(NetBackend {
             pairs,
             memory: RwLock::new(None),
@@ -127,7 +133,6 @@ impl NetBackend {
                 .map(|_| PairEvent::new().map(Arc::new))
                 .collect::<io::Result<_>>()?,
             scratch: (0..pairs).map(|_| Mutex::default()).collect(),
-            broken: (0..2 * pairs).map(|_| AtomicBool::new(false)).collect(),
             acked: AtomicU64::new(0),
             frontend_mtu: AtomicU32::new(0),
             enabled_rings: AtomicU64::new(0),
@@ -240,10 +245,8 @@ impl NetBackend {
     }
 
     fn mark_broken(&self, err: &QueueBroken) {
-        if let Some(flag) = self.broken.get(usize::from(err.queue)) {
-            if !flag.swap(true, Ordering::Relaxed) {
-                self.shared.queue_broken(err);
-            }
+        if usize::from(err.queue) < 2 * self.pairs {
+            self.shared.queue_broken(err);
         }
     }
 
@@ -272,7 +275,7 @@ impl NetBackend {
         let mut again = false;
         for (offset, vring) in vrings.iter().enumerate().take(2) {
             let index = 2 * pair + offset;
-            if self.broken[index].load(Ordering::Relaxed) {
+            if self.shared.is_broken(index) {
                 continue;
             }
             let mut state = vring.get_mut();
@@ -287,7 +290,7 @@ impl NetBackend {
                     &memory,
                     queue,
                     BUDGET,
-                    &mut scratch.used,
+                    &mut scratch.chains,
                 )
             } else {
                 drain_tx(
@@ -359,9 +362,7 @@ impl VhostUserBackend for NetBackend {
         self.acked.store(0, Ordering::Relaxed);
         self.frontend_mtu.store(0, Ordering::Relaxed);
         self.enabled_rings.store(0, Ordering::SeqCst);
-        for flag in &self.broken {
-            flag.store(false, Ordering::Relaxed);
-        }
+        self.shared.clear_broken();
     }
 
     fn set_event_idx(&self, _enabled: bool) {

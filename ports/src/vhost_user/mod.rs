@@ -76,9 +76,10 @@
 //!   typed errors and counters, and the chain goes back with length 0. A
 //!   guest that breaks a ring itself (an available index more than a queue
 //!   ahead, a head outside the descriptor table, rings outside its memory)
-//!   gets that queue marked broken ([`VhostUserReport::broken_queues`]);
-//!   it is not served again until the device is reset or the guest
-//!   reconnects. Descriptor loops and nested indirect tables end a chain
+//!   gets that queue marked broken ([`VhostUserReport::broken_now`], and
+//!   counted in [`VhostUserReport::broken_queues`]) while the guest stays
+//!   attached; it is not served again until the device is reset or the
+//!   guest reconnects. Descriptor loops and nested indirect tables end a chain
 //!   in virtio-queue's own walk. Nothing a guest writes can panic or stall
 //!   the switch.
 //!
@@ -264,8 +265,14 @@ pub struct VhostUserReport {
     pub connections: u64,
     /// The virtio-net features the attached guest negotiated.
     pub negotiated: Option<Features>,
-    /// Virtqueues marked broken because the guest corrupted a ring.
+    /// Virtqueues marked broken because the guest corrupted a ring, over
+    /// every connection so far.
     pub broken_queues: u64,
+    /// The virtqueues of the current connection not served because its
+    /// guest broke them (receive queues even, transmit queues odd), in
+    /// order; empty again once the guest resets the device or another
+    /// connection starts.
+    pub broken_now: Vec<u16>,
     /// The last problem with a connection or a ring, if any.
     pub last_error: Option<String>,
     /// The MTU frames for the attached guest are cut to: the one its
@@ -286,6 +293,9 @@ struct Shared {
     past: Mutex<GuestPortStats>,
     connections: AtomicU64,
     broken_queues: AtomicU64,
+    /// The current connection's broken virtqueues (bit = virtqueue index;
+    /// [`MAX_QUEUE_PAIRS`] pairs need 16).
+    broken_now: AtomicU64,
     last_error: Mutex<Option<String>>,
     stop: AtomicBool,
     shutdown: Mutex<Option<vhost_user_backend::ShutdownHandle>>,
@@ -356,9 +366,38 @@ impl Shared {
         self.note(format!("feature negotiation refused: {reason}"));
     }
 
+    /// Marks a virtqueue of the current connection broken: it is not
+    /// served again until [`Shared::clear_broken`]. Counted and noted the
+    /// first time only.
     fn queue_broken(&self, err: &QueueBroken) {
-        self.broken_queues.fetch_add(1, Ordering::Relaxed);
-        self.note(err.to_string());
+        let Some(bit) = 1u64.checked_shl(u32::from(err.queue)) else {
+            return;
+        };
+        if self.broken_now.fetch_or(bit, Ordering::Relaxed) & bit == 0 {
+            self.broken_queues.fetch_add(1, Ordering::Relaxed);
+            self.note(err.to_string());
+        }
+    }
+
+    fn is_broken(&self, queue: usize) -> bool {
+        u32::try_from(queue)
+            .ok()
+            .and_then(|queue| 1u64.checked_shl(queue))
+            .is_some_and(|bit| self.broken_now.load(Ordering::Relaxed) & bit != 0)
+    }
+
+    /// Every virtqueue is served again: the device was reset, or a
+    /// connection ends or starts.
+    fn clear_broken(&self) {
+        self.broken_now.store(0, Ordering::Relaxed);
+    }
+
+    fn broken_now(&self) -> Vec<u16> {
+        let bits = self.broken_now.load(Ordering::Relaxed);
+        (0..u64::BITS)
+            .filter(|queue| bits & (1 << queue) != 0)
+            .filter_map(|queue| u16::try_from(queue).ok())
+            .collect()
     }
 
     fn note(&self, message: String) {
@@ -428,6 +467,7 @@ impl VhostUserPort {
             past: Mutex::new(GuestPortStats::default()),
             connections: AtomicU64::new(0),
             broken_queues: AtomicU64::new(0),
+            broken_now: AtomicU64::new(0),
             last_error: Mutex::new(None),
             stop: AtomicBool::new(false),
             shutdown: Mutex::new(None),
@@ -472,6 +512,7 @@ impl VhostUserPort {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
             broken_queues: self.shared.broken_queues.load(Ordering::Relaxed),
+            broken_now: self.shared.broken_now(),
             last_error: self
                 .shared
                 .last_error
@@ -609,7 +650,9 @@ fn serve(shared: Arc<Shared>, public: Option<UnixListener>, mut inner: InnerSock
             shared.note(reason);
             thread::sleep(shared.config.reconnect_interval);
         }
+        // The connection's threads are gone: nothing of it is served now.
         shared.detach();
+        shared.clear_broken();
     }
 }
 

@@ -163,13 +163,18 @@ where
 /// on `queue` (virtqueue index `index`), at most `budget` frames. Chains
 /// taken off the ring but not filled are put back (the ring's next
 /// available index is moved back over them).
+///
+/// `chains` holds the chains taken off the ring during the call and is
+/// left empty; a caller that keeps it from call to call (as the queue
+/// pair keeps the used-ring entries it collects) fills without
+/// allocating once both have grown.
 pub fn fill_rx<M>(
     index: u16,
     queue: &mut Queue,
     mem: &M,
     port: GuestQueue<'_>,
     budget: usize,
-    used: &mut Vec<UsedChain>,
+    chains: &mut Vec<DescriptorChain<M>>,
 ) -> Result<Drained, QueueBroken>
 where
     M: Deref + Clone,
@@ -177,9 +182,11 @@ where
 {
     let target = mem.deref();
     let mut out = Drained::default();
-    let mut stash: Vec<DescriptorChain<M>> = Vec::new();
-    let mut chunk = Vec::new();
-    used.clear();
+    let mut used = port.rx_used_list();
+    chains.clear();
+    // `chains[..next]` are done with (filled, or returned empty);
+    // `chains[next..]` are taken and not used yet, offered in order.
+    let mut next = 0;
     let mut starved = false;
     let result = (|| {
         loop {
@@ -189,30 +196,41 @@ where
             }
             // With nothing waiting the call below finds the queue empty
             // and re-arms the port's notifier; so it is made even then.
-            if stash.is_empty() && port.rx_pending() && top_up(index, queue, mem, &mut stash)? == 0
-            {
-                starved = true;
-                break;
+            if next == chains.len() && port.rx_pending() {
+                // Every chain taken is done with (the used list has them):
+                // the next ones take their places.
+                chains.clear();
+                next = 0;
+                if top_up(index, queue, mem, chains)? == 0 {
+                    starved = true;
+                    break;
+                }
             }
-            chunk.clear();
-            match port.receive_into_chains(target, &stash, &mut chunk) {
+            let before = used.len();
+            match port.receive_into_chains(target, &chains[next..], &mut used) {
                 Ok(None) => break,
                 Ok(Some(_)) => {
-                    stash.drain(..chunk.len());
-                    used.append(&mut chunk);
+                    next += used.len() - before;
                     out.frames += 1;
                 }
                 Err(err) => {
+                    used.truncate(before);
                     if let Some(bad) = err.bad_chain() {
+                        // A position among the chains offered, always.
+                        let Some(window) = chains.get_mut(next..=next + bad) else {
+                            break;
+                        };
                         // Returned empty; the chains after it are offered
-                        // again with the same frame.
-                        let chain = stash.remove(bad);
+                        // again with the same frame: it moves to the front
+                        // of those not used yet, and out of them.
+                        window.rotate_right(1);
                         used.push(UsedChain {
-                            head_index: chain.head_index(),
+                            head_index: window[0].head_index(),
                             len: 0,
                         });
+                        next += 1;
                     } else if matches!(err, GuestRxError::OutOfBuffers { .. })
-                        && top_up(index, queue, mem, &mut stash)? == 0
+                        && top_up(index, queue, mem, chains)? == 0
                     {
                         starved = true;
                         break;
@@ -226,8 +244,8 @@ where
     })();
     // Chains taken but not used go back on the ring, in order, for the
     // next frame.
-    let unused = u16::try_from(stash.len()).unwrap_or(u16::MAX);
-    drop(stash);
+    let unused = u16::try_from(chains.len() - next).unwrap_or(u16::MAX);
+    chains.clear();
     let seen_to = queue.next_avail();
     queue.set_next_avail(seen_to.wrapping_sub(unused));
     result?;
@@ -237,6 +255,7 @@ where
             .map_err(|e| broken(index, e))?;
     }
     out.chains = used.len();
+    drop(used);
     if starved {
         // Out of buffers: ask the guest to kick when it posts more, and
         // come back at once if it did so meanwhile (beyond the chains put

@@ -441,3 +441,117 @@ fn connections_that_come_and_go_leave_no_descriptors_behind() {
     port.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_bad_receive_chain_goes_back_empty_and_the_frame_takes_the_next_ones() {
+    use crate::guest::mock::Desc;
+    let mem = memory();
+    let mut drv = driver(&mem);
+    let mut queue = drv.device_queue();
+    let (port, _) = guest(Features::VERSION_1 | Features::MRG_RXBUF, 64);
+    port.send(0, Packet::plain(frame(3, 1400))).unwrap();
+    port.send(0, Packet::plain(frame(4, 60))).unwrap();
+    let first = drv.post_writable(&[512]);
+    // Device-readable: the guest got it wrong.
+    let bad = drv.post(&[Desc::readable(0x2_0000, 512)]);
+    let rest: Vec<u16> = (0..3).map(|_| drv.post_writable(&[512])).collect();
+    let mut chains = Vec::new();
+    let done = fill_rx(
+        0,
+        &mut queue,
+        &&mem,
+        port.queue(0).unwrap(),
+        256,
+        &mut chains,
+    )
+    .unwrap();
+    assert_eq!((done.frames, done.chains), (2, 5));
+    assert!(chains.is_empty(), "no chain is kept past the call");
+    assert_eq!(
+        drv.take_used(),
+        vec![
+            (bad, 0),
+            (first, 512),
+            (rest[0], 512),
+            (rest[1], (HDR + 1400 - 1024) as u32),
+            (rest[2], (HDR + 60) as u32),
+        ]
+    );
+    assert_eq!(port.stats().rx_bad_chains, 1);
+    let written = drv.read_chain(rest[2], HDR + 60);
+    assert_eq!(&written[HDR..], &frame(4, 60)[..]);
+}
+
+/// A guest that breaks its transmit ring and stays attached: the port's
+/// report says which queue and why while the guest is there, and the
+/// receive ring of the same pair keeps working.
+#[test]
+fn a_queue_the_attached_guest_broke_is_in_the_report() {
+    use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
+    use virtio_queue::QueueT;
+    use vm_memory::GuestMemoryAtomic;
+
+    let dir = std::env::temp_dir().join(format!("vhost-user-broken-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = VhostUserPort::start(VhostUserConfig::new("vm", dir.join("vm.sock"))).unwrap();
+    let shared = port.shared.clone();
+    let backend = backend::NetBackend::new(shared).unwrap();
+    // As the handler does it for a frontend that set up one pair.
+    backend.acked_features((Features::VERSION_1 | Features::MRG_RXBUF).bits());
+    let mem = memory();
+    let atomic = GuestMemoryAtomic::new(mem.clone());
+    backend.update_memory(atomic.clone()).unwrap();
+    let mut rx_drv = DriverQueue::new(
+        &mem,
+        GuestAddress(0x9_0000),
+        SIZE,
+        GuestAddress(0xa_0000),
+        0x1_0000,
+    );
+    let mut tx_drv = driver(&mem);
+    let vrings: Vec<VringRwLock<_>> = [&rx_drv, &tx_drv]
+        .iter()
+        .map(|drv| {
+            let ring = drv.device_queue();
+            let vring = VringRwLock::new(atomic.clone(), SIZE).unwrap();
+            vring
+                .set_queue_info(ring.desc_table(), ring.avail_ring(), ring.used_ring())
+                .unwrap();
+            vring.set_queue_size(SIZE);
+            vring.set_queue_ready(true);
+            vring.set_enabled(true);
+            vring
+        })
+        .collect();
+    let before = port.report();
+    assert!(before.connected);
+    assert_eq!((before.broken_queues, before.broken_now.len()), (0, 0));
+
+    // The guest claims more chains than its ring holds, and kicks.
+    tx_drv.set_avail_idx(SIZE + 1);
+    backend
+        .handle_event(1, vmm_sys_util::epoll::EventSet::IN, &vrings, 0)
+        .unwrap();
+    let report = port.report();
+    assert!(report.connected, "the guest stays attached");
+    assert_eq!(report.broken_now, vec![1]);
+    assert_eq!(report.broken_queues, 1);
+    let error = report.last_error.unwrap();
+    assert!(error.starts_with("virtqueue 1 is broken"), "{error}");
+
+    // The broken ring is left alone, the other one is served.
+    port.send(0, Packet::plain(frame(1, 60))).unwrap();
+    let head = rx_drv.post_writable(&[2048]);
+    backend
+        .handle_event(1, vmm_sys_util::epoll::EventSet::IN, &vrings, 0)
+        .unwrap();
+    assert_eq!(rx_drv.take_used(), vec![(head, (HDR + 60) as u32)]);
+    assert_eq!(port.report().broken_queues, 1, "counted once");
+
+    // A device reset serves every ring again; the count stays.
+    backend.reset_device();
+    let after = port.report();
+    assert_eq!((after.broken_queues, after.broken_now.len()), (1, 0));
+    port.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -377,6 +377,11 @@ pub fn format_ports(ports: &[PortView]) -> String {
         }
     }
     for p in ports {
+        if let Some(rings) = describe_vhost_user(p) {
+            let _ = writeln!(out, "{} guest: {rings}", p.name);
+        }
+    }
+    for p in ports {
         if let Some(reason) = &p.down_reason {
             let _ = writeln!(out, "{} is down: {reason}", p.name);
         }
@@ -385,6 +390,42 @@ pub fn format_ports(ports: &[PortView]) -> String {
         out.push_str("(no ports)\n");
     }
     out
+}
+
+/// What a vhost-user port's guests broke, when they broke anything or
+/// something went wrong (the last error of a port that is down is in its
+/// reason already).
+fn describe_vhost_user(port: &PortView) -> Option<String> {
+    let rings = port.vhost_user.as_ref()?;
+    let mut parts = Vec::new();
+    if !rings.broken_now.is_empty() {
+        let queues: Vec<String> = rings
+            .broken_now
+            .iter()
+            .map(|&queue| {
+                let side = if queue % 2 == 0 {
+                    "receive"
+                } else {
+                    "transmit"
+                };
+                format!("virtqueue {queue} (pair {} {side})", queue / 2)
+            })
+            .collect();
+        parts.push(format!(
+            "{} broken, not served until the guest resets the device or reconnects",
+            queues.join(", ")
+        ));
+    }
+    if rings.broken_queues > 0 {
+        parts.push(format!(
+            "{} queue(s) broken since the port was added",
+            rings.broken_queues
+        ));
+    }
+    if let (Some(error), None) = (&rings.last_error, &port.down_reason) {
+        parts.push(format!("last error: {error}"));
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
 }
 
 /// The learned addresses as a table.

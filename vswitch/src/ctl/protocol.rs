@@ -142,6 +142,27 @@ pub struct PortView {
     /// (`isolated; guard all; ip 10.0.0.2; from-bytes 125000000/12500000`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protection: Option<String>,
+    /// A vhost-user port's rings: what its guests broke, and the last
+    /// problem, whether or not a guest is attached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vhost_user: Option<VhostUserView>,
+}
+
+/// What a vhost-user port's guests did to its rings.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct VhostUserView {
+    /// Virtqueues of the attached guest the port no longer serves because
+    /// the guest broke them (receive queues even, transmit queues odd:
+    /// queue pair N is 2N and 2N+1), until it resets the device or
+    /// reconnects. Empty while no guest is attached.
+    #[serde(default)]
+    pub broken_now: Vec<u16>,
+    /// Virtqueues marked broken since the port was added, over every guest.
+    #[serde(default)]
+    pub broken_queues: u64,
+    /// The last problem with a connection or a ring, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// The answer to `show`.
@@ -199,6 +220,9 @@ pub struct PortCounters {
     /// ports: what a frame forwarded from it becomes besides one frame.
     #[serde(default)]
     pub flood_copies: u64,
+    /// A vhost-user port's rings, as in [`PortView::vhost_user`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vhost_user: Option<VhostUserView>,
 }
 
 impl PortCounters {

@@ -14,8 +14,8 @@ use crate::ctl::protocol::{
     StatsView, WorkerCounters,
 };
 use crate::run::spec::{
-    describe_vlans, open_port, parse_vlan_list, Health, OpenError, PortDefaults, PortSpec,
-    PortState, SpecError,
+    describe_vlans, open_port, parse_vlan_list, Health, OpenError, PortDefaults, PortHealth,
+    PortSpec, PortState, SpecError,
 };
 
 /// Why a control request failed.
@@ -95,10 +95,10 @@ pub fn software_work(egress: &EgressCapabilities) -> String {
     }
 }
 
-fn counters_of(name: &str, state: &PortState, stats: &PortStats) -> PortCounters {
+fn counters_of(name: &str, health: &PortHealth, stats: &PortStats) -> PortCounters {
     PortCounters {
         name: name.to_string(),
-        state: state_name(state).into(),
+        state: state_name(&health.state).into(),
         rx_frames: stats.rx_frames,
         rx_bytes: stats.rx_bytes,
         tx_frames: stats.tx_frames,
@@ -116,6 +116,7 @@ fn counters_of(name: &str, state: &PortState, stats: &PortStats) -> PortCounters
         drops_ingress: stats.drops.side_total(DropSide::Ingress),
         drops_egress: stats.drops.side_total(DropSide::Egress),
         flood_copies: stats.flood_copies,
+        vhost_user: health.vhost_user.clone(),
     }
 }
 
@@ -215,18 +216,18 @@ impl Controller {
             .position(|e| e.spec.name() == name)
             .ok_or_else(|| Self::no_such_port(&ports, name))?;
         let view = self.view(&ports[index]);
-        let state = (ports[index].health)();
+        let health = (ports[index].health)();
         let report = self.switch.remove_port(ports[index].id)?;
         ports.remove(index);
         tracing::info!(port = name, "port removed");
         Ok(RemovedPort {
             port: view,
-            counters: counters_of(name, &state, &report.stats),
+            counters: counters_of(name, &health, &report.stats),
         })
     }
 
     fn view(&self, entry: &Entry) -> PortView {
-        let state = (entry.health)();
+        let PortHealth { state, vhost_user } = (entry.health)();
         PortView {
             name: entry.spec.name().to_string(),
             id: entry.id.0,
@@ -246,6 +247,7 @@ impl Controller {
             learned: self.switch.learned_on(entry.id),
             detail: entry.detail.clone(),
             protection: super::tenant::describe(&entry.profile),
+            vhost_user,
         }
     }
 
@@ -253,7 +255,7 @@ impl Controller {
     pub fn log_state_changes(&self) {
         let mut ports = self.lock();
         for entry in ports.iter_mut() {
-            let state = (entry.health)();
+            let state = (entry.health)().state;
             let up = state == PortState::Up;
             if up != entry.logged_up {
                 entry.logged_up = up;
@@ -482,6 +484,90 @@ mod tests {
             software_work(&EgressCapabilities::full(1500)),
             "nothing: large frames pass through"
         );
+    }
+
+    /// A vhost-user port whose guest broke its transmit ring and stays
+    /// attached, with the report the port gives then (see the port's own
+    /// test, `a_queue_the_attached_guest_broke_is_in_the_report`): `show`,
+    /// its JSON and the metrics all say so.
+    #[test]
+    fn a_queue_broken_by_an_attached_guest_is_shown() {
+        use vswitch_ports::vhost_user::VhostUserReport;
+        use vswitch_ports::{memory_port, MemoryPortConfig};
+
+        use crate::run::spec::vhost_user_health;
+
+        let switch = Switch::start(vswitch::SwitchConfig::default().workers(1)).unwrap();
+        let controller = Controller::new(
+            switch,
+            PortDefaults {
+                queues: 1,
+                mtu: 1500,
+            },
+        );
+        let error = "virtqueue 1 is broken: invalid available ring index \
+                     (more descriptors to process than queue size)";
+        let report = VhostUserReport {
+            connected: true,
+            connections: 1,
+            broken_queues: 1,
+            broken_now: vec![1],
+            last_error: Some(error.into()),
+            ..VhostUserReport::default()
+        };
+        // The port the switch moves frames through stands in for the
+        // vhost-user port, whose report the health closure reads.
+        let (port, _endpoint) = memory_port(MemoryPortConfig::new("vm0"));
+        let id = controller
+            .switch
+            .add_port(std::sync::Arc::new(port), PortProfile::default())
+            .unwrap();
+        controller.lock().push(Entry {
+            id,
+            spec: PortSpec::parse_kind("vhost-user", "/tmp/vm0.sock:name=vm0").unwrap(),
+            profile: PortProfile::default(),
+            trunk_list: None,
+            queues: 1,
+            mtu: 1500,
+            offloads: "offered: csum".into(),
+            switch_does: "nothing".into(),
+            detail: "socket /tmp/vm0.sock".into(),
+            health: std::sync::Arc::new(move || vhost_user_health(report.clone())),
+            logged_up: true,
+        });
+
+        let show = controller.show();
+        let text = crate::ctl::client::format_show(&show);
+        assert!(
+            text.lines().any(|line| line
+                == format!(
+                    "vm0 guest: virtqueue 1 (pair 0 transmit) broken, not served until the \
+                     guest resets the device or reconnects; 1 queue(s) broken since the port \
+                     was added; last error: {error}"
+                )),
+            "{text}"
+        );
+        assert!(!text.contains("is down"), "{text}");
+        let json = serde_json::to_value(&show).unwrap();
+        assert_eq!(json["ports"][0]["state"], "up");
+        assert_eq!(
+            json["ports"][0]["vhost_user"],
+            serde_json::json!({"broken_now": [1], "broken_queues": 1, "last_error": error})
+        );
+
+        let metrics = crate::metrics::encode_stats(&controller.stats(None).unwrap());
+        for line in [
+            r#"vswitch_port_up{port="vm0"} 1"#.to_string(),
+            r#"vswitch_port_broken_queues{port="vm0"} 1"#.to_string(),
+            r#"vswitch_port_queues_broken_total{port="vm0"} 1"#.to_string(),
+            format!(r#"vswitch_port_last_error{{port="vm0",error="{error}"}} 1"#),
+        ] {
+            assert!(
+                metrics.lines().any(|l| l == line),
+                "{line} missing from\n{metrics}"
+            );
+        }
+        controller.into_switch().shutdown();
     }
 
     #[test]

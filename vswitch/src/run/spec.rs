@@ -22,12 +22,13 @@ use vswitch::{PortProfile, VlanId, VlanMode, VlanSet};
 use vswitch_ports::tap::{self, KernelReceive, TapConfig, TapOffloads, TapPort};
 use vswitch_ports::uplink::{LinkState, UplinkConfig, UplinkError, UplinkPort};
 use vswitch_ports::vhost_user::{
-    SocketMode, VhostUserConfig, VhostUserError, VhostUserPort, MAX_QUEUE_PAIRS,
+    SocketMode, VhostUserConfig, VhostUserError, VhostUserPort, VhostUserReport, MAX_QUEUE_PAIRS,
 };
 use vswitch_ports::Port;
 
 use super::tenant::{split_options, TenantOptions};
 use crate::cli::{MTU_MAX, MTU_MIN, QUEUES_MAX};
+use crate::ctl::protocol::VhostUserView;
 
 /// Why a port spec does not parse. The message names the spec, the option
 /// and what was expected.
@@ -602,8 +603,26 @@ pub struct PortDefaults {
     pub mtu: u16,
 }
 
-/// Whether a port still works.
-pub type Health = Arc<dyn Fn() -> PortState + Send + Sync>;
+/// Whether a port still works, and what else its far side did.
+pub type Health = Arc<dyn Fn() -> PortHealth + Send + Sync>;
+
+/// A port's state as `show`, `stats` and the metrics tell it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortHealth {
+    /// Up, or down and why.
+    pub state: PortState,
+    /// A vhost-user port's rings (`None` for other kinds).
+    pub vhost_user: Option<VhostUserView>,
+}
+
+impl From<PortState> for PortHealth {
+    fn from(state: PortState) -> Self {
+        PortHealth {
+            state,
+            vhost_user: None,
+        }
+    }
+}
 
 /// Up, or down and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -740,8 +759,9 @@ fn open_tap(spec: &TapSpec, defaults: PortDefaults) -> Result<OpenedPort, OpenEr
             PortState::Down {
                 reason: "the TAP device was deleted".into(),
             }
+            .into()
         } else {
-            PortState::Up
+            PortState::Up.into()
         }
     });
     Ok(OpenedPort {
@@ -773,24 +793,7 @@ fn open_vhost_user(spec: &VhostUserSpec, defaults: PortDefaults) -> Result<Opene
         source,
     })?;
     let health_port = port.clone();
-    let health: Health = Arc::new(move || {
-        let report = health_port.report();
-        if report.connected {
-            PortState::Up
-        } else {
-            PortState::Down {
-                reason: match report.last_error {
-                    Some(error) if report.connections > 0 => {
-                        format!("no guest attached (last: {error})")
-                    }
-                    None if report.connections > 0 => {
-                        "no guest attached (the last one disconnected)".into()
-                    }
-                    _ => "no guest attached yet".into(),
-                },
-            }
-        }
-    });
+    let health: Health = Arc::new(move || vhost_user_health(health_port.report()));
     Ok(OpenedPort {
         queues: pairs,
         port: port.clone(),
@@ -810,6 +813,40 @@ fn open_vhost_user(spec: &VhostUserSpec, defaults: PortDefaults) -> Result<Opene
     })
 }
 
+/// A vhost-user port's state from its report: up while a guest is
+/// attached, and, attached or not, the queues its guests broke and the
+/// last problem.
+pub fn vhost_user_health(report: VhostUserReport) -> PortHealth {
+    let state = if report.connected {
+        PortState::Up
+    } else {
+        PortState::Down {
+            reason: match &report.last_error {
+                Some(error) if report.connections > 0 => {
+                    format!("no guest attached (last: {error})")
+                }
+                None if report.connections > 0 => {
+                    "no guest attached (the last one disconnected)".into()
+                }
+                _ => "no guest attached yet".into(),
+            },
+        }
+    };
+    PortHealth {
+        vhost_user: Some(VhostUserView {
+            // What no guest is attached to is not served anyway.
+            broken_now: if report.connected {
+                report.broken_now
+            } else {
+                Vec::new()
+            },
+            broken_queues: report.broken_queues,
+            last_error: report.last_error,
+        }),
+        state,
+    }
+}
+
 fn open_uplink(spec: &UplinkPortSpec, defaults: PortDefaults) -> Result<OpenedPort, OpenError> {
     let mut config = spec.config.clone();
     if !spec.queues_given {
@@ -823,14 +860,17 @@ fn open_uplink(spec: &UplinkPortSpec, defaults: PortDefaults) -> Result<OpenedPo
     let mtu = report.declared.mtu;
     let port = Arc::new(port);
     let health_port = port.clone();
-    let health: Health = Arc::new(move || match health_port.link() {
-        LinkState::Up => PortState::Up,
-        LinkState::Down => PortState::Down {
-            reason: "the interface's link is down".into(),
-        },
-        LinkState::Gone => PortState::Down {
-            reason: "the interface is gone".into(),
-        },
+    let health: Health = Arc::new(move || {
+        match health_port.link() {
+            LinkState::Up => PortState::Up,
+            LinkState::Down => PortState::Down {
+                reason: "the interface's link is down".into(),
+            },
+            LinkState::Gone => PortState::Down {
+                reason: "the interface is gone".into(),
+            },
+        }
+        .into()
     });
     Ok(OpenedPort {
         queues: report.queues,
