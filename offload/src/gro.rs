@@ -235,14 +235,6 @@ fn ne32(b: &[u8], at: usize) -> u32 {
         .map_or(0, u32::from_ne_bytes)
 }
 
-/// Reads 2 bytes at `at` as a native-endian u16 (0 if they are not there).
-#[inline]
-fn ne16(b: &[u8], at: usize) -> u16 {
-    b.get(at..at.wrapping_add(2))
-        .and_then(|s| <[u8; 2]>::try_from(s).ok())
-        .map_or(0, u16::from_ne_bytes)
-}
-
 /// Ones'-complement addition of two unfolded 64-bit sums (the carry out of
 /// bit 63 comes back in at bit 0).
 #[inline]
@@ -1037,29 +1029,37 @@ impl<T: AsRef<[u8]>> Coalescer<T> {
             return Fast::Declined;
         }
         let (l3, l4, pl) = (shape.l3_offset, shape.l4_offset, shape.payload_offset);
-        let ip_end = match shape.l3 {
-            L3Kind::Ipv4 => be16(frame, l3 + 2).map(|len| l3 + usize::from(len)),
-            L3Kind::Ipv6 => be16(frame, l3 + 4).map(|len| l3 + 40 + usize::from(len)),
-        };
-        let Some(payload) = ip_end.and_then(|end| frame.get(pl..end)) else {
+        // The words read below, at fixed places: the IPv4 header (or the
+        // start of the IPv6 one) and the fixed TCP header.
+        let ip = frame.get(l3..).and_then(<[u8]>::first_chunk::<20>);
+        let tcp = frame.get(l4..).and_then(<[u8]>::first_chunk::<20>);
+        let (Some(ip), Some(tcp)) = (ip, tcp) else {
             return Fast::Declined;
         };
-        let flags = frame.get(l4 + 13).copied().unwrap_or(0);
+        let word = |b: &[u8; 20], at: usize| u16::from_ne_bytes([b[at], b[at + 1]]);
+        let pair =
+            |b: &[u8; 20], at: usize| u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+        let ip_end = match shape.l3 {
+            L3Kind::Ipv4 => l3 + usize::from(u16::from_be(word(ip, 2))),
+            L3Kind::Ipv6 => l3 + 40 + usize::from(u16::from_be(word(ip, 4))),
+        };
+        let Some(payload) = frame.get(pl..ip_end) else {
+            return Fast::Declined;
+        };
         let ip_ok = match shape.l3 {
             L3Kind::Ipv4 => {
-                let df = frame.get(l3 + 6).is_some_and(|b| b & 0x40 != 0);
-                let sum = flow.repeated.ip
-                    + u64::from(ne32(frame, l3 + 2))
-                    + u64::from(ne16(frame, l3 + 10));
-                (df || be16(frame, l3 + 4) == Some(flow.next_ip_id)) && fold(sum) == 0xffff
+                let df = ip[6] & 0x40 != 0;
+                let sum = flow.repeated.ip + u64::from(pair(ip, 2)) + u64::from(word(ip, 10));
+                (df || u16::from_be(word(ip, 4)) == flow.next_ip_id) && fold(sum) == 0xffff
             }
             L3Kind::Ipv6 => true,
         };
+        let flags = tcp[13];
         let len = payload.len();
         if !ip_ok
             || len == 0
             || flags & !TCP_FLAG_PSH != TCP_FLAG_ACK
-            || be32(frame, l4 + 4) != Some(flow.next_seq)
+            || u32::from_be(pair(tcp, 4)) != flow.next_seq
             || len > flow.mss
             || flow.len - l3 + len > self.config.max_ip_len
         {
@@ -1077,9 +1077,9 @@ impl<T: AsRef<[u8]>> Coalescer<T> {
                 // Fits in 16 bits: the IP length field bounds it.
                 let l4_len = (pl + len - l4) as u16;
                 let header = flow.repeated.tcp
-                    + u64::from(ne32(frame, l4 + 4))
-                    + u64::from(ne16(frame, l4 + 12))
-                    + u64::from(ne32(frame, l4 + 16))
+                    + u64::from(pair(tcp, 4))
+                    + u64::from(word(tcp, 12))
+                    + u64::from(pair(tcp, 16))
                     + u64::from(u16::from_ne_bytes(l4_len.to_be_bytes()));
                 if fold(add_carry(header, payload_sum)) != 0xffff {
                     #[cfg(test)]
