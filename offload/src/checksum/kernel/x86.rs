@@ -179,15 +179,20 @@ pub(super) fn copy_and_sum_avx2(dst: &mut [u8], src: &[u8]) -> u64 {
     if len < 32 {
         return super::copy_and_sum_scalar(dst, src);
     }
-    if len <= BLOCK {
-        // Every real input: one block, without the chunking loop's setup.
-        return copy_and_sum_block_avx2(dst, src);
-    }
+    // One call site, so the block is inlined; every real input is one
+    // block, one trip round the loop.
+    let (mut dst, mut src) = (dst, src);
     let mut total = 0u64;
-    for (dst, src) in dst.chunks_mut(BLOCK).zip(src.chunks(BLOCK)) {
-        total = add_carry(total, copy_and_sum_block_avx2(dst, src));
+    loop {
+        let n = dst.len().min(BLOCK);
+        let (block_dst, dst_rest) = dst.split_at_mut(n);
+        let (block_src, src_rest) = src.split_at(n);
+        total = add_carry(total, copy_and_sum_block_avx2(block_dst, block_src));
+        if dst_rest.is_empty() {
+            return total;
+        }
+        (dst, src) = (dst_rest, src_rest);
     }
-    total
 }
 
 /// Whether the fused copy should walk its data from the end: when `dst`
