@@ -107,6 +107,14 @@
 //! gives recycled ones), and each later payload is copied once, summed on
 //! the way where it must be verified.
 //!
+//! A segment that continues the flow the previous one was merged into
+//! takes a shorter path: one masked comparison with the first segment's
+//! headers stands for the flow match and every rule about bytes that must
+//! repeat, and its IPv4 and TCP checksums are checked from sums of those
+//! repeated bytes, kept per flow, plus the few words that change and the
+//! payload's sum from the copy. Its headers are neither parsed nor summed
+//! again; anything unusual goes the general way.
+//!
 //! At most [`GroConfig::max_flows`] flows are held; a new flow beyond that
 //! flushes the oldest. Each merging flow holds one buffer of at least
 //! `max_ip_len` plus its Ethernet header, handed out with the merged frame.
@@ -114,7 +122,9 @@
 use bytes::BytesMut;
 use thiserror::Error;
 
-use crate::checksum::{fold, pseudo_header_ipv4, pseudo_header_ipv6, Checksum};
+use crate::checksum::{
+    copy_and_sum_native, fold, pseudo_header_ipv4, pseudo_header_ipv6, Checksum,
+};
 use crate::layout::{FrameLayout, L3Kind, L4Kind};
 use crate::virtio::{VirtioNetHdr, FLAG_DATA_VALID, FLAG_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6};
 
@@ -223,6 +233,14 @@ fn ne32(b: &[u8], at: usize) -> u32 {
     b.get(at..at.wrapping_add(4))
         .and_then(|s| <[u8; 4]>::try_from(s).ok())
         .map_or(0, u32::from_ne_bytes)
+}
+
+/// Ones'-complement addition of two unfolded 64-bit sums (the carry out of
+/// bit 63 comes back in at bit 0).
+#[inline]
+fn add_carry(a: u64, b: u64) -> u64 {
+    let (sum, carry) = a.overflowing_add(b);
+    sum + u64::from(carry)
 }
 
 /// The ones'-complement sum of a header of whole 32-bit words (IPv4 and
@@ -595,10 +613,63 @@ struct Flow<T> {
     /// Ones'-complement sum of the payloads merged, kept for
     /// [`GroChecksum::Complete`] only.
     payload_sum: Checksum,
+    /// The header bytes every later segment repeats, summed once from the
+    /// first (see [`RepeatedSums`]).
+    repeated: RepeatedSums,
     /// The last merged segment had PSH.
     psh: bool,
     /// Arrival order, for evicting the oldest flow.
     started: u64,
+}
+
+/// Native-endian sums (as [`header_words`] gives them) of the header bytes
+/// that [`HeaderMask`] makes every segment of a merge repeat from the
+/// first: a later segment's header checksums are these plus the few words
+/// that change, without summing its headers again.
+#[derive(Debug, Clone, Copy, Default)]
+struct RepeatedSums {
+    /// The IPv4 header but total length, id and header checksum (0 for
+    /// IPv6).
+    ip: u64,
+    /// The pseudo-header's addresses and protocol, and the TCP header but
+    /// sequence number, data offset and flags, checksum and urgent pointer.
+    tcp: u64,
+}
+
+impl RepeatedSums {
+    fn of(v: &TcpView<'_>) -> Self {
+        // Headers are at most 60 bytes (IPv4 and TCP options): copies with
+        // the changing fields zeroed, summed as they are.
+        let without = |header: &[u8], changing: &[(usize, usize)]| {
+            let mut copy = [0u8; 60];
+            let len = header.len().min(60);
+            copy[..len].copy_from_slice(&header[..len]);
+            for &(from, to) in changing {
+                copy[from..to].fill(0);
+            }
+            header_words(&copy[..len])
+        };
+        let ip = match v.l3 {
+            L3Kind::Ipv4 => without(v.ip_header(), &[(2, 6), (10, 12)]),
+            L3Kind::Ipv6 => 0,
+        };
+        let tcp = header_words(v.addresses())
+            + u64::from(u16::from_ne_bytes([0, 6]))
+            + without(v.tcp_header(), &[(4, 8), (12, 14), (16, 20)]);
+        RepeatedSums { ip, tcp }
+    }
+}
+
+/// What [`Coalescer::fast_append`] did with a segment.
+enum Fast {
+    /// Not the common case: nothing changed, the general path decides.
+    Declined,
+    /// Appended to the flow at this index; `last` if that ends the merge.
+    Merged { index: usize, last: bool },
+    /// Of the flow at this index and mergeable but for its TCP checksum,
+    /// which is wrong: the general path would flush the flow and pass the
+    /// segment through, and so must the caller.
+    BadChecksum { index: usize },
 }
 
 impl<T> Flow<T> {
@@ -658,6 +729,9 @@ impl<T> Flow<T> {
 struct HeaderMask {
     /// The shape the mask is for: L3 kind, L3, L4 and payload offsets.
     key: Option<(L3Kind, usize, usize, usize)>,
+    /// The header length rounded up to whole 8-byte words (the mask is 0
+    /// past the header).
+    words_len: usize,
     bytes: [u8; MAX_HEADERS],
 }
 
@@ -665,6 +739,7 @@ impl HeaderMask {
     fn new() -> Self {
         HeaderMask {
             key: None,
+            words_len: 0,
             bytes: [0; MAX_HEADERS],
         }
     }
@@ -694,7 +769,30 @@ impl HeaderMask {
         for &(from, to) in changing.iter().chain(&tcp) {
             self.bytes[from..to].fill(0);
         }
+        // At most MAX_HEADERS, a multiple of 8: the caller keeps `end` there.
+        self.words_len = end.next_multiple_of(8).min(MAX_HEADERS);
         self.key = Some(key);
+    }
+
+    /// [`matches`](Self::matches) for a frame with at least the header's
+    /// whole words: a fixed run of word compares, no tail. `None` if the
+    /// frame is shorter than that.
+    #[inline]
+    fn matches_words(&self, head: &[u8; MAX_HEADERS], frame: &[u8]) -> Option<bool> {
+        let n = self.words_len;
+        let (frame, head, mask) = (frame.get(..n)?, head.get(..n)?, self.bytes.get(..n)?);
+        let (f, _) = frame.as_chunks::<8>();
+        let (h, _) = head.as_chunks::<8>();
+        let (m, _) = mask.as_chunks::<8>();
+        let diff = f.iter().zip(h).zip(m).fold(0u64, |diff, ((f, h), m)| {
+            let (f, h, m) = (
+                u64::from_ne_bytes(*f),
+                u64::from_ne_bytes(*h),
+                u64::from_ne_bytes(*m),
+            );
+            diff | ((f ^ h) & m)
+        });
+        Some(diff == 0)
     }
 
     /// Whether `frame` repeats `head` wherever the mask says it must.
@@ -735,8 +833,24 @@ pub struct Coalescer<T> {
     spare: Option<BytesMut>,
     /// The header bytes a segment must repeat, for the shape seen last.
     mask: HeaderMask,
+    /// The flow a segment was last merged into: where the next segment
+    /// most likely goes (may be stale; [`Coalescer::fast_append`] checks).
+    hint: usize,
     stats: GroStats,
     arrivals: u64,
+    /// What the fast path did, and a switch to turn it off (tests compare
+    /// the two paths).
+    #[cfg(test)]
+    probe: FastProbe,
+}
+
+/// Counts of [`Coalescer::fast_append`]'s outcomes, and a switch to skip it.
+#[cfg(test)]
+#[derive(Debug, Default, Clone, Copy)]
+struct FastProbe {
+    disabled: bool,
+    merged: u64,
+    bad_checksum: u64,
 }
 
 impl<T: AsRef<[u8]>> Coalescer<T> {
@@ -755,8 +869,11 @@ impl<T: AsRef<[u8]>> Coalescer<T> {
             flows: Vec::with_capacity(config.max_flows),
             spare: None,
             mask: HeaderMask::new(),
+            hint: 0,
             stats: GroStats::default(),
             arrivals: 0,
+            #[cfg(test)]
+            probe: FastProbe::default(),
         })
     }
 
@@ -790,6 +907,21 @@ impl<T: AsRef<[u8]>> Coalescer<T> {
         O: GroOutput<T> + ?Sized,
     {
         self.arrivals += 1;
+        match self.fast_append(frame.as_ref(), layout, checksum) {
+            Fast::Declined => {}
+            Fast::Merged { index, last } => {
+                if last {
+                    self.flush_index(index, out);
+                }
+                return;
+            }
+            Fast::BadChecksum { index } => {
+                self.flush_index(index, out);
+                self.stats.bad_checksum += 1;
+                self.pass_through(frame, out);
+                return;
+            }
+        }
         let Some(view) = TcpView::new(frame.as_ref(), layout) else {
             // An IP fragment may belong to a held TCP flow without showing
             // its ports: everything held goes first.
@@ -832,6 +964,7 @@ impl<T: AsRef<[u8]>> Coalescer<T> {
             return;
         }
         if self.append(i, &view, checksum) {
+            self.hint = i;
             if self.ends_merge(i, &view) {
                 self.flush_index(i, out);
             }
@@ -839,6 +972,143 @@ impl<T: AsRef<[u8]>> Coalescer<T> {
             self.flush_index(i, out);
             self.stats.bad_checksum += 1;
             self.pass_through(frame, out);
+        }
+    }
+
+    /// The common case, decided from the few header bytes that change from
+    /// segment to segment: `frame` continues the flow a segment was last
+    /// merged into ([`Coalescer::hint`]), which holds a merged frame.
+    ///
+    /// It makes every check of the general path, most of them implied by
+    /// one comparison: the flow's first segment passed [`TcpView::new`] and
+    /// [`TcpView::mergeable`] at these offsets, so a frame that repeats its
+    /// header bytes where [`HeaderMask`] says is of that flow (addresses,
+    /// ports, Ethernet header) and has the same version, header lengths,
+    /// protocol, fragment bits and TCP data offset. What is left is checked
+    /// here: the IP length against the frame, the flags, the IPv4 id,
+    /// sequence number, payload size and room (as
+    /// [`Flow::can_append`]), and the IPv4 header checksum and TCP checksum
+    /// from the flow's [`RepeatedSums`] plus the changing words and the
+    /// payload's sum taken as it is copied. Anything else is
+    /// [`Fast::Declined`] with nothing changed.
+    #[inline]
+    fn fast_append(
+        &mut self,
+        frame: &[u8],
+        layout: &FrameLayout,
+        checksum: SegmentChecksum,
+    ) -> Fast {
+        #[cfg(test)]
+        if self.probe.disabled {
+            return Fast::Declined;
+        }
+        let index = self.hint;
+        let Some(flow) = self.flows.get_mut(index) else {
+            return Fast::Declined;
+        };
+        let shape = flow.shape;
+        let key = (
+            shape.l3,
+            shape.l3_offset,
+            shape.l4_offset,
+            shape.payload_offset,
+        );
+        if checksum == SegmentChecksum::Unmergeable
+            || flow.first.is_some()
+            || layout.l4 != Some(L4Kind::Tcp)
+            || layout.is_fragment
+            || (
+                layout.l3,
+                layout.l3_offset,
+                layout.l4_offset,
+                layout.payload_offset,
+            ) != key
+            || self.mask.key != Some(key)
+            || self.mask.matches_words(&flow.head, frame) != Some(true)
+        {
+            return Fast::Declined;
+        }
+        let (l3, l4, pl) = (shape.l3_offset, shape.l4_offset, shape.payload_offset);
+        // The words read below, at fixed places: the IPv4 header (or the
+        // start of the IPv6 one) and the fixed TCP header.
+        let ip = frame.get(l3..).and_then(<[u8]>::first_chunk::<20>);
+        let tcp = frame.get(l4..).and_then(<[u8]>::first_chunk::<20>);
+        let (Some(ip), Some(tcp)) = (ip, tcp) else {
+            return Fast::Declined;
+        };
+        let word = |b: &[u8; 20], at: usize| u16::from_ne_bytes([b[at], b[at + 1]]);
+        let pair =
+            |b: &[u8; 20], at: usize| u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+        let ip_end = match shape.l3 {
+            L3Kind::Ipv4 => l3 + usize::from(u16::from_be(word(ip, 2))),
+            L3Kind::Ipv6 => l3 + 40 + usize::from(u16::from_be(word(ip, 4))),
+        };
+        let Some(payload) = frame.get(pl..ip_end) else {
+            return Fast::Declined;
+        };
+        let ip_ok = match shape.l3 {
+            L3Kind::Ipv4 => {
+                let df = ip[6] & 0x40 != 0;
+                let sum = flow.repeated.ip + u64::from(pair(ip, 2)) + u64::from(word(ip, 10));
+                (df || u16::from_be(word(ip, 4)) == flow.next_ip_id) && fold(sum) == 0xffff
+            }
+            L3Kind::Ipv6 => true,
+        };
+        let flags = tcp[13];
+        let len = payload.len();
+        if !ip_ok
+            || len == 0
+            || flags & !TCP_FLAG_PSH != TCP_FLAG_ACK
+            || u32::from_be(pair(tcp, 4)) != flow.next_seq
+            || len > flow.mss
+            || flow.len - l3 + len > self.config.max_ip_len
+        {
+            return Fast::Declined;
+        }
+        let at = flow.len;
+        let Some(dst) = flow.buf.get_mut(at..at + len) else {
+            return Fast::Declined;
+        };
+        let verify = checksum == SegmentChecksum::Unverified;
+        let sum_all = self.config.checksum == GroChecksum::Complete;
+        if verify || sum_all {
+            let payload_sum = copy_and_sum_native(dst, payload);
+            if verify {
+                // Fits in 16 bits: the IP length field bounds it.
+                let l4_len = (pl + len - l4) as u16;
+                let header = flow.repeated.tcp
+                    + u64::from(pair(tcp, 4))
+                    + u64::from(word(tcp, 12))
+                    + u64::from(pair(tcp, 16))
+                    + u64::from(u16::from_ne_bytes(l4_len.to_be_bytes()));
+                if fold(add_carry(header, payload_sum)) != 0xffff {
+                    #[cfg(test)]
+                    {
+                        self.probe.bad_checksum += 1;
+                    }
+                    return Fast::BadChecksum { index };
+                }
+            }
+            if sum_all {
+                flow.payload_sum.add_native(payload_sum, len);
+            }
+        } else {
+            dst.copy_from_slice(payload);
+        }
+        let psh = flags & TCP_FLAG_PSH != 0;
+        flow.len = at + len;
+        flow.next_seq = flow.next_seq.wrapping_add(len as u32);
+        flow.next_ip_id = flow.next_ip_id.wrapping_add(1);
+        flow.segments += 1;
+        flow.psh = psh;
+        let room = self.config.max_ip_len - (flow.len - l3);
+        #[cfg(test)]
+        {
+            self.probe.merged += 1;
+        }
+        Fast::Merged {
+            index,
+            last: psh || len < flow.mss || room == 0,
         }
     }
 
@@ -972,6 +1242,7 @@ impl<T: AsRef<[u8]>> Coalescer<T> {
                 flow.next_ip_id = flow.next_ip_id.wrapping_add(1);
                 flow.segments = 2;
                 flow.psh = psh;
+                self.hint = i;
                 let room = self.config.max_ip_len - (flow.len - flow.shape.l3_offset);
                 if psh || second_len < flow.mss || room == 0 {
                     self.flush_index(i, out);
@@ -1018,6 +1289,7 @@ impl<T: AsRef<[u8]>> Coalescer<T> {
         };
         let next_seq = v.seq().wrapping_add(v.payload().len() as u32);
         let mss = v.payload().len();
+        let repeated = RepeatedSums::of(&v);
         if self.flows.len() >= self.config.max_flows {
             if let Some(oldest) = self.oldest() {
                 self.stats.evictions += 1;
@@ -1035,6 +1307,7 @@ impl<T: AsRef<[u8]>> Coalescer<T> {
             mss,
             segments: 1,
             payload_sum: Checksum::new(),
+            repeated,
             psh: false,
             started: self.arrivals,
         });
@@ -1426,19 +1699,37 @@ mod tests {
             .collect()
     }
 
-    fn run_with(
+    /// Pushes `frames` in one batch; the general path only if `general_only`.
+    fn run_on(
         config: GroConfig,
         frames: &[Vec<u8>],
         checksum: SegmentChecksum,
-    ) -> (Out, GroStats) {
+        general_only: bool,
+    ) -> (Out, GroStats, FastProbe) {
         let mut gro = Coalescer::new(config).unwrap();
+        gro.probe.disabled = general_only;
         let mut out: Vec<Delivered<&[u8]>> = Vec::new();
         for f in frames {
             gro.push(&f[..], &layout_of(f), checksum, &mut out);
         }
         gro.flush_all(&mut out);
         assert_eq!(gro.held_flows(), 0);
-        (flatten(out), gro.stats())
+        (flatten(out), gro.stats(), gro.probe)
+    }
+
+    /// Pushes `frames` in one batch, and checks that the general path alone
+    /// gives the same frames and counts: the fast path is only a shortcut.
+    fn run_with(
+        config: GroConfig,
+        frames: &[Vec<u8>],
+        checksum: SegmentChecksum,
+    ) -> (Out, GroStats) {
+        let (out, stats, _) = run_on(config, frames, checksum, false);
+        let (general, general_stats, probe) = run_on(config, frames, checksum, true);
+        assert_eq!((probe.merged, probe.bad_checksum), (0, 0));
+        assert!(out == general, "the fast path changed the frames delivered");
+        assert_eq!(stats, general_stats, "the fast path changed the counts");
+        (out, stats)
     }
 
     fn run(config: GroConfig, frames: &[Vec<u8>]) -> (Out, GroStats) {
@@ -2304,5 +2595,80 @@ mod tests {
                 (VirtioNetHdr::default(), segs[1].clone())
             ]
         );
+    }
+
+    /// A segment whose bytes changed after its checksums were written is
+    /// never merged, in the middle of a merge that the fast path runs: it
+    /// is passed through as it came, counted, and the flow merges around
+    /// it. Only bytes no other rule looks at are changed, so a checksum is
+    /// all that can catch them.
+    #[test]
+    fn a_corrupted_segment_in_a_running_merge_is_passed_through() {
+        for v6 in [false, true] {
+            let spec = Spec {
+                v6,
+                ..Spec::default()
+            };
+            let (original, segs) = segments(&spec, 10 * 999, 999);
+            let l = layout_of(&segs[0]);
+            let (l3, l4, pl) = (l.l3_offset, l.l4_offset, l.payload_offset);
+            let end = segs[5].len();
+            // (what, byte, bits flipped, caught by the TCP checksum)
+            let mut places = vec![
+                ("first payload byte", pl, 0x01, true),
+                ("second payload byte", pl + 1, 0x80, true),
+                ("last payload byte", end - 1, 0x10, true),
+                ("TCP checksum", l4 + 16, 0x01, true),
+                ("urgent pointer", l4 + 19, 0x01, true),
+                ("PSH flag", l4 + 13, TCP_FLAG_PSH, true),
+            ];
+            if !v6 {
+                places.extend([
+                    // With DF the id is not compared: the header checksum
+                    // is all that notices.
+                    ("IPv4 id", l3 + 5, 0x01, false),
+                    ("IPv4 header checksum", l3 + 11, 0x01, false),
+                ]);
+            }
+            for (what, at, bits, tcp) in places {
+                for mode in [GroChecksum::Partial, GroChecksum::Complete] {
+                    let mut segs = segs.clone();
+                    segs[5][at] ^= bits;
+                    let (out, stats) = run(config(mode), &segs);
+                    check_output(&segs, &out, &original);
+                    assert_eq!(stats.bad_checksum, 1, "{what}");
+                    assert_eq!(out.len(), 3, "{what}");
+                    assert_eq!(out[1], (VirtioNetHdr::default(), segs[5].clone()), "{what}");
+                    assert_eq!(
+                        (out[0].1.len(), out[2].1.len()),
+                        (pl + 5 * 999, pl + 4 * 999)
+                    );
+                    // Segments 2..=4 and 8..=9 took the fast path (1 and 7
+                    // joined the first of a flow), and it caught the
+                    // TCP-level changes itself.
+                    let (_, _, probe) =
+                        run_on(config(mode), &segs, SegmentChecksum::Unverified, false);
+                    assert_eq!(probe.merged, 5, "{what}");
+                    assert_eq!(probe.bad_checksum, u64::from(tcp), "{what}");
+                }
+            }
+        }
+    }
+
+    /// The same segments, trusted (`Verified`, `Partial`): nothing is
+    /// verified, so the changed one merges, on the fast path too.
+    #[test]
+    fn trusted_segments_merge_on_the_fast_path_unverified() {
+        let (_, mut segs) = segments(&Spec::default(), 10 * 999, 999);
+        let l = layout_of(&segs[0]);
+        segs[5][l.payload_offset] ^= 0x01;
+        for checksum in [SegmentChecksum::Verified, SegmentChecksum::Partial] {
+            for mode in [GroChecksum::Partial, GroChecksum::Complete] {
+                let (out, stats) = run_with(config(mode), &segs, checksum);
+                assert_eq!((out.len(), stats.bad_checksum), (1, 0));
+                let (_, _, probe) = run_on(config(mode), &segs, checksum, false);
+                assert_eq!((probe.merged, probe.bad_checksum), (8, 0));
+            }
+        }
     }
 }

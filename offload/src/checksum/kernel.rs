@@ -321,6 +321,10 @@ pub(super) fn sum_scalar(data: &[u8]) -> u64 {
 }
 
 /// Copies and sums 8-byte words in one pass (the scalar fused kernel).
+///
+/// Never inlined: inlined into the dispatcher, its loop made every vector
+/// call save and restore four registers on the way through.
+#[inline(never)]
 pub(super) fn copy_and_sum_scalar(dst: &mut [u8], src: &[u8]) -> u64 {
     let len = dst.len().min(src.len());
     let (dst, src) = (&mut dst[..len], &src[..len]);

@@ -138,6 +138,14 @@ impl Checksum {
         self
     }
 
+    /// Adds `len` bytes whose sum a kernel returned as is
+    /// ([`copy_and_sum_native`]): native-endian words, not folded.
+    #[inline]
+    pub(crate) fn add_native(&mut self, native: u64, len: usize) -> &mut Self {
+        self.add_aligned(native_to_network(fold(native)), len);
+        self
+    }
+
     #[inline]
     fn add_aligned(&mut self, partial: u16, len: usize) {
         // A piece that starts at an odd position has every byte in the other
@@ -222,6 +230,16 @@ pub fn checksum_with(kernel: Kernel, data: &[u8]) -> u16 {
 #[inline]
 pub fn copy_and_checksum(dst: &mut [u8], src: &[u8]) -> u16 {
     Checksum::new().copy_and_add(dst, src).finish()
+}
+
+/// Copies `src` into `dst` (of the same length) with the detected kernel and returns the ones'-complement sum of
+/// the bytes copied as the kernel leaves it: native-endian 16-bit words, not
+/// folded. A caller that sums a few header words the same way adds them to
+/// it and folds once ([`fold`], then `u16::from_be` for network order; a
+/// check against 0xffff needs no swap).
+#[inline]
+pub(crate) fn copy_and_sum_native(dst: &mut [u8], src: &[u8]) -> u64 {
+    SupportedKernel::detected().copy_and_sum_native(dst, src)
 }
 
 /// [`copy_and_checksum`] computed with a given kernel (for tests and
