@@ -158,11 +158,11 @@ struct Fifo {
 }
 
 impl Fifo {
+    /// Room for `capacity` frames, written once (see [`touched_deque`]).
     fn with_capacity(capacity: usize) -> Fifo {
-        Fifo {
-            frames: Vec::with_capacity(capacity),
-            head: 0,
-        }
+        let mut frames = vec![Packet::default(); capacity];
+        frames.clear();
+        Fifo { frames, head: 0 }
     }
 
     fn len(&self) -> usize {
@@ -187,6 +187,16 @@ impl Fifo {
             self.head = 0;
         }
     }
+}
+
+/// An empty `VecDeque` with room for `capacity` frames whose memory was
+/// written once, here: the thread that builds the port pays for the first
+/// touch of its pages, not the worker that fills the queue.
+fn touched_deque(capacity: usize) -> VecDeque<Packet> {
+    let mut frames = VecDeque::with_capacity(capacity);
+    frames.resize(capacity, Packet::default());
+    frames.clear();
+    frames
 }
 
 /// Where a thread of one side waits for the other side to act (room to
@@ -276,7 +286,7 @@ pub fn memory_port(config: MemoryPortConfig) -> (MemoryPort, MemoryEndpoint) {
             .map(|_| Lane::new(Fifo::with_capacity(queue_len)))
             .collect(),
         tx: (0..tx_queues)
-            .map(|_| Lane::new(VecDeque::with_capacity(queue_len)))
+            .map(|_| Lane::new(touched_deque(queue_len)))
             .collect(),
         queue_len,
         port_alive: AtomicBool::new(true),
