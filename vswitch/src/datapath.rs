@@ -351,10 +351,35 @@ impl Datapath {
         now: Instant,
         out: &mut Output,
     ) -> bool {
-        match self.last_admit {
-            Some((last, version, None)) if last == port && version == ports.version() => true,
-            _ => self.admit_limited(ports, port, frame, now, out),
+        let slot = match self.last_admit {
+            Some((last, version, slot)) if last == port && version == ports.version() => slot,
+            _ => return self.admit_limited(ports, port, frame, now, out),
+        };
+        match slot {
+            None => true,
+            Some(index) => self.spend_credit(index, port, frame, now, out),
         }
+    }
+
+    /// The credit at `index` in `credits` spent on `frame` toward `port`.
+    #[inline(always)]
+    fn spend_credit(
+        &mut self,
+        index: usize,
+        port: PortId,
+        frame: &CheckedFrame,
+        now: Instant,
+        out: &mut Output,
+    ) -> bool {
+        let Some((limiter, credit)) = self.credits.get_mut(index) else {
+            return true;
+        };
+        let (frames, bytes) = wire_cost(frame);
+        let admitted = limiter.admit_with(credit, frames, bytes, now);
+        if !admitted {
+            out.dropped(port, DropReason::RateLimited);
+        }
+        admitted
     }
 
     /// [`Datapath::admit`] for a port that has a limit or was not the
@@ -371,18 +396,10 @@ impl Datapath {
             Some((last, version, index)) if last == port && version == ports.version() => index,
             _ => self.remember_admit(ports, port),
         };
-        let Some(index) = index else {
-            return true;
-        };
-        let Some((limiter, credit)) = self.credits.get_mut(index) else {
-            return true;
-        };
-        let (frames, bytes) = wire_cost(frame);
-        let admitted = limiter.admit_with(credit, frames, bytes, now);
-        if !admitted {
-            out.dropped(port, DropReason::RateLimited);
+        match index {
+            Some(index) => self.spend_credit(index, port, frame, now, out),
+            None => true,
         }
-        admitted
     }
 
     /// [`Datapath::credit_index`], remembered as the last answer.
