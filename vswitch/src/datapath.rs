@@ -340,8 +340,9 @@ impl Datapath {
 
     /// The egress port's rate limit: whether `frame` may go to `port` at
     /// `now` (its tokens are taken if so); a refused frame is counted.
-    /// Most frames go to the port of the frame before, which has no limit:
-    /// that is answered here; the rest in [`Datapath::admit_limited`].
+    /// Most frames go to the port of the frame before: its remembered
+    /// answer (no limit, or where its credit is) is used here, inline; a
+    /// port change goes through [`Datapath::admit_other`].
     #[inline(always)]
     fn admit(
         &mut self,
@@ -353,7 +354,7 @@ impl Datapath {
     ) -> bool {
         let slot = match self.last_admit {
             Some((last, version, slot)) if last == port && version == ports.version() => slot,
-            _ => return self.admit_limited(ports, port, frame, now, out),
+            _ => return self.admit_other(ports, port, frame, now, out),
         };
         match slot {
             None => true,
@@ -382,9 +383,10 @@ impl Datapath {
         admitted
     }
 
-    /// [`Datapath::admit`] for a port that has a limit or was not the
-    /// last one asked about.
-    fn admit_limited(
+    /// [`Datapath::admit`] toward a port other than the last one asked
+    /// about (or after the port set changed): its credit is looked up and
+    /// remembered first.
+    fn admit_other(
         &mut self,
         ports: &PortSet,
         port: PortId,
@@ -392,11 +394,7 @@ impl Datapath {
         now: Instant,
         out: &mut Output,
     ) -> bool {
-        let index = match self.last_admit {
-            Some((last, version, index)) if last == port && version == ports.version() => index,
-            _ => self.remember_admit(ports, port),
-        };
-        match index {
+        match self.remember_admit(ports, port) {
             Some(index) => self.spend_credit(index, port, frame, now, out),
             None => true,
         }
