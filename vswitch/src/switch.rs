@@ -829,10 +829,13 @@ impl SwitchWorker {
             .unwrap_or(0);
         let workers = self.shared.workers.len();
         let mut batch = std::mem::take(&mut self.rx_batch);
-        let (mut rx_frames, mut rx_bytes) = (0, 0);
+        // The burst is counted as received before any of it is forwarded,
+        // so a snapshot never shows a frame sent before it arrived.
+        let rx_bytes = batch.iter().map(|packet| packet.data.len()).sum();
+        port.counters
+            .received_many(self.index, batch.len(), rx_bytes);
         let (mut handled, mut handled_bytes) = (0, 0);
         for packet in batch.drain(..) {
-            (rx_frames, rx_bytes) = (rx_frames + 1, rx_bytes + packet.data.len());
             let len = packet.data.len() as u64;
             let Some(frame) = Datapath::check(port.id, packet, &mut self.output) else {
                 (cost_frames, cost_bytes) = (cost_frames + 1, cost_bytes + len);
@@ -856,7 +859,6 @@ impl SwitchWorker {
             }
         }
         self.rx_batch = batch;
-        port.counters.received_many(self.index, rx_frames, rx_bytes);
         self.handle().counters.handled_many(handled, handled_bytes);
         if let Some(limiter) = limiter {
             limiter.charge_received(cost_frames, cost_bytes, now);
