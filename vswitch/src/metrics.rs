@@ -42,15 +42,17 @@ pub struct MetricsError {
 
 type Labels = Vec<(String, String)>;
 
+/// Label pairs, each value escaped ([`escape_label`]).
 fn labels(pairs: &[(&str, &str)]) -> Labels {
     pairs
         .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .map(|(k, v)| (k.to_string(), escape_label(v)))
         .collect()
 }
 
 /// A label value as the text format carries it: `prometheus-client` writes
-/// label values as they are, and an error message may hold quotes.
+/// label values as they are, and an error message or a port name may hold
+/// quotes or backslashes.
 fn escape_label(value: &str) -> String {
     let mut out = String::with_capacity(value.len());
     for c in value.chars() {
@@ -194,9 +196,8 @@ pub fn encode_stats(stats: &StatsView) -> String {
                 .set(i64::try_from(rings.broken_now.len()).unwrap_or(i64::MAX));
             broken_total.get_or_create(&l).inc_by(rings.broken_queues);
             if let Some(error) = &rings.last_error {
-                let error = escape_label(error);
                 last_error
-                    .get_or_create(&labels(&[("port", port), ("error", &error)]))
+                    .get_or_create(&labels(&[("port", port), ("error", error)]))
                     .set(1);
             }
         }
@@ -371,10 +372,10 @@ mod tests {
     }
 
     #[test]
-    fn a_last_error_with_quotes_stays_one_label() {
+    fn quotes_in_an_error_or_a_port_name_stay_one_label() {
         let stats = StatsView {
             ports: vec![PortCounters {
-                name: "vm0".into(),
+                name: r#"vm"0\"#.into(),
                 state: "down".into(),
                 vhost_user: Some(VhostUserView {
                     broken_now: Vec::new(),
@@ -387,9 +388,9 @@ mod tests {
         };
         let text = encode_stats(&stats);
         for line in [
-            r#"vswitch_port_broken_queues{port="vm0"} 0"#,
-            r#"vswitch_port_queues_broken_total{port="vm0"} 2"#,
-            r#"vswitch_port_last_error{port="vm0",error="connection ended: \"bad\" \\ message\nagain"} 1"#,
+            r#"vswitch_port_broken_queues{port="vm\"0\\"} 0"#,
+            r#"vswitch_port_queues_broken_total{port="vm\"0\\"} 2"#,
+            r#"vswitch_port_last_error{port="vm\"0\\",error="connection ended: \"bad\" \\ message\nagain"} 1"#,
         ] {
             assert!(
                 text.lines().any(|l| l == line),
