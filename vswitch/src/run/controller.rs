@@ -75,6 +75,37 @@ struct Entry {
     health: Health,
     /// The state last logged.
     logged_up: bool,
+    /// The vhost-user queues broken since the port was added, as last
+    /// logged.
+    logged_broken: u64,
+}
+
+/// A change in a port's health worth a log line ([`Controller::state_changes`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateChange {
+    /// The port came back up.
+    Up {
+        /// The port's name.
+        port: String,
+    },
+    /// The port went down.
+    Down {
+        /// The port's name.
+        port: String,
+        /// Why, as `show` says it.
+        reason: String,
+    },
+    /// The guest of a vhost-user port broke virtqueues since the last call.
+    QueuesBroken {
+        /// The port's name.
+        port: String,
+        /// Queues broken since the last call.
+        newly: u64,
+        /// The queues of the current connection not served now.
+        broken_now: Vec<u16>,
+        /// The port's last error.
+        error: Option<String>,
+    },
 }
 
 /// The switch and its ports. See the module documentation.
@@ -202,6 +233,7 @@ impl Controller {
             detail: opened.detail,
             health: opened.health,
             logged_up: true,
+            logged_broken: 0,
         };
         let view = self.view(&entry);
         ports.push(entry);
@@ -251,25 +283,61 @@ impl Controller {
         }
     }
 
-    /// Logs every port that went down (or came back) since the last call.
+    /// Logs every port that went down (or came back), and every guest
+    /// that broke a virtqueue, since the last call.
     pub fn log_state_changes(&self) {
-        let mut ports = self.lock();
-        for entry in ports.iter_mut() {
-            let state = (entry.health)().state;
-            let up = state == PortState::Up;
-            if up != entry.logged_up {
-                entry.logged_up = up;
-                match state {
-                    PortState::Up => tracing::info!(port = entry.spec.name(), "port is up again"),
-                    PortState::Down { reason } => tracing::warn!(
-                        port = entry.spec.name(),
-                        "port is down: {reason}; frames toward it are dropped and counted \
-                         (egress_port_error) until `vswitch ctl del-port {}`",
-                        entry.spec.name()
-                    ),
-                }
+        for change in self.state_changes() {
+            match change {
+                StateChange::Up { port } => tracing::info!(port, "port is up again"),
+                StateChange::Down { port, reason } => tracing::warn!(
+                    port,
+                    "port is down: {reason}; frames toward it are dropped and counted \
+                     (egress_port_error) until `vswitch ctl del-port {port}`"
+                ),
+                StateChange::QueuesBroken {
+                    port,
+                    newly,
+                    broken_now,
+                    error,
+                } => tracing::warn!(
+                    port,
+                    "the guest broke {newly} virtqueue(s) (not served now: {broken_now:?}); \
+                     they stay unserved until it resets the device or reconnects; last error: {}",
+                    error.as_deref().unwrap_or("none")
+                ),
             }
         }
+    }
+
+    /// What changed in the ports' health since the last call: ports that
+    /// went down or came back, guests that broke virtqueues.
+    pub fn state_changes(&self) -> Vec<StateChange> {
+        let mut changes = Vec::new();
+        let mut ports = self.lock();
+        for entry in ports.iter_mut() {
+            let health = (entry.health)();
+            let port = entry.spec.name().to_string();
+            if let Some(rings) = health.vhost_user {
+                if rings.broken_queues > entry.logged_broken {
+                    changes.push(StateChange::QueuesBroken {
+                        port: port.clone(),
+                        newly: rings.broken_queues - entry.logged_broken,
+                        broken_now: rings.broken_now,
+                        error: rings.last_error,
+                    });
+                    entry.logged_broken = rings.broken_queues;
+                }
+            }
+            let up = health.state == PortState::Up;
+            if up != entry.logged_up {
+                entry.logged_up = up;
+                changes.push(match health.state {
+                    PortState::Up => StateChange::Up { port },
+                    PortState::Down { reason } => StateChange::Down { port, reason },
+                });
+            }
+        }
+        changes
     }
 
     /// Every port and the workers.
@@ -534,7 +602,20 @@ mod tests {
             detail: "socket /tmp/vm0.sock".into(),
             health: std::sync::Arc::new(move || vhost_user_health(report.clone())),
             logged_up: true,
+            logged_broken: 0,
         });
+
+        // The log says it once.
+        assert_eq!(
+            controller.state_changes(),
+            vec![StateChange::QueuesBroken {
+                port: "vm0".into(),
+                newly: 1,
+                broken_now: vec![1],
+                error: Some(error.into()),
+            }]
+        );
+        assert_eq!(controller.state_changes(), Vec::new());
 
         let show = controller.show();
         let text = crate::ctl::client::format_show(&show);
