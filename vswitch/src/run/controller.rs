@@ -538,6 +538,19 @@ fn to_value<T: serde::Serialize>(value: T) -> Result<serde_json::Value, ControlE
 mod tests {
     use super::*;
 
+    /// A controller over a one-worker switch, with one queue and MTU 1500
+    /// as the port defaults.
+    fn one_worker_controller() -> Controller {
+        let switch = Switch::start(vswitch::SwitchConfig::default().workers(1)).unwrap();
+        Controller::new(
+            switch,
+            PortDefaults {
+                queues: 1,
+                mtu: 1500,
+            },
+        )
+    }
+
     #[test]
     fn software_work_follows_the_capabilities() {
         assert_eq!(
@@ -565,14 +578,7 @@ mod tests {
 
         use crate::run::spec::vhost_user_health;
 
-        let switch = Switch::start(vswitch::SwitchConfig::default().workers(1)).unwrap();
-        let controller = Controller::new(
-            switch,
-            PortDefaults {
-                queues: 1,
-                mtu: 1500,
-            },
-        );
+        let controller = one_worker_controller();
         let error = "virtqueue 1 is broken: invalid available ring index \
                      (more descriptors to process than queue size)";
         let report = VhostUserReport {
@@ -653,14 +659,7 @@ mod tests {
 
     #[test]
     fn requests_about_unknown_ports_say_which_exist() {
-        let switch = Switch::start(vswitch::SwitchConfig::default().workers(1)).unwrap();
-        let controller = Controller::new(
-            switch,
-            PortDefaults {
-                queues: 1,
-                mtu: 1500,
-            },
-        );
+        let controller = one_worker_controller();
         let Response::Error(err) = controller.handle(Request::DelPort { name: "x".into() }) else {
             panic!("expected an error")
         };
