@@ -22,7 +22,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use vswitch_offload::{EgressCapabilities, Packet};
@@ -141,9 +141,7 @@ impl<Q> Lane<Q> {
     /// The queue, even if a thread panicked while holding it: a frame
     /// queue has no invariant a panic could break half-way.
     fn lock(&self) -> MutexGuard<'_, Q> {
-        self.frames
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.frames.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -177,15 +175,18 @@ impl Fifo {
         self.frames.push(packet);
     }
 
-    /// Moves the first `count` frames (at most [`Fifo::len`]) to `batch`.
-    fn take(&mut self, count: usize, batch: &mut Vec<Packet>) {
-        let end = self.head + count.min(self.len());
+    /// Moves the first `max` frames (or all, if fewer) to `batch` and
+    /// returns how many it moved.
+    fn take(&mut self, max: usize, batch: &mut Vec<Packet>) -> usize {
+        let moved = max.min(self.len());
+        let end = self.head + moved;
         batch.extend(self.frames[self.head..end].iter_mut().map(std::mem::take));
         self.head = end;
         if self.head == self.frames.len() {
             self.frames.clear();
             self.head = 0;
         }
+        moved
     }
 }
 
@@ -213,7 +214,7 @@ impl Doorbell {
     /// Wakes the waiters, if any.
     fn ring(&self) {
         if self.waiters.load(Ordering::SeqCst) > 0 {
-            let _held = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            let _held = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
             self.rung.notify_all();
         }
     }
@@ -222,7 +223,7 @@ impl Doorbell {
     /// attempts, until `deadline`. `attempt` runs while the doorbell is
     /// held, so a ring between an attempt and the wait is not lost.
     fn wait_for<T>(&self, deadline: Instant, mut attempt: impl FnMut() -> Option<T>) -> Option<T> {
-        let mut held = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut held = self.lock.lock().unwrap_or_else(PoisonError::into_inner);
         self.waiters.fetch_add(1, Ordering::SeqCst);
         let found = loop {
             if let Some(found) = attempt() {
@@ -351,15 +352,12 @@ impl Port for MemoryPort {
             queue,
             queues: shared.rx.len(),
         })?;
-        let moved = {
-            let mut frames = lane.lock();
-            let moved = frames.len().min(max);
-            frames.take(moved, batch);
-            moved
-        };
+        let moved = lane.lock().take(max, batch);
         if moved > 0 {
             shared.room.ring();
         } else if !shared.outside_alive.load(Ordering::SeqCst) && lane.lock().len() == 0 {
+            // Looked at again after the outside was seen gone: a frame it
+            // injected just before going is still taken, not lost.
             return Err(PortError::Disconnected { queue });
         }
         Ok(moved)
