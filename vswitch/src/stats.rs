@@ -318,13 +318,8 @@ pub struct WorkerStats {
 }
 
 impl WorkerCounters {
-    /// Counts a frame handled.
-    pub fn handled(&self, bytes: usize) {
-        self.handled_many(1, bytes);
-    }
-
     /// Counts `frames` frames of `bytes` bytes in all handled.
-    pub fn handled_many(&self, frames: usize, bytes: usize) {
+    pub fn handled(&self, frames: usize, bytes: usize) {
         bump(&self.frames, frames as u64);
         bump(&self.bytes, bytes as u64);
     }

@@ -800,7 +800,7 @@ impl SwitchWorker {
                 Err(_) => break,
             }
         }
-        self.handle().counters.handled_many(handled, bytes);
+        self.handle().counters.handled(handled, bytes);
         self.flush();
         handled
     }
@@ -859,7 +859,7 @@ impl SwitchWorker {
             }
         }
         self.rx_batch = batch;
-        self.handle().counters.handled_many(handled, handled_bytes);
+        self.handle().counters.handled(handled, handled_bytes);
         if let Some(limiter) = limiter {
             limiter.charge_received(cost_frames, cost_bytes, now);
         }
