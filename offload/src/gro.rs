@@ -123,7 +123,7 @@ use bytes::BytesMut;
 use thiserror::Error;
 
 use crate::checksum::{
-    copy_and_sum_native, fold, pseudo_header_ipv4, pseudo_header_ipv6, Checksum,
+    add_carry, copy_and_sum_native, fold, pseudo_header_ipv4, pseudo_header_ipv6, Checksum,
 };
 use crate::layout::{FrameLayout, L3Kind, L4Kind};
 use crate::virtio::{VirtioNetHdr, FLAG_DATA_VALID, FLAG_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6};
@@ -233,14 +233,6 @@ fn ne32(b: &[u8], at: usize) -> u32 {
     b.get(at..at.wrapping_add(4))
         .and_then(|s| <[u8; 4]>::try_from(s).ok())
         .map_or(0, u32::from_ne_bytes)
-}
-
-/// Ones'-complement addition of two unfolded 64-bit sums (the carry out of
-/// bit 63 comes back in at bit 0).
-#[inline]
-fn add_carry(a: u64, b: u64) -> u64 {
-    let (sum, carry) = a.overflowing_add(b);
-    sum + u64::from(carry)
 }
 
 /// The ones'-complement sum of a header of whole 32-bit words (IPv4 and

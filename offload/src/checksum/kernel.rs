@@ -260,7 +260,7 @@ const AVX2_MIN_LEN: usize = 128;
 /// so the carry out of bit 63 is added back at bit 0 (it cannot carry again:
 /// after a carry the wrapped sum is at most 2^64 - 2).
 #[inline(always)]
-pub(super) fn add_carry(a: u64, b: u64) -> u64 {
+pub(crate) fn add_carry(a: u64, b: u64) -> u64 {
     let (sum, carry) = a.overflowing_add(b);
     sum + u64::from(carry)
 }

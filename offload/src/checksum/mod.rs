@@ -32,6 +32,7 @@
 #[allow(unsafe_code)]
 mod kernel;
 
+pub(crate) use kernel::add_carry;
 use kernel::SupportedKernel;
 pub use kernel::{Kernel, KERNEL_ENV_VAR};
 
