@@ -665,6 +665,26 @@ enum Fast {
 }
 
 impl<T> Flow<T> {
+    /// Records a segment's payload of `len` bytes, with PSH or not, just
+    /// appended to the merged frame.
+    #[inline]
+    fn appended(&mut self, len: usize, psh: bool) {
+        self.len += len;
+        self.next_seq = self.next_seq.wrapping_add(len as u32);
+        self.next_ip_id = self.next_ip_id.wrapping_add(1);
+        self.segments += 1;
+        self.psh = psh;
+    }
+
+    /// Whether the segment of `len` payload bytes (with PSH or not) just
+    /// appended ends the merge: PSH, a short segment, or no room for
+    /// another byte under `max_ip_len`.
+    #[inline]
+    fn ends_merge(&self, len: usize, psh: bool, max_ip_len: usize) -> bool {
+        let room = max_ip_len - (self.len - self.shape.l3_offset);
+        psh || len < self.mss || room == 0
+    }
+
     fn is_same_flow(&self, v: &TcpView<'_>) -> bool {
         let (shape, head) = (&self.shape, &self.head[..]);
         let (frame, at) = (v.frame, v.l4_offset);
@@ -957,7 +977,7 @@ impl<T: AsRef<[u8]>> Coalescer<T> {
         }
         if self.append(i, &view, checksum) {
             self.hint = i;
-            if self.ends_merge(i, &view) {
+            if self.flows[i].ends_merge(view.payload().len(), view.psh(), self.config.max_ip_len) {
                 self.flush_index(i, out);
             }
         } else {
@@ -1088,19 +1108,14 @@ impl<T: AsRef<[u8]>> Coalescer<T> {
             dst.copy_from_slice(payload);
         }
         let psh = flags & TCP_FLAG_PSH != 0;
-        flow.len = at + len;
-        flow.next_seq = flow.next_seq.wrapping_add(len as u32);
-        flow.next_ip_id = flow.next_ip_id.wrapping_add(1);
-        flow.segments += 1;
-        flow.psh = psh;
-        let room = self.config.max_ip_len - (flow.len - l3);
+        flow.appended(len, psh);
         #[cfg(test)]
         {
             self.probe.merged += 1;
         }
         Fast::Merged {
             index,
-            last: psh || len < flow.mss || room == 0,
+            last: flow.ends_merge(len, psh, self.config.max_ip_len),
         }
     }
 
@@ -1148,15 +1163,6 @@ impl<T: AsRef<[u8]>> Coalescer<T> {
         out.deliver(Delivered::Unchanged(frame));
     }
 
-    /// Whether the segment `v` just merged into flow `i` ends the merge:
-    /// PSH, a short segment, or no room for another byte.
-    #[inline]
-    fn ends_merge(&self, i: usize, v: &TcpView<'_>) -> bool {
-        let flow = &self.flows[i];
-        let room = self.config.max_ip_len - (flow.len - flow.shape.l3_offset);
-        v.psh() || v.payload().len() < flow.mss || room == 0
-    }
-
     /// Appends the payload of `v` to the merged frame of flow `i` if its
     /// checksum holds; returns false (the flow as it was) if not.
     fn append(&mut self, i: usize, v: &TcpView<'_>, checksum: SegmentChecksum) -> bool {
@@ -1167,11 +1173,7 @@ impl<T: AsRef<[u8]>> Coalescer<T> {
             return false;
         };
         flow.payload_sum.add_checksum(&sum);
-        flow.len = at + v.payload().len();
-        flow.next_seq = flow.next_seq.wrapping_add(v.payload().len() as u32);
-        flow.next_ip_id = flow.next_ip_id.wrapping_add(1);
-        flow.segments += 1;
-        flow.psh = v.psh();
+        flow.appended(v.payload().len(), v.psh());
         true
     }
 
@@ -1229,14 +1231,12 @@ impl<T: AsRef<[u8]>> Coalescer<T> {
                 flow.buf = buf;
                 flow.payload_sum = first_sum;
                 flow.payload_sum.add_checksum(&second_sum);
-                flow.len = first_end + second_len;
-                flow.next_seq = flow.next_seq.wrapping_add(second_len as u32);
-                flow.next_ip_id = flow.next_ip_id.wrapping_add(1);
-                flow.segments = 2;
-                flow.psh = psh;
+                // The first segment, held as it came, is now the frame's
+                // start; the second is appended to it.
+                flow.len = first_end;
+                flow.appended(second_len, psh);
                 self.hint = i;
-                let room = self.config.max_ip_len - (flow.len - flow.shape.l3_offset);
-                if psh || second_len < flow.mss || room == 0 {
+                if flow.ends_merge(second_len, psh, self.config.max_ip_len) {
                     self.flush_index(i, out);
                 }
             }
