@@ -301,6 +301,14 @@ struct Shared {
     shutdown: Mutex<Option<vhost_user_backend::ShutdownHandle>>,
 }
 
+/// Virtqueue `queue`'s bit in [`Shared::broken_now`]'s set; `None` past
+/// the set's 64 queues.
+fn queue_bit(queue: usize) -> Option<u64> {
+    u32::try_from(queue)
+        .ok()
+        .and_then(|queue| 1u64.checked_shl(queue))
+}
+
 impl Shared {
     fn guest(&self) -> Option<Arc<GuestPort>> {
         self.guest
@@ -370,7 +378,7 @@ impl Shared {
     /// served again until [`Shared::clear_broken`]. Counted and noted the
     /// first time only.
     fn queue_broken(&self, err: &QueueBroken) {
-        let Some(bit) = 1u64.checked_shl(u32::from(err.queue)) else {
+        let Some(bit) = queue_bit(usize::from(err.queue)) else {
             return;
         };
         if self.broken_now.fetch_or(bit, Ordering::Relaxed) & bit == 0 {
@@ -380,10 +388,7 @@ impl Shared {
     }
 
     fn is_broken(&self, queue: usize) -> bool {
-        u32::try_from(queue)
-            .ok()
-            .and_then(|queue| 1u64.checked_shl(queue))
-            .is_some_and(|bit| self.broken_now.load(Ordering::Relaxed) & bit != 0)
+        queue_bit(queue).is_some_and(|bit| self.broken_now.load(Ordering::Relaxed) & bit != 0)
     }
 
     /// Every virtqueue is served again: the device was reset, or a
