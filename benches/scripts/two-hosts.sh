@@ -72,16 +72,6 @@ netns() {
     ip -n "$1" link set lo up
 }
 
-# cpu_ticks PID...: user+system clock ticks the processes used so far.
-cpu_ticks() {
-    local total=0 pid fields
-    for pid in "$@"; do
-        read -r -a fields <"/proc/$pid/stat"
-        total=$((total + fields[13] + fields[14]))
-    done
-    echo "$total"
-}
-
 # user_system_ticks PID...: the processes' user and system clock ticks so
 # far, as "USER SYSTEM".
 user_system_ticks() {
@@ -254,15 +244,15 @@ run_qemu() {
         --mac 52:54:00:99:00:02 --log "$work/guest-b.log" 2>"$work/guest-b.err" &
     pids+=($!); local vm_b=$!
     wait_console "$work/guest-b.log" VSW-READY 180 "$vm_b"
-    local cpu0 sys0 cpu1 sys1
-    cpu0=$(cpu_ticks "$pid_a" "$pid_b"); sys0=$(system_ticks)
+    local user0 kernel0 sys0 user1 kernel1 sys1
+    read -r user0 kernel0 < <(user_system_ticks "$pid_a" "$pid_b"); sys0=$(system_ticks)
     bash "$guest" --socket "$work/a.sock" --role client --ip 10.99.0.1/24 --peer 10.99.0.2 \
         --mac 52:54:00:99:00:01 --args "-P $streams -t $seconds" \
         --log "$work/guest-a.log" 2>"$work/guest-a.err" &
     pids+=($!); local vm_a=$!
     wait_console "$work/guest-a.log" VSW-EXIT $((seconds + 240)) "$vm_a"
     wait_console "$work/guest-b.log" VSW-CSUM-ERRORS 60 "$vm_b"
-    cpu1=$(cpu_ticks "$pid_a" "$pid_b"); sys1=$(system_ticks)
+    read -r user1 kernel1 < <(user_system_ticks "$pid_a" "$pid_b"); sys1=$(system_ticks)
     section "$work/guest-a.log" RESULT >"$work/qemu.json"
     ctl_stats "$work/a.ctl" >"$work/a.json"
     ctl_stats "$work/b.ctl" >"$work/b.json"
@@ -270,7 +260,7 @@ run_qemu() {
     local csum
     csum=$(sed -n 's/.*VSW-CSUM-ERRORS tcp=\([0-9]*\).*/\1/p' "$work/guest-b.log")
     echo "RESULT topology=qemu gbps=$(gbps "$work/qemu.json") csum_errors=${csum:-unknown}" \
-        "$(cat "$work/counters") switch_cpu_s=$(seconds_of $((cpu1 - cpu0)))" \
+        "$(cat "$work/counters") switch_cpu_s=$(seconds_of $((user1 - user0 + kernel1 - kernel0)))" \
         "system_cpu_s=$(seconds_of $((sys1 - sys0)))"
 }
 
