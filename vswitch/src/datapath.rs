@@ -51,7 +51,7 @@ use crate::drop::DropReason;
 use crate::egress::{adapt_checked, fits_mtu, EgressEngine, EgressWork};
 use crate::fdb::{Learned, LookupCache};
 use crate::forward::{Egress, Forwarder, PortId, PortSet};
-use crate::limit::{wire_cost, Credit, PortLimiter};
+use crate::limit::{packet_wire_cost, wire_cost, Credit, PortLimiter};
 
 /// Where frames leave: a port and, for a port with several transmit
 /// queues ([`PortSet::set_tx_queues`]), the queue their flow's hash picks
@@ -76,6 +76,12 @@ pub struct TxBatch {
     pub queue: Option<usize>,
     /// The frames, ready for the port's send: adapted to what it takes.
     pub frames: Vec<Packet>,
+    /// How many of `frames` [`Datapath::end_burst`] charged to the port's
+    /// transmit-side rate limit already.
+    charged: usize,
+    /// The runs of `frames` cut from one frame, as (first, count): a rate
+    /// limit takes each run whole or drops it whole.
+    cut: Vec<(usize, usize)>,
 }
 
 /// Something the caller counts: what the datapath did besides sending.
@@ -160,6 +166,8 @@ impl Output {
     pub fn clear(&mut self) {
         for batch in &mut self.batches[..self.active] {
             batch.frames.clear();
+            batch.charged = 0;
+            batch.cut.clear();
         }
         self.active = 0;
         self.events.clear();
@@ -197,6 +205,8 @@ impl Output {
                 let index = self.active;
                 self.batches[index].port = to.port;
                 self.batches[index].queue = to.queue;
+                self.batches[index].charged = 0;
+                self.batches[index].cut.clear();
                 self.active += 1;
                 index
             }
@@ -230,11 +240,6 @@ pub struct Datapath {
     /// Tokens taken ahead from the transmit-side rate limits of the ports
     /// this datapath sent to (see [`PortLimiter::admit_with`]).
     credits: Vec<(Arc<PortLimiter>, Credit)>,
-    /// The egress port [`Datapath::admit`] answered last, for the port set
-    /// version it answered in, and where its credit is (`None`: the port
-    /// has no transmit limit). A burst's frames mostly go to one port: the
-    /// port set's limiter table and the credits are searched once for it.
-    last_admit: Option<(PortId, u64, Option<usize>)>,
     coalescers: PortCoalescers,
 }
 
@@ -250,7 +255,6 @@ impl Datapath {
             egress: Vec::new(),
             adapted: Vec::new(),
             credits: Vec::new(),
-            last_admit: None,
             coalescers: PortCoalescers::new(CoalesceConfig::default()),
         }
     }
@@ -317,15 +321,97 @@ impl Datapath {
         if let Some(limiter) = limiter {
             limiter.charge_received(frames, bytes, now);
         }
-        self.end_burst(out);
+        self.end_burst(ports, now, out);
     }
 
     /// Ends a burst: the frames held for coalescing ([`crate::coalesce`])
-    /// go into their ports' batches in `out`. A caller of
+    /// go into their ports' batches in `out`, and every batch is charged
+    /// to its port's transmit-side rate limit (if it has one). A caller of
     /// [`Datapath::forward`] calls it before it sends what `out` holds.
-    pub fn end_burst(&mut self, out: &mut Output) {
+    ///
+    /// The limit is charged with what leaves: the frames as adapted (each
+    /// segment of a frame the switch cut; a frame the port segments itself
+    /// costs the segments it will be, [`packet_wire_cost`]). A batch whose
+    /// cost the port's tokens cover is charged at once, which is what a
+    /// limit that does not bind costs: nothing per frame but a sum. Where
+    /// the tokens taken ahead run short, the batch is charged frame by
+    /// frame in order, the segments cut from one frame as one, and each
+    /// frame the tokens do not cover is dropped whole and counted as
+    /// [`DropReason::RateLimited`]. Frames charged by an earlier call (no
+    /// [`Output::clear`] between) are not charged again.
+    pub fn end_burst(&mut self, ports: &PortSet, now: Instant, out: &mut Output) {
         if self.coalescers.holding() {
             self.coalescers.flush_all(self.engine.chunk_pool(), out);
+        }
+        if !ports.has_tx_limits() {
+            for batch in &mut out.batches[..out.active] {
+                batch.charged = batch.frames.len();
+            }
+            return;
+        }
+        let Output {
+            batches,
+            active,
+            events,
+            ..
+        } = out;
+        for batch in &mut batches[..*active] {
+            let from = std::mem::replace(&mut batch.charged, batch.frames.len());
+            if from >= batch.frames.len() {
+                continue;
+            }
+            let Some(index) = self.credit_index(ports, batch.port) else {
+                continue;
+            };
+            let Some((limiter, credit)) = self.credits.get_mut(index) else {
+                continue;
+            };
+            let (frames, bytes) = batch.frames[from..]
+                .iter()
+                .map(packet_wire_cost)
+                .fold((0, 0), |(f, b), (pf, pb)| (f + pf, b + pb));
+            if PortLimiter::spend_credit(credit, frames, bytes) {
+                batch.cut.clear();
+                continue;
+            }
+            // The credit taken ahead does not cover the batch: frame by
+            // frame (taking more ahead), the segments cut from one frame
+            // together, keeping the order of those that go.
+            let len = batch.frames.len();
+            let mut runs = batch
+                .cut
+                .iter()
+                .filter(|(first, _)| *first >= from)
+                .peekable();
+            let (mut kept, mut i) = (from, from);
+            while i < len {
+                let n = match runs.peek() {
+                    Some(&&(first, count)) if first == i => {
+                        runs.next();
+                        count.clamp(1, len - i)
+                    }
+                    _ => 1,
+                };
+                let (frames, bytes) = batch.frames[i..i + n]
+                    .iter()
+                    .map(packet_wire_cost)
+                    .fold((0, 0), |(f, b), (pf, pb)| (f + pf, b + pb));
+                if limiter.admit_with(credit, frames, bytes, now) {
+                    for j in i..i + n {
+                        batch.frames.swap(kept, j);
+                        kept += 1;
+                    }
+                } else {
+                    events.push(Event::Dropped {
+                        port: batch.port,
+                        reason: DropReason::RateLimited,
+                    });
+                }
+                i += n;
+            }
+            batch.frames.truncate(kept);
+            batch.charged = kept;
+            batch.cut.clear();
         }
     }
 
@@ -338,80 +424,10 @@ impl Datapath {
             .is_none_or(|limiter| limiter.may_receive(now))
     }
 
-    /// The egress port's rate limit: whether `frame` may go to `port` at
-    /// `now` (its tokens are taken if so); a refused frame is counted.
-    /// Most frames go to the port of the frame before: its remembered
-    /// answer (no limit, or where its credit is) is used here, inline; a
-    /// port change goes through [`Datapath::admit_other`].
-    #[inline(always)]
-    fn admit(
-        &mut self,
-        ports: &PortSet,
-        port: PortId,
-        frame: &CheckedFrame,
-        now: Instant,
-        out: &mut Output,
-    ) -> bool {
-        let slot = match self.last_admit {
-            Some((last, version, slot)) if last == port && version == ports.version() => slot,
-            _ => return self.admit_other(ports, port, frame, now, out),
-        };
-        match slot {
-            None => true,
-            Some(index) => self.spend_credit(index, port, frame, now, out),
-        }
-    }
-
-    /// The credit at `index` in `credits` spent on `frame` toward `port`.
-    #[inline(always)]
-    fn spend_credit(
-        &mut self,
-        index: usize,
-        port: PortId,
-        frame: &CheckedFrame,
-        now: Instant,
-        out: &mut Output,
-    ) -> bool {
-        let Some((limiter, credit)) = self.credits.get_mut(index) else {
-            return true;
-        };
-        let (frames, bytes) = wire_cost(frame);
-        let admitted = limiter.admit_with(credit, frames, bytes, now);
-        if !admitted {
-            out.dropped(port, DropReason::RateLimited);
-        }
-        admitted
-    }
-
-    /// [`Datapath::admit`] toward a port other than the last one asked
-    /// about (or after the port set changed): its credit is looked up and
-    /// remembered first.
-    fn admit_other(
-        &mut self,
-        ports: &PortSet,
-        port: PortId,
-        frame: &CheckedFrame,
-        now: Instant,
-        out: &mut Output,
-    ) -> bool {
-        match self.remember_admit(ports, port) {
-            Some(index) => self.spend_credit(index, port, frame, now, out),
-            None => true,
-        }
-    }
-
-    /// [`Datapath::credit_index`], remembered as the last answer.
-    #[cold]
-    fn remember_admit(&mut self, ports: &PortSet, port: PortId) -> Option<usize> {
-        let index = self.credit_index(ports, port);
-        self.last_admit = Some((port, ports.version(), index));
-        index
-    }
-
     /// Where the credit for `port`'s transmit limit is in `credits`, added
     /// if it is not there yet; `None` if the port has no limit.
     fn credit_index(&mut self, ports: &PortSet, port: PortId) -> Option<usize> {
-        let limiter = ports.limiter(port)?;
+        let limiter = ports.limiter(port).filter(|l| l.limits_to_port())?;
         if let Some(index) = self
             .credits
             .iter()
@@ -464,9 +480,7 @@ impl Datapath {
         // there as it is.
         if let [egress] = self.egress[..] {
             if egress.tag.map(|vlan| vlan.get()) == ingress_vid {
-                if self.admit(ports, egress.port, &frame, now, out) {
-                    self.emit(ports, egress.port, frame, now, out);
-                }
+                self.emit(ports, egress.port, frame, now, out);
                 return;
             }
         }
@@ -504,11 +518,7 @@ impl Datapath {
                 slot.get_or_insert_with(|| frame.retagged(vid)).clone()
             };
             match version {
-                Some(version) => {
-                    if self.admit(ports, egress.port, &version, now, out) {
-                        self.emit(ports, egress.port, version, now, out);
-                    }
-                }
+                Some(version) => self.emit(ports, egress.port, version, now, out),
                 None => out.dropped(egress.port, DropReason::RetagFailed),
             }
         }
@@ -584,7 +594,12 @@ impl Datapath {
                 if work != EgressWork::default() {
                     out.events.push(Event::Worked { port, work });
                 }
-                out.batch(to).append(&mut self.adapted);
+                let index = out.batch_index(to);
+                let batch = &mut out.batches[index];
+                if self.adapted.len() > 1 {
+                    batch.cut.push((batch.frames.len(), self.adapted.len()));
+                }
+                batch.frames.append(&mut self.adapted);
             }
         }
     }
@@ -1376,7 +1391,8 @@ mod tests {
         forward(&mut b, 2, t + Duration::from_micros(60));
         let held: Vec<_> = b.out.batches()[0].frames.iter().map(summary).collect();
         assert_eq!(held, [(seq(0), 2, true)]);
-        b.datapath.end_burst(&mut b.out);
+        b.datapath
+            .end_burst(&b.ports, t + Duration::from_micros(60), &mut b.out);
         let all: Vec<_> = b.out.batches()[0].frames.iter().map(summary).collect();
         assert_eq!(all, [(seq(0), 2, true), (seq(2), 1, false)]);
     }

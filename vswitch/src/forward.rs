@@ -133,6 +133,8 @@ pub struct PortSet {
     /// The transmit queues of the ports that have more than one, sorted by
     /// id: frames toward such a port are spread over its queues by flow.
     tx_queues: Vec<(PortId, usize)>,
+    /// Whether a port of the set has a transmit-side rate limit.
+    tx_limited: bool,
     /// Changes with every change of the set, unique among all sets: a
     /// decision remembered for one version is not replayed for another.
     version: u64,
@@ -189,6 +191,10 @@ impl PortSet {
 
     fn touch(&mut self) {
         self.version = PORT_SET_VERSIONS.fetch_add(1, Ordering::Relaxed);
+        self.tx_limited = self
+            .limiters
+            .iter()
+            .any(|(_, limiter)| limiter.limits_to_port());
     }
 
     /// Sets how many transmit queues port `id` has (1 unless set). Frames
@@ -246,6 +252,12 @@ impl PortSet {
     /// for as long as the version is the same.
     pub fn version(&self) -> u64 {
         self.version
+    }
+
+    /// Whether any port of the set limits what is sent to it
+    /// ([`crate::limit::PortLimits::to_port`]).
+    pub fn has_tx_limits(&self) -> bool {
+        self.tx_limited
     }
 
     /// The running rate limits of `id`, if it has any.

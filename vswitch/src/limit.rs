@@ -36,8 +36,11 @@
 //! port's traffic touch. The receive side charges a burst at once, one
 //! operation per burst. The transmit side takes tokens ahead, a sixteenth
 //! of the bucket at a time, into a [`Credit`] each worker keeps per port
-//! (see [`PortLimiter::admit_with`]), so most frames spend local credit and
-//! touch no shared cache line at all; a worker holds at most that much
+//! (see [`PortLimiter::admit_with`]), and charges what a burst sends to the
+//! port as one batch, after adaptation
+//! ([`Datapath::end_burst`](crate::datapath::Datapath::end_burst)): while
+//! the credit covers the batch, a frame costs a sum and no shared cache
+//! line is touched; a worker holds at most a sixteenth of the bucket
 //! unspent. The one-time burst is a second atomic, read once per charge
 //! and written only while it lasts.
 
@@ -45,8 +48,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use vswitch_offload::plan::GsoKind;
-use vswitch_offload::CheckedFrame;
+use vswitch_offload::plan::{GsoKind, OffloadPlan};
+use vswitch_offload::virtio::GSO_NONE;
+use vswitch_offload::{CheckedFrame, Packet};
 
 /// One token bucket: `rate` tokens a second, holding at most `burst`, and
 /// `initial` more tokens once, at the start, that are not refilled.
@@ -179,8 +183,29 @@ impl PortLimits {
 /// What a frame costs on the wire: (frames, bytes). See the module docs.
 #[inline]
 pub fn wire_cost(frame: &CheckedFrame) -> (u64, u64) {
-    let len = frame.len() as u64;
-    let plan = frame.plan();
+    cost_of(frame.len() as u64, frame.plan())
+}
+
+/// [`wire_cost`] of a frame not held as a [`CheckedFrame`]: one ready to
+/// leave (adapted, or built by coalescing) or one just received, before
+/// its check. Only a GSO frame's header is validated, for the layout its
+/// segments repeat; a frame whose header does not validate costs one
+/// frame of its length, as it would if the check refused it.
+#[inline]
+pub fn packet_wire_cost(packet: &Packet) -> (u64, u64) {
+    let len = packet.data.len() as u64;
+    if packet.hdr.gso_type == GSO_NONE {
+        return (1, len);
+    }
+    match packet.hdr.validate(&packet.data) {
+        Ok(plan) => cost_of(len, &plan),
+        Err(_) => (1, len),
+    }
+}
+
+/// The wire cost of a frame of `len` bytes with the validated `plan`.
+#[inline]
+fn cost_of(len: u64, plan: &OffloadPlan) -> (u64, u64) {
     let gso = plan.gso();
     // Most frames: one discriminant compared.
     if gso == GsoKind::None {
@@ -398,6 +423,12 @@ impl PortLimiter {
         &self.limits
     }
 
+    /// Whether frames toward the port are limited (a bucket on its
+    /// transmit side).
+    pub fn limits_to_port(&self) -> bool {
+        !self.to_port.is_none()
+    }
+
     fn epoch(&self, now: Instant) -> Instant {
         *self.epoch.get_or_init(|| now)
     }
@@ -478,12 +509,24 @@ impl PortLimiter {
     /// subtractions, whatever buckets are set.
     #[inline]
     pub fn admit_with(&self, credit: &mut Credit, frames: u64, bytes: u64, now: Instant) -> bool {
+        Self::spend_credit(credit, frames, bytes)
+            || self.refill_and_admit(credit, frames, bytes, now)
+    }
+
+    /// Spends `credit` on a cost only if it covers it all; never touches
+    /// the shared buckets. For a batch of frames: one that the credit
+    /// does not cover goes frame by frame through
+    /// [`PortLimiter::admit_with`], so that no batch passes as a whole
+    /// where its frames alone would not (a frame larger than the burst is
+    /// taken when the bucket is full; a batch is not one frame).
+    #[inline]
+    pub fn spend_credit(credit: &mut Credit, frames: u64, bytes: u64) -> bool {
         if credit.bytes >= bytes && credit.frames >= frames {
             credit.bytes -= bytes;
             credit.frames -= frames;
             return true;
         }
-        self.refill_and_admit(credit, frames, bytes, now)
+        false
     }
 
     /// [`PortLimiter::admit_with`] when the credit does not cover the
@@ -688,5 +731,8 @@ mod tests {
         assert_eq!(wire_cost(&frame), (7, 10_000 + 7 * 54));
         let plain = CheckedFrame::check(Packet::plain(vec![0u8; 60])).unwrap();
         assert_eq!(wire_cost(&plain), (1, 60));
+        // The same costs for the frames as they leave.
+        assert_eq!(packet_wire_cost(frame.packet()), (7, 10_000 + 7 * 54));
+        assert_eq!(packet_wire_cost(plain.packet()), (1, 60));
     }
 }

@@ -453,6 +453,63 @@ mod limits {
     }
 
     #[test]
+    fn a_tso_frame_a_port_segments_itself_costs_its_segments_too() {
+        // The same bucket toward a port that takes TSO: the frames leave
+        // whole, and each still costs its 7 segments.
+        let limited = PortLimits::new().to_port(RateLimit::none().frames(Bucket::new(1, 10)));
+        let mut b = Bench::new([
+            PortProfile::default(),
+            PortProfile::default().limits(limited),
+        ]);
+        b.ports.insert_port(
+            PortId(2),
+            PortProfile::default().limits(limited),
+            EgressCapabilities::full(1500),
+        );
+        let tso = || {
+            FrameBuilder::tcp4([10, 0, 0, 1], [10, 0, 0, 2])
+                .macs(mac(1).0, mac(9).0)
+                .payload_with(10_000, |i| i as u8)
+                .gso(1448)
+                .packet()
+        };
+        let (sent, drops) = b.burst(0, 1, vec![tso(), tso()]);
+        assert_eq!(sent, [(2, 1)]);
+        assert_eq!(drops, [(2, DropReason::RateLimited)]);
+    }
+
+    #[test]
+    fn the_frames_of_later_calls_are_charged_once() {
+        // 4 frames saved up toward port 2: two forwards of 3 frames, one
+        // end of burst after each, without clearing the output between.
+        let limited = PortLimits::new().to_port(RateLimit::none().frames(Bucket::new(1, 4)));
+        let mut b = Bench::new([
+            PortProfile::default(),
+            PortProfile::default().limits(limited),
+        ]);
+        let now = b.t0;
+        b.out.clear();
+        for _ in 0..2 {
+            for _ in 0..3 {
+                let frame =
+                    Datapath::check(PortId(1), arp_like(MacAddr::BROADCAST, mac(1)), &mut b.out)
+                        .expect("a valid frame");
+                b.datapath
+                    .forward(&b.ports, PortId(1), frame, now, &mut b.out);
+            }
+            b.datapath.end_burst(&b.ports, now, &mut b.out);
+        }
+        assert_eq!(b.out.batches()[0].frames.len(), 4);
+        let drops = b
+            .out
+            .events()
+            .iter()
+            .filter(|e| matches!(e, Event::Dropped { .. }))
+            .count();
+        assert_eq!(drops, 2);
+    }
+
+    #[test]
     fn a_port_over_its_receive_limit_is_not_polled_until_tokens_return() {
         // 1000 bytes a second from port 1, 100 saved up.
         let limited = PortLimits::new().from_port(RateLimit::none().bytes(Bucket::new(1000, 100)));
