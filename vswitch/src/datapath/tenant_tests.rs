@@ -431,15 +431,13 @@ mod limits {
         assert_eq!(drops.len(), 5);
     }
 
-    #[test]
-    fn a_tso_frame_toward_a_port_costs_every_segment() {
-        // 7 segments of 1502 bytes at most: a bucket of 10 frames takes one
-        // such TSO frame, not two.
+    /// Two TSO frames of 7 segments each from port 1 toward port 2, which
+    /// takes `egress` and 10 frames a second, 10 saved up.
+    fn two_tso_frames_toward_a_limited_port(egress: EgressCapabilities) -> Outcome {
         let limited = PortLimits::new().to_port(RateLimit::none().frames(Bucket::new(1, 10)));
-        let mut b = Bench::new([
-            PortProfile::default(),
-            PortProfile::default().limits(limited),
-        ]);
+        let mut b = Bench::new([PortProfile::default()]);
+        b.ports
+            .insert_port(PortId(2), PortProfile::default().limits(limited), egress);
         let tso = || {
             FrameBuilder::tcp4([10, 0, 0, 1], [10, 0, 0, 2])
                 .macs(mac(1).0, mac(9).0)
@@ -447,33 +445,23 @@ mod limits {
                 .gso(1448)
                 .packet()
         };
-        let (sent, drops) = b.burst(0, 1, vec![tso(), tso()]);
+        b.burst(0, 1, vec![tso(), tso()])
+    }
+
+    #[test]
+    fn a_tso_frame_toward_a_port_costs_every_segment() {
+        // Cut by the switch into 7 segments of 1502 bytes at most: the
+        // bucket takes one such frame, not two, and drops the other whole.
+        let (sent, drops) = two_tso_frames_toward_a_limited_port(EgressCapabilities::none(1500));
         assert_eq!(sent, [(2, 7)]);
         assert_eq!(drops, [(2, DropReason::RateLimited)]);
     }
 
     #[test]
     fn a_tso_frame_a_port_segments_itself_costs_its_segments_too() {
-        // The same bucket toward a port that takes TSO: the frames leave
-        // whole, and each still costs its 7 segments.
-        let limited = PortLimits::new().to_port(RateLimit::none().frames(Bucket::new(1, 10)));
-        let mut b = Bench::new([
-            PortProfile::default(),
-            PortProfile::default().limits(limited),
-        ]);
-        b.ports.insert_port(
-            PortId(2),
-            PortProfile::default().limits(limited),
-            EgressCapabilities::full(1500),
-        );
-        let tso = || {
-            FrameBuilder::tcp4([10, 0, 0, 1], [10, 0, 0, 2])
-                .macs(mac(1).0, mac(9).0)
-                .payload_with(10_000, |i| i as u8)
-                .gso(1448)
-                .packet()
-        };
-        let (sent, drops) = b.burst(0, 1, vec![tso(), tso()]);
+        // Toward a port that takes TSO the frames leave whole, and each
+        // still costs its 7 segments.
+        let (sent, drops) = two_tso_frames_toward_a_limited_port(EgressCapabilities::full(1500));
         assert_eq!(sent, [(2, 1)]);
         assert_eq!(drops, [(2, DropReason::RateLimited)]);
     }
