@@ -364,12 +364,12 @@ impl PortSecurity {
             if layout.l4 != Some(L4Kind::Udp) {
                 return None;
             }
-            data.get(layout.l4_offset..)?.get(..4)?.try_into().ok()
+            data.get(layout.l4_offset..)?.first_chunk().copied()
         };
         if self.ip_source_guard {
             // Validation found a whole IPv4 header at l3_offset.
-            let Some(&[a, b, c, d]) = data.get(layout.l3_offset..).and_then(|ip| ip.get(12..16))
-            else {
+            let src = data.get(layout.l3_offset..).and_then(|ip| ip.get(12..));
+            let Some(&[a, b, c, d]) = src.and_then(|src| src.first_chunk()) else {
                 return Err(GuardViolation::Unreadable {
                     ethertype: ethertype::IPV4,
                 });
