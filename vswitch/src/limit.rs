@@ -186,11 +186,11 @@ pub fn wire_cost(frame: &CheckedFrame) -> (u64, u64) {
     cost_of(frame.len() as u64, frame.plan())
 }
 
-/// [`wire_cost`] of a frame ready to leave (adapted, or built by
-/// coalescing), no longer held as a [`CheckedFrame`]. Only a GSO frame's
-/// header is validated again, for the layout its segments repeat; a frame
-/// whose header does not validate (nothing the datapath emits) costs one
-/// frame of its length.
+/// [`wire_cost`] of a frame not held as a [`CheckedFrame`]: one ready to
+/// leave (adapted, or built by coalescing) or one just received, before
+/// its check. Only a GSO frame's header is validated, for the layout its
+/// segments repeat; a frame whose header does not validate costs one
+/// frame of its length, as it would if the check refused it.
 #[inline]
 pub fn packet_wire_cost(packet: &Packet) -> (u64, u64) {
     let len = packet.data.len() as u64;
@@ -201,15 +201,6 @@ pub fn packet_wire_cost(packet: &Packet) -> (u64, u64) {
         Ok(plan) => cost_of(len, &plan),
         Err(_) => (1, len),
     }
-}
-
-/// [`packet_wire_cost`] of every frame of `packets`, summed.
-#[inline]
-pub fn packets_wire_cost(packets: &[Packet]) -> (u64, u64) {
-    packets
-        .iter()
-        .map(packet_wire_cost)
-        .fold((0, 0), |(f, b), (pf, pb)| (f + pf, b + pb))
 }
 
 /// The wire cost of a frame of `len` bytes with the validated `plan`.

@@ -71,7 +71,7 @@ use crate::datapath::{Datapath, Event, Output};
 use crate::dispatch::{flow_hash, worker_for_hash};
 use crate::drop::DropReason;
 use crate::forward::{Forwarder, ForwarderConfig, PortId, PortProfile, PortSet};
-use crate::limit::wire_cost;
+use crate::limit::packet_wire_cost;
 use crate::stats::{PortCounters, PortStats, WorkerCounters, WorkerStats};
 
 /// Settings of a [`Switch`].
@@ -830,23 +830,26 @@ impl SwitchWorker {
         let workers = self.shared.workers.len();
         let mut batch = std::mem::take(&mut self.rx_batch);
         // The burst is counted as received before any of it is forwarded,
-        // so a snapshot never shows a frame sent before it arrived.
-        let rx_bytes = batch.iter().map(|packet| packet.data.len()).sum();
+        // so a snapshot never shows a frame sent before it arrived. Its
+        // wire cost, for a receive-side limit, is summed in the same pass
+        // (a frame the check refuses costs what it is, like any other).
+        let mut rx_bytes = 0;
+        if limiter.is_some() {
+            for packet in &batch {
+                let (frames, bytes) = packet_wire_cost(packet);
+                rx_bytes += packet.data.len();
+                (cost_frames, cost_bytes) = (cost_frames + frames, cost_bytes + bytes);
+            }
+        } else {
+            rx_bytes = batch.iter().map(|packet| packet.data.len()).sum();
+        }
         port.counters
             .received_many(self.index, batch.len(), rx_bytes);
         let (mut handled, mut handled_bytes) = (0, 0);
         for packet in batch.drain(..) {
-            let len = packet.data.len() as u64;
             let Some(frame) = Datapath::check(port.id, packet, &mut self.output) else {
-                (cost_frames, cost_bytes) = (cost_frames + 1, cost_bytes + len);
                 continue;
             };
-            // The cost from the check's plan: a GSO frame's headers are
-            // not validated a second time for it.
-            if limiter.is_some() {
-                let (frames, bytes) = wire_cost(&frame);
-                (cost_frames, cost_bytes) = (cost_frames + frames, cost_bytes + bytes);
-            }
             let target = if workers == 1 {
                 self.index
             } else {
