@@ -12,6 +12,8 @@
 //! the project's mock driver, whose own work (posting buffers, reaping
 //! used entries) is left out of the time. A best-of-N table with the ratio is printed
 //! before criterion's report. Nothing here asserts a time.
+//! `VHOST_USER_BENCH_PROFILE=65000` (or `1514`) runs only that case's
+//! frames, 10,000 of them, for a profiler (callgrind, perf).
 //!
 //! ```text
 //! cargo bench -p vswitch-benches --bench vhost_user
@@ -154,7 +156,7 @@ fn table() {
         "{:>8} {:>10} {:>10} {:>8}",
         "frame", "path", "memcpy", "ratio"
     );
-    for (len, buffer) in [(65_000usize, 4096u32), (1514, 2048)] {
+    for (len, buffer) in CASES {
         let pair = Pair::new(len, buffer);
         let rounds = if len > 10_000 { 2_000 } else { 20_000 };
         let (mut path, mut copy) = (Duration::MAX, Duration::MAX);
@@ -175,7 +177,7 @@ fn table() {
 
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("vhost_user_guest_to_guest");
-    for (len, buffer) in [(65_000usize, 4096u32), (1514, 2048)] {
+    for (len, buffer) in CASES {
         let pair = Pair::new(len, buffer);
         group.throughput(Throughput::Bytes(len as u64));
         group.bench_with_input(BenchmarkId::new("device_side", len), &pair, |b, pair| {
@@ -190,7 +192,23 @@ fn bench(c: &mut Criterion) {
 
 criterion_group!(benches, bench);
 
+/// The two cases: frame length and receive buffer size.
+const CASES: [(usize, u32); 2] = [(65_000, 4096), (1514, 2048)];
+
 fn main() {
+    if let Ok(case) = std::env::var("VHOST_USER_BENCH_PROFILE") {
+        let Some(&(len, buffer)) = CASES.iter().find(|(len, _)| len.to_string() == case) else {
+            eprintln!("VHOST_USER_BENCH_PROFILE: expected one of 65000, 1514, got {case:?}");
+            std::process::exit(2);
+        };
+        let frames = 10_000;
+        let spent = Pair::new(len, buffer).run(frames);
+        println!(
+            "{len}-byte frames: {:.0} ns per frame",
+            spent.as_nanos() as f64 / frames as f64
+        );
+        return;
+    }
     table();
     benches();
     Criterion::default().configure_from_args().final_summary();

@@ -101,7 +101,8 @@ impl GuestQueue<'_> {
 
     /// Walks the chain once and copies it, header and frame, into one host
     /// buffer: a chunk of the pair's pool for a large frame (no allocation
-    /// or zeroing once the pool is warm), a new buffer for a small one.
+    /// or zeroing once the pool is warm), the next bytes of the pair's
+    /// current small-frame chunk for a small one.
     fn copy_chain<M, T>(&self, mem: &M, chain: DescriptorChain<T>) -> Result<Bytes, GuestTxError>
     where
         M: GuestMemory + ?Sized,
@@ -109,15 +110,29 @@ impl GuestQueue<'_> {
         T::Target: GuestMemory,
     {
         let mut tx = self.pair.tx.lock().unwrap_or_else(PoisonError::into_inner);
-        let TxState { segments, pool } = &mut *tx;
+        let TxState {
+            segments,
+            pool,
+            small,
+        } = &mut *tx;
         segments.clear();
         let total = chain::collect(mem, chain, Direction::DeviceReads, segments)?;
         self.port.check_chain_len(total)?;
         if total < POOLED_CHAIN {
-            let mut bytes = BytesMut::zeroed(total);
-            let copied = chain::read_into(mem, segments, &mut bytes)?;
-            bytes.truncate(copied);
-            return Ok(bytes.freeze());
+            // Small frames are cut one after another from a shared chunk:
+            // one allocation per chunk instead of one buffer (and one
+            // shared-count block, made when the frame is sliced off its
+            // header) per frame. A chunk whose frames are all gone is
+            // taken back whole; one still in use is left to its frames.
+            small.clear();
+            if small.capacity() < total && !small.try_reclaim(SMALL_CHUNK) {
+                *small = BytesMut::with_capacity(SMALL_CHUNK);
+            }
+            small.resize(total, 0);
+            let copied = chain::read_into(mem, segments, small)?;
+            let mut frame = small.split_to(total);
+            frame.truncate(copied);
+            return Ok(frame.freeze());
         }
         let mut chunk = pool.take(total);
         let copied = chain::read_into(mem, segments, &mut chunk[..total])?;
@@ -171,12 +186,19 @@ const TX_CHUNK: usize = MAX_GUEST_FRAME + HDR_LEN_V1;
 /// Large frames in flight per pair whose chunks the pool keeps.
 const TX_POOL_LIMIT: usize = 64;
 
+/// The chunk small frames are cut from: room for 40 full-size Ethernet
+/// frames, or about 800 of 64 bytes. A frame still held somewhere keeps at
+/// most this much memory alive.
+const SMALL_CHUNK: usize = 64 * 1024;
+
 /// A pair's transmit-side state, used by the device model's thread.
 pub(super) struct TxState {
     /// The descriptors of the chain being copied.
     segments: Vec<chain::Segment>,
     /// Chunks large frames are copied into.
     pool: ChunkPool,
+    /// What is left of the chunk small frames are cut from.
+    small: BytesMut,
 }
 
 impl Default for TxState {
@@ -184,6 +206,7 @@ impl Default for TxState {
         TxState {
             segments: Vec::new(),
             pool: ChunkPool::new(TX_CHUNK, TX_POOL_LIMIT, 4),
+            small: BytesMut::new(),
         }
     }
 }
