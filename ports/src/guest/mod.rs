@@ -153,6 +153,7 @@
 
 mod chain;
 mod error;
+mod frames;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod mock;
 mod notify;
@@ -173,7 +174,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
-use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use virtio_queue::DescriptorChain;
 use vm_memory::GuestMemory;
 use vswitch_offload::virtio::{HdrFormat, HDR_LEN_V1, MAX_L3_LEN};
@@ -182,6 +182,7 @@ use vswitch_offload::Packet;
 use crate::features::{FeatureError, Features, GuestOffloads, HostOffloads, Negotiated};
 use crate::port::{BatchSendError, Port, PortCapabilities, PortError, SendError};
 
+use frames::FrameQueue;
 use rx::RxState;
 use stats::Counters;
 use tx::TxState;
@@ -203,6 +204,8 @@ pub struct GuestPortConfig {
     /// Frames the guest transmitted that wait for the switch, at least 1.
     pub tx_queue_len: usize,
     /// Frames the switch sent that wait for the guest's buffers, at least 1.
+    /// The device model takes them out of this queue up to 64 at a time,
+    /// so up to 64 more may be on their way into the guest's buffers.
     pub rx_queue_len: usize,
     /// Queue pairs, used when the guest negotiated `VIRTIO_NET_F_MQ`; at
     /// least 1.
@@ -244,10 +247,12 @@ impl GuestPortConfig {
 /// One transmit and one receive virtqueue of the guest, with the frames in
 /// between.
 struct QueuePair {
-    from_guest_tx: Sender<Packet>,
-    from_guest_rx: Receiver<Packet>,
-    to_guest_tx: Sender<Packet>,
-    to_guest_rx: Receiver<Packet>,
+    /// Frames the guest transmitted, for the switch. Found full, it holds
+    /// the guest back: the device model stops taking transmit chains until
+    /// the switch takes frames, which fires the notifier.
+    from_guest: FrameQueue,
+    /// Frames the switch sent, for the guest's receive buffers.
+    to_guest: FrameQueue,
     rx: Mutex<RxState>,
     /// The used-ring entries a device model's receive fill collects before
     /// it writes them, kept so that a fill allocates nothing.
@@ -256,9 +261,6 @@ struct QueuePair {
     /// The notifier fired and the device model has not drained the receive
     /// queue since.
     notified: AtomicBool,
-    /// The device model found the transmit queue full: notify it when the
-    /// switch makes room.
-    tx_blocked: AtomicBool,
     /// Transmit-side scratch and the chunks large transmitted frames are
     /// copied into, reused once the switch is done with them.
     tx: Mutex<TxState>,
@@ -266,18 +268,13 @@ struct QueuePair {
 
 impl QueuePair {
     fn new(tx_capacity: usize, rx_capacity: usize, notifier: Arc<dyn Notifier>) -> Self {
-        let (from_guest_tx, from_guest_rx) = bounded(tx_capacity);
-        let (to_guest_tx, to_guest_rx) = bounded(rx_capacity);
         QueuePair {
-            from_guest_tx,
-            from_guest_rx,
-            to_guest_tx,
-            to_guest_rx,
+            from_guest: FrameQueue::new(tx_capacity),
+            to_guest: FrameQueue::new(rx_capacity),
             rx: Mutex::new(RxState::default()),
             rx_used: Mutex::new(Vec::new()),
             notifier,
             notified: AtomicBool::new(false),
-            tx_blocked: AtomicBool::new(false),
             tx: Mutex::new(TxState::default()),
         }
     }
@@ -335,8 +332,8 @@ pub struct GuestQueue<'a> {
 impl std::fmt::Debug for QueuePair {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("QueuePair")
-            .field("from_guest", &self.from_guest_rx.len())
-            .field("to_guest", &self.to_guest_rx.len())
+            .field("from_guest", &self.from_guest.len())
+            .field("to_guest", &self.to_guest.len())
             .finish_non_exhaustive()
     }
 }
@@ -476,8 +473,8 @@ impl GuestPort {
     pub fn discard_queued(&self) -> (u64, u64) {
         let (mut to_guest, mut from_guest) = (0, 0);
         for pair in std::iter::once(&self.first_pair).chain(&self.more_pairs) {
-            to_guest += pair.to_guest_rx.try_iter().count();
-            from_guest += pair.from_guest_rx.try_iter().count();
+            to_guest += pair.to_guest.clear() + pair.discard_taken_for_guest();
+            from_guest += pair.from_guest.clear();
         }
         stats::bump(&self.counters.rx_dropped, to_guest);
         stats::bump(&self.counters.tx_dropped, from_guest);
@@ -545,15 +542,7 @@ impl GuestQueue<'_> {
     /// waits for the notifier, which fires once the switch has taken
     /// frames again: the guest is held back instead of losing frames.
     pub fn tx_room(&self) -> usize {
-        let capacity = self.port.tx_capacity;
-        let room = capacity.saturating_sub(self.pair.from_guest_rx.len());
-        if room == 0 {
-            self.pair.tx_blocked.store(true, Ordering::SeqCst);
-            // The switch may have taken frames between the length check and
-            // the store, without seeing the flag: look again.
-            return capacity.saturating_sub(self.pair.from_guest_rx.len());
-        }
-        room
+        self.pair.from_guest.room_or_block()
     }
 }
 
@@ -577,10 +566,8 @@ impl Port for GuestPort {
             queue,
             queues: self.pairs(),
         })?;
-        let before = batch.len();
-        batch.extend(pair.from_guest_rx.try_iter().take(max));
-        let moved = batch.len() - before;
-        if moved > 0 && pair.tx_blocked.swap(false, Ordering::SeqCst) {
+        let (moved, unblocked) = pair.from_guest.take(batch, max);
+        if unblocked {
             pair.notifier.notify();
         }
         Ok(moved)
@@ -597,19 +584,16 @@ impl Port for GuestPort {
                 packet,
             });
         };
-        match pair.to_guest_tx.try_send(packet) {
+        match pair.to_guest.push(packet) {
             Ok(()) => {
                 pair.wake_guest();
                 Ok(())
             }
-            Err(TrySendError::Full(packet)) => Err(SendError::Full {
+            Err(packet) => Err(SendError::Full {
                 queue,
                 capacity: self.rx_capacity,
                 packet,
             }),
-            Err(TrySendError::Disconnected(packet)) => {
-                Err(SendError::Disconnected { queue, packet })
-            }
         }
     }
 
@@ -626,29 +610,19 @@ impl Port for GuestPort {
                 queues: self.pairs(),
             });
         };
-        let mut sent = 0;
-        let mut result = Ok(());
-        for slot in batch.iter_mut() {
-            match pair.to_guest_tx.try_send(std::mem::take(slot)) {
-                Ok(()) => sent += 1,
-                Err(TrySendError::Full(packet)) => {
-                    *slot = packet;
-                    result = Err(BatchSendError::Full {
-                        queue,
-                        capacity: self.rx_capacity,
-                    });
-                    break;
-                }
-                Err(TrySendError::Disconnected(packet)) => {
-                    *slot = packet;
-                    result = Err(BatchSendError::Disconnected { queue });
-                    break;
-                }
-            }
-        }
-        batch.drain(..sent);
-        // After the last frame is queued, so the device model wakes to the
-        // whole burst; a drain that re-armed meanwhile is seen by the swap.
+        let sent = pair.to_guest.push_from(batch);
+        let result = if batch.is_empty() {
+            Ok(())
+        } else {
+            Err(BatchSendError::Full {
+                queue,
+                capacity: self.rx_capacity,
+            })
+        };
+        // After the whole burst is queued, so the device model wakes to all
+        // of it. A drain that re-armed before the frames went in is seen by
+        // the swap; one that re-armed after looks at the queue again and
+        // finds them.
         if sent > 0 {
             pair.wake_guest();
         }

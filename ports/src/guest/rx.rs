@@ -5,7 +5,6 @@ use std::collections::VecDeque;
 use std::ops::Deref;
 use std::sync::{MutexGuard, PoisonError};
 
-use crossbeam_channel::TryRecvError;
 use virtio_queue::DescriptorChain;
 use vm_memory::GuestMemory;
 use vswitch_offload::adapt::{adapt, Adapted};
@@ -43,11 +42,17 @@ pub struct UsedChain {
 /// receive offloads.
 #[derive(Debug, Default)]
 pub(super) struct RxState {
+    /// Frames taken from the switch's queue a burst at a time, not yet
+    /// looked at: up to [`RX_TAKE`] beyond the queue's capacity.
+    incoming: VecDeque<Packet>,
     ready: VecDeque<Packet>,
     segmenter: Segmenter,
     segments: SegmentList,
     chains: ChainScratch,
 }
+
+/// Frames the device model takes out of the switch's queue at a time.
+const RX_TAKE: usize = 64;
 
 /// The checked descriptors of the receive chains a frame is written to,
 /// kept between frames so that receiving allocates nothing.
@@ -195,16 +200,11 @@ impl GuestPort {
 impl GuestQueue<'_> {
     /// Whether frames for the guest are waiting on this pair.
     pub fn rx_pending(&self) -> bool {
-        if !self.pair.to_guest_rx.is_empty() {
+        if !self.pair.to_guest.is_empty() {
             return true;
         }
-        !self
-            .pair
-            .rx
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .ready
-            .is_empty()
+        let rx = self.pair.rx.lock().unwrap_or_else(PoisonError::into_inner);
+        !rx.ready.is_empty() || !rx.incoming.is_empty()
     }
 
     /// [`GuestQueue::rx_pending`] for a device model about to stop
@@ -324,15 +324,15 @@ impl GuestQueue<'_> {
             if let Some(packet) = rx.ready.pop_front() {
                 return Ok(Some(packet));
             }
-            let packet = match pair.to_guest_rx.try_recv() {
-                Ok(packet) => packet,
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => {
-                    pair.rearm();
-                    match pair.to_guest_rx.try_recv() {
-                        Ok(packet) => packet,
-                        Err(_) => return Ok(None),
-                    }
-                }
+            if rx.incoming.is_empty() {
+                pair.to_guest.take(&mut rx.incoming, RX_TAKE);
+            }
+            if rx.incoming.is_empty() {
+                pair.rearm();
+                pair.to_guest.take(&mut rx.incoming, RX_TAKE);
+            }
+            let Some(packet) = rx.incoming.pop_front() else {
+                return Ok(None);
             };
             if !packet.hdr.has_offload_work() {
                 return Ok(Some(packet));
@@ -353,5 +353,17 @@ impl GuestQueue<'_> {
                 return Err(err);
             }
         }
+    }
+}
+
+impl super::QueuePair {
+    /// Drops the frames the device model took from the switch's queue and
+    /// has not looked at yet (for a guest that went away); returns how
+    /// many.
+    pub(super) fn discard_taken_for_guest(&self) -> usize {
+        let mut rx = self.rx.lock().unwrap_or_else(PoisonError::into_inner);
+        let dropped = rx.incoming.len();
+        rx.incoming.clear();
+        dropped
     }
 }

@@ -293,7 +293,7 @@ fn the_guest_is_notified_after_the_whole_batch_is_queued() {
         let queued_at_notify = queued_at_notify.clone();
         Arc::new(move || {
             if let Some(port) = port_cell.get().and_then(Weak::upgrade) {
-                let queued = port.first_pair.to_guest_rx.len();
+                let queued = port.first_pair.to_guest.len();
                 queued_at_notify.lock().unwrap().push(queued);
             }
         })

@@ -1,12 +1,10 @@
 //! Transmit: the guest's descriptor chains into frames for the switch.
 
-use std::sync::atomic::Ordering;
 use std::sync::PoisonError;
 
 use std::ops::Deref;
 
 use bytes::{Bytes, BytesMut};
-use crossbeam_channel::TrySendError;
 use virtio_queue::DescriptorChain;
 use vm_memory::GuestMemory;
 use vswitch_offload::virtio::HDR_LEN_V1;
@@ -157,22 +155,16 @@ impl GuestQueue<'_> {
             hdr.validate(&frame)?;
         }
         let len = frame.len();
-        match self
-            .pair
-            .from_guest_tx
-            .try_send(Packet::with_hdr(hdr, frame))
-        {
+        match self.pair.from_guest.push(Packet::with_hdr(hdr, frame)) {
             Ok(()) => {
                 bump(&self.port.counters.tx_frames, 1);
                 bump(&self.port.counters.tx_bytes, len);
                 Ok(())
             }
-            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
-                self.pair.tx_blocked.store(true, Ordering::SeqCst);
-                Err(GuestTxError::QueueFull {
-                    capacity: self.port.tx_capacity,
-                })
-            }
+            // Marked as found full: the switch's next take notifies.
+            Err(_) => Err(GuestTxError::QueueFull {
+                capacity: self.port.tx_capacity,
+            }),
         }
     }
 }

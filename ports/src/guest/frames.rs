@@ -1,0 +1,171 @@
+//! The bounded frame queues between a device model's thread and the
+//! switch's: one lock, taken once per burst on the switch's side.
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use vswitch_offload::Packet;
+
+/// A bounded FIFO of frames, and whether a pusher found it full since the
+/// last frames were taken out (so that the taker can wake it).
+///
+/// Every operation is one short critical section: a burst goes in or out
+/// under one acquisition, and the flag is read and written under the same
+/// lock as the frames, so "found it full" and "took frames" cannot pass
+/// each other.
+pub(super) struct FrameQueue {
+    inner: Mutex<Inner>,
+    capacity: usize,
+}
+
+struct Inner {
+    frames: VecDeque<Packet>,
+    blocked: bool,
+}
+
+impl FrameQueue {
+    /// An empty queue of `capacity` frames (at least 1). Its memory is
+    /// written once here, so that the thread building the port pays for
+    /// the first touch of its pages, not the threads that move frames.
+    pub(super) fn new(capacity: usize) -> FrameQueue {
+        let capacity = capacity.max(1);
+        let mut frames = VecDeque::with_capacity(capacity);
+        frames.resize(capacity, Packet::default());
+        frames.clear();
+        FrameQueue {
+            inner: Mutex::new(Inner {
+                frames,
+                blocked: false,
+            }),
+            capacity,
+        }
+    }
+
+    /// The queue, even if a thread panicked while holding it: a frame
+    /// queue has no invariant a panic could break half-way.
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Frames queued now.
+    pub(super) fn len(&self) -> usize {
+        self.lock().frames.len()
+    }
+
+    /// Whether no frame is queued now.
+    pub(super) fn is_empty(&self) -> bool {
+        self.lock().frames.is_empty()
+    }
+
+    /// Room for more frames now; at 0 the queue is marked as found full.
+    pub(super) fn room_or_block(&self) -> usize {
+        let mut inner = self.lock();
+        let room = self.capacity.saturating_sub(inner.frames.len());
+        if room == 0 {
+            inner.blocked = true;
+        }
+        room
+    }
+
+    /// Queues `packet`, or hands it back if the queue is full (and marks
+    /// it as found full).
+    pub(super) fn push(&self, packet: Packet) -> Result<(), Packet> {
+        let mut inner = self.lock();
+        if inner.frames.len() >= self.capacity {
+            inner.blocked = true;
+            return Err(packet);
+        }
+        inner.frames.push_back(packet);
+        Ok(())
+    }
+
+    /// Moves frames from the front of `batch` to the queue, as many as fit,
+    /// in order; returns how many. Those that did not fit stay in `batch`.
+    pub(super) fn push_from(&self, batch: &mut Vec<Packet>) -> usize {
+        let mut inner = self.lock();
+        let fits = self
+            .capacity
+            .saturating_sub(inner.frames.len())
+            .min(batch.len());
+        inner.frames.extend(batch.drain(..fits));
+        fits
+    }
+
+    /// Moves up to `max` frames from the front of the queue to `out`, in
+    /// order. Returns how many, and whether the queue had been found full
+    /// and is no longer (frames were taken): the pusher is then to be woken.
+    pub(super) fn take(&self, out: &mut impl Extend<Packet>, max: usize) -> (usize, bool) {
+        let mut inner = self.lock();
+        let moved = max.min(inner.frames.len());
+        if moved == 0 {
+            return (0, false);
+        }
+        out.extend(inner.frames.drain(..moved));
+        (moved, std::mem::take(&mut inner.blocked))
+    }
+
+    /// Drops every queued frame; returns how many.
+    pub(super) fn clear(&self) -> usize {
+        let mut inner = self.lock();
+        let dropped = inner.frames.len();
+        inner.frames.clear();
+        dropped
+    }
+}
+
+impl std::fmt::Debug for FrameQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FrameQueue")
+            .field("len", &self.len())
+            .field("capacity", &self.capacity)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(tag: u8) -> Packet {
+        Packet::plain(vec![tag; 60])
+    }
+
+    fn tags(frames: &[Packet]) -> Vec<u8> {
+        frames.iter().map(|p| p.data[0]).collect()
+    }
+
+    #[test]
+    fn frames_come_out_in_order_and_a_full_queue_hands_them_back() {
+        let queue = FrameQueue::new(3);
+        let mut batch: Vec<Packet> = (0..5).map(frame).collect();
+        assert_eq!(queue.push_from(&mut batch), 3);
+        assert_eq!(tags(&batch), [3, 4], "what did not fit stays, in order");
+        assert_eq!(queue.push(frame(9)).unwrap_err().data[0], 9);
+        let mut out = Vec::new();
+        assert_eq!(
+            queue.take(&mut out, 2),
+            (2, true),
+            "found full, now has room"
+        );
+        assert_eq!(queue.take(&mut out, 8), (1, false), "woken once only");
+        assert_eq!(tags(&out), [0, 1, 2]);
+        assert_eq!(queue.take(&mut out, 8), (0, false));
+        assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn room_at_zero_marks_the_queue_found_full() {
+        let queue = FrameQueue::new(1);
+        assert_eq!(queue.room_or_block(), 1);
+        queue.push(frame(1)).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(queue.take(&mut out, 1), (1, false), "never found full");
+        queue.push(frame(2)).unwrap();
+        assert_eq!(queue.room_or_block(), 0);
+        assert_eq!(queue.take(&mut out, 1), (1, true));
+        assert_eq!(queue.len(), 0);
+        queue.push(frame(3)).unwrap();
+        assert_eq!(queue.clear(), 1);
+        assert!(queue.is_empty());
+    }
+}
