@@ -298,6 +298,25 @@ impl<'a, M: GuestMemory> DriverQueue<'a, M> {
         self.set_avail_idx(idx.wrapping_add(1));
     }
 
+    /// Writes the available ring's `used_event` field: with
+    /// `VIRTIO_RING_F_EVENT_IDX`, the used index after which the driver
+    /// wants to be signalled.
+    pub fn set_used_event(&mut self, idx: u16) {
+        let at = self.layout.avail_entry(self.size);
+        self.mem
+            .store(idx.to_le(), at, Ordering::Release)
+            .expect("the available ring is inside guest memory");
+    }
+
+    /// Sets or clears `VRING_AVAIL_F_NO_INTERRUPT` in the available ring's
+    /// flags: without `VIRTIO_RING_F_EVENT_IDX`, the driver asks not to be
+    /// signalled.
+    pub fn suppress_interrupts(&mut self, on: bool) {
+        self.mem
+            .store(u16::from(on).to_le(), self.layout.avail, Ordering::Release)
+            .expect("the available ring is inside guest memory");
+    }
+
     /// The guest memory the queue lives in.
     pub fn memory(&self) -> &'a M {
         self.mem

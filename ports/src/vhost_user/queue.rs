@@ -24,11 +24,12 @@
 //!   guest port's typed errors and counters, and the chain is returned
 //!   with length 0.
 
+use std::num::Wrapping;
 use std::ops::Deref;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{fence, Ordering};
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
-use vm_memory::GuestMemory;
+use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryBackend};
 
 use crate::guest::{GuestQueue, GuestRxError, UsedChain};
 
@@ -108,10 +109,8 @@ where
                 let _ = port.transmit_chain(target, chain);
             }
         }
-        for &head in heads.iter() {
-            queue
-                .add_used(target, head, 0)
-                .map_err(|e| broken(index, e))?;
+        if publish_used(index, queue, target, heads.iter().map(|&head| (head, 0)))? {
+            out.signal = true;
         }
         out.chains += heads.len();
         out.frames += heads.len();
@@ -134,11 +133,6 @@ where
                 .disable_notification(target)
                 .map_err(|e| broken(index, e))?;
         }
-    }
-    if out.chains > 0 {
-        out.signal = queue
-            .needs_notification(target)
-            .map_err(|e| broken(index, e))?;
     }
     Ok(out)
 }
@@ -249,11 +243,12 @@ where
     let seen_to = queue.next_avail();
     queue.set_next_avail(seen_to.wrapping_sub(unused));
     result?;
-    for chain in used.iter() {
-        queue
-            .add_used(target, chain.head_index, chain.len)
-            .map_err(|e| broken(index, e))?;
-    }
+    out.signal = publish_used(
+        index,
+        queue,
+        target,
+        used.iter().map(|chain| (chain.head_index, chain.len)),
+    )?;
     out.chains = used.len();
     drop(used);
     if starved {
@@ -271,11 +266,6 @@ where
         // Buffers to spare: the guest need not kick for more.
         queue
             .disable_notification(target)
-            .map_err(|e| broken(index, e))?;
-    }
-    if out.chains > 0 {
-        out.signal = queue
-            .needs_notification(target)
             .map_err(|e| broken(index, e))?;
     }
     Ok(out)
@@ -300,4 +290,104 @@ where
             .take(RX_TOP_UP),
     );
     Ok(stash.len() - before)
+}
+
+/// Bytes before the first element of the used ring (flags, index).
+const USED_HEADER: usize = 4;
+/// Bytes of one used-ring element (descriptor id, length).
+const USED_ELEMENT: usize = 8;
+/// Bytes before the first element of the available ring (flags, index).
+const AVAIL_HEADER: u64 = 4;
+/// `VRING_AVAIL_F_NO_INTERRUPT`: the driver asks not to be signalled.
+const AVAIL_F_NO_INTERRUPT: u16 = 1;
+
+/// Returns the chains of `entries` (head index, bytes written) to the
+/// guest through the used ring of `queue`, and says whether the guest is
+/// to be signalled for them.
+///
+/// The elements are written first and the used index once after them,
+/// with release ordering, so the driver sees the whole batch at once (as
+/// many `add_used` calls would end, without a store of the index and a
+/// look-up of the ring per chain). Whether to signal follows the driver's
+/// suppression for the batch as a whole: with `VIRTIO_RING_F_EVENT_IDX`,
+/// whether the used-event index lies among the entries just published
+/// (the kernel's `vring_need_event`); without it, unless the driver set
+/// `VRING_AVAIL_F_NO_INTERRUPT`. A used ring that does not lie in one
+/// region of guest memory takes `add_used` per chain.
+fn publish_used<M, I>(
+    index: u16,
+    queue: &mut Queue,
+    mem: &M,
+    entries: I,
+) -> Result<bool, QueueBroken>
+where
+    M: GuestMemory,
+    I: ExactSizeIterator<Item = (u16, u32)> + Clone,
+{
+    if entries.len() == 0 {
+        return Ok(false);
+    }
+    let size = queue.size();
+    let ring_len = USED_HEADER + USED_ELEMENT * usize::from(size);
+    let ring = mem
+        .physical_memory()
+        .and_then(|memory| {
+            memory
+                .get_slice(GuestAddress(queue.used_ring()), ring_len)
+                .ok()
+        })
+        .filter(|slice| slice.len() == ring_len);
+    let Some(ring) = ring else {
+        for (head, len) in entries {
+            queue
+                .add_used(mem, head, len)
+                .map_err(|e| broken(index, e))?;
+        }
+        return queue.needs_notification(mem).map_err(|e| broken(index, e));
+    };
+    let old = Wrapping(queue.next_used());
+    let mut next = old;
+    for (head, len) in entries {
+        if head >= size {
+            return Err(broken(
+                index,
+                format!("chain head {head} returned to a queue of {size} descriptors"),
+            ));
+        }
+        let mut element = [0u8; USED_ELEMENT];
+        element[..4].copy_from_slice(&u32::from(head).to_le_bytes());
+        element[4..].copy_from_slice(&len.to_le_bytes());
+        let at = USED_HEADER + USED_ELEMENT * usize::from(next.0 % size);
+        ring.write_slice(&element, at)
+            .map_err(|e| broken(index, e))?;
+        next += Wrapping(1);
+    }
+    ring.store(next.0.to_le(), 2, Ordering::Release)
+        .map_err(|e| broken(index, e))?;
+    queue.set_next_used(next.0);
+    // The used index is stored before the driver's suppression is read.
+    fence(Ordering::SeqCst);
+    let avail = GuestAddress(queue.avail_ring());
+    if queue.event_idx_enabled() {
+        let event_at = avail
+            .0
+            .checked_add(AVAIL_HEADER + 2 * u64::from(size))
+            .ok_or_else(|| broken(index, "the used-event index is beyond the address space"))?;
+        let used_event: u16 = mem
+            .load(GuestAddress(event_at), Ordering::Relaxed)
+            .map_err(|e| broken(index, e))?;
+        return Ok(needs_event(u16::from_le(used_event), next.0, old.0));
+    }
+    let flags: u16 = mem
+        .load(avail, Ordering::Relaxed)
+        .map_err(|e| broken(index, e))?;
+    Ok(u16::from_le(flags) & AVAIL_F_NO_INTERRUPT == 0)
+}
+
+/// Whether publishing used entries from index `old` up to `new` passes
+/// `used_event`, the index after which the driver asked to be signalled:
+/// whether `used_event` lies in `[old, new)`, in the ring's wrapping index
+/// space (the kernel's `vring_need_event`).
+pub(super) fn needs_event(used_event: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(used_event).wrapping_sub(1) < new.wrapping_sub(old)
 }
