@@ -6,7 +6,11 @@
 use std::ops::Deref;
 
 use virtio_queue::DescriptorChain;
-use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, Permissions};
+use vm_memory::bitmap::BS;
+use vm_memory::{
+    Address, Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryRegion,
+    MemoryRegionAddress, Permissions, VolatileSlice,
+};
 
 /// One descriptor of a chain, as read once and checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,11 +49,50 @@ pub(super) struct BadDescriptor {
     pub(super) len: u32,
 }
 
+/// The guest memory region of the last range looked up: the buffers of a
+/// frame (every descriptor of its chains) nearly always lie in one region,
+/// so each range is tried against that region before a look-up over all
+/// of them. Kept for one frame's chains, which it must not outlive.
+pub(super) struct Regions<'m, M: GuestMemory + ?Sized> {
+    mem: &'m M,
+    last: Option<&'m <M::PhysicalMemory as GuestMemoryBackend>::R>,
+}
+
+/// The bitmap slice type of a region of `M`'s physical memory.
+type RegionBitmap<'m, M> =
+    BS<'m, <<<M as GuestMemory>::PhysicalMemory as GuestMemoryBackend>::R as GuestMemoryRegion>::B>;
+
+impl<'m, M: GuestMemory + ?Sized> Regions<'m, M> {
+    pub(super) fn new(mem: &'m M) -> Self {
+        Regions { mem, last: None }
+    }
+
+    /// The `len` bytes at `addr` as a slice of the one region that holds
+    /// them all, or `None` when no region does (they span two, or are not
+    /// guest memory, or the memory is behind an IOMMU).
+    fn slice(
+        &mut self,
+        addr: GuestAddress,
+        len: usize,
+    ) -> Option<VolatileSlice<'m, RegionBitmap<'m, M>>> {
+        let within = |region: &'m <M::PhysicalMemory as GuestMemoryBackend>::R| {
+            let offset = addr.checked_offset_from(region.start_addr())?;
+            region.get_slice(MemoryRegionAddress(offset), len).ok()
+        };
+        if let Some(slice) = self.last.and_then(within) {
+            return Some(slice);
+        }
+        let region = self.mem.physical_memory()?.find_region(addr)?;
+        self.last = Some(region);
+        within(region)
+    }
+}
+
 /// Appends the descriptors of `chain` to `segments`, each checked against
-/// `direction` and the ranges of `mem`, and returns the chain's length in
-/// bytes. On an error `segments` may hold part of the chain.
+/// `direction` and the ranges of guest memory, and returns the chain's
+/// length in bytes. On an error `segments` may hold part of the chain.
 pub(super) fn collect<M, T>(
-    mem: &M,
+    regions: &mut Regions<'_, M>,
     chain: DescriptorChain<T>,
     direction: Direction,
     segments: &mut Vec<Segment>,
@@ -81,7 +124,9 @@ where
             return Err(bad(Problem::LengthWraps));
         }
         let len = usize::try_from(len).map_err(|_| bad(Problem::LengthWraps))?;
-        if !mem.check_range(desc.addr(), len, access) {
+        let inside = regions.slice(desc.addr(), len).is_some()
+            || regions.mem.check_range(desc.addr(), len, access);
+        if !inside {
             return Err(bad(Problem::OutsideMemory));
         }
         // The chain iterator stops before 2^32 bytes; this cannot overflow.
@@ -105,7 +150,7 @@ pub(super) struct CopyFailed {
 /// Copies the bytes of `segments` into `out` (volatile reads out of guest
 /// memory), as far as either goes; returns the bytes copied.
 pub(super) fn read_into<M: GuestMemory + ?Sized>(
-    mem: &M,
+    regions: &mut Regions<'_, M>,
     segments: &[Segment],
     out: &mut [u8],
 ) -> Result<usize, CopyFailed> {
@@ -120,17 +165,17 @@ pub(super) fn read_into<M: GuestMemory + ?Sized>(
         // its slice (a memcpy under vm-memory's volatile access), and leave
         // ranges across regions (or behind an IOMMU) to the general path,
         // whose iterator costs more than the copy of a 4 KiB buffer.
-        let direct = mem
-            .physical_memory()
-            .and_then(|memory| memory.get_slice(segment.addr, take).ok());
-        match direct {
-            Some(slice) if slice.len() == take => {
+        match regions.slice(segment.addr, take) {
+            Some(slice) => {
                 slice.copy_to(dst);
             }
-            _ => mem.read_slice(dst, segment.addr).map_err(|_| CopyFailed {
-                addr: segment.addr.0,
-                len: take,
-            })?,
+            None => regions
+                .mem
+                .read_slice(dst, segment.addr)
+                .map_err(|_| CopyFailed {
+                    addr: segment.addr.0,
+                    len: take,
+                })?,
         }
         done += take;
     }
@@ -141,7 +186,7 @@ pub(super) fn read_into<M: GuestMemory + ?Sized>(
 /// (volatile writes into guest memory) until either runs out, advancing the
 /// sources; returns the bytes written.
 pub(super) fn write_from<M: GuestMemory + ?Sized>(
-    mem: &M,
+    regions: &mut Regions<'_, M>,
     segments: &[Segment],
     sources: &mut [&[u8]],
 ) -> Result<usize, CopyFailed> {
@@ -155,12 +200,9 @@ pub(super) fn write_from<M: GuestMemory + ?Sized>(
             }
             let (now, rest) = source.split_at(take);
             let addr = GuestAddress(segment.addr.0 + at as u64);
-            let direct = mem
-                .physical_memory()
-                .and_then(|memory| memory.get_slice(addr, take).ok());
-            match direct {
-                Some(slice) if slice.len() == take => slice.copy_from(now),
-                _ => mem.write_slice(now, addr).map_err(|_| CopyFailed {
+            match regions.slice(addr, take) {
+                Some(slice) => slice.copy_from(now),
+                None => regions.mem.write_slice(now, addr).map_err(|_| CopyFailed {
                     addr: addr.0,
                     len: take,
                 })?,
@@ -196,18 +238,33 @@ mod tests {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
         let segments = [segment(0x100, 3), segment(0x200, 0), segment(0x300, 4)];
         let mut sources: [&[u8]; 3] = [b"ab", b"", b"cdefg"];
-        assert_eq!(write_from(&mem, &segments, &mut sources), Ok(7));
+        assert_eq!(
+            write_from(&mut Regions::new(&mem), &segments, &mut sources),
+            Ok(7)
+        );
         let mut out = [0u8; 7];
-        assert_eq!(read_into(&mem, &segments, &mut out), Ok(7));
+        assert_eq!(
+            read_into(&mut Regions::new(&mem), &segments, &mut out),
+            Ok(7)
+        );
         assert_eq!(&out, b"abcdefg");
         // Sources run out first: the rest of the segments stay unwritten.
         let mut sources: [&[u8]; 1] = [b"xy"];
-        assert_eq!(write_from(&mem, &segments, &mut sources), Ok(2));
-        assert_eq!(read_into(&mem, &segments, &mut out), Ok(7));
+        assert_eq!(
+            write_from(&mut Regions::new(&mem), &segments, &mut sources),
+            Ok(2)
+        );
+        assert_eq!(
+            read_into(&mut Regions::new(&mem), &segments, &mut out),
+            Ok(7)
+        );
         assert_eq!(&out, b"xycdefg");
         // The host buffer runs out first.
         let mut short = [0u8; 4];
-        assert_eq!(read_into(&mem, &segments, &mut short), Ok(4));
+        assert_eq!(
+            read_into(&mut Regions::new(&mem), &segments, &mut short),
+            Ok(4)
+        );
         assert_eq!(&short, b"xycd");
     }
 
@@ -223,9 +280,15 @@ mod tests {
         let segments = [segment(0xff0, 0x20)];
         let data: Vec<u8> = (0..0x20).collect();
         let mut sources: [&[u8]; 1] = [&data];
-        assert_eq!(write_from(&mem, &segments, &mut sources), Ok(0x20));
+        assert_eq!(
+            write_from(&mut Regions::new(&mem), &segments, &mut sources),
+            Ok(0x20)
+        );
         let mut out = [0u8; 0x20];
-        assert_eq!(read_into(&mem, &segments, &mut out), Ok(0x20));
+        assert_eq!(
+            read_into(&mut Regions::new(&mem), &segments, &mut out),
+            Ok(0x20)
+        );
         assert_eq!(&out[..], &data[..]);
     }
 }

@@ -134,9 +134,15 @@ impl GuestPort {
             chains.len().min(1)
         };
         let mut available = 0usize;
+        let mut regions = chain::Regions::new(mem);
         for (position, chain) in chains.iter().take(offered).enumerate() {
-            let len = chain::collect(mem, chain.clone(), Direction::DeviceWrites, segments)
-                .map_err(|bad| GuestRxError::from_bad_descriptor(position, bad))?;
+            let len = chain::collect(
+                &mut regions,
+                chain.clone(),
+                Direction::DeviceWrites,
+                segments,
+            )
+            .map_err(|bad| GuestRxError::from_bad_descriptor(position, bad))?;
             ends.push((segments.len(), len));
             available = available.saturating_add(len);
             // A first chain too short for the header fails the frame
@@ -176,7 +182,9 @@ impl GuestPort {
         for (position, (&(end, _), chain)) in ends.iter().zip(chains).enumerate() {
             let written = segments
                 .get(start..end)
-                .map_or(Ok(0), |mine| chain::write_from(mem, mine, &mut sources))
+                .map_or(Ok(0), |mine| {
+                    chain::write_from(&mut regions, mine, &mut sources)
+                })
                 .map_err(|failed| {
                     used.truncate(used_before);
                     GuestRxError::from_copy_failed(position, failed)

@@ -114,7 +114,8 @@ impl GuestQueue<'_> {
             small,
         } = &mut *tx;
         segments.clear();
-        let total = chain::collect(mem, chain, Direction::DeviceReads, segments)?;
+        let mut regions = chain::Regions::new(mem);
+        let total = chain::collect(&mut regions, chain, Direction::DeviceReads, segments)?;
         self.port.check_chain_len(total)?;
         if total < POOLED_CHAIN {
             // Small frames are cut one after another from a shared chunk:
@@ -127,13 +128,13 @@ impl GuestQueue<'_> {
                 *small = BytesMut::with_capacity(SMALL_CHUNK);
             }
             small.resize(total, 0);
-            let copied = chain::read_into(mem, segments, small)?;
+            let copied = chain::read_into(&mut regions, segments, small)?;
             let mut frame = small.split_to(total);
             frame.truncate(copied);
             return Ok(frame.freeze());
         }
         let mut chunk = pool.take(total);
-        let copied = chain::read_into(mem, segments, &mut chunk[..total])?;
+        let copied = chain::read_into(&mut regions, segments, &mut chunk[..total])?;
         let whole = chunk.freeze();
         let frame = whole.slice(..copied);
         pool.give_back(whole);
