@@ -138,6 +138,13 @@ impl<'a, M: GuestMemory> DriverQueue<'a, M> {
         queue
     }
 
+    /// Where the descriptor table, the available ring and the used ring
+    /// lie, for a transport that gives them to the device (vhost-user's
+    /// `SET_VRING_ADDR`).
+    pub fn ring_addresses(&self) -> (GuestAddress, GuestAddress, GuestAddress) {
+        (self.layout.desc, self.layout.avail, self.layout.used)
+    }
+
     /// Guest memory for one buffer of `len` bytes in the data area.
     pub fn alloc(&mut self, len: usize) -> GuestAddress {
         let len = len as u64;
