@@ -12,6 +12,11 @@
 //! its pages already faulted in. In steady state nothing is allocated,
 //! zeroed or faulted.
 //!
+//! [`PacketSink`] is the segmenter's side of this: the segments of a frame
+//! cut in software (by the switch's egress, or a guest port for a guest
+//! that takes fewer offloads than it declared) are written into such
+//! chunks and handed out as slices, one [`Packet`] each.
+//!
 //! The pool never hands out a chunk that any slice still points into: a
 //! frame in flight is never overwritten. It is bounded twice: it keeps at
 //! most `limit` chunks (beyond that it lets go of the oldest, which is
@@ -47,6 +52,8 @@ use std::collections::VecDeque;
 use std::fmt;
 
 use bytes::{Bytes, BytesMut};
+use vswitch_offload::segment::{SegmentSink, SinkFull};
+use vswitch_offload::{CheckedFrame, Packet};
 
 /// Frozen chunks kept for recycling, oldest first, and the counters of how
 /// requests for a chunk were met. See the [module documentation](self).
@@ -165,6 +172,197 @@ impl fmt::Debug for ChunkPool {
             .field("recycled", &self.recycled)
             .field("allocated", &self.allocated)
             .finish()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Segments cut from shared buffers.
+// ---------------------------------------------------------------------------
+
+/// Size of the shared buffers the segments of small frames are cut from.
+const SEGMENT_CHUNK: usize = 256 * 1024;
+
+/// GSO frames at least this long have their segments written into a
+/// recycled chunk of their own instead. Below it (and for frames that are
+/// only checksummed) a chunk would be mostly empty while the frame is in
+/// flight, so those share the cut buffers.
+pub const POOLED_FRAME: usize = 32 * 1024;
+
+/// Size of a recycled chunk: the segments of one 64 KiB TSO frame at any
+/// MTU from 576 up (45 segments of 1514 bytes at MTU 1500, 125 of 590 at
+/// 576). A frame whose segments do not fit spills into a second chunk.
+const POOLED_CHUNK: usize = 80 * 1024;
+
+/// Most chunks a worker keeps for recycling: enough for the frames in
+/// flight at a receiver that keeps up; beyond that the oldest is let go
+/// (freed when its last segment is).
+const POOL_LIMIT: usize = 64;
+
+/// Chunks tried for recycling before a new one is allocated.
+const POOL_PROBES: usize = 4;
+
+/// A [`SegmentSink`] that turns every segment into a plain [`Packet`] cut
+/// from a shared buffer: what the switch's egress and a guest port's
+/// software fallback segment into, so that a 64 KiB frame cut in 45 costs
+/// no allocation and no copy per segment.
+///
+/// For each frame: [`begin`](Self::begin), the segmenter's writes,
+/// [`seal`](Self::seal), then the segments are in [`out`](Self::out).
+///
+/// Small frames (a checksum completed into a copy) are cut one by one from
+/// a large shared buffer. The segments of a large frame are written into a
+/// chunk that is frozen once, after the frame, and sliced: so once every
+/// segment of a chunk has been dropped by whoever received it, the
+/// [`ChunkPool`] takes the chunk back whole and still initialised, with no
+/// allocation, page faults or zeroing.
+#[derive(Debug)]
+pub struct PacketSink {
+    /// The rest of the current shared buffer for small frames, initialised.
+    chunk: BytesMut,
+    /// Length of the segment handed out last and not yet cut off.
+    pending: Option<usize>,
+    /// The frame being adapted is large: write into `pooled`.
+    large: bool,
+    /// The chunk the segments of the current large frame are written into
+    /// (full length, initialised), and how much of it is used.
+    pooled: Option<BytesMut>,
+    pooled_used: usize,
+    /// Where in `pooled` each segment written so far lies.
+    ranges: Vec<(usize, usize)>,
+    /// Frozen chunks whose segments may still be in flight.
+    pool: ChunkPool,
+    out: Vec<Packet>,
+}
+
+impl Default for PacketSink {
+    fn default() -> Self {
+        PacketSink {
+            chunk: BytesMut::new(),
+            pending: None,
+            large: false,
+            pooled: None,
+            pooled_used: 0,
+            ranges: Vec::new(),
+            pool: ChunkPool::new(POOLED_CHUNK, POOL_LIMIT, POOL_PROBES),
+            out: Vec::new(),
+        }
+    }
+}
+
+impl PacketSink {
+    /// An empty sink with an empty pool.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The segments sealed so far, in order, for the caller to take.
+    pub fn out(&mut self) -> &mut Vec<Packet> {
+        &mut self.out
+    }
+
+    /// The pool of chunks large frames' segments are written into.
+    pub fn pool(&self) -> &ChunkPool {
+        &self.pool
+    }
+
+    /// The pool, for other writers of large frames on the same thread (the
+    /// switch's coalescer).
+    pub fn pool_mut(&mut self) -> &mut ChunkPool {
+        &mut self.pool
+    }
+
+    /// Prepares for the output of `frame`.
+    pub fn begin(&mut self, frame: &CheckedFrame) {
+        self.large = frame.hdr().is_gso() && frame.len() >= POOLED_FRAME;
+    }
+
+    /// Cuts off every segment written so far into [`out`](Self::out).
+    pub fn seal(&mut self) {
+        if let Some(len) = self.pending.take() {
+            let frame = self.chunk.split_to(len).freeze();
+            self.out.push(Packet::plain(frame));
+        }
+        if !self.ranges.is_empty() {
+            if let Some(chunk) = self.pooled.take() {
+                let whole = chunk.freeze();
+                for (start, end) in self.ranges.drain(..) {
+                    self.out.push(Packet::plain(whole.slice(start..end)));
+                }
+                self.pool.give_back(whole);
+            }
+            self.ranges.clear();
+            self.pooled_used = 0;
+        }
+    }
+
+    fn reserve(&mut self, len: usize) -> &mut [u8] {
+        if !self.large {
+            self.seal();
+            if self.chunk.len() < len {
+                self.chunk = BytesMut::zeroed(SEGMENT_CHUNK.max(len));
+            }
+            self.pending = Some(len);
+            return &mut self.chunk[..len];
+        }
+        self.claim_pooled(len, [(0, len)])
+    }
+
+    /// Claims `len` bytes of the current large frame's chunk for segments
+    /// at `cuts` (ranges within the claim), taking a new chunk when this
+    /// one is too full, and returns the claimed bytes. A small frame's
+    /// segment still pending is cut off first.
+    fn claim_pooled(
+        &mut self,
+        len: usize,
+        cuts: impl IntoIterator<Item = (usize, usize)>,
+    ) -> &mut [u8] {
+        if self.pending.is_some() {
+            self.seal();
+        }
+        let chunk = match self.pooled.take() {
+            Some(chunk) if chunk.len() - self.pooled_used >= len => chunk,
+            current => {
+                // The current chunk is full: hand out what it holds, take another.
+                self.pooled = current;
+                self.seal();
+                self.pooled_used = 0;
+                self.pool.take(len)
+            }
+        };
+        let start = self.pooled_used;
+        self.pooled_used = start + len;
+        self.ranges.extend(
+            cuts.into_iter()
+                .map(|(from, to)| (start + from, start + to)),
+        );
+        &mut self.pooled.insert(chunk)[start..start + len]
+    }
+}
+
+impl SegmentSink for PacketSink {
+    fn contiguous(&mut self, len: usize) -> Result<&mut [u8], SinkFull> {
+        Ok(self.reserve(len))
+    }
+
+    /// The segments of a large frame go into its chunk back to back, so the
+    /// whole run is claimed at once; small frames are cut one by one.
+    fn contiguous_run(
+        &mut self,
+        header_len: usize,
+        payload_len: usize,
+        size: usize,
+    ) -> Result<Option<&mut [u8]>, SinkFull> {
+        if !self.large || size == 0 || payload_len == 0 {
+            return Ok(None);
+        }
+        let count = payload_len.div_ceil(size);
+        let len = count * header_len + payload_len;
+        let stride = header_len + size;
+        let cuts = (0..count).map(|i| {
+            let first = i * stride;
+            (first, (first + stride).min(len))
+        });
+        Ok(Some(self.claim_pooled(len, cuts)))
     }
 }
 

@@ -17,11 +17,10 @@
 //! Segments are written into large shared buffers that they are cut from as
 //! [`Bytes`](bytes::Bytes), so a 64 KiB frame cut in 45 costs no allocation per segment.
 
-use bytes::BytesMut;
 use vswitch_offload::adapt::{adapt, AdaptError, Adapted};
-use vswitch_offload::segment::{SegmentSink, Segmenter, SinkFull};
+use vswitch_offload::segment::Segmenter;
 use vswitch_offload::{CheckError, CheckedFrame, EgressCapabilities, Packet};
-use vswitch_ports::buffer::ChunkPool;
+use vswitch_ports::buffer::{ChunkPool, PacketSink};
 
 use crate::drop::DropReason;
 
@@ -70,167 +69,6 @@ impl EgressError {
     }
 }
 
-/// Size of the shared buffers the segments of small frames are cut from.
-const SEGMENT_CHUNK: usize = 256 * 1024;
-
-/// GSO frames at least this long have their segments written into a
-/// recycled chunk of their own instead. Below it (and for frames that are
-/// only checksummed) a chunk would be mostly empty while the frame is in
-/// flight, so those share the cut buffers.
-const POOLED_FRAME: usize = 32 * 1024;
-
-/// Size of a recycled chunk: the segments of one 64 KiB TSO frame at any
-/// MTU from 576 up (45 segments of 1514 bytes at MTU 1500, 125 of 590 at
-/// 576). A frame whose segments do not fit spills into a second chunk.
-const POOLED_CHUNK: usize = 80 * 1024;
-
-/// Most chunks a worker keeps for recycling: enough for the frames in
-/// flight at a receiver that keeps up; beyond that the oldest is let go
-/// (freed when its last segment is).
-const POOL_LIMIT: usize = 64;
-
-/// Chunks tried for recycling before a new one is allocated.
-const POOL_PROBES: usize = 4;
-
-/// A [`SegmentSink`] that turns every segment into a plain [`Packet`] cut
-/// from a shared buffer.
-///
-/// Small frames (a checksum completed into a copy) are cut one by one from
-/// a large shared buffer. The segments of a large frame are written into a
-/// chunk that is frozen once, after the frame, and sliced: so once every
-/// segment of a chunk has been dropped by whoever received it, the
-/// [`ChunkPool`] takes the chunk back whole and still initialised, with no
-/// allocation, page faults or zeroing.
-#[derive(Debug)]
-struct PacketSink {
-    /// The rest of the current shared buffer for small frames, initialised.
-    chunk: BytesMut,
-    /// Length of the segment handed out last and not yet cut off.
-    pending: Option<usize>,
-    /// The frame being adapted is large: write into `pooled`.
-    large: bool,
-    /// The chunk the segments of the current large frame are written into
-    /// (full length, initialised), and how much of it is used.
-    pooled: Option<BytesMut>,
-    pooled_used: usize,
-    /// Where in `pooled` each segment written so far lies.
-    ranges: Vec<(usize, usize)>,
-    /// Frozen chunks whose segments may still be in flight.
-    pool: ChunkPool,
-    out: Vec<Packet>,
-}
-
-impl Default for PacketSink {
-    fn default() -> Self {
-        PacketSink {
-            chunk: BytesMut::new(),
-            pending: None,
-            large: false,
-            pooled: None,
-            pooled_used: 0,
-            ranges: Vec::new(),
-            pool: ChunkPool::new(POOLED_CHUNK, POOL_LIMIT, POOL_PROBES),
-            out: Vec::new(),
-        }
-    }
-}
-
-impl PacketSink {
-    /// Prepares for the output of `frame`.
-    fn begin(&mut self, frame: &CheckedFrame) {
-        self.large = frame.hdr().is_gso() && frame.len() >= POOLED_FRAME;
-    }
-
-    /// Cuts off every segment written so far into `out`.
-    fn seal(&mut self) {
-        if let Some(len) = self.pending.take() {
-            let frame = self.chunk.split_to(len).freeze();
-            self.out.push(Packet::plain(frame));
-        }
-        if !self.ranges.is_empty() {
-            if let Some(chunk) = self.pooled.take() {
-                let whole = chunk.freeze();
-                for (start, end) in self.ranges.drain(..) {
-                    self.out.push(Packet::plain(whole.slice(start..end)));
-                }
-                self.pool.give_back(whole);
-            }
-            self.ranges.clear();
-            self.pooled_used = 0;
-        }
-    }
-
-    fn reserve(&mut self, len: usize) -> &mut [u8] {
-        if !self.large {
-            self.seal();
-            if self.chunk.len() < len {
-                self.chunk = BytesMut::zeroed(SEGMENT_CHUNK.max(len));
-            }
-            self.pending = Some(len);
-            return &mut self.chunk[..len];
-        }
-        self.claim_pooled(len, [(0, len)])
-    }
-
-    /// Claims `len` bytes of the current large frame's chunk for segments
-    /// at `cuts` (ranges within the claim), taking a new chunk when this
-    /// one is too full, and returns the claimed bytes. A small frame's
-    /// segment still pending is cut off first.
-    fn claim_pooled(
-        &mut self,
-        len: usize,
-        cuts: impl IntoIterator<Item = (usize, usize)>,
-    ) -> &mut [u8] {
-        if self.pending.is_some() {
-            self.seal();
-        }
-        let chunk = match self.pooled.take() {
-            Some(chunk) if chunk.len() - self.pooled_used >= len => chunk,
-            current => {
-                // The current chunk is full: hand out what it holds, take another.
-                self.pooled = current;
-                self.seal();
-                self.pooled_used = 0;
-                self.pool.take(len)
-            }
-        };
-        let start = self.pooled_used;
-        self.pooled_used = start + len;
-        self.ranges.extend(
-            cuts.into_iter()
-                .map(|(from, to)| (start + from, start + to)),
-        );
-        &mut self.pooled.insert(chunk)[start..start + len]
-    }
-}
-
-impl SegmentSink for PacketSink {
-    fn contiguous(&mut self, len: usize) -> Result<&mut [u8], SinkFull> {
-        Ok(self.reserve(len))
-    }
-
-    /// The segments of a large frame go into its chunk back to back, so the
-    /// whole run is claimed at once; small frames are cut one by one.
-    fn contiguous_run(
-        &mut self,
-        header_len: usize,
-        payload_len: usize,
-        size: usize,
-    ) -> Result<Option<&mut [u8]>, SinkFull> {
-        if !self.large || size == 0 || payload_len == 0 {
-            return Ok(None);
-        }
-        let count = payload_len.div_ceil(size);
-        let len = count * header_len + payload_len;
-        let stride = header_len + size;
-        let cuts = (0..count).map(|i| {
-            let first = i * stride;
-            (first, (first + stride).min(len))
-        });
-        Ok(Some(self.claim_pooled(len, cuts)))
-    }
-}
-
 /// The per-worker state of the egress path: the segmenter's scratch
 /// buffers and the shared segment buffer. Keep one per worker thread.
 #[derive(Debug, Default)]
@@ -248,7 +86,7 @@ impl EgressEngine {
     /// The recycled chunks large frames are written into: the segments of
     /// a large frame, and merged frames ([`crate::coalesce`]).
     pub(crate) fn chunk_pool(&mut self) -> &mut ChunkPool {
-        &mut self.sink.pool
+        self.sink.pool_mut()
     }
 }
 
@@ -292,7 +130,7 @@ pub fn adapt_checked(
         return Ok(EgressWork::default());
     }
     let EgressEngine { segmenter, sink } = engine;
-    sink.out.clear();
+    sink.out().clear();
     sink.begin(&frame);
     let result = adapt(segmenter, &frame, caps, sink);
     sink.seal();
@@ -302,14 +140,14 @@ pub fn adapt_checked(
             Ok(EgressWork::default())
         }
         Ok(Adapted::Checksummed) => {
-            out.append(&mut sink.out);
+            out.append(sink.out());
             Ok(EgressWork {
                 checksums: 1,
                 ..EgressWork::default()
             })
         }
         Ok(Adapted::Segmented(summary)) => {
-            out.append(&mut sink.out);
+            out.append(sink.out());
             Ok(EgressWork {
                 segmented: 1,
                 segments: summary.segments as u64,
@@ -321,7 +159,7 @@ pub fn adapt_checked(
         }
         Err(err) => {
             // Segments written before the failure are incomplete: discard.
-            sink.out.clear();
+            sink.out().clear();
             Err(err.into())
         }
     }
@@ -440,19 +278,19 @@ mod tests {
             assert_eq!(&seg.data[..], &was[..]);
             assert!(tcp_checksum_ok(&seg.data));
         }
-        let pool = &engine.sink.pool;
+        let pool = engine.sink.pool();
         assert_eq!((pool.recycled(), pool.allocated()), (1, 2));
     }
 
     #[test]
     fn only_gso_frames_of_32_kib_and_up_use_pooled_chunks() {
         let none = EgressCapabilities::none(1500);
-        let threshold = POOLED_FRAME - 54;
+        let threshold = vswitch_ports::buffer::POOLED_FRAME - 54;
         for (payload, pooled) in [(threshold - 1, 0), (threshold, 1), (60_000, 1)] {
             let mut engine = EgressEngine::new();
             let mut out = Vec::new();
             adapt_for_egress(&mut engine, tso(payload, 1448), &none, &mut out).unwrap();
-            assert_eq!(engine.sink.pool.allocated(), pooled, "payload {payload}");
+            assert_eq!(engine.sink.pool().allocated(), pooled, "payload {payload}");
         }
         // A frame that is only checksummed shares the cut buffers.
         let mut engine = EgressEngine::new();
@@ -469,7 +307,7 @@ mod tests {
         .unwrap();
         assert_eq!(out.len(), 1);
         assert!(tcp_checksum_ok(&out[0].data));
-        assert_eq!(engine.sink.pool.allocated(), 0);
+        assert_eq!(engine.sink.pool().allocated(), 0);
     }
 
     #[test]

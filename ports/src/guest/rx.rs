@@ -8,13 +8,14 @@ use std::sync::{MutexGuard, PoisonError};
 use virtio_queue::DescriptorChain;
 use vm_memory::GuestMemory;
 use vswitch_offload::adapt::{adapt, Adapted};
-use vswitch_offload::segment::{SegmentList, Segmenter};
+use vswitch_offload::segment::Segmenter;
 use vswitch_offload::virtio::{HdrError, HDR_LEN_V1};
 use vswitch_offload::{CheckError, CheckedFrame, EgressCapabilities, Packet, VirtioNetHdr};
 
 use super::chain::{self, Direction, Segment};
 use super::stats::bump;
 use super::{GuestPort, GuestQueue, GuestRxError};
+use crate::buffer::PacketSink;
 
 /// One frame written to the guest's receive buffers (descriptor chains).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +48,9 @@ pub(super) struct RxState {
     incoming: VecDeque<Packet>,
     ready: VecDeque<Packet>,
     segmenter: Segmenter,
-    segments: SegmentList,
+    /// Where frames cut in software for the guest are written: shared
+    /// chunks the segments are sliced from, no copy or allocation each.
+    sink: PacketSink,
     chains: ChainScratch,
 }
 
@@ -79,17 +82,23 @@ impl GuestPort {
         let RxState {
             ready,
             segmenter,
-            segments,
+            sink,
             ..
         } = rx;
-        segments.clear();
-        match adapt(segmenter, &frame, caps, segments)? {
-            Adapted::PassThrough => ready.push_back(frame.into_packet()),
-            Adapted::Checksummed | Adapted::Segmented(_) => {
+        sink.out().clear();
+        sink.begin(&frame);
+        let adapted = adapt(segmenter, &frame, caps, sink);
+        sink.seal();
+        match adapted {
+            Ok(Adapted::PassThrough) => ready.push_back(frame.into_packet()),
+            Ok(Adapted::Checksummed | Adapted::Segmented(_)) => {
                 bump(&self.counters.rx_adapted, 1);
-                for segment in segments.iter() {
-                    ready.push_back(Packet::plain(segment.to_vec()));
-                }
+                ready.extend(sink.out().drain(..));
+            }
+            Err(err) => {
+                // Segments written before the failure are incomplete.
+                sink.out().clear();
+                return Err(err.into());
             }
         }
         Ok(())
