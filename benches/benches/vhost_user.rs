@@ -29,9 +29,8 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, BenchmarkId, Criterion, Throughput};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use vswitch_benches::virtio_chain;
 use vswitch_offload::testing::FrameBuilder;
-use vswitch_offload::virtio::{HdrFormat, FLAG_NEEDS_CSUM, GSO_TCPV4};
-use vswitch_offload::VirtioNetHdr;
 use vswitch_ports::features::Features;
 use vswitch_ports::guest::mock::{Desc, DriverQueue};
 use vswitch_ports::guest::{CondvarNotifier, GuestPort, GuestPortConfig};
@@ -67,21 +66,8 @@ impl Pair {
             let frame = FrameBuilder::tcp4([198, 18, 0, 1], [198, 18, 0, 2])
                 .macs([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
                 .payload_with(frame_len - 54, |i| i as u8)
-                .partial_checksum()
-                .build();
-            let hdr = VirtioNetHdr {
-                flags: FLAG_NEEDS_CSUM,
-                gso_type: GSO_TCPV4,
-                hdr_len: 54,
-                gso_size: MSS as u16,
-                csum_start: 34,
-                csum_offset: 16,
-                num_buffers: 0,
-            };
-            let mut chain = vec![0u8; HDR];
-            hdr.emit(&mut chain, HdrFormat::V1).unwrap();
-            chain.extend_from_slice(&frame);
-            chain
+                .gso(MSS as u16);
+            virtio_chain(&frame.hdr(), &frame.build())
         } else {
             // Header (no offload work asked: the bench measures moving
             // bytes) and an Ethernet frame.

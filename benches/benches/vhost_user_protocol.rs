@@ -52,9 +52,8 @@ use vm_memory::{Address, Bytes, FileOffset, GuestAddress, GuestMemoryBackend, Gu
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use vswitch::{PortProfile, Switch, SwitchConfig, VlanId};
+use vswitch_benches::virtio_chain;
 use vswitch_offload::testing::FrameBuilder;
-use vswitch_offload::virtio::{HdrFormat, FLAG_NEEDS_CSUM, GSO_TCPV4};
-use vswitch_offload::VirtioNetHdr;
 use vswitch_ports::features::Features;
 use vswitch_ports::guest::mock::{Desc, DriverQueue};
 use vswitch_ports::vhost_user::{VhostUserConfig, VhostUserPort};
@@ -264,22 +263,8 @@ fn tso_chain(flow: usize) -> Vec<u8> {
         .ports(10_000 + flow as u16, 5201)
         .seq(1_000_000)
         .payload_with(PAYLOAD, |i| (i % 251) as u8 ^ flow as u8)
-        .partial_checksum()
-        .build();
-    let hdr = VirtioNetHdr {
-        flags: FLAG_NEEDS_CSUM,
-        gso_type: GSO_TCPV4,
-        hdr_len: 54,
-        gso_size: MSS,
-        csum_start: 34,
-        csum_offset: 16,
-        num_buffers: 0,
-    };
-    let mut chain = vec![0u8; HDR_LEN];
-    hdr.emit(&mut chain, HdrFormat::V1)
-        .expect("a 12-byte header");
-    chain.extend_from_slice(&frame);
-    chain
+        .gso(MSS);
+    virtio_chain(&frame.hdr(), &frame.build())
 }
 
 /// What B received and checked.

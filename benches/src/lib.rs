@@ -24,3 +24,14 @@ pub fn cpu_of_threads(prefix: &str) -> Duration {
     }
     total
 }
+
+/// A transmit chain as a guest writes it: the 12-byte virtio-net header
+/// (`VIRTIO_F_VERSION_1`) of `hdr`, then `frame`.
+pub fn virtio_chain(hdr: &vswitch_offload::VirtioNetHdr, frame: &[u8]) -> Vec<u8> {
+    let format = vswitch_offload::virtio::HdrFormat::V1;
+    let mut chain = vec![0u8; format.size()];
+    // The buffer has exactly the format's size.
+    let _ = hdr.emit(&mut chain, format);
+    chain.extend_from_slice(frame);
+    chain
+}
