@@ -313,7 +313,8 @@ const AVAIL_F_NO_INTERRUPT: u16 = 1;
 /// whether the used-event index lies among the entries just published
 /// (the kernel's `vring_need_event`); without it, unless the driver set
 /// `VRING_AVAIL_F_NO_INTERRUPT`. A used ring that does not lie in one
-/// region of guest memory takes `add_used` per chain.
+/// region of guest memory takes `add_used` per chain and virtio-queue's
+/// decision, which signals whatever the flag says.
 fn publish_used<M, I>(
     index: u16,
     queue: &mut Queue,
@@ -322,7 +323,7 @@ fn publish_used<M, I>(
 ) -> Result<bool, QueueBroken>
 where
     M: GuestMemory,
-    I: ExactSizeIterator<Item = (u16, u32)> + Clone,
+    I: ExactSizeIterator<Item = (u16, u32)>,
 {
     if entries.len() == 0 {
         return Ok(false);
