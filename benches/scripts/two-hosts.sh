@@ -137,12 +137,15 @@ csum_errors() {
     ip netns exec "$1" nstat -az TcpInCsumErrors | awk '/TcpInCsumErrors/ {print $2}'
 }
 
-# counters A.json B.json: the two switches' software work and drops, from
-# their `ctl --json stats`.
+# counters A.json B.json [A-BEFORE.json]: the two switches' software work
+# and drops, from their `ctl --json stats`; with A's stats from before the
+# transfer, also what A dropped during it and before it (while the TAPs
+# moved to their namespaces, down, frames toward them are link-down drops).
 counters() {
-    python3 - "$1" "$2" <<'PY'
+    python3 - "$@" <<'PY'
 import json, sys
 a, b = (json.load(open(p)) for p in sys.argv[1:3])
+a0 = json.load(open(sys.argv[3])) if len(sys.argv) > 3 else None
 def total(s, key): return sum(p[key] for p in s["ports"])
 def drops(s): return sum(sum(p["drops"].values()) for p in s["ports"])
 def reasons(s):
@@ -168,7 +171,10 @@ def unaccounted(s):
     return off
 print("a_sw_segments=%d a_sw_checksums=%d b_gro_merges=%d a_drops=%d b_drops=%d a_drop_reasons=%s b_drop_reasons=%s a_unaccounted=%d b_unaccounted=%d" % (
     total(a, "sw_segments"), total(a, "sw_checksums"), total(b, "gro_merges"), drops(a), drops(b),
-    reasons(a), reasons(b), unaccounted(a), unaccounted(b)))
+    reasons(a), reasons(b), unaccounted(a), unaccounted(b)), end="")
+if a0 is not None:
+    print(" a_transfer_drops=%d a_setup_drop_reasons=%s" % (drops(a) - drops(a0), reasons(a0)), end="")
+print()
 PY
 }
 
@@ -190,12 +196,13 @@ run_vswitch() {
     ip netns exec "$ga" ping -c 1 -W 5 10.99.0.2 >/dev/null
     ip netns exec "$gb" nstat -n
     local user0 kernel0 sys0 user1 kernel1 sys1
+    ctl_stats "$work/a.ctl" >"$work/a0.json"
     read -r user0 kernel0 < <(user_system_ticks "$pid_a" "$pid_b"); sys0=$(system_ticks)
     run_iperf "$ga" "$gb" "$work/vswitch.json"
     read -r user1 kernel1 < <(user_system_ticks "$pid_a" "$pid_b"); sys1=$(system_ticks)
     ctl_stats "$work/a.ctl" >"$work/a.json"
     ctl_stats "$work/b.ctl" >"$work/b.json"
-    counters "$work/a.json" "$work/b.json" >"$work/counters"
+    counters "$work/a.json" "$work/b.json" "$work/a0.json" >"$work/counters"
     # The switches' CPU split: their own code (user) and the kernel's work
     # in their system calls (system: copies to and from the TAP and the
     # packet socket, the kernel's GSO under the socket).

@@ -475,6 +475,8 @@ impl TapConfig {
 struct TapCounters {
     rx_errors: AtomicU64,
     tx_errors: AtomicU64,
+    /// Frames not written because the interface was down.
+    tx_link_down: AtomicU64,
     /// The device was deleted (`ip link del`) under the open queues.
     gone: std::sync::atomic::AtomicBool,
 }
@@ -484,6 +486,14 @@ struct TapCounters {
 /// on them then fail with EBADFD.
 fn is_device_gone(err: &io::Error) -> bool {
     err.raw_os_error() == Some(libc::EBADFD)
+}
+
+/// Whether an error from a write says the interface is down: the kernel
+/// takes nothing from a TAP whose interface is not up (EIO), whatever the
+/// frame, until it is brought up again (as it is while the device moves to
+/// another network namespace).
+fn is_link_down(err: &io::Error) -> bool {
+    err.raw_os_error() == Some(libc::EIO)
 }
 
 /// A TAP device as a switch port: one [`TapQueue`] per queue pair.
@@ -601,9 +611,18 @@ impl TapPort {
         self.counters.rx_errors.load(Ordering::Relaxed)
     }
 
-    /// Writes the kernel refused (other than a full queue).
+    /// Writes the kernel refused (other than a full queue or a link that
+    /// is down).
     pub fn tx_errors(&self) -> u64 {
         self.counters.tx_errors.load(Ordering::Relaxed)
+    }
+
+    /// Frames not written because the interface was down. Such a send
+    /// reports [`SendError::Disconnected`], as an uplink whose link is down
+    /// does: every frame would fail the same way. The port is not
+    /// [gone](Self::is_gone); frames flow again once the interface is up.
+    pub fn tx_link_down(&self) -> u64 {
+        self.counters.tx_link_down.load(Ordering::Relaxed)
     }
 
     /// Whether the device was deleted under the port (`ip link del`): its
@@ -705,6 +724,10 @@ impl Port for TapPort {
             }),
             Err(err) if is_device_gone(&err) => {
                 self.counters.gone.store(true, Ordering::Relaxed);
+                Err(SendError::Disconnected { queue, packet })
+            }
+            Err(err) if is_link_down(&err) => {
+                self.counters.tx_link_down.fetch_add(1, Ordering::Relaxed);
                 Err(SendError::Disconnected { queue, packet })
             }
             Err(err) => {

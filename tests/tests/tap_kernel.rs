@@ -40,6 +40,34 @@ fn a_napi_tap_carries_frames_to_and_from_a_namespace() {
     arp_round_trip("vswt-napi", "vswn", true);
 }
 
+#[test]
+#[ignore = "needs root, iproute2 and /dev/net/tun: bash .ci/test runs it where they are"]
+fn a_frame_toward_a_tap_that_is_down_counts_as_link_down_not_refused() {
+    require_netns!();
+    use vswitch_offload::Packet;
+    use vswitch_ports::port::{Port, SendError};
+    let ns = NetNs::new("vswt-down").expect("create namespace");
+    let ifname = format!("vswd{}", std::process::id() % 100_000);
+    let tap = TapPort::open(&ifname, TapOffloads::NONE, 1, 1500).expect("open TAP");
+    ns.adopt(&ifname).expect("move TAP into namespace");
+    // Moved, and not brought up: the kernel takes nothing from it.
+    let sent = tap.send(0, Packet::plain(arp_request()));
+    assert!(
+        matches!(sent, Err(SendError::Disconnected { .. })),
+        "a TAP that is down: {sent:?}"
+    );
+    assert_eq!((tap.tx_link_down(), tap.tx_errors()), (1, 0));
+    assert!(
+        !tap.is_gone(),
+        "a link that is down is not a device that is gone"
+    );
+    ns.exec(&["ip", "link", "set", &ifname, "up"])
+        .expect("bring the TAP up");
+    tap.send(0, Packet::plain(arp_request()))
+        .expect("once it is up, frames go");
+    assert_eq!(tap.tx_link_down(), 1);
+}
+
 /// Writes an ARP request into a TAP whose other side is a namespace and
 /// waits for the kernel's reply, with the queue attached with or without
 /// IFF_NAPI (the frames then enter the kernel through GRO).
