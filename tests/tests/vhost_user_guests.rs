@@ -90,7 +90,8 @@ fn run_pair(pair: Pair<'_>) {
             server_args.extend(["--device-opts", &server_device]);
         }
         let connections_before = port_a.report().connections;
-        // Connections of a server QEMU that crashed and was booted again.
+        // Connections of a server QEMU that crashed or hung and was booted
+        // again.
         let mut crashed_connections = 0;
         let mut server = Guest::start(
             &image,
@@ -99,13 +100,14 @@ fn run_pair(pair: Pair<'_>) {
             &sock_a,
             &server_args,
         );
-        if !server.wait_for("VSW-READY", Duration::from_secs(120)) && server.crashed_early() {
-            // QEMU itself died on a signal before the guest's kernel said
-            // anything: not the switch's doing (a QEMU that refuses what the
-            // backend answers exits with an error instead, and fails the
-            // test below). Say so, and boot the server once more.
+        if !server.wait_for("VSW-READY", Duration::from_secs(120)) && server.failed_to_boot() {
+            // QEMU itself died on a signal, or hung, before the guest's
+            // kernel got to /init: not the switch's doing (a QEMU that
+            // refuses what the backend answers exits with an error instead,
+            // and fails the test below). Say so, and boot the server once
+            // more.
             eprintln!(
-                "round {round}: QEMU crashed before the guest booted; once more\n{}",
+                "round {round}: QEMU crashed or hung before the guest booted; once more\n{}",
                 server.describe()
             );
             crashed_connections = port_a.report().connections - connections_before;

@@ -156,9 +156,9 @@ impl Drop for StallWatch {
     }
 }
 
-/// Boots a guest; boots it once more if QEMU died on a signal before the
-/// guest's kernel said anything (not the switch's doing; seen now and then
-/// under TCG on a loaded machine).
+/// Boots a guest; boots it once more if QEMU died on a signal or hung
+/// before the guest got to its /init (not the switch's doing; seen now and
+/// then under TCG on a loaded machine).
 fn boot(
     image: &std::path::Path,
     dir: &std::path::Path,
@@ -168,9 +168,9 @@ fn boot(
     ready: &str,
 ) -> Guest {
     let mut guest = Guest::start(image, dir, name, socket, args);
-    if !guest.wait_for(ready, Duration::from_secs(120)) && guest.crashed_early() {
+    if !guest.wait_for(ready, Duration::from_secs(120)) && guest.failed_to_boot() {
         eprintln!(
-            "{name}: QEMU crashed before the guest booted; once more\n{}",
+            "{name}: QEMU crashed or hung before the guest booted; once more\n{}",
             guest.describe()
         );
         guest = Guest::start(image, dir, &format!("{name}-again"), socket, args);

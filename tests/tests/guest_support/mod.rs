@@ -86,13 +86,20 @@ impl Guest {
         matches!(self.child.try_wait(), Ok(Some(_)))
     }
 
-    /// Whether QEMU was killed by a signal (a crash) before the guest's
-    /// kernel printed its first line.
-    pub fn crashed_early(&mut self) -> bool {
+    /// Whether the guest never got to its `/init`, for a reason that is
+    /// QEMU's and not the switch's: QEMU was killed by a signal (a crash),
+    /// or is still running with nothing on the console (TCG stuck in the
+    /// kernel's boot, seen now and then on a loaded machine). The switch
+    /// has no part in a boot until `/init` has printed `VSW-BOOT`: the
+    /// virtio-net driver, a module, is loaded after it.
+    pub fn failed_to_boot(&mut self) -> bool {
         use std::os::unix::process::ExitStatusExt;
-        let signalled =
-            matches!(self.child.try_wait(), Ok(Some(status)) if status.signal().is_some());
-        signalled && !self.console().contains("VSW-BOOT")
+        let crashed_or_running = match self.child.try_wait() {
+            Ok(Some(status)) => status.signal().is_some(),
+            Ok(None) => true,
+            Err(_) => false,
+        };
+        crashed_or_running && !self.console().contains("VSW-BOOT")
     }
 
     /// The console and QEMU's own messages, for a failure report.
