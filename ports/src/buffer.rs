@@ -52,8 +52,9 @@ use std::collections::VecDeque;
 use std::fmt;
 
 use bytes::{Bytes, BytesMut};
-use vswitch_offload::segment::{SegmentSink, SinkFull};
-use vswitch_offload::{CheckedFrame, Packet};
+use vswitch_offload::adapt::{adapt, AdaptError, Adapted};
+use vswitch_offload::segment::{SegmentSink, Segmenter, SinkFull};
+use vswitch_offload::{CheckedFrame, EgressCapabilities, Packet};
 
 /// Frozen chunks kept for recycling, oldest first, and the counters of how
 /// requests for a chunk were met. See the [module documentation](self).
@@ -206,8 +207,8 @@ const POOL_PROBES: usize = 4;
 /// software fallback segment into, so that a 64 KiB frame cut in 45 costs
 /// no allocation and no copy per segment.
 ///
-/// For each frame: [`begin`](Self::begin), the segmenter's writes,
-/// [`seal`](Self::seal), then the segments are in [`out`](Self::out).
+/// [`adapt`](Self::adapt) runs the offload engine on a frame with this
+/// sink; the segments it made are then in [`out`](Self::out).
 ///
 /// Small frames (a checksum completed into a copy) are cut one by one from
 /// a large shared buffer. The segments of a large frame are written into a
@@ -271,13 +272,28 @@ impl PacketSink {
         &mut self.pool
     }
 
-    /// Prepares for the output of `frame`.
-    pub fn begin(&mut self, frame: &CheckedFrame) {
+    /// Adapts `frame` to `caps` ([`vswitch_offload::adapt::adapt`]) into
+    /// this sink. When it was checksummed or segmented, [`out`](Self::out)
+    /// holds the frames made from it, and nothing else; after an error it is
+    /// empty (segments written before the failure are incomplete).
+    pub fn adapt(
+        &mut self,
+        segmenter: &mut Segmenter,
+        frame: &CheckedFrame,
+        caps: &EgressCapabilities,
+    ) -> Result<Adapted, AdaptError> {
+        self.out.clear();
         self.large = frame.hdr().is_gso() && frame.len() >= POOLED_FRAME;
+        let result = adapt(segmenter, frame, caps, self);
+        self.seal();
+        if result.is_err() {
+            self.out.clear();
+        }
+        result
     }
 
     /// Cuts off every segment written so far into [`out`](Self::out).
-    pub fn seal(&mut self) {
+    fn seal(&mut self) {
         if let Some(len) = self.pending.take() {
             let frame = self.chunk.split_to(len).freeze();
             self.out.push(Packet::plain(frame));

@@ -17,7 +17,7 @@
 //! Segments are written into large shared buffers that they are cut from as
 //! [`Bytes`](bytes::Bytes), so a 64 KiB frame cut in 45 costs no allocation per segment.
 
-use vswitch_offload::adapt::{adapt, AdaptError, Adapted};
+use vswitch_offload::adapt::{AdaptError, Adapted};
 use vswitch_offload::segment::Segmenter;
 use vswitch_offload::{CheckError, CheckedFrame, EgressCapabilities, Packet};
 use vswitch_ports::buffer::{ChunkPool, PacketSink};
@@ -130,23 +130,19 @@ pub fn adapt_checked(
         return Ok(EgressWork::default());
     }
     let EgressEngine { segmenter, sink } = engine;
-    sink.out().clear();
-    sink.begin(&frame);
-    let result = adapt(segmenter, &frame, caps, sink);
-    sink.seal();
-    match result {
-        Ok(Adapted::PassThrough) => {
+    match sink.adapt(segmenter, &frame, caps)? {
+        Adapted::PassThrough => {
             out.push(frame.into_packet());
             Ok(EgressWork::default())
         }
-        Ok(Adapted::Checksummed) => {
+        Adapted::Checksummed => {
             out.append(sink.out());
             Ok(EgressWork {
                 checksums: 1,
                 ..EgressWork::default()
             })
         }
-        Ok(Adapted::Segmented(summary)) => {
+        Adapted::Segmented(summary) => {
             out.append(sink.out());
             Ok(EgressWork {
                 segmented: 1,
@@ -156,11 +152,6 @@ pub fn adapt_checked(
                 checksums: summary.segments as u64,
                 coalesced: 0,
             })
-        }
-        Err(err) => {
-            // Segments written before the failure are incomplete: discard.
-            sink.out().clear();
-            Err(err.into())
         }
     }
 }

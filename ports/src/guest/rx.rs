@@ -7,7 +7,7 @@ use std::sync::{MutexGuard, PoisonError};
 
 use virtio_queue::DescriptorChain;
 use vm_memory::GuestMemory;
-use vswitch_offload::adapt::{adapt, Adapted};
+use vswitch_offload::adapt::Adapted;
 use vswitch_offload::segment::Segmenter;
 use vswitch_offload::virtio::{HdrError, HDR_LEN_V1};
 use vswitch_offload::{CheckError, CheckedFrame, EgressCapabilities, Packet, VirtioNetHdr};
@@ -85,20 +85,11 @@ impl GuestPort {
             sink,
             ..
         } = rx;
-        sink.out().clear();
-        sink.begin(&frame);
-        let adapted = adapt(segmenter, &frame, caps, sink);
-        sink.seal();
-        match adapted {
-            Ok(Adapted::PassThrough) => ready.push_back(frame.into_packet()),
-            Ok(Adapted::Checksummed | Adapted::Segmented(_)) => {
+        match sink.adapt(segmenter, &frame, caps)? {
+            Adapted::PassThrough => ready.push_back(frame.into_packet()),
+            Adapted::Checksummed | Adapted::Segmented(_) => {
                 bump(&self.counters.rx_adapted, 1);
                 ready.extend(sink.out().drain(..));
-            }
-            Err(err) => {
-                // Segments written before the failure are incomplete.
-                sink.out().clear();
-                return Err(err.into());
             }
         }
         Ok(())
