@@ -45,7 +45,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost::vhost_user::{Frontend, VhostUserFrontend};
 use vhost::{VhostBackend, VhostUserMemoryRegionInfo, VringConfigData};
 use vm_memory::{Address, Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
@@ -86,8 +86,10 @@ const MSS: u16 = 1448;
 const RX_BUFFER: u32 = 4096;
 const RX_POSTED: usize = 500;
 const WINDOW: u64 = 24;
-/// Tag of `VHOST_USER_F_PROTOCOL_FEATURES` in the feature bits.
-const PROTOCOL_FEATURES: u64 = 1 << 30;
+/// `VHOST_USER_F_PROTOCOL_FEATURES` among the feature bits.
+const PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
+/// The Ethernet, IPv4 and TCP headers of A's frames.
+const HEADERS: usize = 54;
 
 const SRC_IP: [u8; 4] = [198, 18, 0, 1];
 const DST_IP: [u8; 4] = [198, 18, 0, 2];
@@ -134,7 +136,7 @@ impl GuestMem {
 }
 
 /// A connected frontend: the protocol set up, both rings running.
-struct Frontend2 {
+struct Attached {
     _frontend: Frontend,
     kick: [EventFd; 2],
     call: [EventFd; 2],
@@ -147,15 +149,12 @@ fn attach(
     memory: &GuestMem,
     wanted: Features,
     queues: [&DriverQueue<'_, GuestMemoryMmap>; 2],
-) -> Frontend2 {
+) -> Attached {
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut frontend = loop {
         match Frontend::connect(socket, 2) {
             Ok(frontend) => break frontend,
-            Err(err) if Instant::now() < deadline => {
-                let _ = err;
-                std::thread::sleep(Duration::from_millis(10));
-            }
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
             Err(err) => panic!("connect to {}: {err}", socket.display()),
         }
     };
@@ -215,7 +214,7 @@ fn attach(
                 .expect("SET_VRING_ENABLE");
         }
     }
-    Frontend2 {
+    Attached {
         _frontend: frontend,
         kick,
         call,
@@ -267,6 +266,34 @@ fn tso_chain(flow: usize) -> Vec<u8> {
     virtio_chain(&frame.hdr(), &frame.build())
 }
 
+/// Posts `count` receive buffers of [`RX_BUFFER`] bytes on `rx`, not
+/// zeroed first (the device writes what B reads), and notes under each
+/// head where its buffer is.
+fn post_buffers(
+    rx: &mut DriverQueue<'_, GuestMemoryMmap>,
+    buffer_at: &mut [GuestAddress],
+    count: usize,
+) {
+    for _ in 0..count {
+        let at = rx.alloc(RX_BUFFER as usize);
+        let head = rx.post(&[Desc::writable(at.0, RX_BUFFER)]);
+        buffer_at[usize::from(head)] = at;
+    }
+}
+
+/// The `len` bytes the device wrote into the receive buffer at `at`, read
+/// into `scratch` (one small host buffer, which stays in the cache).
+fn read_buffer<'s>(
+    mem: &GuestMemoryMmap,
+    at: GuestAddress,
+    len: u32,
+    scratch: &'s mut [u8],
+) -> &'s [u8] {
+    let buffer = &mut scratch[..len as usize];
+    mem.read_slice(buffer, at).expect("a receive buffer");
+    buffer
+}
+
 /// What B received and checked.
 #[derive(Debug, Default, Clone, Copy)]
 struct Received {
@@ -276,7 +303,8 @@ struct Received {
     last: Duration,
 }
 
-/// Where the TCP checksum field of the frames is.
+/// Where the TCP checksum field of the frames is (16 bytes into the TCP
+/// header, after 14 of Ethernet and 20 of IPv4).
 const TCP_CHECKSUM: std::ops::Range<usize> = 50..52;
 
 /// The offset in the frame of the first byte of `got` (which starts at
@@ -325,7 +353,7 @@ fn verify_segment(buffer: &[u8], sent: &[Vec<u8>]) -> (usize, bool) {
     let at = (tcp.sequence_number() - 1_000_000) as usize;
     assert_eq!(
         payload,
-        &original[54 + at..54 + at + payload.len()],
+        &original[HEADERS + at..HEADERS + at + payload.len()],
         "flow {flow} at {at}"
     );
     (payload.len(), at + payload.len() == PAYLOAD)
@@ -350,8 +378,7 @@ enum Peer {
 impl Peer {
     fn switch(sockets: [&Path; 2]) -> Peer {
         let switch = Switch::start(SwitchConfig::default().workers(1)).expect("the switch");
-        let ports = ["a", "b"].map(|name| {
-            let socket = if name == "a" { sockets[0] } else { sockets[1] };
+        let ports = [("a", sockets[0]), ("b", sockets[1])].map(|(name, socket)| {
             VhostUserPort::start(VhostUserConfig::new(name, socket)).expect("a port")
         });
         for port in &ports {
@@ -559,16 +586,12 @@ fn run(
         });
         // B: buffers posted, frames reaped and checked, buffers posted again.
         let mut got = Received::default();
-        let post = |rx: &mut DriverQueue<'_, GuestMemoryMmap>, count: usize| {
-            // Not zeroed first: the device writes what B reads.
-            for _ in 0..count {
-                let at = rx.alloc(RX_BUFFER as usize);
-                rx.post(&[Desc::writable(at.0, RX_BUFFER)]);
-            }
-        };
+        // Where the buffer posted under each head is, so that reaping one
+        // needs no walk of the descriptor table.
+        let mut buffer_at = vec![GuestAddress(0); usize::from(QUEUE_LEN)];
         let fds = [&front_b.call[0]];
         let b_calls = Waiter::new(&fds);
-        post(&mut b_rx, RX_POSTED);
+        post_buffers(&mut b_rx, &mut buffer_at, RX_POSTED);
         front_b.kick[0].write(1).expect("kick B's receive ring");
         let mut scratch = vec![0u8; RX_BUFFER as usize];
         let mut pending: std::collections::VecDeque<(u16, u32)> = Default::default();
@@ -578,8 +601,8 @@ fn run(
             let mut reaped = 0;
             while let Some(&(head, _)) = pending.front() {
                 // num_buffers, in the first buffer's header.
-                let first = GuestAddress(b_rx.chain(head)[0].addr);
                 let mut count = [0u8; 2];
+                let first = buffer_at[usize::from(head)];
                 mem_b
                     .mem
                     .read_slice(&mut count, first.unchecked_add(10))
@@ -589,17 +612,16 @@ fn run(
                     break;
                 }
                 reaped += buffers;
-                // Each buffer is read into one small host buffer (it stays
-                // in the cache) and compared with what A sent.
+                // Each buffer is compared with what A sent.
                 let done = if receiver_takes_tso {
                     let (mut at, mut flow) = (0usize, None);
                     for (head, len) in pending.drain(..buffers) {
-                        let buffer = &mut scratch[..len as usize];
-                        let addr = GuestAddress(b_rx.chain(head)[0].addr);
-                        mem_b
-                            .mem
-                            .read_slice(buffer, addr)
-                            .expect("a receive buffer");
+                        let buffer = read_buffer(
+                            &mem_b.mem,
+                            buffer_at[usize::from(head)],
+                            len,
+                            &mut scratch,
+                        );
                         let skip = HDR_LEN.saturating_sub(at).min(buffer.len());
                         let flow = *flow.get_or_insert_with(|| flow_of(&buffer[HDR_LEN..]));
                         let original = &chains[flow][HDR_LEN..];
@@ -623,12 +645,8 @@ fn run(
                     true
                 } else {
                     let (head, len) = pending.pop_front().expect("one buffer");
-                    let buffer = &mut scratch[..len as usize];
-                    let addr = GuestAddress(b_rx.chain(head)[0].addr);
-                    mem_b
-                        .mem
-                        .read_slice(buffer, addr)
-                        .expect("a receive buffer");
+                    let buffer =
+                        read_buffer(&mem_b.mem, buffer_at[usize::from(head)], len, &mut scratch);
                     let (payload, last) = verify_segment(buffer, &chains);
                     got.payload_bytes += payload as u64;
                     last
@@ -641,7 +659,7 @@ fn run(
                 }
             }
             if reaped > 0 {
-                post(&mut b_rx, reaped);
+                post_buffers(&mut b_rx, &mut buffer_at, reaped);
                 front_b.kick[0].write(1).expect("kick B's receive ring");
                 idle_since = Instant::now();
             } else if idle_since.elapsed() > Duration::from_secs(5) {
@@ -674,7 +692,7 @@ fn run(
 
 /// Time to memcpy `bytes` bytes 64 KiB at a time, best of 5.
 fn memcpy(bytes: u64) -> Duration {
-    let src = vec![7u8; HDR_LEN + 54 + PAYLOAD];
+    let src = vec![7u8; HDR_LEN + HEADERS + PAYLOAD];
     let mut dst = vec![0u8; src.len()];
     let rounds = bytes / PAYLOAD as u64;
     (0..5)
