@@ -12,7 +12,7 @@ use vswitch_offload::{CheckedFrame, EgressCapabilities, OuterTag};
 
 pub use crate::drop::DropReason;
 use crate::fdb::{ForwardingTable, Learned, LookupCache};
-use crate::guard::{GuardViolation, PortSecurity};
+use crate::guard::{CompiledGuard, GuardViolation, PortSecurity};
 use crate::limit::{PortLimiter, PortLimits};
 use crate::mac::MacAddr;
 pub use crate::port_id::PortId;
@@ -125,7 +125,7 @@ impl Default for PortProfile {
 /// each with its profile (VLANs, learning) and what it takes at egress.
 #[derive(Debug, Clone, Default)]
 pub struct PortSet {
-    ports: Vec<(PortId, PortProfile, EgressCapabilities)>,
+    ports: Vec<PortEntry>,
     /// The running rate limits of the ports that have any, sorted by id:
     /// shared by every copy of the set, and kept across a profile change
     /// that leaves the limits as they were.
@@ -138,6 +138,16 @@ pub struct PortSet {
     /// Changes with every change of the set, unique among all sets: a
     /// decision remembered for one version is not replayed for another.
     version: u64,
+}
+
+/// One port of a [`PortSet`].
+#[derive(Debug, Clone)]
+struct PortEntry {
+    id: PortId,
+    profile: PortProfile,
+    egress: EgressCapabilities,
+    /// `profile.security` as every frame from the port is checked.
+    guard: CompiledGuard,
 }
 
 /// Where [`PortSet::version`] values come from.
@@ -160,14 +170,19 @@ impl PortSet {
     /// Adds or replaces a port with the capabilities of its egress.
     pub fn insert_port(&mut self, id: PortId, profile: PortProfile, egress: EgressCapabilities) {
         let limits = profile.limits;
-        match self.ports.binary_search_by_key(&id, |(id, ..)| *id) {
+        let entry = PortEntry {
+            id,
+            guard: CompiledGuard::new(&profile.security),
+            profile,
+            egress,
+        };
+        match self.ports.binary_search_by_key(&id, |entry| entry.id) {
             Ok(index) => {
                 if let Some(slot) = self.ports.get_mut(index) {
-                    slot.1 = profile;
-                    slot.2 = egress;
+                    *slot = entry;
                 }
             }
-            Err(index) => self.ports.insert(index, (id, profile, egress)),
+            Err(index) => self.ports.insert(index, entry),
         }
         let limiter = self.limiters.binary_search_by_key(&id, |(id, _)| *id);
         match limiter {
@@ -233,18 +248,20 @@ impl PortSet {
         self.limiters.retain(|(limited, _)| *limited != id);
         self.tx_queues.retain(|(port, _)| *port != id);
         self.touch();
-        Some(self.ports.remove(index).1)
+        Some(self.ports.remove(index).profile)
     }
 
     fn index(&self, id: PortId) -> Option<usize> {
-        self.ports.binary_search_by_key(&id, |(id, ..)| *id).ok()
+        self.ports.binary_search_by_key(&id, |entry| entry.id).ok()
     }
 
     /// The profile of `id`.
     pub fn get(&self, id: PortId) -> Option<&PortProfile> {
-        self.ports
-            .get(self.index(id)?)
-            .map(|(_, profile, _)| profile)
+        self.entry(id).map(|entry| &entry.profile)
+    }
+
+    fn entry(&self, id: PortId) -> Option<&PortEntry> {
+        self.ports.get(self.index(id)?)
     }
 
     /// This set's version: it changes with every change of the set and is
@@ -271,12 +288,12 @@ impl PortSet {
 
     /// What the egress of `id` takes.
     pub fn egress(&self, id: PortId) -> Option<&EgressCapabilities> {
-        self.ports.get(self.index(id)?).map(|(.., egress)| egress)
+        self.entry(id).map(|entry| &entry.egress)
     }
 
     /// The ports in id order.
     pub fn iter(&self) -> impl Iterator<Item = (PortId, &PortProfile)> {
-        self.ports.iter().map(|(id, profile, _)| (*id, profile))
+        self.ports.iter().map(|entry| (entry.id, &entry.profile))
     }
 
     /// Number of ports.
@@ -619,7 +636,7 @@ impl Forwarder {
         out: &mut Vec<Egress>,
     ) -> Result<Decision, ForwardError> {
         out.clear();
-        let Some(profile) = ports.get(ingress) else {
+        let Some(PortEntry { profile, guard, .. }) = ports.entry(ingress) else {
             return Err(ForwardError::UnknownIngressPort { port: ingress });
         };
         let src = MacAddr(frame.src_mac());
@@ -637,9 +654,8 @@ impl Forwarder {
                 });
             }
         }
-        profile
-            .security
-            .check(frame)
+        guard
+            .check(&profile.security, frame)
             .map_err(|violation| ForwardError::Guard {
                 port: ingress,
                 violation,
