@@ -51,7 +51,7 @@ use crate::drop::DropReason;
 use crate::egress::{adapt_checked, fits_mtu, EgressEngine, EgressWork};
 use crate::fdb::{Learned, LookupCache};
 use crate::forward::{Egress, Forwarder, PortId, PortSet};
-use crate::limit::{packet_wire_cost, wire_cost, Credit, PortLimiter};
+use crate::limit::{packets_wire_cost, wire_cost, Credit, PortLimiter};
 
 /// Where frames leave: a port and, for a port with several transmit
 /// queues ([`PortSet::set_tx_queues`]), the queue their flow's hash picks
@@ -331,7 +331,7 @@ impl Datapath {
     ///
     /// The limit is charged with what leaves: the frames as adapted (each
     /// segment of a frame the switch cut; a frame the port segments itself
-    /// costs the segments it will be, [`packet_wire_cost`]). A batch whose
+    /// costs the segments it will be, [`packet_wire_cost`](crate::limit::packet_wire_cost)). A batch whose
     /// cost the port's tokens cover is charged at once, which is what a
     /// limit that does not bind costs: nothing per frame but a sum. Where
     /// the tokens taken ahead run short, the batch is charged frame by
@@ -366,10 +366,7 @@ impl Datapath {
             let Some((limiter, credit)) = self.credits.get_mut(index) else {
                 continue;
             };
-            let (frames, bytes) = batch.frames[from..]
-                .iter()
-                .map(packet_wire_cost)
-                .fold((0, 0), |(f, b), (pf, pb)| (f + pf, b + pb));
+            let (frames, bytes) = packets_wire_cost(&batch.frames[from..]);
             if PortLimiter::spend_credit(credit, frames, bytes) {
                 batch.cut.clear();
                 continue;
@@ -392,10 +389,7 @@ impl Datapath {
                     }
                     _ => 1,
                 };
-                let (frames, bytes) = batch.frames[i..i + n]
-                    .iter()
-                    .map(packet_wire_cost)
-                    .fold((0, 0), |(f, b), (pf, pb)| (f + pf, b + pb));
+                let (frames, bytes) = packets_wire_cost(&batch.frames[i..i + n]);
                 if limiter.admit_with(credit, frames, bytes, now) {
                     for j in i..i + n {
                         batch.frames.swap(kept, j);

@@ -203,6 +203,34 @@ pub fn packet_wire_cost(packet: &Packet) -> (u64, u64) {
     }
 }
 
+/// [`packet_wire_cost`] summed over `packets`: a burst received, or a
+/// batch about to leave. A burst without a GSO frame (the common case)
+/// costs one frame a packet and its bytes, summed in one pass that reads
+/// each packet's length and GSO type; only a burst with one is costed
+/// frame by frame.
+#[inline]
+pub fn packets_wire_cost(packets: &[Packet]) -> (u64, u64) {
+    let (mut bytes, mut gso) = (0u64, GSO_NONE);
+    for packet in packets {
+        bytes += packet.data.len() as u64;
+        gso |= packet.hdr.gso_type;
+    }
+    if gso == GSO_NONE {
+        return (packets.len() as u64, bytes);
+    }
+    packets_wire_cost_with_gso(packets)
+}
+
+/// [`packets_wire_cost`] of packets among which a GSO frame is.
+#[cold]
+#[inline(never)]
+fn packets_wire_cost_with_gso(packets: &[Packet]) -> (u64, u64) {
+    packets
+        .iter()
+        .map(packet_wire_cost)
+        .fold((0, 0), |(f, b), (pf, pb)| (f + pf, b + pb))
+}
+
 /// The wire cost of a frame of `len` bytes with the validated `plan`.
 #[inline]
 fn cost_of(len: u64, plan: &OffloadPlan) -> (u64, u64) {
@@ -734,5 +762,29 @@ mod tests {
         // The same costs for the frames as they leave.
         assert_eq!(packet_wire_cost(frame.packet()), (7, 10_000 + 7 * 54));
         assert_eq!(packet_wire_cost(plain.packet()), (1, 60));
+    }
+
+    #[test]
+    fn a_burst_costs_the_sum_of_its_frames() {
+        let tso = FrameBuilder::tcp4([10, 0, 0, 1], [10, 0, 0, 2])
+            .payload_with(10_000, |i| i as u8)
+            .gso(1448)
+            .packet();
+        let plain = Packet::plain(vec![0u8; 60]);
+        let odd = Packet::plain(vec![0u8; 1514]);
+        assert_eq!(packets_wire_cost(&[]), (0, 0));
+        let burst = [plain.clone(), odd.clone(), plain.clone()];
+        assert_eq!(packets_wire_cost(&burst), (3, 60 + 1514 + 60));
+        // One GSO frame anywhere in the burst, the last included, costs
+        // its segments.
+        for at in 0..3 {
+            let mut burst = vec![plain.clone(), odd.clone()];
+            burst.insert(at, tso.clone());
+            assert_eq!(
+                packets_wire_cost(&burst),
+                (1 + 1 + 7, 60 + 1514 + 10_000 + 7 * 54),
+                "GSO frame at {at}"
+            );
+        }
     }
 }

@@ -71,7 +71,7 @@ use crate::datapath::{Datapath, Event, Output};
 use crate::dispatch::{flow_hash, worker_for_hash};
 use crate::drop::DropReason;
 use crate::forward::{Forwarder, ForwarderConfig, PortId, PortProfile, PortSet};
-use crate::limit::packet_wire_cost;
+use crate::limit::packets_wire_cost;
 use crate::stats::{PortCounters, PortStats, WorkerCounters, WorkerStats};
 
 /// Settings of a [`Switch`].
@@ -833,15 +833,9 @@ impl SwitchWorker {
         // so a snapshot never shows a frame sent before it arrived. Its
         // wire cost, for a receive-side limit, is summed in the same pass
         // (a frame the check refuses costs what it is, like any other).
-        let mut rx_bytes = 0;
+        let rx_bytes = batch.iter().map(|packet| packet.data.len()).sum();
         if limiter.is_some() {
-            for packet in &batch {
-                let (frames, bytes) = packet_wire_cost(packet);
-                rx_bytes += packet.data.len();
-                (cost_frames, cost_bytes) = (cost_frames + frames, cost_bytes + bytes);
-            }
-        } else {
-            rx_bytes = batch.iter().map(|packet| packet.data.len()).sum();
+            (cost_frames, cost_bytes) = packets_wire_cost(&batch);
         }
         port.counters
             .received_many(self.index, batch.len(), rx_bytes);
