@@ -559,7 +559,7 @@ impl CompiledGuard {
         }
         let data: &[u8] = frame.data();
         if self.on & SOURCE != 0 {
-            let src = data.get(layout.l3_offset + 12..layout.l3_offset + 16);
+            let src = data.get(layout.l3_offset..).and_then(|ip| ip.get(12..16));
             let Some(&[a, b, c, d]) = src else {
                 return false;
             };
@@ -568,11 +568,8 @@ impl CompiledGuard {
             }
         }
         if self.on & DHCP != 0 && layout.l4 == Some(L4Kind::Udp) {
-            let ports = data.get(layout.l4_offset..layout.l4_offset + 4);
-            let Some(&[a, b, c, d]) = ports else {
-                return false;
-            };
-            if [a, b, c, d] == DHCP_SERVER_PORTS {
+            let ports = data.get(layout.l4_offset..).and_then(<[u8]>::first_chunk);
+            if ports == Some(&DHCP_SERVER_PORTS) {
                 return false;
             }
         }
