@@ -210,15 +210,22 @@ pub fn packet_wire_cost(packet: &Packet) -> (u64, u64) {
 /// frame by frame.
 #[inline]
 pub fn packets_wire_cost(packets: &[Packet]) -> (u64, u64) {
+    packets_wire_cost_and_len(packets).0
+}
+
+/// [`packets_wire_cost`], and the sum of the packets' lengths (what the
+/// port counters count) from the same pass.
+#[inline]
+pub(crate) fn packets_wire_cost_and_len(packets: &[Packet]) -> ((u64, u64), u64) {
     let (mut bytes, mut gso) = (0u64, GSO_NONE);
     for packet in packets {
         bytes += packet.data.len() as u64;
         gso |= packet.hdr.gso_type;
     }
     if gso == GSO_NONE {
-        return (packets.len() as u64, bytes);
+        return ((packets.len() as u64, bytes), bytes);
     }
-    packets_wire_cost_with_gso(packets)
+    (packets_wire_cost_with_gso(packets), bytes)
 }
 
 /// [`packets_wire_cost`] of packets among which a GSO frame is.
@@ -481,7 +488,8 @@ impl PortLimiter {
     /// Charges frames taken from the port: `frames` and `bytes` of wire
     /// cost ([`wire_cost`], summed over a burst).
     pub fn charge_received(&self, frames: u64, bytes: u64, now: Instant) {
-        if self.from_port.is_none() {
+        // An empty poll (a queue found empty) charges nothing.
+        if self.from_port.is_none() || frames == 0 {
             return;
         }
         let units = self.units(now);

@@ -71,7 +71,7 @@ use crate::datapath::{Datapath, Event, Output};
 use crate::dispatch::{flow_hash, worker_for_hash};
 use crate::drop::DropReason;
 use crate::forward::{Forwarder, ForwarderConfig, PortId, PortProfile, PortSet};
-use crate::limit::packets_wire_cost;
+use crate::limit::packets_wire_cost_and_len;
 use crate::stats::{PortCounters, PortStats, WorkerCounters, WorkerStats};
 
 /// Settings of a [`Switch`].
@@ -813,14 +813,10 @@ impl SwitchWorker {
         };
         // A port over its receive-side rate limit is not polled: its frames
         // wait in its queue until the tokens return.
-        let limiter = self.table.profiles.limiter(port.id).cloned();
-        if limiter
-            .as_ref()
-            .is_some_and(|limiter| !limiter.may_receive(now))
-        {
+        let limiter = self.table.profiles.limiter(port.id);
+        if limiter.is_some_and(|limiter| !limiter.may_receive(now)) {
             return 0;
         }
-        let (mut cost_frames, mut cost_bytes) = (0, 0);
         self.rx_batch.clear();
         // An error here is an outside end that went away: nothing to poll.
         let received = port
@@ -829,14 +825,19 @@ impl SwitchWorker {
             .unwrap_or(0);
         let workers = self.shared.workers.len();
         let mut batch = std::mem::take(&mut self.rx_batch);
-        // The burst is counted as received before any of it is forwarded,
-        // so a snapshot never shows a frame sent before it arrived. Its
-        // wire cost, for a receive-side limit, is summed in the same pass
-        // (a frame the check refuses costs what it is, like any other).
-        let rx_bytes = batch.iter().map(|packet| packet.data.len()).sum();
-        if limiter.is_some() {
-            (cost_frames, cost_bytes) = packets_wire_cost(&batch);
-        }
+        // The burst is counted as received, and charged to a receive-side
+        // limit, before any of it is forwarded, so a snapshot never shows a
+        // frame sent before it arrived. Its wire cost is summed in the
+        // same pass as its bytes (a frame the check refuses costs what it
+        // is, like any other).
+        let rx_bytes = match limiter {
+            Some(limiter) => {
+                let ((frames, bytes), len) = packets_wire_cost_and_len(&batch);
+                limiter.charge_received(frames, bytes, now);
+                len as usize
+            }
+            None => batch.iter().map(|packet| packet.data.len()).sum(),
+        };
         port.counters
             .received_many(self.index, batch.len(), rx_bytes);
         let (mut handled, mut handled_bytes) = (0, 0);
@@ -859,9 +860,6 @@ impl SwitchWorker {
         }
         self.rx_batch = batch;
         self.handle().counters.handled(handled, handled_bytes);
-        if let Some(limiter) = limiter {
-            limiter.charge_received(cost_frames, cost_bytes, now);
-        }
         self.flush(now);
         for target in 0..self.to_wake.len() {
             if std::mem::take(&mut self.to_wake[target]) {
