@@ -1,7 +1,8 @@
 //! Rate limits and guards through the threaded switch with in-memory
 //! ports: a throttled guest loses nothing (its frames arrive, later), a
-//! limited port does not hold back another, and guard drops are counted
-//! on the port that sent the frame.
+//! limited port does not hold back another, bytes sent toward a limited
+//! port count what it got, and guard drops are counted on the port that
+//! sent the frame.
 
 mod switch_support;
 
@@ -193,4 +194,82 @@ fn guard_drops_are_counted_on_the_guest_port_and_set_live() {
     assert!(guest_b
         .collect_timeout(Duration::from_millis(300))
         .is_none());
+}
+
+#[test]
+fn bytes_sent_toward_a_limited_port_count_what_it_got() {
+    // B takes 40 frames, then a frame a second: most of a 200-frame
+    // stream toward it is dropped at its egress. C's limit never binds:
+    // every batch toward it is charged whole, and its summed length is
+    // what the byte counter counts.
+    let switch = patient_switch(1);
+    let config = |name: &str| MemoryPortConfig::new(name).queue_len(512);
+    let (a, guest_a) = memory_port(config("a"));
+    let (b, guest_b) = memory_port(config("b"));
+    let (c, guest_c) = memory_port(config("c"));
+    let to_port = |limit| PortProfile::default().limits(PortLimits::new().to_port(limit));
+    let id_a = switch
+        .add_port(Arc::new(a), PortProfile::default())
+        .unwrap();
+    let binding = RateLimit::none().frames(Bucket::new(1, 40));
+    let id_b = switch.add_port(Arc::new(b), to_port(binding)).unwrap();
+    let free = RateLimit::none().frames(Bucket::per_second(1_000_000_000));
+    let id_c = switch.add_port(Arc::new(c), to_port(free)).unwrap();
+    let (mac_a, mac_b, mac_c) = (mac(1, 1), mac(2, 1), mac(3, 1));
+    for (mac, guest) in [(mac_b, &guest_b), (mac_c, &guest_c)] {
+        guest.try_inject(0, hello(mac)).unwrap();
+        expect_one(&guest_a);
+    }
+    // Each hello flooded to the other port too; once both are counted
+    // there, the stream starts.
+    expect_one(&guest_b);
+    expect_one(&guest_c);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while [id_b, id_c].map(|id| switch.port_stats(id).unwrap().tx_frames) != [1, 1] {
+        assert!(Instant::now() < deadline, "the hellos were never counted");
+        thread::sleep(Duration::from_millis(1));
+    }
+    let before = |id| switch.port_stats(id).unwrap();
+    let (before_b, before_c) = (before(id_b), before(id_c));
+    let frames = (0..200).flat_map(|seq| {
+        [
+            flow_frame(mac_b, mac_a, 0, seq),
+            flow_frame(mac_c, mac_a, 1, seq),
+        ]
+    });
+    inject_all(&guest_a, 0, frames);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    // What a port sent and dropped since the hellos.
+    let delta = |id, before: &vswitch::PortStats| {
+        let stats = switch.port_stats(id).unwrap();
+        let limited = |stats: &vswitch::PortStats| stats.drops.get(DropReason::RateLimited);
+        (
+            stats.tx_frames - before.tx_frames,
+            stats.tx_bytes - before.tx_bytes,
+            limited(&stats) - limited(before),
+        )
+    };
+    let settled = |id, before| {
+        let (sent, _, dropped) = delta(id, before);
+        sent + dropped >= 200
+    };
+    while !(settled(id_b, &before_b) && settled(id_c, &before_c)) {
+        assert!(Instant::now() < deadline, "the frames never settled");
+        thread::sleep(Duration::from_millis(10));
+    }
+    let ports = [
+        (id_b, &before_b, &guest_b, 39..=198),
+        (id_c, &before_c, &guest_c, 200..=200),
+    ];
+    for (id, before, guest, expected) in ports {
+        let mut got = Vec::new();
+        guest.drain(&mut got);
+        let (sent, bytes, dropped) = delta(id, before);
+        let n = got.len() as u64;
+        assert!(expected.contains(&n), "{id}: {n} frames");
+        assert_eq!((sent, dropped), (n, 200 - n), "{id}");
+        let len: usize = got.iter().map(|packet| packet.data.len()).sum();
+        assert_eq!(bytes, len as u64, "{id}");
+    }
+    assert_eq!(switch.port_stats(id_a).unwrap().rx_frames, 400);
 }

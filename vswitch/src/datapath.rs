@@ -51,7 +51,7 @@ use crate::drop::DropReason;
 use crate::egress::{adapt_checked, fits_mtu, EgressEngine, EgressWork};
 use crate::fdb::{Learned, LookupCache};
 use crate::forward::{Egress, Forwarder, PortId, PortSet};
-use crate::limit::{packets_wire_cost, wire_cost, Credit, PortLimiter};
+use crate::limit::{packets_wire_cost, packets_wire_cost_and_len, wire_cost, Credit, PortLimiter};
 
 /// Where frames leave: a port and, for a port with several transmit
 /// queues ([`PortSet::set_tx_queues`]), the queue their flow's hash picks
@@ -82,6 +82,19 @@ pub struct TxBatch {
     /// The runs of `frames` cut from one frame, as (first, count): a rate
     /// limit takes each run whole or drops it whole.
     cut: Vec<(usize, usize)>,
+    /// The lengths of `frames[..charged]` summed, when the charge summed
+    /// them all (see [`TxBatch::known_len`]).
+    charged_len: Option<usize>,
+}
+
+impl TxBatch {
+    /// The sum of the frames' lengths, when charging the batch to a rate
+    /// limit summed it already and the frames are the ones it summed:
+    /// the sender's byte counter need not walk them again.
+    pub(crate) fn known_len(&self) -> Option<usize> {
+        self.charged_len
+            .filter(|_| self.charged == self.frames.len())
+    }
 }
 
 /// Something the caller counts: what the datapath did besides sending.
@@ -167,6 +180,7 @@ impl Output {
         for batch in &mut self.batches[..self.active] {
             batch.frames.clear();
             batch.charged = 0;
+            batch.charged_len = None;
             batch.cut.clear();
         }
         self.active = 0;
@@ -206,6 +220,7 @@ impl Output {
                 self.batches[index].port = to.port;
                 self.batches[index].queue = to.queue;
                 self.batches[index].charged = 0;
+                self.batches[index].charged_len = None;
                 self.batches[index].cut.clear();
                 self.active += 1;
                 index
@@ -366,8 +381,14 @@ impl Datapath {
             let Some((limiter, credit)) = self.credits.get_mut(index) else {
                 continue;
             };
-            let (frames, bytes) = packets_wire_cost(&batch.frames[from..]);
+            let ((frames, bytes), added) = packets_wire_cost_and_len(&batch.frames[from..]);
+            // The summed length holds while every frame charged stays.
+            let summed = match from {
+                0 => Some(added as usize),
+                _ => batch.charged_len.map(|before| before + added as usize),
+            };
             if PortLimiter::spend_credit(credit, frames, bytes) {
+                batch.charged_len = summed;
                 batch.cut.clear();
                 continue;
             }
@@ -403,6 +424,7 @@ impl Datapath {
                 }
                 i += n;
             }
+            batch.charged_len = summed.filter(|_| kept == len);
             batch.frames.truncate(kept);
             batch.charged = kept;
             batch.cut.clear();

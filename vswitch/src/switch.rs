@@ -929,7 +929,10 @@ impl SwitchWorker {
                 continue;
             }
             match self.table.live(batch.port).cloned() {
-                Some(port) => self.send_batch(&port, batch.queue, &mut batch.frames),
+                Some(port) => {
+                    let known_len = batch.known_len();
+                    self.send_batch(&port, batch.queue, &mut batch.frames, known_len)
+                }
                 None => {
                     let frames = batch.frames.len() as u64;
                     batch.frames.clear();
@@ -974,8 +977,15 @@ impl SwitchWorker {
     /// Sends a batch to one port, on `queue` (the one its flows hash to,
     /// for a port with several) or else this worker's, retrying a full
     /// queue for a bounded time; whatever is left in `frames` at the end is
-    /// dropped and counted.
-    fn send_batch(&self, port: &LivePort, queue: Option<usize>, frames: &mut Vec<Packet>) {
+    /// dropped and counted. `known_len` is the frames' summed length, when
+    /// the caller has it, so that the byte counter need not sum it again.
+    fn send_batch(
+        &self,
+        port: &LivePort,
+        queue: Option<usize>,
+        frames: &mut Vec<Packet>,
+        mut known_len: Option<usize>,
+    ) {
         let queues = port.caps.tx_queues.max(1);
         let queue = queue.map_or(self.index % queues, |queue| queue % queues);
         let wait = self.shared.config.queue_full_wait;
@@ -984,7 +994,9 @@ impl SwitchWorker {
             if port.removed.load(Ordering::Acquire) {
                 return self.drop_rest(port, frames, DropReason::EgressPortGone);
             }
-            let before: usize = frames.iter().map(|p| p.data.len()).sum();
+            let before = known_len
+                .take()
+                .unwrap_or_else(|| frames.iter().map(|p| p.data.len()).sum());
             let count = frames.len();
             let result = port.port.send_batch(queue, frames);
             let after: usize = frames.iter().map(|p| p.data.len()).sum();

@@ -498,6 +498,58 @@ mod limits {
     }
 
     #[test]
+    fn a_batch_charged_whole_knows_its_length_until_its_frames_change() {
+        // Port 2 has a limit that binds after 5 frames, port 3 none.
+        let limited = PortLimits::new().to_port(RateLimit::none().frames(Bucket::new(1, 5)));
+        let mut b = Bench::new([
+            PortProfile::default(),
+            PortProfile::default().limits(limited),
+            PortProfile::default(),
+        ]);
+        let now = b.t0;
+        let flood = |b: &mut Bench, n: usize, len: usize| {
+            for _ in 0..n {
+                let frame = Packet::plain(build_frame(
+                    MacAddr::BROADCAST,
+                    mac(1),
+                    None,
+                    0x88b5,
+                    &vec![0; len - 14],
+                ));
+                let frame = Datapath::check(PortId(1), frame, &mut b.out).expect("a valid frame");
+                b.datapath
+                    .forward(&b.ports, PortId(1), frame, now, &mut b.out);
+            }
+            b.datapath.end_burst(&b.ports, now, &mut b.out);
+        };
+        let known = |b: &Bench| -> Vec<(u32, Option<usize>)> {
+            let batches = b.out.batches().iter();
+            batches
+                .map(|batch| (batch.port.0, batch.known_len()))
+                .collect()
+        };
+        b.out.clear();
+        flood(&mut b, 2, 100);
+        // The limited port's batch was summed to be charged; the other's
+        // was not.
+        assert_eq!(known(&b), [(2, Some(200)), (3, None)]);
+        // A second round without clearing: the sum goes on.
+        flood(&mut b, 1, 60);
+        assert_eq!(known(&b), [(2, Some(260)), (3, None)]);
+        // Frames added after the charge: no longer known.
+        b.out.batches_mut()[0]
+            .frames
+            .push(Packet::plain(vec![0u8; 60]));
+        assert_eq!(known(&b)[0], (2, None));
+        // A batch the credit does not cover is charged frame by frame and
+        // drops some: its length is not known.
+        b.out.clear();
+        flood(&mut b, 4, 100);
+        assert_eq!(b.out.batches()[0].frames.len(), 2);
+        assert_eq!(known(&b)[0], (2, None));
+    }
+
+    #[test]
     fn a_port_over_its_receive_limit_is_not_polled_until_tokens_return() {
         // 1000 bytes a second from port 1, 100 saved up.
         let limited = PortLimits::new().from_port(RateLimit::none().bytes(Bucket::new(1000, 100)));
