@@ -346,7 +346,8 @@ impl Datapath {
     ///
     /// The limit is charged with what leaves: the frames as adapted (each
     /// segment of a frame the switch cut; a frame the port segments itself
-    /// costs the segments it will be, [`packet_wire_cost`](crate::limit::packet_wire_cost)). A batch whose
+    /// costs the segments it will be,
+    /// [`packet_wire_cost`](crate::limit::packet_wire_cost)). A batch whose
     /// cost the port's tokens cover is charged at once, which is what a
     /// limit that does not bind costs: nothing per frame but a sum. Where
     /// the tokens taken ahead run short, the batch is charged frame by
@@ -361,6 +362,7 @@ impl Datapath {
         if !ports.has_tx_limits() {
             for batch in &mut out.batches[..out.active] {
                 batch.charged = batch.frames.len();
+                batch.charged_len = None;
             }
             return;
         }
@@ -372,7 +374,11 @@ impl Datapath {
         } = out;
         for batch in &mut batches[..*active] {
             let from = std::mem::replace(&mut batch.charged, batch.frames.len());
+            // The summed length holds while the frames charged are the
+            // frames held.
+            let charged_len = batch.charged_len.take();
             if from >= batch.frames.len() {
+                batch.charged_len = charged_len.filter(|_| from == batch.frames.len());
                 continue;
             }
             let Some(index) = self.credit_index(ports, batch.port) else {
@@ -382,10 +388,9 @@ impl Datapath {
                 continue;
             };
             let ((frames, bytes), added) = packets_wire_cost_and_len(&batch.frames[from..]);
-            // The summed length holds while every frame charged stays.
             let summed = match from {
                 0 => Some(added as usize),
-                _ => batch.charged_len.map(|before| before + added as usize),
+                _ => charged_len.map(|before| before + added as usize),
             };
             if PortLimiter::spend_credit(credit, frames, bytes) {
                 batch.charged_len = summed;

@@ -708,7 +708,8 @@ mod tests {
                     .router_guard(guards[3]);
                 // The shortcut knows the first address only: owning OWNED
                 // second tests the way past it.
-                let addrs = if second_first { [[198, 51, 100, 7], OWNED] } else { [OWNED, [198, 51, 100, 7]] };
+                let other = [198, 51, 100, 7];
+                let addrs = if second_first { [other, OWNED] } else { [OWNED, other] };
                 for addr in addrs.iter().take(owned) {
                     security = security.allow_ipv4(Ipv4Addr::from(*addr));
                 }

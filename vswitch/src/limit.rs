@@ -489,7 +489,7 @@ impl PortLimiter {
     /// cost ([`wire_cost`], summed over a burst).
     pub fn charge_received(&self, frames: u64, bytes: u64, now: Instant) {
         // An empty poll (a queue found empty) charges nothing.
-        if self.from_port.is_none() || frames == 0 {
+        if self.from_port.is_none() || (frames == 0 && bytes == 0) {
             return;
         }
         let units = self.units(now);

@@ -541,6 +541,10 @@ mod limits {
             .frames
             .push(Packet::plain(vec![0u8; 60]));
         assert_eq!(known(&b)[0], (2, None));
+        // Nor once frames are taken out, charged again or not.
+        b.out.batches_mut()[0].frames.truncate(2);
+        b.datapath.end_burst(&b.ports, now, &mut b.out);
+        assert_eq!(known(&b)[0], (2, None));
         // A batch the credit does not cover is charged frame by frame and
         // drops some: its length is not known.
         b.out.clear();
