@@ -4,8 +4,10 @@
 //!
 //! Two measurements, each in pairs of short rounds that run the two setups
 //! back to back (which one goes first alternates), printing the median of
-//! the pairs' cost: on a shared machine the rate drifts by tens of percent
-//! from second to second, and a pair's two rounds see the same machine.
+//! the pairs' cost and the range of the middle half of them: on a shared
+//! machine the rate drifts by tens of percent from second to second, and a
+//! pair's two rounds see the same machine. Where the middle half is wide,
+//! more rounds (`TENANT_BENCH_ROUNDS`) narrow the median.
 //!
 //! - the threaded switch, one worker, between two in-memory ports whose
 //!   queues are filled before the run: frames delivered per second of the
@@ -156,8 +158,11 @@ struct Paired {
     /// The best rate of each setup.
     best_off: f64,
     best_on: f64,
-    /// The median over the pairs of (unprotected / protected - 1).
+    /// The median over the pairs of (unprotected / protected - 1), and
+    /// the first and third quartiles: where the middle half of the pairs
+    /// lie, how far apart two runs' medians can be expected to fall.
     median_cost: f64,
+    quartiles: (f64, f64),
     pairs: usize,
 }
 
@@ -182,10 +187,12 @@ fn paired(pairs: usize, mut rate: impl FnMut(bool) -> f64) -> Paired {
         costs.push(off / on.max(1e-9) - 1.0);
     }
     costs.sort_by(f64::total_cmp);
+    let at = |share: f64| costs[((costs.len() - 1) as f64 * share).round() as usize];
     Paired {
         best_off,
         best_on,
-        median_cost: costs[costs.len() / 2],
+        median_cost: at(0.5),
+        quartiles: (at(0.25), at(0.75)),
         pairs: costs.len(),
     }
 }
@@ -229,12 +236,15 @@ fn main() {
     });
     println!(
         "  switch, 1 worker, {} frames a round: unprotected {:.2} Mpps/worker-CPU, protected {:.2} \
-         Mpps/worker-CPU (best of each); cost {:+.1}% (median of {} pairs; drops {drops})",
+         Mpps/worker-CPU (best of each); cost {:+.1}% (median of {} pairs, middle half \
+         {:+.1}..{:+.1}%; drops {drops})",
         count / 4,
         switch.best_off / 1e6,
         switch.best_on / 1e6,
         switch.median_cost * 100.0,
         switch.pairs,
+        switch.quartiles.0 * 100.0,
+        switch.quartiles.1 * 100.0,
     );
     // Every frame offered must arrive: the limits never bind here.
     assert_eq!(
@@ -248,11 +258,14 @@ fn main() {
     });
     println!(
         "  datapath alone, this thread:       unprotected {:.2} Mpps, protected {:.2} Mpps (best \
-         of each); cost {:+.1}% (median of {} pairs; {:.1} ns a frame)",
+         of each); cost {:+.1}% (median of {} pairs, middle half {:+.1}..{:+.1}%; {:.1} ns a \
+         frame)",
         datapath.best_off / 1e6,
         datapath.best_on / 1e6,
         datapath.median_cost * 100.0,
         datapath.pairs,
+        datapath.quartiles.0 * 100.0,
+        datapath.quartiles.1 * 100.0,
         datapath.median_cost * 1e9 / datapath.best_off.max(1e-9)
     );
     println!(
