@@ -53,7 +53,7 @@ use std::fmt;
 
 use bytes::{Bytes, BytesMut};
 use vswitch_offload::adapt::{adapt, AdaptError, Adapted};
-use vswitch_offload::segment::{SegmentSink, Segmenter, SinkFull};
+use vswitch_offload::segment::{run_layout, SegmentSink, Segmenter, SinkFull};
 use vswitch_offload::{CheckedFrame, EgressCapabilities, Packet};
 
 /// Frozen chunks kept for recycling, oldest first, and the counters of how
@@ -371,13 +371,8 @@ impl SegmentSink for PacketSink {
         if !self.large || size == 0 || payload_len == 0 {
             return Ok(None);
         }
-        let count = payload_len.div_ceil(size);
-        let len = count * header_len + payload_len;
-        let stride = header_len + size;
-        let cuts = (0..count).map(|i| {
-            let first = i * stride;
-            (first, (first + stride).min(len))
-        });
+        let (len, segments) = run_layout(header_len, payload_len, size);
+        let cuts = segments.map(|segment| (segment.start, segment.end));
         Ok(Some(self.claim_pooled(len, cuts)))
     }
 }

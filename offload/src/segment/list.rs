@@ -95,13 +95,11 @@ impl SegmentSink for SegmentList {
         if size == 0 || payload_len == 0 {
             return Err(SinkFull);
         }
-        let count = payload_len.div_ceil(size);
-        let frames = self.reserve(count * header_len + payload_len);
-        let stride = header_len + size;
-        self.entries.extend((0..count).map(|i| {
-            let start = frames.start + i * stride;
-            start..(start + stride).min(frames.end)
-        }));
+        let (len, segments) = super::run_layout(header_len, payload_len, size);
+        let frames = self.reserve(len);
+        let at = frames.start;
+        self.entries
+            .extend(segments.map(|segment| at + segment.start..at + segment.end));
         self.arena.get_mut(frames).map(Some).ok_or(SinkFull)
     }
 }

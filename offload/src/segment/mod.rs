@@ -290,6 +290,33 @@ pub trait SegmentSink {
     }
 }
 
+/// The layout of the buffer [`SegmentSink::contiguous_run`] returns: its
+/// length, and where each segment lies in it, in order. `size` must not be
+/// zero.
+///
+/// ```
+/// use vswitch_offload::segment::run_layout;
+///
+/// // 10 bytes of payload in pieces of 4, each behind 2 bytes of headers.
+/// let (len, segments) = run_layout(2, 10, 4);
+/// assert_eq!(len, 16);
+/// assert_eq!(segments.collect::<Vec<_>>(), [0..6, 6..12, 12..16]);
+/// ```
+pub fn run_layout(
+    header_len: usize,
+    payload_len: usize,
+    size: usize,
+) -> (usize, impl Iterator<Item = Range<usize>>) {
+    let count = payload_len.div_ceil(size);
+    let len = count * header_len + payload_len;
+    let stride = header_len + size;
+    let segments = (0..count).map(move |i| {
+        let first = i * stride;
+        first..(first + stride).min(len)
+    });
+    (len, segments)
+}
+
 /// Per-switch choices that the frame does not carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct SegmentParams {
