@@ -52,6 +52,8 @@ struct Pair {
 
 /// The MSS of the TSO frame cut for a receiver without offloads.
 const MSS: usize = 1448;
+/// Its Ethernet, IPv4 and TCP headers.
+const TCP4_HEADERS: usize = 54;
 
 const FRAME_AT: u64 = 0x10_0000;
 const BUFFERS_AT: u64 = 0x10_0000;
@@ -65,7 +67,7 @@ impl Pair {
             // guest hands it over.
             let frame = FrameBuilder::tcp4([198, 18, 0, 1], [198, 18, 0, 2])
                 .macs([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2])
-                .payload_with(frame_len - 54, |i| i as u8)
+                .payload_with(frame_len - TCP4_HEADERS, |i| i as u8)
                 .gso(MSS as u16);
             virtio_chain(&frame.hdr(), &frame.build())
         } else {
@@ -121,7 +123,7 @@ impl Pair {
         let mut rx = rx_drv.device_queue();
         // One buffer a segment when the receiver's port cuts the frame.
         let buffers = if self.cut {
-            (self.frame_len - 54).div_ceil(MSS)
+            (self.frame_len - TCP4_HEADERS).div_ceil(MSS)
         } else {
             (HDR + self.frame_len).div_ceil(self.buffer as usize)
         };
@@ -277,8 +279,10 @@ criterion_group!(benches, bench);
 fn main() {
     if let Ok(case) = std::env::var("VHOST_USER_BENCH_PROFILE") {
         let Some(found) = CASES.iter().find(|known| known.name == case) else {
+            let names: Vec<&str> = CASES.iter().map(|known| known.name).collect();
             eprintln!(
-                "VHOST_USER_BENCH_PROFILE: expected one of 65000, 1514, 65000-cut, got {case:?}"
+                "VHOST_USER_BENCH_PROFILE: expected one of {}, got {case:?}",
+                names.join(", ")
             );
             std::process::exit(2);
         };
