@@ -474,52 +474,48 @@ impl PortSecurity {
 }
 
 /// A port's guards in the form the datapath checks on every frame the port
-/// sends, made once when the port joins the set ([`crate::PortSet`]): which
-/// guards are on as one mask, and the port's first IPv4 address as the
-/// frame carries it. An IPv4 packet from that address that is not a DHCP
-/// server message passes on a mask test, two reads and two compares;
-/// every other frame of a guarded port is judged by
+/// sends, made once when the port joins the set ([`crate::PortSet`]):
+/// whether any guard is on, the port's first IPv4 address as the frame
+/// carries it, and a mask for each of the two IPv4 guards. An IPv4 packet
+/// from that address that is not a DHCP server message passes on one
+/// bounds check, three reads and a masked compare, without a branch per
+/// guard; every other frame of a guarded port is judged by
 /// [`PortSecurity::check`]'s rules in full, which decide alone whether it
 /// goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct CompiledGuard {
-    /// Zero when no guard is on; else [`GUARDED`] and the IPv4 guards on.
-    on: u8,
+    /// Whether any guard is on.
+    on: bool,
     /// The first IPv4 address the port owns, its four bytes read in the
     /// machine's order, or [`NO_IPV4`] (no 32-bit read equals it).
     ipv4: u64,
+    /// All ones when the IP source guard is on, else zero: the bits of a
+    /// source address that must equal `ipv4`'s.
+    source_mask: u64,
+    /// One when the DHCP guard is on, else zero.
+    dhcp_mask: u64,
 }
 
-/// [`CompiledGuard::on`]: some guard is on.
-const GUARDED: u8 = 1;
-/// [`CompiledGuard::on`]: the IP source guard is on.
-const SOURCE: u8 = 2;
-/// [`CompiledGuard::on`]: the DHCP guard is on.
-const DHCP: u8 = 4;
 /// [`CompiledGuard::ipv4`] of a port that owns no IPv4 address.
 const NO_IPV4: u64 = u64::MAX;
 
 impl CompiledGuard {
     /// The compiled form of `security`.
     pub(crate) fn new(security: &PortSecurity) -> CompiledGuard {
-        if !security.any_guard() {
-            return CompiledGuard {
-                on: 0,
-                ipv4: NO_IPV4,
-            };
-        }
-        let mut on = GUARDED;
-        if security.ip_source_guard {
-            on |= SOURCE;
-        }
-        if security.dhcp_guard {
-            on |= DHCP;
-        }
         let ipv4 = security
             .ipv4
             .first()
             .map_or(NO_IPV4, |addr| u64::from(u32::from_ne_bytes(addr.octets())));
-        CompiledGuard { on, ipv4 }
+        CompiledGuard {
+            on: security.any_guard(),
+            ipv4,
+            source_mask: if security.ip_source_guard {
+                u64::MAX
+            } else {
+                0
+            },
+            dhcp_mask: u64::from(security.dhcp_guard),
+        }
     }
 
     /// Checks a frame the port sent: the answer of `security.check`, for
@@ -530,7 +526,7 @@ impl CompiledGuard {
         security: &PortSecurity,
         frame: &CheckedFrame,
     ) -> Result<(), GuardViolation> {
-        if self.on == 0 || self.passes_ipv4(frame) {
+        if !self.on || self.passes_ipv4(frame) {
             return Ok(());
         }
         security.check_guarded(frame)
@@ -540,6 +536,14 @@ impl CompiledGuard {
     /// a closer look: from the port's first address (or any, with the
     /// source guard off), and not UDP 67 → 68 (or any, with the DHCP
     /// guard off). `false` says only that the full rules must decide.
+    ///
+    /// The frame's first 24 bytes from the IP header on are read as one
+    /// window, with one bounds check: the source address is at 12, and
+    /// the transport ports are at 20 when the header has no options
+    /// (first byte 0x45). A packet shorter than that, or with options
+    /// while the DHCP guard is on, goes to the full rules. The ports are
+    /// compared whatever the protocol: a TCP segment from 67 to 68 goes
+    /// to the full rules too, which let it pass.
     #[inline(always)]
     fn passes_ipv4(&self, frame: &CheckedFrame) -> bool {
         let Some(layout) = frame.plan().layout() else {
@@ -551,24 +555,28 @@ impl CompiledGuard {
             return false;
         }
         let data: &[u8] = frame.data();
-        if self.on & SOURCE != 0 {
-            let src = data.get(layout.l3_offset..).and_then(|ip| ip.get(12..16));
-            let Some(&[a, b, c, d]) = src else {
-                return false;
-            };
-            if u64::from(u32::from_ne_bytes([a, b, c, d])) != self.ipv4 {
-                return false;
-            }
-        }
-        if self.on & DHCP != 0 && layout.l4 == Some(L4Kind::Udp) {
-            let ports = data.get(layout.l4_offset..).and_then(<[u8]>::first_chunk);
-            if ports == Some(&DHCP_SERVER_PORTS) {
-                return false;
-            }
-        }
-        true
+        let Some(ip) = data
+            .get(layout.l3_offset..)
+            .and_then(<[u8]>::first_chunk::<IPV4_WINDOW>)
+        else {
+            return false;
+        };
+        // Both guards' answers without a branch: a source address that
+        // is not the port's (its guard on), or a header with options or a
+        // 67 → 68 port pair (the DHCP guard on), leaves a bit set.
+        let [a, b, c, d] = [ip[12], ip[13], ip[14], ip[15]];
+        let source = u64::from(u32::from_ne_bytes([a, b, c, d]));
+        let foreign = (source ^ self.ipv4) & self.source_mask;
+        let dhcp = u64::from(ip[0] != IPV4_NO_OPTIONS || ip[20..24] == DHCP_SERVER_PORTS);
+        foreign | (dhcp & self.dhcp_mask) == 0
     }
 }
+
+/// The bytes [`CompiledGuard::passes_ipv4`] reads from the IP header on:
+/// an IPv4 header without options and the transport ports after it.
+const IPV4_WINDOW: usize = 24;
+/// The first byte of an IPv4 header without options: version 4, 5 words.
+const IPV4_NO_OPTIONS: u8 = 0x45;
 
 const ARP_LEN: usize = 28;
 /// UDP 68 → 67: a DHCPv4 client's message, source and destination port
@@ -693,6 +701,8 @@ mod tests {
                 udp in any::<bool>(),
                 vlan in proptest::option::of(1u16..4095),
                 flip in proptest::option::of((0usize..80, any::<u8>())),
+                cut in proptest::option::of(14usize..80),
+                options in any::<bool>(),
             ) {
                 let mut security = PortSecurity::new()
                     .ip_source_guard(guards[0])
@@ -716,10 +726,23 @@ mod tests {
                     frame = frame.vlan(vid);
                 }
                 let mut bytes = frame.build();
+                if options {
+                    // Four NOP options: the ports move past where a
+                    // header without options has them.
+                    let l3 = 14 + 4 * usize::from(vlan.is_some());
+                    bytes[l3] = 0x46;
+                    let total = u16::from_be_bytes([bytes[l3 + 2], bytes[l3 + 3]]) + 4;
+                    bytes[l3 + 2..l3 + 4].copy_from_slice(&total.to_be_bytes());
+                    bytes.splice(l3 + 20..l3 + 20, [1, 1, 1, 1]);
+                }
                 if let Some((at, value)) = flip {
                     if let Some(byte) = bytes.get_mut(at) {
                         *byte = value;
                     }
+                }
+                // Short frames too: a header or ports past the end.
+                if let Some(len) = cut {
+                    bytes.truncate(len);
                 }
                 if let Ok(frame) = CheckedFrame::check(Packet::plain(bytes::Bytes::from(bytes))) {
                     prop_assert_eq!(security.check(&frame), security.check_guarded(&frame));
