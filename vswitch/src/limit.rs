@@ -218,7 +218,14 @@ pub fn packets_wire_cost(packets: &[Packet]) -> (u64, u64) {
 #[inline]
 pub(crate) fn packets_wire_cost_and_len(packets: &[Packet]) -> ((u64, u64), u64) {
     let (mut bytes, mut gso) = (0u64, GSO_NONE);
-    for packet in packets {
+    // Four at a time, so the loop's own counting is paid once for four
+    // packets wherever it is inlined.
+    let mut quads = packets.chunks_exact(4);
+    for quad in &mut quads {
+        bytes += quad.iter().map(|p| p.data.len() as u64).sum::<u64>();
+        gso |= quad.iter().fold(GSO_NONE, |gso, p| gso | p.hdr.gso_type);
+    }
+    for packet in quads.remainder() {
         bytes += packet.data.len() as u64;
         gso |= packet.hdr.gso_type;
     }
