@@ -438,6 +438,12 @@ impl DirectionState {
     }
 }
 
+/// A [`PortLimiter`]'s clock read at one instant ([`PortLimiter::clock`]),
+/// for the calls a poll makes at that instant: the conversion from an
+/// `Instant` is done once. It belongs to the limiter that read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LimiterClock(u64);
+
 /// The running limits of one port, shared by every worker (see the
 /// module docs for how).
 #[derive(Debug)]
@@ -480,26 +486,45 @@ impl PortLimiter {
         units_since(self.epoch(now), now)
     }
 
+    /// Whether frames from the port are limited (a bucket on its receive
+    /// side).
+    pub fn limits_from_port(&self) -> bool {
+        !self.from_port.is_none()
+    }
+
+    /// The limiter's clock at `now`, read once for the calls a poll makes
+    /// at that instant ([`PortLimiter::may_receive_at`],
+    /// [`PortLimiter::charge_received_at`]).
+    pub fn clock(&self, now: Instant) -> LimiterClock {
+        LimiterClock(self.units(now))
+    }
+
     /// Whether the port may be polled at `now`: every bucket of its
     /// receive side is out of debt.
     pub fn may_receive(&self, now: Instant) -> bool {
-        if self.from_port.is_none() {
-            return true;
-        }
-        let units = self.units(now);
+        !self.limits_from_port() || self.may_receive_at(self.clock(now))
+    }
+
+    /// [`PortLimiter::may_receive`] at a clock already read.
+    pub fn may_receive_at(&self, clock: LimiterClock) -> bool {
         self.from_port
             .buckets()
-            .all(|bucket| bucket.ready(bucket.clock(units)))
+            .all(|bucket| bucket.ready(bucket.clock(clock.0)))
     }
 
     /// Charges frames taken from the port: `frames` and `bytes` of wire
     /// cost ([`wire_cost`], summed over a burst).
     pub fn charge_received(&self, frames: u64, bytes: u64, now: Instant) {
         // An empty poll (a queue found empty) charges nothing.
-        if self.from_port.is_none() || (frames == 0 && bytes == 0) {
+        if !self.limits_from_port() || (frames == 0 && bytes == 0) {
             return;
         }
-        let units = self.units(now);
+        self.charge_received_at(frames, bytes, self.clock(now));
+    }
+
+    /// [`PortLimiter::charge_received`] at a clock already read.
+    pub fn charge_received_at(&self, frames: u64, bytes: u64, clock: LimiterClock) {
+        let units = clock.0;
         if let Some(bucket) = &self.from_port.bytes {
             bucket.charge(bytes, bucket.clock(units));
         }
@@ -710,6 +735,27 @@ mod tests {
         limiter.charge_received(20, 30_000, t0);
         assert!(!limiter.may_receive(ms(t0, 19)));
         assert!(limiter.may_receive(ms(t0, 20)));
+    }
+
+    #[test]
+    fn a_clock_read_once_answers_as_the_instant_it_was_read_at() {
+        let t0 = Instant::now();
+        let limit = RateLimit::none().bytes(Bucket::new(1_000_000, 10_000));
+        let limiter = PortLimiter::new(PortLimits::new().from_port(limit));
+        assert!(limiter.limits_from_port() && !limiter.limits_to_port());
+        // Read at t0 (the limiter's epoch), the same debt as above.
+        let clock = limiter.clock(t0);
+        assert!(limiter.may_receive_at(clock));
+        limiter.charge_received_at(20, 30_000, clock);
+        assert!(!limiter.may_receive_at(clock));
+        assert!(!limiter.may_receive_at(limiter.clock(ms(t0, 19))));
+        assert!(limiter.may_receive_at(limiter.clock(ms(t0, 20))));
+        assert_eq!(limiter.clock(ms(t0, 20)), limiter.clock(ms(t0, 20)));
+        // A port limited the other way only is never held back.
+        let other = PortLimiter::new(PortLimits::new().to_port(limit));
+        assert!(!other.limits_from_port());
+        other.charge_received(20, 30_000, t0);
+        assert!(other.may_receive(ms(t0, 1)));
     }
 
     #[test]

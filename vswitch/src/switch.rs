@@ -813,8 +813,14 @@ impl SwitchWorker {
         };
         // A port over its receive-side rate limit is not polled: its frames
         // wait in its queue until the tokens return.
-        let limiter = self.table.profiles.limiter(port.id);
-        if limiter.is_some_and(|limiter| !limiter.may_receive(now)) {
+        // Its clock is read once for the check and the charge.
+        let limiter = self
+            .table
+            .profiles
+            .limiter(port.id)
+            .filter(|limiter| limiter.limits_from_port())
+            .map(|limiter| (limiter, limiter.clock(now)));
+        if limiter.is_some_and(|(limiter, clock)| !limiter.may_receive_at(clock)) {
             return 0;
         }
         self.rx_batch.clear();
@@ -831,9 +837,11 @@ impl SwitchWorker {
         // same pass as its bytes (a frame the check refuses costs what it
         // is, like any other).
         let rx_bytes = match limiter {
-            Some(limiter) => {
+            Some((limiter, clock)) => {
                 let ((frames, bytes), len) = packets_wire_cost_and_len(&batch);
-                limiter.charge_received(frames, bytes, now);
+                if frames > 0 {
+                    limiter.charge_received_at(frames, bytes, clock);
+                }
                 len as usize
             }
             None => batch.iter().map(|packet| packet.data.len()).sum(),
