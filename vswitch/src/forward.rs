@@ -125,11 +125,13 @@ impl Default for PortProfile {
 /// each with its profile (VLANs, learning) and what it takes at egress.
 #[derive(Debug, Clone, Default)]
 pub struct PortSet {
+    /// The ports, sorted by id.
     ports: Vec<PortEntry>,
-    /// The running rate limits of the ports that have any, sorted by id:
-    /// shared by every copy of the set, and kept across a profile change
-    /// that leaves the limits as they were.
-    limiters: Vec<(PortId, Arc<PortLimiter>)>,
+    /// Where in `ports` the port with each id below [`DENSE_IDS`] is
+    /// ([`NO_SLOT`] for none), up to the highest such id: a port is found
+    /// with one indexed read on every frame, not a search. Ids from
+    /// [`DENSE_IDS`] on (an embedder's own numbering) are searched for.
+    slots: Vec<u32>,
     /// The transmit queues of the ports that have more than one, sorted by
     /// id: frames toward such a port are spread over its queues by flow.
     tx_queues: Vec<(PortId, usize)>,
@@ -148,7 +150,17 @@ struct PortEntry {
     egress: EgressCapabilities,
     /// `profile.security` as every frame from the port is checked.
     guard: CompiledGuard,
+    /// The running rate limits of the port, if it has any: shared by every
+    /// copy of the set, and kept across a profile change that leaves the
+    /// limits as they were.
+    limiter: Option<Arc<PortLimiter>>,
 }
+
+/// Port ids below this are found by [`PortSet::slots`]; the switch hands
+/// out ids from 1 up, so only an embedder's own large ids are searched.
+const DENSE_IDS: u32 = 4096;
+/// A [`PortSet::slots`] entry without a port.
+const NO_SLOT: u32 = u32::MAX;
 
 /// Where [`PortSet::version`] values come from.
 static PORT_SET_VERSIONS: AtomicU64 = AtomicU64::new(1);
@@ -170,13 +182,24 @@ impl PortSet {
     /// Adds or replaces a port with the capabilities of its egress.
     pub fn insert_port(&mut self, id: PortId, profile: PortProfile, egress: EgressCapabilities) {
         let limits = profile.limits;
+        let at = self.ports.binary_search_by_key(&id, |entry| entry.id);
+        let kept = match at {
+            Ok(index) => self.ports.get_mut(index).and_then(|old| old.limiter.take()),
+            Err(_) => None,
+        };
+        let limiter = match kept {
+            _ if limits.is_none() => None,
+            Some(limiter) if *limiter.limits() == limits => Some(limiter),
+            _ => Some(Arc::new(PortLimiter::new(limits))),
+        };
         let entry = PortEntry {
             id,
             guard: CompiledGuard::new(&profile.security),
             profile,
             egress,
+            limiter,
         };
-        match self.ports.binary_search_by_key(&id, |entry| entry.id) {
+        match at {
             Ok(index) => {
                 if let Some(slot) = self.ports.get_mut(index) {
                     *slot = entry;
@@ -184,32 +207,27 @@ impl PortSet {
             }
             Err(index) => self.ports.insert(index, entry),
         }
-        let limiter = self.limiters.binary_search_by_key(&id, |(id, _)| *id);
-        match limiter {
-            Ok(index) if limits.is_none() => {
-                self.limiters.remove(index);
-            }
-            Ok(index) => {
-                if let Some(slot) = self.limiters.get_mut(index) {
-                    if *slot.1.limits() != limits {
-                        slot.1 = Arc::new(PortLimiter::new(limits));
-                    }
-                }
-            }
-            Err(_) if limits.is_none() => {}
-            Err(index) => self
-                .limiters
-                .insert(index, (id, Arc::new(PortLimiter::new(limits)))),
-        }
         self.touch();
     }
 
     fn touch(&mut self) {
         self.version = PORT_SET_VERSIONS.fetch_add(1, Ordering::Relaxed);
         self.tx_limited = self
-            .limiters
+            .ports
             .iter()
-            .any(|(_, limiter)| limiter.limits_to_port());
+            .filter_map(|entry| entry.limiter.as_ref())
+            .any(|limiter| limiter.limits_to_port());
+        self.slots.clear();
+        for (index, entry) in self.ports.iter().enumerate() {
+            if entry.id.0 >= DENSE_IDS {
+                break;
+            }
+            let at = entry.id.0 as usize;
+            if self.slots.len() <= at {
+                self.slots.resize(at + 1, NO_SLOT);
+            }
+            self.slots[at] = index as u32;
+        }
     }
 
     /// Sets how many transmit queues port `id` has (1 unless set). Frames
@@ -245,13 +263,17 @@ impl PortSet {
     /// Removes a port; returns its profile if it was present.
     pub fn remove(&mut self, id: PortId) -> Option<PortProfile> {
         let index = self.index(id)?;
-        self.limiters.retain(|(limited, _)| *limited != id);
         self.tx_queues.retain(|(port, _)| *port != id);
+        let entry = self.ports.remove(index);
         self.touch();
-        Some(self.ports.remove(index).profile)
+        Some(entry.profile)
     }
 
     fn index(&self, id: PortId) -> Option<usize> {
+        if id.0 < DENSE_IDS {
+            let slot = *self.slots.get(id.0 as usize)? as usize;
+            return (slot < self.ports.len()).then_some(slot);
+        }
         self.ports.binary_search_by_key(&id, |entry| entry.id).ok()
     }
 
@@ -260,7 +282,12 @@ impl PortSet {
         self.entry(id).map(|entry| &entry.profile)
     }
 
+    #[inline]
     fn entry(&self, id: PortId) -> Option<&PortEntry> {
+        if id.0 < DENSE_IDS {
+            // NO_SLOT is past the end of `ports`.
+            return self.ports.get(*self.slots.get(id.0 as usize)? as usize);
+        }
         self.ports.get(self.index(id)?)
     }
 
@@ -279,11 +306,7 @@ impl PortSet {
 
     /// The running rate limits of `id`, if it has any.
     pub fn limiter(&self, id: PortId) -> Option<&Arc<PortLimiter>> {
-        let index = self
-            .limiters
-            .binary_search_by_key(&id, |(id, _)| *id)
-            .ok()?;
-        self.limiters.get(index).map(|(_, limiter)| limiter)
+        self.entry(id)?.limiter.as_ref()
     }
 
     /// What the egress of `id` takes.
@@ -1384,6 +1407,55 @@ mod proptests {
                 for (id, profile) in ports.iter() {
                     prop_assert!(exact.table().learned_on(id) <= profile.max_learned);
                 }
+            }
+        }
+
+        /// A port set finds each port by id as a map of its ports would,
+        /// whatever ids come and go: small ones (found by index), ones
+        /// from `DENSE_IDS` on (searched for), and ids it never had.
+        #[test]
+        fn ports_are_found_by_id_through_inserts_and_removals(
+            ops in proptest::collection::vec(
+                (
+                    any::<bool>(),
+                    prop_oneof![0u32..8, DENSE_IDS - 2..DENSE_IDS + 2, Just(u32::MAX)],
+                    1u16..5,
+                    any::<bool>(),
+                ),
+                1..40,
+            ),
+        ) {
+            let mut ports = PortSet::new();
+            let mut model = std::collections::BTreeMap::new();
+            let limits = crate::limit::PortLimits::new().from_port(
+                crate::limit::RateLimit::none().frames(crate::limit::Bucket::per_second(1000)),
+            );
+            for (insert, id, vid, limited) in ops {
+                let id = PortId(id);
+                if insert {
+                    let mut profile = PortProfile::access(VlanId::new(vid).unwrap());
+                    if limited {
+                        profile = profile.limits(limits);
+                    }
+                    ports.insert(id, profile.clone());
+                    model.insert(id, profile);
+                } else {
+                    prop_assert_eq!(ports.remove(id), model.remove(&id));
+                }
+                prop_assert_eq!(ports.len(), model.len());
+                for probe in [0, 1, 3, 7, DENSE_IDS - 1, DENSE_IDS, DENSE_IDS + 1, u32::MAX] {
+                    let probe = PortId(probe);
+                    let expected = model.get(&probe);
+                    prop_assert_eq!(ports.get(probe), expected);
+                    prop_assert_eq!(ports.egress(probe).is_some(), expected.is_some());
+                    prop_assert_eq!(
+                        ports.limiter(probe).is_some(),
+                        expected.is_some_and(|p| !p.limits.is_none())
+                    );
+                }
+                let listed: Vec<_> = ports.iter().map(|(id, _)| id).collect();
+                let modelled: Vec<_> = model.keys().copied().collect();
+                prop_assert_eq!(listed, modelled);
             }
         }
     }
