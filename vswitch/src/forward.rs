@@ -517,7 +517,12 @@ impl DecisionMemo {
         if entry.key != *key || entry.epoch != epoch || now_ms >= entry.until_ms {
             return None;
         }
-        out.extend_from_slice(&self.egress);
+        // One port (a learned destination) is the common case: pushed,
+        // not copied through a call to memcpy.
+        match self.egress[..] {
+            [one] => out.push(one),
+            _ => out.extend_from_slice(&self.egress),
+        }
         Some(entry.decision)
     }
 }
