@@ -269,11 +269,9 @@ impl PortSet {
         Some(entry.profile)
     }
 
+    /// Where port `id` is in `ports`, searched for: what changes the set
+    /// uses, and lookups of ids the slot table does not cover.
     fn index(&self, id: PortId) -> Option<usize> {
-        if id.0 < DENSE_IDS {
-            let slot = *self.slots.get(id.0 as usize)? as usize;
-            return (slot < self.ports.len()).then_some(slot);
-        }
         self.ports.binary_search_by_key(&id, |entry| entry.id).ok()
     }
 
@@ -284,9 +282,7 @@ impl PortSet {
 
     #[inline]
     fn entry(&self, id: PortId) -> Option<&PortEntry> {
-        // The slot read without `index`'s answer in between: built on
-        // `index`, every frame paid 10 to 13 instructions more (callgrind,
-        // tenant bench). NO_SLOT is past the end of `ports`.
+        // NO_SLOT is past the end of `ports`.
         if id.0 < DENSE_IDS {
             return self.ports.get(*self.slots.get(id.0 as usize)? as usize);
         }
