@@ -515,15 +515,17 @@ impl PortLimiter {
     /// Charges frames taken from the port: `frames` and `bytes` of wire
     /// cost ([`wire_cost`], summed over a burst).
     pub fn charge_received(&self, frames: u64, bytes: u64, now: Instant) {
-        // An empty poll (a queue found empty) charges nothing.
-        if !self.limits_from_port() || (frames == 0 && bytes == 0) {
-            return;
+        if self.limits_from_port() {
+            self.charge_received_at(frames, bytes, self.clock(now));
         }
-        self.charge_received_at(frames, bytes, self.clock(now));
     }
 
     /// [`PortLimiter::charge_received`] at a clock already read.
     pub fn charge_received_at(&self, frames: u64, bytes: u64, clock: LimiterClock) {
+        // An empty poll (a queue found empty) charges nothing.
+        if frames == 0 && bytes == 0 {
+            return;
+        }
         let units = clock.0;
         if let Some(bucket) = &self.from_port.bytes {
             bucket.charge(bytes, bucket.clock(units));

@@ -839,9 +839,7 @@ impl SwitchWorker {
         let rx_bytes = match limiter {
             Some((limiter, clock)) => {
                 let ((frames, bytes), len) = packets_wire_cost_and_len(&batch);
-                if frames > 0 {
-                    limiter.charge_received_at(frames, bytes, clock);
-                }
+                limiter.charge_received_at(frames, bytes, clock);
                 len as usize
             }
             None => batch.iter().map(|packet| packet.data.len()).sum(),
