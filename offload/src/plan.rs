@@ -58,10 +58,7 @@ pub struct PartialChecksum {
 pub struct OffloadPlan {
     layout: Option<FrameLayout>,
     gso: GsoKind,
-    /// [`OffloadPlan::partial_checksum`] as 32-bit offsets (both come from
-    /// the header's 16-bit fields): a plan travels with every frame, by
-    /// value, and its size is paid on each move.
-    partial_checksum: Option<(u32, u32)>,
+    partial_checksum: Option<PartialChecksum>,
 }
 
 impl OffloadPlan {
@@ -74,12 +71,6 @@ impl OffloadPlan {
         gso: GsoKind,
         partial_checksum: Option<PartialChecksum>,
     ) -> OffloadPlan {
-        let partial_checksum = match partial_checksum {
-            // Offsets past 4 GiB cannot be in a frame; validation never
-            // gives them.
-            Some(partial) => Some((partial.start as u32, partial.offset as u32)),
-            None => None,
-        };
         OffloadPlan {
             layout,
             gso,
@@ -100,13 +91,7 @@ impl OffloadPlan {
 
     /// The checksum left for the host, if any.
     pub const fn partial_checksum(&self) -> Option<PartialChecksum> {
-        match self.partial_checksum {
-            Some((start, offset)) => Some(PartialChecksum {
-                start: start as usize,
-                offset: offset as usize,
-            }),
-            None => None,
-        }
+        self.partial_checksum
     }
 
     /// The same plan for the frame after `delta` bytes were inserted or
@@ -119,10 +104,10 @@ impl OffloadPlan {
             None => None,
         };
         let partial_checksum = match self.partial_checksum {
-            Some((start, offset)) => {
-                let start = (start as usize).checked_add_signed(delta)?;
-                Some((u32::try_from(start).ok()?, offset))
-            }
+            Some(partial) => Some(PartialChecksum {
+                start: partial.start.checked_add_signed(delta)?,
+                offset: partial.offset,
+            }),
             None => None,
         };
         Some(OffloadPlan {
