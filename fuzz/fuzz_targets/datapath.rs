@@ -111,7 +111,7 @@ fuzz_target!(|data: &[u8]| {
             for packet in &batch.frames {
                 let checked = CheckedFrame::check(packet.clone())
                     .expect("what the switch sends passes its own ingress check");
-                let l3 = checked.plan().layout().map(|layout| layout.l3);
+                let l3 = checked.layout().map(|layout| layout.l3);
                 assert!(
                     takes(caps, packet, l3),
                     "{:?} to a port with {caps:?}",

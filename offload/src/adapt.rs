@@ -123,8 +123,8 @@ pub enum Adapted {
 /// Decides what a frame needs before it leaves through a port with `caps`,
 /// from the plan its virtio-net header was validated into.
 pub fn decide(frame: &CheckedFrame, caps: &EgressCapabilities) -> Result<Action, AdaptError> {
-    let plan = frame.plan();
-    if plan.gso() == GsoKind::None {
+    let gso = frame.gso();
+    if gso == GsoKind::None {
         // The link-layer header was parsed when the frame was checked, so
         // it ends within the frame.
         let l3_len = frame.len() - frame.l2().l3_offset;
@@ -134,14 +134,14 @@ pub fn decide(frame: &CheckedFrame, caps: &EgressCapabilities) -> Result<Action,
                 mtu: caps.mtu,
             });
         }
-        return Ok(match plan.partial_checksum() {
+        return Ok(match frame.partial_checksum() {
             Some(partial) if !caps.checksum => Action::CompleteChecksum(partial),
             _ => Action::PassThrough,
         });
     }
-    let layout = plan.layout().ok_or(AdaptError::MissingLayout)?;
-    let fitted = plan.gso().fit_mtu(layout, caps.mtu)?;
-    let port_segments = match (plan.gso(), layout.l3) {
+    let layout = frame.layout().ok_or(AdaptError::MissingLayout)?;
+    let fitted = gso.fit_mtu(&layout, caps.mtu)?;
+    let port_segments = match (gso, layout.l3) {
         (GsoKind::Tcp { .. }, L3Kind::Ipv4) => caps.tso4,
         (GsoKind::Tcp { .. }, L3Kind::Ipv6) => caps.tso6,
         (GsoKind::UdpL4 { .. }, _) => caps.uso,
@@ -150,11 +150,11 @@ pub fn decide(frame: &CheckedFrame, caps: &EgressCapabilities) -> Result<Action,
     };
     // A TSO frame with ECN carries CWR, which must go on the first segment
     // only: a port that did not say it handles that gets the segments.
-    let ecn_ok = match plan.gso() {
+    let ecn_ok = match gso {
         GsoKind::Tcp { ecn, .. } => !ecn || caps.ecn,
         _ => true,
     };
-    if port_segments && ecn_ok && caps.checksum && fitted == plan.gso() {
+    if port_segments && ecn_ok && caps.checksum && fitted == gso {
         Ok(Action::PassThrough)
     } else {
         Ok(Action::Segment(fitted))
@@ -176,7 +176,6 @@ pub fn adapt<S: SegmentSink + ?Sized>(
     caps: &EgressCapabilities,
     sink: &mut S,
 ) -> Result<Adapted, AdaptError> {
-    let plan = frame.plan();
     let data = frame.data();
     match decide(frame, caps)? {
         Action::PassThrough => Ok(Adapted::PassThrough),
@@ -185,8 +184,8 @@ pub fn adapt<S: SegmentSink + ?Sized>(
             Ok(Adapted::Checksummed)
         }
         Action::Segment(gso) => {
-            let layout = plan.layout().ok_or(AdaptError::MissingLayout)?;
-            let summary = segmenter.segment_copy(data, layout, gso, sink)?;
+            let layout = frame.layout().ok_or(AdaptError::MissingLayout)?;
+            let summary = segmenter.segment_copy(data, &layout, gso, sink)?;
             Ok(Adapted::Segmented(summary))
         }
     }
@@ -370,17 +369,11 @@ mod tests {
             let no_ecn = full.with_ecn(false);
             let decide = |frame: &CheckedFrame, caps| decide(frame, &caps).unwrap();
             assert_eq!(decide(&with_ecn, full), Action::PassThrough);
-            assert_eq!(
-                decide(&with_ecn, no_ecn),
-                Action::Segment(with_ecn.plan().gso())
-            );
+            assert_eq!(decide(&with_ecn, no_ecn), Action::Segment(with_ecn.gso()));
             assert_eq!(decide(&plain, no_ecn), Action::PassThrough);
             // ECN alone does not make a port segment.
             let ecn_only = EgressCapabilities::checksum_only(1500).with_ecn(true);
-            assert_eq!(
-                decide(&with_ecn, ecn_only),
-                Action::Segment(with_ecn.plan().gso())
-            );
+            assert_eq!(decide(&with_ecn, ecn_only), Action::Segment(with_ecn.gso()));
         }
     }
 
@@ -435,7 +428,7 @@ mod tests {
             let frame = built.checked(&built.frame_with_seed(true), GsoKind::None, true);
             let offset = if l4 == L4Spec::Udp { 6 } else { 16 };
             assert_eq!(
-                frame.plan().partial_checksum(),
+                frame.partial_checksum(),
                 Some(PartialChecksum {
                     start: built.layout.l4_offset,
                     offset,
@@ -478,7 +471,7 @@ mod tests {
         let inner_ethertype = built.layout.l3_offset - 2;
         not_ip[inner_ethertype..inner_ethertype + 2].copy_from_slice(&0x88b5u16.to_be_bytes());
         let not_ip = CheckedFrame::check(Packet::plain(not_ip)).unwrap();
-        assert_eq!(not_ip.plan().layout(), None);
+        assert_eq!(not_ip.layout(), None);
         assert_eq!(
             decide(&not_ip, &EgressCapabilities::none(1500)).unwrap(),
             Action::PassThrough

@@ -39,7 +39,7 @@ impl Packet {
 // ---------------------------------------------------------------------------
 
 use crate::layout::FrameLayout;
-use crate::plan::{GsoKind, OffloadPlan};
+use crate::plan::{GsoKind, OffloadPlan, PartialChecksum};
 use crate::virtio::HdrError;
 use crate::wire::ethernet::{ethertype, L2Header, HEADER_LEN, VLAN_TAG_LEN};
 use crate::wire::ParseError;
@@ -78,18 +78,49 @@ impl OuterTag {
 /// A frame whose link-layer header was parsed and whose virtio-net header
 /// was validated against its bytes, once, when it entered the switch.
 ///
+/// A frame that asks nothing of the host (no segmentation, no partial
+/// checksum) has its IP and transport headers parsed only when something
+/// needs them (a flow hash, a guard's full rules, coalescing): its owner
+/// calls [`CheckedFrame::parse_layout`], which keeps the parse with the
+/// frame. The frames of a plain layer-2 hop, the common case of a switch,
+/// are never parsed past their Ethernet header. A frame with offload work
+/// has its layout from validation.
+///
 /// The only ways to get one are [`CheckedFrame::check`] and the methods
 /// that derive a new frame from a checked one ([`CheckedFrame::retagged`]),
 /// which carry the plan over instead of parsing again. The bytes cannot be
 /// changed behind the plan's back: there is no mutable access. So code
 /// that takes a `CheckedFrame` (forwarding, flow hashing, egress
 /// adaptation) may trust its offsets.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct CheckedFrame {
     packet: Packet,
     l2: L2Header,
-    plan: OffloadPlan,
+    /// The segmentation asked for.
+    gso: GsoKind,
+    /// The checksum left for the host.
+    partial_checksum: Option<PartialChecksum>,
+    /// The layout, once `parsed`: from validation for a frame with
+    /// offload work; otherwise not parsed until the frame's owner asks
+    /// ([`CheckedFrame::parse_layout`]).
+    layout: Option<FrameLayout>,
+    parsed: bool,
 }
+
+/// Two checked frames are equal when their bytes, headers and plans are:
+/// whether one of them has had its layout parsed yet does not matter, as
+/// the layout is a function of the bytes.
+impl PartialEq for CheckedFrame {
+    fn eq(&self, other: &Self) -> bool {
+        self.packet == other.packet
+            && self.l2 == other.l2
+            && self.gso == other.gso
+            && self.partial_checksum == other.partial_checksum
+            && self.layout() == other.layout()
+    }
+}
+
+impl Eq for CheckedFrame {}
 
 impl CheckedFrame {
     /// Parses the link-layer header and validates the virtio-net header
@@ -105,14 +136,59 @@ impl CheckedFrame {
             && !hdr.needs_csum()
             && packet.data.len() <= crate::virtio::MAX_L3_LEN + l2.l3_offset
         {
-            let layout = FrameLayout::parse_after_l2(&packet.data, &l2)
-                .ok()
-                .map(|(layout, _)| layout);
-            let plan = OffloadPlan::new(layout, GsoKind::None, None);
-            return Ok(CheckedFrame { packet, l2, plan });
+            // Its IP and transport headers are parsed only if something
+            // asks for them (`layout`).
+            return Ok(CheckedFrame {
+                packet,
+                l2,
+                gso: GsoKind::None,
+                partial_checksum: None,
+                layout: None,
+                parsed: false,
+            });
         }
         let plan = packet.hdr.validate_after_l2(&packet.data, Ok(l2))?;
-        Ok(CheckedFrame { packet, l2, plan })
+        Ok(CheckedFrame {
+            packet,
+            l2,
+            gso: plan.gso(),
+            partial_checksum: plan.partial_checksum(),
+            layout: plan.layout().copied(),
+            parsed: true,
+        })
+    }
+
+    /// The offsets and kinds of the frame's IP and transport headers:
+    /// `None` for a frame that is not IPv4 or IPv6, or whose IP or
+    /// transport header does not parse (such a frame with nothing asked of
+    /// the host passes on as it is). For a frame with offload work this is
+    /// the layout validation found ([`OffloadPlan::layout`]); for one
+    /// without, it is what [`CheckedFrame::parse_layout`] kept, or, before
+    /// that, a parse made for this call. Code that owns a frame several
+    /// readers will ask calls `parse_layout` first, so the frame is parsed
+    /// once.
+    pub fn layout(&self) -> Option<FrameLayout> {
+        if self.parsed {
+            return self.layout;
+        }
+        self.parse()
+    }
+
+    /// Parses the layout of a frame that asked nothing of the host, if it
+    /// was not yet, and keeps it with the frame (and the copies made of it
+    /// afterwards).
+    pub fn parse_layout(&mut self) -> Option<&FrameLayout> {
+        if !self.parsed {
+            self.layout = self.parse();
+            self.parsed = true;
+        }
+        self.layout.as_ref()
+    }
+
+    fn parse(&self) -> Option<FrameLayout> {
+        FrameLayout::parse_after_l2(&self.packet.data, &self.l2)
+            .ok()
+            .map(|(layout, _)| layout)
     }
 
     /// The frame and its virtio-net header.
@@ -130,9 +206,23 @@ impl CheckedFrame {
         &self.packet.hdr
     }
 
-    /// What the frame asks of the host, with its header offsets.
-    pub fn plan(&self) -> &OffloadPlan {
-        &self.plan
+    /// The segmentation the frame asks of the host.
+    pub fn gso(&self) -> GsoKind {
+        self.gso
+    }
+
+    /// The checksum the frame leaves for the host, if any.
+    pub fn partial_checksum(&self) -> Option<PartialChecksum> {
+        self.partial_checksum
+    }
+
+    /// What the frame asks of the host, with its header offsets, as
+    /// validation gives it ([`VirtioNetHdr::validate`]). Parses the
+    /// layout if nothing did yet: code that needs one part asks for that
+    /// part ([`CheckedFrame::gso`], [`CheckedFrame::partial_checksum`],
+    /// [`CheckedFrame::layout`]).
+    pub fn plan(&self) -> OffloadPlan {
+        OffloadPlan::new(self.layout(), self.gso, self.partial_checksum)
     }
 
     /// The Ethernet header and its VLAN tags.
@@ -232,12 +322,18 @@ impl CheckedFrame {
                 (out, VLAN_TAG_LEN as isize, self.l2.vlan_tags + 1)
             }
         };
-        if let Some(partial) = self.plan.partial_checksum() {
+        if let Some(partial) = self.partial_checksum {
             if partial.start < self.l2.l3_offset {
                 return None;
             }
         }
-        let plan = self.plan.shifted(delta, tags)?;
+        let plan = OffloadPlan::new(None, self.gso, self.partial_checksum).shifted(delta, tags)?;
+        // A layout parsed already moves with the tag; one not asked for
+        // yet stays to be parsed from the new bytes if it ever is.
+        let layout = match (self.parsed, self.layout) {
+            (true, Some(layout)) => Some(layout.shifted(delta, tags)?),
+            (_, layout) => layout,
+        };
         let shift = |value: u16| -> Option<u16> {
             u16::try_from(isize::try_from(value).ok()?.checked_add(delta)?).ok()
         };
@@ -261,7 +357,10 @@ impl CheckedFrame {
                 data: bytes.freeze(),
             },
             l2,
-            plan,
+            gso: plan.gso(),
+            partial_checksum: plan.partial_checksum(),
+            layout,
+            parsed: self.parsed,
         })
     }
 }
@@ -339,7 +438,11 @@ mod tests {
             for frame in [bytes.clone(), spec.build().0] {
                 let validated = hdr.validate(&frame);
                 match CheckedFrame::check(Packet::with_hdr(hdr, frame.clone())) {
-                    Ok(checked) => prop_assert_eq!(Ok(*checked.plan()), validated),
+                    // `plan` parses the layout the check left for later.
+                    Ok(checked) => {
+                        let validated = validated.unwrap();
+                        prop_assert_eq!(checked.plan(), validated);
+                    }
                     Err(CheckError::Header(err)) => prop_assert_eq!(Err(err), validated),
                     Err(CheckError::LinkLayer(_)) => {
                         prop_assert!(L2Header::parse(&frame).is_err());
@@ -354,19 +457,31 @@ mod tests {
         fn a_retagged_frame_is_what_checking_its_bytes_gives(
             spec in frame_spec(3000),
             gso in any::<bool>(),
+            plain in any::<bool>(),
+            parsed_first in any::<bool>(),
             vid in prop_oneof![Just(None), (1u16..4095).prop_map(Some)],
         ) {
             let (frame, _) = spec.build();
-            let hdr = guest_hdr(&spec, &frame, gso);
+            let hdr = if plain {
+                VirtioNetHdr::default()
+            } else {
+                guest_hdr(&spec, &frame, gso)
+            };
             let Ok(checked) = CheckedFrame::check(Packet::with_hdr(hdr, frame)) else {
                 // Refused frames (fragments with GSO, too many segments)
                 // are not what this property is about.
                 return Ok(());
             };
+            let mut checked = checked;
+            if parsed_first {
+                // A layout parsed before the retag moves with the tag.
+                checked.parse_layout();
+            }
             match checked.retagged(vid) {
                 Some(moved) => {
                     let again = CheckedFrame::check(moved.packet().clone()).unwrap();
                     prop_assert_eq!(&again, &moved);
+                    prop_assert_eq!(again.layout(), moved.layout());
                     prop_assert_eq!(moved.outer_tag().map(|t| t.vid()).unwrap_or(0),
                         match (vid, checked.outer_tag()) {
                             (Some(v), _) => v,

@@ -112,17 +112,17 @@ impl Route {
     /// The route of `frame` toward a port with `caps` (which takes large
     /// frames).
     pub(crate) fn of(frame: &CheckedFrame, caps: &EgressCapabilities) -> Route {
-        let Some(layout) = frame.plan().layout().copied() else {
+        let Some(layout) = frame.layout() else {
             return Route::Direct;
         };
         let family = match layout.l3 {
             L3Kind::Ipv4 => caps.tso4,
             L3Kind::Ipv6 => caps.tso6,
         };
-        if !family || frame.plan().gso() != GsoKind::None {
+        if !family || frame.gso() != GsoKind::None {
             return Route::AfterItsFlow(layout);
         }
-        let checksum = match frame.plan().partial_checksum() {
+        let checksum = match frame.partial_checksum() {
             None if frame.hdr().flags & FLAG_DATA_VALID != 0 => SegmentChecksum::Verified,
             None => SegmentChecksum::Unverified,
             Some(partial)

@@ -518,6 +518,12 @@ impl Datapath {
                 port: ingress,
                 copies: count as u64 - 1,
             });
+            // Parsed before the copies are made, so that the egress ports
+            // that need the layout (a flow hash, coalescing) share one
+            // parse instead of each copy making its own.
+            if let Some(frame) = &mut original {
+                frame.parse_layout();
+            }
         }
         for (i, egress) in egress_ports.iter().enumerate() {
             let vid = egress.tag.map(|vlan| vlan.get());
@@ -552,7 +558,7 @@ impl Datapath {
         &mut self,
         ports: &PortSet,
         port: PortId,
-        version: CheckedFrame,
+        mut version: CheckedFrame,
         now: Instant,
         out: &mut Output,
     ) {
@@ -564,6 +570,10 @@ impl Datapath {
         // its hash picks (computed here, once per frame before any cutting,
         // only for such ports); every frame made from this one goes there.
         let queues = ports.tx_queues(port);
+        if queues > 1 || self.coalescers.takes(caps) {
+            // The flow hash and the coalescer both read the layout.
+            version.parse_layout();
+        }
         let to = Destination {
             port,
             queue: (queues > 1).then(|| queue_for_hash(flow_hash(&version), queues)),

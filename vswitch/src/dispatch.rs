@@ -21,14 +21,13 @@ fn rss_table() -> &'static ToeplitzTable {
 /// switch and a NIC or guest doing RSS with the same key agree on a flow's
 /// hash. Frames that are not IP, or whose IP headers do not parse, hash
 /// their MAC addresses and EtherType the same way. The headers are read
-/// from the layout found when the frame was checked: nothing is parsed
-/// again.
+/// from the frame's layout ([`CheckedFrame::layout`]), parsed at most once
+/// per frame.
 pub fn flow_hash(frame: &CheckedFrame) -> u32 {
     let data = frame.data();
     let ip_key = frame
-        .plan()
         .layout()
-        .and_then(|layout| FlowKey::from_frame(data, layout).ok());
+        .and_then(|layout| FlowKey::from_frame(data, &layout).ok());
     if let Some(key) = ip_key {
         return rss_table().hash(key.as_bytes());
     }

@@ -38,13 +38,16 @@
 //!
 //! # Frames the guards cannot read
 //!
-//! A guard reads the headers the ingress check already parsed
-//! ([`CheckedFrame::plan`]'s layout, VLAN tags included) and does not parse
-//! the frame again; the one exception is an IPv6 packet that does not end
-//! its header chain in TCP or UDP, whose chain is walked to find an ICMPv6
-//! header behind extension headers (the way RFC 7113 says router guards are
-//! evaded). With any guard on, a frame the guard cannot see into (an IP or
-//! ARP header cut short, a third VLAN tag) is dropped as
+//! A guard reads the headers it needs where the ingress check found them:
+//! the IPv4 guards the IPv4 header and UDP ports at the network offset of
+//! the frame's link-layer header (VLAN tags included), nothing behind
+//! them; the IPv6 guards the frame's layout ([`CheckedFrame::layout`],
+//! parsed once per frame), and an IPv6 packet that does not end its
+//! header chain in TCP or UDP has its chain walked to find an ICMPv6
+//! header behind extension headers (the way RFC 7113 says router guards
+//! are evaded). With any guard on, a frame the guard cannot see into (an
+//! IP or ARP header cut short, an IPv6 chain that does not parse, a third
+//! VLAN tag) is dropped as
 //! [`DropReason::GuardUnreadable`] rather than let through unchecked. A
 //! non-first IPv6 fragment carries no transport header and is judged by its
 //! source address alone: Linux drops fragmented neighbour discovery
@@ -55,8 +58,9 @@ use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
-use vswitch_offload::layout::{L3Kind, L4Kind};
+use vswitch_offload::layout::L4Kind;
 use vswitch_offload::wire::ethernet::ethertype;
+use vswitch_offload::wire::ipv4::Ipv4Packet;
 use vswitch_offload::wire::ipv6::Ipv6Packet;
 use vswitch_offload::wire::udp::UdpDatagram;
 use vswitch_offload::CheckedFrame;
@@ -292,19 +296,25 @@ impl PortSecurity {
         let l2 = frame.l2();
         match l2.ethertype {
             ethertype::ARP if self.neighbor_guard => self.check_arp(frame),
-            ethertype::IPV4 | ethertype::IPV6 => match frame.plan().layout() {
-                Some(layout) if layout.l3 == L3Kind::Ipv4 => self.check_ipv4(frame, layout),
-                Some(layout) => self.check_ipv6(frame, layout),
+            ethertype::IPV4 => match self.check_ipv4(frame) {
+                Err(unreadable @ GuardViolation::Unreadable { .. })
+                    if self.ip_source_guard || self.dhcp_guard || self.router_guard =>
+                {
+                    Err(unreadable)
+                }
+                Err(GuardViolation::Unreadable { .. }) => Ok(()),
+                verdict => verdict,
+            },
+            ethertype::IPV6 => match frame.layout() {
+                Some(layout) => self.check_ipv6(frame, &layout),
                 None if self.ip_source_guard || self.dhcp_guard || self.router_guard => {
                     Err(GuardViolation::Unreadable {
                         ethertype: l2.ethertype,
                     })
                 }
-                None if self.neighbor_guard && l2.ethertype == ethertype::IPV6 => {
-                    Err(GuardViolation::Unreadable {
-                        ethertype: l2.ethertype,
-                    })
-                }
+                None if self.neighbor_guard => Err(GuardViolation::Unreadable {
+                    ethertype: l2.ethertype,
+                }),
                 None => Ok(()),
             },
             // A third VLAN tag: the parser stops there, so nothing behind
@@ -341,34 +351,32 @@ impl PortSecurity {
         }
     }
 
-    /// The IPv4 guards, on the headers validation located: the source
-    /// address and, for UDP, the two port numbers, read straight out of
-    /// the frame.
-    fn check_ipv4(
-        &self,
-        frame: &CheckedFrame,
-        layout: &vswitch_offload::layout::FrameLayout,
-    ) -> Result<(), GuardViolation> {
-        let data: &[u8] = frame.data();
-        // UDP source and destination ports, as the frame has them. Each
-        // read is bounds-checked from a constant offset into a slice that
-        // starts at the header: one comparison, no overflow check.
+    /// The IPv4 guards, on the IPv4 header at the offset the ingress
+    /// check found: the source address and, for UDP (a whole datagram or
+    /// a first fragment), the two port numbers, read straight out of the
+    /// frame. Nothing behind them is parsed: a transport header cut short
+    /// is the receiver's to drop, and a datagram too short to hold its
+    /// ports cannot be a DHCP message. An IPv4 header that does not parse
+    /// is [`GuardViolation::Unreadable`].
+    fn check_ipv4(&self, frame: &CheckedFrame) -> Result<(), GuardViolation> {
+        let unreadable = GuardViolation::Unreadable {
+            ethertype: ethertype::IPV4,
+        };
+        let ip = frame.data().get(frame.l2().l3_offset..).unwrap_or_default();
+        let Ok(packet) = Ipv4Packet::new_checked(ip) else {
+            return Err(unreadable);
+        };
+        // UDP source and destination ports, as the frame has them.
         let udp_ports = || -> Option<[u8; 4]> {
-            if layout.l4 != Some(L4Kind::Udp) {
+            if packet.protocol() != PROTO_UDP || packet.frag_offset() != 0 {
                 return None;
             }
-            data.get(layout.l4_offset..)?.first_chunk().copied()
+            ip.get(packet.header_len()..)?.first_chunk().copied()
         };
         if self.ip_source_guard {
-            // Validation found a whole IPv4 header at l3_offset.
-            let src = data.get(layout.l3_offset..).and_then(|ip| ip.get(12..));
-            let Some(&[a, b, c, d]) = src.and_then(|src| src.first_chunk()) else {
-                return Err(GuardViolation::Unreadable {
-                    ethertype: ethertype::IPV4,
-                });
-            };
-            if !self.owns_ipv4_octets([a, b, c, d]) {
-                let src = Ipv4Addr::new(a, b, c, d);
+            let octets = packet.src_addr();
+            if !self.owns_ipv4_octets(octets) {
+                let src = Ipv4Addr::from(octets);
                 let dhcp_client = src.is_unspecified() && udp_ports() == Some(DHCP_CLIENT_PORTS);
                 if !dhcp_client {
                     return Err(GuardViolation::IpSource {
@@ -537,38 +545,38 @@ impl CompiledGuard {
     /// source guard off), and not UDP 67 → 68 (or any, with the DHCP
     /// guard off). `false` says only that the full rules must decide.
     ///
+    /// It reads the link-layer header the ingress check parsed, not the
+    /// frame's layout, so a frame it passes is never parsed past that.
     /// The frame's first 24 bytes from the IP header on are read as one
-    /// window, with one bounds check: the source address is at 12, and
-    /// the transport ports are at 20 when the header has no options
-    /// (first byte 0x45). A packet shorter than that, or with options
-    /// while the DHCP guard is on, goes to the full rules. The ports are
-    /// compared whatever the protocol: a TCP segment from 67 to 68 goes
-    /// to the full rules too, which let it pass.
+    /// window, with one bounds check: a first byte of 0x45 says IPv4
+    /// without options, whose whole header is then in the window; the
+    /// source address is at 12 and the transport ports at 20. A packet
+    /// shorter than that, or with options, goes to the full rules. The
+    /// ports are compared whatever the protocol: a TCP segment from 67 to
+    /// 68 goes to the full rules too, which let it pass.
     #[inline(always)]
     fn passes_ipv4(&self, frame: &CheckedFrame) -> bool {
-        let Some(layout) = frame.plan().layout() else {
-            return false;
-        };
-        // The layout parse found IPv4 only under the IPv4 EtherType, with
-        // its whole header in the frame.
-        if layout.l3 != L3Kind::Ipv4 {
+        let l2 = frame.l2();
+        if l2.ethertype != ethertype::IPV4 {
             return false;
         }
         let data: &[u8] = frame.data();
         let Some(ip) = data
-            .get(layout.l3_offset..)
+            .get(l2.l3_offset..)
             .and_then(<[u8]>::first_chunk::<IPV4_WINDOW>)
         else {
             return false;
         };
-        // Both guards' answers without a branch: a source address that
-        // is not the port's (its guard on), or a header with options or a
-        // 67 → 68 port pair (the DHCP guard on), leaves a bit set.
+        // Both guards' answers without a branch: a header that is not
+        // plain IPv4, a source address that is not the port's (its guard
+        // on), or a 67 → 68 port pair (the DHCP guard on), leaves a bit
+        // set.
         let [a, b, c, d] = [ip[12], ip[13], ip[14], ip[15]];
         let source = u64::from(u32::from_ne_bytes([a, b, c, d]));
         let foreign = (source ^ self.ipv4) & self.source_mask;
-        let dhcp = u64::from(ip[0] != IPV4_NO_OPTIONS || ip[20..24] == DHCP_SERVER_PORTS);
-        foreign | (dhcp & self.dhcp_mask) == 0
+        let options = u64::from(ip[0] != IPV4_NO_OPTIONS);
+        let dhcp = u64::from(ip[20..24] == DHCP_SERVER_PORTS);
+        foreign | options | (dhcp & self.dhcp_mask) == 0
     }
 }
 

@@ -48,7 +48,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use vswitch_offload::plan::{GsoKind, OffloadPlan};
+use vswitch_offload::layout::FrameLayout;
+use vswitch_offload::plan::GsoKind;
 use vswitch_offload::virtio::GSO_NONE;
 use vswitch_offload::{CheckedFrame, Packet};
 
@@ -183,7 +184,7 @@ impl PortLimits {
 /// What a frame costs on the wire: (frames, bytes). See the module docs.
 #[inline]
 pub fn wire_cost(frame: &CheckedFrame) -> (u64, u64) {
-    cost_of(frame.len() as u64, frame.plan())
+    cost_of(frame.len() as u64, frame.gso(), || frame.layout())
 }
 
 /// [`wire_cost`] of a frame not held as a [`CheckedFrame`]: one ready to
@@ -198,7 +199,7 @@ pub fn packet_wire_cost(packet: &Packet) -> (u64, u64) {
         return (1, len);
     }
     match packet.hdr.validate(&packet.data) {
-        Ok(plan) => cost_of(len, &plan),
+        Ok(plan) => cost_of(len, plan.gso(), || plan.layout().copied()),
         Err(_) => (1, len),
     }
 }
@@ -245,15 +246,15 @@ fn packets_wire_cost_with_gso(packets: &[Packet]) -> (u64, u64) {
         .fold((0, 0), |(f, b), (pf, pb)| (f + pf, b + pb))
 }
 
-/// The wire cost of a frame of `len` bytes with the validated `plan`.
+/// The wire cost of a frame of `len` bytes asking for `gso`, whose
+/// layout `layout` gives (asked for only when `gso` cuts the frame).
 #[inline]
-fn cost_of(len: u64, plan: &OffloadPlan) -> (u64, u64) {
-    let gso = plan.gso();
+fn cost_of(len: u64, gso: GsoKind, layout: impl FnOnce() -> Option<FrameLayout>) -> (u64, u64) {
     // Most frames: one discriminant compared.
     if gso == GsoKind::None {
         return (1, len);
     }
-    let Some(layout) = plan.layout() else {
+    let Some(layout) = layout() else {
         return (1, len);
     };
     let (per_segment, headers) = match gso {

@@ -330,6 +330,29 @@ mod guards {
         passes_from_guest(ipv6(v6("fe80::1"), 58, &icmpv6(133, None), None));
     }
 
+    /// The IPv4 guards judge a packet on its IPv4 header and UDP ports:
+    /// a TCP header cut short behind a whole IPv4 header is the
+    /// receiver's to drop, from the guest's own address or not.
+    #[test]
+    fn ipv4_guards_read_the_ip_header_not_what_is_behind_it() {
+        let cut_tcp = |src: [u8; 4]| {
+            let mut ip = vec![0x45, 0, 0, 24, 0, 0, 0, 0, 64, 6, 0, 0];
+            ip.extend_from_slice(&src);
+            ip.extend_from_slice(&[10, 0, 0, 2]);
+            // Four bytes of a TCP header: its ports only.
+            ip.extend_from_slice(&[0x30, 0x39, 0, 80]);
+            Packet::plain(build_frame(MacAddr::BROADCAST, mac(1), None, 0x0800, &ip))
+        };
+        let packet = cut_tcp(GUEST);
+        assert_eq!(
+            CheckedFrame::check(packet.clone()).unwrap().layout(),
+            None,
+            "the layout parse refuses the cut TCP header"
+        );
+        passes_from_guest(packet);
+        refused_from_guest_only(cut_tcp(OTHER), DropReason::IpSourceNotAllowed);
+    }
+
     #[test]
     fn guards_read_past_vlan_tags() {
         let trunk = || {
