@@ -439,10 +439,7 @@ mod tests {
                 let validated = hdr.validate(&frame);
                 match CheckedFrame::check(Packet::with_hdr(hdr, frame.clone())) {
                     // `plan` parses the layout the check left for later.
-                    Ok(checked) => {
-                        let validated = validated.unwrap();
-                        prop_assert_eq!(checked.plan(), validated);
-                    }
+                    Ok(checked) => prop_assert_eq!(Ok(checked.plan()), validated),
                     Err(CheckError::Header(err)) => prop_assert_eq!(Err(err), validated),
                     Err(CheckError::LinkLayer(_)) => {
                         prop_assert!(L2Header::parse(&frame).is_err());

@@ -848,12 +848,15 @@ impl SwitchWorker {
             .received_many(self.index, batch.len(), rx_bytes);
         let (mut handled, mut handled_bytes) = (0, 0);
         for packet in batch.drain(..) {
-            let Some(frame) = Datapath::check(port.id, packet, &mut self.output) else {
+            let Some(mut frame) = Datapath::check(port.id, packet, &mut self.output) else {
                 continue;
             };
             let target = if workers == 1 {
                 self.index
             } else {
+                // Kept with the frame for the worker's own readers (the
+                // egress queue's flow hash, coalescing).
+                frame.parse_layout();
                 worker_for_hash(flow_hash(&frame), workers)
             };
             if target == self.index {
