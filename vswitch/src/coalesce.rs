@@ -109,10 +109,14 @@ pub(crate) enum Route {
 }
 
 impl Route {
-    /// The route of `frame` toward a port with `caps` (which takes large
-    /// frames).
-    pub(crate) fn of(frame: &CheckedFrame, caps: &EgressCapabilities) -> Route {
-        let Some(layout) = frame.layout() else {
+    /// The route of `frame`, whose layout is `layout`, toward a port with
+    /// `caps` (which takes large frames).
+    pub(crate) fn of(
+        frame: &CheckedFrame,
+        layout: Option<FrameLayout>,
+        caps: &EgressCapabilities,
+    ) -> Route {
+        let Some(layout) = layout else {
             return Route::Direct;
         };
         let family = match layout.l3 {

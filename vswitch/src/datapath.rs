@@ -46,7 +46,7 @@ use std::time::Instant;
 use vswitch_offload::{CheckedFrame, Packet};
 
 use crate::coalesce::{CoalesceConfig, PortCoalescers, Route};
-use crate::dispatch::{flow_hash, queue_for_hash};
+use crate::dispatch::{flow_hash_with, queue_for_hash};
 use crate::drop::DropReason;
 use crate::egress::{adapt_checked, fits_mtu, EgressEngine, EgressWork};
 use crate::fdb::{Learned, LookupCache};
@@ -558,7 +558,7 @@ impl Datapath {
         &mut self,
         ports: &PortSet,
         port: PortId,
-        mut version: CheckedFrame,
+        version: CheckedFrame,
         now: Instant,
         out: &mut Output,
     ) {
@@ -570,19 +570,25 @@ impl Datapath {
         // its hash picks (computed here, once per frame before any cutting,
         // only for such ports); every frame made from this one goes there.
         let queues = ports.tx_queues(port);
-        if queues > 1 || self.coalescers.takes(caps) {
-            // The flow hash and the coalescer both read the layout.
-            version.parse_layout();
-        }
+        let coalescing = self.coalescers.takes(caps);
+        // The flow hash and the coalescer read the layout: parsed once
+        // for both, and only for them. (Read, not kept in `version`: a
+        // frame changed here would be copied on every call.)
+        let layout = if queues > 1 || coalescing {
+            version.layout()
+        } else {
+            None
+        };
         let to = Destination {
             port,
-            queue: (queues > 1).then(|| queue_for_hash(flow_hash(&version), queues)),
+            queue: (queues > 1)
+                .then(|| queue_for_hash(flow_hash_with(&version, layout.as_ref()), queues)),
         };
         if self.coalescers.holding() {
             self.coalescers.expire(now, self.engine.chunk_pool(), out);
         }
-        if self.coalescers.takes(caps) {
-            match Route::of(&version, caps) {
+        if coalescing {
+            match Route::of(&version, layout, caps) {
                 Route::Coalesce(layout, checksum) => {
                     match fits_mtu(&version, caps) {
                         Ok(()) => {

@@ -4,6 +4,7 @@
 
 use std::sync::OnceLock;
 
+use vswitch_offload::layout::FrameLayout;
 use vswitch_offload::rss::{FlowKey, ToeplitzTable, DEFAULT_KEY};
 use vswitch_offload::CheckedFrame;
 
@@ -24,10 +25,14 @@ fn rss_table() -> &'static ToeplitzTable {
 /// from the frame's layout ([`CheckedFrame::layout`]), parsed at most once
 /// per frame.
 pub fn flow_hash(frame: &CheckedFrame) -> u32 {
+    flow_hash_with(frame, frame.layout().as_ref())
+}
+
+/// [`flow_hash`] of `frame`, whose layout (`frame.layout()`) the caller
+/// already has.
+pub(crate) fn flow_hash_with(frame: &CheckedFrame, layout: Option<&FrameLayout>) -> u32 {
     let data = frame.data();
-    let ip_key = frame
-        .layout()
-        .and_then(|layout| FlowKey::from_frame(data, &layout).ok());
+    let ip_key = layout.and_then(|layout| FlowKey::from_frame(data, layout).ok());
     if let Some(key) = ip_key {
         return rss_table().hash(key.as_bytes());
     }
