@@ -13,7 +13,9 @@
 //! the flow hash ([`crate::dispatch::flow_hash`]), the forwarding decision
 //! and the egress adaptation all read that parse, and a VLAN tag pushed or
 //! popped on the way moves its offsets ([`CheckedFrame::retagged`]) instead
-//! of parsing the new bytes.
+//! of parsing the new bytes. The IP and transport headers of a frame with
+//! no offload work are parsed only for the readers that need them
+//! ([`CheckedFrame::layout`]).
 //!
 //! ```
 //! use std::sync::Arc;
@@ -323,9 +325,15 @@ impl Datapath {
         let (mut frames, mut bytes) = (0, 0);
         for packet in packets {
             let len = packet.data.len() as u64;
-            let Some(frame) = Self::check(ingress, packet, out) else {
-                (frames, bytes) = (frames + 1, bytes + len);
-                continue;
+            // Matched here rather than through `check`'s `Option`: turning
+            // the one into the other copied every frame twice.
+            let frame = match CheckedFrame::check(packet) {
+                Ok(frame) => frame,
+                Err(err) => {
+                    out.dropped(ingress, DropReason::from(&err));
+                    (frames, bytes) = (frames + 1, bytes + len);
+                    continue;
+                }
             };
             if limiter.is_some() {
                 let (f, b) = wire_cost(&frame);
