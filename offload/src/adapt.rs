@@ -84,6 +84,10 @@ pub enum AdaptError {
     /// Checksum completion failed.
     #[error(transparent)]
     Checksum(#[from] ChecksumError),
+    /// The frame's lent payload could not be taken into host memory for
+    /// the software work.
+    #[error(transparent)]
+    Lent(#[from] crate::tail::TailError),
 }
 
 impl AdaptError {
@@ -94,6 +98,7 @@ impl AdaptError {
             AdaptError::MissingLayout => "adapt_missing_layout",
             AdaptError::Segment(err) => err.counter(),
             AdaptError::Checksum(err) => err.counter(),
+            AdaptError::Lent(_) => "adapt_lent_unreadable",
         }
     }
 }
@@ -176,8 +181,21 @@ pub fn adapt<S: SegmentSink + ?Sized>(
     caps: &EgressCapabilities,
     sink: &mut S,
 ) -> Result<Adapted, AdaptError> {
+    let action = decide(frame, caps)?;
+    if action == Action::PassThrough {
+        return Ok(Adapted::PassThrough);
+    }
+    // The software paths read every byte: a frame whose payload is still
+    // lent is taken into host memory first.
+    let whole;
+    let frame = if frame.has_tail() {
+        whole = frame.materialised()?;
+        &whole
+    } else {
+        frame
+    };
     let data = frame.data();
-    match decide(frame, caps)? {
+    match action {
         Action::PassThrough => Ok(Adapted::PassThrough),
         Action::CompleteChecksum(partial) => {
             complete_into(data, partial, sink)?;

@@ -3,17 +3,27 @@
 
 use bytes::{Bytes, BytesMut};
 
+use crate::tail::{Tail, TailError};
 use crate::virtio::VirtioNetHdr;
 
 /// An Ethernet frame with its offload metadata.
 ///
 /// `hdr` is all zero for a plain frame (fully checksummed, no segmentation).
+///
+/// The frame's bytes are `data`, followed by `tail` when there is one: a
+/// payload still lent by the guest that sent it ([`crate::tail`]). A
+/// packet with a tail has every header the switch reads in `data`;
+/// [`Packet::len`] counts both parts, and code that needs the bytes in one
+/// buffer takes [`Packet::into_whole`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Packet {
     /// Offload metadata (partial checksum, segmentation).
     pub hdr: VirtioNetHdr,
-    /// The frame, from the destination MAC address on.
+    /// The frame, from the destination MAC address on: all of it, or its
+    /// first bytes when it has a `tail`.
     pub data: Bytes,
+    /// The rest of the frame, still in its sender's memory.
+    pub tail: Option<Tail>,
 }
 
 impl Packet {
@@ -22,6 +32,7 @@ impl Packet {
         Packet {
             hdr: VirtioNetHdr::default(),
             data: data.into(),
+            tail: None,
         }
     }
 
@@ -30,7 +41,36 @@ impl Packet {
         Packet {
             hdr,
             data: data.into(),
+            tail: None,
         }
+    }
+
+    /// The frame's length in bytes, its tail included.
+    pub fn len(&self) -> usize {
+        self.data.len() + self.tail.as_ref().map_or(0, Tail::len)
+    }
+
+    /// Whether the frame has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The frame with all its bytes in `data`: itself when it has no tail,
+    /// otherwise `data` and the tail copied into one new buffer (and the
+    /// tail given back to its owner).
+    pub fn into_whole(self) -> Result<Packet, TailError> {
+        let Some(tail) = self.tail else {
+            return Ok(self);
+        };
+        let mut whole = BytesMut::zeroed(self.data.len() + tail.len());
+        let (head, rest) = whole.split_at_mut(self.data.len());
+        head.copy_from_slice(&self.data);
+        tail.copy_to(rest)?;
+        Ok(Packet {
+            hdr: self.hdr,
+            data: whole.freeze(),
+            tail: None,
+        })
     }
 }
 
@@ -53,6 +93,10 @@ pub enum CheckError {
     /// The virtio-net header asks for something the frame cannot take.
     #[error(transparent)]
     Header(#[from] HdrError),
+    /// The frame's lent bytes could not be taken into host memory (its
+    /// headers did not all come before them).
+    #[error(transparent)]
+    Lent(#[from] TailError),
 }
 
 /// The outer VLAN tag of a frame: its TPID and tag control information.
@@ -133,8 +177,17 @@ impl Eq for CheckedFrame {}
 impl CheckedFrame {
     /// Parses the link-layer header and validates the virtio-net header
     /// against the frame ([`crate::VirtioNetHdr::validate`]).
-    pub fn check(packet: Packet) -> Result<CheckedFrame, CheckError> {
-        let l2 = L2Header::parse(&packet.data).map_err(CheckError::LinkLayer)?;
+    ///
+    /// A packet with a [`Tail`] is checked on its `data` and its whole
+    /// length: every header validation reads is in `data`. So a lent frame
+    /// is a TCP frame whose headers parse within `data`; any other is taken
+    /// whole first ([`Packet::into_whole`]), and checked as any frame is.
+    pub fn check(mut packet: Packet) -> Result<CheckedFrame, CheckError> {
+        let mut l2 = L2Header::parse(&packet.data).map_err(CheckError::LinkLayer)?;
+        if packet.tail.is_some() && !headers_lead(&packet.data, &l2) {
+            packet = packet.into_whole()?;
+            l2 = L2Header::parse(&packet.data).map_err(CheckError::LinkLayer)?;
+        }
         let hdr = &packet.hdr;
         // Most frames ask nothing of the host: no GSO, no partial checksum,
         // a length no rule refuses. For them validation reduces to the
@@ -142,7 +195,7 @@ impl CheckedFrame {
         // is done here without the rule list's results and errors.
         if hdr.gso_type == crate::virtio::GSO_NONE
             && !hdr.needs_csum()
-            && packet.data.len() <= crate::virtio::MAX_L3_LEN + l2.l3_offset
+            && packet.len() <= crate::virtio::MAX_L3_LEN + l2.l3_offset
         {
             // Its IP and transport headers are parsed only if something
             // asks for them (`layout`).
@@ -154,7 +207,9 @@ impl CheckedFrame {
                 layout: LayoutState::NotParsed,
             });
         }
-        let plan = packet.hdr.validate_after_l2(&packet.data, Ok(l2))?;
+        let plan = packet
+            .hdr
+            .validate_after_l2(&packet.data, packet.len(), Ok(l2))?;
         Ok(CheckedFrame {
             packet,
             l2,
@@ -204,7 +259,8 @@ impl CheckedFrame {
         &self.packet
     }
 
-    /// The frame bytes, from the destination MAC address on.
+    /// The frame bytes, from the destination MAC address on: all of them,
+    /// or, for a frame with a [`Tail`], the first ones, with every header.
     pub fn data(&self) -> &Bytes {
         &self.packet.data
     }
@@ -238,15 +294,29 @@ impl CheckedFrame {
         &self.l2
     }
 
-    /// Length of the frame in bytes.
+    /// Length of the frame in bytes, its tail included.
     pub fn len(&self) -> usize {
-        self.packet.data.len()
+        self.packet.len()
     }
 
     /// Whether the frame has no bytes (never true: a checked frame holds
     /// at least an Ethernet header).
     pub fn is_empty(&self) -> bool {
         self.packet.data.is_empty()
+    }
+
+    /// Whether part of the frame is still lent ([`Packet::tail`]).
+    pub fn has_tail(&self) -> bool {
+        self.packet.tail.is_some()
+    }
+
+    /// The same frame with all its bytes in host memory, its plan carried
+    /// over: for code that reads past the headers (a software checksum or
+    /// segmentation). A frame without a tail is cloned.
+    pub fn materialised(&self) -> Result<CheckedFrame, TailError> {
+        let mut whole = self.clone();
+        whole.packet = whole.packet.into_whole()?;
+        Ok(whole)
     }
 
     fn mac(&self, at: usize) -> [u8; 6] {
@@ -365,6 +435,7 @@ impl CheckedFrame {
             packet: Packet {
                 hdr,
                 data: bytes.freeze(),
+                tail: self.packet.tail.clone(),
             },
             l2,
             gso: plan.gso(),
@@ -372,6 +443,17 @@ impl CheckedFrame {
             layout,
         })
     }
+}
+
+/// Whether the frame's IP and TCP headers all lie in `data`, as they must
+/// for a frame with a tail to be checked without its tail: a TCP frame
+/// whose layout parses within `data`.
+fn headers_lead(data: &[u8], l2: &L2Header) -> bool {
+    matches!(
+        FrameLayout::parse_after_l2(data, l2),
+        Ok((layout, _)) if layout.l4 == Some(crate::layout::L4Kind::Tcp)
+            && layout.payload_offset <= data.len()
+    )
 }
 
 #[cfg(test)]
@@ -453,6 +535,7 @@ mod tests {
                     Err(CheckError::LinkLayer(_)) => {
                         prop_assert!(L2Header::parse(&frame).is_err());
                     }
+                    Err(CheckError::Lent(err)) => prop_assert!(false, "no tail: {err}"),
                 }
             }
         }

@@ -20,6 +20,7 @@ pub mod layout;
 pub mod plan;
 pub mod rss;
 pub mod segment;
+pub mod tail;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod testing;
 pub mod virtio;
@@ -29,4 +30,5 @@ pub use caps::EgressCapabilities;
 pub use frame::{CheckError, CheckedFrame, OuterTag, Packet};
 pub use layout::{FrameLayout, L3Kind, L4Kind};
 pub use plan::{GsoKind, OffloadPlan, PartialChecksum};
+pub use tail::{LentBytes, Tail, TailError};
 pub use virtio::VirtioNetHdr;

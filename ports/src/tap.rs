@@ -378,6 +378,7 @@ impl RxBuffers {
                 batch.push(Packet {
                     hdr,
                     data: whole.slice(start..end),
+                    tail: None,
                 });
             }
             self.pool.give_back(whole);

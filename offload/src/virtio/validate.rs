@@ -77,15 +77,28 @@ impl VirtioNetHdr {
     ///   (without it they carry no meaning and the segmenter computes full
     ///   checksums).
     pub fn validate(&self, frame: &[u8]) -> Result<OffloadPlan, HdrError> {
-        self.validate_after_l2(frame, L2Header::parse(frame))
+        self.validate_after_l2(frame, frame.len(), L2Header::parse(frame))
+    }
+
+    /// [`VirtioNetHdr::validate`] for a frame of `len` bytes of which
+    /// `headers` holds the first ones, every header among them: a frame
+    /// whose payload is still lent ([`crate::tail`]). The rules that look
+    /// at the frame's length use `len`; those that read bytes read
+    /// `headers`, so a header cut short in `headers` is refused as in a
+    /// frame that short. `len` below `headers.len()` counts as
+    /// `headers.len()`.
+    pub fn validate_headers(&self, headers: &[u8], len: usize) -> Result<OffloadPlan, HdrError> {
+        self.validate_after_l2(headers, len.max(headers.len()), L2Header::parse(headers))
     }
 
     /// [`VirtioNetHdr::validate`] for a caller that already parsed the
     /// frame's link-layer header (`l2`, the result of [`L2Header::parse`] on
-    /// `frame`), so the VLAN tags are walked once.
+    /// `frame`), so the VLAN tags are walked once. `frame` holds the first
+    /// bytes of a frame `len` bytes long (all of them unless it has a tail).
     pub(crate) fn validate_after_l2(
         &self,
         frame: &[u8],
+        len: usize,
         l2: Result<L2Header, ParseError>,
     ) -> Result<OffloadPlan, HdrError> {
         let ecn = self.gso_type & GSO_ECN != 0;
@@ -123,7 +136,7 @@ impl VirtioNetHdr {
         }
 
         let partial = if needs_csum {
-            Some(self.partial_checksum(frame)?)
+            Some(self.partial_checksum(len)?)
         } else {
             None
         };
@@ -151,11 +164,8 @@ impl VirtioNetHdr {
             Err(_) => return Ok(Self::plan(None, GsoKind::None, None)),
         };
         let max_len = MAX_L3_LEN + l2.l3_offset;
-        if frame.len() > max_len {
-            return Err(HdrError::FrameTooLong {
-                len: frame.len(),
-                max_len,
-            });
+        if len > max_len {
+            return Err(HdrError::FrameTooLong { len, max_len });
         }
 
         let (layout, protocol) = match FrameLayout::parse_after_l2(frame, &l2) {
@@ -259,7 +269,7 @@ impl VirtioNetHdr {
                 GsoKind::Tcp { mss: size, ecn }
             }
             GSO_UDP_L4 => {
-                let payload_len = frame.len() - layout.payload_offset;
+                let payload_len = len - layout.payload_offset;
                 if payload_len > usize::from(size) * MAX_UDP_L4_SEGMENTS {
                     return Err(HdrError::TooManySegments {
                         payload_len,
@@ -276,20 +286,20 @@ impl VirtioNetHdr {
 
     /// Rule 3: `csum_start` and the 2-byte field at `csum_start +
     /// csum_offset` must lie within the frame.
-    fn partial_checksum(&self, frame: &[u8]) -> Result<PartialChecksum, HdrError> {
+    fn partial_checksum(&self, frame_len: usize) -> Result<PartialChecksum, HdrError> {
         let start = usize::from(self.csum_start);
         let offset = usize::from(self.csum_offset);
-        if start > frame.len() {
+        if start > frame_len {
             return Err(HdrError::CsumStartBeyondFrame {
                 csum_start: self.csum_start,
-                frame_len: frame.len(),
+                frame_len,
             });
         }
-        if start + offset + 2 > frame.len() {
+        if start + offset + 2 > frame_len {
             return Err(HdrError::CsumFieldBeyondFrame {
                 csum_start: self.csum_start,
                 csum_offset: self.csum_offset,
-                frame_len: frame.len(),
+                frame_len,
             });
         }
         Ok(PartialChecksum { start, offset })

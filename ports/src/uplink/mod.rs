@@ -1195,6 +1195,7 @@ impl Port for UplinkPort {
                     Ok((hdr, _)) => batch.push(Packet {
                         hdr,
                         data: whole.slice(start + hdr_len..start + got.len),
+                        tail: None,
                     }),
                     Err(_) => bump(&self.counters.rx_errors, 1),
                 }
