@@ -146,6 +146,15 @@ pub trait Port: Send + Sync {
         max: usize,
     ) -> Result<usize, PortError>;
 
+    /// Whether the port takes frames whose payload is still lent by the
+    /// guest that sent it ([`Packet::tail`]) and copies the lent bytes
+    /// where they go itself. Constant for the life of the port. The
+    /// provided implementation says no, and the switch then hands the port
+    /// every frame whole, in host memory.
+    fn takes_lent_frames(&self) -> bool {
+        false
+    }
+
     /// Queues one frame for the outside on transmit queue `queue`. Never
     /// blocks: a full queue hands the frame back in [`SendError::Full`].
     fn send(&self, queue: usize, packet: Packet) -> Result<(), SendError>;

@@ -327,7 +327,7 @@ impl Datapath {
         let limiter = ports.limiter(ingress);
         let (mut frames, mut bytes) = (0, 0);
         for packet in packets {
-            let len = packet.data.len() as u64;
+            let len = packet.len() as u64;
             let Some(frame) = Self::check(ingress, packet, out) else {
                 (frames, bytes) = (frames + 1, bytes + len);
                 continue;

@@ -89,10 +89,14 @@ pub enum DropReason {
     EgressRefused,
     /// The switch stopped while the frame waited for a full queue.
     Shutdown,
+    /// A frame whose payload its sender lent ([`vswitch_offload::tail`])
+    /// had to be taken into host memory at ingress, and its lent bytes
+    /// could not be read.
+    LentUnreadable,
 }
 
 /// The reasons other than [`DropReason::InvalidHeader`], in counter order.
-const SWITCH_REASONS: [DropReason; 28] = [
+const SWITCH_REASONS: [DropReason; 29] = [
     DropReason::Malformed,
     DropReason::UnknownIngressPort,
     DropReason::InvalidSourceMac,
@@ -121,6 +125,7 @@ const SWITCH_REASONS: [DropReason; 28] = [
     DropReason::RouterAdvertisement,
     DropReason::GuardUnreadable,
     DropReason::RateLimited,
+    DropReason::LentUnreadable,
 ];
 
 /// Which port a drop is counted on: the one the frame came from, or the one
@@ -172,6 +177,7 @@ impl DropReason {
             | DropReason::DhcpServer
             | DropReason::RouterAdvertisement
             | DropReason::GuardUnreadable
+            | DropReason::LentUnreadable
             | DropReason::WorkerQueueFull => DropSide::Ingress,
         }
     }
@@ -227,6 +233,7 @@ impl DropReason {
             DropReason::RouterAdvertisement => 25,
             DropReason::GuardUnreadable => 26,
             DropReason::RateLimited => 27,
+            DropReason::LentUnreadable => 28,
             DropReason::InvalidHeader(rule) => SWITCH_REASONS.len() + rule.index(),
         }
     }
@@ -264,6 +271,7 @@ impl DropReason {
             DropReason::RouterAdvertisement => "router_advertisement",
             DropReason::GuardUnreadable => "guard_unreadable",
             DropReason::RateLimited => "rate_limited",
+            DropReason::LentUnreadable => "lent_unreadable",
         }
     }
 
@@ -285,6 +293,7 @@ impl From<&CheckError> for DropReason {
         match err {
             CheckError::LinkLayer(_) => DropReason::Malformed,
             CheckError::Header(err) => DropReason::InvalidHeader(err.reason()),
+            CheckError::Lent(_) => DropReason::LentUnreadable,
         }
     }
 }

@@ -194,11 +194,11 @@ pub fn wire_cost(frame: &CheckedFrame) -> (u64, u64) {
 /// frame of its length, as it would if the check refused it.
 #[inline]
 pub fn packet_wire_cost(packet: &Packet) -> (u64, u64) {
-    let len = packet.data.len() as u64;
+    let len = packet.len() as u64;
     if packet.hdr.gso_type == GSO_NONE {
         return (1, len);
     }
-    match packet.hdr.validate(&packet.data) {
+    match packet.hdr.validate_headers(&packet.data, packet.len()) {
         Ok(plan) => cost_of(len, plan.gso(), || plan.layout().copied()),
         Err(_) => (1, len),
     }
@@ -223,11 +223,11 @@ pub(crate) fn packets_wire_cost_and_len(packets: &[Packet]) -> ((u64, u64), u64)
     // packets wherever it is inlined.
     let mut quads = packets.chunks_exact(4);
     for quad in &mut quads {
-        bytes += quad.iter().map(|p| p.data.len() as u64).sum::<u64>();
+        bytes += quad.iter().map(|p| p.len() as u64).sum::<u64>();
         gso |= quad.iter().fold(GSO_NONE, |gso, p| gso | p.hdr.gso_type);
     }
     for packet in quads.remainder() {
-        bytes += packet.data.len() as u64;
+        bytes += packet.len() as u64;
         gso |= packet.hdr.gso_type;
     }
     if gso == GSO_NONE {

@@ -158,6 +158,9 @@ struct LivePort {
     name: String,
     port: Arc<dyn Port>,
     caps: PortCapabilities,
+    /// [`Port::takes_lent_frames`]: otherwise frames with a lent payload
+    /// are taken whole before the port's send.
+    takes_lent: bool,
     counters: PortCounters,
     removed: AtomicBool,
     /// A send to this port timed out and none has succeeded since.
@@ -387,6 +390,7 @@ impl Switch {
         let live = Arc::new(LivePort {
             id,
             name: port.name().to_owned(),
+            takes_lent: port.takes_lent_frames(),
             port,
             caps,
             counters: PortCounters::new(self.shared.workers.len()),
@@ -842,7 +846,7 @@ impl SwitchWorker {
                 limiter.charge_received_at(frames, bytes, clock);
                 len as usize
             }
-            None => batch.iter().map(|packet| packet.data.len()).sum(),
+            None => batch.iter().map(Packet::len).sum(),
         };
         port.counters
             .received_many(self.index, batch.len(), rx_bytes);
@@ -997,6 +1001,9 @@ impl SwitchWorker {
     ) {
         let queues = port.caps.tx_queues.max(1);
         let queue = queue.map_or(self.index % queues, |queue| queue % queues);
+        if !port.takes_lent {
+            self.take_whole(port, frames);
+        }
         let wait = self.shared.config.queue_full_wait;
         let mut deadline = None;
         while !frames.is_empty() {
@@ -1005,10 +1012,10 @@ impl SwitchWorker {
             }
             let before = known_len
                 .take()
-                .unwrap_or_else(|| frames.iter().map(|p| p.data.len()).sum());
+                .unwrap_or_else(|| frames.iter().map(Packet::len).sum());
             let count = frames.len();
             let result = port.port.send_batch(queue, frames);
-            let after: usize = frames.iter().map(|p| p.data.len()).sum();
+            let after: usize = frames.iter().map(Packet::len).sum();
             let sent = count - frames.len();
             if sent > 0 {
                 port.counters.sent_many(self.index, sent, before - after);
@@ -1050,6 +1057,35 @@ impl SwitchWorker {
     fn drop_rest(&self, port: &LivePort, frames: &mut Vec<Packet>, reason: DropReason) {
         self.drop_at(port, reason, frames.len() as u64);
         frames.clear();
+    }
+
+    /// Takes every frame of `frames` whose payload is still lent into host
+    /// memory, for a port that does not take lent frames; one whose lent
+    /// bytes cannot be read is dropped and counted. The frames' lengths do
+    /// not change.
+    fn take_whole(&self, port: &LivePort, frames: &mut Vec<Packet>) {
+        if frames.iter().all(|packet| packet.tail.is_none()) {
+            return;
+        }
+        let mut unreadable = 0;
+        frames.retain_mut(|packet| {
+            if packet.tail.is_none() {
+                return true;
+            }
+            match std::mem::take(packet).into_whole() {
+                Ok(whole) => {
+                    *packet = whole;
+                    true
+                }
+                Err(_) => {
+                    unreadable += 1;
+                    false
+                }
+            }
+        });
+        if unreadable > 0 {
+            self.drop_at(port, DropReason::OffloadFailed, unreadable);
+        }
     }
 }
 
