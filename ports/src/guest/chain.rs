@@ -7,6 +7,8 @@ use std::ops::Deref;
 
 use virtio_queue::DescriptorChain;
 use vm_memory::bitmap::BS;
+
+use super::lend::Piece;
 use vm_memory::{
     Address, Bytes, GuestAddress, GuestMemory, GuestMemoryBackend, GuestMemoryRegion,
     MemoryRegionAddress, Permissions, VolatileSlice,
@@ -15,8 +17,8 @@ use vm_memory::{
 /// One descriptor of a chain, as read once and checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Segment {
-    addr: GuestAddress,
-    len: usize,
+    pub(super) addr: GuestAddress,
+    pub(super) len: usize,
 }
 
 /// Which way the device moves bytes through a chain.
@@ -184,11 +186,13 @@ pub(super) fn read_into<M: GuestMemory + ?Sized>(
 
 /// Copies from the front of `sources` into the ranges of `segments`
 /// (volatile writes into guest memory) until either runs out, advancing the
-/// sources; returns the bytes written.
+/// sources; returns the bytes written. A source is host bytes or another
+/// guest's memory (a lent payload, [`super::lend`]), copied from volatile
+/// slice to volatile slice.
 pub(super) fn write_from<M: GuestMemory + ?Sized>(
     regions: &mut Regions<'_, M>,
     segments: &[Segment],
-    sources: &mut [&[u8]],
+    sources: &mut [Piece<'_>],
 ) -> Result<usize, CopyFailed> {
     let mut written = 0;
     for segment in segments {
@@ -198,16 +202,29 @@ pub(super) fn write_from<M: GuestMemory + ?Sized>(
             if take == 0 {
                 continue;
             }
-            let (now, rest) = source.split_at(take);
             let addr = GuestAddress(segment.addr.0 + at as u64);
-            match regions.slice(addr, take) {
-                Some(slice) => slice.copy_from(now),
-                None => regions.mem.write_slice(now, addr).map_err(|_| CopyFailed {
-                    addr: addr.0,
-                    len: take,
-                })?,
+            let failed = CopyFailed {
+                addr: addr.0,
+                len: take,
+            };
+            match source {
+                Piece::Host(bytes) => {
+                    let (now, rest) = bytes.split_at(take);
+                    match regions.slice(addr, take) {
+                        Some(slice) => slice.copy_from(now),
+                        None => regions.mem.write_slice(now, addr).map_err(|_| failed)?,
+                    }
+                    *bytes = rest;
+                }
+                Piece::Guest(slice) => {
+                    let now = slice.subslice(0, take).map_err(|_| failed)?;
+                    match regions.slice(addr, take) {
+                        Some(dst) => now.copy_to_volatile_slice(dst),
+                        None => write_across_regions(regions.mem, &now, addr, failed)?,
+                    }
+                    *slice = slice.offset(take).map_err(|_| failed)?;
+                }
             }
-            *source = rest;
             at += take;
             if at == segment.len {
                 break;
@@ -219,6 +236,27 @@ pub(super) fn write_from<M: GuestMemory + ?Sized>(
         }
     }
     Ok(written)
+}
+
+/// Copies `src` to `addr` of `mem` where no one region holds the range,
+/// through a small host buffer.
+fn write_across_regions<M: GuestMemory + ?Sized>(
+    mem: &M,
+    src: &VolatileSlice<'_, ()>,
+    addr: GuestAddress,
+    failed: CopyFailed,
+) -> Result<(), CopyFailed> {
+    let mut bounce = [0u8; 4096];
+    let mut done = 0;
+    while done < src.len() {
+        let n = (src.len() - done).min(bounce.len());
+        let part = src.subslice(done, n).map_err(|_| failed)?;
+        part.copy_to(&mut bounce[..n]);
+        mem.write_slice(&bounce[..n], GuestAddress(addr.0 + done as u64))
+            .map_err(|_| failed)?;
+        done += n;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -237,7 +275,7 @@ mod tests {
     fn writes_cross_segments_and_sources_and_stop_where_either_ends() {
         let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 0x1000)]).unwrap();
         let segments = [segment(0x100, 3), segment(0x200, 0), segment(0x300, 4)];
-        let mut sources: [&[u8]; 3] = [b"ab", b"", b"cdefg"];
+        let mut sources = [Piece::Host(b"ab"), Piece::Host(b""), Piece::Host(b"cdefg")];
         assert_eq!(
             write_from(&mut Regions::new(&mem), &segments, &mut sources),
             Ok(7)
@@ -249,7 +287,7 @@ mod tests {
         );
         assert_eq!(&out, b"abcdefg");
         // Sources run out first: the rest of the segments stay unwritten.
-        let mut sources: [&[u8]; 1] = [b"xy"];
+        let mut sources = [Piece::Host(b"xy")];
         assert_eq!(
             write_from(&mut Regions::new(&mem), &segments, &mut sources),
             Ok(2)
@@ -279,7 +317,7 @@ mod tests {
         .unwrap();
         let segments = [segment(0xff0, 0x20)];
         let data: Vec<u8> = (0..0x20).collect();
-        let mut sources: [&[u8]; 1] = [&data];
+        let mut sources = [Piece::Host(&data)];
         assert_eq!(
             write_from(&mut Regions::new(&mem), &segments, &mut sources),
             Ok(0x20)

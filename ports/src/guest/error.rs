@@ -171,6 +171,10 @@ pub enum GuestRxError {
     /// offloads. Dropped.
     #[error("cannot adapt a frame to the guest's receive offloads: {0}; frame dropped")]
     Adapt(#[from] AdaptError),
+    /// The frame's payload, lent by the guest that sent it, could not be
+    /// read. Dropped.
+    #[error("{0}; frame dropped")]
+    Lent(#[from] vswitch_offload::TailError),
 }
 
 impl GuestTxError {
@@ -203,6 +207,7 @@ impl GuestRxError {
             GuestRxError::TooManyBuffers { .. } => "guest_rx_too_many_buffers",
             GuestRxError::InvalidHeader(err) => err.reason().name(),
             GuestRxError::Adapt(err) => err.counter(),
+            GuestRxError::Lent(_) => "guest_rx_lent_unreadable",
         }
     }
 

@@ -154,6 +154,7 @@
 mod chain;
 mod error;
 mod frames;
+mod lend;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod mock;
 mod notify;
@@ -165,9 +166,11 @@ mod tx;
 mod tests;
 
 pub use error::{GuestRxError, GuestTxError};
+pub use lend::{GuestLoan, LentMemory, MAX_LENT};
 pub use notify::{CondvarNotifier, Notifier};
 pub use rx::{Delivered, UsedChain};
 pub use stats::GuestPortStats;
+pub use tx::Transmitted;
 
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -183,6 +186,7 @@ use crate::features::{FeatureError, Features, GuestOffloads, HostOffloads, Negot
 use crate::port::{BatchSendError, Port, PortCapabilities, PortError, SendError};
 
 use frames::FrameQueue;
+use lend::Lender;
 use rx::RxState;
 use stats::Counters;
 use tx::TxState;
@@ -264,6 +268,8 @@ struct QueuePair {
     /// Transmit-side scratch and the chunks large transmitted frames are
     /// copied into, reused once the switch is done with them.
     tx: Mutex<TxState>,
+    /// The transmit chains whose payloads are lent to the switch.
+    lender: Arc<Lender>,
 }
 
 impl QueuePair {
@@ -273,6 +279,7 @@ impl QueuePair {
             to_guest: FrameQueue::new(rx_capacity),
             rx: Mutex::new(RxState::default()),
             rx_used: Mutex::new(Vec::new()),
+            lender: Arc::new(Lender::new(notifier.clone())),
             notifier,
             notified: AtomicBool::new(false),
             tx: Mutex::new(TxState::default()),
@@ -466,13 +473,18 @@ impl GuestPort {
 
     /// Drops every frame queued between the switch and a guest that went
     /// away, in both directions, and counts them: those for the guest in
-    /// `rx_dropped`, those it transmitted in `tx_dropped`. Returns (frames
+    /// `rx_dropped`, those it transmitted in `tx_dropped`. Payloads the
+    /// guest lent to frames still in the switch are copied into host memory
+    /// first ([`GuestQueue::revoke_lent`]), and nothing more is lent. Returns (frames
     /// for the guest, frames from it). A device model calls it when its
     /// guest disconnects, so that every frame the switch handed the port
     /// is accounted for.
     pub fn discard_queued(&self) -> (u64, u64) {
         let (mut to_guest, mut from_guest) = (0, 0);
         for pair in std::iter::once(&self.first_pair).chain(&self.more_pairs) {
+            // The guest's buffers are no longer the device's to read: the
+            // payloads still lent are copied, and their frames go on.
+            stats::bump(&self.counters.tx_lent_revoked, pair.lender.revoke(true));
             to_guest += pair.to_guest.clear() + pair.discard_taken_for_guest();
             from_guest += pair.from_guest.clear();
         }
@@ -553,6 +565,13 @@ impl Port for GuestPort {
 
     fn capabilities(&self) -> PortCapabilities {
         self.caps
+    }
+
+    /// Yes: a payload lent by another guest is copied from that guest's
+    /// memory straight into this one's buffers; one lent by anything else
+    /// is taken whole on the way.
+    fn takes_lent_frames(&self) -> bool {
+        true
     }
 
     fn receive(

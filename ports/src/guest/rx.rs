@@ -13,6 +13,7 @@ use vswitch_offload::virtio::{HdrError, HDR_LEN_V1};
 use vswitch_offload::{CheckError, CheckedFrame, EgressCapabilities, Packet, VirtioNetHdr};
 
 use super::chain::{self, Direction, Segment};
+use super::lend::{GuestLoan, Piece};
 use super::stats::bump;
 use super::{GuestPort, GuestQueue, GuestRxError};
 use crate::buffer::PacketSink;
@@ -52,6 +53,9 @@ pub(super) struct RxState {
     /// chunks the segments are sliced from, no copy or allocation each.
     sink: PacketSink,
     chains: ChainScratch,
+    /// Frames with lent payloads delivered during a fill, dropped at its
+    /// end ([`GuestQueue::release_delivered`]).
+    delivered: Vec<Packet>,
 }
 
 /// Frames the device model takes out of the switch's queue at a time.
@@ -76,8 +80,9 @@ impl GuestPort {
     ) -> Result<(), GuestRxError> {
         // A link-layer header cut short is a malformed header (reject rule 8).
         let frame = CheckedFrame::check(packet).map_err(|err| match err {
-            CheckError::Header(err) => err,
-            CheckError::LinkLayer(err) => HdrError::from(err),
+            CheckError::Header(err) => GuestRxError::from(err),
+            CheckError::LinkLayer(err) => GuestRxError::from(HdrError::from(err)),
+            CheckError::Lent(err) => GuestRxError::from(err),
         })?;
         let RxState {
             ready,
@@ -124,7 +129,7 @@ impl GuestPort {
         T::Target: GuestMemory,
     {
         let header_len = self.format.size();
-        let required_len = header_len + packet.data.len();
+        let required_len = header_len + packet.len();
         let ChainScratch { segments, ends } = scratch;
         segments.clear();
         ends.clear();
@@ -175,27 +180,48 @@ impl GuestPort {
         let num_buffers =
             u16::try_from(count).map_err(|_| GuestRxError::TooManyBuffers { buffers: count })?;
         let (raw, header_len) = self.header_bytes(packet.hdr, num_buffers);
-        let mut sources = [raw.get(..header_len).unwrap_or_default(), &packet.data[..]];
         let used_before = used.len();
-        let mut start = 0;
         let mut last_len = 0;
-        for (position, (&(end, _), chain)) in ends.iter().zip(chains).enumerate() {
-            let written = segments
-                .get(start..end)
-                .map_or(Ok(0), |mine| {
-                    chain::write_from(&mut regions, mine, &mut sources)
-                })
-                .map_err(|failed| {
-                    used.truncate(used_before);
-                    GuestRxError::from_copy_failed(position, failed)
-                })?;
-            used.push(UsedChain {
-                head_index: chain.head_index(),
-                // A chain holds less than 2^32 bytes.
-                len: u32::try_from(written).unwrap_or(u32::MAX),
-            });
-            last_len = written;
-            start = end;
+        let mut write = |sources: &mut [Piece<'_>]| {
+            let mut start = 0;
+            for (position, (&(end, _), chain)) in ends.iter().zip(chains).enumerate() {
+                let written = segments
+                    .get(start..end)
+                    .map_or(Ok(0), |mine| chain::write_from(&mut regions, mine, sources))
+                    .map_err(|failed| {
+                        used.truncate(used_before);
+                        GuestRxError::from_copy_failed(position, failed)
+                    })?;
+                used.push(UsedChain {
+                    head_index: chain.head_index(),
+                    // A chain holds less than 2^32 bytes.
+                    len: u32::try_from(written).unwrap_or(u32::MAX),
+                });
+                last_len = written;
+                start = end;
+            }
+            Ok::<(), GuestRxError>(())
+        };
+        let head = [
+            Piece::Host(raw.get(..header_len).unwrap_or_default()),
+            Piece::Host(&packet.data[..]),
+        ];
+        match &packet.tail {
+            None => {
+                let mut head = head;
+                write(&mut head)?
+            }
+            // Another guest's payload: straight from its memory into this
+            // guest's buffers.
+            Some(tail) => match tail.source::<GuestLoan>() {
+                Some(loan) => loan.with_pieces(head, write)??,
+                None => {
+                    let mut rest = vec![0u8; tail.len()];
+                    tail.copy_to(&mut rest)?;
+                    let [h, d] = head;
+                    write(&mut [h, d, Piece::Host(&rest)])?
+                }
+            },
         }
         Ok(Delivered {
             buffers: count,
@@ -259,9 +285,41 @@ impl GuestQueue<'_> {
         T: Deref + Clone,
         T::Target: GuestMemory,
     {
-        self.receive_with(|port, scratch, packet| {
+        self.receive_with(false, |port, scratch, packet| {
             port.write_to_chains(mem, chains, scratch, packet, used)
         })
+    }
+
+    /// [`receive_into_chains`](Self::receive_into_chains) for a device
+    /// model's fill of several frames: a delivered frame whose payload
+    /// another guest lent is kept until [`release_delivered`]
+    /// (Self::release_delivered), so that the sender's device model is
+    /// woken once for the fill's frames, not once for each.
+    pub(crate) fn receive_into_chains_in_fill<M, T>(
+        &self,
+        mem: &M,
+        chains: &[DescriptorChain<T>],
+        used: &mut Vec<UsedChain>,
+    ) -> Result<Option<Delivered>, GuestRxError>
+    where
+        M: GuestMemory + ?Sized,
+        T: Deref + Clone,
+        T::Target: GuestMemory,
+    {
+        self.receive_with(true, |port, scratch, packet| {
+            port.write_to_chains(mem, chains, scratch, packet, used)
+        })
+    }
+
+    /// Drops the delivered frames [`receive_into_chains_in_fill`]
+    /// (Self::receive_into_chains_in_fill) kept, which gives their lent
+    /// payloads back.
+    pub(crate) fn release_delivered(&self) {
+        let spent = {
+            let mut rx = self.pair.rx.lock().unwrap_or_else(PoisonError::into_inner);
+            std::mem::take(&mut rx.delivered)
+        };
+        drop(spent);
     }
 
     /// The list a device model's receive fill on this pair collects its
@@ -281,11 +339,16 @@ impl GuestQueue<'_> {
     /// 1), into `out`, host memory the caller owns, replacing what it held.
     /// Returns the bytes written, or `None` when no frame is waiting.
     pub fn receive_into_vec(&self, out: &mut Vec<u8>) -> Result<Option<usize>, GuestRxError> {
-        self.receive_with(|port, _, packet| {
+        self.receive_with(false, |port, _, packet| {
             let (raw, header_len) = port.header_bytes(packet.hdr, 1);
             out.clear();
             out.extend_from_slice(raw.get(..header_len).unwrap_or_default());
             out.extend_from_slice(&packet.data);
+            if let Some(tail) = &packet.tail {
+                let at = out.len();
+                out.resize(at + tail.len(), 0);
+                tail.copy_to(&mut out[at..])?;
+            }
             Ok(out.len())
         })
     }
@@ -293,8 +356,11 @@ impl GuestQueue<'_> {
     /// Takes the next frame for the guest and hands it to `deliver`;
     /// counts the outcome, and keeps the frame queued if `deliver` failed
     /// without dropping it.
+    /// With `keep_lent`, a delivered frame with a lent payload is kept in
+    /// the pair's delivered list instead of dropped.
     fn receive_with<R>(
         &self,
+        keep_lent: bool,
         deliver: impl FnOnce(&GuestPort, &mut ChainScratch, &Packet) -> Result<R, GuestRxError>,
     ) -> Result<Option<R>, GuestRxError> {
         let counters = &self.port.counters;
@@ -305,7 +371,10 @@ impl GuestQueue<'_> {
         match deliver(self.port, &mut rx.chains, &packet) {
             Ok(delivered) => {
                 bump(&counters.rx_frames, 1);
-                bump(&counters.rx_bytes, packet.data.len());
+                bump(&counters.rx_bytes, packet.len());
+                if keep_lent && packet.tail.is_some() {
+                    rx.delivered.push(packet);
+                }
                 Ok(Some(delivered))
             }
             Err(err) => {

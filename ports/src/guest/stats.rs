@@ -31,6 +31,12 @@ pub struct GuestPortStats {
     /// Frames for the guest the port completed or segmented itself because
     /// the guest's receive offloads changed after the switch adapted them.
     pub rx_adapted: u64,
+    /// Transmitted frames whose payload was lent to the switch instead of
+    /// copied (counted in `tx_frames` too): copied once, by the egress.
+    pub tx_lent: u64,
+    /// Lent payloads copied into host memory because the device had to
+    /// stop using the guest's buffers (a ring stopped, the guest gone).
+    pub tx_lent_revoked: u64,
 }
 
 #[derive(Debug, Default)]
@@ -44,6 +50,8 @@ pub(super) struct Counters {
     pub(super) rx_dropped: AtomicU64,
     pub(super) rx_bad_chains: AtomicU64,
     pub(super) rx_adapted: AtomicU64,
+    pub(super) tx_lent: AtomicU64,
+    pub(super) tx_lent_revoked: AtomicU64,
 }
 
 pub(super) fn bump(counter: &AtomicU64, by: usize) {
@@ -64,6 +72,8 @@ impl Counters {
             rx_dropped: load(&self.rx_dropped),
             rx_bad_chains: load(&self.rx_bad_chains),
             rx_adapted: load(&self.rx_adapted),
+            tx_lent: load(&self.tx_lent),
+            tx_lent_revoked: load(&self.tx_lent_revoked),
         }
     }
 }

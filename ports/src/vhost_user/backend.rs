@@ -4,6 +4,7 @@
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
@@ -16,10 +17,10 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
-use super::queue::{drain_tx, fill_rx, QueueBroken};
+use super::queue::{drain_tx_lending, fill_rx, return_lent, QueueBroken};
 use super::Shared;
 use crate::features::Features;
-use crate::guest::{GuestPort, GuestPortConfig, Notifier};
+use crate::guest::{GuestPort, GuestPortConfig, LentMemory, Notifier};
 
 /// Guest memory as the vhost-user handler maps it.
 pub(super) type Memory = GuestMemoryAtomic<GuestMemoryMmap<()>>;
@@ -31,6 +32,10 @@ const MIN_MTU: u16 = 68;
 /// Frames (or chains) one event handles before the thread looks at its
 /// other events.
 const BUDGET: usize = 256;
+
+/// How long a ring that stops waits for its pair's thread to return the
+/// chains whose lent payloads were just copied.
+const STOP_WAIT: Duration = Duration::from_millis(200);
 
 /// The virtio-net feature bits this backend offers for `pairs` queue pairs.
 pub(super) fn offered_features(pairs: usize) -> Features {
@@ -189,6 +194,43 @@ impl NetBackend {
         self.apply_active_pairs();
     }
 
+    /// `VHOST_USER_GET_VRING_BASE` is about to reach the handler, which
+    /// stops ring `index` there: the device must be done with the ring's
+    /// buffers by then. For a transmit ring, every payload still lent is
+    /// copied into host memory, and the pair's thread returns the chains
+    /// through the used ring before the handler stops it (waited for, at
+    /// most [`STOP_WAIT`]).
+    pub(super) fn ring_stopping(&self, index: u32) {
+        let Some(port) = self.shared.guest() else {
+            return;
+        };
+        let Some(queue) = (index % 2 == 1)
+            .then(|| port.queue(index as usize / 2))
+            .flatten()
+        else {
+            return;
+        };
+        queue.revoke_lent(true);
+        let deadline = Instant::now() + STOP_WAIT;
+        while queue.has_returned() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+
+    /// `VHOST_USER_SET_VRING_BASE` is about to reach the handler: ring
+    /// `index` starts (again) from the index the frontend gives, and a
+    /// transmit ring lends payloads again.
+    pub(super) fn ring_starting(&self, index: u32) {
+        let Some(port) = self.shared.guest() else {
+            return;
+        };
+        if index % 2 == 1 {
+            if let Some(queue) = port.queue(index as usize / 2) {
+                queue.resume_lending();
+            }
+        }
+    }
+
     /// Tells the attached guest port how many queue pairs the guest uses:
     /// the leading pairs whose receive ring (2 × pair) is enabled. A guest
     /// that turns pairs off (`ethtool -L eth0 combined 1`) gets its frames
@@ -279,10 +321,28 @@ impl NetBackend {
                 continue;
             }
             let mut state = vring.get_mut();
-            if !state.is_enabled() || !state.get_queue().ready() {
+            let vq = u16::try_from(index).unwrap_or(u16::MAX);
+            if !state.get_queue().ready() {
                 continue;
             }
-            let vq = u16::try_from(index).unwrap_or(u16::MAX);
+            if !state.is_enabled() {
+                // A disabled transmit ring takes nothing new, but the
+                // chains whose lent payloads came back still go back.
+                if offset == 1 && queue.has_returned() {
+                    match return_lent(
+                        vq,
+                        state.get_queue_mut(),
+                        &memory,
+                        queue,
+                        &mut scratch.heads,
+                    ) {
+                        Ok(true) => state.signal_used_queue()?,
+                        Ok(false) => {}
+                        Err(err) => self.mark_broken(&err),
+                    }
+                }
+                continue;
+            }
             let result = if offset == 0 {
                 fill_rx(
                     vq,
@@ -293,10 +353,14 @@ impl NetBackend {
                     &mut scratch.chains,
                 )
             } else {
-                drain_tx(
+                // The payloads of large frames are lent out of this
+                // snapshot: they stay mapped until the last is copied.
+                let lent: Arc<dyn LentMemory> = Arc::new(memory.clone());
+                drain_tx_lending(
                     vq,
                     state.get_queue_mut(),
                     &memory,
+                    &lent,
                     queue,
                     BUDGET,
                     &mut scratch.heads,

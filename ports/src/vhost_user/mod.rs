@@ -21,8 +21,8 @@
 //!
 //! The port is built on [`GuestPort`], which holds the frames between the
 //! switch and the guest's virtqueues and does everything that touches a
-//! frame: the transmit chain copied once out of guest memory and its
-//! header checked against what was negotiated, the receive header built for
+//! frame: the transmit chain's header and headers copied once out of guest
+//! memory and checked against what was negotiated, the receive header built for
 //! the guest's features, mergeable receive buffers, the software fallback
 //! when the guest takes less than the port declared. This module adds the
 //! vhost-user transport around it (rust-vmm's `vhost-user-backend`):
@@ -57,6 +57,15 @@
 //!   all their chains to the used ring at once and signals the guest at
 //!   most once, honouring the ring's suppression (`EVENT_IDX` both ways).
 //!   While the device has work it suppresses the guest's kicks.
+//! * **Lent payloads**: a large TCP segmentation frame's payload (16 KiB
+//!   or more, its headers within its first 256 bytes) stays in the
+//!   sending guest's buffers and is read out of them by the egress that
+//!   copies it where it goes, so a byte from one guest to another is
+//!   copied once. Its transmit chain goes back to the guest only when the
+//!   last copy of the frame is gone (the pair's thread is woken for it); at
+//!   most 64 chains of a pair are lent at once. Before
+//!   `VHOST_USER_GET_VRING_BASE` stops a transmit ring, every payload still
+//!   lent from it is copied into host memory and its chain returned.
 //! * **Flow control**: when the switch has not yet taken what the guest
 //!   sent, the pair stops taking transmit chains (the guest sees a full
 //!   ring, not loss) and resumes when the switch takes frames again.
@@ -710,6 +719,14 @@ fn serve_connection(
         ring_enabled: {
             let backend = backend.clone();
             Arc::new(move |index, on| backend.ring_enabled(index, on))
+        },
+        ring_stopping: {
+            let backend = backend.clone();
+            Arc::new(move |index| backend.ring_stopping(index))
+        },
+        ring_starting: {
+            let backend = backend.clone();
+            Arc::new(move |index| backend.ring_starting(index))
         },
     };
     let relay = relay::Relay::start(frontend, to_handler, hooks)

@@ -27,11 +27,12 @@
 use std::num::Wrapping;
 use std::ops::Deref;
 use std::sync::atomic::{fence, Ordering};
+use std::sync::Arc;
 
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryBackend};
 
-use crate::guest::{GuestQueue, GuestRxError, UsedChain};
+use crate::guest::{GuestQueue, GuestRxError, LentMemory, Transmitted, UsedChain};
 
 /// Receive chains taken off the available ring at a time.
 const RX_TOP_UP: usize = 64;
@@ -82,8 +83,80 @@ where
     M: Deref + Clone,
     M::Target: GuestMemory + Sized,
 {
+    drain(index, queue, mem, None, port, budget, heads)
+}
+
+/// [`drain_tx`] with large TCP segmentation frames' payloads lent to the
+/// switch ([`GuestQueue::transmit_chain_lending`]) out of `lent_mem`, the
+/// same memory as `mem`, shared. Chains whose lent payloads came back
+/// since the last call are returned to the guest first, in the same
+/// used-ring update as the chains copied; a lent chain is returned only
+/// then. The pair's notifier fires when lent chains come back, so a
+/// device model that calls this on each notification returns them
+/// promptly.
+pub fn drain_tx_lending<M>(
+    index: u16,
+    queue: &mut Queue,
+    mem: &M,
+    lent_mem: &Arc<dyn LentMemory>,
+    port: GuestQueue<'_>,
+    budget: usize,
+    heads: &mut Vec<u16>,
+) -> Result<Drained, QueueBroken>
+where
+    M: Deref + Clone,
+    M::Target: GuestMemory + Sized,
+{
+    drain(index, queue, mem, Some(lent_mem), port, budget, heads)
+}
+
+/// Returns to the guest, through the used ring of `queue`, the transmit
+/// chains of `port` whose lent payloads came back: for a ring its driver
+/// disabled (the device still gives back what it took) or one about to
+/// stop. Says whether the guest is to be signalled.
+pub fn return_lent<M>(
+    index: u16,
+    queue: &mut Queue,
+    mem: &M,
+    port: GuestQueue<'_>,
+    heads: &mut Vec<u16>,
+) -> Result<bool, QueueBroken>
+where
+    M: Deref + Clone,
+    M::Target: GuestMemory + Sized,
+{
+    heads.clear();
+    port.take_returned(heads);
+    if heads.is_empty() {
+        return Ok(false);
+    }
+    publish_used(
+        index,
+        queue,
+        mem.deref(),
+        heads.iter().map(|&head| (head, 0)),
+    )
+}
+
+fn drain<M>(
+    index: u16,
+    queue: &mut Queue,
+    mem: &M,
+    lent_mem: Option<&Arc<dyn LentMemory>>,
+    port: GuestQueue<'_>,
+    budget: usize,
+    heads: &mut Vec<u16>,
+) -> Result<Drained, QueueBroken>
+where
+    M: Deref + Clone,
+    M::Target: GuestMemory + Sized,
+{
     let mut out = Drained::default();
     let target = mem.deref();
+    if lent_mem.is_some() {
+        out.signal = return_lent(index, queue, mem, port, heads)?;
+        out.chains = heads.len();
+    }
     queue
         .disable_notification(target)
         .map_err(|e| broken(index, e))?;
@@ -100,21 +173,35 @@ where
         }
         let want = room.min(budget - out.frames);
         heads.clear();
+        let before = out.frames;
         {
             let chains = queue.iter(mem.clone()).map_err(|e| broken(index, e))?;
             for chain in chains.take(want) {
-                heads.push(chain.head_index());
+                let head = chain.head_index();
+                out.frames += 1;
                 // A refused chain is counted by the port; it goes back to
-                // the guest all the same.
-                let _ = port.transmit_chain(target, chain);
+                // the guest all the same. A lent one goes back later.
+                let lent = match lent_mem {
+                    Some(lent_mem) => {
+                        port.transmit_chain_lending(target, lent_mem, chain)
+                            == Ok(Transmitted::Lent)
+                    }
+                    None => {
+                        let _ = port.transmit_chain(target, chain);
+                        false
+                    }
+                };
+                if !lent {
+                    heads.push(head);
+                }
             }
         }
+        let taken = out.frames - before;
         if publish_used(index, queue, target, heads.iter().map(|&head| (head, 0)))? {
             out.signal = true;
         }
         out.chains += heads.len();
-        out.frames += heads.len();
-        if heads.is_empty() {
+        if taken == 0 {
             // Nothing was on the ring: enable kicks, then look once more
             // for a chain posted meanwhile.
             let more = queue
@@ -201,7 +288,7 @@ where
                 }
             }
             let before = used.len();
-            match port.receive_into_chains(target, &chains[next..], &mut used) {
+            match port.receive_into_chains_in_fill(target, &chains[next..], &mut used) {
                 Ok(None) => break,
                 Ok(Some(_)) => {
                     next += used.len() - before;
@@ -242,6 +329,9 @@ where
     chains.clear();
     let seen_to = queue.next_avail();
     queue.set_next_avail(seen_to.wrapping_sub(unused));
+    // The frames written: a sender that lent their payloads gets its
+    // chains back now, woken once for all of them.
+    port.release_delivered();
     result?;
     out.signal = publish_used(
         index,

@@ -54,6 +54,8 @@ const SET_MEM_TABLE: u32 = 5;
 const ADD_MEM_REG: u32 = 37;
 const RESET_OWNER: u32 = 4;
 const SET_VRING_ENABLE: u32 = 18;
+const SET_VRING_BASE: u32 = 10;
+const GET_VRING_BASE: u32 = 11;
 const NET_SET_MTU: u32 = 20;
 const RESET_DEVICE: u32 = 34;
 
@@ -173,6 +175,13 @@ pub(super) struct Hooks {
     /// Told (ring index, enabled) for each `VHOST_USER_SET_VRING_ENABLE`
     /// handed to the handler.
     pub ring_enabled: Arc<dyn Fn(u32, bool) + Send + Sync>,
+    /// Told the ring index of each `VHOST_USER_GET_VRING_BASE` (the ring
+    /// stops) before the handler gets it, and returns when the device is
+    /// done with the ring's buffers.
+    pub ring_stopping: Arc<dyn Fn(u32) + Send + Sync>,
+    /// Told the ring index of each `VHOST_USER_SET_VRING_BASE` (the ring
+    /// starts from a given index) before the handler gets it.
+    pub ring_starting: Arc<dyn Fn(u32) + Send + Sync>,
 }
 
 /// A running relay; dropping it closes both connections.
@@ -387,6 +396,17 @@ fn relay_requests(
                 features_set = false;
                 held.clear();
             }
+            // VhostUserVringState: the ring's index, then the base.
+            GET_VRING_BASE => {
+                if let Some(state) = message.u64_body() {
+                    (hooks.ring_stopping)(state as u32);
+                }
+            }
+            SET_VRING_BASE => {
+                if let Some(state) = message.u64_body() {
+                    (hooks.ring_starting)(state as u32);
+                }
+            }
             _ => {}
         }
         message.write(to)?;
@@ -411,6 +431,8 @@ mod tests {
         Hooks {
             set_mtu,
             ring_enabled: Arc::new(|_, _| {}),
+            ring_stopping: Arc::new(|_| {}),
+            ring_starting: Arc::new(|_| {}),
         }
     }
 
@@ -571,6 +593,8 @@ mod tests {
                 let seen = seen.clone();
                 Arc::new(move |index, on| seen.lock().unwrap().push((index, on)))
             },
+            ring_stopping: Arc::new(|_| {}),
+            ring_starting: Arc::new(|_| {}),
         };
         let (mut vmm, backend, _relay) = relayed(hooks);
         let state = |index: u32, on: u32| {
@@ -591,6 +615,45 @@ mod tests {
             *seen.lock().unwrap(),
             vec![(2, true), (3, true), (2, false)]
         );
+    }
+
+    #[test]
+    fn a_ring_stops_at_the_port_before_the_handler_hears_of_it() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let hooks = Hooks {
+            set_mtu: Arc::new(|_| Ok(())),
+            ring_enabled: Arc::new(|_, _| {}),
+            ring_stopping: {
+                let seen = seen.clone();
+                Arc::new(move |index| {
+                    // A port that takes its time to be done with the ring:
+                    // the handler must still hear of it only afterwards.
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                    seen.lock().unwrap().push(("stop", index));
+                })
+            },
+            ring_starting: {
+                let seen = seen.clone();
+                Arc::new(move |index| seen.lock().unwrap().push(("start", index)))
+            },
+        };
+        let (mut vmm, backend, _relay) = relayed(hooks);
+        let state = |request: u32, index: u32, num: u32| {
+            let mut body = index.to_le_bytes().to_vec();
+            body.extend_from_slice(&num.to_le_bytes());
+            message(request, FLAG_VERSION_1, &body)
+        };
+        vmm.write_all(&message(SET_FEATURES, FLAG_VERSION_1, &[0; 8]))
+            .unwrap();
+        Message::read(&backend).unwrap().unwrap();
+        vmm.write_all(&state(GET_VRING_BASE, 3, 0)).unwrap();
+        let got = Message::read(&backend).unwrap().unwrap();
+        assert_eq!(got.request(), GET_VRING_BASE);
+        assert_eq!(*seen.lock().unwrap(), vec![("stop", 3)]);
+        vmm.write_all(&state(SET_VRING_BASE, 3, 17)).unwrap();
+        let got = Message::read(&backend).unwrap().unwrap();
+        assert_eq!(got.request(), SET_VRING_BASE);
+        assert_eq!(*seen.lock().unwrap(), vec![("stop", 3), ("start", 3)]);
     }
 
     /// A file of `len` bytes, as a frontend's guest memory is.

@@ -7,7 +7,7 @@ use std::time::Duration;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vswitch_offload::Packet;
 
-use super::queue::{drain_tx, fill_rx};
+use super::queue::{drain_tx, drain_tx_lending, fill_rx};
 use super::*;
 use crate::guest::mock::DriverQueue;
 use crate::guest::{CondvarNotifier, GuestPortConfig};
@@ -665,4 +665,102 @@ fn a_used_ring_across_two_memory_regions_is_written_entry_by_entry() {
         drv.take_used(),
         heads.iter().map(|&h| (h, 0)).collect::<Vec<_>>()
     );
+}
+
+/// A TCP/IPv4 TSO frame of `payload` bytes as a Linux driver posts it:
+/// virtio-net header and headers in one descriptor, the payload in pages.
+fn tso_chain(payload: usize) -> (Vec<u8>, Vec<Vec<u8>>) {
+    use vswitch_offload::testing::{tcp_flags, FrameBuilder};
+    use vswitch_offload::virtio::{HdrFormat, FLAG_NEEDS_CSUM, GSO_TCPV4};
+    let frame = FrameBuilder::tcp4([10, 0, 0, 1], [10, 0, 0, 2])
+        .ports(1000, 80)
+        .tcp_flags(tcp_flags::PSH | tcp_flags::ACK)
+        .payload_with(payload, |i| (i % 251) as u8)
+        .partial_checksum()
+        .build();
+    let hdr = vswitch_offload::VirtioNetHdr {
+        flags: FLAG_NEEDS_CSUM,
+        gso_type: GSO_TCPV4,
+        gso_size: 1448,
+        hdr_len: 54,
+        csum_start: 34,
+        csum_offset: 16,
+        ..Default::default()
+    };
+    let mut raw = [0u8; HDR];
+    hdr.emit(&mut raw, HdrFormat::V1).unwrap();
+    let mut head = raw.to_vec();
+    head.extend_from_slice(&frame[..54]);
+    let mut pieces = vec![head];
+    pieces.extend(frame[54..].chunks(4096).map(<[u8]>::to_vec));
+    (frame, pieces)
+}
+
+#[test]
+fn a_lent_chain_goes_back_to_the_sender_once_the_receiver_has_the_bytes() {
+    use crate::guest::LentMemory;
+    let tso = Features::VERSION_1
+        | Features::CSUM
+        | Features::GUEST_CSUM
+        | Features::HOST_TSO4
+        | Features::GUEST_TSO4
+        | Features::MRG_RXBUF;
+    // The sender's memory is shared, as the backend's snapshots are.
+    let a_mem = Arc::new(memory());
+    let lent: Arc<dyn LentMemory> = Arc::new(a_mem.clone());
+    let mut a_drv = driver(&a_mem);
+    let mut a_tx = a_drv.device_queue();
+    let (a, a_notifier) = guest(tso, 64);
+    let b_mem = memory();
+    let mut b_drv = driver(&b_mem);
+    let mut b_rx = b_drv.device_queue();
+    let (b, _) = guest(tso, 64);
+
+    let small = a_drv.post_readable(&[&[0u8; HDR], &frame(7, 60)]);
+    let (frame, pieces) = tso_chain(40_000);
+    let pieces: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
+    let large = a_drv.post_readable(&pieces);
+    let mut heads = Vec::new();
+    let a_queue = a.queue(0).unwrap();
+    let done = drain_tx_lending(1, &mut a_tx, &&*a_mem, &lent, a_queue, 256, &mut heads).unwrap();
+    assert_eq!((done.frames, done.chains), (2, 1));
+    assert_eq!(
+        a_drv.take_used(),
+        vec![(small, 0)],
+        "the small frame was copied and its chain returned; the large one is lent"
+    );
+    assert_eq!((a.stats().tx_lent, a_queue.lent_now()), (1, 1));
+
+    let mut batch = Vec::new();
+    assert_eq!(a.receive(0, &mut batch, 8).unwrap(), 2);
+    for packet in batch {
+        b.send(0, packet).unwrap();
+    }
+    // Still lent while the frame waits in the receiver's queue.
+    let again = drain_tx_lending(1, &mut a_tx, &&*a_mem, &lent, a_queue, 256, &mut heads).unwrap();
+    assert_eq!((again.frames, again.chains), (0, 0));
+    assert!(a_drv.take_used().is_empty());
+
+    let rx_heads: Vec<u16> = (0..16).map(|_| b_drv.post_writable(&[4096])).collect();
+    let mut chains = Vec::new();
+    let filled = fill_rx(0, &mut b_rx, &&b_mem, b.queue(0).unwrap(), 256, &mut chains).unwrap();
+    assert_eq!(filled.frames, 2);
+    let used = b_drv.take_used();
+    let written: Vec<u8> = used[1..]
+        .iter()
+        .flat_map(|&(head, len)| b_drv.read_chain(head, len as usize))
+        .collect();
+    assert_eq!(used[1].0, rx_heads[1]);
+    assert_eq!(
+        &written[HDR..],
+        &frame[..],
+        "every byte, read out of A's buffers"
+    );
+    // The sender's device side is woken, and returns the chain on its next
+    // pass, with a signal.
+    assert!(a_notifier.wait_timeout(Duration::ZERO));
+    let back = drain_tx_lending(1, &mut a_tx, &&*a_mem, &lent, a_queue, 256, &mut heads).unwrap();
+    assert_eq!((back.frames, back.chains, back.signal), (0, 1, true));
+    assert_eq!(a_drv.take_used(), vec![(large, 0)]);
+    assert_eq!(a_queue.lent_now(), 0);
 }
