@@ -1,14 +1,18 @@
 //! A frame from one guest to another through the vhost-user device side
 //! (`vhost_user::queue::drain_tx` on the sender's transmit ring, the guest
 //! port's queues, `fill_rx` into the receiver's buffers), against the
-//! physical limit measured in the same run: memcpy of the same bytes. The
-//! path copies each byte twice (out of the sender's memory into a host
-//! buffer, then into the receiver's buffers), so 2.0x memcpy is the floor
-//! of this design; a single-copy path would be 1.0x.
+//! physical limit measured in the same run: memcpy of the same bytes.
+//! Each case runs twice: with the frame copied out of the sender's memory
+//! into a host buffer and from there into the receiver's buffers (two
+//! copies a byte, so 2.0x memcpy is that path's floor), and, where the
+//! frame can be lent (`drain_tx_lending`: a TCP TSO frame), with its
+//! payload read straight out of the sender's buffers into the receiver's
+//! (one copy, floor 1.0x).
 //!
-//! Cases: one 64 KiB TSO frame into 4 KiB mergeable buffers (a receiver
-//! with GUEST_TSO4), one 1514-byte frame into one 2 KiB buffer, and
-//! (`65000-cut`) a 64 KiB TCP TSO frame with a partial checksum toward a
+//! Cases: a 64 KiB frame (no offload asked, so never lent) into 4 KiB
+//! mergeable buffers, one 1514-byte frame into one 2 KiB buffer,
+//! (`65000-tso`) a 64 KiB TCP TSO frame toward a receiver with GUEST_TSO4,
+//! into 4 KiB mergeable buffers, and (`65000-cut`) the same frame toward a
 //! receiver that negotiated no offloads, whose port cuts it into 45
 //! segments and computes their checksums on the way into 2 KiB buffers
 //! (memcpy of the frame is the reference there too). The
@@ -16,8 +20,10 @@
 //! the project's mock driver, whose own work (posting buffers, reaping
 //! used entries) is left out of the time. A best-of-N table with the ratio is printed
 //! before criterion's report. Nothing here asserts a time.
-//! `VHOST_USER_BENCH_PROFILE=65000` (or `1514`, `65000-cut`) runs only
-//! that case's frames, 10,000 of them, for a profiler (callgrind, perf).
+//! `VHOST_USER_BENCH_PROFILE=65000` (or `1514`, `65000-tso`, `65000-cut`)
+//! runs only that case's frames, 10,000 of them, for a profiler
+//! (callgrind, perf); `VHOST_USER_BENCH_LEND=1` lends them where they can
+//! be lent.
 //!
 //! ```text
 //! cargo bench -p vswitch-benches --bench vhost_user
@@ -33,7 +39,7 @@ use vswitch_benches::virtio_chain;
 use vswitch_offload::testing::FrameBuilder;
 use vswitch_ports::features::Features;
 use vswitch_ports::guest::mock::{Desc, DriverQueue};
-use vswitch_ports::guest::{CondvarNotifier, GuestPort, GuestPortConfig};
+use vswitch_ports::guest::{CondvarNotifier, GuestPort, GuestPortConfig, LentMemory};
 use vswitch_ports::vhost_user::{negotiate, queue};
 use vswitch_ports::Port;
 
@@ -41,12 +47,14 @@ const HDR: usize = 12;
 
 /// Two guests' memories and rings, a port each, and a prepared frame.
 struct Pair {
-    tx_mem: GuestMemoryMmap,
+    /// Shared, as a backend's memory snapshots are, so that payloads can
+    /// be lent out of it.
+    tx_mem: Arc<GuestMemoryMmap>,
     rx_mem: GuestMemoryMmap,
     frame_len: usize,
     buffer: u32,
-    /// The frame is a TCP TSO frame and the receiver takes no offloads:
-    /// its port cuts the frame and computes every checksum on the way in.
+    /// The receiver takes no offloads: its port cuts the frame and
+    /// computes every checksum on the way in.
     cut: bool,
 }
 
@@ -59,10 +67,10 @@ const FRAME_AT: u64 = 0x10_0000;
 const BUFFERS_AT: u64 = 0x10_0000;
 
 impl Pair {
-    fn new(frame_len: usize, buffer: u32, cut: bool) -> Pair {
+    fn new(frame_len: usize, buffer: u32, tcp: bool, cut: bool) -> Pair {
         let tx_mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 21)]).unwrap();
         let rx_mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 21)]).unwrap();
-        let chain = if cut {
+        let chain = if tcp {
             // A TCP/IPv4 TSO frame with a partial checksum, as a Linux
             // guest hands it over.
             let frame = FrameBuilder::tcp4([198, 18, 0, 1], [198, 18, 0, 2])
@@ -81,7 +89,7 @@ impl Pair {
         };
         tx_mem.write_slice(&chain, GuestAddress(FRAME_AT)).unwrap();
         Pair {
-            tx_mem,
+            tx_mem: Arc::new(tx_mem),
             rx_mem,
             frame_len,
             buffer,
@@ -89,9 +97,10 @@ impl Pair {
         }
     }
 
-    /// Runs `rounds` frames from sender to receiver; returns the time the
-    /// device side took.
-    fn run(&self, rounds: usize) -> Duration {
+    /// Runs `rounds` frames from sender to receiver, lending their
+    /// payloads with `lend`; returns the time the device side took.
+    fn run(&self, rounds: usize, lend: bool) -> Duration {
+        let lent: Arc<dyn LentMemory> = Arc::new(self.tx_mem.clone());
         let acked = Features::VERSION_1
             | Features::MRG_RXBUF
             | Features::CSUM
@@ -106,7 +115,7 @@ impl Pair {
         let b_features = if self.cut { plain } else { negotiated };
         let b = GuestPort::new(config(), b_features, Arc::new(CondvarNotifier::new()));
         let mut tx_drv = DriverQueue::new(
-            &self.tx_mem,
+            &*self.tx_mem,
             GuestAddress(0),
             256,
             GuestAddress(0x8_0000),
@@ -145,14 +154,22 @@ impl Pair {
                 }
             }
             let start = Instant::now();
-            let sent = queue::drain_tx(
-                1,
-                &mut tx,
-                &&self.tx_mem,
-                a.queue(0).unwrap(),
-                64,
-                &mut heads,
-            )
+            // A lent chain comes back to the sender's used ring on the
+            // drain after the receiver took its bytes: inside the time.
+            let tx_mem = &*self.tx_mem;
+            let sent = if lend {
+                queue::drain_tx_lending(
+                    1,
+                    &mut tx,
+                    &tx_mem,
+                    &lent,
+                    a.queue(0).unwrap(),
+                    64,
+                    &mut heads,
+                )
+            } else {
+                queue::drain_tx(1, &mut tx, &tx_mem, a.queue(0).unwrap(), 64, &mut heads)
+            }
             .unwrap();
             a.receive(0, &mut batch, 64).unwrap();
             b.send_batch(0, &mut batch).unwrap();
@@ -195,63 +212,87 @@ fn memcpy(len: usize, rounds: usize) -> Duration {
     start.elapsed()
 }
 
-/// A case: its name, frame length, receive buffer size, and whether the
-/// receiver's port cuts the frame.
+/// A case: its name, frame length, receive buffer size, whether the
+/// frame is a TCP TSO frame, and whether the receiver's port cuts it.
 struct Case {
     name: &'static str,
     len: usize,
     buffer: u32,
+    tcp: bool,
     cut: bool,
 }
 
-const CASES: [Case; 3] = [
+const CASES: [Case; 4] = [
     Case {
         name: "65000",
         len: 65_000,
         buffer: 4096,
+        tcp: false,
         cut: false,
     },
     Case {
         name: "1514",
         len: 1514,
         buffer: 2048,
+        tcp: false,
+        cut: false,
+    },
+    Case {
+        name: "65000-tso",
+        len: 65_000,
+        buffer: 4096,
+        tcp: true,
         cut: false,
     },
     Case {
         name: "65000-cut",
         len: 65_000,
         buffer: 2048,
+        tcp: true,
         cut: true,
     },
 ];
 
 impl Case {
     fn pair(&self) -> Pair {
-        Pair::new(self.len, self.buffer, self.cut)
+        Pair::new(self.len, self.buffer, self.tcp, self.cut)
     }
 }
 
 fn table() {
     println!("guest to guest through the vhost-user device side, best of 7 (ns per frame)");
     println!(
-        "{:>10} {:>10} {:>10} {:>8}",
-        "case", "path", "memcpy", "ratio"
+        "{:>10} {:>10} {:>10} {:>10} {:>8} {:>8}",
+        "case", "copied", "lent", "memcpy", "copied/m", "lent/m"
     );
     for case in &CASES {
         let pair = case.pair();
         let rounds = if case.len > 10_000 { 2_000 } else { 20_000 };
-        let (mut path, mut copy) = (Duration::MAX, Duration::MAX);
+        let (mut copied, mut lent, mut copy) = (Duration::MAX, Duration::MAX, Duration::MAX);
         for _ in 0..7 {
-            path = path.min(pair.run(rounds));
+            copied = copied.min(pair.run(rounds, false));
+            if case.tcp {
+                lent = lent.min(pair.run(rounds, true));
+            }
             copy = copy.min(memcpy(HDR + case.len, rounds));
         }
         let per = |d: Duration| d.as_nanos() as f64 / rounds as f64;
+        let (lent, lent_ratio) = if case.tcp {
+            (
+                format!("{:.0}", per(lent)),
+                format!("{:.2}x", per(lent) / per(copy)),
+            )
+        } else {
+            ("-".to_string(), "-".to_string())
+        };
         println!(
-            "{:>10} {:>10.0} {:>10.0} {:>7.2}x",
+            "{:>10} {:>10.0} {:>10} {:>10.0} {:>7.2}x {:>8}",
             case.name,
-            per(path),
+            per(copied),
+            lent,
             per(copy),
-            per(path) / per(copy)
+            per(copied) / per(copy),
+            lent_ratio
         );
     }
 }
@@ -265,8 +306,15 @@ fn bench(c: &mut Criterion) {
         group.bench_with_input(
             BenchmarkId::new("device_side", case.name),
             &pair,
-            |b, pair| b.iter_custom(|iters| pair.run(iters as usize)),
+            |b, pair| b.iter_custom(|iters| pair.run(iters as usize, false)),
         );
+        if case.tcp {
+            group.bench_with_input(
+                BenchmarkId::new("device_side_lent", case.name),
+                &pair,
+                |b, pair| b.iter_custom(|iters| pair.run(iters as usize, true)),
+            );
+        }
         group.bench_with_input(BenchmarkId::new("memcpy", case.name), &len, |b, &len| {
             b.iter_custom(|iters| memcpy(HDR + len, iters as usize))
         });
@@ -287,7 +335,8 @@ fn main() {
             std::process::exit(2);
         };
         let frames = 10_000;
-        let spent = found.pair().run(frames);
+        let lend = std::env::var_os("VHOST_USER_BENCH_LEND").is_some_and(|v| v == "1");
+        let spent = found.pair().run(frames, lend);
         println!(
             "{case}: {:.0} ns per frame",
             spent.as_nanos() as f64 / frames as f64
