@@ -8,7 +8,7 @@ mod switch_support;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use switch_support::*;
 use vswitch::{DropReason, PortProfile, SwitchConfig, VlanId};
@@ -75,6 +75,14 @@ fn hot_add_and_remove_under_traffic_lose_nothing_elsewhere() {
         let guest_c = Arc::new(guest_c);
         let at_c = late_collector(guest_c.clone(), Duration::from_millis(100), TO_HOTPLUG);
         thread::sleep(Duration::from_millis(30));
+        // On a loaded machine the worker may not have polled the newcomer
+        // yet: give it until the hello is taken in, so the round tests
+        // removal under traffic rather than the scheduler.
+        let taken_in = Instant::now() + Duration::from_secs(5);
+        while switch.port_stats(id_c).is_some_and(|s| s.rx_frames == 0) && Instant::now() < taken_in
+        {
+            thread::sleep(Duration::from_millis(5));
+        }
         let report = switch.remove_port(id_c).unwrap();
         assert_eq!(switch.learned_on(id_c), 0, "round {round}: addresses kept");
         assert!(switch.port_stats(id_c).is_none());
