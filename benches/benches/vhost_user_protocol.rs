@@ -24,6 +24,11 @@
 //! what finds B short of buffers, so some frames go missing there; its
 //! time is counted up to the last frame B had.
 //!
+//! The switch runs twice: copying each transmitted frame into host memory
+//! (the default), and with its ports lending large payloads
+//! (`VhostUserConfig::lend_payloads`), the receiver's port reading them
+//! straight out of A's memory.
+//!
 //! Every thread (both frontends, the backend's queue threads, the switch's
 //! worker) shares this machine's cores, and the frontends' own work
 //! (posting, reaping, B's verification) is in the time, as a guest's would
@@ -376,10 +381,12 @@ enum Peer {
 }
 
 impl Peer {
-    fn switch(sockets: [&Path; 2]) -> Peer {
+    /// The switch, its ports lending large payloads with `lend`.
+    fn switch(sockets: [&Path; 2], lend: bool) -> Peer {
         let switch = Switch::start(SwitchConfig::default().workers(1)).expect("the switch");
         let ports = [("a", sockets[0]), ("b", sockets[1])].map(|(name, socket)| {
-            VhostUserPort::start(VhostUserConfig::new(name, socket)).expect("a port")
+            VhostUserPort::start(VhostUserConfig::new(name, socket).lend_payloads(lend))
+                .expect("a port")
         });
         for port in &ports {
             switch
@@ -750,15 +757,18 @@ fn main() {
         "drops",
         "missing"
     );
-    for takes_tso in [true, false] {
-        let outcome = run(takes_tso, frames, |sockets, _| Ok(Peer::switch(sockets)))
-            .expect("the switch starts");
+    for (takes_tso, lend) in [(true, false), (false, false), (true, true), (false, true)] {
+        let outcome = run(takes_tso, frames, |sockets, _| {
+            Ok(Peer::switch(sockets, lend))
+        })
+        .expect("the switch starts");
         assert_eq!(outcome.got.frames, frames, "every frame reached B");
         assert_eq!(outcome.drops, 0, "nothing was dropped");
-        let label = if takes_tso {
-            "switch, GUEST_TSO4 (passed through)"
-        } else {
-            "switch, no offloads (port cuts)"
+        let label = match (takes_tso, lend) {
+            (true, false) => "switch, GUEST_TSO4 (passed through)",
+            (false, false) => "switch, no offloads (port cuts)",
+            (true, true) => "switch lending, GUEST_TSO4",
+            (false, true) => "switch lending, no offloads",
         };
         row(label, &outcome, frames);
     }

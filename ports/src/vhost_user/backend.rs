@@ -17,7 +17,7 @@ use vmm_sys_util::event::{
     new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
 };
 
-use super::queue::{drain_tx_lending, fill_rx, return_lent, QueueBroken};
+use super::queue::{drain_tx, drain_tx_lending, fill_rx, return_lent, QueueBroken};
 use super::Shared;
 use crate::features::Features;
 use crate::guest::{GuestPort, GuestPortConfig, LentMemory, Notifier};
@@ -352,7 +352,7 @@ impl NetBackend {
                     BUDGET,
                     &mut scratch.chains,
                 )
-            } else {
+            } else if self.shared.config.lend_payloads {
                 // The payloads of large frames are lent out of this
                 // snapshot: they stay mapped until the last is copied.
                 let lent: Arc<dyn LentMemory> = Arc::new(memory.clone());
@@ -361,6 +361,15 @@ impl NetBackend {
                     state.get_queue_mut(),
                     &memory,
                     &lent,
+                    queue,
+                    BUDGET,
+                    &mut scratch.heads,
+                )
+            } else {
+                drain_tx(
+                    vq,
+                    state.get_queue_mut(),
+                    &memory,
                     queue,
                     BUDGET,
                     &mut scratch.heads,

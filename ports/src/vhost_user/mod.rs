@@ -57,7 +57,8 @@
 //!   all their chains to the used ring at once and signals the guest at
 //!   most once, honouring the ring's suppression (`EVENT_IDX` both ways).
 //!   While the device has work it suppresses the guest's kicks.
-//! * **Lent payloads**: a large TCP segmentation frame's payload (16 KiB
+//! * **Lent payloads** (with [`VhostUserConfig::lend_payloads`]): a large
+//!   TCP segmentation frame's payload (16 KiB
 //!   or more, its headers within its first 256 bytes) stays in the
 //!   sending guest's buffers and is read out of them by the egress that
 //!   copies it where it goes, so a byte from one guest to another is
@@ -172,6 +173,12 @@ pub struct VhostUserConfig {
     pub queue_len: usize,
     /// In client mode, the wait between connection attempts.
     pub reconnect_interval: Duration,
+    /// Lend large TCP segmentation payloads instead of copying them on
+    /// transmit (see "Lent payloads" in the module documentation). Off by
+    /// default: it saves a copy a byte toward another guest, but holds the
+    /// sender's chains until the receiver has the bytes, which costs more
+    /// than the copy end to end where frontends and switch share few cores.
+    pub lend_payloads: bool,
 }
 
 impl VhostUserConfig {
@@ -187,6 +194,7 @@ impl VhostUserConfig {
             queue_size: MAX_QUEUE_SIZE,
             queue_len: 1024,
             reconnect_interval: Duration::from_millis(200),
+            lend_payloads: false,
         }
     }
 
@@ -205,6 +213,13 @@ impl VhostUserConfig {
     /// Sets the MTU.
     pub fn mtu(mut self, mtu: u16) -> Self {
         self.mtu = mtu;
+        self
+    }
+
+    /// Sets whether large TCP segmentation payloads are lent
+    /// ([`lend_payloads`](Self::lend_payloads)).
+    pub fn lend_payloads(mut self, lend: bool) -> Self {
+        self.lend_payloads = lend;
         self
     }
 
