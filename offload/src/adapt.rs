@@ -182,13 +182,10 @@ pub fn adapt<S: SegmentSink + ?Sized>(
     sink: &mut S,
 ) -> Result<Adapted, AdaptError> {
     let action = decide(frame, caps)?;
-    if action == Action::PassThrough {
-        return Ok(Adapted::PassThrough);
-    }
     // The software paths read every byte: a frame whose payload is still
     // lent is taken into host memory first.
     let whole;
-    let frame = if frame.has_tail() {
+    let frame = if frame.has_tail() && action != Action::PassThrough {
         whole = frame.materialised()?;
         &whole
     } else {

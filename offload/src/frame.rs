@@ -448,7 +448,7 @@ impl CheckedFrame {
 /// Whether the frame's IP and TCP headers all lie in `data`, as they must
 /// for a frame with a tail to be checked without its tail: a TCP frame
 /// whose layout parses within `data`.
-fn headers_lead(data: &[u8], l2: &L2Header) -> bool {
+pub(crate) fn headers_lead(data: &[u8], l2: &L2Header) -> bool {
     matches!(
         FrameLayout::parse_after_l2(data, l2),
         Ok((layout, _)) if layout.l4 == Some(crate::layout::L4Kind::Tcp)

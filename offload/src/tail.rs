@@ -18,6 +18,15 @@ use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 
+use crate::wire::ethernet::L2Header;
+
+/// Whether `data`, a frame's first bytes, holds all its headers as the
+/// data of a packet with a tail must to be checked without its tail: a
+/// TCP frame whose Ethernet, IP and TCP headers parse within `data`.
+pub fn headers_within(data: &[u8]) -> bool {
+    L2Header::parse(data).is_ok_and(|l2| crate::frame::headers_lead(data, &l2))
+}
+
 /// Where the bytes of a [`Tail`] are, and how to copy them out. The
 /// implementation decides what lending them means for their owner (a
 /// guest's transmit chain is returned to it when the last clone of the

@@ -7,7 +7,7 @@ use bytes::{Bytes, BytesMut};
 use virtio_queue::DescriptorChain;
 use vm_memory::GuestMemory;
 use vswitch_offload::virtio::{GSO_ECN, GSO_TCPV4, GSO_TCPV6, HDR_LEN_V1};
-use vswitch_offload::{FrameLayout, L4Kind, Packet, Tail, VirtioNetHdr};
+use vswitch_offload::{Packet, Tail, VirtioNetHdr};
 
 use crate::buffer::ChunkPool;
 
@@ -85,15 +85,7 @@ impl GuestQueue<'_> {
         T: Deref,
         T::Target: GuestMemory,
     {
-        let result = match self.copy_or_lend(mem, None, chain) {
-            Ok(Taken::Copied(bytes)) => self.take_chain(bytes),
-            Ok(Taken::Lent(packet)) => self.queue_lent(packet),
-            Err(err) => Err(err),
-        };
-        if result.is_err() {
-            bump(&self.port.counters.tx_errors, 1);
-        }
-        result
+        self.transmit(mem, None, chain).map(drop)
     }
 
     /// Like [`transmit_chain`](Self::transmit_chain), but a large TCP
@@ -122,7 +114,23 @@ impl GuestQueue<'_> {
         T::Target: GuestMemory,
     {
         let head = chain.head_index();
-        let result = match self.copy_or_lend(mem, Some((lent_mem, head)), chain) {
+        self.transmit(mem, Some((lent_mem, head)), chain)
+    }
+
+    /// [`transmit_chain_lending`](Self::transmit_chain_lending), lending
+    /// only with `lend`; a refused chain is counted.
+    fn transmit<M, T>(
+        &self,
+        mem: &M,
+        lend: Option<(&Arc<dyn LentMemory>, u16)>,
+        chain: DescriptorChain<T>,
+    ) -> Result<Transmitted, GuestTxError>
+    where
+        M: GuestMemory + ?Sized,
+        T: Deref,
+        T::Target: GuestMemory,
+    {
+        let result = match self.copy_or_lend(mem, lend, chain) {
             Ok(Taken::Copied(bytes)) => self.take_chain(bytes).map(|()| Transmitted::Copied),
             Ok(Taken::Lent(packet)) => self.queue_lent(packet).map(|()| Transmitted::Lent),
             Err(err) => Err(err),
@@ -214,13 +222,7 @@ impl GuestQueue<'_> {
         if let Some((lent_mem, head)) = lend {
             if total >= LEND_MIN && self.pair.lender.has_room() {
                 let head_len = self.port.format.size() + LENT_HEAD;
-                small.clear();
-                if small.capacity() < head_len && !small.try_reclaim(SMALL_CHUNK) {
-                    *small = BytesMut::with_capacity(SMALL_CHUNK);
-                }
-                small.resize(head_len, 0);
-                let copied = chain::read_into(&mut regions, segments, small)?;
-                let first = small.split_to(copied).freeze();
+                let first = read_small(small, &mut regions, segments, head_len)?;
                 if let Some(packet) = self.lend(first, total, segments, lent_mem, head)? {
                     return Ok(Taken::Lent(packet));
                 }
@@ -232,15 +234,8 @@ impl GuestQueue<'_> {
             // shared-count block, made when the frame is sliced off its
             // header) per frame. A chunk whose frames are all gone is
             // taken back whole; one still in use is left to its frames.
-            small.clear();
-            if small.capacity() < total && !small.try_reclaim(SMALL_CHUNK) {
-                *small = BytesMut::with_capacity(SMALL_CHUNK);
-            }
-            small.resize(total, 0);
-            let copied = chain::read_into(&mut regions, segments, small)?;
-            let mut frame = small.split_to(total);
-            frame.truncate(copied);
-            return Ok(Taken::Copied(frame.freeze()));
+            let frame = read_small(small, &mut regions, segments, total)?;
+            return Ok(Taken::Copied(frame));
         }
         let mut chunk = pool.take(total);
         let copied = chain::read_into(&mut regions, segments, &mut chunk[..total])?;
@@ -270,11 +265,7 @@ impl GuestQueue<'_> {
             .parse_header(first.get(..header_len).unwrap_or_default())?;
         let data = first.slice(header_len..);
         let tcp_gso = matches!(hdr.gso_type & !GSO_ECN, GSO_TCPV4 | GSO_TCPV6);
-        let headers_lead = matches!(
-            FrameLayout::parse(&data),
-            Ok(layout) if layout.l4 == Some(L4Kind::Tcp) && layout.payload_offset <= data.len()
-        );
-        if !tcp_gso || !headers_lead || first.len() >= total {
+        if !tcp_gso || first.len() >= total || !vswitch_offload::tail::headers_within(&data) {
             return Ok(None);
         }
         hdr.validate_headers(&data, total - header_len)?;
@@ -343,6 +334,26 @@ impl GuestQueue<'_> {
             }),
         }
     }
+}
+
+/// Copies the first `len` bytes of the chain of `segments` into the next
+/// bytes of the small-frame chunk `small` (a new chunk when it has no room
+/// and its frames still hold it); returns the bytes copied.
+fn read_small<M: GuestMemory + ?Sized>(
+    small: &mut BytesMut,
+    regions: &mut chain::Regions<'_, M>,
+    segments: &[chain::Segment],
+    len: usize,
+) -> Result<Bytes, GuestTxError> {
+    small.clear();
+    if small.capacity() < len && !small.try_reclaim(SMALL_CHUNK) {
+        *small = BytesMut::with_capacity(SMALL_CHUNK);
+    }
+    small.resize(len, 0);
+    let copied = chain::read_into(regions, segments, small)?;
+    let mut frame = small.split_to(len);
+    frame.truncate(copied);
+    Ok(frame.freeze())
 }
 
 /// A chain taken off the ring: copied, or its frame with a lent payload.
