@@ -54,6 +54,8 @@
 //! nothing was dropped, and measures nothing).
 //! `VHOST_USER_PROTOCOL_ONLY=lending` (any part of a row's label) runs only
 //! the rows whose label holds it, for a profiler.
+//! `VHOST_USER_PROTOCOL_WINDOW=1` keeps one frame in flight instead of 24,
+//! so that each waits for the one before: a measure of latency.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -106,6 +108,17 @@ const MSS: u16 = 1448;
 const RX_BUFFER: u32 = 4096;
 const RX_POSTED: usize = 500;
 const WINDOW: u64 = 24;
+
+/// The frames A keeps in flight: [`WINDOW`], or fewer as
+/// `VHOST_USER_PROTOCOL_WINDOW` says (1 makes each frame wait for the one
+/// before: the time is then the path's latency, wake-ups and all).
+fn window() -> u64 {
+    std::env::var("VHOST_USER_PROTOCOL_WINDOW")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(WINDOW)
+        .clamp(1, WINDOW)
+}
 /// `VHOST_USER_F_PROTOCOL_FEATURES` among the feature bits.
 const PROTOCOL_FEATURES: u64 = VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits();
 /// The Ethernet, IPv4 and TCP headers of A's frames.
@@ -598,6 +611,7 @@ fn run(
     let delivered = AtomicU64::new(0);
     let window_open = EventFd::new(EFD_NONBLOCK).expect("an eventfd");
     let stalled = AtomicBool::new(false);
+    let window = window();
     let peer_cpu_before = peer.cpu_time();
     let start = Instant::now();
     let (received, peer_cpu_after, (frontend_tids, frontends_cpu)) = std::thread::scope(|scope| {
@@ -609,7 +623,7 @@ fn run(
             let mut sent = 0u64;
             while sent < frames && !stalled.load(Ordering::Relaxed) {
                 in_ring -= a_tx.take_used().len();
-                let window = WINDOW.saturating_sub(sent - delivered.load(Ordering::Acquire));
+                let window = window.saturating_sub(sent - delivered.load(Ordering::Acquire));
                 let room = (usize::from(QUEUE_LEN) / 2 - in_ring).min(window as usize);
                 let batch = room.min((frames - sent) as usize);
                 for _ in 0..batch {
@@ -885,7 +899,8 @@ fn main() {
         .unwrap_or(if measure { 20_000u64 } else { 300 });
     println!(
         "vhost-user protocol, two frontends in this process: {FLOWS} flows of {PAYLOAD}-byte \
-         TSO frames, {frames} frames a case, every byte checked by B"
+         TSO frames, {frames} frames a case, at most {} in flight, every byte checked by B",
+        window()
     );
     println!(
         "{:>38} {:>6} {:>5} {:>11} {:>7} {:>21} {:>5} {:>5} {:>4}",

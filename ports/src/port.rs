@@ -21,6 +21,8 @@
 //! no allocation per frame on the switch side, and one dynamic call per
 //! burst rather than per frame.
 
+use std::task::Waker;
+
 use vswitch_offload::{EgressCapabilities, Packet};
 
 /// What a port declares about itself.
@@ -145,6 +147,22 @@ pub trait Port: Send + Sync {
         batch: &mut Vec<Packet>,
         max: usize,
     ) -> Result<usize, PortError>;
+
+    /// Asks the port to wake `waker` whenever frames arrive on receive
+    /// queue `queue` while it was empty, so that whoever polls the queue
+    /// (a switch worker) may sleep until then instead of polling it on a
+    /// timer. Returns whether the port will; a later call replaces the
+    /// waker. The port wakes it from whatever thread the frames arrive on,
+    /// after they can be taken with [`Port::receive`], so the poller must
+    /// only make sure it looks at the queue after a wake (a wake before it
+    /// sleeps must not be lost).
+    ///
+    /// The provided implementation keeps no waker and returns `false`:
+    /// the caller goes on polling the queue.
+    fn set_rx_waker(&self, queue: usize, waker: Waker) -> bool {
+        let _ = (queue, waker);
+        false
+    }
 
     /// Whether the port takes frames whose payload is still lent by the
     /// guest that sent it ([`Packet::tail`]) and copies the lent bytes

@@ -1,13 +1,15 @@
 //! The switch driven on the caller's threads: `Switch::start_external`
 //! hands out the workers, and the test polls them itself, so the first
-//! test is deterministic (one thread, no sleeps) and the second runs the
-//! workers on threads the test owns while a port is removed.
+//! test is deterministic (one thread, no sleeps), the second runs the
+//! workers on threads the test owns while a port is removed, and the third
+//! has a worker sleep in `wait` until a guest port's frames wake it.
 
 mod switch_support;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::thread;
+use std::time::Duration;
 
 use switch_support::*;
 use vswitch::{Poll, PortProfile, Switch, SwitchConfig, SwitchWorker, VlanId};
@@ -135,4 +137,58 @@ fn a_port_removed_while_the_callers_threads_run_the_workers() {
         thread.join().unwrap();
     }
     assert_eq!(stats.ports.len(), 2);
+}
+
+#[test]
+fn frames_from_a_guest_port_end_a_workers_wait() {
+    use vswitch_ports::guest::{CondvarNotifier, GuestPort, GuestPortConfig};
+    use vswitch_ports::vhost_user::negotiate;
+
+    let (switch, mut workers) = Switch::start_external(SwitchConfig::default().workers(1));
+    let mut worker = workers.pop().unwrap();
+    let negotiated = negotiate(1, vswitch_ports::features::Features::VERSION_1.bits()).unwrap();
+    let guest = Arc::new(GuestPort::new(
+        GuestPortConfig::new("guest"),
+        negotiated,
+        Arc::new(CondvarNotifier::new()),
+    ));
+    let (b, guest_b) = memory_port(MemoryPortConfig::new("b"));
+    let profile = PortProfile::access(VlanId::DEFAULT);
+    switch.add_port(guest.clone(), profile.clone()).unwrap();
+    switch.add_port(Arc::new(b), profile).unwrap();
+    // The worker sleeps a minute whenever it runs out of work: only a
+    // wake brings a frame through in time.
+    let runner = thread::spawn(move || {
+        let mut waits = 0u32;
+        loop {
+            match worker.poll_once() {
+                Poll::Stopped => return waits,
+                Poll::Worked { .. } => {}
+                Poll::Idle => {
+                    waits += 1;
+                    worker.wait(Duration::from_secs(60));
+                }
+            }
+        }
+    });
+    // One frame at a time, each through before the next is sent, so that
+    // each may find the worker asleep, about to sleep, or still polling:
+    // a wake lost on the way would hold a frame up for the minute.
+    let (mac_guest, mac_b) = (mac(1, 1), mac(2, 1));
+    for seq in 0..200 {
+        let frame = flow_frame(mac_b, mac_guest, 1, seq);
+        let mut chain = vec![0u8; 12];
+        chain.extend_from_slice(&frame.data);
+        guest.transmit_bytes(chain.into()).unwrap();
+        let got = guest_b
+            .collect_timeout(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("frame {seq} still waits: the wake was lost"));
+        assert_eq!(flow_of(&got.data), Some((1, seq)));
+    }
+    switch.stop();
+    let waits = runner.join().unwrap();
+    assert!(waits > 0, "the worker never slept");
+    let stats = switch.shutdown();
+    let dropped: u64 = stats.ports.iter().map(|p| p.stats.drops.total()).sum();
+    assert_eq!(dropped, 0);
 }

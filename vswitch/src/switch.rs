@@ -44,7 +44,10 @@
 //! [`SwitchWorker::run`] is the loop the switch's own threads run.
 //!
 //! A worker without work yields, then parks for at most a millisecond; a
-//! worker that hands it frames wakes it at the end of its burst.
+//! worker that hands it frames wakes it at the end of its burst, and so
+//! does a port whose receive queue it owns when frames arrive there, if
+//! the port can ([`Port::set_rx_waker`]: guest and vhost-user ports do).
+//! A frame from a guest then waits for no timer.
 //!
 //! # Hot-plug
 //!
@@ -59,6 +62,7 @@
 
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::task::{Wake, Waker};
 use std::thread::{self, JoinHandle, Thread};
 use std::time::{Duration, Instant};
 
@@ -190,11 +194,8 @@ struct WorkerHandle {
     inbox: Sender<Handoff>,
     counters: WorkerCounters,
     seen_generation: AtomicU64,
-    /// The worker is (about to be) parked for lack of work; a worker that
-    /// hands it a frame unparks it.
-    parked: AtomicBool,
-    /// The thread that parked last (the embedder may move a worker).
-    thread: Mutex<Option<Thread>>,
+    /// How the worker sleeps and is woken.
+    wakeup: Arc<Wakeup>,
     /// The worker has stopped for good (or its value was dropped): nobody
     /// waits for it.
     finished: AtomicBool,
@@ -206,14 +207,48 @@ impl WorkerHandle {
             inbox,
             counters: WorkerCounters::default(),
             seen_generation: AtomicU64::new(0),
-            parked: AtomicBool::new(false),
-            thread: Mutex::new(None),
+            wakeup: Arc::new(Wakeup::default()),
             finished: AtomicBool::new(false),
         }
     }
 
     /// Wakes the worker if it is parked, after a frame was put in its inbox.
     fn wake(&self) {
+        self.wakeup.kick();
+    }
+
+    fn unpark(&self) {
+        self.wakeup.unpark();
+    }
+}
+
+/// A worker's sleep, and what wakes it: another worker that hands it
+/// frames, a port whose receive queue it owns when frames arrive there
+/// ([`Port::set_rx_waker`], as a [`Waker`]), the stop.
+///
+/// A wake sets `kicked`, then looks at `parked`; the worker sets `parked`,
+/// then looks at `kicked` before it sleeps (a fence between each store
+/// and load). So either the worker sees the wake and does not sleep, or
+/// the waker sees it parked and unparks it: no wake is lost between the
+/// worker's last look at its queues and its sleep. The worker clears
+/// `kicked` before each round, ahead of looking at its queues.
+#[derive(Debug, Default)]
+struct Wakeup {
+    kicked: AtomicBool,
+    /// The worker is (about to be) parked for lack of work.
+    parked: AtomicBool,
+    /// The thread that parked last (the embedder may move a worker).
+    thread: Mutex<Option<Thread>>,
+}
+
+impl Wakeup {
+    fn kick(&self) {
+        // Kicked already: the worker has not begun a round since, so it
+        // sees that kick before it sleeps, or its waker saw it parked.
+        if self.kicked.load(Ordering::Relaxed) {
+            return;
+        }
+        self.kicked.store(true, Ordering::Relaxed);
         fence(Ordering::SeqCst);
         if self.parked.load(Ordering::Relaxed) {
             self.unpark();
@@ -225,6 +260,27 @@ impl WorkerHandle {
         if let Some(thread) = thread.as_ref() {
             thread.unpark();
         }
+    }
+
+    /// Before a round: wakes from now on are for frames this round may
+    /// not see.
+    fn clear(&self) {
+        if self.kicked.load(Ordering::Relaxed) {
+            self.kicked.store(false, Ordering::Relaxed);
+            // Seen before the round looks at any queue: a waker that
+            // pushes after that look finds it cleared and kicks again.
+            fence(Ordering::SeqCst);
+        }
+    }
+}
+
+impl Wake for Wakeup {
+    fn wake(self: Arc<Self>) {
+        self.kick();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.kick();
     }
 }
 
@@ -695,6 +751,7 @@ impl SwitchWorker {
             return self.finish_round();
         }
         self.refresh_table();
+        self.handle().wakeup.clear();
         let now = Instant::now();
         let mut handled = self.drain_inbox(now);
         for i in 0..self.owned.len() {
@@ -710,28 +767,35 @@ impl SwitchWorker {
         }
     }
 
-    /// Sleeps until another worker hands this one frames, the switch
-    /// stops, or `timeout` passes. Frames arriving on the ports themselves
-    /// do not wake it: poll again within the time a port may wait.
+    /// Sleeps until another worker hands this one frames, frames arrive
+    /// on an owned receive queue whose port wakes ([`Port::set_rx_waker`]),
+    /// the switch stops, or `timeout` passes. A wake since the start of
+    /// the last [`poll_once`](Self::poll_once) returns at once. Frames
+    /// arriving on the other ports do not wake it: poll again within the
+    /// time such a port may wait.
     pub fn wait(&self, timeout: Duration) {
-        let handle = self.handle();
+        let wakeup = &self.handle().wakeup;
         {
-            let mut thread = handle.thread.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut thread = wakeup.thread.lock().unwrap_or_else(PoisonError::into_inner);
             if thread.as_ref().map(Thread::id) != Some(thread::current().id()) {
                 *thread = Some(thread::current());
             }
         }
-        handle.parked.store(true, Ordering::Relaxed);
+        wakeup.parked.store(true, Ordering::Relaxed);
         fence(Ordering::SeqCst);
-        if self.inbox.is_empty() && !self.shared.stop.load(Ordering::Acquire) {
+        if !wakeup.kicked.load(Ordering::Relaxed)
+            && self.inbox.is_empty()
+            && !self.shared.stop.load(Ordering::Acquire)
+        {
             thread::park_timeout(timeout);
         }
-        handle.parked.store(false, Ordering::Relaxed);
+        wakeup.parked.store(false, Ordering::Relaxed);
     }
 
     /// Runs rounds until the switch stops, backing off when idle: yields
-    /// first, then waits up to a millisecond (woken early by a hand-off),
-    /// so idle workers leave the CPU to others.
+    /// first, then waits 50 µs, doubling up to a millisecond (woken early
+    /// as [`wait`](Self::wait) says), so idle workers leave the CPU to
+    /// others.
     pub fn run(mut self) {
         loop {
             match self.poll_once() {
@@ -754,10 +818,15 @@ impl SwitchWorker {
         self.table = self.shared.current_table();
         let workers = self.shared.workers.len();
         self.owned.clear();
+        // Ports that can wake this worker when frames arrive are asked to
+        // (again, for a table that only changed elsewhere: a replaced
+        // waker is the same one).
+        let waker = Waker::from(self.handle().wakeup.clone());
         for port in &self.table.ports {
             for queue in 0..port.caps.rx_queues {
                 if (port.id.0 as usize).wrapping_add(queue) % workers == self.index {
                     self.owned.push((port.clone(), queue));
+                    port.port.set_rx_waker(queue, waker.clone());
                 }
             }
         }

@@ -3,11 +3,13 @@
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::task::Waker;
 
 use vswitch_offload::Packet;
 
-/// A bounded FIFO of frames, and whether a pusher found it full since the
-/// last frames were taken out (so that the taker can wake it).
+/// A bounded FIFO of frames, whether a pusher found it full since the
+/// last frames were taken out (so that the taker can wake it), and whom
+/// to wake when frames arrive in it empty (the taker, if it sleeps).
 ///
 /// Every operation is one short critical section: a burst goes in or out
 /// under one acquisition, and the flag is read and written under the same
@@ -21,6 +23,7 @@ pub(super) struct FrameQueue {
 struct Inner {
     frames: VecDeque<Packet>,
     blocked: bool,
+    waker: Option<Waker>,
 }
 
 impl FrameQueue {
@@ -36,6 +39,7 @@ impl FrameQueue {
             inner: Mutex::new(Inner {
                 frames,
                 blocked: false,
+                waker: None,
             }),
             capacity,
         }
@@ -67,6 +71,19 @@ impl FrameQueue {
         room
     }
 
+    /// Whom to wake when frames arrive in the queue empty from now on
+    /// (`None`: nobody). Woken at once if frames are queued already, so
+    /// that none waits for the next arrival.
+    pub(super) fn set_waker(&self, waker: Option<Waker>) {
+        let mut inner = self.lock();
+        inner.waker = waker;
+        let wake = (!inner.frames.is_empty()).then(|| inner.waker.clone());
+        drop(inner);
+        if let Some(waker) = wake.flatten() {
+            waker.wake();
+        }
+    }
+
     /// Queues `packet`, or hands it back if the queue is full (and marks
     /// it as found full).
     pub(super) fn push(&self, packet: Packet) -> Result<(), Packet> {
@@ -76,6 +93,11 @@ impl FrameQueue {
             return Err(packet);
         }
         inner.frames.push_back(packet);
+        let wake = Self::waker_if_first(&inner, 1);
+        drop(inner);
+        if let Some(waker) = wake {
+            waker.wake();
+        }
         Ok(())
     }
 
@@ -88,7 +110,24 @@ impl FrameQueue {
             .saturating_sub(inner.frames.len())
             .min(batch.len());
         inner.frames.extend(batch.drain(..fits));
+        let wake = Self::waker_if_first(&inner, fits);
+        drop(inner);
+        if let Some(waker) = wake {
+            waker.wake();
+        }
         fits
+    }
+
+    /// The waker to wake (after the lock is let go) when the `pushed`
+    /// frames just queued found the queue empty. A taker that finds frames
+    /// left takes them in its next round anyway, so later pushes wake
+    /// nobody.
+    fn waker_if_first(inner: &Inner, pushed: usize) -> Option<Waker> {
+        if pushed > 0 && inner.frames.len() == pushed {
+            inner.waker.clone()
+        } else {
+            None
+        }
     }
 
     /// Moves up to `max` frames from the front of the queue to `out`, in
@@ -151,6 +190,56 @@ mod tests {
         assert_eq!(tags(&out), [0, 1, 2]);
         assert_eq!(queue.take(&mut out, 8), (0, false));
         assert!(queue.is_empty());
+    }
+
+    /// A waker that counts its wakes.
+    #[derive(Default)]
+    struct Count(std::sync::atomic::AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &std::sync::Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn frames_that_find_the_queue_empty_wake_the_taker_once() {
+        let queue = FrameQueue::new(4);
+        let count = std::sync::Arc::new(Count::default());
+        let wakes = || count.0.load(std::sync::atomic::Ordering::SeqCst);
+        queue.push(frame(0)).unwrap();
+        queue.set_waker(Some(Waker::from(count.clone())));
+        assert_eq!(wakes(), 1, "a frame queued already wakes at once");
+        let mut out = Vec::new();
+        queue.take(&mut out, 8);
+        queue.push(frame(1)).unwrap();
+        assert_eq!(wakes(), 2, "the first frame into an empty queue wakes");
+        queue.push(frame(2)).unwrap();
+        let mut batch = vec![frame(3)];
+        assert_eq!(queue.push_from(&mut batch), 1);
+        assert_eq!(wakes(), 2, "frames behind others wake nobody");
+        queue.take(&mut out, 8);
+        let mut batch: Vec<Packet> = (4..10).map(frame).collect();
+        assert_eq!(queue.push_from(&mut batch), 4);
+        assert_eq!(wakes(), 3, "a batch into an empty queue wakes once");
+        queue.take(&mut out, 8);
+        let mut none = Vec::new();
+        assert_eq!(queue.push_from(&mut none), 0);
+        assert_eq!(wakes(), 3, "nothing pushed wakes nobody");
+        for tag in 10..14 {
+            queue.push(frame(tag)).unwrap();
+        }
+        assert!(queue.push(frame(14)).is_err(), "full");
+        assert_eq!(wakes(), 4, "a frame refused wakes nobody");
+        queue.take(&mut out, 8);
+        queue.set_waker(None);
+        queue.push(frame(15)).unwrap();
+        assert_eq!(wakes(), 4, "no waker, no wake");
+        assert_eq!(tags(&out), [0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 12, 13]);
     }
 
     #[test]

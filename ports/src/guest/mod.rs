@@ -175,6 +175,7 @@ pub use tx::Transmitted;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::Waker;
 
 use bytes::Bytes;
 use virtio_queue::DescriptorChain;
@@ -572,6 +573,19 @@ impl Port for GuestPort {
     /// is taken whole on the way.
     fn takes_lent_frames(&self) -> bool {
         true
+    }
+
+    /// Yes, for each of its queue pairs: the transmitted frames the device
+    /// model queues for the switch wake `waker` when they find the pair's
+    /// queue empty.
+    fn set_rx_waker(&self, queue: usize, waker: Waker) -> bool {
+        match self.pair(queue) {
+            Some(pair) => {
+                pair.from_guest.set_waker(Some(waker));
+                true
+            }
+            None => false,
+        }
     }
 
     fn receive(

@@ -117,6 +117,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::task::Waker;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -323,6 +324,9 @@ struct Shared {
     last_error: Mutex<Option<String>>,
     stop: AtomicBool,
     shutdown: Mutex<Option<vhost_user_backend::ShutdownHandle>>,
+    /// Whom each receive queue wakes when frames arrive
+    /// ([`Port::set_rx_waker`]), handed to each connection's guest port.
+    rx_wakers: Mutex<Vec<Option<Waker>>>,
 }
 
 /// Virtqueue `queue`'s bit in [`Shared::broken_now`]'s set; `None` past
@@ -353,10 +357,22 @@ impl Shared {
             .guest
             .write()
             .unwrap_or_else(PoisonError::into_inner)
-            .replace(port);
+            .replace(port.clone());
         if let Some(old) = old {
             self.retire(old);
         }
+        // After the swap, under the wakers' lock: a waker set meanwhile
+        // reaches this port either here or in `set_rx_waker`.
+        let wakers = self
+            .rx_wakers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for (queue, waker) in wakers.iter().enumerate() {
+            if let Some(waker) = waker {
+                port.set_rx_waker(queue, waker.clone());
+            }
+        }
+        drop(wakers);
         *self
             .negotiated
             .lock()
@@ -500,6 +516,7 @@ impl VhostUserPort {
             last_error: Mutex::new(None),
             stop: AtomicBool::new(false),
             shutdown: Mutex::new(None),
+            rx_wakers: Mutex::new(vec![None; caps.rx_queues]),
         });
         let serving = shared.clone();
         let thread = thread::Builder::new()
@@ -786,6 +803,24 @@ impl Port for VhostUserPort {
 
     fn capabilities(&self) -> PortCapabilities {
         self.caps
+    }
+
+    /// Yes, for each queue the port offers: kept across connections, so
+    /// each guest that attaches wakes the same wakers.
+    fn set_rx_waker(&self, queue: usize, waker: Waker) -> bool {
+        let mut wakers = self
+            .shared
+            .rx_wakers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(slot) = wakers.get_mut(queue) else {
+            return false;
+        };
+        *slot = Some(waker.clone());
+        if let Some(guest) = self.shared.guest() {
+            guest.set_rx_waker(queue, waker);
+        }
+        true
     }
 
     fn receive(
