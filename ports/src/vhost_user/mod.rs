@@ -454,15 +454,32 @@ impl Shared {
 }
 
 fn add_stats(sum: &mut GuestPortStats, more: &GuestPortStats) {
-    sum.tx_frames += more.tx_frames;
-    sum.tx_bytes += more.tx_bytes;
-    sum.tx_errors += more.tx_errors;
-    sum.tx_dropped += more.tx_dropped;
-    sum.rx_frames += more.rx_frames;
-    sum.rx_bytes += more.rx_bytes;
-    sum.rx_dropped += more.rx_dropped;
-    sum.rx_bad_chains += more.rx_bad_chains;
-    sum.rx_adapted += more.rx_adapted;
+    // Every field named: a counter added to the guest port must be summed
+    // here too, or this does not compile.
+    let GuestPortStats {
+        tx_frames,
+        tx_bytes,
+        tx_errors,
+        tx_dropped,
+        rx_frames,
+        rx_bytes,
+        rx_dropped,
+        rx_bad_chains,
+        rx_adapted,
+        tx_lent,
+        tx_lent_revoked,
+    } = *more;
+    sum.tx_frames += tx_frames;
+    sum.tx_bytes += tx_bytes;
+    sum.tx_errors += tx_errors;
+    sum.tx_dropped += tx_dropped;
+    sum.rx_frames += rx_frames;
+    sum.rx_bytes += rx_bytes;
+    sum.rx_dropped += rx_dropped;
+    sum.rx_bad_chains += rx_bad_chains;
+    sum.rx_adapted += rx_adapted;
+    sum.tx_lent += tx_lent;
+    sum.tx_lent_revoked += tx_lent_revoked;
 }
 
 /// A switch port served over vhost-user. See the module documentation.

@@ -811,3 +811,47 @@ fn the_receive_waker_is_woken_by_every_guest_that_attaches() {
     port.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn lent_frames_stay_counted_after_their_guest_is_gone() {
+    use crate::guest::LentMemory;
+    let dir = std::env::temp_dir().join(format!("vhost-user-lent-count-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = VhostUserPort::start(VhostUserConfig::new("vm", dir.join("vm.sock"))).unwrap();
+    let tso = Features::VERSION_1 | Features::CSUM | Features::HOST_TSO4;
+    for connection in 1..=2u64 {
+        let (guest, _) = guest(tso, 64);
+        let guest = Arc::new(guest);
+        port.shared.attach(guest.clone(), tso);
+        let mem = Arc::new(memory());
+        let lent: Arc<dyn LentMemory> = Arc::new(mem.clone());
+        let mut drv = driver(&mem);
+        let mut queue = drv.device_queue();
+        let (_, pieces) = tso_chain(40_000);
+        let pieces: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
+        drv.post_readable(&pieces);
+        let queue_pair = guest.queue(0).unwrap();
+        drain_tx_lending(
+            1,
+            &mut queue,
+            &&*mem,
+            &lent,
+            queue_pair,
+            256,
+            &mut Vec::new(),
+        )
+        .unwrap();
+        assert_eq!(guest.stats().tx_lent, 1);
+        // The guest goes before the switch took the frame: the port
+        // discards it, and its counters join those of the guests before.
+        port.shared.detach();
+        let summed = port.report().guest;
+        assert_eq!(
+            (summed.tx_frames, summed.tx_lent, summed.tx_dropped),
+            (connection, connection, connection),
+            "connection {connection}: {summed:?}"
+        );
+    }
+    port.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}
