@@ -197,11 +197,15 @@ pub struct PortArgs {
     #[arg(long = "tap", value_name = "SPEC", value_parser = tap_spec)]
     pub tap: Vec<TapSpec>,
     /// A guest over vhost-user: PATH[:client][:queues=N][:name=NAME][:mtu=N]
-    /// [:vlan=N | :trunk=LIST[:native=N]][:max-learned=N].
+    /// [:lend=on|off][:vlan=N | :trunk=LIST[:native=N]][:max-learned=N].
     /// The switch listens on PATH (QEMU: -chardev socket,path=PATH), or with
     /// `client` connects to a VMM listening there (QEMU: server=on) and
     /// reconnects when it goes away. queues=N: queue pairs offered (1 to 8,
     /// default --queues). The port's name is NAME, else PATH's file stem.
+    /// lend=on: the payload of a large TSO frame the guest sends stays in
+    /// its memory until the receiving guest's port copies it out (one copy
+    /// instead of two; the guest's buffer is returned only then); off
+    /// (default): it is copied into the switch's memory at once.
     #[arg(long = "vhost-user", value_name = "SPEC", value_parser = vhost_user_spec)]
     pub vhost_user: Vec<VhostUserSpec>,
     /// An interface (a physical NIC, a veth end) through AF_PACKET:

@@ -383,6 +383,29 @@ gro = 250
     }
 
     #[test]
+    fn a_vhost_user_port_takes_its_options_booleans_included() {
+        let config = parse(
+            r#"
+[[port]]
+kind = "vhost-user"
+name = "/tmp/vm0.sock"
+queues = 2
+lend = true
+"#,
+        )
+        .unwrap();
+        let specs: Vec<String> = config.ports.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            specs,
+            ["vhost-user:/tmp/vm0.sock:name=vm0:queues=2:lend=on"]
+        );
+        let err = parse("[[port]]\nkind = \"vhost-user\"\nname = \"/x.sock\"\nlend = 1\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lend=on or lend=off"), "{err}");
+    }
+
+    #[test]
     fn errors_name_the_file_line_and_expectation() {
         let err = parse("workers = 2\nmtu = 70000\n").unwrap_err().to_string();
         assert!(err.starts_with("sw.toml:2:"), "{err}");

@@ -433,7 +433,7 @@ impl fmt::Display for TapSpec {
     }
 }
 
-/// One `--vhost-user PATH[:client][:queues=N][:name=NAME][:mtu=N]
+/// One `--vhost-user PATH[:client][:queues=N][:name=NAME][:mtu=N][:lend=on|off]
 /// [:vlan=N|:trunk=LIST[:native=N]][:max-learned=N]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VhostUserSpec {
@@ -448,6 +448,10 @@ pub struct VhostUserSpec {
     pub queues: Option<usize>,
     /// MTU, when not the command's `--mtu`.
     pub mtu: Option<u16>,
+    /// Large TSO payloads the guest sends are lent to the switch, read out
+    /// of its memory by the receiving guest's port, instead of copied into
+    /// host memory first (`VhostUserConfig::lend_payloads`).
+    pub lend: bool,
     /// VLAN profile and address limit.
     pub profile: ProfileOptions,
 }
@@ -471,6 +475,7 @@ impl FromStr for VhostUserSpec {
             client: false,
             queues: None,
             mtu: None,
+            lend: false,
             profile: ProfileOptions::default(),
         };
         for option in parts {
@@ -493,6 +498,11 @@ impl VhostUserSpec {
         match option {
             "client" => self.client = true,
             "server" => self.client = false,
+            "lend" | "lend=on" => self.lend = true,
+            "lend=off" => self.lend = false,
+            other if other.starts_with("lend=") => {
+                return Err(format!("{other:?}: expected lend=on or lend=off"));
+            }
             other if other.starts_with("name=") => {
                 let name = &other["name=".len()..];
                 if name.is_empty() || name.bytes().any(|b| b.is_ascii_whitespace()) {
@@ -508,7 +518,7 @@ impl VhostUserSpec {
                 if !self.profile.take(other)? {
                     return Err(format!(
                         "unknown option {other:?}, expected client, server, queues=N, name=NAME, \
-                         mtu=N, vlan=N, trunk=LIST, native=N, max-learned=N, isolated, guard=LIST, \
+                         mtu=N, lend=on|off, vlan=N, trunk=LIST, native=N, max-learned=N, isolated, guard=LIST, \
                          ip=LIST, from-bytes=, from-frames=, to-bytes= or to-frames="
                     ));
                 }
@@ -529,6 +539,9 @@ impl fmt::Display for VhostUserSpec {
         }
         if let Some(mtu) = self.mtu {
             write!(f, ":mtu={mtu}")?;
+        }
+        if self.lend {
+            write!(f, ":lend=on")?;
         }
         self.profile.write_options(f)
     }
@@ -787,7 +800,8 @@ fn open_vhost_user(spec: &VhostUserSpec, defaults: PortDefaults) -> Result<Opene
     let config = VhostUserConfig::new(spec.name.clone(), spec.socket.clone())
         .queue_pairs(pairs)
         .mtu(mtu)
-        .mode(mode);
+        .mode(mode)
+        .lend_payloads(spec.lend);
     let port = VhostUserPort::start(config).map_err(|source| OpenError::VhostUser {
         name: spec.name.clone(),
         source,
@@ -801,12 +815,17 @@ fn open_vhost_user(spec: &VhostUserSpec, defaults: PortDefaults) -> Result<Opene
         mtu,
         offloads: "offered: csum, TSO4/6, ECN, UFO, USO".into(),
         detail: format!(
-            "socket {} ({})",
+            "socket {} ({}{})",
             spec.socket.display(),
             if spec.client {
                 "the VMM listens"
             } else {
                 "the switch listens"
+            },
+            if spec.lend {
+                "; large TSO payloads lent, not copied"
+            } else {
+                ""
             }
         ),
         health,
@@ -970,9 +989,22 @@ mod tests {
         );
         let spec: VhostUserSpec = "/tmp/q.sock:client:queues=8:name=web".parse().unwrap();
         assert_eq!(
-            (spec.name.as_str(), spec.client, spec.queues),
-            ("web", true, Some(8))
+            (spec.name.as_str(), spec.client, spec.queues, spec.lend),
+            ("web", true, Some(8), false)
         );
+        for lent in ["/tmp/q.sock:lend", "/tmp/q.sock:lend=on"] {
+            let spec: VhostUserSpec = lent.parse().unwrap();
+            assert!(spec.lend, "{lent}");
+            assert_eq!(spec.to_string(), "/tmp/q.sock:name=q:lend=on");
+            assert_eq!(spec.to_string().parse::<VhostUserSpec>().unwrap(), spec);
+        }
+        let spec: VhostUserSpec = "/tmp/q.sock:lend:lend=off".parse().unwrap();
+        assert!(!spec.lend, "the last one says");
+        let err = "/x.sock:lend=yes"
+            .parse::<VhostUserSpec>()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("lend=on or lend=off"), "{err}");
         for bad in [
             "",
             ":client",
