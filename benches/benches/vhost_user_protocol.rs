@@ -475,14 +475,22 @@ impl Peer {
         })
     }
 
-    /// Both guests attached (the switch says so; testpmd is taken at its
-    /// word once the frontends are through the protocol).
+    /// Both guests attached: the switch's ports say so, or testpmd has
+    /// logged both ports' link coming up. (A frame A sends before B's port
+    /// is up there is dropped, and with A's window of frames in flight
+    /// lost that way B would get nothing at all.)
     fn wait_attached(&self) {
-        let Peer::Switch { ports, .. } = self else {
-            return;
-        };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !ports.iter().all(|port| port.report().negotiated.is_some()) {
+        let attached = || match self {
+            Peer::Switch { ports, .. } => {
+                ports.iter().all(|port| port.report().negotiated.is_some())
+            }
+            Peer::Testpmd { log, .. } => {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                (0..2).all(|port| text.contains(&format!("Port {port}: link state change event")))
+            }
+        };
+        while !attached() {
             assert!(Instant::now() < deadline, "the frontends did not attach");
             std::thread::sleep(Duration::from_millis(5));
         }
