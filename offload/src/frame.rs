@@ -62,13 +62,14 @@ impl Packet {
         let Some(tail) = self.tail else {
             return Ok(self);
         };
-        let mut whole = BytesMut::zeroed(self.data.len() + tail.len());
-        let (head, rest) = whole.split_at_mut(self.data.len());
-        head.copy_from_slice(&self.data);
-        tail.copy_to(rest)?;
+        // Exactly as long as the frame, so that it becomes `Bytes` as it
+        // is; filled by appending, so that nothing is zeroed first.
+        let mut whole = Vec::with_capacity(self.data.len() + tail.len());
+        whole.extend_from_slice(&self.data);
+        tail.append_to(&mut whole)?;
         Ok(Packet {
             hdr: self.hdr,
-            data: whole.freeze(),
+            data: Bytes::from(whole),
             tail: None,
         })
     }

@@ -36,6 +36,21 @@ pub trait LentBytes: Send + Sync + 'static {
     /// long as they are.
     fn copy_to(&self, dst: &mut [u8]) -> Result<(), TailError>;
 
+    /// Appends the lent bytes, all `len` of them, to `out`. The provided
+    /// implementation grows `out` with zeros and copies over them
+    /// ([`copy_to`](Self::copy_to)); a source that can write into `out`'s
+    /// spare capacity is spared the zeroing. On an error `out` is as it
+    /// was.
+    fn append_to(&self, len: usize, out: &mut Vec<u8>) -> Result<(), TailError> {
+        let start = out.len();
+        out.resize(start + len, 0);
+        let copied = self.copy_to(&mut out[start..]);
+        if copied.is_err() {
+            out.truncate(start);
+        }
+        copied
+    }
+
     /// The source itself, for an egress that knows its type and copies
     /// from it without a host buffer in between.
     fn as_any(&self) -> &dyn Any;
@@ -90,6 +105,20 @@ impl Tail {
         self.0.source.copy_to(dst)
     }
 
+    /// Appends the lent bytes to `out`, [`len`](Self::len) of them; on an
+    /// error `out` is as it was.
+    pub fn append_to(&self, out: &mut Vec<u8>) -> Result<(), TailError> {
+        let start = out.len();
+        self.0.source.append_to(self.0.len, out)?;
+        if out.len() != start + self.0.len {
+            out.truncate(start);
+            return Err(TailError {
+                reason: "the source appended another number of bytes than it lends",
+            });
+        }
+        Ok(())
+    }
+
     /// The source, if it is a `T`.
     pub fn source<T: 'static>(&self) -> Option<&T> {
         self.0.source.as_any().downcast_ref()
@@ -126,5 +155,74 @@ impl LentBytes for bytes::Bytes {
 
     fn as_any(&self) -> &dyn Any {
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Packet;
+
+    /// A source whose bytes cannot be read.
+    struct Gone;
+
+    impl LentBytes for Gone {
+        fn copy_to(&self, _: &mut [u8]) -> Result<(), TailError> {
+            Err(TailError { reason: "gone" })
+        }
+
+        fn as_any(&self) -> &dyn Any {
+            self
+        }
+    }
+
+    /// A source that appends one byte fewer than it lends.
+    struct Short;
+
+    impl LentBytes for Short {
+        fn copy_to(&self, _: &mut [u8]) -> Result<(), TailError> {
+            unreachable!("appended only")
+        }
+
+        fn append_to(&self, len: usize, out: &mut Vec<u8>) -> Result<(), TailError> {
+            out.extend(std::iter::repeat_n(1, len - 1));
+            Ok(())
+        }
+
+        fn as_any(&self) -> &dyn Any {
+            self
+        }
+    }
+
+    fn lent(head: &[u8], tail: Tail) -> Packet {
+        Packet {
+            tail: Some(tail),
+            ..Packet::plain(head.to_vec())
+        }
+    }
+
+    #[test]
+    fn a_packet_taken_whole_has_its_head_then_its_tail() {
+        let tail = bytes::Bytes::from_static(b"payload");
+        let packet = lent(b"head:", Tail::new(tail.len(), tail));
+        assert_eq!(packet.len(), 12);
+        let whole = packet.into_whole().unwrap();
+        assert_eq!((&whole.data[..], whole.tail), (&b"head:payload"[..], None));
+    }
+
+    #[test]
+    fn a_tail_that_cannot_be_read_leaves_the_buffer_as_it_was() {
+        let mut out = b"kept".to_vec();
+        let err = Tail::new(100, Gone).append_to(&mut out).unwrap_err();
+        assert_eq!((err.reason, &out[..]), ("gone", &b"kept"[..]));
+        assert!(lent(b"head", Tail::new(100, Gone)).into_whole().is_err());
+
+        let err = Tail::new(8, Short).append_to(&mut out).unwrap_err();
+        assert!(err.reason.contains("another number of bytes"), "{err}");
+        assert_eq!(
+            &out[..],
+            b"kept",
+            "what a short source appended is taken back"
+        );
     }
 }

@@ -32,7 +32,7 @@ use std::any::Any;
 use std::ops::Deref;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap, VolatileSlice, WriteVolatile};
 use vswitch_offload::{LentBytes, TailError};
 
 use super::chain::Segment;
@@ -316,6 +316,31 @@ impl LentBytes for GuestLoan {
                 Ok(())
             }
         }
+    }
+
+    /// Straight into `out`'s spare capacity, with volatile reads: nothing
+    /// is zeroed first.
+    fn append_to(&self, len: usize, out: &mut Vec<u8>) -> Result<(), TailError> {
+        let start = out.len();
+        out.reserve(len);
+        let appended = match &*self.cell.lock() {
+            LoanState::Lent { mem, segments } => segments.iter().try_for_each(|segment| {
+                let slice = mem.lent_slice(segment.addr, segment.len).ok_or(TailError {
+                    reason: "a lent range is no longer guest memory",
+                })?;
+                out.write_all_volatile(&slice).map_err(|_| TailError {
+                    reason: "a lent range could not be read",
+                })
+            }),
+            LoanState::Copied(bytes) => {
+                out.extend_from_slice(bytes);
+                Ok(())
+            }
+        };
+        if appended.is_err() {
+            out.truncate(start);
+        }
+        appended
     }
 
     fn as_any(&self) -> &dyn Any {
