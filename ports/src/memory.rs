@@ -23,6 +23,7 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use vswitch_offload::{EgressCapabilities, Packet};
@@ -153,6 +154,9 @@ impl<Q> Lane<Q> {
 struct Fifo {
     frames: Vec<Packet>,
     head: usize,
+    /// Whom a frame arriving in the empty queue wakes
+    /// ([`Port::set_rx_waker`]).
+    waker: Option<Waker>,
 }
 
 impl Fifo {
@@ -160,19 +164,30 @@ impl Fifo {
     fn with_capacity(capacity: usize) -> Fifo {
         let mut frames = vec![Packet::default(); capacity];
         frames.clear();
-        Fifo { frames, head: 0 }
+        Fifo {
+            frames,
+            head: 0,
+            waker: None,
+        }
     }
 
     fn len(&self) -> usize {
         self.frames.len() - self.head
     }
 
-    fn push(&mut self, packet: Packet) {
+    /// Queues `packet`; the waker to wake (once the lock is let go) if
+    /// it found the queue empty.
+    fn push(&mut self, packet: Packet) -> Option<Waker> {
         if self.frames.len() == self.frames.capacity() && self.head > 0 {
             self.frames.drain(..self.head);
             self.head = 0;
         }
         self.frames.push(packet);
+        if self.len() == 1 {
+            self.waker.clone()
+        } else {
+            None
+        }
     }
 
     /// Moves the first `max` frames (or all, if fewer) to `batch` and
@@ -340,6 +355,21 @@ impl Port for MemoryPort {
         self.caps
     }
 
+    /// Yes: a frame injected into an empty receive queue wakes `waker`.
+    fn set_rx_waker(&self, queue: usize, waker: Waker) -> bool {
+        let Some(lane) = self.shared.rx.get(queue) else {
+            return false;
+        };
+        let mut frames = lane.lock();
+        frames.waker = Some(waker);
+        let wake = (frames.len() > 0).then(|| frames.waker.clone()).flatten();
+        drop(frames);
+        if let Some(waker) = wake {
+            waker.wake();
+        }
+        true
+    }
+
     fn receive(
         &self,
         queue: usize,
@@ -450,7 +480,11 @@ impl MemoryEndpoint {
                 packet,
             });
         }
-        frames.push(packet);
+        let wake = frames.push(packet);
+        drop(frames);
+        if let Some(waker) = wake {
+            waker.wake();
+        }
         Ok(())
     }
 
@@ -537,6 +571,41 @@ mod tests {
 
     fn frame(tag: u8) -> Packet {
         Packet::plain(vec![tag; 64])
+    }
+
+    /// A waker that counts its wakes.
+    #[derive(Default)]
+    struct Count(AtomicUsize);
+
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_frame_injected_into_an_empty_queue_wakes_the_poller() {
+        let (port, outside) = memory_port(MemoryPortConfig::new("p").queues(2, 1));
+        let count = Arc::new(Count::default());
+        let wakes = || count.0.load(Ordering::SeqCst);
+        outside.try_inject(0, frame(0)).unwrap();
+        assert!(port.set_rx_waker(0, Waker::from(count.clone())));
+        assert!(
+            !port.set_rx_waker(2, Waker::from(count.clone())),
+            "two queues"
+        );
+        assert_eq!(wakes(), 1, "a frame waiting already wakes at once");
+        outside.try_inject(0, frame(1)).unwrap();
+        outside.try_inject(1, frame(2)).unwrap();
+        assert_eq!(wakes(), 1, "behind another, or on a queue without a waker");
+        let mut batch = Vec::new();
+        assert_eq!(port.receive(0, &mut batch, 8).unwrap(), 2);
+        outside.try_inject(0, frame(3)).unwrap();
+        assert_eq!(wakes(), 2, "into the empty queue again");
     }
 
     #[test]

@@ -46,7 +46,8 @@
 //! A worker without work yields, then parks for at most a millisecond; a
 //! worker that hands it frames wakes it at the end of its burst, and so
 //! does a port whose receive queue it owns when frames arrive there, if
-//! the port can ([`Port::set_rx_waker`]: guest and vhost-user ports do).
+//! the port can ([`Port::set_rx_waker`]: guest, vhost-user and in-memory
+//! ports do).
 //! A frame from a guest then waits for no timer.
 //!
 //! # Hot-plug
