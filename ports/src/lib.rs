@@ -35,6 +35,7 @@ pub mod tap;
 pub mod uplink;
 #[cfg(target_os = "linux")]
 pub mod vhost_user;
+mod wake;
 
 pub use memory::{memory_port, InjectError, MemoryEndpoint, MemoryPort, MemoryPortConfig};
 pub use port::{BatchSendError, Port, PortCapabilities, PortError, SendError};

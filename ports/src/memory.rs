@@ -24,6 +24,8 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
+
+use crate::wake::{wake, ArrivalWaker};
 use std::time::{Duration, Instant};
 
 use vswitch_offload::{EgressCapabilities, Packet};
@@ -156,7 +158,7 @@ struct Fifo {
     head: usize,
     /// Whom a frame arriving in the empty queue wakes
     /// ([`Port::set_rx_waker`]).
-    waker: Option<Waker>,
+    waker: ArrivalWaker,
 }
 
 impl Fifo {
@@ -167,7 +169,7 @@ impl Fifo {
         Fifo {
             frames,
             head: 0,
-            waker: None,
+            waker: ArrivalWaker::default(),
         }
     }
 
@@ -183,11 +185,7 @@ impl Fifo {
             self.head = 0;
         }
         self.frames.push(packet);
-        if self.len() == 1 {
-            self.waker.clone()
-        } else {
-            None
-        }
+        self.waker.on_push(1, self.len())
     }
 
     /// Moves the first `max` frames (or all, if fewer) to `batch` and
@@ -361,12 +359,10 @@ impl Port for MemoryPort {
             return false;
         };
         let mut frames = lane.lock();
-        frames.waker = Some(waker);
-        let wake = (frames.len() > 0).then(|| frames.waker.clone()).flatten();
+        let queued = frames.len();
+        let now = frames.waker.set(Some(waker), queued);
         drop(frames);
-        if let Some(waker) = wake {
-            waker.wake();
-        }
+        wake(now);
         true
     }
 
@@ -480,11 +476,9 @@ impl MemoryEndpoint {
                 packet,
             });
         }
-        let wake = frames.push(packet);
+        let arrived = frames.push(packet);
         drop(frames);
-        if let Some(waker) = wake {
-            waker.wake();
-        }
+        wake(arrived);
         Ok(())
     }
 
@@ -573,31 +567,14 @@ mod tests {
         Packet::plain(vec![tag; 64])
     }
 
-    /// A waker that counts its wakes.
-    #[derive(Default)]
-    struct Count(AtomicUsize);
-
-    impl std::task::Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.wake_by_ref();
-        }
-
-        fn wake_by_ref(self: &Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
     #[test]
     fn a_frame_injected_into_an_empty_queue_wakes_the_poller() {
         let (port, outside) = memory_port(MemoryPortConfig::new("p").queues(2, 1));
-        let count = Arc::new(Count::default());
-        let wakes = || count.0.load(Ordering::SeqCst);
+        let (count, waker) = crate::wake::CountWakes::new();
+        let wakes = || count.count();
         outside.try_inject(0, frame(0)).unwrap();
-        assert!(port.set_rx_waker(0, Waker::from(count.clone())));
-        assert!(
-            !port.set_rx_waker(2, Waker::from(count.clone())),
-            "two queues"
-        );
+        assert!(port.set_rx_waker(0, waker.clone()));
+        assert!(!port.set_rx_waker(2, waker), "two queues");
         assert_eq!(wakes(), 1, "a frame waiting already wakes at once");
         outside.try_inject(0, frame(1)).unwrap();
         outside.try_inject(1, frame(2)).unwrap();

@@ -7,6 +7,8 @@ use std::task::Waker;
 
 use vswitch_offload::Packet;
 
+use crate::wake::{wake, ArrivalWaker};
+
 /// A bounded FIFO of frames, whether a pusher found it full since the
 /// last frames were taken out (so that the taker can wake it), and whom
 /// to wake when frames arrive in it empty (the taker, if it sleeps).
@@ -23,7 +25,7 @@ pub(super) struct FrameQueue {
 struct Inner {
     frames: VecDeque<Packet>,
     blocked: bool,
-    waker: Option<Waker>,
+    waker: ArrivalWaker,
 }
 
 impl FrameQueue {
@@ -39,7 +41,7 @@ impl FrameQueue {
             inner: Mutex::new(Inner {
                 frames,
                 blocked: false,
-                waker: None,
+                waker: ArrivalWaker::default(),
             }),
             capacity,
         }
@@ -76,12 +78,10 @@ impl FrameQueue {
     /// that none waits for the next arrival.
     pub(super) fn set_waker(&self, waker: Option<Waker>) {
         let mut inner = self.lock();
-        inner.waker = waker;
-        let wake = (!inner.frames.is_empty()).then(|| inner.waker.clone());
+        let queued = inner.frames.len();
+        let now = inner.waker.set(waker, queued);
         drop(inner);
-        if let Some(waker) = wake.flatten() {
-            waker.wake();
-        }
+        wake(now);
     }
 
     /// Queues `packet`, or hands it back if the queue is full (and marks
@@ -93,11 +93,9 @@ impl FrameQueue {
             return Err(packet);
         }
         inner.frames.push_back(packet);
-        let wake = Self::waker_if_first(&inner, 1);
+        let arrived = inner.waker.on_push(1, inner.frames.len());
         drop(inner);
-        if let Some(waker) = wake {
-            waker.wake();
-        }
+        wake(arrived);
         Ok(())
     }
 
@@ -110,24 +108,10 @@ impl FrameQueue {
             .saturating_sub(inner.frames.len())
             .min(batch.len());
         inner.frames.extend(batch.drain(..fits));
-        let wake = Self::waker_if_first(&inner, fits);
+        let arrived = inner.waker.on_push(fits, inner.frames.len());
         drop(inner);
-        if let Some(waker) = wake {
-            waker.wake();
-        }
+        wake(arrived);
         fits
-    }
-
-    /// The waker to wake (after the lock is let go) when the `pushed`
-    /// frames just queued found the queue empty. A taker that finds frames
-    /// left takes them in its next round anyway, so later pushes wake
-    /// nobody.
-    fn waker_if_first(inner: &Inner, pushed: usize) -> Option<Waker> {
-        if pushed > 0 && inner.frames.len() == pushed {
-            inner.waker.clone()
-        } else {
-            None
-        }
     }
 
     /// Moves up to `max` frames from the front of the queue to `out`, in
@@ -192,27 +176,13 @@ mod tests {
         assert!(queue.is_empty());
     }
 
-    /// A waker that counts its wakes.
-    #[derive(Default)]
-    struct Count(std::sync::atomic::AtomicUsize);
-
-    impl std::task::Wake for Count {
-        fn wake(self: std::sync::Arc<Self>) {
-            self.wake_by_ref();
-        }
-
-        fn wake_by_ref(self: &std::sync::Arc<Self>) {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        }
-    }
-
     #[test]
     fn frames_that_find_the_queue_empty_wake_the_taker_once() {
         let queue = FrameQueue::new(4);
-        let count = std::sync::Arc::new(Count::default());
-        let wakes = || count.0.load(std::sync::atomic::Ordering::SeqCst);
+        let (count, waker) = crate::wake::CountWakes::new();
+        let wakes = || count.count();
         queue.push(frame(0)).unwrap();
-        queue.set_waker(Some(Waker::from(count.clone())));
+        queue.set_waker(Some(waker));
         assert_eq!(wakes(), 1, "a frame queued already wakes at once");
         let mut out = Vec::new();
         queue.take(&mut out, 8);

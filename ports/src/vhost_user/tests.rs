@@ -765,32 +765,18 @@ fn a_lent_chain_goes_back_to_the_sender_once_the_receiver_has_the_bytes() {
     assert_eq!(a_queue.lent_now(), 0);
 }
 
-/// A waker that counts its wakes.
-#[derive(Default)]
-struct CountWakes(std::sync::atomic::AtomicUsize);
-
-impl std::task::Wake for CountWakes {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    }
-}
-
 #[test]
 fn the_receive_waker_is_woken_by_every_guest_that_attaches() {
     let dir = std::env::temp_dir().join(format!("vhost-user-waker-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let port = VhostUserPort::start(VhostUserConfig::new("vm", dir.join("vm.sock"))).unwrap();
-    let count = Arc::new(CountWakes::default());
-    let wakes = || count.0.load(std::sync::atomic::Ordering::SeqCst);
+    let (count, waker) = crate::wake::CountWakes::new();
+    let wakes = || count.count();
     // Set before any guest is there, as a switch does when the port is
     // added.
-    assert!(port.set_rx_waker(0, std::task::Waker::from(count.clone())));
+    assert!(port.set_rx_waker(0, waker.clone()));
     assert!(
-        !port.set_rx_waker(1, std::task::Waker::from(count.clone())),
+        !port.set_rx_waker(1, waker),
         "one queue pair offered: no receive queue 1"
     );
     for connection in 1..=2 {

@@ -1,0 +1,75 @@
+//! Waking whoever polls a receive queue ([`crate::Port::set_rx_waker`])
+//! when frames arrive in it empty: the one rule the ports' queues share.
+
+use std::task::Waker;
+
+/// The waker of one receive queue, kept beside the queue's frames and
+/// under the same lock, so that "the queue was empty" and "who to wake"
+/// are read together.
+#[derive(Debug, Default)]
+pub(crate) struct ArrivalWaker(Option<Waker>);
+
+impl ArrivalWaker {
+    /// Replaces the waker (`None`: nobody). Returns it to be woken now if
+    /// frames are `queued` already, so that none waits for the next
+    /// arrival.
+    pub(crate) fn set(&mut self, waker: Option<Waker>, queued: usize) -> Option<Waker> {
+        self.0 = waker;
+        if queued > 0 {
+            self.0.clone()
+        } else {
+            None
+        }
+    }
+
+    /// The waker to wake now that `pushed` frames joined the queue, which
+    /// holds `queued` with them: only if they found it empty. A poller
+    /// that finds frames left takes them in its next round anyway, so
+    /// later pushes wake nobody.
+    pub(crate) fn on_push(&self, pushed: usize, queued: usize) -> Option<Waker> {
+        if pushed > 0 && queued == pushed {
+            self.0.clone()
+        } else {
+            None
+        }
+    }
+}
+
+/// Wakes what [`ArrivalWaker`] returned, once the queue's lock is let go
+/// (the poller it wakes takes that lock first thing).
+pub(crate) fn wake(waker: Option<Waker>) {
+    if let Some(waker) = waker {
+        waker.wake();
+    }
+}
+
+/// A waker that counts its wakes, for the tests of every port that wakes.
+#[cfg(test)]
+#[derive(Debug, Default)]
+pub(crate) struct CountWakes(std::sync::atomic::AtomicUsize);
+
+#[cfg(test)]
+impl CountWakes {
+    /// A new counter and a waker that counts on it.
+    pub(crate) fn new() -> (std::sync::Arc<CountWakes>, Waker) {
+        let count = std::sync::Arc::new(CountWakes::default());
+        let waker = Waker::from(count.clone());
+        (count, waker)
+    }
+
+    /// Wakes so far.
+    pub(crate) fn count(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[cfg(test)]
+impl std::task::Wake for CountWakes {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &std::sync::Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
