@@ -263,6 +263,24 @@ impl Wakeup {
         }
     }
 
+    /// Parks the calling thread up to `timeout`, unless a kick came since
+    /// the last [`clear`](Self::clear) or `awake` (looked at once parked
+    /// is set) says there is work.
+    fn sleep(&self, timeout: Duration, awake: impl FnOnce() -> bool) {
+        {
+            let mut thread = self.thread.lock().unwrap_or_else(PoisonError::into_inner);
+            if thread.as_ref().map(Thread::id) != Some(thread::current().id()) {
+                *thread = Some(thread::current());
+            }
+        }
+        self.parked.store(true, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        if !self.kicked.load(Ordering::Relaxed) && !awake() {
+            thread::park_timeout(timeout);
+        }
+        self.parked.store(false, Ordering::Relaxed);
+    }
+
     /// Before a round: wakes from now on are for frames this round may
     /// not see.
     fn clear(&self) {
@@ -775,22 +793,9 @@ impl SwitchWorker {
     /// arriving on the other ports do not wake it: poll again within the
     /// time such a port may wait.
     pub fn wait(&self, timeout: Duration) {
-        let wakeup = &self.handle().wakeup;
-        {
-            let mut thread = wakeup.thread.lock().unwrap_or_else(PoisonError::into_inner);
-            if thread.as_ref().map(Thread::id) != Some(thread::current().id()) {
-                *thread = Some(thread::current());
-            }
-        }
-        wakeup.parked.store(true, Ordering::Relaxed);
-        fence(Ordering::SeqCst);
-        if !wakeup.kicked.load(Ordering::Relaxed)
-            && self.inbox.is_empty()
-            && !self.shared.stop.load(Ordering::Acquire)
-        {
-            thread::park_timeout(timeout);
-        }
-        wakeup.parked.store(false, Ordering::Relaxed);
+        self.handle().wakeup.sleep(timeout, || {
+            !self.inbox.is_empty() || self.shared.stop.load(Ordering::Acquire)
+        });
     }
 
     /// Runs rounds until the switch stops, backing off when idle: yields
