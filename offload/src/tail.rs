@@ -39,16 +39,12 @@ pub trait LentBytes: Send + Sync + 'static {
     /// Appends the lent bytes, all `len` of them, to `out`. The provided
     /// implementation grows `out` with zeros and copies over them
     /// ([`copy_to`](Self::copy_to)); a source that can write into `out`'s
-    /// spare capacity is spared the zeroing. On an error `out` is as it
-    /// was.
+    /// spare capacity is spared the zeroing. On an error `out` may hold
+    /// part of them: [`Tail::append_to`], the caller, takes them back.
     fn append_to(&self, len: usize, out: &mut Vec<u8>) -> Result<(), TailError> {
         let start = out.len();
         out.resize(start + len, 0);
-        let copied = self.copy_to(&mut out[start..]);
-        if copied.is_err() {
-            out.truncate(start);
-        }
-        copied
+        self.copy_to(&mut out[start..])
     }
 
     /// The source itself, for an egress that knows its type and copies
@@ -109,14 +105,19 @@ impl Tail {
     /// error `out` is as it was.
     pub fn append_to(&self, out: &mut Vec<u8>) -> Result<(), TailError> {
         let start = out.len();
-        self.0.source.append_to(self.0.len, out)?;
-        if out.len() != start + self.0.len {
+        let appended = self.0.source.append_to(self.0.len, out).and_then(|()| {
+            if out.len() == start + self.0.len {
+                Ok(())
+            } else {
+                Err(TailError {
+                    reason: "the source appended another number of bytes than it lends",
+                })
+            }
+        });
+        if appended.is_err() {
             out.truncate(start);
-            return Err(TailError {
-                reason: "the source appended another number of bytes than it lends",
-            });
         }
-        Ok(())
+        appended
     }
 
     /// The source, if it is a `T`.

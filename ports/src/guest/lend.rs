@@ -229,12 +229,20 @@ impl Lender {
 }
 
 /// Copies the bytes of `segments` in `mem` into `dst`.
+/// The guest memory of one lent range.
+fn segment_slice<'m>(
+    mem: &'m dyn LentMemory,
+    segment: &Segment,
+) -> Result<VolatileSlice<'m, ()>, TailError> {
+    mem.lent_slice(segment.addr, segment.len).ok_or(TailError {
+        reason: "a lent range is no longer guest memory",
+    })
+}
+
 fn copy_out(mem: &dyn LentMemory, segments: &[Segment], dst: &mut [u8]) -> Result<(), TailError> {
     let mut at = 0;
     for segment in segments {
-        let slice = mem.lent_slice(segment.addr, segment.len).ok_or(TailError {
-            reason: "a lent range is no longer guest memory",
-        })?;
+        let slice = segment_slice(mem, segment)?;
         let Some(out) = dst.get_mut(at..at + segment.len) else {
             return Err(TailError {
                 reason: "the destination is shorter than the lent bytes",
@@ -290,9 +298,7 @@ impl GuestLoan {
         match &*state {
             LoanState::Lent { mem, segments } => {
                 for segment in segments {
-                    let slice = mem.lent_slice(segment.addr, segment.len).ok_or(TailError {
-                        reason: "a lent range is no longer guest memory",
-                    })?;
+                    let slice = segment_slice(mem.as_ref(), segment)?;
                     pieces.push(Piece::Guest(slice));
                 }
             }
@@ -321,13 +327,10 @@ impl LentBytes for GuestLoan {
     /// Straight into `out`'s spare capacity, with volatile reads: nothing
     /// is zeroed first.
     fn append_to(&self, len: usize, out: &mut Vec<u8>) -> Result<(), TailError> {
-        let start = out.len();
         out.reserve(len);
-        let appended = match &*self.cell.lock() {
+        match &*self.cell.lock() {
             LoanState::Lent { mem, segments } => segments.iter().try_for_each(|segment| {
-                let slice = mem.lent_slice(segment.addr, segment.len).ok_or(TailError {
-                    reason: "a lent range is no longer guest memory",
-                })?;
+                let slice = segment_slice(mem.as_ref(), segment)?;
                 out.write_all_volatile(&slice).map_err(|_| TailError {
                     reason: "a lent range could not be read",
                 })
@@ -336,11 +339,7 @@ impl LentBytes for GuestLoan {
                 out.extend_from_slice(bytes);
                 Ok(())
             }
-        };
-        if appended.is_err() {
-            out.truncate(start);
         }
-        appended
     }
 
     fn as_any(&self) -> &dyn Any {
