@@ -182,28 +182,38 @@ pub fn adapt<S: SegmentSink + ?Sized>(
     sink: &mut S,
 ) -> Result<Adapted, AdaptError> {
     let action = decide(frame, caps)?;
-    // The software paths read every byte: a frame whose payload is still
-    // lent is taken into host memory first.
-    let whole;
-    let frame = if frame.has_tail() && action != Action::PassThrough {
-        whole = frame.materialised()?;
-        &whole
-    } else {
-        frame
-    };
-    let data = frame.data();
-    match action {
-        Action::PassThrough => Ok(Adapted::PassThrough),
-        Action::CompleteChecksum(partial) => {
-            complete_into(data, partial, sink)?;
-            Ok(Adapted::Checksummed)
-        }
-        Action::Segment(gso) => {
-            let layout = frame.layout().ok_or(AdaptError::MissingLayout)?;
-            let summary = segmenter.segment_copy(data, &layout, gso, sink)?;
-            Ok(Adapted::Segmented(summary))
-        }
+    if action == Action::PassThrough {
+        return Ok(Adapted::PassThrough);
     }
+    // The software paths read every byte: a frame whose payload is still
+    // lent is gathered into the segmenter's buffer first (its headers lead,
+    // so the frame's layout holds for the gathered bytes too).
+    let mut whole = std::mem::take(&mut segmenter.whole);
+    let result = (|| {
+        let data: &[u8] = match &frame.packet().tail {
+            None => frame.data(),
+            Some(tail) => {
+                whole.clear();
+                whole.extend_from_slice(frame.data());
+                tail.append_to(&mut whole)?;
+                &whole
+            }
+        };
+        match action {
+            Action::PassThrough => Ok(Adapted::PassThrough),
+            Action::CompleteChecksum(partial) => {
+                complete_into(data, partial, sink)?;
+                Ok(Adapted::Checksummed)
+            }
+            Action::Segment(gso) => {
+                let layout = frame.layout().ok_or(AdaptError::MissingLayout)?;
+                let summary = segmenter.segment_copy(data, &layout, gso, sink)?;
+                Ok(Adapted::Segmented(summary))
+            }
+        }
+    })();
+    segmenter.whole = whole;
+    result
 }
 
 fn complete_into<S: SegmentSink + ?Sized>(

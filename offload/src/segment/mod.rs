@@ -345,6 +345,10 @@ pub struct Segmenter {
     params: SegmentParams,
     headers: Vec<u8>,
     template: Vec<u8>,
+    /// Where [`crate::adapt::adapt`] gathers a frame whose payload is
+    /// still lent before cutting it: reused, so that a lent frame costs a
+    /// copy, not an allocation and the page faults of fresh memory.
+    pub(crate) whole: Vec<u8>,
 }
 
 impl Segmenter {
@@ -354,6 +358,7 @@ impl Segmenter {
             params,
             headers: Vec::with_capacity(256),
             template: Vec::with_capacity(256),
+            whole: Vec::new(),
         }
     }
 
