@@ -523,6 +523,24 @@ impl Peer {
         }
     }
 
+    /// For the switch: frames A lent, and lent frames the switch had to
+    /// copy into host memory on their way to B (none: B's port takes lent
+    /// frames and copies them from A's memory straight into B's).
+    fn lending(&self) -> Option<(u64, u64)> {
+        match self {
+            Peer::Switch { switch, ports } => {
+                let copied = switch
+                    .stats()
+                    .ports
+                    .iter()
+                    .map(|port| port.stats.software.lent_copied)
+                    .sum();
+                Some((ports[0].report().guest.tx_lent, copied))
+            }
+            Peer::Testpmd { .. } => None,
+        }
+    }
+
     fn report(&self) -> String {
         match self {
             Peer::Switch { ports, .. } => format!("{:?}", ports[1].report()),
@@ -561,6 +579,8 @@ struct Outcome {
     spent: Duration,
     got: Received,
     drops: u64,
+    /// [`Peer::lending`].
+    lending: Option<(u64, u64)>,
     /// CPU time the peer used in the run: the switch's threads (the
     /// process's, less the frontends'), or testpmd's process.
     peer_cpu: Duration,
@@ -762,12 +782,14 @@ fn run(
     // for the time B waited for them.
     let spent = received.last;
     let drops = peer.drops();
+    let lending = peer.lending();
     drop((front_a, front_b, peer));
     let _ = std::fs::remove_dir_all(&dir);
     Ok(Outcome {
         spent,
         got: received,
         drops,
+        lending,
         peer_cpu,
         frontends_cpu,
     })
@@ -872,6 +894,7 @@ fn row(label: &str, outcome: &Outcome, frames: u64) {
         drops,
         peer_cpu,
         frontends_cpu,
+        lending: _,
     } = outcome;
     if got.frames == 0 {
         println!("{label:>38} no frame reached B ({drops} drops)");
@@ -948,6 +971,9 @@ fn main() {
         .expect("the switch starts");
         assert_eq!(outcome.got.frames, frames, "every frame reached B");
         assert_eq!(outcome.drops, 0, "nothing was dropped");
+        let (lent, copied) = outcome.lending.expect("the switch reports lending");
+        assert_eq!(lent > 0, lend, "A lends its large frames only when told to");
+        assert_eq!(copied, 0, "no lent frame was copied on the way to B");
         row(label, &outcome, frames);
     }
     // The userspace peer, with TSO passed through (io forwarding neither

@@ -894,7 +894,8 @@ mod tests {
                         segmented: 1,
                         segments: 7,
                         checksums: 7,
-                        coalesced: 0
+                        coalesced: 0,
+                        lent_copied: 0
                     }
                 }
             ]

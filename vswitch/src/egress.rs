@@ -35,6 +35,9 @@ pub struct EgressWork {
     pub checksums: u64,
     /// Frames merged into others by software coalescing.
     pub coalesced: u64,
+    /// Frames whose payload another guest lent, copied into host memory
+    /// for a port that cannot take lent frames.
+    pub lent_copied: u64,
 }
 
 /// Why a frame cannot leave through a port.
@@ -151,6 +154,7 @@ pub fn adapt_checked(
                 // its header checksum) computed in software.
                 checksums: summary.segments as u64,
                 coalesced: 0,
+                lent_copied: 0,
             })
         }
     }

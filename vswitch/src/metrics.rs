@@ -6,7 +6,7 @@
 //! |---|---|
 //! | `vswitch_port_frames_total`, `vswitch_port_bytes_total` | `port`, `direction` (`rx`: from the port, `tx`: to it) |
 //! | `vswitch_port_drops_total` | `port`, `reason` (every reason of the drop taxonomy) |
-//! | `vswitch_port_software_segments_total`, `vswitch_port_software_checksums_total`, `vswitch_port_gro_merges_total`, `vswitch_port_not_learned_total` | `port` |
+//! | `vswitch_port_software_segments_total`, `vswitch_port_software_checksums_total`, `vswitch_port_gro_merges_total`, `vswitch_port_lent_copied_frames_total`, `vswitch_port_not_learned_total` | `port` |
 //! | `vswitch_port_up` (gauge, 1 or 0) | `port` |
 //! | `vswitch_port_broken_queues` (gauge: virtqueues of the attached guest not served because it broke them), `vswitch_port_queues_broken_total` (since the port was added) | `port` (vhost-user ports) |
 //! | `vswitch_port_last_error` (gauge, 1) | `port`, `error` (vhost-user ports with a problem so far) |
@@ -104,6 +104,11 @@ pub fn encode_stats(stats: &StatsView) -> String {
         "vswitch_port_software_checksums",
         "Checksums completed in software for frames to the port",
     );
+    let lent_copied = family(
+        &mut registry,
+        "vswitch_port_lent_copied_frames",
+        "Frames whose lent payload was copied into host memory for the port",
+    );
     let merges = family(
         &mut registry,
         "vswitch_port_gro_merges",
@@ -187,6 +192,7 @@ pub fn encode_stats(stats: &StatsView) -> String {
         segments.get_or_create(&l).inc_by(p.sw_segments);
         checksums.get_or_create(&l).inc_by(p.sw_checksums);
         merges.get_or_create(&l).inc_by(p.gro_merges);
+        lent_copied.get_or_create(&l).inc_by(p.lent_copied_frames);
         flood_copies.get_or_create(&l).inc_by(p.flood_copies);
         not_learned.get_or_create(&l).inc_by(p.not_learned);
         up.get_or_create(&l).set(i64::from(p.state == "up"));

@@ -119,6 +119,9 @@ pub struct SoftwareWork {
     pub checksums: u64,
     /// Frames coalesced into others in software.
     pub coalesced: u64,
+    /// Frames whose lent payload was copied into host memory for a port
+    /// that cannot take lent frames.
+    pub lent_copied: u64,
 }
 
 #[derive(Debug, Default)]
@@ -127,6 +130,7 @@ struct AtomicWork {
     segments: AtomicU64,
     checksums: AtomicU64,
     coalesced: AtomicU64,
+    lent_copied: AtomicU64,
 }
 
 impl AtomicWork {
@@ -136,6 +140,7 @@ impl AtomicWork {
             (&self.segments, work.segments),
             (&self.checksums, work.checksums),
             (&self.coalesced, work.coalesced),
+            (&self.lent_copied, work.lent_copied),
         ] {
             if value != 0 {
                 bump(counter, value);
@@ -149,6 +154,7 @@ impl AtomicWork {
             segments: self.segments.load(Ordering::Relaxed),
             checksums: self.checksums.load(Ordering::Relaxed),
             coalesced: self.coalesced.load(Ordering::Relaxed),
+            lent_copied: self.lent_copied.load(Ordering::Relaxed),
         }
     }
 }
@@ -278,6 +284,7 @@ impl PortCounters {
             stats.software.segments += work.segments;
             stats.software.checksums += work.checksums;
             stats.software.coalesced += work.coalesced;
+            stats.software.lent_copied += work.lent_copied;
         }
         stats
     }
@@ -385,6 +392,7 @@ mod tests {
                 segments: 45,
                 checksums: 45,
                 coalesced: 0,
+                lent_copied: 0,
             },
         );
         let stats = port.snapshot();

@@ -75,6 +75,7 @@ use crate::coalesce::CoalesceConfig;
 use crate::datapath::{Datapath, Event, Output};
 use crate::dispatch::{flow_hash, worker_for_hash};
 use crate::drop::DropReason;
+use crate::egress::EgressWork;
 use crate::forward::{Forwarder, ForwarderConfig, PortId, PortProfile, PortSet};
 use crate::limit::packets_wire_cost_and_len;
 use crate::stats::{PortCounters, PortStats, WorkerCounters, WorkerStats};
@@ -1142,7 +1143,7 @@ impl SwitchWorker {
         if frames.iter().all(|packet| packet.tail.is_none()) {
             return;
         }
-        let mut unreadable = 0;
+        let (mut copied, mut unreadable) = (0, 0);
         frames.retain_mut(|packet| {
             if packet.tail.is_none() {
                 return true;
@@ -1150,6 +1151,7 @@ impl SwitchWorker {
             match std::mem::take(packet).into_whole() {
                 Ok(whole) => {
                     *packet = whole;
+                    copied += 1;
                     true
                 }
                 Err(_) => {
@@ -1158,6 +1160,14 @@ impl SwitchWorker {
                 }
             }
         });
+        if copied > 0 {
+            let work = EgressWork {
+                lent_copied: copied,
+                ..EgressWork::default()
+            };
+            port.counters.worked(self.index, &work);
+            self.handle().counters.worked(&work);
+        }
         if unreadable > 0 {
             self.drop_at(port, DropReason::OffloadFailed, unreadable);
         }

@@ -822,6 +822,13 @@ impl Port for VhostUserPort {
         self.caps
     }
 
+    /// Yes, as the guest port it hands frames to: a payload another
+    /// guest lent is copied from that guest's memory straight into this
+    /// one's receive buffers, with no copy into host memory on the way.
+    fn takes_lent_frames(&self) -> bool {
+        true
+    }
+
     /// Yes, for each queue the port offers: kept across connections, so
     /// each guest that attaches wakes the same wakers.
     fn set_rx_waker(&self, queue: usize, waker: Waker) -> bool {

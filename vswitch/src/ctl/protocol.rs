@@ -208,6 +208,11 @@ pub struct PortCounters {
     pub sw_checksums: u64,
     /// Frames merged into others (GRO) in software.
     pub gro_merges: u64,
+    /// Frames whose payload another guest lent, copied into host memory
+    /// because this port cannot take lent frames (a copy lending saves
+    /// elsewhere).
+    #[serde(default)]
+    pub lent_copied_frames: u64,
     /// Drops of frames received from this port (the reasons counted on the
     /// ingress port: headers, guards, VLANs, no destination).
     #[serde(default)]

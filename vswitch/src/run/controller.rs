@@ -144,6 +144,7 @@ fn counters_of(name: &str, health: &PortHealth, stats: &PortStats) -> PortCounte
         sw_segments: stats.software.segments,
         sw_checksums: stats.software.checksums,
         gro_merges: stats.software.coalesced,
+        lent_copied_frames: stats.software.lent_copied,
         drops_ingress: stats.drops.side_total(DropSide::Ingress),
         drops_egress: stats.drops.side_total(DropSide::Egress),
         flood_copies: stats.flood_copies,

@@ -1,0 +1,97 @@
+//! Frames whose payload is still lent by the guest that sent them
+//! (`Packet::tail`): a port that takes lent frames gets them as they are,
+//! any other gets them whole, and the switch counts that copy for it.
+
+mod switch_support;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use switch_support::*;
+use vswitch::{PortProfile, VlanId};
+use vswitch_offload::{EgressCapabilities, Packet, Tail, VirtioNetHdr};
+use vswitch_ports::{memory_port, MemoryPortConfig, Port, PortCapabilities, PortError, SendError};
+
+/// Bytes of the frame kept in host memory; the rest is lent.
+const HEAD: usize = 128;
+
+/// A port that takes lent frames and keeps what it is sent.
+#[derive(Default)]
+struct LentTaker {
+    got: Mutex<Vec<Packet>>,
+}
+
+impl Port for LentTaker {
+    fn name(&self) -> &str {
+        "taker"
+    }
+    fn capabilities(&self) -> PortCapabilities {
+        PortCapabilities {
+            egress: EgressCapabilities::none(1500),
+            rx_queues: 1,
+            tx_queues: 1,
+        }
+    }
+    fn takes_lent_frames(&self) -> bool {
+        true
+    }
+    fn receive(&self, _: usize, _: &mut Vec<Packet>, _: usize) -> Result<usize, PortError> {
+        Ok(0)
+    }
+    fn send(&self, _: usize, packet: Packet) -> Result<(), SendError> {
+        self.got.lock().unwrap().push(packet);
+        Ok(())
+    }
+}
+
+#[test]
+fn a_lent_frame_is_copied_only_for_the_port_that_cannot_take_it() {
+    let switch = patient_switch(1);
+    let profile = PortProfile::access(VlanId::DEFAULT);
+    let (a, guest_a) = memory_port(MemoryPortConfig::new("a"));
+    let (b, guest_b) = memory_port(MemoryPortConfig::new("b"));
+    let taker = Arc::new(LentTaker::default());
+    switch.add_port(Arc::new(a), profile.clone()).unwrap();
+    let id_b = switch.add_port(Arc::new(b), profile.clone()).unwrap();
+    let id_taker = switch.add_port(taker.clone(), profile).unwrap();
+
+    // A TCP frame with a payload that is not all zeros, its payload lent;
+    // the destination is unknown, so both other ports get it.
+    let whole = bytes::Bytes::from(
+        tcp4(mac(9, 9), mac(1, 1))
+            .payload((0..1400u32).map(|i| (i * 7) as u8).collect::<Vec<u8>>())
+            .build(),
+    );
+    let lent = whole.slice(HEAD..);
+    let packet = Packet {
+        hdr: VirtioNetHdr::default(),
+        data: whole.slice(..HEAD),
+        tail: Some(Tail::new(lent.len(), lent)),
+    };
+    guest_a.try_inject(0, packet).unwrap();
+
+    let at_b = expect_one(&guest_b);
+    assert!(at_b.tail.is_none(), "b cannot take lent frames");
+    assert_eq!(at_b.data, whole, "b got every byte");
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let at_taker = loop {
+        if let Some(packet) = taker.got.lock().unwrap().pop() {
+            break packet;
+        }
+        assert!(Instant::now() < deadline, "the taker got nothing");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert_eq!(
+        at_taker.data,
+        whole.slice(..HEAD),
+        "the taker got the frame as lent"
+    );
+    assert_eq!(at_taker.len(), whole.len());
+    assert!(at_taker.tail.is_some());
+
+    let copied = |id| switch.port_stats(id).unwrap().software.lent_copied;
+    assert_eq!(copied(id_b), 1, "the copy for b is counted on b");
+    assert_eq!(copied(id_taker), 0, "nothing was copied for the taker");
+    assert_eq!(switch.stats().workers[0].software.lent_copied, 1);
+}
