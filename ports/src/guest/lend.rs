@@ -95,6 +95,10 @@ struct Book {
     returned: Vec<u16>,
     /// Set while the ring is stopped: nothing is lent.
     stopped: bool,
+    /// Batches of frames being dropped ([`Lender::hold`]): chains given
+    /// back meanwhile wake the device model once, when the last batch is
+    /// done.
+    held: usize,
 }
 
 /// The loans of one queue pair's transmit ring.
@@ -165,7 +169,27 @@ impl Lender {
             };
             book.lent.swap_remove(at);
             book.returned.push(head);
-            book.returned.len() == 1
+            book.returned.len() == 1 && book.held == 0
+        };
+        if wake {
+            self.notifier.notify();
+        }
+    }
+
+    /// Holds back the notifier while a batch of frames is dropped: the
+    /// chains they give back are published together, after
+    /// [`unhold`](Self::unhold), not one at a time.
+    pub(super) fn hold(&self) {
+        self.book().held += 1;
+    }
+
+    /// Ends a [`hold`](Self::hold): the last one fires the notifier if
+    /// chains were given back meanwhile.
+    pub(super) fn unhold(&self) {
+        let wake = {
+            let mut book = self.book();
+            book.held = book.held.saturating_sub(1);
+            book.held == 0 && !book.returned.is_empty()
         };
         if wake {
             self.notifier.notify();
@@ -260,6 +284,13 @@ pub struct GuestLoan {
     cell: Arc<LoanCell>,
     head: u16,
     lender: Arc<Lender>,
+}
+
+impl GuestLoan {
+    /// The lender the loan goes back to.
+    pub(super) fn lender(&self) -> &Arc<Lender> {
+        &self.lender
+    }
 }
 
 /// One part of what a receive writes: host bytes, or guest memory of the

@@ -274,14 +274,14 @@ struct QueuePair {
 }
 
 impl QueuePair {
-    fn new(tx_capacity: usize, rx_capacity: usize, notifier: Arc<dyn Notifier>) -> Self {
+    fn new(tx_capacity: usize, rx_capacity: usize, notifiers: PairNotifiers) -> Self {
         QueuePair {
             from_guest: FrameQueue::new(tx_capacity),
             to_guest: FrameQueue::new(rx_capacity),
             rx: Mutex::new(RxState::default()),
             rx_used: Mutex::new(Vec::new()),
-            lender: Arc::new(Lender::new(notifier.clone())),
-            notifier,
+            lender: Arc::new(Lender::new(notifiers.returns)),
+            notifier: notifiers.frames,
             notified: AtomicBool::new(false),
             tx: Mutex::new(TxState::default()),
         }
@@ -368,6 +368,24 @@ impl GuestPort {
         negotiated: Negotiated,
         mut notifier_for: impl FnMut(usize) -> Arc<dyn Notifier>,
     ) -> Self {
+        Self::with_pair_notifiers(config, negotiated, |pair| {
+            let notifier = notifier_for(pair);
+            PairNotifiers {
+                frames: notifier.clone(),
+                returns: notifier,
+            }
+        })
+    }
+
+    /// Like [`with_queue_notifiers`](Self::with_queue_notifiers) with a
+    /// second notifier per pair for the transmit chains whose lent payloads
+    /// came back, for a device model that can publish them from the thread
+    /// that gives them back.
+    pub(crate) fn with_pair_notifiers(
+        config: GuestPortConfig,
+        negotiated: Negotiated,
+        mut notifiers_for: impl FnMut(usize) -> PairNotifiers,
+    ) -> Self {
         let tx_capacity = config.tx_queue_len.max(1);
         let rx_capacity = config.rx_queue_len.max(1);
         let pairs = if negotiated.features().contains(Features::MQ) {
@@ -380,9 +398,9 @@ impl GuestPort {
         } else {
             HdrFormat::Legacy
         };
-        let first_pair = QueuePair::new(tx_capacity, rx_capacity, notifier_for(0));
+        let first_pair = QueuePair::new(tx_capacity, rx_capacity, notifiers_for(0));
         let more_pairs = (1..pairs)
-            .map(|i| QueuePair::new(tx_capacity, rx_capacity, notifier_for(i)))
+            .map(|i| QueuePair::new(tx_capacity, rx_capacity, notifiers_for(i)))
             .collect();
         GuestPort {
             name: config.name,
@@ -637,13 +655,58 @@ impl Port for GuestPort {
     /// drained the queue since. A full queue takes what fits: the rest stay
     /// in `batch`, in order, with [`BatchSendError::Full`].
     fn send_batch(&self, queue: usize, batch: &mut Vec<Packet>) -> Result<(), BatchSendError> {
-        let Some(pair) = self.pair_for_send(queue) else {
+        let queued = self.queue_batch_quietly(queue, batch)?;
+        // After the whole burst is queued, so the device model wakes to all
+        // of it. A drain that re-armed before the frames went in is seen by
+        // the swap; one that re-armed after looks at the queue again and
+        // finds them.
+        if queued.sent > 0 {
+            self.wake_device(queued.pair);
+        }
+        queued.result
+    }
+}
+
+/// The notifiers of one queue pair ([`GuestPort::with_pair_notifiers`]).
+pub(crate) struct PairNotifiers {
+    /// Fired when frames for the guest arrive, and when the switch takes
+    /// transmitted frames from a full queue.
+    pub(crate) frames: Arc<dyn Notifier>,
+    /// Fired when transmit chains whose lent payloads came back wait to be
+    /// published to the used ring.
+    pub(crate) returns: Arc<dyn Notifier>,
+}
+
+/// What [`GuestPort::queue_batch_quietly`] did with a batch.
+#[derive(Debug)]
+pub(crate) struct Queued {
+    /// The queue pair the frames went to.
+    pub(crate) pair: usize,
+    /// Frames queued.
+    pub(crate) sent: usize,
+    /// What [`Port::send_batch`] returns for the batch.
+    pub(crate) result: Result<(), BatchSendError>,
+}
+
+impl GuestPort {
+    /// [`Port::send_batch`] without the notifier: the frames are queued
+    /// on the pair they fold onto, and the caller either writes them into
+    /// the guest's buffers itself right away or calls
+    /// [`wake_device`](Self::wake_device) for the pair.
+    pub(crate) fn queue_batch_quietly(
+        &self,
+        queue: usize,
+        batch: &mut Vec<Packet>,
+    ) -> Result<Queued, BatchSendError> {
+        let Some(pair) = self.pair_index_for_send(queue) else {
             return Err(BatchSendError::NoSuchQueue {
                 queue,
                 queues: self.pairs(),
             });
         };
-        let sent = pair.to_guest.push_from(batch);
+        let sent = self
+            .pair(pair)
+            .map_or(0, |queues| queues.to_guest.push_from(batch));
         let result = if batch.is_empty() {
             Ok(())
         } else {
@@ -652,14 +715,16 @@ impl Port for GuestPort {
                 capacity: self.rx_capacity,
             })
         };
-        // After the whole burst is queued, so the device model wakes to all
-        // of it. A drain that re-armed before the frames went in is seen by
-        // the swap; one that re-armed after looks at the queue again and
-        // finds them.
-        if sent > 0 {
+        Ok(Queued { pair, sent, result })
+    }
+
+    /// Fires pair `pair`'s notifier for frames queued for the guest, unless
+    /// it fired already and the device model has not drained the receive
+    /// queue since.
+    pub(crate) fn wake_device(&self, pair: usize) {
+        if let Some(pair) = self.pair(pair) {
             pair.wake_guest();
         }
-        result
     }
 }
 
@@ -668,11 +733,17 @@ impl GuestPort {
     /// folded onto the active pairs, or `None` if the port has no such
     /// queue.
     fn pair_for_send(&self, queue: usize) -> Option<&QueuePair> {
+        self.pair_index_for_send(queue)
+            .and_then(|index| self.pair(index))
+    }
+
+    /// The index of [`pair_for_send`](Self::pair_for_send)'s pair.
+    fn pair_index_for_send(&self, queue: usize) -> Option<usize> {
         if queue >= self.pairs() {
             return None;
         }
         let active = self.active_pairs.load(Ordering::Relaxed).max(1);
-        self.pair(queue % active)
+        Some(queue % active)
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::ops::Deref;
-use std::sync::{MutexGuard, PoisonError};
+use std::sync::{Arc, MutexGuard, PoisonError};
 
 use virtio_queue::DescriptorChain;
 use vm_memory::GuestMemory;
@@ -13,7 +13,7 @@ use vswitch_offload::virtio::{HdrError, HDR_LEN_V1};
 use vswitch_offload::{CheckError, CheckedFrame, EgressCapabilities, Packet, VirtioNetHdr};
 
 use super::chain::{self, Direction, Segment};
-use super::lend::{GuestLoan, Piece};
+use super::lend::{GuestLoan, Lender, Piece};
 use super::stats::bump;
 use super::{GuestPort, GuestQueue, GuestRxError};
 use crate::buffer::PacketSink;
@@ -315,11 +315,35 @@ impl GuestQueue<'_> {
     /// (Self::receive_into_chains_in_fill) kept, which gives their lent
     /// payloads back.
     pub(crate) fn release_delivered(&self) {
-        let spent = {
+        let mut spent = {
             let mut rx = self.pair.rx.lock().unwrap_or_else(PoisonError::into_inner);
             std::mem::take(&mut rx.delivered)
         };
-        drop(spent);
+        // Each sender is woken once for all of its chains, even where its
+        // notifier publishes them at once, from this thread.
+        let mut lenders: Vec<Arc<Lender>> = Vec::new();
+        for packet in &spent {
+            let lender = packet
+                .tail
+                .as_ref()
+                .and_then(|tail| tail.source::<GuestLoan>())
+                .map(GuestLoan::lender);
+            if let Some(lender) = lender {
+                if !lenders.iter().any(|held| Arc::ptr_eq(held, lender)) {
+                    lender.hold();
+                    lenders.push(lender.clone());
+                }
+            }
+        }
+        spent.clear();
+        for lender in lenders {
+            lender.unhold();
+        }
+        // The list keeps its room for the next fill.
+        let mut rx = self.pair.rx.lock().unwrap_or_else(PoisonError::into_inner);
+        if rx.delivered.is_empty() {
+            rx.delivered = spent;
+        }
     }
 
     /// The list a device model's receive fill on this pair collects its

@@ -3,7 +3,7 @@
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, TryLockError, Weak};
 use std::time::{Duration, Instant};
 
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
@@ -20,7 +20,7 @@ use vmm_sys_util::event::{
 use super::queue::{drain_tx, drain_tx_lending, fill_rx, return_lent, QueueBroken};
 use super::Shared;
 use crate::features::Features;
-use crate::guest::{GuestPort, GuestPortConfig, LentMemory, Notifier};
+use crate::guest::{GuestPort, GuestPortConfig, LentMemory, Notifier, PairNotifiers};
 
 /// Guest memory as the vhost-user handler maps it.
 pub(super) type Memory = GuestMemoryAtomic<GuestMemoryMmap<()>>;
@@ -96,6 +96,28 @@ impl Notifier for PairEvent {
     }
 }
 
+/// Fired when a queue pair's transmit chains whose lent payloads came back
+/// wait for the used ring: publishes them from the thread that gave them
+/// back (the switch's worker, as it delivers the frames) when the pair's
+/// thread is not busy with the pair, else wakes that thread.
+struct ReturnNotifier {
+    backend: Weak<NetBackend>,
+    pair: usize,
+    event: Arc<PairEvent>,
+}
+
+impl Notifier for ReturnNotifier {
+    fn notify(&self) {
+        let returned = self
+            .backend
+            .upgrade()
+            .is_some_and(|backend| backend.return_from_switch(self.pair));
+        if !returned {
+            self.event.notify();
+        }
+    }
+}
+
 /// The snapshot of guest memory one event works on.
 type Snapshot = <Memory as GuestAddressSpace>::T;
 
@@ -111,11 +133,18 @@ struct Scratch {
 /// One connection's backend: built when the frontend connects, dropped
 /// when it goes away.
 pub(super) struct NetBackend {
+    /// This backend, for the notifiers it hands the guest port.
+    me: Weak<NetBackend>,
     shared: Arc<Shared>,
     pairs: usize,
     memory: RwLock<Option<Memory>>,
     events: Vec<Arc<PairEvent>>,
     scratch: Vec<Mutex<Scratch>>,
+    /// Each pair's receive and transmit rings, kept from the pair thread's
+    /// first event so that the switch's worker can fill the receive ring
+    /// itself ([`NetBackend::fill_from_switch`]). The handler builds the
+    /// rings once per connection, so the first event's are the only ones.
+    rings: Vec<OnceLock<Vec<VringRwLock<Memory>>>>,
     acked: AtomicU64,
     /// The MTU the frontend gave the guest (`VHOST_USER_NET_SET_MTU`);
     /// 0 until it does.
@@ -127,23 +156,26 @@ pub(super) struct NetBackend {
 }
 
 impl NetBackend {
-    pub(super) fn new(shared: Arc<Shared>) -> io::Result<Self> {
+    pub(super) fn new(shared: Arc<Shared>) -> io::Result<Arc<Self>> {
         let pairs = shared.config.queue_pairs;
+        let events = (0..pairs)
+            .map(|_| PairEvent::new().map(Arc::new))
+            .collect::<io::Result<_>>()?;
         // A new connection: every ring is served until its guest breaks one.
         shared.clear_broken();
-        Ok(NetBackend {
+        Ok(Arc::new_cyclic(|me| NetBackend {
+            me: me.clone(),
             pairs,
             memory: RwLock::new(None),
-            events: (0..pairs)
-                .map(|_| PairEvent::new().map(Arc::new))
-                .collect::<io::Result<_>>()?,
+            events,
             scratch: (0..pairs).map(|_| Mutex::default()).collect(),
+            rings: (0..pairs).map(|_| OnceLock::new()).collect(),
             acked: AtomicU64::new(0),
             frontend_mtu: AtomicU32::new(0),
             enabled_rings: AtomicU64::new(0),
             ending: AtomicBool::new(false),
             shared,
-        })
+        }))
     }
 
     /// The event id of a pair's eventfd in its thread's epoll set: the
@@ -172,8 +204,13 @@ impl NetBackend {
             .queue_pairs(self.pairs)
             .mtu(self.guest_mtu())
             .queue_len(self.shared.config.queue_len);
-        let port = GuestPort::with_queue_notifiers(config, negotiated, |pair| {
-            self.events[pair].clone() as Arc<dyn Notifier>
+        let port = GuestPort::with_pair_notifiers(config, negotiated, |pair| PairNotifiers {
+            frames: self.events[pair].clone(),
+            returns: Arc::new(ReturnNotifier {
+                backend: self.me.clone(),
+                pair,
+                event: self.events[pair].clone(),
+            }),
         });
         self.shared.attach(Arc::new(port), negotiated.features());
         self.apply_active_pairs();
@@ -290,6 +327,141 @@ impl NetBackend {
         if usize::from(err.queue) < 2 * self.pairs {
             self.shared.queue_broken(err);
         }
+    }
+
+    /// Writes the frames the switch just queued on `port`'s pair `pair`
+    /// into the guest's receive ring from the caller's thread (the
+    /// switch's worker), so that a frame reaches the guest with no hand-off
+    /// to the pair's thread and no wake-up of it. Returns false, having
+    /// done nothing, when it cannot: the pair's thread is busy with the
+    /// pair (it holds the pair's scratch), the ring is not running, not
+    /// known yet, or broken, or the connection ends. The caller then wakes
+    /// the pair's thread as usual. A fill whose budget runs out wakes that
+    /// thread for the rest itself.
+    ///
+    /// Frames stay in order: whoever fills takes them out of the pair's
+    /// one queue, holding the pair's scratch.
+    pub(super) fn fill_from_switch(&self, port: &GuestPort, pair: usize) -> bool {
+        if self.ending.load(Ordering::SeqCst) {
+            return false;
+        }
+        let Some(rx_ring) = self
+            .rings
+            .get(pair)
+            .and_then(OnceLock::get)
+            .and_then(|rings| rings.first())
+        else {
+            return false;
+        };
+        let index = 2 * pair;
+        let (Some(queue), Ok(vq)) = (port.queue(pair), u16::try_from(index)) else {
+            return false;
+        };
+        if self.shared.is_broken(index) {
+            return false;
+        }
+        let mut scratch = match self.scratch[pair].try_lock() {
+            Ok(scratch) => scratch,
+            Err(TryLockError::WouldBlock | TryLockError::Poisoned(_)) => return false,
+        };
+        let Some(memory) = self
+            .memory
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|m| m.memory())
+        else {
+            return false;
+        };
+        let mut state = rx_ring.get_mut();
+        if !state.get_queue().ready() || !state.is_enabled() {
+            return false;
+        }
+        match fill_rx(
+            vq,
+            state.get_queue_mut(),
+            &memory,
+            queue,
+            BUDGET,
+            &mut scratch.chains,
+        ) {
+            Ok(done) => {
+                if done.signal && state.signal_used_queue().is_err() {
+                    // The call eventfd is gone (the frontend is going
+                    // away): the pair's thread finds out on its own.
+                    return false;
+                }
+                if done.more {
+                    self.events[pair].notify();
+                }
+            }
+            Err(err) => self.mark_broken(&err),
+        }
+        true
+    }
+
+    /// Publishes the transmit chains of pair `pair` whose lent payloads
+    /// came back to the guest's used ring from the caller's thread, and
+    /// signals the guest if it asks for it. Returns false, having done
+    /// nothing, where [`fill_from_switch`](Self::fill_from_switch) would:
+    /// the caller then wakes the pair's thread.
+    fn return_from_switch(&self, pair: usize) -> bool {
+        if self.ending.load(Ordering::SeqCst) {
+            return false;
+        }
+        let Some(tx_ring) = self
+            .rings
+            .get(pair)
+            .and_then(OnceLock::get)
+            .and_then(|rings| rings.get(1))
+        else {
+            return false;
+        };
+        let index = 2 * pair + 1;
+        let Ok(vq) = u16::try_from(index) else {
+            return false;
+        };
+        if self.shared.is_broken(index) {
+            return false;
+        }
+        let Some(port) = self.shared.guest() else {
+            return false;
+        };
+        let Some(queue) = port.queue(pair) else {
+            return false;
+        };
+        let mut scratch = match self.scratch[pair].try_lock() {
+            Ok(scratch) => scratch,
+            Err(TryLockError::WouldBlock | TryLockError::Poisoned(_)) => return false,
+        };
+        let Some(memory) = self
+            .memory
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|m| m.memory())
+        else {
+            return false;
+        };
+        let mut state = tx_ring.get_mut();
+        if !state.get_queue().ready() {
+            return false;
+        }
+        match return_lent(
+            vq,
+            state.get_queue_mut(),
+            &memory,
+            queue,
+            &mut scratch.heads,
+        ) {
+            Ok(signal) => {
+                if signal && state.signal_used_queue().is_err() {
+                    return false;
+                }
+            }
+            Err(err) => self.mark_broken(&err),
+        }
+        true
     }
 
     /// Serves queue pair `pair`: fills its receive ring, drains its
@@ -473,6 +645,9 @@ impl VhostUserBackend for NetBackend {
     ) -> io::Result<()> {
         if thread_id >= self.pairs {
             return Ok(());
+        }
+        if let Some(rings) = self.rings.get(thread_id) {
+            rings.get_or_init(|| vrings.iter().take(2).cloned().collect());
         }
         if u64::from(device_event) == self.pair_event_id() {
             // Reads and clears the count; nothing pending is not an error.

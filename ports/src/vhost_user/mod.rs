@@ -57,13 +57,22 @@
 //!   all their chains to the used ring at once and signals the guest at
 //!   most once, honouring the ring's suppression (`EVENT_IDX` both ways).
 //!   While the device has work it suppresses the guest's kicks.
+//! * **Run to completion toward the guest**: the switch's worker that
+//!   forwards frames to the guest writes them into its receive ring itself,
+//!   in the same call, when the pair's thread is not busy with the pair;
+//!   only otherwise (or past the 256-frame budget) is the pair's thread
+//!   woken for them. Frames keep their order: whoever fills takes them out
+//!   of the pair's one queue, holding the pair.
 //! * **Lent payloads** (with [`VhostUserConfig::lend_payloads`]): a large
 //!   TCP segmentation frame's payload (16 KiB
 //!   or more, its headers within its first 256 bytes) stays in the
 //!   sending guest's buffers and is read out of them by the egress that
 //!   copies it where it goes, so a byte from one guest to another is
 //!   copied once. Its transmit chain goes back to the guest only when the
-//!   last copy of the frame is gone (the pair's thread is woken for it); at
+//!   last copy of the frame is gone: the thread that drops it (usually
+//!   the worker filling the receiver) publishes it to the used ring, once
+//!   for all the chains one fill gives back, or wakes the pair's thread
+//!   when that one is busy with the pair; at
 //!   most 64 chains of a pair are lent at once. Before
 //!   `VHOST_USER_GET_VRING_BASE` stops a transmit ring, every payload still
 //!   lent from it is copied into host memory and its chain returned.
@@ -116,7 +125,7 @@ use std::io;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::task::Waker;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -327,6 +336,10 @@ struct Shared {
     /// Whom each receive queue wakes when frames arrive
     /// ([`Port::set_rx_waker`]), handed to each connection's guest port.
     rx_wakers: Mutex<Vec<Option<Waker>>>,
+    /// The current connection's backend, which writes the frames the
+    /// switch sends straight into the guest from the sender's thread
+    /// ([`NetBackend::fill_from_switch`]); empty between connections.
+    backend: RwLock<Weak<NetBackend>>,
 }
 
 /// Virtqueue `queue`'s bit in [`Shared::broken_now`]'s set; `None` past
@@ -445,6 +458,18 @@ impl Shared {
             .collect()
     }
 
+    /// Writes the frames just queued on `port`'s pair `pair` into the
+    /// guest from this thread; false when the pair's thread must be woken
+    /// for them instead.
+    fn fill_from_switch(&self, port: &GuestPort, pair: usize) -> bool {
+        let backend = self
+            .backend
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .upgrade();
+        backend.is_some_and(|backend| backend.fill_from_switch(port, pair))
+    }
+
     fn note(&self, message: String) {
         *self
             .last_error
@@ -534,6 +559,7 @@ impl VhostUserPort {
             stop: AtomicBool::new(false),
             shutdown: Mutex::new(None),
             rx_wakers: Mutex::new(vec![None; caps.rx_queues]),
+            backend: RwLock::new(Weak::new()),
         });
         let serving = shared.clone();
         let thread = thread::Builder::new()
@@ -714,6 +740,10 @@ fn serve(shared: Arc<Shared>, public: Option<UnixListener>, mut inner: InnerSock
             thread::sleep(shared.config.reconnect_interval);
         }
         // The connection's threads are gone: nothing of it is served now.
+        *shared
+            .backend
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Weak::new();
         shared.detach();
         shared.clear_broken();
     }
@@ -735,10 +765,8 @@ fn serve_connection(
     frontend: UnixStream,
     inner: &mut InnerSocket,
 ) -> Result<(), String> {
-    let backend = Arc::new(
-        NetBackend::new(shared.clone())
-            .map_err(|e| format!("cannot create the backend's eventfds: {e}"))?,
-    );
+    let backend = NetBackend::new(shared.clone())
+        .map_err(|e| format!("cannot create the backend's eventfds: {e}"))?;
     let memory = GuestMemoryAtomic::new(GuestMemoryMmap::new());
     let mut daemon = VhostUserDaemon::new(shared.config.name.clone(), backend.clone(), memory)
         .map_err(|e| format!("cannot start the vhost-user handler: {e}"))?;
@@ -758,6 +786,10 @@ fn serve_connection(
         }
     }
     let _end_threads = EndThreads(backend.clone());
+    *shared
+        .backend
+        .write()
+        .unwrap_or_else(PoisonError::into_inner) = Arc::downgrade(&backend);
     let to_handler = UnixStream::connect(&inner.path)
         .map_err(|e| format!("cannot reach the vhost-user handler: {e}"))?;
     let hooks = relay::Hooks {
@@ -878,11 +910,20 @@ impl Port for VhostUserPort {
         }
     }
 
+    /// Queues the batch for the guest and, where the pair's thread is not
+    /// busy with the pair, writes it into the guest's receive ring from
+    /// this thread (run to completion: the worker that forwarded the frames
+    /// delivers them); otherwise wakes the pair's thread as
+    /// [`GuestPort`]'s `send_batch` does.
     fn send_batch(&self, queue: usize, batch: &mut Vec<Packet>) -> Result<(), BatchSendError> {
         match self.shared.guest() {
             Some(port) => {
                 let queues = port.capabilities().tx_queues.max(1);
-                port.send_batch(queue % queues, batch)
+                let queued = port.queue_batch_quietly(queue % queues, batch)?;
+                if queued.sent > 0 && !self.shared.fill_from_switch(&port, queued.pair) {
+                    port.wake_device(queued.pair);
+                }
+                queued.result
             }
             None => Err(BatchSendError::Disconnected { queue }),
         }

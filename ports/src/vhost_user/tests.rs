@@ -765,6 +765,81 @@ fn a_lent_chain_goes_back_to_the_sender_once_the_receiver_has_the_bytes() {
     assert_eq!(a_queue.lent_now(), 0);
 }
 
+/// A sender's notifier that publishes the chains given back as soon as it
+/// is called, as the backend's does from the thread that gives them back:
+/// counts its calls and keeps the heads it took.
+#[derive(Default)]
+struct PublishAtOnce {
+    port: std::sync::OnceLock<std::sync::Weak<GuestPort>>,
+    calls: std::sync::atomic::AtomicUsize,
+    published: std::sync::Mutex<Vec<u16>>,
+}
+
+impl crate::guest::Notifier for PublishAtOnce {
+    fn notify(&self) {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        if let Some(port) = self.port.get().and_then(std::sync::Weak::upgrade) {
+            let mut published = self.published.lock().unwrap();
+            port.queue(0).unwrap().take_returned(&mut published);
+        }
+    }
+}
+
+#[test]
+fn one_fill_wakes_the_sender_once_for_every_chain_it_gives_back() {
+    use crate::guest::LentMemory;
+    use std::sync::atomic::Ordering::SeqCst;
+    let tso = Features::VERSION_1
+        | Features::CSUM
+        | Features::GUEST_CSUM
+        | Features::HOST_TSO4
+        | Features::GUEST_TSO4
+        | Features::MRG_RXBUF;
+    let a_mem = Arc::new(memory());
+    let lent: Arc<dyn LentMemory> = Arc::new(a_mem.clone());
+    let mut a_drv = driver(&a_mem);
+    let mut a_tx = a_drv.device_queue();
+    let notifier = Arc::new(PublishAtOnce::default());
+    let a = Arc::new(GuestPort::new(
+        GuestPortConfig::new("a").queue_len(64),
+        negotiate(1, tso.bits()).unwrap(),
+        notifier.clone(),
+    ));
+    notifier.port.set(Arc::downgrade(&a)).unwrap();
+    let (b, _) = guest(tso, 64);
+    let b_mem = memory();
+    let mut b_drv = driver(&b_mem);
+    let mut b_rx = b_drv.device_queue();
+
+    let (frame, pieces) = tso_chain(17_000);
+    let pieces: Vec<&[u8]> = pieces.iter().map(Vec::as_slice).collect();
+    let mut lent_heads: Vec<u16> = (0..2).map(|_| a_drv.post_readable(&pieces)).collect();
+    let mut heads = Vec::new();
+    let a_queue = a.queue(0).unwrap();
+    let done = drain_tx_lending(1, &mut a_tx, &&*a_mem, &lent, a_queue, 256, &mut heads).unwrap();
+    assert_eq!((done.frames, done.chains, a_queue.lent_now()), (2, 0, 2));
+    let mut batch = Vec::new();
+    assert_eq!(a.receive(0, &mut batch, 8).unwrap(), 2);
+    b.send_batch(0, &mut batch).unwrap();
+
+    for _ in 0..SIZE {
+        b_drv.post_writable(&[4096]);
+    }
+    let before = notifier.calls.load(SeqCst);
+    let mut chains = Vec::new();
+    let filled = fill_rx(0, &mut b_rx, &&b_mem, b.queue(0).unwrap(), 256, &mut chains).unwrap();
+    assert_eq!(filled.frames, 2);
+    let per_frame = (HDR + frame.len()).div_ceil(4096);
+    assert_eq!(b_drv.take_used().len(), 2 * per_frame);
+    // Both chains came back in the one fill: one call publishes the two.
+    assert_eq!(notifier.calls.load(SeqCst), before + 1);
+    let mut published = notifier.published.lock().unwrap().clone();
+    published.sort_unstable();
+    lent_heads.sort_unstable();
+    assert_eq!(published, lent_heads);
+    assert_eq!(a_queue.lent_now(), 0);
+}
+
 #[test]
 fn the_receive_waker_is_woken_by_every_guest_that_attaches() {
     let dir = std::env::temp_dir().join(format!("vhost-user-waker-{}", std::process::id()));
