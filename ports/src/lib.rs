@@ -26,6 +26,8 @@ pub mod guest;
 pub mod memory;
 pub mod pcap;
 pub mod port;
+#[cfg(target_os = "linux")]
+mod readable;
 pub mod smoltcp_port;
 #[cfg(target_os = "linux")]
 mod sys;

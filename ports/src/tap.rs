@@ -8,9 +8,10 @@
 //! TUNSETOFFLOAD allow.
 
 use std::io::{self, IoSlice, IoSliceMut};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
+use std::task::Waker;
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -19,6 +20,7 @@ use vswitch_offload::{EgressCapabilities, Packet};
 
 use crate::buffer::ChunkPool;
 use crate::port::{Port, PortCapabilities, PortError, SendError};
+use crate::readable::ReadableWakers;
 
 use crate::features::GuestOffloads;
 use crate::sys::{self, tun_flags};
@@ -507,6 +509,10 @@ fn is_link_down(err: &io::Error) -> bool {
 #[derive(Debug)]
 pub struct TapPort {
     name: String,
+    /// Wakes the poller of a queue the kernel has frames for
+    /// ([`Port::set_rx_waker`]); `None` where no epoll set could be made.
+    /// Before `queues`, so that its thread ends before they close.
+    rx_wakers: Option<ReadableWakers>,
     queues: Vec<TapQueue>,
     rx_buffers: Vec<Mutex<RxBuffers>>,
     caps: PortCapabilities,
@@ -577,8 +583,11 @@ impl TapPort {
             rx_queues: queues.len(),
             tx_queues: queues.len(),
         };
+        let rx_wakers =
+            ReadableWakers::new(queues[0].name(), queues.iter().map(|q| q.fd.as_raw_fd())).ok();
         TapPort {
             name: queues[0].name().to_string(),
+            rx_wakers,
             rx_buffers: queues
                 .iter()
                 .map(|_| Mutex::new(RxBuffers::default()))
@@ -662,6 +671,15 @@ impl Port for TapPort {
         self.caps
     }
 
+    /// Yes, for each queue: a thread waiting on the queues' descriptors
+    /// wakes `waker` when the kernel has frames for a queue the poller
+    /// found empty.
+    fn set_rx_waker(&self, queue: usize, waker: Waker) -> bool {
+        self.rx_wakers
+            .as_ref()
+            .is_some_and(|wakers| wakers.set(queue, waker))
+    }
+
     fn receive(
         &self,
         queue: usize,
@@ -686,7 +704,16 @@ impl Port for TapPort {
                         self.counters.rx_errors.fetch_add(1, Ordering::Relaxed);
                     }
                 },
-                Ok(None) => break,
+                Ok(None) => {
+                    if read == 0 {
+                        // Nothing since the last poll: the next frame is to
+                        // wake the poller.
+                        if let Some(wakers) = &self.rx_wakers {
+                            wakers.found_empty(queue);
+                        }
+                    }
+                    break;
+                }
                 Err(err) if is_device_gone(&err) => {
                     self.counters.gone.store(true, Ordering::Relaxed);
                     buffers.seal(batch);

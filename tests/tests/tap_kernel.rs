@@ -169,3 +169,95 @@ fn coalesced_kernel_receive_sets_napi_and_the_flush_timeout() {
     assert!(!port.queues()[0].napi());
     ns.adopt(&ifname).unwrap();
 }
+
+#[test]
+#[ignore = "needs root, iproute2 and /dev/net/tun: bash .ci/test runs it where they are"]
+fn a_frame_from_the_kernel_ends_a_workers_wait() {
+    require_netns!();
+    use std::sync::Arc;
+    use vswitch::{Poll, PortProfile, Switch, SwitchConfig, VlanId};
+    use vswitch_ports::{memory_port, MemoryPortConfig};
+
+    let ns = NetNs::new("vswt-wake").expect("create namespace");
+    let ifname = format!("vsww{}", std::process::id() % 100_000);
+    let tap = TapPort::open(&ifname, TapOffloads::FULL, 1, 1500).expect("open TAP");
+    ns.adopt(&ifname).expect("move TAP into namespace");
+    ns.exec(&["ip", "addr", "add", "198.18.0.1/24", "dev", &ifname])
+        .unwrap();
+    ns.exec(&["ip", "link", "set", &ifname, "up"]).unwrap();
+
+    let (switch, mut workers) = Switch::start_external(SwitchConfig::default().workers(1));
+    let mut worker = workers.pop().unwrap();
+    let (b, guest_b) = memory_port(MemoryPortConfig::new("b"));
+    let profile = PortProfile::access(VlanId::DEFAULT);
+    switch.add_port(Arc::new(tap), profile.clone()).unwrap();
+    switch.add_port(Arc::new(b), profile).unwrap();
+    // The worker sleeps a minute whenever it runs out of work: the kernel's
+    // replies come through in time only if the TAP wakes it.
+    let runner = std::thread::spawn(move || {
+        let mut waits = 0u32;
+        loop {
+            match worker.poll_once() {
+                Poll::Stopped => return waits,
+                Poll::Worked { .. } => {}
+                Poll::Idle => {
+                    waits += 1;
+                    worker.wait(Duration::from_secs(60));
+                }
+            }
+        }
+    });
+    // The kernel speaks first: a ping toward an address nobody has makes
+    // it ask for that address (ARP) on its own, while the worker sleeps.
+    // Each request must reach b long before the worker's minute is up.
+    let mut pings = Vec::new();
+    for round in 0..20u8 {
+        std::thread::sleep(Duration::from_millis(20));
+        let target = format!("198.18.0.{}", 10 + round);
+        pings.push(
+            std::process::Command::new("ip")
+                .args([
+                    "netns",
+                    "exec",
+                    ns.name(),
+                    "ping",
+                    "-c",
+                    "1",
+                    "-W",
+                    "1",
+                    &target,
+                ])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("ping"),
+        );
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let got = guest_b.collect_timeout(left).unwrap_or_else(|| {
+                panic!(
+                    "the kernel's ARP request {round} still waits: the TAP did not wake the worker"
+                )
+            });
+            let frame = &got.data;
+            // A request (opcode 1) for the target, from the kernel's address.
+            if frame.len() >= 42
+                && frame[12..14] == [0x08, 0x06]
+                && frame[20..22] == [0, 1]
+                && frame[38..42] == [198, 18, 0, 10 + round]
+            {
+                assert_eq!(&frame[28..32], &KERNEL_IP);
+                break;
+            }
+        }
+    }
+    for mut ping in pings {
+        let _ = ping.kill();
+        let _ = ping.wait();
+    }
+    switch.stop();
+    let waits = runner.join().unwrap();
+    assert!(waits > 0, "the worker never slept");
+    switch.shutdown();
+}
