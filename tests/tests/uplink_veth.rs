@@ -420,3 +420,72 @@ fn a_port_from_a_socket_the_embedder_opened_carries_frames_both_ways() {
         "one socket both ways still skips its own frames"
     );
 }
+
+/// A waker that counts its wakes.
+#[derive(Default)]
+struct CountWakes(std::sync::atomic::AtomicUsize);
+
+impl std::task::Wake for CountWakes {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl CountWakes {
+    /// Waits up to 10 s for at least `wakes` wakes.
+    fn reached(&self, wakes: usize) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.0.load(std::sync::atomic::Ordering::SeqCst) < wakes {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        true
+    }
+}
+
+#[test]
+#[ignore = "needs root, ip netns, veth: bash .ci/test runs it where they are"]
+fn a_frame_that_arrives_wakes_the_poller_also_after_the_interface_came_back() {
+    require_netns!();
+    let wire = Wire::new("w");
+    let uplink = wire.open(
+        &wire.up,
+        UplinkConfig::new(OffloadMode::Auto).refresh(Duration::from_millis(10)),
+    );
+    let frame = || FrameBuilder::udp4(A, B).payload(vec![1; 100]).packet();
+    let counter = std::sync::Arc::new(CountWakes::default());
+    assert!(uplink.set_rx_waker(0, std::task::Waker::from(counter.clone())));
+    assert!(!uplink.set_rx_waker(1, std::task::Waker::noop().clone()));
+    // Whatever the kernel sent on the new link is taken first.
+    let _ = leftovers(&uplink);
+    let before = counter.0.load(std::sync::atomic::Ordering::SeqCst);
+
+    let sender = wire.open(&wire.peer, UplinkConfig::new(OffloadMode::None));
+    send(&sender, vec![frame()]);
+    assert!(counter.reached(before + 1), "the frame woke nobody");
+    assert_eq!(receive(&uplink, 0, 1).len(), 1);
+    // Found empty: the next frame wakes again.
+    assert_eq!(leftovers(&uplink), 0);
+    send(&sender, vec![frame()]);
+    assert!(counter.reached(before + 2), "the second frame woke nobody");
+    assert_eq!(receive(&uplink, 0, 1).len(), 1);
+    drop(sender);
+
+    // New sockets after the interface came back wake the same waker.
+    wire.ns.exec(&["ip", "link", "del", &wire.up]).unwrap();
+    assert_eq!(uplink.refresh(), LinkState::Gone);
+    wire.create();
+    wait_for(&uplink, LinkState::Up);
+    assert_eq!(uplink.stats().reopens, 1);
+    let _ = leftovers(&uplink);
+    let woken = counter.0.load(std::sync::atomic::Ordering::SeqCst);
+    let sender = wire.open(&wire.peer, UplinkConfig::new(OffloadMode::None));
+    send(&sender, vec![frame()]);
+    assert!(
+        counter.reached(woken + 1),
+        "after the reopen the frame woke nobody"
+    );
+    assert_eq!(receive(&uplink, 0, 1).len(), 1);
+}

@@ -116,10 +116,11 @@ mod offload;
 mod spec;
 
 use std::io::{self, IoSlice};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::task::Waker;
 use std::time::{Duration, Instant};
 
 use vswitch_offload::adapt::{adapt, Adapted};
@@ -129,6 +130,7 @@ use vswitch_offload::{CheckedFrame, EgressCapabilities, Packet, VirtioNetHdr};
 
 use crate::buffer::ChunkPool;
 use crate::port::{BatchSendError, Port, PortCapabilities, PortError, SendError};
+use crate::readable::ReadableWakers;
 use crate::sys::{self, ethtool_cmd, Received, MMSG_MAX};
 
 pub use offload::{BadOffloadMode, NicFeatures, OffloadMode};
@@ -479,6 +481,10 @@ enum Reopen {
 /// The sockets of all queues, replaced whole when they are opened again.
 #[derive(Debug)]
 struct Sockets {
+    /// Wakes the poller of a receive socket the kernel has frames for
+    /// ([`Port::set_rx_waker`]); set by [`Sockets::watched`]. Before `rx`,
+    /// so that its thread ends before the sockets close.
+    wakers: Option<ReadableWakers>,
     rx: Vec<OwnedFd>,
     tx: Vec<OwnedFd>,
     ifindex: i32,
@@ -486,6 +492,25 @@ struct Sockets {
     /// The kernel lacks PACKET_IGNORE_OUTGOING: drop frames of type
     /// PACKET_OUTGOING on receive.
     filter_outgoing: bool,
+}
+
+impl Sockets {
+    /// The sockets with readiness wakers for their receive sockets, which
+    /// wake the pollers of `interface`'s queues with `wakers` (one per
+    /// queue, `None` for none yet). Without an epoll set the pollers poll
+    /// on their timers.
+    fn watched(mut self, interface: &str, wakers: &[Option<Waker>]) -> Sockets {
+        let watch = ReadableWakers::new(interface, self.rx.iter().map(AsRawFd::as_raw_fd)).ok();
+        if let Some(watch) = &watch {
+            for (queue, waker) in wakers.iter().enumerate() {
+                if let Some(waker) = waker {
+                    watch.set(queue, waker.clone());
+                }
+            }
+        }
+        self.wakers = watch;
+        self
+    }
 }
 
 /// What the refresh learnt, read on every frame path.
@@ -519,6 +544,9 @@ pub struct UplinkPort {
     link: AtomicU8,
     /// Whether the sending sockets bypass the qdisc now.
     bypass: AtomicBool,
+    /// Whom each receive queue wakes ([`Port::set_rx_waker`]), handed to
+    /// the sockets opened again after the interface came back.
+    rx_wakers: Mutex<Vec<Option<Waker>>>,
     rx: Vec<Mutex<RxQueue>>,
     tx: Vec<Mutex<TxQueue>>,
     /// Serialises refreshes; `next_refresh` says when the next is due, in
@@ -562,6 +590,7 @@ impl UplinkPort {
         let (format, filter_outgoing) = setup_rx(&fd, interface, ifindex, None)?;
         setup_tx(&tx, interface, ifindex, format, false)?;
         let sockets = Sockets {
+            wakers: None,
             rx: vec![fd],
             tx: vec![tx],
             ifindex,
@@ -605,6 +634,7 @@ impl UplinkPort {
             }),
             link: AtomicU8::new(link.as_u8()),
             bypass: AtomicBool::new(bypass),
+            rx_wakers: Mutex::new(vec![None; queues]),
             rx: (0..queues)
                 .map(|_| {
                     Mutex::new(RxQueue {
@@ -613,7 +643,7 @@ impl UplinkPort {
                 })
                 .collect(),
             tx: (0..queues).map(|_| Mutex::default()).collect(),
-            sockets: RwLock::new(Arc::new(sockets)),
+            sockets: RwLock::new(Arc::new(sockets.watched(interface, &[]))),
             refreshing: Mutex::new(()),
             next_refresh: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -686,7 +716,15 @@ impl UplinkPort {
         let mut reopened = false;
         if link == LinkState::Gone {
             if let Some(fresh) = self.try_reopen() {
+                // Under the wakers' lock: a waker set meanwhile reaches the
+                // new sockets either here or in `set_rx_waker`.
+                let wakers = self
+                    .rx_wakers
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                let fresh = fresh.watched(&self.interface, &wakers);
                 *self.sockets.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(fresh);
+                drop(wakers);
                 bump(&self.counters.reopens, 1);
                 sockets = self.sockets();
                 link = read_link(&sockets, &self.interface);
@@ -964,6 +1002,7 @@ fn open_sockets(interface: &str, config: &UplinkConfig) -> Result<Sockets, Uplin
         tx.push(sender);
     }
     Ok(Sockets {
+        wakers: None,
         rx,
         tx,
         ifindex,
@@ -1137,6 +1176,25 @@ impl Port for UplinkPort {
         self.caps
     }
 
+    /// Yes, for each queue: a thread waiting on the receive sockets wakes
+    /// `waker` when the kernel has frames for a queue the poller found
+    /// empty. Kept across the sockets opened again when the interface
+    /// comes back.
+    fn set_rx_waker(&self, queue: usize, waker: Waker) -> bool {
+        let mut wakers = self
+            .rx_wakers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(slot) = wakers.get_mut(queue) else {
+            return false;
+        };
+        *slot = Some(waker.clone());
+        self.sockets()
+            .wakers
+            .as_ref()
+            .is_some_and(|watch| watch.set(queue, waker))
+    }
+
     fn receive(
         &self,
         queue: usize,
@@ -1174,6 +1232,13 @@ impl Port for UplinkPort {
                 Err(err) => {
                     rx.pool.give_back(whole);
                     match err.kind() {
+                        io::ErrorKind::WouldBlock if batch.len() == before => {
+                            // Nothing since the last poll: the next frame
+                            // is to wake the poller.
+                            if let Some(watch) = &sockets.wakers {
+                                watch.found_empty(queue);
+                            }
+                        }
                         io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => {}
                         // A link that went down reports it once here.
                         _ if err.raw_os_error() == Some(libc::ENETDOWN) => self.refresh_soon(),
