@@ -162,6 +162,12 @@ impl<P: Port, W: Write + Send> Port for PcapPort<P, W> {
         self.inner.capabilities()
     }
 
+    /// As the inner port: its frames are recorded as they are taken, so
+    /// its wakes mean the same here.
+    fn set_rx_waker(&self, queue: usize, waker: std::task::Waker) -> bool {
+        self.inner.set_rx_waker(queue, waker)
+    }
+
     fn receive(
         &self,
         queue: usize,
@@ -196,6 +202,16 @@ mod tests {
 
     fn frame(tag: u8, len: usize) -> Vec<u8> {
         (0..len).map(|i| tag.wrapping_add(i as u8)).collect()
+    }
+
+    #[test]
+    fn the_inner_ports_wakes_reach_the_poller() {
+        let (inner, outside) = memory_port(MemoryPortConfig::new("p"));
+        let port = PcapPort::new(inner, Vec::new()).unwrap();
+        let (count, waker) = crate::wake::CountWakes::new();
+        assert!(port.set_rx_waker(0, waker));
+        outside.try_inject(0, Packet::plain(frame(1, 60))).unwrap();
+        assert_eq!(count.count(), 1);
     }
 
     #[test]
