@@ -458,9 +458,9 @@ pub fn format_counters(ports: &[PortCounters], before: Option<(&StatsView, f64)>
     for p in ports {
         let _ = writeln!(
             out,
-            "{} ({}): rx {} frames {} bytes | tx {} frames {} bytes | software: {} segments, {} checksums, {} GRO merges | flood copies {} | not learned {}",
+            "{} ({}): rx {} frames {} bytes | tx {} frames {} bytes | software: {} segments, {} checksums, {} GRO merges, {} lent frames copied | flood copies {} | not learned {}",
             p.name, p.state, p.rx_frames, p.rx_bytes, p.tx_frames, p.tx_bytes,
-            p.sw_segments, p.sw_checksums, p.gro_merges, p.flood_copies, p.not_learned
+            p.sw_segments, p.sw_checksums, p.gro_merges, p.lent_copied_frames, p.flood_copies, p.not_learned
         );
         if let Some((before, seconds)) = before {
             let old = before.ports.iter().find(|o| o.name == p.name);
