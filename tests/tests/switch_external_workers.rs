@@ -145,7 +145,7 @@ fn frames_from_a_guest_port_end_a_workers_wait() {
     use vswitch_ports::vhost_user::negotiate;
 
     let (switch, mut workers) = Switch::start_external(SwitchConfig::default().workers(1));
-    let mut worker = workers.pop().unwrap();
+    let worker = workers.pop().unwrap();
     let negotiated = negotiate(1, vswitch_ports::features::Features::VERSION_1.bits()).unwrap();
     let guest = Arc::new(GuestPort::new(
         GuestPortConfig::new("guest"),
@@ -158,19 +158,7 @@ fn frames_from_a_guest_port_end_a_workers_wait() {
     switch.add_port(Arc::new(b), profile).unwrap();
     // The worker sleeps a minute whenever it runs out of work: only a
     // wake brings a frame through in time.
-    let runner = thread::spawn(move || {
-        let mut waits = 0u32;
-        loop {
-            match worker.poll_once() {
-                Poll::Stopped => return waits,
-                Poll::Worked { .. } => {}
-                Poll::Idle => {
-                    waits += 1;
-                    worker.wait(Duration::from_secs(60));
-                }
-            }
-        }
-    });
+    let runner = sleepy_worker(worker);
     // One frame at a time, each through before the next is sent, so that
     // each may find the worker asleep, about to sleep, or still polling:
     // a wake lost on the way would hold a frame up for the minute.

@@ -8,6 +8,9 @@ use vswitch_ports::tap::{
 };
 use vswitch_tests::{require_netns, NetNs};
 
+mod switch_support;
+use switch_support::sleepy_worker;
+
 const OUR_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0x00, 0x02];
 const OUR_IP: [u8; 4] = [198, 18, 0, 2];
 const KERNEL_IP: [u8; 4] = [198, 18, 0, 1];
@@ -175,7 +178,7 @@ fn coalesced_kernel_receive_sets_napi_and_the_flush_timeout() {
 fn a_frame_from_the_kernel_ends_a_workers_wait() {
     require_netns!();
     use std::sync::Arc;
-    use vswitch::{Poll, PortProfile, Switch, SwitchConfig, VlanId};
+    use vswitch::{PortProfile, Switch, SwitchConfig, VlanId};
     use vswitch_ports::{memory_port, MemoryPortConfig};
 
     let ns = NetNs::new("vswt-wake").expect("create namespace");
@@ -187,26 +190,14 @@ fn a_frame_from_the_kernel_ends_a_workers_wait() {
     ns.exec(&["ip", "link", "set", &ifname, "up"]).unwrap();
 
     let (switch, mut workers) = Switch::start_external(SwitchConfig::default().workers(1));
-    let mut worker = workers.pop().unwrap();
+    let worker = workers.pop().unwrap();
     let (b, guest_b) = memory_port(MemoryPortConfig::new("b"));
     let profile = PortProfile::access(VlanId::DEFAULT);
     switch.add_port(Arc::new(tap), profile.clone()).unwrap();
     switch.add_port(Arc::new(b), profile).unwrap();
     // The worker sleeps a minute whenever it runs out of work: the kernel's
     // replies come through in time only if the TAP wakes it.
-    let runner = std::thread::spawn(move || {
-        let mut waits = 0u32;
-        loop {
-            match worker.poll_once() {
-                Poll::Stopped => return waits,
-                Poll::Worked { .. } => {}
-                Poll::Idle => {
-                    waits += 1;
-                    worker.wait(Duration::from_secs(60));
-                }
-            }
-        }
-    });
+    let runner = sleepy_worker(worker);
     // The kernel speaks first: a ping toward an address nobody has makes
     // it ask for that address (ARP) on its own, while the worker sleeps.
     // Each request must reach b long before the worker's minute is up.

@@ -121,6 +121,15 @@ impl Notifier for ReturnNotifier {
 /// The snapshot of guest memory one event works on.
 type Snapshot = <Memory as GuestAddressSpace>::T;
 
+/// A ring the switch's worker serves itself ([`NetBackend::claim`]): the
+/// pair's scratch is held, so the pair's thread keeps off the pair.
+struct Claimed<'a> {
+    vq: u16,
+    state: std::sync::RwLockWriteGuard<'a, vhost_user_backend::VringState<Memory>>,
+    scratch: std::sync::MutexGuard<'a, Scratch>,
+    memory: Snapshot,
+}
+
 /// Scratch vectors one pair's thread reuses from event to event (empty
 /// between events: no chain outlives the memory snapshot it was read
 /// through).
@@ -329,64 +338,78 @@ impl NetBackend {
         }
     }
 
-    /// Writes the frames the switch just queued on `port`'s pair `pair`
-    /// into the guest's receive ring from the caller's thread (the
-    /// switch's worker), so that a frame reaches the guest with no hand-off
-    /// to the pair's thread and no wake-up of it. Returns false, having
-    /// done nothing, when it cannot: the pair's thread is busy with the
-    /// pair (it holds the pair's scratch), the ring is not running, not
-    /// known yet, or broken, or the connection ends. The caller then wakes
-    /// the pair's thread as usual. A fill whose budget runs out wakes that
-    /// thread for the rest itself.
-    ///
-    /// Frames stay in order: whoever fills takes them out of the pair's
-    /// one queue, holding the pair's scratch.
-    pub(super) fn fill_from_switch(&self, port: &GuestPort, pair: usize) -> bool {
-        if self.ending.load(Ordering::SeqCst) {
-            return false;
-        }
-        let Some(rx_ring) = self
-            .rings
-            .get(pair)
-            .and_then(OnceLock::get)
-            .and_then(|rings| rings.first())
-        else {
-            return false;
-        };
-        let index = 2 * pair;
-        let (Some(queue), Ok(vq)) = (port.queue(pair), u16::try_from(index)) else {
-            return false;
-        };
-        if self.shared.is_broken(index) {
-            return false;
-        }
-        let mut scratch = match self.scratch[pair].try_lock() {
-            Ok(scratch) => scratch,
-            Err(TryLockError::WouldBlock | TryLockError::Poisoned(_)) => return false,
-        };
-        let Some(memory) = self
-            .memory
+    /// The memory snapshot an event or a call from the switch works on;
+    /// `None` before the frontend gave the memory table.
+    fn snapshot(&self) -> Option<Snapshot> {
+        self.memory
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
             .map(|m| m.memory())
-        else {
+    }
+
+    /// Ring `offset` (0: receive, 1: transmit) of pair `pair`, claimed for
+    /// the caller's thread (the switch's worker): `None` when the pair's
+    /// thread is to be woken for it instead, because that thread is busy
+    /// with the pair (it holds the pair's scratch), the ring is not known
+    /// yet, not ready, or broken, or the connection ends.
+    fn claim(&self, pair: usize, offset: usize) -> Option<Claimed<'_>> {
+        if self.ending.load(Ordering::SeqCst) {
+            return None;
+        }
+        let ring = self.rings.get(pair)?.get()?.get(offset)?;
+        let index = 2 * pair + offset;
+        let vq = u16::try_from(index).ok()?;
+        if self.shared.is_broken(index) {
+            return None;
+        }
+        let scratch = match self.scratch.get(pair)?.try_lock() {
+            Ok(scratch) => scratch,
+            Err(TryLockError::WouldBlock | TryLockError::Poisoned(_)) => return None,
+        };
+        let memory = self.snapshot()?;
+        let state = ring.get_mut();
+        if !state.get_queue().ready() {
+            return None;
+        }
+        Some(Claimed {
+            vq,
+            state,
+            scratch,
+            memory,
+        })
+    }
+
+    /// Writes the frames the switch just queued on `port`'s pair `pair`
+    /// into the guest's receive ring from the caller's thread (the
+    /// switch's worker), so that a frame reaches the guest with no hand-off
+    /// to the pair's thread and no wake-up of it. Returns false, having
+    /// done nothing, where the ring cannot be [claimed](Self::claim) or is
+    /// disabled: the caller then wakes the pair's thread as usual. A fill
+    /// whose budget runs out wakes that thread for the rest itself.
+    ///
+    /// Frames stay in order: whoever fills takes them out of the pair's
+    /// one queue, holding the pair's scratch.
+    pub(super) fn fill_from_switch(&self, port: &GuestPort, pair: usize) -> bool {
+        let Some(queue) = port.queue(pair) else {
             return false;
         };
-        let mut state = rx_ring.get_mut();
-        if !state.get_queue().ready() || !state.is_enabled() {
+        let Some(mut claimed) = self.claim(pair, 0) else {
+            return false;
+        };
+        if !claimed.state.is_enabled() {
             return false;
         }
         match fill_rx(
-            vq,
-            state.get_queue_mut(),
-            &memory,
+            claimed.vq,
+            claimed.state.get_queue_mut(),
+            &claimed.memory,
             queue,
             BUDGET,
-            &mut scratch.chains,
+            &mut claimed.scratch.chains,
         ) {
             Ok(done) => {
-                if done.signal && state.signal_used_queue().is_err() {
+                if done.signal && claimed.state.signal_used_queue().is_err() {
                     // The call eventfd is gone (the frontend is going
                     // away): the pair's thread finds out on its own.
                     return false;
@@ -402,60 +425,29 @@ impl NetBackend {
 
     /// Publishes the transmit chains of pair `pair` whose lent payloads
     /// came back to the guest's used ring from the caller's thread, and
-    /// signals the guest if it asks for it. Returns false, having done
-    /// nothing, where [`fill_from_switch`](Self::fill_from_switch) would:
-    /// the caller then wakes the pair's thread.
+    /// signals the guest if it asks for it (a disabled ring too: the
+    /// device still gives back what it took). Returns false, having done
+    /// nothing, where the ring cannot be [claimed](Self::claim): the caller
+    /// then wakes the pair's thread.
     fn return_from_switch(&self, pair: usize) -> bool {
-        if self.ending.load(Ordering::SeqCst) {
-            return false;
-        }
-        let Some(tx_ring) = self
-            .rings
-            .get(pair)
-            .and_then(OnceLock::get)
-            .and_then(|rings| rings.get(1))
-        else {
-            return false;
-        };
-        let index = 2 * pair + 1;
-        let Ok(vq) = u16::try_from(index) else {
-            return false;
-        };
-        if self.shared.is_broken(index) {
-            return false;
-        }
         let Some(port) = self.shared.guest() else {
             return false;
         };
         let Some(queue) = port.queue(pair) else {
             return false;
         };
-        let mut scratch = match self.scratch[pair].try_lock() {
-            Ok(scratch) => scratch,
-            Err(TryLockError::WouldBlock | TryLockError::Poisoned(_)) => return false,
-        };
-        let Some(memory) = self
-            .memory
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .map(|m| m.memory())
-        else {
+        let Some(mut claimed) = self.claim(pair, 1) else {
             return false;
         };
-        let mut state = tx_ring.get_mut();
-        if !state.get_queue().ready() {
-            return false;
-        }
         match return_lent(
-            vq,
-            state.get_queue_mut(),
-            &memory,
+            claimed.vq,
+            claimed.state.get_queue_mut(),
+            &claimed.memory,
             queue,
-            &mut scratch.heads,
+            &mut claimed.scratch.heads,
         ) {
             Ok(signal) => {
-                if signal && state.signal_used_queue().is_err() {
+                if signal && claimed.state.signal_used_queue().is_err() {
                     return false;
                 }
             }
@@ -473,13 +465,7 @@ impl NetBackend {
         let Some(queue) = port.queue(pair) else {
             return Ok(());
         };
-        let Some(memory) = self
-            .memory
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-            .map(|m| m.memory())
-        else {
+        let Some(memory) = self.snapshot() else {
             return Ok(());
         };
         let mut scratch = self.scratch[pair]

@@ -696,15 +696,21 @@ fn tso_chain(payload: usize) -> (Vec<u8>, Vec<Vec<u8>>) {
     (frame, pieces)
 }
 
-#[test]
-fn a_lent_chain_goes_back_to_the_sender_once_the_receiver_has_the_bytes() {
-    use crate::guest::LentMemory;
-    let tso = Features::VERSION_1
+/// What a guest that sends and takes TSO4 frames, with mergeable receive
+/// buffers, acknowledges.
+fn tso_both_ways() -> Features {
+    Features::VERSION_1
         | Features::CSUM
         | Features::GUEST_CSUM
         | Features::HOST_TSO4
         | Features::GUEST_TSO4
-        | Features::MRG_RXBUF;
+        | Features::MRG_RXBUF
+}
+
+#[test]
+fn a_lent_chain_goes_back_to_the_sender_once_the_receiver_has_the_bytes() {
+    use crate::guest::LentMemory;
+    let tso = tso_both_ways();
     // The sender's memory is shared, as the backend's snapshots are.
     let a_mem = Arc::new(memory());
     let lent: Arc<dyn LentMemory> = Arc::new(a_mem.clone());
@@ -789,12 +795,7 @@ impl crate::guest::Notifier for PublishAtOnce {
 fn one_fill_wakes_the_sender_once_for_every_chain_it_gives_back() {
     use crate::guest::LentMemory;
     use std::sync::atomic::Ordering::SeqCst;
-    let tso = Features::VERSION_1
-        | Features::CSUM
-        | Features::GUEST_CSUM
-        | Features::HOST_TSO4
-        | Features::GUEST_TSO4
-        | Features::MRG_RXBUF;
+    let tso = tso_both_ways();
     let a_mem = Arc::new(memory());
     let lent: Arc<dyn LentMemory> = Arc::new(a_mem.clone());
     let mut a_drv = driver(&a_mem);

@@ -7,7 +7,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use vswitch::ethernet::build_frame;
-use vswitch::{MacAddr, Switch, SwitchConfig};
+use vswitch::{MacAddr, Poll, Switch, SwitchConfig, SwitchWorker};
 use vswitch_offload::testing::{tcp_flags, FrameBuilder};
 use vswitch_offload::virtio::{FLAG_NEEDS_CSUM, GSO_TCPV4};
 use vswitch_offload::{Packet, VirtioNetHdr};
@@ -226,4 +226,24 @@ pub fn tcp4_frame(dst: MacAddr, src: MacAddr, ip_len: u16) -> bytes::Bytes {
         .partial_checksum()
         .build()
         .into()
+}
+
+/// Runs `worker` on a thread of its own that sleeps a minute whenever it
+/// runs out of work, so that only a wake brings a frame through in time.
+/// The thread ends when the switch stops, with the number of times it
+/// slept.
+pub fn sleepy_worker(mut worker: SwitchWorker) -> JoinHandle<u32> {
+    thread::spawn(move || {
+        let mut waits = 0u32;
+        loop {
+            match worker.poll_once() {
+                Poll::Stopped => return waits,
+                Poll::Worked { .. } => {}
+                Poll::Idle => {
+                    waits += 1;
+                    worker.wait(Duration::from_secs(60));
+                }
+            }
+        }
+    })
 }
