@@ -95,3 +95,48 @@ fn a_lent_frame_is_copied_only_for_the_port_that_cannot_take_it() {
     assert_eq!(copied(id_taker), 0, "nothing was copied for the taker");
     assert_eq!(switch.stats().workers[0].software.lent_copied, 1);
 }
+
+#[test]
+fn lent_frames_copied_for_a_port_keep_their_bytes_while_it_holds_them() {
+    let switch = patient_switch(1);
+    let profile = PortProfile::access(VlanId::DEFAULT);
+    let (a, guest_a) = memory_port(MemoryPortConfig::new("a").queue_len(64));
+    let (b, guest_b) = memory_port(MemoryPortConfig::new("b").queue_len(64));
+    switch.add_port(Arc::new(a), profile.clone()).unwrap();
+    let id_b = switch.add_port(Arc::new(b), profile).unwrap();
+
+    // More frames than the worker keeps buffers for, all held at b until
+    // the end: none may be overwritten by the copy of a later one.
+    let frames: Vec<bytes::Bytes> = (0..40u32)
+        .map(|n| {
+            bytes::Bytes::from(
+                tcp4(mac(9, 9), mac(1, 1))
+                    .payload((0..1400u32).map(|i| (i * 7 + n) as u8).collect::<Vec<u8>>())
+                    .build(),
+            )
+        })
+        .collect();
+    for whole in &frames {
+        let lent = whole.slice(HEAD..);
+        let packet = Packet {
+            hdr: VirtioNetHdr::default(),
+            data: whole.slice(..HEAD),
+            tail: Some(Tail::new(lent.len(), lent)),
+        };
+        guest_a.try_inject(0, packet).unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while switch.port_stats(id_b).unwrap().tx_frames < frames.len() as u64 {
+        assert!(Instant::now() < deadline, "b did not get every frame");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for (n, whole) in frames.iter().enumerate() {
+        let got = expect_one(&guest_b);
+        assert!(got.tail.is_none());
+        assert_eq!(&got.data, whole, "frame {n}");
+    }
+    assert_eq!(
+        switch.port_stats(id_b).unwrap().software.lent_copied,
+        frames.len() as u64
+    );
+}

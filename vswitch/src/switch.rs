@@ -69,6 +69,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use vswitch_offload::{CheckedFrame, Packet};
+use vswitch_ports::buffer::ChunkPool;
 use vswitch_ports::{BatchSendError, Port, PortCapabilities};
 
 use crate::coalesce::CoalesceConfig;
@@ -79,6 +80,15 @@ use crate::egress::EgressWork;
 use crate::forward::{Forwarder, ForwarderConfig, PortId, PortProfile, PortSet};
 use crate::limit::packets_wire_cost_and_len;
 use crate::stats::{PortCounters, PortStats, WorkerCounters, WorkerStats};
+
+/// Bytes of one buffer a lent frame is copied into for a port that cannot
+/// take it: the largest frame, a 64 KiB IP packet with its Ethernet header
+/// and two VLAN tags, fits.
+const WHOLE_CHUNK: usize = 66 * 1024;
+/// Most such buffers a worker keeps for reuse.
+const WHOLE_POOL_LIMIT: usize = 32;
+/// Kept buffers a worker looks at for a free one before it allocates.
+const WHOLE_POOL_PROBES: usize = 4;
 
 /// Settings of a [`Switch`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -710,6 +720,10 @@ pub struct SwitchWorker {
     /// This worker still counts among the polling ones.
     polling: bool,
     idle_rounds: u32,
+    /// Buffers lent frames are copied into for ports that cannot take
+    /// them ([`SwitchWorker::take_whole`]), recycled once the port is done
+    /// with the frame: no allocation and no fresh pages per frame.
+    whole: ChunkPool,
 }
 
 impl std::fmt::Debug for SwitchWorker {
@@ -745,6 +759,7 @@ impl SwitchWorker {
             to_wake: vec![false; workers],
             polling: true,
             idle_rounds: 0,
+            whole: ChunkPool::new(WHOLE_CHUNK, WHOLE_POOL_LIMIT, WHOLE_POOL_PROBES),
         }
     }
 
@@ -1069,7 +1084,7 @@ impl SwitchWorker {
     /// dropped and counted. `known_len` is the frames' summed length, when
     /// the caller has it, so that the byte counter need not sum it again.
     fn send_batch(
-        &self,
+        &mut self,
         port: &LivePort,
         queue: Option<usize>,
         frames: &mut Vec<Packet>,
@@ -1138,19 +1153,33 @@ impl SwitchWorker {
     /// Takes every frame of `frames` whose payload is still lent into host
     /// memory, for a port that does not take lent frames; one whose lent
     /// bytes cannot be read is dropped and counted. The frames' lengths do
-    /// not change.
-    fn take_whole(&self, port: &LivePort, frames: &mut Vec<Packet>) {
+    /// not change. Each is copied into a buffer of the worker's pool, which
+    /// takes it back once the port has let go of the frame.
+    fn take_whole(&mut self, port: &LivePort, frames: &mut Vec<Packet>) {
         if frames.iter().all(|packet| packet.tail.is_none()) {
             return;
         }
         let (mut copied, mut unreadable) = (0, 0);
+        let pool = &mut self.whole;
         frames.retain_mut(|packet| {
-            if packet.tail.is_none() {
+            let Some(tail) = &packet.tail else {
                 return true;
-            }
-            match std::mem::take(packet).into_whole() {
-                Ok(whole) => {
-                    *packet = whole;
+            };
+            let (head, len) = (packet.data.len(), packet.len());
+            let mut chunk = pool.take(len);
+            chunk[..head].copy_from_slice(&packet.data);
+            let read = tail.copy_to(&mut chunk[head..len]);
+            let chunk = chunk.freeze();
+            let data = chunk.slice(..len);
+            pool.give_back(chunk);
+            match read {
+                Ok(()) => {
+                    // The lent bytes go back to their owner here.
+                    *packet = Packet {
+                        hdr: packet.hdr,
+                        data,
+                        tail: None,
+                    };
                     copied += 1;
                     true
                 }
