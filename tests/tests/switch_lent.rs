@@ -15,6 +15,27 @@ use vswitch_ports::{memory_port, MemoryPortConfig, Port, PortCapabilities, PortE
 /// Bytes of the frame kept in host memory; the rest is lent.
 const HEAD: usize = 128;
 
+/// A TCP frame toward an unknown destination whose payload, not all zeros,
+/// differs with `n`.
+fn tcp_frame(n: u32) -> bytes::Bytes {
+    bytes::Bytes::from(
+        tcp4(mac(9, 9), mac(1, 1))
+            .payload((0..1400u32).map(|i| (i * 7 + n) as u8).collect::<Vec<u8>>())
+            .build(),
+    )
+}
+
+/// `whole` as a guest lends it: its first bytes in host memory, the rest
+/// lent.
+fn lent(whole: &bytes::Bytes) -> Packet {
+    let rest = whole.slice(HEAD..);
+    Packet {
+        hdr: VirtioNetHdr::default(),
+        data: whole.slice(..HEAD),
+        tail: Some(Tail::new(rest.len(), rest)),
+    }
+}
+
 /// A port that takes lent frames and keeps what it is sent.
 #[derive(Default)]
 struct LentTaker {
@@ -55,20 +76,9 @@ fn a_lent_frame_is_copied_only_for_the_port_that_cannot_take_it() {
     let id_b = switch.add_port(Arc::new(b), profile.clone()).unwrap();
     let id_taker = switch.add_port(taker.clone(), profile).unwrap();
 
-    // A TCP frame with a payload that is not all zeros, its payload lent;
-    // the destination is unknown, so both other ports get it.
-    let whole = bytes::Bytes::from(
-        tcp4(mac(9, 9), mac(1, 1))
-            .payload((0..1400u32).map(|i| (i * 7) as u8).collect::<Vec<u8>>())
-            .build(),
-    );
-    let lent = whole.slice(HEAD..);
-    let packet = Packet {
-        hdr: VirtioNetHdr::default(),
-        data: whole.slice(..HEAD),
-        tail: Some(Tail::new(lent.len(), lent)),
-    };
-    guest_a.try_inject(0, packet).unwrap();
+    // A lent frame toward an unknown destination: both other ports get it.
+    let whole = tcp_frame(0);
+    guest_a.try_inject(0, lent(&whole)).unwrap();
 
     let at_b = expect_one(&guest_b);
     assert!(at_b.tail.is_none(), "b cannot take lent frames");
@@ -107,23 +117,9 @@ fn lent_frames_copied_for_a_port_keep_their_bytes_while_it_holds_them() {
 
     // More frames than the worker keeps buffers for, all held at b until
     // the end: none may be overwritten by the copy of a later one.
-    let frames: Vec<bytes::Bytes> = (0..40u32)
-        .map(|n| {
-            bytes::Bytes::from(
-                tcp4(mac(9, 9), mac(1, 1))
-                    .payload((0..1400u32).map(|i| (i * 7 + n) as u8).collect::<Vec<u8>>())
-                    .build(),
-            )
-        })
-        .collect();
+    let frames: Vec<bytes::Bytes> = (0..40).map(tcp_frame).collect();
     for whole in &frames {
-        let lent = whole.slice(HEAD..);
-        let packet = Packet {
-            hdr: VirtioNetHdr::default(),
-            data: whole.slice(..HEAD),
-            tail: Some(Tail::new(lent.len(), lent)),
-        };
-        guest_a.try_inject(0, packet).unwrap();
+        guest_a.try_inject(0, lent(whole)).unwrap();
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while switch.port_stats(id_b).unwrap().tx_frames < frames.len() as u64 {
