@@ -182,22 +182,19 @@ pub fn adapt<S: SegmentSink + ?Sized>(
     sink: &mut S,
 ) -> Result<Adapted, AdaptError> {
     let action = decide(frame, caps)?;
-    if action == Action::PassThrough {
-        return Ok(Adapted::PassThrough);
-    }
     // The software paths read every byte: a frame whose payload is still
     // lent is gathered into the segmenter's buffer first (its headers lead,
     // so the frame's layout holds for the gathered bytes too).
     let mut whole = std::mem::take(&mut segmenter.whole);
     let result = (|| {
         let data: &[u8] = match &frame.packet().tail {
-            None => frame.data(),
-            Some(tail) => {
+            Some(tail) if action != Action::PassThrough => {
                 whole.clear();
                 whole.extend_from_slice(frame.data());
                 tail.append_to(&mut whole)?;
                 &whole
             }
+            _ => frame.data(),
         };
         match action {
             Action::PassThrough => Ok(Adapted::PassThrough),

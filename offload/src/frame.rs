@@ -331,15 +331,6 @@ impl CheckedFrame {
         self.packet.tail.is_some()
     }
 
-    /// The same frame with all its bytes in host memory, its plan carried
-    /// over: for code that reads past the headers (a software checksum or
-    /// segmentation). A frame without a tail is cloned.
-    pub fn materialised(&self) -> Result<CheckedFrame, TailError> {
-        let mut whole = self.clone();
-        whole.packet = whole.packet.into_whole()?;
-        Ok(whole)
-    }
-
     fn mac(&self, at: usize) -> [u8; 6] {
         let mut mac = [0u8; 6];
         if let Some(bytes) = self.packet.data.get(at..at + 6) {

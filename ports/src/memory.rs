@@ -24,11 +24,11 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
-
-use crate::wake::{wake, ArrivalWaker};
 use std::time::{Duration, Instant};
 
 use vswitch_offload::{EgressCapabilities, Packet};
+
+use crate::wake::{wake, ArrivalWaker};
 
 use crate::port::{BatchSendError, Port, PortCapabilities, PortError, SendError};
 

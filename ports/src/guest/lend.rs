@@ -252,7 +252,6 @@ impl Lender {
     }
 }
 
-/// Copies the bytes of `segments` in `mem` into `dst`.
 /// The guest memory of one lent range.
 fn segment_slice<'m>(
     mem: &'m dyn LentMemory,
@@ -263,6 +262,7 @@ fn segment_slice<'m>(
     })
 }
 
+/// Copies the bytes of `segments` in `mem` into `dst`.
 fn copy_out(mem: &dyn LentMemory, segments: &[Segment], dst: &mut [u8]) -> Result<(), TailError> {
     let mut at = 0;
     for segment in segments {
