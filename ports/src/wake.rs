@@ -1,6 +1,7 @@
 //! Waking whoever polls a receive queue ([`crate::Port::set_rx_waker`])
 //! when frames arrive in it empty: the one rule the ports' queues share.
 
+use std::sync::{Mutex, PoisonError};
 use std::task::Waker;
 
 /// The waker of one receive queue, kept beside the queue's frames and
@@ -31,6 +32,48 @@ impl ArrivalWaker {
             self.0.clone()
         } else {
             None
+        }
+    }
+}
+
+/// The receive wakers of a port whose queues are served by something that
+/// comes and goes (a guest's connection, sockets opened again): kept by
+/// the port and handed to each new server. Handing over and keeping take
+/// one lock, so a waker kept while a new server takes over reaches it
+/// either way.
+#[derive(Debug)]
+pub(crate) struct KeptWakers(Mutex<Vec<Option<Waker>>>);
+
+impl KeptWakers {
+    /// No waker yet for any of `queues` queues.
+    pub(crate) fn new(queues: usize) -> Self {
+        KeptWakers(Mutex::new(vec![None; queues]))
+    }
+
+    /// Keeps `waker` for `queue` and gives it to the queue's server now
+    /// with `hand`; `None`, keeping nothing, for a queue the port does not
+    /// have.
+    pub(crate) fn keep<R>(
+        &self,
+        queue: usize,
+        waker: Waker,
+        hand: impl FnOnce(Waker) -> R,
+    ) -> Option<R> {
+        let mut wakers = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let slot = wakers.get_mut(queue)?;
+        *slot = Some(waker.clone());
+        Some(hand(waker))
+    }
+
+    /// Gives every kept waker to a new server of the queues with `hand`
+    /// (queue, waker). The new server must be in place already, so that a
+    /// waker kept from now on reaches it through [`keep`](Self::keep).
+    pub(crate) fn hand_over(&self, mut hand: impl FnMut(usize, Waker)) {
+        let wakers = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        for (queue, waker) in wakers.iter().enumerate() {
+            if let Some(waker) = waker {
+                hand(queue, waker.clone());
+            }
         }
     }
 }

@@ -132,6 +132,7 @@ use crate::buffer::ChunkPool;
 use crate::port::{BatchSendError, Port, PortCapabilities, PortError, SendError};
 use crate::readable::ReadableWakers;
 use crate::sys::{self, ethtool_cmd, Received, MMSG_MAX};
+use crate::wake::KeptWakers;
 
 pub use offload::{BadOffloadMode, NicFeatures, OffloadMode};
 pub use spec::{BadUplinkSpec, UplinkSpec};
@@ -495,20 +496,11 @@ struct Sockets {
 }
 
 impl Sockets {
-    /// The sockets with readiness wakers for their receive sockets, which
-    /// wake the pollers of `interface`'s queues with `wakers` (one per
-    /// queue, `None` for none yet). Without an epoll set the pollers poll
-    /// on their timers.
-    fn watched(mut self, interface: &str, wakers: &[Option<Waker>]) -> Sockets {
-        let watch = ReadableWakers::new(interface, self.rx.iter().map(AsRawFd::as_raw_fd)).ok();
-        if let Some(watch) = &watch {
-            for (queue, waker) in wakers.iter().enumerate() {
-                if let Some(waker) = waker {
-                    watch.set(queue, waker.clone());
-                }
-            }
-        }
-        self.wakers = watch;
+    /// The sockets with readiness wakers for their receive sockets, the
+    /// thread named after `interface` (no waker set yet). Without an epoll
+    /// set the pollers poll on their timers.
+    fn watched(mut self, interface: &str) -> Sockets {
+        self.wakers = ReadableWakers::new(interface, self.rx.iter().map(AsRawFd::as_raw_fd)).ok();
         self
     }
 }
@@ -546,7 +538,7 @@ pub struct UplinkPort {
     bypass: AtomicBool,
     /// Whom each receive queue wakes ([`Port::set_rx_waker`]), handed to
     /// the sockets opened again after the interface came back.
-    rx_wakers: Mutex<Vec<Option<Waker>>>,
+    rx_wakers: KeptWakers,
     rx: Vec<Mutex<RxQueue>>,
     tx: Vec<Mutex<TxQueue>>,
     /// Serialises refreshes; `next_refresh` says when the next is due, in
@@ -634,7 +626,7 @@ impl UplinkPort {
             }),
             link: AtomicU8::new(link.as_u8()),
             bypass: AtomicBool::new(bypass),
-            rx_wakers: Mutex::new(vec![None; queues]),
+            rx_wakers: KeptWakers::new(queues),
             rx: (0..queues)
                 .map(|_| {
                     Mutex::new(RxQueue {
@@ -643,7 +635,7 @@ impl UplinkPort {
                 })
                 .collect(),
             tx: (0..queues).map(|_| Mutex::default()).collect(),
-            sockets: RwLock::new(Arc::new(sockets.watched(interface, &[]))),
+            sockets: RwLock::new(Arc::new(sockets.watched(interface))),
             refreshing: Mutex::new(()),
             next_refresh: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -716,17 +708,17 @@ impl UplinkPort {
         let mut reopened = false;
         if link == LinkState::Gone {
             if let Some(fresh) = self.try_reopen() {
-                // Under the wakers' lock: a waker set meanwhile reaches the
-                // new sockets either here or in `set_rx_waker`.
-                let wakers = self
-                    .rx_wakers
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                let fresh = fresh.watched(&self.interface, &wakers);
-                *self.sockets.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(fresh);
-                drop(wakers);
+                let fresh = Arc::new(fresh.watched(&self.interface));
+                *self.sockets.write().unwrap_or_else(PoisonError::into_inner) = fresh.clone();
+                // After the swap: a waker set meanwhile reaches the new
+                // sockets either here or in `set_rx_waker`.
+                if let Some(watch) = &fresh.wakers {
+                    self.rx_wakers.hand_over(|queue, waker| {
+                        watch.set(queue, waker);
+                    });
+                }
                 bump(&self.counters.reopens, 1);
-                sockets = self.sockets();
+                sockets = fresh;
                 link = read_link(&sockets, &self.interface);
                 reopened = true;
             }
@@ -1181,18 +1173,14 @@ impl Port for UplinkPort {
     /// empty. Kept across the sockets opened again when the interface
     /// comes back.
     fn set_rx_waker(&self, queue: usize, waker: Waker) -> bool {
-        let mut wakers = self
-            .rx_wakers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let Some(slot) = wakers.get_mut(queue) else {
-            return false;
-        };
-        *slot = Some(waker.clone());
-        self.sockets()
-            .wakers
-            .as_ref()
-            .is_some_and(|watch| watch.set(queue, waker))
+        self.rx_wakers
+            .keep(queue, waker, |waker| {
+                self.sockets()
+                    .wakers
+                    .as_ref()
+                    .is_some_and(|watch| watch.set(queue, waker))
+            })
+            .unwrap_or(false)
     }
 
     fn receive(

@@ -139,6 +139,7 @@ use vswitch_offload::Packet;
 use crate::features::{Features, GuestOffloads, Negotiated};
 use crate::guest::{GuestPort, GuestPortStats};
 use crate::port::{BatchSendError, Port, PortCapabilities, PortError, SendError};
+use crate::wake::KeptWakers;
 use backend::NetBackend;
 
 /// Most queue pairs a port serves.
@@ -335,7 +336,7 @@ struct Shared {
     shutdown: Mutex<Option<vhost_user_backend::ShutdownHandle>>,
     /// Whom each receive queue wakes when frames arrive
     /// ([`Port::set_rx_waker`]), handed to each connection's guest port.
-    rx_wakers: Mutex<Vec<Option<Waker>>>,
+    rx_wakers: KeptWakers,
     /// The current connection's backend, which writes the frames the
     /// switch sends straight into the guest from the sender's thread
     /// ([`NetBackend::fill_from_switch`]); empty between connections.
@@ -374,18 +375,11 @@ impl Shared {
         if let Some(old) = old {
             self.retire(old);
         }
-        // After the swap, under the wakers' lock: a waker set meanwhile
-        // reaches this port either here or in `set_rx_waker`.
-        let wakers = self
-            .rx_wakers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        for (queue, waker) in wakers.iter().enumerate() {
-            if let Some(waker) = waker {
-                port.set_rx_waker(queue, waker.clone());
-            }
-        }
-        drop(wakers);
+        // After the swap: a waker set meanwhile reaches this port either
+        // here or in `set_rx_waker`.
+        self.rx_wakers.hand_over(|queue, waker| {
+            port.set_rx_waker(queue, waker);
+        });
         *self
             .negotiated
             .lock()
@@ -558,7 +552,7 @@ impl VhostUserPort {
             last_error: Mutex::new(None),
             stop: AtomicBool::new(false),
             shutdown: Mutex::new(None),
-            rx_wakers: Mutex::new(vec![None; caps.rx_queues]),
+            rx_wakers: KeptWakers::new(caps.rx_queues),
             backend: RwLock::new(Weak::new()),
         });
         let serving = shared.clone();
@@ -864,19 +858,14 @@ impl Port for VhostUserPort {
     /// Yes, for each queue the port offers: kept across connections, so
     /// each guest that attaches wakes the same wakers.
     fn set_rx_waker(&self, queue: usize, waker: Waker) -> bool {
-        let mut wakers = self
-            .shared
+        self.shared
             .rx_wakers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let Some(slot) = wakers.get_mut(queue) else {
-            return false;
-        };
-        *slot = Some(waker.clone());
-        if let Some(guest) = self.shared.guest() {
-            guest.set_rx_waker(queue, waker);
-        }
-        true
+            .keep(queue, waker, |waker| {
+                if let Some(guest) = self.shared.guest() {
+                    guest.set_rx_waker(queue, waker);
+                }
+            })
+            .is_some()
     }
 
     fn receive(
