@@ -109,6 +109,12 @@ pub(super) struct Lender {
     notifier: Arc<dyn Notifier>,
 }
 
+impl std::fmt::Debug for Lender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lender").finish_non_exhaustive()
+    }
+}
+
 impl Lender {
     pub(super) fn new(notifier: Arc<dyn Notifier>) -> Lender {
         Lender {

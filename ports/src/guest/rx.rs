@@ -56,6 +56,9 @@ pub(super) struct RxState {
     /// Frames with lent payloads delivered during a fill, dropped at its
     /// end ([`GuestQueue::release_delivered`]).
     delivered: Vec<Packet>,
+    /// The senders of those frames, held while they are dropped; empty
+    /// between fills, kept for its room.
+    lenders: Vec<Arc<Lender>>,
 }
 
 /// Frames the device model takes out of the switch's queue at a time.
@@ -315,13 +318,15 @@ impl GuestQueue<'_> {
     /// (Self::receive_into_chains_in_fill) kept, which gives their lent
     /// payloads back.
     pub(crate) fn release_delivered(&self) {
-        let mut spent = {
+        let (mut spent, mut lenders) = {
             let mut rx = self.pair.rx.lock().unwrap_or_else(PoisonError::into_inner);
-            std::mem::take(&mut rx.delivered)
+            (
+                std::mem::take(&mut rx.delivered),
+                std::mem::take(&mut rx.lenders),
+            )
         };
         // Each sender is woken once for all of its chains, even where its
         // notifier publishes them at once, from this thread.
-        let mut lenders: Vec<Arc<Lender>> = Vec::new();
         for packet in &spent {
             let lender = packet
                 .tail
@@ -336,14 +341,15 @@ impl GuestQueue<'_> {
             }
         }
         spent.clear();
-        for lender in lenders {
+        for lender in lenders.drain(..) {
             lender.unhold();
         }
-        // The list keeps its room for the next fill.
+        // The lists keep their room for the next fill.
         let mut rx = self.pair.rx.lock().unwrap_or_else(PoisonError::into_inner);
         if rx.delivered.is_empty() {
             rx.delivered = spent;
         }
+        rx.lenders = lenders;
     }
 
     /// The list a device model's receive fill on this pair collects its
