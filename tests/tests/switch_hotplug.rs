@@ -209,3 +209,78 @@ fn a_frame_in_flight_to_a_removed_port_is_counted_as_dropped() {
     assert_eq!(stats.ports[0].id, id_a);
     assert_eq!(stats.workers[0].drops.get(DropReason::EgressPortGone), 1);
 }
+
+/// A port that, once armed, holds up the worker's next poll of it until
+/// released, and reports that the worker is held.
+struct HoldingPort {
+    armed: AtomicBool,
+    held: std::sync::mpsc::SyncSender<()>,
+    release: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
+}
+
+impl Port for HoldingPort {
+    fn name(&self) -> &str {
+        "holding"
+    }
+    fn capabilities(&self) -> PortCapabilities {
+        PortCapabilities {
+            egress: vswitch_offload::EgressCapabilities::none(1500),
+            rx_queues: 1,
+            tx_queues: 1,
+        }
+    }
+    fn receive(&self, _: usize, _: &mut Vec<Packet>, _: usize) -> Result<usize, PortError> {
+        if self.armed.swap(false, Ordering::AcqRel) {
+            let _ = self.held.try_send(());
+            let release = self.release.lock().unwrap();
+            let _ = release.recv_timeout(Duration::from_secs(10));
+        }
+        Ok(0)
+    }
+    fn send(&self, _: usize, _: Packet) -> Result<(), SendError> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_port_added_while_a_worker_is_mid_round_gets_the_floods_that_follow() {
+    // The worker is held in a round, polling the first port, on a table
+    // without c. Once `add_port(c)` returns, b's hello goes in: the worker
+    // must not poll b on the old table, or the hello misses c.
+    let switch = vswitch::Switch::start(SwitchConfig::default().workers(1)).unwrap();
+    let (held, worker_held) = std::sync::mpsc::sync_channel(1);
+    let (release, released) = std::sync::mpsc::sync_channel(1);
+    let holding = Arc::new(HoldingPort {
+        armed: AtomicBool::new(false),
+        held,
+        release: std::sync::Mutex::new(released),
+    });
+    let profile = PortProfile::access(VlanId::DEFAULT);
+    switch.add_port(holding.clone(), profile.clone()).unwrap();
+    let (a, guest_a) = memory_port(MemoryPortConfig::new("a"));
+    let (b, guest_b) = memory_port(MemoryPortConfig::new("b"));
+    switch.add_port(Arc::new(a), profile.clone()).unwrap();
+    switch.add_port(Arc::new(b), profile.clone()).unwrap();
+    // A frame through b shows the worker polls it; it floods to a.
+    guest_b.try_inject(0, hello(mac(2, 1))).unwrap();
+    expect_one(&guest_a);
+    holding.armed.store(true, Ordering::Release);
+    worker_held
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the worker polls the holding port");
+    let (c, guest_c) = memory_port(MemoryPortConfig::new("c"));
+    thread::scope(|scope| {
+        let adder = scope.spawn(|| {
+            switch.add_port(Arc::new(c), profile).unwrap();
+            guest_b.try_inject(0, hello(mac(2, 1))).unwrap();
+        });
+        // Long enough for the hello to be in b's queue before the round
+        // goes on, were `add_port` not to wait for it.
+        thread::sleep(Duration::from_millis(100));
+        release.send(()).unwrap();
+        adder.join().unwrap();
+    });
+    let got = expect_one(&guest_c);
+    assert_eq!(got.data[6..12], mac(2, 1).0);
+    switch.shutdown();
+}

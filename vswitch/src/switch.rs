@@ -211,6 +211,9 @@ struct WorkerHandle {
     /// The worker has stopped for good (or its value was dropped): nobody
     /// waits for it.
     finished: AtomicBool,
+    /// The worker is inside a round ([`SwitchWorker::poll_once`]). One
+    /// that is not takes the newest port table before it polls again.
+    in_round: AtomicBool,
 }
 
 impl WorkerHandle {
@@ -221,6 +224,7 @@ impl WorkerHandle {
             seen_generation: AtomicU64::new(0),
             wakeup: Arc::new(Wakeup::default()),
             finished: AtomicBool::new(false),
+            in_round: AtomicBool::new(false),
         }
     }
 
@@ -450,7 +454,10 @@ impl Switch {
     }
 
     /// Adds a port while traffic runs and returns its id. Ids are never
-    /// reused.
+    /// reused. Returns once no worker forwards with a table that lacks the
+    /// port, so a frame any port receives from then on may be flooded to
+    /// it. Only a worker in the middle of a round (which ends on its own)
+    /// is waited for, up to a second.
     pub fn add_port(
         &self,
         port: Arc<dyn Port>,
@@ -489,11 +496,14 @@ impl Switch {
         profiles.set_tx_queues(id, caps.tx_queues);
         let mut ports = old.ports.clone();
         ports.push(live); // ids only grow, so the order is kept
+        let generation = old.generation + 1;
+        drop(old);
         self.publish(PortTable {
-            generation: old.generation + 1,
+            generation,
             profiles,
             ports,
         });
+        self.wait_for_rounds(generation);
         Ok(id)
     }
 
@@ -548,15 +558,44 @@ impl Switch {
             .table
             .write()
             .unwrap_or_else(PoisonError::into_inner) = Arc::new(table);
-        self.shared.generation.store(generation, Ordering::Release);
+        self.shared.generation.store(generation, Ordering::SeqCst);
+        // A parked worker takes the table now rather than at its timer.
+        for worker in &self.shared.workers {
+            worker.wake();
+        }
     }
 
+    /// Waits (up to `limit`) until no worker that has not finished holds a
+    /// table older than `generation`.
     fn wait_for_generation(&self, generation: u64, limit: Duration) {
+        self.wait_until_seen(generation, limit, |_| true);
+    }
+
+    /// Waits (up to a second) until no worker forwards with a table
+    /// older than `generation`: only one inside a round may, as every other
+    /// takes the newest table when its next round begins.
+    fn wait_for_rounds(&self, generation: u64) {
+        // The generation was stored, and each worker marks its round
+        // begun before it reads the generation, all in one total order
+        // (SeqCst): a worker seen out of its round here finds this table
+        // (or a newer one) when its next round begins.
+        self.wait_until_seen(generation, Duration::from_secs(1), |worker| {
+            worker.in_round.load(Ordering::SeqCst)
+        });
+    }
+
+    fn wait_until_seen(
+        &self,
+        generation: u64,
+        limit: Duration,
+        counts: impl Fn(&WorkerHandle) -> bool,
+    ) {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             let behind = self.shared.workers.iter().any(|worker| {
                 !worker.finished.load(Ordering::Acquire)
                     && worker.seen_generation.load(Ordering::Acquire) < generation
+                    && counts(worker)
             });
             if !behind {
                 return;
@@ -566,7 +605,8 @@ impl Switch {
     }
 
     /// Changes the profile (VLANs, address limit, source policy) of a port
-    /// while traffic runs: workers take it with the next port table.
+    /// while traffic runs. Returns once no worker forwards with the old
+    /// profile, waiting as [`add_port`](Self::add_port) does.
     pub fn set_port_profile(&self, id: PortId, profile: PortProfile) -> Result<(), SwitchError> {
         let _guard = self
             .shared
@@ -585,7 +625,9 @@ impl Switch {
             ports: old.ports.clone(),
         };
         drop(old);
+        let generation = table.generation;
         self.publish(table);
+        self.wait_for_rounds(generation);
         Ok(())
     }
 
@@ -785,6 +827,9 @@ impl SwitchWorker {
         if self.shared.stop.load(Ordering::Acquire) {
             return self.finish_round();
         }
+        // Ordered before the generation is read (see
+        // `Switch::wait_for_rounds`).
+        self.handle().in_round.swap(true, Ordering::SeqCst);
         self.refresh_table();
         self.handle().wakeup.clear();
         let now = Instant::now();
@@ -792,6 +837,7 @@ impl SwitchWorker {
         for i in 0..self.owned.len() {
             handled += self.poll_queue(i, now);
         }
+        self.handle().in_round.store(false, Ordering::Release);
         if handled > 0 {
             self.idle_rounds = 0;
             self.handle().counters.busy(now.elapsed());
@@ -833,7 +879,7 @@ impl SwitchWorker {
     }
 
     fn refresh_table(&mut self) {
-        let generation = self.shared.generation.load(Ordering::Acquire);
+        let generation = self.shared.generation.load(Ordering::SeqCst);
         if generation == self.table.generation {
             return;
         }
