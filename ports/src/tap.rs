@@ -510,9 +510,9 @@ fn is_link_down(err: &io::Error) -> bool {
 pub struct TapPort {
     name: String,
     /// Wakes the poller of a queue the kernel has frames for
-    /// ([`Port::set_rx_waker`]); `None` where no epoll set could be made.
-    /// Before `queues`, so that its thread ends before they close.
-    rx_wakers: Option<ReadableWakers>,
+    /// ([`Port::set_rx_waker`]). Before `queues`, so that the queues are
+    /// forgotten by the wake-up thread before they close.
+    rx_wakers: ReadableWakers,
     queues: Vec<TapQueue>,
     rx_buffers: Vec<Mutex<RxBuffers>>,
     caps: PortCapabilities,
@@ -583,8 +583,7 @@ impl TapPort {
             rx_queues: queues.len(),
             tx_queues: queues.len(),
         };
-        let rx_wakers =
-            ReadableWakers::new(queues[0].name(), queues.iter().map(|q| q.fd.as_raw_fd())).ok();
+        let rx_wakers = ReadableWakers::new(queues.iter().map(|q| q.fd.as_raw_fd()));
         TapPort {
             name: queues[0].name().to_string(),
             rx_wakers,
@@ -675,9 +674,7 @@ impl Port for TapPort {
     /// wakes `waker` when the kernel has frames for a queue the poller
     /// found empty.
     fn set_rx_waker(&self, queue: usize, waker: Waker) -> bool {
-        self.rx_wakers
-            .as_ref()
-            .is_some_and(|wakers| wakers.set(queue, waker))
+        self.rx_wakers.set(queue, waker)
     }
 
     fn receive(
@@ -708,9 +705,7 @@ impl Port for TapPort {
                     if read == 0 {
                         // Nothing since the last poll: the next frame is to
                         // wake the poller.
-                        if let Some(wakers) = &self.rx_wakers {
-                            wakers.found_empty(queue);
-                        }
+                        self.rx_wakers.found_empty(queue);
                     }
                     break;
                 }

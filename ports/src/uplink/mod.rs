@@ -484,7 +484,8 @@ enum Reopen {
 struct Sockets {
     /// Wakes the poller of a receive socket the kernel has frames for
     /// ([`Port::set_rx_waker`]); set by [`Sockets::watched`]. Before `rx`,
-    /// so that its thread ends before the sockets close.
+    /// so that the sockets are forgotten by the wake-up thread before they
+    /// close.
     wakers: Option<ReadableWakers>,
     rx: Vec<OwnedFd>,
     tx: Vec<OwnedFd>,
@@ -496,11 +497,11 @@ struct Sockets {
 }
 
 impl Sockets {
-    /// The sockets with readiness wakers for their receive sockets, the
-    /// thread named after `interface` (no waker set yet). Without an epoll
-    /// set the pollers poll on their timers.
-    fn watched(mut self, interface: &str) -> Sockets {
-        self.wakers = ReadableWakers::new(interface, self.rx.iter().map(AsRawFd::as_raw_fd)).ok();
+    /// The sockets with readiness wakers for their receive sockets (no
+    /// waker set yet). Without the process's wake-up thread the pollers
+    /// poll on their timers.
+    fn watched(mut self) -> Sockets {
+        self.wakers = Some(ReadableWakers::new(self.rx.iter().map(AsRawFd::as_raw_fd)));
         self
     }
 }
@@ -635,7 +636,7 @@ impl UplinkPort {
                 })
                 .collect(),
             tx: (0..queues).map(|_| Mutex::default()).collect(),
-            sockets: RwLock::new(Arc::new(sockets.watched(interface))),
+            sockets: RwLock::new(Arc::new(sockets.watched())),
             refreshing: Mutex::new(()),
             next_refresh: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -708,7 +709,7 @@ impl UplinkPort {
         let mut reopened = false;
         if link == LinkState::Gone {
             if let Some(fresh) = self.try_reopen() {
-                let fresh = Arc::new(fresh.watched(&self.interface));
+                let fresh = Arc::new(fresh.watched());
                 *self.sockets.write().unwrap_or_else(PoisonError::into_inner) = fresh.clone();
                 // After the swap: a waker set meanwhile reaches the new
                 // sockets either here or in `set_rx_waker`.
