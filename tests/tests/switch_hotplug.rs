@@ -148,6 +148,15 @@ fn hot_add_and_remove_under_traffic_lose_nothing_elsewhere() {
     assert_eq!(port_b.rx_frames, 1 + u64::from(rounds_b) * u64::from(FLOWS));
 }
 
+/// One queue each way, no offloads: the test ports below.
+fn one_queue() -> PortCapabilities {
+    PortCapabilities {
+        egress: vswitch_offload::EgressCapabilities::none(1500),
+        rx_queues: 1,
+        tx_queues: 1,
+    }
+}
+
 /// A port whose transmit queue is always full, and which reports the
 /// first send attempt.
 struct StuckPort {
@@ -159,11 +168,7 @@ impl Port for StuckPort {
         "stuck"
     }
     fn capabilities(&self) -> PortCapabilities {
-        PortCapabilities {
-            egress: vswitch_offload::EgressCapabilities::none(1500),
-            rx_queues: 1,
-            tx_queues: 1,
-        }
+        one_queue()
     }
     fn receive(&self, _: usize, _: &mut Vec<Packet>, _: usize) -> Result<usize, PortError> {
         Ok(0)
@@ -223,11 +228,7 @@ impl Port for HoldingPort {
         "holding"
     }
     fn capabilities(&self) -> PortCapabilities {
-        PortCapabilities {
-            egress: vswitch_offload::EgressCapabilities::none(1500),
-            rx_queues: 1,
-            tx_queues: 1,
-        }
+        one_queue()
     }
     fn receive(&self, _: usize, _: &mut Vec<Packet>, _: usize) -> Result<usize, PortError> {
         if self.armed.swap(false, Ordering::AcqRel) {
