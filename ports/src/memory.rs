@@ -28,9 +28,8 @@ use std::time::{Duration, Instant};
 
 use vswitch_offload::{EgressCapabilities, Packet};
 
-use crate::wake::{wake, ArrivalWaker};
-
 use crate::port::{BatchSendError, Port, PortCapabilities, PortError, SendError};
+use crate::wake::{wake, ArrivalWaker};
 
 /// How to build an in-memory port.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -483,10 +483,9 @@ enum Reopen {
 #[derive(Debug)]
 struct Sockets {
     /// Wakes the poller of a receive socket the kernel has frames for
-    /// ([`Port::set_rx_waker`]); set by [`Sockets::watched`]. Before `rx`,
-    /// so that the sockets are forgotten by the wake-up thread before they
-    /// close.
-    wakers: Option<ReadableWakers>,
+    /// ([`Port::set_rx_waker`]). Before `rx`, so that the sockets are
+    /// forgotten by the wake-up thread before they close.
+    wakers: ReadableWakers,
     rx: Vec<OwnedFd>,
     tx: Vec<OwnedFd>,
     ifindex: i32,
@@ -494,16 +493,6 @@ struct Sockets {
     /// The kernel lacks PACKET_IGNORE_OUTGOING: drop frames of type
     /// PACKET_OUTGOING on receive.
     filter_outgoing: bool,
-}
-
-impl Sockets {
-    /// The sockets with readiness wakers for their receive sockets (no
-    /// waker set yet). Without the process's wake-up thread the pollers
-    /// poll on their timers.
-    fn watched(mut self) -> Sockets {
-        self.wakers = Some(ReadableWakers::new(self.rx.iter().map(AsRawFd::as_raw_fd)));
-        self
-    }
 }
 
 /// What the refresh learnt, read on every frame path.
@@ -582,9 +571,10 @@ impl UplinkPort {
             .map_err(|err| no_such_interface(interface, &config, err))?;
         let (format, filter_outgoing) = setup_rx(&fd, interface, ifindex, None)?;
         setup_tx(&tx, interface, ifindex, format, false)?;
+        let rx = vec![fd];
         let sockets = Sockets {
-            wakers: None,
-            rx: vec![fd],
+            wakers: ReadableWakers::new(rx.iter().map(AsRawFd::as_raw_fd)),
+            rx,
             tx: vec![tx],
             ifindex,
             format,
@@ -636,7 +626,7 @@ impl UplinkPort {
                 })
                 .collect(),
             tx: (0..queues).map(|_| Mutex::default()).collect(),
-            sockets: RwLock::new(Arc::new(sockets.watched())),
+            sockets: RwLock::new(Arc::new(sockets)),
             refreshing: Mutex::new(()),
             next_refresh: AtomicU64::new(0),
             epoch: Instant::now(),
@@ -709,15 +699,13 @@ impl UplinkPort {
         let mut reopened = false;
         if link == LinkState::Gone {
             if let Some(fresh) = self.try_reopen() {
-                let fresh = Arc::new(fresh.watched());
+                let fresh = Arc::new(fresh);
                 *self.sockets.write().unwrap_or_else(PoisonError::into_inner) = fresh.clone();
                 // After the swap: a waker set meanwhile reaches the new
                 // sockets either here or in `set_rx_waker`.
-                if let Some(watch) = &fresh.wakers {
-                    self.rx_wakers.hand_over(|queue, waker| {
-                        watch.set(queue, waker);
-                    });
-                }
+                self.rx_wakers.hand_over(|queue, waker| {
+                    fresh.wakers.set(queue, waker);
+                });
                 bump(&self.counters.reopens, 1);
                 sockets = fresh;
                 link = read_link(&sockets, &self.interface);
@@ -995,7 +983,7 @@ fn open_sockets(interface: &str, config: &UplinkConfig) -> Result<Sockets, Uplin
         tx.push(sender);
     }
     Ok(Sockets {
-        wakers: None,
+        wakers: ReadableWakers::new(rx.iter().map(AsRawFd::as_raw_fd)),
         rx,
         tx,
         ifindex,
@@ -1176,10 +1164,7 @@ impl Port for UplinkPort {
     fn set_rx_waker(&self, queue: usize, waker: Waker) -> bool {
         self.rx_wakers
             .keep(queue, waker, |waker| {
-                self.sockets()
-                    .wakers
-                    .as_ref()
-                    .is_some_and(|watch| watch.set(queue, waker))
+                self.sockets().wakers.set(queue, waker)
             })
             .unwrap_or(false)
     }
@@ -1224,9 +1209,7 @@ impl Port for UplinkPort {
                         io::ErrorKind::WouldBlock if batch.len() == before => {
                             // Nothing since the last poll: the next frame
                             // is to wake the poller.
-                            if let Some(watch) = &sockets.wakers {
-                                watch.found_empty(queue);
-                            }
+                            sockets.wakers.found_empty(queue);
                         }
                         io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => {}
                         // A link that went down reports it once here.
