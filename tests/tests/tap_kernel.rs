@@ -71,6 +71,15 @@ fn a_frame_toward_a_tap_that_is_down_counts_as_link_down_not_refused() {
     assert_eq!(tap.tx_link_down(), 1);
 }
 
+/// Moves the TAP `name` into `ns`, where it gets the kernel's address
+/// (198.18.0.1/24) and comes up.
+fn bring_up(ns: &NetNs, name: &str) {
+    ns.adopt(name).expect("move TAP into namespace");
+    ns.exec(&["ip", "addr", "add", "198.18.0.1/24", "dev", name])
+        .unwrap();
+    ns.exec(&["ip", "link", "set", name, "up"]).unwrap();
+}
+
 /// Writes an ARP request into a TAP whose other side is a namespace and
 /// waits for the kernel's reply, with the queue attached with or without
 /// IFF_NAPI (the frames then enter the kernel through GRO).
@@ -88,10 +97,7 @@ fn arp_round_trip(ns_name: &str, prefix: &str, napi: bool) {
         "kernel refused csum/TSO4: {:?}",
         tap.offloads()
     );
-    ns.adopt(tap.name()).expect("move TAP into namespace");
-    ns.exec(&["ip", "addr", "add", "198.18.0.1/24", "dev", tap.name()])
-        .unwrap();
-    ns.exec(&["ip", "link", "set", tap.name(), "up"]).unwrap();
+    bring_up(&ns, tap.name());
 
     let request = arp_request();
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -184,10 +190,7 @@ fn a_frame_from_the_kernel_ends_a_workers_wait() {
     let ns = NetNs::new("vswt-wake").expect("create namespace");
     let ifname = format!("vsww{}", std::process::id() % 100_000);
     let tap = TapPort::open(&ifname, TapOffloads::FULL, 1, 1500).expect("open TAP");
-    ns.adopt(&ifname).expect("move TAP into namespace");
-    ns.exec(&["ip", "addr", "add", "198.18.0.1/24", "dev", &ifname])
-        .unwrap();
-    ns.exec(&["ip", "link", "set", &ifname, "up"]).unwrap();
+    bring_up(&ns, &ifname);
 
     let (switch, mut workers) = Switch::start_external(SwitchConfig::default().workers(1));
     let worker = workers.pop().unwrap();

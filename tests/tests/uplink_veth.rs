@@ -73,6 +73,15 @@ impl Wire {
     fn open(&self, interface: &str, config: UplinkConfig) -> UplinkPort {
         UplinkPort::open(interface, config.netns(self.netns_path())).expect("open uplink")
     }
+
+    /// The uplink on `up` with offloads as the interface has them, looking
+    /// at the link every 10 ms: for the tests of a link that changes.
+    fn open_watching(&self) -> UplinkPort {
+        self.open(
+            &self.up,
+            UplinkConfig::new(OffloadMode::Auto).refresh(Duration::from_millis(10)),
+        )
+    }
 }
 
 /// Polls `port`'s queue `queue` until `count` frames arrived or 3 s passed.
@@ -107,6 +116,11 @@ fn wait_for(port: &UplinkPort, state: LinkState) {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// A 100-byte UDP frame from A to B.
+fn small_udp() -> Packet {
+    FrameBuilder::udp4(A, B).payload(vec![1; 100]).packet()
 }
 
 fn send(port: &UplinkPort, frames: Vec<Packet>) {
@@ -263,10 +277,7 @@ fn an_ethtool_change_while_running_is_followed() {
     require_netns!();
     let wire = Wire::new("e");
     let receiver = wire.open(&wire.peer, UplinkConfig::new(OffloadMode::None));
-    let uplink = wire.open(
-        &wire.up,
-        UplinkConfig::new(OffloadMode::Auto).refresh(Duration::from_millis(10)),
-    );
+    let uplink = wire.open_watching();
     assert!(uplink.capabilities().egress.tso4);
     let tso = FrameBuilder::tcp4(A, B)
         .payload_with(5000, |i| i as u8)
@@ -325,11 +336,7 @@ fn an_ethtool_change_while_running_is_followed() {
 fn a_link_that_goes_down_or_away_drops_frames_and_comes_back() {
     require_netns!();
     let wire = Wire::new("l");
-    let uplink = wire.open(
-        &wire.up,
-        UplinkConfig::new(OffloadMode::Auto).refresh(Duration::from_millis(10)),
-    );
-    let frame = || FrameBuilder::udp4(A, B).payload(vec![1; 100]).packet();
+    let uplink = wire.open_watching();
     let sender = wire.open(&wire.peer, UplinkConfig::new(OffloadMode::None));
 
     // The peer going down takes the carrier away.
@@ -338,7 +345,7 @@ fn a_link_that_goes_down_or_away_drops_frames_and_comes_back() {
         .unwrap();
     // The kernel reports the carrier change a moment later (linkwatch).
     wait_for(&uplink, LinkState::Down);
-    let mut batch = vec![frame(), frame()];
+    let mut batch = vec![small_udp(), small_udp()];
     let err = uplink.send_batch(0, &mut batch).unwrap_err();
     assert!(matches!(err, BatchSendError::Disconnected { .. }), "{err}");
     assert_eq!(batch.len(), 2, "the switch counts them as dropped");
@@ -348,7 +355,7 @@ fn a_link_that_goes_down_or_away_drops_frames_and_comes_back() {
         .exec(&["ip", "link", "set", &wire.peer, "up"])
         .unwrap();
     wait_for(&uplink, LinkState::Up);
-    send(&uplink, vec![frame()]);
+    send(&uplink, vec![small_udp()]);
     assert_eq!(receive(&sender, 0, 1).len(), 1);
     drop(sender);
 
@@ -356,7 +363,7 @@ fn a_link_that_goes_down_or_away_drops_frames_and_comes_back() {
     // is back, then opens new sockets.
     wire.ns.exec(&["ip", "link", "del", &wire.up]).unwrap();
     assert_eq!(uplink.refresh(), LinkState::Gone);
-    let mut batch = vec![frame()];
+    let mut batch = vec![small_udp()];
     assert!(uplink.send_batch(0, &mut batch).is_err());
     let mut nothing = Vec::new();
     assert_eq!(uplink.receive(0, &mut nothing, 64).unwrap(), 0);
@@ -366,13 +373,13 @@ fn a_link_that_goes_down_or_away_drops_frames_and_comes_back() {
     assert_eq!(stats.reopens, 1, "{stats:?}");
     assert!(stats.link_changes >= 3, "{stats:?}");
     let sender = wire.open(&wire.peer, UplinkConfig::new(OffloadMode::None));
-    send(&sender, vec![frame()]);
+    send(&sender, vec![small_udp()]);
     assert_eq!(
         receive(&uplink, 0, 1).len(),
         1,
         "frames arrive after reopen"
     );
-    send(&uplink, vec![frame()]);
+    send(&uplink, vec![small_udp()]);
     assert_eq!(receive(&sender, 0, 1).len(), 1, "frames leave after reopen");
 }
 
@@ -450,11 +457,7 @@ impl CountWakes {
 fn a_frame_that_arrives_wakes_the_poller_also_after_the_interface_came_back() {
     require_netns!();
     let wire = Wire::new("w");
-    let uplink = wire.open(
-        &wire.up,
-        UplinkConfig::new(OffloadMode::Auto).refresh(Duration::from_millis(10)),
-    );
-    let frame = || FrameBuilder::udp4(A, B).payload(vec![1; 100]).packet();
+    let uplink = wire.open_watching();
     let counter = std::sync::Arc::new(CountWakes::default());
     assert!(uplink.set_rx_waker(0, std::task::Waker::from(counter.clone())));
     assert!(!uplink.set_rx_waker(1, std::task::Waker::noop().clone()));
@@ -463,12 +466,12 @@ fn a_frame_that_arrives_wakes_the_poller_also_after_the_interface_came_back() {
     let before = counter.0.load(std::sync::atomic::Ordering::SeqCst);
 
     let sender = wire.open(&wire.peer, UplinkConfig::new(OffloadMode::None));
-    send(&sender, vec![frame()]);
+    send(&sender, vec![small_udp()]);
     assert!(counter.reached(before + 1), "the frame woke nobody");
     assert_eq!(receive(&uplink, 0, 1).len(), 1);
     // Found empty: the next frame wakes again.
     assert_eq!(leftovers(&uplink), 0);
-    send(&sender, vec![frame()]);
+    send(&sender, vec![small_udp()]);
     assert!(counter.reached(before + 2), "the second frame woke nobody");
     assert_eq!(receive(&uplink, 0, 1).len(), 1);
     drop(sender);
@@ -482,7 +485,7 @@ fn a_frame_that_arrives_wakes_the_poller_also_after_the_interface_came_back() {
     let _ = leftovers(&uplink);
     let woken = counter.0.load(std::sync::atomic::Ordering::SeqCst);
     let sender = wire.open(&wire.peer, UplinkConfig::new(OffloadMode::None));
-    send(&sender, vec![frame()]);
+    send(&sender, vec![small_udp()]);
     assert!(
         counter.reached(woken + 1),
         "after the reopen the frame woke nobody"
