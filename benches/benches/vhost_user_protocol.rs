@@ -915,6 +915,8 @@ fn pipeline_copy(bytes: u64) -> Duration {
     let rounds = bytes / PAYLOAD as u64;
     let buffers = DATA_LEN / u64::from(RX_BUFFER);
     let buffer = usize::try_from(RX_BUFFER).expect("a 4 KiB buffer");
+    // Where the `n`th buffer taken is, round-robin over the data area.
+    let buffer_at = |n: u64| GuestAddress(DATA + n % buffers * u64::from(RX_BUFFER));
     let once = || {
         // Filled: (first buffer, flow); posted again: a frame's buffers.
         let (filled, to_check) = sync_channel::<(u64, usize)>(RX_POSTED);
@@ -927,11 +929,8 @@ fn pipeline_copy(bytes: u64) -> Duration {
                     let pieces = chains[flow].chunks(buffer);
                     let count = pieces.len();
                     for (i, sent) in pieces.enumerate() {
-                        let at = DATA + (first + i as u64) % buffers * u64::from(RX_BUFFER);
-                        let got = &mut scratch[..sent.len()];
-                        into.mem
-                            .read_slice(got, GuestAddress(at))
-                            .expect("a buffer");
+                        let at = buffer_at(first + i as u64);
+                        let got = read_buffer(&into.mem, at, sent.len() as u32, &mut scratch);
                         assert!(got == sent, "flow {flow}: the copy changed a byte");
                     }
                     if reposted.send(count).is_err() {
@@ -952,14 +951,13 @@ fn pipeline_copy(bytes: u64) -> Duration {
                 for i in 0..count {
                     let at = i * buffer;
                     let take = buffer.min(len - at);
-                    let to = DATA + (next + i as u64) % buffers * u64::from(RX_BUFFER);
                     let src = from
                         .mem
                         .get_slice(source.unchecked_add(at as u64), take)
                         .expect("A's frame");
                     let dst = into
                         .mem
-                        .get_slice(GuestAddress(to), take)
+                        .get_slice(buffer_at(next + i as u64), take)
                         .expect("a buffer");
                     src.copy_to_volatile_slice(dst);
                 }
