@@ -164,6 +164,24 @@ pub trait Port: Send + Sync {
         false
     }
 
+    /// Like [`Port::set_rx_waker`], for a port whose frames arrive on a
+    /// thread of its own that may do the poller's work itself: waking
+    /// `runner` may run a round of the switch's worker right there, on the
+    /// waking thread (receiving from this port and sending to any port,
+    /// this one too), when that worker is free; otherwise it wakes the
+    /// worker as a waker does. So the port wakes it only where that thread
+    /// holds none of the port's locks and may spend the time, and then
+    /// whenever frames wait in queue `queue`, not only when they arrive
+    /// in it empty. A frame then goes from one port to the next with no
+    /// hand-off between threads. Returns whether the port will; if not,
+    /// the switch gives the queue a plain waker instead.
+    ///
+    /// The provided implementation keeps nothing and returns `false`.
+    fn set_rx_runner(&self, queue: usize, runner: Waker) -> bool {
+        let _ = (queue, runner);
+        false
+    }
+
     /// Whether the port takes frames whose payload is still lent by the
     /// guest that sent it ([`Packet::tail`]) and copies the lent bytes
     /// where they go itself. Constant for the life of the port. The

@@ -65,6 +65,12 @@ impl KeptWakers {
         Some(hand(waker))
     }
 
+    /// The waker kept for `queue`, if any.
+    pub(crate) fn get(&self, queue: usize) -> Option<Waker> {
+        let wakers = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        wakers.get(queue).cloned().flatten()
+    }
+
     /// Gives every kept waker to a new server of the queues with `hand`
     /// (queue, waker). The new server must be in place already, so that a
     /// waker kept from now on reaches it through [`keep`](Self::keep).

@@ -50,6 +50,18 @@
 //! ports do).
 //! A frame from a guest then waits for no timer.
 //!
+//! A port whose frames arrive on a thread of its own that may do the
+//! switch's work ([`Port::set_rx_runner`]: a vhost-user port's queue-pair
+//! threads) gets more than a waker from the workers [`Switch::start`]
+//! runs: its thread runs the owning worker's round itself, right after it
+//! took the guest's frames, when the worker is free (a worker is a
+//! `Mutex` that its own thread and such ports' threads take in turn,
+//! never waiting for it: a port's thread that finds it busy wakes it as a
+//! waker does). A frame then goes from the sending guest's ring through
+//! the switch into the receiving guest's ring on the one thread, with no
+//! hand-off to a worker thread and no wake-up of one. Per-flow order
+//! holds: one round at a time per worker, whichever thread runs it.
+//!
 //! # Hot-plug
 //!
 //! The ports live in an immutable table behind `RwLock<Arc<_>>`; adding or
@@ -62,7 +74,7 @@
 //! it.
 
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, TryLockError, Weak};
 use std::task::{Wake, Waker};
 use std::thread::{self, JoinHandle, Thread};
 use std::time::{Duration, Instant};
@@ -318,6 +330,55 @@ impl Wake for Wakeup {
     }
 }
 
+/// The runner [`Switch::start`]'s workers give the ports that take one
+/// ([`Port::set_rx_runner`]): a wake runs the worker's rounds on the
+/// waking thread while they find work, up to [`InlineRounds::ROUNDS`],
+/// if the worker is free, and otherwise (its thread or another port's is
+/// in a round, the switch stops, the worker is gone) kicks it as a
+/// [`Wakeup`] does. A round that a busy worker misses is not lost: the
+/// kick lands after that round's start, so the worker looks again.
+struct InlineRounds {
+    worker: Weak<Mutex<SwitchWorker>>,
+    wakeup: Arc<Wakeup>,
+}
+
+impl InlineRounds {
+    /// Rounds one wake runs at most; then, if the last still found work,
+    /// the worker's thread is kicked for the rest, so that a port's
+    /// thread goes back to its own rings in bounded time.
+    const ROUNDS: usize = 4;
+
+    fn run_or_kick(&self) {
+        if let Some(worker) = self.worker.upgrade() {
+            let mut worker = match worker.try_lock() {
+                Ok(worker) => worker,
+                Err(TryLockError::WouldBlock | TryLockError::Poisoned(_)) => {
+                    return self.wakeup.kick()
+                }
+            };
+            for _ in 0..Self::ROUNDS {
+                if worker.shared.stop.load(Ordering::Acquire) {
+                    break;
+                }
+                if !matches!(worker.poll_once(), Poll::Worked { .. }) {
+                    return;
+                }
+            }
+        }
+        self.wakeup.kick();
+    }
+}
+
+impl Wake for InlineRounds {
+    fn wake(self: Arc<Self>) {
+        self.run_or_kick();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.run_or_kick();
+    }
+}
+
 struct Shared {
     config: SwitchConfig,
     forwarder: Arc<Forwarder>,
@@ -390,13 +451,24 @@ impl std::fmt::Debug for Switch {
 
 impl Switch {
     /// Starts a switch with no ports and a thread per worker.
+    ///
+    /// Ports that can ([`Port::set_rx_runner`]) also run their worker's
+    /// rounds on their own threads (see the module's documentation).
     pub fn start(config: SwitchConfig) -> Result<Switch, SwitchError> {
         let (mut switch, workers) = Self::start_external(config);
-        for worker in workers {
+        for mut worker in workers {
             let index = worker.index;
+            let sleep = worker.sleep_handle();
+            let shared = Arc::new_cyclic(|this: &Weak<Mutex<SwitchWorker>>| {
+                worker.runner = Some(Waker::from(Arc::new(InlineRounds {
+                    worker: this.clone(),
+                    wakeup: worker.handle().wakeup.clone(),
+                })));
+                Mutex::new(worker)
+            });
             let thread = thread::Builder::new()
                 .name(format!("vswitch-worker-{index}"))
-                .spawn(move || worker.run())
+                .spawn(move || run_shared(&shared, &sleep))
                 .map_err(|source| SwitchError::Spawn { index, source })?;
             switch.threads.push(thread);
         }
@@ -762,6 +834,16 @@ pub struct SwitchWorker {
     /// This worker still counts among the polling ones.
     polling: bool,
     idle_rounds: u32,
+    /// What this worker gives the ports that can run its rounds
+    /// ([`Port::set_rx_runner`]); `None` for an embedder's worker, which
+    /// runs only where the embedder drives it.
+    runner: Option<Waker>,
+    /// Every receive queue this worker owns took its runner: their ports'
+    /// threads run the rounds their frames need, and this worker's thread
+    /// is only a backstop for what they miss, so it sleeps as soon as it
+    /// is idle rather than polling on between yields (and taking the
+    /// worker from them).
+    run_elsewhere: bool,
     /// Buffers lent frames are copied into for ports that cannot take
     /// them ([`SwitchWorker::take_whole`]), recycled once the port is done
     /// with the frame: no allocation and no fresh pages per frame.
@@ -801,6 +883,8 @@ impl SwitchWorker {
             to_wake: vec![false; workers],
             polling: true,
             idle_rounds: 0,
+            runner: None,
+            run_elsewhere: false,
             whole: ChunkPool::new(WHOLE_CHUNK, WHOLE_POOL_LIMIT, WHOLE_POOL_PROBES),
         }
     }
@@ -855,9 +939,7 @@ impl SwitchWorker {
     /// arriving on the other ports do not wake it: poll again within the
     /// time such a port may wait.
     pub fn wait(&self, timeout: Duration) {
-        self.handle().wakeup.sleep(timeout, || {
-            !self.inbox.is_empty() || self.shared.stop.load(Ordering::Acquire)
-        });
+        self.sleep_handle().wait(timeout);
     }
 
     /// Runs rounds until the switch stops, backing off when idle: yields
@@ -865,16 +947,21 @@ impl SwitchWorker {
     /// as [`wait`](Self::wait) says), so idle workers leave the CPU to
     /// others.
     pub fn run(mut self) {
+        let sleep = self.sleep_handle();
         loop {
-            match self.poll_once() {
-                Poll::Stopped => return,
-                Poll::Worked { .. } => {}
-                Poll::Idle if self.idle_rounds < 16 => thread::yield_now(),
-                Poll::Idle => {
-                    let micros = (50u64 << (self.idle_rounds - 16).min(5)).min(1000);
-                    self.wait(Duration::from_micros(micros));
-                }
+            let poll = self.poll_once();
+            if !back_off(poll, self.idle_rounds, &sleep) {
+                return;
             }
+        }
+    }
+
+    /// What [`wait`](Self::wait) needs, apart from the worker.
+    fn sleep_handle(&self) -> SleepHandle {
+        SleepHandle {
+            shared: self.shared.clone(),
+            index: self.index,
+            inbox: self.inbox.clone(),
         }
     }
 
@@ -889,15 +976,25 @@ impl SwitchWorker {
         // Ports that can wake this worker when frames arrive are asked to
         // (again, for a table that only changed elsewhere: a replaced
         // waker is the same one).
+        // A port that runs this worker's rounds needs no waker besides.
         let waker = Waker::from(self.handle().wakeup.clone());
+        let mut run_elsewhere = true;
         for port in &self.table.ports {
             for queue in 0..port.caps.rx_queues {
                 if (port.id.0 as usize).wrapping_add(queue) % workers == self.index {
                     self.owned.push((port.clone(), queue));
-                    port.port.set_rx_waker(queue, waker.clone());
+                    let runs = self
+                        .runner
+                        .as_ref()
+                        .is_some_and(|runner| port.port.set_rx_runner(queue, runner.clone()));
+                    if !runs {
+                        port.port.set_rx_waker(queue, waker.clone());
+                    }
+                    run_elsewhere &= runs;
                 }
             }
         }
+        self.run_elsewhere = run_elsewhere && !self.owned.is_empty();
         self.handle()
             .seen_generation
             .store(self.table.generation, Ordering::Release);
@@ -1245,6 +1342,64 @@ impl SwitchWorker {
         }
         if unreadable > 0 {
             self.drop_at(port, DropReason::OffloadFailed, unreadable);
+        }
+    }
+}
+
+/// A worker's sleep, held apart from the worker so that a thread can
+/// sleep without holding a worker that others may run
+/// ([`Switch::start`]).
+struct SleepHandle {
+    shared: Arc<Shared>,
+    index: usize,
+    inbox: Receiver<Handoff>,
+}
+
+impl SleepHandle {
+    /// [`SwitchWorker::wait`].
+    fn wait(&self, timeout: Duration) {
+        let Some(handle) = self.shared.workers.get(self.index) else {
+            return;
+        };
+        handle.wakeup.sleep(timeout, || {
+            !self.inbox.is_empty() || self.shared.stop.load(Ordering::Acquire)
+        });
+    }
+}
+
+/// Idle rounds a worker yields between before it waits.
+const YIELDS: u32 = 16;
+
+/// What [`SwitchWorker::run`] does after a round that returned `poll`,
+/// the worker having been idle `idle_rounds` rounds in a row: nothing
+/// after work, a yield or a wait after none, and `false` once the worker
+/// stopped.
+fn back_off(poll: Poll, idle_rounds: u32, sleep: &SleepHandle) -> bool {
+    match poll {
+        Poll::Stopped => return false,
+        Poll::Worked { .. } => {}
+        Poll::Idle if idle_rounds < YIELDS => thread::yield_now(),
+        Poll::Idle => {
+            let micros = (50u64 << (idle_rounds - YIELDS).min(5)).min(1000);
+            sleep.wait(Duration::from_micros(micros));
+        }
+    }
+    true
+}
+
+/// [`SwitchWorker::run`] for a worker that ports' threads may run too:
+/// the worker is held for each round only, never while its thread sleeps.
+fn run_shared(worker: &Mutex<SwitchWorker>, sleep: &SleepHandle) {
+    loop {
+        let (poll, idle_rounds) = {
+            let mut worker = worker.lock().unwrap_or_else(PoisonError::into_inner);
+            let poll = worker.poll_once();
+            // Straight to the waits, past the yields.
+            let skip = if worker.run_elsewhere { YIELDS } else { 0 };
+            (poll, worker.idle_rounds.saturating_add(skip))
+        };
+        if !back_off(poll, idle_rounds, sleep) {
+            return;
         }
     }
 }

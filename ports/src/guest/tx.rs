@@ -153,6 +153,12 @@ impl GuestQueue<'_> {
         self.pair.lender.has_returned()
     }
 
+    /// Whether frames the guest transmitted on this pair wait for the
+    /// switch to take them ([`Port::receive`](crate::Port::receive)).
+    pub fn has_transmitted(&self) -> bool {
+        !self.pair.from_guest.is_empty()
+    }
+
     /// Copies every payload of this pair still lent into host memory and
     /// returns its chain (through [`take_returned`](Self::take_returned)),
     /// for a device that must stop using the guest's transmit buffers: the

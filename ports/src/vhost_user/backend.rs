@@ -456,6 +456,23 @@ impl NetBackend {
         true
     }
 
+    /// Runs the switch's round on this thread if frames the guest sent on
+    /// pair `pair` wait for it and the switch gave the queue a runner
+    /// ([`Port::set_rx_runner`](crate::Port::set_rx_runner)). Called with
+    /// none of the pair's locks held: the round may write into this
+    /// guest's receive ring too.
+    fn run_switch(&self, pair: usize) {
+        let waiting = self.shared.guest().is_some_and(|port| {
+            port.queue(pair)
+                .is_some_and(|queue| queue.has_transmitted())
+        });
+        if waiting {
+            if let Some(runner) = self.shared.rx_runners.get(pair) {
+                runner.wake();
+            }
+        }
+    }
+
     /// Serves queue pair `pair`: fills its receive ring, drains its
     /// transmit ring; asks to be called again when a budget ran out.
     fn serve_pair(&self, pair: usize, vrings: &[VringRwLock<Memory>]) -> io::Result<()> {
@@ -644,6 +661,8 @@ impl VhostUserBackend for NetBackend {
             return Err(io::Error::other("the vhost-user connection ended"));
         }
         // A kick on either ring, or the switch: serve both directions.
-        self.serve_pair(thread_id, vrings)
+        self.serve_pair(thread_id, vrings)?;
+        self.run_switch(thread_id);
+        Ok(())
     }
 }

@@ -337,6 +337,10 @@ struct Shared {
     /// Whom each receive queue wakes when frames arrive
     /// ([`Port::set_rx_waker`]), handed to each connection's guest port.
     rx_wakers: KeptWakers,
+    /// What each receive queue's pair thread runs once it has taken the
+    /// guest's frames ([`Port::set_rx_runner`]): the switch's round, on
+    /// that thread. Kept across connections.
+    rx_runners: KeptWakers,
     /// The current connection's backend, which writes the frames the
     /// switch sends straight into the guest from the sender's thread
     /// ([`NetBackend::fill_from_switch`]); empty between connections.
@@ -553,6 +557,7 @@ impl VhostUserPort {
             stop: AtomicBool::new(false),
             shutdown: Mutex::new(None),
             rx_wakers: KeptWakers::new(caps.rx_queues),
+            rx_runners: KeptWakers::new(caps.rx_queues),
             backend: RwLock::new(Weak::new()),
         });
         let serving = shared.clone();
@@ -866,6 +871,25 @@ impl Port for VhostUserPort {
                 }
             })
             .is_some()
+    }
+
+    /// Yes, for each queue the port offers, kept across connections: the
+    /// thread of the queue's pair runs it each time it is done with the
+    /// guest's rings and frames the guest sent wait for the switch (it
+    /// holds none of the pair's locks then), so that the switch forwards
+    /// them on that thread.
+    fn set_rx_runner(&self, queue: usize, runner: Waker) -> bool {
+        let kept = self.shared.rx_runners.keep(queue, runner, |runner| {
+            // Frames that waited for a runner are not left for the next.
+            let waiting = self
+                .shared
+                .guest()
+                .is_some_and(|guest| guest.queue(queue).is_some_and(|q| q.has_transmitted()));
+            if waiting {
+                runner.wake();
+            }
+        });
+        kept.is_some()
     }
 
     fn receive(
