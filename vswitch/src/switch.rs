@@ -840,9 +840,9 @@ pub struct SwitchWorker {
     runner: Option<Waker>,
     /// Every receive queue this worker owns took its runner: their ports'
     /// threads run the rounds their frames need, and this worker's thread
-    /// is only a backstop for what they miss, so it sleeps as soon as it
-    /// is idle rather than polling on between yields (and taking the
-    /// worker from them).
+    /// is only a backstop for what they miss, so it sleeps its longest as
+    /// soon as it is idle rather than polling on between yields and short
+    /// waits (and taking the worker from them).
     run_elsewhere: bool,
     /// Buffers lent frames are copied into for ports that cannot take
     /// them ([`SwitchWorker::take_whole`]), recycled once the port is done
@@ -1369,6 +1369,8 @@ impl SleepHandle {
 
 /// Idle rounds a worker yields between before it waits.
 const YIELDS: u32 = 16;
+/// Idle rounds after which a worker waits a millisecond, its longest.
+const LONGEST_WAIT: u32 = YIELDS + 5;
 
 /// What [`SwitchWorker::run`] does after a round that returned `poll`,
 /// the worker having been idle `idle_rounds` rounds in a row: nothing
@@ -1380,7 +1382,7 @@ fn back_off(poll: Poll, idle_rounds: u32, sleep: &SleepHandle) -> bool {
         Poll::Worked { .. } => {}
         Poll::Idle if idle_rounds < YIELDS => thread::yield_now(),
         Poll::Idle => {
-            let micros = (50u64 << (idle_rounds - YIELDS).min(5)).min(1000);
+            let micros = (50u64 << (idle_rounds - YIELDS).min(LONGEST_WAIT - YIELDS)).min(1000);
             sleep.wait(Duration::from_micros(micros));
         }
     }
@@ -1394,9 +1396,16 @@ fn run_shared(worker: &Mutex<SwitchWorker>, sleep: &SleepHandle) {
         let (poll, idle_rounds) = {
             let mut worker = worker.lock().unwrap_or_else(PoisonError::into_inner);
             let poll = worker.poll_once();
-            // Straight to the waits, past the yields.
-            let skip = if worker.run_elsewhere { YIELDS } else { 0 };
-            (poll, worker.idle_rounds.saturating_add(skip))
+            // A backstop waits its longest at once: what it is for wakes
+            // it (a runner that missed, another worker's frames, a new
+            // table, the stop), and a shorter wait would only take rounds
+            // from the ports' threads.
+            let idle_rounds = if worker.run_elsewhere {
+                LONGEST_WAIT
+            } else {
+                worker.idle_rounds
+            };
+            (poll, idle_rounds)
         };
         if !back_off(poll, idle_rounds, sleep) {
             return;
