@@ -33,8 +33,8 @@
 //! assert_eq!(chain.map(|d| d.len()).sum::<u32>(), 5);
 //! ```
 
-use std::sync::atomic::Ordering;
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use std::sync::atomic::{fence, Ordering};
+use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE, VRING_USED_F_NO_NOTIFY};
 use virtio_queue::desc::{split::Descriptor, RawDescriptor};
 use virtio_queue::{Queue, QueueT};
 
@@ -315,6 +315,59 @@ impl<'a, M: GuestMemory> DriverQueue<'a, M> {
             .expect("the available ring is inside guest memory");
     }
 
+    /// The available ring's index: how many chains the driver has made
+    /// available, modulo 2^16.
+    pub fn avail_idx(&self) -> u16 {
+        self.mem
+            .load(self.layout.avail_idx(), Ordering::Acquire)
+            .expect("the available ring is inside guest memory")
+    }
+
+    /// Whether the device asked to be kicked for the chains made available
+    /// since the available index was `old` (the index when the driver
+    /// last decided whether to kick), as a virtio driver decides after it
+    /// published them: with `VIRTIO_RING_F_EVENT_IDX` (`event_idx`), when
+    /// the used ring's `avail_event` lies in `[old, now)`; without it,
+    /// unless the device set `VRING_USED_F_NO_NOTIFY` in the used ring's
+    /// flags. A full fence orders the index written before the device's
+    /// field is read, as the driver's `virtio_mb` does: a device that
+    /// re-enables kicks and then looks at the ring once more either sees
+    /// the chains or is kicked for them.
+    pub fn needs_kick(&self, old: u16, event_idx: bool) -> bool {
+        fence(Ordering::SeqCst);
+        let now = self.avail_idx();
+        if event_idx {
+            let event = u16::from_le(
+                self.mem
+                    .load(self.layout.avail_event(self.size), Ordering::Acquire)
+                    .expect("the used ring is inside guest memory"),
+            );
+            now.wrapping_sub(event).wrapping_sub(1) < now.wrapping_sub(old)
+        } else {
+            let flags = u16::from_le(
+                self.mem
+                    .load(self.layout.used, Ordering::Acquire)
+                    .expect("the used ring is inside guest memory"),
+            );
+            flags & VRING_USED_F_NO_NOTIFY as u16 == 0
+        }
+    }
+
+    /// With `VIRTIO_RING_F_EVENT_IDX`: asks to be signalled for the next
+    /// used entry (`used_event` = the entries taken so far), as a driver
+    /// does before it sleeps, and returns whether entries came already, in
+    /// which case it should take them rather than sleep (the device may
+    /// have looked at `used_event` before it changed).
+    pub fn arm_signal(&mut self) -> bool {
+        self.set_used_event(self.used_seen);
+        fence(Ordering::SeqCst);
+        let idx: u16 = self
+            .mem
+            .load(self.layout.used_idx(), Ordering::Acquire)
+            .expect("the used ring is inside guest memory");
+        idx != self.used_seen
+    }
+
     /// Sets or clears `VRING_AVAIL_F_NO_INTERRUPT` in the available ring's
     /// flags: without `VIRTIO_RING_F_EVENT_IDX`, the driver asks not to be
     /// signalled.
@@ -375,6 +428,11 @@ impl Layout {
     fn used_elem(&self, slot: u16) -> GuestAddress {
         self.used.unchecked_add(4 + 8 * u64::from(slot))
     }
+
+    /// The used ring's last field, after its `size` entries.
+    fn avail_event(&self, size: u16) -> GuestAddress {
+        self.used_elem(size)
+    }
 }
 
 #[cfg(test)]
@@ -430,5 +488,60 @@ mod tests {
         // 4 + 512 + 2 bytes of available ring, rounded up to 4.
         assert_eq!(layout.used.0, 0x1_0000 + 4096 + 520);
         assert_eq!(layout.end.0, layout.used.0 + 4 + 2048 + 2);
+    }
+
+    /// The driver kicks and sleeps as the device's event fields say, read
+    /// by virtio-queue's device side: a kick for chains the device asked
+    /// for (its `avail_event` in the new range), none while it did not
+    /// re-enable them; a signal only once the driver armed it.
+    #[test]
+    fn event_idx_kicks_and_signals_follow_the_devices_fields() {
+        let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mut driver = DriverQueue::new(
+            &mem,
+            GuestAddress(0x1000),
+            16,
+            GuestAddress(0x8_0000),
+            0x8_0000,
+        );
+        let mut device = driver.device_queue();
+        device.set_event_idx(true);
+        // avail_event starts at 0: the first chain is kicked for.
+        driver.post_writable(&[64]);
+        assert!(driver.needs_kick(0, true));
+        let head = device.pop_descriptor_chain(&mem).unwrap().head_index();
+        // The device, busy, has not re-enabled kicks: none for more.
+        driver.post_writable(&[64]);
+        assert!(!driver.needs_kick(1, true));
+        // Re-enabled (avail_event = what it has seen, 1): kicked for the
+        // chains from index 1 on, once.
+        assert!(device.enable_notification(&mem).unwrap(), "one waits");
+        driver.post_writable(&[64]);
+        assert!(driver.needs_kick(1, true));
+        assert!(!driver.needs_kick(3, true));
+
+        // Not armed (used_event 0 and one entry already past it): no
+        // signal for a second entry.
+        device.add_used(&mem, head, 64).unwrap();
+        assert!(device.needs_notification(&mem).unwrap(), "used_event 0");
+        assert_eq!(driver.take_used().len(), 1);
+        let second = device.pop_descriptor_chain(&mem).unwrap().head_index();
+        device.add_used(&mem, second, 64).unwrap();
+        assert!(!device.needs_notification(&mem).unwrap());
+        // Armed after it came: told to take it instead of sleeping.
+        assert!(driver.arm_signal());
+        assert_eq!(driver.take_used().len(), 1);
+        // Armed with nothing new: the next entry signals.
+        assert!(!driver.arm_signal());
+        let third = device.pop_descriptor_chain(&mem).unwrap().head_index();
+        device.add_used(&mem, third, 64).unwrap();
+        assert!(device.needs_notification(&mem).unwrap());
+
+        // Without EVENT_IDX, the used ring's NO_NOTIFY flag decides.
+        let mut plain = driver.device_queue();
+        plain.disable_notification(&mem).unwrap();
+        assert!(!driver.needs_kick(0, false));
+        plain.enable_notification(&mem).unwrap();
+        assert!(driver.needs_kick(0, false));
     }
 }

@@ -344,14 +344,16 @@ where
     if starved {
         // Out of buffers: ask the guest to kick when it posts more, and
         // come back at once if it did so meanwhile (beyond the chains put
-        // back, which were not enough).
-        queue
-            .enable_notification(target)
-            .map_err(|e| broken(index, e))?;
-        let avail = queue
-            .avail_idx(target, Ordering::Acquire)
-            .map_err(|e| broken(index, e))?;
-        out.more = avail.0 != seen_to;
+        // back, which were not enough). With EVENT_IDX the kick is asked
+        // for at the available index seen, not at the one moved back over
+        // the chains put back: a driver kicks only when its new entries
+        // pass `avail_event`, and the entries before the index seen were
+        // posted (and decided on) already, so an `avail_event` among them
+        // would never bring a kick.
+        queue.set_next_avail(seen_to);
+        let enabled = queue.enable_notification(target);
+        queue.set_next_avail(seen_to.wrapping_sub(unused));
+        out.more = enabled.map_err(|e| broken(index, e))?;
     } else {
         // Buffers to spare: the guest need not kick for more.
         queue

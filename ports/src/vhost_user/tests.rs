@@ -7,6 +7,8 @@ use std::time::Duration;
 use vm_memory::{GuestAddress, GuestMemoryMmap};
 use vswitch_offload::Packet;
 
+use virtio_queue::QueueT;
+
 use super::queue::{drain_tx, drain_tx_lending, fill_rx};
 use super::*;
 use crate::guest::mock::DriverQueue;
@@ -212,6 +214,33 @@ fn without_buffers_frames_wait_and_the_guest_is_asked_to_kick() {
     // More buffers: the frame goes out, in the one put back and two new.
     drv.post_writable(&[512]);
     drv.post_writable(&[512]);
+    let done = fill_rx(0, &mut queue, &&mem, q, 256, &mut used).unwrap();
+    assert_eq!((done.frames, done.chains), (1, 3));
+}
+
+#[test]
+fn with_event_idx_a_starved_fill_asks_for_the_kick_of_the_next_buffers() {
+    // A driver with EVENT_IDX kicks only when its new entries pass the
+    // device's avail_event: the fill that ran out of buffers must put it
+    // at the entries still to come, not at the one it put back.
+    let mem = memory();
+    let mut drv = driver(&mem);
+    let mut queue = drv.device_queue();
+    queue.set_event_idx(true);
+    let (port, _) = guest(Features::VERSION_1 | Features::MRG_RXBUF, 64);
+    port.send(0, Packet::plain(frame(3, 1400))).unwrap();
+    drv.post_writable(&[512]);
+    drv.post_writable(&[512]);
+    let kicked_at = drv.avail_idx();
+    let mut used = Vec::new();
+    let q = port.queue(0).unwrap();
+    let done = fill_rx(0, &mut queue, &&mem, q, 256, &mut used).unwrap();
+    assert_eq!((done.frames, done.more), (0, false), "two buffers of three");
+    drv.post_writable(&[512]);
+    assert!(
+        drv.needs_kick(kicked_at, true),
+        "the buffer the frame waits for is kicked for"
+    );
     let done = fill_rx(0, &mut queue, &&mem, q, 256, &mut used).unwrap();
     assert_eq!((done.frames, done.chains), (1, 3));
 }
