@@ -40,6 +40,8 @@ use virtio_queue::{Queue, QueueT};
 
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory};
 
+use super::needs_event;
+
 /// One descriptor as the driver writes it (the `next` link is filled in by
 /// [`DriverQueue::post`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -265,10 +267,7 @@ impl<'a, M: GuestMemory> DriverQueue<'a, M> {
     /// Entries the device added to the used ring since the last call, as
     /// (head index, length).
     pub fn take_used(&mut self) -> Vec<(u16, u32)> {
-        let idx: u16 = self
-            .mem
-            .load(self.layout.used_idx(), Ordering::Acquire)
-            .expect("the used ring is inside guest memory");
+        let idx = self.used_idx();
         let mut entries = Vec::new();
         while self.used_seen != idx {
             let elem = self.layout.used_elem(self.used_seen % self.size);
@@ -294,10 +293,7 @@ impl<'a, M: GuestMemory> DriverQueue<'a, M> {
     /// Puts `head` on the available ring as it is, whether or not it names
     /// a descriptor of the table.
     pub fn post_head(&mut self, head: u16) {
-        let idx: u16 = self
-            .mem
-            .load(self.layout.avail_idx(), Ordering::Relaxed)
-            .expect("the available ring is inside guest memory");
+        let idx = self.avail_idx();
         self.mem
             .write_obj(head, self.layout.avail_entry(idx % self.size))
             .expect("the available ring is inside guest memory");
@@ -342,7 +338,7 @@ impl<'a, M: GuestMemory> DriverQueue<'a, M> {
                     .load(self.layout.avail_event(self.size), Ordering::Acquire)
                     .expect("the used ring is inside guest memory"),
             );
-            now.wrapping_sub(event).wrapping_sub(1) < now.wrapping_sub(old)
+            needs_event(event, now, old)
         } else {
             let flags = u16::from_le(
                 self.mem
@@ -361,11 +357,14 @@ impl<'a, M: GuestMemory> DriverQueue<'a, M> {
     pub fn arm_signal(&mut self) -> bool {
         self.set_used_event(self.used_seen);
         fence(Ordering::SeqCst);
-        let idx: u16 = self
-            .mem
+        self.used_idx() != self.used_seen
+    }
+
+    /// The used ring's index, as the device last published it.
+    fn used_idx(&self) -> u16 {
+        self.mem
             .load(self.layout.used_idx(), Ordering::Acquire)
-            .expect("the used ring is inside guest memory");
-        idx != self.used_seen
+            .expect("the used ring is inside guest memory")
     }
 
     /// Sets or clears `VRING_AVAIL_F_NO_INTERRUPT` in the available ring's

@@ -192,6 +192,15 @@ use rx::RxState;
 use stats::Counters;
 use tx::TxState;
 
+/// Whether a ring index moving from `old` to `new` passes `event`, the
+/// index after which the other side asked to be told (`used_event` for
+/// the device's signal, `avail_event` for the driver's kick): whether
+/// `event` lies in `[old, new)`, in the ring's wrapping index space (the
+/// kernel's `vring_need_event`).
+pub(crate) fn needs_event(event: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+}
+
 /// Longest frame a guest may transmit: the largest IP packet of a GSO frame
 /// plus an Ethernet header with two VLAN tags.
 pub const MAX_GUEST_FRAME: usize = MAX_L3_LEN + 14 + 8;

@@ -462,11 +462,7 @@ impl NetBackend {
     /// none of the pair's locks held: the round may write into this
     /// guest's receive ring too.
     fn run_switch(&self, pair: usize) {
-        let waiting = self.shared.guest().is_some_and(|port| {
-            port.queue(pair)
-                .is_some_and(|queue| queue.has_transmitted())
-        });
-        if waiting {
+        if self.shared.has_transmitted(pair) {
             if let Some(runner) = self.shared.rx_runners.get(pair) {
                 runner.wake();
             }

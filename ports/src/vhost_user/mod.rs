@@ -363,6 +363,16 @@ impl Shared {
             .clone()
     }
 
+    /// Whether frames the attached guest sent on pair `pair` wait for the
+    /// switch.
+    fn has_transmitted(&self, pair: usize) -> bool {
+        self.guest().is_some_and(|guest| {
+            guest
+                .queue(pair)
+                .is_some_and(|queue| queue.has_transmitted())
+        })
+    }
+
     fn is_attached(&self) -> bool {
         self.guest
             .read()
@@ -881,11 +891,7 @@ impl Port for VhostUserPort {
     fn set_rx_runner(&self, queue: usize, runner: Waker) -> bool {
         let kept = self.shared.rx_runners.keep(queue, runner, |runner| {
             // Frames that waited for a runner are not left for the next.
-            let waiting = self
-                .shared
-                .guest()
-                .is_some_and(|guest| guest.queue(queue).is_some_and(|q| q.has_transmitted()));
-            if waiting {
+            if self.shared.has_transmitted(queue) {
                 runner.wake();
             }
         });

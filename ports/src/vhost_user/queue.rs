@@ -32,7 +32,7 @@ use std::sync::Arc;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryBackend};
 
-use crate::guest::{GuestQueue, GuestRxError, LentMemory, Transmitted, UsedChain};
+use crate::guest::{needs_event, GuestQueue, GuestRxError, LentMemory, Transmitted, UsedChain};
 
 /// Receive chains taken off the available ring at a time.
 const RX_TOP_UP: usize = 64;
@@ -475,12 +475,4 @@ where
         .load(avail, Ordering::Relaxed)
         .map_err(|e| broken(index, e))?;
     Ok(u16::from_le(flags) & AVAIL_F_NO_INTERRUPT == 0)
-}
-
-/// Whether publishing used entries from index `old` up to `new` passes
-/// `used_event`, the index after which the driver asked to be signalled:
-/// whether `used_event` lies in `[old, new)`, in the ring's wrapping index
-/// space (the kernel's `vring_need_event`).
-pub(super) fn needs_event(used_event: u16, new: u16, old: u16) -> bool {
-    new.wrapping_sub(used_event).wrapping_sub(1) < new.wrapping_sub(old)
 }

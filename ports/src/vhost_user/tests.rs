@@ -628,7 +628,7 @@ fn the_used_event_index_decides_the_signal_for_a_whole_batch() {
 
 #[test]
 fn the_used_event_test_holds_across_the_index_wrap() {
-    use super::queue::needs_event;
+    use crate::guest::needs_event;
     // Entries 65534, 65535, 0, 1 published at once.
     assert!(needs_event(65534, 2, 65534));
     assert!(needs_event(65535, 2, 65534));
