@@ -74,7 +74,7 @@
 //! it.
 
 use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, RwLock, TryLockError, Weak};
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
 use std::task::{Wake, Waker};
 use std::thread::{self, JoinHandle, Thread};
 use std::time::{Duration, Instant};
@@ -350,11 +350,9 @@ impl InlineRounds {
 
     fn run_or_kick(&self) {
         if let Some(worker) = self.worker.upgrade() {
-            let mut worker = match worker.try_lock() {
-                Ok(worker) => worker,
-                Err(TryLockError::WouldBlock | TryLockError::Poisoned(_)) => {
-                    return self.wakeup.kick()
-                }
+            // Busy, or poisoned by a round that panicked: left to its thread.
+            let Ok(mut worker) = worker.try_lock() else {
+                return self.wakeup.kick();
             };
             for _ in 0..Self::ROUNDS {
                 if worker.shared.stop.load(Ordering::Acquire) {
@@ -939,7 +937,7 @@ impl SwitchWorker {
     /// arriving on the other ports do not wake it: poll again within the
     /// time such a port may wait.
     pub fn wait(&self, timeout: Duration) {
-        self.sleep_handle().wait(timeout);
+        sleep_until_work(&self.shared, self.index, &self.inbox, timeout);
     }
 
     /// Runs rounds until the switch stops, backing off when idle: yields
@@ -947,10 +945,9 @@ impl SwitchWorker {
     /// as [`wait`](Self::wait) says), so idle workers leave the CPU to
     /// others.
     pub fn run(mut self) {
-        let sleep = self.sleep_handle();
         loop {
             let poll = self.poll_once();
-            if !back_off(poll, self.idle_rounds, &sleep) {
+            if !back_off(poll, self.idle_rounds, |timeout| self.wait(timeout)) {
                 return;
             }
         }
@@ -973,10 +970,10 @@ impl SwitchWorker {
         self.table = self.shared.current_table();
         let workers = self.shared.workers.len();
         self.owned.clear();
-        // Ports that can wake this worker when frames arrive are asked to
-        // (again, for a table that only changed elsewhere: a replaced
-        // waker is the same one).
-        // A port that runs this worker's rounds needs no waker besides.
+        // Ports that can run this worker's rounds are given its runner,
+        // and the others that can wake it when frames arrive its waker
+        // (again, for a table that only changed elsewhere: a replaced one
+        // is the same).
         let waker = Waker::from(self.handle().wakeup.clone());
         let mut run_elsewhere = true;
         for port in &self.table.ports {
@@ -1358,11 +1355,15 @@ struct SleepHandle {
 impl SleepHandle {
     /// [`SwitchWorker::wait`].
     fn wait(&self, timeout: Duration) {
-        let Some(handle) = self.shared.workers.get(self.index) else {
-            return;
-        };
+        sleep_until_work(&self.shared, self.index, &self.inbox, timeout);
+    }
+}
+
+/// [`SwitchWorker::wait`] for worker `index`, whose inbox is `inbox`.
+fn sleep_until_work(shared: &Shared, index: usize, inbox: &Receiver<Handoff>, timeout: Duration) {
+    if let Some(handle) = shared.workers.get(index) {
         handle.wakeup.sleep(timeout, || {
-            !self.inbox.is_empty() || self.shared.stop.load(Ordering::Acquire)
+            !inbox.is_empty() || shared.stop.load(Ordering::Acquire)
         });
     }
 }
@@ -1374,16 +1375,16 @@ const LONGEST_WAIT: u32 = YIELDS + 5;
 
 /// What [`SwitchWorker::run`] does after a round that returned `poll`,
 /// the worker having been idle `idle_rounds` rounds in a row: nothing
-/// after work, a yield or a wait after none, and `false` once the worker
-/// stopped.
-fn back_off(poll: Poll, idle_rounds: u32, sleep: &SleepHandle) -> bool {
+/// after work, a yield or a `wait` after none, and `false` once the
+/// worker stopped.
+fn back_off(poll: Poll, idle_rounds: u32, wait: impl FnOnce(Duration)) -> bool {
     match poll {
         Poll::Stopped => return false,
         Poll::Worked { .. } => {}
         Poll::Idle if idle_rounds < YIELDS => thread::yield_now(),
         Poll::Idle => {
             let micros = (50u64 << (idle_rounds - YIELDS).min(LONGEST_WAIT - YIELDS)).min(1000);
-            sleep.wait(Duration::from_micros(micros));
+            wait(Duration::from_micros(micros));
         }
     }
     true
@@ -1407,7 +1408,7 @@ fn run_shared(worker: &Mutex<SwitchWorker>, sleep: &SleepHandle) {
             };
             (poll, idle_rounds)
         };
-        if !back_off(poll, idle_rounds, sleep) {
+        if !back_off(poll, idle_rounds, |timeout| sleep.wait(timeout)) {
             return;
         }
     }
