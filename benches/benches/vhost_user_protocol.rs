@@ -196,6 +196,21 @@ struct Attached {
     event_idx: bool,
 }
 
+/// Kicks ring `index` of `front`, whose driver side is `ring`, if the
+/// device asked for the chains made available since the available index
+/// was `kicked_at` (as a Linux driver decides), and moves `kicked_at` on.
+fn kick_if_asked(
+    ring: &DriverQueue<'_, GuestMemoryMmap>,
+    kicked_at: &mut u16,
+    front: &Attached,
+    index: usize,
+) {
+    if ring.needs_kick(*kicked_at, front.event_idx) {
+        front.kick[index].write(1).expect("a kick");
+    }
+    *kicked_at = ring.avail_idx();
+}
+
 /// Attaches a frontend for `memory` to the backend at `socket`, acking
 /// `wanted` (within what it offers), with the rings `queues` lays out.
 fn attach(
@@ -686,10 +701,7 @@ fn run(
                 }
                 in_ring += batch;
                 if batch > 0 {
-                    if a_tx.needs_kick(kicked_at, front_a.event_idx) {
-                        front_a.kick[1].write(1).expect("kick A's transmit ring");
-                    }
-                    kicked_at = a_tx.avail_idx();
+                    kick_if_asked(&a_tx, &mut kicked_at, &front_a, 1);
                 } else if !(front_a.event_idx && a_tx.arm_signal()) {
                     // Until the switch takes frames or B gets some.
                     a_calls.wait(Duration::from_millis(10));
@@ -785,10 +797,7 @@ fn run(
             }
             if reaped > 0 {
                 post_buffers(&mut b_rx, &mut buffer_at, reaped);
-                if b_rx.needs_kick(kicked_at, front_b.event_idx) {
-                    front_b.kick[0].write(1).expect("kick B's receive ring");
-                }
-                kicked_at = b_rx.avail_idx();
+                kick_if_asked(&b_rx, &mut kicked_at, &front_b, 0);
                 idle_since = Instant::now();
             } else if idle_since.elapsed() > Duration::from_secs(5) {
                 eprintln!(

@@ -19,6 +19,18 @@ use vswitch::{PortProfile, Switch, SwitchConfig, VlanId};
 use vswitch_offload::{EgressCapabilities, Packet};
 use vswitch_ports::{Port, PortCapabilities, PortError, SendError};
 
+/// Waits up to 10 s for `done`; returns whether it came.
+fn within_10s(done: impl Fn() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    true
+}
+
 fn one_queue() -> PortCapabilities {
     PortCapabilities {
         egress: EgressCapabilities::none(1500),
@@ -41,6 +53,13 @@ struct RunnerPort {
 impl RunnerPort {
     fn runner(&self) -> Option<Waker> {
         self.runner.lock().unwrap().clone()
+    }
+
+    /// The runner, once the worker has given it (up to 10 s).
+    fn wait_for_runner(&self) -> Waker {
+        within_10s(|| self.runner().is_some());
+        self.runner()
+            .expect("the switch's worker gives the port a runner")
     }
 }
 
@@ -85,10 +104,7 @@ struct RecordingPort {
 impl RecordingPort {
     /// Waits up to 10 s for `frames` frames; returns what came.
     fn wait_for(&self, frames: usize) -> Vec<(ThreadId, Packet)> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.sent.lock().unwrap().len() < frames && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(1));
-        }
+        within_10s(|| self.sent.lock().unwrap().len() >= frames);
         self.sent.lock().unwrap().clone()
     }
 }
@@ -138,13 +154,7 @@ fn seqs(sent: &[(ThreadId, Packet)]) -> Vec<u32> {
 #[test]
 fn a_port_with_a_runner_has_its_frames_forwarded_on_its_own_thread() {
     let (switch, from, to) = two_ports();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while from.runner().is_none() && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(1));
-    }
-    let runner = from
-        .runner()
-        .expect("the switch's worker gives the port a runner");
+    let runner = from.wait_for_runner();
     assert!(
         from.waker.lock().unwrap().is_none(),
         "a port that runs the rounds needs no waker"
@@ -180,11 +190,7 @@ fn a_port_with_a_runner_has_its_frames_forwarded_on_its_own_thread() {
 #[test]
 fn a_runner_that_finds_the_worker_busy_leaves_the_frames_to_it() {
     let (switch, from, to) = two_ports();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while from.runner().is_none() && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(1));
-    }
-    let runner = from.runner().expect("a runner");
+    let runner = from.wait_for_runner();
     // The worker's thread is held in its round, in the port's receive.
     let (held, worker_held) = sync_channel(1);
     let (release, released) = sync_channel(1);
@@ -204,12 +210,8 @@ fn a_runner_that_finds_the_worker_busy_leaves_the_frames_to_it() {
             done.store(true, Ordering::Release);
         })
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !done.load(Ordering::Acquire) && Instant::now() < deadline {
-        thread::sleep(Duration::from_millis(1));
-    }
     assert!(
-        done.load(Ordering::Acquire),
+        within_10s(|| done.load(Ordering::Acquire)),
         "a runner must not wait for a busy worker"
     );
     let waker_thread = waking.thread().id();
